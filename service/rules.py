@@ -1,0 +1,319 @@
+"""Pure domain rules: rotation periods, staleness, the read view, progress modes, locking, eligibility.
+
+Everything here is a function of the catalog, a user's progress rows and one instant `t` (SPEC §4.6:
+one clock per operation), so the store, the cache and the use cases share one definition of each rule
+and the rules can be tested without a database. No I/O happens in this module.
+
+All datetimes are timezone-aware; boundaries are computed in UTC (SPEC §7.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from service.catalog import Challenge, Goal, Rotation
+
+STATUS_NOT_STARTED = "not_started"
+STATUS_IN_PROGRESS = "in_progress"
+STATUS_COMPLETED = "completed"
+STATUS_CLAIMED = "claimed"
+
+PROGRESS_MODE_ABSOLUTE = "absolute"
+PROGRESS_MODE_RELATIVE = "relative"
+
+SCHEDULE_DAILY = "daily"
+SCHEDULE_WEEKLY = "weekly"
+SCHEDULE_MONTHLY = "monthly"
+
+_ONE_DAY = timedelta(days=1)
+_ONE_WEEK = timedelta(days=7)
+_SECONDS_PER_DAY = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressRow:
+    """One `user_goal_progress` row (SPEC §4.1), as read from PostgreSQL or from the cache."""
+
+    user_id: str
+    goal_id: str
+    challenge_id: str
+    namespace: str
+    progress: int
+    status: str
+    completed_at: datetime | None
+    claimed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    is_active: bool
+    assigned_at: datetime | None
+    expires_at: datetime | None
+    baseline_value: int | None
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> ProgressRow:
+        """Build a row from a column-name mapping (e.g. a psycopg `dict_row`); extra keys are ignored."""
+        try:
+            return cls(**{name: m[name] for name in PROGRESS_ROW_COLUMNS})
+        except KeyError as missing:
+            raise KeyError(
+                f"user_goal_progress row for user {m.get('user_id')!r}, goal {m.get('goal_id')!r} "
+                f"lacks column {missing.args[0]!r}"
+            ) from None
+
+
+PROGRESS_ROW_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ProgressRow))
+
+
+@dataclass(frozen=True, slots=True)
+class GoalView:
+    """What a read shows for one goal of one user at one instant (SPEC §7.2 view table)."""
+
+    progress: int
+    status: str
+    completed_at: datetime | None
+    claimed_at: datetime | None
+
+
+NO_ROW_VIEW = GoalView(progress=0, status=STATUS_NOT_STARTED, completed_at=None, claimed_at=None)
+_RESET_VIEW = NO_ROW_VIEW
+
+
+# --- time and rotation periods (SPEC §7.1) -------------------------------------------------------
+
+
+def _as_utc(t: datetime) -> datetime:
+    if t.tzinfo is None:
+        raise ValueError(
+            f"naive datetime {t.isoformat()} given where a timezone-aware UTC instant is required"
+        )
+    return t.astimezone(UTC)
+
+
+def _first_of_next_month(year: int, month: int) -> datetime:
+    if month == 12:
+        return datetime(year + 1, 1, 1, tzinfo=UTC)
+    return datetime(year, month + 1, 1, tzinfo=UTC)
+
+
+def period_start(schedule: str, t: datetime) -> datetime:
+    """B(t): the last boundary at or before `t`; an exact boundary instant starts the new period."""
+    u = _as_utc(t)
+    if schedule == SCHEDULE_DAILY:
+        return datetime(u.year, u.month, u.day, tzinfo=UTC)
+    if schedule == SCHEDULE_WEEKLY:
+        return datetime(u.year, u.month, u.day, tzinfo=UTC) - timedelta(days=u.weekday())
+    if schedule == SCHEDULE_MONTHLY:
+        return datetime(u.year, u.month, 1, tzinfo=UTC)
+    raise ValueError(f"unknown rotation schedule {schedule!r} (expected daily, weekly or monthly)")
+
+
+def next_boundary(schedule: str, t: datetime) -> datetime:
+    """N(t): the first boundary strictly after `t`."""
+    b = period_start(schedule, t)
+    if schedule == SCHEDULE_DAILY:
+        return b + _ONE_DAY
+    if schedule == SCHEDULE_WEEKLY:
+        return b + _ONE_WEEK
+    return _first_of_next_month(b.year, b.month)
+
+
+def period_after(schedule: str, t: datetime) -> tuple[datetime, datetime]:
+    """(N, N'): the next period `[N, N')` after the one containing `t` (rotation status, SPEC §5.4.8)."""
+    n = next_boundary(schedule, t)
+    return n, next_boundary(schedule, n)
+
+
+def expires_in_seconds(n: datetime, t: datetime) -> int:
+    """floor((N − t) / 1 s), never negative (SPEC §7.1)."""
+    delta = n - t
+    # timedelta keeps seconds and microseconds non-negative, so days*86400 + seconds is the floor.
+    return max(0, delta.days * _SECONDS_PER_DAY + delta.seconds)
+
+
+def expires_at_for(goal: Goal, t: datetime) -> datetime | None:
+    """The `expires_at` a write stores and the API shows: N(t) for rotating goals, None otherwise."""
+    if goal.rotation is None:
+        return None
+    return next_boundary(goal.rotation.schedule, t)
+
+
+def expiry_fields(goal: Goal, t: datetime) -> tuple[str, int]:
+    """The API's (`expiresAt`, `expiresInSeconds`) pair: (N formatted, seconds to N), or ("", 0)."""
+    n = expires_at_for(goal, t)
+    if n is None:
+        return "", 0
+    return format_timestamp(n), expires_in_seconds(n, t)
+
+
+# --- staleness and the view (SPEC §7.2) -----------------------------------------------------------
+
+
+def is_stale(goal: Goal, row: ProgressRow, t: datetime) -> bool:
+    """The row was last written in an earlier period of the goal's rotation."""
+    if goal.rotation is None:
+        return False
+    return row.updated_at < period_start(goal.rotation.schedule, t)
+
+
+def would_reset(goal: Goal, row: ProgressRow, t: datetime) -> bool:
+    """The next write in this period will reopen (claimed, reselectable) or reset (not claimed) the row."""
+    rotation = goal.rotation
+    if rotation is None or not is_stale(goal, row, t):
+        return False
+    if row.status == STATUS_CLAIMED:
+        return rotation.allow_reselection
+    return rotation.reset_progress
+
+
+def displayed_progress(goal: Goal, row: ProgressRow) -> int:
+    """Absolute: the raw progress. Relative: progress − baseline, floored at 0; 0 before the baseline."""
+    if goal.requirement.progress_mode == PROGRESS_MODE_RELATIVE:
+        if row.baseline_value is None:
+            return 0
+        return max(0, row.progress - row.baseline_value)
+    return row.progress
+
+
+def view(goal: Goal, row: ProgressRow | None, t: datetime) -> GoalView:
+    """The rotation-adjusted progress, status and timestamps a read shows; computed, never written."""
+    if row is None:
+        return NO_ROW_VIEW
+    if would_reset(goal, row, t):
+        return _RESET_VIEW
+    return GoalView(
+        progress=displayed_progress(goal, row),
+        status=row.status,
+        completed_at=row.completed_at,
+        claimed_at=row.claimed_at,
+    )
+
+
+def claim_guard_rotated(goal: Goal, row: ProgressRow, t: datetime) -> bool:
+    """Claim check 6 (`GOAL_ROTATED`): a pending rotation change refuses the claim (SPEC §7.8)."""
+    return would_reset(goal, row, t)
+
+
+# --- prerequisites and eligibility (SPEC §7.10, §7.7) ---------------------------------------------
+
+
+def is_locked(
+    goal: Goal,
+    rows_by_goal_id: Mapping[str, ProgressRow],
+    goals_by_id: Mapping[str, Goal],
+    t: datetime,
+) -> bool:
+    """True iff some prerequisite (of any challenge) has no row or a view status not completed/claimed."""
+    for prerequisite_id in goal.prerequisites:
+        row = rows_by_goal_id.get(prerequisite_id)
+        if row is None:
+            return True
+        prerequisite = goals_by_id.get(prerequisite_id)
+        if prerequisite is None:
+            # The catalog loader rejects unknown prerequisites (V25); reaching this is a wiring bug.
+            raise KeyError(
+                f"prerequisite {prerequisite_id!r} of goal {goal.goal_id!r} is missing from goals_by_id"
+            )
+        if view(prerequisite, row, t).status not in (STATUS_COMPLETED, STATUS_CLAIMED):
+            return True
+    return False
+
+
+def random_select_eligible(
+    challenge: Challenge,
+    rows_by_goal_id: Mapping[str, ProgressRow],
+    goals_by_id: Mapping[str, Goal],
+    t: datetime,
+    exclude_active: bool,
+) -> list[Goal]:
+    """Goals random select may pick, in catalog order (SPEC §7.7 step 2).
+
+    `exclude_active` is true when the request sets `exclude_active` or `replace_existing`.
+    """
+    eligible: list[Goal] = []
+    for goal in challenge.goals:
+        row = rows_by_goal_id.get(goal.goal_id)
+        if view(goal, row, t).status in (STATUS_COMPLETED, STATUS_CLAIMED):
+            continue
+        if exclude_active and row is not None and row.is_active:
+            continue
+        if is_locked(goal, rows_by_goal_id, goals_by_id, t):
+            continue
+        eligible.append(goal)
+    return eligible
+
+
+# --- initialize catch-up (SPEC §7.2, §7.3 step 3) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUpPlan:
+    """The rows the initialize catch-up writes, and the per-goal arrays `rotation_catch_up` takes.
+
+    The arrays are parallel and in ascending goal_id order, the order the statement locks rows in.
+    """
+
+    rows: tuple[ProgressRow, ...]
+    goal_ids: tuple[str, ...]
+    boundaries: tuple[datetime, ...]
+    next_boundaries: tuple[datetime, ...]
+    reset_flags: tuple[bool, ...]
+    now: datetime
+
+    @property
+    def is_empty(self) -> bool:
+        """No row needs a catch-up, so no statement is run."""
+        return not self.goal_ids
+
+    def query_params(self, user_id: str) -> dict[str, Any]:
+        """Parameters of the `rotation_catch_up` named query (arrays as lists, which bind as arrays)."""
+        return {
+            "user_id": user_id,
+            "goal_ids": list(self.goal_ids),
+            "boundaries": list(self.boundaries),
+            "next_boundaries": list(self.next_boundaries),
+            "reset_flags": list(self.reset_flags),
+            "now": self.now,
+        }
+
+
+def catch_up_targets(
+    goals_by_id: Mapping[str, Goal],
+    active_rows: Iterable[ProgressRow],
+    t: datetime,
+) -> CatchUpPlan:
+    """Select the active, not claimed, stale rows of rotating catalog goals, and build their arrays.
+
+    Claimed stale rows are left out: the catch-up never writes them (the view and the event path
+    handle a reopen). Rows of goals no longer in the catalog are left out too.
+    """
+    targets: list[tuple[ProgressRow, Rotation]] = []
+    for row in active_rows:
+        goal = goals_by_id.get(row.goal_id)
+        if goal is None or goal.rotation is None:
+            continue
+        if not row.is_active or row.status == STATUS_CLAIMED or not is_stale(goal, row, t):
+            continue
+        targets.append((row, goal.rotation))
+    targets.sort(key=lambda target: target[0].goal_id)
+    return CatchUpPlan(
+        rows=tuple(row for row, _ in targets),
+        goal_ids=tuple(row.goal_id for row, _ in targets),
+        boundaries=tuple(period_start(rotation.schedule, t) for _, rotation in targets),
+        next_boundaries=tuple(next_boundary(rotation.schedule, t) for _, rotation in targets),
+        reset_flags=tuple(rotation.reset_progress for _, rotation in targets),
+        now=t,
+    )
+
+
+# --- wire format (SPEC §5.1) ----------------------------------------------------------------------
+
+
+def format_timestamp(dt: datetime | None) -> str:
+    """RFC 3339 UTC with a `Z` suffix and second precision (fraction truncated); "" for None."""
+    if dt is None:
+        return ""
+    u = _as_utc(dt)
+    return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}Z"
