@@ -1,0 +1,5 @@
+"""`python -m challengectl`."""
+
+from challengectl.cli import main
+
+main()

@@ -1,0 +1,367 @@
+"""Wiring and lifecycle of `challengectl serve`: embedded servers, migrations, catalog, pools, the HTTP,
+admin and gRPC servers, readiness, and a graceful shutdown on SIGINT/SIGTERM (SPEC §5, §6.13, §9.4)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from service import __version__
+from service.admin import create_admin_app
+from service.cache import open_redis
+from service.cache import ping as ping_redis
+from service.catalog import Catalog, CatalogError, load_catalog
+from service.embedded import EmbeddedPostgres, EmbeddedRedis, connection_help
+from service.grpc_api import create_grpc_server
+from service.health import Readiness
+from service.http_api import create_http_app
+from service.metrics import BUILD_INFO
+from service.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
+from service.registry import RegistryError, load_registry
+from service.resources import example_catalog_path
+from service.settings import Settings, SettingsError, validate_for_serve
+from service.store import PoolConfig, Store, StoreUnavailable, open_pool
+
+log = logging.getLogger("challengectl.serve")
+
+READINESS_POLL_S = 1.0
+SERVER_STOP_GRACE_S = 5.0
+
+
+class StartupError(Exception):
+    """The service cannot start; `exit_code` follows SPEC §10.5 (2 config, 5 dependency, 1 other)."""
+
+    def __init__(self, message: str, exit_code: int, hint: str = "") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.hint = hint
+
+
+@dataclass
+class Dependencies:
+    """Where PostgreSQL and Redis are, and the embedded servers this process started for them."""
+
+    database_url: str
+    redis_url: str | None  # None: cache disabled
+    embedded_postgres: EmbeddedPostgres | None = None
+    embedded_redis: EmbeddedRedis | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.embedded_postgres is not None
+
+    def stop(self) -> None:
+        for server in (self.embedded_redis, self.embedded_postgres):
+            if server is not None:
+                server.stop()
+
+
+def wants_embedded_postgres(settings: Settings) -> bool:
+    return settings.embedded == "always" or (settings.embedded == "auto" and not settings.database_url)
+
+
+def wants_embedded_redis(settings: Settings) -> bool:
+    if settings.cache_disabled():
+        return False
+    return settings.embedded == "always" or (settings.embedded == "auto" and not settings.redis_url)
+
+
+def validate_settings(settings: Settings) -> None:
+    """Refuse impossible combinations before anything starts (exit 2)."""
+    if settings.embedded == "never":
+        for name, value in (("database_url", settings.database_url), ("redis_url", settings.redis_url)):
+            if not value:
+                raise SettingsError(f"invalid setting '{name}': unset while embedded=never")
+    validate_for_serve(settings, embedded_postgres=wants_embedded_postgres(settings))
+
+
+def resolve_catalog_path(settings: Settings) -> Path:
+    """The configured catalog; with embedded PostgreSQL and no configured file, the bundled example."""
+    configured = Path(settings.catalog_path).expanduser()
+    if settings.sources["catalog_path"] == "default" and not configured.exists() and wants_embedded_postgres(settings):
+        return example_catalog_path()
+    return configured
+
+
+def load_service_catalog(settings: Settings) -> Catalog:
+    try:
+        catalog = load_catalog(resolve_catalog_path(settings))
+    except CatalogError as exc:
+        details = "\n".join(f"  {error}" for error in exc.errors)
+        raise StartupError(f"invalid catalog ({len(exc.errors)} error(s)):\n{details}", 2,
+                           "fix the catalog, then check it with 'challengectl serve --check'") from None
+    for warning in catalog.warnings:
+        log.warning("catalog: %s", warning)
+    return catalog
+
+
+def start_dependencies(settings: Settings) -> Dependencies:
+    """Start the embedded servers that have no URL (SPEC §9.4) and return where everything is."""
+    data_dir = settings.resolved_data_dir()
+    deps = Dependencies(database_url=settings.database_url or "", redis_url=None)
+    try:
+        if wants_embedded_postgres(settings):
+            deps.embedded_postgres = EmbeddedPostgres(data_dir)
+            deps.database_url = deps.embedded_postgres.start()
+        if wants_embedded_redis(settings):
+            deps.embedded_redis = EmbeddedRedis(data_dir)
+            deps.redis_url = deps.embedded_redis.start()
+        elif not settings.cache_disabled():
+            deps.redis_url = settings.redis_url
+    except Exception as exc:
+        deps.stop()
+        raise StartupError(f"cannot start the embedded servers in {data_dir}: {exc}", 5,
+                           "check the data dir, or set DATABASE_URL and REDIS_URL") from exc
+    return deps
+
+
+def wait_for_database(database_url: str, timeout_s: float) -> None:
+    """Retry PostgreSQL until it answers or `startup_timeout_s` passes (then exit code 5)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            migration_status(database_url)
+            return
+        except MigrationError:
+            return  # reachable; the migration step reports the problem itself
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise StartupError(f"PostgreSQL unreachable after {timeout_s:.0f} s: {_first_line(exc)}", 5,
+                                   "check DATABASE_URL and that PostgreSQL is running") from None
+            time.sleep(0.5)
+
+
+def prepare_schema(settings: Settings, database_url: str) -> None:
+    """Apply pending migrations (migrate=auto) or only verify them (migrate=off)."""
+    try:
+        if settings.migrate == "auto":
+            for migration in apply_migrations(database_url, application_name="challengectl-service"):
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+        else:
+            status = migration_status(database_url)
+            if status.pending:
+                log.error("pending migrations with migrate=off: %s; the service stays not ready",
+                          ", ".join(f"{m.version:04d}" for m in status.pending))
+    except MigrationError as exc:
+        raise StartupError(str(exc), exc.exit_code, "see 'challengectl db migrate --status'") from None
+
+
+def bind_socket(host: str, port: int, what: str) -> socket.socket:
+    """Bind before serving, so a taken port is a clear startup error instead of a log line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port} for the {what}: {exc.strerror}", 1,
+                           f"another process uses the port; pick another with --{_port_flag(what)}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _port_flag(what: str) -> str:
+    return {"player API": "port", "admin API": "admin-port"}.get(what, "port")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn(app: Any) -> _Server:
+    config = uvicorn.Config(
+        app, lifespan="off", log_config=None, access_log=False, server_header=False,
+        date_header=False, http="httptools", timeout_graceful_shutdown=SERVER_STOP_GRACE_S,
+    )
+    return _Server(config)
+
+
+@dataclass
+class Service:
+    """The running service: what `run()` started and `shutdown()` stops."""
+
+    settings: Settings
+    catalog: Catalog
+    deps: Dependencies
+    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    store: Store | None = None
+    redis: Any = None
+    readiness: Readiness | None = None
+    schema_version: int = 0
+
+    def describe_config(self) -> dict[str, Any]:
+        """The `/admin/config` body (SPEC §5.6)."""
+        body: dict[str, Any] = dict(self.settings.effective())
+        body.update(
+            service_version=__version__,
+            schema_version=self.schema_version,
+            catalog_path=self.catalog.path,
+            catalog_fingerprint=self.catalog.fingerprint,
+            challenges=len(self.catalog.challenges),
+            goals=len(self.catalog.goals_by_id),
+            default_goals=len(self.catalog.default_goals),
+            embedded=self.deps.embedded,
+            started_at=self.started_at,
+            pid=os.getpid(),
+        )
+        return body
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        self.schema_version = max((m.version for m in discover_migrations()), default=0)
+        pool_config = PoolConfig(
+            min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+            timeout_ms=settings.db_pool_timeout_ms, statement_timeout_ms=settings.db_statement_timeout_ms,
+            max_lifetime_s=settings.db_conn_max_lifetime_s, max_idle_s=settings.db_conn_max_idle_s,
+        )
+        try:
+            pool = await open_pool(self.deps.database_url, "service", pool_config)
+        except StoreUnavailable as exc:
+            raise StartupError(f"PostgreSQL unavailable: {exc}", 5, "check DATABASE_URL") from None
+        self.store = Store(pool)
+        if self.deps.redis_url:
+            self.redis = open_redis(self.deps.redis_url, settings.redis_pool_max, settings.redis_timeout_ms)
+        store, redis = self.store, self.redis
+        self.readiness = Readiness(
+            ping_database=store.ping,
+            read_schema_version=store.schema_version,
+            expected_schema_version=self.schema_version,
+            ping_redis=(lambda: ping_redis(redis)) if redis is not None else None,
+            redis_required=settings.readyz_redis == "required",
+        )
+        BUILD_INFO.labels(__version__, self.catalog.fingerprint, settings.ack_mode).set(1)
+
+        http_socket = bind_socket(settings.http_host, settings.http_port, "player API")
+        admin_socket = bind_socket(settings.admin_host, settings.admin_port, "admin API")
+        http_server = _uvicorn(
+            create_http_app(self.readiness, settings.base_path, self.catalog.fingerprint))
+        admin_server = _uvicorn(
+            create_admin_app(self.readiness, settings.admin_token, self.describe_config))
+        try:
+            grpc_server, grpc_health = create_grpc_server(
+                settings.grpc_host, settings.grpc_port, settings.grpc_max_message_bytes,
+                settings.grpc_max_concurrent_rpcs)
+        except OSError as exc:
+            raise StartupError(str(exc), 1, "pick another port with --grpc-port") from None
+        await grpc_server.start()
+        tasks = [
+            asyncio.create_task(http_server.serve(sockets=[http_socket]), name="http"),
+            asyncio.create_task(admin_server.serve(sockets=[admin_socket]), name="admin"),
+        ]
+        poller = asyncio.create_task(self._follow_readiness(grpc_health), name="readiness")
+        self._announce()
+        try:
+            await _wait_for_stop_or_crash(stop, tasks)
+        finally:
+            log.info("shutting down")
+            self.readiness.shutting_down = True
+            await grpc_health.set_ready(False)
+            await grpc_server.stop(SERVER_STOP_GRACE_S)
+            for server in (http_server, admin_server):
+                server.should_exit = True
+            await asyncio.wait(tasks, timeout=SERVER_STOP_GRACE_S + 1)
+            poller.cancel()
+            await self.close()
+
+    async def _follow_readiness(self, grpc_health: Any) -> None:
+        """Poll readiness so gRPC health reports the same verdict as /readyz (SPEC §6.1)."""
+        assert self.readiness is not None
+        while True:
+            ready, _ = await self.readiness.check()
+            await grpc_health.set_ready(ready)
+            await asyncio.sleep(READINESS_POLL_S)
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.store is not None:
+            await self.store.close()
+
+    def _announce(self) -> None:
+        """Tell the operator where everything listens, and how to connect to the embedded servers."""
+        s = self.settings
+        lines = [
+            f"challengectl {__version__} serving (catalog {self.catalog.path}, fingerprint {self.catalog.fingerprint})",
+            f"  player API  {s.resolved_api_url()}",
+            f"  gRPC        {s.grpc_host}:{s.grpc_port}",
+            f"  admin       http://{s.admin_host}:{s.admin_port}",
+        ]
+        if self.deps.embedded_postgres or self.deps.embedded_redis:
+            lines.append(f"  data dir    {s.resolved_data_dir()}")
+            lines += [f"  {line}" for line in connection_help(self.deps.database_url, self.deps.redis_url)]
+            lines.append(f"  export DATABASE_URL='{self.deps.database_url}'")
+            if self.deps.redis_url:
+                lines.append(f"  export REDIS_URL='{self.deps.redis_url}'")
+            lines.append("  mint a player token: challengectl token mint --user <id>")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def _wait_for_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task]) -> None:
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    for task in done:
+        if task is not stopper and task.exception() is not None:
+            raise StartupError(f"{task.get_name()} server failed: {task.exception()}", 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def _serve_until_signalled(service: Service) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("second signal: exiting immediately")
+            os._exit(130)
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await service.run(stop)
+
+
+def serve(settings: Settings) -> int:
+    """Run the service in the foreground until SIGINT/SIGTERM; returns the process exit code."""
+    validate_settings(settings)
+    catalog = load_service_catalog(settings)
+    deps = start_dependencies(settings)
+    try:
+        wait_for_database(deps.database_url, settings.startup_timeout_s)
+        prepare_schema(settings, deps.database_url)
+        try:
+            load_registry()
+        except RegistryError as exc:
+            raise StartupError(f"named-query registry: {exc}", 2) from None
+        asyncio.run(_serve_until_signalled(Service(settings, catalog, deps)))
+    finally:
+        deps.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,116 @@
+"""Liveness and readiness (SPEC §5.5): what `/healthz`, `/readyz` and gRPC health report."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+FLUSHER_FAILURE_LIMIT_S = 10.0
+DATABASE_TIMEOUT_S = 1.0
+REDIS_TIMEOUT_S = 0.5
+
+HEALTHY_BODY = {"status": "healthy"}
+
+
+@dataclass
+class Readiness:
+    """Runs the readiness checks. The probes are plain coroutines so that tests and the app wire the
+    real pools in: `ping_database()` / `ping_redis()` return a latency in ms or raise, and
+    `read_schema_version()` returns the highest applied migration."""
+
+    ping_database: Callable[[], Awaitable[float]]
+    read_schema_version: Callable[[], Awaitable[int | None]]
+    expected_schema_version: int
+    ping_redis: Callable[[], Awaitable[float]] | None  # None: cache disabled
+    redis_required: bool = True
+    shutting_down: bool = False
+    flusher_failing_since: float | None = None  # monotonic time of the first failure in a row
+    _schema_version: int | None = None
+    _database_was_down: bool = True
+    _listeners: list[Callable[[bool], None]] = field(default_factory=list)
+    _last_ready: bool | None = None
+
+    def on_change(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(ready)` whenever the readiness verdict changes (gRPC health follows it)."""
+        self._listeners.append(listener)
+
+    async def check(self) -> tuple[bool, dict[str, Any]]:
+        """Run every check; returns (ready, body) where body is the `/readyz` JSON."""
+        checks: dict[str, dict[str, Any]] = {}
+        failing: list[str] = []
+
+        database = await _probe(self.ping_database, DATABASE_TIMEOUT_S)
+        checks["database"] = database
+        if not database["ok"]:
+            failing.append("database")
+            self._database_was_down = True
+        elif self._database_was_down:
+            version = await _probe(self.read_schema_version, DATABASE_TIMEOUT_S)
+            if version["ok"]:
+                self._schema_version = version["value"]
+                self._database_was_down = False
+
+        migrations_ok = self._schema_version is not None and self._schema_version >= self.expected_schema_version
+        checks["migrations"] = {"ok": migrations_ok, "version": self._schema_version or 0}
+        if not migrations_ok:
+            checks["migrations"]["error"] = f"schema version {self._schema_version or 0}, expected {self.expected_schema_version}"
+            failing.append("migrations")
+
+        if self.ping_redis is not None:
+            redis = await _probe(self.ping_redis, REDIS_TIMEOUT_S)
+            checks["redis"] = redis
+            if not redis["ok"]:
+                redis["required"] = self.redis_required
+                if self.redis_required:
+                    failing.append("redis")
+
+        flusher_ok = self.flusher_failing_since is None or (
+            time.monotonic() - self.flusher_failing_since < FLUSHER_FAILURE_LIMIT_S
+        )
+        checks["flusher"] = {"ok": flusher_ok}
+        if not flusher_ok:
+            checks["flusher"]["error"] = "flushes failing for more than 10 s"
+            failing.append("flusher")
+        if self.shutting_down:
+            checks["shutdown"] = {"ok": False, "error": "service is shutting down"}
+            failing.append("shutdown")
+
+        for entry in checks.values():
+            entry.pop("value", None)
+        ready = not failing
+        self._notify(ready)
+        if ready:
+            return True, {"status": "ready", "checks": checks}
+        return False, {
+            "errorCode": "DEPENDENCY_UNAVAILABLE",
+            "message": f"not ready: {', '.join(failing)}",
+            "status": "not_ready",
+            "checks": checks,
+        }
+
+    def _notify(self, ready: bool) -> None:
+        if ready != self._last_ready:
+            self._last_ready = ready
+            for listener in self._listeners:
+                listener(ready)
+
+
+async def _probe(probe: Callable[[], Awaitable[Any]], timeout_s: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        value = await asyncio.wait_for(probe(), timeout_s)
+    except asyncio.TimeoutError:
+        return {"ok": False, "error": f"timed out after {int(timeout_s * 1000)} ms"}
+    except Exception as exc:  # any failure of the dependency makes it not ready; the reason is shown
+        return {"ok": False, "error": _short_reason(exc)}
+    latency = round((time.perf_counter() - started) * 1000, 2)
+    return {"ok": True, "latencyMs": latency, "value": value}
+
+
+def _short_reason(exc: BaseException) -> str:
+    """First line of the error, without driver noise, secrets or SQL (only our own messages reach here)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
