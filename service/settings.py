@@ -278,8 +278,8 @@ def mask_url_password(url: str) -> str:
     return " ".join(parts)
 
 
-def default_config_path() -> Path:
-    xdg = os.environ.get("XDG_CONFIG_HOME")
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    xdg = (os.environ if environ is None else environ).get("XDG_CONFIG_HOME")
     base = Path(xdg) if xdg else Path.home() / ".config"
     return base / "challengectl" / "config.toml"
 
@@ -375,7 +375,7 @@ def load_settings(
         return _env_value(SPECS_BY_NAME[name], environ)
 
     config_given = early("config_file")
-    config_path = Path(str(config_given[0])).expanduser() if config_given else default_config_path()
+    config_path = Path(str(config_given[0])).expanduser() if config_given else default_config_path(environ)
     document = _read_config_file(config_path, explicit=config_given is not None)
     profile_given = early("profile") or (
         (document["profile"], "file") if "profile" in document else None
