@@ -1,0 +1,235 @@
+"""PostgreSQL connection pool of the service: opening, session settings, health probe and stats.
+
+Every pooled session runs with `TimeZone=UTC` and the configured `statement_timeout`, passed as libpq
+startup options so that no extra round trip is spent on session setup (SPEC §4.6, §9.2). By default
+the pool's connections are in autocommit mode: a single-statement read or write is one round trip
+(no BEGIN/COMMIT), and multi-statement work opens an explicit `conn.transaction()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+POOL_ROLES = ("service", "flusher", "cli")
+
+
+class StoreUnavailable(Exception):
+    """PostgreSQL cannot be reached or did not answer in time.
+
+    The message names the target (host, port, database; never the password) and a short reason.
+    """
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"PostgreSQL {target} unavailable: {reason}")
+        self.target = target
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Sizing and timeouts of one pool (SPEC §9.2 `db_pool_*`, `db_statement_timeout_ms`, `db_conn_*`)."""
+
+    min_size: int = 2
+    max_size: int = 20
+    timeout_ms: int = 2000
+    statement_timeout_ms: int = 5000
+    max_lifetime_s: float = 300
+    max_idle_s: float = 300
+    # How long open_pool waits for min_size connections before giving up; the caller retries.
+    open_timeout_s: float = 5.0
+    autocommit: bool = True
+
+
+def describe_target(conninfo: str) -> str:
+    """`host:port/dbname` of a libpq conninfo or URL, with libpq's environment defaults; no secrets."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "(unparseable connection string)"
+    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
+    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+    user = params.get("user") or os.environ.get("PGUSER") or ""
+    dbname = str(params.get("dbname") or os.environ.get("PGDATABASE") or user or "(default)")
+    return f"{host}:{port}/{dbname}"
+
+
+def short_reason(error: BaseException, conninfo: str | None = None) -> str:
+    """The first meaningful line of a driver error, with the password of `conninfo` redacted."""
+    diag = getattr(error, "diag", None)
+    primary = diag.message_primary if diag is not None else None
+    text = primary or str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    # Client-side libpq errors read "connection failed: connection to server at ... failed: <why>";
+    # the target is reported separately, so keep the why.
+    if primary is None and "failed:" in reason:
+        reason = reason.rsplit("failed:", 1)[1].strip() or reason
+    password = _password_of(conninfo) if conninfo else None
+    if password:
+        reason = reason.replace(password, "****")
+    return reason
+
+
+def _is_transaction_rollback(error: psycopg.Error) -> bool:
+    """SQLSTATE class 40 (serialization failure, deadlock): retryable, not an outage.
+
+    psycopg does not derive every class-40 error from TransactionRollback, so test the code itself.
+    """
+    return (error.sqlstate or "").startswith("40")
+
+
+def _password_of(conninfo: str) -> str | None:
+    try:
+        value = conninfo_to_dict(conninfo).get("password")
+    except psycopg.ProgrammingError:
+        return None
+    return str(value) if value else None
+
+
+def session_options(conninfo: str, statement_timeout_ms: int | None = None) -> str:
+    """libpq `options` setting the session's TimeZone (and statement_timeout when given).
+
+    They are appended to any options the conninfo already has, so an operator's own settings survive.
+    """
+    existing = str(conninfo_to_dict(conninfo).get("options") or "").strip()
+    ours = "-c TimeZone=UTC"
+    if statement_timeout_ms is not None:
+        ours += f" -c statement_timeout={int(statement_timeout_ms)}"
+    return f"{existing} {ours}".strip()
+
+
+async def open_pool(conninfo: str, role: str, config: PoolConfig) -> AsyncConnectionPool:
+    """Open a pool for `role` (`service`, `flusher`, `cli`) and wait until min_size connections exist.
+
+    Sessions are named `challengectl-<role>` in pg_stat_activity. Raises StoreUnavailable, naming
+    host/port/database and the driver's reason, when the pool is not ready within
+    `config.open_timeout_s`.
+    """
+    if role not in POOL_ROLES:
+        raise ValueError(f"unknown pool role {role!r}; expected one of {', '.join(POOL_ROLES)}")
+    target = describe_target(conninfo)
+    connect_kwargs: dict[str, Any] = {
+        "application_name": f"challengectl-{role}",
+        "options": session_options(conninfo, config.statement_timeout_ms),
+        "autocommit": config.autocommit,
+    }
+    if "connect_timeout" not in conninfo_to_dict(conninfo):
+        # libpq rounds values below 2 s up to 2 s; an unanswered SYN must not outlive the open timeout.
+        connect_kwargs["connect_timeout"] = max(2, round(config.open_timeout_s))
+    pool = AsyncConnectionPool(
+        conninfo,
+        kwargs=connect_kwargs,
+        min_size=config.min_size,
+        max_size=config.max_size,
+        timeout=config.timeout_ms / 1000,
+        max_lifetime=config.max_lifetime_s,
+        max_idle=config.max_idle_s,
+        name=f"challengectl-{role}",
+        open=False,
+    )
+    try:
+        await pool.open(wait=True, timeout=config.open_timeout_s)
+    except PoolTimeout:
+        # The pool only says "initialization incomplete"; one direct attempt tells the on-call why.
+        reason = await _probe_connection_failure(conninfo, connect_kwargs)
+        raise StoreUnavailable(
+            target, f"no connection within {config.open_timeout_s:g} s ({reason})"
+        ) from None
+    except psycopg.Error as error:
+        await pool.close()
+        raise StoreUnavailable(target, short_reason(error, conninfo)) from None
+    return pool
+
+
+async def _probe_connection_failure(conninfo: str, connect_kwargs: dict[str, Any]) -> str:
+    try:
+        conn = await psycopg.AsyncConnection.connect(conninfo, **connect_kwargs)
+    except psycopg.Error as error:
+        return short_reason(error, conninfo)
+    await conn.close()
+    return "the server accepted a direct connection; the pool could not reach min_size in time"
+
+
+class Store:
+    """The service's handle on one PostgreSQL pool: connections, health probe, stats and shutdown."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+        self.target = describe_target(pool.conninfo if isinstance(pool.conninfo, str) else "")
+
+    @classmethod
+    async def open(cls, conninfo: str, role: str, config: PoolConfig) -> Store:
+        """Open a pool (see `open_pool`) and wrap it."""
+        return cls(await open_pool(conninfo, role, config))
+
+    @asynccontextmanager
+    async def connection(self, timeout_s: float | None = None) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pooled connection; an acquire timeout or a lost server raises StoreUnavailable.
+
+        Database errors other than connectivity ones pass through: constraint violations, and
+        deadlocks and serialization failures, which the caller may retry once (SPEC §7.6).
+        """
+        try:
+            async with self.pool.connection(timeout=timeout_s) as conn:
+                yield conn
+        except PoolTimeout:
+            waited = timeout_s if timeout_s is not None else self.pool.timeout
+            raise StoreUnavailable(self.target, f"no pooled connection free within {waited:g} s") from None
+        except psycopg.OperationalError as error:
+            if _is_transaction_rollback(error):
+                raise
+            raise StoreUnavailable(self.target, short_reason(error, self.pool.conninfo)) from None
+
+    async def ping(self, timeout_s: float = 1.0) -> float:
+        """Run `SELECT 1` through the pool; return the latency in ms (acquire included)."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.connection(timeout_s=timeout_s) as conn:
+                    await conn.execute("SELECT 1")
+        except TimeoutError:
+            raise StoreUnavailable(self.target, f"no answer to SELECT 1 within {timeout_s:g} s") from None
+        return (time.perf_counter() - started) * 1000
+
+    def stats(self) -> dict[str, float | int]:
+        """The pool's numbers under the `db` keys of `/admin/pool` (SPEC §5.6), from psycopg_pool.
+
+        `acquire_timeouts` counts failed acquires (timeouts; the pool queue is unbounded, so never
+        "too many requests"). Peak and percentile keys are not known to psycopg_pool and are absent.
+        """
+        raw = self.pool.get_stats()
+        size = raw.get("pool_size", 0)
+        idle = raw.get("pool_available", 0)
+        max_size = raw.get("pool_max", self.pool.max_size)
+        in_use = max(size - idle, 0)
+        attempts = raw.get("connections_num", 0)
+        connection_errors = raw.get("connections_errors", 0)
+        return {
+            "min_size": raw.get("pool_min", self.pool.min_size),
+            "max_size": max_size,
+            "size": size,
+            "in_use": in_use,
+            "idle": idle,
+            "waiting": raw.get("requests_waiting", 0),
+            "utilisation": in_use / max_size if max_size else 0.0,
+            "acquire_count": raw.get("requests_num", 0),
+            "acquire_wait_ms_total": raw.get("requests_wait_ms", 0),
+            "acquire_timeouts": raw.get("requests_errors", 0),
+            "connections_created": attempts - connection_errors,
+            "connection_errors": connection_errors,
+            "connections_lost": raw.get("connections_lost", 0),
+        }
+
+    async def close(self) -> None:
+        """Close the pool and every connection it holds."""
+        await self.pool.close()

@@ -1,0 +1,171 @@
+"""The PostgreSQL pool against real PostgreSQL: session settings, stats, ping and failure mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+
+from service.store import PoolConfig, Store, StoreUnavailable, describe_target, open_pool
+
+SMALL = PoolConfig(min_size=1, max_size=3, timeout_ms=2000, statement_timeout_ms=1234, open_timeout_s=5)
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(pg_url, "service", SMALL)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("role", ["service", "flusher", "cli"])
+async def test_pooled_sessions_are_named_by_role_in_pg_stat_activity(pg_url: str, role: str) -> None:
+    pool = await open_pool(pg_url, role, SMALL)
+    try:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            )
+            assert await cursor.fetchone() == (f"challengectl-{role}",)
+    finally:
+        await pool.close()
+
+
+async def test_sessions_run_in_utc_with_the_statement_timeout_from_startup_options(store: Store) -> None:
+    async with store.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT name, setting, source FROM pg_settings"
+            " WHERE name IN ('TimeZone', 'statement_timeout') ORDER BY name"
+        )
+        # source 'client' means the startup packet set them: no SET round trip per session.
+        assert await cursor.fetchall() == [
+            ("TimeZone", "UTC", "client"),
+            ("statement_timeout", "1234", "client"),
+        ]
+        timezone = await (await conn.execute("SHOW TimeZone")).fetchone()
+        assert timezone == ("UTC",)
+
+
+async def test_options_already_in_the_conninfo_are_kept(pg_url: str) -> None:
+    with_options = psycopg.conninfo.make_conninfo(pg_url, options="-c work_mem=8MB")
+    pool = await open_pool(with_options, "cli", SMALL)
+    try:
+        async with pool.connection() as conn:
+            assert await (await conn.execute("SHOW work_mem")).fetchone() == ("8MB",)
+            assert await (await conn.execute("SHOW TimeZone")).fetchone() == ("UTC",)
+    finally:
+        await pool.close()
+
+
+async def test_unknown_role_is_rejected(pg_url: str) -> None:
+    with pytest.raises(ValueError, match="worker"):
+        await open_pool(pg_url, "worker", SMALL)
+
+
+async def test_stats_use_the_admin_pool_keys_and_count_use(store: Store) -> None:
+    before = store.stats()
+    assert {
+        "min_size",
+        "max_size",
+        "size",
+        "in_use",
+        "idle",
+        "waiting",
+        "utilisation",
+        "acquire_count",
+        "acquire_timeouts",
+        "connections_created",
+        "connection_errors",
+    } <= set(before)
+    assert (before["min_size"], before["max_size"]) == (1, 3)
+
+    async with store.connection():
+        during = store.stats()
+    assert during["in_use"] == before["in_use"] + 1
+    assert during["utilisation"] == during["in_use"] / 3
+    assert during["acquire_count"] == before["acquire_count"] + 1
+    assert during["connections_created"] >= 1
+    assert during["connection_errors"] == 0
+
+
+async def test_ping_returns_the_latency_in_ms(store: Store) -> None:
+    latency_ms = await store.ping(timeout_s=1.0)
+    assert isinstance(latency_ms, float) and latency_ms > 0
+
+
+async def test_acquire_timeout_is_store_unavailable_and_counted(pg_url: str) -> None:
+    store = await Store.open(pg_url, "service", PoolConfig(min_size=1, max_size=1, open_timeout_s=5))
+    try:
+        async with store.connection():
+            with pytest.raises(StoreUnavailable, match="no pooled connection free within 0.1 s"):
+                async with store.connection(timeout_s=0.1):
+                    pass
+        assert store.stats()["acquire_timeouts"] == 1
+    finally:
+        await store.close()
+
+
+async def test_statement_timeout_is_store_unavailable(pg_url: str) -> None:
+    store = await Store.open(pg_url, "service", PoolConfig(min_size=1, max_size=1, statement_timeout_ms=50))
+    try:
+        with pytest.raises(StoreUnavailable, match="statement timeout"):
+            async with store.connection() as conn:
+                await conn.execute("SELECT pg_sleep(1)")
+        # The pool recovered the connection: the next statement works.
+        assert await store.ping() > 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("errcode", "error_class"),
+    [
+        ("serialization_failure", psycopg.errors.SerializationFailure),
+        ("deadlock_detected", psycopg.errors.DeadlockDetected),
+    ],
+)
+async def test_retryable_class_40_errors_pass_through_for_the_caller(
+    store: Store, errcode: str, error_class: type[psycopg.Error]
+) -> None:
+    with pytest.raises(error_class):
+        async with store.connection() as conn:
+            await conn.execute(
+                f"DO $$ BEGIN RAISE EXCEPTION 'simulated' USING ERRCODE = '{errcode}'; END $$"
+            )
+
+
+async def test_closed_port_raises_store_unavailable_naming_the_target_without_the_password() -> None:
+    port = _closed_port()
+    conninfo = f"postgresql://postgres:hunter2-secret@127.0.0.1:{port}/somedb"
+
+    with pytest.raises(StoreUnavailable) as raised:
+        await open_pool(conninfo, "service", PoolConfig(min_size=1, open_timeout_s=0.5))
+
+    message = str(raised.value)
+    assert f"127.0.0.1:{port}/somedb" in message
+    assert "refused" in message.lower()
+    assert "hunter2-secret" not in message
+    assert raised.value.target == f"127.0.0.1:{port}/somedb"
+
+
+async def test_ping_after_close_is_store_unavailable(pg_url: str) -> None:
+    store = await Store.open(pg_url, "cli", SMALL)
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.ping(), timeout=5)
+
+
+def test_describe_target_reads_urls_and_keyword_strings() -> None:
+    assert describe_target("postgresql://u:pw@db.internal:6543/game") == "db.internal:6543/game"
+    assert describe_target("host=10.0.0.5 port=5433 dbname=game user=u password=pw") == "10.0.0.5:5433/game"
