@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -161,7 +162,7 @@ async def _probe_connection_failure(conninfo: str, connect_kwargs: dict[str, Any
 
 
 class Store:
-    """The service's handle on one PostgreSQL pool: connections, health probe, stats and shutdown."""
+    """The service's handle on one PostgreSQL pool: connections, readiness probes, stats and shutdown."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
@@ -200,6 +201,21 @@ class Store:
         except TimeoutError:
             raise StoreUnavailable(self.target, f"no answer to SELECT 1 within {timeout_s:g} s") from None
         return (time.perf_counter() - started) * 1000
+
+    async def schema_version(self, timeout_s: float = 1.0) -> int | None:
+        """Highest version recorded in `schema_migrations` (readiness); None before any migration."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self.connection(timeout_s=timeout_s) as conn:
+                    cursor = await conn.execute("SELECT max(version) FROM schema_migrations")
+                    row = await cursor.fetchone()
+        except pg_errors.UndefinedTable:
+            return None
+        except TimeoutError:
+            raise StoreUnavailable(
+                self.target, f"no answer from schema_migrations within {timeout_s:g} s"
+            ) from None
+        return row[0] if row else None
 
     def stats(self) -> dict[str, float | int]:
         """The pool's numbers under the `db` keys of `/admin/pool` (SPEC §5.6), from psycopg_pool.

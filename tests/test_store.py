@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from service.migrations import apply_migrations, discover_migrations
 from service.store import PoolConfig, Store, StoreUnavailable, describe_target, open_pool
 
 SMALL = PoolConfig(min_size=1, max_size=3, timeout_ms=2000, statement_timeout_ms=1234, open_timeout_s=5)
@@ -102,6 +106,25 @@ async def test_stats_use_the_admin_pool_keys_and_count_use(store: Store) -> None
 async def test_ping_returns_the_latency_in_ms(store: Store) -> None:
     latency_ms = await store.ping(timeout_s=1.0)
     assert isinstance(latency_ms, float) and latency_ms > 0
+
+
+async def test_schema_version_reads_the_highest_applied_migration() -> None:
+    dbname = f"challengectl_store_{uuid.uuid4().hex[:10]}"
+    admin_url = os.environ["DATABASE_URL"]
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    url = psycopg.conninfo.make_conninfo(admin_url, dbname=dbname)
+    try:
+        store = await Store.open(url, "service", SMALL)
+        try:
+            assert await store.schema_version() is None
+            apply_migrations(url)
+            assert await store.schema_version() == max(m.version for m in discover_migrations())
+        finally:
+            await store.close()
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
 async def test_acquire_timeout_is_store_unavailable_and_counted(pg_url: str) -> None:
