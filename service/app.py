@@ -135,11 +135,11 @@ def wait_for_database(database_url: str, timeout_s: float) -> None:
         try:
             migration_status(database_url)
             return
-        except MigrationError:
-            return  # reachable; the migration step reports the problem itself
-        except Exception as exc:
+        except MigrationError as exc:
+            if exc.exit_code != 5:
+                return  # reachable; the migration step reports the problem itself
             if time.monotonic() >= deadline:
-                raise StartupError(f"PostgreSQL unreachable after {timeout_s:.0f} s: {_first_line(exc)}", 5,
+                raise StartupError(f"PostgreSQL unreachable after {timeout_s:.0f} s: {exc}", 5,
                                    "check DATABASE_URL and that PostgreSQL is running") from None
             time.sleep(0.5)
 
@@ -236,7 +236,7 @@ class Service:
         try:
             pool = await open_pool(self.deps.database_url, "service", pool_config)
         except StoreUnavailable as exc:
-            raise StartupError(f"PostgreSQL unavailable: {exc}", 5, "check DATABASE_URL") from None
+            raise StartupError(str(exc), 5, "check DATABASE_URL") from None
         self.store = Store(pool)
         if self.deps.redis_url:
             self.redis = open_redis(self.deps.redis_url, settings.redis_pool_max, settings.redis_timeout_ms)
@@ -322,11 +322,6 @@ async def _wait_for_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task]
     for task in done:
         if task is not stopper and task.exception() is not None:
             raise StartupError(f"{task.get_name()} server failed: {task.exception()}", 1)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 async def _serve_until_signalled(service: Service) -> None:
