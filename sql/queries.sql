@@ -1,0 +1,436 @@
+-- The named-query registry (SPEC §4.5): every statement the service runs, each under a name.
+--
+-- Entry format: a header of `-- key: value` lines, then exactly one statement ending with `;`.
+--   -- name:          unique name; `challengectl explain NAME` accepts `-` for `_`
+--   -- kind:          read | write | lock
+--   -- params:        `name type` pairs, comma-separated, in binding order of the SPEC table
+--   -- expect-index:  (optional) the index the planner is expected to use
+--   -- doc:           one sentence; indented `--   ` lines continue it
+-- Placeholders are psycopg named placeholders; a literal percent sign must be doubled.
+-- Every timestamp written comes from the `now` parameter, never from the server clock.
+-- Rows are returned with the columns of user_goal_progress in table order.
+
+
+-- name: active_goals
+-- kind: read
+-- params: user_id text
+-- expect-index: idx_ugp_user_active
+-- doc: Active rows of one user, by goal_id (initialize, active_only listing, cache fill).
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
+  FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text
+   AND is_active
+ ORDER BY goal_id;
+
+
+-- name: user_goal_count
+-- kind: read
+-- params: user_id text
+-- expect-index: user_goal_progress_pkey
+-- doc: Number of rows of one user, active or not (users show, loadtest preflight).
+SELECT count(*) AS goal_count
+  FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text;
+
+
+-- name: user_progress
+-- kind: read
+-- params: user_id text
+-- expect-index: user_goal_progress_pkey
+-- doc: All rows of one user, by goal_id (GET /v1/challenges without active_only).
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
+  FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text
+ ORDER BY goal_id;
+
+
+-- name: challenge_progress
+-- kind: read
+-- params: user_id text, challenge_id text
+-- expect-index: user_goal_progress_pkey
+-- doc: Rows of one user in one challenge, by goal_id (single-challenge GET, batch and random select).
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
+  FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text
+   AND challenge_id = %(challenge_id)s::text
+ ORDER BY goal_id;
+
+
+-- name: goals_by_ids
+-- kind: read
+-- params: user_id text, goal_ids text[]
+-- expect-index: user_goal_progress_pkey
+-- doc: Rows of one user for the listed goals, by goal_id (prerequisite lookups); callers skip it for an empty list.
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
+  FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text
+   AND goal_id = ANY (%(goal_ids)s::text[])
+ ORDER BY goal_id;
+
+
+-- name: active_view
+-- kind: read
+-- params: user_id text, prereq_goal_ids text[]
+-- expect-index: idx_ugp_user_active
+-- doc: Active rows of one user plus its rows of the listed prerequisite goals, each row once, by goal_id.
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
+  FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text
+   AND is_active
+UNION ALL
+-- The second branch takes only inactive rows, so no row comes twice and no de-duplication is needed.
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
+  FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text
+   AND goal_id = ANY (%(prereq_goal_ids)s::text[])
+   AND NOT is_active
+ ORDER BY goal_id;
+
+
+-- name: insert_default_goals
+-- kind: write
+-- params: user_id text, namespace text, goal_ids text[], challenge_ids text[], expires_at timestamptz[], now timestamptz
+-- expect-index: user_goal_progress_pkey
+-- doc: Inserts one active not_started row per listed goal that the user lacks, in ascending goal_id order;
+--      existing rows are never touched; returns the goal_id of each inserted row.
+INSERT INTO user_goal_progress
+       (user_id, goal_id, challenge_id, namespace, progress, status, is_active,
+        assigned_at, expires_at, created_at, updated_at)
+SELECT %(user_id)s::text, d.goal_id, d.challenge_id, %(namespace)s::text, 0, 'not_started', true,
+       %(now)s::timestamptz, d.expires_at, %(now)s::timestamptz, %(now)s::timestamptz
+  FROM unnest(%(goal_ids)s::text[], %(challenge_ids)s::text[], %(expires_at)s::timestamptz[])
+       AS d (goal_id, challenge_id, expires_at)
+ -- One insertion order for every caller, so concurrent first initializes cannot deadlock.
+ ORDER BY d.goal_id
+    ON CONFLICT (user_id, goal_id) DO NOTHING
+RETURNING goal_id;
+
+
+-- name: set_goal_active
+-- kind: write
+-- params: user_id text, goal_id text, challenge_id text, namespace text, is_active boolean, expires_at timestamptz, now timestamptz
+-- expect-index: user_goal_progress_pkey
+-- doc: Upsert of one row (SPEC §7.5); expires_at is N(t) for a rotating goal, NULL otherwise; returns the row.
+--      Activation sets expires_at, and assigned_at only when the row was inactive; deactivation flips is_active only;
+--      updated_at of an existing row never changes.
+INSERT INTO user_goal_progress AS u
+       (user_id, goal_id, challenge_id, namespace, progress, status, is_active,
+        assigned_at, expires_at, created_at, updated_at)
+VALUES (%(user_id)s::text, %(goal_id)s::text, %(challenge_id)s::text, %(namespace)s::text, 0, 'not_started',
+        %(is_active)s::boolean,
+        CASE WHEN %(is_active)s::boolean THEN %(now)s::timestamptz END,
+        CASE WHEN %(is_active)s::boolean THEN %(expires_at)s::timestamptz END,
+        %(now)s::timestamptz, %(now)s::timestamptz)
+    ON CONFLICT (user_id, goal_id) DO UPDATE
+   SET is_active   = excluded.is_active,
+       -- Only an inactive → active transition is a new assignment; re-activating keeps the original.
+       assigned_at = CASE WHEN excluded.is_active AND NOT u.is_active THEN %(now)s::timestamptz
+                          ELSE u.assigned_at END,
+       -- Every activation records the current next boundary (NULL for a goal that no longer rotates).
+       expires_at  = CASE WHEN excluded.is_active THEN excluded.expires_at
+                          ELSE u.expires_at END
+RETURNING user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+          created_at, updated_at, is_active, assigned_at, expires_at, baseline_value;
+
+
+-- name: batch_set_goal_active
+-- kind: write
+-- params: user_id text, namespace text, goal_ids text[], challenge_ids text[], expires_at timestamptz[], now timestamptz
+-- expect-index: user_goal_progress_pkey
+-- doc: Activates (inserting when missing) every listed goal by the set-active rules, in ascending goal_id order;
+--      a listed goal_id counts once; returns the rows.
+INSERT INTO user_goal_progress AS u
+       (user_id, goal_id, challenge_id, namespace, progress, status, is_active,
+        assigned_at, expires_at, created_at, updated_at)
+SELECT DISTINCT ON (d.goal_id)
+       %(user_id)s::text, d.goal_id, d.challenge_id, %(namespace)s::text, 0, 'not_started', true,
+       %(now)s::timestamptz, d.expires_at, %(now)s::timestamptz, %(now)s::timestamptz
+  FROM unnest(%(goal_ids)s::text[], %(challenge_ids)s::text[], %(expires_at)s::timestamptz[])
+       AS d (goal_id, challenge_id, expires_at)
+ -- Ascending goal_id is the lock order of every multi-row player write (SPEC §7.6).
+ ORDER BY d.goal_id
+    ON CONFLICT (user_id, goal_id) DO UPDATE
+   SET is_active   = true,
+       assigned_at = CASE WHEN u.is_active THEN u.assigned_at ELSE excluded.assigned_at END,
+       expires_at  = excluded.expires_at
+RETURNING user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+          created_at, updated_at, is_active, assigned_at, expires_at, baseline_value;
+
+
+-- name: deactivate_challenge_goals
+-- kind: write
+-- params: user_id text, challenge_id text, keep_goal_ids text[]
+-- expect-index: idx_ugp_user_active
+-- doc: Deactivates the user's active rows of the challenge whose goal is not kept, locked in ascending goal_id order;
+--      returns their goal_ids.
+WITH target AS (
+    SELECT goal_id
+      FROM user_goal_progress
+     WHERE user_id = %(user_id)s::text
+       AND is_active
+       AND challenge_id = %(challenge_id)s::text
+       AND goal_id <> ALL (COALESCE(%(keep_goal_ids)s::text[], '{}'))
+     ORDER BY goal_id
+       FOR UPDATE
+)
+UPDATE user_goal_progress AS u
+   SET is_active = false
+  FROM target
+ WHERE u.user_id = %(user_id)s::text
+   AND u.goal_id = target.goal_id
+RETURNING u.goal_id;
+
+
+-- name: rotation_catch_up
+-- kind: write
+-- params: user_id text, goal_ids text[], boundaries timestamptz[], next_boundaries timestamptz[], reset_flags boolean[], now timestamptz
+-- expect-index: user_goal_progress_pkey
+-- doc: Initialize catch-up (SPEC §7.2) of the listed active, not claimed rows whose updated_at is before their
+--      goal's boundary (re-checked under the row lock, locked in goal_id order): reset or carry over, expires_at = next
+--      boundary, updated_at = now; arrays are per goal; returns the changed rows.
+WITH period AS (
+    SELECT p.goal_id, p.boundary, p.next_boundary, p.reset_progress
+      FROM unnest(%(goal_ids)s::text[], %(boundaries)s::timestamptz[],
+                  %(next_boundaries)s::timestamptz[], %(reset_flags)s::boolean[])
+           AS p (goal_id, boundary, next_boundary, reset_progress)
+),
+target AS (
+    -- FOR UPDATE re-evaluates these conditions on the latest row version, so a row that a flush or a
+    -- claim moved into the new period while we waited for its lock drops out here.
+    SELECT u.goal_id, period.next_boundary, period.reset_progress
+      FROM user_goal_progress AS u
+      JOIN period ON period.goal_id = u.goal_id
+     WHERE u.user_id = %(user_id)s::text
+       AND u.is_active
+       AND u.status <> 'claimed'
+       AND u.updated_at < period.boundary
+     ORDER BY u.goal_id
+       FOR UPDATE OF u
+)
+UPDATE user_goal_progress AS u
+   SET baseline_value = CASE WHEN target.reset_progress THEN NULL          ELSE u.baseline_value END,
+       status         = CASE WHEN target.reset_progress THEN 'not_started' ELSE u.status END,
+       completed_at   = CASE WHEN target.reset_progress THEN NULL          ELSE u.completed_at END,
+       expires_at     = target.next_boundary,
+       updated_at     = %(now)s::timestamptz
+  FROM target
+ WHERE u.user_id = %(user_id)s::text
+   AND u.goal_id = target.goal_id
+RETURNING u.user_id, u.goal_id, u.challenge_id, u.namespace, u.progress, u.status, u.completed_at, u.claimed_at,
+          u.created_at, u.updated_at, u.is_active, u.assigned_at, u.expires_at, u.baseline_value;
+
+
+-- name: progress_for_update
+-- kind: lock
+-- params: user_id text, goal_id text
+-- expect-index: user_goal_progress_pkey
+-- doc: One row of the user, locked FOR UPDATE for the claim transaction.
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
+  FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text
+   AND goal_id = %(goal_id)s::text
+   FOR UPDATE;
+
+
+-- name: next_claim_generation
+-- kind: read
+-- params: namespace text, user_id text, goal_id text
+-- expect-index: reward_grants_pkey
+-- doc: The generation of the next claim of one goal: 1 + the highest recorded generation (1 when none).
+SELECT COALESCE(max(generation), 0) + 1 AS generation
+  FROM reward_grants
+ WHERE namespace = %(namespace)s::text
+   AND user_id = %(user_id)s::text
+   AND goal_id = %(goal_id)s::text;
+
+
+-- name: insert_reward_grant
+-- kind: write
+-- params: namespace text, user_id text, goal_id text, generation integer, challenge_id text, idempotency_key text, reward_type text, reward_id text, quantity integer, mode text, attempts integer, granted_at timestamptz
+-- expect-index: reward_grants_pkey
+-- doc: Records one granted reward (the audit trail and the source of claim generations); granted_at is the claim's now.
+INSERT INTO reward_grants
+       (namespace, user_id, goal_id, generation, challenge_id, idempotency_key,
+        reward_type, reward_id, quantity, mode, attempts, granted_at)
+VALUES (%(namespace)s::text, %(user_id)s::text, %(goal_id)s::text, %(generation)s::integer,
+        %(challenge_id)s::text, %(idempotency_key)s::text, %(reward_type)s::text, %(reward_id)s::text,
+        %(quantity)s::integer, %(mode)s::text, %(attempts)s::integer, %(granted_at)s::timestamptz);
+
+
+-- name: mark_claimed
+-- kind: write
+-- params: user_id text, goal_id text, now timestamptz
+-- expect-index: user_goal_progress_pkey
+-- doc: Marks a completed, unclaimed row claimed at now; returns claimed_at, or no row when the guard fails.
+UPDATE user_goal_progress
+   SET status     = 'claimed',
+       claimed_at = %(now)s::timestamptz,
+       updated_at = %(now)s::timestamptz
+ WHERE user_id = %(user_id)s::text
+   AND goal_id = %(goal_id)s::text
+   AND status = 'completed'
+   AND claimed_at IS NULL
+RETURNING claimed_at;
+
+
+-- name: apply_event_updates
+-- kind: write
+-- params: entry_user_ids text[], entry_sources text[], entry_values bigint[], entry_incs bigint[], goal_ids text[], goal_sources text[], goal_progress_modes text[], goal_targets bigint[], goal_boundaries timestamptz[], goal_next_boundaries timestamptz[], goal_reset_flags boolean[], goal_reselect_flags boolean[], now timestamptz
+-- expect-index: user_goal_progress_pkey
+-- doc: The flush (SPEC §6.8): applies every buffered entry to the existing rows of the goals its source feeds, in one
+--      UPDATE, skipping rows locked by others. Entries: parallel arrays, one element per (user, source), unique;
+--      entry_values is NULL for a login entry. Goals: parallel arrays, one element per goal_id, unique; boundaries and
+--      next_boundaries (B, N) are NULL for a goal that does not rotate; progress_modes are 'absolute' or 'relative'.
+--      Returns exactly one row per entry, ordered by entry_index (1-based position in the entry arrays): entry_index,
+--      user_id, source, outcome, goal_ids. outcome 'applied': at least one row was written, goal_ids lists them;
+--      'deferred': a candidate row was locked by another transaction, so none of the entry's rows changed (retry it);
+--      'no_row': nothing to write (no row, or only inactive or frozen claimed rows); goal_ids is empty unless applied.
+WITH entry AS (
+    SELECT e.entry_index, e.user_id, e.source, e.value, e.inc
+      FROM unnest(%(entry_user_ids)s::text[], %(entry_sources)s::text[],
+                  %(entry_values)s::bigint[], %(entry_incs)s::bigint[])
+           WITH ORDINALITY AS e (user_id, source, value, inc, entry_index)
+),
+goal AS (
+    SELECT g.goal_id, g.source, g.progress_mode, g.target, g.boundary, g.next_boundary,
+           g.reset_progress, g.allow_reselection
+      FROM unnest(%(goal_ids)s::text[], %(goal_sources)s::text[], %(goal_progress_modes)s::text[],
+                  %(goal_targets)s::bigint[], %(goal_boundaries)s::timestamptz[],
+                  %(goal_next_boundaries)s::timestamptz[], %(goal_reset_flags)s::boolean[],
+                  %(goal_reselect_flags)s::boolean[])
+           AS g (goal_id, source, progress_mode, target, boundary, next_boundary, reset_progress, allow_reselection)
+),
+routed AS (
+    -- Every (entry, goal) pair: the goals fed by the entry's source.
+    SELECT entry.entry_index, entry.user_id, entry.value, entry.inc, goal.goal_id, goal.progress_mode,
+           goal.target, goal.boundary, goal.next_boundary, goal.reset_progress, goal.allow_reselection
+      FROM entry
+      JOIN goal ON goal.source = entry.source
+),
+candidate AS (
+    -- Per entry, the rows it would touch as of the statement snapshot, without locking.
+    SELECT routed.entry_index, count(*) AS row_count
+      FROM routed
+      JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
+     GROUP BY routed.entry_index
+),
+locked AS (
+    -- The candidate rows this flush could lock. A row held by another transaction (a claim waiting on
+    -- its reward call) is skipped rather than waited for; locked rows come back in their latest version.
+    SELECT routed.*, u.progress, u.status, u.completed_at, u.claimed_at, u.updated_at, u.is_active,
+           u.expires_at, u.baseline_value
+      FROM routed
+      JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
+       FOR UPDATE OF u SKIP LOCKED
+),
+deferred AS (
+    -- An entry with any candidate row left unlocked is deferred as a whole, so it applies exactly once.
+    SELECT candidate.entry_index
+      FROM candidate
+      LEFT JOIN (SELECT entry_index, count(*) AS row_count FROM locked GROUP BY entry_index) AS got
+             ON got.entry_index = candidate.entry_index
+     WHERE COALESCE(got.row_count, 0) < candidate.row_count
+),
+new_row AS (
+    -- The per-row rule of SPEC §6.8, in 64-bit arithmetic; only eligible rows of entries not deferred.
+    SELECT l.user_id, l.goal_id, l.entry_index,
+           LEAST(GREATEST(val.v, 0), 2147483647)::integer AS progress,
+           CASE WHEN l.progress_mode = 'relative'
+                THEN LEAST(GREATEST(base.baseline, -2147483648), 2147483647)::integer
+                ELSE l.baseline_value END AS baseline_value,
+           CASE WHEN pre.status0 = 'completed' THEN 'completed'
+                WHEN rule.d >= l.target        THEN 'completed'
+                WHEN rot.reopen                THEN 'not_started'
+                ELSE 'in_progress' END AS status,
+           CASE WHEN pre.status0 = 'completed' THEN pre.completed0
+                WHEN rule.d >= l.target        THEN %(now)s::timestamptz
+           END AS completed_at,
+           CASE WHEN rot.reopen THEN NULL ELSE l.claimed_at END AS claimed_at,
+           CASE WHEN l.boundary IS NOT NULL AND (rot.stale OR l.expires_at IS NULL) THEN l.next_boundary
+                ELSE l.expires_at END AS expires_at
+      FROM locked AS l
+     CROSS JOIN LATERAL (
+           -- stale: a rotating goal whose row was last written before the current period began.
+           SELECT l.boundary IS NOT NULL AND l.updated_at < l.boundary AS stale) AS period
+     CROSS JOIN LATERAL (
+           SELECT period.stale,
+                  period.stale AND l.status = 'claimed' AND l.allow_reselection AS reopen,
+                  period.stale AND l.status <> 'claimed' AND l.reset_progress   AS reset) AS rot
+     CROSS JOIN LATERAL (
+           -- A reopened or reset row starts its new window from scratch.
+           SELECT CASE WHEN rot.reopen OR rot.reset THEN 'not_started' ELSE l.status END AS status0,
+                  CASE WHEN rot.reopen OR rot.reset THEN NULL ELSE l.baseline_value END AS base0,
+                  CASE WHEN rot.reopen OR rot.reset THEN NULL ELSE l.completed_at END AS completed0) AS pre
+     CROSS JOIN LATERAL (
+           -- v: the new raw value (a login adds to the stored raw progress, even of a row being reset).
+           SELECT COALESCE(l.value, l.progress::bigint + l.inc) AS v) AS val
+     CROSS JOIN LATERAL (
+           -- A relative goal's window starts at its first event: baseline = v - inc.
+           SELECT COALESCE(pre.base0::bigint, val.v - l.inc) AS baseline) AS base
+     CROSS JOIN LATERAL (
+           -- d uses the unclamped baseline, so a first event completes exactly when inc >= target.
+           SELECT CASE WHEN l.progress_mode = 'relative' THEN val.v - base.baseline
+                       ELSE val.v END AS d) AS rule
+     WHERE l.is_active
+       AND (l.status <> 'claimed' OR rot.reopen)
+       AND NOT EXISTS (SELECT 1 FROM deferred WHERE deferred.entry_index = l.entry_index)
+),
+applied AS (
+    UPDATE user_goal_progress AS u
+       SET progress       = new_row.progress,
+           baseline_value = new_row.baseline_value,
+           status         = new_row.status,
+           completed_at   = new_row.completed_at,
+           claimed_at     = new_row.claimed_at,
+           expires_at     = new_row.expires_at,
+           updated_at     = %(now)s::timestamptz
+      FROM new_row
+     WHERE u.user_id = new_row.user_id
+       AND u.goal_id = new_row.goal_id
+ RETURNING new_row.entry_index, u.goal_id
+)
+SELECT entry.entry_index::integer AS entry_index,
+       entry.user_id,
+       entry.source,
+       CASE WHEN deferred.entry_index IS NOT NULL THEN 'deferred'
+            WHEN written.goal_ids IS NOT NULL     THEN 'applied'
+            ELSE 'no_row' END AS outcome,
+       COALESCE(written.goal_ids, '{}') AS goal_ids
+  FROM entry
+  LEFT JOIN deferred ON deferred.entry_index = entry.entry_index
+  LEFT JOIN (SELECT entry_index, array_agg(goal_id::text ORDER BY goal_id) AS goal_ids
+               FROM applied
+              GROUP BY entry_index) AS written
+         ON written.entry_index = entry.entry_index
+ ORDER BY entry.entry_index;
+
+
+-- name: delete_user_data
+-- kind: write
+-- params: namespace text, user_id text
+-- expect-index: user_goal_progress_pkey
+-- doc: Deletes all progress rows of one user in the namespace (reward grants stay as the audit record); returns their goal_ids.
+DELETE FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text
+   AND namespace = %(namespace)s::text
+RETURNING goal_id;
+
+
+-- name: backdate_user_goals
+-- kind: write
+-- params: user_id text, goal_ids text[], seconds bigint
+-- expect-index: user_goal_progress_pkey
+-- doc: Moves updated_at of the user's listed rows (all rows when goal_ids is NULL) back by seconds, to trigger a
+--      rotation while debugging; returns goal_id and the new updated_at.
+UPDATE user_goal_progress
+   SET updated_at = updated_at - %(seconds)s::bigint * interval '1 second'
+ WHERE user_id = %(user_id)s::text
+   AND (%(goal_ids)s::text[] IS NULL OR goal_id = ANY (%(goal_ids)s::text[]))
+RETURNING goal_id, updated_at;
