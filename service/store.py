@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,12 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from prometheus_client import Histogram
+
+from service.metrics import LATENCY_BUCKETS
+from service.registry import Registry
 
 POOL_ROLES = ("service", "flusher", "cli")
 
@@ -249,3 +254,42 @@ class Store:
     async def close(self) -> None:
         """Close the pool and every connection it holds."""
         await self.pool.close()
+
+
+QUERY_SECONDS = Histogram(
+    "challenge_db_query_duration_seconds", "Duration of each named query", ["query"], buckets=LATENCY_BUCKETS,
+)
+
+
+class Queries:
+    """Runs the statements of the named-query registry by name, binding parameters only (SPEC §4.5),
+    and records each statement's duration under its name."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._sql = {query.name: query.sql for query in registry}
+        self._timers = {name: QUERY_SECONDS.labels(name) for name in self._sql}
+
+    async def rows(
+        self, conn: psycopg.AsyncConnection, name: str, params: Mapping[str, Any], row_factory: Any = dict_row,
+    ) -> list[Any]:
+        """All rows of the named statement (dicts by default; pass `class_row(T)` for typed rows)."""
+        started = time.perf_counter()
+        async with conn.cursor(row_factory=row_factory) as cursor:
+            await cursor.execute(self._statement(name), params)
+            result = await cursor.fetchall() if cursor.description is not None else []
+        self._timers[name].observe(time.perf_counter() - started)
+        return result
+
+    async def one(self, conn: psycopg.AsyncConnection, name: str, params: Mapping[str, Any],
+                  row_factory: Any = dict_row) -> Any | None:
+        """The first row of the named statement, or None."""
+        found = await self.rows(conn, name, params, row_factory)
+        return found[0] if found else None
+
+    def _statement(self, name: str) -> str:
+        try:
+            return self._sql[name]
+        except KeyError:
+            self.registry.get(name)  # raises UnknownQueryError with the close matches
+            raise
