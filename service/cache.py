@@ -1,22 +1,100 @@
-"""Redis: the client of the cache and de-duplication markers (SPEC §8)."""
+"""Redis cache of each player's active view, with read-your-writes and degradation (SPEC §8).
+
+Owns the key layout (every key of a user carries the hash tag `{<user_id>}`, §8.2/§8.6), the entry
+codec (§8.3), the token protocol (read = one MGET; conditional fill and invalidation = one Lua script
+each on the user's `[tok, active]`), the synced marker of initialize (§7.3) and the outage handling
+(§8.5): an unhealthy cache does no Redis I/O, undeliverable invalidations go into a bounded journal,
+and a background probe replays the journal before reads resume.
+
+Redis never fails a request: every public coroutine of `Cache` except `delete_synced` (an explicit
+operator action) swallows Redis errors, marks the cache unhealthy and lets the caller use PostgreSQL.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+import secrets
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import msgspec
 import redis.asyncio as redis_asyncio
+from prometheus_client import Counter, Gauge
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.exceptions import NoScriptError, RedisError
+
+from service.rules import PROGRESS_ROW_COLUMNS, ProgressRow
+
+CACHE_REQUESTS = Counter(
+    "challenge_cache_requests_total", "Cache reads by kind and result",
+    ["kind", "result"],
+)
+CACHE_INVALIDATIONS = Counter(
+    "challenge_cache_invalidations_total", "Cache invalidations: delivered, journaled, replayed",
+    ["result"],
+)
+REDIS_UP = Gauge(
+    "challenge_redis_up", "1 while the cache's Redis answers, 0 while reads bypass it",
+    multiprocess_mode="min",
+)
+
+log = logging.getLogger(__name__)
+
+KIND_ACTIVE = "active"
+KIND_SYNCED = "synced"
+RESULT_HIT = "hit"
+RESULT_MISS = "miss"
+RESULT_BYPASS = "bypass"
+RESULT_ERROR = "error"
+INVALIDATION_OK = "ok"
+INVALIDATION_FAILED = "failed"
+INVALIDATION_REPLAYED = "replayed"
+
+ENTRY_VERSION = 1
+_TOKEN_TTL_MARGIN_S = 60  # the token outlives the entry it validates (§8.2)
+_SCAN_COUNT = 1000
+_REPLAY_BATCH = 500
+
+# What an unreachable, slow or refusing Redis raises: redis-py wraps socket errors in RedisError
+# subclasses, but asyncio timeouts and bare OSErrors can escape from the connect path.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Client
+
+
+class CountingConnectionPool(BlockingConnectionPool):
+    """A blocking pool that also counts the connections it has created (for `/admin/pool`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections_created = 0
+
+    def make_connection(self) -> Any:
+        self.connections_created += 1
+        return super().make_connection()
 
 
 def open_redis(url: str, max_connections: int, timeout_ms: int) -> redis_asyncio.Redis:
-    """A pooled asyncio client; every operation times out after `timeout_ms` (SPEC §8.5)."""
+    """A pooled asyncio client; every operation, including waiting for a pooled connection, times out
+    after `timeout_ms` (SPEC §8.5) and is never retried, so an outage costs one timeout, not a
+    backoff series."""
     timeout_s = timeout_ms / 1000
-    return redis_asyncio.from_url(
+    pool = CountingConnectionPool.from_url(
         url,
         max_connections=max_connections,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
-        socket_connect_timeout=max(timeout_s, 0.5),
+        socket_connect_timeout=timeout_s,
         health_check_interval=0,
     )
+    return redis_asyncio.Redis.from_pool(pool)
 
 
 async def ping(client: redis_asyncio.Redis) -> float:
@@ -24,3 +102,587 @@ async def ping(client: redis_asyncio.Redis) -> float:
     started = time.perf_counter()
     await client.ping()
     return (time.perf_counter() - started) * 1000
+
+
+def new_token() -> str:
+    """A fresh random 128-bit validation token, hex (§8.2)."""
+    return secrets.token_hex(16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keys
+
+
+def active_key(prefix: str, user_id: str) -> str:
+    """`<p>:{<user>}:active`: the user's active view entry."""
+    return f"{prefix}:{{{user_id}}}:active"
+
+
+def token_key(prefix: str, user_id: str) -> str:
+    """`<p>:{<user>}:tok`: the token that validates the user's entry."""
+    return f"{prefix}:{{{user_id}}}:tok"
+
+
+def synced_key(prefix: str, user_id: str, fingerprint: str) -> str:
+    """`<p>:{<user>}:synced:<fp>`: the user got the default goals of catalog `fingerprint`."""
+    return f"{prefix}:{{{user_id}}}:synced:{fingerprint}"
+
+
+def event_key(prefix: str, user_id: str, event_id: str) -> str:
+    """`<p>:{<user>}:evt:<event_id>`: the de-duplication marker of one event (§6.6)."""
+    return f"{prefix}:{{{user_id}}}:evt:{event_id}"
+
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def escape_glob(text: str) -> str:
+    """`text` as a literal inside a SCAN MATCH pattern: `* ? [ ] \\` are backslash-escaped (§8.6)."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def scan_pattern_for_user(prefix: str, user_id: str, rest: str = "*") -> str:
+    """SCAN MATCH pattern for the keys of one user: literal prefix and user id, then the raw glob `rest`."""
+    return f"{escape_glob(prefix)}:{{{escape_glob(user_id)}}}:{rest}"
+
+
+def _token_key_pattern(prefix: str) -> re.Pattern[bytes]:
+    """Exactly `<p>:{<user>}:tok` (an event id ending in `:tok` must not match)."""
+    return re.compile(re.escape(prefix.encode()) + rb":\{([^{}]*)\}:tok\Z")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry codec (§8.3)
+
+
+class ActiveEntry(msgspec.Struct, frozen=True, rename={"version": "v", "token": "tok", "fingerprint": "fp"}):
+    """A decoded active view: the user's active rows and the rows of their prerequisites."""
+
+    version: int
+    token: str
+    fingerprint: str
+    rows: list[ProgressRow]
+    pre: list[ProgressRow]
+
+
+class _RowJson(msgspec.Struct):
+    """The wire shape of one row: the 14 columns, timestamps already formatted (§8.3)."""
+
+    user_id: str
+    goal_id: str
+    challenge_id: str
+    namespace: str
+    progress: int
+    status: str
+    completed_at: str | None
+    claimed_at: str | None
+    created_at: str | None
+    updated_at: str | None
+    is_active: bool
+    assigned_at: str | None
+    expires_at: str | None
+    baseline_value: int | None
+
+
+class _EntryJson(msgspec.Struct):
+    v: int
+    tok: str
+    fp: str
+    rows: list[_RowJson]
+    pre: list[_RowJson]
+
+
+if tuple(_RowJson.__struct_fields__) != PROGRESS_ROW_COLUMNS:
+    raise RuntimeError("the cache row shape no longer matches service.rules.ProgressRow's columns")
+
+_ZERO = timedelta(0)
+_entry_encoder = msgspec.json.Encoder()
+_entry_decoder = msgspec.json.Decoder(ActiveEntry)
+
+
+def format_timestamp(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with microseconds, `Z` suffix (always six fraction digits), or None."""
+    if value is None:
+        return None
+    if value.utcoffset() != _ZERO:
+        value = value.astimezone(UTC)
+    return f"{value:%Y-%m-%dT%H:%M:%S.%fZ}"
+
+
+def _row_json(row: ProgressRow) -> _RowJson:
+    return _RowJson(
+        row.user_id, row.goal_id, row.challenge_id, row.namespace, row.progress, row.status,
+        format_timestamp(row.completed_at), format_timestamp(row.claimed_at),
+        format_timestamp(row.created_at), format_timestamp(row.updated_at), row.is_active,
+        format_timestamp(row.assigned_at), format_timestamp(row.expires_at), row.baseline_value,
+    )
+
+
+def encode_entry(
+    token: str, fingerprint: str, rows: Iterable[ProgressRow], pre: Iterable[ProgressRow]
+) -> bytes:
+    """Compact JSON `{"v":1,"tok","fp","rows","pre"}` of an active view (§8.3)."""
+    return _entry_encoder.encode(
+        _EntryJson(ENTRY_VERSION, token, fingerprint, [_row_json(r) for r in rows], [_row_json(r) for r in pre])
+    )
+
+
+def decode_entry(raw: bytes | str) -> ActiveEntry | None:
+    """The entry in `raw`, or None when it does not parse, has the wrong shape or `v` is not 1."""
+    try:
+        entry = _entry_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    return entry if entry.version == ENTRY_VERSION else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Lua scripts (EVALSHA with EVAL fallback via register_script); only Redis 6.2 commands.
+
+# KEYS: tok, active. ARGV: seen token ("" = none was seen), token of the entry, entry, entry TTL ms,
+# token TTL ms. Returns 1 when stored.
+_FILL_LUA = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '' then
+  if current ~= ARGV[1] then return 0 end
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl >= 0 and ttl < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+else
+  if current then return 0 end
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
+end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+
+# KEYS: tok, active. ARGV: fresh token, token TTL ms, "XX" to rotate only an existing token (replay of
+# "everything", §8.5) or "". Tokens are replaced, never deleted.
+_INVALIDATE_LUA = """
+if ARGV[3] == 'XX' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'XX')
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+redis.call('UNLINK', KEYS[2])
+return 1
+"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cache
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRead:
+    """What one read saw. `entry` is set only when valid; `bypassed` means Redis was not consulted
+    (disabled, unhealthy, journal pending or the read failed), so no fill may follow."""
+
+    user_id: str
+    token: str | None
+    entry: ActiveEntry | None
+    synced: bool
+    bypassed: bool
+    replay_generation: int
+
+
+class CacheUnavailableError(Exception):
+    """An operator action on the cache could not reach Redis."""
+
+
+_SEEN_TOKEN_OF_READ: Any = object()
+
+
+class Cache:
+    """The per-process cache client: reads, conditional fills, invalidations, synced markers, probe.
+
+    `client` None means the cache is disabled: reads return a bypassed result without counting and
+    every write is a no-op. The client must return bytes (no `decode_responses`), as `open_redis`'s does.
+    """
+
+    def __init__(
+        self,
+        client: redis_asyncio.Redis | None,
+        prefix: str,
+        fingerprint: str,
+        cache_ttl_s: int,
+        synced_ttl_s: int,
+        journal_max: int,
+        probe_interval_ms: int,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._fingerprint = fingerprint
+        self._entry_ttl_ms = cache_ttl_s * 1000
+        self._token_ttl_ms = (cache_ttl_s + _TOKEN_TTL_MARGIN_S) * 1000
+        self._synced_ttl_s = synced_ttl_s
+        self._journal_max = journal_max
+        self._probe_interval_s = probe_interval_ms / 1000
+        self._healthy = client is not None
+        self._journal: set[str] = set()
+        self._journal_everything = False
+        # Bumped each time a replay finishes; a fill whose read saw an older value is dropped (§8.5 rule 6).
+        self._replay_generation = 0
+        self._probe_task: asyncio.Task[None] | None = None
+        self._recovery_lock = asyncio.Lock()
+        self._reads = {(kind, result): 0 for kind in (KIND_ACTIVE, KIND_SYNCED)
+                       for result in (RESULT_HIT, RESULT_MISS, RESULT_BYPASS, RESULT_ERROR)}
+        self._invalidations = {INVALIDATION_OK: 0, INVALIDATION_FAILED: 0, INVALIDATION_REPLAYED: 0}
+        self._redis_errors = 0
+        if client is not None:
+            self._fill_script = client.register_script(_FILL_LUA)
+            self._invalidate_script = client.register_script(_INVALIDATE_LUA)
+        REDIS_UP.set(1 if self._healthy else 0)
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def journal_pending(self) -> int:
+        """Users waiting in the journal; in "everything" mode, one more than the journal can hold."""
+        return self._journal_max + 1 if self._journal_everything else len(self._journal)
+
+    def _usable(self) -> bool:
+        # The journal is only non-empty while unhealthy; both are checked to keep rule 6 explicit.
+        return self._healthy and not self._journal and not self._journal_everything
+
+    def _mark_unhealthy(self, exc: BaseException, doing: str) -> None:
+        self._redis_errors += 1
+        if self._healthy:
+            log.warning(
+                "Redis failed while %s (%s: %s); cache reads bypass Redis until the probe succeeds",
+                doing, type(exc).__name__, exc or "timeout",
+            )
+        self._healthy = False
+        REDIS_UP.set(0)
+
+    def _mark_healthy(self) -> None:
+        if not self._healthy:
+            log.info("Redis answers again; cache reads resume")
+        self._healthy = True
+        REDIS_UP.set(1)
+
+    def _count_read(self, kind: str, result: str) -> None:
+        self._reads[(kind, result)] += 1
+        CACHE_REQUESTS.labels(kind, result).inc()
+
+    def _count_invalidations(self, result: str, n: int = 1) -> None:
+        if n:
+            self._invalidations[result] += n
+            CACHE_INVALIDATIONS.labels(result).inc(n)
+
+    def _journal_add(self, user_ids: Iterable[str]) -> None:
+        if self._journal_everything:
+            return
+        self._journal.update(user_ids)
+        if len(self._journal) > self._journal_max:
+            log.warning(
+                "cache invalidation journal overflowed %d users; every token is rotated on recovery",
+                self._journal_max,
+            )
+            self._journal.clear()
+            self._journal_everything = True
+
+    # -- reads and fills -----------------------------------------------------------------------------
+
+    async def read_active(self, user_id: str, include_synced: bool) -> CacheRead:
+        """One MGET of the user's token, active view and (for initialize) synced marker (§8.3, §7.3)."""
+        kinds = (KIND_ACTIVE, KIND_SYNCED) if include_synced else (KIND_ACTIVE,)
+        generation = self._replay_generation
+        bypass = CacheRead(user_id, None, None, False, True, generation)
+        if self._client is None:
+            return bypass
+        if not self._usable():
+            for kind in kinds:
+                self._count_read(kind, RESULT_BYPASS)
+            return bypass
+        keys = [token_key(self._prefix, user_id), active_key(self._prefix, user_id)]
+        if include_synced:
+            keys.append(synced_key(self._prefix, user_id, self._fingerprint))
+        try:
+            values = await self._client.mget(keys)
+        except REDIS_FAILURES as exc:
+            self._mark_unhealthy(exc, f"reading the cached view of user {user_id!r}")
+            for kind in kinds:
+                self._count_read(kind, RESULT_ERROR)
+            return bypass
+        token = values[0].decode() if values[0] is not None else None
+        entry = decode_entry(values[1]) if values[1] is not None else None
+        if entry is not None and (token is None or entry.token != token or entry.fingerprint != self._fingerprint):
+            entry = None
+        self._count_read(KIND_ACTIVE, RESULT_HIT if entry is not None else RESULT_MISS)
+        synced = include_synced and values[2] is not None
+        if include_synced:
+            self._count_read(KIND_SYNCED, RESULT_HIT if synced else RESULT_MISS)
+        return CacheRead(user_id, token, entry, synced, False, generation)
+
+    async def fill_active(
+        self,
+        user_id: str,
+        read: CacheRead,
+        rows: Sequence[ProgressRow],
+        pre: Sequence[ProgressRow],
+        seen_token: str | None = _SEEN_TOKEN_OF_READ,
+    ) -> bool:
+        """Store the view read from PostgreSQL after `read`, unless a write happened in between (§8.3).
+
+        `seen_token` defaults to the token of `read`; initialize's slow path passes the token its own
+        invalidation set. Returns True when the entry was stored.
+        """
+        if self._client is None or read.bypassed or not self._usable():
+            return False
+        if read.replay_generation != self._replay_generation:
+            return False  # the read predates the last journal replay (§8.5 rule 6)
+        seen = read.token if seen_token is _SEEN_TOKEN_OF_READ else seen_token
+        entry_token = seen or new_token()
+        entry = encode_entry(entry_token, self._fingerprint, rows, pre)
+        try:
+            stored = await self._fill_script(
+                keys=[token_key(self._prefix, user_id), active_key(self._prefix, user_id)],
+                args=[seen or "", entry_token, entry, self._entry_ttl_ms, self._token_ttl_ms],
+            )
+        except REDIS_FAILURES as exc:
+            self._mark_unhealthy(exc, f"filling the cached view of user {user_id!r}")
+            return False
+        return bool(stored)
+
+    # -- invalidation ---------------------------------------------------------------------------------
+
+    def _invalidate_call(self, user_id: str, client: Any, only_existing: bool = False) -> Any:
+        return self._invalidate_script(
+            keys=[token_key(self._prefix, user_id), active_key(self._prefix, user_id)],
+            args=[new_token(), self._token_ttl_ms, "XX" if only_existing else ""],
+            client=client,
+        )
+
+    async def invalidate(self, user_id: str) -> str | None:
+        """Rotate the user's token and unlink the view (§8.3); returns the new token.
+
+        Never raises: when Redis is unhealthy or fails, the user goes into the journal and None is
+        returned.
+        """
+        if self._client is None:
+            return None
+        if not self._healthy:
+            self._journal_add((user_id,))
+            self._count_invalidations(INVALIDATION_FAILED)
+            return None
+        token = new_token()
+        try:
+            await self._invalidate_script(
+                keys=[token_key(self._prefix, user_id), active_key(self._prefix, user_id)],
+                args=[token, self._token_ttl_ms, ""],
+            )
+        except REDIS_FAILURES as exc:
+            self._mark_unhealthy(exc, f"invalidating the cached view of user {user_id!r}")
+            self._journal_add((user_id,))
+            self._count_invalidations(INVALIDATION_FAILED)
+            return None
+        self._count_invalidations(INVALIDATION_OK)
+        return token
+
+    async def invalidate_many(self, user_ids: Iterable[str]) -> None:
+        """Invalidate several users: one script call per user, pipelined across users (§6.12).
+
+        Never raises; undelivered invalidations go into the journal.
+        """
+        if self._client is None:
+            return
+        users = list(dict.fromkeys(user_ids))
+        if not users:
+            return
+        if not self._healthy:
+            self._journal_add(users)
+            self._count_invalidations(INVALIDATION_FAILED, len(users))
+            return
+        try:
+            failed = await self._pipelined_invalidations(users)
+        except REDIS_FAILURES as exc:
+            self._mark_unhealthy(exc, f"invalidating the cached views of {len(users)} users")
+            self._journal_add(users)
+            self._count_invalidations(INVALIDATION_FAILED, len(users))
+            return
+        if failed:
+            self._journal_add(failed)
+        self._count_invalidations(INVALIDATION_OK, len(users) - len(failed))
+        self._count_invalidations(INVALIDATION_FAILED, len(failed))
+
+    async def _pipelined_invalidations(self, users: Sequence[str], only_existing: bool = False) -> list[str]:
+        """Run the invalidation script for each user in one pipeline; returns the users it failed for.
+
+        Raises on a connection-level failure (nothing can be assumed delivered).
+        """
+        assert self._client is not None
+        async with self._client.pipeline(transaction=False) as pipe:
+            for user_id in users:
+                await self._invalidate_call(user_id, pipe, only_existing)
+            results = await pipe.execute(raise_on_error=False)
+        failed: list[str] = []
+        for user_id, result in zip(users, results, strict=True):
+            if isinstance(result, NoScriptError):
+                # A pipeline routed to a node that lacks the script: one direct call loads it.
+                await self._invalidate_call(user_id, self._client, only_existing)
+            elif isinstance(result, BaseException):
+                self._mark_unhealthy(result, f"invalidating the cached view of user {user_id!r}")
+                failed.append(user_id)
+        return failed
+
+    # -- synced markers ------------------------------------------------------------------------------
+
+    async def set_synced(self, user_id: str) -> bool:
+        """Mark the user as having received this catalog's default goals (§7.3); False when not stored."""
+        if self._client is None or not self._healthy:
+            return False
+        try:
+            await self._client.set(synced_key(self._prefix, user_id, self._fingerprint), b"1", ex=self._synced_ttl_s)
+        except REDIS_FAILURES as exc:
+            self._mark_unhealthy(exc, f"setting the synced marker of user {user_id!r}")
+            return False
+        return True
+
+    async def delete_synced(self, user_id: str) -> int:
+        """Unlink every synced marker of the user, whatever its fingerprint (`users delete`); returns
+        how many were removed. Raises CacheUnavailableError when Redis fails."""
+        if self._client is None:
+            return 0
+        pattern = scan_pattern_for_user(self._prefix, user_id, "synced:*")
+        try:
+            keys = [key async for key in self._client.scan_iter(match=pattern, count=_SCAN_COUNT)]
+            return await self._client.unlink(*keys) if keys else 0
+        except REDIS_FAILURES as exc:
+            self._mark_unhealthy(exc, f"deleting the synced markers of user {user_id!r}")
+            raise CacheUnavailableError(
+                f"could not delete the synced markers of user {user_id!r}: Redis failed ({type(exc).__name__})"
+            ) from exc
+
+    # -- probe and recovery (§8.5) --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background probe (no-op for a disabled cache or when already running)."""
+        if self._client is not None and self._probe_task is None:
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop(), name="redis-cache-probe")
+
+    async def stop(self) -> None:
+        """Stop the background probe."""
+        task, self._probe_task = self._probe_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._probe_interval_s)
+            await self.probe()
+
+    async def probe(self) -> bool:
+        """PING Redis once; when unhealthy and it answers, replay the journal and resume reads.
+        Returns whether the cache is healthy afterwards."""
+        if self._client is None:
+            return False
+        async with self._recovery_lock:
+            try:
+                await self._client.ping()
+                if not self._healthy:
+                    await self._replay_journal()
+                    self._mark_healthy()
+            except REDIS_FAILURES as exc:
+                self._mark_unhealthy(exc, "probing Redis or replaying the invalidation journal")
+        return self._healthy
+
+    async def _replay_journal(self) -> None:
+        """Deliver every journaled invalidation; entries journaled meanwhile are replayed too."""
+        while self._journal or self._journal_everything:
+            users, everything = list(self._journal), self._journal_everything
+            self._journal, self._journal_everything = set(), False
+            try:
+                replayed = await self._rotate_every_token() if everything else 0
+                if users:
+                    failed = await self._pipelined_invalidations(users)
+                    if failed:
+                        raise RedisError(f"{len(failed)} invalidations failed during the replay")
+                    replayed += len(users)
+            except REDIS_FAILURES:
+                self._journal_add(users)
+                self._journal_everything = self._journal_everything or everything
+                raise
+            self._count_invalidations(INVALIDATION_REPLAYED, replayed)
+        self._replay_generation += 1
+
+    async def _rotate_every_token(self) -> int:
+        """"Everything" replay: SCAN `<p>:*:tok` on every primary, rotate each token that still exists
+        (`SET … XX`) and unlink its view. Returns how many users were invalidated."""
+        assert self._client is not None
+        exact_token_key = _token_key_pattern(self._prefix)
+        batch: list[str] = []
+        rotated = 0
+        async for key in self._client.scan_iter(match=f"{escape_glob(self._prefix)}:*:tok", count=_SCAN_COUNT):
+            match = exact_token_key.match(key)
+            if match is None:
+                continue
+            batch.append(match.group(1).decode())
+            if len(batch) >= _REPLAY_BATCH:
+                rotated += await self._rotate_batch(batch)
+                batch = []
+        if batch:
+            rotated += await self._rotate_batch(batch)
+        return rotated
+
+    async def _rotate_batch(self, users: list[str]) -> int:
+        failed = await self._pipelined_invalidations(users, only_existing=True)
+        if failed:
+            raise RedisError(f"{len(failed)} token rotations failed during the replay")
+        return len(users)
+
+    # -- admin ----------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The body of `GET /admin/cache` (SPEC §5.6)."""
+        by_kind = {
+            kind: {"hits": self._reads[(kind, RESULT_HIT)], "misses": self._reads[(kind, RESULT_MISS)]}
+            for kind in (KIND_ACTIVE, KIND_SYNCED)
+        }
+        hits = sum(k["hits"] for k in by_kind.values())
+        misses = sum(k["misses"] for k in by_kind.values())
+        return {
+            "enabled": self.enabled,
+            "healthy": self._healthy,
+            "bypass": self.enabled and not self._usable(),
+            "journal_pending": self.journal_pending,
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
+            "bypassed": sum(n for (_, result), n in self._reads.items() if result == RESULT_BYPASS),
+            "errors": sum(n for (_, result), n in self._reads.items() if result == RESULT_ERROR),
+            "invalidations": self._invalidations[INVALIDATION_OK],
+            "invalidation_failures": self._invalidations[INVALIDATION_FAILED],
+            "by_kind": by_kind,
+        }
+
+    def redis_pool_stats(self) -> dict[str, Any]:
+        """The `redis` part of `GET /admin/pool` (SPEC §5.6); zeros for a disabled cache.
+
+        `errors` counts Redis operations of this cache that failed; `created` counts connections the
+        pool opened (a pool not made by `open_redis` reports the connections it holds now).
+        """
+        if self._client is None:
+            return {"max_connections": 0, "in_use": 0, "idle": 0, "created": 0, "errors": 0, "healthy": False}
+        pool = self._client.connection_pool
+        in_use = len(getattr(pool, "_in_use_connections", ()))
+        idle = len(getattr(pool, "_available_connections", ()))
+        return {
+            "max_connections": getattr(pool, "max_connections", 0),
+            "in_use": in_use,
+            "idle": idle,
+            "created": getattr(pool, "connections_created", in_use + idle),
+            "errors": self._redis_errors,
+            "healthy": self._healthy,
+        }
