@@ -1,24 +1,50 @@
 """Shared fixtures: a fresh PostgreSQL database per test run and a Redis key prefix per test run.
 
 The servers are the ones named by DATABASE_URL / REDIS_URL (CI points them at the machine's servers).
+When either is unset, that server is the embedded one (SPEC §9.4), started for the session in a
+temporary data dir and stopped when the session ends.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from service.embedded import EmbeddedServers
 
-def _admin_url() -> str:
+
+@pytest.fixture(scope="session")
+def _embedded_data_dir() -> Iterator[Path]:
+    """The data dir shared by the session's embedded servers, removed at the end of the session.
+
+    Not under pytest's basetemp: as root, postgres runs as another OS user that must traverse every
+    parent directory, and any pytest session started meanwhile resets /tmp/pytest-of-root to 0700.
+    """
+    base = Path(tempfile.mkdtemp(prefix="challengectl-embedded-"))
+    yield base / "data"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(_embedded_data_dir: Path) -> Iterator[str]:
+    """URL of the server's `postgres` database, for tests that create databases of their own.
+
+    DATABASE_URL, or the URL of an embedded PostgreSQL that lives as long as the session.
+    """
     url = os.environ.get("DATABASE_URL")
-    if not url:
-        raise RuntimeError("DATABASE_URL is not set")
-    return url
+    if url:
+        yield url
+        return
+    with EmbeddedServers(_embedded_data_dir, postgres=True, redis=False) as servers:
+        yield servers.urls.database_url
 
 
 def _with_dbname(url: str, dbname: str) -> str:
@@ -26,25 +52,27 @@ def _with_dbname(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+def pg_url(pg_admin_url: str) -> Iterator[str]:
     """A libpq URL of an empty database created for this test run and dropped after it."""
-    admin_url = _admin_url()
     dbname = f"challengectl_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     try:
-        yield _with_dbname(admin_url, dbname)
+        yield _with_dbname(pg_admin_url, dbname)
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url(_embedded_data_dir: Path) -> Iterator[str]:
+    """REDIS_URL, or the URL of an embedded Redis that lives as long as the session."""
     url = os.environ.get("REDIS_URL")
-    if not url:
-        raise RuntimeError("REDIS_URL is not set")
-    return url
+    if url:
+        yield url
+        return
+    with EmbeddedServers(_embedded_data_dir, postgres=False, redis=True) as servers:
+        yield servers.urls.redis_url
 
 
 @pytest.fixture(scope="session")
