@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
-from service.embedded import EmbeddedPostgres, discover
+from service.embedded import EmbeddedServers, discover
 from service.settings import Settings
 
 
@@ -32,13 +32,13 @@ def database_target(settings: Settings) -> Iterator[DatabaseTarget]:
     if running is not None:
         yield DatabaseTarget(running["database_url"], embedded=True)
         return
-    server = EmbeddedPostgres(data_dir)
+    servers = EmbeddedServers(data_dir, postgres=True, redis=False)
     try:
-        url = server.start()
+        urls = servers.start()
     except Exception as exc:
         raise CliError(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}",
                        "set --database-url, or check the data dir", EXIT_UNAVAILABLE) from None
     try:
-        yield DatabaseTarget(url, embedded=True)
+        yield DatabaseTarget(urls.database_url, embedded=True)
     finally:
-        server.stop()
+        servers.stop()

@@ -24,7 +24,7 @@ from service.admin import create_admin_app
 from service.cache import open_redis
 from service.cache import ping as ping_redis
 from service.catalog import Catalog, CatalogError, load_catalog
-from service.embedded import EmbeddedPostgres, EmbeddedRedis, connection_help
+from service.embedded import EmbeddedServers, connection_help
 from service.grpc_api import create_grpc_server
 from service.health import Readiness
 from service.http_api import create_http_app
@@ -56,17 +56,17 @@ class Dependencies:
 
     database_url: str
     redis_url: str | None  # None: cache disabled
-    embedded_postgres: EmbeddedPostgres | None = None
-    embedded_redis: EmbeddedRedis | None = None
+    embedded_postgres: bool = False
+    embedded_redis: bool = False
+    servers: EmbeddedServers | None = None
 
     @property
     def embedded(self) -> bool:
-        return self.embedded_postgres is not None
+        return self.embedded_postgres
 
     def stop(self) -> None:
-        for server in (self.embedded_redis, self.embedded_postgres):
-            if server is not None:
-                server.stop()
+        if self.servers is not None:
+            self.servers.stop()
 
 
 def wants_embedded_postgres(settings: Settings) -> bool:
@@ -111,20 +111,25 @@ def load_service_catalog(settings: Settings) -> Catalog:
 def start_dependencies(settings: Settings) -> Dependencies:
     """Start the embedded servers that have no URL (SPEC §9.4) and return where everything is."""
     data_dir = settings.resolved_data_dir()
-    deps = Dependencies(database_url=settings.database_url or "", redis_url=None)
+    deps = Dependencies(
+        database_url=settings.database_url or "",
+        redis_url=None if settings.cache_disabled() else settings.redis_url,
+        embedded_postgres=wants_embedded_postgres(settings),
+        embedded_redis=wants_embedded_redis(settings),
+    )
+    if not (deps.embedded_postgres or deps.embedded_redis):
+        return deps
+    deps.servers = EmbeddedServers(data_dir, postgres=deps.embedded_postgres, redis=deps.embedded_redis)
     try:
-        if wants_embedded_postgres(settings):
-            deps.embedded_postgres = EmbeddedPostgres(data_dir)
-            deps.database_url = deps.embedded_postgres.start()
-        if wants_embedded_redis(settings):
-            deps.embedded_redis = EmbeddedRedis(data_dir)
-            deps.redis_url = deps.embedded_redis.start()
-        elif not settings.cache_disabled():
-            deps.redis_url = settings.redis_url
+        urls = deps.servers.start()
     except Exception as exc:
         deps.stop()
         raise StartupError(f"cannot start the embedded servers in {data_dir}: {exc}", 5,
-                           "check the data dir, or set DATABASE_URL and REDIS_URL") from exc
+                           "check the data dir, or set DATABASE_URL and REDIS_URL") from None
+    if deps.embedded_postgres:
+        deps.database_url = urls.database_url
+    if deps.embedded_redis:
+        deps.redis_url = urls.redis_url
     return deps
 
 

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -47,21 +48,31 @@ def pg_admin_url(_embedded_data_dir: Path) -> Iterator[str]:
         yield servers.urls.database_url
 
 
-def _with_dbname(url: str, dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+@contextmanager
+def new_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """Create an empty database named `<prefix>_<random>`; yield its URL; drop it afterwards."""
+    dbname = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    try:
+        yield psycopg.conninfo.make_conninfo(admin_url, dbname=dbname)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
 @pytest.fixture(scope="session")
 def pg_url(pg_admin_url: str) -> Iterator[str]:
     """A libpq URL of an empty database created for this test run and dropped after it."""
-    dbname = f"challengectl_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    try:
-        yield _with_dbname(pg_admin_url, dbname)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    with new_database(pg_admin_url, "challengectl_test") as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_db(pg_admin_url: str) -> Iterator[str]:
+    """A libpq URL of a new, empty database, dropped after the test."""
+    with new_database(pg_admin_url, "challengectl_fresh") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -7,15 +7,11 @@ recorded in it.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from service.migrations import (
     Migration,
@@ -26,20 +22,6 @@ from service.migrations import (
     schema_version,
 )
 from service.resources import migrations_dir
-
-
-@pytest.fixture
-def fresh_db() -> Iterator[str]:
-    """A libpq URL of a new, empty database, dropped after the test."""
-    admin_url = os.environ["DATABASE_URL"]
-    dbname = f"challengectl_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    try:
-        yield psycopg.conninfo.make_conninfo(admin_url, dbname=dbname)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
 def _query(url: str, statement: str, params: tuple | None = None) -> list[tuple]:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from service.migrations import apply_migrations, discover_migrations
 from service.store import PoolConfig, Store, StoreUnavailable, describe_target, open_pool
@@ -108,23 +105,14 @@ async def test_ping_returns_the_latency_in_ms(store: Store) -> None:
     assert isinstance(latency_ms, float) and latency_ms > 0
 
 
-async def test_schema_version_reads_the_highest_applied_migration() -> None:
-    dbname = f"challengectl_store_{uuid.uuid4().hex[:10]}"
-    admin_url = os.environ["DATABASE_URL"]
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=dbname)
+async def test_schema_version_reads_the_highest_applied_migration(fresh_db: str) -> None:
+    store = await Store.open(fresh_db, "service", SMALL)
     try:
-        store = await Store.open(url, "service", SMALL)
-        try:
-            assert await store.schema_version() is None
-            apply_migrations(url)
-            assert await store.schema_version() == max(m.version for m in discover_migrations())
-        finally:
-            await store.close()
+        assert await store.schema_version() is None
+        apply_migrations(fresh_db)
+        assert await store.schema_version() == max(m.version for m in discover_migrations())
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        await store.close()
 
 
 async def test_acquire_timeout_is_store_unavailable_and_counted(pg_url: str) -> None:
