@@ -97,12 +97,16 @@ def resolve_catalog_path(settings: Settings) -> Path:
 
 
 def load_service_catalog(settings: Settings) -> Catalog:
+    path = resolve_catalog_path(settings)
     try:
-        catalog = load_catalog(resolve_catalog_path(settings))
+        catalog = load_catalog(path)
     except CatalogError as exc:
         details = "\n".join(f"  {error}" for error in exc.errors)
-        raise StartupError(f"invalid catalog ({len(exc.errors)} error(s)):\n{details}", 2,
-                           "fix the catalog, then check it with 'challengectl serve --check'") from None
+        hint = "fix the catalog, then check it with 'challengectl serve --check'"
+        if settings.sources["catalog_path"] == "default" and not path.exists():
+            hint = (f"pass --catalog FILE or set CHALLENGE_CATALOG_PATH (the bundled example "
+                    f"{example_catalog_path()} is used by default only with the embedded database)")
+        raise StartupError(f"invalid catalog ({len(exc.errors)} error(s)):\n{details}", 2, hint) from None
     for warning in catalog.warnings:
         log.warning("catalog: %s", warning)
     return catalog

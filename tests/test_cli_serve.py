@@ -1,0 +1,97 @@
+"""`serve --check` and `db migrate` from the CLI, run in-process (SPEC §3.3, §4.4, §10.5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from challengectl.cli import main
+from service.resources import example_catalog_path
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(done.value.code or 0), out, err
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(__import__("os").environ):
+        if name.startswith("CHALLENGE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("CHALLENGE_JWT_SECRET", "k" * 32)
+
+
+BAD_CATALOGS = {
+    "missing file": (None, "catalog file not found: "),
+    "invalid json": ('{"challenges": [', "invalid JSON in catalog: "),
+    "bad event source": (
+        '{"challenges":[{"challengeId":"c","name":"C","goals":[{"goalId":"g","name":"G","eventSource":"kills",'
+        '"requirement":{"statCode":"k","operator":">=","targetValue":1},"reward":{"type":"ITEM","rewardId":"i","quantity":1}}]}]}',
+        "invalid goal 'g' in challenge 'c': invalid event_source 'kills' (must be 'login' or 'statistic')",
+    ),
+    "prerequisite cycle": (
+        '{"challenges":[{"challengeId":"c","name":"C","goals":['
+        '{"goalId":"a","name":"A","eventSource":"login","prerequisites":["b"],'
+        '"requirement":{"statCode":"l","operator":">=","targetValue":1},"reward":{"type":"ITEM","rewardId":"i","quantity":1}},'
+        '{"goalId":"b","name":"B","eventSource":"login","prerequisites":["a"],'
+        '"requirement":{"statCode":"l","operator":">=","targetValue":1},"reward":{"type":"ITEM","rewardId":"i","quantity":1}}]}]}',
+        "invalid goal 'a' in challenge 'c': prerequisite cycle detected: a -> b -> a",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CATALOGS))
+def test_check_rejects_a_bad_catalog_with_exit_2_and_the_rule(case, tmp_path, pg_url, capsys) -> None:
+    content, message = BAD_CATALOGS[case]
+    catalog = tmp_path / "bad.json"
+    if content is not None:
+        catalog.write_text(content)
+    code, out, err = run_cli(["--database-url", pg_url, "serve", "--check", "--catalog", str(catalog)], capsys)
+    assert code == 2
+    assert message in err
+    assert err.startswith("Error: invalid catalog")
+    assert "Hint: " in err and "Traceback" not in err
+
+
+def test_check_reports_ok_for_a_valid_setup(pg_url, redis_url, capsys) -> None:
+    args = ["--database-url", pg_url, "--redis-url", redis_url, "serve", "--check",
+            "--catalog", str(example_catalog_path())]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "settings: ok" in out and "catalog: ok" in out and "redis: reachable" in out
+    assert "postgres: reachable" in out
+
+
+def test_check_refuses_invalid_settings(pg_url, capsys) -> None:
+    code, _, err = run_cli(["--database-url", pg_url, "serve", "--check", "--base-path", "/x/"], capsys)
+    assert code == 2
+    assert "invalid setting 'base_path'" in err
+
+
+def test_db_migrate_applies_once_then_nothing(fresh_db, capsys) -> None:
+    code, out, err = run_cli(["--database-url", fresh_db, "-o", "json", "db", "migrate", "--yes"], capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["applied"] == ["0001_create_user_goal_progress", "0002_create_reward_grants"]
+    code, out, _ = run_cli(["--database-url", fresh_db, "-o", "json", "db", "migrate", "--yes"], capsys)
+    assert code == 0 and json.loads(out)["applied"] == []
+    code, out, _ = run_cli(["--database-url", fresh_db, "-o", "json", "db", "migrate", "--status"], capsys)
+    assert json.loads(out) == {"applied": [1, 2], "pending": [], "checksum_mismatches": [], "unknown_versions": []}
+
+
+def test_db_migrate_refuses_without_yes_off_a_tty(fresh_db, capsys) -> None:
+    code, _, err = run_cli(["--database-url", fresh_db, "db", "migrate"], capsys)
+    assert code == 2
+    assert "Hint: add --yes" in err
+
+
+def test_db_migrate_reports_an_unreachable_database(capsys) -> None:
+    code, _, err = run_cli(["--database-url", "postgresql://u:pw@127.0.0.1:1/db", "db", "migrate", "--yes"], capsys)
+    assert code == 5
+    assert "pw" not in err and err.startswith("Error: ")

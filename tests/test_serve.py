@@ -1,0 +1,241 @@
+"""`challengectl serve` end to end: embedded default, given URLs, readiness, admin, shutdown, --check,
+and `db migrate` (SPEC §5.5, §5.6, §9.4; H1-H3, H5, X15)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.resources import example_catalog_path
+from tests.servers import PrivateRedis, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 60
+SHUTDOWN_LIMIT_S = 10
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+    """(status, JSON body, headers) of a GET; error statuses are returned, not raised."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read() or b"null"), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null"), dict(error.headers)
+
+
+@dataclass
+class ServeProcess:
+    """A `challengectl serve` subprocess on free ports."""
+
+    env: dict[str, str]
+    args: list[str] = field(default_factory=list)
+    http_port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> ServeProcess:
+        env = {**self.env, "PYTHONPATH": str(REPO_ROOT), "CHALLENGE_LOG_FORMAT": "json",
+               "CHALLENGE_HTTP_PORT": str(self.http_port), "CHALLENGE_GRPC_PORT": str(self.grpc_port),
+               "CHALLENGE_ADMIN_PORT": str(self.admin_port)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "challengectl", "serve", *self.args],
+            env=env, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}: {self.process.stderr.read()}")
+            try:
+                http_get(self.api("/healthz"))
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("serve did not answer /healthz in time")
+
+    def api(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def admin(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+    def wait_ready(self, expect: int = 200, timeout_s: float = 15) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, body, _ = http_get(self.api("/readyz"))
+            if status == expect or time.monotonic() > deadline:
+                assert status == expect, body
+                return body
+            time.sleep(0.2)
+
+    def stop(self, signum: int = signal.SIGINT) -> tuple[int, float, str]:
+        """Send the signal; return (exit code, seconds to exit, stderr)."""
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signum)
+        try:
+            _, stderr = self.process.communicate(timeout=SHUTDOWN_LIMIT_S + 5)
+        finally:
+            self.kill()
+        return self.process.returncode, time.monotonic() - started, stderr
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without the service's own settings, plus `extra`.
+    With a DATABASE_URL (not embedded) the catalog must be named: the bundled example is used."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CHALLENGE_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="challengectl-cfg-")
+    if "DATABASE_URL" in extra:
+        env["CHALLENGE_CATALOG_PATH"] = str(example_catalog_path())
+    env.update(extra)
+    return env
+
+
+def processes_using(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        text = " ".join(process.info.get("cmdline") or []) + " " + (process.info.get("cwd") or "")
+        if str(data_dir) in text and process.status() != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
+
+
+def grpc_health(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Not under tmp_path: the embedded PostgreSQL runs as another OS user that must traverse the parents.
+    base = Path(tempfile.mkdtemp(prefix="challengectl-serve-"))
+    yield base / "data"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_embedded_default_serves_and_stops_clean(data_dir: Path) -> None:
+    serve = ServeProcess(base_env(CHALLENGE_DATA_DIR=str(data_dir))).start()
+    try:
+        status, body, headers = http_get(serve.api("/healthz"))
+        assert (status, body) == (200, {"status": "healthy"})
+        assert headers["x-catalog-fingerprint"] and headers["x-request-id"]
+        ready = serve.wait_ready()
+        assert ready["status"] == "ready"
+        assert ready["checks"]["migrations"] == {"ok": True, "version": 2}
+        assert http_get(serve.api("/challenge/readyz"))[0] == 200
+        assert http_get(serve.admin("/readyz"))[0] == 200
+        config = http_get(serve.admin("/admin/config"))[1]
+        assert config["embedded"] is True
+        assert config["catalog_path"].endswith("service/examples/challenges.json")
+        assert config["database_url"]["source"] == "default"
+        assert grpc_health(serve.grpc_port) == health_pb2.HealthCheckResponse.SERVING
+        assert processes_using(data_dir), "embedded servers should be running"
+        assert (data_dir.stat().st_mode & 0o777) == 0o700
+    finally:
+        code, seconds, stderr = serve.stop(signal.SIGINT)
+    assert code == 0, stderr
+    assert seconds < SHUTDOWN_LIMIT_S
+    assert "DATABASE_URL" in stderr and "redis-cli" in stderr and "psql" in stderr
+    deadline = time.monotonic() + 5
+    while processes_using(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_using(data_dir) == []
+
+
+def test_embedded_data_survives_a_restart(data_dir: Path) -> None:
+    first = ServeProcess(base_env(CHALLENGE_DATA_DIR=str(data_dir))).start()
+    first.wait_ready()
+    assert first.stop()[0] == 0
+    second = ServeProcess(base_env(CHALLENGE_DATA_DIR=str(data_dir))).start()
+    try:
+        assert second.wait_ready()["checks"]["migrations"]["version"] == 2
+    finally:
+        code, _, stderr = second.stop(signal.SIGTERM)
+    assert code == 0, stderr
+    assert "applied migration" not in stderr, "the schema of the first run should have survived"
+
+
+def test_given_urls_serve_and_admin_token_guards_admin_routes(pg_url: str, redis_url: str) -> None:
+    env = base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET="x" * 32,
+                   CHALLENGE_ADMIN_TOKEN="adm-secret")
+    serve = ServeProcess(env).start()
+    try:
+        serve.wait_ready()
+        assert http_get(serve.admin("/admin/config"))[0] == 401
+        status, body, _ = http_get(serve.admin("/admin/config"), {"Authorization": "Bearer wrong"})
+        assert (status, body) == (403, {"errorCode": "FORBIDDEN", "message": "admin token rejected"})
+        status, config, _ = http_get(serve.admin("/admin/config"), {"Authorization": "Bearer adm-secret"})
+        assert status == 200
+        assert config["embedded"] is False
+        assert config["admin_token"] == {"value": "****", "source": "env"}
+        assert config["jwt_secret"] == {"value": "****", "source": "env"}
+        assert "adm-secret" not in json.dumps(config)
+        assert http_get(serve.admin("/healthz"))[0] == 200  # health stays open
+        status, body, _ = http_get(serve.api("/no/such/route"))
+        assert status == 404 and body["errorCode"] == "ROUTE_NOT_FOUND"
+    finally:
+        code, seconds, stderr = serve.stop(signal.SIGTERM)
+    assert code == 0, stderr
+    assert seconds < SHUTDOWN_LIMIT_S
+
+
+def test_readyz_names_redis_while_it_is_down(pg_url: str, private_redis: PrivateRedis) -> None:
+    env = base_env(DATABASE_URL=pg_url, REDIS_URL=private_redis.url, CHALLENGE_JWT_SECRET="x" * 32)
+    serve = ServeProcess(env).start()
+    try:
+        serve.wait_ready()
+        private_redis.stop()
+        body = serve.wait_ready(expect=503)
+        assert body["errorCode"] == "DEPENDENCY_UNAVAILABLE"
+        assert body["message"] == "not ready: redis"
+        assert body["status"] == "not_ready"
+        assert body["checks"]["redis"]["ok"] is False and body["checks"]["database"]["ok"] is True
+        deadline = time.monotonic() + 5
+        while grpc_health(serve.grpc_port) != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "gRPC health should follow readiness"
+            time.sleep(0.2)
+        private_redis.start()
+        assert serve.wait_ready()["checks"]["redis"]["ok"] is True
+    finally:
+        assert serve.stop()[0] == 0
+
+
+def test_startup_refuses_a_taken_port(pg_url: str, redis_url: str) -> None:
+    env = base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET="x" * 32)
+    first = ServeProcess(env).start()
+    try:
+        clash = subprocess.run(
+            [sys.executable, "-m", "challengectl", "serve", "--port", str(first.http_port),
+             "--grpc-port", str(free_port()), "--admin-port", str(free_port())],
+            env={**env, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        first.stop()
+    assert clash.returncode == 1
+    assert clash.stderr.splitlines()[-2].startswith("Error: cannot listen on 127.0.0.1:")
+    assert clash.stderr.splitlines()[-1].startswith("Hint: ")
+    assert "Traceback" not in clash.stderr
