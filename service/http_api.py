@@ -1,21 +1,42 @@
-"""The player HTTP app (Starlette): routes under base_path, health routes, and every failure as
-`{"errorCode","message"}` (SPEC §5.1, §5.3, §5.5)."""
+"""The player HTTP app (Starlette): player routes under base_path, health routes, the OpenAPI document,
+HTTP metrics, and every failure as `{"errorCode","message"}` (SPEC §5.1, §5.3, §5.4, §5.5, §5.7)."""
 
 from __future__ import annotations
 
 import logging
+import re
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from prometheus_client import Counter, Histogram
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ApiError, error_response, json_response
+from service import __version__
+from service.auth import Authenticator
+from service.catalog import Catalog
+from service.errors import JSON_TYPE, ApiError, error_response, json_response
 from service.health import HEALTHY_BODY, Readiness
+from service.metrics import LATENCY_BUCKETS
+from service.openapi import encoded_openapi_document
+from service.payloads import (
+    parse_batch_select,
+    parse_random_select,
+    parse_set_active,
+    read_body,
+)
+from service.responses import ResponseWriter
+
+if TYPE_CHECKING:  # the use cases import the store and cache; the routes only call their methods
+    from service.players import Players
 
 log = logging.getLogger("challengectl.http")
 
@@ -34,6 +55,160 @@ def health_routes(readiness: Readiness, prefix: str = "") -> list[Route]:
         Route(f"{prefix}/healthz", healthz, methods=["GET"]),
         Route(f"{prefix}/readyz", readyz, methods=["GET"]),
     ]
+
+
+# --- player routes (SPEC §5.4) --------------------------------------------------------------------
+
+
+class _PathSegmentConvertor(Convertor[str]):
+    """`[^/]*`: unlike Starlette's `str`, an empty segment matches, so the handler can answer
+    400 `challenge_id is required` instead of a 404 (SPEC §5.1)."""
+
+    regex = "[^/]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("segment", _PathSegmentConvertor())
+
+_TRUE_VALUES = frozenset(("true", "1"))
+_FALSE_VALUES = frozenset(("false", "0", ""))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type=JSON_TYPE)
+
+
+def _active_only(request: Request) -> bool:
+    value = request.query_params.get("active_only")
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in _TRUE_VALUES:
+        return True
+    if lowered in _FALSE_VALUES:
+        return False
+    raise ApiError(400, "INVALID_REQUEST", "active_only must be true or false")
+
+
+def _path_id(request: Request, name: str) -> str:
+    value: str = request.path_params[name]
+    if not value:
+        raise ApiError(400, "INVALID_REQUEST", f"{name} is required")
+    return value
+
+
+class _EveryMethod:
+    """An ASGI app a `Route` sends every method to (Starlette limits a plain function endpoint to the
+    methods listed), so the endpoint itself can answer 405 with its own `Allow`."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self._app = request_response(endpoint)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+def player_routes(
+    players: Players,
+    authenticator: Authenticator,
+    catalog: Catalog,
+    base_path: str,
+    max_body_bytes: int,
+    clock: Callable[[], datetime] = _utc_now,
+) -> list[Route]:
+    """The player endpoints and `{base_path}/openapi.json`, for `create_http_app(player_routes=...)`.
+
+    Each handler checks, in SPEC §5.1 order: authentication → path ids → body → the use case.
+    `clock` supplies the instant for the expiry fields of `GET /v1/challenges/{id}` (its result carries
+    no `now`); pass the clock the `Players` use cases run on.
+    """
+    writer = ResponseWriter(catalog)
+    openapi_body = encoded_openapi_document(base_path, __version__)
+
+    async def body_of(request: Request) -> bytes:
+        return await read_body(request.headers, request.stream(), max_body_bytes)
+
+    async def list_challenges(request: Request) -> Response:
+        user_id = await authenticator.authenticate(request.headers)
+        active_only = _active_only(request)
+        return _json(writer.challenge_list(await players.list_challenges(user_id, active_only)))
+
+    async def get_challenge(request: Request) -> Response:
+        user_id = await authenticator.authenticate(request.headers)
+        challenge_id = _path_id(request, "challenge_id")
+        active_only = _active_only(request)
+        state = await players.get_challenge(user_id, challenge_id, active_only)
+        return _json(writer.challenge(state, clock()))
+
+    async def initialize(request: Request) -> Response:
+        # Any method reaches this route, so that `{challenge_id}` never takes the literal `initialize`.
+        if request.method != "POST":
+            raise ApiError(405, "METHOD_NOT_ALLOWED", "method not allowed", {"Allow": "POST"})
+        user_id = await authenticator.authenticate(request.headers)
+        await body_of(request)  # ignored, but still bounded by the size limit
+        return _json(writer.initialize(await players.initialize(user_id)))
+
+    async def set_active(request: Request) -> Response:
+        user_id = await authenticator.authenticate(request.headers)
+        challenge_id, goal_id = _path_id(request, "challenge_id"), _path_id(request, "goal_id")
+        parsed = parse_set_active(await body_of(request))
+        return _json(writer.set_active(await players.set_active(user_id, challenge_id, goal_id, parsed.is_active)))
+
+    async def batch_select(request: Request) -> Response:
+        user_id = await authenticator.authenticate(request.headers)
+        challenge_id = _path_id(request, "challenge_id")
+        parsed = parse_batch_select(await body_of(request))
+        result = await players.batch_select(user_id, challenge_id, parsed.goal_ids, parsed.replace_existing)
+        return _json(writer.select(result))
+
+    async def random_select(request: Request) -> Response:
+        user_id = await authenticator.authenticate(request.headers)
+        challenge_id = _path_id(request, "challenge_id")
+        parsed = parse_random_select(await body_of(request))
+        result = await players.random_select(
+            user_id, challenge_id, parsed.count, parsed.replace_existing, parsed.exclude_active)
+        return _json(writer.select(result))
+
+    async def claim(request: Request) -> Response:
+        user_id = await authenticator.authenticate(request.headers)
+        challenge_id, goal_id = _path_id(request, "challenge_id"), _path_id(request, "goal_id")
+        await body_of(request)  # ignored, but still bounded by the size limit
+        return _json(writer.claim(await players.claim(user_id, challenge_id, goal_id)))
+
+    async def rotation(request: Request) -> Response:
+        await authenticator.authenticate(request.headers)
+        challenge_id = _path_id(request, "challenge_id")
+        return _json(writer.rotation_status(players.rotation_status(challenge_id)))
+
+    async def openapi(request: Request) -> Response:
+        return _json(openapi_body)
+
+    challenges = f"{base_path}/v1/challenges"
+    challenge = challenges + "/{challenge_id:segment}"
+    goals = challenge + "/goals"
+    return [
+        Route(f"{base_path}/openapi.json", openapi, methods=["GET"]),
+        Route(challenges, list_challenges, methods=["GET"]),
+        Route(challenges + "/initialize", _EveryMethod(initialize)),
+        Route(challenge, get_challenge, methods=["GET"]),
+        Route(challenge + "/rotation", rotation, methods=["GET"]),
+        Route(goals + "/batch-select", batch_select, methods=["POST"]),
+        Route(goals + "/random-select", random_select, methods=["POST"]),
+        Route(goals + "/{goal_id:segment}/active", set_active, methods=["PUT"]),
+        Route(goals + "/{goal_id:segment}/claim", claim, methods=["POST"]),
+    ]
+
+
+# --- errors and response headers ------------------------------------------------------------------
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -89,17 +264,87 @@ def _incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
+# --- HTTP metrics (SPEC §5.6) ---------------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "challenge_http_requests_total", "Player API requests by route template, method and status",
+    ["route", "method", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "challenge_http_request_duration_seconds", "Player API request duration by route template and method",
+    ["route", "method"], buckets=LATENCY_BUCKETS,
+)
+UNMATCHED_ROUTE = "unmatched"
+# Anything else a client sends is labelled `other`, so garbage methods cannot grow the label set.
+_KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+_CONVERTOR_SUFFIX = re.compile(r"\{(\w+):\w+\}")
+
+
+class HttpMetrics:
+    """Pure ASGI middleware counting and timing every HTTP request by the matched route's template
+    (`unmatched` when no route matched). Label children are cached, so a request costs two dict
+    lookups, a counter increment and a histogram observation."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._route_labels: dict[str, str] = {}
+        self._counters: dict[tuple[str, str, int], Callable[[], None]] = {}
+        self._observers: dict[tuple[str, str], Callable[[float], None]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # when the app fails before starting a response
+
+        async def send_recording_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording_status)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        route_label = self._route_label(getattr(route, "path", None))
+        method = scope["method"] if scope["method"] in _KNOWN_METHODS else "other"
+        count = self._counters.get((route_label, method, status))
+        if count is None:
+            count = self._counters[(route_label, method, status)] = (
+                HTTP_REQUESTS.labels(route_label, method, str(status)).inc)
+        count()
+        observe = self._observers.get((route_label, method))
+        if observe is None:
+            observe = self._observers[(route_label, method)] = (
+                HTTP_REQUEST_DURATION.labels(route_label, method).observe)
+        observe(elapsed)
+
+    def _route_label(self, path: str | None) -> str:
+        if path is None:
+            return UNMATCHED_ROUTE
+        label = self._route_labels.get(path)
+        if label is None:
+            label = self._route_labels[path] = _CONVERTOR_SUFFIX.sub(r"{\1}", path)
+        return label
+
+
 def create_http_app(
     readiness: Readiness,
     base_path: str,
     catalog_fingerprint: str,
     player_routes: Sequence[BaseRoute] = (),
 ) -> ASGIApp:
-    """The player API app: health routes at the root and under base_path, then the player routes."""
+    """The player API app: health routes at the root and under base_path, then the player routes
+    (see `player_routes`), wrapped in the HTTP metrics and response-header middlewares."""
     routes: list[BaseRoute] = [*health_routes(readiness), *health_routes(readiness, base_path), *player_routes]
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_exception, ApiError: _api_error, Exception: _unexpected},
     )
     app.router.redirect_slashes = False
-    return ResponseHeaders(app, catalog_fingerprint)
+    return HttpMetrics(ResponseHeaders(app, catalog_fingerprint))

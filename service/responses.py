@@ -1,0 +1,436 @@
+"""Player response bodies (SPEC §5.3, §5.4): the response schemas as msgspec Structs, and the fast
+writer that renders use-case results to JSON bytes.
+
+The Structs are the definition: the OpenAPI schemas are generated from them, and `*_body` functions
+build them from use-case results. `ResponseWriter` produces the same bytes without building objects:
+at startup it joins the catalog's pre-encoded fragments into per-goal and per-challenge byte pieces;
+per request it appends only the dynamic fields (row values, view, locked, expiry). Tests hold the two
+paths byte-identical for every object.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+from service import catalog as catalog_model
+from service.players import (
+    ChallengeState,
+    ClaimResult,
+    GoalState,
+    InitializeResult,
+    ListResult,
+    Period,
+    RotationStatus,
+    SelectResult,
+    SetActiveResult,
+)
+from service.rules import expiry_fields, format_timestamp
+
+# --- schemas ---------------------------------------------------------------------------------------
+
+ErrorCode = Literal[
+    "INVALID_REQUEST", "UNAUTHORIZED", "FORBIDDEN", "CHALLENGE_NOT_FOUND", "GOAL_NOT_FOUND",
+    "GOAL_NOT_COMPLETED", "GOAL_NOT_ACTIVE", "GOAL_ROTATED", "GOAL_LOCKED", "ALREADY_CLAIMED",
+    "INVALID_COUNT", "INSUFFICIENT_GOALS", "REWARD_GRANT_FAILED", "DEPENDENCY_UNAVAILABLE",
+    "INTERNAL_ERROR", "ROUTE_NOT_FOUND", "METHOD_NOT_ALLOWED", "PAYLOAD_TOO_LARGE",
+]
+
+
+class ErrorBody(Struct, rename="camel"):
+    """Every error response (SPEC §5.3)."""
+
+    error_code: ErrorCode
+    message: str
+
+
+class Requirement(Struct, rename="camel"):
+    stat_code: str
+    operator: str
+    target_value: int
+    progress_mode: str
+
+
+class Reward(Struct, rename="camel"):
+    type: str
+    reward_id: str
+    quantity: int
+
+
+class Goal(Struct, rename="camel"):
+    """A goal in challenge listings: catalog fields merged with the user's row as viewed at request time."""
+
+    goal_id: str
+    name: str
+    description: str
+    requirement: Requirement
+    reward: Reward
+    prerequisites: list[str]
+    locked: bool
+    progress: int
+    status: str
+    completed_at: str
+    claimed_at: str
+    is_active: bool
+    expires_at: str
+    expires_in_seconds: int
+
+
+class Challenge(Struct, rename="camel"):
+    challenge_id: str
+    name: str
+    description: str
+    goals: list[Goal]
+
+
+class ChallengeList(Struct):
+    """Response of `GET /v1/challenges`."""
+
+    challenges: list[Challenge]
+
+
+class AssignedGoal(Struct, rename="camel"):
+    """An active goal in the initialize response."""
+
+    challenge_id: str
+    goal_id: str
+    name: str
+    description: str
+    is_active: bool
+    assigned_at: str
+    expires_at: str
+    expires_in_seconds: int
+    progress: int
+    target: int
+    status: str
+    requirement: Requirement
+    reward: Reward
+
+
+class InitializeResponse(Struct, rename="camel"):
+    assigned_goals: list[AssignedGoal]
+    new_assignments: int
+    total_active: int
+
+
+class SetActiveResponse(Struct, rename="camel"):
+    challenge_id: str
+    goal_id: str
+    is_active: bool
+    assigned_at: str
+    message: str
+
+
+class SelectedGoal(Struct, rename="camel"):
+    """A goal in the batch/random select responses, with its view after the write."""
+
+    goal_id: str
+    name: str
+    description: str
+    requirement: Requirement
+    reward: Reward
+    status: str
+    progress: int
+    target: int
+    is_active: bool
+    assigned_at: str
+    expires_at: str
+    expires_in_seconds: int
+
+
+class SelectResponse(Struct, rename="camel"):
+    challenge_id: str
+    selected_goals: list[SelectedGoal]
+    total_active_goals: int
+    replaced_goals: list[str]
+
+
+class ClaimResponse(Struct, rename="camel"):
+    goal_id: str
+    status: Literal["claimed"]
+    reward: Reward
+    claimed_at: str
+
+
+class RotationPeriod(Struct, rename="camel"):
+    start_time: str
+    end_time: str
+    expires_in_seconds: int
+
+
+class Rotation(Struct, rename="camel"):
+    """The challenge's first rotating goal's settings; the periods are absent without rotation."""
+
+    enabled: bool
+    type: str
+    schedule: str
+    reset_progress: bool
+    allow_reselection: bool
+    current_period: RotationPeriod | UnsetType = UNSET
+    next_period: RotationPeriod | UnsetType = UNSET
+
+
+class RotationStatusResponse(Struct, rename="camel"):
+    challenge_id: str
+    rotation: Rotation
+
+
+RESPONSE_STRUCTS: tuple[type[Struct], ...] = (
+    ChallengeList, Challenge, InitializeResponse, SetActiveResponse, SelectResponse, ClaimResponse,
+    RotationStatusResponse, ErrorBody,
+)
+
+# --- reference builders: use-case results → Structs ------------------------------------------------
+
+
+def _requirement(requirement: catalog_model.Requirement) -> Requirement:
+    return Requirement(requirement.stat_code, requirement.operator, requirement.target_value,
+                       requirement.progress_mode)
+
+
+def _reward(reward: catalog_model.Reward) -> Reward:
+    return Reward(reward.type, reward.reward_id, reward.quantity)
+
+
+def goal_body(state: GoalState, now: datetime) -> Goal:
+    """The listing Goal of one goal state at `now`."""
+    goal, row, goal_view = state.goal, state.row, state.view
+    expires_at, expires_in = expiry_fields(goal, now)
+    return Goal(
+        goal_id=goal.goal_id, name=goal.name, description=goal.description,
+        requirement=_requirement(goal.requirement), reward=_reward(goal.reward),
+        prerequisites=list(goal.prerequisites), locked=state.locked,
+        progress=goal_view.progress, status=goal_view.status,
+        completed_at=format_timestamp(goal_view.completed_at), claimed_at=format_timestamp(goal_view.claimed_at),
+        is_active=row is not None and row.is_active,
+        expires_at=expires_at, expires_in_seconds=expires_in,
+    )
+
+
+def challenge_body(state: ChallengeState, now: datetime) -> Challenge:
+    challenge = state.challenge
+    return Challenge(challenge.challenge_id, challenge.name, challenge.description,
+                     [goal_body(goal_state, now) for goal_state in state.goals])
+
+
+def challenge_list_body(result: ListResult) -> ChallengeList:
+    return ChallengeList([challenge_body(state, result.now) for state in result.challenges])
+
+
+def assigned_goal_body(state: GoalState, now: datetime) -> AssignedGoal:
+    goal, row = state.goal, state.row
+    expires_at, expires_in = expiry_fields(goal, now)
+    return AssignedGoal(
+        challenge_id=goal.challenge_id, goal_id=goal.goal_id, name=goal.name, description=goal.description,
+        is_active=row is not None and row.is_active,
+        assigned_at=format_timestamp(row.assigned_at if row is not None else None),
+        expires_at=expires_at, expires_in_seconds=expires_in,
+        progress=state.view.progress, target=goal.requirement.target_value, status=state.view.status,
+        requirement=_requirement(goal.requirement), reward=_reward(goal.reward),
+    )
+
+
+def initialize_body(result: InitializeResult) -> InitializeResponse:
+    return InitializeResponse([assigned_goal_body(state, result.now) for state in result.assigned],
+                              result.new_assignments, len(result.assigned))
+
+
+def set_active_message(is_active: bool) -> str:
+    return "Goal activated successfully" if is_active else "Goal deactivated successfully"
+
+
+def set_active_body(result: SetActiveResult) -> SetActiveResponse:
+    return SetActiveResponse(result.challenge_id, result.goal_id, result.is_active,
+                             format_timestamp(result.assigned_at), set_active_message(result.is_active))
+
+
+def selected_goal_body(state: GoalState, now: datetime) -> SelectedGoal:
+    goal, row = state.goal, state.row
+    expires_at, expires_in = expiry_fields(goal, now)
+    return SelectedGoal(
+        goal_id=goal.goal_id, name=goal.name, description=goal.description,
+        requirement=_requirement(goal.requirement), reward=_reward(goal.reward),
+        status=state.view.status, progress=state.view.progress, target=goal.requirement.target_value,
+        is_active=row is not None and row.is_active,
+        assigned_at=format_timestamp(row.assigned_at if row is not None else None),
+        expires_at=expires_at, expires_in_seconds=expires_in,
+    )
+
+
+def select_body(result: SelectResult) -> SelectResponse:
+    selected = [selected_goal_body(state, result.now) for state in result.selected]
+    return SelectResponse(result.challenge_id, selected, result.total_active, list(result.replaced))
+
+
+def claim_body(result: ClaimResult) -> ClaimResponse:
+    return ClaimResponse(result.goal_id, "claimed", _reward(result.reward), format_timestamp(result.claimed_at))
+
+
+def _period(period: Period | None) -> RotationPeriod | UnsetType:
+    if period is None:
+        return UNSET
+    return RotationPeriod(format_timestamp(period.start), format_timestamp(period.end), period.expires_in_seconds)
+
+
+def rotation_status_body(status: RotationStatus) -> RotationStatusResponse:
+    rotation = status.goal.rotation if status.goal is not None else None
+    if rotation is None:
+        return RotationStatusResponse(status.challenge_id, Rotation(False, "", "", False, False))
+    return RotationStatusResponse(status.challenge_id, Rotation(
+        True, rotation.type, rotation.schedule, rotation.reset_progress, rotation.allow_reselection,
+        _period(status.current), _period(status.next),
+    ))
+
+
+# --- fast writer --------------------------------------------------------------------------------
+
+_TRUE, _FALSE = b"true", b"false"
+_EMPTY_STRING = b'""'
+_encode = msgspec.json.encode
+
+
+def _timestamp(dt: datetime | None) -> bytes:
+    # format_timestamp yields only digits, '-', ':', 'T' and 'Z': no JSON escaping is needed.
+    return b'"%s"' % format_timestamp(dt).encode() if dt is not None else _EMPTY_STRING
+
+
+class _GoalPieces:
+    """Pre-joined static bytes of one goal in each object it appears in. A `*_head` piece carries every
+    static field before the first dynamic one, up to and including that field's key."""
+
+    __slots__ = (
+        "assigned_head",
+        "assigned_tail",
+        "assigned_target",
+        "listing_head",
+        "selected_head",
+        "selected_target",
+    )
+
+    def __init__(self, fragments: dict[str, bytes]) -> None:
+        goal_id, name, description = fragments["goalId"], fragments["name"], fragments["description"]
+        requirement, reward = fragments["requirement"], fragments["reward"]
+        self.listing_head = b"".join((
+            b'{"goalId":', goal_id, b',"name":', name, b',"description":', description,
+            b',"requirement":', requirement, b',"reward":', reward,
+            b',"prerequisites":', fragments["prerequisites"], b',"locked":',
+        ))
+        self.assigned_head = b"".join((
+            b'{"challengeId":', fragments["challengeId"], b',"goalId":', goal_id, b',"name":', name,
+            b',"description":', description, b',"isActive":',
+        ))
+        self.assigned_target = b',"target":' + fragments["target"] + b',"status":'
+        self.assigned_tail = b',"requirement":' + requirement + b',"reward":' + reward + b"}"
+        self.selected_head = b"".join((
+            b'{"goalId":', goal_id, b',"name":', name, b',"description":', description,
+            b',"requirement":', requirement, b',"reward":', reward, b',"status":',
+        ))
+        self.selected_target = b',"target":' + fragments["target"] + b',"isActive":'
+
+
+class ResponseWriter:
+    """Renders use-case results to the exact bytes of `msgspec.json.encode(<*_body>(result))`,
+    from byte pieces built once from the catalog (SPEC §5.1: per request only row data is serialised)."""
+
+    def __init__(self, catalog: catalog_model.Catalog) -> None:
+        self._goals = {goal_id: _GoalPieces(fragments) for goal_id, fragments in catalog.goal_fragments.items()}
+        self._challenge_heads = {
+            challenge_id: b"".join((
+                b'{"challengeId":', fragments["challengeId"], b',"name":', fragments["name"],
+                b',"description":', fragments["description"], b',"goals":[',
+            ))
+            for challenge_id, fragments in catalog.challenge_fragments.items()
+        }
+        self._statuses: dict[str, bytes] = {}
+
+    def _status(self, status: str) -> bytes:
+        encoded = self._statuses.get(status)
+        if encoded is None:
+            encoded = self._statuses[status] = _encode(status)
+        return encoded
+
+    def _expiry(self, goal: catalog_model.Goal, now: datetime) -> bytes:
+        expires_at, expires_in = expiry_fields(goal, now)
+        return b'"%s","expiresInSeconds":%d' % (expires_at.encode(), expires_in)
+
+    def _goal(self, state: GoalState, now: datetime) -> bytes:
+        goal, row, view = state.goal, state.row, state.view
+        return b"".join((
+            self._goals[goal.goal_id].listing_head,
+            _TRUE if state.locked else _FALSE,
+            b',"progress":%d,"status":' % view.progress, self._status(view.status),
+            b',"completedAt":', _timestamp(view.completed_at),
+            b',"claimedAt":', _timestamp(view.claimed_at),
+            b',"isActive":', _TRUE if row is not None and row.is_active else _FALSE,
+            b',"expiresAt":', self._expiry(goal, now), b"}",
+        ))
+
+    def _challenge(self, state: ChallengeState, now: datetime) -> bytes:
+        return b"".join((
+            self._challenge_heads[state.challenge.challenge_id],
+            b",".join([self._goal(goal_state, now) for goal_state in state.goals]),
+            b"]}",
+        ))
+
+    def challenge(self, state: ChallengeState, now: datetime) -> bytes:
+        """`GET /v1/challenges/{challenge_id}`: one Challenge, expiry computed at `now`."""
+        return self._challenge(state, now)
+
+    def challenge_list(self, result: ListResult) -> bytes:
+        """`GET /v1/challenges`: `{"challenges": [...]}`."""
+        now = result.now
+        return b'{"challenges":[' + b",".join([self._challenge(state, now) for state in result.challenges]) + b"]}"
+
+    def _assigned_goal(self, state: GoalState, now: datetime) -> bytes:
+        goal, row = state.goal, state.row
+        pieces = self._goals[goal.goal_id]
+        return b"".join((
+            pieces.assigned_head,
+            _TRUE if row is not None and row.is_active else _FALSE,
+            b',"assignedAt":', _timestamp(row.assigned_at if row is not None else None),
+            b',"expiresAt":', self._expiry(goal, now),
+            b',"progress":%d' % state.view.progress,
+            pieces.assigned_target, self._status(state.view.status),
+            pieces.assigned_tail,
+        ))
+
+    def initialize(self, result: InitializeResult) -> bytes:
+        """`POST /v1/challenges/initialize`."""
+        now = result.now
+        assigned = b",".join([self._assigned_goal(state, now) for state in result.assigned])
+        return b'{"assignedGoals":[%s],"newAssignments":%d,"totalActive":%d}' % (
+            assigned, result.new_assignments, len(result.assigned))
+
+    def _selected_goal(self, state: GoalState, now: datetime) -> bytes:
+        goal, row = state.goal, state.row
+        pieces = self._goals[goal.goal_id]
+        return b"".join((
+            pieces.selected_head, self._status(state.view.status),
+            b',"progress":%d' % state.view.progress,
+            pieces.selected_target, _TRUE if row is not None and row.is_active else _FALSE,
+            b',"assignedAt":', _timestamp(row.assigned_at if row is not None else None),
+            b',"expiresAt":', self._expiry(goal, now), b"}",
+        ))
+
+    def select(self, result: SelectResult) -> bytes:
+        """Batch and random select."""
+        now = result.now
+        selected = b",".join([self._selected_goal(state, now) for state in result.selected])
+        return b'{"challengeId":%s,"selectedGoals":[%s],"totalActiveGoals":%d,"replacedGoals":%s}' % (
+            _encode(result.challenge_id), selected, result.total_active, _encode(result.replaced))
+
+    @staticmethod
+    def set_active(result: SetActiveResult) -> bytes:
+        """`PUT .../active`: a small object with no catalog part, encoded from its Struct."""
+        return _encode(set_active_body(result))
+
+    @staticmethod
+    def claim(result: ClaimResult) -> bytes:
+        return _encode(claim_body(result))
+
+    @staticmethod
+    def rotation_status(status: RotationStatus) -> bytes:
+        return _encode(rotation_status_body(status))

@@ -1,0 +1,417 @@
+"""The player HTTP layer over a real uvicorn server (SPEC §5.1-§5.4, §5.7; L4, A4): routing, the order of
+checks, request-body parsing and limits, error bodies, headers, the OpenAPI route list and HTTP metrics.
+
+The use cases are replaced by `RecordingPlayers`, a small in-test implementation of the `Players`
+methods that records each call and returns results built from the example catalog, so that what the
+HTTP layer passes down is checked exactly. The end-to-end behaviour with the real use cases, PostgreSQL
+and Redis is in test_http_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+import uvicorn
+from prometheus_client import REGISTRY
+
+from service.auth import AuthConfig, Authenticator, mint_token
+from service.catalog import Catalog, load_catalog
+from service.errors import ApiError
+from service.health import Readiness
+from service.http_api import create_http_app, player_routes
+from service.players import (
+    ChallengeState,
+    ClaimResult,
+    InitializeResult,
+    ListResult,
+    RotationStatus,
+    SelectResult,
+    SetActiveResult,
+)
+from service.resources import example_catalog_path
+
+BASE = "/challenge"
+MAX_BODY = 512
+SECRET = b"k" * 32
+NOW = datetime(2030, 5, 17, 12, 0, 0, tzinfo=UTC)
+LEAKY_MESSAGE = "SELECT * FROM user_goal_progress -- password=hunter2"
+
+
+class RecordingPlayers:
+    """Implements the `Players` methods the routes call; records (method, args) and answers from the catalog."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def _challenge(self, challenge_id: str):  # type: ignore[no-untyped-def]
+        challenge = self.catalog.challenges_by_id.get(challenge_id)
+        if challenge is None:
+            raise ApiError(404, "CHALLENGE_NOT_FOUND", f"challenge '{challenge_id}' not found")
+        return challenge
+
+    async def list_challenges(self, user_id: str, active_only: bool) -> ListResult:
+        self.calls.append(("list_challenges", (user_id, active_only)))
+        return ListResult(tuple(ChallengeState(c, ()) for c in self.catalog.challenges), NOW)
+
+    async def get_challenge(self, user_id: str, challenge_id: str, active_only: bool) -> ChallengeState:
+        self.calls.append(("get_challenge", (user_id, challenge_id, active_only)))
+        return ChallengeState(self._challenge(challenge_id), ())
+
+    async def initialize(self, user_id: str) -> InitializeResult:
+        self.calls.append(("initialize", (user_id,)))
+        return InitializeResult((), 0, NOW)
+
+    async def set_active(self, user_id: str, challenge_id: str, goal_id: str, is_active: bool) -> SetActiveResult:
+        self.calls.append(("set_active", (user_id, challenge_id, goal_id, is_active)))
+        return SetActiveResult(challenge_id, goal_id, is_active, NOW)
+
+    async def batch_select(self, user_id: str, challenge_id: str, goal_ids: Sequence[str],
+                           replace_existing: bool) -> SelectResult:
+        self.calls.append(("batch_select", (user_id, challenge_id, tuple(goal_ids), replace_existing)))
+        return SelectResult(challenge_id, (), 0, (), NOW)
+
+    async def random_select(self, user_id: str, challenge_id: str, count: int, replace_existing: bool,
+                            exclude_active: bool) -> SelectResult:
+        self.calls.append(("random_select", (user_id, challenge_id, count, replace_existing, exclude_active)))
+        return SelectResult(challenge_id, (), 0, (), NOW)
+
+    async def claim(self, user_id: str, challenge_id: str, goal_id: str) -> ClaimResult:
+        self.calls.append(("claim", (user_id, challenge_id, goal_id)))
+        if goal_id == "explode":
+            raise RuntimeError(LEAKY_MESSAGE)
+        return ClaimResult(goal_id, self.catalog.goals[0].reward, NOW)
+
+    def rotation_status(self, challenge_id: str) -> RotationStatus:
+        self.calls.append(("rotation_status", (challenge_id,)))
+        return RotationStatus(self._challenge(challenge_id).challenge_id, None, None, None)
+
+
+def _readiness() -> Readiness:
+    async def ping() -> None:
+        return None
+
+    async def schema_version() -> int:
+        return 1
+
+    return Readiness(ping_database=ping, read_schema_version=schema_version, expected_schema_version=1,
+                     ping_redis=None, redis_required=False)
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Run `app` with uvicorn on a free loopback port; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+class Api:
+    """A client of the test server; `auth=True` sends a valid bearer token."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, players: RecordingPlayers) -> None:
+        self.session, self.url, self.players = session, url, players
+        self.token = mint_token(SECRET, "player-1")
+
+    async def call(self, method: str, path: str, *, auth: bool = True, raw_path: bool = False,
+                   **kwargs: Any) -> tuple[int, Any, Any]:
+        headers = dict(kwargs.pop("headers", {}))
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+        url = self.url + (path if raw_path else BASE + path)
+        async with self.session.request(method, url, headers=headers, **kwargs) as response:
+            body = await response.read()
+            parsed = await response.json(content_type=None) if body else None
+            return response.status, parsed, response.headers
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(example_catalog_path())
+
+
+@pytest.fixture(scope="module")
+async def api(catalog: Catalog) -> AsyncIterator[Api]:
+    players = RecordingPlayers(catalog)
+    authenticator = Authenticator(AuthConfig(mode="jwt", hs256_key=SECRET))
+    routes = player_routes(players, authenticator, catalog, BASE, MAX_BODY)  # type: ignore[arg-type]
+    app = create_http_app(_readiness(), BASE, catalog.fingerprint, player_routes=routes)
+    async with serve(app) as url, aiohttp.ClientSession() as session:
+        yield Api(session, url, players)
+
+
+def _error(body: Any) -> tuple[str, str]:
+    assert set(body) == {"errorCode", "message"}
+    return body["errorCode"], body["message"]
+
+
+# --- routing ----------------------------------------------------------------------------------------
+
+
+async def test_each_route_reaches_its_use_case_with_parsed_arguments(api: Api) -> None:
+    cases = [
+        ("GET", "/v1/challenges", {}, ("list_challenges", ("player-1", False))),
+        ("GET", "/v1/challenges/season-1", {}, ("get_challenge", ("player-1", "season-1", False))),
+        ("GET", "/v1/challenges/season-1?active_only=TRUE", {},
+         ("get_challenge", ("player-1", "season-1", True))),
+        ("POST", "/v1/challenges/initialize", {"data": b"not json at all"}, ("initialize", ("player-1",))),
+        ("PUT", "/v1/challenges/season-1/goals/s1-welcome/active", {"json": {"isActive": True}},
+         ("set_active", ("player-1", "season-1", "s1-welcome", True))),
+        ("POST", "/v1/challenges/season-1/goals/batch-select",
+         {"json": {"goalIds": ["a", "b", "a"], "replace_existing": True, "unknown": [1]}},
+         ("batch_select", ("player-1", "season-1", ("a", "b", "a"), True))),
+        ("POST", "/v1/challenges/season-1/goals/random-select", {"json": {"count": 2, "excludeActive": True}},
+         ("random_select", ("player-1", "season-1", 2, False, True))),
+        ("POST", "/v1/challenges/season-1/goals/s1-welcome/claim", {"data": b"[ignored"},
+         ("claim", ("player-1", "season-1", "s1-welcome"))),
+        ("GET", "/v1/challenges/season-1/rotation", {}, ("rotation_status", ("season-1",))),
+    ]
+    for method, path, kwargs, expected_call in cases:
+        api.players.calls.clear()
+        status, body, headers = await api.call(method, path, **kwargs)
+        assert status == 200, (path, body)
+        assert headers["Content-Type"] == "application/json; charset=utf-8"
+        assert api.players.calls == [expected_call], path
+
+
+async def test_active_only_values(api: Api) -> None:
+    """L4: true/1/false/0/empty/absent (any case) are accepted; anything else is 400."""
+    for value, expected in (("true", True), ("1", True), ("True", True), ("false", False), ("0", False),
+                            ("FALSE", False), ("", False)):
+        api.players.calls.clear()
+        status, _, _ = await api.call("GET", f"/v1/challenges?active_only={value}")
+        assert status == 200
+        assert api.players.calls == [("list_challenges", ("player-1", expected))], value
+    for value in ("yes", "2", "truee", "on"):
+        status, body, _ = await api.call("GET", f"/v1/challenges?active_only={value}")
+        assert (status, _error(body)) == (400, ("INVALID_REQUEST", "active_only must be true or false"))
+        status, body, _ = await api.call("GET", f"/v1/challenges/season-1?active_only={value}")
+        assert status == 400
+
+
+async def test_unknown_routes_and_methods(api: Api) -> None:
+    """A4: 404 ROUTE_NOT_FOUND, 405 with Allow; checked before authentication."""
+    for path in ("/challenge/v2/challenges", "/v1/challenges", "/challenge/v1/challenges/c/goals",
+                 "/challenge/v1/challenges/c/goals/g/unknown", "/challenge"):
+        status, body, _ = await api.call("GET", path, auth=False, raw_path=True)
+        assert status == 404 and _error(body)[0] == "ROUTE_NOT_FOUND", path
+    status, body, headers = await api.call("DELETE", "/v1/challenges/season-1", auth=False)
+    assert (status, _error(body)[0]) == (405, "METHOD_NOT_ALLOWED")
+    assert set(headers["Allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
+    status, _, headers = await api.call("GET", "/v1/challenges/c/goals/g/claim", auth=False)
+    assert status == 405 and headers["Allow"] == "POST"
+    for method in ("GET", "PUT", "DELETE"):
+        status, body, headers = await api.call(method, "/v1/challenges/initialize")
+        assert (status, _error(body)[0], headers["Allow"]) == (405, "METHOD_NOT_ALLOWED", "POST"), method
+
+
+async def test_empty_path_segments_reach_the_handler(api: Api) -> None:
+    cases = [
+        ("GET", "/v1/challenges/", "challenge_id is required"),
+        ("GET", "/v1/challenges//rotation", "challenge_id is required"),
+        ("PUT", "/v1/challenges/c/goals//active", "goal_id is required"),
+        ("PUT", "/v1/challenges//goals/g/active", "challenge_id is required"),
+        ("POST", "/v1/challenges/c/goals//claim", "goal_id is required"),
+        ("POST", "/v1/challenges//goals/batch-select", "challenge_id is required"),
+    ]
+    for method, path, message in cases:
+        api.players.calls.clear()
+        status, body, _ = await api.call(method, path, json={"is_active": True})
+        assert (status, _error(body)) == (400, ("INVALID_REQUEST", message)), path
+        assert api.players.calls == []
+
+
+async def test_use_case_errors_pass_through(api: Api) -> None:
+    status, body, _ = await api.call("GET", "/v1/challenges/nope")
+    assert (status, _error(body)) == (404, ("CHALLENGE_NOT_FOUND", "challenge 'nope' not found"))
+
+
+# --- authentication and order of checks ---------------------------------------------------------------
+
+
+async def test_authentication_comes_before_validation(api: Api) -> None:
+    for method, path, kwargs in (
+        ("GET", "/v1/challenges?active_only=maybe", {}),
+        ("PUT", "/v1/challenges/c/goals//active", {"data": b"{bad"}),
+        ("POST", "/v1/challenges/c/goals/random-select", {"json": {"count": 0}}),
+        ("POST", "/v1/challenges/initialize", {}),
+        ("GET", "/v1/challenges/c/rotation", {}),
+    ):
+        status, body, headers = await api.call(method, path, auth=False, **kwargs)
+        assert (status, _error(body)) == (401, ("UNAUTHORIZED", "missing or malformed Authorization header"))
+        assert headers["Content-Type"] == "application/json; charset=utf-8"
+    status, body, _ = await api.call("GET", "/v1/challenges", auth=False,
+                                     headers={"Authorization": "Bearer " + mint_token(b"x" * 32, "p")})
+    assert status == 401 and _error(body)[1].startswith("invalid token: ")
+
+
+async def test_openapi_needs_no_authentication_and_lists_every_route(api: Api, catalog: Catalog) -> None:
+    status, document, _ = await api.call("GET", "/openapi.json", auth=False)
+    assert status == 200 and document["openapi"].startswith("3.1")
+    routes = player_routes(RecordingPlayers(catalog), Authenticator(AuthConfig(mode="none")),  # type: ignore[arg-type]
+                           catalog, BASE, MAX_BODY)
+    for route in routes:
+        template = route.path.removeprefix(BASE).replace(":segment", "")
+        if template == "/openapi.json":
+            continue
+        assert template in document["paths"], template
+        methods = {m.lower() for m in route.methods or {"POST"}} - {"head"}
+        assert methods <= set(document["paths"][template]), template
+    assert document["servers"] == [{"url": BASE}]
+
+
+# --- request bodies ------------------------------------------------------------------------------------
+
+
+async def test_set_active_body(api: Api) -> None:
+    path = "/v1/challenges/c/goals/g/active"
+    for body in ({"is_active": False}, {"isActive": False}, {"is_active": False, "isActive": False}):
+        api.players.calls.clear()
+        status, response, _ = await api.call("PUT", path, json=body)
+        assert status == 200 and api.players.calls == [("set_active", ("player-1", "c", "g", False))]
+        assert response["message"] == "Goal deactivated successfully"
+    for body in ({}, {"is_active": None}, {"is_active": 1}, {"isActive": "true"}, {"other": True}):
+        status, response, _ = await api.call("PUT", path, json=body)
+        assert (status, _error(response)) == (400, ("INVALID_REQUEST", "is_active is required")), body
+    status, response, _ = await api.call("PUT", path, json={"is_active": True, "isActive": False})
+    assert (status, _error(response)[0]) == (400, "INVALID_REQUEST")
+    assert "is_active" in response["message"] and "isActive" in response["message"]
+
+
+async def test_malformed_bodies_are_400_without_internals(api: Api) -> None:
+    path = "/v1/challenges/c/goals/batch-select"
+    for raw in (b"{", b'{"goal_ids": ["a"]', b"\xff\xfe", b"[1, 2]", b'"text"', b"42", b"null"):
+        status, response, _ = await api.call("POST", path, data=raw, headers={"Content-Type": "application/json"})
+        code, message = _error(response)
+        assert (status, code) == (400, "INVALID_REQUEST"), raw
+        assert "Traceback" not in message and "msgspec" not in message and len(message) < 120
+
+
+async def test_batch_select_body(api: Api) -> None:
+    path = "/v1/challenges/c/goals/batch-select"
+    for body in ({}, {"goal_ids": []}, {"goalIds": []}, {"replace_existing": True}):
+        status, response, _ = await api.call("POST", path, json=body)
+        assert (status, _error(response)) == (400, ("INVALID_REQUEST", "goal_ids cannot be empty")), body
+    for body in ({"goal_ids": [1]}, {"goal_ids": ["a", None]}, {"goal_ids": "a"},
+                 {"goal_ids": ["a"], "replace_existing": "yes"}):
+        status, response, _ = await api.call("POST", path, json=body)
+        assert (status, _error(response)[0]) == (400, "INVALID_REQUEST"), body
+    for body in ({"goal_ids": ["a"], "goalIds": ["b"]},
+                 {"goal_ids": ["a"], "replace_existing": True, "replaceExisting": False}):
+        status, response, _ = await api.call("POST", path, json=body)
+        assert (status, _error(response)[0]) == (400, "INVALID_REQUEST"), body
+        assert "conflicting" in response["message"]
+    api.players.calls.clear()
+    status, _, _ = await api.call("POST", path, json={"goal_ids": ["a"], "goalIds": ["a"]})
+    assert status == 200 and api.players.calls == [("batch_select", ("player-1", "c", ("a",), False))]
+
+
+async def test_random_select_body(api: Api) -> None:
+    path = "/v1/challenges/c/goals/random-select"
+    for body in ({}, {"count": 0}, {"count": -3}, {"replace_existing": True}):
+        status, response, _ = await api.call("POST", path, json=body)
+        assert (status, _error(response)) == (400, ("INVALID_COUNT", "count must be greater than 0")), body
+    for body in ({"count": "2"}, {"count": 1.5}, {"count": True}, {"count": None}, {"count": [1]}):
+        status, response, _ = await api.call("POST", path, json=body)
+        assert (status, _error(response)[0]) == (400, "INVALID_REQUEST"), body
+    api.players.calls.clear()
+    status, _, _ = await api.call("POST", path, data=b"")
+    assert status == 400
+    body = {"count": 3, "replaceExisting": True, "exclude_active": False}
+    status, _, _ = await api.call("POST", path, json=body)
+    assert status == 200
+    assert api.players.calls == [("random_select", ("player-1", "c", 3, True, False))]
+
+
+async def test_body_size_limit(api: Api) -> None:
+    """A4: over `http_max_body_bytes` → 413, announced by Content-Length or streamed in chunks."""
+    oversized = {"goal_ids": ["x" * MAX_BODY]}
+    status, body, _ = await api.call("POST", "/v1/challenges/c/goals/batch-select", json=oversized)
+    assert (status, _error(body)[0]) == (413, "PAYLOAD_TOO_LARGE")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"goal_ids": ["'
+        for _ in range(8):
+            yield b"y" * 100
+        yield b'"]}'
+
+    status, body, _ = await api.call("POST", "/v1/challenges/c/goals/batch-select", data=chunks())
+    assert (status, _error(body)[0]) == (413, "PAYLOAD_TOO_LARGE")
+    status, body, _ = await api.call("POST", "/v1/challenges/initialize", data=b" " * (MAX_BODY + 1))
+    assert (status, _error(body)[0]) == (413, "PAYLOAD_TOO_LARGE")
+    status, _, _ = await api.call("POST", "/v1/challenges/c/goals/batch-select",
+                                  json={"goal_ids": ["x" * (MAX_BODY - 40)]})
+    assert status == 200
+
+
+# --- errors and headers --------------------------------------------------------------------------------
+
+
+async def test_unexpected_failure_is_a_bare_500(api: Api) -> None:
+    """A5: the cause stays in the log; the body is the fixed INTERNAL_ERROR text."""
+    status, body, headers = await api.call("POST", "/v1/challenges/c/goals/explode/claim")
+    assert (status, _error(body)) == (500, ("INTERNAL_ERROR", "Internal server error"))
+    assert "X-Request-Id" in headers and "X-Catalog-Fingerprint" in headers
+
+
+async def test_request_id_and_fingerprint_headers(api: Api, catalog: Catalog) -> None:
+    status, _, headers = await api.call("GET", "/v1/challenges", headers={"X-Request-Id": "abc-123_XYZ"})
+    assert status == 200 and headers["X-Request-Id"] == "abc-123_XYZ"
+    assert headers["X-Catalog-Fingerprint"] == catalog.fingerprint
+    for rejected in ("x" * 129, "has space", "caf\u00e9"):
+        _, _, headers = await api.call("GET", "/v1/challenges", headers={"X-Request-Id": rejected})
+        assert headers["X-Request-Id"] != rejected and len(headers["X-Request-Id"]) >= 32
+    _, _, headers = await api.call("GET", "/nowhere", raw_path=True, headers={"X-Request-Id": "y" * 128})
+    assert headers["X-Request-Id"] == "y" * 128
+    assert headers["X-Catalog-Fingerprint"] == catalog.fingerprint
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+
+
+def _requests_total(route: str, method: str, status: str) -> float:
+    labels = {"route": route, "method": method, "status": status}
+    return REGISTRY.get_sample_value("challenge_http_requests_total", labels) or 0.0
+
+
+def _duration_count(route: str, method: str) -> float:
+    labels = {"route": route, "method": method}
+    return REGISTRY.get_sample_value("challenge_http_request_duration_seconds_count", labels) or 0.0
+
+
+async def test_metrics_use_route_templates(api: Api) -> None:
+    template = "/challenge/v1/challenges/{challenge_id}"
+    before = (_requests_total(template, "GET", "200"), _requests_total(template, "GET", "404"),
+              _requests_total("unmatched", "GET", "404"), _duration_count(template, "GET"),
+              _requests_total(template, "other", "405"))
+    await api.call("GET", "/v1/challenges/season-1")
+    await api.call("GET", "/v1/challenges/daily-grind")
+    await api.call("GET", "/v1/challenges/unknown")
+    await api.call("GET", "/elsewhere/x", raw_path=True)
+    await api.call("PROPFIND", "/v1/challenges/season-1")
+    after = (_requests_total(template, "GET", "200"), _requests_total(template, "GET", "404"),
+             _requests_total("unmatched", "GET", "404"), _duration_count(template, "GET"),
+             _requests_total(template, "other", "405"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1, 3, 1]
+    assert REGISTRY.get_sample_value("challenge_http_requests_total",
+                                     {"route": "/challenge/v1/challenges/season-1", "method": "GET",
+                                      "status": "200"}) is None
