@@ -94,7 +94,9 @@ class RecordingPlayers:
         return RotationStatus(self._challenge(challenge_id).challenge_id, None, None, None)
 
 
-def _readiness() -> Readiness:
+def stub_readiness() -> Readiness:
+    """Readiness that always passes (the health routes are not under test here)."""
+
     async def ping() -> None:
         return None
 
@@ -154,7 +156,7 @@ async def api(catalog: Catalog) -> AsyncIterator[Api]:
     players = RecordingPlayers(catalog)
     authenticator = Authenticator(AuthConfig(mode="jwt", hs256_key=SECRET))
     routes = player_routes(players, authenticator, catalog, BASE, MAX_BODY)  # type: ignore[arg-type]
-    app = create_http_app(_readiness(), BASE, catalog.fingerprint, player_routes=routes)
+    app = create_http_app(stub_readiness(), BASE, catalog.fingerprint, player_routes=routes)
     async with serve(app) as url, aiohttp.ClientSession() as session:
         yield Api(session, url, players)
 
