@@ -1,0 +1,293 @@
+"""Event de-duplication markers (SPEC §6.6): Redis scripts, with an in-process LRU during outages.
+
+A marker `<p>:{<user_id>}:evt:<id>` is `"p"` while its event is pending (accepted, not yet committed)
+and `"d"` once its effect is committed. Every operation is pipelined per call or per flush. When Redis
+fails, the same semantics are kept in a bounded in-process LRU (de-duplication then covers only this
+process); Redis is tried again after `retry_interval_s`, and while LRU entries live both stores are
+consulted. No method raises because of Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio as redis_asyncio
+from prometheus_client import Counter
+from redis.exceptions import NoScriptError
+
+from service.buffer import EventKey
+from service.cache import REDIS_FAILURES, event_key
+
+log = logging.getLogger(__name__)
+
+DEDUP_TOTAL = Counter(
+    "challenge_dedup_total", "De-duplication lookups by backend and result", ["backend", "result"],
+)
+
+PENDING = "p"
+DONE = "d"
+
+BACKEND_REDIS = "redis"
+BACKEND_LRU = "lru"
+RESULT_NEW = "new"
+RESULT_DUPLICATE = "duplicate"
+RESULT_PENDING = "pending"
+
+BEGIN_LUA = (
+    "local v = redis.call('GET', KEYS[1]); if v then return v end; "
+    "redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1]); return false"
+)
+RENEW_LUA = (
+    "if redis.call('GET', KEYS[1]) == 'p' then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0"
+)
+
+_PIPELINE_CHUNK = 2000  # bounds one pipeline's buffers when renewing or marking many ids at once
+
+
+class _RedisFailed(Exception):
+    """A pipeline reply carried an error other than NOSCRIPT; the whole batch falls back to the LRU."""
+
+
+class MarkerLru:
+    """In-process markers with the Redis semantics (state and TTL), at most `max_size` keys, LRU-evicted."""
+
+    def __init__(self, max_size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_size = max_size
+        self._clock = clock
+        self._markers: OrderedDict[EventKey, tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._markers)
+
+    def get(self, key: EventKey) -> str | None:
+        found = self._markers.get(key)
+        if found is None:
+            return None
+        state, expires_at = found
+        if expires_at <= self._clock():
+            del self._markers[key]
+            return None
+        self._markers.move_to_end(key)
+        return state
+
+    def begin(self, key: EventKey, pending_ttl_s: float) -> str | None:
+        """The LRU twin of BEGIN_LUA: the existing state, or None after creating a pending marker."""
+        state = self.get(key)
+        if state is None:
+            self.put(key, PENDING, pending_ttl_s)
+        return state
+
+    def put(self, key: EventKey, state: str, ttl_s: float) -> None:
+        self._markers[key] = (state, self._clock() + ttl_s)
+        self._markers.move_to_end(key)
+        while len(self._markers) > self._max_size:
+            self._markers.popitem(last=False)
+
+    def renew(self, key: EventKey, ttl_s: float) -> None:
+        if self.get(key) == PENDING:
+            self.put(key, PENDING, ttl_s)
+
+    def delete(self, key: EventKey) -> None:
+        self._markers.pop(key, None)
+
+
+class Deduplicator:
+    """Creates, renews, clears and completes event markers; Redis first, the LRU when Redis fails.
+
+    `client` None (cache disabled) means the LRU only. The client must return bytes, as
+    `service.cache.open_redis`'s does.
+    """
+
+    def __init__(
+        self,
+        client: redis_asyncio.Redis | None,
+        prefix: str,
+        pending_ttl_s: int,
+        done_ttl_s: int,
+        lru_size: int,
+        retry_interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._pending_ttl_s = pending_ttl_s
+        self._pending_ttl_ms = pending_ttl_s * 1000
+        self._done_ttl_s = done_ttl_s
+        self._done_ttl_ms = done_ttl_s * 1000
+        self._retry_interval_s = retry_interval_s
+        self._clock = clock
+        self.lru = MarkerLru(lru_size, clock)
+        self._redis_down_until: float | None = None
+        if client is not None:
+            self._begin_script = client.register_script(BEGIN_LUA)
+            self._renew_script = client.register_script(RENEW_LUA)
+
+    @property
+    def redis_usable(self) -> bool:
+        """Whether the next operation goes to Redis (it is configured and not in an outage back-off)."""
+        if self._client is None:
+            return False
+        return self._redis_down_until is None or self._clock() >= self._redis_down_until
+
+    def _redis_failed(self, exc: BaseException, doing: str) -> None:
+        if self._redis_down_until is None:
+            log.warning(
+                "Redis failed while %s (%s: %s); event de-duplication uses the in-process LRU",
+                doing, type(exc).__name__, exc or "timeout",
+            )
+        self._redis_down_until = self._clock() + self._retry_interval_s
+
+    def _redis_answered(self) -> None:
+        if self._redis_down_until is not None:
+            log.info("Redis answers again; event de-duplication uses Redis (and the LRU until it expires)")
+            self._redis_down_until = None
+
+    def _redis_key(self, key: EventKey) -> str:
+        return event_key(self._prefix, key[0], key[1])
+
+    # -- acceptance -------------------------------------------------------------------------------
+
+    async def begin(self, keys: Sequence[EventKey]) -> list[str | None]:
+        """Step 1 of §6.6 for each key: None when the event is new (a pending marker now exists),
+        `"d"` for a duplicate, `"p"` when it is pending (here or elsewhere)."""
+        if not keys:
+            return []
+        if self.redis_usable:
+            try:
+                states = await self._begin_in_redis(keys)
+            except (*REDIS_FAILURES, _RedisFailed) as exc:
+                self._redis_failed(exc, f"checking {len(keys)} event ids")
+            else:
+                self._redis_answered()
+                if len(self.lru):
+                    states = await self._consult_lru_too(keys, states)
+                self._count(BACKEND_REDIS, states)
+                return states
+        states = [self.lru.begin(key, self._pending_ttl_s) for key in keys]
+        self._count(BACKEND_LRU, states)
+        return states
+
+    async def _begin_in_redis(self, keys: Sequence[EventKey]) -> list[str | None]:
+        replies = await self._run_script(self._begin_script, keys, self._pending_ttl_ms)
+        return [reply.decode() if isinstance(reply, bytes) else reply or None for reply in replies]
+
+    async def _consult_lru_too(self, keys: Sequence[EventKey], states: list[str | None]) -> list[str | None]:
+        """After an outage the LRU still knows ids that Redis never saw; its answer wins for those."""
+        completed: list[EventKey] = []
+        for position, key in enumerate(keys):
+            remembered = self.lru.get(key)
+            if remembered is not None and states[position] is None:
+                states[position] = remembered
+                if remembered == DONE:
+                    completed.append(key)
+        if completed:
+            # Redis just created pending markers for events that were already committed.
+            await self._set_done_in_redis(completed)
+        return states
+
+    async def forget(self, keys: Sequence[EventKey]) -> None:
+        """Step 2 of §6.6: delete the pending markers a call created when its admission failed."""
+        if not keys:
+            return
+        for key in keys:
+            self.lru.delete(key)
+        if not self.redis_usable:
+            return
+        assert self._client is not None
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.unlink(self._redis_key(key))
+                await pipe.execute()
+        except REDIS_FAILURES as exc:
+            # The markers expire after dedup_pending_ttl_s; until then a retry elsewhere sees "in flight".
+            self._redis_failed(exc, f"clearing {len(keys)} pending event markers")
+
+    # -- after the flush --------------------------------------------------------------------------
+
+    async def mark_done(self, keys: Sequence[EventKey]) -> None:
+        """Step 3 of §6.6: the events' effects are committed; replays are duplicates for dedup_ttl_s."""
+        if not keys:
+            return
+        if len(self.lru):
+            for key in keys:
+                if self.lru.get(key) is not None:
+                    self.lru.put(key, DONE, self._done_ttl_s)
+        if self.redis_usable:
+            try:
+                await self._set_done_in_redis(keys)
+            except REDIS_FAILURES as exc:
+                self._redis_failed(exc, f"marking {len(keys)} event ids as done")
+            else:
+                return
+        for key in keys:
+            self.lru.put(key, DONE, self._done_ttl_s)
+
+    async def _set_done_in_redis(self, keys: Sequence[EventKey]) -> None:
+        assert self._client is not None
+        for start in range(0, len(keys), _PIPELINE_CHUNK):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys[start:start + _PIPELINE_CHUNK]:
+                    pipe.set(self._redis_key(key), DONE, px=self._done_ttl_ms)
+                await pipe.execute()
+
+    async def renew(self, keys: Sequence[EventKey]) -> None:
+        """Step 5 of §6.6: keep the pending markers of events still buffered in this process alive."""
+        if not keys:
+            return
+        if len(self.lru):
+            for key in keys:
+                self.lru.renew(key, self._pending_ttl_s)
+        if not self.redis_usable:
+            return
+        try:
+            await self._run_script(self._renew_script, keys, self._pending_ttl_ms)
+        except (*REDIS_FAILURES, _RedisFailed) as exc:
+            self._redis_failed(exc, f"renewing {len(keys)} pending event markers")
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _run_script(self, script: Any, keys: Sequence[EventKey], ttl_ms: int) -> list[Any]:
+        """EVALSHA the script once per key, pipelined; scripts missing on the server (a restart) are
+        loaded and only the commands that did not run are sent again."""
+        assert self._client is not None
+        replies: list[Any] = []
+        for start in range(0, len(keys), _PIPELINE_CHUNK):
+            chunk = [self._redis_key(key) for key in keys[start:start + _PIPELINE_CHUNK]]
+            chunk_replies = await self._evalsha_each(script.sha, chunk, ttl_ms)
+            missing = [i for i, reply in enumerate(chunk_replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                await self._client.script_load(script.script)
+                again = await self._evalsha_each(script.sha, [chunk[i] for i in missing], ttl_ms)
+                for i, reply in zip(missing, again, strict=True):
+                    chunk_replies[i] = reply
+            for reply in chunk_replies:
+                if isinstance(reply, BaseException):
+                    raise _RedisFailed(f"{type(reply).__name__}: {reply}")
+            replies.extend(chunk_replies)
+        return replies
+
+    async def _evalsha_each(self, sha: str, redis_keys: Sequence[str], ttl_ms: int) -> list[Any]:
+        assert self._client is not None
+        async with self._client.pipeline(transaction=False) as pipe:
+            for redis_key in redis_keys:
+                pipe.evalsha(sha, 1, redis_key, ttl_ms)
+            return await pipe.execute(raise_on_error=False)
+
+    @staticmethod
+    def _count(backend: str, states: Sequence[str | None]) -> None:
+        new = duplicate = pending = 0
+        for state in states:
+            if state is None:
+                new += 1
+            elif state == PENDING:
+                pending += 1
+            else:
+                duplicate += 1
+        for result, n in ((RESULT_NEW, new), (RESULT_DUPLICATE, duplicate), (RESULT_PENDING, pending)):
+            if n:
+                DEDUP_TOTAL.labels(backend, result).inc(n)

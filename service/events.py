@@ -1,0 +1,657 @@
+"""Event ingestion (SPEC §6.4–§6.14): validation, routing, de-duplication, buffer admission, ack modes.
+
+`Ingestor` is the public entry point used by the gRPC servicers. One `submit` call is one OnMessage
+event or one Publish batch:
+
+1. every event is validated and normalised (§6.4) and routed by its source (§6.5); invalid events are
+   rejected one by one, foreign-namespace, negative and unrouted events are skipped;
+2. events with an id get their de-duplication marker, one pipelined round trip per call (§6.6);
+3. admission into the partitioned buffer (§6.7) is all or nothing per call, waits briefly for room and
+   otherwise fails with RESOURCE_EXHAUSTED (§6.10). Admissions happen in the order the calls arrived,
+   which keeps each user's events in arrival order;
+4. in commit mode the call then waits until the flusher has committed every entry holding its events
+   (§6.9); in buffered mode it returns at once.
+
+The buffer lives in `service.buffer`, the markers in `service.dedup`, the flush loops in
+`service.flusher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from service.auth import is_valid_user_id
+from service.buffer import (
+    SOURCE_LOGIN,
+    Entry,
+    EventKey,
+    Partition,
+    Waiter,
+    partition_of,
+    stat_source,
+)
+from service.cache import Cache
+from service.catalog import Catalog
+from service.dedup import PENDING, Deduplicator
+from service.event_metrics import (
+    ACK_WAIT_SECONDS,
+    BUFFER_CAPACITY,
+    EVENT_AGE_SECONDS,
+    EVENTS_TOTAL,
+)
+from service.flusher import FlushTotals, PartitionFlusher
+from service.routing import GoalRouting
+from service.settings import Settings
+from service.store import Queries, Store
+
+log = logging.getLogger("challengectl.events")
+
+ACK_COMMIT = "commit"
+ACK_BUFFERED = "buffered"
+
+ORIGIN_AGS_LOGIN = "ags_login"
+ORIGIN_AGS_STAT = "ags_stat"
+ORIGIN_PUBLISH = "publish"
+ORIGINS = (ORIGIN_AGS_LOGIN, ORIGIN_AGS_STAT, ORIGIN_PUBLISH)
+
+KIND_LOGIN = "login"
+KIND_STAT = "stat"
+
+OUTCOME_ACCEPTED = "accepted"
+OUTCOME_DUPLICATE = "duplicate"
+OUTCOME_SKIPPED_NAMESPACE = "skipped_namespace"
+OUTCOME_SKIPPED_NO_GOAL = "skipped_no_goal"
+OUTCOME_SKIPPED_NEGATIVE = "skipped_negative"
+OUTCOME_REJECTED = "rejected"
+OUTCOME_EXHAUSTED = "exhausted"
+OUTCOMES = (OUTCOME_ACCEPTED, OUTCOME_DUPLICATE, OUTCOME_SKIPPED_NAMESPACE, OUTCOME_SKIPPED_NO_GOAL,
+            OUTCOME_SKIPPED_NEGATIVE, OUTCOME_REJECTED, OUTCOME_EXHAUSTED)
+
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+UNAVAILABLE = "UNAVAILABLE"
+
+MAX_EVENT_ID_LENGTH = 200
+INT32_MIN = -2_147_483_648
+INT32_MAX = 2_147_483_647
+
+NOT_COMMITTED_MESSAGE = "events accepted but not yet committed; retry with the same event ids"
+SHUTTING_DOWN_MESSAGE = "service is shutting down"
+
+# Per-event rejection reasons (PublishResult.rejected; OnMessage turns them into INVALID_ARGUMENT).
+REASON_USER_ID_REQUIRED = "user_id is required"
+REASON_USER_ID_INVALID = "user_id is invalid (at most 100 characters, no control characters, '{' or '}')"
+REASON_KIND_REQUIRED = "kind is required"
+REASON_PAYLOAD_REQUIRED = "payload is required for a stat event"
+REASON_STAT_CODE_REQUIRED = "stat_code is required for a stat event"
+REASON_ID_TOO_LONG = f"id is longer than {MAX_EVENT_ID_LENGTH} characters"
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEvent:
+    """One event as the gRPC layer decoded it (AGS OnMessage or Publish)."""
+
+    id: str  # "" = no de-duplication
+    user_id: str
+    namespace: str  # "" counts as the server namespace for Publish; OnMessage passes the message's value
+    kind: str  # "login" | "stat" | "" (unspecified → rejected)
+    stat_code: str
+    latest_value: float
+    inc: float
+    has_payload: bool  # False for an AGS stat message without payload → rejected
+    timestamp: float | None  # epoch seconds; only for challenge_event_age_seconds
+
+
+@dataclass
+class SubmitResult:
+    """The outcome of one call, per event counts as in PublishResult (SPEC §6.3)."""
+
+    accepted: int
+    duplicates: int
+    skipped: int
+    rejected: list[tuple[int, str, str]]  # (index in the call, event id, reason)
+    committed: bool  # ack_mode == commit
+
+
+class IngestError(Exception):
+    """The call fails as a whole; `code` is the gRPC status name, `message` the SPEC text."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """The settings of ingestion (SPEC §9.2 ack_*, flush_*, buffer_*, dedup_*, ingest_max_batch)."""
+
+    namespace: str
+    ack_mode: str = ACK_COMMIT
+    ack_timeout_ms: int = 10_000
+    flush_interval_ms: int = 50
+    flush_workers: int = 4
+    flush_batch_max: int = 5_000
+    buffer_max_entries: int = 20_000
+    buffer_full_wait_ms: int = 200
+    ingest_max_batch: int = 1_000
+    dedup_ttl_s: int = 86_400
+    dedup_pending_ttl_s: int = 60
+    dedup_lru_size: int = 1_000_000
+    redis_key_prefix: str = "ch"
+    redis_probe_interval_ms: int = 1_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IngestConfig:
+        """Pick the ingestion settings out of the service settings."""
+        return cls(
+            namespace=settings.namespace,
+            ack_mode=settings.ack_mode,
+            ack_timeout_ms=settings.ack_timeout_ms,
+            flush_interval_ms=settings.flush_interval_ms,
+            flush_workers=settings.flush_workers,
+            flush_batch_max=settings.flush_batch_max,
+            buffer_max_entries=settings.buffer_max_entries,
+            buffer_full_wait_ms=settings.buffer_full_wait_ms,
+            ingest_max_batch=settings.ingest_max_batch,
+            dedup_ttl_s=settings.dedup_ttl_s,
+            dedup_pending_ttl_s=settings.dedup_pending_ttl_s,
+            dedup_lru_size=settings.dedup_lru_size,
+            redis_key_prefix=settings.redis_key_prefix,
+            redis_probe_interval_ms=settings.redis_probe_interval_ms,
+        )
+
+    @property
+    def partition_capacity(self) -> int:
+        """`buffer_max_entries` divided evenly across the partitions, rounding up (§6.7)."""
+        return -(-self.buffer_max_entries // self.flush_workers)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# (index in the call, user id, source, value (None for login), inc, event id, timestamp)
+_Candidate = tuple[int, str, str, int | None, int, str, float | None]
+
+
+def _value_problem(name: str, raw: float) -> str | None:
+    if not math.isfinite(raw):
+        return f"{name} must be a finite number"
+    if not INT32_MIN <= int(raw) <= INT32_MAX:
+        return f"{name} is outside the int32 range after truncation"
+    return None
+
+
+def validate_event(event: IncomingEvent) -> str | None:
+    """The rejection reason of an invalid event (§6.4), or None when it is valid."""
+    if not event.user_id:
+        return REASON_USER_ID_REQUIRED
+    if not is_valid_user_id(event.user_id):
+        return REASON_USER_ID_INVALID
+    if event.kind not in (KIND_LOGIN, KIND_STAT):
+        return REASON_KIND_REQUIRED
+    if event.kind == KIND_STAT:
+        if not event.has_payload:
+            return REASON_PAYLOAD_REQUIRED
+        if not event.stat_code:
+            return REASON_STAT_CODE_REQUIRED
+    if len(event.id) > MAX_EVENT_ID_LENGTH:
+        return REASON_ID_TOO_LONG
+    if event.kind == KIND_STAT:
+        # A login counts one whatever it carries, so only stat values are checked.
+        return _value_problem("latest_value", event.latest_value) or _value_problem("inc", event.inc)
+    return None
+
+
+class _CallPlan:
+    """What validation and routing made of one call's events."""
+
+    __slots__ = ("candidates", "rejected", "skipped_namespace", "skipped_negative", "skipped_no_goal")
+
+    def __init__(self) -> None:
+        self.candidates: list[_Candidate] = []
+        self.rejected: list[tuple[int, str, str]] = []
+        self.skipped_namespace = 0
+        self.skipped_negative = 0
+        self.skipped_no_goal = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_namespace + self.skipped_negative + self.skipped_no_goal
+
+
+class Ingestor:
+    """Accepts events into the partitioned buffer and runs one flusher per partition (SPEC §6)."""
+
+    def __init__(
+        self,
+        config: IngestConfig,
+        catalog: Catalog,
+        store: Store,
+        queries: Queries,
+        cache: Cache,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if not 1 <= config.flush_workers <= 32:
+            raise ValueError(f"flush_workers must be between 1 and 32, got {config.flush_workers}")
+        if config.ack_mode not in (ACK_COMMIT, ACK_BUFFERED):
+            raise ValueError(f"ack_mode must be commit or buffered, got {config.ack_mode!r}")
+        self._config = config
+        self._commit_mode = config.ack_mode == ACK_COMMIT
+        self._routing = GoalRouting(catalog)
+        self._cache = cache
+        self._dedup = Deduplicator(
+            cache.client, config.redis_key_prefix, config.dedup_pending_ttl_s, config.dedup_ttl_s,
+            config.dedup_lru_size, config.redis_probe_interval_ms / 1000,
+        )
+        capacity = config.partition_capacity
+        self._partitions = [Partition(index, capacity) for index in range(config.flush_workers)]
+        self._totals = FlushTotals()
+        self._flushers = [
+            PartitionFlusher(partition, self._routing, store, queries, cache, self, self._totals,
+                             config.flush_interval_ms / 1000, config.flush_batch_max, clock)
+            for partition in self._partitions
+        ]
+        # The entry that currently holds each pending event id of this process (buffered or in flight).
+        self._owners: dict[EventKey, Entry] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._renewal_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._admission_tail: asyncio.Future[None] | None = None
+        self._space_freed = asyncio.Event()
+        self._pending_waiters = 0
+        self._peak_entries = 0
+        self._outcomes = dict.fromkeys(OUTCOMES, 0)
+        self._outcome_counters = {(origin, outcome): EVENTS_TOTAL.labels(origin, outcome)
+                                  for origin in ORIGINS for outcome in OUTCOMES}
+        BUFFER_CAPACITY.set(capacity * config.flush_workers)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the partition flushers and the renewal of pending markers."""
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(flusher.run(), name=f"flusher-{flusher.partition.index}")
+                       for flusher in self._flushers]
+        self._renewal_task = loop.create_task(self._renew_markers(), name="dedup-marker-renewal")
+
+    async def drain_and_stop(self, timeout_s: float) -> int:
+        """Stop accepting events, flush every partition until empty (retrying database errors) and
+        release the waiting calls (§6.13). Returns the number of entries left unflushed at the timeout;
+        their commit-mode callers get UNAVAILABLE."""
+        self._stopping = True
+        if not self._tasks:
+            await self.start()
+        for flusher in self._flushers:
+            flusher.drain()
+        _, unfinished = await asyncio.wait(self._tasks, timeout=timeout_s)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._renewal_task is not None:
+            self._renewal_task.cancel()
+            await asyncio.gather(self._renewal_task, return_exceptions=True)
+        left = [entry for partition in self._partitions for entry in partition.entries.values()]
+        if left:
+            events = sum(entry.events for entry in left)
+            if self._commit_mode:
+                log.error("shutdown: %d buffered entries (%d events) were not committed in %g s; their "
+                          "callers get UNAVAILABLE and retry", len(left), events, timeout_s)
+            else:
+                log.error("shutdown: %d buffered entries (%d events) were not committed in %g s and are lost",
+                          len(left), events, timeout_s)
+            for entry in left:
+                for waiter in entry.waiters:
+                    waiter.abandon()
+            # Free the ids, so that the senders' retries (elsewhere) are accepted rather than "in flight".
+            await self._dedup.forget([key for entry in left for key in entry.event_keys])
+        return len(left)
+
+    @property
+    def flusher_failing_since(self) -> float | None:
+        """Monotonic time of the first failure of the current failing streak, None while flushes succeed."""
+        streaks = [flusher.failing_since for flusher in self._flushers if flusher.failing_since is not None]
+        return min(streaks) if streaks else None
+
+    # -- submit -----------------------------------------------------------------------------------
+
+    async def submit(
+        self, events: Sequence[IncomingEvent], origin: str, deadline: float | None = None,
+    ) -> SubmitResult:
+        """Validate, de-duplicate and buffer one call's events; in commit mode wait for their commit.
+
+        `origin` is "ags_login", "ags_stat" or "publish"; `deadline` the client's deadline as a
+        `time.monotonic()` value. Raises IngestError when the call fails as a whole.
+        """
+        if self._stopping:
+            raise IngestError(UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
+        if len(events) > self._config.ingest_max_batch:
+            raise IngestError(INVALID_ARGUMENT, f"batch too large ({len(events)} > {self._config.ingest_max_batch})")
+        plan = self._plan(events, origin)
+        if not plan.candidates:
+            self._count_plan(origin, plan, accepted=0, duplicates=0)
+            return SubmitResult(0, 0, plan.skipped, plan.rejected, self._commit_mode)
+
+        # Take a place in the admission queue now, so calls are admitted in the order they arrived.
+        previous_turn = self._admission_tail
+        my_turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._admission_tail = my_turn
+        try:
+            accepted, duplicates, touched = await self._admit(plan, origin, previous_turn)
+        except IngestError:
+            self._count_plan(origin, plan, accepted=0, duplicates=0)
+            raise
+        finally:
+            self._pass_turn(previous_turn, my_turn)
+        self._count_plan(origin, plan, accepted, duplicates)
+        if touched:
+            await self._wait_for_commit(touched, deadline)
+        return SubmitResult(accepted, duplicates, plan.skipped, plan.rejected, self._commit_mode)
+
+    def _plan(self, events: Sequence[IncomingEvent], origin: str) -> _CallPlan:
+        plan = _CallPlan()
+        server_namespace = self._config.namespace
+        empty_is_server = origin == ORIGIN_PUBLISH
+        routes = self._routing.routes
+        for index, event in enumerate(events):
+            reason = validate_event(event)
+            if reason is not None:
+                plan.rejected.append((index, event.id, reason))
+                continue
+            namespace = event.namespace
+            if namespace != server_namespace and not (empty_is_server and not namespace):
+                plan.skipped_namespace += 1
+                continue
+            if event.kind == KIND_LOGIN:
+                source, value, inc = SOURCE_LOGIN, None, 1
+            else:
+                value = int(event.latest_value)
+                if value < 0:
+                    plan.skipped_negative += 1
+                    continue
+                source, inc = stat_source(event.stat_code), int(event.inc)
+            if not routes(source):
+                plan.skipped_no_goal += 1
+                continue
+            plan.candidates.append((index, event.user_id, source, value, inc, event.id, event.timestamp))
+        return plan
+
+    async def _admit(
+        self, plan: _CallPlan, origin: str, previous_turn: asyncio.Future[None] | None,
+    ) -> tuple[int, int, list[Entry]]:
+        """De-duplicate and admit the plan's events; returns (accepted, duplicates, entries to wait for).
+
+        When admission fails, the pending markers this call created are deleted before the error is
+        raised, so that the sender's retry is accepted (§6.6 step 2).
+        """
+        candidates = plan.candidates
+        # One marker lookup per distinct (user, id); a repeat within the call is a duplicate.
+        lookups: dict[EventKey, int] = {}
+        repeated: set[int] = set()
+        for position, candidate in enumerate(candidates):
+            event_id = candidate[5]
+            if event_id:
+                key = (candidate[1], event_id)
+                if key in lookups:
+                    repeated.add(position)
+                else:
+                    lookups[key] = position
+        states = await self._dedup.begin(list(lookups)) if lookups else []
+        state_of = dict(zip(lookups.values(), states, strict=True))
+        created = [key for key, state in zip(lookups, states, strict=True) if state is None]
+        admitted = False
+        try:
+            if previous_turn is not None and not previous_turn.done():
+                await asyncio.shield(previous_turn)
+            new, duplicates, pending_here, in_flight_elsewhere = self._classify(candidates, repeated, state_of)
+            if self._commit_mode and in_flight_elsewhere is not None:
+                raise IngestError(UNAVAILABLE, f"event {in_flight_elsewhere} is in flight; retry later")
+            if new:
+                await self._wait_for_room(new, origin)
+            touched = self._buffer(new, pending_here)
+            admitted = True
+        finally:
+            if not admitted and created:
+                await self._dedup.forget(created)
+        return len(new), duplicates, touched
+
+    def _classify(
+        self, candidates: list[_Candidate], repeated: set[int], state_of: dict[int, str | None],
+    ) -> tuple[list[_Candidate], int, list[EventKey], str | None]:
+        """Split by marker state: (new events, duplicates, ids pending in this process, the first id
+        pending in another process)."""
+        new: list[_Candidate] = []
+        duplicates = 0
+        pending_here: list[EventKey] = []
+        in_flight_elsewhere: str | None = None
+        for position, candidate in enumerate(candidates):
+            if position in repeated:
+                duplicates += 1
+                continue
+            state = state_of.get(position)
+            if state is None:
+                new.append(candidate)
+                continue
+            duplicates += 1
+            if state == PENDING:
+                key = (candidate[1], candidate[5])
+                if key in self._owners:
+                    pending_here.append(key)
+                elif in_flight_elsewhere is None:
+                    in_flight_elsewhere = candidate[5]
+        return new, duplicates, pending_here, in_flight_elsewhere
+
+    async def _wait_for_room(self, new: list[_Candidate], origin: str) -> None:
+        """Wait up to buffer_full_wait_ms until every partition involved has room for its new keys."""
+        give_up_at = time.monotonic() + self._config.buffer_full_wait_ms / 1000
+        while True:
+            if self._stopping:
+                raise IngestError(UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
+            full = self._full_partition(new)
+            if full is None:
+                return
+            remaining = give_up_at - time.monotonic()
+            if remaining <= 0:
+                self._count(origin, OUTCOME_EXHAUSTED, len(new))
+                raise IngestError(
+                    RESOURCE_EXHAUSTED,
+                    f"event buffer full ({len(full)}/{full.capacity}); retry with backoff",
+                )
+            freed = self._space_freed
+            try:
+                async with asyncio.timeout(remaining):
+                    await freed.wait()
+            except TimeoutError:
+                pass
+
+    def _full_partition(self, new: list[_Candidate]) -> Partition | None:
+        """A partition without room for the new keys this call would add to it, if any (§6.10)."""
+        count = len(self._partitions)
+        added: dict[int, set[tuple[str, str]]] = {}
+        for candidate in new:
+            user_id, source = candidate[1], candidate[2]
+            index = partition_of(user_id, count)
+            if (user_id, source) not in self._partitions[index].entries:
+                added.setdefault(index, set()).add((user_id, source))
+        for index, keys in added.items():
+            partition = self._partitions[index]
+            if not partition.has_room_for(len(keys)):
+                return partition
+        return None
+
+    def _buffer(self, new: list[_Candidate], pending_here: list[EventKey]) -> list[Entry]:
+        """Merge the admitted events into their entries (synchronously: no other call interleaves)."""
+        count = len(self._partitions)
+        now = time.monotonic()
+        wall_now = time.time()
+        owners = self._owners
+        touched: dict[int, Entry] = {}
+        grown: set[int] = set()
+        for _, user_id, source, value, inc, event_id, timestamp in new:
+            index = partition_of(user_id, count)
+            entries = self._partitions[index].entries
+            entry = entries.get((user_id, source))
+            if entry is None:
+                entry = entries[(user_id, source)] = Entry(user_id, source, now)
+                grown.add(index)
+            if value is None:
+                entry.add_login()
+            else:
+                entry.add_stat(value, inc)
+            if event_id:
+                key = (user_id, event_id)
+                entry.event_keys.append(key)
+                owners[key] = entry
+            if timestamp is not None:
+                EVENT_AGE_SECONDS.observe(max(0.0, wall_now - timestamp))
+            touched[id(entry)] = entry
+        if grown:
+            batch_max = self._config.flush_batch_max
+            for index in grown:
+                partition = self._partitions[index]
+                if len(partition) >= batch_max:
+                    partition.wake.set()
+            total = sum(len(partition) for partition in self._partitions)
+            self._peak_entries = max(self._peak_entries, total)
+        if not self._commit_mode:
+            return []
+        for key in pending_here:
+            # The original may have been committed while this call waited for room: then nothing to wait for.
+            original = owners.get(key)
+            if original is not None:
+                touched[id(original)] = original
+        return list(touched.values())
+
+    async def _wait_for_commit(self, entries: list[Entry], deadline: float | None) -> None:
+        """Commit mode: wait until every entry is committed, at most ack_timeout_ms or the deadline."""
+        started = time.monotonic()
+        timeout_s = self._config.ack_timeout_ms / 1000
+        if deadline is not None:
+            timeout_s = min(timeout_s, deadline - started)
+        waiter = Waiter(len(entries), asyncio.get_running_loop().create_future())
+        for entry in entries:
+            entry.waiters.append(waiter)
+        self._pending_waiters += 1
+        try:
+            async with asyncio.timeout(max(0.0, timeout_s)):
+                committed = await waiter.future
+        except TimeoutError:
+            raise IngestError(UNAVAILABLE, NOT_COMMITTED_MESSAGE) from None
+        finally:
+            self._pending_waiters -= 1
+        if not committed:
+            raise IngestError(UNAVAILABLE, NOT_COMMITTED_MESSAGE)
+        ACK_WAIT_SECONDS.observe(time.monotonic() - started)
+
+    @staticmethod
+    def _pass_turn(previous_turn: asyncio.Future[None] | None, my_turn: asyncio.Future[None]) -> None:
+        """Let the next call admit once this one and every earlier one are done (even if this one was
+        cancelled while it waited for its turn)."""
+        if previous_turn is None or previous_turn.done():
+            my_turn.set_result(None)
+        else:
+            previous_turn.add_done_callback(lambda _: my_turn.done() or my_turn.set_result(None))
+
+    # -- flush listener ---------------------------------------------------------------------------
+
+    def entries_taken(self, partition: Partition) -> None:
+        """A flush took a snapshot: wake the calls waiting for room."""
+        freed, self._space_freed = self._space_freed, asyncio.Event()
+        freed.set()
+
+    def entries_returned(self, absorbed: list[tuple[Entry, Entry]]) -> None:
+        """Snapshot entries merged into newer ones: their pending ids now live in the newer entry."""
+        owners = self._owners
+        for older, newer in absorbed:
+            for key in older.event_keys:
+                if owners.get(key) is older:
+                    owners[key] = newer
+
+    async def entries_committed(self, entries: list[Entry]) -> None:
+        """After commit and cache invalidation: mark the ids done, then release the waiters (§6.8 step 5)."""
+        keys = [key for entry in entries for key in entry.event_keys]
+        await self._dedup.mark_done(keys)
+        owners = self._owners
+        for entry in entries:
+            entry.settle()
+            for key in entry.event_keys:
+                if owners.get(key) is entry:
+                    del owners[key]
+
+    async def _renew_markers(self) -> None:
+        interval_s = self._config.dedup_pending_ttl_s / 3
+        while True:
+            await asyncio.sleep(interval_s)
+            await self._dedup.renew(list(self._owners))
+
+    # -- counting and stats -----------------------------------------------------------------------
+
+    def _count(self, origin: str, outcome: str, n: int) -> None:
+        if n:
+            self._outcomes[outcome] += n
+            counter = self._outcome_counters.get((origin, outcome))
+            if counter is None:
+                counter = self._outcome_counters[(origin, outcome)] = EVENTS_TOTAL.labels(origin, outcome)
+            counter.inc(n)
+
+    def _count_plan(self, origin: str, plan: _CallPlan, accepted: int, duplicates: int) -> None:
+        self._count(origin, OUTCOME_ACCEPTED, accepted)
+        self._count(origin, OUTCOME_DUPLICATE, duplicates)
+        self._count(origin, OUTCOME_SKIPPED_NAMESPACE, plan.skipped_namespace)
+        self._count(origin, OUTCOME_SKIPPED_NO_GOAL, plan.skipped_no_goal)
+        self._count(origin, OUTCOME_SKIPPED_NEGATIVE, plan.skipped_negative)
+        self._count(origin, OUTCOME_REJECTED, len(plan.rejected))
+
+    def reset_peaks(self) -> None:
+        """Reset `peak_entries` to the current number of entries (POST /admin/reset-peaks)."""
+        self._peak_entries = sum(len(partition) for partition in self._partitions)
+
+    def buffer_stats(self) -> dict[str, Any]:
+        """The body of `GET /admin/buffer` (SPEC §5.6)."""
+        entries = sum(len(partition) for partition in self._partitions)
+        oldest = [accepted for partition in self._partitions
+                  if (accepted := partition.oldest_accepted()) is not None]
+        totals = self._totals
+        return {
+            "ack_mode": self._config.ack_mode,
+            "entries": entries,
+            "capacity": self._config.partition_capacity * len(self._partitions),
+            "peak_entries": max(self._peak_entries, entries),
+            "oldest_entry_age_ms": (time.monotonic() - min(oldest)) * 1000 if oldest else 0.0,
+            "pending_waiters": self._pending_waiters,
+            "partitions": [
+                {
+                    "index": flusher.partition.index,
+                    "entries": len(flusher.partition),
+                    "last_flush_at": _iso(flusher.last.at),
+                    "last_flush_ms": round(flusher.last.duration_ms, 3),
+                    "last_flush_entries": flusher.last.entries,
+                    "last_flush_rows_updated": flusher.last.rows_updated,
+                    "last_flush_deferred": flusher.last.deferred,
+                }
+                for flusher in self._flushers
+            ],
+            "flushes_total": totals.flushes,
+            "flush_failures_total": totals.failures,
+            "rows_updated_total": totals.rows_updated,
+            "flush_ms_p50": round(totals.percentile_ms(0.50), 3),
+            "flush_ms_p95": round(totals.percentile_ms(0.95), 3),
+            "flush_ms_max": round(totals.max_ms, 3),
+            "events": dict(self._outcomes),
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,975 @@
+"""Event ingestion core (SPEC §6.4–§6.14, §13 E1–E18) against real PostgreSQL and Redis.
+
+Tests drive `Ingestor` directly. Rows are seeded by SQL for users unique to each test. Faults are real:
+a row lock held by another session (E15), a TCP proxy in front of PostgreSQL that refuses and drops
+connections (E14), and a private redis-server that the test stops (E12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import REGISTRY
+from psycopg.rows import dict_row
+
+from service.buffer import Entry, Partition, fnv1a_32, partition_of
+from service.cache import Cache, active_key, event_key, open_redis, token_key
+from service.catalog import Catalog, parse_catalog
+from service.events import (
+    NOT_COMMITTED_MESSAGE,
+    IncomingEvent,
+    IngestConfig,
+    IngestError,
+    Ingestor,
+    SubmitResult,
+)
+from service.migrations import apply_migrations
+from service.registry import load_registry
+from service.rules import next_boundary, period_start
+from service.settings import load_settings
+from service.store import PoolConfig, Queries, Store
+from tests.servers import PrivateRedis
+
+NS = "test-ns"
+FAST_FLUSH_MS = 20
+INT32_MAX = 2_147_483_647
+INT32_MIN = -2_147_483_648
+
+
+def _goal(goal_id: str, source: str, stat_code: str, target: int, mode: str = "absolute",
+          rotation: dict[str, Any] | None = None) -> dict[str, Any]:
+    goal: dict[str, Any] = {
+        "goalId": goal_id, "name": goal_id, "eventSource": source,
+        "requirement": {"statCode": stat_code, "operator": ">=", "targetValue": target, "progressMode": mode},
+        "reward": {"type": "ITEM", "rewardId": "r", "quantity": 1},
+    }
+    if rotation is not None:
+        goal["rotation"] = {"enabled": True, "type": "global", "schedule": "daily", "onExpiry": rotation}
+    return goal
+
+
+CATALOG_JSON = {"challenges": [{"challengeId": "c1", "name": "C1", "goals": [
+    _goal("kills-abs", "statistic", "kills", 10),
+    _goal("kills-rel", "statistic", "kills", 5, "relative"),
+    # A login goal labelled with the stat code of the statistic goals: routing must still keep them apart.
+    _goal("login-abs", "login", "kills", 3),
+    _goal("login-rel", "login", "logins", 1, "relative"),
+    _goal("wins-reset", "statistic", "wins", 5, "relative", {"resetProgress": True, "allowReselection": False}),
+    _goal("wins-carry", "statistic", "wins", 5, "relative", {"resetProgress": False, "allowReselection": False}),
+    _goal("wins-reselect", "statistic", "wins", 5, "relative", {"resetProgress": False, "allowReselection": True}),
+]}]}
+
+BUFFER_KEYS = {"ack_mode", "entries", "capacity", "peak_entries", "oldest_entry_age_ms", "pending_waiters",
+               "partitions", "flushes_total", "flush_failures_total", "rows_updated_total", "flush_ms_p50",
+               "flush_ms_p95", "flush_ms_max", "events"}
+PARTITION_KEYS = {"index", "entries", "last_flush_at", "last_flush_ms", "last_flush_entries",
+                  "last_flush_rows_updated", "last_flush_deferred"}
+EVENT_KEYS = {"accepted", "duplicate", "skipped_namespace", "skipped_no_goal", "skipped_negative", "rejected",
+              "exhausted"}
+
+
+# --- fixtures ---------------------------------------------------------------------------------------
+
+
+class _CacheExposingClient(Cache):
+    """Stop-gap until service/cache.py exposes `Cache.client` (the Ingestor's contract): the same cache,
+    with its Redis client readable."""
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+
+def make_cache(client: Any, prefix: str, catalog: Catalog) -> Cache:
+    cache_type = Cache if hasattr(Cache, "client") else _CacheExposingClient
+    return cache_type(client, prefix, catalog.fingerprint, cache_ttl_s=300, synced_ttl_s=3600, journal_max=1000,
+                      probe_interval_ms=100)
+
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return parse_catalog(json.dumps(CATALOG_JSON).encode(), "test-events.json")
+
+
+@pytest.fixture(scope="module")
+def migrated(pg_url: str) -> str:
+    apply_migrations(pg_url)
+    return pg_url
+
+
+@pytest.fixture(scope="module")
+def queries() -> Queries:
+    return Queries(load_registry())
+
+
+@pytest.fixture(scope="module")
+async def store(migrated: str) -> AsyncIterator[Store]:
+    opened = await Store.open(migrated, "flusher", PoolConfig(min_size=1, max_size=4))
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture(scope="module")
+async def redis_client(redis_url: str) -> AsyncIterator[Any]:
+    client = open_redis(redis_url, max_connections=16, timeout_ms=2000)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def cache(redis_client: Any, redis_prefix: str, catalog: Catalog) -> Cache:
+    return make_cache(redis_client, redis_prefix, catalog)
+
+
+@pytest.fixture(scope="module")
+def base_config(redis_prefix: str) -> IngestConfig:
+    return IngestConfig(namespace=NS, flush_interval_ms=FAST_FLUSH_MS, flush_workers=2, ack_timeout_ms=10_000,
+                        redis_key_prefix=redis_prefix, redis_probe_interval_ms=100)
+
+
+@pytest.fixture
+async def db(migrated: str) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+    conn = await psycopg.AsyncConnection.connect(migrated, autocommit=True, row_factory=dict_row)
+    yield conn
+    await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def running(config: IngestConfig, catalog: Catalog, store: Store, queries: Queries, cache: Cache,
+                  start: bool = True) -> AsyncIterator[Ingestor]:
+    ingestor = Ingestor(config, catalog, store, queries, cache)
+    if start:
+        await ingestor.start()
+    try:
+        yield ingestor
+    finally:
+        await ingestor.drain_and_stop(10)
+
+
+@pytest.fixture
+def ingest(base_config: IngestConfig, catalog: Catalog, store: Store, queries: Queries, cache: Cache) -> Any:
+    """`async with ingest(**overrides) as ingestor:` — an Ingestor on the shared store and cache."""
+
+    def make(start: bool = True, cache_override: Cache | None = None, store_override: Store | None = None,
+             **overrides: Any) -> contextlib.AbstractAsyncContextManager[Ingestor]:
+        return running(replace(base_config, **overrides), catalog, store_override or store, queries,
+                       cache_override or cache, start)
+
+    return make
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def new_user(label: str = "u") -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def login(user_id: str, event_id: str = "", namespace: str = NS, inc: float = 0.0) -> IncomingEvent:
+    return IncomingEvent(event_id, user_id, namespace, "login", "", 0.0, inc, True, None)
+
+
+def stat(user_id: str, code: str, value: float, inc: float = 0.0, event_id: str = "", namespace: str = NS,
+         has_payload: bool = True, timestamp: float | None = None) -> IncomingEvent:
+    return IncomingEvent(event_id, user_id, namespace, "stat", code, value, inc, has_payload, timestamp)
+
+
+async def seed(db: psycopg.AsyncConnection[Any], user_id: str, goal_id: str, **columns: Any) -> None:
+    """Insert a progress row (defaults: active, not_started, written a minute ago)."""
+    written = datetime.now(UTC) - timedelta(minutes=1)
+    values: dict[str, Any] = {
+        "user_id": user_id, "goal_id": goal_id, "challenge_id": "c1", "namespace": NS, "progress": 0,
+        "status": "not_started", "created_at": written, "updated_at": written, "is_active": True,
+        "assigned_at": written,
+    }
+    values.update(columns)
+    names = ", ".join(values)
+    placeholders = ", ".join(f"%({name})s" for name in values)
+    await db.execute(f"INSERT INTO user_goal_progress ({names}) VALUES ({placeholders})", values)
+
+
+async def row(db: psycopg.AsyncConnection[Any], user_id: str, goal_id: str) -> dict[str, Any] | None:
+    cursor = await db.execute(
+        "SELECT * FROM user_goal_progress WHERE user_id = %s AND goal_id = %s", (user_id, goal_id))
+    return await cursor.fetchone()
+
+
+async def rows_of(db: psycopg.AsyncConnection[Any], user_id: str) -> dict[str, dict[str, Any]]:
+    cursor = await db.execute("SELECT * FROM user_goal_progress WHERE user_id = %s", (user_id,))
+    return {found["goal_id"]: found for found in await cursor.fetchall()}
+
+
+async def eventually(check: Any, timeout_s: float = 5.0) -> None:
+    """Poll the async predicate `check` until it holds."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def marker(redis_client: Any, prefix: str, user_id: str, event_id: str) -> bytes | None:
+    return await redis_client.get(event_key(prefix, user_id, event_id))
+
+
+# --- pure parts -------------------------------------------------------------------------------------
+
+
+def test_fnv1a_32_matches_the_reference_values_and_picks_the_partition() -> None:
+    assert fnv1a_32("") == 0x811C9DC5
+    assert fnv1a_32("a") == 0xE40C292C
+    assert fnv1a_32("foobar") == 0xBF9CF968
+    assert partition_of("foobar", 4) == 0xBF9CF968 % 4
+
+
+def test_merge_back_keeps_the_newer_value_adds_increments_and_puts_old_entries_first() -> None:
+    partition = Partition(0, capacity=10)
+    older = Entry("u1", "stat:kills", first_accepted=1.0)
+    older.add_stat(5, 2)
+    older.event_keys.append(("u1", "e1"))
+    older_login = Entry("u2", "login", first_accepted=1.5)
+    older_login.add_login()
+    older_login.add_login()
+    newer = partition.entries[("u1", "stat:kills")] = Entry("u1", "stat:kills", first_accepted=2.0)
+    newer.add_stat(9, 4)
+    newer.event_keys.append(("u1", "e2"))
+    newer_login = partition.entries[("u2", "login")] = Entry("u2", "login", first_accepted=2.5)
+    newer_login.add_login()
+    unrelated = partition.entries[("u3", "login")] = Entry("u3", "login", first_accepted=3.0)
+    unrelated.add_login()
+
+    absorbed = partition.merge_back([older, older_login])
+
+    assert absorbed == [(older, newer), (older_login, newer_login)]
+    assert (newer.value, newer.inc, newer.events, newer.first_accepted) == (9, 6, 2, 1.0)
+    assert newer.event_keys == [("u1", "e1"), ("u1", "e2")]
+    assert (newer_login.value, newer_login.inc) == (None, 3)
+    assert list(partition.entries) == [("u1", "stat:kills"), ("u2", "login"), ("u3", "login")]
+
+
+def test_config_from_settings_takes_the_ingestion_settings(tmp_path: Path) -> None:
+    environ = {"XDG_CONFIG_HOME": str(tmp_path), "CHALLENGE_ACK_MODE": "buffered", "CHALLENGE_FLUSH_WORKERS": "3",
+               "CHALLENGE_BUFFER_MAX_ENTRIES": "10", "CHALLENGE_DEDUP_PENDING_TTL_S": "9", "AB_NAMESPACE": "ns-x"}
+    config = IngestConfig.from_settings(load_settings(environ=environ))
+    assert (config.namespace, config.ack_mode, config.flush_workers, config.dedup_pending_ttl_s) == (
+        "ns-x", "buffered", 3, 9)
+    assert (config.flush_interval_ms, config.ack_timeout_ms, config.redis_key_prefix) == (50, 10_000, "ch")
+    assert config.partition_capacity == 4  # 10 entries over 3 partitions, rounded up
+
+
+def test_validation_rejects_each_invalid_event_with_its_reason() -> None:
+    from service.events import validate_event
+
+    good = stat("u1", "kills", 1, 1)
+    cases = {
+        "user_id is required": replace(good, user_id=""),
+        "user_id is invalid (at most 100 characters, no control characters, '{' or '}')": replace(good, user_id="a{b"),
+        "kind is required": replace(good, kind=""),
+        "payload is required for a stat event": replace(good, has_payload=False),
+        "stat_code is required for a stat event": replace(good, stat_code=""),
+        "id is longer than 200 characters": replace(good, id="x" * 201),
+        "latest_value must be a finite number": replace(good, latest_value=float("nan")),
+        "inc must be a finite number": replace(good, inc=float("-inf")),
+        "latest_value is outside the int32 range after truncation": replace(good, latest_value=2_147_483_648.0),
+        "inc is outside the int32 range after truncation": replace(good, inc=-2_147_483_649.5),
+    }
+    for reason, event in cases.items():
+        assert validate_event(event) == reason
+    for valid in (good, replace(good, user_id="u" * 100), replace(good, id="x" * 200),
+                  replace(good, latest_value=2_147_483_647.9, inc=-2_147_483_648.9),
+                  replace(login("u1"), inc=float("nan"))):
+        assert validate_event(valid) is None
+    assert validate_event(replace(good, user_id="u" * 101)) is not None
+    assert validate_event(replace(good, user_id="a\x07b")) is not None
+
+
+# --- E1–E8: the effect of events on rows ---------------------------------------------------------------
+
+
+async def test_e1_absolute_stat_goal_takes_the_latest_value_and_stays_completed(ingest: Any, db: Any) -> None:
+    user = new_user()
+    await seed(db, user, "kills-abs")
+    async with ingest() as ingestor:
+        result = await ingestor.submit([stat(user, "kills", 4, 4)], "publish")
+        assert result == SubmitResult(1, 0, 0, [], True)
+        first = await row(db, user, "kills-abs")
+        assert (first["progress"], first["status"], first["completed_at"]) == (4, "in_progress", None)
+
+        await ingestor.submit([stat(user, "kills", 6, 2)], "ags_stat")
+        assert (await row(db, user, "kills-abs"))["progress"] == 6  # overwritten, never summed
+
+        await ingestor.submit([stat(user, "kills", 12, 6)], "publish")
+        done = await row(db, user, "kills-abs")
+        assert (done["progress"], done["status"]) == (12, "completed")  # above the target is kept
+        assert done["completed_at"] is not None
+
+        await ingestor.submit([stat(user, "kills", 3, 0)], "publish")
+        after = await row(db, user, "kills-abs")
+        assert (after["progress"], after["status"], after["completed_at"]) == (3, "completed", done["completed_at"])
+
+
+async def test_e2_absolute_login_goal_counts_one_per_login_whatever_its_inc(ingest: Any, db: Any) -> None:
+    user = new_user()
+    await seed(db, user, "login-abs")
+    async with ingest() as ingestor:
+        await ingestor.submit([login(user, inc=100)], "ags_login")
+        assert (await row(db, user, "login-abs"))["progress"] == 1
+        await ingestor.submit([login(user), login(user)], "publish")
+        final = await row(db, user, "login-abs")
+    assert (final["progress"], final["status"]) == (3, "completed")
+
+
+async def test_e3_skipped_events_are_acknowledged_without_effect(ingest: Any, db: Any) -> None:
+    user = new_user()
+    await seed(db, user, "kills-abs", progress=2, status="in_progress")
+    async with ingest() as ingestor:
+        before = ingestor.buffer_stats()["events"]
+        result = await ingestor.submit([
+            stat(user, "kills", -1, 1),                   # negative value
+            stat(user, "kills", 7, 7, namespace="other"),  # foreign namespace
+            stat(user, "no-such-stat", 7, 7),              # no goal routed
+        ], "publish")
+        assert result == SubmitResult(0, 0, 3, [], True)
+        on_message = await ingestor.submit([stat(user, "kills", 7, 7, namespace="")], "ags_stat")
+        assert on_message.skipped == 1  # OnMessage: an empty namespace is a foreign one
+        after = ingestor.buffer_stats()["events"]
+    assert (await row(db, user, "kills-abs"))["progress"] == 2
+    assert after["skipped_negative"] - before["skipped_negative"] == 1
+    assert after["skipped_namespace"] - before["skipped_namespace"] == 2
+    assert after["skipped_no_goal"] - before["skipped_no_goal"] == 1
+    assert after["accepted"] == before["accepted"]
+
+
+async def test_e4_invalid_events_are_rejected_individually_and_valid_ones_processed(ingest: Any, db: Any) -> None:
+    user = new_user()
+    await seed(db, user, "kills-abs")
+    async with ingest() as ingestor:
+        result = await ingestor.submit([
+            stat("", "kills", 1, 1, event_id="a"),
+            stat(user, "kills", float("inf"), 1, event_id="b"),
+            IncomingEvent("c", user, NS, "", "", 0, 0, True, None),
+            stat(user, "kills", INT32_MAX, INT32_MIN),  # boundary values are accepted
+            stat(user, "kills", 1, 1, has_payload=False, event_id="d"),
+        ], "publish")
+    assert (result.accepted, result.duplicates, result.skipped) == (1, 0, 0)
+    assert result.rejected == [
+        (0, "a", "user_id is required"),
+        (1, "b", "latest_value must be a finite number"),
+        (2, "c", "kind is required"),
+        (4, "d", "payload is required for a stat event"),
+    ]
+    assert (await row(db, user, "kills-abs"))["progress"] == INT32_MAX
+
+
+async def test_e4_an_oversized_batch_fails_as_a_whole(ingest: Any) -> None:
+    async with ingest(ingest_max_batch=2) as ingestor:
+        with pytest.raises(IngestError) as failure:
+            await ingestor.submit([login(new_user())] * 3, "publish")
+        assert (failure.value.code, failure.value.message) == ("INVALID_ARGUMENT", "batch too large (3 > 2)")
+        assert await ingestor.submit([], "publish") == SubmitResult(0, 0, 0, [], True)
+
+
+async def test_e5_routing_follows_the_event_source_strictly(ingest: Any, db: Any) -> None:
+    user = new_user()
+    await seed(db, user, "kills-abs")
+    await seed(db, user, "login-abs")  # its statCode is "kills" too
+    async with ingest() as ingestor:
+        await ingestor.submit([stat(user, "kills", 2, 2)], "publish")
+        rows = await rows_of(db, user)
+        assert (rows["kills-abs"]["progress"], rows["login-abs"]["progress"]) == (2, 0)
+        await ingestor.submit([login(user)], "publish")
+        rows = await rows_of(db, user)
+    assert (rows["kills-abs"]["progress"], rows["login-abs"]["progress"]) == (2, 1)
+
+
+async def test_e6_events_never_create_rows_and_skip_inactive_and_claimed_rows(ingest: Any, db: Any) -> None:
+    nobody, user = new_user("none"), new_user()
+    claimed_at = datetime.now(UTC) - timedelta(hours=1)
+    await seed(db, user, "kills-abs", is_active=False, progress=1, status="in_progress")
+    await seed(db, user, "kills-rel", progress=9, baseline_value=1, status="claimed", completed_at=claimed_at,
+               claimed_at=claimed_at)
+    untouched = await rows_of(db, user)
+    async with ingest() as ingestor:
+        result = await ingestor.submit([stat(nobody, "kills", 5, 5), stat(user, "kills", 50, 10)], "publish")
+        assert result.accepted == 2
+        assert await rows_of(db, nobody) == {}
+        assert await rows_of(db, user) == untouched  # not even updated_at moved
+
+        await db.execute("UPDATE user_goal_progress SET is_active = true WHERE user_id = %s AND goal_id = 'kills-abs'",
+                         (user,))
+        assert (await row(db, user, "kills-abs"))["progress"] == 1  # activation replays nothing
+        await ingestor.submit([stat(user, "kills", 51, 1)], "publish")
+    rows = await rows_of(db, user)
+    assert rows["kills-abs"]["progress"] == 51
+    assert rows["kills-rel"] == untouched["kills-rel"]
+
+
+async def test_e7_relative_goals_start_their_window_at_the_first_event(ingest: Any, db: Any) -> None:
+    small, exact, logins = new_user("small"), new_user("exact"), new_user("login")
+    await seed(db, small, "kills-rel")
+    await seed(db, exact, "kills-rel")
+    await seed(db, logins, "login-rel", progress=41)
+    async with ingest() as ingestor:
+        await ingestor.submit([stat(small, "kills", 100, 4), stat(exact, "kills", 100, 5), login(logins)], "publish")
+    first_small = await row(db, small, "kills-rel")
+    assert (first_small["baseline_value"], first_small["progress"], first_small["status"]) == (96, 100, "in_progress")
+    first_exact = await row(db, exact, "kills-rel")
+    assert (first_exact["baseline_value"], first_exact["status"]) == (95, "completed")
+    relative_login = await row(db, logins, "login-rel")
+    assert (relative_login["progress"], relative_login["baseline_value"], relative_login["status"]) == (
+        42, 41, "completed")
+
+
+async def test_e8_merged_events_give_the_same_result_as_one_by_one(ingest: Any, db: Any) -> None:
+    merged, single = new_user("merged"), new_user("single")
+    for user in (merged, single):
+        await seed(db, user, "kills-rel")
+        await seed(db, user, "kills-abs")
+        await seed(db, user, "login-abs")
+    sequence = [(10, 2), (11, 1), (12, 1)]
+    async with ingest(start=False, ack_mode="buffered") as ingestor:
+        for value, inc in sequence:
+            await ingestor.submit([stat(merged, "kills", value, inc)], "publish")
+        for _ in range(2):
+            await ingestor.submit([login(merged)], "ags_login")
+        stats = ingestor.buffer_stats()
+        assert stats["entries"] == 2  # one per (user, source)
+        await ingestor.start()
+        await eventually(lambda: _flushed(ingestor))
+    flushed = ingestor.buffer_stats()
+    assert flushed["flushes_total"] == 1 and flushed["rows_updated_total"] == 3
+    async with ingest() as ingestor:
+        for value, inc in sequence:
+            await ingestor.submit([stat(single, "kills", value, inc)], "publish")
+        for _ in range(2):
+            await ingestor.submit([login(single)], "ags_login")
+    merged_rows, single_rows = await rows_of(db, merged), await rows_of(db, single)
+    for goal_id in ("kills-rel", "kills-abs", "login-abs"):
+        keys = ("progress", "baseline_value", "status")
+        assert [merged_rows[goal_id][k] for k in keys] == [single_rows[goal_id][k] for k in keys], goal_id
+    assert (merged_rows["kills-rel"]["baseline_value"], merged_rows["kills-rel"]["status"]) == (8, "in_progress")
+    assert merged_rows["login-abs"]["progress"] == 2
+
+
+async def _flushed(ingestor: Ingestor) -> bool:
+    stats = ingestor.buffer_stats()
+    return stats["entries"] == 0 and stats["flushes_total"] >= 1
+
+
+# --- E9–E11, §6.9: ack modes ------------------------------------------------------------------------
+
+
+async def test_e9_e11_buffered_mode_returns_before_the_commit_and_the_flush_follows_by_itself(
+    ingest: Any, db: Any,
+) -> None:
+    user = new_user()
+    await seed(db, user, "kills-abs")
+    async with ingest(start=False, ack_mode="buffered") as ingestor:
+        result = await ingestor.submit([stat(user, "kills", 3, 3)], "publish")
+        assert result == SubmitResult(1, 0, 0, [], False)
+        assert (await row(db, user, "kills-abs"))["progress"] == 0  # returned before any flush
+        await ingestor.start()
+
+        async def visible() -> bool:
+            return (await row(db, user, "kills-abs"))["progress"] == 3
+
+        await eventually(visible)
+
+
+async def test_commit_mode_times_out_with_unavailable_and_the_events_are_still_committed(
+    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+) -> None:
+    user, event_id = new_user(), new_id()
+    await seed(db, user, "login-abs")
+    async with ingest(start=False, ack_timeout_ms=100) as ingestor:
+        with pytest.raises(IngestError) as failure:
+            await ingestor.submit([login(user, event_id)], "publish")
+        assert (failure.value.code, failure.value.message) == ("UNAVAILABLE", NOT_COMMITTED_MESSAGE)
+        with pytest.raises(IngestError):  # the client's deadline caps the wait too
+            await ingestor.submit([login(new_user())], "publish", deadline=time.monotonic() + 0.05)
+        await ingestor.start()
+        await eventually(lambda: _flushed(ingestor))
+        assert (await row(db, user, "login-abs"))["progress"] == 1
+        retry = await ingestor.submit([login(user, event_id)], "publish")
+    assert (retry.accepted, retry.duplicates) == (0, 1)
+    assert await marker(redis_client, redis_prefix, user, event_id) == b"d"
+    assert (await row(db, user, "login-abs"))["progress"] == 1
+
+
+# --- E12: de-duplication ----------------------------------------------------------------------------
+
+
+async def test_e12_a_replayed_id_has_no_further_effect(ingest: Any, db: Any, redis_client: Any,
+                                                       redis_prefix: str) -> None:
+    user, event_id = new_user(), new_id()
+    await seed(db, user, "login-abs")
+    async with ingest() as ingestor:
+        first = await ingestor.submit([login(user, event_id), login(user, event_id)], "publish")
+        assert (first.accepted, first.duplicates) == (1, 1)  # a repeat within the call
+        assert await marker(redis_client, redis_prefix, user, event_id) == b"d"
+        ttl_ms = await redis_client.pttl(event_key(redis_prefix, user, event_id))
+        assert 86_000_000 < ttl_ms <= 86_400_000
+        replay = await ingestor.submit([login(user, event_id)], "ags_login")
+        assert (replay.accepted, replay.duplicates) == (0, 1)
+        other_user = await ingestor.submit([login(new_user(), event_id)], "publish")
+        assert other_user.accepted == 1  # ids are per user
+    assert (await row(db, user, "login-abs"))["progress"] == 1
+
+
+async def test_e12_a_duplicate_of_a_pending_event_waits_for_the_original(
+    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+) -> None:
+    user, event_id = new_user(), new_id()
+    await seed(db, user, "login-abs")
+    async with ingest(start=False) as ingestor:
+        original = asyncio.create_task(ingestor.submit([login(user, event_id)], "ags_login"))
+        await asyncio.sleep(0.05)
+        duplicate = asyncio.create_task(ingestor.submit([login(user, event_id)], "publish"))
+        await asyncio.sleep(0.1)
+        assert not original.done() and not duplicate.done()
+        assert ingestor.buffer_stats()["pending_waiters"] == 2
+        assert await marker(redis_client, redis_prefix, user, event_id) == b"p"
+        await ingestor.start()
+        assert (await original).accepted == 1
+        assert (await duplicate) == SubmitResult(0, 1, 0, [], True)
+    assert (await row(db, user, "login-abs"))["progress"] == 1
+
+
+async def test_e12_buffered_duplicate_of_a_pending_event_returns_at_once(ingest: Any, db: Any) -> None:
+    user, event_id = new_user(), new_id()
+    await seed(db, user, "login-abs")
+    async with ingest(start=False, ack_mode="buffered") as ingestor:
+        assert (await ingestor.submit([login(user, event_id)], "publish")).accepted == 1
+        assert (await ingestor.submit([login(user, event_id)], "publish")).duplicates == 1
+    assert (await row(db, user, "login-abs"))["progress"] == 1
+
+
+async def test_e12_an_id_pending_in_another_process_fails_a_commit_call_and_clears_its_markers(
+    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+) -> None:
+    user, elsewhere, fresh = new_user(), new_id(), new_id()
+    await seed(db, user, "login-abs")
+    await redis_client.set(event_key(redis_prefix, user, elsewhere), "p", px=60_000)
+    async with ingest() as ingestor:
+        with pytest.raises(IngestError) as failure:
+            await ingestor.submit([login(user, fresh), login(user, elsewhere)], "publish")
+        assert (failure.value.code, failure.value.message) == (
+            "UNAVAILABLE", f"event {elsewhere} is in flight; retry later")
+        assert await marker(redis_client, redis_prefix, user, fresh) is None
+    async with ingest(ack_mode="buffered") as ingestor:
+        result = await ingestor.submit([login(user, fresh), login(user, elsewhere)], "publish")
+        assert (result.accepted, result.duplicates) == (1, 1)
+    assert (await row(db, user, "login-abs"))["progress"] == 1
+
+
+async def test_e12_with_redis_down_the_lru_deduplicates_within_the_process(
+    ingest: Any, db: Any, private_redis: PrivateRedis, catalog: Catalog, redis_prefix: str,
+) -> None:
+    user, during, before = new_user(), new_id(), new_id()
+    await seed(db, user, "login-abs")
+    client = open_redis(private_redis.url, max_connections=8, timeout_ms=200)
+    outage_cache = make_cache(client, redis_prefix, catalog)
+    lru_duplicates_before = sample("challenge_dedup_total", backend="lru", result="duplicate")
+    try:
+        async with ingest(cache_override=outage_cache) as ingestor:
+            await ingestor.submit([login(user, before)], "publish")
+            private_redis.stop()
+            first = await ingestor.submit([login(user, during)], "publish")
+            replay = await ingestor.submit([login(user, during), login(user, before)], "publish")
+            assert first.accepted == 1
+            # `before` was de-duplicated by Redis, which is gone: only this process's LRU still knows `during`.
+            assert (replay.accepted, replay.duplicates) == (1, 1)
+            assert (await row(db, user, "login-abs"))["progress"] == 3
+
+            assert sample("challenge_dedup_total", backend="lru", result="duplicate") - lru_duplicates_before == 1
+            private_redis.start()
+            await asyncio.sleep(0.15)  # past the retry interval: Redis is asked again
+            after = await ingestor.submit([login(user, during)], "publish")
+            assert (after.accepted, after.duplicates) == (0, 1)  # the LRU is consulted alongside Redis
+            assert await client.get(event_key(redis_prefix, user, during)) == b"d"
+    finally:
+        await client.aclose()
+    assert (await row(db, user, "login-abs"))["progress"] == 3
+
+
+async def test_pending_markers_are_renewed_while_their_events_stay_buffered(
+    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+) -> None:
+    user, event_id = new_user(), new_id()
+    await seed(db, user, "login-abs")
+    async with ingest(ack_mode="buffered", flush_interval_ms=60_000, dedup_pending_ttl_s=3) as ingestor:
+        await asyncio.sleep(0.05)  # past the flushers' first (empty) round
+        await ingestor.submit([login(user, event_id)], "publish")
+        key = event_key(redis_prefix, user, event_id)
+        assert 2_900 < await redis_client.pttl(key) <= 3_000
+        await asyncio.sleep(1.4)  # renewal runs every dedup_pending_ttl_s / 3 = 1 s
+        assert await redis_client.get(key) == b"p"
+        assert await redis_client.pttl(key) > 2_000
+    assert await redis_client.get(key) == b"d"
+
+
+# --- E13: backpressure ------------------------------------------------------------------------------
+
+
+async def test_e13_a_full_buffer_rejects_the_whole_call_and_clears_its_markers(
+    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+) -> None:
+    users = [new_user() for _ in range(4)]
+    for user in users:
+        await seed(db, user, "login-abs")
+    ids = [new_id() for _ in users]
+    async with ingest(start=False, ack_mode="buffered", flush_workers=1, buffer_max_entries=2,
+                      buffer_full_wait_ms=50) as ingestor:
+        await ingestor.submit([login(users[0], ids[0]), login(users[1], ids[1])], "publish")
+        with pytest.raises(IngestError) as failure:
+            await ingestor.submit([login(users[2], ids[2]), login(users[0]), login(users[3], ids[3])], "publish")
+        assert (failure.value.code, failure.value.message) == (
+            "RESOURCE_EXHAUSTED", "event buffer full (2/2); retry with backoff")
+        stats = ingestor.buffer_stats()
+        assert stats["entries"] == 2 and stats["events"]["exhausted"] == 3
+        assert await marker(redis_client, redis_prefix, users[2], ids[2]) is None
+        assert await marker(redis_client, redis_prefix, users[3], ids[3]) is None
+        assert (await ingestor.submit([login(users[0])], "publish")).accepted == 1  # merging needs no room
+
+        await ingestor.start()
+        retry = await ingestor.submit([login(users[2], ids[2]), login(users[3], ids[3])], "publish")
+        assert retry.accepted == 2
+    counts = [(await row(db, user, "login-abs"))["progress"] for user in users]
+    assert counts == [2, 1, 1, 1]
+
+
+# --- E14: database outage ---------------------------------------------------------------------------
+
+
+class TcpProxy:
+    """A TCP proxy in front of PostgreSQL. `down()` drops every connection and refuses new ones."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.is_up = True
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.is_up:
+            writer.close()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, upstream_writer))
+        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+
+    def down(self) -> None:
+        self.is_up = False
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def up(self) -> None:
+        self.is_up = True
+
+    async def close(self) -> None:
+        self.down()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_e14_with_the_database_down_entries_are_kept_merged_and_committed_after_recovery(
+    ingest: Any, db: Any, migrated: str,
+) -> None:
+    logins, stats_user = new_user("logins"), new_user("stats")
+    await seed(db, logins, "login-abs")
+    await seed(db, stats_user, "kills-abs")
+    params = psycopg.conninfo.conninfo_to_dict(migrated)
+    proxy = TcpProxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+    await proxy.start()
+    proxied = psycopg.conninfo.make_conninfo(migrated, host="127.0.0.1", port=proxy.port)
+    outage_store = await Store.open(proxied, "flusher", PoolConfig(min_size=1, max_size=2, timeout_ms=300))
+    try:
+        async with ingest(store_override=outage_store, ack_timeout_ms=30_000) as ingestor:
+            proxy.down()
+            # Spread over the outage, so that events also arrive while a failing snapshot is in flight and
+            # the snapshot is merged back under a newer entry.
+            calls = []
+            for value in (3, 8, 6, 9, 5):
+                calls.append(asyncio.create_task(ingestor.submit([login(logins, new_id())], "ags_login")))
+                calls.append(asyncio.create_task(ingestor.submit([stat(stats_user, "kills", value, 1)], "publish")))
+                await asyncio.sleep(0.15)
+
+            async def failing_and_merged() -> bool:
+                stats = ingestor.buffer_stats()
+                return stats["flush_failures_total"] >= 2 and stats["entries"] == 2
+
+            await eventually(failing_and_merged)
+            assert ingestor.flusher_failing_since is not None
+            assert not any(call.done() for call in calls)  # acknowledged only once committed
+            proxy.up()
+            results = await asyncio.wait_for(asyncio.gather(*calls), timeout=20)
+            assert all(result.accepted == 1 for result in results)
+            assert ingestor.flusher_failing_since is None
+    finally:
+        await outage_store.close()
+        await proxy.close()
+    assert (await row(db, logins, "login-abs"))["progress"] == 5  # no login increment lost
+    assert (await row(db, stats_user, "kills-abs"))["progress"] == 5  # the last to arrive wins
+
+
+# --- E15: a claim's row lock ---------------------------------------------------------------------------
+
+
+async def test_e15_a_locked_row_defers_its_entry_without_blocking_other_users(
+    ingest: Any, db: Any, migrated: str, redis_client: Any, redis_prefix: str,
+) -> None:
+    claimer, other, event_id = new_user("claimer"), new_user("other"), new_id()
+    completed_at = datetime.now(UTC) - timedelta(minutes=5)
+    await seed(db, claimer, "kills-abs", progress=10, status="completed", completed_at=completed_at)
+    await seed(db, claimer, "kills-rel")
+    await seed(db, other, "kills-abs")
+    claim = await psycopg.AsyncConnection.connect(migrated, autocommit=True)
+    try:
+        async with ingest() as ingestor:
+            await claim.execute("BEGIN")
+            await claim.execute("SELECT * FROM user_goal_progress WHERE user_id = %s AND goal_id = 'kills-abs' "
+                                "FOR UPDATE", (claimer,))
+            held = asyncio.create_task(ingestor.submit([stat(claimer, "kills", 20, 2, event_id=event_id)], "publish"))
+            assert (await ingestor.submit([stat(other, "kills", 4, 4)], "publish")).accepted == 1
+            assert (await row(db, other, "kills-abs"))["progress"] == 4  # the flush did not wait
+
+            async def deferred() -> bool:
+                return any(p["last_flush_deferred"] for p in ingestor.buffer_stats()["partitions"])
+
+            await eventually(deferred)
+            assert not held.done()
+            assert (await row(db, claimer, "kills-rel"))["progress"] == 0  # deferred as a whole
+            await claim.execute("UPDATE user_goal_progress SET status = 'claimed', claimed_at = now() "
+                                "WHERE user_id = %s AND goal_id = 'kills-abs'", (claimer,))
+            await claim.execute("COMMIT")
+            assert (await asyncio.wait_for(held, timeout=5)).accepted == 1
+    finally:
+        await claim.close()
+    rows = await rows_of(db, claimer)
+    assert (rows["kills-abs"]["status"], rows["kills-abs"]["progress"]) == ("claimed", 10)  # frozen
+    assert (rows["kills-rel"]["progress"], rows["kills-rel"]["baseline_value"]) == (20, 18)
+    assert await marker(redis_client, redis_prefix, claimer, event_id) == b"d"
+
+
+# --- E16: bursts and ordering -------------------------------------------------------------------------
+
+
+async def test_e16_a_burst_for_many_users_lands_and_the_last_value_to_arrive_wins(ingest: Any, db: Any) -> None:
+    users = [new_user("burst") for _ in range(150)]
+    await db.execute(
+        "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace) "
+        "SELECT unnest(%s::text[]), 'kills-abs', 'c1', %s", (users, NS))
+    await db.execute(
+        "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace) "
+        "SELECT unnest(%s::text[]), 'login-abs', 'c1', %s", (users, NS))
+    # Per user, in arrival order: values 7, 30, 12 (out of order) and two logins.
+    waves = [[stat(user, "kills", value, 1, event_id=new_id()) for user in users] for value in (7, 30, 12)]
+    waves.insert(1, [login(user, new_id()) for user in users])
+    waves.append([login(user, new_id()) for user in users])
+    async with ingest(flush_workers=4, flush_batch_max=64) as ingestor:
+        for wave in waves:
+            results = await asyncio.gather(*(ingestor.submit(wave[i:i + 50], "publish")
+                                             for i in range(0, len(wave), 50)))
+            assert sum(result.accepted for result in results) == len(users)
+        stats = ingestor.buffer_stats()
+    cursor = await db.execute(
+        "SELECT goal_id, progress, count(*) AS n FROM user_goal_progress WHERE user_id = ANY(%s) "
+        "GROUP BY goal_id, progress ORDER BY goal_id", (users,))
+    assert await cursor.fetchall() == [
+        {"goal_id": "kills-abs", "progress": 12, "n": len(users)},
+        {"goal_id": "login-abs", "progress": 2, "n": len(users)},
+    ]
+    assert stats["rows_updated_total"] >= 2 * len(users)
+    assert sum(p["last_flush_entries"] > 0 for p in stats["partitions"]) == 4  # every partition was used
+
+
+async def test_e16_concurrent_calls_of_one_user_are_admitted_in_arrival_order(ingest: Any, db: Any) -> None:
+    user = new_user()
+    await seed(db, user, "kills-abs")
+    async with ingest(start=False) as ingestor:
+        # Ids force a Redis round trip per call; admission still follows the order of the calls.
+        calls = [asyncio.create_task(ingestor.submit([stat(user, "kills", value, 1, event_id=new_id())], "publish"))
+                 for value in (5, 9, 1, 4)]
+        await asyncio.sleep(0.1)
+        await ingestor.start()
+        await asyncio.gather(*calls)
+    assert (await row(db, user, "kills-abs"))["progress"] == 4
+
+
+# --- E17: read-your-writes ---------------------------------------------------------------------------
+
+
+async def test_e17_the_cache_is_invalidated_before_the_ack(ingest: Any, db: Any, redis_client: Any,
+                                                         redis_prefix: str) -> None:
+    user, bystander = new_user(), new_user("bystander")
+    await seed(db, user, "kills-abs")
+    for someone in (user, bystander):
+        await redis_client.set(token_key(redis_prefix, someone), "old-token")
+        await redis_client.set(active_key(redis_prefix, someone), "{}")
+    async with ingest() as ingestor:
+        await ingestor.submit([stat(user, "kills", 3, 3), stat(bystander, "kills", 3, 3)], "publish")
+        token = await redis_client.get(token_key(redis_prefix, user))
+        assert token not in (None, b"old-token")
+        assert await redis_client.exists(active_key(redis_prefix, user)) == 0
+        # A user without rows had nothing applied: no invalidation needed.
+        assert await redis_client.get(token_key(redis_prefix, bystander)) == b"old-token"
+
+
+# --- E18: shutdown drain ------------------------------------------------------------------------------
+
+
+async def test_e18_drain_flushes_everything_and_answers_the_waiting_calls(
+    base_config: IngestConfig, catalog: Catalog, store: Store, queries: Queries, cache: Cache, db: Any,
+) -> None:
+    users = [new_user() for _ in range(3)]
+    for user in users:
+        await seed(db, user, "login-abs")
+    ingestor = Ingestor(replace(base_config, flush_interval_ms=60_000), catalog, store, queries, cache)
+    await ingestor.start()
+    calls = [asyncio.create_task(ingestor.submit([login(user)], "publish")) for user in users]
+    await asyncio.sleep(0.1)
+    assert not any(call.done() for call in calls)  # the interval is far away
+    assert await ingestor.drain_and_stop(10) == 0
+    assert all(call.done() and call.result().accepted == 1 for call in calls)
+    assert [(await row(db, user, "login-abs"))["progress"] for user in users] == [1, 1, 1]
+    with pytest.raises(IngestError) as failure:
+        await ingestor.submit([login(users[0])], "publish")
+    assert (failure.value.code, failure.value.message) == ("UNAVAILABLE", "service is shutting down")
+
+
+async def test_e18_entries_left_at_the_drain_timeout_are_counted_and_their_callers_get_unavailable(
+    ingest: Any, db: Any, migrated: str, base_config: IngestConfig, catalog: Catalog, store: Store,
+    queries: Queries, cache: Cache,
+) -> None:
+    user = new_user()
+    await seed(db, user, "login-abs")
+    lock = await psycopg.AsyncConnection.connect(migrated, autocommit=True)
+    try:
+        await lock.execute("BEGIN")
+        await lock.execute("SELECT 1 FROM user_goal_progress WHERE user_id = %s FOR UPDATE", (user,))
+        ingestor = Ingestor(base_config, catalog, store, queries, cache)
+        await ingestor.start()
+        call = asyncio.create_task(ingestor.submit([login(user)], "publish"))
+        await asyncio.sleep(0.1)
+        assert await ingestor.drain_and_stop(0.3) == 1
+        with pytest.raises(IngestError) as failure:
+            await call
+        assert (failure.value.code, failure.value.message) == ("UNAVAILABLE", NOT_COMMITTED_MESSAGE)
+    finally:
+        await lock.close()
+    assert (await row(db, user, "login-abs"))["progress"] == 0
+
+
+# --- rotation through the flush (§6.8) -----------------------------------------------------------------
+
+
+async def test_rotation_reset_carry_over_and_reopen_through_the_flush(ingest: Any, db: Any) -> None:
+    user = new_user()
+    now = datetime.now(UTC)
+    stale = period_start("daily", now) - timedelta(days=2)
+    earlier = stale - timedelta(hours=1)
+    await seed(db, user, "wins-reset", progress=10, baseline_value=0, status="completed", completed_at=earlier,
+               updated_at=stale, expires_at=stale)
+    await seed(db, user, "wins-carry", progress=4, baseline_value=2, status="in_progress", updated_at=stale,
+               expires_at=stale)
+    await seed(db, user, "wins-reselect", progress=9, baseline_value=1, status="claimed", completed_at=earlier,
+               claimed_at=earlier, updated_at=stale, expires_at=stale)
+    async with ingest() as ingestor:
+        await ingestor.submit([stat(user, "wins", 13, 2)], "publish")
+    rows = await rows_of(db, user)
+    flush_time = rows["wins-reset"]["updated_at"]
+    expected_expiry = next_boundary("daily", flush_time)
+    reset = rows["wins-reset"]
+    assert (reset["progress"], reset["baseline_value"], reset["status"], reset["completed_at"]) == (
+        13, 11, "in_progress", None)  # a new window, counting only this event's increment
+    carry = rows["wins-carry"]
+    assert (carry["progress"], carry["baseline_value"], carry["status"]) == (13, 2, "completed")
+    reopened = rows["wins-reselect"]
+    assert (reopened["progress"], reopened["baseline_value"], reopened["status"], reopened["claimed_at"],
+            reopened["completed_at"]) == (13, 11, "not_started", None, None)
+    assert {r["expires_at"] for r in rows.values()} == {expected_expiry}
+    assert {r["updated_at"] for r in rows.values()} == {flush_time}
+
+
+# --- /admin/buffer -----------------------------------------------------------------------------------
+
+
+async def test_buffer_stats_have_exactly_the_spec_keys_and_count_what_happened(ingest: Any, db: Any) -> None:
+    user = new_user()
+    await seed(db, user, "login-abs")
+    accepted_before = sample("challenge_events_total", origin="publish", outcome="accepted")
+    negative_before = sample("challenge_events_total", origin="publish", outcome="skipped_negative")
+    ages_before = sample("challenge_event_age_seconds_count")
+    flushes_before = sample("challenge_flush_duration_seconds_count")
+    async with ingest(flush_workers=3, buffer_max_entries=10) as ingestor:
+        idle = ingestor.buffer_stats()
+        assert set(idle) == BUFFER_KEYS and set(idle["events"]) == EVENT_KEYS
+        assert [set(p) for p in idle["partitions"]] == [PARTITION_KEYS] * 3
+        assert (idle["ack_mode"], idle["capacity"], idle["entries"], idle["flushes_total"]) == ("commit", 12, 0, 0)
+        await ingestor.submit([login(user), stat(user, "kills", -5, 0),
+                               stat(user, "kills", 1, 1, timestamp=time.time() - 1)], "publish")
+        stats = ingestor.buffer_stats()
+    assert stats["events"]["accepted"] == 2 and stats["events"]["skipped_negative"] == 1
+    assert sample("challenge_events_total", origin="publish", outcome="accepted") - accepted_before == 2
+    assert sample("challenge_events_total", origin="publish", outcome="skipped_negative") - negative_before == 1
+    assert sample("challenge_event_age_seconds_count") - ages_before == 1
+    assert sample("challenge_flush_duration_seconds_count") - flushes_before == stats["flushes_total"]
+    assert stats["flushes_total"] >= 1 and stats["rows_updated_total"] == 1
+    assert stats["peak_entries"] >= 1 and stats["pending_waiters"] == 0
+    assert 0 < stats["flush_ms_p50"] <= stats["flush_ms_p95"] <= stats["flush_ms_max"]
+    flushed = [p for p in stats["partitions"] if p["last_flush_at"]]
+    assert flushed and flushed[0]["last_flush_at"].endswith("Z") and flushed[0]["last_flush_rows_updated"] == 1
+
+
+async def test_buffer_oldest_entry_age_and_peak_follow_the_buffer(ingest: Any, db: Any) -> None:
+    async with ingest(start=False, ack_mode="buffered") as ingestor:
+        await ingestor.submit([login(new_user()), login(new_user())], "publish")
+        await asyncio.sleep(0.05)
+        stats = ingestor.buffer_stats()
+        assert stats["entries"] == 2 and stats["peak_entries"] == 2 and stats["oldest_entry_age_ms"] >= 40
+        await ingestor.start()
+        await eventually(lambda: _flushed(ingestor))
+        ingestor.reset_peaks()
+        assert ingestor.buffer_stats()["peak_entries"] == 0
