@@ -1,16 +1,61 @@
-"""The gRPC server: event ingestion services, grpc.health.v1 and server reflection (SPEC §6.1)."""
+"""The gRPC server: event ingestion services, grpc.health.v1 and server reflection (SPEC §6.1).
+
+The servicers only translate: protobuf messages become `service.events.IncomingEvent`s, the
+ingestion core (`submit`) decides, and its verdict becomes a response or a gRPC status. The ingest
+token and the request metrics live in one server interceptor that wraps the ingest methods only,
+so health and reflection stay open.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import grpc
+from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram
+
+from service.events import IncomingEvent, IngestError, SubmitResult
+from service.metrics import LATENCY_BUCKETS
+from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
+from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
+from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+
+log = logging.getLogger("challengectl.grpc")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+LOGIN_SERVICE_NAME = account_pb2.DESCRIPTOR.services_by_name["UserAuthenticationUserLoggedInService"].full_name
+STAT_SERVICE_NAME = statistic_pb2.DESCRIPTOR.services_by_name["StatisticStatItemUpdatedService"].full_name
+EVENT_INGEST_SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["EventIngest"].full_name
+INGEST_SERVICE_NAMES = (LOGIN_SERVICE_NAME, STAT_SERVICE_NAME, EVENT_INGEST_SERVICE_NAME)
+
+# SPEC §6.3: in commit mode a stream may have this many batches admitted while earlier ones wait.
+STREAM_PIPELINE_DEPTH = 8
+
+GRPC_REQUESTS = Counter(
+    "challenge_grpc_requests", "gRPC ingest calls by method and final status code", ["method", "code"])
+GRPC_REQUEST_DURATION = Histogram(
+    "challenge_grpc_request_duration_seconds", "gRPC ingest call duration (a whole stream for PublishStream)",
+    ["method"], buckets=LATENCY_BUCKETS)
+
+_KIND_NAMES = {ingest_pb2.EVENT_KIND_LOGIN: "login", ingest_pb2.EVENT_KIND_STAT: "stat"}
+
+
+class EventSubmitter(Protocol):
+    """What the servicers need from the ingestion core (`service.events.Ingestor`)."""
+
+    async def submit(self, events: Sequence[IncomingEvent], origin: str,
+                     deadline: float | None = None) -> SubmitResult: ...
 
 
 class GrpcHealth:
@@ -25,16 +70,326 @@ class GrpcHealth:
             await self.servicer.set(name, SERVING if ready else NOT_SERVING)
 
 
+class BatchFailed(Exception):
+    """A call or a stream batch that fails as a whole, with the gRPC status to end it with."""
+
+    def __init__(self, status: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    @classmethod
+    def from_ingest_error(cls, error: IngestError) -> BatchFailed:
+        status = grpc.StatusCode.__members__.get(error.code, grpc.StatusCode.INTERNAL)
+        return cls(status, error.message)
+
+
+def parse_rfc3339(text: str) -> float | None:
+    """Seconds since the epoch of an RFC 3339 timestamp; None when empty or unparsable (it is informational).
+
+    A timestamp without an offset is taken as UTC.
+    """
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().upper())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def login_event(message: account_pb2.UserLoggedIn) -> IncomingEvent:
+    """The IncomingEvent of an AGS UserLoggedIn message."""
+    return IncomingEvent(
+        id=message.id, user_id=message.user_id, namespace=message.namespace, kind="login",
+        stat_code="", latest_value=0.0, inc=0.0, has_payload=True, timestamp=parse_rfc3339(message.timestamp))
+
+
+def stat_event(message: statistic_pb2.StatItemUpdated) -> IncomingEvent:
+    """The IncomingEvent of an AGS StatItemUpdated message (stat fields from its payload, when present)."""
+    payload = message.payload
+    return IncomingEvent(
+        id=message.id, user_id=message.user_id, namespace=message.namespace, kind="stat",
+        stat_code=payload.stat_code, latest_value=payload.latest_value, inc=payload.inc,
+        has_payload=message.HasField("payload"), timestamp=parse_rfc3339(message.timestamp))
+
+
+def published_event(event: ingest_pb2.Event) -> IncomingEvent:
+    """The IncomingEvent of a challengectl.v1.Event; an unspecified or unknown kind becomes ""."""
+    timestamp = event.timestamp.seconds + event.timestamp.nanos / 1e9 if event.HasField("timestamp") else None
+    return IncomingEvent(
+        id=event.id, user_id=event.user_id, namespace=event.namespace, kind=_KIND_NAMES.get(event.kind, ""),
+        stat_code=event.stat_code, latest_value=event.latest_value, inc=event.inc, has_payload=True,
+        timestamp=timestamp)
+
+
+def publish_result(batch_id: str, result: SubmitResult) -> ingest_pb2.PublishResult:
+    """The PublishResult of a submitted batch."""
+    return ingest_pb2.PublishResult(
+        batch_id=batch_id, accepted=result.accepted, duplicates=result.duplicates, skipped=result.skipped,
+        rejected=[ingest_pb2.EventRejection(index=index, event_id=event_id, reason=reason)
+                  for index, event_id, reason in result.rejected],
+        committed=result.committed)
+
+
+def client_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline as a time.monotonic() instant, or None when the client set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def submit_single(ingestor: EventSubmitter, event: IncomingEvent, origin: str,
+                        context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+    """Submit one OnMessage event; a rejected event or a failed submission aborts the call."""
+    try:
+        result = await ingestor.submit([event], origin, client_deadline(context))
+    except IngestError as error:
+        failure = BatchFailed.from_ingest_error(error)
+        await context.abort(failure.status, failure.message)
+    if result.rejected:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.rejected[0][2])
+    return empty_pb2.Empty()
+
+
+class UserLoggedInServicer(account_pb2_grpc.UserAuthenticationUserLoggedInServiceServicer):
+    """accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService: one login event per call."""
+
+    def __init__(self, ingestor: EventSubmitter) -> None:
+        self.ingestor = ingestor
+
+    async def OnMessage(self, request: account_pb2.UserLoggedIn,
+                        context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        return await submit_single(self.ingestor, login_event(request), "ags_login", context)
+
+
+class StatItemUpdatedServicer(statistic_pb2_grpc.StatisticStatItemUpdatedServiceServicer):
+    """accelbyte.social.statistic.v1.StatisticStatItemUpdatedService: one stat event per call."""
+
+    def __init__(self, ingestor: EventSubmitter) -> None:
+        self.ingestor = ingestor
+
+    async def OnMessage(self, request: statistic_pb2.StatItemUpdated,
+                        context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        return await submit_single(self.ingestor, stat_event(request), "ags_stat", context)
+
+
+# Stream batches still running after their stream ended (they stay admitted and are committed, SPEC §6.3);
+# referenced here so they are not garbage-collected mid-flight.
+_detached_batches: set[asyncio.Task[Any]] = set()
+
+
+def _keep_until_done(task: asyncio.Task[Any]) -> None:
+    _detached_batches.add(task)
+    task.add_done_callback(_forget_batch)
+
+
+def _forget_batch(task: asyncio.Task[Any]) -> None:
+    _detached_batches.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a batch nobody awaits any more must not log "never retrieved"
+
+
+# What PublishStream's reader hands over, in request order: a batch's submission, the error that broke
+# the request stream, or None at the end of the stream.
+_StreamItem = asyncio.Task[ingest_pb2.PublishResult] | Exception | None
+
+
+class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
+    """challengectl.v1.EventIngest: batches of events, one call each or many on a stream."""
+
+    def __init__(self, ingestor: EventSubmitter, max_batch: int, ack_mode: str) -> None:
+        self.ingestor = ingestor
+        self.max_batch = max_batch
+        self.commit_mode = ack_mode == "commit"
+        # Pipelining only pays while earlier batches wait for their commit; in buffered mode a
+        # batch returns once buffered, so batches are simply taken one at a time.
+        self.stream_depth = STREAM_PIPELINE_DEPTH if self.commit_mode else 1
+
+    async def publish(self, batch: ingest_pb2.EventBatch, deadline: float | None) -> ingest_pb2.PublishResult:
+        """Submit one batch and describe the outcome; raises BatchFailed when the batch fails as a whole."""
+        size = len(batch.events)
+        if size > self.max_batch:
+            raise BatchFailed(grpc.StatusCode.INVALID_ARGUMENT, f"batch too large ({size} > {self.max_batch})")
+        if size == 0:
+            return ingest_pb2.PublishResult(batch_id=batch.batch_id, committed=self.commit_mode)
+        try:
+            result = await self.ingestor.submit([published_event(event) for event in batch.events],
+                                                "publish", deadline)
+        except IngestError as error:
+            raise BatchFailed.from_ingest_error(error) from None
+        return publish_result(batch.batch_id, result)
+
+    async def Publish(self, request: ingest_pb2.EventBatch,
+                      context: grpc.aio.ServicerContext) -> ingest_pb2.PublishResult:
+        try:
+            return await self.publish(request, client_deadline(context))
+        except BatchFailed as failure:
+            await context.abort(failure.status, failure.message)
+
+    async def PublishStream(self, request_iterator: AsyncIterator[ingest_pb2.EventBatch],
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[ingest_pb2.PublishResult]:
+        """Batches are submitted in request order, up to `stream_depth` at a time; results are sent in
+        request order as soon as each is known. The first batch that fails ends the stream with its
+        status; batches after it are not read."""
+        deadline = client_deadline(context)
+        slots = asyncio.Semaphore(self.stream_depth)
+        in_order: asyncio.Queue[_StreamItem] = asyncio.Queue()
+        reader = asyncio.create_task(self._admit_stream(request_iterator, deadline, slots, in_order))
+        try:
+            while (outcome := await in_order.get()) is not None:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                try:
+                    # shielded: a cancelled stream must not cancel a batch that may already be admitted
+                    result = await asyncio.shield(outcome)
+                except BatchFailed as failure:
+                    await context.abort(failure.status, failure.message)
+                slots.release()
+                yield result
+        finally:
+            reader.cancel()
+
+    async def _admit_stream(self, requests: AsyncIterator[ingest_pb2.EventBatch], deadline: float | None,
+                            slots: asyncio.Semaphore,
+                            in_order: asyncio.Queue[_StreamItem]) -> None:
+        """Read the stream's batches and start their submissions in order; the queue ends with None,
+        after the error that broke the request stream, if any."""
+        try:
+            async for batch in requests:
+                await slots.acquire()
+                task = asyncio.create_task(self.publish(batch, deadline))
+                _keep_until_done(task)
+                in_order.put_nowait(task)
+                if len(batch.events) > self.max_batch:
+                    break  # that batch ends the stream: later batches are not processed
+        except Exception as error:  # a broken request stream ends the call with that error, in order
+            in_order.put_nowait(error)
+        in_order.put_nowait(None)
+
+
+class IngestInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the ingest methods: enforces the optional ingest token and records the request metrics."""
+
+    def __init__(self, token: str | None, service_names: Sequence[str] = INGEST_SERVICE_NAMES) -> None:
+        self.token = token or None
+        self.service_names = frozenset(service_names)
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method.lstrip("/")
+        if handler is None or method.partition("/")[0] not in self.service_names:
+            return handler
+        refusal = self.authentication_failure(handler_call_details.invocation_metadata)
+        if handler.request_streaming and handler.response_streaming:
+            return handler._replace(stream_stream=_observed_stream(method, refusal, handler.stream_stream))
+        if not handler.request_streaming and not handler.response_streaming:
+            return handler._replace(unary_unary=_observed_unary(method, refusal, handler.unary_unary))
+        return handler
+
+    def authentication_failure(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+        """Why the call's metadata does not authenticate it (SPEC §6.1), or None when it does."""
+        if self.token is None:
+            return None
+        presented = next((value for key, value in metadata or () if key == "authorization"), None)
+        if not isinstance(presented, str):
+            return "ingest token required: send metadata 'authorization: Bearer <grpc_token>'"
+        scheme, _, token = presented.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.token.encode()):
+            return "ingest token rejected"
+        return None
+
+
+# What a client sees when the servicer fails unexpectedly; the details go to the service log only.
+INTERNAL_ERROR_MESSAGE = "internal error while ingesting events; see the service log"
+
+
+class _CallObserver:
+    """Times one ingest call, turns unexpected errors into INTERNAL, and records the final code."""
+
+    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.method = method
+        self.context = context
+        self.code = grpc.StatusCode.OK
+        self.started = time.perf_counter()
+
+    async def failed(self, error: BaseException) -> None:
+        """Note how the call ended; re-raises, as INTERNAL when the error was not a gRPC status."""
+        if isinstance(error, asyncio.CancelledError | GeneratorExit):
+            self.code = grpc.StatusCode.CANCELLED
+            raise error
+        if isinstance(error, grpc.aio.AbortError):
+            code = self.context.code()
+            self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+            raise error
+        log.error("gRPC call %s failed", self.method, exc_info=error, extra={"grpc_method": self.method})
+        self.code = grpc.StatusCode.INTERNAL
+        await self.context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
+
+    def record(self) -> None:
+        GRPC_REQUESTS.labels(self.method, self.code.name).inc()
+        GRPC_REQUEST_DURATION.labels(self.method).observe(time.perf_counter() - self.started)
+
+
+def _observed_unary(method: str, refusal: str | None,
+                    behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+                    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = _CallObserver(method, context)
+        try:
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+            return await behaviour(request, context)
+        except BaseException as error:
+            await call.failed(error)
+        finally:
+            call.record()
+
+    return observed
+
+
+def _observed_stream(method: str, refusal: str | None,
+                     behaviour: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+                     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+    async def observed(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = _CallObserver(method, context)
+        try:
+            if refusal is not None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+            async for response in behaviour(requests, context):
+                yield response
+        except BaseException as error:
+            await call.failed(error)
+        finally:
+            call.record()
+
+    return observed
+
+
 def create_grpc_server(
     host: str,
     port: int,
     max_message_bytes: int,
     max_concurrent_rpcs: int,
     ingest_service_names: Sequence[str] = (),
+    *,
+    ingestor: EventSubmitter | None = None,
+    ingest_max_batch: int = 1000,
+    ack_mode: str = "commit",
+    grpc_token: str | None = None,
 ) -> tuple[grpc.aio.Server, GrpcHealth]:
     """A plaintext grpc.aio server bound to host:port with health and reflection registered.
-    Ingest servicers are added by the caller before `start()`."""
+
+    With an ingestor, the two AGS OnMessage services and challengectl.v1.EventIngest are registered
+    too, and their names join ingest_service_names in health and reflection. With grpc_token, every
+    ingest call must carry `authorization: Bearer <grpc_token>`.
+    """
     server = grpc.aio.server(
+        interceptors=[IngestInterceptor(grpc_token)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -42,9 +397,18 @@ def create_grpc_server(
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    health = GrpcHealth(ingest_service_names)
+    service_names = list(ingest_service_names)
+    if ingestor is not None:
+        account_pb2_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(
+            UserLoggedInServicer(ingestor), server)
+        statistic_pb2_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(
+            StatItemUpdatedServicer(ingestor), server)
+        ingest_pb2_grpc.add_EventIngestServicer_to_server(
+            EventIngestServicer(ingestor, ingest_max_batch, ack_mode), server)
+        service_names = list(dict.fromkeys([*INGEST_SERVICE_NAMES, *service_names]))
+    health = GrpcHealth(service_names)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    reflected = [*ingest_service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflected = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME]
     reflection.enable_server_reflection(reflected, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
