@@ -340,6 +340,11 @@ class Cache:
         return self._client is not None
 
     @property
+    def client(self) -> redis_asyncio.Redis | None:
+        """The Redis client (None when the cache is disabled); de-duplication shares it."""
+        return self._client
+
+    @property
     def healthy(self) -> bool:
         return self._healthy
 

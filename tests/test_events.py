@@ -82,18 +82,8 @@ EVENT_KEYS = {"accepted", "duplicate", "skipped_namespace", "skipped_no_goal", "
 # --- fixtures ---------------------------------------------------------------------------------------
 
 
-class _CacheExposingClient(Cache):
-    """Stop-gap until service/cache.py exposes `Cache.client` (the Ingestor's contract): the same cache,
-    with its Redis client readable."""
-
-    @property
-    def client(self) -> Any:
-        return self._client
-
-
 def make_cache(client: Any, prefix: str, catalog: Catalog) -> Cache:
-    cache_type = Cache if hasattr(Cache, "client") else _CacheExposingClient
-    return cache_type(client, prefix, catalog.fingerprint, cache_ttl_s=300, synced_ttl_s=3600, journal_max=1000,
+    return Cache(client, prefix, catalog.fingerprint, cache_ttl_s=300, synced_ttl_s=3600, journal_max=1000,
                       probe_interval_ms=100)
 
 
