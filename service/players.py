@@ -1,13 +1,51 @@
 """Player use cases: list, get, initialize, set-active, batch/random select, claim, rotation status
-(SPEC §5.4, §7). Results are plain data; `service/responses.py` turns them into JSON."""
+(SPEC §5.4, §7). Results are plain data; `service/responses.py` turns them into JSON.
+
+`Players` owns the order of the statements each use case runs, the read-your-writes protocol with
+the cache (reads use a valid cached view, writes invalidate after commit and before returning,
+SPEC §8.3–§8.4) and the mapping of every failure to the SPEC's status, errorCode and message.
+The rules themselves (view, locked, eligibility, catch-up, periods) live in `service/rules.py`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from service.catalog import Challenge, Goal, Reward
-from service.rules import GoalView, ProgressRow
+import psycopg
+from prometheus_client import Counter
+from psycopg.rows import class_row
+
+from service.cache import Cache, CacheRead
+from service.catalog import Catalog, Challenge, Goal, Reward
+from service.errors import ApiError
+from service.rewards import RewardGrant, RewardGranter, RewardGrantFailed
+from service.rules import (
+    STATUS_CLAIMED,
+    STATUS_COMPLETED,
+    STATUS_NOT_STARTED,
+    GoalView,
+    ProgressRow,
+    catch_up_targets,
+    claim_guard_rotated,
+    expires_at_for,
+    expires_in_seconds,
+    format_timestamp,
+    is_locked,
+    next_boundary,
+    period_after,
+    period_start,
+    random_select_eligible,
+    view,
+)
+from service.store import Queries, Store, StoreUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +114,655 @@ class RotationStatus:
     goal: Goal | None  # the challenge's first rotating goal; None: no rotation
     current: Period | None
     next: Period | None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The use cases
+
+CLAIM_RESULT_OK = "ok"
+
+INITIALIZE_TOTAL = Counter("challenge_initialize_total", "Initialize calls by path", ["path"])
+CLAIMS_TOTAL = Counter("challenge_claims_total", "Claims by result (errorCode or ok)", ["result"])
+
+DB_ERROR_MESSAGE = "Database error occurred"
+# SQLSTATEs retried once before a 503 (SPEC §7.6): deadlock detected, serialization failure.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+_RETRY_PAUSE_S = (0.02, 0.08)
+
+log = logging.getLogger("challengectl.players")
+
+T = TypeVar("T")
+Work = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
+
+_ROW = class_row(ProgressRow)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _unavailable() -> ApiError:
+    return ApiError(503, "DEPENDENCY_UNAVAILABLE", DB_ERROR_MESSAGE)
+
+
+def _internal_error() -> ApiError:
+    return ApiError(500, "INTERNAL_ERROR", "Internal server error")
+
+
+def _require_ids(challenge_id: str, goal_id: str | None = None) -> None:
+    """Check 1 of every endpoint with path ids: empty segments are 400 (SPEC §5.1)."""
+    if not challenge_id:
+        raise ApiError(400, "INVALID_REQUEST", "challenge_id is required")
+    if goal_id is not None and not goal_id:
+        raise ApiError(400, "INVALID_REQUEST", "goal_id is required")
+
+
+def _goal_not_found(challenge_id: str, goal_id: str) -> ApiError:
+    return ApiError(404, "GOAL_NOT_FOUND", f"goal '{goal_id}' not found in challenge '{challenge_id}'")
+
+
+def _not_completed(goal_id: str, status: str) -> ApiError:
+    return ApiError(
+        400, "GOAL_NOT_COMPLETED",
+        f"Goal not completed. Please wait 1 second and try again. (goal_id: {goal_id}, status: {status})",
+    )
+
+
+class Players:
+    """The player use cases of SPEC §5.4 over one catalog, one PostgreSQL pool and one cache.
+
+    Each call takes `now` once from `clock` and passes it to every rule and statement (SPEC §4.6).
+    Failures are `ApiError`s carrying the exact status, errorCode and message of the SPEC; Redis
+    failures never fail a call (the cache degrades, SPEC §8.5).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: Store,
+        queries: Queries,
+        cache: Cache,
+        rewards: RewardGranter,
+        namespace: str,
+        reward_mode: str,
+        claim_timeout_ms: int,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._queries = queries
+        self._cache = cache
+        self._rewards = rewards
+        self._namespace = namespace
+        self._reward_mode = reward_mode
+        self._claim_timeout_s = claim_timeout_ms / 1000
+        self._clock = clock
+        goals_by_id = catalog.goals_by_id
+        self._prerequisite_ids = list(catalog.prerequisite_ids)
+        # Per challenge: prerequisites of its goals that live in other challenges, which
+        # `challenge_progress` does not return (read with `goals_by_ids`).
+        self._external_prerequisites = {
+            challenge.challenge_id: sorted({
+                prerequisite
+                for goal in challenge.goals
+                for prerequisite in goal.prerequisites
+                if goals_by_id[prerequisite].challenge_id != challenge.challenge_id
+            })
+            for challenge in catalog.challenges
+        }
+        self._default_goal_params = {
+            "goal_ids": [goal.goal_id for goal in catalog.default_goals],
+            "challenge_ids": [goal.challenge_id for goal in catalog.default_goals],
+        }
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def list_challenges(self, user_id: str, active_only: bool) -> ListResult:
+        """`GET /v1/challenges` (SPEC §5.4.1): every catalog goal merged with the user's rows, or with
+        `active_only` the goals with an active row (challenges left empty are omitted)."""
+        now = self._clock()
+        if active_only:
+            rows, pre = await self._active_view(user_id)
+            states = self._active_states(rows, pre, now)
+            challenges = tuple(
+                ChallengeState(challenge, states[challenge.challenge_id])
+                for challenge in self._catalog.challenges
+                if states[challenge.challenge_id]
+            )
+            return ListResult(challenges, now)
+
+        async def read_all(conn: psycopg.AsyncConnection[Any]) -> list[ProgressRow]:
+            return await self._queries.rows(conn, "user_progress", {"user_id": user_id}, _ROW)
+
+        user_rows = await self._db(user_id, "listing challenges", read_all)
+        rows_by_id = {row.goal_id: row for row in user_rows}
+        challenges = tuple(
+            ChallengeState(challenge, self._all_states(challenge, rows_by_id, now))
+            for challenge in self._catalog.challenges
+        )
+        return ListResult(challenges, now)
+
+    async def get_challenge(self, user_id: str, challenge_id: str, active_only: bool) -> ChallengeState:
+        """`GET /v1/challenges/{challenge_id}` (SPEC §5.4.2)."""
+        _require_ids(challenge_id)
+        challenge = self._challenge(challenge_id)
+        now = self._clock()
+        if active_only:
+            rows, pre = await self._active_view(user_id)
+            return ChallengeState(challenge, self._active_states(rows, pre, now)[challenge_id])
+        rows_by_id = await self._db(
+            user_id, f"reading challenge {challenge_id!r}",
+            lambda conn: self._read_challenge_rows(conn, user_id, challenge),
+        )
+        return ChallengeState(challenge, self._all_states(challenge, rows_by_id, now))
+
+    def rotation_status(self, challenge_id: str) -> RotationStatus:
+        """`GET /v1/challenges/{challenge_id}/rotation` (SPEC §5.4.8): the periods of the challenge's
+        first rotating goal, or no periods when none rotates."""
+        _require_ids(challenge_id)
+        challenge = self._challenge(challenge_id)
+        goal = next((g for g in challenge.goals if g.rotation is not None), None)
+        if goal is None or goal.rotation is None:
+            return RotationStatus(challenge_id, None, None, None)
+        now = self._clock()
+        schedule = goal.rotation.schedule
+        start, end = period_start(schedule, now), next_boundary(schedule, now)
+        next_start, next_end = period_after(schedule, now)
+        return RotationStatus(
+            challenge_id, goal,
+            Period(start, end, expires_in_seconds(end, now)),
+            Period(next_start, next_end, 0),
+        )
+
+    # -- initialize (SPEC §7.3) --------------------------------------------------------------------
+
+    async def initialize(self, user_id: str) -> InitializeResult:
+        """`POST /v1/challenges/initialize`: config sync of the default goals, rotation catch-up, and
+        the user's active goals. A returning player with a valid cached view costs one Redis MGET."""
+        now = self._clock()
+        read = await self._cache_read(user_id, include_synced=True)
+        entry = read.entry
+        inserted = 0
+        # An empty view while default goals exist is not trusted: the slow path repairs missing rows.
+        trusted_view = entry is not None and (bool(entry.rows) or not self._catalog.default_goals)
+        if read.synced and entry is not None and trusted_view:
+            INITIALIZE_TOTAL.labels("fast").inc()
+            rows, pre = list(entry.rows), list(entry.pre)
+        elif read.synced and entry is None:
+            INITIALIZE_TOTAL.labels("fast").inc()
+            rows, pre = await self._db(
+                user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id))
+            await self._cache_fill(user_id, read, rows, pre, read.token)
+        else:
+            INITIALIZE_TOTAL.labels("slow").inc()
+            inserted, rows, pre = await self._initialize_slow(user_id, read, now)
+        rows, pre = await self._catch_up(user_id, rows, pre, now)
+        return InitializeResult(self._assigned_states(rows, pre, now), inserted, now)
+
+    async def _initialize_slow(
+        self, user_id: str, read: CacheRead, now: datetime,
+    ) -> tuple[int, list[ProgressRow], list[ProgressRow]]:
+        """Insert missing defaults → invalidate when inserted → read in a new statement → fill → mark."""
+        inserted_ids: list[Any] = []
+        if self._catalog.default_goals:
+            params = {
+                "user_id": user_id,
+                "namespace": self._namespace,
+                **self._default_goal_params,
+                "expires_at": [expires_at_for(goal, now) for goal in self._catalog.default_goals],
+                "now": now,
+            }
+
+            async def insert_defaults(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+                return await self._queries.rows(conn, "insert_default_goals", params)
+
+            inserted_ids = await self._db(user_id, "assigning the default goals", insert_defaults)
+        seen_token = read.token
+        if inserted_ids:
+            seen_token = await self._cache_invalidate(user_id)
+        # A new statement, so that rows committed meanwhile by a concurrent first call are visible.
+        rows, pre = await self._db(
+            user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id))
+        await self._cache_fill(user_id, read, rows, pre, seen_token)
+        await self._cache_set_synced(user_id)
+        return len(inserted_ids), rows, pre
+
+    async def _catch_up(
+        self, user_id: str, rows: list[ProgressRow], pre: list[ProgressRow], now: datetime,
+    ) -> tuple[list[ProgressRow], list[ProgressRow]]:
+        """Bring stale active, not claimed rows into the current period (SPEC §7.3 step 3).
+
+        Errors are logged and the view is used instead: the next write catches the rows up.
+        """
+        plan = catch_up_targets(self._catalog.goals_by_id, rows, now)
+        if plan.is_empty:
+            return rows, pre
+        try:
+            async with self._store.connection() as conn:
+                changed = await self._queries.rows(conn, "rotation_catch_up", plan.query_params(user_id), _ROW)
+        except (StoreUnavailable, psycopg.Error) as error:
+            log.warning(
+                "rotation catch-up of user %r failed for goals %s; answering from the view: %s",
+                user_id, ", ".join(plan.goal_ids), error,
+            )
+            return rows, pre
+        if not changed:
+            return rows, pre
+        await self._cache_invalidate(user_id)
+        changed_by_id = {row.goal_id: row for row in changed}
+        return [changed_by_id.get(row.goal_id, row) for row in rows], pre
+
+    # -- set active (SPEC §7.5) --------------------------------------------------------------------
+
+    async def set_active(self, user_id: str, challenge_id: str, goal_id: str, is_active: bool) -> SetActiveResult:
+        """`PUT …/goals/{goal_id}/active`: upsert the row's `is_active`; idempotent."""
+        _require_ids(challenge_id, goal_id)
+        goal = self._goal_of(self._challenge(challenge_id), goal_id)
+        now = self._clock()
+        params = {
+            "user_id": user_id,
+            "goal_id": goal_id,
+            "challenge_id": challenge_id,
+            "namespace": self._namespace,
+            "is_active": is_active,
+            "expires_at": expires_at_for(goal, now),
+            "now": now,
+        }
+
+        async def upsert(conn: psycopg.AsyncConnection[Any]) -> ProgressRow | None:
+            return await self._queries.one(conn, "set_goal_active", params, _ROW)
+
+        row = await self._db(user_id, f"setting goal {goal_id!r} active={is_active}", upsert)
+        if row is None:
+            log.error("set_goal_active returned no row for user %r, goal %r", user_id, goal_id)
+            raise _internal_error()
+        await self._cache_invalidate(user_id)
+        return SetActiveResult(challenge_id, goal_id, row.is_active, row.assigned_at)
+
+    # -- selects (SPEC §7.6, §7.7) -------------------------------------------------------------------
+
+    async def batch_select(
+        self, user_id: str, challenge_id: str, goal_ids: Sequence[str], replace_existing: bool,
+    ) -> SelectResult:
+        """`POST …/goals/batch-select`: activate the listed goals (de-duplicated, all validated before
+        any write), optionally deactivating the challenge's other active goals."""
+        _require_ids(challenge_id)
+        if not goal_ids:
+            raise ApiError(400, "INVALID_REQUEST", "goal_ids cannot be empty")
+        challenge = self._challenge(challenge_id)
+        goals = [self._goal_of(challenge, goal_id) for goal_id in dict.fromkeys(goal_ids)]
+        return await self._select(user_id, challenge, goals, replace_existing, self._clock())
+
+    async def random_select(
+        self, user_id: str, challenge_id: str, count: int, replace_existing: bool, exclude_active: bool,
+    ) -> SelectResult:
+        """`POST …/goals/random-select`: activate up to `count` eligible goals chosen uniformly at
+        random (CSPRNG), then the batch-select write; `selected` is in catalog order."""
+        _require_ids(challenge_id)
+        if count <= 0:
+            raise ApiError(400, "INVALID_COUNT", "count must be greater than 0")
+        challenge = self._challenge(challenge_id)
+        now = self._clock()
+        rows_by_id = await self._db(
+            user_id, f"reading challenge {challenge_id!r} for random select",
+            lambda conn: self._read_challenge_rows(conn, user_id, challenge),
+        )
+        eligible = random_select_eligible(
+            challenge, rows_by_id, self._catalog.goals_by_id, now, exclude_active or replace_existing)
+        if not eligible:
+            raise ApiError(
+                400, "INSUFFICIENT_GOALS",
+                f"no goals available for selection (available: 0, requested: {count})",
+            )
+        chosen = secrets.SystemRandom().sample(eligible, min(count, len(eligible)))
+        chosen.sort(key=lambda goal: goal.position)
+        return await self._select(user_id, challenge, chosen, replace_existing, now)
+
+    async def _select(
+        self, user_id: str, challenge: Challenge, goals: Sequence[Goal], replace_existing: bool, now: datetime,
+    ) -> SelectResult:
+        """The batch-select write transaction (SPEC §7.6 step 2), then invalidation."""
+        challenge_id = challenge.challenge_id
+        goal_ids = [goal.goal_id for goal in goals]
+        activate_params = {
+            "user_id": user_id,
+            "namespace": self._namespace,
+            "goal_ids": goal_ids,
+            "challenge_ids": [challenge_id] * len(goals),
+            "expires_at": [expires_at_for(goal, now) for goal in goals],
+            "now": now,
+        }
+        # Prerequisites of the selected goals that `challenge_progress` does not return.
+        own_ids = {goal.goal_id for goal in challenge.goals}
+        external_ids = sorted({p for goal in goals for p in goal.prerequisites} - own_ids)
+
+        async def write(conn: psycopg.AsyncConnection[Any]) -> tuple[list[str], dict[str, ProgressRow]]:
+            async with conn.transaction():
+                deactivated: list[str] = []
+                if replace_existing:
+                    deactivated = [row["goal_id"] for row in await self._queries.rows(
+                        conn, "deactivate_challenge_goals",
+                        {"user_id": user_id, "challenge_id": challenge_id, "keep_goal_ids": goal_ids},
+                    )]
+                activated = await self._queries.rows(conn, "batch_set_goal_active", activate_params, _ROW)
+                rows = await self._queries.rows(
+                    conn, "challenge_progress", {"user_id": user_id, "challenge_id": challenge_id}, _ROW)
+                if external_ids:
+                    rows += await self._queries.rows(
+                        conn, "goals_by_ids", {"user_id": user_id, "goal_ids": external_ids}, _ROW)
+            rows_by_id = {row.goal_id: row for row in rows}
+            # The upsert's own rows win: they are the selected goals' rows after the write.
+            rows_by_id.update((row.goal_id, row) for row in activated)
+            return deactivated, rows_by_id
+
+        deactivated, rows_by_id = await self._db(
+            user_id, f"selecting goals {goal_ids} in challenge {challenge_id!r}", write)
+        await self._cache_invalidate(user_id)
+        goals_by_id = self._catalog.goals_by_id
+        replaced = tuple(
+            goal_id for goal_id in sorted(
+                (g for g in deactivated if g in goals_by_id), key=lambda g: goals_by_id[g].position)
+        )
+        total_active = sum(
+            1 for goal in challenge.goals
+            if (row := rows_by_id.get(goal.goal_id)) is not None and row.is_active
+        )
+        selected = tuple(self._state(goal, rows_by_id, now) for goal in goals)
+        return SelectResult(challenge_id, selected, total_active, replaced, now)
+
+    # -- claim (SPEC §7.8) ---------------------------------------------------------------------------
+
+    async def claim(self, user_id: str, challenge_id: str, goal_id: str) -> ClaimResult:
+        """`POST …/goals/{goal_id}/claim`: checks 1–10 of SPEC §5.4.7 in order, the reward grant and
+        the claimed mark in one transaction bounded by `claim_timeout_ms`, then invalidation."""
+        try:
+            result = await self._claim(user_id, challenge_id, goal_id)
+        except ApiError as error:
+            CLAIMS_TOTAL.labels(error.error_code).inc()
+            raise
+        CLAIMS_TOTAL.labels(CLAIM_RESULT_OK).inc()
+        return result
+
+    async def _claim(self, user_id: str, challenge_id: str, goal_id: str) -> ClaimResult:
+        _require_ids(challenge_id, goal_id)
+        challenge = self._challenge(challenge_id)
+        goal = self._catalog.goals_by_id.get(goal_id)
+        if goal is None or goal.challenge_id != challenge.challenge_id:
+            raise ApiError(
+                404, "GOAL_NOT_FOUND",
+                f"Goal not found or removed from config (goal_id: {goal_id}, challenge_id: {challenge_id})",
+            )
+        now = self._clock()
+        # The grant's deadline is on the granter's clock (monotonic); the timeout bounds everything else.
+        deadline = time.monotonic() + self._claim_timeout_s
+
+        async def claim_in_transaction(conn: psycopg.AsyncConnection[Any]) -> datetime:
+            async with conn.transaction():
+                row = await self._queries.one(
+                    conn, "progress_for_update", {"user_id": user_id, "goal_id": goal_id}, _ROW)
+                await self._check_claimable(conn, user_id, challenge_id, goal, row, now)
+                return await self._grant_and_mark(conn, user_id, goal, now, deadline)
+
+        try:
+            async with asyncio.timeout(self._claim_timeout_s):
+                claimed_at = await self._db(user_id, f"claiming goal {goal_id!r}", claim_in_transaction)
+        except TimeoutError:
+            log.warning(
+                "claim of goal %r by user %r did not finish within %g s (database lock or latency)",
+                goal_id, user_id, self._claim_timeout_s,
+            )
+            raise _unavailable() from None
+        await self._cache_invalidate(user_id)
+        return ClaimResult(goal_id, goal.reward, claimed_at)
+
+    async def _check_claimable(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        user_id: str,
+        challenge_id: str,
+        goal: Goal,
+        row: ProgressRow | None,
+        now: datetime,
+    ) -> None:
+        """Checks 4–9 of SPEC §5.4.7 on the locked row; the first failure raises."""
+        goal_id = goal.goal_id
+        if row is None:
+            raise _not_completed(goal_id, STATUS_NOT_STARTED)
+        if not row.is_active:
+            raise ApiError(
+                400, "GOAL_NOT_ACTIVE",
+                f"Goal must be active to claim reward. Activate it first via PUT "
+                f"/v1/challenges/{challenge_id}/goals/{goal_id}/active (goal_id: {goal_id})",
+            )
+        if claim_guard_rotated(goal, row, now):
+            raise ApiError(
+                400, "GOAL_ROTATED",
+                f"Goal has rotated and must be re-completed (goal_id: {goal_id}, challenge_id: {challenge_id})",
+            )
+        if row.status == STATUS_CLAIMED:
+            raise ApiError(
+                409, "ALREADY_CLAIMED",
+                f"Reward has already been claimed (goal_id: {goal_id}, "
+                f"claimed_at: {format_timestamp(row.claimed_at)})",
+            )
+        if row.status != STATUS_COMPLETED:
+            raise _not_completed(goal_id, row.status)
+        if goal.prerequisites:
+            prerequisite_rows = await self._queries.rows(
+                conn, "goals_by_ids", {"user_id": user_id, "goal_ids": list(goal.prerequisites)}, _ROW)
+            rows_by_id = {prerequisite.goal_id: prerequisite for prerequisite in prerequisite_rows}
+            if is_locked(goal, rows_by_id, self._catalog.goals_by_id, now):
+                raise ApiError(400, "GOAL_LOCKED", f"Prerequisites not completed (goal_id: {goal_id})")
+
+    async def _grant_and_mark(
+        self, conn: psycopg.AsyncConnection[Any], user_id: str, goal: Goal, now: datetime, deadline: float,
+    ) -> datetime:
+        """Check 10 and the final writes: generation → grant → record → mark claimed."""
+        generation_row = await self._queries.one(
+            conn, "next_claim_generation",
+            {"namespace": self._namespace, "user_id": user_id, "goal_id": goal.goal_id},
+        )
+        generation = int(generation_row["generation"]) if generation_row else 1
+        grant = RewardGrant(
+            namespace=self._namespace,
+            user_id=user_id,
+            challenge_id=goal.challenge_id,
+            goal_id=goal.goal_id,
+            generation=generation,
+            reward_type=goal.reward.type,
+            reward_id=goal.reward.reward_id,
+            quantity=goal.reward.quantity,
+        )
+        try:
+            attempts = await self._rewards.grant(grant, deadline)
+        except RewardGrantFailed as failure:
+            log.warning(
+                "reward grant failed for user %r, goal %r, idempotency key %s: %s",
+                user_id, goal.goal_id, grant.idempotency_key, failure.reason,
+            )
+            raise ApiError(502, "REWARD_GRANT_FAILED", failure.api_message()) from None
+        await self._queries.rows(conn, "insert_reward_grant", {
+            "namespace": self._namespace,
+            "user_id": user_id,
+            "goal_id": goal.goal_id,
+            "generation": generation,
+            "challenge_id": goal.challenge_id,
+            "idempotency_key": grant.idempotency_key,
+            "reward_type": goal.reward.type,
+            "reward_id": goal.reward.reward_id,
+            "quantity": goal.reward.quantity,
+            "mode": self._reward_mode,
+            "attempts": attempts,
+            "granted_at": now,
+        })
+        marked = await self._queries.one(
+            conn, "mark_claimed", {"user_id": user_id, "goal_id": goal.goal_id, "now": now})
+        if marked is None:
+            # Impossible under the row lock (status was checked as completed): roll the grant record back.
+            log.error("mark_claimed changed no row for user %r, goal %r under the row lock", user_id, goal.goal_id)
+            raise _internal_error()
+        claimed_at: datetime = marked["claimed_at"]
+        return claimed_at
+
+    # -- catalog lookups ---------------------------------------------------------------------------
+
+    def _challenge(self, challenge_id: str) -> Challenge:
+        challenge = self._catalog.challenges_by_id.get(challenge_id)
+        if challenge is None:
+            raise ApiError(404, "CHALLENGE_NOT_FOUND", f"challenge '{challenge_id}' not found")
+        return challenge
+
+    def _goal_of(self, challenge: Challenge, goal_id: str) -> Goal:
+        goal = self._catalog.goals_by_id.get(goal_id)
+        if goal is None or goal.challenge_id != challenge.challenge_id:
+            raise _goal_not_found(challenge.challenge_id, goal_id)
+        return goal
+
+    # -- states ------------------------------------------------------------------------------------
+
+    def _state(self, goal: Goal, rows_by_id: Mapping[str, ProgressRow], now: datetime) -> GoalState:
+        row = rows_by_id.get(goal.goal_id)
+        return GoalState(
+            goal, row, view(goal, row, now), is_locked(goal, rows_by_id, self._catalog.goals_by_id, now))
+
+    def _all_states(
+        self, challenge: Challenge, rows_by_id: Mapping[str, ProgressRow], now: datetime,
+    ) -> tuple[GoalState, ...]:
+        return tuple(self._state(goal, rows_by_id, now) for goal in challenge.goals)
+
+    @staticmethod
+    def _view_rows(rows: Sequence[ProgressRow], pre: Sequence[ProgressRow]) -> dict[str, ProgressRow]:
+        rows_by_id = {row.goal_id: row for row in pre}
+        rows_by_id.update((row.goal_id, row) for row in rows)
+        return rows_by_id
+
+    def _active_states(
+        self, rows: Sequence[ProgressRow], pre: Sequence[ProgressRow], now: datetime,
+    ) -> dict[str, tuple[GoalState, ...]]:
+        """Per challenge id, in catalog order: the goals with an active row."""
+        rows_by_id = self._view_rows(rows, pre)
+        return {
+            challenge.challenge_id: tuple(
+                self._state(goal, rows_by_id, now) for goal in challenge.goals
+                if (row := rows_by_id.get(goal.goal_id)) is not None and row.is_active
+            )
+            for challenge in self._catalog.challenges
+        }
+
+    def _assigned_states(
+        self, rows: Sequence[ProgressRow], pre: Sequence[ProgressRow], now: datetime,
+    ) -> tuple[GoalState, ...]:
+        rows_by_id = self._view_rows(rows, pre)
+        return tuple(
+            self._state(goal, rows_by_id, now) for goal in self._catalog.goals
+            if (row := rows_by_id.get(goal.goal_id)) is not None and row.is_active
+        )
+
+    # -- PostgreSQL reads --------------------------------------------------------------------------
+
+    async def _active_view(self, user_id: str) -> tuple[list[ProgressRow], list[ProgressRow]]:
+        """The user's active rows and the rows of their prerequisites: the cache when it holds a valid
+        entry, otherwise one `active_view` statement followed by a conditional fill (SPEC §8.3)."""
+        read = await self._cache_read(user_id, include_synced=False)
+        if read.entry is not None:
+            return list(read.entry.rows), list(read.entry.pre)
+        rows, pre = await self._db(
+            user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id))
+        await self._cache_fill(user_id, read, rows, pre, read.token)
+        return rows, pre
+
+    async def _read_active_view(
+        self, conn: psycopg.AsyncConnection[Any], user_id: str,
+    ) -> tuple[list[ProgressRow], list[ProgressRow]]:
+        """`active_view`, split into the active rows and the prerequisite rows an active goal needs."""
+        fetched = await self._queries.rows(
+            conn, "active_view", {"user_id": user_id, "prereq_goal_ids": self._prerequisite_ids}, _ROW)
+        rows = [row for row in fetched if row.is_active]
+        goals_by_id = self._catalog.goals_by_id
+        needed = {
+            prerequisite
+            for row in rows if (goal := goals_by_id.get(row.goal_id)) is not None
+            for prerequisite in goal.prerequisites
+        }
+        pre = [row for row in fetched if not row.is_active and row.goal_id in needed]
+        return rows, pre
+
+    async def _read_challenge_rows(
+        self, conn: psycopg.AsyncConnection[Any], user_id: str, challenge: Challenge,
+    ) -> dict[str, ProgressRow]:
+        """`challenge_progress`, plus `goals_by_ids` for prerequisites in other challenges (if any)."""
+        rows = await self._queries.rows(
+            conn, "challenge_progress", {"user_id": user_id, "challenge_id": challenge.challenge_id}, _ROW)
+        external = self._external_prerequisites[challenge.challenge_id]
+        if external:
+            rows += await self._queries.rows(
+                conn, "goals_by_ids", {"user_id": user_id, "goal_ids": external}, _ROW)
+        return {row.goal_id: row for row in rows}
+
+    async def _db(self, user_id: str, action: str, work: Work[T]) -> T:
+        """Run `work` on a pooled connection. A deadlock or serialization failure is retried once;
+        an unreachable, timed-out or persistently conflicting database becomes 503."""
+        for attempt in (1, 2):
+            try:
+                async with self._store.connection() as conn:
+                    return await work(conn)
+            except StoreUnavailable as error:
+                log.warning("database unavailable while %s for user %r: %s", action, user_id, error)
+                raise _unavailable() from None
+            except psycopg.Error as error:
+                sqlstate = error.sqlstate or ""
+                if sqlstate in _RETRYABLE_SQLSTATES and attempt == 1:
+                    log.info("retrying %s for user %r after SQLSTATE %s", action, user_id, sqlstate)
+                    # A short pause lets the surviving transaction take the locks we released and
+                    # finish; retrying at once can recreate the same deadlock with it.
+                    await asyncio.sleep(random.uniform(*_RETRY_PAUSE_S))
+                    continue
+                if sqlstate in _RETRYABLE_SQLSTATES or isinstance(error, psycopg.OperationalError):
+                    log.warning(
+                        "database error while %s for user %r (SQLSTATE %s): %s",
+                        action, user_id, sqlstate or "none", error,
+                    )
+                    raise _unavailable() from None
+                log.error(
+                    "unexpected database error while %s for user %r (SQLSTATE %s): %s",
+                    action, user_id, sqlstate or "none", error,
+                )
+                raise _internal_error() from error
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    # -- cache (never fails a request) ------------------------------------------------------------
+
+    async def _cache_read(self, user_id: str, include_synced: bool) -> CacheRead:
+        try:
+            return await self._cache.read_active(user_id, include_synced)
+        except Exception:  # the cache degrades by itself; anything else must not fail the request
+            log.exception("cache read failed for user %r; reading PostgreSQL", user_id)
+            return CacheRead(user_id, None, None, False, True, -1)
+
+    async def _cache_fill(
+        self,
+        user_id: str,
+        read: CacheRead,
+        rows: Sequence[ProgressRow],
+        pre: Sequence[ProgressRow],
+        seen_token: str | None,
+    ) -> None:
+        """Conditional fill (SPEC §8.3); `seen_token` is the read's token, or on the initialize slow
+        path the token of that path's own invalidation."""
+        try:
+            await self._cache.fill_active(user_id, read, rows, pre, seen_token)
+        except Exception:
+            log.exception("cache fill failed for user %r", user_id)
+
+    async def _cache_invalidate(self, user_id: str) -> str | None:
+        try:
+            return await self._cache.invalidate(user_id)
+        except Exception:
+            log.exception("cache invalidation failed for user %r", user_id)
+            return None
+
+    async def _cache_set_synced(self, user_id: str) -> None:
+        try:
+            await self._cache.set_synced(user_id)
+        except Exception:
+            log.exception("setting the synced marker failed for user %r", user_id)
