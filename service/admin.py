@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -49,20 +49,30 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 def create_admin_app(
     readiness: Readiness,
     admin_token: str | None,
-    describe_config: Callable[[], dict[str, Any]],
+    json_views: Mapping[str, Callable[[], dict[str, Any]]],
+    reset_peaks: Callable[[], None],
 ) -> ASGIApp:
-    """`describe_config()` returns the `/admin/config` body (settings with sources, secrets masked)."""
+    """`json_views` maps admin paths (`/admin/config`, `/admin/pool`, `/admin/cache`, ...) to functions
+    returning their JSON body; each is served on GET. `POST /admin/reset-peaks` calls `reset_peaks`."""
+
+    async def reset(request: Request) -> Response:
+        reset_peaks()
+        return Response(status_code=204)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    async def config(request: Request) -> Response:
-        return json_response(describe_config())
+    def json_route(path: str, view: Callable[[], dict[str, Any]]) -> Route:
+        async def endpoint(request: Request) -> Response:
+            return json_response(view())
+
+        return Route(path, endpoint, methods=["GET"])
 
     routes = [
         *health_routes(readiness),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/admin/config", config, methods=["GET"]),
+        Route("/admin/reset-peaks", reset, methods=["POST"]),
+        *(json_route(path, view) for path, view in json_views.items()),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
     return AdminTokenGuard(app, admin_token)

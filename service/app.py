@@ -21,19 +21,23 @@ import uvicorn
 
 from service import __version__
 from service.admin import create_admin_app
-from service.cache import open_redis
+from service.auth import AuthConfig, Authenticator, auth_config_from_settings, ensure_embedded_secret
+from service.cache import Cache, open_redis
 from service.cache import ping as ping_redis
 from service.catalog import Catalog, CatalogError, load_catalog
 from service.embedded import EmbeddedServers, connection_help
+from service.events import IngestConfig, Ingestor
 from service.grpc_api import create_grpc_server
 from service.health import Readiness
-from service.http_api import create_http_app
+from service.http_api import create_http_app, player_routes
 from service.metrics import BUILD_INFO
 from service.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
+from service.players import Players
 from service.registry import RegistryError, load_registry
 from service.resources import example_catalog_path
-from service.settings import Settings, SettingsError, validate_for_serve
-from service.store import PoolConfig, Store, StoreUnavailable, open_pool
+from service.settings import Settings, SettingsError, is_loopback, validate_for_serve
+from service.rewards import RewardConfig, RewardGranter
+from service.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
 
 log = logging.getLogger("challengectl.serve")
 
@@ -137,6 +141,14 @@ def start_dependencies(settings: Settings) -> Dependencies:
     return deps
 
 
+def embedded_jwt_secret(settings: Settings, deps: Dependencies) -> Path | None:
+    """In embedded mode with no key source configured, the data dir's HS256 secret (created 0600)."""
+    has_key_source = settings.jwt_secret or settings.jwt_secret_file or settings.jwt_jwks_url
+    if settings.auth != "jwt" or has_key_source or not deps.embedded:
+        return None
+    return ensure_embedded_secret(settings.resolved_data_dir())
+
+
 def wait_for_database(database_url: str, timeout_s: float) -> None:
     """Retry PostgreSQL until it answers or `startup_timeout_s` passes (then exit code 5)."""
     deadline = time.monotonic() + timeout_s
@@ -171,7 +183,9 @@ def prepare_schema(settings: Settings, database_url: str) -> None:
 def bind_socket(host: str, port: int, what: str) -> socket.socket:
     """Bind before serving, so a taken port is a clear startup error instead of a log line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when the proto says TCP;
+    # without it, Nagle + delayed ACK add ~40 ms to every response written in two parts.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -206,16 +220,15 @@ def _uvicorn(app: Any) -> _Server:
 
 @dataclass
 class Service:
-    """The running service: what `run()` started and `shutdown()` stops."""
+    """The running service: what `run()` starts and stops again on shutdown."""
 
     settings: Settings
     catalog: Catalog
     deps: Dependencies
+    auth_config: AuthConfig
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    store: Store | None = None
-    redis: Any = None
-    readiness: Readiness | None = None
     schema_version: int = 0
+    unflushed: int = 0  # buffered entries left when the shutdown drain timed out (exit status 1)
 
     def describe_config(self) -> dict[str, Any]:
         """The `/admin/config` body (SPEC §5.6)."""
@@ -235,40 +248,69 @@ class Service:
         return body
 
     async def run(self, stop: asyncio.Event) -> None:
-        settings = self.settings
+        """Open the pools and clients, start the servers, and tear everything down in reverse order."""
+        async with contextlib.AsyncExitStack() as resources:
+            await self._serve(stop, resources)
+
+    async def _serve(self, stop: asyncio.Event, resources: contextlib.AsyncExitStack) -> None:
+        settings, catalog = self.settings, self.catalog
         self.schema_version = max((m.version for m in discover_migrations()), default=0)
-        pool_config = PoolConfig(
-            min_size=settings.db_pool_min, max_size=settings.db_pool_max,
-            timeout_ms=settings.db_pool_timeout_ms, statement_timeout_ms=settings.db_statement_timeout_ms,
-            max_lifetime_s=settings.db_conn_max_lifetime_s, max_idle_s=settings.db_conn_max_idle_s,
-        )
         try:
-            pool = await open_pool(self.deps.database_url, "service", pool_config)
+            pool = await open_pool(self.deps.database_url, "service", _pool_config(settings))
         except StoreUnavailable as exc:
             raise StartupError(str(exc), 5, "check DATABASE_URL") from None
-        self.store = Store(pool)
+        store = Store(pool)
+        resources.push_async_callback(store.close)
+        redis = None
         if self.deps.redis_url:
-            self.redis = open_redis(self.deps.redis_url, settings.redis_pool_max, settings.redis_timeout_ms)
-        store, redis = self.store, self.redis
-        self.readiness = Readiness(
+            redis = open_redis(self.deps.redis_url, settings.redis_pool_max, settings.redis_timeout_ms)
+            resources.push_async_callback(redis.aclose)
+        cache = Cache(redis, settings.redis_key_prefix, catalog.fingerprint, settings.cache_ttl_s,
+                      settings.synced_ttl_s, settings.cache_journal_max, settings.redis_probe_interval_ms)
+        cache.start()
+        resources.push_async_callback(cache.stop)
+        authenticator = Authenticator(self.auth_config)
+        resources.push_async_callback(authenticator.close)
+        await authenticator.start()
+        rewards = RewardGranter(RewardConfig.from_settings(settings))
+        resources.push_async_callback(rewards.close)
+        queries = Queries(load_registry())
+        players = Players(catalog, store, queries, cache, rewards, settings.namespace,
+                          settings.reward_mode, settings.claim_timeout_ms)
+        try:
+            flusher_pool = await open_pool(self.deps.database_url, "flusher", _flusher_pool_config(settings))
+        except StoreUnavailable as exc:
+            raise StartupError(str(exc), 5, "check DATABASE_URL") from None
+        flusher_store = Store(flusher_pool)
+        resources.push_async_callback(flusher_store.close)
+        ingestor = Ingestor(IngestConfig.from_settings(settings), catalog, flusher_store, queries, cache)
+        await ingestor.start()
+
+        readiness = Readiness(
             ping_database=store.ping,
             read_schema_version=store.schema_version,
             expected_schema_version=self.schema_version,
             ping_redis=(lambda: ping_redis(redis)) if redis is not None else None,
             redis_required=settings.readyz_redis == "required",
+            flusher_failing_since=lambda: ingestor.flusher_failing_since,
         )
-        BUILD_INFO.labels(__version__, self.catalog.fingerprint, settings.ack_mode).set(1)
-
+        BUILD_INFO.labels(__version__, catalog.fingerprint, settings.ack_mode).set(1)
+        admin_views = {
+            "/admin/config": self.describe_config,
+            "/admin/pool": lambda: {"db": store.stats(), "redis": cache.redis_pool_stats()},
+            "/admin/cache": cache.stats,
+            "/admin/buffer": ingestor.buffer_stats,
+        }
+        routes = player_routes(players, authenticator, catalog, settings.base_path, settings.http_max_body_bytes)
         http_socket = bind_socket(settings.http_host, settings.http_port, "player API")
         admin_socket = bind_socket(settings.admin_host, settings.admin_port, "admin API")
-        http_server = _uvicorn(
-            create_http_app(self.readiness, settings.base_path, self.catalog.fingerprint))
-        admin_server = _uvicorn(
-            create_admin_app(self.readiness, settings.admin_token, self.describe_config))
+        http_server = _uvicorn(create_http_app(readiness, settings.base_path, catalog.fingerprint, routes))
+        admin_server = _uvicorn(create_admin_app(readiness, settings.admin_token, admin_views, ingestor.reset_peaks))
         try:
             grpc_server, grpc_health = create_grpc_server(
                 settings.grpc_host, settings.grpc_port, settings.grpc_max_message_bytes,
-                settings.grpc_max_concurrent_rpcs)
+                settings.grpc_max_concurrent_rpcs, ingestor=ingestor, ingest_max_batch=settings.ingest_max_batch,
+                ack_mode=settings.ack_mode, grpc_token=settings.grpc_token)
         except OSError as exc:
             raise StartupError(str(exc), 1, "pick another port with --grpc-port") from None
         await grpc_server.start()
@@ -276,41 +318,27 @@ class Service:
             asyncio.create_task(http_server.serve(sockets=[http_socket]), name="http"),
             asyncio.create_task(admin_server.serve(sockets=[admin_socket]), name="admin"),
         ]
-        poller = asyncio.create_task(self._follow_readiness(grpc_health), name="readiness")
+        poller = asyncio.create_task(_follow_readiness(readiness, grpc_health), name="readiness")
         self._announce()
         try:
             await _wait_for_stop_or_crash(stop, tasks)
         finally:
             log.info("shutting down")
-            self.readiness.shutting_down = True
+            readiness.shutting_down = True
             await grpc_health.set_ready(False)
             await grpc_server.stop(SERVER_STOP_GRACE_S)
             for server in (http_server, admin_server):
                 server.should_exit = True
             await asyncio.wait(tasks, timeout=SERVER_STOP_GRACE_S + 1)
             poller.cancel()
-            await self.close()
-
-    async def _follow_readiness(self, grpc_health: Any) -> None:
-        """Poll readiness so gRPC health reports the same verdict as /readyz (SPEC §6.1)."""
-        assert self.readiness is not None
-        while True:
-            ready, _ = await self.readiness.check()
-            await grpc_health.set_ready(ready)
-            await asyncio.sleep(READINESS_POLL_S)
-
-    async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
-        if self.store is not None:
-            await self.store.close()
+            self.unflushed = await ingestor.drain_and_stop(settings.shutdown_timeout_s)
 
     def _announce(self) -> None:
         """Tell the operator where everything listens, and how to connect to the embedded servers."""
         s = self.settings
         lines = [
             f"challengectl {__version__} serving (catalog {self.catalog.path}, fingerprint {self.catalog.fingerprint})",
-            f"  player API  {s.resolved_api_url()}",
+            f"  player API  {s.resolved_api_url()}   (OpenAPI: {s.resolved_api_url()}/openapi.json)",
             f"  gRPC        {s.grpc_host}:{s.grpc_port}",
             f"  admin       http://{s.admin_host}:{s.admin_port}",
         ]
@@ -324,6 +352,31 @@ class Service:
         print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def _flusher_pool_config(settings: Settings) -> PoolConfig:
+    """One connection per flush partition: each partition flushes sequentially (SPEC §6.7)."""
+    return PoolConfig(
+        min_size=1, max_size=settings.flush_workers, timeout_ms=settings.db_pool_timeout_ms,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+        max_lifetime_s=settings.db_conn_max_lifetime_s, max_idle_s=settings.db_conn_max_idle_s,
+    )
+
+
+def _pool_config(settings: Settings) -> PoolConfig:
+    return PoolConfig(
+        min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+        timeout_ms=settings.db_pool_timeout_ms, statement_timeout_ms=settings.db_statement_timeout_ms,
+        max_lifetime_s=settings.db_conn_max_lifetime_s, max_idle_s=settings.db_conn_max_idle_s,
+    )
+
+
+async def _follow_readiness(readiness: Readiness, grpc_health: Any) -> None:
+    """Poll readiness so gRPC health reports the same verdict as /readyz (SPEC §6.1)."""
+    while True:
+        ready, _ = await readiness.check()
+        await grpc_health.set_ready(ready)
+        await asyncio.sleep(READINESS_POLL_S)
+
+
 async def _wait_for_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task]) -> None:
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -333,7 +386,7 @@ async def _wait_for_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task]
             raise StartupError(f"{task.get_name()} server failed: {task.exception()}", 1)
 
 
-async def _serve_until_signalled(service: Service) -> None:
+async def _serve_until_signalled(service: Service) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen = 0
@@ -350,6 +403,10 @@ async def _serve_until_signalled(service: Service) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     await service.run(stop)
+    if service.unflushed:
+        log.error("exiting with %d buffered entries unflushed", service.unflushed)
+        return 1
+    return 0
 
 
 def serve(settings: Settings) -> int:
@@ -364,8 +421,12 @@ def serve(settings: Settings) -> int:
             load_registry()
         except RegistryError as exc:
             raise StartupError(f"named-query registry: {exc}", 2) from None
-        asyncio.run(_serve_until_signalled(Service(settings, catalog, deps)))
+        auth_config = auth_config_from_settings(settings, embedded_jwt_secret(settings, deps))
+        if not settings.grpc_token and not is_loopback(settings.grpc_host):
+            log.warning("grpc_token is unset while gRPC listens on %s: anyone who can reach it can send events",
+                        settings.grpc_host)
+        exit_code = asyncio.run(_serve_until_signalled(Service(settings, catalog, deps, auth_config)))
     finally:
         deps.stop()
     log.info("stopped")
-    return 0
+    return exit_code

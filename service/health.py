@@ -27,7 +27,8 @@ class Readiness:
     ping_redis: Callable[[], Awaitable[float]] | None  # None: cache disabled
     redis_required: bool = True
     shutting_down: bool = False
-    flusher_failing_since: float | None = None  # monotonic time of the first failure in a row
+    # Monotonic time of the first failure of the flusher's current failing streak, or None.
+    flusher_failing_since: Callable[[], float | None] = lambda: None
     _schema_version: int | None = None
     _database_was_down: bool = True
     _listeners: list[Callable[[bool], None]] = field(default_factory=list)
@@ -67,9 +68,8 @@ class Readiness:
                 if self.redis_required:
                     failing.append("redis")
 
-        flusher_ok = self.flusher_failing_since is None or (
-            time.monotonic() - self.flusher_failing_since < FLUSHER_FAILURE_LIMIT_S
-        )
+        failing_since = self.flusher_failing_since()
+        flusher_ok = failing_since is None or time.monotonic() - failing_since < FLUSHER_FAILURE_LIMIT_S
         checks["flusher"] = {"ok": flusher_ok}
         if not flusher_ok:
             checks["flusher"]["error"] = "flushes failing for more than 10 s"

@@ -1,0 +1,138 @@
+"""Player API throughput and latency, with the Redis cache on and off, measured with wrk.
+
+Starts `challengectl serve` (embedded PostgreSQL/Redis in a temporary data dir unless DATABASE_URL /
+REDIS_URL are set), initializes USERS players, then runs wrk against each hot endpoint with every
+request carrying one of those players' tokens. The same run is repeated with REDIS_URL=disabled, so the
+two columns compare the cache against PostgreSQL-only reads on the same machine in the same run.
+
+    python bench/player_api.py [--users 200] [--duration 10] [--connections 32]
+
+Needs `wrk` (Debian package `wrk`). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from service.auth import mint_token  # noqa: E402
+from service.resources import example_catalog_path  # noqa: E402
+
+SECRET = "bench-secret-" + "x" * 32
+PORT, GRPC_PORT, ADMIN_PORT = 18000, 16565, 18080
+SCENARIOS = {
+    "GET /v1/challenges?active_only=true": ("GET", "/challenge/v1/challenges?active_only=true"),
+    "GET /v1/challenges": ("GET", "/challenge/v1/challenges"),
+    "POST /v1/challenges/initialize (returning)": ("POST", "/challenge/v1/challenges/initialize"),
+}
+WRK_SCRIPT = """
+tokens = {%s}
+method = "%s"
+path = "%s"
+counter = 0
+request = function()
+  counter = counter + 1
+  local token = tokens[(counter %% #tokens) + 1]
+  return wrk.format(method, path, {["Authorization"] = "Bearer " .. token, ["Content-Length"] = "0"})
+end
+"""
+
+
+def start_service(data_dir: Path, redis_disabled: bool) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")}
+    env.update(PYTHONPATH=str(REPO_ROOT), CHALLENGE_DATA_DIR=str(data_dir), CHALLENGE_JWT_SECRET=SECRET,
+               CHALLENGE_HTTP_PORT=str(PORT), CHALLENGE_GRPC_PORT=str(GRPC_PORT),
+               CHALLENGE_ADMIN_PORT=str(ADMIN_PORT), CHALLENGE_LOG_LEVEL="warning",
+               CHALLENGE_CATALOG_PATH=str(example_catalog_path()))
+    if redis_disabled:
+        env["REDIS_URL"] = "disabled"
+    process = subprocess.Popen([sys.executable, "-m", "challengectl", "serve"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise SystemExit("the service did not become ready")
+
+
+def initialize(tokens: list[str]) -> None:
+    for token in tokens:
+        request = urllib.request.Request(f"http://127.0.0.1:{PORT}/challenge/v1/challenges/initialize",
+                                         method="POST", data=b"", headers={"Authorization": f"Bearer {token}"})
+        urllib.request.urlopen(request, timeout=10).read()
+
+
+def run_wrk(tokens: list[str], method: str, path: str, duration: int, connections: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % (", ".join(json.dumps(t) for t in tokens), method, path))
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name,
+         f"http://127.0.0.1:{PORT}{path}"], capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    if "Non-2xx" in output:
+        raise SystemExit(f"non-2xx answers during the run:\n{output}")
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        **{f"p{p}": _ms(re.search(rf"^\s+{p}%\s+(\S+)", output, re.M).group(1)) for p in (50, 90, 99)},
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def measure(redis_disabled: bool, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    base = Path(tempfile.mkdtemp(prefix="challengectl-bench-"))
+    process = start_service(base / "data", redis_disabled)
+    try:
+        tokens = [mint_token(SECRET.encode(), f"bench-{i}", ttl_s=3600) for i in range(args.users)]
+        initialize(tokens)
+        return {name: run_wrk(tokens, method, path, args.duration, args.connections)
+                for name, (method, path) in SCENARIOS.items()}
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    cached = measure(False, args)
+    uncached = measure(True, args)
+    print(f"users={args.users} connections={args.connections} duration={args.duration}s, 1 service process, "
+          f"{os.cpu_count()} cores shared with wrk and the databases")
+    print("| endpoint | cache on: req/s | p50 ms | p99 ms | cache off: req/s | p50 ms | p99 ms | throughput ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in SCENARIOS:
+        on, off = cached[name], uncached[name]
+        print(f"| {name} | {on['rps']:.0f} | {on['p50']:.2f} | {on['p99']:.2f} | {off['rps']:.0f} | "
+              f"{off['p50']:.2f} | {off['p99']:.2f} | {on['rps'] / off['rps']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
