@@ -290,6 +290,7 @@ class Ingestor:
         release the waiting calls (§6.13). Returns the number of entries left unflushed at the timeout;
         their commit-mode callers get UNAVAILABLE."""
         self._stopping = True
+        buffered = sum(len(partition.entries) for partition in self._partitions)
         if not self._tasks:
             await self.start()
         for flusher in self._flushers:
@@ -302,6 +303,7 @@ class Ingestor:
             self._renewal_task.cancel()
             await asyncio.gather(self._renewal_task, return_exceptions=True)
         left = [entry for partition in self._partitions for entry in partition.entries.values()]
+        log.info("shutdown: flushed %d buffered entries, %d left", max(buffered - len(left), 0), len(left))
         if left:
             events = sum(entry.events for entry in left)
             if self._commit_mode:

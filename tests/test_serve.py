@@ -13,15 +13,19 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import psutil
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.auth import mint_token
+from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.resources import example_catalog_path
 from tests.servers import PrivateRedis, free_port
 
@@ -239,3 +243,68 @@ def test_startup_refuses_a_taken_port(pg_url: str, redis_url: str) -> None:
     assert clash.stderr.splitlines()[-2].startswith("Error: cannot listen on 127.0.0.1:")
     assert clash.stderr.splitlines()[-1].startswith("Hint: ")
     assert "Traceback" not in clash.stderr
+
+
+def _player_call(serve: ServeProcess, token: str, method: str, path: str) -> dict:
+    request = urllib.request.Request(serve.api(f"/challenge{path}"), method=method,
+                                     data=b"" if method == "POST" else None,
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _publish_logins(serve: ServeProcess, user: str, count: int) -> ingest_pb2.PublishResult:
+    events = [ingest_pb2.Event(id=str(uuid.uuid4()), user_id=user, kind=ingest_pb2.EVENT_KIND_LOGIN)
+              for _ in range(count)]
+    with grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}") as channel:
+        stub = ingest_pb2_grpc.EventIngestStub(channel)
+        return stub.Publish(ingest_pb2.EventBatch(batch_id="b", events=events), timeout=10)
+
+
+def _welcome_progress(goals: list[dict]) -> int:
+    return next(goal["progress"] for goal in goals if goal["goalId"] == "s1-welcome")
+
+
+def test_committed_events_show_in_the_next_cached_read(pg_url: str, redis_url: str, redis_prefix: str) -> None:
+    secret = "e2e-secret-" + "x" * 32
+    env = base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=secret,
+                   CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)
+    serve = ServeProcess(env).start()
+    user = f"events-{uuid.uuid4().hex[:8]}"
+    token = mint_token(secret.encode(), user)
+    try:
+        serve.wait_ready()
+        _player_call(serve, token, "POST", "/v1/challenges/initialize")
+        listing = _player_call(serve, token, "GET", "/v1/challenges?active_only=true")  # fills the cache
+        assert _welcome_progress(listing["challenges"][0]["goals"]) == 0
+        result = _publish_logins(serve, user, 3)
+        assert (result.accepted, result.committed) == (3, True)
+        listing = _player_call(serve, token, "GET", "/v1/challenges?active_only=true")
+        assert _welcome_progress(listing["challenges"][0]["goals"]) == 3
+        cache = http_get(serve.admin("/admin/cache"))[1]
+        assert cache["invalidations"] >= 1 and cache["hits"] >= 1
+    finally:
+        assert serve.stop()[0] == 0
+
+
+def test_shutdown_flushes_buffered_events(pg_url: str, redis_url: str) -> None:
+    secret = "e2e-secret-" + "x" * 32
+    env = base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=secret,
+                   CHALLENGE_ACK_MODE="buffered", CHALLENGE_FLUSH_INTERVAL_MS="60000")
+    serve = ServeProcess(env).start()
+    user = f"drain-{uuid.uuid4().hex[:8]}"
+    token = mint_token(secret.encode(), user)
+    try:
+        serve.wait_ready()
+        _player_call(serve, token, "POST", "/v1/challenges/initialize")
+        result = _publish_logins(serve, user, 4)
+        assert (result.accepted, result.committed) == (4, False)
+        assert http_get(serve.admin("/admin/buffer"))[1]["entries"] == 1
+    finally:
+        code, seconds, stderr = serve.stop(signal.SIGTERM)
+    assert code == 0, stderr
+    assert "shutdown: flushed 1 buffered entries, 0 left" in stderr
+    with psycopg.connect(pg_url) as conn:
+        progress = conn.execute("SELECT progress FROM user_goal_progress WHERE user_id = %s AND goal_id = %s",
+                                (user, "s1-welcome")).fetchone()
+    assert progress == (4,)
