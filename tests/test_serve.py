@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,3 +309,31 @@ def test_shutdown_flushes_buffered_events(pg_url: str, redis_url: str) -> None:
         progress = conn.execute("SELECT progress FROM user_goal_progress WHERE user_id = %s AND goal_id = %s",
                                 (user, "s1-welcome")).fetchone()
     assert progress == (4,)
+
+
+def test_parallel_http_claims_succeed_exactly_once(pg_url: str, redis_url: str) -> None:
+    secret = "e2e-secret-" + "x" * 32
+    serve = ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=secret)).start()
+    user = f"claims-{uuid.uuid4().hex[:8]}"
+    token = mint_token(secret.encode(), user)
+
+    def claim(_: int) -> int:
+        try:
+            _player_call(serve, token, "POST", "/v1/challenges/season-1/goals/s1-welcome/claim")
+            return 200
+        except urllib.error.HTTPError as error:
+            assert json.loads(error.read())["errorCode"] == "ALREADY_CLAIMED"
+            return error.code
+
+    try:
+        serve.wait_ready()
+        _player_call(serve, token, "POST", "/v1/challenges/initialize")
+        assert _publish_logins(serve, user, 1).accepted == 1
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            statuses = sorted(pool.map(claim, range(20)))
+    finally:
+        assert serve.stop()[0] == 0
+    assert statuses == [200] + [409] * 19
+    with psycopg.connect(pg_url) as conn:
+        grants = conn.execute("SELECT generation FROM reward_grants WHERE user_id = %s", (user,)).fetchall()
+    assert grants == [(1,)]
