@@ -48,6 +48,7 @@ from service.event_metrics import (
 )
 from service.flusher import FlushTotals, PartitionFlusher
 from service.routing import GoalRouting
+from service.rules import utc_now
 from service.settings import Settings
 from service.store import Queries, Store
 
@@ -174,9 +175,6 @@ class IngestConfig:
         return -(-self.buffer_max_entries // self.flush_workers)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
 
 # (index in the call, user id, source, value (None for login), inc, event id, timestamp)
 _Candidate = tuple[int, str, str, int | None, int, str, float | None]
@@ -238,7 +236,7 @@ class Ingestor:
         store: Store,
         queries: Queries,
         cache: Cache,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if not 1 <= config.flush_workers <= 32:
             raise ValueError(f"flush_workers must be between 1 and 32, got {config.flush_workers}")

@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
@@ -34,6 +34,7 @@ from service.payloads import (
     read_body,
 )
 from service.responses import ResponseWriter
+from service.rules import utc_now
 
 if TYPE_CHECKING:  # the use cases import the store and cache; the routes only call their methods
     from service.players import Players
@@ -79,9 +80,6 @@ _TRUE_VALUES = frozenset(("true", "1"))
 _FALSE_VALUES = frozenset(("false", "0", ""))
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
 
 def _json(body: bytes) -> Response:
     return Response(body, media_type=JSON_TYPE)
@@ -123,7 +121,7 @@ def player_routes(
     catalog: Catalog,
     base_path: str,
     max_body_bytes: int,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Callable[[], datetime] = utc_now,
 ) -> list[Route]:
     """The player endpoints and `{base_path}/openapi.json`, for `create_http_app(player_routes=...)`.
 

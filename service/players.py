@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -43,6 +43,7 @@ from service.rules import (
     period_after,
     period_start,
     random_select_eligible,
+    utc_now,
     view,
 )
 from service.store import Queries, Store, StoreUnavailable
@@ -137,9 +138,6 @@ Work = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 _ROW = class_row(ProgressRow)
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
 
 def _unavailable() -> ApiError:
     return ApiError(503, "DEPENDENCY_UNAVAILABLE", DB_ERROR_MESSAGE)
@@ -186,7 +184,7 @@ class Players:
         namespace: str,
         reward_mode: str,
         claim_timeout_ms: int,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._catalog = catalog
         self._store = store

@@ -84,6 +84,11 @@ _RESET_VIEW = NO_ROW_VIEW
 # --- time and rotation periods (SPEC §7.1) -------------------------------------------------------
 
 
+def utc_now() -> datetime:
+    """The current instant, aware UTC: the default clock of the use cases, the flusher and the routes."""
+    return datetime.now(UTC)
+
+
 def _as_utc(t: datetime) -> datetime:
     if t.tzinfo is None:
         raise ValueError(
