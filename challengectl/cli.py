@@ -1,24 +1,41 @@
-"""The typer root app: global options, the command groups, and the mapping of failures to
-`Error:`/`Hint:` lines and exit codes (SPEC §10)."""
+"""The typer root app: global options (SPEC §9.3), the wiring of the command groups, and `main`, which
+turns every failure into `Error:`/`Hint:` lines and an exit code (SPEC §10.5, §10.6).
+
+Command modules plug in with a `register(app: typer.Typer) -> None` function (adding their commands,
+sub-apps and hidden aliases); `COMMAND_MODULES` lists them in one place. A listed module that does not
+exist yet is skipped, so command groups can land independently.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
 import sys
-from dataclasses import dataclass, field
+import traceback
 from typing import Any, Optional
 
 import click
 import typer
 
-from challengectl.commands import db as db_commands
-from challengectl.commands import serve as serve_commands
-from challengectl.errors import EXIT_INTERRUPTED, EXIT_USAGE, CliError
-from service.settings import Settings, SettingsError, load_settings
-
-EXIT_CODES_EPILOG = (
-    "Exit codes: 0 success; 1 operation failed; 2 usage or configuration error; 3 not found; "
-    "4 authentication failed; 5 dependency unavailable; 99 a gate failed; 130 interrupted."
+from challengectl.context import (
+    CliContext,
+    config_file_warning,
+    parse_duration,
+    secret_flag_warnings,
+    timeout_setting,
 )
+from challengectl.errors import EXIT_CODES_TABLE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from challengectl.output import FORMATS, resolve_format, to_json
+from service.settings import MASK
+
+COMMAND_MODULES = (
+    "serve", "doctor", "version", "config", "completion", "token", "users", "challenges", "goals",
+    "events", "watch", "explain", "pool", "cache", "db", "loadtest",
+)
+
+# click rewraps help paragraphs; `\b` keeps this one as written.
+EXIT_CODES_EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES_TABLE)
 
 app = typer.Typer(
     name="challengectl",
@@ -30,73 +47,165 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-
-@dataclass
-class GlobalOptions:
-    """Options given before the command; they are the `flag` layer of the settings (SPEC §9.1)."""
-
-    flags: dict[str, Any] = field(default_factory=dict)
-    debug: bool = False
-    quiet: bool = False
-
-    def settings(self, **command_flags: Any) -> Settings:
-        """Settings with the command's own flags over the global ones."""
-        merged = {**self.flags, **{k: v for k, v in command_flags.items() if v is not None}}
-        try:
-            return load_settings(merged)
-        except SettingsError as exc:
-            raise CliError(str(exc), "see 'challengectl config show' for every setting and its source",
-                           EXIT_USAGE) from None
+# The CliContext of the running invocation, so `main` can honour -o json / --debug for errors.
+_invocation: CliContext | None = None
+# Security warnings about the invocation (secrets given as flags, a readable config file).
+_pending_warnings: list[str] = []
 
 
 @app.callback()
 def root(
     ctx: typer.Context,
-    config_file: Optional[str] = typer.Option(None, "--config-file", help="TOML config file [env: CHALLENGE_CONFIG_FILE]"),
-    profile: Optional[str] = typer.Option(None, "--profile", help="config file profile [env: CHALLENGE_PROFILE]"),
-    database_url: Optional[str] = typer.Option(None, "--database-url", help="PostgreSQL URL [env: DATABASE_URL]"),
-    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Redis URL, or 'disabled' [env: REDIS_URL]"),
+    api_url: Optional[str] = typer.Option(None, "--api-url", help="player REST API base URL, e.g. http://127.0.0.1:8000/challenge [env: CHALLENGE_API_URL]"),
+    grpc_addr: Optional[str] = typer.Option(None, "--grpc-addr", help="gRPC ingest address host:port [env: CHALLENGE_GRPC_ADDR]"),
+    admin_url: Optional[str] = typer.Option(None, "--admin-url", help="admin API URL [env: CHALLENGE_ADMIN_URL]"),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="PostgreSQL URL; unset: the embedded one [env: DATABASE_URL]"),
+    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Redis URL, or 'disabled'; unset: the embedded one [env: REDIS_URL]"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="embedded servers and JWT secret [env: CHALLENGE_DATA_DIR]"),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="table|json|yaml|csv|text [env: CHALLENGE_OUTPUT]"),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress output"),
-    debug: Optional[bool] = typer.Option(None, "--debug", help="show tracebacks [env: CHALLENGE_DEBUG]"),
+    token: Optional[str] = typer.Option(None, "--token", help="player JWT (prefer the env var: flags show in ps) [env: CHALLENGE_TOKEN]"),
+    user: Optional[str] = typer.Option(None, "--user", help="player id for player commands [env: CHALLENGE_USER]"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help=f"{'|'.join(FORMATS)}; default table on a TTY, json when piped [env: CHALLENGE_OUTPUT]"),
+    no_headers: bool = typer.Option(False, "--no-headers", help="omit table and CSV headers"),
+    color: Optional[bool] = typer.Option(None, "--color/--no-color", help="force or disable colour [env: NO_COLOR, FORCE_COLOR, CLICOLOR_FORCE]", show_default=False),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bars or status output"),
+    debug: Optional[bool] = typer.Option(None, "--debug", help="tracebacks and a curl/grpcurl line per call [env: CHALLENGE_DEBUG]", show_default=False),
+    timeout: Optional[str] = typer.Option(None, "--timeout", help="request timeout <n>[ms|s|m|h|d], default 10s [env: CHALLENGE_TIMEOUT_S]"),
+    config_file: Optional[str] = typer.Option(None, "--config-file", help="TOML config file, default $XDG_CONFIG_HOME/challengectl/config.toml [env: CHALLENGE_CONFIG_FILE]"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="config file profile [profiles.NAME] [env: CHALLENGE_PROFILE]"),
 ) -> None:
     """Run, drive and diagnose the challenge service."""
-    flags = {"config_file": config_file, "profile": profile, "database_url": database_url,
-             "redis_url": redis_url, "data_dir": data_dir, "output": output, "debug": debug}
-    ctx.obj = GlobalOptions(flags={k: v for k, v in flags.items() if v is not None},
-                            debug=bool(debug), quiet=quiet)
+    global _invocation
+    timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
+    if timeout_s is not None and timeout_s <= 0:
+        raise CliError(f"invalid --timeout '{timeout}': must be above zero", "e.g. --timeout 10s", EXIT_USAGE)
+    if output is not None:
+        output = resolve_format(output, stdout_is_tty=False)
+    flags = {"api_url": api_url, "grpc_addr": grpc_addr, "admin_url": admin_url, "database_url": database_url,
+             "redis_url": redis_url, "data_dir": data_dir, "token": token, "user": user, "output": output,
+             "debug": debug, "config_file": config_file, "profile": profile,
+             "timeout_s": timeout_setting(timeout_s) if timeout_s is not None else None}
+    flags = {name: value for name, value in flags.items() if value is not None}
+    env_debug = os.environ.get("CHALLENGE_DEBUG", "").strip().lower() in ("1", "true", "yes")
+    ctx.obj = _invocation = CliContext(flags=flags, debug=bool(debug) if debug is not None else env_debug,
+                                       quiet=quiet, no_headers=no_headers, color=color, timeout_override_s=timeout_s)
+    # Printed when the command ends (after any Error:/Hint: lines, which stay first on stderr).
+    _pending_warnings[:] = secret_flag_warnings(flags)
+    file_warning = config_file_warning(config_file or os.environ.get("CHALLENGE_CONFIG_FILE") or None)
+    if file_warning:
+        _pending_warnings.append(file_warning)
 
 
-app.command("serve", help=serve_commands.HELP, epilog=serve_commands.EXAMPLES)(serve_commands.serve)
-app.add_typer(db_commands.app, name="db")
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        module_name = f"challengectl.commands.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as missing:
+            if missing.name == module_name:
+                continue  # that command group has not landed yet
+            raise
+        module.register(app)
 
 
-def _print_error(error: CliError) -> None:
+_register_commands()
+
+
+def _secret_values() -> list[str]:
+    """Secret values that must never be printed, from the invocation and the environment."""
+    values = [os.environ.get(name, "") for name in
+              ("CHALLENGE_TOKEN", "CHALLENGE_JWT_SECRET", "CHALLENGE_ADMIN_TOKEN", "CHALLENGE_GRPC_TOKEN",
+               "CHALLENGE_REWARD_WEBHOOK_SECRET")]
+    if _invocation is not None:
+        values.append(str(_invocation.flags.get("token") or ""))
+    return [value for value in values if len(value) >= 4]
+
+
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+):[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with URL passwords and known secret values masked."""
+    text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+    for secret in _secret_values():
+        text = text.replace(secret, MASK)
+    return text
+
+
+def _wants_json_errors() -> bool:
+    """`-o json` (flag, env or config file) also writes the error object to stdout (SPEC §10.6)."""
+    if _invocation is None:
+        return False
+    requested = _invocation.flags.get("output")
+    if requested is None:
+        try:
+            requested = _invocation.settings().output
+        except CliError:
+            return False
+    return requested == "json"
+
+
+def report_error(error: CliError) -> None:
+    """`Error:` / `Hint:` on stderr; with -o json also `{"error": {...}}` on stdout."""
+    error.message = redact(" ".join(error.message.split()))
+    error.hint = redact(" ".join(error.hint.split()))
+    if _wants_json_errors():
+        print(to_json(error.as_json(), pretty=False), flush=True)
     print(f"Error: {error.message}", file=sys.stderr)
     if error.hint:
         print(f"Hint: {error.hint}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _debugging(argv: list[str]) -> bool:
+    if _invocation is not None:
+        return _invocation.debug
+    return "--debug" in argv
+
+
+def _usage_error(usage: click.ClickException) -> CliError:
+    context = getattr(usage, "ctx", None)
+    command = context.command_path if context is not None else "challengectl"
+    return CliError(usage.format_message(), f"see '{command} --help'", EXIT_USAGE)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and turn every failure into an exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    global _invocation
+    _invocation = None
+    _pending_warnings.clear()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        result = app(args=argv, standalone_mode=False)
+        _run(args)
+    finally:
+        for warning in _pending_warnings:
+            print(f"Warning: {warning}", file=sys.stderr)
+
+
+def _run(args: list[str]) -> None:
+    try:
+        result: Any = app(args=args, prog_name="challengectl", standalone_mode=False)
     except CliError as error:
-        if debug:
-            raise
-        _print_error(error)
+        if _debugging(args):
+            traceback.print_exc()
+        report_error(error)
         sys.exit(error.exit_code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.exceptions.Abort:
-        print("Error: interrupted", file=sys.stderr)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        report_error(CliError("interrupted", "", EXIT_INTERRUPTED))
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as usage:
-        usage.show()
-        sys.exit(usage.exit_code)
-    except KeyboardInterrupt:
-        print("Error: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        report_error(_usage_error(usage) if isinstance(usage, click.UsageError)
+                     else CliError(usage.format_message(), "", usage.exit_code or EXIT_FAILED))
+        sys.exit(usage.exit_code if not isinstance(usage, click.UsageError) else EXIT_USAGE)
+    except BrokenPipeError:
+        # `challengectl ... | head`: the reader went away; point stdout at devnull so the final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
+    except Exception as unexpected:  # a bug or an unmapped failure: one line, no locals, no secrets
+        if _debugging(args):
+            traceback.print_exc()
+        report_error(CliError(f"unexpected {type(unexpected).__name__}: {unexpected}",
+                              "rerun with --debug for the traceback", EXIT_FAILED, code="INTERNAL"))
+        sys.exit(EXIT_FAILED)
     sys.exit(result if isinstance(result, int) else 0)

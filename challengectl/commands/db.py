@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import sys
-
 import typer
 
 from challengectl.connections import database_target
-from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from challengectl.context import command_group
+from challengectl.errors import EXIT_UNAVAILABLE, CliError
+from challengectl.output import Output, confirm
 from service.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
 from service.settings import mask_url_password
 
-app = typer.Typer(help="Inspect and migrate the PostgreSQL database.", no_args_is_help=True)
+app = command_group("Inspect and migrate the PostgreSQL database.")
+
 
 MIGRATE_EXAMPLES = """Examples:
 
@@ -33,15 +33,15 @@ def migrate(
 ) -> None:
     """Apply pending schema migrations (forward-only, recorded in schema_migrations)."""
     settings = ctx.obj.settings()
-    as_json = settings.output == "json" or (settings.output is None and not sys.stdout.isatty())
+    out: Output = ctx.obj.output
     with database_target(settings) as target:
         try:
             current = migration_status(target.url)
             if status or dry_run:
-                _print_status(current, as_json, dry_run)
+                _print_status(current, out, dry_run)
                 return
             if current.pending and not target.embedded and not yes:
-                _confirm(f"apply {len(current.pending)} migration(s) to {mask_url_password(target.url)}?")
+                confirm(f"apply {len(current.pending)} migration(s) to {mask_url_password(target.url)}", yes)
             applied = apply_migrations(target.url, application_name="challengectl-cli")
         except MigrationError as exc:
             raise CliError(str(exc), "see 'challengectl db migrate --status'", exc.exit_code) from None
@@ -51,37 +51,30 @@ def migrate(
             raise CliError(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}",
                            "check --database-url / DATABASE_URL", EXIT_UNAVAILABLE) from None
     latest = max((m.version for m in discover_migrations()), default=0)
-    if as_json:
-        print(json.dumps({"applied": [_describe(m) for m in applied], "schema_version": latest}))
-        return
-    for migration in applied:
-        print(f"applied {_describe(migration)}")
-    if not applied:
-        print(f"nothing to apply: schema is at version {latest}")
+    result = {"applied": [_describe(m) for m in applied], "schema_version": latest}
+    lines = [f"applied {name}" for name in result["applied"]] or [f"nothing to apply: schema is at version {latest}"]
+    out.emit_object(result, text=lambda: "\n".join(lines), table=lambda: "\n".join(lines))
 
 
 def _describe(migration) -> str:
     return f"{migration.version:04d}_{migration.name}"
 
 
-def _print_status(current, as_json: bool, dry_run: bool) -> None:
+def _print_status(current, out: Output, dry_run: bool) -> None:
     body = {
         "applied": current.applied,
         "pending": [_describe(m) for m in current.pending],
         "checksum_mismatches": current.checksum_mismatches,
         "unknown_versions": current.unknown_versions,
     }
-    if as_json:
-        print(json.dumps(body))
-        return
-    print(f"applied:  {', '.join(f'{v:04d}' for v in current.applied) or '-'}")
-    print(f"pending:  {', '.join(body['pending']) or '-'}" + ("  (dry run: nothing applied)" if dry_run else ""))
-    print(f"checksum mismatches: {current.checksum_mismatches or '-'}; unknown versions: {current.unknown_versions or '-'}")
+    lines = [
+        f"applied:  {', '.join(f'{v:04d}' for v in current.applied) or '-'}",
+        f"pending:  {', '.join(body['pending']) or '-'}" + ("  (dry run: nothing applied)" if dry_run else ""),
+        f"checksum mismatches: {current.checksum_mismatches or '-'}; unknown versions: {current.unknown_versions or '-'}",
+    ]
+    out.emit_object(body, text=lambda: "\n".join(lines), table=lambda: "\n".join(lines))
 
 
-def _confirm(question: str) -> None:
-    if not sys.stdin.isatty():
-        raise CliError("refusing to migrate a non-embedded database without confirmation",
-                       "add --yes", EXIT_USAGE)
-    if not typer.confirm(question, default=False, err=True):
-        raise CliError("aborted", "", EXIT_USAGE)
+def register(root: typer.Typer) -> None:
+    """Add the `db` group to the root app."""
+    root.add_typer(app, name="db")

@@ -81,3 +81,8 @@ def _hint_for(exit_code: int) -> str:
     if exit_code == EXIT_UNAVAILABLE:
         return "check that PostgreSQL and Redis are reachable"
     return "run 'challengectl serve --check' to validate the configuration"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the root app."""
+    app.command("serve", help=HELP, epilog=EXAMPLES)(serve)
