@@ -15,8 +15,8 @@ import sys
 import traceback
 from typing import Any, Optional
 
-import click
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors click
 
 from challengectl.context import (
     CliContext,
@@ -162,10 +162,52 @@ def _debugging(argv: list[str]) -> bool:
     return "--debug" in argv
 
 
-def _usage_error(usage: click.ClickException) -> CliError:
+def _usage_error(usage: UsageError) -> CliError:
     context = getattr(usage, "ctx", None)
     command = context.command_path if context is not None else "challengectl"
     return CliError(usage.format_message(), f"see '{command} --help'", EXIT_USAGE)
+
+
+# Output options may also follow the command (`challengectl version -o json`), as users type them;
+# they are moved before the command unless that command defines an option of the same name.
+HOISTABLE_OPTIONS = {"-o": True, "--output": True, "--no-headers": False, "-q": False, "--quiet": False,
+                     "--debug": False, "--color": False, "--no-color": False}
+
+
+def hoist_output_options(args: list[str]) -> list[str]:
+    """`args` with output options given after the command moved in front of it (see HOISTABLE_OPTIONS)."""
+    command: Any = typer.main.get_command(app)
+    takes_value = {name for param in command.params if getattr(param, "is_flag", True) is False
+                   for name in param.opts}
+    position = 0
+    while position < len(args) and args[position].startswith("-"):
+        if args[position] == "--":
+            return args
+        position += 2 if args[position] in takes_value else 1
+    if position >= len(args):
+        return args
+    head, rest = args[:position], args[position:]
+    while rest and hasattr(command, "commands") and rest[0] in command.commands:
+        command = command.commands[rest[0]]
+        head, rest = head + [rest[0]], rest[1:]
+    own = {name for param in command.params for name in (*param.opts, *getattr(param, "secondary_opts", []))}
+    moved: list[str] = []
+    kept: list[str] = []
+    index = 0
+    while index < len(rest):
+        token = rest[index]
+        if token == "--":
+            kept += rest[index:]
+            break
+        name = token.split("=", 1)[0]
+        if name in HOISTABLE_OPTIONS and name not in own:
+            needs_value = HOISTABLE_OPTIONS[name] and "=" not in token
+            moved += rest[index:index + (2 if needs_value else 1)]
+            index += 2 if needs_value else 1
+            continue
+        kept.append(token)
+        index += 1
+    return moved + head + kept if moved else args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,21 +225,26 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: list[str]) -> None:
     try:
-        result: Any = app(args=args, prog_name="challengectl", standalone_mode=False)
+        result: Any = app(args=hoist_output_options(args), prog_name="challengectl", standalone_mode=False)
     except CliError as error:
         if _debugging(args):
             traceback.print_exc()
         report_error(error)
         sys.exit(error.exit_code)
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         sys.exit(done.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         report_error(CliError("interrupted", "", EXIT_INTERRUPTED))
         sys.exit(EXIT_INTERRUPTED)
-    except click.ClickException as usage:
-        report_error(_usage_error(usage) if isinstance(usage, click.UsageError)
-                     else CliError(usage.format_message(), "", usage.exit_code or EXIT_FAILED))
-        sys.exit(usage.exit_code if not isinstance(usage, click.UsageError) else EXIT_USAGE)
+    except NoArgsIsHelpError as bare:
+        bare.show()  # the group's help, as click prints it for a bare group
+        sys.exit(EXIT_USAGE)
+    except UsageError as usage:
+        report_error(_usage_error(usage))
+        sys.exit(EXIT_USAGE)
+    except typer.TyperException as failure:
+        report_error(CliError(failure.format_message(), "", failure.exit_code or EXIT_FAILED))
+        sys.exit(failure.exit_code or EXIT_FAILED)
     except BrokenPipeError:
         # `challengectl ... | head`: the reader went away; point stdout at devnull so the final flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -208,4 +255,6 @@ def _run(args: list[str]) -> None:
         report_error(CliError(f"unexpected {type(unexpected).__name__}: {unexpected}",
                               "rerun with --debug for the traceback", EXIT_FAILED, code="INTERNAL"))
         sys.exit(EXIT_FAILED)
+    if result == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130), returned here
+        report_error(CliError("interrupted", "", EXIT_INTERRUPTED))
     sys.exit(result if isinstance(result, int) else 0)

@@ -255,6 +255,23 @@ class IngestClient:
                                stub.OnMessage, message)
 
 
+def local_jwt_secret(settings: Settings) -> bytes | None:
+    """The HS256 key readable here: `jwt_secret`, else `jwt_secret_file`, else the embedded
+    `<data_dir>/jwt.secret` when it exists; None when there is none. A configured secret file that
+    cannot be read is a configuration error (CliError exit 2)."""
+    if settings.jwt_secret:
+        return settings.jwt_secret.encode("utf-8")
+    try:
+        if settings.jwt_secret_file:
+            return read_secret_file(Path(settings.jwt_secret_file).expanduser())
+        embedded_secret = settings.resolved_data_dir() / SECRET_FILE_NAME
+        if embedded_secret.exists():
+            return read_secret_file(embedded_secret)
+    except SettingsError as exc:
+        raise CliError(str(exc), "check --jwt-secret-file / CHALLENGE_JWT_SECRET_FILE", EXIT_USAGE) from None
+    return None
+
+
 class PlayerAuth:
     """How player calls authenticate (SPEC §9.3, §10.2), decided once on the first player call:
 
@@ -273,22 +290,6 @@ class PlayerAuth:
         self._tokens: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
-    def local_secret(self) -> bytes | None:
-        """The HS256 key readable here, or None. A configured secret file that cannot be read is a
-        configuration error (exit 2); the embedded data dir's secret is used only when it exists."""
-        settings = self._settings
-        if settings.jwt_secret:
-            return settings.jwt_secret.encode("utf-8")
-        try:
-            if settings.jwt_secret_file:
-                return read_secret_file(Path(settings.jwt_secret_file).expanduser())
-            embedded_secret = settings.resolved_data_dir() / SECRET_FILE_NAME
-            if embedded_secret.exists():
-                return read_secret_file(embedded_secret)
-        except SettingsError as exc:
-            raise CliError(str(exc), "check --jwt-secret-file / CHALLENGE_JWT_SECRET_FILE", EXIT_USAGE) from None
-        return None
-
     async def mode(self) -> str:
         """`token`, `mint` or `mock`."""
         async with self._lock:
@@ -299,7 +300,7 @@ class PlayerAuth:
     async def _decide(self) -> str:
         if self._settings.token:
             return "token"
-        self._key = self.local_secret()
+        self._key = local_jwt_secret(self._settings)
         if self._key is not None:
             return "mint"
         try:

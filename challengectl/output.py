@@ -39,6 +39,7 @@ from rich.text import Text
 from challengectl.errors import EXIT_USAGE, CliError
 
 FORMATS = ("table", "json", "yaml", "csv", "text")
+PIPED_WIDTH = 200
 
 # Meaning is never carried by colour alone (SPEC §10.4): the marker and the word are always printed.
 MARKERS = {"pass": "✓", "warn": "!", "fail": "✗"}
@@ -79,13 +80,15 @@ def color_enabled(is_tty: bool, flag: bool | None = None, environ: Mapping[str, 
 def make_console(stream: TextIO, color: bool, is_tty: bool) -> Console:
     """A rich Console on `stream` whose colour follows `color` exactly, whatever rich would detect."""
     environ = {k: v for k, v in os.environ.items() if k not in _COLOR_ENV}
+    # Off a terminal (a pipe, a file) rich would wrap tables at 80 columns; keep rows on one line.
+    width = None if is_tty or environ.get("COLUMNS") else PIPED_WIDTH
     if color:
         # TERM=dumb makes rich drop colour even when forced; name a colour system explicitly then.
         dumb = environ.get("TERM", "") in ("dumb", "unknown")
         return Console(file=stream, force_terminal=True, color_system="standard" if dumb else "auto",
-                       highlight=False, _environ=environ, soft_wrap=not is_tty)
+                       highlight=False, _environ=environ, width=width)
     return Console(file=stream, force_terminal=is_tty, no_color=True, color_system=None, highlight=False,
-                   _environ=environ, soft_wrap=not is_tty)
+                   _environ=environ, width=width)
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ def status_text(status: str, detail: str = "") -> Text:
 class Output:
     """Where and how a command prints. Built once per invocation by the root callback (`ctx.obj.output`).
 
-    Attributes: `format` (resolved), `no_headers`, `quiet`, `console` (stdout, data only),
+    Attributes: `format` (resolved), `explicit` (the format was asked for), `no_headers`, `quiet`, `console` (stdout, data only),
     `err` (stderr console for hints, warnings, progress and live status), `stdout_is_tty`,
     `stderr_is_tty`, `color` (stdout colour decision).
     """
@@ -174,6 +177,7 @@ class Output:
         self.stdout_is_tty = _isatty(self.stdout)
         self.stderr_is_tty = _isatty(self.stderr)
         self.format = resolve_format(fmt, self.stdout_is_tty)
+        self.explicit = bool(fmt)  # -o / CHALLENGE_OUTPUT given, rather than chosen by TTY detection
         self.no_headers = no_headers
         self.quiet = quiet
         self.color = color_enabled(self.stdout_is_tty, color)
@@ -311,7 +315,7 @@ class Output:
         if not self.no_headers:
             writer.writerow([col.key for col in cols])
         for row in rows:
-            writer.writerow(["" if row.get(c.key) is None else format_cell(row.get(c.key)) for c in cols])
+            writer.writerow(["" if row.get(c.key) in (None, "") else format_cell(row.get(c.key)) for c in cols])
         self.stdout.write(buffer.getvalue())
         self.stdout.flush()
 

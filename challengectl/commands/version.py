@@ -1,0 +1,152 @@
+"""`challengectl version`: the CLI's version and, where reachable, the service's version, schema
+version and catalog fingerprint (from `/admin/config`), and the PostgreSQL and Redis server versions.
+An unreachable part is shown as such; it is not an error (SPEC §10.2)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from challengectl.client import Clients
+from challengectl.context import get_cli
+from challengectl.errors import CliError
+from challengectl.output import Output
+from service import __version__
+from service.embedded import discover
+from service.settings import Settings
+
+EXAMPLES = """Examples:
+
+  challengectl version
+
+  challengectl version -o json | jq -r .service_version
+
+  challengectl --admin-url http://10.0.0.5:8080 version -o yaml
+"""
+
+CONNECT_TIMEOUT_S = 3
+
+
+def version(ctx: typer.Context) -> None:
+    """CLI, service, schema, catalog, PostgreSQL and Redis versions."""
+    cli = get_cli(ctx)
+    settings = cli.settings()
+    report = cli.run(lambda clients: collect_versions(clients, settings))
+    _emit(cli.output, report)
+
+
+async def collect_versions(clients: Clients, settings: Settings) -> dict[str, Any]:
+    """The version report; each unreachable part has a null version and its reason in `unreachable`."""
+    database_url, redis_url = _dependency_urls(settings)
+    service, postgres, redis = await asyncio.gather(
+        _service_versions(clients), _postgres_version(database_url), _redis_version(redis_url),
+    )
+    unreachable = {name: part["error"] for name, part in
+                   (("service", service), ("postgres", postgres), ("redis", redis)) if part.get("error")}
+    return {
+        "cli_version": __version__,
+        "service_version": service.get("service_version"),
+        "schema_version": service.get("schema_version"),
+        "catalog_fingerprint": service.get("catalog_fingerprint"),
+        "postgres_version": postgres.get("version"),
+        "redis_version": redis.get("version"),
+        "unreachable": unreachable,
+    }
+
+
+def _dependency_urls(settings: Settings) -> tuple[str | None, str | None]:
+    """The configured URLs, else those of a running embedded `serve` of the data dir (never started here)."""
+    database_url = settings.database_url
+    redis_url = None if settings.cache_disabled() else settings.redis_url
+    if database_url is None or (redis_url is None and not settings.cache_disabled()):
+        running = discover(settings.resolved_data_dir()) or {}
+        database_url = database_url or running.get("database_url")
+        if not settings.cache_disabled():
+            redis_url = redis_url or running.get("redis_url")
+    return database_url, redis_url
+
+
+async def _service_versions(clients: Clients) -> dict[str, Any]:
+    try:
+        config = await clients.admin.get("/admin/config")
+    except CliError as exc:
+        return {"error": exc.message}
+    if not isinstance(config, dict):
+        return {"error": "unexpected /admin/config body"}
+    return {key: config.get(key) for key in ("service_version", "schema_version", "catalog_fingerprint")}
+
+
+async def _postgres_version(url: str | None) -> dict[str, Any]:
+    if not url:
+        return {"error": "no database_url and no running embedded PostgreSQL"}
+    import psycopg
+
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            url, connect_timeout=CONNECT_TIMEOUT_S, application_name="challengectl-cli"
+        ) as conn:
+            row = await (await conn.execute("SHOW server_version")).fetchone()
+    except psycopg.Error as exc:
+        return {"error": f"PostgreSQL unreachable: {_first_line(exc)}"}
+    return {"version": row[0] if row else None}
+
+
+async def _redis_version(url: str | None) -> dict[str, Any]:
+    if not url:
+        return {"error": "no redis_url (or disabled) and no running embedded Redis"}
+    import redis.asyncio as redis_asyncio
+    from redis.exceptions import RedisError
+
+    client = redis_asyncio.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                          socket_timeout=CONNECT_TIMEOUT_S)
+    try:
+        info = await client.info("server")
+    except (RedisError, OSError) as exc:
+        return {"error": f"Redis unreachable: {_first_line(exc)}"}
+    finally:
+        await client.aclose()
+    return {"version": info.get("redis_version")}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _emit(out: Output, report: dict[str, Any]) -> None:
+    unreachable = report["unreachable"]
+    rows = [
+        ("cli", report["cli_version"], ""),
+        ("service", report["service_version"], unreachable.get("service", "")),
+        ("schema", report["schema_version"], ""),
+        ("catalog fingerprint", report["catalog_fingerprint"], ""),
+        ("postgresql", report["postgres_version"], unreachable.get("postgres", "")),
+        ("redis", report["redis_version"], unreachable.get("redis", "")),
+    ]
+
+    def table() -> Table:
+        grid = Table(show_header=not out.no_headers, header_style="bold", box=None, pad_edge=False)
+        for header in ("COMPONENT", "VERSION"):
+            grid.add_column(header)
+        for name, value, error in rows:
+            grid.add_row(name, _shown(value, error))
+        return grid
+
+    def text() -> str:
+        return "\n".join(f"{name}: {_shown(value, error)}" for name, value, error in rows)
+
+    out.emit_object(report, table=table, text=text)
+
+
+def _shown(value: Any, error: str) -> str:
+    if value is None:
+        return f"unreachable: {error}" if error else "-"
+    return str(value)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `version` to the root app."""
+    app.command("version", epilog=EXAMPLES)(version)
