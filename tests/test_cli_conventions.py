@@ -409,3 +409,16 @@ def test_player_commands_need_a_user() -> None:
         CliContext().require_user()
     assert missing.value.exit_code == 2 and "--user" in missing.value.hint
     assert CliContext(flags={"user": "bob"}).require_user() == "bob"
+
+
+def test_ingest_client_publishes_and_maps_grpc_errors(service: ServeProcess) -> None:
+    from service.proto.challengectl.v1 import ingest_pb2
+
+    batch = ingest_pb2.EventBatch(batch_id="b1", events=[
+        ingest_pb2.Event(id="cli-evt-1", user_id="ingest-user", kind=ingest_pb2.EVENT_KIND_LOGIN)])
+    result = CliContext(flags=service_flags(service)).run(lambda clients: clients.ingest.publish(batch))
+    assert result.batch_id == "b1" and result.accepted + result.skipped + result.duplicates == 1
+    closed = CliContext(flags={"grpc_addr": f"127.0.0.1:{free_port()}"}, timeout_override_s=2)
+    with pytest.raises(CliError) as failure:
+        closed.run(lambda clients: clients.ingest.publish(batch))
+    assert failure.value.exit_code == 5 and failure.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
