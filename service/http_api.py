@@ -245,12 +245,22 @@ class ResponseHeaders:
         scope["request_id"] = request_id
         extra = [(b"x-request-id", request_id.encode()), (b"x-catalog-fingerprint", self.fingerprint)]
 
+        answered = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal answered
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *extra]
+                answered = True
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Starlette re-raises an unexpected error after `_unexpected` has logged it and answered 500;
+            # swallowing it here keeps uvicorn from logging the same traceback a second time.
+            if not answered:
+                raise
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
