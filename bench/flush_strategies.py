@@ -1,0 +1,417 @@
+"""Flush strategies compared: the project's one-statement UNNEST flush against COPY into a temporary table.
+
+DESIGN.md ("Performance architecture") chose to pass a flush's entries as arrays to one statement,
+`apply_event_updates` of the named-query registry, instead of what the reference did: COPY the entries into
+a temporary table, then one `UPDATE ... FROM` joining it (SPEC §6.8). This script measures that choice on
+one database in one run. The variants, each a complete flush (entries in, outcomes out, committed):
+
+- `unnest registry`: the service's own statement, run like the flusher runs it (`service.store.Queries`,
+  one statement on an autocommit connection);
+- `copy, temp table per flush`: BEGIN; CREATE TEMP TABLE ... ON COMMIT DROP; COPY the entries; one
+  UPDATE ... FROM joining the temp table with the goals and `user_goal_progress`; COMMIT;
+- `copy, session temp table`: the same with the temp table created once per connection
+  (ON COMMIT DELETE ROWS), the strongest form of the alternative;
+- `unnest simplified` (control): the simplified UPDATE of the COPY variants with the entries passed as
+  arrays, which separates the cost of moving entries in from the cost of the full per-row rule.
+
+The workload is the SPEC §6.8 rule's simple case, absolute statistic goals without rotation, for which
+the simplified UPDATE implements the same rule: the same eligibility (active, not claimed), progress,
+status and completed_at, the same row locking (FOR UPDATE SKIP LOCKED, an entry with a locked row deferred
+as a whole) and the same per-entry outcomes. Before timing, every variant runs the same entries on the same
+rows (inside a rolled-back transaction, while another session holds some rows locked) and the script checks
+that all of them leave identical rows and return identical outcomes.
+
+The database is created for the run and dropped after it: on the server of DATABASE_URL when set, else on
+an embedded PostgreSQL in a temporary directory. The schema comes from `service.migrations`. It seeds
+USERS players x 5 goals with a mix of states (in progress, completed, claimed, inactive), then times
+REPETITIONS flushes of each size and variant, each with fresh random entries, the variants interleaved.
+
+    python bench/flush_strategies.py [--users 100000] [--sizes 500 2000 5000] [--repetitions 20]
+
+Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from service.embedded import EmbeddedServers
+from service.migrations import apply_migrations
+from service.registry import load_registry
+from service.store import Queries
+
+# (goal_id, buffer source, target): two sources feed two goals each, one feeds one, so an entry touches
+# one or two rows, as in the bundled catalog.
+GOALS = (
+    ("g-kills-10", "stat:kills", 10),
+    ("g-kills-100", "stat:kills", 100),
+    ("g-wins-5", "stat:wins", 5),
+    ("g-wins-50", "stat:wins", 50),
+    ("g-matches-25", "stat:matches", 25),
+)
+SOURCES = sorted({source for _, source, _ in GOALS})
+# Share of entries for players without rows (the flush finds nothing to write for them).
+MISSING_PLAYER_SHARE = 0.02
+ROW_COLUMNS = ("user_id", "goal_id", "progress", "status", "completed_at", "claimed_at", "updated_at",
+               "is_active", "expires_at", "baseline_value")
+
+SEED_SQL = """
+INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
+                                claimed_at, created_at, updated_at, is_active, assigned_at)
+SELECT 'u' || lpad(p.n::text, 7, '0'), g.goal_id, 'bench', 'bench',
+       CASE s.kind WHEN 'fresh' THEN 0 WHEN 'progress' THEN (s.r * g.target)::int ELSE g.target END,
+       CASE s.kind WHEN 'fresh' THEN 'not_started' WHEN 'progress' THEN 'in_progress'
+                   WHEN 'inactive' THEN 'in_progress' ELSE s.kind END,
+       CASE WHEN s.kind IN ('completed', 'claimed') THEN now() - interval '1 day' END,
+       CASE WHEN s.kind = 'claimed' THEN now() - interval '12 hours' END,
+       now() - interval '2 days', now() - interval '1 day', s.kind <> 'inactive', now() - interval '2 days'
+  FROM generate_series(1, %(users)s) AS p (n)
+ CROSS JOIN unnest(%(goal_ids)s::text[], %(targets)s::int[]) AS g (goal_id, target)
+ CROSS JOIN LATERAL (
+       SELECT r, CASE WHEN r < 0.03 THEN 'inactive' WHEN r < 0.06 THEN 'claimed' WHEN r < 0.16 THEN 'completed'
+                      WHEN r < 0.50 THEN 'fresh' ELSE 'progress' END AS kind
+         FROM (SELECT random() + 0 * p.n AS r) AS draw) AS s
+"""
+
+# The simplified flush for absolute, non-rotating goals; {entry} is where the entries come from. It keeps
+# the registry statement's shape: lock what can be locked, defer an entry with any unlocked row as a whole,
+# write only eligible rows, return one outcome per entry.
+SIMPLIFIED_FLUSH = """
+WITH entry AS ({entry}),
+goal AS (
+    SELECT * FROM unnest(%(goal_ids)s::text[], %(goal_sources)s::text[], %(goal_targets)s::bigint[])
+                  AS g (goal_id, source, target)
+),
+routed AS (
+    SELECT entry.entry_index, entry.user_id, entry.value, goal.goal_id, goal.target
+      FROM entry JOIN goal ON goal.source = entry.source
+),
+candidate AS (
+    SELECT routed.entry_index, count(*) AS row_count
+      FROM routed
+      JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
+     GROUP BY routed.entry_index
+),
+locked AS (
+    SELECT routed.*, u.status, u.completed_at, u.is_active
+      FROM routed
+      JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
+       FOR UPDATE OF u SKIP LOCKED
+),
+deferred AS (
+    SELECT candidate.entry_index
+      FROM candidate
+      LEFT JOIN (SELECT entry_index, count(*) AS row_count FROM locked GROUP BY entry_index) AS got
+             ON got.entry_index = candidate.entry_index
+     WHERE COALESCE(got.row_count, 0) < candidate.row_count
+),
+applied AS (
+    UPDATE user_goal_progress AS u
+       SET progress     = LEAST(GREATEST(l.value, 0), 2147483647)::integer,
+           status       = CASE WHEN l.status = 'completed' OR l.value >= l.target THEN 'completed'
+                               ELSE 'in_progress' END,
+           completed_at = CASE WHEN l.status = 'completed' THEN l.completed_at
+                               WHEN l.value >= l.target THEN %(now)s::timestamptz END,
+           updated_at   = %(now)s::timestamptz
+      FROM locked AS l
+     WHERE u.user_id = l.user_id AND u.goal_id = l.goal_id
+       AND l.is_active AND l.status <> 'claimed'
+       AND NOT EXISTS (SELECT 1 FROM deferred WHERE deferred.entry_index = l.entry_index)
+ RETURNING l.entry_index, u.goal_id
+)
+SELECT entry.entry_index::integer AS entry_index, entry.user_id, entry.source,
+       CASE WHEN deferred.entry_index IS NOT NULL THEN 'deferred'
+            WHEN written.goal_ids IS NOT NULL     THEN 'applied'
+            ELSE 'no_row' END AS outcome,
+       COALESCE(written.goal_ids, '{{}}') AS goal_ids
+  FROM entry
+  LEFT JOIN deferred ON deferred.entry_index = entry.entry_index
+  LEFT JOIN (SELECT entry_index, array_agg(goal_id::text ORDER BY goal_id) AS goal_ids
+               FROM applied GROUP BY entry_index) AS written
+         ON written.entry_index = entry.entry_index
+ ORDER BY entry.entry_index
+"""
+FROM_ARRAYS = """
+    SELECT e.entry_index, e.user_id, e.source, e.value, e.inc
+      FROM unnest(%(entry_user_ids)s::text[], %(entry_sources)s::text[], %(entry_values)s::bigint[],
+                  %(entry_incs)s::bigint[]) WITH ORDINALITY AS e (user_id, source, value, inc, entry_index)
+"""
+FROM_TEMP_TABLE = "SELECT entry_index, user_id, source, value, inc FROM flush_entry"
+TEMP_TABLE_COLUMNS = "(entry_index bigint, user_id text, source text, value bigint, inc bigint)"
+COPY_ENTRIES = "COPY flush_entry (entry_index, user_id, source, value, inc) FROM STDIN"
+
+
+@dataclass(frozen=True)
+class Entries:
+    """One flush's entries as parallel lists: unique (user, source) pairs, stat values, increments."""
+
+    user_ids: list[str]
+    sources: list[str]
+    values: list[int]
+    incs: list[int]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def random_entries(rng: random.Random, users: int, size: int) -> Entries:
+    """`size` entries of distinct players (a few without rows), each for one random stat source."""
+    players = rng.sample(range(1, users + 1), size)
+    user_ids = [f"missing-{n}" if rng.random() < MISSING_PLAYER_SHARE else f"u{n:07d}" for n in players]
+    incs = [rng.randint(1, 5) for _ in players]
+    return Entries(user_ids, [rng.choice(SOURCES) for _ in players], [rng.randint(0, 150) for _ in players], incs)
+
+
+def goal_params() -> dict[str, Any]:
+    return {"goal_ids": [g[0] for g in GOALS], "goal_sources": [g[1] for g in GOALS],
+            "goal_targets": [g[2] for g in GOALS]}
+
+
+def registry_params(entries: Entries, now: datetime) -> dict[str, Any]:
+    """The parameters of `apply_event_updates` for absolute, non-rotating statistic goals."""
+    count = len(GOALS)
+    return {
+        "entry_user_ids": entries.user_ids, "entry_sources": entries.sources,
+        "entry_values": entries.values, "entry_incs": entries.incs, **goal_params(),
+        "goal_progress_modes": ["absolute"] * count, "goal_boundaries": [None] * count,
+        "goal_next_boundaries": [None] * count, "goal_reset_flags": [False] * count,
+        "goal_reselect_flags": [False] * count, "now": now,
+    }
+
+
+Flush = Callable[[psycopg.AsyncConnection, Entries, datetime], Awaitable[list[dict[str, Any]]]]
+
+
+def unnest_registry(queries: Queries) -> Flush:
+    async def flush(conn: psycopg.AsyncConnection, entries: Entries, now: datetime) -> list[dict[str, Any]]:
+        return await queries.rows(conn, "apply_event_updates", registry_params(entries, now))
+    return flush
+
+
+async def unnest_simplified(conn: psycopg.AsyncConnection, entries: Entries, now: datetime) -> list[dict[str, Any]]:
+    params = {"entry_user_ids": entries.user_ids, "entry_sources": entries.sources, "entry_values": entries.values,
+              "entry_incs": entries.incs, **goal_params(), "now": now}
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(SIMPLIFIED_FLUSH.format(entry=FROM_ARRAYS), params)
+        return await cursor.fetchall()
+
+
+def copy_flush(temp_table_per_flush: bool) -> Flush:
+    """COPY into a temp table, then the simplified UPDATE ... FROM it, in one transaction."""
+    statement = SIMPLIFIED_FLUSH.format(entry=FROM_TEMP_TABLE)
+
+    async def flush(conn: psycopg.AsyncConnection, entries: Entries, now: datetime) -> list[dict[str, Any]]:
+        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+            if temp_table_per_flush:
+                await cursor.execute(f"CREATE TEMP TABLE flush_entry {TEMP_TABLE_COLUMNS} ON COMMIT DROP")
+            async with cursor.copy(COPY_ENTRIES) as copy:
+                for index, row in enumerate(zip(entries.user_ids, entries.sources, entries.values, entries.incs,
+                                                strict=True), start=1):
+                    await copy.write_row((index, *row))
+            await cursor.execute(statement, {**goal_params(), "now": now})
+            return await cursor.fetchall()
+    return flush
+
+
+async def prepare_session_temp_table(conn: psycopg.AsyncConnection) -> None:
+    await conn.execute(f"CREATE TEMP TABLE flush_entry {TEMP_TABLE_COLUMNS} ON COMMIT DELETE ROWS")
+
+
+@dataclass
+class Variant:
+    name: str
+    flush: Flush
+    session_temp_table: bool = False
+
+
+@contextmanager
+def bench_database() -> Iterator[str]:
+    """A database created for this run and dropped after it, on DATABASE_URL's server or an embedded one."""
+    embedded: EmbeddedServers | None = None
+    base: Path | None = None
+    server_url = os.environ.get("DATABASE_URL")
+    if not server_url:
+        base = Path(tempfile.mkdtemp(prefix="challengectl-bench-flush-"))
+        embedded = EmbeddedServers(base / "data", redis=False)
+        server_url = embedded.start().database_url
+        assert server_url is not None
+    name = f"challengectl_bench_flush_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield make_conninfo(server_url, dbname=name)
+        finally:
+            with psycopg.connect(server_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def seed(database_url: str, users: int) -> float:
+    """Insert users x 5 goal rows in a mix of states, then VACUUM ANALYZE; return the seconds it took."""
+    started = time.perf_counter()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT setseed(0.42)")
+        conn.execute(SEED_SQL, {"users": users, "goal_ids": [g[0] for g in GOALS], "targets": [g[2] for g in GOALS]})
+        conn.execute("VACUUM ANALYZE user_goal_progress")
+    return time.perf_counter() - started
+
+
+async def verify_equivalence(database_url: str, variants: list[Variant], users: int, size: int) -> str:
+    """Run every variant on the same entries and rows (rolled back) while another session holds some rows
+    locked; fail unless all leave identical rows and return identical outcomes. Returns a summary."""
+    rng = random.Random(99)
+    entries = random_entries(rng, users, size)
+    now = datetime.now(UTC)
+    results = []
+    async with await psycopg.AsyncConnection.connect(database_url) as holder:
+        locked_users = entries.user_ids[: max(1, size // 50)]
+        await holder.execute("SELECT 1 FROM user_goal_progress WHERE user_id = ANY(%s) FOR UPDATE", (locked_users,))
+        for variant in variants:
+            async with await psycopg.AsyncConnection.connect(database_url) as conn:
+                if variant.session_temp_table:
+                    await prepare_session_temp_table(conn)
+                    await conn.commit()
+                # The flushes commit on their own; a surrounding transaction turns their commit into a
+                # savepoint release, so the rollback below leaves the seeded rows as they were.
+                async with conn.transaction(force_rollback=True):
+                    outcomes = await variant.flush(conn, entries, now)
+                    rows = await (await conn.execute(
+                        f"SELECT {', '.join(ROW_COLUMNS)} FROM user_goal_progress"
+                        " WHERE user_id = ANY(%s) ORDER BY user_id, goal_id", (entries.user_ids,))).fetchall()
+            results.append((variant.name, [tuple(o.values()) for o in outcomes], rows))
+        await holder.rollback()
+    reference_name, reference_outcomes, reference_rows = results[0]
+    for name, outcomes, rows in results[1:]:
+        if outcomes != reference_outcomes or rows != reference_rows:
+            differing = sum(1 for a, b in zip(rows, reference_rows, strict=False) if a != b)
+            raise SystemExit(f"{name} differs from {reference_name}: {differing} rows, outcomes equal: "
+                             f"{outcomes == reference_outcomes}")
+    counts: dict[str, int] = {}
+    for outcome in reference_outcomes:
+        counts[outcome[3]] = counts.get(outcome[3], 0) + 1
+    changed = sum(1 for row in reference_rows if row[ROW_COLUMNS.index("updated_at")] == now)
+    return (f"{len(variants)} variants, {size} entries: identical rows ({len(reference_rows)} rows read, {changed} "
+            f"written) and outcomes ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+
+
+@dataclass
+class Timing:
+    durations_ms: list[float]
+    rows_updated: list[int]
+
+    def median_ms(self) -> float:
+        return statistics.median(self.durations_ms)
+
+    def p95_ms(self) -> float:
+        ordered = sorted(self.durations_ms)
+        return ordered[max(0, min(len(ordered) - 1, -(-95 * len(ordered) // 100) - 1))]
+
+
+async def time_flushes(database_url: str, variants: list[Variant], users: int, sizes: list[int],
+                       repetitions: int, warmup: int) -> dict[tuple[int, str], Timing]:
+    """Interleave the variants' flushes, each on fresh random entries, on one connection per variant."""
+    rng = random.Random(2024)
+    connections = {}
+    try:
+        for variant in variants:
+            conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+            if variant.session_temp_table:
+                await prepare_session_temp_table(conn)
+            connections[variant.name] = conn
+        timings: dict[tuple[int, str], Timing] = {}
+        for size in sizes:
+            for repetition in range(warmup + repetitions):
+                # Rotate the order, so that no variant always runs right after the same other one.
+                order = variants[repetition % len(variants):] + variants[:repetition % len(variants)]
+                for variant in order:
+                    entries = random_entries(rng, users, size)
+                    conn = connections[variant.name]
+                    started = time.perf_counter()
+                    outcomes = await variant.flush(conn, entries, datetime.now(UTC))
+                    elapsed_ms = (time.perf_counter() - started) * 1000
+                    if repetition < warmup:
+                        continue
+                    timing = timings.setdefault((size, variant.name), Timing([], []))
+                    timing.durations_ms.append(elapsed_ms)
+                    timing.rows_updated.append(sum(len(o["goal_ids"]) for o in outcomes))
+        return timings
+    finally:
+        for conn in connections.values():
+            await conn.close()
+
+
+async def run(args: argparse.Namespace) -> None:
+    queries = Queries(load_registry())
+    variants = [
+        Variant("unnest registry (apply_event_updates)", unnest_registry(queries)),
+        Variant("copy, temp table per flush", copy_flush(temp_table_per_flush=True)),
+        Variant("copy, session temp table", copy_flush(temp_table_per_flush=False), session_temp_table=True),
+        Variant("unnest simplified (control)", unnest_simplified),
+    ]
+    with bench_database() as database_url:
+        apply_migrations(database_url, application_name="challengectl-bench")
+        seed_s = seed(database_url, args.users)
+        check = await verify_equivalence(database_url, variants, args.users, max(args.sizes))
+        timings = await time_flushes(database_url, variants, args.users, args.sizes, args.repetitions, args.warmup)
+        with psycopg.connect(database_url) as conn:
+            server_version = conn.info.server_version
+    target = "DATABASE_URL's server" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
+    print(f"{args.users} players x {len(GOALS)} goals seeded in {seed_s:.1f}s on {target} "
+          f"(PostgreSQL {server_version // 10000}.{server_version % 10000}); {args.repetitions} timed flushes per "
+          f"size and variant after {args.warmup} warm-up, fresh random entries each, variants interleaved; "
+          f"time = client-side, entries in to outcomes fetched, committed; {os.cpu_count()} cores")
+    print(f"equivalence check: {check}")
+    print()
+    print("| entries/flush | variant | median ms | p95 ms | rows updated/flush | rows/s (median) | median vs registry |")
+    print("|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        reference = timings[(size, variants[0].name)].median_ms()
+        for variant in variants:
+            timing = timings[(size, variant.name)]
+            rows = statistics.median(timing.rows_updated)
+            print(f"| {size} | {variant.name} | {timing.median_ms():.1f} | {timing.p95_ms():.1f} | {rows:.0f} | "
+                  f"{rows / timing.median_ms() * 1000:,.0f} | {timing.median_ms() / reference:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 5000], help="entries per flush")
+    parser.add_argument("--repetitions", type=int, default=20, help="timed flushes per size and variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed flushes per size and variant first")
+    args = parser.parse_args()
+    if max(args.sizes) > args.users:
+        raise SystemExit("a flush cannot hold more distinct players than --users")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
