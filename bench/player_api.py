@@ -28,8 +28,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from service.auth import mint_token  # noqa: E402
-from service.resources import example_catalog_path  # noqa: E402
+from service.auth import mint_token
+from service.resources import example_catalog_path
 
 SECRET = "bench-secret-" + "x" * 32
 PORT, GRPC_PORT, ADMIN_PORT = 18000, 16565, 18080
@@ -91,7 +91,7 @@ def run_wrk(tokens: list[str], method: str, path: str, duration: int, connection
         raise SystemExit(f"non-2xx answers during the run:\n{output}")
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-        **{f"p{p}": _ms(re.search(rf"^\s+{p}%\s+(\S+)", output, re.M).group(1)) for p in (50, 90, 99)},
+        **{f"p{p}": _ms(re.search(rf"^\s+{p}%\s+(\S+)", output, re.MULTILINE).group(1)) for p in (50, 90, 99)},
     }
 
 
