@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,15 @@ from service.auth import mint_token
 from service.resources import example_catalog_path
 
 SECRET = "bench-secret-" + "x" * 32
-PORT, GRPC_PORT, ADMIN_PORT = 18000, 16565, 18080
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+PORT, GRPC_PORT, ADMIN_PORT = _free_port(), _free_port(), _free_port()
 SCENARIOS = {
     "GET /v1/challenges?active_only=true": ("GET", "/challenge/v1/challenges?active_only=true"),
     "GET /v1/challenges": ("GET", "/challenge/v1/challenges"),
