@@ -90,6 +90,10 @@ def validate_settings(settings: Settings) -> None:
             if not value:
                 raise SettingsError(f"invalid setting '{name}': unset while embedded=never")
     validate_for_serve(settings, embedded_postgres=wants_embedded_postgres(settings))
+    if settings.workers > 1:
+        raise SettingsError(
+            f"invalid setting 'workers' (from {settings.sources['workers']}): HTTP worker processes are not "
+            "implemented yet; run one process per instance (or several instances behind a load balancer)")
 
 
 def resolve_catalog_path(settings: Settings) -> Path:

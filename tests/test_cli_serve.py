@@ -95,3 +95,9 @@ def test_db_migrate_reports_an_unreachable_database(capsys) -> None:
     code, _, err = run_cli(["--database-url", "postgresql://u:pw@127.0.0.1:1/db", "db", "migrate", "--yes"], capsys)
     assert code == 5
     assert "pw" not in err and err.startswith("Error: ")
+
+
+def test_check_refuses_workers_until_they_exist(pg_url, capsys) -> None:
+    code, _, err = run_cli(["--database-url", pg_url, "serve", "--check", "--workers", "2"], capsys)
+    assert code == 2
+    assert "invalid setting 'workers' (from flag)" in err
