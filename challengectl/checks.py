@@ -1,0 +1,796 @@
+"""The checks of `challengectl doctor` (SPEC §10.2 doctor table, §12): each one is a small async
+function that observes one thing and returns a `CheckResult` (id, status, observed value, hint).
+Nothing here renders; `challengectl.commands.doctor` prints the results.
+
+The checks share one `Diagnosis`: the settings, the service clients and the connections opened so far
+(one PostgreSQL session with the service's session options, one Redis client, the service's admin
+answers). Nothing is started: without a configured URL, the servers of a running embedded `serve` are
+used, and with neither the check fails. Every network operation is bounded by `OPERATION_TIMEOUT_S`,
+so a run against dead dependencies ends in seconds.
+
+    async with Diagnosis(settings, clients) as diagnosis:
+        results = await run_checks(diagnosis, skip={"pg-stat-statements"})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import redis.asyncio as redis_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psycopg import errors as pg_errors
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from challengectl.client import Clients
+from challengectl.errors import EXIT_UNAVAILABLE, CliError
+from service.app import resolve_catalog_path, validate_settings
+from service.auth import SECRET_FILE_NAME
+from service.catalog import Catalog, CatalogError, load_catalog
+from service.embedded import discover
+from service.migrations import MigrationError, migration_status
+from service.settings import Settings, SettingsError
+from service.store import describe_target, session_options, short_reason
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+STATUSES = (PASS, WARN, FAIL, SKIP)
+
+# Every connect, query, PING and HTTP/gRPC call of a check; libpq's connect_timeout counts whole seconds.
+OPERATION_TIMEOUT_S = 2.0
+# A check that has not finished by then is reported as failed, whatever it was waiting for.
+CHECK_DEADLINE_S = 6.0
+
+POSTGRES_SLOW_MS = 100.0
+CLOCK_SKEW_LIMIT_S = 1.0
+HEADROOM_WARN, HEADROOM_FAIL = 0.80, 0.95
+CACHE_RATIO_WARN = 0.90
+BUFFER_WARN, BUFFER_FAIL = 0.50, 0.90
+STALLED_ENTRY_MS = 60_000.0
+UTC_NAMES = ("UTC", "Etc/UTC")
+APPLICATION_NAME = "challengectl-cli"
+PROGRESS_TABLE = "user_goal_progress"
+
+HINT_PG_STAT_STATEMENTS = ("add pg_stat_statements to shared_preload_libraries and run "
+                           "CREATE EXTENSION pg_stat_statements")
+HINT_SERVICE = ("is the service running? start it with 'challengectl serve', or set --api-url, "
+                "--grpc-addr and --admin-url")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check: `status` is pass, warn, fail or skip (not applicable, or not
+    checkable because what it needs is down, which another row reports); `observed` is what was seen,
+    `hint` the next step (empty when there is nothing to do)."""
+
+    id: str
+    status: str
+    observed: str
+    hint: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": CHECK_NAMES[self.id], "status": self.status,
+                "observed": self.observed, "hint": self.hint or None}
+
+
+class SkipCheck(Exception):
+    """Raised inside a check that cannot run; the message says why (it becomes a `skip` row)."""
+
+
+class Unreachable(Exception):
+    """A dependency that cannot be used; the message is a short reason without secrets. `unavailable`
+    is False when it answered but refused (e.g. the admin token was rejected)."""
+
+    def __init__(self, reason: str, unavailable: bool = True) -> None:
+        super().__init__(reason)
+        self.unavailable = unavailable
+
+
+@dataclass(frozen=True)
+class ExpectedIndex:
+    """An index SPEC §4.2 requires on user_goal_progress."""
+
+    name: str
+    columns: tuple[str, ...]
+    predicate: str | None
+    primary: bool
+    create_sql: str
+
+
+EXPECTED_INDEXES = (
+    ExpectedIndex("user_goal_progress_pkey", ("user_id", "goal_id"), None, True,
+                  "ALTER TABLE user_goal_progress ADD CONSTRAINT user_goal_progress_pkey PRIMARY KEY (user_id, goal_id)"),
+    ExpectedIndex("idx_ugp_user_active", ("user_id",), "is_active", False,
+                  "CREATE INDEX CONCURRENTLY idx_ugp_user_active ON user_goal_progress (user_id) WHERE is_active"),
+)
+
+
+class Diagnosis:
+    """What the checks of one doctor run share, opened lazily and at most once: the database session
+    (service session options, short statement timeout), the Redis client, the catalog, and the
+    service's admin answers. Failures are remembered, so a dead dependency costs one timeout."""
+
+    def __init__(self, settings: Settings, clients: Clients) -> None:
+        self.settings = settings
+        self.clients = clients
+        self._running: dict | None = None
+        self._discovered = False
+        self._database: psycopg.AsyncConnection | None = None
+        self._database_error: str | None = None
+        self._redis: redis_asyncio.Redis | None = None
+        self._redis_error: str | None = None
+        self._catalog: Catalog | None = None
+        self._catalog_error: CatalogError | None = None
+        self._admin: dict[str, Any] = {}
+        self._admin_errors: dict[str, CliError] = {}
+        self.readiness: dict[str, Any] | None = None
+
+    async def __aenter__(self) -> Diagnosis:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._database is not None:
+            await self._database.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    # --- where the dependencies are -------------------------------------------------------------
+
+    async def running_embedded(self) -> dict | None:
+        """The URLs of a running embedded `serve` of the data dir (looked up once), or None."""
+        if not self._discovered:
+            self._running = await asyncio.to_thread(discover, self.settings.resolved_data_dir())
+            self._discovered = True
+        return self._running
+
+    async def database_url(self) -> str | None:
+        """The configured database, else a running embedded serve's; None when there is neither."""
+        settings = self.settings
+        if settings.database_url and settings.embedded != "always":
+            return settings.database_url
+        if settings.embedded == "never":
+            return None
+        running = await self.running_embedded()
+        return running.get("database_url") if running else None
+
+    async def redis_url(self) -> str | None:
+        """The configured Redis, else a running embedded serve's; None when there is neither."""
+        settings = self.settings
+        if settings.redis_url and settings.embedded != "always":
+            return settings.redis_url
+        if settings.embedded == "never":
+            return None
+        running = await self.running_embedded()
+        return running.get("redis_url") if running else None
+
+    def no_database_reason(self) -> str:
+        return (f"no running service database: DATABASE_URL is unset and no embedded serve runs in "
+                f"{self.settings.resolved_data_dir()}")
+
+    # --- shared connections ---------------------------------------------------------------------
+
+    async def database(self) -> psycopg.AsyncConnection:
+        """The PostgreSQL session, opened with the service's session options; raises Unreachable."""
+        if self._database is not None:
+            return self._database
+        if self._database_error is None:
+            url = await self.database_url()
+            if url is None:
+                self._database_error = self.no_database_reason()
+            else:
+                try:
+                    self._database = await asyncio.wait_for(psycopg.AsyncConnection.connect(
+                        url, autocommit=True, connect_timeout=int(OPERATION_TIMEOUT_S),
+                        application_name=APPLICATION_NAME,
+                        options=session_options(url, statement_timeout_ms=int(OPERATION_TIMEOUT_S * 1000)),
+                    ), OPERATION_TIMEOUT_S + 1)
+                    return self._database
+                except TimeoutError:
+                    self._database_error = f"{describe_target(url)} did not answer within {OPERATION_TIMEOUT_S:g} s"
+                except psycopg.Error as exc:
+                    self._database_error = f"{describe_target(url)}: {short_reason(exc, url)}"
+        raise Unreachable(self._database_error)
+
+    async def redis(self) -> redis_asyncio.Redis:
+        """A Redis client that has answered PING; raises Unreachable."""
+        if self._redis is not None:
+            return self._redis
+        if self._redis_error is None:
+            url = await self.redis_url()
+            if url is None:
+                self._redis_error = (f"no running service Redis: REDIS_URL is unset and no embedded serve runs in "
+                                     f"{self.settings.resolved_data_dir()}")
+            else:
+                client = redis_asyncio.Redis.from_url(
+                    url, socket_connect_timeout=OPERATION_TIMEOUT_S, socket_timeout=OPERATION_TIMEOUT_S,
+                    retry=Retry(NoBackoff(), 0))
+                try:
+                    await client.ping()
+                    self._redis = client
+                    return client
+                except (RedisError, OSError) as exc:
+                    await client.aclose()
+                    self._redis_error = _first_line(exc)
+        raise Unreachable(self._redis_error)
+
+    def catalog(self) -> Catalog:
+        """The catalog the service would load (same resolution as `serve`); raises CatalogError."""
+        if self._catalog_error is not None:
+            raise self._catalog_error
+        if self._catalog is None:
+            try:
+                self._catalog = load_catalog(resolve_catalog_path(self.settings))
+            except CatalogError as exc:
+                self._catalog_error = exc
+                raise
+        return self._catalog
+
+    async def admin(self, path: str) -> dict[str, Any]:
+        """The JSON body of an admin GET (cached); raises Unreachable with the client's message."""
+        if path in self._admin:
+            return self._admin[path]
+        if path not in self._admin_errors:
+            try:
+                body = await self.clients.admin.get(path)
+            except CliError as exc:
+                self._admin_errors[path] = exc
+            else:
+                if isinstance(body, dict):
+                    self._admin[path] = body
+                    return body
+                self._admin_errors[path] = CliError(f"unexpected {path} body from the admin API")
+        error = self._admin_errors[path]
+        raise Unreachable(error.message, unavailable=error.exit_code == EXIT_UNAVAILABLE)
+
+
+async def need_database(diagnosis: Diagnosis) -> psycopg.AsyncConnection:
+    """The database session, or SkipCheck when it is unreachable (the `postgres` row says why)."""
+    try:
+        return await diagnosis.database()
+    except Unreachable:
+        raise SkipCheck("not checked: PostgreSQL unreachable") from None
+
+
+async def need_admin(diagnosis: Diagnosis, path: str) -> dict[str, Any]:
+    """The admin JSON at `path`, or SkipCheck when the admin API does not answer (the `service` row says why)."""
+    try:
+        return await diagnosis.admin(path)
+    except Unreachable as exc:
+        reason = "unreachable" if exc.unavailable else f"refused: {exc}"
+        raise SkipCheck(f"not checked: the service's admin API is {reason}") from None
+
+
+# --- the checks -----------------------------------------------------------------------------------
+
+
+async def check_settings(diagnosis: Diagnosis) -> CheckResult:
+    """Settings pass the service's startup refusals and the catalog is valid; catalog warnings warn."""
+    try:
+        validate_settings(diagnosis.settings)
+    except SettingsError as exc:
+        return CheckResult("settings", FAIL, str(exc), "see 'challengectl config show' for every setting and its source")
+    try:
+        catalog = diagnosis.catalog()
+    except CatalogError as exc:
+        return CheckResult("settings", FAIL, f"catalog has {len(exc.errors)} error(s), first: {exc.errors[0]}",
+                           "run 'challengectl config validate' for every error")
+    summary = (f"catalog {catalog.path}: {len(catalog.challenges)} challenges, {len(catalog.goals_by_id)} goals, "
+               f"fingerprint {catalog.fingerprint}")
+    if catalog.warnings:
+        return CheckResult("settings", WARN, f"{summary}; {len(catalog.warnings)} warning(s), first: {catalog.warnings[0]}",
+                           "run 'challengectl config validate' for every warning")
+    return CheckResult("settings", PASS, f"valid; {summary}")
+
+
+async def check_postgres(diagnosis: Diagnosis) -> CheckResult:
+    """PostgreSQL answers; its version; the best of three `SELECT 1` round trips under 100 ms."""
+    try:
+        conn = await diagnosis.database()
+    except Unreachable as exc:
+        return CheckResult("postgres", FAIL, f"unreachable: {exc}",
+                           "check that PostgreSQL runs, and --database-url / DATABASE_URL (or start 'challengectl serve')")
+    version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
+    round_trips = []
+    for _ in range(3):
+        started = time.perf_counter()
+        await conn.execute("SELECT 1")
+        round_trips.append((time.perf_counter() - started) * 1000)
+    best = min(round_trips)
+    observed = f"PostgreSQL {version.split()[0]}, round trip {best:.1f} ms"
+    if best >= POSTGRES_SLOW_MS:
+        return CheckResult("postgres", WARN, observed,
+                           "every request pays this latency: check the network path to the database and its load "
+                           "('challengectl db activity')")
+    return CheckResult("postgres", PASS, observed)
+
+
+async def check_migrations(diagnosis: Diagnosis) -> CheckResult:
+    """Every migration of this build is applied, with matching checksums and no unknown version."""
+    await need_database(diagnosis)
+    url = await diagnosis.database_url()
+    assert url is not None  # need_database succeeded
+    try:
+        status = await asyncio.to_thread(migration_status, url)
+    except MigrationError as exc:
+        return CheckResult("migrations", FAIL, str(exc), "see 'challengectl db migrate --status'")
+    problems = []
+    if status.foreign_table:
+        problems.append("schema_migrations has a foreign shape (" + ", ".join(status.foreign_columns) + ")")
+    if status.pending:
+        problems.append("pending " + ", ".join(f"{m.version:04d}_{m.name}" for m in status.pending))
+    if status.checksum_mismatches:
+        problems.append("checksum mismatch " + ", ".join(f"{v:04d}" for v in status.checksum_mismatches))
+    if status.unknown_versions:
+        problems.append("unknown versions " + ", ".join(f"{v:04d}" for v in status.unknown_versions)
+                        + " (the database is newer than this build)")
+    if problems:
+        hint = ("apply them with 'challengectl db migrate'" if status.pending and not status.refused
+                else "see 'challengectl db migrate --status'; the service refuses to start on this database")
+        return CheckResult("migrations", FAIL, "; ".join(problems), hint)
+    latest = max(status.applied, default=0)
+    return CheckResult("migrations", PASS, f"all {len(status.applied)} applied (schema version {latest})")
+
+
+CATALOG_ROWS_SQL = """
+SELECT p.goal_id, p.challenge_id, c.challenge_id AS catalog_challenge_id, count(*) AS row_count
+FROM user_goal_progress p
+LEFT JOIN unnest(%(goal_ids)s::text[], %(challenge_ids)s::text[]) AS c(goal_id, challenge_id)
+  ON c.goal_id = p.goal_id
+WHERE c.goal_id IS NULL OR c.challenge_id <> p.challenge_id
+GROUP BY p.goal_id, p.challenge_id, c.challenge_id
+ORDER BY row_count DESC, p.goal_id
+LIMIT 20
+"""
+
+
+async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
+    """Rows whose goal left the catalog, or whose challenge_id differs from the catalog's, warn."""
+    try:
+        catalog = diagnosis.catalog()
+    except CatalogError:
+        raise SkipCheck("not checked: the catalog is invalid") from None
+    conn = await need_database(diagnosis)
+    if not await _progress_table_exists(conn):
+        raise SkipCheck(f"not checked: table {PROGRESS_TABLE} does not exist (migrations pending)")
+    goals = list(catalog.goals_by_id.values())
+    try:
+        rows = await (await conn.execute(CATALOG_ROWS_SQL, {
+            "goal_ids": [goal.goal_id for goal in goals], "challenge_ids": [goal.challenge_id for goal in goals],
+        })).fetchall()
+    except pg_errors.QueryCanceled:
+        return CheckResult("catalog-rows", WARN,
+                           f"not verified: the scan of {PROGRESS_TABLE} took longer than {OPERATION_TIMEOUT_S:g} s",
+                           "run the check when the database is less busy")
+    if not rows:
+        return CheckResult("catalog-rows", PASS, f"every row matches the catalog ({len(goals)} goals)")
+    findings = []
+    for goal_id, challenge_id, catalog_challenge_id, count in rows:
+        if catalog_challenge_id is None:
+            findings.append(f"{count} row(s) of goal '{goal_id}' (not in the catalog)")
+        else:
+            findings.append(f"{count} row(s) of goal '{goal_id}' under challenge '{challenge_id}' "
+                            f"(catalog: '{catalog_challenge_id}')")
+    return CheckResult("catalog-rows", WARN, "; ".join(findings[:5]) + ("; ..." if len(findings) > 5 else ""),
+                       "rows of removed goals stay unused (SPEC §3.5); a goal cannot move to another challenge: "
+                       "restore it in the catalog or give the goal a new id")
+
+
+INDEXES_SQL = """
+SELECT c.relname AS name, i.indisprimary AS is_primary, i.indisunique AS is_unique, i.indisvalid AS is_valid,
+       array(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnkeyatts) AS k
+             ORDER BY k) AS columns,
+       ((i.indclass::oid[])[0:i.indnkeyatts - 1])::text AS opclasses,
+       ((i.indcollation::oid[])[0:i.indnkeyatts - 1])::text AS collations,
+       pg_get_expr(i.indpred, i.indrelid, true) AS predicate,
+       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AS backs_constraint,
+       coalesce(s.idx_scan, 0) AS scans
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.indexrelid
+WHERE i.indrelid = to_regclass('user_goal_progress')
+ORDER BY c.relname
+"""
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    name: str
+    is_primary: bool
+    is_unique: bool
+    is_valid: bool
+    columns: tuple[str, ...]
+    opclasses: str
+    collations: str
+    predicate: str | None
+    backs_constraint: bool
+    scans: int
+
+    def duplicates(self, other: IndexInfo) -> bool:
+        """True when this index is redundant next to `other` (SPEC §12.1 duplicate rule): its key
+        columns are a leading prefix of (or equal to) the other's, with the same operator classes and
+        collations, it is not unique, and the predicates are equal."""
+        n = len(self.columns)
+        return (not self.is_unique and n <= len(other.columns) and other.columns[:n] == self.columns
+                and _prefix_of(self.opclasses, other.opclasses) and _prefix_of(self.collations, other.collations)
+                and self.predicate == other.predicate)
+
+
+def _prefix_of(short: str, long: str) -> bool:
+    """Postgres array texts `{a,b}` compared element-wise as a leading prefix."""
+    short_items, long_items = short.strip("{}").split(","), long.strip("{}").split(",")
+    return long_items[:len(short_items)] == short_items
+
+
+async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
+    """The §4.2 indexes are present, valid and defined as specified (else fail); an index duplicating
+    another (the primary key counts) or an unused extra index warns."""
+    conn = await need_database(diagnosis)
+    if not await _progress_table_exists(conn):
+        return CheckResult("indexes", FAIL, f"table {PROGRESS_TABLE} does not exist",
+                           "apply the migrations with 'challengectl db migrate'")
+    rows = await (await conn.execute(INDEXES_SQL)).fetchall()
+    indexes = {row[0]: IndexInfo(row[0], row[1], row[2], row[3], tuple(row[4]), row[5], row[6], row[7], row[8], row[9])
+               for row in rows}
+    failures, fixes = [], []
+    for expected in EXPECTED_INDEXES:
+        found = indexes.get(expected.name)
+        if found is None:
+            failures.append(f"{expected.name} missing")
+            fixes.append(expected.create_sql)
+        elif not found.is_valid:
+            failures.append(f"{expected.name} INVALID (a failed concurrent build)")
+            fixes.append(f"REINDEX INDEX CONCURRENTLY {expected.name}")
+        elif (found.columns != expected.columns or found.predicate != expected.predicate
+              or found.is_primary != expected.primary):
+            shape = f"({', '.join(found.columns)})" + (f" WHERE {found.predicate}" if found.predicate else "")
+            failures.append(f"{expected.name} is defined as {shape}")
+            fixes.append(f"DROP INDEX CONCURRENTLY {expected.name}; {expected.create_sql}")
+    if failures:
+        return CheckResult("indexes", FAIL, "; ".join(failures), "; ".join(fixes))
+    expected_names = {expected.name for expected in EXPECTED_INDEXES}
+    warnings = []
+    for index in indexes.values():
+        if index.name in expected_names:
+            continue
+        twin = next((other for other in indexes.values() if other.name != index.name and index.duplicates(other)), None)
+        if twin is not None:
+            warnings.append((index.name, f"{index.name} ({', '.join(index.columns)}) duplicates {twin.name}"))
+        elif not (index.is_unique or index.backs_constraint) and index.scans == 0:
+            warnings.append((index.name, f"{index.name} ({', '.join(index.columns)}) is unused (0 scans)"))
+    if warnings:
+        drops = "; ".join(f"DROP INDEX CONCURRENTLY {name}" for name, _ in warnings)
+        return CheckResult("indexes", WARN, "; ".join(text for _, text in warnings),
+                           f"{drops} (SPEC §4.2: no index may duplicate the primary key; "
+                           "'challengectl db indexes' shows the statistics)")
+    return CheckResult("indexes", PASS, f"expected present and valid: {', '.join(sorted(expected_names))}")
+
+
+async def check_pg_stat_statements(diagnosis: Diagnosis) -> CheckResult:
+    """pg_stat_statements is preloaded and created in this database."""
+    conn = await need_database(diagnosis)
+    preload, version = await (await conn.execute(
+        "SELECT current_setting('shared_preload_libraries'),"
+        " (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements')")).fetchone()
+    preloaded = "pg_stat_statements" in [name.strip().strip('"') for name in preload.split(",")]
+    if not preloaded:
+        return CheckResult("pg-stat-statements", WARN, "missing: not in shared_preload_libraries", HINT_PG_STAT_STATEMENTS)
+    if version is None:
+        return CheckResult("pg-stat-statements", WARN, "preloaded, but the extension is not created in this database",
+                           "run CREATE EXTENSION pg_stat_statements")
+    return CheckResult("pg-stat-statements", PASS, f"available (version {version})")
+
+
+async def check_headroom(diagnosis: Diagnosis) -> CheckResult:
+    """Server connections in use against max_connections − superuser_reserved_connections, with the
+    configured pools of one instance (processes × db_pool_max, plus the flusher's)."""
+    conn = await need_database(diagnosis)
+    max_connections, reserved, in_use = await (await conn.execute(
+        "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int,"
+        " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')")).fetchone()
+    usable = max(1, max_connections - reserved)
+    share = in_use / usable
+    pools = await _pool_math(diagnosis)
+    observed = (f"{in_use} of {usable} connections in use ({share:.0%}; max_connections {max_connections}, "
+                f"{reserved} reserved); {pools.text}")
+    hint = ("raise max_connections, lower db_pool_max, or pool through PgBouncer; "
+            "'challengectl pool' shows who holds the connections")
+    if share >= HEADROOM_FAIL:
+        return CheckResult("headroom", FAIL, observed, hint)
+    if share >= HEADROOM_WARN:
+        return CheckResult("headroom", WARN, observed, hint)
+    if pools.total > usable:
+        return CheckResult("headroom", WARN, observed + f": above the {usable} usable connections",
+                           "lower db_pool_max (or workers), or raise max_connections")
+    return CheckResult("headroom", PASS, observed)
+
+
+@dataclass(frozen=True)
+class PoolMath:
+    total: int
+    text: str
+
+
+async def _pool_math(diagnosis: Diagnosis) -> PoolMath:
+    """One instance's PostgreSQL pools, from the running service's configuration when it answers,
+    else from the local settings: processes × db_pool_max + flush_workers (the flusher's pool)."""
+    source = "service"
+    try:
+        config = await diagnosis.admin("/admin/config")
+        values = {name: int(_setting_value(config, name)) for name in ("workers", "db_pool_max", "flush_workers")}
+    except (Unreachable, TypeError, ValueError):
+        source = "local settings"
+        values = {name: int(getattr(diagnosis.settings, name)) for name in ("workers", "db_pool_max", "flush_workers")}
+    processes = values["workers"] + 1 if values["workers"] > 1 else 1
+    total = processes * values["db_pool_max"] + values["flush_workers"]
+    text = (f"pools per instance ({source}): {processes} process(es) × db_pool_max {values['db_pool_max']} "
+            f"+ {values['flush_workers']} flusher = {total}")
+    return PoolMath(total, text)
+
+
+def _setting_value(config: dict[str, Any], name: str) -> Any:
+    entry = config.get(name)
+    return entry.get("value") if isinstance(entry, dict) else entry
+
+
+async def check_time(diagnosis: Diagnosis) -> CheckResult:
+    """TimeZone is UTC on a session opened with the service's options; clock skew to the database ≤ 1 s."""
+    conn = await need_database(diagnosis)
+    before = time.time()
+    zone, server_now = await (await conn.execute("SELECT current_setting('TimeZone'), clock_timestamp()")).fetchone()
+    after = time.time()
+    local_now = datetime.fromtimestamp((before + after) / 2, UTC)
+    skew_s = (server_now - local_now).total_seconds()
+    observed = f"TimeZone {zone}, clock skew {round(skew_s * 1000):+d} ms (±{round((after - before) * 500)} ms)"
+    if zone not in UTC_NAMES:
+        return CheckResult("time", WARN, observed,
+                           "service sessions must run in UTC: remove the TimeZone override from the URL's options or PGOPTIONS")
+    if abs(skew_s) > CLOCK_SKEW_LIMIT_S:
+        return CheckResult("time", WARN, observed,
+                           "synchronise this host and the database host with NTP (rotation boundaries use the service's clock)")
+    return CheckResult("time", PASS, observed)
+
+
+async def check_redis(diagnosis: Diagnosis) -> CheckResult:
+    """Redis answers PING (skipped with the cache disabled); unreachable warns with readyz_redis=optional."""
+    if diagnosis.settings.cache_disabled():
+        raise SkipCheck("cache disabled (redis_url=disabled)")
+    try:
+        client = await diagnosis.redis()
+    except Unreachable as exc:
+        if diagnosis.settings.readyz_redis == "optional":
+            return CheckResult("redis", WARN, f"unreachable: {exc}",
+                               "the service serves from PostgreSQL meanwhile (readyz_redis=optional); "
+                               "check that Redis runs, and --redis-url / REDIS_URL")
+        return CheckResult("redis", FAIL, f"unreachable: {exc}",
+                           "check that Redis runs, and --redis-url / REDIS_URL (or REDIS_URL=disabled to run without a cache)")
+    started = time.perf_counter()
+    await client.ping()
+    ping_ms = (time.perf_counter() - started) * 1000
+    info = await client.info("server")
+    return CheckResult("redis", PASS, f"Redis {info.get('redis_version')}, PING {ping_ms:.1f} ms")
+
+
+async def check_redis_eviction(diagnosis: Diagnosis) -> CheckResult:
+    """maxmemory-policy volatile-* passes; noeviction and allkeys-* warn."""
+    if diagnosis.settings.cache_disabled():
+        raise SkipCheck("cache disabled (redis_url=disabled)")
+    try:
+        client = await diagnosis.redis()
+    except Unreachable:
+        raise SkipCheck("not checked: Redis unreachable") from None
+    memory = await client.info("memory")
+    policy = str(memory.get("maxmemory_policy"))
+    limit = int(memory.get("maxmemory") or 0)
+    observed = f"maxmemory-policy {policy}, maxmemory {_human_bytes(limit) if limit else 'unlimited'}"
+    if policy.startswith("volatile-"):
+        return CheckResult("redis-eviction", PASS, observed)
+    if policy.startswith("allkeys-"):
+        return CheckResult("redis-eviction", WARN, observed,
+                           "allkeys-* can evict the users' cache tokens (keys without a TTL), breaking read-your-writes; "
+                           "use maxmemory-policy volatile-lru")
+    return CheckResult("redis-eviction", WARN, observed,
+                       "with noeviction a full Redis refuses writes and the cache degrades; "
+                       "set maxmemory and maxmemory-policy volatile-lru")
+
+
+async def check_service(diagnosis: Diagnosis) -> CheckResult:
+    """REST `/readyz` answers 200, gRPC health says SERVING, and the admin API answers."""
+    parts = await asyncio.gather(_rest_readiness(diagnosis), _grpc_health(diagnosis), _admin_reachable(diagnosis))
+    observed = ", ".join(part.text for part in parts)
+    if all(part.ok for part in parts):
+        return CheckResult("service", PASS, observed)
+    if any(part.unreachable for part in parts):
+        hint = HINT_SERVICE
+    elif not parts[2].ok:
+        hint = "set CHALLENGE_ADMIN_TOKEN to the service's admin_token"
+    else:
+        hint = "the service is not ready: the rows above name the failing dependency"
+    return CheckResult("service", FAIL, observed, hint)
+
+
+@dataclass(frozen=True)
+class ServicePart:
+    ok: bool
+    text: str
+    unreachable: bool = False
+
+
+async def _rest_readiness(diagnosis: Diagnosis) -> ServicePart:
+    try:
+        response = await diagnosis.clients.api.send("GET", "/readyz", accept=(503,))
+    except CliError as exc:
+        return ServicePart(False, f"REST: {exc.message}", unreachable=exc.exit_code == EXIT_UNAVAILABLE)
+    body = response.body if isinstance(response.body, dict) else {}
+    diagnosis.readiness = body
+    if response.status == 200:
+        return ServicePart(True, "REST /readyz 200")
+    return ServicePart(False, f"REST /readyz {response.status} ({body.get('message', 'not ready')})")
+
+
+async def _grpc_health(diagnosis: Diagnosis) -> ServicePart:
+    target = diagnosis.settings.grpc_addr
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=OPERATION_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            unreachable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            return ServicePart(False, f"gRPC health at {target}: {exc.code().name}", unreachable)
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    return ServicePart(answer.status == health_pb2.HealthCheckResponse.SERVING, f"gRPC {state}")
+
+
+async def _admin_reachable(diagnosis: Diagnosis) -> ServicePart:
+    try:
+        await diagnosis.admin("/admin/config")
+    except Unreachable as exc:
+        return ServicePart(False, f"admin: {exc}", unreachable=exc.unavailable)
+    return ServicePart(True, "admin reachable")
+
+
+async def check_cache_ratio(diagnosis: Diagnosis) -> CheckResult:
+    """The service's cache hit ratio (/admin/cache): ≥ 90 % passes, lower warns, no traffic passes."""
+    stats = await need_admin(diagnosis, "/admin/cache")
+    if not stats.get("enabled", True):
+        raise SkipCheck("cache disabled in the service")
+    hits, misses = int(stats.get("hits") or 0), int(stats.get("misses") or 0)
+    if stats.get("bypass"):
+        return CheckResult("cache-ratio", WARN, f"cache bypassed (Redis unhealthy); {hits} hits, {misses} misses",
+                           "check the redis row; the service reads from PostgreSQL meanwhile")
+    if hits + misses == 0:
+        return CheckResult("cache-ratio", PASS, "no traffic")
+    ratio = hits / (hits + misses)
+    observed = f"{ratio:.1%} ({hits} hits, {misses} misses)"
+    if ratio < CACHE_RATIO_WARN:
+        return CheckResult("cache-ratio", WARN, observed,
+                           "normal right after a start or a 'cache flush'; otherwise check evictions and cache_ttl_s "
+                           "('challengectl cache stats')")
+    return CheckResult("cache-ratio", PASS, observed)
+
+
+async def check_buffer(diagnosis: Diagnosis) -> CheckResult:
+    """The event buffer's fill (/admin/buffer): < 50 % passes, ≥ 50 % warns, ≥ 90 % fails; failing
+    flushes fail too (the flusher failing now per readiness, or entries stuck for over a minute while
+    flushes have failed: the admin counters carry no failure time)."""
+    stats = await need_admin(diagnosis, "/admin/buffer")
+    entries, capacity = int(stats.get("entries") or 0), max(1, int(stats.get("capacity") or 1))
+    failures = int(stats.get("flush_failures_total") or 0)
+    oldest_ms = float(stats.get("oldest_entry_age_ms") or 0.0)
+    share = entries / capacity
+    observed = (f"{entries} of {capacity} entries ({share:.0%}), {stats.get('flushes_total', 0)} flushes, "
+                f"{failures} flush failures since start")
+    flusher = ((diagnosis.readiness or {}).get("checks") or {}).get("flusher") or {}
+    if flusher.get("ok") is False or (failures and oldest_ms > STALLED_ENTRY_MS):
+        return CheckResult("buffer", FAIL, observed + f"; flushes failing (oldest entry {oldest_ms / 1000:.0f} s)",
+                           "check PostgreSQL (the postgres and headroom rows) and the service's log")
+    if share >= BUFFER_FAIL:
+        return CheckResult("buffer", FAIL, observed, "flushes cannot keep up: check flush_ms_p95 in /admin/buffer, "
+                           "database load, and raise flush_workers")
+    if share >= BUFFER_WARN:
+        return CheckResult("buffer", WARN, observed, "the buffer is filling: check database load and flush_workers")
+    return CheckResult("buffer", PASS, observed)
+
+
+async def check_jwt_secret(diagnosis: Diagnosis) -> CheckResult:
+    """The HS256 secret file in use has mode 0600 or stricter; skipped when no file is in use."""
+    settings = diagnosis.settings
+    if settings.auth == "none":
+        raise SkipCheck("auth=none: no JWT secret")
+    if settings.jwt_secret_file:
+        path = Path(settings.jwt_secret_file).expanduser()
+    elif settings.jwt_secret or settings.jwt_jwks_url:
+        raise SkipCheck("no secret file in use (" + ("jwt_secret" if settings.jwt_secret else "JWKS") + ")")
+    else:
+        path = settings.resolved_data_dir() / SECRET_FILE_NAME
+        if not path.exists():
+            raise SkipCheck("no secret file in use")
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        return CheckResult("jwt-secret", FAIL, f"{path}: {exc.strerror or exc}",
+                           "check --jwt-secret-file / CHALLENGE_JWT_SECRET_FILE")
+    if mode & 0o077:
+        return CheckResult("jwt-secret", FAIL, f"{path} has mode {mode:04o}", f"chmod 600 {path}")
+    return CheckResult("jwt-secret", PASS, f"{path} has mode {mode:04o}")
+
+
+# --- the table and the runner ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    name: str
+    run: Callable[[Diagnosis], Awaitable[CheckResult]]
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("settings", "settings and catalog", check_settings),
+    Check("postgres", "PostgreSQL", check_postgres),
+    Check("migrations", "migrations", check_migrations),
+    Check("catalog-rows", "catalog vs rows", check_catalog_rows),
+    Check("indexes", "indexes", check_indexes),
+    Check("pg-stat-statements", "pg_stat_statements", check_pg_stat_statements),
+    Check("headroom", "connection headroom", check_headroom),
+    Check("time", "time", check_time),
+    Check("redis", "Redis", check_redis),
+    Check("redis-eviction", "Redis eviction policy", check_redis_eviction),
+    Check("service", "REST /readyz, gRPC health, admin", check_service),
+    Check("cache-ratio", "cache hit ratio (service)", check_cache_ratio),
+    Check("buffer", "event buffer", check_buffer),
+    Check("jwt-secret", "JWT secret file", check_jwt_secret),
+)
+CHECK_IDS = tuple(check.id for check in CHECKS)
+CHECK_NAMES = {check.id: check.name for check in CHECKS}
+
+
+async def run_check(check: Check, diagnosis: Diagnosis) -> CheckResult:
+    """Run one check within CHECK_DEADLINE_S; a dependency failing mid-check is a failed row."""
+    try:
+        return await asyncio.wait_for(check.run(diagnosis), CHECK_DEADLINE_S)
+    except SkipCheck as skipped:
+        return CheckResult(check.id, SKIP, str(skipped))
+    except TimeoutError:
+        return CheckResult(check.id, FAIL, f"no answer within {CHECK_DEADLINE_S:g} s",
+                           "the dependency is overloaded or hanging; rerun with --debug")
+    except psycopg.Error as exc:
+        return CheckResult(check.id, FAIL, f"PostgreSQL error: {short_reason(exc)}", "rerun with --debug")
+    except (RedisError, OSError) as exc:
+        return CheckResult(check.id, FAIL, f"Redis error: {_first_line(exc)}", "rerun with --debug")
+
+
+async def run_checks(diagnosis: Diagnosis, skip: Collection[str] = ()) -> list[CheckResult]:
+    """Every check of the table in order, except those in `skip`."""
+    return [await run_check(check, diagnosis) for check in CHECKS if check.id not in skip]
+
+
+async def _progress_table_exists(conn: psycopg.AsyncConnection) -> bool:
+    row = await (await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (PROGRESS_TABLE,))).fetchone()
+    return bool(row[0])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
