@@ -1,0 +1,50 @@
+"""`loadtest run --reset`: a cold start for the next run (SPEC §11.3). Truncates `user_goal_progress`
+and `reward_grants`, unlinks every `<prefix>:*` key and rotates every `<prefix>:{user}:tok` key instead
+of deleting it (SPEC §8.5: a deleted token would let a concurrent stale fill pass validation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+import redis.asyncio as redis_asyncio
+
+from service.cache import escape_glob, new_token
+
+SCAN_COUNT = 1000
+TRUNCATE = "TRUNCATE user_goal_progress, reward_grants"
+
+
+@dataclass(frozen=True)
+class ResetResult:
+    keys_removed: int
+    tokens_rotated: int
+
+
+def truncate_tables(database_url: str) -> None:
+    """Empty the progress and grant tables (the schema and migrations stay)."""
+    with psycopg.connect(database_url, autocommit=True, application_name="challengectl-cli") as conn:
+        conn.execute(TRUNCATE)
+
+
+async def clear_cache(redis_url: str, prefix: str) -> ResetResult:
+    """SCAN `<prefix>:*`; UNLINK every key except the token keys, which get a fresh value."""
+    client = redis_asyncio.from_url(redis_url)
+    removed = rotated = 0
+    token_suffix = b":tok"
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{escape_glob(prefix)}:*", count=SCAN_COUNT):
+            if key.endswith(token_suffix) and key.count(b":") == prefix.count(":") + 2:
+                await client.set(key, new_token(), xx=True, keepttl=True)
+                rotated += 1
+                continue
+            batch.append(key)
+            if len(batch) >= SCAN_COUNT:
+                removed += await client.unlink(*batch)
+                batch = []
+        if batch:
+            removed += await client.unlink(*batch)
+    finally:
+        await client.aclose()
+    return ResetResult(removed, rotated)

@@ -1,0 +1,92 @@
+"""The service's own view of a run, from two scrapes of its Prometheus `/metrics` (SPEC §5.6): request
+counts and latency histograms per route and per gRPC method over the window between the scrapes, with
+`histogram_quantile`-style p95 estimates and the bucket each p95 falls in."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+HTTP_DURATION = "challenge_http_request_duration_seconds"
+GRPC_DURATION = "challenge_grpc_request_duration_seconds"
+HTTP_REQUESTS = "challenge_http_requests_total"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_samples(text: str) -> Samples:
+    """Every sample of an exposition text, keyed by (sample name, sorted labels)."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+    return samples
+
+
+def scalar(samples: Samples, name: str) -> float | None:
+    """The value of an unlabelled sample (e.g. `process_cpu_seconds_total`), summed over label sets."""
+    values = [value for (sample, _), value in samples.items() if sample == name]
+    return sum(values) if values else None
+
+
+def sum_by(samples: Samples, name: str, label: str) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for (sample, labels), value in samples.items():
+        if sample == name:
+            totals[dict(labels).get(label, "")] += value
+    return dict(totals)
+
+
+def _buckets(samples: Samples, name: str, key_labels: tuple[str, ...]) -> dict[tuple[str, ...], dict[float, float]]:
+    result: dict[tuple[str, ...], dict[float, float]] = defaultdict(dict)
+    for (sample, labels), value in samples.items():
+        if sample != f"{name}_bucket":
+            continue
+        label_map = dict(labels)
+        key = tuple(label_map.get(k, "") for k in key_labels)
+        result[key][float(label_map["le"])] = value
+    return result
+
+
+def quantile_bucket(buckets: dict[float, float], q: float) -> tuple[float, float, float]:
+    """(lower bound, upper bound, linear estimate) in seconds of the q-quantile of cumulative buckets,
+    as PromQL's histogram_quantile computes it."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return 0.0, 0.0, 0.0
+    rank = q * total
+    previous_bound, previous_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return previous_bound, bound, previous_bound
+            width = count - previous_count
+            fraction = (rank - previous_count) / width if width > 0 else 1.0
+            return previous_bound, bound, previous_bound + (bound - previous_bound) * fraction
+        previous_bound, previous_count = bound, count
+    return previous_bound, previous_bound, previous_bound
+
+
+def window_view(before: Samples, after: Samples) -> dict[str, Any]:
+    """Per HTTP route+method and per gRPC method: requests, and p95 (estimate and bucket) in ms, over
+    the window between two scrapes."""
+    view: dict[str, Any] = {"http": {}, "grpc": {}}
+    for kind, name, keys in (("http", HTTP_DURATION, ("method", "route")), ("grpc", GRPC_DURATION, ("method",))):
+        start, end = _buckets(before, name, keys), _buckets(after, name, keys)
+        for key, end_buckets in sorted(end.items()):
+            delta = {bound: value - start.get(key, {}).get(bound, 0.0) for bound, value in end_buckets.items()}
+            count = delta.get(math.inf, 0.0)
+            if count <= 0:
+                continue
+            lower, upper, estimate = quantile_bucket(delta, 0.95)
+            view[kind][" ".join(key)] = {
+                "count": int(round(count)),
+                "p95_ms": round(estimate * 1000, 3),
+                "p95_bucket_ms": [round(lower * 1000, 3), None if math.isinf(upper) else round(upper * 1000, 3)],
+            }
+    return view

@@ -1,0 +1,260 @@
+"""Resource snapshots while a load test runs (SPEC §11.4): the service's CPU and RSS (`/metrics`), DB and
+Redis pools (`/admin/pool`), cache counters (`/admin/cache`), the event buffer (`/admin/buffer`),
+PostgreSQL connections by state (`pg_stat_activity`) and Redis hit ratio and ops/s (`INFO stats`),
+sampled every interval and summarised as min/avg/max. At the end: the top `pg_stat_statements` entries
+and the `user_goal_progress` table statistics. A source that cannot be read is left out with a note."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import psycopg
+import redis.asyncio as redis_asyncio
+
+from challengectl.loadtest.servicemetrics import Samples, parse_samples, scalar
+
+APPLICATION_NAME = "challengectl-loadtest"
+_CONNECTIONS_BY_STATE = ("SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity "
+                         "WHERE datname = current_database() GROUP BY 1")
+_TABLE_STATS = ("SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, "
+                "n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname IN ('user_goal_progress', 'reward_grants')")
+_TOP_QUERY_LIMIT = 10
+
+
+class ResourceSampler:
+    """Samples every source once per `interval_s` until stopped. `generator_stats` supplies the
+    generator's own numbers (lag p99, dropped, CPU) for each row."""
+
+    def __init__(self, admin_url: str, admin_token: str | None, database_url: str | None, redis_url: str | None,
+                 interval_s: float, generator_stats: Callable[[], dict[str, Any]] = dict) -> None:
+        self.admin_url = admin_url.rstrip("/")
+        self.interval_s = interval_s
+        self.series: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.capacity: dict[str, Any] = {}
+        self.metrics_before: Samples | None = None
+        self.metrics_after: Samples | None = None
+        self.table_stats_before: dict[str, dict[str, int]] = {}
+        self._headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+        self._database_url = database_url
+        self._redis_url = redis_url if redis_url and redis_url.strip().lower() != "disabled" else None
+        self._generator_stats = generator_stats
+        self._session: aiohttp.ClientSession | None = None
+        self._pg: psycopg.AsyncConnection[Any] | None = None
+        self._redis: redis_asyncio.Redis | None = None
+        self._started = 0.0
+        self._previous: dict[str, float] = {}
+
+    async def open(self) -> None:
+        """Connect to every reachable source and take the first snapshot (the window's start)."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        if self._database_url:
+            try:
+                self._pg = await psycopg.AsyncConnection.connect(self._database_url, autocommit=True,
+                                                                 application_name=APPLICATION_NAME)
+                row = await (await self._pg.execute("SELECT current_setting('max_connections')::int")).fetchone()
+                self.capacity["pg_max_connections"] = row[0] if row else None
+                self.table_stats_before = await self._table_stats()
+            except psycopg.Error as error:
+                self._pg = None
+                self.notes.append(f"PostgreSQL statistics omitted: {_first_line(error)}")
+        else:
+            self.notes.append("PostgreSQL statistics omitted: no database URL (set DATABASE_URL or --database-url)")
+        if self._redis_url:
+            try:
+                self._redis = redis_asyncio.from_url(self._redis_url, socket_timeout=2)
+                await self._redis.ping()
+            except Exception as error:  # redis raises many unrelated types on a bad URL or refused connection
+                self._redis = None
+                self.notes.append(f"Redis statistics omitted: {_first_line(error)}")
+        else:
+            self.notes.append("Redis statistics omitted: cache disabled or no Redis URL")
+        self._started = time.monotonic()
+        text = await self._get_text("/metrics")
+        self.metrics_before = parse_samples(text) if text is not None else None
+        await self.sample()
+
+    async def close(self) -> None:
+        """Take the last snapshot (the window's end) and disconnect."""
+        await self.sample()
+        text = await self._get_text("/metrics")
+        self.metrics_after = parse_samples(text) if text is not None else None
+        if self._session is not None:
+            await self._session.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sample every interval until `stop` is set."""
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+                return
+            except asyncio.TimeoutError:
+                await self.sample()
+
+    async def sample(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"t_s": round(time.monotonic() - self._started, 2)}
+        now = time.monotonic()
+        metrics_text, pool, cache, buffer = await asyncio.gather(
+            self._get_text("/metrics"), self._get_json("/admin/pool"), self._get_json("/admin/cache"),
+            self._get_json("/admin/buffer"))
+        if metrics_text is not None:
+            samples = parse_samples(metrics_text)
+            cpu = scalar(samples, "process_cpu_seconds_total")
+            rss = scalar(samples, "process_resident_memory_bytes")
+            row["service_cpu_pct"] = self._rate("cpu", cpu, now, 100.0)
+            row["service_rss_mb"] = round(rss / 1e6, 1) if rss is not None else None
+            row["flush_deferred_total"] = scalar(samples, "challenge_flush_deferred_total")
+        if pool:
+            db, redis_pool = pool.get("db", {}), pool.get("redis", {})
+            self.capacity["db_pool_max"] = db.get("max_size")
+            self.capacity["redis_pool_max"] = redis_pool.get("max_connections")
+            row.update({"db_pool_in_use": db.get("in_use"), "db_pool_waiting": db.get("waiting"),
+                        "db_pool_utilisation_pct": _pct(db.get("utilisation")),
+                        "db_pool_peak_in_use": db.get("peak_in_use"),
+                        "db_pool_acquire_timeouts": db.get("acquire_timeouts"),
+                        "redis_pool_in_use": redis_pool.get("in_use")})
+        if cache:
+            row["cache_hit_ratio_pct"] = self._ratio("cache", cache.get("hits"), cache.get("misses"))
+            row["cache_bypassed"] = cache.get("bypassed")
+        if buffer:
+            self.capacity["buffer_capacity"] = buffer.get("capacity")
+            row.update({"buffer_entries": buffer.get("entries"), "buffer_peak_entries": buffer.get("peak_entries"),
+                        "flush_ms_p95": buffer.get("flush_ms_p95"),
+                        "buffer_exhausted": (buffer.get("events") or {}).get("exhausted")})
+        if self._pg is not None:
+            row.update(await self._pg_connections())
+        if self._redis is not None:
+            row.update(await self._redis_stats(now))
+        row.update(self._generator_stats())
+        self.series.append(row)
+        return row
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """min/avg/max of every numeric series field."""
+        fields: dict[str, list[float]] = {}
+        for row in self.series:
+            for key, value in row.items():
+                if key != "t_s" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    fields.setdefault(key, []).append(float(value))
+        return {key: {"min": round(min(v), 3), "avg": round(sum(v) / len(v), 3), "max": round(max(v), 3)}
+                for key, v in fields.items()}
+
+    async def database_report(self) -> dict[str, Any]:
+        """Top statements by total time and the table statistics before/after (SPEC §11.4)."""
+        if self._pg is None:
+            return {"top_queries": [], "table_stats": {}, "note": "no database access"}
+        report: dict[str, Any] = {"top_queries": await self._top_queries(),
+                                  "table_stats": {"before": self.table_stats_before, "after": await self._table_stats()}}
+        await self._pg.close()
+        return report
+
+    async def _top_queries(self) -> list[dict[str, Any]] | str:
+        assert self._pg is not None
+        try:
+            columns = {row[0] for row in await (await self._pg.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'pg_stat_statements'::regclass")).fetchall()}
+            total, mean = (("total_exec_time", "mean_exec_time") if "total_exec_time" in columns
+                           else ("total_time", "mean_time"))
+            rows = await (await self._pg.execute(
+                f"SELECT calls, {total}, {mean}, rows, left(query, 300) FROM pg_stat_statements "
+                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                f"ORDER BY {total} DESC LIMIT {_TOP_QUERY_LIMIT}")).fetchall()
+        except psycopg.Error as error:
+            self.notes.append(f"pg_stat_statements unavailable: {_first_line(error)}")
+            return []
+        return [{"calls": calls, "total_ms": round(total_ms, 1), "mean_ms": round(mean_ms, 3), "rows": nrows,
+                 "query": " ".join(query.split())} for calls, total_ms, mean_ms, nrows, query in rows]
+
+    async def _table_stats(self) -> dict[str, dict[str, int]]:
+        assert self._pg is not None
+        rows = await (await self._pg.execute(_TABLE_STATS)).fetchall()
+        names = ("seq_scan", "seq_tup_read", "idx_scan", "n_tup_ins", "n_tup_upd", "n_tup_hot_upd", "n_tup_del",
+                 "n_live_tup", "n_dead_tup")
+        return {row[0]: {name: int(value or 0) for name, value in zip(names, row[1:])} for row in rows}
+
+    async def _pg_connections(self) -> dict[str, Any]:
+        assert self._pg is not None
+        try:
+            rows = await (await self._pg.execute(_CONNECTIONS_BY_STATE)).fetchall()
+        except psycopg.Error as error:
+            return {"pg_error": _first_line(error)}
+        by_state = {state: count for state, count in rows}
+        return {"pg_connections_total": sum(by_state.values()), "pg_connections_active": by_state.get("active", 0),
+                "pg_connections_idle": by_state.get("idle", 0),
+                "pg_connections_idle_in_transaction": by_state.get("idle in transaction", 0)}
+
+    async def _redis_stats(self, now: float) -> dict[str, Any]:
+        assert self._redis is not None
+        try:
+            stats = await self._redis.info("stats")
+        except Exception as error:  # a Redis outage mid-run is recorded, not fatal
+            return {"redis_error": _first_line(error)}
+        return {"redis_hit_ratio_pct": self._ratio("redis", stats.get("keyspace_hits"), stats.get("keyspace_misses")),
+                "redis_ops_per_s": self._rate("redis_ops", stats.get("total_commands_processed"), now, 1.0)}
+
+    def _rate(self, key: str, value: float | None, now: float, factor: float) -> float | None:
+        """Per-second rate of a cumulative counter since the previous sample."""
+        if value is None:
+            return None
+        previous = self._previous.get(key)
+        previous_at = self._previous.get(key + "@")
+        self._previous[key], self._previous[key + "@"] = float(value), now
+        if previous is None or previous_at is None or now <= previous_at:
+            return None
+        return round((float(value) - previous) / (now - previous_at) * factor, 2)
+
+    def _ratio(self, key: str, hits: float | None, misses: float | None) -> float | None:
+        """Hit ratio % of the hits and misses since the previous sample (None when there were none)."""
+        if hits is None or misses is None:
+            return None
+        previous_hits, previous_misses = self._previous.get(key + "_h"), self._previous.get(key + "_m")
+        self._previous[key + "_h"], self._previous[key + "_m"] = float(hits), float(misses)
+        if previous_hits is None or previous_misses is None:
+            return None
+        delta_hits, delta_misses = hits - previous_hits, misses - previous_misses
+        if delta_hits + delta_misses <= 0:
+            return None
+        return round(100.0 * delta_hits / (delta_hits + delta_misses), 2)
+
+    async def _get_text(self, path: str) -> str | None:
+        assert self._session is not None
+        try:
+            async with self._session.get(self.admin_url + path, headers=self._headers) as response:
+                if response.status != 200:
+                    self._note_once(f"admin {path} answered HTTP {response.status}")
+                    return None
+                return await response.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+            self._note_once(f"admin {path} unreachable: {_first_line(error) or type(error).__name__}")
+            return None
+
+    async def _get_json(self, path: str) -> dict[str, Any] | None:
+        assert self._session is not None
+        try:
+            async with self._session.get(self.admin_url + path, headers=self._headers) as response:
+                if response.status != 200:
+                    self._note_once(f"admin {path} answered HTTP {response.status}")
+                    return None
+                return await response.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+            self._note_once(f"admin {path} unreachable: {_first_line(error) or type(error).__name__}")
+            return None
+
+    def _note_once(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
+
+
+def _pct(value: float | None) -> float | None:
+    return round(value * 100, 2) if isinstance(value, (int, float)) else None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,153 @@
+"""The load generator against a tiny fake player API (SPEC §11.1; P1): latency counts from the scheduled
+time, so a 2-second stall of the service shows up as latency, not as fewer requests; the in-flight cap
+drops and counts operations; several generator processes together send exactly one schedule.
+
+The fake service tests the generator, not the challenge service: it runs on its own event loop in a
+thread, and a stall blocks that loop like a frozen server would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from challengectl.loadtest.generator import GeneratorConfig, run_generator
+from challengectl.loadtest.schedule import PhasePlan
+from challengectl.loadtest.stats import latency_summary_ms
+from tests.servers import free_port
+
+STALL_S = 2.0
+
+
+@dataclass
+class FakePlayerApi:
+    """Answers the player routes the init phase and the probe use. `stall_after_s`: the first request
+    that arrives this long after the first initialize freezes the server for `stall_s`."""
+
+    fingerprint: str = "0000000000000000"
+    stall_after_s: float | None = None
+    stall_s: float = STALL_S
+    refuse_auth: bool = False
+    port: int = field(default_factory=free_port)
+    initialize_calls: int = 0
+    users_seen: Counter[str] = field(default_factory=Counter)
+    stalled_at: float | None = None
+    _first: float | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/challenge"
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ready"}, headers={"X-Catalog-Fingerprint": self.fingerprint})
+
+    async def _probe(self, request: web.Request) -> web.Response:
+        if self.refuse_auth:
+            return web.json_response({"errorCode": "UNAUTHORIZED", "message": "invalid token"}, status=401)
+        return web.json_response({"challengeId": request.match_info["challenge_id"], "goals": []})
+
+    async def _initialize(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        self._first = self._first or now
+        self.initialize_calls += 1
+        self.users_seen[request.headers.get("X-Mock-User-Id", "")] += 1
+        if self.stall_after_s is not None and self.stalled_at is None and now - self._first >= self.stall_after_s:
+            self.stalled_at = now
+            time.sleep(self.stall_s)  # blocks this server's loop: every request waits, as with a frozen service
+        return web.Response(body=json.dumps({"assignedGoals": [], "newAssignments": 10, "totalActive": 10}).encode(),
+                            content_type="application/json")
+
+    def start(self) -> FakePlayerApi:
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            application = web.Application()
+            application.router.add_get("/challenge/readyz", self._readyz)
+            application.router.add_get("/challenge/v1/challenges/{challenge_id}", self._probe)
+            application.router.add_post("/challenge/v1/challenges/initialize", self._initialize)
+            runner = web.AppRunner(application)
+            self._loop.run_until_complete(runner.setup())
+            self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+            ready.set()
+            self._loop.run_forever()
+
+        threading.Thread(target=serve, name="fake-player-api", daemon=True).start()
+        assert ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.fixture
+def fake_api() -> FakePlayerApi:
+    api = FakePlayerApi(stall_after_s=1.5).start()
+    yield api
+    api.stop()
+
+
+def init_only(duration_s: float, rate: float) -> tuple[PhasePlan, ...]:
+    return (PhasePlan("init", "init", duration_s, rate, 0.0),)
+
+
+async def test_a_stall_shows_up_as_latency_not_as_lower_throughput(fake_api: FakePlayerApi) -> None:
+    rate, duration = 100.0, 5.0
+    config = GeneratorConfig(api_url=fake_api.api_url, grpc_addr="127.0.0.1:1", phases=init_only(duration, rate),
+                             users=1000, auth="none")
+    result = await run_generator(config, procs=1)
+    stats = result.stats[("init", "initialize_new")]
+    assert stats.count == stats.ok == fake_api.initialize_calls == int(rate * duration)
+    assert result.dropped == 0
+    latency = latency_summary_ms(stats.latency)
+    assert latency["max"] >= STALL_S * 1000
+    # Every operation due during the stall waited until its end: those due in its first half waited ≥ 1 s.
+    # A closed-model generator would have sent ~1 request during the stall instead of rate × 2 s.
+    slow = sum(count for value, count in _values(stats.latency) if value >= 1_000_000)
+    assert slow >= rate * (STALL_S / 2) * 0.8
+    assert latency["p90"] >= 1000
+    assert fake_api.stalled_at is not None
+
+
+async def test_the_inflight_cap_drops_and_counts_operations(fake_api: FakePlayerApi) -> None:
+    config = GeneratorConfig(api_url=fake_api.api_url, grpc_addr="127.0.0.1:1", phases=init_only(4.0, 100.0),
+                             users=1000, auth="none", max_inflight=5)
+    result = await run_generator(config, procs=1)
+    stats = result.stats[("init", "initialize_new")]
+    assert stats.count == 400
+    dropped = stats.failures["dropped"]
+    assert dropped == result.dropped > 100  # ~2 s of a 100/s schedule had no free slot
+    assert stats.ok == fake_api.initialize_calls == 400 - dropped
+    assert stats.latency.get_total_count() == stats.ok  # dropped operations have no latency
+    timeline_failed = sum(failed for (phase, _), (failed, _) in result.timeline.items() if phase == "init")
+    assert timeline_failed == dropped
+
+
+async def test_two_generator_processes_send_exactly_one_schedule() -> None:
+    api = FakePlayerApi().start()
+    try:
+        plans = (PhasePlan("init", "init", 2.0, 60.0, 0.0), PhasePlan("again", "init", 1.0, 60.0, 0.0, 2.0, 1.0, 120))
+        config = GeneratorConfig(api_url=api.api_url, grpc_addr="127.0.0.1:1", phases=plans, users=100, auth="none")
+        result = await run_generator(config, procs=2)
+    finally:
+        api.stop()
+    assert result.procs == 2
+    # The fake always reports newAssignments > 0: the label comes from the response, not from the index.
+    assert result.stats[("init", "initialize_new")].count == 120
+    assert result.stats[("again", "initialize_new")].count == 60
+    assert api.initialize_calls == 180
+    # Request k (0-based, counted across init-kind phases) is user (k mod 100) + 1, whichever process sent it.
+    expected = Counter(f"user-{k % 100 + 1:06d}" for k in range(180))
+    assert api.users_seen == expected
+
+
+def _values(histogram) -> list[tuple[int, int]]:
+    return [(item.value_iterated_to, item.count_added_in_this_iter_step) for item in histogram.get_recorded_iterator()]
