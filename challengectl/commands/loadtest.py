@@ -4,7 +4,6 @@ write the versioned JSON report and the Markdown analysis, compare two runs, re-
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
