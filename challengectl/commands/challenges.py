@@ -1,0 +1,195 @@
+"""`challengectl challenges list|get|rotation`: the player's challenges through the REST API, acting as
+`--user` (SPEC §10.2, §5.4.1, §5.4.2, §5.4.8), and the reference demo CLI's hidden aliases
+`list-challenges`, `get-challenge` and `get-rotation-status` (SPEC §10.1).
+
+`-o json` prints the API body unchanged (camelCase); tables and CSV show a per-row summary. The goal
+cell helpers here are shared with `goals`, which renders the selected goals the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import typer
+
+from challengectl.context import command_group, get_cli
+from challengectl.output import Column
+
+app = command_group("The player's challenges, goals and rotation status (acts as --user).")
+
+ACTIVE_ONLY_HELP = "only goals with an active row; challenges left without goals are omitted"
+DONE_STATUSES = ("completed", "claimed")
+
+# click rewraps epilog paragraphs; a `\b` line keeps the examples copy-pasteable as written.
+LIST_EXAMPLES = """\b
+Examples:
+  challengectl --user alice challenges list
+  challengectl --user alice challenges list --active-only -o json | jq '.challenges[].challengeId'
+  CHALLENGE_USER=alice challengectl challenges list -o csv
+"""
+
+GET_EXAMPLES = """\b
+Examples:
+  challengectl --user alice challenges get daily-grind
+  challengectl --user alice challenges get daily-grind -o json | jq '.goals[] | {goalId, status, progress}'
+  challengectl --user alice challenges get season-1 --active-only
+"""
+
+ROTATION_EXAMPLES = """\b
+Examples:
+  challengectl --user alice challenges rotation daily-grind
+  challengectl --user alice challenges rotation weekly-ops -o json | jq .rotation.currentPeriod.expiresInSeconds
+"""
+
+
+# --- shared cells --------------------------------------------------------------------------------
+
+
+def challenge_path(challenge_id: str) -> str:
+    """`/v1/challenges/<id>` with the id percent-encoded as one path segment."""
+    return f"/v1/challenges/{quote(challenge_id, safe='')}"
+
+
+def goal_path(challenge_id: str, goal_id: str, action: str) -> str:
+    """`/v1/challenges/<c>/goals/<g>/<action>` with both ids percent-encoded."""
+    return f"{challenge_path(challenge_id)}/goals/{quote(goal_id, safe='')}/{action}"
+
+
+def format_reward(reward: Mapping[str, Any] | None) -> str:
+    """`100 COINS (wallet)`, `1 banner-veteran (item)`."""
+    if not reward:
+        return ""
+    return f"{reward.get('quantity')} {reward.get('rewardId')} ({str(reward.get('type', '')).lower()})"
+
+
+def format_expires_in(seconds: int | None, expires_at: str | None) -> str:
+    """A rotating goal's time to its next boundary (`2d 4h`, `3h 12m`, `45s`); empty for other goals."""
+    if not expires_at:
+        return ""
+    remaining = max(0, int(seconds or 0))
+    days, rest = divmod(remaining, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def goal_target(goal: Mapping[str, Any]) -> Any:
+    """The goal's target: `target` (initialize, selects) or `requirement.targetValue` (listings)."""
+    if "target" in goal:
+        return goal["target"]
+    return (goal.get("requirement") or {}).get("targetValue")
+
+
+def goal_summary(goal: Mapping[str, Any]) -> dict[str, Any]:
+    """One table/CSV row for an API goal object."""
+    return {
+        "goal": goal.get("goalId"),
+        "status": goal.get("status"),
+        "progress": f"{goal.get('progress', 0)}/{goal_target(goal)}",
+        "active": goal.get("isActive"),
+        "locked": goal.get("locked"),
+        "expires_in": format_expires_in(goal.get("expiresInSeconds"), goal.get("expiresAt")),
+        "reward": format_reward(goal.get("reward")),
+    }
+
+
+GOAL_COLUMNS = [Column("goal"), Column("status"), Column("progress", justify="right"), Column("active"),
+                Column("locked"), Column("expires_in", "EXPIRES IN", justify="right"), Column("reward")]
+
+
+def challenge_summary(challenge: Mapping[str, Any]) -> dict[str, Any]:
+    """One `challenges list` row: challenge, name, completed/total goals, active goals."""
+    goals: Sequence[Mapping[str, Any]] = challenge.get("goals") or []
+    completed = sum(1 for goal in goals if goal.get("status") in DONE_STATUSES)
+    return {
+        "challenge": challenge.get("challengeId"),
+        "name": challenge.get("name"),
+        "completed": f"{completed}/{len(goals)}",
+        "active": sum(1 for goal in goals if goal.get("isActive")),
+    }
+
+
+CHALLENGE_COLUMNS = [Column("challenge"), Column("name"), Column("completed", justify="right"),
+                     Column("active", justify="right")]
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def list_challenges(
+    ctx: typer.Context,
+    active_only: bool = typer.Option(False, "--active-only", help=ACTIVE_ONLY_HELP),
+) -> None:
+    """The player's challenges: completed/total and active goals per challenge."""
+    cli = get_cli(ctx)
+    user = cli.require_user()
+    payload = cli.run(lambda clients: clients.api.get("/v1/challenges", user=user,
+                                                      params={"active_only": active_only}))
+    rows = [challenge_summary(challenge) for challenge in payload.get("challenges", [])]
+    cli.output.emit_api(payload, rows=rows, columns=CHALLENGE_COLUMNS)
+
+
+def get_challenge(
+    ctx: typer.Context,
+    challenge_id: str = typer.Argument(..., metavar="ID", help="the challenge id"),
+    active_only: bool = typer.Option(False, "--active-only", help=ACTIVE_ONLY_HELP),
+) -> None:
+    """One challenge with its goals: status, progress/target, active, locked, expiry and reward."""
+    cli = get_cli(ctx)
+    user = cli.require_user()
+    payload = cli.run(lambda clients: clients.api.get(challenge_path(challenge_id), user=user,
+                                                      params={"active_only": active_only}))
+    rows = [goal_summary(goal) for goal in payload.get("goals", [])]
+    cli.output.emit_api(payload, rows=rows, columns=GOAL_COLUMNS,
+                        title=f"{payload.get('challengeId')}: {payload.get('name')}")
+
+
+def rotation_status(
+    ctx: typer.Context,
+    challenge_id: str = typer.Argument(..., metavar="ID", help="the challenge id"),
+) -> None:
+    """The challenge's rotation: schedule, reset rules, the current and the next period."""
+    cli = get_cli(ctx)
+    user = cli.require_user()
+    payload = cli.run(lambda clients: clients.api.get(f"{challenge_path(challenge_id)}/rotation", user=user))
+    out = cli.output
+    out.emit_api(payload, table=lambda: out.key_value_table(rotation_fields(payload)))
+
+
+def rotation_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The rotation status as flat `name: value` pairs for the key/value table."""
+    rotation = payload.get("rotation") or {}
+    fields: dict[str, Any] = {
+        "challenge": payload.get("challengeId"),
+        "enabled": rotation.get("enabled"),
+        "type": rotation.get("type"),
+        "schedule": rotation.get("schedule"),
+        "reset_progress": rotation.get("resetProgress"),
+        "allow_reselection": rotation.get("allowReselection"),
+    }
+    current, upcoming = rotation.get("currentPeriod"), rotation.get("nextPeriod")
+    if current:
+        fields["current_period"] = f"{current.get('startTime')} -> {current.get('endTime')}"
+        fields["expires_in"] = format_expires_in(current.get("expiresInSeconds"), current.get("endTime"))
+    if upcoming:
+        fields["next_period"] = f"{upcoming.get('startTime')} -> {upcoming.get('endTime')}"
+    return fields
+
+
+def register(root: typer.Typer) -> None:
+    """Add the `challenges` group and the hidden reference aliases to the root app."""
+    app.command("list", epilog=LIST_EXAMPLES)(list_challenges)
+    app.command("get", epilog=GET_EXAMPLES)(get_challenge)
+    app.command("rotation", epilog=ROTATION_EXAMPLES)(rotation_status)
+    root.add_typer(app, name="challenges")
+    root.command("list-challenges", hidden=True, epilog=LIST_EXAMPLES)(list_challenges)
+    root.command("get-challenge", hidden=True, epilog=GET_EXAMPLES)(get_challenge)
+    root.command("get-rotation-status", hidden=True, epilog=ROTATION_EXAMPLES)(rotation_status)
