@@ -320,3 +320,19 @@ def test_events_send_without_a_kind_or_file_is_a_usage_error(service: ServeProce
     assert code == 2 and "needs 'login', 'stat' or --file" in err
     code, _, err = cli(service, ["events", "send", "login", "--user", "u", "--batch", "5"], capsys)
     assert code == 2 and "one event per call" in err
+
+
+@pytest.mark.parametrize("command", [["events", "send"], ["events", "send", "login"], ["events", "send", "stat"],
+                                     ["events", "replay"], ["trigger-event", "login"], ["watch"]])
+def test_help_has_examples_with_jq_and_the_alias_stays_hidden(command: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code in (0, None)
+    examples = out.split("Examples:", 1)[1]
+    assert examples.count("challengectl ") >= 2 and "jq" in examples
+    assert "[bold" not in out and "[/" not in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    root_help = capsys.readouterr().out
+    assert "events" in root_help and "trigger-event" not in root_help
