@@ -201,7 +201,7 @@ def test_open_model_count_and_rate_report_a_summary(service: ServeProcess, capsy
 
 def test_synthetic_players_share_the_events_round_robin(service: ServeProcess, capsys) -> None:
     prefix = f"evp-{uuid.uuid4().hex[:6]}-"
-    players = [new_player(service, f"{prefix}{n}") for n in range(3)]
+    players = [new_player(service, f"{prefix}{n}") for n in range(1, 4)]  # the ids of `users init --count 3`
     code, out, err = cli(service, ["events", "send", "login", "--users-prefix", prefix, "--users", "3",
                                    "--count", "6", "--event-rpc", "publish", "--batch", "2"], capsys)
     assert code == 0, err

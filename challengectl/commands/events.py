@@ -607,7 +607,7 @@ def _players(cli: CliContext, user: str | None, users_prefix: str | None, users:
         if users_prefix is None or users is None:
             raise CliError("--users-prefix and --users go together", "e.g. --users-prefix load- --users 50",
                            EXIT_USAGE)
-        return [f"{users_prefix}{n}" for n in range(users)]
+        return [f"{users_prefix}{n}" for n in range(1, users + 1)]  # the ids `users init --count N --prefix P` makes
     player = cli.settings(user=user).user
     if not player:
         raise CliError("events send needs --user (or --users-prefix P --users N)",
@@ -659,7 +659,7 @@ def _send_synthetic(ctx: typer.Context, make: Callable[[str, str, int], ingest_p
 
 
 USER_HELP = "the player [env: CHALLENGE_USER]"
-USERS_PREFIX_HELP = "synthetic players <prefix>0 … <prefix>N-1, with --users N (events go round-robin)"
+USERS_PREFIX_HELP = "synthetic players <prefix>1 … <prefix>N, with --users N (events go round-robin)"
 COUNT_HELP = "number of events"
 ID_HELP = "event id (default: a fresh UUIDv7 per event); with --count every event carries it, to test de-duplication"
 RPC_HELP = "ags: AGS OnMessage, one event per call, reports OK only; publish: EventIngest.Publish with counts"
