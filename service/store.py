@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from prometheus_client import Histogram
 
 from service.metrics import LATENCY_BUCKETS
+from service.pool_stats import PoolUsage
 from service.registry import Registry
 
 POOL_ROLES = ("service", "flusher", "cli")
@@ -172,6 +173,7 @@ class Store:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
         self.target = describe_target(pool.conninfo if isinstance(pool.conninfo, str) else "")
+        self.usage = PoolUsage()
 
     @classmethod
     async def open(cls, conninfo: str, role: str, config: PoolConfig) -> Store:
@@ -185,9 +187,14 @@ class Store:
         Database errors other than connectivity ones pass through: constraint violations, and
         deadlocks and serialization failures, which the caller may retry once (SPEC §7.6).
         """
+        started = time.perf_counter()
         try:
             async with self.pool.connection(timeout=timeout_s) as conn:
-                yield conn
+                self.usage.acquired(time.perf_counter() - started)
+                try:
+                    yield conn
+                finally:
+                    self.usage.released()
         except PoolTimeout:
             waited = timeout_s if timeout_s is not None else self.pool.timeout
             raise StoreUnavailable(self.target, f"no pooled connection free within {waited:g} s") from None
@@ -223,10 +230,11 @@ class Store:
         return row[0] if row else None
 
     def stats(self) -> dict[str, float | int]:
-        """The pool's numbers under the `db` keys of `/admin/pool` (SPEC §5.6), from psycopg_pool.
+        """The pool's numbers under the `db` keys of `/admin/pool` (SPEC §5.6): psycopg_pool's stats,
+        plus `peak_in_use` and the acquire-wait percentiles that this Store measures (`self.usage`).
 
         `acquire_timeouts` counts failed acquires (timeouts; the pool queue is unbounded, so never
-        "too many requests"). Peak and percentile keys are not known to psycopg_pool and are absent.
+        "too many requests"). The peak is never below the current `in_use`.
         """
         raw = self.pool.get_stats()
         size = raw.get("pool_size", 0)
@@ -243,6 +251,7 @@ class Store:
             "idle": idle,
             "waiting": raw.get("requests_waiting", 0),
             "utilisation": in_use / max_size if max_size else 0.0,
+            **self.usage.snapshot(in_use),
             "acquire_count": raw.get("requests_num", 0),
             "acquire_wait_ms_total": raw.get("requests_wait_ms", 0),
             "acquire_timeouts": raw.get("requests_errors", 0),
@@ -250,6 +259,10 @@ class Store:
             "connection_errors": connection_errors,
             "connections_lost": raw.get("connections_lost", 0),
         }
+
+    def reset_peaks(self) -> None:
+        """Restart `peak_in_use` from the connections in use now (`POST /admin/reset-peaks`)."""
+        self.usage.reset_peak()
 
     async def close(self) -> None:
         """Close the pool and every connection it holds."""

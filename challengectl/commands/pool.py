@@ -1,0 +1,335 @@
+"""`challengectl pool`: connection usage on both sides (SPEC §10.2, §12.1, §12.3, X10).
+
+App side: the service's pools from `/admin/pool` (PostgreSQL and Redis: size, in use, idle, waiting,
+peak, acquire wait, timeouts). Server side: `pg_stat_activity` (sessions by state and by
+`application_name`, and every client session against `max_connections − superuser_reserved_connections`).
+Utilisation of each is shown with a warning at ≥ 80 %, plus how many instances of this service's pool
+configuration fit under `max_connections`. `--max-util PCT` turns it into a gate (exit 99).
+
+`run_watch` is the polling loop shared by the `--watch` modes of this module and `cache stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Optional
+
+import psycopg
+import typer
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from challengectl.client import Clients
+from challengectl.connections import database_target
+from challengectl.context import CliContext, get_cli, parse_duration
+from challengectl.errors import EXIT_GATE, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from challengectl.output import Column, Output, rfc3339, status_text
+from service.store import describe_target, short_reason
+
+EXAMPLES = """Examples:
+
+  challengectl pool
+
+  challengectl pool -o json | jq '.utilisation_pct'
+
+  challengectl pool --max-util 80 || echo "connection pools are running hot"
+
+  challengectl pool --watch --interval 5s
+"""
+
+WARN_PCT = 80.0
+CONNECT_TIMEOUT_S = 5
+MAX_BACKOFF_S = 30.0
+SERVICE_APPLICATION = "challengectl-service"
+INSUFFICIENT_PRIVILEGE = "<insufficient privilege>"
+
+# Cluster-wide: max_connections limits client sessions of every database, not just this one.
+SERVER_LIMITS_SQL = """
+SELECT current_database() AS database,
+       current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
+       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved_connections,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS total
+"""
+
+# Without pg_read_all_stats, other roles' sessions show a NULL state.
+SESSIONS_SQL = """
+SELECT coalesce(state, %(hidden)s) AS state,
+       coalesce(nullif(application_name, ''), '(unnamed)') AS application_name,
+       count(*)::int AS sessions,
+       (count(*) FILTER (WHERE wait_event_type = 'Client'))::int AS waiting_on_client
+  FROM pg_stat_activity
+ WHERE datname = current_database()
+   AND backend_type = 'client backend'
+ GROUP BY 1, 2
+ ORDER BY 1, 2
+"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+
+
+async def read_server_connections(database_url: str) -> dict[str, Any]:
+    """Server-side connection usage from `pg_stat_activity` and the connection limits (SPEC §12.1)."""
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            database_url, application_name="challengectl-cli", connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
+        ) as conn:
+            limits = await (await conn.execute(SERVER_LIMITS_SQL)).fetchone()
+            sessions = await (await conn.execute(SESSIONS_SQL, {"hidden": INSUFFICIENT_PRIVILEGE})).fetchall()
+    except psycopg.Error as exc:
+        raise CliError(f"PostgreSQL {describe_target(database_url)} unreachable: {short_reason(exc, database_url)}",
+                       "check --database-url / DATABASE_URL", EXIT_UNAVAILABLE) from None
+    assert limits is not None
+    database, max_connections, superuser_reserved, reserved, total = limits
+    by_state: dict[str, int] = {}
+    by_application: dict[str, int] = {}
+    waiting_on_client = 0
+    for state, application, count, waiting in sessions:
+        by_state[state] = by_state.get(state, 0) + count
+        by_application[application] = by_application.get(application, 0) + count
+        waiting_on_client += waiting
+    available = max_connections - superuser_reserved - reserved
+    return {
+        "database": database,
+        "max_connections": max_connections,
+        "superuser_reserved_connections": superuser_reserved,
+        "reserved_connections": reserved,
+        "available": available,
+        "total": total,
+        "database_sessions": sum(by_state.values()),
+        "by_state": by_state,
+        "by_application": by_application,
+        "waiting_on_client": waiting_on_client,
+    }
+
+
+async def _attempt(work: Awaitable[dict[str, Any]]) -> tuple[dict[str, Any] | None, CliError | None]:
+    try:
+        return await work, None
+    except CliError as exc:
+        return None, exc
+
+
+async def collect_pool_report(clients: Clients, database_url: str, max_util: float | None) -> dict[str, Any]:
+    """Both sides read concurrently (so the sizes compare), then utilisation, warnings, advice and gate.
+    One unreachable side is reported in `unreachable`; both unreachable (or one, with a gate) raises."""
+    (app, app_error), (config, _), (server, server_error) = await asyncio.gather(
+        _attempt(clients.admin.get("/admin/pool")),
+        _attempt(clients.admin.get("/admin/config")),
+        _attempt(read_server_connections(database_url)),
+    )
+    if app_error and server_error:
+        raise app_error
+    if max_util is not None and (app_error or server_error):
+        raise app_error or server_error  # a gate over half the figures would pass by accident
+    return build_report(app, config, server, max_util,
+                        {name: error.message for name, error in (("service", app_error), ("postgres", server_error))
+                         if error is not None})
+
+
+def build_report(app: dict[str, Any] | None, config: dict[str, Any] | None, server: dict[str, Any] | None,
+                 max_util: float | None, unreachable: dict[str, str]) -> dict[str, Any]:
+    """The `pool` report from the two sides (either may be None) and the service's `/admin/config`."""
+    utilisation: dict[str, float] = {}
+    if app is not None:
+        db, redis = app.get("db", {}), app.get("redis", {})
+        utilisation["app_db"] = _pct(db.get("in_use", 0), db.get("max_size", 0))
+        if redis.get("max_connections"):
+            utilisation["app_redis"] = _pct(redis.get("in_use", 0), redis["max_connections"])
+    if server is not None:
+        utilisation["server"] = _pct(server["total"], server["available"])
+    warnings = [f"{_LABELS[name]} at {pct:.1f} % (>= {WARN_PCT:g} %)" for name, pct in utilisation.items()
+                if pct >= WARN_PCT]
+    over = [name for name, pct in utilisation.items() if max_util is not None and pct > max_util]
+    return {
+        "app": app,
+        "server": server,
+        "utilisation_pct": utilisation,
+        "warnings": warnings,
+        "advice": sizing_advice(config, server),
+        "unreachable": unreachable,
+        "max_util_pct": max_util,
+        "over_max_util": over,
+    }
+
+
+_LABELS = {"app_db": "service PostgreSQL pool", "app_redis": "service Redis pool",
+           "server": "PostgreSQL connections"}
+
+
+def _pct(part: float, whole: float) -> float:
+    return round(100.0 * part / whole, 1) if whole else 0.0
+
+
+def _setting(config: dict[str, Any], name: str) -> int | None:
+    entry = config.get(name)
+    value = entry.get("value") if isinstance(entry, dict) else entry
+    return value if isinstance(value, int) else None
+
+
+def sizing_advice(config: dict[str, Any] | None, server: dict[str, Any] | None) -> str | None:
+    """`instances × processes × pool max (+ flusher) vs max_connections`: how many instances with this
+    service's pool settings fit under the server's limit, keeping the sessions of other clients."""
+    if config is None or server is None:
+        return None
+    workers, pool_max, flushers = (_setting(config, name) for name in ("workers", "db_pool_max", "flush_workers"))
+    if workers is None or pool_max is None or flushers is None:
+        return None
+    per_instance = workers * pool_max + flushers
+    others = server["total"] - sum(count for app, count in server["by_application"].items()
+                                   if app.startswith("challengectl-") and app != "challengectl-cli")
+    room = server["available"] - max(others, 0)
+    fits = room // per_instance if per_instance else 0
+    return (f"each instance opens up to {workers} process(es) × pool max {pool_max} + {flushers} flusher = "
+            f"{per_instance} connections; max_connections {server['max_connections']} − "
+            f"{server['max_connections'] - server['available']} reserved − {max(others, 0)} other sessions "
+            f"leaves {room}: at most {fits} instance(s) at full pools")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering
+
+
+POOL_COLUMNS = [Column("pool"), Column("size", justify="right"), Column("in_use", "IN USE", "right"),
+                Column("idle", justify="right"), Column("waiting", justify="right"),
+                Column("max", justify="right"), Column("peak", justify="right"),
+                Column("wait_p50_ms", "WAIT P50 MS", "right"), Column("wait_p95_ms", "WAIT P95 MS", "right"),
+                Column("timeouts", justify="right"), Column("errors", justify="right")]
+
+
+def render_report(report: dict[str, Any], out: Output) -> RenderableType:
+    """The report as tables: service pools, PostgreSQL sessions, utilisation and advice."""
+    parts: list[RenderableType] = []
+    app, server = report["app"], report["server"]
+    if app is not None:
+        db, redis = app.get("db", {}), app.get("redis", {})
+        pools = [
+            {"pool": "postgresql", "size": db.get("size"), "in_use": db.get("in_use"), "idle": db.get("idle"),
+             "waiting": db.get("waiting"), "max": db.get("max_size"), "peak": db.get("peak_in_use"),
+             "wait_p50_ms": db.get("acquire_wait_ms_p50"), "wait_p95_ms": db.get("acquire_wait_ms_p95"),
+             "timeouts": db.get("acquire_timeouts"), "errors": db.get("connection_errors")},
+            {"pool": "redis", "size": redis.get("in_use", 0) + redis.get("idle", 0), "in_use": redis.get("in_use"),
+             "idle": redis.get("idle"), "max": redis.get("max_connections"), "errors": redis.get("errors")},
+        ]
+        parts += [Text("service pools (/admin/pool)", style="bold"), out.table(pools, POOL_COLUMNS)]
+    if server is not None:
+        parts += [
+            Text(f"PostgreSQL sessions in {server['database']}", style="bold"),
+            out.table([{"state": state, "sessions": count} for state, count in server["by_state"].items()],
+                      [Column("state"), Column("sessions", justify="right")]),
+            out.table([{"application": name, "sessions": count} for name, count in server["by_application"].items()],
+                      [Column("application", "APPLICATION_NAME"), Column("sessions", justify="right")]),
+            Text(f"waiting on the client: {server['waiting_on_client']}; all databases: {server['total']} of "
+                 f"{server['available']} available (max_connections {server['max_connections']} − "
+                 f"{server['superuser_reserved_connections']} superuser reserved"
+                 + (f" − {server['reserved_connections']} reserved" if server["reserved_connections"] else "") + ")"),
+        ]
+    for name, pct in report["utilisation_pct"].items():
+        status = "fail" if name in report["over_max_util"] else "warn" if pct >= WARN_PCT else "pass"
+        parts.append(Text.assemble(status_text(status), f" {_LABELS[name]}: {pct:.1f} %"))
+    if report["advice"]:
+        parts.append(Text(f"advice: {report['advice']}"))
+    for name, message in report["unreachable"].items():
+        parts.append(Text(f"{name} unreachable: {message}"))
+    return Group(*parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Polling (shared with `cache stats --watch`)
+
+
+def run_watch(cli: CliContext, interval_s: float, tick: Callable[[Clients], Awaitable[dict[str, Any]]],
+              render: Callable[[dict[str, Any]], RenderableType],
+              pause: Callable[[float], Awaitable[None]] | None = None) -> None:
+    """Call `tick` every `interval_s` until Ctrl-C (exit 0): a Live display of `render(snapshot)` on a
+    TTY, one NDJSON object `{"ts", ...snapshot}` per tick otherwise (SPEC §10.4). A failed tick is
+    reported on stderr and retried with a doubling backoff. `pause(seconds)` replaces the sleep between
+    ticks (e.g. to measure latency meanwhile)."""
+    out = cli.output
+    wait = pause or asyncio.sleep
+
+    async def loop(clients: Clients) -> None:
+        live = None if out.streams_ndjson else out.live(Text("collecting…"))
+        backoff = interval_s
+        if live is not None:
+            live.start()
+        try:
+            while True:
+                try:
+                    snapshot = await tick(clients)
+                except CliError as exc:
+                    out.err.print(f"Error: {exc.message} (retrying in {backoff:g}s)", markup=False, highlight=False)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                backoff = interval_s
+                if live is not None:
+                    live.update(render(snapshot), refresh=True)
+                else:
+                    out.ndjson({"ts": rfc3339(datetime.now(UTC)), **snapshot})
+                await wait(interval_s)
+        finally:
+            if live is not None:
+                live.stop()
+
+    try:
+        cli.run(loop)
+    except KeyboardInterrupt:
+        return
+
+
+def parse_interval(text: str) -> float:
+    """`--interval` in seconds; must be above zero (exit 2 otherwise)."""
+    seconds = parse_duration(text, "--interval")
+    if seconds <= 0:
+        raise CliError(f"invalid --interval '{text}': must be above zero", "e.g. --interval 2s", EXIT_USAGE)
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command
+
+
+def pool(
+    ctx: typer.Context,
+    watch: bool = typer.Option(False, "--watch", help="refresh every --interval until Ctrl-C (NDJSON when piped)"),
+    interval: str = typer.Option("2s", "--interval", help="refresh interval for --watch, <n>[ms|s|m|h]"),
+    max_util: Optional[float] = typer.Option(None, "--max-util", metavar="PCT",
+                                             help="exit 99 when any utilisation is above PCT percent"),
+) -> None:
+    """Connection usage: the service's pools against PostgreSQL's max_connections."""
+    cli = get_cli(ctx)
+    interval_s = parse_interval(interval)
+    if max_util is not None and (watch or max_util < 0):
+        raise CliError("--max-util is a one-shot gate: give a PCT >= 0 and no --watch",
+                       "e.g. challengectl pool --max-util 80", EXIT_USAGE)
+    out = cli.output
+    with database_target(cli.settings()) as target:
+        if watch:
+            run_watch(cli, interval_s, lambda clients: collect_pool_report(clients, target.url, None),
+                      lambda report: render_report(report, out))
+            return
+        report = cli.run(lambda clients: collect_pool_report(clients, target.url, max_util))
+    _emit(out, report)
+    if report["over_max_util"]:
+        over = ", ".join(f"{_LABELS[name]} {report['utilisation_pct'][name]:.1f} %" for name in report["over_max_util"])
+        raise CliError(f"utilisation above --max-util {max_util:g} %: {over}",
+                       "raise db_pool_max or max_connections, or add capacity; see the advice line of 'challengectl pool'",
+                       EXIT_GATE)
+
+
+def _emit(out: Output, report: dict[str, Any]) -> None:
+    if out.format != "table":  # the table shows them itself
+        for warning in [*report["warnings"], *(f"{name} unreachable: {message}"
+                                               for name, message in report["unreachable"].items())]:
+            out.warn(warning)
+    out.emit_object(report, table=lambda: render_report(report, out))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `pool` to the root app."""
+    app.command("pool", epilog=EXAMPLES)(pool)

@@ -1,0 +1,172 @@
+"""`challengectl pool` against a real serve under HTTP load (SPEC §10.2 pool, §12.1, §12.3; X10), and the
+peak / acquire-wait figures that `Store` adds to `/admin/pool` (SPEC §5.6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from challengectl.cli import main
+from service.auth import mint_token
+from service.store import PoolConfig, Store
+from tests.test_serve import ServeProcess, base_env, http_get
+
+SECRET = "cli-pool-secret-0123456789abcdef01234"
+LOAD_CONCURRENCY = 24
+SAMPLES = 3
+
+
+@pytest.fixture(scope="module")
+def serve(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
+    process = ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
+                                    CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)).start()
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        assert process.stop()[0] == 0
+
+
+def pool_command(serve: ServeProcess, pg_url: str, capsys: pytest.CaptureFixture[str],
+                 *args: str) -> tuple[int, dict[str, Any], str]:
+    """`challengectl -o json pool ...` in-process: (exit code, the report, stderr)."""
+    with pytest.raises(SystemExit) as done:
+        main(["--admin-url", serve.admin(""), "--database-url", pg_url, "-o", "json", "pool", *args])
+    out, err = capsys.readouterr()
+    # A failed gate also writes {"error": ...} after the report; the report comes first.
+    return int(done.value.code or 0), json.JSONDecoder().raw_decode(out)[0], err
+
+
+class HttpLoad:
+    """Players listing all their challenges (one PostgreSQL read each, no cache) from a thread with its
+    own event loop, `concurrency` requests in flight, until stopped."""
+
+    def __init__(self, serve: ServeProcess, concurrency: int) -> None:
+        self.url = serve.api("/challenge/v1/challenges")
+        self.concurrency = concurrency
+        self.completed = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="http-load")
+
+    async def _client(self, session: aiohttp.ClientSession, index: int) -> None:
+        headers = {"Authorization": f"Bearer {mint_token(SECRET.encode(), f'pool-load-{index}')}"}
+        while not self._stop.is_set():
+            async with session.get(self.url, headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    self.failures.append(f"HTTP {response.status}")
+            self.completed += 1
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.concurrency)) as session:
+            await asyncio.gather(*(self._client(session, index) for index in range(self.concurrency)))
+
+    def __enter__(self) -> HttpLoad:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while self.completed < 100 and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.05)
+        assert self.completed >= 100, f"the load did not get going: {self.failures[:3]}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def wait_for_a_steady_pool_size(serve: ServeProcess, timeout_s: float = 15) -> None:
+    """While the pool grows, a connection can open between the two reads of one sample; compare once
+    the size has held still for a second."""
+    deadline = time.monotonic() + timeout_s
+    size = http_get(serve.admin("/admin/pool"))[1]["db"]["size"]
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        size, previous = http_get(serve.admin("/admin/pool"))[1]["db"]["size"], size
+        if size == previous:
+            return
+    raise AssertionError(f"the service's pool kept changing size (now {size})")
+
+
+def test_pool_agrees_with_pg_stat_activity_while_a_load_runs(
+        serve: ServeProcess, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with HttpLoad(serve, LOAD_CONCURRENCY) as load:
+        wait_for_a_steady_pool_size(serve)
+        reports = []
+        for _ in range(SAMPLES):
+            code, report, err = pool_command(serve, pg_url, capsys)
+            assert code == 0, err
+            reports.append(report)
+    assert not load.failures
+    for report in reports:
+        db, server = report["app"]["db"], report["server"]
+        # Both sides are read concurrently; a connection being opened or closed meanwhile may differ by one.
+        assert abs(server["by_application"].get("challengectl-service", 0) - db["size"]) <= 1, report
+        assert report["utilisation_pct"]["app_db"] == round(100 * db["in_use"] / db["max_size"], 1)
+        assert report["utilisation_pct"]["server"] == round(100 * server["total"] / server["available"], 1)
+        assert server["available"] == (server["max_connections"] - server["superuser_reserved_connections"]
+                                       - server["reserved_connections"])
+        assert server["by_application"]["challengectl-cli"] >= 1
+        assert db["peak_in_use"] >= max(db["in_use"], 1)
+        assert "connections" in report["advice"] and report["over_max_util"] == []
+    assert reports[-1]["app"]["db"]["acquire_count"] > reports[0]["app"]["db"]["acquire_count"]
+
+
+def test_max_util_gates_with_exit_99(serve: ServeProcess, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report, err = pool_command(serve, pg_url, capsys, "--max-util", "0")
+    assert code == 99
+    assert "server" in report["over_max_util"]  # this very command holds a connection
+    assert "Error: utilisation above --max-util 0 %" in err
+
+    code, report, err = pool_command(serve, pg_url, capsys, "--max-util", "100")
+    assert code == 0, err
+    assert report["over_max_util"] == [] and report["max_util_pct"] == 100
+
+
+def test_max_util_with_watch_is_a_usage_error(serve: ServeProcess, pg_url: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--admin-url", serve.admin(""), "--database-url", pg_url, "pool", "--watch", "--max-util", "80"])
+    assert done.value.code == 2
+    assert "one-shot gate" in capsys.readouterr().err
+
+
+def test_admin_pool_reports_the_measured_peak_and_waits(serve: ServeProcess) -> None:
+    db = http_get(serve.admin("/admin/pool"))[1]["db"]
+    assert {"peak_in_use", "acquire_wait_ms_p50", "acquire_wait_ms_p95"} <= set(db)
+    assert db["acquire_wait_ms_p50"] <= db["acquire_wait_ms_p95"]
+
+
+async def test_store_tracks_the_peak_and_the_acquire_waits(pg_url: str) -> None:
+    store = await Store.open(pg_url, "service", PoolConfig(min_size=1, max_size=2, open_timeout_s=5))
+    try:
+        async with store.connection(), store.connection():
+            assert store.stats()["peak_in_use"] == 2
+        stats = store.stats()
+        assert (stats["in_use"], stats["peak_in_use"]) == (0, 2)
+        store.reset_peaks()
+        assert store.stats()["peak_in_use"] == 0
+
+        hold_s = 0.2
+        async with store.connection(), store.connection():
+            blocked = asyncio.create_task(_acquire_once(store))
+            await asyncio.sleep(hold_s)  # the third acquire waits until one of these two is returned
+        await blocked
+        stats = store.stats()
+        assert stats["peak_in_use"] == 2
+        assert stats["acquire_wait_ms_p95"] >= hold_s * 1000 * 0.9
+        assert stats["acquire_wait_ms_p50"] < stats["acquire_wait_ms_p95"]
+    finally:
+        await store.close()
+
+
+async def _acquire_once(store: Store) -> None:
+    async with store.connection():
+        pass
