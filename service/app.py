@@ -309,7 +309,11 @@ class Service:
         http_socket = bind_socket(settings.http_host, settings.http_port, "player API")
         admin_socket = bind_socket(settings.admin_host, settings.admin_port, "admin API")
         http_server = _uvicorn(create_http_app(readiness, settings.base_path, catalog.fingerprint, routes))
-        admin_server = _uvicorn(create_admin_app(readiness, settings.admin_token, admin_views, ingestor.reset_peaks))
+        def reset_peaks() -> None:
+            store.reset_peaks()
+            ingestor.reset_peaks()
+
+        admin_server = _uvicorn(create_admin_app(readiness, settings.admin_token, admin_views, reset_peaks))
         try:
             grpc_server, grpc_health = create_grpc_server(
                 settings.grpc_host, settings.grpc_port, settings.grpc_max_message_bytes,

@@ -284,6 +284,12 @@ def test_committed_events_show_in_the_next_cached_read(pg_url: str, redis_url: s
         assert _welcome_progress(listing["challenges"][0]["goals"]) == 3
         cache = http_get(serve.admin("/admin/cache"))[1]
         assert cache["invalidations"] >= 1 and cache["hits"] >= 1
+        assert http_get(serve.admin("/admin/pool"))[1]["db"]["peak_in_use"] >= 1
+        reset = urllib.request.Request(serve.admin("/admin/reset-peaks"), method="POST", data=b"")
+        with urllib.request.urlopen(reset, timeout=5) as response:
+            assert response.status == 204
+        assert http_get(serve.admin("/admin/pool"))[1]["db"]["peak_in_use"] == 0
+        assert http_get(serve.admin("/admin/buffer"))[1]["peak_entries"] == 0
     finally:
         assert serve.stop()[0] == 0
 
