@@ -289,6 +289,15 @@ def test_unknown_name_exits_3_with_close_matches(seeded_url: str, capsys) -> Non
     assert code == 3 and "active_goals" in err
 
 
+def test_db_explain_is_the_same_command(seeded_url: str, capsys) -> None:
+    direct = explain_json(["active-goals", "--no-analyze"], capsys, seeded_url)
+    code, out, err = run_cli(["db", "explain", "active-goals", "--no-analyze", "-o", "json"], capsys, seeded_url)
+    assert code == 0, err
+    via_db = json.loads(out)
+    assert via_db.keys() == direct.keys()
+    assert via_db["plan"][0]["Plan"]["Node Type"] == direct["plan"][0]["Plan"]["Node Type"]
+
+
 def test_list_shows_every_named_query(seeded_url: str, capsys) -> None:
     _, out, _ = run_cli(["explain", "--list", "-o", "json"], capsys, seeded_url)
     listed = {item["name"]: item for item in json.loads(out)["items"]}

@@ -21,6 +21,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from challengectl import pg_diagnostics as pgd
+from challengectl.commands.explain import add_explain_command
 from challengectl.connections import database_target
 from challengectl.context import command_group, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
@@ -31,6 +32,7 @@ from service.settings import mask_url_password
 from service.store import describe_target, short_reason
 
 app = command_group("Inspect and migrate the PostgreSQL database.")
+add_explain_command(app)  # `db explain NAME` is the same command as the top-level `explain NAME`
 
 HINT_DATABASE_URL = "check --database-url / DATABASE_URL"
 HINT_PG_STAT_STATEMENTS = ("add pg_stat_statements to shared_preload_libraries and run "
