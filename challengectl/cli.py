@@ -168,10 +168,13 @@ def _usage_error(usage: UsageError) -> CliError:
     return CliError(usage.format_message(), f"see '{command} --help'", EXIT_USAGE)
 
 
-# Output options may also follow the command (`challengectl version -o json`), as users type them;
-# they are moved before the command unless that command defines an option of the same name.
+# Global options may also follow the command (`challengectl version -o json`, `challengectl users init
+# --user alice`), as users type them; they are moved before the command unless that command defines an
+# option of the same name. The value says whether the option takes a value.
 HOISTABLE_OPTIONS = {"-o": True, "--output": True, "--no-headers": False, "-q": False, "--quiet": False,
-                     "--debug": False, "--color": False, "--no-color": False}
+                     "--debug": False, "--color": False, "--no-color": False, "--user": True, "--token": True,
+                     "--api-url": True, "--admin-url": True, "--grpc-addr": True, "--database-url": True,
+                     "--redis-url": True, "--data-dir": True, "--timeout": True}
 
 
 def hoist_output_options(args: list[str]) -> list[str]:

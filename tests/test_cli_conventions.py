@@ -21,7 +21,7 @@ import jwt
 import pytest
 import yaml
 
-from challengectl.cli import main
+from challengectl.cli import hoist_output_options, main
 from challengectl.context import CliContext
 from challengectl.errors import CliError
 from challengectl.output import Output, confirm, status_text
@@ -422,3 +422,15 @@ def test_ingest_client_publishes_and_maps_grpc_errors(service: ServeProcess) -> 
     with pytest.raises(CliError) as failure:
         closed.run(lambda clients: clients.ingest.publish(batch))
     assert failure.value.exit_code == 5 and failure.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["users", "init", "--user", "alice"], ["--user", "alice", "users", "init"]),
+    (["version", "-o", "json"], ["-o", "json", "version"]),
+    (["--api-url", "http://h/c", "challenges", "list", "--token", "t"],
+     ["--token", "t", "--api-url", "http://h/c", "challenges", "list"]),
+    # `events send login` defines its own --user: it stays with the command
+    (["events", "send", "login", "--user", "bob"], ["events", "send", "login", "--user", "bob"]),
+])
+def test_global_options_may_follow_the_command(argv, expected) -> None:
+    assert hoist_output_options(argv) == expected
