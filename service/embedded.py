@@ -523,6 +523,9 @@ class EmbeddedRedis:
             "save 300 100",
             "save 60 10000",
             "appendonly no",
+            # SPEC §8.7's policy: every key of the service has a TTL. No maxmemory is set (a laptop's memory
+            # is the limit), so nothing is evicted unless an operator adds one.
+            "maxmemory-policy volatile-ttl",
         ]
         self.config_file.write_text("\n".join(settings) + "\n")
         self.config_file.chmod(0o600)
