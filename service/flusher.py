@@ -29,6 +29,7 @@ from service.event_metrics import (
     FLUSH_FAILURES_TOTAL,
     FLUSH_ROWS_UPDATED_TOTAL,
 )
+from service.pool_stats import nearest_rank
 from service.routing import GoalRouting
 from service.store import Queries, Store, short_reason
 
@@ -70,11 +71,7 @@ class FlushTotals:
 
     def percentile_ms(self, fraction: float) -> float:
         """Nearest-rank percentile of the recent flush durations; 0 before the first flush."""
-        if not self.recent_ms:
-            return 0.0
-        ordered = sorted(self.recent_ms)
-        rank = max(0, min(len(ordered) - 1, int(fraction * len(ordered) + 0.999999) - 1))
-        return ordered[rank]
+        return nearest_rank(self.recent_ms, fraction)
 
 
 @dataclass
