@@ -43,6 +43,7 @@ from service.rules import (
     period_after,
     period_start,
     random_select_eligible,
+    split_active_view,
     utc_now,
     view,
 )
@@ -675,15 +676,7 @@ class Players:
         """`active_view`, split into the active rows and the prerequisite rows an active goal needs."""
         fetched = await self._queries.rows(
             conn, "active_view", {"user_id": user_id, "prereq_goal_ids": self._prerequisite_ids}, _ROW)
-        rows = [row for row in fetched if row.is_active]
-        goals_by_id = self._catalog.goals_by_id
-        needed = {
-            prerequisite
-            for row in rows if (goal := goals_by_id.get(row.goal_id)) is not None
-            for prerequisite in goal.prerequisites
-        }
-        pre = [row for row in fetched if not row.is_active and row.goal_id in needed]
-        return rows, pre
+        return split_active_view(fetched, self._catalog.goals_by_id)
 
     async def _read_challenge_rows(
         self, conn: psycopg.AsyncConnection[Any], user_id: str, challenge: Challenge,

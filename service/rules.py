@@ -204,6 +204,21 @@ def claim_guard_rotated(goal: Goal, row: ProgressRow, t: datetime) -> bool:
 # --- prerequisites and eligibility (SPEC §7.10, §7.7) ---------------------------------------------
 
 
+def split_active_view(
+    fetched: Iterable[ProgressRow], goals_by_id: Mapping[str, Goal],
+) -> tuple[list[ProgressRow], list[ProgressRow]]:
+    """The rows of the `active_view` statement, split into the active rows and the inactive rows of
+    prerequisites that an active goal needs (what the cached view holds, SPEC §8.3)."""
+    fetched = list(fetched)
+    rows = [row for row in fetched if row.is_active]
+    needed = {
+        prerequisite
+        for row in rows if (goal := goals_by_id.get(row.goal_id)) is not None
+        for prerequisite in goal.prerequisites
+    }
+    return rows, [row for row in fetched if not row.is_active and row.goal_id in needed]
+
+
 def is_locked(
     goal: Goal,
     rows_by_goal_id: Mapping[str, ProgressRow],

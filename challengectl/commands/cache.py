@@ -48,7 +48,7 @@ from service.cache import REDIS_FAILURES, Cache, open_redis, ping, scan_pattern_
 from service.catalog import Catalog, CatalogError, load_catalog
 from service.pool_stats import nearest_rank
 from service.registry import load_registry
-from service.rules import ProgressRow
+from service.rules import ProgressRow, split_active_view
 from service.settings import Settings
 from service.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
 
@@ -199,15 +199,11 @@ class Warmer:
 
     async def _read_active_view(self, conn: psycopg.AsyncConnection[Any],
                                 user_id: str) -> tuple[list[ProgressRow], list[ProgressRow]]:
-        """`active_view` split as the service splits it (`players.Players._read_active_view`): the active
-        rows, and the inactive rows of prerequisites that an active goal needs."""
+        """`active_view` split as the service splits it (`rules.split_active_view`): the active rows, and
+        the inactive rows of prerequisites that an active goal needs."""
         fetched = await self._queries.rows(conn, "active_view", {
             "user_id": user_id, "prereq_goal_ids": list(self._catalog.prerequisite_ids)}, class_row(ProgressRow))
-        rows = [row for row in fetched if row.is_active]
-        goals_by_id = self._catalog.goals_by_id
-        needed = {prerequisite for row in rows if (goal := goals_by_id.get(row.goal_id)) is not None
-                  for prerequisite in goal.prerequisites}
-        return rows, [row for row in fetched if not row.is_active and row.goal_id in needed]
+        return split_active_view(fetched, self._catalog.goals_by_id)
 
     async def _has_every_default_goal(self, conn: psycopg.AsyncConnection[Any], user_id: str) -> bool:
         if not self._default_goal_ids:
