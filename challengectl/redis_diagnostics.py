@@ -23,6 +23,7 @@ from service.cache import (
     active_key,
     decode_entry,
     escape_glob,
+    key_name_pattern,
     scan_pattern_for_user,
     token_key,
 )
@@ -124,8 +125,7 @@ class KeyLayout:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self._pattern = re.compile(
-            re.escape(prefix.encode()) + rb":\{([^{}]*)\}:(?:(active|tok)|(synced|evt):(.*))\Z", re.DOTALL)
+        self._pattern = key_name_pattern(prefix)
 
     def all_keys_pattern(self) -> str:
         """SCAN MATCH pattern of every key under the prefix."""

@@ -146,9 +146,12 @@ def scan_pattern_for_user(prefix: str, user_id: str, rest: str = "*") -> str:
     return f"{escape_glob(prefix)}:{{{escape_glob(user_id)}}}:{rest}"
 
 
-def _token_key_pattern(prefix: str) -> re.Pattern[bytes]:
-    """Exactly `<p>:{<user>}:tok` (an event id ending in `:tok` must not match)."""
-    return re.compile(re.escape(prefix.encode()) + rb":\{([^{}]*)\}:tok\Z")
+def key_name_pattern(prefix: str) -> re.Pattern[bytes]:
+    """Any key name of the layout above under `prefix`, as SCAN returns it: group 1 is the user id,
+    group 2 `active` or `tok`, or else group 3 `synced` or `evt` with group 4 the fingerprint or event
+    id (so an event id ending in `:tok` is never taken for a token key)."""
+    return re.compile(
+        re.escape(prefix.encode()) + rb":\{([^{}]*)\}:(?:(active|tok)|(synced|evt):(.*))\Z", re.DOTALL)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -626,12 +629,12 @@ class Cache:
         """"Everything" replay: SCAN `<p>:*:tok` on every primary, rotate each token that still exists
         (`SET … XX`) and unlink its view. Returns how many users were invalidated."""
         assert self._client is not None
-        exact_token_key = _token_key_pattern(self._prefix)
+        key_name = key_name_pattern(self._prefix)
         batch: list[str] = []
         rotated = 0
         async for key in self._client.scan_iter(match=f"{escape_glob(self._prefix)}:*:tok", count=_SCAN_COUNT):
-            match = exact_token_key.match(key)
-            if match is None:
+            match = key_name.match(key)
+            if match is None or match.group(2) != b"tok":
                 continue
             batch.append(match.group(1).decode())
             if len(batch) >= _REPLAY_BATCH:
