@@ -34,11 +34,11 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from challengectl.client import Clients
+from challengectl.connections import service_database_url, service_redis_url
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
 from service.app import resolve_catalog_path, validate_settings
 from service.auth import SECRET_FILE_NAME
 from service.catalog import Catalog, CatalogError, load_catalog
-from service.embedded import discover
 from service.migrations import MigrationError, migration_status
 from service.settings import Settings, SettingsError
 from service.store import describe_target, session_options, short_reason
@@ -123,8 +123,6 @@ class Diagnosis:
     def __init__(self, settings: Settings, clients: Clients) -> None:
         self.settings = settings
         self.clients = clients
-        self._running: dict | None = None
-        self._discovered = False
         self._database: psycopg.AsyncConnection | None = None
         self._database_error: str | None = None
         self._redis: redis_asyncio.Redis | None = None
@@ -149,32 +147,13 @@ class Diagnosis:
 
     # --- where the dependencies are -------------------------------------------------------------
 
-    async def running_embedded(self) -> dict | None:
-        """The URLs of a running embedded `serve` of the data dir (looked up once), or None."""
-        if not self._discovered:
-            self._running = await asyncio.to_thread(discover, self.settings.resolved_data_dir())
-            self._discovered = True
-        return self._running
-
     async def database_url(self) -> str | None:
         """The configured database, else a running embedded serve's; None when there is neither."""
-        settings = self.settings
-        if settings.database_url and settings.embedded != "always":
-            return settings.database_url
-        if settings.embedded == "never":
-            return None
-        running = await self.running_embedded()
-        return running.get("database_url") if running else None
+        return await asyncio.to_thread(service_database_url, self.settings)
 
     async def redis_url(self) -> str | None:
         """The configured Redis, else a running embedded serve's; None when there is neither."""
-        settings = self.settings
-        if settings.redis_url and settings.embedded != "always":
-            return settings.redis_url
-        if settings.embedded == "never":
-            return None
-        running = await self.running_embedded()
-        return running.get("redis_url") if running else None
+        return await asyncio.to_thread(service_redis_url, self.settings)
 
     def no_database_reason(self) -> str:
         return (f"no running service database: DATABASE_URL is unset and no embedded serve runs in "

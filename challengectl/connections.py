@@ -1,5 +1,8 @@
 """Where the CLI's direct PostgreSQL/Redis connections go: the configured URL, or the embedded servers
-of the data dir (a running `serve`'s, or started for the duration of the command) (SPEC §9.4)."""
+of the data dir (a running `serve`'s, or started for the duration of the command) (SPEC §9.4).
+
+Whether a server is the embedded one is decided as `serve` decides it (`service.app.wants_embedded_*`),
+so a command inspects the server the service actually uses."""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from challengectl.errors import EXIT_UNAVAILABLE, CliError
+from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from service.app import wants_embedded_postgres, wants_embedded_redis
 from service.embedded import EmbeddedServers, discover
 from service.settings import Settings
 
@@ -42,3 +46,40 @@ def database_target(settings: Settings) -> Iterator[DatabaseTarget]:
         yield DatabaseTarget(urls.database_url, embedded=True)
     finally:
         servers.stop()
+
+
+def service_database_url(settings: Settings) -> str | None:
+    """The service's PostgreSQL for a command that only looks at it: `database_url`, or with the
+    embedded database the one of a running `serve` of the data dir; None when there is neither
+    (nothing is started)."""
+    if not wants_embedded_postgres(settings):
+        return settings.database_url
+    running = discover(settings.resolved_data_dir())
+    return running.get("database_url") if running else None
+
+
+def service_redis_url(settings: Settings) -> str | None:
+    """The Redis the service caches in: `redis_url`, or with the embedded Redis the one of a running
+    `serve` of the data dir; None when the cache is disabled or there is no such Redis. The CLI never
+    starts an embedded Redis: a fresh one would hold no cache to inspect."""
+    if not wants_embedded_redis(settings):
+        return None if settings.cache_disabled() else settings.redis_url
+    running = discover(settings.resolved_data_dir())
+    return running.get("redis_url") if running else None
+
+
+def require_service_redis_url(settings: Settings) -> str:
+    """`service_redis_url`, for a command that needs the cache: a disabled cache is CliError exit 2,
+    no Redis to be found exit 5."""
+    if settings.cache_disabled():
+        raise CliError("the cache is disabled (redis_url=disabled)", "set --redis-url or REDIS_URL to the service's Redis",
+                       EXIT_USAGE)
+    url = service_redis_url(settings)
+    if url is not None:
+        return url
+    if settings.embedded == "never":
+        raise CliError("no Redis: REDIS_URL is unset and embedded=never", "set --redis-url or REDIS_URL",
+                       EXIT_UNAVAILABLE)
+    raise CliError(f"no Redis: no running 'challengectl serve' uses an embedded Redis in {settings.resolved_data_dir()}"
+                   + ("" if settings.redis_url else " and REDIS_URL is unset"),
+                   "set --redis-url or REDIS_URL, or start 'challengectl serve'", EXIT_UNAVAILABLE)

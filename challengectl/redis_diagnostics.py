@@ -1,5 +1,4 @@
-"""Read-only data access for the cache commands (SPEC §8.2, §12.2): where the cache's Redis is, the INFO
-figures operators need, throttled SCANs grouped by key kind, sampled TTLs and `MEMORY USAGE`, and one
+"""Read-only data access for the cache commands (SPEC §8.2, §12.2): the INFO figures operators need, throttled SCANs grouped by key kind, sampled TTLs and `MEMORY USAGE`, and one
 user's keys decoded. Presentation lives in `challengectl/commands/cache.py`.
 
 Keys are only ever found with `SCAN … MATCH … COUNT` (never `KEYS`, SPEC §8.6).
@@ -17,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as redis_asyncio
 
-from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from challengectl.errors import EXIT_UNAVAILABLE, CliError
 from service.cache import (
     REDIS_FAILURES,
     active_key,
@@ -27,8 +26,7 @@ from service.cache import (
     scan_pattern_for_user,
     token_key,
 )
-from service.embedded import discover
-from service.settings import Settings, mask_url_password
+from service.settings import mask_url_password
 
 SCAN_COUNT = 1000
 KINDS = ("active", "tok", "synced", "evt", "other")
@@ -36,24 +34,6 @@ KINDS = ("active", "tok", "synced", "evt", "other")
 TTL_BUCKETS = (("< 1m", 60), ("1m-5m", 300), ("5m-1h", 3600), ("1h-24h", 86400), (">= 24h", float("inf")))
 NO_EXPIRY = "no expiry"
 EVENT_STATES = {b"p": "pending", b"d": "done"}
-
-
-def redis_url_for(settings: Settings) -> str:
-    """The cache's Redis: `--redis-url`/REDIS_URL, else the embedded one of a running `serve` of the data dir.
-
-    The cache commands never start an embedded Redis: a fresh one would hold no cache to inspect.
-    """
-    if settings.cache_disabled():
-        raise CliError("the cache is disabled (redis_url=disabled)", "set --redis-url or REDIS_URL to the service's Redis",
-                       EXIT_USAGE)
-    if settings.redis_url:
-        return settings.redis_url
-    data_dir = settings.resolved_data_dir()
-    running = discover(data_dir) or {}
-    if running.get("redis_url"):
-        return str(running["redis_url"])
-    raise CliError(f"no Redis: REDIS_URL is unset and no running 'challengectl serve' uses an embedded Redis in {data_dir}",
-                   "set --redis-url or REDIS_URL, or start 'challengectl serve'", EXIT_UNAVAILABLE)
 
 
 @asynccontextmanager

@@ -30,7 +30,7 @@ from rich.text import Text
 
 from challengectl.client import Clients
 from challengectl.commands.pool import parse_interval, run_watch
-from challengectl.connections import database_target
+from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, get_cli, parse_duration
 from challengectl.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, confirm, format_cell
@@ -38,7 +38,6 @@ from challengectl.redis_diagnostics import (
     KeyLayout,
     read_server_summary,
     redis_failures_as_cli_errors,
-    redis_url_for,
     scan_batches,
     take_inventory,
     user_cache_state,
@@ -322,7 +321,7 @@ def warm(
     if not explicit and not all_active:
         raise CliError("no users to warm", "give --user U, --users-file F or --all-active", EXIT_USAGE)
     settings = cli.settings()
-    redis_url = redis_url_for(settings)
+    redis_url = require_service_redis_url(settings)
     with database_target(settings) as target:
         summary = cli.run(lambda clients: run_warm(clients, cli, settings, target.url, redis_url, explicit,
                                                    all_active, concurrency))
@@ -412,7 +411,7 @@ def flush(
     dedup = "removed" if include_dedup else "kept"
     proceed = confirm(f"flush the cache keys of {selector} (tokens rotated, de-duplication markers {dedup})",
                       yes, dry_run)
-    redis_url = redis_url_for(settings)
+    redis_url = require_service_redis_url(settings)
     totals = FlushTotals()
 
     async def run() -> None:
@@ -552,7 +551,7 @@ def stats(
     cli = get_cli(ctx)
     interval_s = parse_interval(interval)
     settings = cli.settings()
-    redis_url = redis_url_for(settings)
+    redis_url = require_service_redis_url(settings)
     layout = KeyLayout(settings.redis_key_prefix)
     out = cli.output
     if not watch:
@@ -649,7 +648,7 @@ def keys(
     cli = get_cli(ctx)
     sleep_s = parse_duration(sleep, "--sleep")
     settings = cli.settings()
-    redis_url = redis_url_for(settings)
+    redis_url = require_service_redis_url(settings)
     layout = KeyLayout(settings.redis_key_prefix)
     out = cli.output
     if user is not None and pattern is not None:

@@ -24,7 +24,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from challengectl.client import Clients
-from challengectl.connections import database_target
+from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, get_cli, parse_duration
 from challengectl.errors import (
     EXIT_AUTH,
@@ -47,7 +47,6 @@ from service.cache import (
     token_key,
 )
 from service.catalog import Catalog, CatalogError, load_catalog
-from service.embedded import discover
 from service.registry import Registry, load_registry
 from service.rules import ProgressRow, is_locked, is_stale, utc_now, view, would_reset
 from service.settings import Settings
@@ -259,18 +258,9 @@ SELECT goal_id, generation, challenge_id, idempotency_key, reward_type, reward_i
 
 
 def redis_url_of(settings: Settings) -> str | None:
-    """The Redis the service caches in: `redis_url`, else the embedded one of a running serve in the
-    data dir; None when the cache is disabled. No Redis to be found is a CliError exit 5."""
-    if settings.cache_disabled():
-        return None
-    if settings.redis_url and settings.embedded != "always":
-        return settings.redis_url
-    running = discover(settings.resolved_data_dir())
-    if running is not None and running.get("redis_url"):
-        return running["redis_url"]
-    raise CliError(f"no Redis: REDIS_URL is unset and no serve with an embedded Redis runs in "
-                   f"{settings.resolved_data_dir()}", "set --redis-url or REDIS_URL, or start 'challengectl serve'",
-                   EXIT_UNAVAILABLE)
+    """The Redis the service caches in; None when the cache is disabled. No Redis to be found is a
+    CliError exit 5."""
+    return None if settings.cache_disabled() else require_service_redis_url(settings)
 
 
 def with_redis(url: str, timeout_s: float, action: Callable[[Redis], Awaitable[T]]) -> T:

@@ -11,11 +11,11 @@ import typer
 from rich.table import Table
 
 from challengectl.client import Clients
+from challengectl.connections import service_database_url, service_redis_url
 from challengectl.context import get_cli
 from challengectl.errors import CliError
 from challengectl.output import Output
 from service import __version__
-from service.embedded import discover
 from service.settings import Settings
 
 EXAMPLES = """Examples:
@@ -40,7 +40,7 @@ def version(ctx: typer.Context) -> None:
 
 async def collect_versions(clients: Clients, settings: Settings) -> dict[str, Any]:
     """The version report; each unreachable part has a null version and its reason in `unreachable`."""
-    database_url, redis_url = _dependency_urls(settings)
+    database_url, redis_url = service_database_url(settings), service_redis_url(settings)
     service, postgres, redis = await asyncio.gather(
         _service_versions(clients), _postgres_version(database_url), _redis_version(redis_url),
     )
@@ -55,18 +55,6 @@ async def collect_versions(clients: Clients, settings: Settings) -> dict[str, An
         "redis_version": redis.get("version"),
         "unreachable": unreachable,
     }
-
-
-def _dependency_urls(settings: Settings) -> tuple[str | None, str | None]:
-    """The configured URLs, else those of a running embedded `serve` of the data dir (never started here)."""
-    database_url = settings.database_url
-    redis_url = None if settings.cache_disabled() else settings.redis_url
-    if database_url is None or (redis_url is None and not settings.cache_disabled()):
-        running = discover(settings.resolved_data_dir()) or {}
-        database_url = database_url or running.get("database_url")
-        if not settings.cache_disabled():
-            redis_url = redis_url or running.get("redis_url")
-    return database_url, redis_url
 
 
 async def _service_versions(clients: Clients) -> dict[str, Any]:
