@@ -17,6 +17,7 @@ import pytest
 
 from challengectl.loadtest.profiles import get_profile
 from tests.servers import free_port
+from tests.test_loadtest_compare import run_cli
 from tests.test_loadtest_generator import FakePlayerApi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +34,19 @@ def cli_env(api: FakePlayerApi | None, **extra: str) -> dict[str, str]:
     return env
 
 
-def loadtest(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "challengectl", "loadtest", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+@pytest.fixture
+def loadtest(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    """Run `challengectl loadtest ARGS` in this process with `env` as the environment and tmp_path as cwd."""
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        for name in list(os.environ):
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        code, out, err = run_cli(["loadtest", *args], capsys)
+        return subprocess.CompletedProcess(args, code, out, err)
+    return invoke
 
 
 INIT_ONLY = ["--profile", "seed-m3", "--auth", "none", "--duration", "0", "--procs", "1", "--sample-interval", "1s"]
@@ -48,23 +59,23 @@ def api() -> FakePlayerApi:
     server.stop()
 
 
-def test_write_catalog_and_dry_run(tmp_path: Path) -> None:
-    done = loadtest(["run", "--profile", "seed-m3", "--write-catalog", "seed.json", "-o", "json"], cli_env(None), tmp_path)
+def test_write_catalog_and_dry_run(tmp_path: Path, loadtest) -> None:
+    done = loadtest(["run", "--profile", "seed-m3", "--write-catalog", "seed.json", "-o", "json"], cli_env(None))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["catalog_fingerprint"] == SEED_FINGERPRINT
     assert (tmp_path / "seed.json").exists()
     done = loadtest(["run", "--profile", "seed-m3", "--dry-run", "--phase", "init=10s@50", "--duration", "20s",
-                     "-o", "json"], cli_env(None), tmp_path)
+                     "-o", "json"], cli_env(None))
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)["items"]
     assert [(r["phase"], r["api_operations"], r["events"]) for r in rows] == [("init", 500, 0),
                                                                            ("gameplay", 6000, 10000)]
 
 
-def test_catalog_mismatch_exits_2_with_the_write_catalog_hint(tmp_path: Path) -> None:
+def test_catalog_mismatch_exits_2_with_the_write_catalog_hint(loadtest) -> None:
     other = FakePlayerApi(fingerprint="feedfeedfeedfeed").start()
     try:
-        done = loadtest(["run", *INIT_ONLY, "--phase", "init=1s@10"], cli_env(other), tmp_path)
+        done = loadtest(["run", *INIT_ONLY, "--phase", "init=1s@10"], cli_env(other))
     finally:
         other.stop()
     assert done.returncode == 2, done.stderr
@@ -73,31 +84,31 @@ def test_catalog_mismatch_exits_2_with_the_write_catalog_hint(tmp_path: Path) ->
     assert other.initialize_calls == 0, "no load may be sent before preflight passes"
 
 
-def test_unreachable_service_exits_5(tmp_path: Path) -> None:
-    done = loadtest(["run", *INIT_ONLY, "--phase", "init=1s@10"], cli_env(None), tmp_path)
+def test_unreachable_service_exits_5(loadtest) -> None:
+    done = loadtest(["run", *INIT_ONLY, "--phase", "init=1s@10"], cli_env(None))
     assert done.returncode == 5, done.stderr
     assert "Hint: is the service running?" in done.stderr
 
 
-def test_refused_probe_exits_4(tmp_path: Path) -> None:
+def test_refused_probe_exits_4(loadtest) -> None:
     refusing = FakePlayerApi(fingerprint=SEED_FINGERPRINT, refuse_auth=True).start()
     try:
-        done = loadtest(["run", *INIT_ONLY, "--phase", "init=1s@10"], cli_env(refusing), tmp_path)
+        done = loadtest(["run", *INIT_ONLY, "--phase", "init=1s@10"], cli_env(refusing))
     finally:
         refusing.stop()
     assert done.returncode == 4, done.stderr
     assert "probe request was refused" in done.stderr
 
 
-def test_missing_secret_exits_4(tmp_path: Path, api: FakePlayerApi) -> None:
-    done = loadtest(["run", "--profile", "seed-m3", "--duration", "0", "--phase", "init=1s@10"], cli_env(api), tmp_path)
+def test_missing_secret_exits_4(api: FakePlayerApi, loadtest) -> None:
+    done = loadtest(["run", "--profile", "seed-m3", "--duration", "0", "--phase", "init=1s@10"], cli_env(api))
     assert done.returncode == 4 and "no HS256 secret" in done.stderr
 
 
-def test_failing_threshold_exits_99_and_writes_both_reports(tmp_path: Path, api: FakePlayerApi) -> None:
+def test_failing_threshold_exits_99_and_writes_both_reports(tmp_path: Path, api: FakePlayerApi, loadtest) -> None:
     done = loadtest(["run", *INIT_ONLY, "--phase", "init=2s@20", "--no-default-thresholds",
                      "--threshold", "initialize_new:p95<1ms", "--threshold", "*:success>=100%",
-                     "--out", "run.json", "-o", "json"], cli_env(api), tmp_path)
+                     "--out", "run.json", "-o", "json"], cli_env(api))
     assert done.returncode == 99, done.stderr
     summary = json.loads(done.stdout)
     assert [(t["expr"], t["pass"]) for t in summary["thresholds"]] == [("initialize_new:p95<1ms", False),
@@ -106,6 +117,24 @@ def test_failing_threshold_exits_99_and_writes_both_reports(tmp_path: Path, api:
     assert report["verdict"] == "fail" and report["overall"]["endpoints"]["initialize_new"]["count"] == 40
     assert (tmp_path / "run.md").read_text().startswith("# seed-m3 load test")
     assert any("admin" in note for note in report["resources"]["notes"])  # admin port closed: noted, not fatal
+
+
+def test_a_stalled_service_shows_in_the_report_as_latency(tmp_path: Path, loadtest) -> None:
+    stalling = FakePlayerApi(fingerprint=SEED_FINGERPRINT, stall_after_s=1.0).start()
+    try:
+        done = loadtest(["run", *INIT_ONLY, "--phase", "init=4s@50", "--out", "stall.json", "-o", "json"],
+                        cli_env(stalling))
+    finally:
+        stalling.stop()
+    assert done.returncode == 99, done.stderr  # initialize_new:p95<50ms fails
+    report = json.loads((tmp_path / "stall.json").read_text())
+    entry = report["phases"][0]["endpoints"]["initialize_new"]
+    assert entry["count"] == entry["ok"] == 200  # the schedule was kept: no lost throughput
+    assert entry["latency_ms"]["max"] >= 2000 and entry["latency_ms"]["p90"] >= 1000
+    assert report["phases"][0]["achieved_rate"] == 50.0
+    assert report["generator"]["generator_limited"] is False  # the requests left on time; the service was late
+    markdown = (tmp_path / "stall.md").read_text()
+    assert f"| Max | — | {entry['latency_ms']['max'] / 1000:.2f} s |" in markdown
 
 
 def test_interrupted_run_still_writes_its_reports_and_exits_130(tmp_path: Path, api: FakePlayerApi) -> None:

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from challengectl.loadtest.generator import GeneratorConfig, run_generator
+from challengectl.loadtest.report import generator_section, verdict_of
 from challengectl.loadtest.schedule import PhasePlan
 from challengectl.loadtest.stats import latency_summary_ms
 from tests.servers import free_port
@@ -129,6 +130,11 @@ async def test_the_inflight_cap_drops_and_counts_operations(fake_api: FakePlayer
     assert stats.latency.get_total_count() == stats.ok  # dropped operations have no latency
     timeline_failed = sum(failed for (phase, _), (failed, _) in result.timeline.items() if phase == "init")
     assert timeline_failed == dropped
+    # A run that dropped operations cannot pass: the generator, not the service, limited it.
+    health = generator_section(result)
+    assert health["generator_limited"] is True and f"{dropped} operations dropped" in health["limited_reasons"][0]
+    assert verdict_of([{"pass": True}], health) == "invalid"
+    assert verdict_of([{"pass": False}], health) == "fail"
 
 
 async def test_two_generator_processes_send_exactly_one_schedule() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -244,20 +245,24 @@ def _print_summary(cli: Any, report: dict[str, Any], out_path: Path, report_path
             observed = ("no data" if result["observed"] is None else
                         (f"{result['observed']:.3f} %" if result["unit"] == "%" else fmt_ms(result["observed"])))
             gates.add_row(Text(mark, style=style), result["expr"], observed)
+        # The terminal gets the headline columns; the JSON and Markdown reports carry every statistic.
         per_endpoint = Table(title="endpoints (non-warm-up phases)", box=None, pad_edge=False, header_style="bold")
-        for column in ("endpoint", "count", "success", "p50", "p90", "p95", "p99", "avg", "max", "target", "failures"):
-            per_endpoint.add_column(column, justify="left" if column in ("endpoint", "failures") else "right")
+        any_failures = any(entry["failures"] for entry in endpoints.values())
+        columns = ["endpoint", "count", "success", "p50", "p95", "p99", "max", "target"]
+        for column in columns + (["failures"] if any_failures else []):
+            per_endpoint.add_column(column, justify="left" if column in ("endpoint", "failures") else "right",
+                                    no_wrap=column != "failures")
         for label, entry in endpoints.items():
             latency = entry["latency_ms"]
-            failures = ", ".join(f"{name}×{count}" for name, count in list(entry["failures"].items())[:2])
-            per_endpoint.add_row(label, f"{entry['count']:,}", f"{entry['success_pct']:.2f} %",
-                                 *(fmt_ms(latency[k]) for k in ("p50", "p90", "p95", "p99", "avg", "max")),
-                                 fmt_ms(entry.get("target_p95_ms")), failures)
+            cells = [label, f"{entry['count']:,}", f"{entry['success_pct']:.2f}%",
+                     *(fmt_ms(latency[k]) for k in ("p50", "p95", "p99", "max")), fmt_ms(entry.get("target_p95_ms"))]
+            if any_failures:
+                cells.append(", ".join(f"{name}×{count}" for name, count in list(entry["failures"].items())[:2]))
+            per_endpoint.add_row(*cells)
         generator = report["generator"]
         verdict = {"pass": "✓ PASS", "fail": "✗ FAIL", "invalid": "! INVALID (generator-limited)"}[report["verdict"]]
         footer = Text(f"verdict {verdict} · send lag p99 {fmt_ms(generator['lag_ms']['p99'])} · dropped "
                       f"{generator['dropped']} · reports {out_path} {report_path}")
-        from rich.console import Group
         return Group(gates, Text(""), per_endpoint, Text(""), footer)
 
     cli.output.emit_object(summary, table=table)

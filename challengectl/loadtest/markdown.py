@@ -38,15 +38,15 @@ DASH = "—"
 
 
 def fmt_ms(value: float | None) -> str:
-    """820 µs, 7.58 ms, 130.5 ms, 5.00 s, 1.0 min."""
+    """820 µs, 7.58 ms, 130.5 ms, 200 ms, 5.00 s, 1.0 min."""
     if value is None:
         return DASH
     if value < 1:
         return f"{value * 1000:.0f} µs"
     if value < 10:
-        return f"{value:.2f} ms"
+        return f"{value:.2f}".rstrip("0").rstrip(".") + " ms"
     if value < 1000:
-        return f"{value:.1f} ms"
+        return f"{value:.1f}".rstrip("0").rstrip(".") + " ms"
     if value < 60_000:
         return f"{value / 1000:.2f} s"
     return f"{value / 60_000:.1f} min"
