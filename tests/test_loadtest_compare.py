@@ -176,3 +176,24 @@ def test_report_command_rerenders_markdown_and_json(tmp_path: Path, capsys: pyte
     assert run_cli(["loadtest", "report", cand, "--format", "json", "--out", str(again)], capsys)[0] == 0
     assert json.loads(again.read_text())["run"]["label"] == "phase-10"
     assert run_cli(["loadtest", "report", str(tmp_path / "missing.json")], capsys)[0] == 2
+
+
+def test_findings_rules_fire_on_their_evidence() -> None:
+    from challengectl.loadtest.findings import generate
+
+    saturated = json.loads(json.dumps(CAND))
+    saturated["resources"]["summary"].update({
+        "db_pool_in_use": {"min": 0, "avg": 12, "max": 20}, "db_pool_acquire_timeouts": {"min": 4, "avg": 5, "max": 7},
+        "pg_connections_active": {"min": 1, "avg": 1.5, "max": 3}, "service_cpu_pct": {"min": 50, "avg": 80, "max": 97},
+        "cache_hit_ratio_pct": {"min": 10, "avg": 40, "max": 60}})
+    saturated["resources"]["capacity"]["db_pool_max"] = 20
+    saturated["generator"].update({"generator_limited": True, "limited_reasons": ["12 operations dropped"]})
+    saturated["database"] = {"table_stats": {"before": {"user_goal_progress": {"seq_scan": 3}},
+                                             "after": {"user_goal_progress": {"seq_scan": 40}}}}
+    found = {f["id"]: f for f in generate(saturated)}
+    assert list(found) == ["pool_saturated", "cpu_bound", "cache_low", "generator_limited",
+                           "dependency_unavailable", "seq_scan"]
+    assert "3 acquire timeouts" in found["pool_saturated"]["finding"]
+    assert "active sessions peaked at 3" in found["pool_saturated"]["finding"]
+    assert "37 sequential scans" in found["seq_scan"]["finding"]
+    assert found["generator_limited"]["advice"].startswith("results are limited by the generator")

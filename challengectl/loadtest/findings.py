@@ -76,9 +76,15 @@ def generate(report: dict[str, Any]) -> list[dict[str, str]]:
     pool_pct = pool_peak_pct(report)
     timeouts = _delta(report, "db_pool_acquire_timeouts")
     if (pool_pct is not None and pool_pct >= POOL_SATURATED_PCT) or timeouts > 0:
+        observed = f"DB pool peak {pool_pct if pool_pct is not None else '?'} % of max, {int(timeouts)} acquire timeouts"
+        active = _max(report, "pg_connections_active")
+        pool_peak = _max(report, "db_pool_peak_in_use") or _max(report, "db_pool_in_use")
+        if active is not None and pool_peak and active < pool_peak / 2:
+            # Checked-out connections that PostgreSQL sees idle are held by a busy service, not by slow SQL.
+            observed += (f"; PostgreSQL active sessions peaked at {active:.0f}, so most checked-out connections "
+                         "were idle in PostgreSQL while the service was busy")
         findings.append({"id": "pool_saturated",
-                         "finding": f"DB pool peak {pool_pct if pool_pct is not None else '?'} % of max, "
-                                    f"{int(timeouts)} acquire timeouts",
+                         "finding": observed,
                          "advice": "pool saturated: raise db_pool_max (check max_connections headroom with "
                                    "`challengectl pool`)"})
     elif pool_pct is not None and pool_pct < POOL_IDLE_PCT and latency_failed:
