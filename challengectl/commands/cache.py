@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from challengectl.client import Clients
-from challengectl.commands.pool import parse_interval, run_watch
+from challengectl.commands.pool import run_watch
 from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, get_cli, parse_duration
 from challengectl.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
@@ -42,6 +42,7 @@ from challengectl.redis_diagnostics import (
     take_inventory,
     user_cache_state,
 )
+from challengectl.ticker import parse_interval
 from service.auth import is_valid_user_id
 from service.cache import REDIS_FAILURES, Cache, open_redis, ping, scan_pattern_for_user
 from service.catalog import Catalog, CatalogError, load_catalog

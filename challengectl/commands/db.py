@@ -6,9 +6,9 @@ maps database failures to exit codes and renders the results.
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,7 @@ from challengectl.connections import database_target
 from challengectl.context import command_group, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, confirm, format_cell, listing, rfc3339, status_text
+from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
 from service.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
 from service.registry import RegistryError, load_registry
 from service.settings import mask_url_password
@@ -42,7 +43,6 @@ INDEX_SECTIONS = ("usage", "unused", "duplicates", "expected", "suggest")
 CACHE_HIT_WARN_PCT = 95.0
 # Below this many block reads a hit ratio says nothing yet (a fresh database).
 CACHE_HIT_MIN_BLOCKS = 1000
-MAX_WATCH_BACKOFF_S = 30.0
 
 
 # --- database sessions and their errors -----------------------------------------------------------
@@ -168,45 +168,18 @@ def sections(parts: Sequence[RenderableType]) -> RenderableType:
 
 def watch_loop(out: Output, interval_s: float, count: int | None, snapshot: Callable[[], dict[str, Any]],
                render: Callable[[dict[str, Any]], RenderableType]) -> None:
-    """Poll `snapshot` every `interval_s` (SPEC §10.4 streaming rules): one NDJSON object per tick when
-    piped or with -o json, a rich Live display on a TTY. A failed tick is reported on stderr and the
-    next one backs off; `count` bounds the ticks (failed ones included) and a run without one good tick
-    raises the last error. Ctrl-C ends the loop normally (exit 0)."""
-    live = None if out.streams_ndjson else out.live(Text("collecting the first sample…"))
-    ticks = good = failures = 0
-    last_error: CliError | None = None
-    try:
-        with live if live is not None else nullcontext():
-            while count is None or ticks < count:
-                ticks += 1
-                try:
-                    data = snapshot()
-                except CliError as error:
-                    failures += 1
-                    last_error = error
-                    out.err.print(f"Error: {error.message} (retrying)", markup=False, highlight=False, soft_wrap=True)
-                    if count is None or ticks < count:
-                        time.sleep(min(interval_s * 2 ** failures, MAX_WATCH_BACKOFF_S))
-                    continue
-                failures = 0
-                good += 1
-                if live is not None:
-                    live.update(render(data), refresh=True)
-                else:
-                    out.ndjson(data)
-                if count is None or ticks < count:
-                    time.sleep(interval_s)
-    except KeyboardInterrupt:
-        return
-    if good == 0 and last_error is not None:
-        raise last_error
+    """Poll `snapshot` every `interval_s` with `challengectl.ticker.run_ticks` (SPEC §10.4 streaming
+    rules): one NDJSON object per tick when piped or with -o json, a rich Live display on a TTY; a
+    transient failure is reported on stderr and retried with backoff, `count` bounds the ticks (failed
+    ones included). Ctrl-C ends the loop normally (exit 0). The snapshot runs in a worker thread, as the
+    diagnostics session is a synchronous connection."""
 
+    def report_retry(error: CliError, _delay_s: float) -> None:
+        out.err.print(f"Error: {error.message} (retrying)", markup=False, highlight=False, soft_wrap=True)
 
-def positive_duration(text: str, option: str) -> float:
-    seconds = parse_duration(text, option)
-    if seconds <= 0:
-        raise CliError(f"invalid {option} '{text}': must be above zero", f"e.g. {option} 2s", EXIT_USAGE)
-    return seconds
+    with suppress(KeyboardInterrupt), live_or_ndjson(out, render) as show:
+        asyncio.run(run_ticks(lambda: asyncio.to_thread(snapshot), show, interval_s=interval_s, count=count,
+                              on_retry=report_retry))
 
 
 # --- db activity ----------------------------------------------------------------------------------
@@ -362,7 +335,7 @@ def activity(
     signal_pid = cancel if cancel is not None else terminate
     if signal_pid is not None and watch:
         raise CliError("--cancel/--terminate cannot be combined with --watch", "run them separately", EXIT_USAGE)
-    interval_s = positive_duration(interval, "--interval")
+    interval_s = parse_interval(interval)
     min_duration_ms = parse_duration(min_duration, "--min-duration") * 1000
     with diagnostics_session(ctx) as session:
         if signal_pid is not None:

@@ -12,6 +12,7 @@ configuration fit under `max_connections`. `--max-util PCT` turns it into a gate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Optional
@@ -23,9 +24,10 @@ from rich.text import Text
 
 from challengectl.client import Clients
 from challengectl.connections import database_target
-from challengectl.context import CliContext, get_cli, parse_duration
+from challengectl.context import CliContext, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, rfc3339, status_text
+from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
 from service.store import describe_target, short_reason
 
 EXAMPLES = """Examples:
@@ -41,7 +43,6 @@ EXAMPLES = """Examples:
 
 WARN_PCT = 80.0
 CONNECT_TIMEOUT_S = 5
-MAX_BACKOFF_S = 30.0
 SERVICE_APPLICATION = "challengectl-service"
 INSUFFICIENT_PRIVILEGE = "<insufficient privilege>"
 
@@ -244,50 +245,21 @@ def render_report(report: dict[str, Any], out: Output) -> RenderableType:
 
 def run_watch(cli: CliContext, interval_s: float, tick: Callable[[Clients], Awaitable[dict[str, Any]]],
               render: Callable[[dict[str, Any]], RenderableType],
-              pause: Callable[[float], Awaitable[None]] | None = None) -> None:
-    """Call `tick` every `interval_s` until Ctrl-C (exit 0): a Live display of `render(snapshot)` on a
-    TTY, one NDJSON object `{"ts", ...snapshot}` per tick otherwise (SPEC §10.4). A failed tick is
-    reported on stderr and retried with a doubling backoff. `pause(seconds)` replaces the sleep between
-    ticks (e.g. to measure latency meanwhile)."""
+              pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    """Call `tick` every `interval_s` until Ctrl-C (exit 0) with `challengectl.ticker.run_ticks`: a Live
+    display of `render(snapshot)` on a TTY, one NDJSON object `{"ts", ...snapshot}` per tick otherwise
+    (SPEC §10.4). `pause(seconds)` replaces the sleep between ticks (e.g. to measure latency meanwhile)."""
     out = cli.output
-    wait = pause or asyncio.sleep
 
-    async def loop(clients: Clients) -> None:
-        live = None if out.streams_ndjson else out.live(Text("collecting…"))
-        backoff = interval_s
-        if live is not None:
-            live.start()
-        try:
-            while True:
-                try:
-                    snapshot = await tick(clients)
-                except CliError as exc:
-                    out.err.print(f"Error: {exc.message} (retrying in {backoff:g}s)", markup=False, highlight=False)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
-                    continue
-                backoff = interval_s
-                if live is not None:
-                    live.update(render(snapshot), refresh=True)
-                else:
-                    out.ndjson({"ts": rfc3339(datetime.now(UTC)), **snapshot})
-                await wait(interval_s)
-        finally:
-            if live is not None:
-                live.stop()
+    def report_retry(error: CliError, delay_s: float) -> None:
+        out.err.print(f"Error: {error.message} (retrying in {delay_s:g}s)", markup=False, highlight=False)
 
-    try:
-        cli.run(loop)
-    except KeyboardInterrupt:
-        return
+    def stamped(snapshot: dict[str, Any]) -> dict[str, Any]:
+        return {"ts": rfc3339(datetime.now(UTC)), **snapshot}
 
-
-def parse_interval(text: str) -> float:
-    """`--interval` in seconds; must be above zero (exit 2 otherwise)."""
-    seconds = parse_duration(text, "--interval")
-    if seconds <= 0:
-        raise CliError(f"invalid --interval '{text}': must be above zero", "e.g. --interval 2s", EXIT_USAGE)
-    return seconds
+    with contextlib.suppress(KeyboardInterrupt), live_or_ndjson(out, render, stamped) as show:
+        cli.run(lambda clients: run_ticks(lambda: tick(clients), show, interval_s=interval_s, count=None,
+                                          on_retry=report_retry, pause=pause))
 
 
 # ---------------------------------------------------------------------------------------------------

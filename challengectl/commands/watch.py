@@ -2,8 +2,8 @@
 
 Also home of what `events send --wait` shares with it: `fetch_goals` (one snapshot of the player's goals
 through the player API, with the catalog fingerprint the service sent) and `goal_changes` (the
-difference of two snapshots), and `poll_loop`, the streaming loop with `--interval`, `--once`,
-`--count` and backoff after transient failures.
+difference of two snapshots). The polling itself (`--interval`, `--once`, `--count`, backoff after
+transient failures) is `challengectl.ticker.run_ticks`, shared with every `--watch` mode.
 
 Piped (or `-o json`), each poll prints one NDJSON object
 `{"ts", "user_id", "changes": [{"challenge_id", "goal_id", "old_progress", "new_progress", "old_status",
@@ -14,9 +14,7 @@ COMPLETED rows. Ctrl-C ends the watch with exit 0.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,9 +26,10 @@ from rich.table import Table
 from rich.text import Text
 
 from challengectl.client import ApiClient, Clients
-from challengectl.context import get_cli, parse_duration
-from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from challengectl.context import get_cli
+from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Output, rfc3339
+from challengectl.ticker import parse_interval, run_ticks
 
 EXAMPLES = """\b
 Examples:
@@ -39,7 +38,6 @@ Examples:
   challengectl watch --user alice --challenge season-1 --once -o json
 """
 
-MAX_BACKOFF_S = 30.0
 FINGERPRINT_HEADER = "x-catalog-fingerprint"
 CHANGED_STYLE = "bold reverse"
 
@@ -111,34 +109,6 @@ def _change(key: GoalKey, before: GoalState | None, after: GoalState | None) -> 
     return {"challenge_id": key[0], "goal_id": key[1],
             "old_progress": before.progress if before else None, "new_progress": after.progress if after else None,
             "old_status": before.status if before else None, "new_status": after.status if after else None}
-
-
-async def poll_loop(poll: Callable[[], Awaitable[Any]], on_result: Callable[[Any], None], *, interval_s: float,
-                    count: int | None, on_retry: Callable[[CliError, float], None]) -> None:
-    """Call `poll` every `interval_s` (fixed cadence) and hand each result to `on_result`, until `count`
-    results (None: until cancelled). A transient failure (exit code 5: unreachable, unavailable, timed
-    out) goes to `on_retry(error, delay_s)` and the next attempt waits twice as long each time, up to
-    30 s (or the interval when longer); any other failure (auth, not found, usage) is raised."""
-    done = 0
-    failures = 0
-    while count is None or done < count:
-        started = time.monotonic()
-        try:
-            result = await poll()
-        except CliError as error:
-            if error.exit_code != EXIT_UNAVAILABLE:
-                raise
-            failures += 1
-            delay = min(interval_s * 2 ** failures, max(MAX_BACKOFF_S, interval_s))
-            on_retry(error, delay)
-            await asyncio.sleep(delay)
-            continue
-        failures = 0
-        done += 1
-        on_result(result)
-        if count is not None and done >= count:
-            break
-        await asyncio.sleep(max(0.0, started + interval_s - time.monotonic()))
 
 
 class WatchView:
@@ -228,9 +198,7 @@ def watch(
     player = cli.settings(user=user).user
     if not player:
         raise CliError("watch needs --user", "add --user <id> or set CHALLENGE_USER", EXIT_USAGE)
-    interval_s = parse_duration(interval, "--interval")
-    if interval_s <= 0:
-        raise CliError(f"invalid --interval '{interval}': must be above zero", "e.g. --interval 2s", EXIT_USAGE)
+    interval_s = parse_interval(interval)
     if once and count is not None:
         raise CliError("--once and --count exclude each other", "use --once, or --count N", EXIT_USAGE)
     view = WatchView(cli.output, player, interval_s)
@@ -239,7 +207,7 @@ def watch(
         cli.output.warn(f"poll failed: {error.message}; retrying in {delay_s:g}s")
 
     async def main(clients: Clients) -> None:
-        await poll_loop(lambda: fetch_goals(clients.api, player, challenge_id=challenge, active_only=active_only),
+        await run_ticks(lambda: fetch_goals(clients.api, player, challenge_id=challenge, active_only=active_only),
                         view.show, interval_s=interval_s, count=1 if once else count, on_retry=report_retry)
 
     try:
