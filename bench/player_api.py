@@ -5,7 +5,10 @@ REDIS_URL are set), initializes USERS players, then runs wrk against each hot en
 request carrying one of those players' tokens. The same run is repeated with REDIS_URL=disabled, so the
 two columns compare the cache against PostgreSQL-only reads on the same machine in the same run.
 
-    python bench/player_api.py [--users 200] [--duration 10] [--connections 32]
+    python bench/player_api.py [--users 200] [--duration 10] [--connections 32] [--workers 1]
+
+`--workers N` runs the service with N HTTP worker processes (`serve --workers N`, SPEC §5.1); run it
+with 1 and with 2 to compare.
 
 Needs `wrk` (Debian package `wrk`). Prints a Markdown table.
 """
@@ -60,11 +63,11 @@ end
 """
 
 
-def start_service(data_dir: Path, redis_disabled: bool) -> subprocess.Popen:
+def start_service(data_dir: Path, redis_disabled: bool, workers: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")}
     env.update(PYTHONPATH=str(REPO_ROOT), CHALLENGE_DATA_DIR=str(data_dir), CHALLENGE_JWT_SECRET=SECRET,
                CHALLENGE_HTTP_PORT=str(PORT), CHALLENGE_GRPC_PORT=str(GRPC_PORT),
-               CHALLENGE_ADMIN_PORT=str(ADMIN_PORT), CHALLENGE_LOG_LEVEL="warning",
+               CHALLENGE_ADMIN_PORT=str(ADMIN_PORT), CHALLENGE_LOG_LEVEL="warning", CHALLENGE_WORKERS=str(workers),
                CHALLENGE_CATALOG_PATH=str(example_catalog_path()))
     if redis_disabled:
         env["REDIS_URL"] = "disabled"
@@ -111,7 +114,7 @@ def _ms(text: str) -> float:
 
 def measure(redis_disabled: bool, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     base = Path(tempfile.mkdtemp(prefix="challengectl-bench-"))
-    process = start_service(base / "data", redis_disabled)
+    process = start_service(base / "data", redis_disabled, args.workers)
     try:
         tokens = [mint_token(SECRET.encode(), f"bench-{i}", ttl_s=3600) for i in range(args.users)]
         initialize(tokens)
@@ -128,12 +131,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="HTTP worker processes of the service")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     cached = measure(False, args)
     uncached = measure(True, args)
-    print(f"users={args.users} connections={args.connections} duration={args.duration}s, 1 service process, "
+    processes = "1 service process" if args.workers == 1 else f"{args.workers} HTTP workers + the main process"
+    print(f"users={args.users} connections={args.connections} duration={args.duration}s, {processes}, "
           f"{os.cpu_count()} cores shared with wrk and the databases")
     print("| endpoint | cache on: req/s | p50 ms | p99 ms | cache off: req/s | p50 ms | p99 ms | throughput ratio |")
     print("|---|---|---|---|---|---|---|---|")

@@ -1,5 +1,8 @@
 """Wiring and lifecycle of `challengectl serve`: embedded servers, migrations, catalog, pools, the HTTP,
-admin and gRPC servers, readiness, and a graceful shutdown on SIGINT/SIGTERM (SPEC §5, §6.13, §9.4)."""
+admin and gRPC servers, readiness, and a graceful shutdown on SIGINT/SIGTERM (SPEC §5, §6.13, §9.4).
+
+With `workers` > 1 the player API runs in HTTP worker processes (`run_http_worker`, started by
+service/workers.py) and this process keeps gRPC ingestion, the flusher and the admin port (SPEC §5.1)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from typing import Any
 import uvicorn
 
 from service import __version__
-from service.admin import create_admin_app
+from service.admin import combine_cache_stats, combine_pool_stats, create_admin_app, process_stats
 from service.auth import AuthConfig, Authenticator, auth_config_from_settings, ensure_embedded_secret
 from service.cache import Cache, open_redis
 from service.cache import ping as ping_redis
@@ -30,19 +33,22 @@ from service.events import IngestConfig, Ingestor
 from service.grpc_api import create_grpc_server
 from service.health import Readiness
 from service.http_api import create_http_app, player_routes
-from service.metrics import BUILD_INFO
+from service.metrics import BUILD_INFO, multiprocess_registry
 from service.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
 from service.players import Players
 from service.registry import RegistryError, load_registry
 from service.resources import example_catalog_path
-from service.settings import Settings, SettingsError, is_loopback, validate_for_serve
 from service.rewards import RewardConfig, RewardGranter
+from service.settings import Settings, SettingsError, is_loopback, validate_for_serve
 from service.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
+from service.workers import SharedState, WorkerFailure, WorkerPool, WorkerSpec, runtime_directory, serve_control
 
 log = logging.getLogger("challengectl.serve")
 
 READINESS_POLL_S = 1.0
 SERVER_STOP_GRACE_S = 5.0
+# A worker's exit after its server stopped: closing its pools and the interpreter's own exit.
+WORKER_EXIT_GRACE_S = 5.0
 
 
 class StartupError(Exception):
@@ -90,10 +96,6 @@ def validate_settings(settings: Settings) -> None:
             if not value:
                 raise SettingsError(f"invalid setting '{name}': unset while embedded=never")
     validate_for_serve(settings, embedded_postgres=wants_embedded_postgres(settings))
-    if settings.workers > 1:
-        raise SettingsError(
-            f"invalid setting 'workers' (from {settings.sources['workers']}): HTTP worker processes are not "
-            "implemented yet; run one process per instance (or several instances behind a load balancer)")
 
 
 def resolve_catalog_path(settings: Settings) -> Path:
@@ -184,20 +186,27 @@ def prepare_schema(settings: Settings, database_url: str) -> None:
         raise StartupError(str(exc), exc.exit_code, "see 'challengectl db migrate --status'") from None
 
 
-def bind_socket(host: str, port: int, what: str) -> socket.socket:
-    """Bind before serving, so a taken port is a clear startup error instead of a log line."""
+def bind_socket(host: str, port: int, what: str, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """Bind before serving, so a taken port is a clear startup error instead of a log line.
+
+    `reuse_port` sets SO_REUSEPORT: the HTTP workers each bind their own socket on the port and the
+    kernel spreads new connections over them. A socket that does not `listen` only reserves the port.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when the proto says TCP;
     # without it, Nagle + delayed ACK add ~40 ms to every response written in two parts.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port} for the {what}: {exc.strerror}", 1,
                            f"another process uses the port; pick another with --{_port_flag(what)}") from None
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -233,6 +242,9 @@ class Service:
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     schema_version: int = 0
     unflushed: int = 0  # buffered entries left when the shutdown drain timed out (exit status 1)
+    runtime_dir: Path | None = None  # with workers: their metrics files and control sockets
+    workers: WorkerPool | None = None
+    stop_signal: int = signal.SIGTERM  # forwarded to the workers on shutdown
 
     def describe_config(self) -> dict[str, Any]:
         """The `/admin/config` body (SPEC §5.6)."""
@@ -259,28 +271,9 @@ class Service:
     async def _serve(self, stop: asyncio.Event, resources: contextlib.AsyncExitStack) -> None:
         settings, catalog = self.settings, self.catalog
         self.schema_version = max((m.version for m in discover_migrations()), default=0)
-        try:
-            pool = await open_pool(self.deps.database_url, "service", _pool_config(settings))
-        except StoreUnavailable as exc:
-            raise StartupError(str(exc), 5, "check DATABASE_URL") from None
-        store = Store(pool)
-        resources.push_async_callback(store.close)
-        redis = None
-        if self.deps.redis_url:
-            redis = open_redis(self.deps.redis_url, settings.redis_pool_max, settings.redis_timeout_ms)
-            resources.push_async_callback(redis.aclose)
-        cache = Cache(redis, settings.redis_key_prefix, catalog.fingerprint, settings.cache_ttl_s,
-                      settings.synced_ttl_s, settings.cache_journal_max, settings.redis_probe_interval_ms)
-        cache.start()
-        resources.push_async_callback(cache.stop)
-        authenticator = Authenticator(self.auth_config)
-        resources.push_async_callback(authenticator.close)
-        await authenticator.start()
-        rewards = RewardGranter(RewardConfig.from_settings(settings))
-        resources.push_async_callback(rewards.close)
+        store = await _open_store(self.deps.database_url, settings, resources)
+        redis, cache = await _open_cache(self.deps.redis_url, settings, catalog, resources)
         queries = Queries(load_registry())
-        players = Players(catalog, store, queries, cache, rewards, settings.namespace,
-                          settings.reward_mode, settings.claim_timeout_ms)
         try:
             flusher_pool = await open_pool(self.deps.database_url, "flusher", _flusher_pool_config(settings))
         except StoreUnavailable as exc:
@@ -290,30 +283,29 @@ class Service:
         ingestor = Ingestor(IngestConfig.from_settings(settings), catalog, flusher_store, queries, cache)
         await ingestor.start()
 
-        readiness = Readiness(
-            ping_database=store.ping,
-            read_schema_version=store.schema_version,
-            expected_schema_version=self.schema_version,
-            ping_redis=(lambda: ping_redis(redis)) if redis is not None else None,
-            redis_required=settings.readyz_redis == "required",
-            flusher_failing_since=lambda: ingestor.flusher_failing_since,
-        )
+        readiness = _readiness(settings, store, redis, self.schema_version,
+                               flusher_failing_since=lambda: ingestor.flusher_failing_since)
         BUILD_INFO.labels(__version__, catalog.fingerprint, settings.ack_mode).set(1)
-        admin_views = {
-            "/admin/config": self.describe_config,
-            "/admin/pool": lambda: {"db": store.stats(), "redis": cache.redis_pool_stats()},
-            "/admin/cache": cache.stats,
-            "/admin/buffer": ingestor.buffer_stats,
-        }
-        routes = player_routes(players, authenticator, catalog, settings.base_path, settings.http_max_body_bytes)
-        http_socket = bind_socket(settings.http_host, settings.http_port, "player API")
+        servers: list[_Server] = []
+        tasks: list[asyncio.Task] = []
+        if self.runtime_dir is None:
+            routes = await _player_routes(settings, catalog, store, cache, queries, self.auth_config, resources)
+            http_socket = bind_socket(settings.http_host, settings.http_port, "player API")
+            http_server = _uvicorn(create_http_app(readiness, settings.base_path, catalog.fingerprint, routes))
+            servers.append(http_server)
+            tasks.append(asyncio.create_task(http_server.serve(sockets=[http_socket]), name="http"))
+            workers = None
+        else:
+            # Held (bound, never listening) for the whole run: a port taken by another program is a
+            # startup error here, and no other program can take it while workers restart.
+            port_guard = bind_socket(settings.http_host, settings.http_port, "player API", reuse_port=True, listen=False)
+            resources.callback(port_guard.close)
+            workers = WorkerPool(settings.workers, self.runtime_dir, self._worker_spec,
+                                 lambda: ingestor.flusher_failing_since)
+            self.workers = workers
         admin_socket = bind_socket(settings.admin_host, settings.admin_port, "admin API")
-        http_server = _uvicorn(create_http_app(readiness, settings.base_path, catalog.fingerprint, routes))
-        def reset_peaks() -> None:
-            store.reset_peaks()
-            ingestor.reset_peaks()
-
-        admin_server = _uvicorn(create_admin_app(readiness, settings.admin_token, admin_views, reset_peaks))
+        admin_server = _uvicorn(self._admin_app(readiness, store, cache, ingestor, workers))
+        servers.append(admin_server)
         try:
             grpc_server, grpc_health = create_grpc_server(
                 settings.grpc_host, settings.grpc_port, settings.grpc_max_message_bytes,
@@ -322,31 +314,70 @@ class Service:
         except OSError as exc:
             raise StartupError(str(exc), 1, "pick another port with --grpc-port") from None
         await grpc_server.start()
-        tasks = [
-            asyncio.create_task(http_server.serve(sockets=[http_socket]), name="http"),
-            asyncio.create_task(admin_server.serve(sockets=[admin_socket]), name="admin"),
-        ]
-        poller = asyncio.create_task(_follow_readiness(readiness, grpc_health), name="readiness")
-        self._announce()
+        tasks.append(asyncio.create_task(admin_server.serve(sockets=[admin_socket]), name="admin"))
+        watchers = [asyncio.create_task(_follow_readiness(readiness, grpc_health), name="readiness")]
         try:
-            await _wait_for_stop_or_crash(stop, tasks)
+            if workers is not None:
+                await _start_workers(workers)
+                watchers.append(asyncio.create_task(_worker_failure(workers), name="HTTP workers"))
+            self._announce()
+            await _wait_for_stop_or_crash(stop, [*tasks, *watchers[1:]])
         finally:
             log.info("shutting down")
             readiness.shutting_down = True
             await grpc_health.set_ready(False)
-            await grpc_server.stop(SERVER_STOP_GRACE_S)
-            for server in (http_server, admin_server):
+            stopping = [grpc_server.stop(SERVER_STOP_GRACE_S)]
+            if workers is not None:
+                stopping.append(workers.stop(self.stop_signal, SERVER_STOP_GRACE_S + WORKER_EXIT_GRACE_S))
+            await asyncio.gather(*stopping)
+            for server in servers:
                 server.should_exit = True
             await asyncio.wait(tasks, timeout=SERVER_STOP_GRACE_S + 1)
-            poller.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             self.unflushed = await ingestor.drain_and_stop(settings.shutdown_timeout_s)
+
+    def _worker_spec(self, index: int, control_path: Path) -> WorkerSpec:
+        return WorkerSpec(index, self.settings, self.deps.database_url, self.deps.redis_url, self.auth_config,
+                          control_path)
+
+    def _admin_app(self, readiness: Readiness, store: Store, cache: Cache, ingestor: Ingestor,
+                   workers: WorkerPool | None) -> Any:
+        """The admin app; with workers, pool and cache numbers and `/metrics` cover every process."""
+        def reset_own_peaks() -> None:
+            store.reset_peaks()
+            ingestor.reset_peaks()
+
+        views: dict[str, Any] = {"/admin/config": self.describe_config, "/admin/buffer": ingestor.buffer_stats}
+        if workers is None or self.runtime_dir is None:
+            views["/admin/pool"] = lambda: {"db": store.stats(), "redis": cache.redis_pool_stats()}
+            views["/admin/cache"] = cache.stats
+            return create_admin_app(readiness, self.settings.admin_token, views, reset_own_peaks)
+
+        async def every_process() -> list[dict[str, Any]]:
+            return [process_stats(store, cache), *await workers.gather("stats")]
+
+        async def pool() -> dict[str, Any]:
+            return combine_pool_stats(await every_process())
+
+        async def cache_view() -> dict[str, Any]:
+            return combine_cache_stats(await every_process())
+
+        async def reset_peaks() -> None:
+            reset_own_peaks()
+            await workers.gather("reset-peaks")
+
+        views.update({"/admin/pool": pool, "/admin/cache": cache_view})
+        registry = multiprocess_registry(self.runtime_dir / "metrics", lambda: [os.getpid(), *workers.pids()])
+        return create_admin_app(readiness, self.settings.admin_token, views, reset_peaks, registry)
 
     def _announce(self) -> None:
         """Tell the operator where everything listens, and how to connect to the embedded servers."""
         s = self.settings
         lines = [
             f"challengectl {__version__} serving (catalog {self.catalog.path}, fingerprint {self.catalog.fingerprint})",
-            f"  player API  {s.resolved_api_url()}   (OpenAPI: {s.resolved_api_url()}/openapi.json)",
+            f"  player API  {s.resolved_api_url()}   (OpenAPI: {s.resolved_api_url()}/openapi.json)"
+            + (f"   {s.workers} worker processes" if s.workers > 1 else ""),
             f"  gRPC        {s.grpc_host}:{s.grpc_port}",
             f"  admin       http://{s.admin_host}:{s.admin_port}",
         ]
@@ -377,6 +408,108 @@ def _pool_config(settings: Settings) -> PoolConfig:
     )
 
 
+async def _open_store(database_url: str, settings: Settings, resources: contextlib.AsyncExitStack) -> Store:
+    """The service pool of this process (`db_pool_max` is per process)."""
+    try:
+        pool = await open_pool(database_url, "service", _pool_config(settings))
+    except StoreUnavailable as exc:
+        raise StartupError(str(exc), 5, "check DATABASE_URL") from None
+    store = Store(pool)
+    resources.push_async_callback(store.close)
+    return store
+
+
+async def _open_cache(redis_url: str | None, settings: Settings, catalog: Catalog,
+                      resources: contextlib.AsyncExitStack) -> tuple[Any, Cache]:
+    """This process's Redis client (None with the cache disabled) and the Cache on it, started."""
+    redis = None
+    if redis_url:
+        redis = open_redis(redis_url, settings.redis_pool_max, settings.redis_timeout_ms)
+        resources.push_async_callback(redis.aclose)
+    cache = Cache(redis, settings.redis_key_prefix, catalog.fingerprint, settings.cache_ttl_s,
+                  settings.synced_ttl_s, settings.cache_journal_max, settings.redis_probe_interval_ms)
+    cache.start()
+    resources.push_async_callback(cache.stop)
+    return redis, cache
+
+
+async def _player_routes(settings: Settings, catalog: Catalog, store: Store, cache: Cache, queries: Queries,
+                         auth_config: AuthConfig, resources: contextlib.AsyncExitStack) -> list[Any]:
+    """The player API of this process: authentication, rewards and the Players service behind the routes."""
+    authenticator = Authenticator(auth_config)
+    resources.push_async_callback(authenticator.close)
+    await authenticator.start()
+    rewards = RewardGranter(RewardConfig.from_settings(settings))
+    resources.push_async_callback(rewards.close)
+    players = Players(catalog, store, queries, cache, rewards, settings.namespace,
+                      settings.reward_mode, settings.claim_timeout_ms)
+    return player_routes(players, authenticator, catalog, settings.base_path, settings.http_max_body_bytes)
+
+
+def _readiness(settings: Settings, store: Store, redis: Any, schema_version: int,
+               flusher_failing_since: Any, main_shutting_down: Any = lambda: False) -> Readiness:
+    return Readiness(
+        ping_database=store.ping,
+        read_schema_version=store.schema_version,
+        expected_schema_version=schema_version,
+        ping_redis=(lambda: ping_redis(redis)) if redis is not None else None,
+        redis_required=settings.readyz_redis == "required",
+        flusher_failing_since=flusher_failing_since,
+        main_shutting_down=main_shutting_down,
+    )
+
+
+async def run_http_worker(spec: WorkerSpec, state: SharedState, stop: asyncio.Event,
+                          report_ready: Any) -> None:
+    """One HTTP worker process (SPEC §5.1): its own catalog, pools and SO_REUSEPORT socket, serving every
+    route of the player port until `stop`; its pool and cache numbers on the control socket for the
+    admin port. `/readyz` includes the main process's flusher and shutdown state (`state`)."""
+    settings = spec.settings
+    catalog = load_service_catalog(settings)
+    try:
+        queries = Queries(load_registry())
+    except RegistryError as exc:
+        raise StartupError(f"named-query registry: {exc}", 2) from None
+    schema_version = max((m.version for m in discover_migrations()), default=0)
+    async with contextlib.AsyncExitStack() as resources:
+        store = await _open_store(spec.database_url, settings, resources)
+        redis, cache = await _open_cache(spec.redis_url, settings, catalog, resources)
+        routes = await _player_routes(settings, catalog, store, cache, queries, spec.auth_config, resources)
+        readiness = _readiness(settings, store, redis, schema_version, state.flusher_failing_since,
+                               state.main_shutting_down)
+        BUILD_INFO.labels(__version__, catalog.fingerprint, settings.ack_mode).set(1)
+        control = await serve_control(spec.control_path, {
+            "stats": lambda: process_stats(store, cache),
+            "reset-peaks": store.reset_peaks,
+        })
+        resources.callback(control.close)
+        http_socket = bind_socket(settings.http_host, settings.http_port, "player API", reuse_port=True)
+        http_server = _uvicorn(create_http_app(readiness, settings.base_path, catalog.fingerprint, routes))
+        task = asyncio.create_task(http_server.serve(sockets=[http_socket]), name=f"HTTP worker {spec.index}")
+        report_ready()
+        try:
+            await _wait_for_stop_or_crash(stop, [task])
+        finally:
+            readiness.shutting_down = True
+            http_server.should_exit = True
+            await asyncio.wait([task], timeout=SERVER_STOP_GRACE_S + 1)
+
+
+async def _start_workers(workers: WorkerPool) -> None:
+    try:
+        await workers.start()
+    except WorkerFailure as exc:
+        raise StartupError(str(exc), exc.exit_code, exc.hint) from None
+
+
+async def _worker_failure(workers: WorkerPool) -> None:
+    """Ends (with the failure) when the workers can no longer serve; see service/workers.py."""
+    try:
+        await workers.failed
+    except WorkerFailure as exc:
+        raise StartupError(str(exc), exc.exit_code, exc.hint) from None
+
+
 async def _follow_readiness(readiness: Readiness, grpc_health: Any) -> None:
     """Poll readiness so gRPC health reports the same verdict as /readyz (SPEC §6.1)."""
     while True:
@@ -390,8 +523,11 @@ async def _wait_for_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task]
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     for task in done:
-        if task is not stopper and task.exception() is not None:
-            raise StartupError(f"{task.get_name()} server failed: {task.exception()}", 1)
+        failure = None if task is stopper else task.exception()
+        if isinstance(failure, StartupError):
+            raise failure
+        if failure is not None:
+            raise StartupError(f"{task.get_name()} server failed: {failure}", 1)
 
 
 async def _serve_until_signalled(service: Service) -> int:
@@ -404,8 +540,11 @@ async def _serve_until_signalled(service: Service) -> int:
         signals_seen += 1
         if signals_seen > 1:
             log.warning("second signal: exiting immediately")
+            if service.workers is not None:
+                service.workers.forward(signum)
             os._exit(130)
         log.info("received %s", signal.Signals(signum).name)
+        service.stop_signal = signum
         stop.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -433,7 +572,10 @@ def serve(settings: Settings) -> int:
         if not settings.grpc_token and not is_loopback(settings.grpc_host):
             log.warning("grpc_token is unset while gRPC listens on %s: anyone who can reach it can send events",
                         settings.grpc_host)
-        exit_code = asyncio.run(_serve_until_signalled(Service(settings, catalog, deps, auth_config)))
+        with contextlib.ExitStack() as run:
+            runtime_dir = run.enter_context(runtime_directory()) if settings.workers > 1 else None
+            service = Service(settings, catalog, deps, auth_config, runtime_dir=runtime_dir)
+            exit_code = asyncio.run(_serve_until_signalled(service))
     finally:
         deps.stop()
     log.info("stopped")

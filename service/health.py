@@ -29,6 +29,8 @@ class Readiness:
     shutting_down: bool = False
     # Monotonic time of the first failure of the flusher's current failing streak, or None.
     flusher_failing_since: Callable[[], float | None] = lambda: None
+    # An HTTP worker process (`serve --workers N`) also reports the main process's shutdown.
+    main_shutting_down: Callable[[], bool] = lambda: False
     _schema_version: int | None = None
     _database_was_down: bool = True
     _listeners: list[Callable[[bool], None]] = field(default_factory=list)
@@ -74,7 +76,7 @@ class Readiness:
         if not flusher_ok:
             checks["flusher"]["error"] = "flushes failing for more than 10 s"
             failing.append("flusher")
-        if self.shutting_down:
+        if self.shutting_down or self.main_shutting_down():
             checks["shutdown"] = {"ok": False, "error": "service is shutting down"}
             failing.append("shutdown")
 

@@ -47,6 +47,11 @@ class PoolUsage:
         """Start a new peak from the connections in use now (`POST /admin/reset-peaks`)."""
         self.peak_in_use = self.in_use
 
+    def waits_ms(self) -> list[float]:
+        """The acquire waits (ms) in the window, oldest first: `serve --workers` merges them across
+        processes so that the percentiles cover every sample."""
+        return list(self._waits_ms)
+
     def snapshot(self, pool_in_use: int) -> dict[str, float | int]:
         """`peak_in_use`, `acquire_wait_ms_p50` and `acquire_wait_ms_p95` (ms, 3 decimals).
 

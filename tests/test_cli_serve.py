@@ -97,7 +97,11 @@ def test_db_migrate_reports_an_unreachable_database(capsys) -> None:
     assert "pw" not in err and err.startswith("Error: ")
 
 
-def test_check_refuses_workers_until_they_exist(pg_url, capsys) -> None:
-    code, _, err = run_cli(["--database-url", pg_url, "serve", "--check", "--workers", "2"], capsys)
+def test_check_accepts_worker_processes_and_refuses_zero(pg_url, capsys) -> None:
+    args = ["--database-url", pg_url, "serve", "--check", "--catalog", str(example_catalog_path()), "--workers"]
+    code, out, err = run_cli([*args, "2"], capsys)
+    assert code == 0, err
+    assert "settings: ok" in out
+    code, _, err = run_cli([*args, "0"], capsys)
     assert code == 2
-    assert "invalid setting 'workers' (from flag)" in err
+    assert "workers" in err and "Traceback" not in err
