@@ -49,6 +49,12 @@ def parse_duration(text: str, option: str = "duration") -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def examples(*commands: str) -> str:
+    """A command's help epilog: `commands` under "Examples:", one per line, exactly as typed. The
+    leading `\\b` stops click from re-wrapping the paragraph, so every example stays copy-pasteable."""
+    return "\b\nExamples:\n" + "".join(f"  {command}\n" for command in commands)
+
+
 def command_group(help_text: str, **kwargs: Any) -> typer.Typer:
     """A typer sub-app with the project's conventions: no rich markup in help, no pretty exceptions
     (they would print locals such as DSNs and tokens), `-h/--help`, help when called bare."""

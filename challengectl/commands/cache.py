@@ -31,7 +31,7 @@ from rich.text import Text
 from challengectl.client import Clients
 from challengectl.commands.pool import run_watch
 from challengectl.connections import database_target, require_service_redis_url
-from challengectl.context import CliContext, command_group, get_cli, parse_duration
+from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, confirm, format_cell
 from challengectl.redis_diagnostics import (
@@ -54,41 +54,29 @@ from service.store import PoolConfig, Queries, Store, StoreUnavailable, open_poo
 
 app = command_group("Warm, flush and inspect the Redis cache of active views.")
 
-WARM_EXAMPLES = """Examples:
+WARM_EXAMPLES = examples(
+    "challengectl cache warm --user alice --user bob",
+    "challengectl cache warm --all-active --concurrency 16 -o json | jq '.markers_set'",
+    "challengectl cache warm --users-file players.txt",
+)
 
-  challengectl cache warm --user alice --user bob
+FLUSH_EXAMPLES = examples(
+    "challengectl cache flush --user alice --yes",
+    "challengectl cache flush --all --dry-run -o json | jq '.removed'",
+    "challengectl cache flush --pattern 'ch:{load-*' --include-dedup --must-match --yes",
+)
 
-  challengectl cache warm --all-active --concurrency 16 -o json | jq '.markers_set'
+STATS_EXAMPLES = examples(
+    "challengectl cache stats",
+    "challengectl cache stats -o json | jq '.redis.hit_ratio'",
+    "challengectl cache stats --watch --interval 5s",
+)
 
-  challengectl cache warm --users-file players.txt
-"""
-
-FLUSH_EXAMPLES = """Examples:
-
-  challengectl cache flush --user alice --yes
-
-  challengectl cache flush --all --dry-run -o json | jq '.removed'
-
-  challengectl cache flush --pattern 'ch:{load-*' --include-dedup --must-match --yes
-"""
-
-STATS_EXAMPLES = """Examples:
-
-  challengectl cache stats
-
-  challengectl cache stats -o json | jq '.redis.hit_ratio'
-
-  challengectl cache stats --watch --interval 5s
-"""
-
-KEYS_EXAMPLES = """Examples:
-
-  challengectl cache keys --top 10
-
-  challengectl cache keys --user alice -o json | jq '.entry.rows'
-
-  challengectl cache keys --pattern 'ch:{load-*' --sample 5000 --sleep 50ms --must-match
-"""
+KEYS_EXAMPLES = examples(
+    "challengectl cache keys --top 10",
+    "challengectl cache keys --user alice -o json | jq '.entry.rows'",
+    "challengectl cache keys --pattern 'ch:{load-*' --sample 5000 --sleep 50ms --must-match",
+)
 
 ACTIVE_USERS_PAGE = 1000
 STATS_SCAN_LIMIT = 10_000

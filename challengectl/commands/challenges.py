@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import typer
 
-from challengectl.context import command_group, get_cli
+from challengectl.context import command_group, examples, get_cli
 from challengectl.output import Column
 
 app = command_group("The player's challenges, goals and rotation status (acts as --user).")
@@ -23,25 +23,22 @@ ACTIVE_ONLY_HELP = "only goals with an active row; challenges left without goals
 DONE_STATUSES = ("completed", "claimed")
 
 # click rewraps epilog paragraphs; a `\b` line keeps the examples copy-pasteable as written.
-LIST_EXAMPLES = """\b
-Examples:
-  challengectl --user alice challenges list
-  challengectl --user alice challenges list --active-only -o json | jq '.challenges[].challengeId'
-  CHALLENGE_USER=alice challengectl challenges list -o csv
-"""
+LIST_EXAMPLES = examples(
+    "challengectl --user alice challenges list",
+    "challengectl --user alice challenges list --active-only -o json | jq '.challenges[].challengeId'",
+    "CHALLENGE_USER=alice challengectl challenges list -o csv",
+)
 
-GET_EXAMPLES = """\b
-Examples:
-  challengectl --user alice challenges get daily-grind
-  challengectl --user alice challenges get daily-grind -o json | jq '.goals[] | {goalId, status, progress}'
-  challengectl --user alice challenges get season-1 --active-only
-"""
+GET_EXAMPLES = examples(
+    "challengectl --user alice challenges get daily-grind",
+    "challengectl --user alice challenges get daily-grind -o json | jq '.goals[] | {goalId, status, progress}'",
+    "challengectl --user alice challenges get season-1 --active-only",
+)
 
-ROTATION_EXAMPLES = """\b
-Examples:
-  challengectl --user alice challenges rotation daily-grind
-  challengectl --user alice challenges rotation weekly-ops -o json | jq .rotation.currentPeriod.expiresInSeconds
-"""
+ROTATION_EXAMPLES = examples(
+    "challengectl --user alice challenges rotation daily-grind",
+    "challengectl --user alice challenges rotation weekly-ops -o json | jq .rotation.currentPeriod.expiresInSeconds",
+)
 
 
 # --- shared cells --------------------------------------------------------------------------------

@@ -8,30 +8,24 @@ from enum import Enum
 import typer
 from typer._completion_shared import get_completion_script, install
 
-from challengectl.context import command_group, get_cli
+from challengectl.context import command_group, examples, get_cli
 
 PROG_NAME = "challengectl"
 COMPLETE_VAR = "_CHALLENGECTL_COMPLETE"
 
 app = command_group("Shell completion scripts (bash, zsh, fish, powershell).")
 
-SHOW_EXAMPLES = """Examples:
+SHOW_EXAMPLES = examples(
+    "challengectl completion show bash > ~/.local/share/bash-completion/completions/challengectl",
+    'eval "$(challengectl completion show zsh)"',
+    "challengectl completion install fish -o json | jq -r .path",
+)
 
-  challengectl completion show bash > ~/.local/share/bash-completion/completions/challengectl
-
-  eval "$(challengectl completion show zsh)"
-
-  challengectl completion install fish -o json | jq -r .path
-"""
-
-INSTALL_EXAMPLES = """Examples:
-
-  challengectl completion install bash
-
-  challengectl completion install zsh && exec zsh
-
-  challengectl completion install fish -o json | jq -r .path
-"""
+INSTALL_EXAMPLES = examples(
+    "challengectl completion install bash",
+    "challengectl completion install zsh && exec zsh",
+    "challengectl completion install fish -o json | jq -r .path",
+)
 
 
 class Shell(str, Enum):

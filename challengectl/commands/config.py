@@ -10,48 +10,36 @@ from typing import Any, Optional
 
 import typer
 
-from challengectl.context import CliContext, command_group, get_cli
+from challengectl.context import CliContext, command_group, examples, get_cli
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Column
 from service.settings import SPECS, Settings, SettingsError, default_config_path
 
 app = command_group("Show, validate and initialise the configuration.")
 
-SHOW_EXAMPLES = """Examples:
+SHOW_EXAMPLES = examples(
+    "challengectl config show",
+    "challengectl config show -o json | jq -r '.items[] | select(.source != \"default\") | \"\\(.name)=\\(.value)\"'",
+    "challengectl --profile staging config show --secrets",
+)
 
-  challengectl config show
+VALIDATE_EXAMPLES = examples(
+    "challengectl config validate",
+    "challengectl config validate --catalog config/challenges.json",
+    "challengectl config validate -o json | jq '.errors | length'",
+)
 
-  challengectl config show -o json | jq -r '.items[] | select(.source != "default") | "\\(.name)=\\(.value)"'
+PATH_EXAMPLES = examples(
+    "challengectl config path",
+    '$EDITOR "$(challengectl config path)"',
+    "challengectl config path -o json | jq -r .path",
+)
 
-  challengectl --profile staging config show --secrets
-"""
-
-VALIDATE_EXAMPLES = """Examples:
-
-  challengectl config validate
-
-  challengectl config validate --catalog config/challenges.json
-
-  challengectl config validate -o json | jq '.errors | length'
-"""
-
-PATH_EXAMPLES = """Examples:
-
-  challengectl config path
-
-  $EDITOR "$(challengectl config path)"
-
-  challengectl config path -o json | jq -r .path
-"""
-
-INIT_EXAMPLES = """Examples:
-
-  challengectl config init
-
-  challengectl --config-file ./challengectl.toml config init --force
-
-  challengectl config init -o json | jq -r .path
-"""
+INIT_EXAMPLES = examples(
+    "challengectl config init",
+    "challengectl --config-file ./challengectl.toml config init --force",
+    "challengectl config init -o json | jq -r .path",
+)
 
 
 @app.command("show", epilog=SHOW_EXAMPLES)

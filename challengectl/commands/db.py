@@ -23,7 +23,7 @@ from rich.tree import Tree
 from challengectl import pg_diagnostics as pgd
 from challengectl.commands.explain import add_explain_command
 from challengectl.connections import database_target
-from challengectl.context import command_group, get_cli, parse_duration
+from challengectl.context import command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, confirm, format_cell, listing, rfc3339, status_text
 from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
@@ -184,14 +184,11 @@ def watch_loop(out: Output, interval_s: float, count: int | None, snapshot: Call
 
 # --- db activity ----------------------------------------------------------------------------------
 
-ACTIVITY_EXAMPLES = """Examples:
-
-  challengectl db activity --min-duration 500ms
-
-  challengectl db activity --blocking -o json | jq '.items[] | {blocked_pid: .pid, blockers: [.blockers[].pid]}'
-
-  challengectl db activity --cancel 12345 --yes
-"""
+ACTIVITY_EXAMPLES = examples(
+    "challengectl db activity --min-duration 500ms",
+    "challengectl db activity --blocking -o json | jq '.items[] | {blocked_pid: .pid, blockers: [.blockers[].pid]}'",
+    "challengectl db activity --cancel 12345 --yes",
+)
 
 SESSION_COLUMNS = [
     Column("pid", "PID", justify="right"), Column("application_name", "APPLICATION"), Column("state", "STATE"),
@@ -363,14 +360,11 @@ def activity(
 
 # --- db queries -----------------------------------------------------------------------------------
 
-QUERIES_EXAMPLES = """Examples:
-
-  challengectl db queries --by mean --limit 5
-
-  challengectl db queries --filter user_goal_progress -o json | jq '.items[] | {query_name, calls, mean_ms}'
-
-  challengectl db queries --reset --yes
-"""
+QUERIES_EXAMPLES = examples(
+    "challengectl db queries --by mean --limit 5",
+    "challengectl db queries --filter user_goal_progress -o json | jq '.items[] | {query_name, calls, mean_ms}'",
+    "challengectl db queries --reset --yes",
+)
 
 STATEMENT_COLUMNS = [
     Column("query_name", "NAME"), Column("calls", "CALLS", justify="right"),
@@ -436,14 +430,11 @@ def queries(
 
 # --- db indexes -----------------------------------------------------------------------------------
 
-INDEXES_EXAMPLES = """Examples:
-
-  challengectl db indexes
-
-  challengectl db indexes duplicates -o json | jq -r '.items[].index_name'
-
-  challengectl db indexes suggest --create --yes
-"""
+INDEXES_EXAMPLES = examples(
+    "challengectl db indexes",
+    "challengectl db indexes duplicates -o json | jq -r '.items[].index_name'",
+    "challengectl db indexes suggest --create --yes",
+)
 
 
 def _status_cell(status: Any) -> RenderableType:
@@ -588,14 +579,11 @@ def indexes(
 
 # --- db tables ------------------------------------------------------------------------------------
 
-TABLES_EXAMPLES = """Examples:
-
-  challengectl db tables
-
-  challengectl db tables --exact --histogram -o json | jq '.histogram.buckets'
-
-  challengectl db tables --histogram --sample 10
-"""
+TABLES_EXAMPLES = examples(
+    "challengectl db tables",
+    "challengectl db tables --exact --histogram -o json | jq '.histogram.buckets'",
+    "challengectl db tables --histogram --sample 10",
+)
 
 SIZE_COLUMNS = [
     Column("table_name", "TABLE"),
@@ -708,14 +696,11 @@ def tables(
 
 # --- db migrate -----------------------------------------------------------------------------------
 
-MIGRATE_EXAMPLES = """Examples:
-
-  challengectl db migrate
-
-  challengectl db migrate --status -o json | jq .pending
-
-  DATABASE_URL=postgresql://postgres@db/challenge challengectl db migrate --yes
-"""
+MIGRATE_EXAMPLES = examples(
+    "challengectl db migrate",
+    "challengectl db migrate --status -o json | jq .pending",
+    "DATABASE_URL=postgresql://postgres@db/challenge challengectl db migrate --yes",
+)
 
 
 @app.command("migrate", epilog=MIGRATE_EXAMPLES)

@@ -25,19 +25,18 @@ from challengectl.checks import (
     Diagnosis,
     run_checks,
 )
-from challengectl.context import CliContext, get_cli
+from challengectl.context import CliContext, examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, status_text
 from service.settings import Settings
 
 HELP = "Run one-shot health checks across every dependency; exit 99 when any check fails."
-# `\b` keeps click from rewrapping a paragraph, so every example stays copy-pasteable.
-EXAMPLES = f"""\b
-Examples:
-  challengectl doctor
-  challengectl doctor --strict --skip pg-stat-statements --skip cache-ratio
-  challengectl doctor -o json | jq -r '.items[] | select(.status == "fail") | .id'
-
+# `\b` keeps click from rewrapping a paragraph, so the list of ids stays one line.
+EXAMPLES = examples(
+    "challengectl doctor",
+    "challengectl doctor --strict --skip pg-stat-statements --skip cache-ratio",
+    "challengectl doctor -o json | jq -r '.items[] | select(.status == \"fail\") | .id'",
+) + f"""
 \b
 Check ids: {", ".join(CHECK_IDS)}
 """

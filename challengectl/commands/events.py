@@ -31,7 +31,7 @@ from rich.text import Text
 
 from challengectl.client import Clients, IngestClient
 from challengectl.commands.watch import GoalKey, GoalSnapshot, fetch_goals, goal_changes
-from challengectl.context import CliContext, command_group, get_cli, parse_duration
+from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, ProgressHandle
 from challengectl.uuid7 import uuid7_str
@@ -55,33 +55,29 @@ HISTOGRAM_MAX_US = 60_000_000
 REJECTION_HINT = ("the service rejects empty or over-long user ids and ids, a stat without stat_code, and "
                   "values that are NaN, infinite or outside the int32 range after truncation (SPEC §6.4)")
 
-SEND_EXAMPLES = """\b
-Examples:
-  challengectl events send login --user alice --wait
-  challengectl events send stat --user alice --stat-code matches_played --value 12 --event-rpc publish | jq '.accepted'
-  challengectl events send --file events.jsonl --rate 500 --batch 100 | jq '.accepted, .duplicates'
-"""
+SEND_EXAMPLES = examples(
+    "challengectl events send login --user alice --wait",
+    "challengectl events send stat --user alice --stat-code matches_played --value 12 --event-rpc publish | jq '.accepted'",
+    "challengectl events send --file events.jsonl --rate 500 --batch 100 | jq '.accepted, .duplicates'",
+)
 
-LOGIN_EXAMPLES = """\b
-Examples:
-  challengectl events send login --user alice
-  challengectl events send login --user alice --count 200 --rate 100 | jq -c 'select(.summary) | .summary'
-  challengectl events send login --users-prefix load- --users 50 --count 1000 --rate 200 --event-rpc publish
-"""
+LOGIN_EXAMPLES = examples(
+    "challengectl events send login --user alice",
+    "challengectl events send login --user alice --count 200 --rate 100 | jq -c 'select(.summary) | .summary'",
+    "challengectl events send login --users-prefix load- --users 50 --count 1000 --rate 200 --event-rpc publish",
+)
 
-STAT_EXAMPLES = """\b
-Examples:
-  challengectl events send stat --user alice --stat-code matches_played --value 3 --wait
-  challengectl events send stat --user alice --stat-code headshots --value 40 --inc 5 --event-rpc publish | jq .committed
-  challengectl events send stat --user alice --stat-code matches_won --value 1 --count 10 --rate 5
-"""
+STAT_EXAMPLES = examples(
+    "challengectl events send stat --user alice --stat-code matches_played --value 3 --wait",
+    "challengectl events send stat --user alice --stat-code headshots --value 40 --inc 5 --event-rpc publish | jq .committed",
+    "challengectl events send stat --user alice --stat-code matches_won --value 1 --count 10 --rate 5",
+)
 
-REPLAY_EXAMPLES = """\b
-Examples:
-  challengectl events replay events.jsonl
-  challengectl events replay events.jsonl --rate 200 | jq '.duplicates == .sent'
-  challengectl events replay events.jsonl --loop --count 5000 --batch 50
-"""
+REPLAY_EXAMPLES = examples(
+    "challengectl events replay events.jsonl",
+    "challengectl events replay events.jsonl --rate 200 | jq '.duplicates == .sent'",
+    "challengectl events replay events.jsonl --loop --count 5000 --batch 50",
+)
 
 app = command_group("Send events to the gRPC ingestion service and check de-duplication.")
 send_app = command_group("Send login or stat events, or a JSON-lines file of events.", invoke_without_command=True)

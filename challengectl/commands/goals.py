@@ -20,49 +20,43 @@ from challengectl.commands.challenges import (
     goal_path,
     goal_summary,
 )
-from challengectl.context import command_group, get_cli
+from challengectl.context import command_group, examples, get_cli
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Output
 
 app = command_group("Activate, select and claim the player's goals (acts as --user).")
 
-ACTIVATE_EXAMPLES = """\b
-Examples:
-  challengectl --user alice goals activate season-1 s1-veteran
-  challengectl --user alice goals activate season-1 s1-veteran -o json | jq -r .assignedAt
-"""
+ACTIVATE_EXAMPLES = examples(
+    "challengectl --user alice goals activate season-1 s1-veteran",
+    "challengectl --user alice goals activate season-1 s1-veteran -o json | jq -r .assignedAt",
+)
 
-DEACTIVATE_EXAMPLES = """\b
-Examples:
-  challengectl --user alice goals deactivate season-1 s1-veteran
-  challengectl --user alice goals deactivate season-1 s1-veteran -o json | jq .isActive
-"""
+DEACTIVATE_EXAMPLES = examples(
+    "challengectl --user alice goals deactivate season-1 s1-veteran",
+    "challengectl --user alice goals deactivate season-1 s1-veteran -o json | jq .isActive",
+)
 
-SELECT_EXAMPLES = """\b
-Examples:
-  challengectl --user alice goals select season-1 --goal-ids s1-veteran,s1-sharpshooter
-  challengectl --user alice goals select daily-grind --goal-ids daily-takedowns --replace-existing
-  challengectl --user alice goals select season-1 --goal-ids s1-veteran -o json | jq .replacedGoals
-"""
+SELECT_EXAMPLES = examples(
+    "challengectl --user alice goals select season-1 --goal-ids s1-veteran,s1-sharpshooter",
+    "challengectl --user alice goals select daily-grind --goal-ids daily-takedowns --replace-existing",
+    "challengectl --user alice goals select season-1 --goal-ids s1-veteran -o json | jq .replacedGoals",
+)
 
-RANDOM_EXAMPLES = """\b
-Examples:
-  challengectl --user alice goals random season-1 --count 2
-  challengectl --user alice goals random weekly-ops --count 1 --exclude-active
-  challengectl --user alice goals random daily-grind --replace-existing -o json | jq '[.selectedGoals[].goalId]'
-"""
+RANDOM_EXAMPLES = examples(
+    "challengectl --user alice goals random season-1 --count 2",
+    "challengectl --user alice goals random weekly-ops --count 1 --exclude-active",
+    "challengectl --user alice goals random daily-grind --replace-existing -o json | jq '[.selectedGoals[].goalId]'",
+)
 
-CLAIM_EXAMPLES = """\b
-Examples:
-  challengectl --user alice goals claim season-1 s1-welcome
-  challengectl --user alice goals claim season-1 s1-welcome -o json | jq .reward
-"""
+CLAIM_EXAMPLES = examples(
+    "challengectl --user alice goals claim season-1 s1-welcome",
+    "challengectl --user alice goals claim season-1 s1-welcome -o json | jq .reward",
+)
 
-SET_ACTIVE_EXAMPLES = """\b
-Examples:
-  challengectl --user alice set-goal-active season-1 s1-veteran --active=true
-  challengectl --user alice set-goal-active season-1 s1-veteran --active=false -o json | jq .message
-"""
+SET_ACTIVE_EXAMPLES = examples(
+    "challengectl --user alice set-goal-active season-1 s1-veteran --active=true",
+    "challengectl --user alice set-goal-active season-1 s1-veteran --active=false -o json | jq .message",
+)
 
 CHALLENGE_ARG = typer.Argument(..., metavar="C", help="the challenge id")
 GOAL_ARG = typer.Argument(..., metavar="G", help="the goal id")

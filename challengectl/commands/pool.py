@@ -24,22 +24,18 @@ from rich.text import Text
 
 from challengectl.client import Clients
 from challengectl.connections import database_target
-from challengectl.context import CliContext, get_cli
+from challengectl.context import CliContext, examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, rfc3339, status_text
 from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
 from service.store import describe_target, short_reason
 
-EXAMPLES = """Examples:
-
-  challengectl pool
-
-  challengectl pool -o json | jq '.utilisation_pct'
-
-  challengectl pool --max-util 80 || echo "connection pools are running hot"
-
-  challengectl pool --watch --interval 5s
-"""
+EXAMPLES = examples(
+    "challengectl pool",
+    "challengectl pool -o json | jq '.utilisation_pct'",
+    'challengectl pool --max-util 80 || echo "connection pools are running hot"',
+    "challengectl pool --watch --interval 5s",
+)
 
 WARN_PCT = 80.0
 CONNECT_TIMEOUT_S = 5

@@ -7,19 +7,17 @@ from typing import Optional
 
 import typer
 
+from challengectl.context import examples
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from service.app import StartupError
 from service.settings import SettingsError
 
 HELP = "Run the service: player API, gRPC ingest, admin API and flusher (embedded PostgreSQL/Redis by default)."
-EXAMPLES = """Examples:
-
-  challengectl serve
-
-  DATABASE_URL=postgresql://postgres@127.0.0.1/postgres REDIS_URL=redis://127.0.0.1:6379/0 challengectl serve --port 9000
-
-  challengectl serve --check --catalog config/challenges.json && curl -s localhost:8080/admin/config | jq .catalog_fingerprint
-"""
+EXAMPLES = examples(
+    "challengectl serve",
+    "DATABASE_URL=postgresql://postgres@127.0.0.1/postgres REDIS_URL=redis://127.0.0.1:6379/0 challengectl serve --port 9000",
+    "challengectl serve --check --catalog config/challenges.json && curl -s localhost:8080/admin/config | jq .catalog_fingerprint",
+)
 
 
 def serve(

@@ -8,20 +8,17 @@ from typing import Any, Optional
 import typer
 
 from challengectl.client import local_jwt_secret
-from challengectl.context import command_group, get_cli, parse_duration
+from challengectl.context import command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_USAGE, CliError
 from service.auth import SECRET_FILE_NAME, is_valid_user_id, mint_token
 
 app = command_group("Mint player tokens for local use.")
 
-MINT_EXAMPLES = """Examples:
-
-  challengectl token mint --user alice
-
-  TOKEN=$(challengectl token mint --user alice --ttl 10m) && curl -s -H "Authorization: Bearer $TOKEN" localhost:8000/challenge/v1/challenges | jq '.challenges | length'
-
-  challengectl token mint --user bob --jwt-secret-file ./jwt.secret --claim role=tester --claim level=3
-"""
+MINT_EXAMPLES = examples(
+    "challengectl token mint --user alice",
+    "TOKEN=$(challengectl token mint --user alice --ttl 10m) && curl -s -H \"Authorization: Bearer $TOKEN\" localhost:8000/challenge/v1/challenges | jq '.challenges | length'",
+    "challengectl token mint --user bob --jwt-secret-file ./jwt.secret --claim role=tester --claim level=3",
+)
 
 
 @app.command("mint", epilog=MINT_EXAMPLES)

@@ -25,7 +25,7 @@ from rich.text import Text
 
 from challengectl.client import Clients
 from challengectl.connections import database_target, require_service_redis_url
-from challengectl.context import CliContext, command_group, get_cli, parse_duration
+from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import (
     EXIT_AUTH,
     EXIT_NOT_FOUND,
@@ -60,33 +60,29 @@ CONNECT_TIMEOUT_S = 5
 DEFAULT_PREFIX = "user-"
 HINT_INIT = "create the player with 'challengectl users init <user>'"
 
-INIT_EXAMPLES = """\b
-Examples:
-  challengectl users init alice bob
-  challengectl users init --count 100 --prefix load- --concurrency 16 -o json | jq '{new_users, returning_users}'
-  challengectl users init --from-file players.txt -o csv
-"""
+INIT_EXAMPLES = examples(
+    "challengectl users init alice bob",
+    "challengectl users init --count 100 --prefix load- --concurrency 16 -o json | jq '{new_users, returning_users}'",
+    "challengectl users init --from-file players.txt -o csv",
+)
 
-SHOW_EXAMPLES = """\b
-Examples:
-  challengectl users show alice
-  challengectl users show alice --goal daily-login -o json | jq '.rows[] | {goal_id, stale, would_reset, view}'
-  challengectl users show alice -o json | jq .cache
-"""
+SHOW_EXAMPLES = examples(
+    "challengectl users show alice",
+    "challengectl users show alice --goal daily-login -o json | jq '.rows[] | {goal_id, stale, would_reset, view}'",
+    "challengectl users show alice -o json | jq .cache",
+)
 
-DELETE_EXAMPLES = """\b
-Examples:
-  challengectl users delete alice --dry-run
-  challengectl users delete alice --yes
-  challengectl users delete alice --yes -o json | jq .rows_deleted
-"""
+DELETE_EXAMPLES = examples(
+    "challengectl users delete alice --dry-run",
+    "challengectl users delete alice --yes",
+    "challengectl users delete alice --yes -o json | jq .rows_deleted",
+)
 
-BACKDATE_EXAMPLES = """\b
-Examples:
-  challengectl users backdate alice --by 2d --yes
-  challengectl users backdate alice --by 8d --goal weekly-wins --goal weekly-captures --yes
-  challengectl users backdate alice --by 1d --yes -o json | jq '.goals[].updated_at'
-"""
+BACKDATE_EXAMPLES = examples(
+    "challengectl users backdate alice --by 2d --yes",
+    "challengectl users backdate alice --by 8d --goal weekly-wins --goal weekly-captures --yes",
+    "challengectl users backdate alice --by 1d --yes -o json | jq '.goals[].updated_at'",
+)
 
 
 # --- users init ----------------------------------------------------------------------------------

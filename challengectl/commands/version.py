@@ -12,20 +12,17 @@ from rich.table import Table
 
 from challengectl.client import Clients
 from challengectl.connections import service_database_url, service_redis_url
-from challengectl.context import get_cli
+from challengectl.context import examples, get_cli
 from challengectl.errors import CliError
 from challengectl.output import Output
 from service import __version__
 from service.settings import Settings
 
-EXAMPLES = """Examples:
-
-  challengectl version
-
-  challengectl version -o json | jq -r .service_version
-
-  challengectl --admin-url http://10.0.0.5:8080 version -o yaml
-"""
+EXAMPLES = examples(
+    "challengectl version",
+    "challengectl version -o json | jq -r .service_version",
+    "challengectl --admin-url http://10.0.0.5:8080 version -o yaml",
+)
 
 CONNECT_TIMEOUT_S = 3
 

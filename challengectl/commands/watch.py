@@ -26,17 +26,16 @@ from rich.table import Table
 from rich.text import Text
 
 from challengectl.client import ApiClient, Clients
-from challengectl.context import get_cli
+from challengectl.context import examples, get_cli
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Output, rfc3339
 from challengectl.ticker import parse_interval, run_ticks
 
-EXAMPLES = """\b
-Examples:
-  challengectl watch --user alice
-  challengectl watch --user alice --active-only --interval 1s | jq -c '.changes[] | select(.new_status == "completed")'
-  challengectl watch --user alice --challenge season-1 --once -o json
-"""
+EXAMPLES = examples(
+    "challengectl watch --user alice",
+    "challengectl watch --user alice --active-only --interval 1s | jq -c '.changes[] | select(.new_status == \"completed\")'",
+    "challengectl watch --user alice --challenge season-1 --once -o json",
+)
 
 FINGERPRINT_HEADER = "x-catalog-fingerprint"
 CHANGED_STYLE = "bold reverse"
