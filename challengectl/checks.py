@@ -36,6 +36,14 @@ from redis.retry import Retry
 from challengectl.client import Clients
 from challengectl.connections import service_database_url, service_redis_url
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
+from challengectl.pg_diagnostics import (
+    EXPECTED_INDEXES,
+    ExpectedIndex,
+    duplicate_indexes,
+    expected_index_status,
+    project_indexes_async,
+    unused_indexes,
+)
 from service.app import resolve_catalog_path, validate_settings
 from service.auth import SECRET_FILE_NAME
 from service.catalog import Catalog, CatalogError, load_catalog
@@ -94,25 +102,6 @@ class Unreachable(Exception):
     def __init__(self, reason: str, unavailable: bool = True) -> None:
         super().__init__(reason)
         self.unavailable = unavailable
-
-
-@dataclass(frozen=True)
-class ExpectedIndex:
-    """An index SPEC §4.2 requires on user_goal_progress."""
-
-    name: str
-    columns: tuple[str, ...]
-    predicate: str | None
-    primary: bool
-    create_sql: str
-
-
-EXPECTED_INDEXES = (
-    ExpectedIndex("user_goal_progress_pkey", ("user_id", "goal_id"), None, True,
-                  "ALTER TABLE user_goal_progress ADD CONSTRAINT user_goal_progress_pkey PRIMARY KEY (user_id, goal_id)"),
-    ExpectedIndex("idx_ugp_user_active", ("user_id",), "is_active", False,
-                  "CREATE INDEX CONCURRENTLY idx_ugp_user_active ON user_goal_progress (user_id) WHERE is_active"),
-)
 
 
 class Diagnosis:
@@ -367,50 +356,13 @@ async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
                        "restore it in the catalog or give the goal a new id")
 
 
-INDEXES_SQL = """
-SELECT c.relname AS name, i.indisprimary AS is_primary, i.indisunique AS is_unique, i.indisvalid AS is_valid,
-       array(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnkeyatts) AS k
-             ORDER BY k) AS columns,
-       ((i.indclass::oid[])[0:i.indnkeyatts - 1])::text AS opclasses,
-       ((i.indcollation::oid[])[0:i.indnkeyatts - 1])::text AS collations,
-       pg_get_expr(i.indpred, i.indrelid, true) AS predicate,
-       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AS backs_constraint,
-       coalesce(s.idx_scan, 0) AS scans
-FROM pg_index i
-JOIN pg_class c ON c.oid = i.indexrelid
-LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.indexrelid
-WHERE i.indrelid = to_regclass('user_goal_progress')
-ORDER BY c.relname
-"""
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    name: str
-    is_primary: bool
-    is_unique: bool
-    is_valid: bool
-    columns: tuple[str, ...]
-    opclasses: str
-    collations: str
-    predicate: str | None
-    backs_constraint: bool
-    scans: int
-
-    def duplicates(self, other: IndexInfo) -> bool:
-        """True when this index is redundant next to `other` (SPEC §12.1 duplicate rule): its key
-        columns are a leading prefix of (or equal to) the other's, with the same operator classes and
-        collations, it is not unique, and the predicates are equal."""
-        n = len(self.columns)
-        return (not self.is_unique and n <= len(other.columns) and other.columns[:n] == self.columns
-                and _prefix_of(self.opclasses, other.opclasses) and _prefix_of(self.collations, other.collations)
-                and self.predicate == other.predicate)
-
-
-def _prefix_of(short: str, long: str) -> bool:
-    """Postgres array texts `{a,b}` compared element-wise as a leading prefix."""
-    short_items, long_items = short.strip("{}").split(","), long.strip("{}").split(",")
-    return long_items[:len(short_items)] == short_items
+def _create_statement(index: ExpectedIndex) -> str:
+    """The one statement that creates an expected index from scratch, for a hint."""
+    columns = ", ".join(index.columns)
+    if index.primary:
+        return f"ALTER TABLE {index.table_name} ADD CONSTRAINT {index.index_name} PRIMARY KEY ({columns})"
+    where = f" WHERE {index.predicate}" if index.predicate else ""
+    return f"CREATE INDEX CONCURRENTLY {index.index_name} ON {index.table_name} ({columns}){where}"
 
 
 async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
@@ -420,35 +372,36 @@ async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
     if not await _progress_table_exists(conn):
         return CheckResult("indexes", FAIL, f"table {PROGRESS_TABLE} does not exist",
                            "apply the migrations with 'challengectl db migrate'")
-    rows = await (await conn.execute(INDEXES_SQL)).fetchall()
-    indexes = {row[0]: IndexInfo(row[0], row[1], row[2], row[3], tuple(row[4]), row[5], row[6], row[7], row[8], row[9])
-               for row in rows}
+    indexes = await project_indexes_async(conn, (PROGRESS_TABLE,))
+    by_name = {index.index_name: index for index in indexes}
+    expected_by_name = {expected.index_name: expected for expected in EXPECTED_INDEXES}
     failures, fixes = [], []
-    for expected in EXPECTED_INDEXES:
-        found = indexes.get(expected.name)
-        if found is None:
-            failures.append(f"{expected.name} missing")
-            fixes.append(expected.create_sql)
-        elif not found.is_valid:
-            failures.append(f"{expected.name} INVALID (a failed concurrent build)")
-            fixes.append(f"REINDEX INDEX CONCURRENTLY {expected.name}")
-        elif (found.columns != expected.columns or found.predicate != expected.predicate
-              or found.is_primary != expected.primary):
+    for status in expected_index_status(indexes):
+        name, expected = status.index_name, expected_by_name[status.index_name]
+        if status.status == "missing":
+            failures.append(f"{name} missing")
+            fixes.append(_create_statement(expected))
+        elif status.status == "invalid":
+            failures.append(f"{name} INVALID (a failed concurrent build)")
+            fixes.append(f"REINDEX INDEX CONCURRENTLY {name}")
+        elif status.status == "different":
+            found = by_name[name]
             shape = f"({', '.join(found.columns)})" + (f" WHERE {found.predicate}" if found.predicate else "")
-            failures.append(f"{expected.name} is defined as {shape}")
-            fixes.append(f"DROP INDEX CONCURRENTLY {expected.name}; {expected.create_sql}")
+            failures.append(f"{name} is defined as {shape}")
+            fixes.append(f"DROP INDEX CONCURRENTLY {name}; {_create_statement(expected)}")
     if failures:
         return CheckResult("indexes", FAIL, "; ".join(failures), "; ".join(fixes))
-    expected_names = {expected.name for expected in EXPECTED_INDEXES}
+    expected_names = set(expected_by_name)
+    duplicates = {duplicate.index_name: duplicate for duplicate in duplicate_indexes(indexes)
+                  if duplicate.index_name not in expected_names}
+    unused = {index.index_name for index in unused_indexes(indexes)}
     warnings = []
-    for index in indexes.values():
-        if index.name in expected_names:
-            continue
-        twin = next((other for other in indexes.values() if other.name != index.name and index.duplicates(other)), None)
-        if twin is not None:
-            warnings.append((index.name, f"{index.name} ({', '.join(index.columns)}) duplicates {twin.name}"))
-        elif not (index.is_unique or index.backs_constraint) and index.scans == 0:
-            warnings.append((index.name, f"{index.name} ({', '.join(index.columns)}) is unused (0 scans)"))
+    for index in indexes:
+        described = f"{index.index_name} ({', '.join(index.columns)})"
+        if index.index_name in duplicates:
+            warnings.append((index.index_name, f"{described} duplicates {duplicates[index.index_name].duplicate_of}"))
+        elif index.index_name in unused:
+            warnings.append((index.index_name, f"{described} is unused (0 scans)"))
     if warnings:
         drops = "; ".join(f"DROP INDEX CONCURRENTLY {name}" for name, _ in warnings)
         return CheckResult("indexes", WARN, "; ".join(text for _, text in warnings),

@@ -537,6 +537,14 @@ def project_indexes(conn: psycopg.Connection, tables: Sequence[str] = PROJECT_TA
         return cur.execute(_INDEXES, {"tables": list(tables)}).fetchall()
 
 
+async def project_indexes_async(conn: psycopg.AsyncConnection[Any],
+                                tables: Sequence[str] = PROJECT_TABLES) -> list[IndexInfo]:
+    """`project_indexes` on an asynchronous connection (doctor's session)."""
+    async with conn.cursor(row_factory=class_row(IndexInfo)) as cur:
+        await cur.execute(_INDEXES, {"tables": list(tables)})
+        return await cur.fetchall()
+
+
 @dataclass(frozen=True)
 class StatsAge:
     """How long the usage counters have been accumulating: since `stats_reset` of the database, or at
@@ -599,21 +607,26 @@ def _is_covered_by(candidate: IndexInfo, other: IndexInfo) -> bool:
             and set(candidate.include_columns) <= set(other.columns) | set(other.include_columns))
 
 
-def duplicate_indexes(indexes: Sequence[IndexInfo]) -> list[DuplicateIndex]:
+def duplicate_indexes(indexes: Sequence[IndexInfo],
+                      expected: Sequence[ExpectedIndex] | None = None) -> list[DuplicateIndex]:
     """Indexes whose key columns are a leading prefix of (or equal to) another index's on the same
     table, with the same operator classes, collations and predicate, and that are not unique. The
-    primary key counts as the other index. Of two identical plain indexes only one is reported."""
-    # Name the primary key (then a unique index, then the widest) as the index that makes one redundant.
+    primary key counts as the other index. Of two identical plain indexes only one is reported: not
+    the `expected` one, else the later name."""
+    wanted = {(index.table_name, index.index_name) for index in (EXPECTED_INDEXES if expected is None else expected)}
+    # Name the primary key (then a unique index, an expected one, the widest) as the one to keep.
     preferred = sorted(indexes, key=lambda index: (not index.is_primary, not index.is_unique,
+                                                   (index.table_name, index.index_name) not in wanted,
                                                    -len(index.key_attnums), index.index_name))
+    rank = {id(index): position for position, index in enumerate(preferred)}
     found = []
     for candidate in indexes:
         for other in preferred:
             if other is candidate or not _is_covered_by(candidate, other):
                 continue
             same = len(candidate.key_attnums) == len(other.key_attnums)
-            # Identical plain indexes cover each other: report the later name only.
-            if same and _is_covered_by(other, candidate) and candidate.index_name < other.index_name:
+            # Identical plain indexes cover each other: report only the one less preferred to keep.
+            if same and _is_covered_by(other, candidate) and rank[id(candidate)] < rank[id(other)]:
                 continue
             found.append(DuplicateIndex(table_name=candidate.table_name, index_name=candidate.index_name,
                                         columns=candidate.columns, duplicate_of=other.index_name,
