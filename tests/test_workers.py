@@ -215,7 +215,7 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_every_process(serve: Ser
     assert code == 0, stderr
     assert "exited unexpectedly (killed by SIGKILL)" in stderr, stderr[-3000:]
     assert "restarting HTTP worker" in stderr
-    gone, alive = psutil.wait_procs(everyone, timeout=5)
+    _, alive = psutil.wait_procs(everyone, timeout=5)
     assert alive == [], f"processes left behind: {alive}"
     assert not runtime_dir.exists(), "the metrics files and control sockets should be removed"
 
