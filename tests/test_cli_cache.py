@@ -27,6 +27,12 @@ FINGERPRINT = load_catalog(example_catalog_path()).fingerprint
 
 
 @pytest.fixture(scope="module")
+def redis_prefix() -> str:
+    """This module's own key prefix: its key inventories must not see (expiring) keys of other modules."""
+    return f"tc{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
 def serve(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
     process = ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
                                     CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)).start()
