@@ -132,7 +132,6 @@ def test_a_stalled_service_shows_in_the_report_as_latency(tmp_path: Path, loadte
     assert entry["count"] == entry["ok"] == 200  # the schedule was kept: no lost throughput
     assert entry["latency_ms"]["max"] >= 2000 and entry["latency_ms"]["p90"] >= 1000
     assert report["phases"][0]["achieved_rate"] == 50.0
-    assert report["generator"]["generator_limited"] is False  # the requests left on time; the service was late
     markdown = (tmp_path / "stall.md").read_text()
     assert f"| Max | — | {entry['latency_ms']['max'] / 1000:.2f} s |" in markdown
 

@@ -29,6 +29,7 @@ from tests.test_serve import ServeProcess, base_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_PATH = "/challenge"
+MIN_REQUESTS_FOR_P95 = 100
 # Generator labels behind each HTTP route of the service (the claim POST has its own route).
 ROUTE_LABELS = {
     ("POST", "/v1/challenges/initialize"): ("initialize_new", "initialize_returning"),
@@ -181,16 +182,22 @@ def test_short_seed_run_reports_agree_with_the_service_metrics(seed_service: dic
     assert done.returncode == expected_exit
     # Counts agree exactly with the service's own counters; p95 within one histogram bucket.
     assert report["generator"]["dropped"] == 0
+    compared_p95 = 0
     for (method, route), labels in ROUTE_LABELS.items():
         template = BASE_PATH + route
         served = delta(before, after, "challenge_http_requests_total", method=method, route=template)
         sent = sum(report["overall"]["endpoints"].get(label, {}).get("count", 0) for label in labels)
         assert served == sent, (method, route)
+        # p95 is compared where it is a statistic rather than the second-largest sample. The generator's
+        # latency also holds the time a request waits before the service's handler starts its timer, so it
+        # may sit one bucket above the service's own.
         p95 = merged_p95_seconds(report, labels)
-        if p95 is not None:
+        if p95 is not None and served >= MIN_REQUESTS_FOR_P95:
             service_bucket = prometheus_p95_bucket(before, after, "challenge_http_request_duration_seconds",
                                                    method=method, route=template)
             assert abs(bucket_index(p95) - service_bucket) <= 1, (method, route, p95)
+            compared_p95 += 1
+    assert compared_p95 >= 2  # initialize and the challenge listing carry enough requests
     for method, label in GRPC_LABELS.items():
         served = delta(before, after, "challenge_grpc_requests_total", method=method)
         assert served == report["overall"]["endpoints"][label]["count"], method
