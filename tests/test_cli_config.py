@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ from pathlib import Path
 import jwt
 import pytest
 
-from challengectl.cli import main
 from service.resources import example_catalog_path
 from service.settings import SPECS
 from tests.test_cli_conventions import cli_env, isolated_env, run_cli  # noqa: F401 (autouse fixture)

@@ -21,7 +21,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from challengectl.connections import database_target
-from challengectl.context import get_cli, parse_duration
+from challengectl.context import examples, get_cli, parse_duration
 from challengectl.errors import EXIT_GATE, EXIT_NOT_FOUND, EXIT_USAGE, CliError
 from challengectl.explain_runner import (
     SAMPLE_MODES,
@@ -51,13 +51,11 @@ from service.catalog import Catalog, CatalogError, load_catalog
 from service.registry import Registry, RegistryError, UnknownQueryError, load_registry
 from service.settings import Settings, mask_url_password
 
-# `\b` keeps click from rewrapping the examples, so each stays one copy-pasteable line.
-EXPLAIN_EXAMPLES = """\b
-Examples:
-  challengectl explain active-goals
-  challengectl explain apply_event_updates --sample heavy --yes -o json | jq '.analysis.findings'
-  challengectl explain --sql "SELECT count(*) FROM user_goal_progress WHERE is_active" --fail-on crit
-"""
+EXPLAIN_EXAMPLES = examples(
+    "challengectl explain active-goals",
+    "challengectl explain apply_event_updates --sample heavy --yes -o json | jq '.analysis.findings'",
+    'challengectl explain --sql "SELECT count(*) FROM user_goal_progress WHERE is_active" --fail-on crit',
+)
 
 SEVERITY_STYLES = {"info": "cyan", "warn": "yellow", "crit": "bold red"}
 SEVERITY_MARKERS = {"info": "i", "warn": "!", "crit": "✗"}

@@ -16,17 +16,44 @@ from rich.text import Text
 
 from challengectl.client import local_jwt_secret
 from challengectl.connections import database_target
-from challengectl.context import command_group, get_cli
-from challengectl.errors import EXIT_AUTH, EXIT_GATE, EXIT_INTERRUPTED, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from challengectl.context import command_group, examples, get_cli
+from challengectl.errors import (
+    EXIT_AUTH,
+    EXIT_GATE,
+    EXIT_INTERRUPTED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+)
 from challengectl.loadtest import compare as compare_module
 from challengectl.loadtest.generator import GeneratorFailed
 from challengectl.loadtest.markdown import fmt_ms, render_markdown
-from challengectl.loadtest.profiles import DEFAULT_SUCCESS_MIN_PCT, PROFILES, get_profile, write_catalog
-from challengectl.loadtest.report import ReportError, baseline_reference, load_report, write_report
+from challengectl.loadtest.profiles import (
+    DEFAULT_SUCCESS_MIN_PCT,
+    PROFILES,
+    get_profile,
+    write_catalog,
+)
+from challengectl.loadtest.report import (
+    ReportError,
+    baseline_reference,
+    load_report,
+    write_report,
+)
 from challengectl.loadtest.reset import clear_cache, truncate_tables
 from challengectl.loadtest.runner import RunRequest, execute
-from challengectl.loadtest.schedule import ScheduleError, build_phases, parse_duration, parse_phase_override, planned_operations
-from challengectl.loadtest.thresholds import ThresholdError, effective_thresholds, parse_threshold
+from challengectl.loadtest.schedule import (
+    ScheduleError,
+    build_phases,
+    parse_duration,
+    parse_phase_override,
+    planned_operations,
+)
+from challengectl.loadtest.thresholds import (
+    ThresholdError,
+    effective_thresholds,
+    parse_threshold,
+)
 from challengectl.output import confirm, to_json
 from service.auth import read_secret_file
 from service.embedded import discover
@@ -36,26 +63,19 @@ app = command_group("Load-test a running service and analyse the results (SPEC Â
 
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 
-RUN_EXAMPLES = """Examples:
-
-  challengectl loadtest run --profile seed-m3 --write-catalog seed-m3.json
-
-  challengectl loadtest run --profile seed-m3 --reset --yes --phase init=20s@150 --duration 40s --scale 0.25 --out run.json
-
-  challengectl loadtest run --profile seed-m3 --threshold 'initialize_new:p95<50ms' --threshold '*:success>99.9%' --baseline base.json
-"""
-COMPARE_EXAMPLES = """Examples:
-
-  challengectl loadtest compare cache-off.json cache-on.json
-
-  challengectl loadtest compare base.json cand.json --metric p95,p99 --tolerance 5% -o json | jq .regressions
-"""
-REPORT_EXAMPLES = """Examples:
-
-  challengectl loadtest report run.json > run.md
-
-  challengectl loadtest report cache-on.json --baseline cache-off.json --out cache-on-vs-off.md
-"""
+RUN_EXAMPLES = examples(
+    'challengectl loadtest run --profile seed-m3 --write-catalog seed-m3.json',
+    'challengectl loadtest run --profile seed-m3 --reset --yes --phase init=20s@150 --duration 40s --scale 0.25 --out run.json',
+    "challengectl loadtest run --profile seed-m3 --threshold 'initialize_new:p95<50ms' --threshold '*:success>99.9%' --baseline base.json",
+)
+COMPARE_EXAMPLES = examples(
+    'challengectl loadtest compare cache-off.json cache-on.json',
+    'challengectl loadtest compare base.json cand.json --metric p95,p99 --tolerance 5% -o json | jq .regressions',
+)
+REPORT_EXAMPLES = examples(
+    'challengectl loadtest report run.json > run.md',
+    'challengectl loadtest report cache-on.json --baseline cache-off.json --out cache-on-vs-off.md',
+)
 
 
 def _usage(message: str, hint: str) -> CliError:
