@@ -194,7 +194,11 @@ def test_postgres_down_fails_with_exit_99_not_5(service: ServeProcess, redis_ser
 
 
 def test_no_database_and_no_running_embedded_serve_fails(capsys) -> None:
-    code, rows, _ = doctor_json(["doctor", "--skip", "service", "--skip", "redis", "--skip", "redis-eviction"], capsys)
+    # Closed ports, so that a service someone runs on the default ports does not answer for "no service".
+    nowhere = ["--api-url", f"http://127.0.0.1:{free_port()}/challenge", "--admin-url", f"http://127.0.0.1:{free_port()}",
+               "--grpc-addr", f"127.0.0.1:{free_port()}"]
+    code, rows, _ = doctor_json([*nowhere, "doctor", "--skip", "service", "--skip", "redis", "--skip", "redis-eviction"],
+                                capsys)
     assert code == 99
     assert rows["postgres"]["status"] == "fail"
     assert "no running service database" in rows["postgres"]["observed"]
