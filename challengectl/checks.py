@@ -48,7 +48,12 @@ from service.app import resolve_catalog_path, validate_settings
 from service.auth import SECRET_FILE_NAME
 from service.catalog import Catalog, CatalogError, load_catalog
 from service.migrations import MigrationError, migration_status
-from service.settings import Settings, SettingsError
+from service.settings import (
+    Settings,
+    SettingsError,
+    connections_per_instance,
+    service_processes,
+)
 from service.store import describe_target, session_options, short_reason
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
@@ -465,8 +470,8 @@ async def _pool_math(diagnosis: Diagnosis) -> PoolMath:
     except (Unreachable, TypeError, ValueError):
         source = "local settings"
         values = {name: int(getattr(diagnosis.settings, name)) for name in ("workers", "db_pool_max", "flush_workers")}
-    processes = values["workers"] + 1 if values["workers"] > 1 else 1
-    total = processes * values["db_pool_max"] + values["flush_workers"]
+    processes = service_processes(values["workers"])
+    total = connections_per_instance(values["workers"], values["db_pool_max"], values["flush_workers"])
     text = (f"pools per instance ({source}): {processes} process(es) × db_pool_max {values['db_pool_max']} "
             f"+ {values['flush_workers']} flusher = {total}")
     return PoolMath(total, text)

@@ -440,3 +440,13 @@ def validate_for_serve(settings: Settings, embedded_postgres: bool) -> None:
         if problem:
             raise SettingsError(f"invalid setting '{name}' (from {settings.sources[name]}): {problem}")
 
+
+def service_processes(workers: int) -> int:
+    """Processes of one instance that open a player-API pool: with workers > 1, the workers and the main
+    process (SPEC §9.2 db_pool_max); otherwise the one process."""
+    return workers + 1 if workers > 1 else 1
+
+
+def connections_per_instance(workers: int, db_pool_max: int, flush_workers: int) -> int:
+    """PostgreSQL connections one instance may open at full pools: its API pools plus the flusher's."""
+    return service_processes(workers) * db_pool_max + flush_workers

@@ -28,6 +28,7 @@ from challengectl.context import CliContext, examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, rfc3339, status_text
 from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
+from service.settings import connections_per_instance, service_processes
 from service.store import describe_target, short_reason
 
 EXAMPLES = examples(
@@ -176,12 +177,13 @@ def sizing_advice(config: dict[str, Any] | None, server: dict[str, Any] | None) 
     workers, pool_max, flushers = (_setting(config, name) for name in ("workers", "db_pool_max", "flush_workers"))
     if workers is None or pool_max is None or flushers is None:
         return None
-    per_instance = workers * pool_max + flushers
+    per_instance = connections_per_instance(workers, pool_max, flushers)
     others = server["total"] - sum(count for app, count in server["by_application"].items()
                                    if app.startswith("challengectl-") and app != "challengectl-cli")
     room = server["available"] - max(others, 0)
     fits = room // per_instance if per_instance else 0
-    return (f"each instance opens up to {workers} process(es) × pool max {pool_max} + {flushers} flusher = "
+    return (f"each instance opens up to {service_processes(workers)} process(es) × pool max {pool_max} + "
+            f"{flushers} flusher = "
             f"{per_instance} connections; max_connections {server['max_connections']} − "
             f"{server['max_connections'] - server['available']} reserved − {max(others, 0)} other sessions "
             f"leaves {room}: at most {fits} instance(s) at full pools")
