@@ -36,9 +36,8 @@ from redis.retry import Retry
 from challengectl.client import Clients
 from challengectl.connections import service_database_url, service_redis_url
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
+from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex
 from challengectl.pg_diagnostics import (
-    EXPECTED_INDEXES,
-    ExpectedIndex,
     duplicate_indexes,
     expected_index_status,
     project_indexes_async,
@@ -72,7 +71,6 @@ BUFFER_WARN, BUFFER_FAIL = 0.50, 0.90
 STALLED_ENTRY_MS = 60_000.0
 UTC_NAMES = ("UTC", "Etc/UTC")
 APPLICATION_NAME = "challengectl-cli"
-PROGRESS_TABLE = "user_goal_progress"
 
 HINT_PG_STAT_STATEMENTS = ("add pg_stat_statements to shared_preload_libraries and run "
                            "CREATE EXTENSION pg_stat_statements")
@@ -362,12 +360,12 @@ async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
 
 
 def _create_statement(index: ExpectedIndex) -> str:
-    """The one statement that creates an expected index from scratch, for a hint."""
-    columns = ", ".join(index.columns)
+    """The one statement that creates an expected index from scratch, for a hint. Doctor's hint names a
+    plain index without IF NOT EXISTS, so it is spelled from the definition's parts."""
     if index.primary:
-        return f"ALTER TABLE {index.table_name} ADD CONSTRAINT {index.index_name} PRIMARY KEY ({columns})"
+        return index.create_sql
     where = f" WHERE {index.predicate}" if index.predicate else ""
-    return f"CREATE INDEX CONCURRENTLY {index.index_name} ON {index.table_name} ({columns}){where}"
+    return f"CREATE INDEX CONCURRENTLY {index.index_name} ON {index.table_name} ({', '.join(index.columns)}){where}"
 
 
 async def check_indexes(diagnosis: Diagnosis) -> CheckResult:

@@ -462,19 +462,23 @@ class ExplainSession:
                 "SELECT x.indrelid, i.relname, x.indisunique, x.indisprimary, x.indisvalid, "
                 "       ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true) "
                 "               FROM generate_series(1, x.indnkeyatts) AS k ORDER BY k), "
+                "       ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true) "
+                "               FROM generate_series(x.indnkeyatts + 1, x.indnatts) AS k ORDER BY k), "
                 "       x.indclass::text, x.indcollation::text, pg_get_expr(x.indpred, x.indrelid, true), "
-                "       pg_get_indexdef(x.indexrelid) "
+                "       pg_get_expr(x.indexprs, x.indrelid, true), am.amname::text, pg_get_indexdef(x.indexrelid) "
                 "  FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid "
+                "  JOIN pg_am AS am ON am.oid = i.relam "
                 " WHERE x.indrelid = ANY (%s::oid[]) ORDER BY i.relname",
                 [list(tables)])
             indexes: dict[int, list[IndexInfo]] = {oid: [] for oid in tables}
-            for table_oid, name, unique, primary, valid, columns, opclasses, collations, predicate, definition \
-                    in cursor.fetchall():
+            for (table_oid, name, unique, primary, valid, columns, include_columns, opclasses, collations, predicate,
+                 expressions, access_method, definition) in cursor.fetchall():
                 width = len(columns)
                 indexes[table_oid].append(IndexInfo(
                     name=name, table=tables[table_oid][0], columns=tuple(columns), unique=unique, primary=primary,
                     valid=valid, predicate=predicate, opclasses=tuple(opclasses.split()[:width]),
-                    collations=tuple(collations.split()[:width]), definition=definition))
+                    collations=tuple(collations.split()[:width]), definition=definition,
+                    access_method=access_method, expressions=expressions, include_columns=tuple(include_columns)))
         return {relname: TableInfo(name=relname, estimated_rows=reltuples, indexes=tuple(indexes[oid]))
                 for oid, (relname, reltuples) in tables.items()}
 

@@ -19,11 +19,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
+from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex, IndexKey, is_covered_by
 from service.store import session_options
 
 APPLICATION_NAME = "challengectl-cli"
-PROJECT_TABLES = ("user_goal_progress", "reward_grants")
-PROGRESS_TABLE = "user_goal_progress"
+PROJECT_TABLES = (PROGRESS_TABLE, "reward_grants")
 QUERY_TEXT_CHARS = 200
 
 
@@ -485,7 +485,6 @@ class IndexInfo:
     index_name: str
     columns: list[str]
     include_columns: list[str]
-    key_attnums: list[int]
     opclasses: list[int]
     collations: list[int]
     access_method: str
@@ -501,13 +500,20 @@ class IndexInfo:
     size_bytes: int
     definition: str
 
+    @property
+    def key(self) -> IndexKey:
+        """The parts the §4.2 duplicate rule compares."""
+        return IndexKey(columns=tuple(self.columns), opclasses=tuple(str(oid) for oid in self.opclasses),
+                        collations=tuple(str(oid) for oid in self.collations), unique=self.is_unique,
+                        access_method=self.access_method, predicate=self.predicate, expressions=self.expressions,
+                        include_columns=tuple(self.include_columns))
+
 
 _INDEXES = """
 SELECT t.relname::text AS table_name, ic.relname::text AS index_name,
        ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnkeyatts) k) AS columns,
        ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
              FROM generate_series(i.indnkeyatts + 1, i.indnatts) k) AS include_columns,
-       ARRAY(SELECT i.indkey[k]::int FROM generate_series(0, i.indnkeyatts - 1) k) AS key_attnums,
        ARRAY(SELECT i.indclass[k]::int8 FROM generate_series(0, i.indnkeyatts - 1) k) AS opclasses,
        ARRAY(SELECT i.indcollation[k]::int8 FROM generate_series(0, i.indnkeyatts - 1) k) AS collations,
        am.amname::text AS access_method,
@@ -593,18 +599,8 @@ class DuplicateIndex:
 
 
 def _is_covered_by(candidate: IndexInfo, other: IndexInfo) -> bool:
-    """Whether `other` serves every lookup `candidate` serves (SPEC §12.1 duplicate rule)."""
-    width = len(candidate.key_attnums)
-    return (candidate.table_name == other.table_name
-            and not candidate.is_unique
-            and candidate.access_method == other.access_method
-            and width <= len(other.key_attnums)
-            and candidate.key_attnums == other.key_attnums[:width]
-            and candidate.opclasses == other.opclasses[:width]
-            and candidate.collations == other.collations[:width]
-            and candidate.predicate == other.predicate
-            and candidate.expressions == other.expressions
-            and set(candidate.include_columns) <= set(other.columns) | set(other.include_columns))
+    """Whether `other`, on the same table, serves every lookup `candidate` serves (SPEC §12.1 duplicate rule)."""
+    return candidate.table_name == other.table_name and is_covered_by(candidate.key, other.key)
 
 
 def duplicate_indexes(indexes: Sequence[IndexInfo],
@@ -617,14 +613,14 @@ def duplicate_indexes(indexes: Sequence[IndexInfo],
     # Name the primary key (then a unique index, an expected one, the widest) as the one to keep.
     preferred = sorted(indexes, key=lambda index: (not index.is_primary, not index.is_unique,
                                                    (index.table_name, index.index_name) not in wanted,
-                                                   -len(index.key_attnums), index.index_name))
+                                                   -len(index.columns), index.index_name))
     rank = {id(index): position for position, index in enumerate(preferred)}
     found = []
     for candidate in indexes:
         for other in preferred:
             if other is candidate or not _is_covered_by(candidate, other):
                 continue
-            same = len(candidate.key_attnums) == len(other.key_attnums)
+            same = len(candidate.columns) == len(other.columns)
             # Identical plain indexes cover each other: report only the one less preferred to keep.
             if same and _is_covered_by(other, candidate) and rank[id(candidate)] < rank[id(other)]:
                 continue
@@ -634,45 +630,6 @@ def duplicate_indexes(indexes: Sequence[IndexInfo],
                                         same_columns=same, size_bytes=candidate.size_bytes))
             break
     return found
-
-
-@dataclass(frozen=True)
-class ExpectedIndex:
-    """An index SPEC §4.2 requires, with the constant statements that (re)create it."""
-
-    index_name: str
-    table_name: str
-    columns: tuple[str, ...]
-    predicate: str | None
-    primary: bool
-    used_by: str
-    create_statements: tuple[str, ...]
-
-    @property
-    def definition(self) -> str:
-        where = f" WHERE {self.predicate}" if self.predicate else ""
-        kind = "PRIMARY KEY " if self.primary else ""
-        return f"{kind}({', '.join(self.columns)}){where}"
-
-
-EXPECTED_INDEXES = (
-    ExpectedIndex(
-        index_name="user_goal_progress_pkey", table_name=PROGRESS_TABLE, columns=("user_id", "goal_id"),
-        predicate=None, primary=True, used_by="every per-user statement, ON CONFLICT arbiter",
-        create_statements=(
-            ("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS user_goal_progress_pkey "
-             "ON user_goal_progress (user_id, goal_id)"),
-            ("ALTER TABLE user_goal_progress ADD CONSTRAINT user_goal_progress_pkey "
-             "PRIMARY KEY USING INDEX user_goal_progress_pkey"),
-        )),
-    ExpectedIndex(
-        index_name="idx_ugp_user_active", table_name=PROGRESS_TABLE, columns=("user_id",),
-        predicate="is_active", primary=False, used_by="active_goals, active_view, deactivate_challenge_goals",
-        create_statements=(
-            ("CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) "
-             "WHERE is_active"),
-        )),
-)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from challengectl.expected_indexes import EXPECTED_INDEXES, ExpectedIndex, IndexKey, is_covered_by
+
 SEVERITIES = ("info", "warn", "crit")
 
 DEFAULT_LARGE_TABLE_ROWS = 10_000
@@ -35,29 +37,10 @@ SCAN_NODE_TYPES = ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
 
 
 @dataclass(frozen=True)
-class ExpectedIndex:
-    """An index of SPEC §4.2: its table, key columns, partial predicate and how to create it."""
-
-    name: str
-    table: str
-    columns: tuple[str, ...]
-    predicate: str | None
-    create_sql: str
-
-
-EXPECTED_INDEXES: tuple[ExpectedIndex, ...] = (
-    ExpectedIndex("user_goal_progress_pkey", "user_goal_progress", ("user_id", "goal_id"), None,
-                  "ALTER TABLE user_goal_progress ADD CONSTRAINT user_goal_progress_pkey PRIMARY KEY (user_id, goal_id);"),
-    ExpectedIndex("idx_ugp_user_active", "user_goal_progress", ("user_id",), "is_active",
-                  "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) "
-                  "WHERE is_active;"),
-)
-
-
-@dataclass(frozen=True)
 class IndexInfo:
     """One index as the catalog describes it. `columns` are the key columns (expressions as text);
-    `opclasses` and `collations` are the per-key-column oids as text, for the duplicate check."""
+    `opclasses` and `collations` are the per-key-column oids as text; these, the access method, the
+    expression list and the INCLUDE columns are what the duplicate check compares."""
 
     name: str
     table: str
@@ -69,6 +52,16 @@ class IndexInfo:
     opclasses: tuple[str, ...] = ()
     collations: tuple[str, ...] = ()
     definition: str = ""
+    access_method: str = "btree"
+    expressions: str | None = None
+    include_columns: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> IndexKey:
+        """The parts the §4.2 duplicate rule compares."""
+        return IndexKey(columns=self.columns, opclasses=self.opclasses, collations=self.collations,
+                        unique=self.unique, access_method=self.access_method, predicate=self.predicate,
+                        expressions=self.expressions, include_columns=self.include_columns)
 
 
 @dataclass(frozen=True)
@@ -492,16 +485,16 @@ def seq_scan_advice(node: PlanNode, info: TableInfo | None) -> str:
     shape = filter_shape(filter_text)
     expected = _missing_expected_index(table, shape, info)
     if expected is not None:
-        state = "is missing" if info is None or info.index(expected.name) is None else "is INVALID"
-        return f"the expected index {expected.name} (SPEC §4.2) {state}: {expected.create_sql}"
+        state = "is missing" if info is None or info.index(expected.index_name) is None else "is INVALID"
+        return f"the expected index {expected.index_name} (SPEC §4.2) {state}: {expected.create_sql};"
     return f"{index_sql(table, shape)} (to serve the filter {filter_text})"
 
 
 def _missing_expected_index(table: str, shape: FilterShape, info: TableInfo | None) -> ExpectedIndex | None:
     for expected in EXPECTED_INDEXES:
-        if expected.table != table or not set(expected.columns) <= set(shape.equality):
+        if expected.table_name != table or not set(expected.columns) <= set(shape.equality):
             continue
-        present = info.index(expected.name) if info is not None else None
+        present = info.index(expected.index_name) if info is not None else None
         if present is not None and present.valid:
             continue
         if expected.predicate is None or expected.predicate in shape.predicates:
@@ -517,10 +510,10 @@ def expected_index_findings(used: Sequence[IndexUse], context: PlanContext) -> l
     present = None
     for info in context.tables.values():
         present = info.index(expected) or present
-    known = next((index for index in EXPECTED_INDEXES if index.name == expected), None)
-    table = present.table if present is not None else (known.table if known is not None else None)
+    known = next((index for index in EXPECTED_INDEXES if index.index_name == expected), None)
+    table = present.table if present is not None else (known.table_name if known is not None else None)
     if present is None and context.tables and known is not None:
-        advice = f"the index {expected} does not exist: {known.create_sql}"
+        advice = f"the index {expected} does not exist: {known.create_sql};"
     elif present is not None and not present.valid:
         advice = f"the index {expected} is INVALID (a failed concurrent build): REINDEX INDEX CONCURRENTLY {expected};"
     elif present is not None:
@@ -573,7 +566,7 @@ def filter_findings(root: PlanNode, context: PlanContext) -> list[Finding]:
             advice = index_sql(table, filter_shape(filter_text))
             expected = _missing_expected_index(table, filter_shape(filter_text), context.tables.get(table))
             if expected is not None:
-                advice = expected.create_sql
+                advice = f"{expected.create_sql};"
             advice = f"an index or partial index covering the filter columns: {advice}"
         else:
             advice = "an index or partial index covering the filter columns, so the rows are not read and discarded"
@@ -633,8 +626,8 @@ def heap_fetch_findings(root: PlanNode) -> list[Finding]:
 
 
 def duplicate_index_findings(root: PlanNode, context: PlanContext) -> list[Finding]:
-    """warn: an index of a table in the plan whose key is a leading prefix of (or equal to) the primary
-    key's, with the same operator classes and collations, not unique and without a predicate (§4.2, §12.1)."""
+    """warn: an index of a table in the plan that the primary key makes redundant (§4.2, §12.1): see
+    `duplicates_of_primary_key`."""
     findings = []
     nodes_by_index = {node.index_name: node for node in root.walk() if node.index_name}
     tables_in_plan = dict.fromkeys(node.table for node in root.walk() if node.table)
@@ -656,23 +649,13 @@ def duplicate_index_findings(root: PlanNode, context: PlanContext) -> list[Findi
 
 
 def duplicates_of_primary_key(info: TableInfo) -> list[tuple[IndexInfo, IndexInfo]]:
-    """The (duplicate, primary key) pairs of one table."""
+    """The (duplicate, primary key) pairs of one table: the indexes the primary key covers by the rule
+    `db indexes` and `doctor` apply (`challengectl.expected_indexes.is_covered_by`)."""
     primary = next((index for index in info.indexes if index.primary), None)
     if primary is None:
         return []
-    pairs = []
-    for index in info.indexes:
-        if index.primary or index.unique or index.predicate or not index.columns:
-            continue
-        width = len(index.columns)
-        if width > len(primary.columns) or index.columns != primary.columns[:width]:
-            continue
-        if index.opclasses and primary.opclasses and index.opclasses[:width] != primary.opclasses[:width]:
-            continue
-        if index.collations and primary.collations and index.collations[:width] != primary.collations[:width]:
-            continue
-        pairs.append((index, primary))
-    return pairs
+    return [(index, primary) for index in info.indexes
+            if index is not primary and is_covered_by(index.key, primary.key)]
 
 
 def cold_cache_findings(totals: PlanTotals) -> list[Finding]:
