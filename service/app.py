@@ -22,7 +22,7 @@ from typing import Any
 
 import uvicorn
 
-from service import __version__
+from service import __version__, event_loop
 from service.admin import combine_cache_stats, combine_pool_stats, create_admin_app, process_stats
 from service.auth import AuthConfig, Authenticator, auth_config_from_settings, ensure_embedded_secret
 from service.cache import Cache, open_redis
@@ -575,7 +575,7 @@ def serve(settings: Settings) -> int:
         with contextlib.ExitStack() as run:
             runtime_dir = run.enter_context(runtime_directory()) if settings.workers > 1 else None
             service = Service(settings, catalog, deps, auth_config, runtime_dir=runtime_dir)
-            exit_code = asyncio.run(_serve_until_signalled(service))
+            exit_code = event_loop.run(_serve_until_signalled(service))
     finally:
         deps.stop()
     log.info("stopped")

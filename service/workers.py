@@ -33,7 +33,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service import metrics
+from service import event_loop, metrics
 
 if TYPE_CHECKING:
     from service.auth import AuthConfig
@@ -155,7 +155,7 @@ def worker_entry(spec: WorkerSpec, state: SharedState, report: Connection) -> No
 
     configure_logging(spec.settings.log_level, spec.settings.resolved_log_format())
     try:
-        asyncio.run(_run_worker(spec, state, report, run_http_worker))
+        event_loop.run(_run_worker(spec, state, report, run_http_worker))
     except StartupError as exc:
         report.send(("failed", str(exc), exc.exit_code, exc.hint))
         sys.exit(exc.exit_code)
