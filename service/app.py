@@ -30,6 +30,7 @@ from service.cache import ping as ping_redis
 from service.catalog import Catalog, CatalogError, load_catalog
 from service.embedded import EmbeddedServers, connection_help
 from service.events import IngestConfig, Ingestor
+from service.gc_policy import freeze_startup_objects
 from service.grpc_api import create_grpc_server
 from service.health import Readiness
 from service.http_api import create_http_app, player_routes
@@ -320,6 +321,7 @@ class Service:
             if workers is not None:
                 await _start_workers(workers)
                 watchers.append(asyncio.create_task(_worker_failure(workers), name="HTTP workers"))
+            freeze_startup_objects()
             self._announce()
             await _wait_for_stop_or_crash(stop, [*tasks, *watchers[1:]])
         finally:
@@ -486,6 +488,7 @@ async def run_http_worker(spec: WorkerSpec, state: SharedState, stop: asyncio.Ev
         http_socket = bind_socket(settings.http_host, settings.http_port, "player API", reuse_port=True)
         http_server = _uvicorn(create_http_app(readiness, settings.base_path, catalog.fingerprint, routes))
         task = asyncio.create_task(http_server.serve(sockets=[http_socket]), name=f"HTTP worker {spec.index}")
+        freeze_startup_objects()
         report_ready()
         try:
             await _wait_for_stop_or_crash(stop, [task])
