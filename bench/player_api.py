@@ -63,7 +63,8 @@ end
 """
 
 
-def start_service(data_dir: Path, redis_disabled: bool, workers: int) -> subprocess.Popen:
+def start_service(data_dir: Path, redis_disabled: bool, workers: int,
+                  extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")}
     env.update(PYTHONPATH=str(REPO_ROOT), CHALLENGE_DATA_DIR=str(data_dir), CHALLENGE_JWT_SECRET=SECRET,
                CHALLENGE_HTTP_PORT=str(PORT), CHALLENGE_GRPC_PORT=str(GRPC_PORT),
@@ -71,6 +72,7 @@ def start_service(data_dir: Path, redis_disabled: bool, workers: int) -> subproc
                CHALLENGE_CATALOG_PATH=str(example_catalog_path()))
     if redis_disabled:
         env["REDIS_URL"] = "disabled"
+    env.update(extra_env or {})
     process = subprocess.Popen([sys.executable, "-m", "challengectl", "serve"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
