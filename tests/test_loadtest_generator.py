@@ -132,7 +132,9 @@ async def test_the_inflight_cap_drops_and_counts_operations(fake_api: FakePlayer
     assert timeline_failed == dropped
     # A run that dropped operations cannot pass: the generator, not the service, limited it.
     health = generator_section(result)
-    assert health["generator_limited"] is True and f"{dropped} operations dropped" in health["limited_reasons"][0]
+    # (a loaded machine may also add a send-lag reason; the dropped one must be among them)
+    assert health["generator_limited"] is True
+    assert any(f"{dropped} operations dropped" in reason for reason in health["limited_reasons"])
     assert verdict_of([{"pass": True}], health) == "invalid"
     assert verdict_of([{"pass": False}], health) == "fail"
 
