@@ -652,7 +652,8 @@ async def test_e13_a_full_buffer_rejects_the_whole_call_and_clears_its_markers(
 
 
 class TcpProxy:
-    """A TCP proxy in front of PostgreSQL. `down()` drops every connection and refuses new ones."""
+    """A TCP proxy in front of PostgreSQL. `down()` drops every connection and refuses new ones.
+    A target host that is a directory is a Unix-socket server (the embedded PostgreSQL listens only there)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -670,7 +671,11 @@ class TcpProxy:
             writer.close()
             return
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+            host, port = self.target
+            if host.startswith("/"):
+                upstream_reader, upstream_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
         except OSError:
             writer.close()
             return
