@@ -34,13 +34,9 @@ def redis_prefix() -> str:
 
 @pytest.fixture(scope="module")
 def serve(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    process = ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                                    CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)).start()
-    try:
-        process.wait_ready()
+    with ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
+                               CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)) as process:
         yield process
-    finally:
-        assert process.stop()[0] == 0
 
 
 @pytest.fixture(scope="module")

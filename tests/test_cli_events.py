@@ -28,15 +28,10 @@ CATALOG = load_catalog(example_catalog_path())
 
 @pytest.fixture(scope="module")
 def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    serve = ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                                  CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}ev"))
-    serve.start()
-    serve.wait_ready()
-    serve.redis_prefix = f"{redis_prefix}ev"  # type: ignore[attr-defined]
-    try:
+    with ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
+                               CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}ev")) as serve:
+        serve.redis_prefix = f"{redis_prefix}ev"  # type: ignore[attr-defined]
         yield serve
-    finally:
-        serve.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -48,14 +48,9 @@ class Run:
 @pytest.fixture(scope="module")
 def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
     """One real `serve` for the module: the session database, the session Redis prefix, an HS256 secret."""
-    serve = ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                                  CHALLENGE_REDIS_KEY_PREFIX=redis_prefix))
-    serve.start()
-    serve.wait_ready()
-    try:
+    with ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
+                               CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)) as serve:
         yield serve
-    finally:
-        serve.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -34,14 +34,9 @@ LOGIN_GOAL = "s1-regular"
 
 @pytest.fixture(scope="module")
 def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    serve = ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                                  CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}watch"))
-    serve.start()
-    serve.wait_ready()
-    try:
+    with ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
+                               CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}watch")) as serve:
         yield serve
-    finally:
-        serve.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -101,6 +101,15 @@ class ServeProcess:
             self.kill()
         return self.process.returncode, time.monotonic() - started, stderr
 
+    def __enter__(self) -> ServeProcess:
+        """Started and ready; leaving the block stops it and requires a clean exit (status 0)."""
+        self.start().wait_ready()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        code, _, stderr = self.stop()
+        assert code == 0, stderr
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
