@@ -56,16 +56,16 @@ from hdrh.histogram import HdrHistogram
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from service.auth import mint_token
-from service.catalog import Catalog, load_catalog
-from service.embedded import discover
+from service.transport.auth import mint_token
+from service.domain.catalog import Catalog, load_catalog
+from service.runtime.embedded import discover
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
 from service.proto.accelbyte.social.statistic.v1 import (
     statistic_pb2,
     statistic_pb2_grpc,
 )
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
-from service.resources import example_catalog_path
+from service.config.resources import example_catalog_path
 
 SECRET = "bench-secret-" + "x" * 32
 NAMESPACE = "bench"

@@ -5,7 +5,7 @@ DESIGN.md ("Performance architecture") chose to pass a flush's entries as arrays
 a temporary table, then one `UPDATE ... FROM` joining it (SPEC §6.8). This script measures that choice on
 one database in one run. The variants, each a complete flush (entries in, outcomes out, committed):
 
-- `unnest registry`: the service's own statement, run like the flusher runs it (`service.store.Queries`,
+- `unnest registry`: the service's own statement, run like the flusher runs it (`service.storage.store.Queries`,
   one statement on an autocommit connection);
 - `copy, temp table per flush`: BEGIN; CREATE TEMP TABLE ... ON COMMIT DROP; COPY the entries; one
   UPDATE ... FROM joining the temp table with the goals and `user_goal_progress`; COMMIT;
@@ -22,7 +22,7 @@ rows (inside a rolled-back transaction, while another session holds some rows lo
 that all of them leave identical rows and return identical outcomes.
 
 The database is created for the run and dropped after it: on the server of DATABASE_URL when set, else on
-an embedded PostgreSQL in a temporary directory. The schema comes from `service.migrations`. It seeds
+an embedded PostgreSQL in a temporary directory. The schema comes from `service.storage.migrations`. It seeds
 USERS players x 5 goals with a mix of states (in progress, completed, claimed, inactive), then times
 REPETITIONS flushes of each size and variant, each with fresh random entries, the variants interleaved.
 
@@ -58,10 +58,10 @@ from psycopg.rows import dict_row
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from service.embedded import EmbeddedServers
-from service.migrations import apply_migrations
-from service.registry import load_registry
-from service.store import Queries
+from service.runtime.embedded import EmbeddedServers
+from service.storage.migrations import apply_migrations
+from service.storage.registry import load_registry
+from service.storage.store import Queries
 
 # (goal_id, buffer source, target): two sources feed two goals each, one feeds one, so an entry touches
 # one or two rows, as in the bundled catalog.

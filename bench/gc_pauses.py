@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import player_api
-from service.auth import mint_token
+from service.transport.auth import mint_token
 
 PROBE_DIR = Path(__file__).resolve().parent / "gc_probe"
 PATH = "/challenge/v1/challenges?active_only=true"

@@ -32,8 +32,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from service.auth import mint_token
-from service.resources import example_catalog_path
+from service.transport.auth import mint_token
+from service.config.resources import example_catalog_path
 
 SECRET = "bench-secret-" + "x" * 32
 

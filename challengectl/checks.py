@@ -43,17 +43,17 @@ from challengectl.pg_diagnostics import (
     project_indexes_async,
     unused_indexes,
 )
-from service.app import resolve_catalog_path, validate_settings
-from service.auth import SECRET_FILE_NAME
-from service.catalog import Catalog, CatalogError, load_catalog
-from service.migrations import MigrationError, migration_status
-from service.settings import (
+from service.runtime.app import resolve_catalog_path, validate_settings
+from service.transport.auth import SECRET_FILE_NAME
+from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.storage.migrations import MigrationError, migration_status
+from service.config.settings import (
     Settings,
     SettingsError,
     connections_per_instance,
     service_processes,
 )
-from service.store import describe_target, session_options, short_reason
+from service.storage.store import describe_target, session_options, short_reason
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 STATUSES = (PASS, WARN, FAIL, SKIP)

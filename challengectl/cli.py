@@ -27,7 +27,7 @@ from challengectl.context import (
 )
 from challengectl.errors import EXIT_CODES_TABLE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from challengectl.output import FORMATS, resolve_format, to_json
-from service.settings import MASK
+from service.config.settings import MASK
 
 COMMAND_MODULES = (
     "serve", "doctor", "version", "config", "completion", "token", "users", "challenges", "goals",

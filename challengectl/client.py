@@ -38,8 +38,8 @@ from challengectl.errors import (
     error_from_http,
     hint_for_unreachable_rest,
 )
-from service.auth import SECRET_FILE_NAME, mint_token, read_secret_file
-from service.settings import MASK, Settings, SettingsError
+from service.transport.auth import SECRET_FILE_NAME, mint_token, read_secret_file
+from service.config.settings import MASK, Settings, SettingsError
 
 CONNECT_TIMEOUT_S = 5.0
 PLAYER_TOKEN_TTL_S = 3600

@@ -1,7 +1,7 @@
 """Where the CLI's direct PostgreSQL/Redis connections go: the configured URL, or the embedded servers
 of the data dir (a running `serve`'s, or started for the duration of the command) (SPEC §9.4).
 
-Whether a server is the embedded one is decided as `serve` decides it (`service.app.wants_embedded_*`),
+Whether a server is the embedded one is decided as `serve` decides it (`service.runtime.app.wants_embedded_*`),
 so a command inspects the server the service actually uses."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
-from service.app import wants_embedded_postgres, wants_embedded_redis
-from service.embedded import EmbeddedServers, discover
-from service.settings import Settings
+from service.runtime.app import wants_embedded_postgres, wants_embedded_redis
+from service.runtime.embedded import EmbeddedServers, discover
+from service.config.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import typer
 from challengectl.client import Clients
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Output
-from service.settings import Settings, SettingsError, default_config_path, load_settings
+from service.config.settings import Settings, SettingsError, default_config_path, load_settings
 
 T = TypeVar("T")
 

@@ -36,12 +36,12 @@ from challengectl.errors import (
     CliError,
 )
 from challengectl.plans import IndexInfo, TableInfo
-from service.buffer import SOURCE_LOGIN, Entry, stat_source
-from service.catalog import Catalog, Goal
-from service.registry import NamedQuery, Registry
-from service.routing import GoalRouting
-from service.rules import expires_at_for, next_boundary, period_start
-from service.store import describe_target
+from service.domain.buffer import SOURCE_LOGIN, Entry, stat_source
+from service.domain.catalog import Catalog, Goal
+from service.storage.registry import NamedQuery, Registry
+from service.domain.routing import GoalRouting
+from service.domain.rules import expires_at_for, next_boundary, period_start
+from service.storage.store import describe_target
 
 APPLICATION_NAME = "challengectl-cli"
 LOCK_TIMEOUT = "1s"

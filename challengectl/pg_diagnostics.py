@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex, IndexKey, is_covered_by
-from service.store import session_options
+from service.storage.store import session_options
 
 APPLICATION_NAME = "challengectl-cli"
 PROJECT_TABLES = (PROGRESS_TABLE, "reward_grants")

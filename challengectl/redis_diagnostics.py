@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as redis_asyncio
 
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
-from service.cache import (
+from service.storage.cache import (
     REDIS_FAILURES,
     active_key,
     decode_entry,
@@ -26,7 +26,7 @@ from service.cache import (
     scan_pattern_for_user,
     token_key,
 )
-from service.settings import mask_url_password
+from service.config.settings import mask_url_password
 
 SCAN_COUNT = 1000
 KINDS = ("active", "tok", "synced", "evt", "other")

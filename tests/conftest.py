@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from service.embedded import EmbeddedServers
+from service.runtime.embedded import EmbeddedServers
 from tests.servers import PrivateRedis
 
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from starlette.datastructures import Headers
 
-from service.auth import (
+from service.transport.auth import (
     AuthConfig,
     Authenticator,
     InsecureSecretFile,
@@ -32,8 +32,8 @@ from service.auth import (
     mint_token,
     read_secret_file,
 )
-from service.errors import ApiError
-from service.settings import SettingsError, load_settings
+from service.transport.errors import ApiError
+from service.config.settings import SettingsError, load_settings
 
 SECRET = b"0123456789abcdef0123456789abcdef-test-secret"
 MALFORMED = "missing or malformed Authorization header"

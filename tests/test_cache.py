@@ -20,7 +20,7 @@ import redis
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
-from service.cache import (
+from service.storage.cache import (
     Cache,
     active_key,
     decode_entry,
@@ -32,7 +32,7 @@ from service.cache import (
     synced_key,
     token_key,
 )
-from service.rules import PROGRESS_ROW_COLUMNS, ProgressRow
+from service.domain.rules import PROGRESS_ROW_COLUMNS, ProgressRow
 from tests.servers import PrivateRedis
 
 FP = "fp-one"

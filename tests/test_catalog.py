@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from service.catalog import Catalog, CatalogError, load_catalog, parse_catalog
-from service.resources import example_catalog_path
+from service.domain.catalog import Catalog, CatalogError, load_catalog, parse_catalog
+from service.config.resources import example_catalog_path
 
 DROP = object()  # marks a key to remove from a fixture object
 

@@ -16,10 +16,10 @@ import pytest
 import redis
 
 from challengectl.cli import main
-from service.auth import mint_token
-from service.cache import active_key, decode_entry, escape_glob, scan_pattern_for_user, synced_key, token_key
-from service.catalog import load_catalog
-from service.resources import example_catalog_path
+from service.transport.auth import mint_token
+from service.storage.cache import active_key, decode_entry, escape_glob, scan_pattern_for_user, synced_key, token_key
+from service.domain.catalog import load_catalog
+from service.config.resources import example_catalog_path
 from tests.test_serve import ServeProcess, _publish_logins, base_env, http_get
 
 SECRET = "cli-cache-secret-0123456789abcdef0123"

@@ -13,8 +13,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from service.resources import example_catalog_path
-from service.settings import SPECS
+from service.config.resources import example_catalog_path
+from service.config.settings import SPECS
 from tests.test_cli_conventions import cli_env, isolated_env, run_cli  # noqa: F401 (autouse fixture)
 from tests.test_serve import REPO_ROOT
 

@@ -26,8 +26,8 @@ from challengectl.context import CliContext
 from challengectl.errors import CliError
 from challengectl.output import Output, confirm, status_text
 from service import __version__
-from service.catalog import load_catalog
-from service.resources import example_catalog_path
+from service.domain.catalog import load_catalog
+from service.config.resources import example_catalog_path
 from tests.conftest import new_database
 from tests.servers import free_port
 from tests.test_serve import REPO_ROOT, ServeProcess, base_env, http_get

@@ -16,9 +16,9 @@ import redis
 from challengectl.cli import main
 from challengectl.commands.events import load_event_file
 from challengectl.uuid7 import uuid7_time
-from service.auth import mint_token
-from service.catalog import load_catalog
-from service.resources import example_catalog_path
+from service.transport.auth import mint_token
+from service.domain.catalog import load_catalog
+from service.config.resources import example_catalog_path
 from tests.servers import free_port
 from tests.test_serve import ServeProcess, base_env
 

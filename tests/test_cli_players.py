@@ -22,10 +22,10 @@ import pytest
 import redis
 
 from challengectl.cli import main
-from service.cache import synced_key, token_key
-from service.catalog import load_catalog
+from service.storage.cache import synced_key, token_key
+from service.domain.catalog import load_catalog
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
-from service.resources import example_catalog_path
+from service.config.resources import example_catalog_path
 from tests.servers import free_port
 from tests.test_serve import REPO_ROOT, ServeProcess, base_env
 

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from challengectl.cli import main
-from service.auth import mint_token
-from service.store import PoolConfig, Store
+from service.transport.auth import mint_token
+from service.storage.store import PoolConfig, Store
 from tests.test_serve import ServeProcess, base_env, http_get
 
 SECRET = "cli-pool-secret-0123456789abcdef01234"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from challengectl.cli import main
-from service.resources import example_catalog_path
+from service.config.resources import example_catalog_path
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

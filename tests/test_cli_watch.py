@@ -19,10 +19,10 @@ import grpc
 import pytest
 
 from challengectl.cli import main
-from service.auth import mint_token
-from service.catalog import load_catalog
+from service.transport.auth import mint_token
+from service.domain.catalog import load_catalog
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
-from service.resources import example_catalog_path
+from service.config.resources import example_catalog_path
 from tests.servers import free_port
 from tests.test_cli_conventions import run_on_tty
 from tests.test_serve import REPO_ROOT, ServeProcess, base_env

@@ -23,9 +23,9 @@ import pytest
 
 from challengectl import pg_diagnostics as pgd
 from challengectl.cli import main
-from service.embedded import PGSERVER_OS_USER
-from service.migrations import apply_migrations
-from service.registry import load_registry
+from service.runtime.embedded import PGSERVER_OS_USER
+from service.storage.migrations import apply_migrations
+from service.storage.registry import load_registry
 from tests.servers import free_port
 
 SNAKE_KEY = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -15,7 +15,7 @@ import pytest
 
 from challengectl.checks import CHECK_IDS
 from challengectl.cli import main
-from service.resources import example_catalog_path
+from service.config.resources import example_catalog_path
 from tests.conftest import new_database
 from tests.servers import PrivateRedis, free_port
 from tests.test_serve import ServeProcess, base_env

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 import redis
 
-from service.embedded import (
+from service.runtime.embedded import (
     STATE_FILE_NAME,
     EmbeddedError,
     EmbeddedPostgres,
@@ -175,7 +175,7 @@ def test_servers_come_back_after_their_holder_and_servers_were_killed(data_dir: 
     holder_script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from service.embedded import EmbeddedServers\n"
+        "from service.runtime.embedded import EmbeddedServers\n"
         "EmbeddedServers(Path(sys.argv[1])).start()\n"
         "print('up', flush=True)\n"
         "time.sleep(120)\n"

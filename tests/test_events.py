@@ -23,10 +23,10 @@ import pytest
 from prometheus_client import REGISTRY
 from psycopg.rows import dict_row
 
-from service.buffer import Entry, Partition, fnv1a_32, partition_of
-from service.cache import Cache, active_key, event_key, open_redis, token_key
-from service.catalog import Catalog, parse_catalog
-from service.events import (
+from service.domain.buffer import Entry, Partition, fnv1a_32, partition_of
+from service.storage.cache import Cache, active_key, event_key, open_redis, token_key
+from service.domain.catalog import Catalog, parse_catalog
+from service.usecases.events import (
     NOT_COMMITTED_MESSAGE,
     IncomingEvent,
     IngestConfig,
@@ -34,11 +34,11 @@ from service.events import (
     Ingestor,
     SubmitResult,
 )
-from service.migrations import apply_migrations
-from service.registry import load_registry
-from service.rules import next_boundary, period_start
-from service.settings import load_settings
-from service.store import PoolConfig, Queries, Store
+from service.storage.migrations import apply_migrations
+from service.storage.registry import load_registry
+from service.domain.rules import next_boundary, period_start
+from service.config.settings import load_settings
+from service.storage.store import PoolConfig, Queries, Store
 from tests.servers import PrivateRedis
 
 NS = "test-ns"
@@ -268,7 +268,7 @@ def test_config_from_settings_takes_the_ingestion_settings(tmp_path: Path) -> No
 
 
 def test_validation_rejects_each_invalid_event_with_its_reason() -> None:
-    from service.events import validate_event
+    from service.usecases.events import validate_event
 
     good = stat("u1", "kills", 1, 1)
     cases = {

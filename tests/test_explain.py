@@ -30,10 +30,10 @@ from challengectl.explain_runner import (
     parse_param_overrides,
     parse_param_value,
 )
-from service.catalog import load_catalog
-from service.migrations import apply_migrations
-from service.registry import load_registry
-from service.resources import example_catalog_path
+from service.domain.catalog import load_catalog
+from service.storage.migrations import apply_migrations
+from service.storage.registry import load_registry
+from service.config.resources import example_catalog_path
 from tests.conftest import new_database
 
 USERS = 20_000

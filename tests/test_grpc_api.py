@@ -1,6 +1,6 @@
 """The gRPC transport of event ingestion (SPEC §6.1–§6.4, E4, E19) on a real grpc.aio server.
 
-The servicers are wired to `ScriptedIngestor`, a stand-in for `service.events.Ingestor` defined
+The servicers are wired to `ScriptedIngestor`, a stand-in for `service.usecases.events.Ingestor` defined
 here: it records what the transport submits and answers with scripted results or IngestErrors.
 The ingestion core itself (PostgreSQL, Redis) is tested in its own module.
 """
@@ -27,8 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from service.events import IncomingEvent, IngestError, SubmitResult
-from service.grpc_api import (
+from service.usecases.events import IncomingEvent, IngestError, SubmitResult
+from service.transport.grpc_api import (
     EVENT_INGEST_SERVICE_NAME,
     INGEST_SERVICE_NAMES,
     LOGIN_SERVICE_NAME,
@@ -56,7 +56,7 @@ GRPC_DEADLINE_SLACK_S = 1.0
 
 @dataclass
 class ScriptedIngestor:
-    """Same `submit` signature as service.events.Ingestor; records calls and answers via `respond`."""
+    """Same `submit` signature as service.usecases.events.Ingestor; records calls and answers via `respond`."""
 
     respond: Respond = accept_all
     calls: list[tuple[list[IncomingEvent], str, float | None]] = field(default_factory=list)

@@ -21,12 +21,12 @@ import pytest
 import uvicorn
 from prometheus_client import REGISTRY
 
-from service.auth import AuthConfig, Authenticator, mint_token
-from service.catalog import Catalog, load_catalog
-from service.errors import ApiError
-from service.health import Readiness
-from service.http_api import create_http_app, player_routes
-from service.players import (
+from service.transport.auth import AuthConfig, Authenticator, mint_token
+from service.domain.catalog import Catalog, load_catalog
+from service.transport.errors import ApiError
+from service.transport.health import Readiness
+from service.transport.http_api import create_http_app, player_routes
+from service.usecases.players import (
     ChallengeState,
     ClaimResult,
     InitializeResult,
@@ -35,7 +35,7 @@ from service.players import (
     SelectResult,
     SetActiveResult,
 )
-from service.resources import example_catalog_path
+from service.config.resources import example_catalog_path
 
 BASE = "/challenge"
 MAX_BODY = 512

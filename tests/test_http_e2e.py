@@ -21,16 +21,16 @@ import pytest
 import redis.asyncio as redis_asyncio
 from psycopg import sql
 
-from service.auth import AuthConfig, Authenticator
-from service.cache import Cache, open_redis
-from service.catalog import Catalog, load_catalog
-from service.http_api import create_http_app, player_routes
-from service.migrations import apply_migrations
-from service.players import Players
-from service.registry import load_registry
-from service.resources import example_catalog_path
-from service.rewards import RewardConfig, RewardGranter
-from service.store import PoolConfig, Queries, Store, open_pool
+from service.transport.auth import AuthConfig, Authenticator
+from service.storage.cache import Cache, open_redis
+from service.domain.catalog import Catalog, load_catalog
+from service.transport.http_api import create_http_app, player_routes
+from service.storage.migrations import apply_migrations
+from service.usecases.players import Players
+from service.storage.registry import load_registry
+from service.config.resources import example_catalog_path
+from service.usecases.rewards import RewardConfig, RewardGranter
+from service.storage.store import PoolConfig, Queries, Store, open_pool
 from tests.test_http_api import serve, stub_readiness
 
 BASE = "/challenge"

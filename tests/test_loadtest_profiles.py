@@ -22,7 +22,7 @@ from challengectl.loadtest.schedule import (
     parse_duration,
     parse_phase_override,
 )
-from service.catalog import load_catalog
+from service.domain.catalog import load_catalog
 
 CYCLE = [("login_count", "login", 1), ("enemy_kills", "statistic", 10), ("games_played", "statistic", 2),
          ("headshots", "statistic", 5), ("wins", "statistic", 1)]

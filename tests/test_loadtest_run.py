@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from challengectl.loadtest.profiles import get_profile, write_catalog
 from challengectl.loadtest.stats import decode, new_histogram
-from service.metrics import LATENCY_BUCKETS
+from service.telemetry.metrics import LATENCY_BUCKETS
 from tests.conftest import new_database
 from tests.test_serve import ServeProcess, base_env
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service.migrations import (
+from service.storage.migrations import (
     Migration,
     MigrationError,
     apply_migrations,
@@ -21,7 +21,7 @@ from service.migrations import (
     migration_status,
     schema_version,
 )
-from service.resources import migrations_dir
+from service.config.resources import migrations_dir
 
 
 def _query(url: str, statement: str, params: tuple | None = None) -> list[tuple]:

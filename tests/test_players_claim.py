@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from aiohttp import web
 
-from service.rewards import RewardConfig, RewardGranter, signature_header
-from service.store import PoolConfig, Store, open_pool
+from service.usecases.rewards import RewardConfig, RewardGranter, signature_header
+from service.storage.store import PoolConfig, Store, open_pool
 from tests.test_players_fixtures import (
     DAY_START,
     NAMESPACE,

@@ -20,15 +20,15 @@ import redis.asyncio as redis_asyncio
 from prometheus_client import REGISTRY
 from psycopg.rows import class_row, dict_row
 
-from service.cache import Cache, open_redis
-from service.catalog import Catalog, parse_catalog
-from service.errors import ApiError
-from service.migrations import apply_migrations
-from service.players import Players
-from service.registry import load_registry
-from service.rewards import RewardConfig, RewardGranter
-from service.rules import ProgressRow
-from service.store import PoolConfig, Queries, Store, open_pool
+from service.storage.cache import Cache, open_redis
+from service.domain.catalog import Catalog, parse_catalog
+from service.transport.errors import ApiError
+from service.storage.migrations import apply_migrations
+from service.usecases.players import Players
+from service.storage.registry import load_registry
+from service.usecases.rewards import RewardConfig, RewardGranter
+from service.domain.rules import ProgressRow
+from service.storage.store import PoolConfig, Queries, Store, open_pool
 
 NAMESPACE = "test-ns"
 # Wednesday noon: the daily period is [2030-05-15, 2030-05-16), the weekly one starts Monday 2030-05-13.

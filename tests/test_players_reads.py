@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 
-from service.errors import ApiError
-from service.players import GoalState, ListResult
-from service.rules import expires_in_seconds, expiry_fields
-from service.store import PoolConfig, Store, open_pool
+from service.transport.errors import ApiError
+from service.usecases.players import GoalState, ListResult
+from service.domain.rules import expires_in_seconds, expiry_fields
+from service.storage.store import PoolConfig, Store, open_pool
 from tests.test_players_fixtures import (
     DAY_START,
     MAIN_CATALOG,

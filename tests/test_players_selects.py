@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import psycopg
 
-from service.players import ListResult, SelectResult
-from service.rules import format_timestamp
-from service.store import PoolConfig, Store, open_pool
+from service.usecases.players import ListResult, SelectResult
+from service.domain.rules import format_timestamp
+from service.storage.store import PoolConfig, Store, open_pool
 from tests.test_players_fixtures import (
     DAY_START,
     NEXT_DAY,

@@ -20,8 +20,8 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from service.registry import Registry, load_registry
-from service.resources import migrations_dir
+from service.storage.registry import Registry, load_registry
+from service.config.resources import migrations_dir
 
 UTC = timezone.utc
 # A Wednesday noon; the daily period is [B, N).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.registry import (
+from service.storage.registry import (
     REQUIRED_QUERIES,
     NamedQuery,
     QueryParam,

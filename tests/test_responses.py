@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 
-from service import responses
-from service.catalog import Catalog, load_catalog, parse_catalog
-from service.players import (
+from service.transport import responses
+from service.domain.catalog import Catalog, load_catalog, parse_catalog
+from service.usecases.players import (
     ChallengeState,
     ClaimResult,
     GoalState,
@@ -28,8 +28,8 @@ from service.players import (
     SelectResult,
     SetActiveResult,
 )
-from service.resources import example_catalog_path
-from service.rules import ProgressRow, is_locked, view
+from service.config.resources import example_catalog_path
+from service.domain.rules import ProgressRow, is_locked, view
 
 NOW = datetime(2030, 5, 17, 13, 45, 30, 987654, tzinfo=UTC)
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")

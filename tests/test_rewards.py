@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from service import __version__
-from service.rewards import (
+from service.usecases.rewards import (
     RewardConfig,
     RewardGrant,
     RewardGranter,

@@ -1,4 +1,4 @@
-"""Unit tests of service.rules: periods (T1, L11, L12), the view (L6), locked (L7), eligibility (R4),
+"""Unit tests of service.domain.rules: periods (T1, L11, L12), the view (L6), locked (L7), eligibility (R4),
 catch-up target selection and timestamp formatting. Pure functions: no database, no Redis."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service import rules
-from service.catalog import Challenge, Goal, Requirement, Reward, Rotation
-from service.rules import GoalView, ProgressRow
+from service.domain import rules
+from service.domain.catalog import Challenge, Goal, Requirement, Reward, Rotation
+from service.domain.rules import GoalView, ProgressRow
 
 T = datetime(2030, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)  # a Friday
 TODAY = datetime(2030, 5, 17, tzinfo=UTC)

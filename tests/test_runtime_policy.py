@@ -7,8 +7,8 @@ import gc
 
 import uvloop
 
-from service import event_loop
-from service.gc_policy import freeze_startup_objects
+from service.runtime import event_loop
+from service.runtime.gc_policy import freeze_startup_objects
 
 
 def test_run_uses_uvloop_and_returns_the_result() -> None:

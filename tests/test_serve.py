@@ -25,9 +25,9 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.auth import mint_token
+from service.transport.auth import mint_token
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
-from service.resources import example_catalog_path
+from service.config.resources import example_catalog_path
 from tests.servers import PrivateRedis, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.settings import MASK, SettingsError, load_settings, validate_for_serve
+from service.config.settings import MASK, SettingsError, load_settings, validate_for_serve
 
 
 def test_defaults_when_nothing_is_given(tmp_path):

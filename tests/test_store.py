@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from service.migrations import apply_migrations, discover_migrations
-from service.store import PoolConfig, Store, StoreUnavailable, describe_target, open_pool
+from service.storage.migrations import apply_migrations, discover_migrations
+from service.storage.store import PoolConfig, Store, StoreUnavailable, describe_target, open_pool
 
 SMALL = PoolConfig(min_size=1, max_size=3, timeout_ms=2000, statement_timeout_ms=1234, open_timeout_s=5)
 

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from service.auth import mint_token
-from service.workers import CRASH_LOOP_S
+from service.transport.auth import mint_token
+from service.runtime.workers import CRASH_LOOP_S
 from tests.test_serve import ServeProcess, _player_call, _publish_logins, _welcome_progress, base_env, http_get
 
 SECRET = "workers-secret-" + "x" * 32

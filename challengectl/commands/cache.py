@@ -1,6 +1,6 @@
 """`challengectl cache warm|flush|stats|keys`: the Redis cache of active views (SPEC §8, §10.2, §12.2).
 
-- `warm` fills active views with the service's own cache code (`service.cache.Cache`) and protocol
+- `warm` fills active views with the service's own cache code (`service.storage.cache.Cache`) and protocol
   (§8.3: MGET, then the PostgreSQL read, then the conditional fill), and sets the synced marker only for
   users who hold a row for every default goal.
 - `flush` finds keys with SCAN and removes them with UNLINK; `…:tok` keys are rotated through the
@@ -43,14 +43,14 @@ from challengectl.redis_diagnostics import (
     user_cache_state,
 )
 from challengectl.ticker import parse_interval
-from service.auth import is_valid_user_id
-from service.cache import REDIS_FAILURES, Cache, open_redis, ping, scan_pattern_for_user
-from service.catalog import Catalog, CatalogError, load_catalog
-from service.pool_stats import nearest_rank
-from service.registry import load_registry
-from service.rules import ProgressRow, split_active_view
-from service.settings import Settings
-from service.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
+from service.transport.auth import is_valid_user_id
+from service.storage.cache import REDIS_FAILURES, Cache, open_redis, ping, scan_pattern_for_user
+from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.telemetry.pool_stats import nearest_rank
+from service.storage.registry import load_registry
+from service.domain.rules import ProgressRow, split_active_view
+from service.config.settings import Settings
+from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
 
 app = command_group("Warm, flush and inspect the Redis cache of active views.")
 
@@ -101,7 +101,7 @@ def load_cli_catalog(settings: Settings) -> Catalog:
     """The service's catalog as the service resolves it (`catalog_path`, or the bundled example when
     embedded); an unusable catalog is a configuration error (exit 2)."""
     # Imported here: the serve wiring is heavy to import and only warm needs it.
-    from service.app import resolve_catalog_path
+    from service.runtime.app import resolve_catalog_path
 
     path = resolve_catalog_path(settings)
     try:

@@ -13,7 +13,7 @@ import typer
 from challengectl.context import CliContext, command_group, examples, get_cli
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Column
-from service.settings import SPECS, Settings, SettingsError, default_config_path
+from service.config.settings import SPECS, Settings, SettingsError, default_config_path
 
 app = command_group("Show, validate and initialise the configuration.")
 
@@ -106,8 +106,8 @@ def validate(
 
 
 def _validate(cli: CliContext, catalog_option: str | None) -> tuple[list[str], list[str], str | None]:
-    from service.app import StartupError, resolve_catalog_path, validate_settings
-    from service.catalog import CatalogError, load_catalog
+    from service.runtime.app import StartupError, resolve_catalog_path, validate_settings
+    from service.domain.catalog import CatalogError, load_catalog
 
     try:
         settings = cli.settings(catalog_path=catalog_option)

@@ -27,10 +27,10 @@ from challengectl.context import command_group, examples, get_cli, parse_duratio
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, confirm, format_cell, listing, rfc3339, status_text
 from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
-from service.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
-from service.registry import RegistryError, load_registry
-from service.settings import mask_url_password
-from service.store import describe_target, short_reason
+from service.storage.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
+from service.storage.registry import RegistryError, load_registry
+from service.config.settings import mask_url_password
+from service.storage.store import describe_target, short_reason
 
 app = command_group("Inspect and migrate the PostgreSQL database.")
 add_explain_command(app)  # `db explain NAME` is the same command as the top-level `explain NAME`

@@ -28,7 +28,7 @@ from challengectl.checks import (
 from challengectl.context import CliContext, examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, status_text
-from service.settings import Settings
+from service.config.settings import Settings
 
 HELP = "Run one-shot health checks across every dependency; exit 99 when any check fails."
 # `\b` keeps click from rewrapping a paragraph, so the list of ids stays one line.

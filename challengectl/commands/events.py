@@ -35,11 +35,11 @@ from challengectl.context import CliContext, command_group, examples, get_cli, p
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, ProgressHandle
 from challengectl.uuid7 import uuid7_str
-from service.catalog import Catalog, CatalogError, load_catalog
+from service.domain.catalog import Catalog, CatalogError, load_catalog
 from service.proto.accelbyte.iam.account.v1 import account_pb2
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2
 from service.proto.challengectl.v1 import ingest_pb2
-from service.resources import example_catalog_path
+from service.config.resources import example_catalog_path
 
 RPC_AGS = "ags"
 RPC_PUBLISH = "publish"

@@ -47,9 +47,9 @@ from challengectl.plans import (
     node_conditions,
     timeout_analysis,
 )
-from service.catalog import Catalog, CatalogError, load_catalog
-from service.registry import Registry, RegistryError, UnknownQueryError, load_registry
-from service.settings import Settings, mask_url_password
+from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.storage.registry import Registry, RegistryError, UnknownQueryError, load_registry
+from service.config.settings import Settings, mask_url_password
 
 EXPLAIN_EXAMPLES = examples(
     "challengectl explain active-goals",
@@ -205,7 +205,7 @@ def _parameters(session: ExplainSession, registry: Registry, statement: Statemen
 def _catalog(settings: Settings, out: Output) -> Catalog | None:
     """The service's catalog, for prerequisite ids, event sources, rotations and rewards; without one the
     parameters come from the rows alone (a warning says so)."""
-    from service.app import (
+    from service.runtime.app import (
         resolve_catalog_path,  # the service wiring is heavy; only explain needs it
     )
 

@@ -55,9 +55,9 @@ from challengectl.loadtest.thresholds import (
     parse_threshold,
 )
 from challengectl.output import confirm, to_json
-from service.auth import read_secret_file
-from service.embedded import discover
-from service.settings import SettingsError
+from service.transport.auth import read_secret_file
+from service.runtime.embedded import discover
+from service.config.settings import SettingsError
 
 app = command_group("Load-test a running service and analyse the results (SPEC §11).")
 

@@ -28,8 +28,8 @@ from challengectl.context import CliContext, examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, rfc3339, status_text
 from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
-from service.settings import connections_per_instance, service_processes
-from service.store import describe_target, short_reason
+from service.config.settings import connections_per_instance, service_processes
+from service.storage.store import describe_target, short_reason
 
 EXAMPLES = examples(
     "challengectl pool",

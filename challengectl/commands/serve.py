@@ -9,8 +9,8 @@ import typer
 
 from challengectl.context import examples
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
-from service.app import StartupError
-from service.settings import SettingsError
+from service.runtime.app import StartupError
+from service.config.settings import SettingsError
 
 HELP = "Run the service: player API, gRPC ingest, admin API and flusher (embedded PostgreSQL/Redis by default)."
 EXAMPLES = examples(
@@ -48,9 +48,9 @@ def serve(
     log_level: Optional[str] = typer.Option(None, "--log-level", help="debug|info|warning|error [env: CHALLENGE_LOG_LEVEL]"),
     log_format: Optional[str] = typer.Option(None, "--log-format", help="json|text [env: CHALLENGE_LOG_FORMAT]"),
 ) -> None:
-    from service.app import serve as run_service
-    from service.logs import configure_logging
-    from service.preflight import check_configuration
+    from service.runtime.app import serve as run_service
+    from service.telemetry.logs import configure_logging
+    from service.runtime.preflight import check_configuration
 
     settings = ctx.obj.settings(
         http_host=host, http_port=port, workers=workers, grpc_host=grpc_host, grpc_port=grpc_port,

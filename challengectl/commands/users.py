@@ -34,8 +34,8 @@ from challengectl.errors import (
     CliError,
 )
 from challengectl.output import Column, Output, confirm, rfc3339
-from service.auth import is_valid_user_id
-from service.cache import (
+from service.transport.auth import is_valid_user_id
+from service.storage.cache import (
     REDIS_FAILURES,
     Cache,
     CacheUnavailableError,
@@ -46,10 +46,10 @@ from service.cache import (
     synced_key,
     token_key,
 )
-from service.catalog import Catalog, CatalogError, load_catalog
-from service.registry import Registry, load_registry
-from service.rules import ProgressRow, is_locked, is_stale, utc_now, view, would_reset
-from service.settings import Settings
+from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.storage.registry import Registry, load_registry
+from service.domain.rules import ProgressRow, is_locked, is_stale, utc_now, view, would_reset
+from service.config.settings import Settings
 
 T = TypeVar("T")
 
@@ -339,7 +339,7 @@ def show_user(
 
 def service_catalog(settings: Settings) -> Catalog:
     """The catalog the service loads (same resolution as `serve`); invalid → CliError exit 2."""
-    from service.app import (
+    from service.runtime.app import (
         resolve_catalog_path,  # the service wiring is only needed here
     )
 

@@ -16,7 +16,7 @@ from challengectl.context import examples, get_cli
 from challengectl.errors import CliError
 from challengectl.output import Output
 from service import __version__
-from service.settings import Settings
+from service.config.settings import Settings
 
 EXAMPLES = examples(
     "challengectl version",

@@ -20,7 +20,7 @@ import aiohttp
 import grpc
 
 from challengectl.loadtest.profiles import EXTRA_SUCCESS, user_id_of
-from service.auth import mint_token
+from service.transport.auth import mint_token
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc

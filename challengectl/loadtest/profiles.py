@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.catalog import Catalog, parse_catalog
+from service.domain.catalog import Catalog, parse_catalog
 
 CHALLENGE_COUNT = 10
 GOALS_PER_CHALLENGE = 50

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import psycopg
 import redis.asyncio as redis_asyncio
 
-from service.cache import escape_glob, new_token
+from service.storage.cache import escape_glob, new_token
 
 SCAN_COUNT = 1000
 TRUNCATE = "TRUNCATE user_goal_progress, reward_grants"

@@ -28,7 +28,7 @@ from challengectl.loadtest.servicemetrics import window_view
 from challengectl.loadtest.snapshots import ResourceSampler
 from challengectl.loadtest.thresholds import Threshold
 from service import __version__
-from service.auth import mint_token
+from service.transport.auth import mint_token
 
 
 @dataclass

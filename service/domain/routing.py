@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.buffer import SOURCE_LOGIN, Entry, stat_source
-from service.catalog import Catalog
-from service.rules import next_boundary, period_start
+from service.domain.buffer import SOURCE_LOGIN, Entry, stat_source
+from service.domain.catalog import Catalog
+from service.domain.rules import next_boundary, period_start
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from prometheus_client import Histogram
 
-from service.metrics import LATENCY_BUCKETS
-from service.pool_stats import PoolUsage
-from service.registry import Registry
+from service.telemetry.metrics import LATENCY_BUCKETS
+from service.telemetry.pool_stats import PoolUsage
+from service.storage.registry import Registry
 
 POOL_ROLES = ("service", "flusher", "cli")
 

@@ -12,8 +12,8 @@ event or one Publish batch:
 4. in commit mode the call then waits until the flusher has committed every entry holding its events
    (§6.9); in buffered mode it returns at once.
 
-The buffer lives in `service.buffer`, the markers in `service.dedup`, the flush loops in
-`service.flusher`.
+The buffer lives in `service.domain.buffer`, the markers in `service.storage.dedup`, the flush loops in
+`service.usecases.flusher`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.auth import is_valid_user_id
-from service.buffer import (
+from service.transport.auth import is_valid_user_id
+from service.domain.buffer import (
     SOURCE_LOGIN,
     Entry,
     EventKey,
@@ -37,20 +37,20 @@ from service.buffer import (
     partition_of,
     stat_source,
 )
-from service.cache import Cache
-from service.catalog import Catalog
-from service.dedup import PENDING, Deduplicator
-from service.event_metrics import (
+from service.storage.cache import Cache
+from service.domain.catalog import Catalog
+from service.storage.dedup import PENDING, Deduplicator
+from service.telemetry.event_metrics import (
     ACK_WAIT_SECONDS,
     BUFFER_CAPACITY,
     EVENT_AGE_SECONDS,
     EVENTS_TOTAL,
 )
-from service.flusher import FlushTotals, PartitionFlusher
-from service.routing import GoalRouting
-from service.rules import utc_now
-from service.settings import Settings
-from service.store import Queries, Store
+from service.usecases.flusher import FlushTotals, PartitionFlusher
+from service.domain.routing import GoalRouting
+from service.domain.rules import utc_now
+from service.config.settings import Settings
+from service.storage.store import Queries, Store
 
 log = logging.getLogger("challengectl.events")
 

@@ -19,8 +19,8 @@ import redis.asyncio as redis_asyncio
 from prometheus_client import Counter
 from redis.exceptions import NoScriptError
 
-from service.buffer import EventKey
-from service.cache import REDIS_FAILURES, event_key
+from service.domain.buffer import EventKey
+from service.storage.cache import REDIS_FAILURES, event_key
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Deduplicator:
     """Creates, renews, clears and completes event markers; Redis first, the LRU when Redis fails.
 
     `client` None (cache disabled) means the LRU only. The client must return bytes, as
-    `service.cache.open_redis`'s does.
+    `service.storage.cache.open_redis`'s does.
     """
 
     def __init__(

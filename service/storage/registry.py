@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlparse
 
-from service import resources
+from service.config import resources
 
 QUERY_KINDS = ("read", "write", "lock")
 

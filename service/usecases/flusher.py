@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from service.buffer import Entry, Partition
-from service.cache import Cache
-from service.event_metrics import (
+from service.domain.buffer import Entry, Partition
+from service.storage.cache import Cache
+from service.telemetry.event_metrics import (
     BUFFER_ENTRIES,
     FLUSH_DEFERRED_TOTAL,
     FLUSH_DURATION_SECONDS,
@@ -29,9 +29,9 @@ from service.event_metrics import (
     FLUSH_FAILURES_TOTAL,
     FLUSH_ROWS_UPDATED_TOTAL,
 )
-from service.pool_stats import nearest_rank
-from service.routing import GoalRouting
-from service.store import Queries, Store, short_reason
+from service.telemetry.pool_stats import nearest_rank
+from service.domain.routing import GoalRouting
+from service.storage.store import Queries, Store, short_reason
 
 log = logging.getLogger("challengectl.flusher")
 

@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from service import payloads, responses
+from service.transport import payloads
+from service.transport import responses
 
 COMPONENT_REF = "#/components/schemas/{name}"
 BEARER_SCHEME = "bearerJwt"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from service.metrics import LATENCY_BUCKETS
+from service.telemetry.metrics import LATENCY_BUCKETS
 
 ENTRY_COUNT_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 

@@ -26,7 +26,7 @@ from prometheus_client import Counter
 from service import __version__
 
 if TYPE_CHECKING:
-    from service.settings import Settings
+    from service.config.settings import Settings
 
 REWARD_GRANTS = Counter(
     "challenge_reward_grants_total", "Reward grants by outcome (one per claim that reached the grant)",

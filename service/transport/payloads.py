@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
 
-from service.errors import ApiError
+from service.transport.errors import ApiError
 
 # --- wire Structs (request schemas) ---------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The gRPC server: event ingestion services, grpc.health.v1 and server reflection (SPEC §6.1).
 
-The servicers only translate: protobuf messages become `service.events.IncomingEvent`s, the
+The servicers only translate: protobuf messages become `service.usecases.events.IncomingEvent`s, the
 ingestion core (`submit`) decides, and its verdict becomes a response or a gRPC status. The ingest
 token and the request metrics live in one server interceptor that wraps the ingest methods only,
 so health and reflection stay open.
@@ -23,8 +23,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
-from service.events import IncomingEvent, IngestError, SubmitResult
-from service.metrics import LATENCY_BUCKETS
+from service.usecases.events import IncomingEvent, IngestError, SubmitResult
+from service.telemetry.metrics import LATENCY_BUCKETS
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
@@ -52,7 +52,7 @@ _KIND_NAMES = {ingest_pb2.EVENT_KIND_LOGIN: "login", ingest_pb2.EVENT_KIND_STAT:
 
 
 class EventSubmitter(Protocol):
-    """What the servicers need from the ingestion core (`service.events.Ingestor`)."""
+    """What the servicers need from the ingestion core (`service.usecases.events.Ingestor`)."""
 
     async def submit(self, events: Sequence[IncomingEvent], origin: str,
                      deadline: float | None = None) -> SubmitResult: ...

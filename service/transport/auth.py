@@ -24,8 +24,8 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 from prometheus_client import Counter
 
-from service.errors import ApiError
-from service.settings import Settings, SettingsError
+from service.transport.errors import ApiError
+from service.config.settings import Settings, SettingsError
 
 JWKS_FETCHES = Counter(
     "challenge_jwks_fetches_total", "JWKS downloads by outcome", ["result"],

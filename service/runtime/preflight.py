@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from service.app import (
+from service.runtime.app import (
     StartupError,
     load_service_catalog,
     validate_settings,
     wants_embedded_postgres,
     wants_embedded_redis,
 )
-from service.embedded import discover
-from service.migrations import MigrationError, migration_status
-from service.settings import Settings
+from service.runtime.embedded import discover
+from service.storage.migrations import MigrationError, migration_status
+from service.config.settings import Settings
 
 
 def check_configuration(settings: Settings) -> list[str]:

@@ -16,8 +16,8 @@ from typing import Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from service import catalog as catalog_model
-from service.players import (
+from service.domain import catalog as catalog_model
+from service.usecases.players import (
     ChallengeState,
     ClaimResult,
     GoalState,
@@ -28,7 +28,7 @@ from service.players import (
     SelectResult,
     SetActiveResult,
 )
-from service.rules import expiry_fields, format_timestamp
+from service.domain.rules import expiry_fields, format_timestamp
 
 # --- schemas ---------------------------------------------------------------------------------------
 

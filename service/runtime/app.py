@@ -22,27 +22,28 @@ from typing import Any
 
 import uvicorn
 
-from service import __version__, event_loop
-from service.admin import combine_cache_stats, combine_pool_stats, create_admin_app, process_stats
-from service.auth import AuthConfig, Authenticator, auth_config_from_settings, ensure_embedded_secret
-from service.cache import Cache, open_redis
-from service.cache import ping as ping_redis
-from service.catalog import Catalog, CatalogError, load_catalog
-from service.embedded import EmbeddedServers, connection_help
-from service.events import IngestConfig, Ingestor
-from service.gc_policy import freeze_startup_objects
-from service.grpc_api import create_grpc_server
-from service.health import Readiness
-from service.http_api import create_http_app, player_routes
-from service.metrics import BUILD_INFO, multiprocess_registry
-from service.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
-from service.players import Players
-from service.registry import RegistryError, load_registry
-from service.resources import example_catalog_path
-from service.rewards import RewardConfig, RewardGranter
-from service.settings import Settings, SettingsError, is_loopback, validate_for_serve
-from service.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
-from service.workers import SharedState, WorkerFailure, WorkerPool, WorkerSpec, runtime_directory, serve_control
+from service import __version__
+from service.runtime import event_loop
+from service.transport.admin import combine_cache_stats, combine_pool_stats, create_admin_app, process_stats
+from service.transport.auth import AuthConfig, Authenticator, auth_config_from_settings, ensure_embedded_secret
+from service.storage.cache import Cache, open_redis
+from service.storage.cache import ping as ping_redis
+from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.runtime.embedded import EmbeddedServers, connection_help
+from service.usecases.events import IngestConfig, Ingestor
+from service.runtime.gc_policy import freeze_startup_objects
+from service.transport.grpc_api import create_grpc_server
+from service.transport.health import Readiness
+from service.transport.http_api import create_http_app, player_routes
+from service.telemetry.metrics import BUILD_INFO, multiprocess_registry
+from service.storage.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
+from service.usecases.players import Players
+from service.storage.registry import RegistryError, load_registry
+from service.config.resources import example_catalog_path
+from service.usecases.rewards import RewardConfig, RewardGranter
+from service.config.settings import Settings, SettingsError, is_loopback, validate_for_serve
+from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
+from service.runtime.workers import SharedState, WorkerFailure, WorkerPool, WorkerSpec, runtime_directory, serve_control
 
 log = logging.getLogger("challengectl.serve")
 

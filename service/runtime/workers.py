@@ -33,11 +33,12 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service import event_loop, metrics
+from service.runtime import event_loop
+from service.telemetry import metrics
 
 if TYPE_CHECKING:
-    from service.auth import AuthConfig
-    from service.settings import Settings
+    from service.transport.auth import AuthConfig
+    from service.config.settings import Settings
 
 log = logging.getLogger("challengectl.workers")
 
@@ -150,8 +151,8 @@ def worker_entry(spec: WorkerSpec, state: SharedState, report: Connection) -> No
     process) or until the main process is gone. `report` gets ("ready",) or ("failed", message,
     exit_code, hint) once."""
     os.setpgrp()  # Ctrl-C on a terminal signals the process group; the main process forwards it once
-    from service.app import StartupError, run_http_worker
-    from service.logs import configure_logging
+    from service.runtime.app import StartupError, run_http_worker
+    from service.telemetry.logs import configure_logging
 
     configure_logging(spec.settings.log_level, spec.settings.resolved_log_format())
     try:

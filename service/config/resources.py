@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the `service` package
 
 
 def sql_dir() -> Path:

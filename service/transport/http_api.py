@@ -21,23 +21,23 @@ from starlette.routing import BaseRoute, Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.auth import Authenticator
-from service.catalog import Catalog
-from service.errors import JSON_TYPE, ApiError, error_response, json_response
-from service.health import HEALTHY_BODY, Readiness
-from service.metrics import LATENCY_BUCKETS
-from service.openapi import encoded_openapi_document
-from service.payloads import (
+from service.transport.auth import Authenticator
+from service.domain.catalog import Catalog
+from service.transport.errors import JSON_TYPE, ApiError, error_response, json_response
+from service.transport.health import HEALTHY_BODY, Readiness
+from service.telemetry.metrics import LATENCY_BUCKETS
+from service.transport.openapi import encoded_openapi_document
+from service.transport.payloads import (
     parse_batch_select,
     parse_random_select,
     parse_set_active,
     read_body,
 )
-from service.responses import ResponseWriter
-from service.rules import utc_now
+from service.transport.responses import ResponseWriter
+from service.domain.rules import utc_now
 
 if TYPE_CHECKING:  # the use cases import the store and cache; the routes only call their methods
-    from service.players import Players
+    from service.usecases.players import Players
 
 log = logging.getLogger("challengectl.http")
 

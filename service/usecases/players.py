@@ -23,11 +23,11 @@ import psycopg
 from prometheus_client import Counter
 from psycopg.rows import class_row
 
-from service.cache import Cache, CacheRead
-from service.catalog import Catalog, Challenge, Goal, Reward
-from service.errors import ApiError
-from service.rewards import RewardGrant, RewardGranter, RewardGrantFailed
-from service.rules import (
+from service.storage.cache import Cache, CacheRead
+from service.domain.catalog import Catalog, Challenge, Goal, Reward
+from service.transport.errors import ApiError
+from service.usecases.rewards import RewardGrant, RewardGranter, RewardGrantFailed
+from service.domain.rules import (
     STATUS_CLAIMED,
     STATUS_COMPLETED,
     STATUS_NOT_STARTED,
@@ -47,7 +47,7 @@ from service.rules import (
     utc_now,
     view,
 )
-from service.store import Queries, Store, StoreUnavailable
+from service.storage.store import Queries, Store, StoreUnavailable
 
 
 @dataclass(frozen=True, slots=True)

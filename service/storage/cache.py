@@ -28,7 +28,7 @@ from prometheus_client import Counter, Gauge
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.exceptions import NoScriptError, RedisError
 
-from service.rules import PROGRESS_ROW_COLUMNS, ProgressRow
+from service.domain.rules import PROGRESS_ROW_COLUMNS, ProgressRow
 
 CACHE_REQUESTS = Counter(
     "challenge_cache_requests_total", "Cache reads by kind and result",
@@ -196,7 +196,7 @@ class _EntryJson(msgspec.Struct):
 
 
 if tuple(_RowJson.__struct_fields__) != PROGRESS_ROW_COLUMNS:
-    raise RuntimeError("the cache row shape no longer matches service.rules.ProgressRow's columns")
+    raise RuntimeError("the cache row shape no longer matches service.domain.rules.ProgressRow's columns")
 
 _ZERO = timedelta(0)
 _entry_encoder = msgspec.json.Encoder()

@@ -15,14 +15,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import ApiError, error_response, json_response
-from service.health import Readiness
-from service.http_api import health_routes
-from service.pool_stats import nearest_rank
+from service.transport.errors import ApiError, error_response, json_response
+from service.transport.health import Readiness
+from service.transport.http_api import health_routes
+from service.telemetry.pool_stats import nearest_rank
 
 if TYPE_CHECKING:
-    from service.cache import Cache
-    from service.store import Store
+    from service.storage.cache import Cache
+    from service.storage.store import Store
 
 JsonView = Callable[[], "dict[str, Any] | Awaitable[dict[str, Any]]"]
 

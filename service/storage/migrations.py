@@ -20,8 +20,8 @@ import psycopg
 import sqlparse
 from psycopg import sql
 
-from service.resources import migrations_dir
-from service.store import describe_target, session_options, short_reason
+from service.config.resources import migrations_dir
+from service.storage.store import describe_target, session_options, short_reason
 
 # Any constant shared by every build works; this one is "chlgmigr" in ASCII.
 MIGRATION_LOCK_KEY = 0x63686C676D696772

@@ -1,0 +1,1 @@
+"""Configuration: the settings object and the locations of files shipped with the service."""

@@ -1,0 +1,1 @@
+"""Runtime: wiring and lifecycle of the service process, HTTP worker processes, embedded servers."""

@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics, pool statistics and logging setup shared by every layer."""

@@ -1,0 +1,1 @@
+"""Use cases: the player operations, event ingestion and flushing, and reward granting."""
