@@ -1,8 +1,8 @@
 """Flush strategies compared: the project's one-statement UNNEST flush against COPY into a temporary table.
 
-DESIGN.md ("Performance architecture") chose to pass a flush's entries as arrays to one statement,
+docs/architecture.md ("Performance design") chose to pass a flush's entries as arrays to one statement,
 `apply_event_updates` of the named-query registry, instead of what the reference did: COPY the entries into
-a temporary table, then one `UPDATE ... FROM` joining it (SPEC §6.8). This script measures that choice on
+a temporary table, then one `UPDATE ... FROM` joining it (docs/events.md#flush). This script measures that choice on
 one database in one run. The variants, each a complete flush (entries in, outcomes out, committed):
 
 - `unnest registry`: the service's own statement, run like the flusher runs it (`service.storage.store.Queries`,
@@ -14,7 +14,7 @@ one database in one run. The variants, each a complete flush (entries in, outcom
 - `unnest simplified` (control): the simplified UPDATE of the COPY variants with the entries passed as
   arrays, which separates the cost of moving entries in from the cost of the full per-row rule.
 
-The workload is the SPEC §6.8 rule's simple case, absolute statistic goals without rotation, for which
+The workload is the docs/events.md#flush rule's simple case, absolute statistic goals without rotation, for which
 the simplified UPDATE implements the same rule: the same eligibility (active, not claimed), progress,
 status and completed_at, the same row locking (FOR UPDATE SKIP LOCKED, an entry with a locked row deferred
 as a whole) and the same per-entry outcomes. Before timing, every variant runs the same entries on the same

@@ -7,7 +7,7 @@ two columns compare the cache against PostgreSQL-only reads on the same machine 
 
     python bench/player_api.py [--users 200] [--duration 10] [--connections 32] [--workers 1]
 
-`--workers N` runs the service with N HTTP worker processes (`serve --workers N`, SPEC §5.1); run it
+`--workers N` runs the service with N HTTP worker processes (`serve --workers N`, docs/http-api.md#general-rules); run it
 with 1 and with 2 to compare.
 
 Needs `wrk` (Debian package `wrk`). Prints a Markdown table.

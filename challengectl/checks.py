@@ -1,4 +1,4 @@
-"""The checks of `challengectl doctor` (SPEC §10.2 doctor table, §12): each one is a small async
+"""The checks of `challengectl doctor` (docs/cli.md#commands doctor table, docs/diagnostics.md): each one is a small async
 function that observes one thing and returns a `CheckResult` (id, status, observed value, hint).
 Nothing here renders; `challengectl.commands.doctor` prints the results.
 
@@ -355,7 +355,7 @@ async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
             findings.append(f"{count} row(s) of goal '{goal_id}' under challenge '{challenge_id}' "
                             f"(catalog: '{catalog_challenge_id}')")
     return CheckResult("catalog-rows", WARN, "; ".join(findings[:5]) + ("; ..." if len(findings) > 5 else ""),
-                       "rows of removed goals stay unused (SPEC §3.5); a goal cannot move to another challenge: "
+                       "rows of removed goals stay unused (docs/catalog.md#questions-that-come-up); a goal cannot move to another challenge: "
                        "restore it in the catalog or give the goal a new id")
 
 
@@ -369,7 +369,7 @@ def _create_statement(index: ExpectedIndex) -> str:
 
 
 async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
-    """The §4.2 indexes are present, valid and defined as specified (else fail); an index duplicating
+    """The docs/data-model.md#indexes indexes are present, valid and defined as specified (else fail); an index duplicating
     another (the primary key counts) or an unused extra index warns."""
     conn = await need_database(diagnosis)
     if not await _progress_table_exists(conn):
@@ -408,7 +408,7 @@ async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
     if warnings:
         drops = "; ".join(f"DROP INDEX CONCURRENTLY {name}" for name, _ in warnings)
         return CheckResult("indexes", WARN, "; ".join(text for _, text in warnings),
-                           f"{drops} (SPEC §4.2: no index may duplicate the primary key; "
+                           f"{drops} (docs/data-model.md#indexes: no index may duplicate the primary key; "
                            "'challengectl db indexes' shows the statistics)")
     return CheckResult("indexes", PASS, f"expected present and valid: {', '.join(sorted(expected_names))}")
 

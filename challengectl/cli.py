@@ -1,5 +1,5 @@
-"""The typer root app: global options (SPEC §9.3), the wiring of the command groups, and `main`, which
-turns every failure into `Error:`/`Hint:` lines and an exit code (SPEC §10.5, §10.6).
+"""The typer root app: global options (docs/configuration.md#cli-settings), the wiring of the command groups, and `main`, which
+turns every failure into `Error:`/`Hint:` lines and an exit code (docs/cli.md#exit-codes, docs/cli.md#errors-and-hints).
 
 Command modules plug in with a `register(app: typer.Typer) -> None` function (adding their commands,
 sub-apps and hidden aliases); `COMMAND_MODULES` lists them in one place. A listed module that does not
@@ -132,7 +132,7 @@ def redact(text: str) -> str:
 
 
 def _wants_json_errors() -> bool:
-    """`-o json` (flag, env or config file) also writes the error object to stdout (SPEC §10.6)."""
+    """`-o json` (flag, env or config file) also writes the error object to stdout (docs/cli.md#errors-and-hints)."""
     if _invocation is None:
         return False
     requested = _invocation.flags.get("output")

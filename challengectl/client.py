@@ -1,9 +1,9 @@
-"""The CLI's async clients for a running service (SPEC §9.3, §10): REST (`ApiClient`), admin
+"""The CLI's async clients for a running service (docs/configuration.md#cli-settings, docs/cli.md): REST (`ApiClient`), admin
 (`AdminClient`) and gRPC ingestion (`IngestClient`), plus the player identity (`PlayerAuth`).
 
 Everything opens lazily: `Clients` creates a client on first attribute access and a connection on the
 first call, so a command that sends no events never dials gRPC. Every failure is raised as a
-`CliError` with the exit code and hint of SPEC §10.5/§10.6; commands never inspect raw statuses
+`CliError` with the exit code and hint of docs/cli.md#exit-codes, docs/cli.md#errors-and-hints; commands never inspect raw statuses
 unless they ask for them (`ApiClient.send(..., accept=(404,))`).
 
     async def main(clients: Clients) -> None:
@@ -93,7 +93,7 @@ class HttpClient:
                    params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
                    accept: Sequence[int] = ()) -> ApiResponse:
         """Send one request; a 2xx status, or one listed in `accept`, is returned, any other raises
-        CliError (SPEC §10.5). Connection failures and timeouts raise CliError exit 5."""
+        CliError (docs/cli.md#exit-codes). Connection failures and timeouts raise CliError exit 5."""
         url = self.url(path)
         query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None}
         self._print_curl(method, url, query, headers or {}, json_body)
@@ -219,7 +219,7 @@ class IngestClient:
 
     async def call(self, method: str, multi_callable: Any, request: Any) -> Any:
         """Invoke a unary stub method; `method` (e.g. `challengectl.v1.EventIngest/Publish`) names it in
-        errors and in the `--debug` grpcurl line. gRPC failures raise CliError per SPEC §10.5."""
+        errors and in the `--debug` grpcurl line. gRPC failures raise CliError per docs/cli.md#exit-codes."""
         if self._debug_print is not None:
             from google.protobuf.json_format import MessageToJson
 
@@ -273,7 +273,7 @@ def local_jwt_secret(settings: Settings) -> bytes | None:
 
 
 class PlayerAuth:
-    """How player calls authenticate (SPEC §9.3, §10.2), decided once on the first player call:
+    """How player calls authenticate (docs/configuration.md#cli-settings, docs/cli.md#commands), decided once on the first player call:
 
     1. `--token` / `CHALLENGE_TOKEN`: sent as is, for every user;
     2. a local HS256 secret (`jwt_secret`, `jwt_secret_file`, or `<data_dir>/jwt.secret` of an embedded

@@ -1,5 +1,5 @@
 """Where the CLI's direct PostgreSQL/Redis connections go: the configured URL, or the embedded servers
-of the data dir (a running `serve`'s, or started for the duration of the command) (SPEC §9.4).
+of the data dir (a running `serve`'s, or started for the duration of the command) (docs/configuration.md#embedded-default).
 
 Whether a server is the embedded one is decided as `serve` decides it (`service.runtime.app.wants_embedded_*`),
 so a command inspects the server the service actually uses."""

@@ -35,7 +35,7 @@ T = TypeVar("T")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
-# Global flags that carry secrets: accepted, but they show up in shell history and `ps` (SPEC §9.1).
+# Global flags that carry secrets: accepted, but they show up in shell history and `ps` (docs/configuration.md#sources-and-precedence).
 SECRET_FLAGS = {"token": ("--token", "CHALLENGE_TOKEN")}
 URL_FLAGS = {"database_url": ("--database-url", "DATABASE_URL"), "redis_url": ("--redis-url", "REDIS_URL")}
 
@@ -67,7 +67,7 @@ def command_group(help_text: str, **kwargs: Any) -> typer.Typer:
 class CliContext:
     """What the root callback built from the global options.
 
-    - `flags`: the global options that were given, by setting name (the `flag` layer of SPEC §9.1);
+    - `flags`: the global options that were given, by setting name (the `flag` layer of docs/configuration.md#sources-and-precedence);
     - `settings(**command_flags)`: the effective Settings (command flags over global ones; cached);
     - `output`: the Output (format, tables, JSON/YAML/CSV, stderr hints/warnings/progress);
     - `clients()`: a fresh lazy `Clients` (api/admin/ingest); `run(fn)` runs `fn(clients)` in asyncio
@@ -152,7 +152,7 @@ def get_cli(ctx: typer.Context) -> CliContext:
 
 
 def secret_flag_warnings(flags: dict[str, Any]) -> list[str]:
-    """Warnings for secrets given as flags (visible in shell history and `ps`), SPEC §9.1."""
+    """Warnings for secrets given as flags (visible in shell history and `ps`), docs/configuration.md#sources-and-precedence."""
     warnings = []
     for name, (flag, env) in SECRET_FLAGS.items():
         if flags.get(name):
@@ -164,7 +164,7 @@ def secret_flag_warnings(flags: dict[str, Any]) -> list[str]:
 
 
 def config_file_warning(config_file: str | None) -> str | None:
-    """A warning when the config file holds secrets and is readable by group or others (SPEC §9.1)."""
+    """A warning when the config file holds secrets and is readable by group or others (docs/configuration.md#sources-and-precedence)."""
     path = Path(config_file).expanduser() if config_file else default_config_path()
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)

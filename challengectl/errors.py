@@ -1,9 +1,9 @@
-"""The CLI's error type, its exit codes, and the mapping of service failures to both (SPEC §10.5, §10.6).
+"""The CLI's error type, its exit codes, and the mapping of service failures to both (docs/cli.md#exit-codes, docs/cli.md#errors-and-hints).
 
 Every command reports a failure by raising `CliError`; `challengectl.cli.main` prints it as
 `Error: <message>` / `Hint: <hint>` on stderr and exits with its `exit_code`. The helpers below turn
 what a client observed (an HTTP status and body, a gRPC status, a connection failure) into a CliError
-with the exit code and hint of the SPEC, so commands never decide exit codes for service errors.
+with the exit code and hint of docs/cli.md, so commands never decide exit codes for service errors.
 """
 
 from __future__ import annotations
@@ -65,13 +65,13 @@ class CliError(Exception):
         self.code = code or CODE_BY_EXIT.get(exit_code, "FAILED")
 
     def as_json(self) -> dict[str, Any]:
-        """The `{"error": {...}}` object written to stdout with `-o json` (SPEC §10.6)."""
+        """The `{"error": {...}}` object written to stdout with `-o json` (docs/cli.md#errors-and-hints)."""
         return {"error": {"code": self.code, "message": self.message, "hint": self.hint or None,
                           "exit_code": self.exit_code}}
 
 
 def exit_code_for_http_status(status: int) -> int:
-    """401/403 → 4, 404 → 3, 502/503/504 → 5, any other 4xx/5xx → 1 (SPEC §10.5)."""
+    """401/403 → 4, 404 → 3, 502/503/504 → 5, any other 4xx/5xx → 1 (docs/cli.md#exit-codes)."""
     if status in (401, 403):
         return EXIT_AUTH
     if status == 404:
@@ -82,7 +82,7 @@ def exit_code_for_http_status(status: int) -> int:
 
 
 def hint_for_http_status(status: int, admin: bool = False) -> str:
-    """The next step for an HTTP error status (SPEC §10.6); empty for business errors."""
+    """The next step for an HTTP error status (docs/cli.md#errors-and-hints); empty for business errors."""
     if status in (401, 403):
         return HINT_ADMIN_TOKEN if admin else HINT_TOKEN
     if status in (502, 503, 504):
@@ -115,7 +115,7 @@ _GRPC_EXIT_CODES = {
 
 def exit_code_for_grpc(status: grpc.StatusCode) -> int:
     """UNAUTHENTICATED/PERMISSION_DENIED → 4; UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED → 5;
-    INVALID_ARGUMENT → 1; NOT_FOUND → 3; anything else → 1 (SPEC §10.5)."""
+    INVALID_ARGUMENT → 1; NOT_FOUND → 3; anything else → 1 (docs/cli.md#exit-codes)."""
     return _GRPC_EXIT_CODES.get(status, EXIT_FAILED)
 
 
@@ -136,7 +136,7 @@ def error_from_grpc(status: grpc.StatusCode, details: str | None, method: str, t
 
 
 def hint_for_unreachable_rest(url_port: int | None, grpc_port: int, http_port: int) -> str:
-    """The hint when the REST API did not answer: a URL aimed at the gRPC port says so (SPEC §10.6)."""
+    """The hint when the REST API did not answer: a URL aimed at the gRPC port says so (docs/cli.md#errors-and-hints)."""
     if url_port is not None and url_port == grpc_port:
         return f"{grpc_port} is the gRPC port; the REST API listens on {http_port}"
     return HINT_START_SERVICE

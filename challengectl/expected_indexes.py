@@ -1,4 +1,4 @@
-"""The index rules of SPEC §4.2, shared by `challengectl explain`, `db indexes` and `doctor`: the
+"""The index rules of docs/data-model.md#indexes, shared by `challengectl explain`, `db indexes` and `doctor`: the
 indexes the service expects (`EXPECTED_INDEXES`, with the constant statements that create them) and
 the test of whether one index is made redundant by another (`is_covered_by`), on which the "no index
 may duplicate the primary key" rule rests.
@@ -15,7 +15,7 @@ PROGRESS_TABLE = "user_goal_progress"
 
 @dataclass(frozen=True)
 class ExpectedIndex:
-    """An index SPEC §4.2 requires, with the constant statements that (re)create it."""
+    """An index docs/data-model.md#indexes requires, with the constant statements that (re)create it."""
 
     index_name: str
     table_name: str
@@ -81,7 +81,7 @@ def is_covered_by(candidate: IndexKey, other: IndexKey) -> bool:
     """Whether `other` (an index of the same table) serves every lookup `candidate` serves, making a
     non-unique `candidate` redundant: the same access method, `candidate`'s key columns a leading prefix
     of (or equal to) `other`'s with the same operator classes and collations, the same predicate and
-    expressions, and `candidate`'s INCLUDE columns all among `other`'s columns (SPEC §4.2, §12.1)."""
+    expressions, and `candidate`'s INCLUDE columns all among `other`'s columns (docs/data-model.md#indexes, docs/diagnostics.md#postgresql)."""
     width = len(candidate.columns)
     return (not candidate.unique
             and candidate.access_method == other.access_method

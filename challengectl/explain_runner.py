@@ -1,4 +1,4 @@
-"""The database side of `challengectl explain` (SPEC §10.3): which statement to explain, the sample
+"""The database side of `challengectl explain` (docs/cli.md#explain): which statement to explain, the sample
 user and the parameters derived from that user's rows, and the EXPLAIN itself inside a transaction that
 is always rolled back.
 
@@ -145,7 +145,7 @@ class ParamDefaults:
 
 def derive_params(statement: Statement, sample: SampleUser, catalog: Catalog | None, defaults: ParamDefaults,
                   now: datetime, generation: int | None = None) -> dict[str, Any]:
-    """Parameter values for `statement` from the sample user's rows, as SPEC §10.3 describes.
+    """Parameter values for `statement` from the sample user's rows, as docs/cli.md#explain describes.
     Names it cannot derive are left out (the caller asks for `--param`)."""
     first = sample.first_active
     active = sample.active_rows or sample.rows

@@ -1,6 +1,6 @@
-"""Rendering for every command (SPEC §10.4): format resolution, rich tables on a TTY, JSON, YAML,
+"""Rendering for every command (docs/cli.md#output-conventions): format resolution, rich tables on a TTY, JSON, YAML,
 CSV, plain text, NDJSON streams, colour rules, the stderr console for hints/warnings/progress, and the
-confirmation rule for destructive actions (SPEC §10.7).
+confirmation rule for destructive actions (docs/cli.md#destructive-actions).
 
 Typical use inside a command (`out = ctx.obj.output`):
 
@@ -41,7 +41,7 @@ from challengectl.errors import EXIT_USAGE, CliError
 FORMATS = ("table", "json", "yaml", "csv", "text")
 PIPED_WIDTH = 200
 
-# Meaning is never carried by colour alone (SPEC §10.4): the marker and the word are always printed.
+# Meaning is never carried by colour alone (docs/cli.md#output-conventions): the marker and the word are always printed.
 MARKERS = {"pass": "✓", "warn": "!", "fail": "✗"}
 STATUS_WORDS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}
 STATUS_STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red"}
@@ -62,7 +62,7 @@ def resolve_format(requested: str | None, stdout_is_tty: bool) -> str:
 
 
 def color_enabled(is_tty: bool, flag: bool | None = None, environ: Mapping[str, str] | None = None) -> bool:
-    """Whether to colour a stream (SPEC §10.4): `--color/--no-color` override everything; a non-empty
+    """Whether to colour a stream (docs/cli.md#output-conventions): `--color/--no-color` override everything; a non-empty
     `NO_COLOR` disables (it wins over FORCE_COLOR: the user's opt-out is the stronger wish); a non-empty
     `FORCE_COLOR` or `CLICOLOR_FORCE` forces; `TERM=dumb` disables; otherwise colour only on a TTY."""
     if flag is not None:
@@ -360,7 +360,7 @@ class ProgressHandle:
 
 
 def confirm(action: str, yes: bool, dry_run: bool = False) -> bool:
-    """The confirmation rule for destructive actions (SPEC §10.7). Returns True when the action may
+    """The confirmation rule for destructive actions (docs/cli.md#destructive-actions). Returns True when the action may
     proceed, False for `--dry-run` (the caller has printed what would be done and changes nothing).
 
     - `--dry-run`: prints `dry run: would <action>; nothing changed` on stderr, returns False;

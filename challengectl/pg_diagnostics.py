@@ -1,9 +1,9 @@
-"""PostgreSQL data access for `challengectl db activity|queries|indexes|tables` (SPEC §12.1): the SQL,
+"""PostgreSQL data access for `challengectl db activity|queries|indexes|tables` (docs/diagnostics.md#postgresql): the SQL,
 the reads, and typed records for their rows. Rendering lives in `challengectl/commands/db.py`.
 
 SQL is composed only from the constant fragments of this module and identifiers quoted with
 `psycopg.sql`; every value is a bound parameter. Everything here reads, except the three destructive
-actions the CLI confirms first (SPEC §10.7): `signal_backend` (cancel/terminate),
+actions the CLI confirms first (docs/cli.md#destructive-actions): `signal_backend` (cancel/terminate),
 `reset_statement_stats` and `create_suggested_index`.
 """
 
@@ -40,7 +40,7 @@ def connect(url: str, statement_timeout_ms: int, connect_timeout_s: int) -> psyc
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """Server settings and database-wide numbers (SPEC §12.1 "Server settings", "Sizes", cache hit)."""
+    """Server settings and database-wide numbers (docs/diagnostics.md#postgresql "Server settings", "Sizes", cache hit)."""
 
     server_version: str
     server_version_num: int
@@ -312,7 +312,7 @@ class StatementColumns:
 
 
 def statement_columns(view_columns: Collection[str]) -> StatementColumns:
-    """The column set of the installed view, from its actual column names (SPEC §12.1): `*_exec_time`
+    """The column set of the installed view, from its actual column names (docs/diagnostics.md#postgresql): `*_exec_time`
     (PostgreSQL ≥ 13) or `*_time` (≤ 12); `shared_blk_*_time` (≥ 17) or `blk_*_time`."""
     names = set(view_columns)
     if "total_exec_time" in names:
@@ -502,7 +502,7 @@ class IndexInfo:
 
     @property
     def key(self) -> IndexKey:
-        """The parts the §4.2 duplicate rule compares."""
+        """The parts the docs/data-model.md#indexes duplicate rule compares."""
         return IndexKey(columns=tuple(self.columns), opclasses=tuple(str(oid) for oid in self.opclasses),
                         collations=tuple(str(oid) for oid in self.collations), unique=self.is_unique,
                         access_method=self.access_method, predicate=self.predicate, expressions=self.expressions,
@@ -578,7 +578,7 @@ def stats_age(conn: psycopg.Connection) -> StatsAge:
 
 def unused_indexes(indexes: Iterable[IndexInfo], expected: Sequence[ExpectedIndex] | None = None) -> list[IndexInfo]:
     """Never-scanned indexes that nothing else needs: not primary, not unique, backing no constraint,
-    and not one of the expected indexes (SPEC §4.2 reports those separately)."""
+    and not one of the expected indexes (docs/data-model.md#indexes reports those separately)."""
     wanted = {(index.table_name, index.index_name) for index in (EXPECTED_INDEXES if expected is None else expected)}
     return [index for index in indexes if index.idx_scan == 0 and not index.is_primary and not index.is_unique
             and index.constraint_name is None and (index.table_name, index.index_name) not in wanted]
@@ -599,7 +599,7 @@ class DuplicateIndex:
 
 
 def _is_covered_by(candidate: IndexInfo, other: IndexInfo) -> bool:
-    """Whether `other`, on the same table, serves every lookup `candidate` serves (SPEC §12.1 duplicate rule)."""
+    """Whether `other`, on the same table, serves every lookup `candidate` serves (docs/diagnostics.md#postgresql duplicate rule)."""
     return candidate.table_name == other.table_name and is_covered_by(candidate.key, other.key)
 
 
@@ -817,7 +817,7 @@ def exact_count(conn: psycopg.Connection, table: str) -> ExactCount:
     return row
 
 
-# Lower bounds of the goals-per-user buckets (SPEC §12.1): 1, 2–5, 6–10, …, 201–500, > 500.
+# Lower bounds of the goals-per-user buckets (docs/diagnostics.md#postgresql): 1, 2–5, 6–10, …, 201–500, > 500.
 HISTOGRAM_BOUNDS = (1, 2, 6, 11, 21, 51, 101, 201, 501)
 
 

@@ -1,4 +1,4 @@
-"""Reading PostgreSQL query plans (SPEC §10.3): the `EXPLAIN (FORMAT JSON)` document as a node tree,
+"""Reading PostgreSQL query plans (docs/cli.md#explain): the `EXPLAIN (FORMAT JSON)` document as a node tree,
 the totals, the indexes a plan uses, and the findings with their advice.
 
 Everything here is a pure function of the plan and of what the caller read about the tables the plan
@@ -58,7 +58,7 @@ class IndexInfo:
 
     @property
     def key(self) -> IndexKey:
-        """The parts the §4.2 duplicate rule compares."""
+        """The parts the docs/data-model.md#indexes duplicate rule compares."""
         return IndexKey(columns=self.columns, opclasses=self.opclasses, collations=self.collations,
                         unique=self.unique, access_method=self.access_method, predicate=self.predicate,
                         expressions=self.expressions, include_columns=self.include_columns)
@@ -420,7 +420,7 @@ def _unique_indexes(table: str, tables: Mapping[str, TableInfo]) -> list[str]:
 # --- findings ------------------------------------------------------------------------------------
 
 def analyze_plan(explain_json: Any, context: PlanContext) -> PlanAnalysis:
-    """Parse the plan and apply every rule of SPEC §10.3 (plus the duplicate-index rule of §4.2)."""
+    """Parse the plan and apply every rule of docs/cli.md#explain (plus the duplicate-index rule of docs/data-model.md#indexes)."""
     root = parse_plan(explain_json)
     totals = plan_totals(explain_json)
     used = indexes_used(root, context.tables)
@@ -475,7 +475,7 @@ def seq_scan_findings(root: PlanNode, context: PlanContext) -> list[Finding]:
 
 
 def seq_scan_advice(node: PlanNode, info: TableInfo | None) -> str:
-    """The index that would serve the scan's filter: a missing expected index of §4.2 when one
+    """The index that would serve the scan's filter: a missing expected index of docs/data-model.md#indexes when one
     matches, otherwise an index built from the filter (equality columns, then ranges, partial predicate)."""
     table = node.relation or "?"
     filter_text = node.get("Filter")
@@ -486,7 +486,7 @@ def seq_scan_advice(node: PlanNode, info: TableInfo | None) -> str:
     expected = _missing_expected_index(table, shape, info)
     if expected is not None:
         state = "is missing" if info is None or info.index(expected.index_name) is None else "is INVALID"
-        return f"the expected index {expected.index_name} (SPEC §4.2) {state}: {expected.create_sql};"
+        return f"the expected index {expected.index_name} (docs/data-model.md#indexes) {state}: {expected.create_sql};"
     return f"{index_sql(table, shape)} (to serve the filter {filter_text})"
 
 
@@ -626,7 +626,7 @@ def heap_fetch_findings(root: PlanNode) -> list[Finding]:
 
 
 def duplicate_index_findings(root: PlanNode, context: PlanContext) -> list[Finding]:
-    """warn: an index of a table in the plan that the primary key makes redundant (§4.2, §12.1): see
+    """warn: an index of a table in the plan that the primary key makes redundant (docs/data-model.md#indexes, docs/diagnostics.md#postgresql): see
     `duplicates_of_primary_key`."""
     findings = []
     nodes_by_index = {node.index_name: node for node in root.walk() if node.index_name}

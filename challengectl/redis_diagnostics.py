@@ -1,7 +1,7 @@
-"""Read-only data access for the cache commands (SPEC §8.2, §12.2): the INFO figures operators need, throttled SCANs grouped by key kind, sampled TTLs and `MEMORY USAGE`, and one
+"""Read-only data access for the cache commands (docs/cache.md#keys, docs/diagnostics.md#redis): the INFO figures operators need, throttled SCANs grouped by key kind, sampled TTLs and `MEMORY USAGE`, and one
 user's keys decoded. Presentation lives in `challengectl/commands/cache.py`.
 
-Keys are only ever found with `SCAN … MATCH … COUNT` (never `KEYS`, SPEC §8.6).
+Keys are only ever found with `SCAN … MATCH … COUNT` (never `KEYS`, docs/cache.md#redis-cluster).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ async def redis_failures_as_cli_errors(url: str, doing: str) -> AsyncIterator[No
 
 
 def server_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """The §12.2 figures of one `INFO` reply (server, stats, memory, clients, keyspace), snake_case."""
+    """The docs/diagnostics.md#redis figures of one `INFO` reply (server, stats, memory, clients, keyspace), snake_case."""
     hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
     keyspace = {name: {"keys": value.get("keys", 0), "expires": value.get("expires", 0)}
                 for name, value in info.items() if re.fullmatch(r"db\d+", name) and isinstance(value, dict)}
@@ -90,7 +90,7 @@ async def read_server_summary(client: redis_asyncio.Redis) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class CacheKey:
-    """One key in the cache's layout (§8.2): its name (`raw` as Redis holds it), kind, user, and the
+    """One key in the cache's layout (docs/cache.md#keys): its name (`raw` as Redis holds it), kind, user, and the
     fingerprint or event id after the kind. Keys outside the layout have kind `other` and no user."""
 
     raw: bytes
@@ -235,7 +235,7 @@ def ttl_bucket(ttl_ms: int) -> str:
 
 async def user_cache_state(client: redis_asyncio.Redis, layout: KeyLayout, user_id: str,
                            fingerprint: str | None) -> dict[str, Any]:
-    """Everything the cache holds for one user (§12.2 `cache keys --user`): the keys with their TTLs, the
+    """Everything the cache holds for one user (docs/diagnostics.md#redis `cache keys --user`): the keys with their TTLs, the
     decoded active entry (rows, token match, fingerprint match), synced markers (current or older
     fingerprint) and de-duplication markers by state. `fingerprint` None: the catalog is unknown."""
     prefix = layout.prefix

@@ -1,4 +1,4 @@
-"""The one loop behind `watch` and every `--watch` mode (SPEC §10.4 streaming commands): a tick every
+"""The one loop behind `watch` and every `--watch` mode (docs/cli.md#output-conventions streaming commands): a tick every
 `--interval` (fixed cadence), at most `--count` ticks, a transient failure (exit code 5) reported and
 retried after a doubling backoff, any other failure raised. Ctrl-C ending the loop with exit 0 is the
 caller's `except KeyboardInterrupt`, around the event loop that runs this.

@@ -1,9 +1,9 @@
--- The named-query registry (SPEC §4.5): every statement the service runs, each under a name.
+-- The named-query registry (docs/data-model.md#named-queries): every statement the service runs, each under a name.
 --
 -- Entry format: a header of `-- key: value` lines, then exactly one statement ending with `;`.
 --   -- name:          unique name; `challengectl explain NAME` accepts `-` for `_`
 --   -- kind:          read | write | lock
---   -- params:        `name type` pairs, comma-separated, in binding order of the SPEC table
+--   -- params:        `name type` pairs, comma-separated, in binding order of docs/data-model.md#named-queries
 --   -- expect-index:  (optional) the index the planner is expected to use
 --   -- doc:           one sentence; indented `--   ` lines continue it
 -- Placeholders are psycopg named placeholders; a literal percent sign must be doubled.
@@ -116,7 +116,7 @@ RETURNING goal_id;
 -- kind: write
 -- params: user_id text, goal_id text, challenge_id text, namespace text, is_active boolean, expires_at timestamptz, now timestamptz
 -- expect-index: user_goal_progress_pkey
--- doc: Upsert of one row (SPEC §7.5); expires_at is N(t) for a rotating goal, NULL otherwise; returns the row.
+-- doc: Upsert of one row (docs/rules.md#set-active); expires_at is N(t) for a rotating goal, NULL otherwise; returns the row.
 --      Activation sets expires_at, and assigned_at only when the row was inactive; deactivation flips is_active only;
 --      updated_at of an existing row never changes.
 INSERT INTO user_goal_progress AS u
@@ -153,7 +153,7 @@ SELECT DISTINCT ON (d.goal_id)
        %(now)s::timestamptz, d.expires_at, %(now)s::timestamptz, %(now)s::timestamptz
   FROM unnest(%(goal_ids)s::text[], %(challenge_ids)s::text[], %(expires_at)s::timestamptz[])
        AS d (goal_id, challenge_id, expires_at)
- -- Ascending goal_id is the lock order of every multi-row player write (SPEC §7.6).
+ -- Ascending goal_id is the lock order of every multi-row player write (docs/rules.md#batch-select).
  ORDER BY d.goal_id
     ON CONFLICT (user_id, goal_id) DO UPDATE
    SET is_active   = true,
@@ -191,7 +191,7 @@ RETURNING u.goal_id;
 -- kind: write
 -- params: user_id text, goal_ids text[], boundaries timestamptz[], next_boundaries timestamptz[], reset_flags boolean[], now timestamptz
 -- expect-index: user_goal_progress_pkey
--- doc: Initialize catch-up (SPEC §7.2) of the listed active, not claimed rows whose updated_at is before their
+-- doc: Initialize catch-up (docs/rules.md#staleness-and-the-view) of the listed active, not claimed rows whose updated_at is before their
 --      goal's boundary (re-checked under the row lock, locked in goal_id order): reset or carry over, expires_at = next
 --      boundary, updated_at = now; arrays are per goal; returns the changed rows.
 WITH period AS (
@@ -284,7 +284,7 @@ RETURNING claimed_at;
 -- kind: write
 -- params: entry_user_ids text[], entry_sources text[], entry_values bigint[], entry_incs bigint[], goal_ids text[], goal_sources text[], goal_progress_modes text[], goal_targets bigint[], goal_boundaries timestamptz[], goal_next_boundaries timestamptz[], goal_reset_flags boolean[], goal_reselect_flags boolean[], now timestamptz
 -- expect-index: user_goal_progress_pkey
--- doc: The flush (SPEC §6.8): applies every buffered entry to the existing rows of the goals its source feeds, in one
+-- doc: The flush (docs/events.md#flush): applies every buffered entry to the existing rows of the goals its source feeds, in one
 --      UPDATE, skipping rows locked by others. Entries: parallel arrays, one element per (user, source), unique;
 --      entry_values is NULL for a login entry. Goals: parallel arrays, one element per goal_id, unique; boundaries and
 --      next_boundaries (B, N) are NULL for a goal that does not rotate; progress_modes are 'absolute' or 'relative'.
@@ -339,7 +339,7 @@ deferred AS (
      WHERE COALESCE(got.row_count, 0) < candidate.row_count
 ),
 new_row AS (
-    -- The per-row rule of SPEC §6.8, in 64-bit arithmetic; only eligible rows of entries not deferred.
+    -- The per-row rule of docs/events.md#flush, in 64-bit arithmetic; only eligible rows of entries not deferred.
     SELECT l.user_id, l.goal_id, l.entry_index,
            LEAST(GREATEST(val.v, 0), 2147483647)::integer AS progress,
            CASE WHEN l.progress_mode = 'relative'

@@ -1,7 +1,7 @@
 """Shared fixtures: a fresh PostgreSQL database per test run and a Redis key prefix per test run.
 
 The servers are the ones named by DATABASE_URL / REDIS_URL (CI points them at the machine's servers).
-When either is unset, that server is the embedded one (SPEC §9.4), started for the session in a
+When either is unset, that server is the embedded one (docs/configuration.md#embedded-default), started for the session in a
 temporary data dir and stopped when the session ends.
 """
 

@@ -1,4 +1,4 @@
-"""Player authentication (SPEC §5.2, §13 A1–A3, X15's jwt.secret): exact 401/403 bodies, HS256 and a
+"""Player authentication (docs/http-api.md#authentication, docs/rules.md A1–A3, X15's jwt.secret): exact 401/403 bodies, HS256 and a
 JWKS of RS256/ES256 keys served by a real local HTTP server, key rotation, the mock header, the
 embedded secret file and token minting."""
 

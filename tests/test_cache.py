@@ -1,4 +1,4 @@
-"""The Redis cache (SPEC §8): codec, keys, read/fill/invalidate protocol, synced markers, degradation.
+"""The Redis cache (docs/cache.md): codec, keys, read/fill/invalidate protocol, synced markers, degradation.
 
 Normal cases run against the shared Redis (`redis_url`, keys under a per-run prefix). Outages use a
 private redis-server started by this module on a free loopback port, stopped (SHUTDOWN SAVE, so the

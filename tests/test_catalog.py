@@ -1,4 +1,4 @@
-"""Catalog loading and validation (SPEC §3, behaviour catalogue C1–C6). Pure unit tests: no database."""
+"""Catalog loading and validation (docs/catalog.md, behaviour catalogue C1–C6). Pure unit tests: no database."""
 
 from __future__ import annotations
 

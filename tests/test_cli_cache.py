@@ -1,5 +1,5 @@
-"""`challengectl cache warm|flush|stats|keys` against a real serve, PostgreSQL and Redis (SPEC §8, §10.2,
-§10.7, §12.2; X5, X10): warmed views are the ones the service serves as cache hits, a flush removes only
+"""`challengectl cache warm|flush|stats|keys` against a real serve, PostgreSQL and Redis (docs/cache.md, docs/cli.md#commands,
+docs/cli.md#destructive-actions, docs/diagnostics.md#redis; X5, X10): warmed views are the ones the service serves as cache hits, a flush removes only
 the chosen user's keys (token rotated, de-dup markers kept), dry runs and refusals change nothing."""
 
 from __future__ import annotations

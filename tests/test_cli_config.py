@@ -1,5 +1,5 @@
-"""`config show|validate|path|init`, `token mint`, `completion` and the help conventions (SPEC §9.1,
-§10.1, §10.2; X14 precedence and aliases, C5 warnings in `config validate`)."""
+"""`config show|validate|path|init`, `token mint`, `completion` and the help conventions (docs/configuration.md#sources-and-precedence,
+docs/cli.md#command-tree, docs/cli.md#commands; X14 precedence and aliases, C5 warnings in `config validate`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CLI conventions (SPEC §10.4-§10.7; X2-X6, X13): exit codes, output formats, colour, the Error/Hint
+"""CLI conventions (docs/cli.md#output-conventions, docs/cli.md#destructive-actions; X2-X6, X13): exit codes, output formats, colour, the Error/Hint
 shape, the confirmation rule, the service clients and token minting, against a real `serve`."""
 
 from __future__ import annotations

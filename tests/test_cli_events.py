@@ -1,5 +1,5 @@
-"""`challengectl events send|replay` and the `trigger-event` alias against a real `serve` (SPEC §10.2,
-§6.2-§6.6; X1, X12): both RPCs, `--wait`, rejected events, an unreachable service, the open-model
+"""`challengectl events send|replay` and the `trigger-event` alias against a real `serve` (docs/cli.md#commands,
+docs/events.md#onmessage-services, docs/events.md#de-duplication; X1, X12): both RPCs, `--wait`, rejected events, an unreachable service, the open-model
 summary, files with generated ids, and a replay that counts nothing twice."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def progress(service: ServeProcess, user: str) -> dict[str, int]:
 
 
 def routed_default_goals(event_source: str, stat_code: str | None = None) -> set[str]:
-    """The default goals an event feeds (SPEC §6.5), from the catalog the service runs."""
+    """The default goals an event feeds (docs/events.md#routing), from the catalog the service runs."""
     return {goal.goal_id for goal in CATALOG.default_goals if goal.event_source == event_source
             and (stat_code is None or goal.requirement.stat_code == stat_code)}
 

@@ -1,4 +1,4 @@
-"""The player-driving commands against a real `serve` (SPEC §10.1, §10.2, §10.5, §10.7, §8.4; X1, X2,
+"""The player-driving commands against a real `serve` (docs/cli.md#command-tree, docs/cli.md#commands, docs/cli.md#exit-codes, docs/cli.md#destructive-actions, docs/cache.md#read-your-writes; X1, X2,
 X5, X13): `users init|show|delete|backdate`, `challenges list|get|rotation`,
 `goals activate|deactivate|select|random|claim`, and the reference CLI's hidden aliases."""
 
@@ -327,7 +327,7 @@ def test_claim_then_backdate_makes_a_rotating_goal_reset(run, service: ServeProc
     assert (returning["new_users"], returning["returning_users"]) == (0, 1)
     (caught_up,) = run("users", "show", user, "--goal", "daily-login", "-o", "json").json["rows"]
     assert (caught_up["status"], caught_up["baseline_value"], caught_up["completed_at"]) == ("not_started", None, None)
-    assert caught_up["view"]["progress"] == 0  # relative goal without a baseline (SPEC §7.2)
+    assert caught_up["view"]["progress"] == 0  # relative goal without a baseline (docs/rules.md#staleness-and-the-view)
     assert caught_up["stale"] is False and caught_up["would_reset"] is False
     table = run("users", "show", user, "-o", "table").out
     assert "WOULD RESET" in table and "reward grants" in table and "entry_valid" in table
@@ -335,7 +335,7 @@ def test_claim_then_backdate_makes_a_rotating_goal_reset(run, service: ServeProc
 
 def test_claim_with_a_failing_reward_webhook_exits_5(pg_url: str, redis_url: str, redis_prefix: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    """A 502 REWARD_GRANT_FAILED from the service is exit 5 (SPEC §10.5), and the goal stays claimable."""
+    """A 502 REWARD_GRANT_FAILED from the service is exit 5 (docs/cli.md#exit-codes), and the goal stays claimable."""
     webhook = ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
                                     CHALLENGE_REDIS_KEY_PREFIX=redis_prefix, CHALLENGE_REWARD_MODE="webhook",
                                     CHALLENGE_REWARD_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/grant",

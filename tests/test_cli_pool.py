@@ -1,5 +1,5 @@
-"""`challengectl pool` against a real serve under HTTP load (SPEC §10.2 pool, §12.1, §12.3; X10), and the
-peak / acquire-wait figures that `Store` adds to `/admin/pool` (SPEC §5.6)."""
+"""`challengectl pool` against a real serve under HTTP load (docs/cli.md#commands pool, docs/diagnostics.md#postgresql, docs/diagnostics.md#the-service; X10), and the
+peak / acquire-wait figures that `Store` adds to `/admin/pool` (docs/http-api.md#admin-and-metrics)."""
 
 from __future__ import annotations
 

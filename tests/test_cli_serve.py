@@ -1,4 +1,4 @@
-"""`serve --check` and `db migrate` from the CLI, run in-process (SPEC §3.3, §4.4, §10.5)."""
+"""`serve --check` and `db migrate` from the CLI, run in-process (docs/catalog.md#validation-rules, docs/data-model.md#migrations, docs/cli.md#exit-codes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`challengectl watch` against a real `serve` (SPEC §10.2, §10.4; X11): the snapshot and NDJSON changes
+"""`challengectl watch` against a real `serve` (docs/cli.md#commands, docs/cli.md#output-conventions; X11): the snapshot and NDJSON changes
 when piped, `--once`, `--count`, `--challenge`, `--active-only`, a failed poll retried with backoff,
 Ctrl-C exiting 0, and the Live table on a terminal."""
 

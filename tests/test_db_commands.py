@@ -1,5 +1,5 @@
 """`db activity|queries|indexes|tables` run through `challengectl.cli.main` against a real PostgreSQL
-(SPEC §10.2, §10.7, §12.1; X8, X9): duplicate and expected indexes with suggest --create, a real
+(docs/cli.md#commands, docs/cli.md#destructive-actions, docs/diagnostics.md#postgresql; X8, X9): duplicate and expected indexes with suggest --create, a real
 blocking chain with cancel, table sizes and the goals-per-user histogram, the pg_stat_statements
 column sets and the missing-extension exit, confirmations, snake_case JSON and NDJSON watch ticks."""
 

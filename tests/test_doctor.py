@@ -1,5 +1,5 @@
-"""`challengectl doctor` against a real `serve`, PostgreSQL and a private Redis (SPEC §10.2 doctor table,
-§10.5): every check passes or warns acceptably when all is well, and Redis down, PostgreSQL down, a
+"""`challengectl doctor` against a real `serve`, PostgreSQL and a private Redis (docs/cli.md#commands doctor table,
+docs/cli.md#exit-codes): every check passes or warns acceptably when all is well, and Redis down, PostgreSQL down, a
 missing or duplicate index, rows outside the catalog and a loose secret file each show up in their
 row, with exit 99 (never 5) on a failure; `--skip`, `--strict` and `-o json|table`."""
 

@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL and Redis (SPEC §9.4, X15): start, reuse, restart, stop, discovery, crash recovery.
+"""Embedded PostgreSQL and Redis (docs/configuration.md#embedded-default, X15): start, reuse, restart, stop, discovery, crash recovery.
 
 Every test starts its own servers in its own temporary data dir, so these tests run whether or not
 DATABASE_URL / REDIS_URL are set.

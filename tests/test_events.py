@@ -1,4 +1,4 @@
-"""Event ingestion core (SPEC §6.4–§6.14, §13 E1–E18) against real PostgreSQL and Redis.
+"""Event ingestion core (docs/events.md#validation, docs/events.md#guarantees, docs/rules.md E1–E18) against real PostgreSQL and Redis.
 
 Tests drive `Ingestor` directly. Rows are seeded by SQL for users unique to each test. Faults are real:
 a row lock held by another session (E15), a TCP proxy in front of PostgreSQL that refuses and drops
@@ -466,7 +466,7 @@ async def _flushed(ingestor: Ingestor) -> bool:
     return stats["entries"] == 0 and stats["flushes_total"] >= 1
 
 
-# --- E9–E11, §6.9: ack modes ------------------------------------------------------------------------
+# --- E9–E11, docs/events.md#ack-modes: ack modes ------------------------------------------------------------------------
 
 
 async def test_e9_e11_buffered_mode_returns_before_the_commit_and_the_flush_follows_by_itself(
@@ -897,7 +897,7 @@ async def test_e18_entries_left_at_the_drain_timeout_are_counted_and_their_calle
     assert (await row(db, user, "login-abs"))["progress"] == 0
 
 
-# --- rotation through the flush (§6.8) -----------------------------------------------------------------
+# --- rotation through the flush (docs/events.md#flush) -----------------------------------------------------------------
 
 
 async def test_rotation_reset_carry_over_and_reopen_through_the_flush(ingest: Any, db: Any) -> None:

@@ -1,4 +1,4 @@
-"""`challengectl explain` (SPEC §10.3, X7) against real PostgreSQL with a seeded table of realistic size:
+"""`challengectl explain` (docs/cli.md#explain, X7) against real PostgreSQL with a seeded table of realistic size:
 the plan, the indexes used and the findings; a missing index and a duplicate of the primary key; every
 named query explained without changing the database; the refusals and exit codes. Also the parameter
 derivation from a sample user's rows, on the bundled example catalog."""

@@ -1,4 +1,4 @@
-"""The gRPC transport of event ingestion (SPEC §6.1–§6.4, E4, E19) on a real grpc.aio server.
+"""The gRPC transport of event ingestion (docs/events.md#grpc-server, docs/events.md#validation, E4, E19) on a real grpc.aio server.
 
 The servicers are wired to `ScriptedIngestor`, a stand-in for `service.usecases.events.Ingestor` defined
 here: it records what the transport submits and answers with scripted results or IngestErrors.

@@ -1,4 +1,4 @@
-"""The player HTTP layer over a real uvicorn server (SPEC §5.1-§5.4, §5.7; L4, A4): routing, the order of
+"""The player HTTP layer over a real uvicorn server (docs/http-api.md#general-rules, docs/http-api.md#endpoints, docs/http-api.md#openapi; L4, A4): routing, the order of
 checks, request-body parsing and limits, error bodies, headers, the OpenAPI route list and HTTP metrics.
 
 The use cases are replaced by `RecordingPlayers`, a small in-test implementation of the `Players`

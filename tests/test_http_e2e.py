@@ -1,4 +1,4 @@
-"""The player API end to end: uvicorn → routes → the real use cases → PostgreSQL and Redis (SPEC §5, §5.7;
+"""The player API end to end: uvicorn → routes → the real use cases → PostgreSQL and Redis (docs/http-api.md, docs/http-api.md#openapi;
 H4 openapi part, L4, L9, L10, A4, A5).
 
 Every response is validated with `jsonschema` (Draft 2020-12, as OpenAPI 3.1 uses) against the schema the

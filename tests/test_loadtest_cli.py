@@ -1,4 +1,4 @@
-"""`challengectl loadtest run` exit codes and outputs against the fake player API (SPEC §10.5, §11.3; P2, P4):
+"""`challengectl loadtest run` exit codes and outputs against the fake player API (docs/cli.md#exit-codes, docs/loadtest.md#loadtest-run; P2, P4):
 catalog mismatch → 2, unreachable service → 5, refused probe → 4, a failing threshold → 99, Ctrl-C → 130
 with the reports still written (`interrupted: true`), `--write-catalog` and `--dry-run`."""
 

@@ -1,5 +1,5 @@
 """Thresholds, `loadtest compare` arithmetic and `loadtest report` on fixed report documents
-(SPEC §11.5-§11.7; P4): gate expressions and defaults, improved/unchanged/regressed against the
+(docs/loadtest.md#json-report, docs/loadtest.md#markdown-report; P4): gate expressions and defaults, improved/unchanged/regressed against the
 tolerances, exit 99 on a regression, exit 2 for another schema major version, Markdown re-rendering."""
 
 from __future__ import annotations

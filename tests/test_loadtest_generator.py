@@ -1,4 +1,4 @@
-"""The load generator against a tiny fake player API (SPEC §11.1; P1): latency counts from the scheduled
+"""The load generator against a tiny fake player API (docs/loadtest.md#measurement-model; P1): latency counts from the scheduled
 time, so a 2-second stall of the service shows up as latency, not as fewer requests; the in-flight cap
 drops and counts operations; several generator processes together send exactly one schedule.
 

@@ -1,4 +1,4 @@
-"""Load-test profiles and schedules (SPEC §11.2, §11.3; P2): the seed-m3 and all-active-500 catalogs
+"""Load-test profiles and schedules (docs/loadtest.md#profiles, docs/loadtest.md#loadtest-run; P2): the seed-m3 and all-active-500 catalogs
 match their definitions, written catalogs load with the same fingerprint, and open-model schedules
 (constant, ramp, overrides, scale, warm-up) produce the planned operation counts and due times."""
 

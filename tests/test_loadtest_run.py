@@ -1,5 +1,5 @@
 """A short scaled `seed-m3` run against a real `challengectl serve` with PostgreSQL and Redis
-(SPEC §11; P3): the JSON report conforms to schema 1.0, the Markdown report has every section of §11.7,
+(docs/loadtest.md; P3): the JSON report conforms to schema 1.0, the Markdown report has every section of docs/loadtest.md#markdown-report,
 the report's counts equal the service's own Prometheus counters for the same window and its p95 falls
 within one histogram bucket of the service's; a second run compared with the first through
 `loadtest compare` and `--baseline`."""
@@ -129,7 +129,7 @@ def delta(before: dict, after: dict, name: str, **labels: str) -> float:
 
 
 def bucket_index(seconds: float) -> int:
-    """Index of the service histogram bucket (SPEC §5.6 bounds) holding a duration."""
+    """Index of the service histogram bucket (docs/http-api.md#admin-and-metrics bounds) holding a duration."""
     return next((i for i, bound in enumerate(LATENCY_BUCKETS) if seconds <= bound), len(LATENCY_BUCKETS))
 
 

@@ -1,4 +1,4 @@
-"""Migration runner and schema against real PostgreSQL (SPEC §4.1–§4.4, §13 H5 and the index part of H6).
+"""Migration runner and schema against real PostgreSQL (docs/data-model.md#table-user_goal_progress, docs/data-model.md#migrations, docs/rules.md H5 and the index part of H6).
 
 Each test gets its own throwaway database, because the runner's behaviour depends on what is already
 recorded in it.
@@ -279,7 +279,7 @@ def test_invalid_index_left_by_a_failed_concurrent_build_is_dropped_and_rebuilt(
     assert [version for version, _, _ in _recorded(fresh_db)] == [1, 2]
 
 
-# --- schema (SPEC §4.1–§4.3, H6 indexes) --------------------------------------------------------------
+# --- schema (docs/data-model.md#table-user_goal_progress, docs/data-model.md#table-reward_grants, H6 indexes) --------------------------------------------------------------
 
 _UGP_COLUMNS = [
     ("user_id", "character varying", 100, "NO", None),

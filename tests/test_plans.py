@@ -1,5 +1,5 @@
 """challengectl.plans on recorded and synthetic EXPLAIN (FORMAT JSON) documents: the node tree, the
-totals, the indexes used, and each finding rule of SPEC §10.3 firing and not firing."""
+totals, the indexes used, and each finding rule of docs/cli.md#explain firing and not firing."""
 
 from __future__ import annotations
 

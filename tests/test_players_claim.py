@@ -1,4 +1,4 @@
-"""Claim (SPEC §5.4.7, §7.8, §7.9) against real PostgreSQL and Redis, with a local webhook server:
+"""Claim (docs/http-api.md#endpoints, docs/rules.md#claim, docs/rules.md#rewards) against real PostgreSQL and Redis, with a local webhook server:
 K1–K10, T4 (reselectable claimed goals), T7, the claim timeout and read-your-writes (Ch1)."""
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ async def test_check_order(env: Env, webhook: Webhook) -> None:
 
 
 async def test_prerequisites_in_other_challenges_unlock_the_claim(env: Env) -> None:
-    """§7.10 at claim: completed or claimed prerequisites (any challenge, even inactive) unlock it."""
+    """docs/rules.md#prerequisites-and-locked at claim: completed or claimed prerequisites (any challenge, even inactive) unlock it."""
     user = new_user()
     await env.seed(user, "c2-b", **completed())
     await env.seed(user, "c2-a", **completed(is_active=False))
@@ -361,7 +361,7 @@ async def test_claim_is_visible_to_the_next_cached_read(env: Env) -> None:
 
 
 async def test_claim_waiting_on_a_locked_row_times_out_with_503(env: Env) -> None:
-    """§7.8: the whole claim is bounded by claim_timeout_ms; a row held by another transaction makes
+    """docs/rules.md#claim: the whole claim is bounded by claim_timeout_ms; a row held by another transaction makes
     it 503 `Database error occurred`, and nothing is written."""
     user = new_user()
     await env.seed(user, "c3-a", **completed())

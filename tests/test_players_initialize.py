@@ -1,4 +1,4 @@
-"""Initialize (SPEC §5.4.3, §7.3) against real PostgreSQL and Redis: I1–I14, T9, T11 (insert and
+"""Initialize (docs/http-api.md#endpoints, docs/rules.md#initialize) against real PostgreSQL and Redis: I1–I14, T9, T11 (insert and
 catch-up), and read-your-writes of initialize (Ch1)."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ async def test_second_call_is_the_fast_path_without_statements(env: Env) -> None
 
 
 async def test_marker_without_view_reads_postgres_once_and_refills(env: Env) -> None:
-    """§7.3 step 1: marker present, view missing → one read statement, then the cache serves."""
+    """docs/rules.md#initialize step 1: marker present, view missing → one read statement, then the cache serves."""
     user = new_user()
     players = env.players()
     await players.initialize(user)
@@ -178,7 +178,7 @@ async def test_stale_resetting_row_is_caught_up(env: Env) -> None:
 
 
 async def test_catch_up_on_the_fast_path_invalidates_the_cache(env: Env) -> None:
-    """§7.3 step 3 + Ch1: the clock crosses a boundary while the view is cached; initialize catches
+    """docs/rules.md#initialize step 3 + Ch1: the clock crosses a boundary while the view is cached; initialize catches
     the row up, and the next reads see the caught-up row."""
     user = new_user()
     clock = Clock()
@@ -199,7 +199,7 @@ async def test_catch_up_on_the_fast_path_invalidates_the_cache(env: Env) -> None
 
 
 async def test_claimed_stale_rows_cause_no_catch_up_statement(env: Env) -> None:
-    """§7.3 step 3: claimed stale rows are not sent to rotation_catch_up."""
+    """docs/rules.md#initialize step 3: claimed stale rows are not sent to rotation_catch_up."""
     user = new_user()
     clock = Clock()
     players = env.players(clock=clock)
@@ -310,7 +310,7 @@ async def test_redis_down_initialize_works_from_postgres(env: Env) -> None:
 
 
 async def test_synced_marker_is_set_after_the_slow_path(env: Env) -> None:
-    """§7.3 step 2: the slow path sets `<p>:{u}:synced:<fp>` once the insert and the read succeeded."""
+    """docs/rules.md#initialize step 2: the slow path sets `<p>:{u}:synced:<fp>` once the insert and the read succeeded."""
     user = new_user()
     await env.players().initialize(user)
     assert await env.redis_client.exists(synced_key(env.redis_prefix, user, MAIN_CATALOG.fingerprint)) == 1

@@ -1,5 +1,5 @@
-"""Listings, the single-challenge GET and rotation status (SPEC §5.4.1, §5.4.2, §5.4.8, §7.2, §7.4,
-§7.10) against real PostgreSQL and Redis: L1–L3, L5–L9, L11, L12, T2–T5, T7, T10, I11 for listings."""
+"""Listings, the single-challenge GET and rotation status (docs/http-api.md#endpoints, docs/rules.md#staleness-and-the-view, docs/rules.md#listing,
+docs/rules.md#prerequisites-and-locked) against real PostgreSQL and Redis: L1–L3, L5–L9, L11, L12, T2–T5, T7, T10, I11 for listings."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Set active, batch select and random select (SPEC §5.4.4–§5.4.6, §7.5–§7.7) against real
-PostgreSQL and Redis: S1–S5, B1–B7, R1–R6, read-your-writes (Ch1) and the deadlock retry (§7.6)."""
+"""Set active, batch select and random select (docs/http-api.md#endpoints, docs/rules.md#set-active, docs/rules.md#random-select) against real
+PostgreSQL and Redis: S1–S5, B1–B7, R1–R6, read-your-writes (Ch1) and the deadlock retry (docs/rules.md#batch-select)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ async def test_batch_select_add_and_replace(env: Env) -> None:
 
 
 async def test_batch_select_ignores_removed_goals_in_replaced_and_totals(env: Env) -> None:
-    """§5.4.5: rows of goals no longer in the catalog may be deactivated but are not reported."""
+    """docs/http-api.md#endpoints: rows of goals no longer in the catalog may be deactivated but are not reported."""
     user = new_user()
     await env.seed(user, "old-goal", challenge_id="c3")
     result = await env.players().batch_select(user, "c3", ["c3-a"], replace_existing=True)
@@ -291,7 +291,7 @@ async def test_random_select_read_your_writes(env: Env) -> None:
 
 
 async def test_deadlock_is_retried_once(env: Env, pg_url: str) -> None:
-    """§7.6: batch select holds c3-a and waits for c3-b, held by another session that then asks
+    """docs/rules.md#batch-select: batch select holds c3-a and waits for c3-b, held by another session that then asks
     for c3-a. PostgreSQL aborts the select (its session detects the deadlock first); the retry
     succeeds once the other session commits."""
     user = new_user()

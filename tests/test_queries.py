@@ -1,7 +1,7 @@
-"""The named queries against real PostgreSQL: every statement runs, and each write follows its SPEC rule.
+"""The named queries against real PostgreSQL: every statement runs, and each write follows its documented rule.
 
-SPEC §4.5 (registry), §6.8 (the flush's per-row rule and lock isolation), §7.2 (catch-up), §7.3
-(initialize insert), §7.5–§7.6 (set active, batch select), §7.8 (claim). The schema is created by the
+docs/data-model.md#named-queries (registry), docs/events.md#flush (the flush's per-row rule and lock isolation), docs/rules.md#staleness-and-the-view (catch-up), docs/rules.md#initialize
+(initialize insert), docs/rules.md#set-active, docs/rules.md#batch-select (set active, batch select), docs/rules.md#claim (claim). The schema is created by the
 bundled migrations in a PostgreSQL schema private to this module, inside the run's test database.
 """
 

@@ -1,4 +1,4 @@
-"""Unit tests of the named-query registry parser and of the bundled `sql/queries.sql` (SPEC §4.5, §10.3)."""
+"""Unit tests of the named-query registry parser and of the bundled `sql/queries.sql` (docs/data-model.md#named-queries, docs/cli.md#explain)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from service.storage.registry import (
     load_registry,
 )
 
-# The SPEC §4.5 table: kind and declared parameters, in order. "all reward_grants columns" are the table's
+# The docs/data-model.md#named-queries table: kind and declared parameters, in order. "all reward_grants columns" are the table's
 # columns in table order; the flush's entry and goal-definition arrays are the registry's own contract.
-SPEC_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
+DOCUMENTED_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "active_goals": ("read", ("user_id",)),
     "user_goal_count": ("read", ("user_id",)),
     "user_progress": ("read", ("user_id",)),
@@ -71,12 +71,12 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_required_queries_constant_is_the_spec_table() -> None:
-    assert list(REQUIRED_QUERIES) == list(SPEC_TABLE)
+    assert list(REQUIRED_QUERIES) == list(DOCUMENTED_TABLE)
 
 
 def test_bundled_file_has_every_required_name_with_the_spec_kind_and_params() -> None:
     registry = load_registry()
-    for name, (kind, params) in SPEC_TABLE.items():
+    for name, (kind, params) in DOCUMENTED_TABLE.items():
         query = registry.get(name)
         assert query.kind == kind, name
         assert query.param_names == params, name

@@ -1,4 +1,4 @@
-"""The fast response writer against the schema Structs (SPEC §5.1, §5.4; L9, L10): for every object the
+"""The fast response writer against the schema Structs (docs/http-api.md#general-rules, docs/http-api.md#endpoints; L9, L10): for every object the
 writer's bytes equal `msgspec.json.encode` of the reference Struct, every key appears once in schema
 order, timestamps are RFC 3339 UTC, and equal states (however their datetimes are represented) render
 to identical bytes."""
@@ -227,7 +227,7 @@ def test_goal_without_row_shows_defaults_and_expiry(catalog: Catalog) -> None:
         if model.rotation is None:
             assert (goal["expiresAt"], goal["expiresInSeconds"]) == ("", 0)
         else:
-            # A rotating goal carries its next boundary even without a row (SPEC §5.4).
+            # A rotating goal carries its next boundary even without a row (docs/http-api.md#endpoints).
             assert RFC3339.match(goal["expiresAt"]) and 0 < goal["expiresInSeconds"] <= 31 * 86_400
 
 

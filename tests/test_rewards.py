@@ -1,4 +1,4 @@
-"""Reward granting (SPEC §7.9, §13 K9) against a real local webhook server on 127.0.0.1."""
+"""Reward granting (docs/rules.md#rewards, docs/rules.md K9) against a real local webhook server on 127.0.0.1."""
 
 from __future__ import annotations
 

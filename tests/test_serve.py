@@ -1,5 +1,5 @@
 """`challengectl serve` end to end: embedded default, given URLs, readiness, admin, shutdown, --check,
-and `db migrate` (SPEC §5.5, §5.6, §9.4; H1-H3, H5, X15)."""
+and `db migrate` (docs/http-api.md#health-and-readiness, docs/http-api.md#admin-and-metrics, docs/configuration.md#embedded-default; H1-H3, H5, X15)."""
 
 from __future__ import annotations
 

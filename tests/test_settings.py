@@ -1,4 +1,4 @@
-"""Settings precedence, parsing, aliases, masking and the startup refusals (SPEC §9, X14)."""
+"""Settings precedence, parsing, aliases, masking and the startup refusals (docs/configuration.md, X14)."""
 
 from __future__ import annotations
 

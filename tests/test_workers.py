@@ -1,4 +1,4 @@
-"""`serve --workers 2` end to end against real PostgreSQL and Redis (SPEC §5.1, §5.5, §5.6, §6.13; H7):
+"""`serve --workers 2` end to end against real PostgreSQL and Redis (docs/http-api.md#general-rules, docs/http-api.md#health-and-readiness, docs/http-api.md#admin-and-metrics, docs/events.md#shutdown; H7):
 both HTTP workers serve the player port, the main process ingests and flushes events, the admin port's
 `/metrics`, `/admin/pool`, `/admin/cache` and `POST /admin/reset-peaks` cover every process, a killed
 worker is restarted (or stops the service when it crash-loops), and SIGTERM leaves no process behind."""

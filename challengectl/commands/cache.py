@@ -1,10 +1,10 @@
-"""`challengectl cache warm|flush|stats|keys`: the Redis cache of active views (SPEC §8, §10.2, §12.2).
+"""`challengectl cache warm|flush|stats|keys`: the Redis cache of active views (docs/cache.md, docs/cli.md#commands, docs/diagnostics.md#redis).
 
 - `warm` fills active views with the service's own cache code (`service.storage.cache.Cache`) and protocol
-  (§8.3: MGET, then the PostgreSQL read, then the conditional fill), and sets the synced marker only for
+  (docs/cache.md#entries-and-tokens: MGET, then the PostgreSQL read, then the conditional fill), and sets the synced marker only for
   users who hold a row for every default goal.
 - `flush` finds keys with SCAN and removes them with UNLINK; `…:tok` keys are rotated through the
-  service's invalidation (fresh token, its TTL rule), never deleted (§8.5); de-duplication markers are
+  service's invalidation (fresh token, its TTL rule), never deleted (docs/cache.md#degradation-and-recovery); de-duplication markers are
   kept unless `--include-dedup`; keys outside the cache's layout are never touched.
 - `stats` and `keys` are read-only views of `/admin/cache`, Redis INFO and a throttled SCAN.
 """
@@ -142,7 +142,7 @@ class WarmTotals:
     users: int = 0
     entries_written: int = 0
     already_valid: int = 0
-    fill_skipped: int = 0  # a write changed the token between the MGET and the fill (§8.3)
+    fill_skipped: int = 0  # a write changed the token between the MGET and the fill (docs/cache.md#entries-and-tokens)
     tokens_created: int = 0
     markers_set: int = 0
 
@@ -457,7 +457,7 @@ async def collect_cache_stats(clients: Clients, client: Any, redis_url: str, lay
 
 
 def cache_warnings(service: dict[str, Any] | None, server: dict[str, Any]) -> list[str]:
-    """What an operator should act on (§8.5, §8.7)."""
+    """What an operator should act on (docs/cache.md#degradation-and-recovery, docs/cache.md#sizing)."""
     warnings = []
     policy = server.get("maxmemory_policy") or ""
     if not policy.startswith("volatile-"):

@@ -1,6 +1,6 @@
 """`challengectl challenges list|get|rotation`: the player's challenges through the REST API, acting as
-`--user` (SPEC §10.2, §5.4.1, §5.4.2, §5.4.8), and the reference demo CLI's hidden aliases
-`list-challenges`, `get-challenge` and `get-rotation-status` (SPEC §10.1).
+`--user` (docs/cli.md#commands, docs/http-api.md#endpoints), and the reference demo CLI's hidden aliases
+`list-challenges`, `get-challenge` and `get-rotation-status` (docs/cli.md#command-tree).
 
 `-o json` prints the API body unchanged (camelCase); tables and CSV show a per-row summary. The goal
 cell helpers here are shared with `goals`, which renders the selected goals the same way.

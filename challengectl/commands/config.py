@@ -1,5 +1,5 @@
 """`challengectl config show | validate | path | init`: the effective settings and their sources, validation
-of the settings and a catalog, and the config file (SPEC §9.1, §10.2)."""
+of the settings and a catalog, and the config file (docs/configuration.md#sources-and-precedence, docs/cli.md#commands)."""
 
 from __future__ import annotations
 

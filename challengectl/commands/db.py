@@ -1,6 +1,6 @@
-"""`challengectl db ...`: the PostgreSQL commands (SPEC §10.2, §12.1): `migrate`, and the diagnostics
+"""`challengectl db ...`: the PostgreSQL commands (docs/cli.md#commands, docs/diagnostics.md#postgresql): `migrate`, and the diagnostics
 `activity`, `queries`, `indexes` and `tables`. The SQL and the reads live in
-`challengectl.pg_diagnostics`; this module parses options, confirms destructive actions (SPEC §10.7),
+`challengectl.pg_diagnostics`; this module parses options, confirms destructive actions (docs/cli.md#destructive-actions),
 maps database failures to exit codes and renders the results.
 """
 
@@ -39,7 +39,7 @@ HINT_DATABASE_URL = "check --database-url / DATABASE_URL"
 HINT_PG_STAT_STATEMENTS = ("add pg_stat_statements to shared_preload_libraries and run "
                            "CREATE EXTENSION pg_stat_statements")
 INDEX_SECTIONS = ("usage", "unused", "duplicates", "expected", "suggest")
-# The database-wide cache hit ratio to aim for, and below which to warn (SPEC §12.1).
+# The database-wide cache hit ratio to aim for, and below which to warn (docs/diagnostics.md#postgresql).
 CACHE_HIT_WARN_PCT = 95.0
 # Below this many block reads a hit ratio says nothing yet (a fresh database).
 CACHE_HIT_MIN_BLOCKS = 1000
@@ -50,7 +50,7 @@ CACHE_HIT_MIN_BLOCKS = 1000
 
 class DiagnosticsSession:
     """A lazily (re)connected `challengectl-cli` session whose failures surface as CliErrors with the
-    SPEC §10.5 exit codes; after a lost connection the next `conn()` reconnects (watch modes)."""
+    docs/cli.md#exit-codes exit codes; after a lost connection the next `conn()` reconnects (watch modes)."""
 
     def __init__(self, url: str, statement_timeout_ms: int, connect_timeout_s: int) -> None:
         self.url = url
@@ -102,7 +102,7 @@ class DiagnosticsSession:
 
 @contextmanager
 def diagnostics_session(ctx: typer.Context, statement_timeout_ms: int | None = None) -> Iterator[DiagnosticsSession]:
-    """A session on the command's database (SPEC §9.4 target rules), bounded by `--timeout` unless
+    """A session on the command's database (docs/configuration.md#embedded-default target rules), bounded by `--timeout` unless
     `statement_timeout_ms` says otherwise (0 = unbounded); closed afterwards."""
     cli = get_cli(ctx)
     timeout_s = cli.timeout_s
@@ -168,7 +168,7 @@ def sections(parts: Sequence[RenderableType]) -> RenderableType:
 
 def watch_loop(out: Output, interval_s: float, count: int | None, snapshot: Callable[[], dict[str, Any]],
                render: Callable[[dict[str, Any]], RenderableType]) -> None:
-    """Poll `snapshot` every `interval_s` with `challengectl.ticker.run_ticks` (SPEC §10.4 streaming
+    """Poll `snapshot` every `interval_s` with `challengectl.ticker.run_ticks` (docs/cli.md#output-conventions streaming
     rules): one NDJSON object per tick when piped or with -o json, a rich Live display on a TTY; a
     transient failure is reported on stderr and retried with backoff, `count` bounds the ticks (failed
     ones included). Ctrl-C ends the loop normally (exit 0). The snapshot runs in a worker thread, as the

@@ -1,9 +1,9 @@
-"""`challengectl doctor`: one-shot health checks across every dependency (SPEC §10.2 doctor table).
+"""`challengectl doctor`: one-shot health checks across every dependency (docs/cli.md#commands doctor table).
 
 The checks live in `challengectl.checks`; this module picks them (`--skip`), runs them, prints one row
 per check (✓ PASS / ! WARN / ✗ FAIL / - SKIP, the observed value, a hint) and sets the exit code:
 99 when a check fails (or warns, with `--strict`), else 0. An unreachable dependency is a failed
-check, never exit 5 (SPEC §10.5).
+check, never exit 5 (docs/cli.md#exit-codes).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`challengectl events`: send login and stat events to the gRPC ingestion service, from flags or a
-JSON-lines file, and replay a file with its original ids to check de-duplication (SPEC §10.2, §6.2-§6.6,
+JSON-lines file, and replay a file with its original ids to check de-duplication (docs/cli.md#commands, docs/events.md#onmessage-services, docs/events.md#de-duplication,
 X12). `trigger-event login|stat-update` is the hidden alias of the reference demo CLI.
 
 - `--event-rpc ags` sends one event per call to the AGS OnMessage services (which answer Empty, so only
@@ -7,9 +7,9 @@ X12). `trigger-event login|stat-update` is the hidden alias of the reference dem
   accepted/duplicates/skipped/rejected and `committed` per call.
 - Without `--rate` the calls go one after another. With `--rate R`, call i is scheduled at
   t0 + (events before it) / R whatever earlier calls do (open model), and ack latency is measured from
-  the scheduled time, so a slow service shows as latency rather than as a lower rate (SPEC §11.1).
+  the scheduled time, so a slow service shows as latency rather than as a lower rate (docs/loadtest.md#measurement-model).
 - Event ids are UUIDv7 unless given (`--id`, or the file's `id`).
-- `--wait` polls the player's challenges until a goal routed from the sent events (SPEC §6.5) changes.
+- `--wait` polls the player's challenges until a goal routed from the sent events (docs/events.md#routing) changes.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ TABLE_MAX_CALLS = 20        # on a TTY, longer runs show the summary only
 WAIT_POLL_S = 0.2
 HISTOGRAM_MAX_US = 60_000_000
 REJECTION_HINT = ("the service rejects empty or over-long user ids and ids, a stat without stat_code, and "
-                  "values that are NaN, infinite or outside the int32 range after truncation (SPEC §6.4)")
+                  "values that are NaN, infinite or outside the int32 range after truncation (docs/events.md#validation)")
 
 SEND_EXAMPLES = examples(
     "challengectl events send login --user alice --wait",
@@ -105,7 +105,7 @@ def stat_event(user_id: str, event_id: str, stat_code: str, latest_value: float,
 
 
 def ags_message(event: ingest_pb2.Event) -> account_pb2.UserLoggedIn | statistic_pb2.StatItemUpdated:
-    """The AGS OnMessage message carrying `event` (SPEC §6.2)."""
+    """The AGS OnMessage message carrying `event` (docs/events.md#onmessage-services)."""
     timestamp = event.timestamp.ToJsonString() if event.HasField("timestamp") else ""
     if event.kind == ingest_pb2.EVENT_KIND_LOGIN:
         return account_pb2.UserLoggedIn(id=event.id, user_id=event.user_id, namespace=event.namespace,
@@ -117,7 +117,7 @@ def ags_message(event: ingest_pb2.Event) -> account_pb2.UserLoggedIn | statistic
 
 
 def event_source(event: ingest_pb2.Event) -> str:
-    """The buffer source an event feeds (SPEC §6.7): `login` or `stat:<stat_code>`."""
+    """The buffer source an event feeds (docs/events.md#buffer-and-merge): `login` or `stat:<stat_code>`."""
     return "login" if event.kind == ingest_pb2.EVENT_KIND_LOGIN else f"stat:{event.stat_code}"
 
 
@@ -422,7 +422,7 @@ def config_value(config: dict[str, Any], name: str) -> Any:
 
 async def with_ags_namespace(clients: Clients, events: Sequence[ingest_pb2.Event]) -> None:
     """Give events without a namespace the service's namespace: an OnMessage event with another (or an
-    empty) namespace is skipped without a word (SPEC §6.4), unlike Publish, where empty means the
+    empty) namespace is skipped without a word (docs/events.md#validation), unlike Publish, where empty means the
     service's namespace."""
     if all(event.namespace for event in events):
         return
@@ -456,13 +456,13 @@ async def routing_catalog(clients: Clients, fingerprint: str | None) -> Catalog 
 
 
 def routed_goal_keys(snapshot: GoalSnapshot, sources: set[str], catalog: Catalog | None) -> list[GoalKey]:
-    """The player's active goals fed by `sources` (SPEC §6.5: login → goals with eventSource login;
+    """The player's active goals fed by `sources` (docs/events.md#routing: login → goals with eventSource login;
     stat S → statistic goals with statCode S). Without the service's catalog the API's goals carry no
     event source: stat events then match by statCode and a login may feed any goal."""
     keys = []
     for key, state in snapshot.goals.items():
         if not state.is_active:
-            continue  # only active rows are written by a flush (SPEC §6.8)
+            continue  # only active rows are written by a flush (docs/events.md#flush)
         goal = catalog.goals_by_id.get(state.goal_id) if catalog is not None else None
         if goal is not None:
             fed = ("login" if goal.event_source == "login" else f"stat:{goal.requirement.stat_code}") in sources

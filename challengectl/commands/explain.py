@@ -1,5 +1,5 @@
 """`challengectl explain NAME` (and `db explain NAME`): the plan of a named query, or of one ad-hoc
-SELECT, with parameters taken from a real user, the indexes used and the findings (SPEC §10.3).
+SELECT, with parameters taken from a real user, the indexes used and the findings (docs/cli.md#explain).
 
 The statement comes from the registry through the service's own loader; `explain_runner` samples the
 user and runs the EXPLAIN in a rolled-back transaction; `plans` reads the plan. This module wires them

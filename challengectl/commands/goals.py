@@ -1,8 +1,8 @@
 """`challengectl goals activate|deactivate|select|random|claim`: the player's goal writes through the
-REST API, acting as `--user` (SPEC §10.2, §5.4.4-§5.4.7), and the reference demo CLI's hidden aliases
-`set-goal-active`, `batch-select`, `random-select` and `claim-reward` (SPEC §10.1).
+REST API, acting as `--user` (docs/cli.md#commands, docs/http-api.md#endpoints), and the reference demo CLI's hidden aliases
+`set-goal-active`, `batch-select`, `random-select` and `claim-reward` (docs/cli.md#command-tree).
 
-Service errors keep their exit codes (SPEC §10.5): business errors 1, 404 3, 502/503 5.
+Service errors keep their exit codes (docs/cli.md#exit-codes): business errors 1, 404 3, 502/503 5.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ SET_ACTIVE_EXAMPLES = examples(
 CHALLENGE_ARG = typer.Argument(..., metavar="C", help="the challenge id")
 GOAL_ARG = typer.Argument(..., metavar="G", help="the goal id")
 REPLACE_HELP = "deactivate the challenge's other active goals"
-# Selected goals carry no `locked` (SPEC §5.4 SelectedGoal).
+# Selected goals carry no `locked` (docs/http-api.md#endpoints SelectedGoal).
 SELECTED_COLUMNS = [column for column in GOAL_COLUMNS if column.key != "locked"]
 _TRUE_WORDS = ("true", "1", "yes")
 _FALSE_WORDS = ("false", "0", "no")

@@ -1,4 +1,4 @@
-"""`challengectl loadtest run|compare|report` (SPEC §11): drive a running service with an open-model load,
+"""`challengectl loadtest run|compare|report` (docs/loadtest.md): drive a running service with an open-model load,
 write the versioned JSON report and the Markdown analysis, compare two runs, re-render a report."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from service.transport.auth import read_secret_file
 from service.runtime.embedded import discover
 from service.config.settings import SettingsError
 
-app = command_group("Load-test a running service and analyse the results (SPEC §11).")
+app = command_group("Load-test a running service and analyse the results (docs/loadtest.md).")
 
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 
@@ -215,7 +215,7 @@ def _redis_url(settings: Any) -> str | None:
 
 
 def _reset(cli: Any, settings: Any, yes: bool, dry_run: bool) -> None:
-    """`--reset`: confirmation, then TRUNCATE and cache clear (SPEC §10.7, §11.3)."""
+    """`--reset`: confirmation, then TRUNCATE and cache clear (docs/cli.md#destructive-actions, docs/loadtest.md#loadtest-run)."""
     prefix = settings.redis_key_prefix
     redis_url = _redis_url(settings)
     action = ("truncate user_goal_progress and reward_grants"
@@ -248,7 +248,7 @@ def _print_schedule(cli: Any, profile: str, plans: list[Any], event_batch: int) 
 
 
 def _print_summary(cli: Any, report: dict[str, Any], out_path: Path, report_path: Path) -> None:
-    """Thresholds first (✓/✗ with the observed value), then the per-endpoint table (SPEC §11.3)."""
+    """Thresholds first (✓/✗ with the observed value), then the per-endpoint table (docs/loadtest.md#loadtest-run)."""
     endpoints = {label: {k: v for k, v in entry.items() if k != "latency_hdr"}
                  for label, entry in report["overall"]["endpoints"].items()}
     summary = {"verdict": report["verdict"], "interrupted": report["run"]["interrupted"],

@@ -1,4 +1,4 @@
-"""`challengectl pool`: connection usage on both sides (SPEC §10.2, §12.1, §12.3, X10).
+"""`challengectl pool`: connection usage on both sides (docs/cli.md#commands, docs/diagnostics.md#postgresql, docs/diagnostics.md#the-service, X10).
 
 App side: the service's pools from `/admin/pool` (PostgreSQL and Redis: size, in use, idle, waiting,
 peak, acquire wait, timeouts). Server side: `pg_stat_activity` (sessions by state and by
@@ -71,7 +71,7 @@ SELECT coalesce(state, %(hidden)s) AS state,
 
 
 async def read_server_connections(database_url: str) -> dict[str, Any]:
-    """Server-side connection usage from `pg_stat_activity` and the connection limits (SPEC §12.1)."""
+    """Server-side connection usage from `pg_stat_activity` and the connection limits (docs/diagnostics.md#postgresql)."""
     try:
         async with await psycopg.AsyncConnection.connect(
             database_url, application_name="challengectl-cli", connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
@@ -246,7 +246,7 @@ def run_watch(cli: CliContext, interval_s: float, tick: Callable[[Clients], Awai
               pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
     """Call `tick` every `interval_s` until Ctrl-C (exit 0) with `challengectl.ticker.run_ticks`: a Live
     display of `render(snapshot)` on a TTY, one NDJSON object `{"ts", ...snapshot}` per tick otherwise
-    (SPEC §10.4). `pause(seconds)` replaces the sleep between ticks (e.g. to measure latency meanwhile)."""
+    (docs/cli.md#output-conventions). `pause(seconds)` replaces the sleep between ticks (e.g. to measure latency meanwhile)."""
     out = cli.output
 
     def report_retry(error: CliError, delay_s: float) -> None:

@@ -1,4 +1,4 @@
-"""`challengectl token mint`: sign a player JWT with the local HS256 secret (SPEC §10.2, X13)."""
+"""`challengectl token mint`: sign a player JWT with the local HS256 secret (docs/cli.md#commands, X13)."""
 
 from __future__ import annotations
 

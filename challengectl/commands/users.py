@@ -1,10 +1,10 @@
-"""`challengectl users init|show|delete|backdate` (SPEC §10.2).
+"""`challengectl users init|show|delete|backdate` (docs/cli.md#commands).
 
 - `init` creates players through the REST API, concurrently, each call with its own identity.
 - `show`, `delete` and `backdate` work on one player directly in PostgreSQL (named queries of the
   registry, as the service runs them) and Redis (the service's own key helpers and cache code).
-  `delete` and `backdate` invalidate the player's cache after their commit (SPEC §8.4) and ask for
-  confirmation (SPEC §10.7). The hidden alias `initialize-player` is `users init`.
+  `delete` and `backdate` invalidate the player's cache after their commit (docs/cache.md#read-your-writes) and ask for
+  confirmation (docs/cli.md#destructive-actions). The hidden alias `initialize-player` is `users init`.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def with_redis(url: str, timeout_s: float, action: Callable[[Redis], Awaitable[T
 
 
 def invalidate_player(cli: CliContext, settings: Settings, url: str, user: str, delete_synced: bool) -> int:
-    """Rotate the player's cache token and unlink its view (SPEC §8.3); with `delete_synced`, also
+    """Rotate the player's cache token and unlink its view (docs/cache.md#entries-and-tokens); with `delete_synced`, also
     unlink every synced marker. Returns the markers removed. Failure is a CliError exit 5 that says
     the database change is already committed."""
 
@@ -352,8 +352,8 @@ def service_catalog(settings: Settings) -> Catalog:
 
 
 def describe_rows(catalog: Catalog, rows: Sequence[ProgressRow], shown: Sequence[ProgressRow]) -> list[dict[str, Any]]:
-    """The raw columns of each shown row plus `stale`, `would_reset`, `locked` and the view (SPEC §7.2,
-    §7.10) at this instant; rows whose goal left the catalog have nulls there."""
+    """The raw columns of each shown row plus `stale`, `would_reset`, `locked` and the view (docs/rules.md#staleness-and-the-view,
+    docs/rules.md#prerequisites-and-locked) at this instant; rows whose goal left the catalog have nulls there."""
     now = utc_now()
     rows_by_goal_id = {row.goal_id: row for row in rows}
     described = []
@@ -378,7 +378,7 @@ def describe_rows(catalog: Catalog, rows: Sequence[ProgressRow], shown: Sequence
 
 def cache_state(cli: CliContext, settings: Settings, catalog: Catalog, user: str,
                 rows: Sequence[ProgressRow]) -> dict[str, Any]:
-    """The player's cache entry as the service would judge it (SPEC §8.3): present, valid, token and
+    """The player's cache entry as the service would judge it (docs/cache.md#entries-and-tokens): present, valid, token and
     fingerprint match, TTLs, whether its rows equal PostgreSQL's active rows, and the synced marker of
     the current catalog fingerprint. An unreachable Redis is reported here (and warned about), not
     raised: the PostgreSQL part stays useful during a Redis outage."""

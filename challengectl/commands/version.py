@@ -1,6 +1,6 @@
 """`challengectl version`: the CLI's version and, where reachable, the service's version, schema
 version and catalog fingerprint (from `/admin/config`), and the PostgreSQL and Redis server versions.
-An unreachable part is shown as such; it is not an error (SPEC §10.2)."""
+An unreachable part is shown as such; it is not an error (docs/cli.md#commands)."""
 
 from __future__ import annotations
 

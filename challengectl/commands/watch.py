@@ -1,4 +1,4 @@
-"""`challengectl watch`: poll one player's challenges and show what changed (SPEC §10.2, §10.4, X11).
+"""`challengectl watch`: poll one player's challenges and show what changed (docs/cli.md#commands, docs/cli.md#output-conventions, X11).
 
 Also home of what `events send --wait` shares with it: `fetch_goals` (one snapshot of the player's goals
 through the player API, with the catalog fingerprint the service sent) and `goal_changes` (the
@@ -70,7 +70,7 @@ class GoalSnapshot:
 async def fetch_goals(api: ApiClient, user: str, *, challenge_id: str | None = None,
                       active_only: bool = False) -> GoalSnapshot:
     """One snapshot of `user`'s goals: `GET /v1/challenges` (or `/v1/challenges/{id}`), optionally
-    `active_only`. Failures raise CliError with the exit code of SPEC §10.5."""
+    `active_only`. Failures raise CliError with the exit code of docs/cli.md#exit-codes."""
     path = "/v1/challenges" if challenge_id is None else f"/v1/challenges/{quote(challenge_id, safe='')}"
     response = await api.send("GET", path, params={"active_only": True} if active_only else None, user=user)
     body = response.body
@@ -212,7 +212,7 @@ def watch(
     try:
         cli.run(main)
     except KeyboardInterrupt:
-        pass  # Ctrl-C is how a watch ends: exit 0 (SPEC §10.5)
+        pass  # Ctrl-C is how a watch ends: exit 0 (docs/cli.md#exit-codes)
     finally:
         view.stop()
 

@@ -1,4 +1,4 @@
-"""`loadtest compare BASE CAND` (SPEC §11.6): for each endpoint and metric, base and candidate values,
+"""`loadtest compare BASE CAND` (docs/loadtest.md#thresholds-and-gates): for each endpoint and metric, base and candidate values,
 the change, target status and improved / unchanged / regressed against a tolerance."""
 
 from __future__ import annotations

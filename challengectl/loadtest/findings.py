@@ -1,4 +1,4 @@
-"""Findings and recommendations generated from a report (SPEC §11.7 section 7): pool saturation, a pool
+"""Findings and recommendations generated from a report (docs/loadtest.md#markdown-report section 7): pool saturation, a pool
 that is not the bottleneck, CPU-bound service, low cache hit ratio, event flush falling behind,
 cold-start bursts, generator-limited runs, dependency failures and sequential scans."""
 
@@ -70,7 +70,7 @@ def _burst_phases(report: dict[str, Any]) -> list[str]:
 
 
 def generate(report: dict[str, Any]) -> list[dict[str, str]]:
-    """Findings in order of the SPEC's rules; each has `id`, `finding` (what was seen) and `advice`."""
+    """Findings in the documented order (docs/loadtest.md); each has `id`, `finding` (what was seen) and `advice`."""
     findings: list[dict[str, str]] = []
     latency_failed = any(t.get("pass") is False and t.get("stat") != "success" for t in report.get("thresholds", []))
     pool_pct = pool_peak_pct(report)

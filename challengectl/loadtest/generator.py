@@ -1,4 +1,4 @@
-"""The load generator (SPEC §11.1): open-model drivers per phase and stream, an in-flight cap that
+"""The load generator (docs/loadtest.md#measurement-model): open-model drivers per phase and stream, an in-flight cap that
 drops (and counts) operations instead of delaying them, latency from the scheduled time, generator
 lag and CPU, and `--procs` worker processes whose encoded histograms are merged at the end.
 

@@ -1,4 +1,4 @@
-"""Progress while a load test runs (SPEC §11.3): on a TTY a rich live panel on stderr (phase, elapsed and
+"""Progress while a load test runs (docs/loadtest.md#loadtest-run): on a TTY a rich live panel on stderr (phase, elapsed and
 remaining time, per endpoint the rate, rolling p95, errors, plus lag, dropped and in-flight); otherwise
 one NDJSON progress line on stderr every 10 s. Fed by the generator processes' interval snapshots."""
 

@@ -1,4 +1,4 @@
-"""The Markdown report (SPEC §11.7), in the shape of a phase-comparison analysis: header, executive
+"""The Markdown report (docs/loadtest.md#markdown-report), in the shape of a phase-comparison analysis: header, executive
 summary, one section per endpoint, resource utilisation, failure analysis, summary comparison,
 findings and recommendations, appendix. Rendered from the JSON report alone (no network)."""
 
@@ -538,5 +538,5 @@ class MarkdownReport:
 
 
 def render_markdown(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
-    """The Markdown report of SPEC §11.7 for `report`, compared with `baseline` when given."""
+    """The Markdown report of docs/loadtest.md#markdown-report for `report`, compared with `baseline` when given."""
     return MarkdownReport(report, baseline).render()

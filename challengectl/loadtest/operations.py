@@ -1,6 +1,6 @@
-"""The operations the generator sends (SPEC §11.2): initialize, list challenges, set-active, claim
+"""The operations the generator sends (docs/loadtest.md#profiles): initialize, list challenges, set-active, claim
 (lookup then claim), and events over AGS OnMessage or Publish batches. Each one records its outcome
-through a `Recorder` with the endpoint label and failure class of SPEC §11.1.
+through a `Recorder` with the endpoint label and failure class of docs/loadtest.md#measurement-model.
 
 Connections are long-lived: one keep-alive aiohttp pool and one gRPC channel per generator process.
 """

@@ -1,4 +1,4 @@
-"""Checks before any load is sent (SPEC §11.3): readiness (REST `/readyz` and gRPC health), the catalog
+"""Checks before any load is sent (docs/loadtest.md#loadtest-run): readiness (REST `/readyz` and gRPC health), the catalog
 fingerprint against the profile's, a probe request that checks authentication and whether the profile's
 users already have rows, `POST /admin/reset-peaks`, and the service's settings from `/admin/config`."""
 
@@ -63,7 +63,7 @@ async def check_grpc_health(grpc_addr: str, timeout_s: float = PREFLIGHT_TIMEOUT
 async def run_preflight(*, api_url: str, grpc_addr: str, admin_url: str, admin_token: str | None,
                         expected_fingerprint: str, profile: str, probe_headers: dict[str, str],
                         needs_grpc: bool) -> ServiceFacts:
-    """Run the preflight checks in SPEC order; raise CliError with exit 5 (not ready / unreachable),
+    """Run the preflight checks in the documented order (docs/loadtest.md#loadtest-run); raise CliError with exit 5 (not ready / unreachable),
     2 (catalog mismatch) or 4 (authentication)."""
     api_url = api_url.rstrip("/")
     timeout = aiohttp.ClientTimeout(total=PREFLIGHT_TIMEOUT_S)

@@ -1,4 +1,4 @@
-"""Load-test profiles (SPEC §11.2): each profile's catalog, users, phases, operation mix, endpoint
+"""Load-test profiles (docs/loadtest.md#profiles): each profile's catalog, users, phases, operation mix, endpoint
 labels, success rules and p95 targets. Nothing here does I/O except `write_catalog`."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ STAT_CYCLE: tuple[tuple[str, str, int], ...] = (
 )
 STAT_CODES = tuple(code for code, _, _ in STAT_CYCLE)
 
-# Endpoint labels in report order, with their default p95 targets in ms (SPEC §11.2).
+# Endpoint labels in report order, with their default p95 targets in ms (docs/loadtest.md#profiles).
 TARGET_P95_MS: dict[str, float] = {
     "initialize_new": 50.0,
     "initialize_returning": 10.0,
@@ -71,7 +71,7 @@ class PhaseDefault:
 
 @dataclass(frozen=True)
 class Profile:
-    """One load-test profile of SPEC §11.2."""
+    """One load-test profile of docs/loadtest.md#profiles."""
 
     name: str
     all_goals_default: bool
@@ -117,7 +117,7 @@ def goal_id_of(challenge_index: int, goal_index: int) -> str:
 
 
 def user_id_of(number: int) -> str:
-    """`user-000001` for 1 (SPEC §11.2 user ids)."""
+    """`user-000001` for 1 (docs/loadtest.md#profiles user ids)."""
     return f"user-{number:06d}"
 
 

@@ -1,4 +1,4 @@
-"""The versioned JSON report (SPEC §11.5): built from the merged generator results, the phase plans,
+"""The versioned JSON report (docs/loadtest.md#json-report): built from the merged generator results, the phase plans,
 resource snapshots and thresholds; loaded back (any 1.x) for `compare` and `report`.
 
 Every endpoint entry also carries `latency_hdr`, the encoded HDR histogram of its latencies, so that
@@ -121,7 +121,7 @@ def build_report(*, tool: dict[str, Any], run: dict[str, Any], target: dict[str,
                  plans: list[PhasePlan], result: GeneratorResult, thresholds: list[Threshold],
                  resources: dict[str, Any], database: dict[str, Any], service_view: dict[str, Any] | None,
                  baseline: dict[str, Any] | None = None, notes: list[str] | None = None) -> dict[str, Any]:
-    """The complete report dict of SPEC §11.5."""
+    """The complete report dict of docs/loadtest.md#json-report."""
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tool": tool,

@@ -1,6 +1,6 @@
-"""`loadtest run --reset`: a cold start for the next run (SPEC §11.3). Truncates `user_goal_progress`
+"""`loadtest run --reset`: a cold start for the next run (docs/loadtest.md#loadtest-run). Truncates `user_goal_progress`
 and `reward_grants`, unlinks every `<prefix>:*` key and rotates every `<prefix>:{user}:tok` key instead
-of deleting it (SPEC §8.5: a deleted token would let a concurrent stale fill pass validation)."""
+of deleting it (docs/cache.md#degradation-and-recovery: a deleted token would let a concurrent stale fill pass validation)."""
 
 from __future__ import annotations
 

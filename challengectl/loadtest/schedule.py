@@ -1,4 +1,4 @@
-"""Open-model schedules (SPEC §11.1, §11.3): phases with constant or linearly ramping arrival rates,
+"""Open-model schedules (docs/loadtest.md#measurement-model, docs/loadtest.md#loadtest-run): phases with constant or linearly ramping arrival rates,
 the `--phase NAME=DURATION[@RATE[/EVENT_RATE]]` and duration syntaxes, and the planned op counts.
 
 Operation `i` of a stream is due at the time its cumulative arrival count reaches `i`, independently

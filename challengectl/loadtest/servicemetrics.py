@@ -1,4 +1,4 @@
-"""The service's own view of a run, from two scrapes of its Prometheus `/metrics` (SPEC §5.6): request
+"""The service's own view of a run, from two scrapes of its Prometheus `/metrics` (docs/http-api.md#admin-and-metrics): request
 counts and latency histograms per route and per gRPC method over the window between the scrapes, with
 `histogram_quantile`-style p95 estimates and the bucket each p95 falls in."""
 

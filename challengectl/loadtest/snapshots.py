@@ -1,4 +1,4 @@
-"""Resource snapshots while a load test runs (SPEC §11.4): the service's CPU and RSS (`/metrics`), DB and
+"""Resource snapshots while a load test runs (docs/loadtest.md#resource-snapshots): the service's CPU and RSS (`/metrics`), DB and
 Redis pools (`/admin/pool`), cache counters (`/admin/cache`), the event buffer (`/admin/buffer`),
 PostgreSQL connections by state (`pg_stat_activity`) and Redis hit ratio and ops/s (`INFO stats`),
 sampled every interval and summarised as min/avg/max. At the end: the top `pg_stat_statements` entries
@@ -146,7 +146,7 @@ class ResourceSampler:
                 for key, v in fields.items()}
 
     async def database_report(self) -> dict[str, Any]:
-        """Top statements by total time and the table statistics before/after (SPEC §11.4)."""
+        """Top statements by total time and the table statistics before/after (docs/loadtest.md#resource-snapshots)."""
         if self._pg is None:
             return {"top_queries": [], "table_stats": {}, "note": "no database access"}
         report: dict[str, Any] = {"top_queries": await self._top_queries(),

@@ -1,4 +1,4 @@
-"""Latency recording (SPEC §11.1): HDR histograms from 1 µs to 60 s with 3 significant digits, per
+"""Latency recording (docs/loadtest.md#measurement-model): HDR histograms from 1 µs to 60 s with 3 significant digits, per
 endpoint and phase, with ok/failure counts; their wire form (encoded histograms) for merging the
 results of several generator processes; and the summary numbers the reports show."""
 
@@ -92,7 +92,7 @@ class EndpointStats:
                    Counter({k: int(v) for k, v in wire["failures"].items()}))
 
     def summary(self) -> dict[str, Any]:
-        """The report entry of SPEC §11.5 without the target (count, ok, success, failures, latencies)."""
+        """The report entry of docs/loadtest.md#json-report without the target (count, ok, success, failures, latencies)."""
         count = self.count
         return {
             "count": count,

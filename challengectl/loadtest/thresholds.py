@@ -1,4 +1,4 @@
-"""Threshold expressions and gates (SPEC §11.6): `[PHASE/]LABEL:STAT OP VALUE[UNIT]`, the profile's
+"""Threshold expressions and gates (docs/loadtest.md#thresholds-and-gates): `[PHASE/]LABEL:STAT OP VALUE[UNIT]`, the profile's
 default targets, and their evaluation against a report's phases or overall (non-warm-up) numbers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every setting of the service and the CLI (SPEC §9): one frozen object, resolved from
+"""Every setting of the service and the CLI (docs/configuration.md): one frozen object, resolved from
 flags > environment > config file (active profile, then top level) > built-in defaults."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _c(name: str, default: str | None, choices: tuple[str, ...], **kw: Any) -> S
 
 
 SPECS: tuple[SettingSpec, ...] = (
-    # --- service (§9.2) ---
+    # --- service (docs/configuration.md#service-settings) ---
     _s("http_host", "127.0.0.1", doc="player API bind address"),
     _i("http_port", 8000, maximum=65535),
     _i("workers", 1, minimum=1, doc="HTTP worker processes sharing http_port"),
@@ -126,7 +126,7 @@ SPECS: tuple[SettingSpec, ...] = (
     _c("log_format", None, ("json", "text"), doc="json when stderr is not a TTY, else text"),
     _s("config_file"),
     _s("profile"),
-    # --- CLI client (§9.3) ---
+    # --- CLI client (docs/configuration.md#cli-settings) ---
     _s("api_url", None, doc="default http://<http_host>:<http_port><base_path>"),
     _s("grpc_addr", "127.0.0.1:6565"),
     _s("admin_url", "http://127.0.0.1:8080"),
@@ -246,7 +246,7 @@ class Settings:
         return (self.redis_url or "").strip().lower() == "disabled"
 
     def effective(self, reveal_secrets: bool = False) -> dict[str, dict[str, Any]]:
-        """Every setting as {"value", "source"}; secrets masked unless revealed (SPEC §5.6, §9.1)."""
+        """Every setting as {"value", "source"}; secrets masked unless revealed (docs/http-api.md#admin-and-metrics, docs/configuration.md#sources-and-precedence)."""
         result: dict[str, dict[str, Any]] = {}
         for spec in SPECS:
             value = getattr(self, spec.name)
@@ -404,7 +404,7 @@ def load_settings(
 
 
 def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost count as loopback (SPEC §5.2)."""
+    """127.0.0.0/8, ::1 and localhost count as loopback (docs/http-api.md#authentication)."""
     if host.strip().lower() == "localhost":
         return True
     try:
@@ -434,7 +434,7 @@ _STARTUP_CHECKS: tuple[tuple[str, Callable[[Settings, bool], str | None]], ...] 
 
 
 def validate_for_serve(settings: Settings, embedded_postgres: bool) -> None:
-    """The startup refusals of SPEC §9.2 (exit code 2), each naming the setting and its source."""
+    """The startup refusals of docs/configuration.md#service-settings (exit code 2), each naming the setting and its source."""
     for name, check in _STARTUP_CHECKS:
         problem = check(settings, embedded_postgres)
         if problem:
@@ -443,7 +443,7 @@ def validate_for_serve(settings: Settings, embedded_postgres: bool) -> None:
 
 def service_processes(workers: int) -> int:
     """Processes of one instance that open a player-API pool: with workers > 1, the workers and the main
-    process (SPEC §9.2 db_pool_max); otherwise the one process."""
+    process (docs/configuration.md#service-settings db_pool_max); otherwise the one process."""
     return workers + 1 if workers > 1 else 1
 
 

@@ -1,4 +1,4 @@
-"""The event buffer (SPEC §6.7): one entry per (user, source), the merge rules, partitions and capacity.
+"""The event buffer (docs/events.md#buffer-and-merge): one entry per (user, source), the merge rules, partitions and capacity.
 
 An entry accumulates the effect of every accepted event of one user and one event source until a flush
 commits it: `value` is the latest stat value (None for login), `inc` the sum of the increments (the
@@ -43,7 +43,7 @@ def fnv1a_32(text: str) -> int:
 
 
 def partition_of(user_id: str, partitions: int) -> int:
-    """The partition of a user (SPEC §6.7): FNV-1a 32-bit of the UTF-8 user id modulo `partitions`."""
+    """The partition of a user (docs/events.md#buffer-and-merge): FNV-1a 32-bit of the UTF-8 user id modulo `partitions`."""
     return fnv1a_32(user_id) % partitions
 
 
@@ -100,7 +100,7 @@ class Entry:
         self.events += 1
 
     def absorb_older(self, older: Entry) -> None:
-        """Merge `older` (a snapshot coming back) into this newer entry by the rules of §6.7/§6.11."""
+        """Merge `older` (a snapshot coming back) into this newer entry by the rules of docs/events.md#buffer-and-merge, docs/events.md#flush-failure-and-retry."""
         if self.value is None:
             self.value = older.value
         self.inc += older.inc
@@ -152,7 +152,7 @@ class Partition:
         return snapshot
 
     def merge_back(self, returning: Iterable[Entry]) -> list[tuple[Entry, Entry]]:
-        """Put entries of a failed or partly deferred flush back, ahead of the newer ones (§6.11).
+        """Put entries of a failed or partly deferred flush back, ahead of the newer ones (docs/events.md#flush-failure-and-retry).
 
         An entry whose key received newer events meanwhile is merged into that newer entry as the older
         one. Always succeeds, even above capacity. Returns the (absorbed, into) pairs, so that the caller

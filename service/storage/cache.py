@@ -1,9 +1,9 @@
-"""Redis cache of each player's active view, with read-your-writes and degradation (SPEC §8).
+"""Redis cache of each player's active view, with read-your-writes and degradation (docs/cache.md).
 
-Owns the key layout (every key of a user carries the hash tag `{<user_id>}`, §8.2/§8.6), the entry
-codec (§8.3), the token protocol (read = one MGET; conditional fill and invalidation = one Lua script
-each on the user's `[tok, active]`), the synced marker of initialize (§7.3) and the outage handling
-(§8.5): an unhealthy cache does no Redis I/O, undeliverable invalidations go into a bounded journal,
+Owns the key layout (every key of a user carries the hash tag `{<user_id>}`, docs/cache.md#keys, docs/cache.md#redis-cluster), the entry
+codec (docs/cache.md#entries-and-tokens), the token protocol (read = one MGET; conditional fill and invalidation = one Lua script
+each on the user's `[tok, active]`), the synced marker of initialize (docs/rules.md#initialize) and the outage handling
+(docs/cache.md#degradation-and-recovery): an unhealthy cache does no Redis I/O, undeliverable invalidations go into a bounded journal,
 and a background probe replays the journal before reads resume.
 
 Redis never fails a request: every public coroutine of `Cache` except `delete_synced` (an explicit
@@ -56,7 +56,7 @@ INVALIDATION_FAILED = "failed"
 INVALIDATION_REPLAYED = "replayed"
 
 ENTRY_VERSION = 1
-_TOKEN_TTL_MARGIN_S = 60  # the token outlives the entry it validates (§8.2)
+_TOKEN_TTL_MARGIN_S = 60  # the token outlives the entry it validates (docs/cache.md#keys)
 _SCAN_COUNT = 1000
 _REPLAY_BATCH = 500
 
@@ -83,7 +83,7 @@ class CountingConnectionPool(BlockingConnectionPool):
 
 def open_redis(url: str, max_connections: int, timeout_ms: int) -> redis_asyncio.Redis:
     """A pooled asyncio client; every operation, including waiting for a pooled connection, times out
-    after `timeout_ms` (SPEC §8.5) and is never retried, so an outage costs one timeout, not a
+    after `timeout_ms` (docs/cache.md#degradation-and-recovery) and is never retried, so an outage costs one timeout, not a
     backoff series."""
     timeout_s = timeout_ms / 1000
     pool = CountingConnectionPool.from_url(
@@ -105,7 +105,7 @@ async def ping(client: redis_asyncio.Redis) -> float:
 
 
 def new_token() -> str:
-    """A fresh random 128-bit validation token, hex (§8.2)."""
+    """A fresh random 128-bit validation token, hex (docs/cache.md#keys)."""
     return secrets.token_hex(16)
 
 
@@ -129,7 +129,7 @@ def synced_key(prefix: str, user_id: str, fingerprint: str) -> str:
 
 
 def event_key(prefix: str, user_id: str, event_id: str) -> str:
-    """`<p>:{<user>}:evt:<event_id>`: the de-duplication marker of one event (§6.6)."""
+    """`<p>:{<user>}:evt:<event_id>`: the de-duplication marker of one event (docs/events.md#de-duplication)."""
     return f"{prefix}:{{{user_id}}}:evt:{event_id}"
 
 
@@ -137,7 +137,7 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 def escape_glob(text: str) -> str:
-    """`text` as a literal inside a SCAN MATCH pattern: `* ? [ ] \\` are backslash-escaped (§8.6)."""
+    """`text` as a literal inside a SCAN MATCH pattern: `* ? [ ] \\` are backslash-escaped (docs/cache.md#redis-cluster)."""
     return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 
@@ -155,7 +155,7 @@ def key_name_pattern(prefix: str) -> re.Pattern[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Entry codec (§8.3)
+# Entry codec (docs/cache.md#entries-and-tokens)
 
 
 class ActiveEntry(msgspec.Struct, frozen=True, rename={"version": "v", "token": "tok", "fingerprint": "fp"}):
@@ -169,7 +169,7 @@ class ActiveEntry(msgspec.Struct, frozen=True, rename={"version": "v", "token": 
 
 
 class _RowJson(msgspec.Struct):
-    """The wire shape of one row: the 14 columns, timestamps already formatted (§8.3)."""
+    """The wire shape of one row: the 14 columns, timestamps already formatted (docs/cache.md#entries-and-tokens)."""
 
     user_id: str
     goal_id: str
@@ -224,7 +224,7 @@ def _row_json(row: ProgressRow) -> _RowJson:
 def encode_entry(
     token: str, fingerprint: str, rows: Iterable[ProgressRow], pre: Iterable[ProgressRow]
 ) -> bytes:
-    """Compact JSON `{"v":1,"tok","fp","rows","pre"}` of an active view (§8.3)."""
+    """Compact JSON `{"v":1,"tok","fp","rows","pre"}` of an active view (docs/cache.md#entries-and-tokens)."""
     return _entry_encoder.encode(
         _EntryJson(ENTRY_VERSION, token, fingerprint, [_row_json(r) for r in rows], [_row_json(r) for r in pre])
     )
@@ -259,7 +259,7 @@ return 1
 """
 
 # KEYS: tok, active. ARGV: fresh token, token TTL ms, "XX" to rotate only an existing token (replay of
-# "everything", §8.5) or "". Tokens are replaced, never deleted.
+# "everything", docs/cache.md#degradation-and-recovery) or "". Tokens are replaced, never deleted.
 _INVALIDATE_LUA = """
 if ARGV[3] == 'XX' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'XX')
@@ -323,7 +323,7 @@ class Cache:
         self._healthy = client is not None
         self._journal: set[str] = set()
         self._journal_everything = False
-        # Bumped each time a replay finishes; a fill whose read saw an older value is dropped (§8.5 rule 6).
+        # Bumped each time a replay finishes; a fill whose read saw an older value is dropped (docs/cache.md#degradation-and-recovery rule 6).
         self._replay_generation = 0
         self._probe_task: asyncio.Task[None] | None = None
         self._recovery_lock = asyncio.Lock()
@@ -400,7 +400,7 @@ class Cache:
     # -- reads and fills -----------------------------------------------------------------------------
 
     async def read_active(self, user_id: str, include_synced: bool) -> CacheRead:
-        """One MGET of the user's token, active view and (for initialize) synced marker (§8.3, §7.3)."""
+        """One MGET of the user's token, active view and (for initialize) synced marker (docs/cache.md#entries-and-tokens, docs/rules.md#initialize)."""
         kinds = (KIND_ACTIVE, KIND_SYNCED) if include_synced else (KIND_ACTIVE,)
         generation = self._replay_generation
         bypass = CacheRead(user_id, None, None, False, True, generation)
@@ -438,7 +438,7 @@ class Cache:
         pre: Sequence[ProgressRow],
         seen_token: str | None = _SEEN_TOKEN_OF_READ,
     ) -> bool:
-        """Store the view read from PostgreSQL after `read`, unless a write happened in between (§8.3).
+        """Store the view read from PostgreSQL after `read`, unless a write happened in between (docs/cache.md#entries-and-tokens).
 
         `seen_token` defaults to the token of `read`; initialize's slow path passes the token its own
         invalidation set. Returns True when the entry was stored.
@@ -446,7 +446,7 @@ class Cache:
         if self._client is None or read.bypassed or not self._usable():
             return False
         if read.replay_generation != self._replay_generation:
-            return False  # the read predates the last journal replay (§8.5 rule 6)
+            return False  # the read predates the last journal replay (docs/cache.md#degradation-and-recovery rule 6)
         seen = read.token if seen_token is _SEEN_TOKEN_OF_READ else seen_token
         entry_token = seen or new_token()
         entry = encode_entry(entry_token, self._fingerprint, rows, pre)
@@ -470,7 +470,7 @@ class Cache:
         )
 
     async def invalidate(self, user_id: str) -> str | None:
-        """Rotate the user's token and unlink the view (§8.3); returns the new token.
+        """Rotate the user's token and unlink the view (docs/cache.md#entries-and-tokens); returns the new token.
 
         Never raises: when Redis is unhealthy or fails, the user goes into the journal and None is
         returned.
@@ -496,7 +496,7 @@ class Cache:
         return token
 
     async def invalidate_many(self, user_ids: Iterable[str]) -> None:
-        """Invalidate several users: one script call per user, pipelined across users (§6.12).
+        """Invalidate several users: one script call per user, pipelined across users (docs/events.md#cache-invalidation-after-commit).
 
         Never raises; undelivered invalidations go into the journal.
         """
@@ -544,7 +544,7 @@ class Cache:
     # -- synced markers ------------------------------------------------------------------------------
 
     async def set_synced(self, user_id: str) -> bool:
-        """Mark the user as having received this catalog's default goals (§7.3); False when not stored."""
+        """Mark the user as having received this catalog's default goals (docs/rules.md#initialize); False when not stored."""
         if self._client is None or not self._healthy:
             return False
         try:
@@ -569,7 +569,7 @@ class Cache:
                 f"could not delete the synced markers of user {user_id!r}: Redis failed ({type(exc).__name__})"
             ) from exc
 
-    # -- probe and recovery (§8.5) --------------------------------------------------------------------
+    # -- probe and recovery (docs/cache.md#degradation-and-recovery) --------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the background probe (no-op for a disabled cache or when already running)."""
@@ -653,7 +653,7 @@ class Cache:
     # -- admin ----------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """The body of `GET /admin/cache` (SPEC §5.6)."""
+        """The body of `GET /admin/cache` (docs/http-api.md#admin-and-metrics)."""
         by_kind = {
             kind: {"hits": self._reads[(kind, RESULT_HIT)], "misses": self._reads[(kind, RESULT_MISS)]}
             for kind in (KIND_ACTIVE, KIND_SYNCED)
@@ -676,7 +676,7 @@ class Cache:
         }
 
     def redis_pool_stats(self) -> dict[str, Any]:
-        """The `redis` part of `GET /admin/pool` (SPEC §5.6); zeros for a disabled cache.
+        """The `redis` part of `GET /admin/pool` (docs/http-api.md#admin-and-metrics); zeros for a disabled cache.
 
         `errors` counts Redis operations of this cache that failed; `created` counts connections the
         pool opened (a pool not made by `open_redis` reports the connections it holds now).

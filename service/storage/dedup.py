@@ -1,4 +1,4 @@
-"""Event de-duplication markers (SPEC §6.6): Redis scripts, with an in-process LRU during outages.
+"""Event de-duplication markers (docs/events.md#de-duplication): Redis scripts, with an in-process LRU during outages.
 
 A marker `<p>:{<user_id>}:evt:<id>` is `"p"` while its event is pending (accepted, not yet committed)
 and `"d"` once its effect is committed. Every operation is pipelined per call or per flush. When Redis
@@ -152,7 +152,7 @@ class Deduplicator:
     # -- acceptance -------------------------------------------------------------------------------
 
     async def begin(self, keys: Sequence[EventKey]) -> list[str | None]:
-        """Step 1 of §6.6 for each key: None when the event is new (a pending marker now exists),
+        """Step 1 of docs/events.md#de-duplication for each key: None when the event is new (a pending marker now exists),
         `"d"` for a duplicate, `"p"` when it is pending (here or elsewhere)."""
         if not keys:
             return []
@@ -190,7 +190,7 @@ class Deduplicator:
         return states
 
     async def forget(self, keys: Sequence[EventKey]) -> None:
-        """Step 2 of §6.6: delete the pending markers a call created when its admission failed."""
+        """Step 2 of docs/events.md#de-duplication: delete the pending markers a call created when its admission failed."""
         if not keys:
             return
         for key in keys:
@@ -210,7 +210,7 @@ class Deduplicator:
     # -- after the flush --------------------------------------------------------------------------
 
     async def mark_done(self, keys: Sequence[EventKey]) -> None:
-        """Step 3 of §6.6: the events' effects are committed; replays are duplicates for dedup_ttl_s."""
+        """Step 3 of docs/events.md#de-duplication: the events' effects are committed; replays are duplicates for dedup_ttl_s."""
         if not keys:
             return
         if len(self.lru):
@@ -236,7 +236,7 @@ class Deduplicator:
                 await pipe.execute()
 
     async def renew(self, keys: Sequence[EventKey]) -> None:
-        """Step 5 of §6.6: keep the pending markers of events still buffered in this process alive."""
+        """Step 5 of docs/events.md#de-duplication: keep the pending markers of events still buffered in this process alive."""
         if not keys:
             return
         if len(self.lru):

@@ -1,9 +1,9 @@
-"""Forward-only schema migrations: discovery of `NNNN_<name>.sql` files, status, and the runner (SPEC §4.4).
+"""Forward-only schema migrations: discovery of `NNNN_<name>.sql` files, status, and the runner (docs/data-model.md#migrations).
 
 The runner takes a session advisory lock so that concurrent instances migrate one at a time, records
 every applied file with its SHA-256 in `schema_migrations`, and refuses to touch a database whose
 bookkeeping disagrees with this build (checksum mismatch, unknown version, foreign table).
-Its own statements are exempt from the named-query registry (SPEC §4.5).
+Its own statements are exempt from the named-query registry (docs/data-model.md#named-queries).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ EXIT_UNAVAILABLE = 5
 
 
 class MigrationError(Exception):
-    """A migration run that failed or was refused; `exit_code` follows SPEC §10.5.
+    """A migration run that failed or was refused; `exit_code` follows docs/cli.md#exit-codes.
 
     1: a file failed (rolled back); 2: the database disagrees with this build (checksum mismatch,
     unknown version, foreign `schema_migrations`); 5: PostgreSQL unreachable or the lock not granted.
@@ -97,7 +97,7 @@ class MigrationStatus:
 
     @property
     def up_to_date(self) -> bool:
-        """Every migration of this build is applied and nothing disagrees (readiness, SPEC §4.4)."""
+        """Every migration of this build is applied and nothing disagrees (readiness, docs/data-model.md#migrations)."""
         return not self.pending and not self.refused
 
 

@@ -1,4 +1,4 @@
-"""The named-query registry: parses `sql/queries.sql` into named, validated statements (SPEC §4.5).
+"""The named-query registry: parses `sql/queries.sql` into named, validated statements (docs/data-model.md#named-queries).
 
 The service and `challengectl explain` load statements only through this module, so both run
 byte-identical SQL text. Loading fails with `RegistryError` on anything that would make a name
@@ -20,7 +20,7 @@ from service.config import resources
 
 QUERY_KINDS = ("read", "write", "lock")
 
-# The names of the SPEC §4.5 table: every one must be present for the service to start.
+# The names of the docs/data-model.md#named-queries table: every one must be present for the service to start.
 REQUIRED_QUERIES: tuple[str, ...] = (
     "active_goals",
     "user_goal_count",

@@ -1,7 +1,7 @@
 """PostgreSQL connection pool of the service: opening, session settings, health probe and stats.
 
 Every pooled session runs with `TimeZone=UTC` and the configured `statement_timeout`, passed as libpq
-startup options so that no extra round trip is spent on session setup (SPEC §4.6, §9.2). By default
+startup options so that no extra round trip is spent on session setup (docs/data-model.md#time, docs/configuration.md#service-settings). By default
 the pool's connections are in autocommit mode: a single-statement read or write is one round trip
 (no BEGIN/COMMIT), and multi-statement work opens an explicit `conn.transaction()`.
 """
@@ -44,7 +44,7 @@ class StoreUnavailable(Exception):
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """Sizing and timeouts of one pool (SPEC §9.2 `db_pool_*`, `db_statement_timeout_ms`, `db_conn_*`)."""
+    """Sizing and timeouts of one pool (docs/configuration.md#service-settings `db_pool_*`, `db_statement_timeout_ms`, `db_conn_*`)."""
 
     min_size: int = 2
     max_size: int = 20
@@ -185,7 +185,7 @@ class Store:
         """A pooled connection; an acquire timeout or a lost server raises StoreUnavailable.
 
         Database errors other than connectivity ones pass through: constraint violations, and
-        deadlocks and serialization failures, which the caller may retry once (SPEC §7.6).
+        deadlocks and serialization failures, which the caller may retry once (docs/rules.md#batch-select).
         """
         started = time.perf_counter()
         try:
@@ -230,7 +230,7 @@ class Store:
         return row[0] if row else None
 
     def stats(self) -> dict[str, float | int]:
-        """The pool's numbers under the `db` keys of `/admin/pool` (SPEC §5.6): psycopg_pool's stats,
+        """The pool's numbers under the `db` keys of `/admin/pool` (docs/http-api.md#admin-and-metrics): psycopg_pool's stats,
         plus `peak_in_use` and the acquire-wait percentiles that this Store measures (`self.usage`).
 
         `acquire_timeouts` counts failed acquires (timeouts; the pool queue is unbounded, so never
@@ -275,7 +275,7 @@ QUERY_SECONDS = Histogram(
 
 
 class Queries:
-    """Runs the statements of the named-query registry by name, binding parameters only (SPEC §4.5),
+    """Runs the statements of the named-query registry by name, binding parameters only (docs/data-model.md#named-queries),
     and records each statement's duration under its name."""
 
     def __init__(self, registry: Registry) -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of event ingestion and the flusher (SPEC §5.6)."""
+"""Prometheus metrics of event ingestion and the flusher (docs/http-api.md#admin-and-metrics)."""
 
 from __future__ import annotations
 

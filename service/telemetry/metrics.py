@@ -1,4 +1,4 @@
-"""Prometheus metrics of the service (SPEC §5.6), prefix `challenge_`, and the multiprocess mode that
+"""Prometheus metrics of the service (docs/http-api.md#admin-and-metrics), prefix `challenge_`, and the multiprocess mode that
 `serve --workers N` uses: every process writes its metrics to mmap files in one private directory and
 the main process's `/metrics` sums them (prometheus_client's multiprocess mode)."""
 
@@ -26,7 +26,7 @@ BUILD_INFO = Gauge(
     ["version", "catalog_fingerprint", "ack_mode"], multiprocess_mode="max",
 )
 
-# Histogram buckets of SPEC §5.6: 0.5 ms to 30 s.
+# Histogram buckets of docs/http-api.md#admin-and-metrics: 0.5 ms to 30 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # Per-process standard metrics that are not sums over the processes.

@@ -1,4 +1,4 @@
-"""What psycopg_pool does not measure for `/admin/pool` (SPEC §5.6): the peak number of connections in
+"""What psycopg_pool does not measure for `/admin/pool` (docs/http-api.md#admin-and-metrics): the peak number of connections in
 use and the wait to acquire one, as percentiles over the most recent acquisitions.
 
 `Store.connection()` reports each checkout to a `PoolUsage`; `/admin/pool` reads `snapshot()` and

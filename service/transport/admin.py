@@ -1,4 +1,4 @@
-"""The admin app on admin_host:admin_port (SPEC §5.6): metrics, effective config, health, and how the
+"""The admin app on admin_host:admin_port (docs/http-api.md#admin-and-metrics): metrics, effective config, health, and how the
 pool and cache numbers of several processes (`serve --workers N`) combine into one body."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ _REDIS_ALL_OF = {"healthy"}
 
 
 def combine_pool_stats(per_process: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The `/admin/pool` body of an instance from its processes' `process_stats` (SPEC §5.6): numbers
+    """The `/admin/pool` body of an instance from its processes' `process_stats` (docs/http-api.md#admin-and-metrics): numbers
     summed (`peak_in_use` is the sum of the per-process peaks), utilisation and percentiles recomputed
     over everything, and Redis `healthy` only when every process is healthy."""
     db = _sum_numbers([stats["db"] for stats in per_process], skip=_DB_DERIVED)

@@ -1,7 +1,7 @@
-"""Player authentication (SPEC §5.2): JWT verification (HS256 secret or a JWKS of RS256/ES256 keys),
+"""Player authentication (docs/http-api.md#authentication): JWT verification (HS256 secret or a JWKS of RS256/ES256 keys),
 the `auth = none` mock header, the embedded `jwt.secret` file and token minting for local use.
 
-Every failure is an `ApiError` carrying exactly the status, errorCode and message of the SPEC §5.2
+Every failure is an `ApiError` carrying exactly the status, errorCode and message of the docs/http-api.md#authentication
 table; the reason behind an `invalid token` is short and never contains the token or a key.
 """
 
@@ -36,7 +36,7 @@ log = logging.getLogger("challengectl.auth")
 SECRET_FILE_NAME = "jwt.secret"
 MOCK_USER_HEADER = "x-mock-user-id"
 MAX_USER_ID_LENGTH = 100
-# SPEC §5.2: an unknown `kid` refreshes the JWKS at most once per this many seconds; the same limit
+# docs/http-api.md#authentication: an unknown `kid` refreshes the JWKS at most once per this many seconds; the same limit
 # spaces out retries while no key could ever be fetched, so a down JWKS server is not hammered.
 JWKS_MIN_REFETCH_S = 10.0
 JWKS_FETCH_TIMEOUT_S = 5.0
@@ -50,7 +50,7 @@ _SUPPORTED_ALGORITHMS = frozenset(name for name in get_default_algorithms() if n
 
 
 def is_valid_user_id(value: str) -> bool:
-    """1–100 characters, no control character (category Cc), no `{` or `}` (SPEC §5.2, §6.4)."""
+    """1–100 characters, no control character (category Cc), no `{` or `}` (docs/http-api.md#authentication, docs/events.md#validation)."""
     return (
         isinstance(value, str)
         and 0 < len(value) <= MAX_USER_ID_LENGTH
@@ -64,7 +64,7 @@ def _is_symmetric(algorithm: str) -> bool:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """How players authenticate. With `algorithms` empty, the defaults of SPEC §9.2 apply: HS256 with a
+    """How players authenticate. With `algorithms` empty, the defaults of docs/configuration.md#service-settings apply: HS256 with a
     key, RS256 and ES256 with a JWKS URL (all three with both)."""
 
     mode: str = "jwt"
@@ -246,7 +246,7 @@ class _JwksState:
 
 
 class Authenticator:
-    """Turns request headers into a user id (SPEC §5.2).
+    """Turns request headers into a user id (docs/http-api.md#authentication).
 
     Verified tokens are remembered (token string → (sub, exp)) in a bounded cache so that a player's
     repeated requests skip the signature check; expiry is still enforced on every hit. `clock` (wall
@@ -270,7 +270,7 @@ class Authenticator:
         self._session: aiohttp.ClientSession | None = None
         self._decoder = jwt.PyJWT(options={
             "require": ["exp"],
-            # Without a configured audience an `aud` claim is not checked (SPEC §5.2); PyJWT would
+            # Without a configured audience an `aud` claim is not checked (docs/http-api.md#authentication); PyJWT would
             # otherwise reject every token that carries one.
             "verify_aud": config.audience is not None,
             # `sub` is validated here with the user-id rule; `jti` means nothing to this service.
@@ -279,7 +279,7 @@ class Authenticator:
         })
 
     async def authenticate(self, headers: Mapping[str, str]) -> str:
-        """The user id of the request, or ApiError 401/403 as in the SPEC §5.2 table."""
+        """The user id of the request, or ApiError 401/403 as in the docs/http-api.md#authentication table."""
         if self.config.mode == "none":
             return self._mock_user(headers)
         token = _bearer_token(headers)

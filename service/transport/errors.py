@@ -1,4 +1,4 @@
-"""The HTTP error body `{"errorCode","message"}` (SPEC §5.3), shared by the player API and the admin app."""
+"""The HTTP error body `{"errorCode","message"}` (docs/http-api.md#error-format), shared by the player API and the admin app."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The gRPC server: event ingestion services, grpc.health.v1 and server reflection (SPEC §6.1).
+"""The gRPC server: event ingestion services, grpc.health.v1 and server reflection (docs/events.md#grpc-server).
 
 The servicers only translate: protobuf messages become `service.usecases.events.IncomingEvent`s, the
 ingestion core (`submit`) decides, and its verdict becomes a response or a gRPC status. The ingest
@@ -39,7 +39,7 @@ STAT_SERVICE_NAME = statistic_pb2.DESCRIPTOR.services_by_name["StatisticStatItem
 EVENT_INGEST_SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["EventIngest"].full_name
 INGEST_SERVICE_NAMES = (LOGIN_SERVICE_NAME, STAT_SERVICE_NAME, EVENT_INGEST_SERVICE_NAME)
 
-# SPEC §6.3: in commit mode a stream may have this many batches admitted while earlier ones wait.
+# docs/events.md#ingest-service: in commit mode a stream may have this many batches admitted while earlier ones wait.
 STREAM_PIPELINE_DEPTH = 8
 
 GRPC_REQUESTS = Counter(
@@ -175,7 +175,7 @@ class StatItemUpdatedServicer(statistic_pb2_grpc.StatisticStatItemUpdatedService
         return await submit_single(self.ingestor, stat_event(request), "ags_stat", context)
 
 
-# Stream batches still running after their stream ended (they stay admitted and are committed, SPEC §6.3);
+# Stream batches still running after their stream ended (they stay admitted and are committed, docs/events.md#ingest-service);
 # referenced here so they are not garbage-collected mid-flight.
 _detached_batches: set[asyncio.Task[Any]] = set()
 
@@ -292,7 +292,7 @@ class IngestInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     def authentication_failure(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-        """Why the call's metadata does not authenticate it (SPEC §6.1), or None when it does."""
+        """Why the call's metadata does not authenticate it (docs/events.md#grpc-server), or None when it does."""
         if self.token is None:
             return None
         presented = next((value for key, value in metadata or () if key == "authorization"), None)

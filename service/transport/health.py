@@ -1,4 +1,4 @@
-"""Liveness and readiness (SPEC §5.5): what `/healthz`, `/readyz` and gRPC health report."""
+"""Liveness and readiness (docs/http-api.md#health-and-readiness): what `/healthz`, `/readyz` and gRPC health report."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The player HTTP app (Starlette): player routes under base_path, health routes, the OpenAPI document,
-HTTP metrics, and every failure as `{"errorCode","message"}` (SPEC §5.1, §5.3, §5.4, §5.5, §5.7)."""
+HTTP metrics, and every failure as `{"errorCode","message"}` (docs/http-api.md#general-rules, docs/http-api.md#error-format, docs/http-api.md#endpoints, docs/http-api.md#health-and-readiness, docs/http-api.md#openapi)."""
 
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ def health_routes(readiness: Readiness, prefix: str = "") -> list[Route]:
     ]
 
 
-# --- player routes (SPEC §5.4) --------------------------------------------------------------------
+# --- player routes (docs/http-api.md#endpoints) --------------------------------------------------------------------
 
 
 class _PathSegmentConvertor(Convertor[str]):
     """`[^/]*`: unlike Starlette's `str`, an empty segment matches, so the handler can answer
-    400 `challenge_id is required` instead of a 404 (SPEC §5.1)."""
+    400 `challenge_id is required` instead of a 404 (docs/http-api.md#general-rules)."""
 
     regex = "[^/]*"
 
@@ -125,7 +125,7 @@ def player_routes(
 ) -> list[Route]:
     """The player endpoints and `{base_path}/openapi.json`, for `create_http_app(player_routes=...)`.
 
-    Each handler checks, in SPEC §5.1 order: authentication → path ids → body → the use case.
+    Each handler checks, in docs/http-api.md#general-rules order: authentication → path ids → body → the use case.
     `clock` supplies the instant for the expiry fields of `GET /v1/challenges/{id}` (its result carries
     no `now`); pass the clock the `Players` use cases run on.
     """
@@ -272,7 +272,7 @@ def _incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
-# --- HTTP metrics (SPEC §5.6) ---------------------------------------------------------------------
+# --- HTTP metrics (docs/http-api.md#admin-and-metrics) ---------------------------------------------------------------------
 
 HTTP_REQUESTS = Counter(
     "challenge_http_requests_total", "Player API requests by route template, method and status",

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the player API (SPEC §5.7), generated from the request and response
+"""The OpenAPI 3.1 document of the player API (docs/http-api.md#openapi), generated from the request and response
 Structs with `msgspec.json.schema_components`; only the operations table below is written by hand."""
 
 from __future__ import annotations

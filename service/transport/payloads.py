@@ -1,4 +1,4 @@
-"""Player request bodies (SPEC §5.1, §5.4): reading under the size limit, decoding into typed Structs,
+"""Player request bodies (docs/http-api.md#general-rules, docs/http-api.md#endpoints): reading under the size limit, decoding into typed Structs,
 merging the snake_case and camelCase spellings, and the exact 400 messages.
 
 The wire Structs accept both spellings of every field (they are also the OpenAPI request schemas);
@@ -153,7 +153,7 @@ def parse_set_active(body: bytes) -> SetActive:
 
 def parse_batch_select(body: bytes) -> BatchSelect:
     """A missing or empty `goal_ids` → 400 `goal_ids cannot be empty`; a non-list or non-string item →
-    400 INVALID_REQUEST. Duplicates are kept: the use case removes them (SPEC §5.4.5)."""
+    400 INVALID_REQUEST. Duplicates are kept: the use case removes them (docs/http-api.md#endpoints)."""
     wire = _decode(BatchSelectRequest, body, {
         "goal_ids": "goal_ids must be a list of strings", "goalIds": "goal_ids must be a list of strings",
     })

@@ -1,4 +1,4 @@
-"""Player response bodies (SPEC §5.3, §5.4): the response schemas as msgspec Structs, and the fast
+"""Player response bodies (docs/http-api.md#error-format, docs/http-api.md#endpoints): the response schemas as msgspec Structs, and the fast
 writer that renders use-case results to JSON bytes.
 
 The Structs are the definition: the OpenAPI schemas are generated from them, and `*_body` functions
@@ -41,7 +41,7 @@ ErrorCode = Literal[
 
 
 class ErrorBody(Struct, rename="camel"):
-    """Every error response (SPEC §5.3)."""
+    """Every error response (docs/http-api.md#error-format)."""
 
     error_code: ErrorCode
     message: str
@@ -363,7 +363,7 @@ class _Expiry:
 
 class ResponseWriter:
     """Renders use-case results to the exact bytes of `msgspec.json.encode(<*_body>(result))`,
-    from byte pieces built once from the catalog (SPEC §5.1: per request only row data is serialised)."""
+    from byte pieces built once from the catalog (docs/http-api.md#general-rules: per request only row data is serialised)."""
 
     def __init__(self, catalog: catalog_model.Catalog) -> None:
         self._goals = {goal_id: _GoalPieces(fragments) for goal_id, fragments in catalog.goal_fragments.items()}

@@ -1,16 +1,16 @@
-"""Event ingestion (SPEC §6.4–§6.14): validation, routing, de-duplication, buffer admission, ack modes.
+"""Event ingestion (docs/events.md#validation, docs/events.md#guarantees): validation, routing, de-duplication, buffer admission, ack modes.
 
 `Ingestor` is the public entry point used by the gRPC servicers. One `submit` call is one OnMessage
 event or one Publish batch:
 
-1. every event is validated and normalised (§6.4) and routed by its source (§6.5); invalid events are
+1. every event is validated and normalised (docs/events.md#validation) and routed by its source (docs/events.md#routing); invalid events are
    rejected one by one, foreign-namespace, negative and unrouted events are skipped;
-2. events with an id get their de-duplication marker, one pipelined round trip per call (§6.6);
-3. admission into the partitioned buffer (§6.7) is all or nothing per call, waits briefly for room and
-   otherwise fails with RESOURCE_EXHAUSTED (§6.10). Admissions happen in the order the calls arrived,
+2. events with an id get their de-duplication marker, one pipelined round trip per call (docs/events.md#de-duplication);
+3. admission into the partitioned buffer (docs/events.md#buffer-and-merge) is all or nothing per call, waits briefly for room and
+   otherwise fails with RESOURCE_EXHAUSTED (docs/events.md#backpressure). Admissions happen in the order the calls arrived,
    which keeps each user's events in arrival order;
 4. in commit mode the call then waits until the flusher has committed every entry holding its events
-   (§6.9); in buffered mode it returns at once.
+   (docs/events.md#ack-modes); in buffered mode it returns at once.
 
 The buffer lives in `service.domain.buffer`, the markers in `service.storage.dedup`, the flush loops in
 `service.usecases.flusher`.
@@ -112,7 +112,7 @@ class IncomingEvent:
 
 @dataclass
 class SubmitResult:
-    """The outcome of one call, per event counts as in PublishResult (SPEC §6.3)."""
+    """The outcome of one call, per event counts as in PublishResult (docs/events.md#ingest-service)."""
 
     accepted: int
     duplicates: int
@@ -122,7 +122,7 @@ class SubmitResult:
 
 
 class IngestError(Exception):
-    """The call fails as a whole; `code` is the gRPC status name, `message` the SPEC text."""
+    """The call fails as a whole; `code` is the gRPC status name, `message` the documented text (docs/events.md)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -132,7 +132,7 @@ class IngestError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
-    """The settings of ingestion (SPEC §9.2 ack_*, flush_*, buffer_*, dedup_*, ingest_max_batch)."""
+    """The settings of ingestion (docs/configuration.md#service-settings ack_*, flush_*, buffer_*, dedup_*, ingest_max_batch)."""
 
     namespace: str
     ack_mode: str = ACK_COMMIT
@@ -171,7 +171,7 @@ class IngestConfig:
 
     @property
     def partition_capacity(self) -> int:
-        """`buffer_max_entries` divided evenly across the partitions, rounding up (§6.7)."""
+        """`buffer_max_entries` divided evenly across the partitions, rounding up (docs/events.md#buffer-and-merge)."""
         return -(-self.buffer_max_entries // self.flush_workers)
 
 
@@ -189,7 +189,7 @@ def _value_problem(name: str, raw: float) -> str | None:
 
 
 def validate_event(event: IncomingEvent) -> str | None:
-    """The rejection reason of an invalid event (§6.4), or None when it is valid."""
+    """The rejection reason of an invalid event (docs/events.md#validation), or None when it is valid."""
     if not event.user_id:
         return REASON_USER_ID_REQUIRED
     if not is_valid_user_id(event.user_id):
@@ -227,7 +227,7 @@ class _CallPlan:
 
 
 class Ingestor:
-    """Accepts events into the partitioned buffer and runs one flusher per partition (SPEC §6)."""
+    """Accepts events into the partitioned buffer and runs one flusher per partition (docs/events.md)."""
 
     def __init__(
         self,
@@ -285,7 +285,7 @@ class Ingestor:
 
     async def drain_and_stop(self, timeout_s: float) -> int:
         """Stop accepting events, flush every partition until empty (retrying database errors) and
-        release the waiting calls (§6.13). Returns the number of entries left unflushed at the timeout;
+        release the waiting calls (docs/events.md#shutdown). Returns the number of entries left unflushed at the timeout;
         their commit-mode callers get UNAVAILABLE."""
         self._stopping = True
         buffered = sum(len(partition.entries) for partition in self._partitions)
@@ -392,7 +392,7 @@ class Ingestor:
         """De-duplicate and admit the plan's events; returns (accepted, duplicates, entries to wait for).
 
         When admission fails, the pending markers this call created are deleted before the error is
-        raised, so that the sender's retry is accepted (§6.6 step 2).
+        raised, so that the sender's retry is accepted (docs/events.md#de-duplication step 2).
         """
         candidates = plan.candidates
         # One marker lookup per distinct (user, id); a repeat within the call is a duplicate.
@@ -475,7 +475,7 @@ class Ingestor:
                 pass
 
     def _full_partition(self, new: list[_Candidate]) -> Partition | None:
-        """A partition without room for the new keys this call would add to it, if any (§6.10)."""
+        """A partition without room for the new keys this call would add to it, if any (docs/events.md#backpressure)."""
         count = len(self._partitions)
         added: dict[int, set[tuple[str, str]]] = {}
         for candidate in new:
@@ -578,7 +578,7 @@ class Ingestor:
                     owners[key] = newer
 
     async def entries_committed(self, entries: list[Entry]) -> None:
-        """After commit and cache invalidation: mark the ids done, then release the waiters (§6.8 step 5)."""
+        """After commit and cache invalidation: mark the ids done, then release the waiters (docs/events.md#flush step 5)."""
         keys = [key for entry in entries for key in entry.event_keys]
         await self._dedup.mark_done(keys)
         owners = self._owners
@@ -617,7 +617,7 @@ class Ingestor:
         self._peak_entries = sum(len(partition) for partition in self._partitions)
 
     def buffer_stats(self) -> dict[str, Any]:
-        """The body of `GET /admin/buffer` (SPEC §5.6)."""
+        """The body of `GET /admin/buffer` (docs/http-api.md#admin-and-metrics)."""
         entries = sum(len(partition) for partition in self._partitions)
         oldest = [accepted for partition in self._partitions
                   if (accepted := partition.oldest_accepted()) is not None]

@@ -1,4 +1,4 @@
-"""The flusher (SPEC §6.8, §6.11, §6.12): one loop per partition that commits its buffer in batches.
+"""The flusher (docs/events.md#flush, docs/events.md#flush-failure-and-retry, docs/events.md#cache-invalidation-after-commit): one loop per partition that commits its buffer in batches.
 
 Each flush takes a snapshot of up to `flush_batch_max` entries, builds the goal definitions of the
 snapshot's sources at one instant T, and runs `apply_event_updates` once: one statement, so one
@@ -167,7 +167,7 @@ class PartitionFlusher:
         except asyncio.CancelledError:
             self._listener.entries_returned(self.partition.merge_back(snapshot))
             raise
-        except Exception as exc:  # noqa: BLE001 - whatever failed, keeping the snapshot loses nothing (§6.11)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, keeping the snapshot loses nothing (docs/events.md#flush-failure-and-retry)
             self._flush_failed(snapshot, exc)
             return False
         duration_ms = (time.perf_counter() - started) * 1000
@@ -193,7 +193,7 @@ class PartitionFlusher:
         return True
 
     async def _after_commit(self, applied_users: list[str], settled: list[Entry]) -> None:
-        # §6.8 step 5 / §6.12: invalidate before any waiter is released.
+        # docs/events.md#flush step 5 / docs/events.md#cache-invalidation-after-commit: invalidate before any waiter is released.
         await self._cache.invalidate_many(applied_users)
         await self._listener.entries_committed(settled)
 

@@ -1,9 +1,9 @@
 """Player use cases: list, get, initialize, set-active, batch/random select, claim, rotation status
-(SPEC §5.4, §7). Results are plain data; `service/responses.py` turns them into JSON.
+(docs/http-api.md#endpoints, docs/rules.md). Results are plain data; `service/responses.py` turns them into JSON.
 
 `Players` owns the order of the statements each use case runs, the read-your-writes protocol with
 the cache (reads use a valid cached view, writes invalidate after commit and before returning,
-SPEC §8.3–§8.4) and the mapping of every failure to the SPEC's status, errorCode and message.
+docs/cache.md#entries-and-tokens, docs/cache.md#read-your-writes) and the mapping of every failure to the documented status, errorCode and message (docs/http-api.md#error-format).
 The rules themselves (view, locked, eligibility, catch-up, periods) live in `service/rules.py`.
 """
 
@@ -127,7 +127,7 @@ INITIALIZE_TOTAL = Counter("challenge_initialize_total", "Initialize calls by pa
 CLAIMS_TOTAL = Counter("challenge_claims_total", "Claims by result (errorCode or ok)", ["result"])
 
 DB_ERROR_MESSAGE = "Database error occurred"
-# SQLSTATEs retried once before a 503 (SPEC §7.6): deadlock detected, serialization failure.
+# SQLSTATEs retried once before a 503 (docs/rules.md#batch-select): deadlock detected, serialization failure.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 _RETRY_PAUSE_S = (0.02, 0.08)
 
@@ -149,7 +149,7 @@ def _internal_error() -> ApiError:
 
 
 def _require_ids(challenge_id: str, goal_id: str | None = None) -> None:
-    """Check 1 of every endpoint with path ids: empty segments are 400 (SPEC §5.1)."""
+    """Check 1 of every endpoint with path ids: empty segments are 400 (docs/http-api.md#general-rules)."""
     if not challenge_id:
         raise ApiError(400, "INVALID_REQUEST", "challenge_id is required")
     if goal_id is not None and not goal_id:
@@ -168,11 +168,11 @@ def _not_completed(goal_id: str, status: str) -> ApiError:
 
 
 class Players:
-    """The player use cases of SPEC §5.4 over one catalog, one PostgreSQL pool and one cache.
+    """The player use cases of docs/http-api.md#endpoints over one catalog, one PostgreSQL pool and one cache.
 
-    Each call takes `now` once from `clock` and passes it to every rule and statement (SPEC §4.6).
-    Failures are `ApiError`s carrying the exact status, errorCode and message of the SPEC; Redis
-    failures never fail a call (the cache degrades, SPEC §8.5).
+    Each call takes `now` once from `clock` and passes it to every rule and statement (docs/data-model.md#time).
+    Failures are `ApiError`s carrying the exact status, errorCode and message of docs/http-api.md#endpoints; Redis
+    failures never fail a call (the cache degrades, docs/cache.md#degradation-and-recovery).
     """
 
     def __init__(
@@ -217,7 +217,7 @@ class Players:
     # -- reads -------------------------------------------------------------------------------------
 
     async def list_challenges(self, user_id: str, active_only: bool) -> ListResult:
-        """`GET /v1/challenges` (SPEC §5.4.1): every catalog goal merged with the user's rows, or with
+        """`GET /v1/challenges` (docs/http-api.md#endpoints): every catalog goal merged with the user's rows, or with
         `active_only` the goals with an active row (challenges left empty are omitted)."""
         now = self._clock()
         if active_only:
@@ -242,7 +242,7 @@ class Players:
         return ListResult(challenges, now)
 
     async def get_challenge(self, user_id: str, challenge_id: str, active_only: bool) -> ChallengeState:
-        """`GET /v1/challenges/{challenge_id}` (SPEC §5.4.2)."""
+        """`GET /v1/challenges/{challenge_id}` (docs/http-api.md#endpoints)."""
         _require_ids(challenge_id)
         challenge = self._challenge(challenge_id)
         now = self._clock()
@@ -256,7 +256,7 @@ class Players:
         return ChallengeState(challenge, self._all_states(challenge, rows_by_id, now))
 
     def rotation_status(self, challenge_id: str) -> RotationStatus:
-        """`GET /v1/challenges/{challenge_id}/rotation` (SPEC §5.4.8): the periods of the challenge's
+        """`GET /v1/challenges/{challenge_id}/rotation` (docs/http-api.md#endpoints): the periods of the challenge's
         first rotating goal, or no periods when none rotates."""
         _require_ids(challenge_id)
         challenge = self._challenge(challenge_id)
@@ -273,7 +273,7 @@ class Players:
             Period(next_start, next_end, 0),
         )
 
-    # -- initialize (SPEC §7.3) --------------------------------------------------------------------
+    # -- initialize (docs/rules.md#initialize) --------------------------------------------------------------------
 
     async def initialize(self, user_id: str) -> InitializeResult:
         """`POST /v1/challenges/initialize`: config sync of the default goals, rotation catch-up, and
@@ -329,7 +329,7 @@ class Players:
     async def _catch_up(
         self, user_id: str, rows: list[ProgressRow], pre: list[ProgressRow], now: datetime,
     ) -> tuple[list[ProgressRow], list[ProgressRow]]:
-        """Bring stale active, not claimed rows into the current period (SPEC §7.3 step 3).
+        """Bring stale active, not claimed rows into the current period (docs/rules.md#initialize step 3).
 
         Errors are logged and the view is used instead: the next write catches the rows up.
         """
@@ -351,7 +351,7 @@ class Players:
         changed_by_id = {row.goal_id: row for row in changed}
         return [changed_by_id.get(row.goal_id, row) for row in rows], pre
 
-    # -- set active (SPEC §7.5) --------------------------------------------------------------------
+    # -- set active (docs/rules.md#set-active) --------------------------------------------------------------------
 
     async def set_active(self, user_id: str, challenge_id: str, goal_id: str, is_active: bool) -> SetActiveResult:
         """`PUT …/goals/{goal_id}/active`: upsert the row's `is_active`; idempotent."""
@@ -378,7 +378,7 @@ class Players:
         await self._cache_invalidate(user_id)
         return SetActiveResult(challenge_id, goal_id, row.is_active, row.assigned_at)
 
-    # -- selects (SPEC §7.6, §7.7) -------------------------------------------------------------------
+    # -- selects (docs/rules.md#batch-select, docs/rules.md#random-select) -------------------------------------------------------------------
 
     async def batch_select(
         self, user_id: str, challenge_id: str, goal_ids: Sequence[str], replace_existing: bool,
@@ -420,7 +420,7 @@ class Players:
     async def _select(
         self, user_id: str, challenge: Challenge, goals: Sequence[Goal], replace_existing: bool, now: datetime,
     ) -> SelectResult:
-        """The batch-select write transaction (SPEC §7.6 step 2), then invalidation."""
+        """The batch-select write transaction (docs/rules.md#batch-select step 2), then invalidation."""
         challenge_id = challenge.challenge_id
         goal_ids = [goal.goal_id for goal in goals]
         activate_params = {
@@ -469,10 +469,10 @@ class Players:
         selected = tuple(self._state(goal, rows_by_id, now) for goal in goals)
         return SelectResult(challenge_id, selected, total_active, replaced, now)
 
-    # -- claim (SPEC §7.8) ---------------------------------------------------------------------------
+    # -- claim (docs/rules.md#claim) ---------------------------------------------------------------------------
 
     async def claim(self, user_id: str, challenge_id: str, goal_id: str) -> ClaimResult:
-        """`POST …/goals/{goal_id}/claim`: checks 1–10 of SPEC §5.4.7 in order, the reward grant and
+        """`POST …/goals/{goal_id}/claim`: checks 1–10 of docs/http-api.md#endpoints in order, the reward grant and
         the claimed mark in one transaction bounded by `claim_timeout_ms`, then invalidation."""
         try:
             result = await self._claim(user_id, challenge_id, goal_id)
@@ -523,7 +523,7 @@ class Players:
         row: ProgressRow | None,
         now: datetime,
     ) -> None:
-        """Checks 4–9 of SPEC §5.4.7 on the locked row; the first failure raises."""
+        """Checks 4–9 of docs/http-api.md#endpoints on the locked row; the first failure raises."""
         goal_id = goal.goal_id
         if row is None:
             raise _not_completed(goal_id, STATUS_NOT_STARTED)
@@ -661,7 +661,7 @@ class Players:
 
     async def _active_view(self, user_id: str) -> tuple[list[ProgressRow], list[ProgressRow]]:
         """The user's active rows and the rows of their prerequisites: the cache when it holds a valid
-        entry, otherwise one `active_view` statement followed by a conditional fill (SPEC §8.3)."""
+        entry, otherwise one `active_view` statement followed by a conditional fill (docs/cache.md#entries-and-tokens)."""
         read = await self._cache_read(user_id, include_synced=False)
         if read.entry is not None:
             return list(read.entry.rows), list(read.entry.pre)
@@ -738,7 +738,7 @@ class Players:
         pre: Sequence[ProgressRow],
         seen_token: str | None,
     ) -> None:
-        """Conditional fill (SPEC §8.3); `seen_token` is the read's token, or on the initialize slow
+        """Conditional fill (docs/cache.md#entries-and-tokens); `seen_token` is the read's token, or on the initialize slow
         path the token of that path's own invalidation."""
         try:
             await self._cache.fill_active(user_id, read, rows, pre, seen_token)

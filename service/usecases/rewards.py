@@ -1,7 +1,7 @@
-"""Reward granting for claims (SPEC §7.9): `log` mode writes a structured line, `webhook` mode POSTs.
+"""Reward granting for claims (docs/rules.md#rewards): `log` mode writes a structured line, `webhook` mode POSTs.
 
 The claim use case computes the generation and calls `RewardGranter.grant` inside its transaction with
-the claim's deadline; a `RewardGrantFailed` becomes 502 `REWARD_GRANT_FAILED` (SPEC §5.4.7 row 10).
+the claim's deadline; a `RewardGrantFailed` becomes 502 `REWARD_GRANT_FAILED` (docs/http-api.md#endpoints row 10).
 The webhook body and its idempotency key are a function of the grant alone, so a retried claim (same
 generation) lets the receiver de-duplicate.
 """
@@ -62,7 +62,7 @@ class RewardGrant:
 
     @property
     def idempotency_key(self) -> str:
-        """`<namespace>:<user_id>:<goal_id>:<generation>` (SPEC §4.3): stable across retried claims."""
+        """`<namespace>:<user_id>:<goal_id>:<generation>` (docs/data-model.md#table-reward_grants): stable across retried claims."""
         return f"{self.namespace}:{self.user_id}:{self.goal_id}:{self.generation}"
 
 
@@ -76,7 +76,7 @@ class RewardGrantFailed(Exception):
         self.reason = reason
 
     def api_message(self) -> str:
-        """The 502 `REWARD_GRANT_FAILED` message of SPEC §5.4.7 row 10 (no URL, status or secret)."""
+        """The 502 `REWARD_GRANT_FAILED` message of docs/http-api.md#endpoints row 10 (no URL, status or secret)."""
         return f"Failed to grant reward via Platform Service after {self.retries} retries (goal_id: {self.goal_id})"
 
 
@@ -93,7 +93,7 @@ class RewardConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RewardConfig:
-        """The reward part of the service settings (SPEC §9.2 `reward_*`)."""
+        """The reward part of the service settings (docs/configuration.md#service-settings `reward_*`)."""
         return cls(
             mode=settings.reward_mode,
             webhook_url=settings.reward_webhook_url,
@@ -114,12 +114,12 @@ def backoff_delay(retry_index: int, jitter: float) -> float:
 
 
 def _rfc3339_utc(moment: datetime) -> str:
-    """Second precision with `Z`, as everywhere on the wire (SPEC §5.1)."""
+    """Second precision with `Z`, as everywhere on the wire (docs/http-api.md#general-rules)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def webhook_body(grant: RewardGrant, requested_at: datetime) -> bytes:
-    """The exact JSON bytes POSTed to the webhook (and signed), keys in SPEC §7.9 order."""
+    """The exact JSON bytes POSTed to the webhook (and signed), keys in docs/rules.md#rewards order."""
     return msgspec.json.encode({
         "idempotencyKey": grant.idempotency_key,
         "namespace": grant.namespace,

@@ -1,4 +1,4 @@
--- user_goal_progress: one row per (player, goal), the source of truth for progress (SPEC §4.1, §4.2).
+-- user_goal_progress: one row per (player, goal), the source of truth for progress (docs/data-model.md#table-user_goal_progress, docs/data-model.md#indexes).
 -- fillfactor 90 leaves room on each page for HOT updates: the event path rewrites progress, status and
 -- updated_at constantly, and none of those columns is indexed.
 CREATE TABLE IF NOT EXISTS user_goal_progress (
@@ -23,5 +23,5 @@ CREATE TABLE IF NOT EXISTS user_goal_progress (
 ) WITH (fillfactor = 90);
 
 -- The only secondary index: the active rows of one player (initialize, active_only listing, cache fill).
--- Every other per-user statement uses the primary key, so no index may duplicate it (SPEC §4.2).
+-- Every other per-user statement uses the primary key, so no index may duplicate it (docs/data-model.md#indexes).
 CREATE INDEX IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) WHERE is_active;

@@ -1,5 +1,5 @@
 -- reward_grants: every granted reward; provides the claim generation, the idempotency key and the
--- audit trail (SPEC §4.3). idempotency_key is a function of the primary key, so it has no index.
+-- audit trail (docs/data-model.md#table-reward_grants). idempotency_key is a function of the primary key, so it has no index.
 CREATE TABLE IF NOT EXISTS reward_grants (
   namespace       VARCHAR(100) NOT NULL,
   user_id         VARCHAR(100) NOT NULL,
