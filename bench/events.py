@@ -56,16 +56,16 @@ from hdrh.histogram import HdrHistogram
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from service.transport.auth import mint_token
+from service.config.resources import example_catalog_path
 from service.domain.catalog import Catalog, load_catalog
-from service.runtime.embedded import discover
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
 from service.proto.accelbyte.social.statistic.v1 import (
     statistic_pb2,
     statistic_pb2_grpc,
 )
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
-from service.config.resources import example_catalog_path
+from service.runtime.embedded import discover
+from service.transport.auth import mint_token
 
 SECRET = "bench-secret-" + "x" * 32
 NAMESPACE = "bench"
@@ -74,8 +74,13 @@ FIXED_RATE = 500
 LOGIN_SHARE = 0.20
 # Relative weights of the stat codes among stat events; `headshots` only feeds a goal that is not
 # assigned by default, so its events route to a goal but find no row (realistic, and cheap to flush).
-STAT_WEIGHTS = {"matches_played": 35, "enemies_defeated": 15, "objectives_captured": 10,
-                "matches_won": 10, "headshots": 10}
+STAT_WEIGHTS = {
+    "matches_played": 35,
+    "enemies_defeated": 15,
+    "objectives_captured": 10,
+    "matches_won": 10,
+    "headshots": 10,
+}
 SUSTAINED_SHARE = 0.95
 RETRY_ROUNDS = 5
 
@@ -148,10 +153,17 @@ def publish_path(channel: grpc.aio.Channel, batch: int) -> RpcPath:
         for start in range(0, len(events), batch):
             chunk = [
                 ingest_pb2.Event(id=e.id, user_id=e.user_id, namespace=NAMESPACE, kind=ingest_pb2.EVENT_KIND_LOGIN)
-                if e.stat_code is None else
-                ingest_pb2.Event(id=e.id, user_id=e.user_id, namespace=NAMESPACE, kind=ingest_pb2.EVENT_KIND_STAT,
-                                 stat_code=e.stat_code, latest_value=e.latest_value, inc=e.inc)
-                for e in events[start:start + batch]
+                if e.stat_code is None
+                else ingest_pb2.Event(
+                    id=e.id,
+                    user_id=e.user_id,
+                    namespace=NAMESPACE,
+                    kind=ingest_pb2.EVENT_KIND_STAT,
+                    stat_code=e.stat_code,
+                    latest_value=e.latest_value,
+                    inc=e.inc,
+                )
+                for e in events[start : start + batch]
             ]
             batches.append(ingest_pb2.EventBatch(batch_id=chunk[0].id, events=chunk))
         return batches
@@ -173,11 +185,19 @@ def onmessage_path(channel: grpc.aio.Channel) -> RpcPath:
     def build(events: list[BenchEvent]) -> list[Any]:
         return [
             account_pb2.UserLoggedIn(id=e.id, user_id=e.user_id, namespace=NAMESPACE)
-            if e.stat_code is None else
-            statistic_pb2.StatItemUpdated(
-                id=e.id, user_id=e.user_id, namespace=NAMESPACE,
-                payload=statistic_pb2.StatItem(namespace=NAMESPACE, stat_code=e.stat_code, user_id=e.user_id,
-                                               latest_value=e.latest_value, inc=e.inc))
+            if e.stat_code is None
+            else statistic_pb2.StatItemUpdated(
+                id=e.id,
+                user_id=e.user_id,
+                namespace=NAMESPACE,
+                payload=statistic_pb2.StatItem(
+                    namespace=NAMESPACE,
+                    stat_code=e.stat_code,
+                    user_id=e.user_id,
+                    latest_value=e.latest_value,
+                    inc=e.inc,
+                ),
+            )
             for e in events
         ]
 
@@ -215,15 +235,24 @@ class StepResult:
 
     def sustained(self, p99_bound_ms: float) -> bool:
         """Achieved at least 95 % of the offered rate with the ack p99 within the bound."""
-        return (self.achieved >= SUSTAINED_SHARE * self.offered and self.latency_us.get_total_count() > 0
-                and self.percentile_ms(99) <= p99_bound_ms)
+        return (
+            self.achieved >= SUSTAINED_SHARE * self.offered
+            and self.latency_us.get_total_count() > 0
+            and self.percentile_ms(99) <= p99_bound_ms
+        )
 
 
 class Bench:
     """The running service, its clients and the step runner."""
 
-    def __init__(self, args: argparse.Namespace, service: subprocess.Popen, channel: grpc.aio.Channel,
-                 http: aiohttp.ClientSession, workload: Workload) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        service: subprocess.Popen,
+        channel: grpc.aio.Channel,
+        http: aiohttp.ClientSession,
+        workload: Workload,
+    ) -> None:
         self.args = args
         self.service = psutil.Process(service.pid)
         self.channel = channel
@@ -252,8 +281,10 @@ class Bench:
         deadline = time.monotonic() + timeout_s
         while (stats := await self.admin_buffer())["entries"] or stats["pending_waiters"]:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the event buffer did not drain within {timeout_s:.0f} s: {stats['entries']} "
-                                 f"entries, {stats['pending_waiters']} waiters")
+                raise SystemExit(
+                    f"the event buffer did not drain within {timeout_s:.0f} s: {stats['entries']} "
+                    f"entries, {stats['pending_waiters']} waiters"
+                )
             await asyncio.sleep(0.05)
 
     async def run_step(self, path: RpcPath, phase: str, rate: float, duration_s: float) -> StepResult:
@@ -272,8 +303,12 @@ class Bench:
         flush_after = await self.flush_seconds()
         flushes_in_step = flush_after[1] - flush_before[1]
         step = StepResult(
-            path=path.name, phase=phase, offered=rate, achieved=result["ok_events"] / max(duration_s, result["busy_s"]),
-            latency_us=result["histogram"], errors=result["errors"],
+            path=path.name,
+            phase=phase,
+            offered=rate,
+            achieved=result["ok_events"] / max(duration_s, result["busy_s"]),
+            latency_us=result["histogram"],
+            errors=result["errors"],
             error_details=result["error_details"],
             flushes=after["flushes_total"] - before["flushes_total"],
             rows_updated=after["rows_updated_total"] - before["rows_updated_total"],
@@ -288,8 +323,9 @@ class Bench:
         await self.retry(path, step.failed_requests)
         return step
 
-    async def _open_model(self, path: RpcPath, requests: list[Any], call_rate: float,
-                          duration_s: float) -> dict[str, Any]:
+    async def _open_model(
+        self, path: RpcPath, requests: list[Any], call_rate: float, duration_s: float
+    ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         histogram = HdrHistogram(1, 120_000_000, 3)
         errors: Counter[str] = Counter()
@@ -327,9 +363,16 @@ class Bench:
             events = len(request.events) if path.events_per_call > 1 else 1
             tasks.append(asyncio.create_task(one(request, scheduled, events)))
         await asyncio.gather(*tasks)
-        return {"histogram": histogram, "errors": errors, "error_details": error_details, "failed": failed, "ok_events": ok_events,
-                "busy_s": max(0.0, last_done - start), "wall_s": loop.time() - start,
-                "max_launch_lag_s": max_lag}
+        return {
+            "histogram": histogram,
+            "errors": errors,
+            "error_details": error_details,
+            "failed": failed,
+            "ok_events": ok_events,
+            "busy_s": max(0.0, last_done - start),
+            "wall_s": loop.time() - start,
+            "max_launch_lag_s": max_lag,
+        }
 
     async def retry(self, path: RpcPath, requests: list[Any]) -> None:
         """Resend failed calls with the same event ids until they succeed (de-duplication makes it safe)."""
@@ -342,8 +385,10 @@ class Bench:
             self.retried_calls += len(pending)
             pending, last_error = await self._resend(path, pending)
         if pending:
-            raise SystemExit(f"{len(pending)} {path.name} calls still failed after {RETRY_ROUNDS} retries, the last "
-                             f"with {last_error}")
+            raise SystemExit(
+                f"{len(pending)} {path.name} calls still failed after {RETRY_ROUNDS} retries, the last "
+                f"with {last_error}"
+            )
         await self.wait_buffer_empty()
 
     @staticmethod
@@ -412,14 +457,22 @@ def _busy_share(before: Any, after: Any) -> float:
 def start_service(data_dir: Path, log_path: Path, ack_mode: str) -> subprocess.Popen:
     """Start `python -m challengectl serve` and wait for /readyz."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")}
-    env.update(PYTHONPATH=str(REPO_ROOT), CHALLENGE_DATA_DIR=str(data_dir), CHALLENGE_JWT_SECRET=SECRET,
-               CHALLENGE_HTTP_PORT=str(PORT), CHALLENGE_GRPC_PORT=str(GRPC_PORT),
-               CHALLENGE_ADMIN_PORT=str(ADMIN_PORT), CHALLENGE_LOG_LEVEL="warning",
-               CHALLENGE_NAMESPACE=NAMESPACE, CHALLENGE_ACK_MODE=ack_mode,
-               CHALLENGE_CATALOG_PATH=str(example_catalog_path()))
+    env.update(
+        PYTHONPATH=str(REPO_ROOT),
+        CHALLENGE_DATA_DIR=str(data_dir),
+        CHALLENGE_JWT_SECRET=SECRET,
+        CHALLENGE_HTTP_PORT=str(PORT),
+        CHALLENGE_GRPC_PORT=str(GRPC_PORT),
+        CHALLENGE_ADMIN_PORT=str(ADMIN_PORT),
+        CHALLENGE_LOG_LEVEL="warning",
+        CHALLENGE_NAMESPACE=NAMESPACE,
+        CHALLENGE_ACK_MODE=ack_mode,
+        CHALLENGE_CATALOG_PATH=str(example_catalog_path()),
+    )
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "challengectl", "serve"], env=env,
-                                   stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "challengectl", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -471,8 +524,9 @@ def verify_sample(database_url: str, catalog: Catalog, workload: Workload, sampl
     sample = random.Random(7).sample(workload.user_ids, min(sample_size, len(workload.user_ids)))
     check = Verification(players=len(sample))
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT user_id, goal_id, progress FROM user_goal_progress"
-                            " WHERE user_id = ANY(%s) AND is_active", (sample,)).fetchall()
+        rows = conn.execute(
+            "SELECT user_id, goal_id, progress FROM user_goal_progress WHERE user_id = ANY(%s) AND is_active", (sample,)
+        ).fetchall()
     for user_id, goal_id, progress in rows:
         goal = catalog.goals_by_id[goal_id]
         if goal.event_source == "login":
@@ -504,24 +558,31 @@ def database_url_of(data_dir: Path) -> str:
     return found["database_url"]
 
 
-def print_report(args: argparse.Namespace, steps: list[StepResult], bench: Bench, check: Verification,
-                 setup_s: float) -> None:
-    print(f"ack_mode={args.ack_mode} users={args.users} publish batch={args.batch} events/call, "
-          f"fixed rate {FIXED_RATE} events/s for {args.duration}s, search steps of {args.step_duration}s "
-          f"(sustained: achieved >= {SUSTAINED_SHARE:.0%} of offered and ack p99 <= {args.p99_bound_ms:g} ms), "
-          f"call deadline {args.deadline_s:g}s; 1 service process, load generator in one asyncio process, "
-          f"{os.cpu_count()} cores shared with PostgreSQL and Redis; setup {setup_s:.0f}s")
+def print_report(
+    args: argparse.Namespace, steps: list[StepResult], bench: Bench, check: Verification, setup_s: float
+) -> None:
+    print(
+        f"ack_mode={args.ack_mode} users={args.users} publish batch={args.batch} events/call, "
+        f"fixed rate {FIXED_RATE} events/s for {args.duration}s, search steps of {args.step_duration}s "
+        f"(sustained: achieved >= {SUSTAINED_SHARE:.0%} of offered and ack p99 <= {args.p99_bound_ms:g} ms), "
+        f"call deadline {args.deadline_s:g}s; 1 service process, load generator in one asyncio process, "
+        f"{os.cpu_count()} cores shared with PostgreSQL and Redis; setup {setup_s:.0f}s"
+    )
     print()
-    print("| path | phase | offered ev/s | achieved ev/s | ack p50 ms | p95 ms | p99 ms | max ms | errors "
-          "| flushes | rows updated | flush mean ms | flush p95 ms | CPU % client/service/machine | verdict |")
+    print(
+        "| path | phase | offered ev/s | achieved ev/s | ack p50 ms | p95 ms | p99 ms | max ms | errors "
+        "| flushes | rows updated | flush mean ms | flush p95 ms | CPU % client/service/machine | verdict |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for step in steps:
         errors = ", ".join(f"{code} {count}" for code, count in sorted(step.errors.items())) or "0"
-        print(f"| {step.path} | {step.phase} | {step.offered:.0f} | {step.achieved:.0f} | "
-              f"{step.percentile_ms(50):.1f} | {step.percentile_ms(95):.1f} | {step.percentile_ms(99):.1f} | "
-              f"{step.latency_us.get_max_value() / 1000:.1f} | {errors} | {step.flushes} | {step.rows_updated} | "
-              f"{step.flush_ms_mean:.1f} | {step.flush_ms_p95:.1f} | {step.cpu_client:.0f}/{step.cpu_service:.0f}/{step.cpu_machine:.0f} | "
-              f"{step.verdict} |")
+        print(
+            f"| {step.path} | {step.phase} | {step.offered:.0f} | {step.achieved:.0f} | "
+            f"{step.percentile_ms(50):.1f} | {step.percentile_ms(95):.1f} | {step.percentile_ms(99):.1f} | "
+            f"{step.latency_us.get_max_value() / 1000:.1f} | {errors} | {step.flushes} | {step.rows_updated} | "
+            f"{step.flush_ms_mean:.1f} | {step.flush_ms_p95:.1f} | {step.cpu_client:.0f}/{step.cpu_service:.0f}/{step.cpu_machine:.0f} | "
+            f"{step.verdict} |"
+        )
     print()
     for name in dict.fromkeys(step.path for step in steps if step.phase == "search"):
         sustained = [s.offered for s in steps if s.path == name and s.phase == "search" and s.verdict == "sustained"]
@@ -531,15 +592,19 @@ def print_report(args: argparse.Namespace, steps: list[StepResult], bench: Bench
     for code, text in sorted(details.items()):
         print(f"- {code}, first message: {text!r}")
     print(f"- failed calls resent with the same ids after their step: {bench.retried_calls}")
-    print(f"- check of {check.players} sampled players in PostgreSQL: login rows exact {check.login_exact}/"
-          f"{check.login_rows}; stat rows at the last value sent {check.stat_exact}/{check.stat_rows}, at an "
-          f"earlier value sent (events of one player and stat reordered in flight) {check.stat_earlier}; "
-          f"lost or double-counted: {len(check.wrong)}")
+    print(
+        f"- check of {check.players} sampled players in PostgreSQL: login rows exact {check.login_exact}/"
+        f"{check.login_rows}; stat rows at the last value sent {check.stat_exact}/{check.stat_rows}, at an "
+        f"earlier value sent (events of one player and stat reordered in flight) {check.stat_earlier}; "
+        f"lost or double-counted: {len(check.wrong)}"
+    )
     for problem in check.wrong[:10]:
         print(f"  - {problem}")
-    print("- latency: per call, from its scheduled start to its ack; flushes, rows updated, flush mean: this "
-          "step's (admin/buffer, /metrics); flush p95: /admin/buffer's, over the service's last <= 2048 flushes "
-          "when the step ended, so it can include earlier steps; CPU: % of one core (client, service process), % of all cores (machine)")
+    print(
+        "- latency: per call, from its scheduled start to its ack; flushes, rows updated, flush mean: this "
+        "step's (admin/buffer, /metrics); flush p95: /admin/buffer's, over the service's last <= 2048 flushes "
+        "when the step ended, so it can include earlier steps; CPU: % of one core (client, service process), % of all cores (machine)"
+    )
 
 
 async def run(args: argparse.Namespace, service: subprocess.Popen, data_dir: Path) -> None:

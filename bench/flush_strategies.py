@@ -75,8 +75,18 @@ GOALS = (
 SOURCES = sorted({source for _, source, _ in GOALS})
 # Share of entries for players without rows (the flush finds nothing to write for them).
 MISSING_PLAYER_SHARE = 0.02
-ROW_COLUMNS = ("user_id", "goal_id", "progress", "status", "completed_at", "claimed_at", "updated_at",
-               "is_active", "expires_at", "baseline_value")
+ROW_COLUMNS = (
+    "user_id",
+    "goal_id",
+    "progress",
+    "status",
+    "completed_at",
+    "claimed_at",
+    "updated_at",
+    "is_active",
+    "expires_at",
+    "baseline_value",
+)
 
 SEED_SQL = """
 INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, progress, status, completed_at,
@@ -186,19 +196,28 @@ def random_entries(rng: random.Random, users: int, size: int) -> Entries:
 
 
 def goal_params() -> dict[str, Any]:
-    return {"goal_ids": [g[0] for g in GOALS], "goal_sources": [g[1] for g in GOALS],
-            "goal_targets": [g[2] for g in GOALS]}
+    return {
+        "goal_ids": [g[0] for g in GOALS],
+        "goal_sources": [g[1] for g in GOALS],
+        "goal_targets": [g[2] for g in GOALS],
+    }
 
 
 def registry_params(entries: Entries, now: datetime) -> dict[str, Any]:
     """The parameters of `apply_event_updates` for absolute, non-rotating statistic goals."""
     count = len(GOALS)
     return {
-        "entry_user_ids": entries.user_ids, "entry_sources": entries.sources,
-        "entry_values": entries.values, "entry_incs": entries.incs, **goal_params(),
-        "goal_progress_modes": ["absolute"] * count, "goal_boundaries": [None] * count,
-        "goal_next_boundaries": [None] * count, "goal_reset_flags": [False] * count,
-        "goal_reselect_flags": [False] * count, "now": now,
+        "entry_user_ids": entries.user_ids,
+        "entry_sources": entries.sources,
+        "entry_values": entries.values,
+        "entry_incs": entries.incs,
+        **goal_params(),
+        "goal_progress_modes": ["absolute"] * count,
+        "goal_boundaries": [None] * count,
+        "goal_next_boundaries": [None] * count,
+        "goal_reset_flags": [False] * count,
+        "goal_reselect_flags": [False] * count,
+        "now": now,
     }
 
 
@@ -208,12 +227,19 @@ Flush = Callable[[psycopg.AsyncConnection, Entries, datetime], Awaitable[list[di
 def unnest_registry(queries: Queries) -> Flush:
     async def flush(conn: psycopg.AsyncConnection, entries: Entries, now: datetime) -> list[dict[str, Any]]:
         return await queries.rows(conn, "apply_event_updates", registry_params(entries, now))
+
     return flush
 
 
 async def unnest_simplified(conn: psycopg.AsyncConnection, entries: Entries, now: datetime) -> list[dict[str, Any]]:
-    params = {"entry_user_ids": entries.user_ids, "entry_sources": entries.sources, "entry_values": entries.values,
-              "entry_incs": entries.incs, **goal_params(), "now": now}
+    params = {
+        "entry_user_ids": entries.user_ids,
+        "entry_sources": entries.sources,
+        "entry_values": entries.values,
+        "entry_incs": entries.incs,
+        **goal_params(),
+        "now": now,
+    }
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(SIMPLIFIED_FLUSH.format(entry=FROM_ARRAYS), params)
         return await cursor.fetchall()
@@ -228,11 +254,13 @@ def copy_flush(temp_table_per_flush: bool) -> Flush:
             if temp_table_per_flush:
                 await cursor.execute(f"CREATE TEMP TABLE flush_entry {TEMP_TABLE_COLUMNS} ON COMMIT DROP")
             async with cursor.copy(COPY_ENTRIES) as copy:
-                for index, row in enumerate(zip(entries.user_ids, entries.sources, entries.values, entries.incs,
-                                                strict=True), start=1):
+                for index, row in enumerate(
+                    zip(entries.user_ids, entries.sources, entries.values, entries.incs, strict=True), start=1
+                ):
                     await copy.write_row((index, *row))
             await cursor.execute(statement, {**goal_params(), "now": now})
             return await cursor.fetchall()
+
     return flush
 
 
@@ -303,23 +331,31 @@ async def verify_equivalence(database_url: str, variants: list[Variant], users: 
                 # savepoint release, so the rollback below leaves the seeded rows as they were.
                 async with conn.transaction(force_rollback=True):
                     outcomes = await variant.flush(conn, entries, now)
-                    rows = await (await conn.execute(
-                        f"SELECT {', '.join(ROW_COLUMNS)} FROM user_goal_progress"
-                        " WHERE user_id = ANY(%s) ORDER BY user_id, goal_id", (entries.user_ids,))).fetchall()
+                    rows = await (
+                        await conn.execute(
+                            f"SELECT {', '.join(ROW_COLUMNS)} FROM user_goal_progress"
+                            " WHERE user_id = ANY(%s) ORDER BY user_id, goal_id",
+                            (entries.user_ids,),
+                        )
+                    ).fetchall()
             results.append((variant.name, [tuple(o.values()) for o in outcomes], rows))
         await holder.rollback()
     reference_name, reference_outcomes, reference_rows = results[0]
     for name, outcomes, rows in results[1:]:
         if outcomes != reference_outcomes or rows != reference_rows:
             differing = sum(1 for a, b in zip(rows, reference_rows, strict=False) if a != b)
-            raise SystemExit(f"{name} differs from {reference_name}: {differing} rows, outcomes equal: "
-                             f"{outcomes == reference_outcomes}")
+            raise SystemExit(
+                f"{name} differs from {reference_name}: {differing} rows, outcomes equal: "
+                f"{outcomes == reference_outcomes}"
+            )
     counts: dict[str, int] = {}
     for outcome in reference_outcomes:
         counts[outcome[3]] = counts.get(outcome[3], 0) + 1
     changed = sum(1 for row in reference_rows if row[ROW_COLUMNS.index("updated_at")] == now)
-    return (f"{len(variants)} variants, {size} entries: identical rows ({len(reference_rows)} rows read, {changed} "
-            f"written) and outcomes ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    return (
+        f"{len(variants)} variants, {size} entries: identical rows ({len(reference_rows)} rows read, {changed} "
+        f"written) and outcomes ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
+    )
 
 
 @dataclass
@@ -335,8 +371,9 @@ class Timing:
         return ordered[max(0, min(len(ordered) - 1, -(-95 * len(ordered) // 100) - 1))]
 
 
-async def time_flushes(database_url: str, variants: list[Variant], users: int, sizes: list[int],
-                       repetitions: int, warmup: int) -> dict[tuple[int, str], Timing]:
+async def time_flushes(
+    database_url: str, variants: list[Variant], users: int, sizes: list[int], repetitions: int, warmup: int
+) -> dict[tuple[int, str], Timing]:
     """Interleave the variants' flushes, each on fresh random entries, on one connection per variant."""
     rng = random.Random(2024)
     connections = {}
@@ -350,7 +387,7 @@ async def time_flushes(database_url: str, variants: list[Variant], users: int, s
         for size in sizes:
             for repetition in range(warmup + repetitions):
                 # Rotate the order, so that no variant always runs right after the same other one.
-                order = variants[repetition % len(variants):] + variants[:repetition % len(variants)]
+                order = variants[repetition % len(variants) :] + variants[: repetition % len(variants)]
                 for variant in order:
                     entries = random_entries(rng, users, size)
                     conn = connections[variant.name]
@@ -384,21 +421,27 @@ async def run(args: argparse.Namespace) -> None:
         with psycopg.connect(database_url) as conn:
             server_version = conn.info.server_version
     target = "DATABASE_URL's server" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
-    print(f"{args.users} players x {len(GOALS)} goals seeded in {seed_s:.1f}s on {target} "
-          f"(PostgreSQL {server_version // 10000}.{server_version % 10000}); {args.repetitions} timed flushes per "
-          f"size and variant after {args.warmup} warm-up, fresh random entries each, variants interleaved; "
-          f"time = client-side, entries in to outcomes fetched, committed; {os.cpu_count()} cores")
+    print(
+        f"{args.users} players x {len(GOALS)} goals seeded in {seed_s:.1f}s on {target} "
+        f"(PostgreSQL {server_version // 10000}.{server_version % 10000}); {args.repetitions} timed flushes per "
+        f"size and variant after {args.warmup} warm-up, fresh random entries each, variants interleaved; "
+        f"time = client-side, entries in to outcomes fetched, committed; {os.cpu_count()} cores"
+    )
     print(f"equivalence check: {check}")
     print()
-    print("| entries/flush | variant | median ms | p95 ms | rows updated/flush | rows/s (median) | median vs registry |")
+    print(
+        "| entries/flush | variant | median ms | p95 ms | rows updated/flush | rows/s (median) | median vs registry |"
+    )
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         reference = timings[(size, variants[0].name)].median_ms()
         for variant in variants:
             timing = timings[(size, variant.name)]
             rows = statistics.median(timing.rows_updated)
-            print(f"| {size} | {variant.name} | {timing.median_ms():.1f} | {timing.p95_ms():.1f} | {rows:.0f} | "
-                  f"{rows / timing.median_ms() * 1000:,.0f} | {timing.median_ms() / reference:.2f}x |")
+            print(
+                f"| {size} | {variant.name} | {timing.median_ms():.1f} | {timing.p95_ms():.1f} | {rows:.0f} | "
+                f"{rows / timing.median_ms() * 1000:,.0f} | {timing.median_ms() / reference:.2f}x |"
+            )
 
 
 def main() -> None:

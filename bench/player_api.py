@@ -32,8 +32,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from service.transport.auth import mint_token
 from service.config.resources import example_catalog_path
+from service.transport.auth import mint_token
 
 SECRET = "bench-secret-" + "x" * 32
 
@@ -63,18 +63,27 @@ end
 """
 
 
-def start_service(data_dir: Path, redis_disabled: bool, workers: int,
-                  extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_service(
+    data_dir: Path, redis_disabled: bool, workers: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")}
-    env.update(PYTHONPATH=str(REPO_ROOT), CHALLENGE_DATA_DIR=str(data_dir), CHALLENGE_JWT_SECRET=SECRET,
-               CHALLENGE_HTTP_PORT=str(PORT), CHALLENGE_GRPC_PORT=str(GRPC_PORT),
-               CHALLENGE_ADMIN_PORT=str(ADMIN_PORT), CHALLENGE_LOG_LEVEL="warning", CHALLENGE_WORKERS=str(workers),
-               CHALLENGE_CATALOG_PATH=str(example_catalog_path()))
+    env.update(
+        PYTHONPATH=str(REPO_ROOT),
+        CHALLENGE_DATA_DIR=str(data_dir),
+        CHALLENGE_JWT_SECRET=SECRET,
+        CHALLENGE_HTTP_PORT=str(PORT),
+        CHALLENGE_GRPC_PORT=str(GRPC_PORT),
+        CHALLENGE_ADMIN_PORT=str(ADMIN_PORT),
+        CHALLENGE_LOG_LEVEL="warning",
+        CHALLENGE_WORKERS=str(workers),
+        CHALLENGE_CATALOG_PATH=str(example_catalog_path()),
+    )
     if redis_disabled:
         env["REDIS_URL"] = "disabled"
     env.update(extra_env or {})
-    process = subprocess.Popen([sys.executable, "-m", "challengectl", "serve"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "challengectl", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -89,8 +98,12 @@ def start_service(data_dir: Path, redis_disabled: bool, workers: int,
 
 def initialize(tokens: list[str]) -> None:
     for token in tokens:
-        request = urllib.request.Request(f"http://127.0.0.1:{PORT}/challenge/v1/challenges/initialize",
-                                         method="POST", data=b"", headers={"Authorization": f"Bearer {token}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{PORT}/challenge/v1/challenges/initialize",
+            method="POST",
+            data=b"",
+            headers={"Authorization": f"Bearer {token}"},
+        )
         urllib.request.urlopen(request, timeout=10).read()
 
 
@@ -98,8 +111,20 @@ def run_wrk(tokens: list[str], method: str, path: str, duration: int, connection
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % (", ".join(json.dumps(t) for t in tokens), method, path))
     output = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name,
-         f"http://127.0.0.1:{PORT}{path}"], capture_output=True, text=True, check=True).stdout
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            script.name,
+            f"http://127.0.0.1:{PORT}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     os.unlink(script.name)
     if "Non-2xx" in output:
         raise SystemExit(f"non-2xx answers during the run:\n{output}")
@@ -120,8 +145,10 @@ def measure(redis_disabled: bool, args: argparse.Namespace) -> dict[str, dict[st
     try:
         tokens = [mint_token(SECRET.encode(), f"bench-{i}", ttl_s=3600) for i in range(args.users)]
         initialize(tokens)
-        return {name: run_wrk(tokens, method, path, args.duration, args.connections)
-                for name, (method, path) in SCENARIOS.items()}
+        return {
+            name: run_wrk(tokens, method, path, args.duration, args.connections)
+            for name, (method, path) in SCENARIOS.items()
+        }
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
@@ -140,14 +167,18 @@ def main() -> None:
     cached = measure(False, args)
     uncached = measure(True, args)
     processes = "1 service process" if args.workers == 1 else f"{args.workers} HTTP workers + the main process"
-    print(f"users={args.users} connections={args.connections} duration={args.duration}s, {processes}, "
-          f"{os.cpu_count()} cores shared with wrk and the databases")
+    print(
+        f"users={args.users} connections={args.connections} duration={args.duration}s, {processes}, "
+        f"{os.cpu_count()} cores shared with wrk and the databases"
+    )
     print("| endpoint | cache on: req/s | p50 ms | p99 ms | cache off: req/s | p50 ms | p99 ms | throughput ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for name in SCENARIOS:
         on, off = cached[name], uncached[name]
-        print(f"| {name} | {on['rps']:.0f} | {on['p50']:.2f} | {on['p99']:.2f} | {off['rps']:.0f} | "
-              f"{off['p50']:.2f} | {off['p99']:.2f} | {on['rps'] / off['rps']:.2f}x |")
+        print(
+            f"| {name} | {on['rps']:.0f} | {on['p50']:.2f} | {on['p99']:.2f} | {off['rps']:.0f} | "
+            f"{off['p50']:.2f} | {off['p99']:.2f} | {on['rps'] / off['rps']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,17 +43,17 @@ from challengectl.pg_diagnostics import (
     project_indexes_async,
     unused_indexes,
 )
-from service.runtime.app import resolve_catalog_path, validate_settings
-from service.transport.auth import SECRET_FILE_NAME
-from service.domain.catalog import Catalog, CatalogError, load_catalog
-from service.storage.migrations import MigrationError, migration_status
 from service.config.settings import (
     Settings,
     SettingsError,
     connections_per_instance,
     service_processes,
 )
+from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.runtime.app import resolve_catalog_path, validate_settings
+from service.storage.migrations import MigrationError, migration_status
 from service.storage.store import describe_target, session_options, short_reason
+from service.transport.auth import SECRET_FILE_NAME
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 STATUSES = (PASS, WARN, FAIL, SKIP)
@@ -72,10 +72,12 @@ STALLED_ENTRY_MS = 60_000.0
 UTC_NAMES = ("UTC", "Etc/UTC")
 APPLICATION_NAME = "challengectl-cli"
 
-HINT_PG_STAT_STATEMENTS = ("add pg_stat_statements to shared_preload_libraries and run "
-                           "CREATE EXTENSION pg_stat_statements")
-HINT_SERVICE = ("is the service running? start it with 'challengectl serve', or set --api-url, "
-                "--grpc-addr and --admin-url")
+HINT_PG_STAT_STATEMENTS = (
+    "add pg_stat_statements to shared_preload_libraries and run CREATE EXTENSION pg_stat_statements"
+)
+HINT_SERVICE = (
+    "is the service running? start it with 'challengectl serve', or set --api-url, --grpc-addr and --admin-url"
+)
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,13 @@ class CheckResult:
     hint: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": CHECK_NAMES[self.id], "status": self.status,
-                "observed": self.observed, "hint": self.hint or None}
+        return {
+            "id": self.id,
+            "name": CHECK_NAMES[self.id],
+            "status": self.status,
+            "observed": self.observed,
+            "hint": self.hint or None,
+        }
 
 
 class SkipCheck(Exception):
@@ -148,8 +155,10 @@ class Diagnosis:
         return await asyncio.to_thread(service_redis_url, self.settings)
 
     def no_database_reason(self) -> str:
-        return (f"no running service database: DATABASE_URL is unset and no embedded serve runs in "
-                f"{self.settings.resolved_data_dir()}")
+        return (
+            f"no running service database: DATABASE_URL is unset and no embedded serve runs in "
+            f"{self.settings.resolved_data_dir()}"
+        )
 
     # --- shared connections ---------------------------------------------------------------------
 
@@ -163,11 +172,16 @@ class Diagnosis:
                 self._database_error = self.no_database_reason()
             else:
                 try:
-                    self._database = await asyncio.wait_for(psycopg.AsyncConnection.connect(
-                        url, autocommit=True, connect_timeout=int(OPERATION_TIMEOUT_S),
-                        application_name=APPLICATION_NAME,
-                        options=session_options(url, statement_timeout_ms=int(OPERATION_TIMEOUT_S * 1000)),
-                    ), OPERATION_TIMEOUT_S + 1)
+                    self._database = await asyncio.wait_for(
+                        psycopg.AsyncConnection.connect(
+                            url,
+                            autocommit=True,
+                            connect_timeout=int(OPERATION_TIMEOUT_S),
+                            application_name=APPLICATION_NAME,
+                            options=session_options(url, statement_timeout_ms=int(OPERATION_TIMEOUT_S * 1000)),
+                        ),
+                        OPERATION_TIMEOUT_S + 1,
+                    )
                     return self._database
                 except TimeoutError:
                     self._database_error = f"{describe_target(url)} did not answer within {OPERATION_TIMEOUT_S:g} s"
@@ -182,12 +196,17 @@ class Diagnosis:
         if self._redis_error is None:
             url = await self.redis_url()
             if url is None:
-                self._redis_error = (f"no running service Redis: REDIS_URL is unset and no embedded serve runs in "
-                                     f"{self.settings.resolved_data_dir()}")
+                self._redis_error = (
+                    f"no running service Redis: REDIS_URL is unset and no embedded serve runs in "
+                    f"{self.settings.resolved_data_dir()}"
+                )
             else:
                 client = redis_asyncio.Redis.from_url(
-                    url, socket_connect_timeout=OPERATION_TIMEOUT_S, socket_timeout=OPERATION_TIMEOUT_S,
-                    retry=Retry(NoBackoff(), 0))
+                    url,
+                    socket_connect_timeout=OPERATION_TIMEOUT_S,
+                    socket_timeout=OPERATION_TIMEOUT_S,
+                    retry=Retry(NoBackoff(), 0),
+                )
                 try:
                     await client.ping()
                     self._redis = client
@@ -252,17 +271,29 @@ async def check_settings(diagnosis: Diagnosis) -> CheckResult:
     try:
         validate_settings(diagnosis.settings)
     except SettingsError as exc:
-        return CheckResult("settings", FAIL, str(exc), "see 'challengectl config show' for every setting and its source")
+        return CheckResult(
+            "settings", FAIL, str(exc), "see 'challengectl config show' for every setting and its source"
+        )
     try:
         catalog = diagnosis.catalog()
     except CatalogError as exc:
-        return CheckResult("settings", FAIL, f"catalog has {len(exc.errors)} error(s), first: {exc.errors[0]}",
-                           "run 'challengectl config validate' for every error")
-    summary = (f"catalog {catalog.path}: {len(catalog.challenges)} challenges, {len(catalog.goals_by_id)} goals, "
-               f"fingerprint {catalog.fingerprint}")
+        return CheckResult(
+            "settings",
+            FAIL,
+            f"catalog has {len(exc.errors)} error(s), first: {exc.errors[0]}",
+            "run 'challengectl config validate' for every error",
+        )
+    summary = (
+        f"catalog {catalog.path}: {len(catalog.challenges)} challenges, {len(catalog.goals_by_id)} goals, "
+        f"fingerprint {catalog.fingerprint}"
+    )
     if catalog.warnings:
-        return CheckResult("settings", WARN, f"{summary}; {len(catalog.warnings)} warning(s), first: {catalog.warnings[0]}",
-                           "run 'challengectl config validate' for every warning")
+        return CheckResult(
+            "settings",
+            WARN,
+            f"{summary}; {len(catalog.warnings)} warning(s), first: {catalog.warnings[0]}",
+            "run 'challengectl config validate' for every warning",
+        )
     return CheckResult("settings", PASS, f"valid; {summary}")
 
 
@@ -271,8 +302,12 @@ async def check_postgres(diagnosis: Diagnosis) -> CheckResult:
     try:
         conn = await diagnosis.database()
     except Unreachable as exc:
-        return CheckResult("postgres", FAIL, f"unreachable: {exc}",
-                           "check that PostgreSQL runs, and --database-url / DATABASE_URL (or start 'challengectl serve')")
+        return CheckResult(
+            "postgres",
+            FAIL,
+            f"unreachable: {exc}",
+            "check that PostgreSQL runs, and --database-url / DATABASE_URL (or start 'challengectl serve')",
+        )
     version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
     round_trips = []
     for _ in range(3):
@@ -282,9 +317,13 @@ async def check_postgres(diagnosis: Diagnosis) -> CheckResult:
     best = min(round_trips)
     observed = f"PostgreSQL {version.split()[0]}, round trip {best:.1f} ms"
     if best >= POSTGRES_SLOW_MS:
-        return CheckResult("postgres", WARN, observed,
-                           "every request pays this latency: check the network path to the database and its load "
-                           "('challengectl db activity')")
+        return CheckResult(
+            "postgres",
+            WARN,
+            observed,
+            "every request pays this latency: check the network path to the database and its load "
+            "('challengectl db activity')",
+        )
     return CheckResult("postgres", PASS, observed)
 
 
@@ -305,11 +344,17 @@ async def check_migrations(diagnosis: Diagnosis) -> CheckResult:
     if status.checksum_mismatches:
         problems.append("checksum mismatch " + ", ".join(f"{v:04d}" for v in status.checksum_mismatches))
     if status.unknown_versions:
-        problems.append("unknown versions " + ", ".join(f"{v:04d}" for v in status.unknown_versions)
-                        + " (the database is newer than this build)")
+        problems.append(
+            "unknown versions "
+            + ", ".join(f"{v:04d}" for v in status.unknown_versions)
+            + " (the database is newer than this build)"
+        )
     if problems:
-        hint = ("apply them with 'challengectl db migrate'" if status.pending and not status.refused
-                else "see 'challengectl db migrate --status'; the service refuses to start on this database")
+        hint = (
+            "apply them with 'challengectl db migrate'"
+            if status.pending and not status.refused
+            else "see 'challengectl db migrate --status'; the service refuses to start on this database"
+        )
         return CheckResult("migrations", FAIL, "; ".join(problems), hint)
     latest = max(status.applied, default=0)
     return CheckResult("migrations", PASS, f"all {len(status.applied)} applied (schema version {latest})")
@@ -338,13 +383,22 @@ async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
         raise SkipCheck(f"not checked: table {PROGRESS_TABLE} does not exist (migrations pending)")
     goals = list(catalog.goals_by_id.values())
     try:
-        rows = await (await conn.execute(CATALOG_ROWS_SQL, {
-            "goal_ids": [goal.goal_id for goal in goals], "challenge_ids": [goal.challenge_id for goal in goals],
-        })).fetchall()
+        rows = await (
+            await conn.execute(
+                CATALOG_ROWS_SQL,
+                {
+                    "goal_ids": [goal.goal_id for goal in goals],
+                    "challenge_ids": [goal.challenge_id for goal in goals],
+                },
+            )
+        ).fetchall()
     except pg_errors.QueryCanceled:
-        return CheckResult("catalog-rows", WARN,
-                           f"not verified: the scan of {PROGRESS_TABLE} took longer than {OPERATION_TIMEOUT_S:g} s",
-                           "run the check when the database is less busy")
+        return CheckResult(
+            "catalog-rows",
+            WARN,
+            f"not verified: the scan of {PROGRESS_TABLE} took longer than {OPERATION_TIMEOUT_S:g} s",
+            "run the check when the database is less busy",
+        )
     if not rows:
         return CheckResult("catalog-rows", PASS, f"every row matches the catalog ({len(goals)} goals)")
     findings = []
@@ -352,11 +406,17 @@ async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
         if catalog_challenge_id is None:
             findings.append(f"{count} row(s) of goal '{goal_id}' (not in the catalog)")
         else:
-            findings.append(f"{count} row(s) of goal '{goal_id}' under challenge '{challenge_id}' "
-                            f"(catalog: '{catalog_challenge_id}')")
-    return CheckResult("catalog-rows", WARN, "; ".join(findings[:5]) + ("; ..." if len(findings) > 5 else ""),
-                       "rows of removed goals stay unused (docs/catalog.md#questions-that-come-up); a goal cannot move to another challenge: "
-                       "restore it in the catalog or give the goal a new id")
+            findings.append(
+                f"{count} row(s) of goal '{goal_id}' under challenge '{challenge_id}' "
+                f"(catalog: '{catalog_challenge_id}')"
+            )
+    return CheckResult(
+        "catalog-rows",
+        WARN,
+        "; ".join(findings[:5]) + ("; ..." if len(findings) > 5 else ""),
+        "rows of removed goals stay unused (docs/catalog.md#questions-that-come-up); a goal cannot move to another challenge: "
+        "restore it in the catalog or give the goal a new id",
+    )
 
 
 def _create_statement(index: ExpectedIndex) -> str:
@@ -373,8 +433,12 @@ async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
     another (the primary key counts) or an unused extra index warns."""
     conn = await need_database(diagnosis)
     if not await _progress_table_exists(conn):
-        return CheckResult("indexes", FAIL, f"table {PROGRESS_TABLE} does not exist",
-                           "apply the migrations with 'challengectl db migrate'")
+        return CheckResult(
+            "indexes",
+            FAIL,
+            f"table {PROGRESS_TABLE} does not exist",
+            "apply the migrations with 'challengectl db migrate'",
+        )
     indexes = await project_indexes_async(conn, (PROGRESS_TABLE,))
     by_name = {index.index_name: index for index in indexes}
     expected_by_name = {expected.index_name: expected for expected in EXPECTED_INDEXES}
@@ -395,8 +459,11 @@ async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
     if failures:
         return CheckResult("indexes", FAIL, "; ".join(failures), "; ".join(fixes))
     expected_names = set(expected_by_name)
-    duplicates = {duplicate.index_name: duplicate for duplicate in duplicate_indexes(indexes)
-                  if duplicate.index_name not in expected_names}
+    duplicates = {
+        duplicate.index_name: duplicate
+        for duplicate in duplicate_indexes(indexes)
+        if duplicate.index_name not in expected_names
+    }
     unused = {index.index_name for index in unused_indexes(indexes)}
     warnings = []
     for index in indexes:
@@ -407,24 +474,37 @@ async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
             warnings.append((index.index_name, f"{described} is unused (0 scans)"))
     if warnings:
         drops = "; ".join(f"DROP INDEX CONCURRENTLY {name}" for name, _ in warnings)
-        return CheckResult("indexes", WARN, "; ".join(text for _, text in warnings),
-                           f"{drops} (docs/data-model.md#indexes: no index may duplicate the primary key; "
-                           "'challengectl db indexes' shows the statistics)")
+        return CheckResult(
+            "indexes",
+            WARN,
+            "; ".join(text for _, text in warnings),
+            f"{drops} (docs/data-model.md#indexes: no index may duplicate the primary key; "
+            "'challengectl db indexes' shows the statistics)",
+        )
     return CheckResult("indexes", PASS, f"expected present and valid: {', '.join(sorted(expected_names))}")
 
 
 async def check_pg_stat_statements(diagnosis: Diagnosis) -> CheckResult:
     """pg_stat_statements is preloaded and created in this database."""
     conn = await need_database(diagnosis)
-    preload, version = await (await conn.execute(
-        "SELECT current_setting('shared_preload_libraries'),"
-        " (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements')")).fetchone()
+    preload, version = await (
+        await conn.execute(
+            "SELECT current_setting('shared_preload_libraries'),"
+            " (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements')"
+        )
+    ).fetchone()
     preloaded = "pg_stat_statements" in [name.strip().strip('"') for name in preload.split(",")]
     if not preloaded:
-        return CheckResult("pg-stat-statements", WARN, "missing: not in shared_preload_libraries", HINT_PG_STAT_STATEMENTS)
+        return CheckResult(
+            "pg-stat-statements", WARN, "missing: not in shared_preload_libraries", HINT_PG_STAT_STATEMENTS
+        )
     if version is None:
-        return CheckResult("pg-stat-statements", WARN, "preloaded, but the extension is not created in this database",
-                           "run CREATE EXTENSION pg_stat_statements")
+        return CheckResult(
+            "pg-stat-statements",
+            WARN,
+            "preloaded, but the extension is not created in this database",
+            "run CREATE EXTENSION pg_stat_statements",
+        )
     return CheckResult("pg-stat-statements", PASS, f"available (version {version})")
 
 
@@ -432,23 +512,34 @@ async def check_headroom(diagnosis: Diagnosis) -> CheckResult:
     """Server connections in use against max_connections − superuser_reserved_connections, with the
     configured pools of one instance (processes × db_pool_max, plus the flusher's)."""
     conn = await need_database(diagnosis)
-    max_connections, reserved, in_use = await (await conn.execute(
-        "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int,"
-        " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')")).fetchone()
+    max_connections, reserved, in_use = await (
+        await conn.execute(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int,"
+            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+        )
+    ).fetchone()
     usable = max(1, max_connections - reserved)
     share = in_use / usable
     pools = await _pool_math(diagnosis)
-    observed = (f"{in_use} of {usable} connections in use ({share:.0%}; max_connections {max_connections}, "
-                f"{reserved} reserved); {pools.text}")
-    hint = ("raise max_connections, lower db_pool_max, or pool through PgBouncer; "
-            "'challengectl pool' shows who holds the connections")
+    observed = (
+        f"{in_use} of {usable} connections in use ({share:.0%}; max_connections {max_connections}, "
+        f"{reserved} reserved); {pools.text}"
+    )
+    hint = (
+        "raise max_connections, lower db_pool_max, or pool through PgBouncer; "
+        "'challengectl pool' shows who holds the connections"
+    )
     if share >= HEADROOM_FAIL:
         return CheckResult("headroom", FAIL, observed, hint)
     if share >= HEADROOM_WARN:
         return CheckResult("headroom", WARN, observed, hint)
     if pools.total > usable:
-        return CheckResult("headroom", WARN, observed + f": above the {usable} usable connections",
-                           "lower db_pool_max (or workers), or raise max_connections")
+        return CheckResult(
+            "headroom",
+            WARN,
+            observed + f": above the {usable} usable connections",
+            "lower db_pool_max (or workers), or raise max_connections",
+        )
     return CheckResult("headroom", PASS, observed)
 
 
@@ -470,8 +561,10 @@ async def _pool_math(diagnosis: Diagnosis) -> PoolMath:
         values = {name: int(getattr(diagnosis.settings, name)) for name in ("workers", "db_pool_max", "flush_workers")}
     processes = service_processes(values["workers"])
     total = connections_per_instance(values["workers"], values["db_pool_max"], values["flush_workers"])
-    text = (f"pools per instance ({source}): {processes} process(es) × db_pool_max {values['db_pool_max']} "
-            f"+ {values['flush_workers']} flusher = {total}")
+    text = (
+        f"pools per instance ({source}): {processes} process(es) × db_pool_max {values['db_pool_max']} "
+        f"+ {values['flush_workers']} flusher = {total}"
+    )
     return PoolMath(total, text)
 
 
@@ -490,11 +583,19 @@ async def check_time(diagnosis: Diagnosis) -> CheckResult:
     skew_s = (server_now - local_now).total_seconds()
     observed = f"TimeZone {zone}, clock skew {round(skew_s * 1000):+d} ms (±{round((after - before) * 500)} ms)"
     if zone not in UTC_NAMES:
-        return CheckResult("time", WARN, observed,
-                           "service sessions must run in UTC: remove the TimeZone override from the URL's options or PGOPTIONS")
+        return CheckResult(
+            "time",
+            WARN,
+            observed,
+            "service sessions must run in UTC: remove the TimeZone override from the URL's options or PGOPTIONS",
+        )
     if abs(skew_s) > CLOCK_SKEW_LIMIT_S:
-        return CheckResult("time", WARN, observed,
-                           "synchronise this host and the database host with NTP (rotation boundaries use the service's clock)")
+        return CheckResult(
+            "time",
+            WARN,
+            observed,
+            "synchronise this host and the database host with NTP (rotation boundaries use the service's clock)",
+        )
     return CheckResult("time", PASS, observed)
 
 
@@ -506,11 +607,19 @@ async def check_redis(diagnosis: Diagnosis) -> CheckResult:
         client = await diagnosis.redis()
     except Unreachable as exc:
         if diagnosis.settings.readyz_redis == "optional":
-            return CheckResult("redis", WARN, f"unreachable: {exc}",
-                               "the service serves from PostgreSQL meanwhile (readyz_redis=optional); "
-                               "check that Redis runs, and --redis-url / REDIS_URL")
-        return CheckResult("redis", FAIL, f"unreachable: {exc}",
-                           "check that Redis runs, and --redis-url / REDIS_URL (or REDIS_URL=disabled to run without a cache)")
+            return CheckResult(
+                "redis",
+                WARN,
+                f"unreachable: {exc}",
+                "the service serves from PostgreSQL meanwhile (readyz_redis=optional); "
+                "check that Redis runs, and --redis-url / REDIS_URL",
+            )
+        return CheckResult(
+            "redis",
+            FAIL,
+            f"unreachable: {exc}",
+            "check that Redis runs, and --redis-url / REDIS_URL (or REDIS_URL=disabled to run without a cache)",
+        )
     started = time.perf_counter()
     await client.ping()
     ping_ms = (time.perf_counter() - started) * 1000
@@ -533,12 +642,20 @@ async def check_redis_eviction(diagnosis: Diagnosis) -> CheckResult:
     if policy.startswith("volatile-"):
         return CheckResult("redis-eviction", PASS, observed)
     if policy.startswith("allkeys-"):
-        return CheckResult("redis-eviction", WARN, observed,
-                           "allkeys-* can evict the users' cache tokens (keys without a TTL), breaking read-your-writes; "
-                           "use maxmemory-policy volatile-lru")
-    return CheckResult("redis-eviction", WARN, observed,
-                       "with noeviction a full Redis refuses writes and the cache degrades; "
-                       "set maxmemory and maxmemory-policy volatile-lru")
+        return CheckResult(
+            "redis-eviction",
+            WARN,
+            observed,
+            "allkeys-* can evict the users' cache tokens (keys without a TTL), breaking read-your-writes; "
+            "use maxmemory-policy volatile-lru",
+        )
+    return CheckResult(
+        "redis-eviction",
+        WARN,
+        observed,
+        "with noeviction a full Redis refuses writes and the cache degrades; "
+        "set maxmemory and maxmemory-policy volatile-lru",
+    )
 
 
 async def check_service(diagnosis: Diagnosis) -> CheckResult:
@@ -580,7 +697,8 @@ async def _grpc_health(diagnosis: Diagnosis) -> ServicePart:
     async with grpc.aio.insecure_channel(target) as channel:
         try:
             answer = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=OPERATION_TIMEOUT_S)
+                health_pb2.HealthCheckRequest(service=""), timeout=OPERATION_TIMEOUT_S
+            )
         except grpc.aio.AioRpcError as exc:
             unreachable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             return ServicePart(False, f"gRPC health at {target}: {exc.code().name}", unreachable)
@@ -603,16 +721,24 @@ async def check_cache_ratio(diagnosis: Diagnosis) -> CheckResult:
         raise SkipCheck("cache disabled in the service")
     hits, misses = int(stats.get("hits") or 0), int(stats.get("misses") or 0)
     if stats.get("bypass"):
-        return CheckResult("cache-ratio", WARN, f"cache bypassed (Redis unhealthy); {hits} hits, {misses} misses",
-                           "check the redis row; the service reads from PostgreSQL meanwhile")
+        return CheckResult(
+            "cache-ratio",
+            WARN,
+            f"cache bypassed (Redis unhealthy); {hits} hits, {misses} misses",
+            "check the redis row; the service reads from PostgreSQL meanwhile",
+        )
     if hits + misses == 0:
         return CheckResult("cache-ratio", PASS, "no traffic")
     ratio = hits / (hits + misses)
     observed = f"{ratio:.1%} ({hits} hits, {misses} misses)"
     if ratio < CACHE_RATIO_WARN:
-        return CheckResult("cache-ratio", WARN, observed,
-                           "normal right after a start or a 'cache flush'; otherwise check evictions and cache_ttl_s "
-                           "('challengectl cache stats')")
+        return CheckResult(
+            "cache-ratio",
+            WARN,
+            observed,
+            "normal right after a start or a 'cache flush'; otherwise check evictions and cache_ttl_s "
+            "('challengectl cache stats')",
+        )
     return CheckResult("cache-ratio", PASS, observed)
 
 
@@ -625,15 +751,25 @@ async def check_buffer(diagnosis: Diagnosis) -> CheckResult:
     failures = int(stats.get("flush_failures_total") or 0)
     oldest_ms = float(stats.get("oldest_entry_age_ms") or 0.0)
     share = entries / capacity
-    observed = (f"{entries} of {capacity} entries ({share:.0%}), {stats.get('flushes_total', 0)} flushes, "
-                f"{failures} flush failures since start")
+    observed = (
+        f"{entries} of {capacity} entries ({share:.0%}), {stats.get('flushes_total', 0)} flushes, "
+        f"{failures} flush failures since start"
+    )
     flusher = ((diagnosis.readiness or {}).get("checks") or {}).get("flusher") or {}
     if flusher.get("ok") is False or (failures and oldest_ms > STALLED_ENTRY_MS):
-        return CheckResult("buffer", FAIL, observed + f"; flushes failing (oldest entry {oldest_ms / 1000:.0f} s)",
-                           "check PostgreSQL (the postgres and headroom rows) and the service's log")
+        return CheckResult(
+            "buffer",
+            FAIL,
+            observed + f"; flushes failing (oldest entry {oldest_ms / 1000:.0f} s)",
+            "check PostgreSQL (the postgres and headroom rows) and the service's log",
+        )
     if share >= BUFFER_FAIL:
-        return CheckResult("buffer", FAIL, observed, "flushes cannot keep up: check flush_ms_p95 in /admin/buffer, "
-                           "database load, and raise flush_workers")
+        return CheckResult(
+            "buffer",
+            FAIL,
+            observed,
+            "flushes cannot keep up: check flush_ms_p95 in /admin/buffer, database load, and raise flush_workers",
+        )
     if share >= BUFFER_WARN:
         return CheckResult("buffer", WARN, observed, "the buffer is filling: check database load and flush_workers")
     return CheckResult("buffer", PASS, observed)
@@ -655,8 +791,9 @@ async def check_jwt_secret(diagnosis: Diagnosis) -> CheckResult:
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError as exc:
-        return CheckResult("jwt-secret", FAIL, f"{path}: {exc.strerror or exc}",
-                           "check --jwt-secret-file / CHALLENGE_JWT_SECRET_FILE")
+        return CheckResult(
+            "jwt-secret", FAIL, f"{path}: {exc.strerror or exc}", "check --jwt-secret-file / CHALLENGE_JWT_SECRET_FILE"
+        )
     if mode & 0o077:
         return CheckResult("jwt-secret", FAIL, f"{path} has mode {mode:04o}", f"chmod 600 {path}")
     return CheckResult("jwt-secret", PASS, f"{path} has mode {mode:04o}")
@@ -699,8 +836,12 @@ async def run_check(check: Check, diagnosis: Diagnosis) -> CheckResult:
     except SkipCheck as skipped:
         return CheckResult(check.id, SKIP, str(skipped))
     except TimeoutError:
-        return CheckResult(check.id, FAIL, f"no answer within {CHECK_DEADLINE_S:g} s",
-                           "the dependency is overloaded or hanging; rerun with --debug")
+        return CheckResult(
+            check.id,
+            FAIL,
+            f"no answer within {CHECK_DEADLINE_S:g} s",
+            "the dependency is overloaded or hanging; rerun with --debug",
+        )
     except psycopg.Error as exc:
         return CheckResult(check.id, FAIL, f"PostgreSQL error: {short_reason(exc)}", "rerun with --debug")
     except (RedisError, OSError) as exc:

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors click
@@ -30,8 +30,22 @@ from challengectl.output import FORMATS, resolve_format, to_json
 from service.config.settings import MASK
 
 COMMAND_MODULES = (
-    "serve", "doctor", "version", "config", "completion", "token", "users", "challenges", "goals",
-    "events", "watch", "explain", "pool", "cache", "db", "loadtest",
+    "serve",
+    "doctor",
+    "version",
+    "config",
+    "completion",
+    "token",
+    "users",
+    "challenges",
+    "goals",
+    "events",
+    "watch",
+    "explain",
+    "pool",
+    "cache",
+    "db",
+    "loadtest",
 )
 
 # click rewraps help paragraphs; `\b` keeps this one as written.
@@ -56,22 +70,56 @@ _pending_warnings: list[str] = []
 @app.callback()
 def root(
     ctx: typer.Context,
-    api_url: Optional[str] = typer.Option(None, "--api-url", help="player REST API base URL, e.g. http://127.0.0.1:8000/challenge [env: CHALLENGE_API_URL]"),
-    grpc_addr: Optional[str] = typer.Option(None, "--grpc-addr", help="gRPC ingest address host:port [env: CHALLENGE_GRPC_ADDR]"),
-    admin_url: Optional[str] = typer.Option(None, "--admin-url", help="admin API URL [env: CHALLENGE_ADMIN_URL]"),
-    database_url: Optional[str] = typer.Option(None, "--database-url", help="PostgreSQL URL; unset: the embedded one [env: DATABASE_URL]"),
-    redis_url: Optional[str] = typer.Option(None, "--redis-url", help="Redis URL, or 'disabled'; unset: the embedded one [env: REDIS_URL]"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="embedded servers and JWT secret [env: CHALLENGE_DATA_DIR]"),
-    token: Optional[str] = typer.Option(None, "--token", help="player JWT (prefer the env var: flags show in ps) [env: CHALLENGE_TOKEN]"),
-    user: Optional[str] = typer.Option(None, "--user", help="player id for player commands [env: CHALLENGE_USER]"),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help=f"{'|'.join(FORMATS)}; default table on a TTY, json when piped [env: CHALLENGE_OUTPUT]"),
+    api_url: str | None = typer.Option(
+        None,
+        "--api-url",
+        help="player REST API base URL, e.g. http://127.0.0.1:8000/challenge [env: CHALLENGE_API_URL]",
+    ),
+    grpc_addr: str | None = typer.Option(
+        None, "--grpc-addr", help="gRPC ingest address host:port [env: CHALLENGE_GRPC_ADDR]"
+    ),
+    admin_url: str | None = typer.Option(None, "--admin-url", help="admin API URL [env: CHALLENGE_ADMIN_URL]"),
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="PostgreSQL URL; unset: the embedded one [env: DATABASE_URL]"
+    ),
+    redis_url: str | None = typer.Option(
+        None, "--redis-url", help="Redis URL, or 'disabled'; unset: the embedded one [env: REDIS_URL]"
+    ),
+    data_dir: str | None = typer.Option(
+        None, "--data-dir", help="embedded servers and JWT secret [env: CHALLENGE_DATA_DIR]"
+    ),
+    token: str | None = typer.Option(
+        None, "--token", help="player JWT (prefer the env var: flags show in ps) [env: CHALLENGE_TOKEN]"
+    ),
+    user: str | None = typer.Option(None, "--user", help="player id for player commands [env: CHALLENGE_USER]"),
+    output: str | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help=f"{'|'.join(FORMATS)}; default table on a TTY, json when piped [env: CHALLENGE_OUTPUT]",
+    ),
     no_headers: bool = typer.Option(False, "--no-headers", help="omit table and CSV headers"),
-    color: Optional[bool] = typer.Option(None, "--color/--no-color", help="force or disable colour [env: NO_COLOR, FORCE_COLOR, CLICOLOR_FORCE]", show_default=False),
+    color: bool | None = typer.Option(
+        None,
+        "--color/--no-color",
+        help="force or disable colour [env: NO_COLOR, FORCE_COLOR, CLICOLOR_FORCE]",
+        show_default=False,
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="no progress bars or status output"),
-    debug: Optional[bool] = typer.Option(None, "--debug", help="tracebacks and a curl/grpcurl line per call [env: CHALLENGE_DEBUG]", show_default=False),
-    timeout: Optional[str] = typer.Option(None, "--timeout", help="request timeout <n>[ms|s|m|h|d], default 10s [env: CHALLENGE_TIMEOUT_S]"),
-    config_file: Optional[str] = typer.Option(None, "--config-file", help="TOML config file, default $XDG_CONFIG_HOME/challengectl/config.toml [env: CHALLENGE_CONFIG_FILE]"),
-    profile: Optional[str] = typer.Option(None, "--profile", help="config file profile [profiles.NAME] [env: CHALLENGE_PROFILE]"),
+    debug: bool | None = typer.Option(
+        None, "--debug", help="tracebacks and a curl/grpcurl line per call [env: CHALLENGE_DEBUG]", show_default=False
+    ),
+    timeout: str | None = typer.Option(
+        None, "--timeout", help="request timeout <n>[ms|s|m|h|d], default 10s [env: CHALLENGE_TIMEOUT_S]"
+    ),
+    config_file: str | None = typer.Option(
+        None,
+        "--config-file",
+        help="TOML config file, default $XDG_CONFIG_HOME/challengectl/config.toml [env: CHALLENGE_CONFIG_FILE]",
+    ),
+    profile: str | None = typer.Option(
+        None, "--profile", help="config file profile [profiles.NAME] [env: CHALLENGE_PROFILE]"
+    ),
 ) -> None:
     """Run, drive and diagnose the challenge service."""
     global _invocation
@@ -80,14 +128,31 @@ def root(
         raise CliError(f"invalid --timeout '{timeout}': must be above zero", "e.g. --timeout 10s", EXIT_USAGE)
     if output is not None:
         output = resolve_format(output, stdout_is_tty=False)
-    flags = {"api_url": api_url, "grpc_addr": grpc_addr, "admin_url": admin_url, "database_url": database_url,
-             "redis_url": redis_url, "data_dir": data_dir, "token": token, "user": user, "output": output,
-             "debug": debug, "config_file": config_file, "profile": profile,
-             "timeout_s": timeout_setting(timeout_s) if timeout_s is not None else None}
+    flags = {
+        "api_url": api_url,
+        "grpc_addr": grpc_addr,
+        "admin_url": admin_url,
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "data_dir": data_dir,
+        "token": token,
+        "user": user,
+        "output": output,
+        "debug": debug,
+        "config_file": config_file,
+        "profile": profile,
+        "timeout_s": timeout_setting(timeout_s) if timeout_s is not None else None,
+    }
     flags = {name: value for name, value in flags.items() if value is not None}
     env_debug = os.environ.get("CHALLENGE_DEBUG", "").strip().lower() in ("1", "true", "yes")
-    ctx.obj = _invocation = CliContext(flags=flags, debug=bool(debug) if debug is not None else env_debug,
-                                       quiet=quiet, no_headers=no_headers, color=color, timeout_override_s=timeout_s)
+    ctx.obj = _invocation = CliContext(
+        flags=flags,
+        debug=bool(debug) if debug is not None else env_debug,
+        quiet=quiet,
+        no_headers=no_headers,
+        color=color,
+        timeout_override_s=timeout_s,
+    )
     # Printed when the command ends (after any Error:/Hint: lines, which stay first on stderr).
     _pending_warnings[:] = secret_flag_warnings(flags)
     file_warning = config_file_warning(config_file or os.environ.get("CHALLENGE_CONFIG_FILE") or None)
@@ -112,9 +177,16 @@ _register_commands()
 
 def _secret_values() -> list[str]:
     """Secret values that must never be printed, from the invocation and the environment."""
-    values = [os.environ.get(name, "") for name in
-              ("CHALLENGE_TOKEN", "CHALLENGE_JWT_SECRET", "CHALLENGE_ADMIN_TOKEN", "CHALLENGE_GRPC_TOKEN",
-               "CHALLENGE_REWARD_WEBHOOK_SECRET")]
+    values = [
+        os.environ.get(name, "")
+        for name in (
+            "CHALLENGE_TOKEN",
+            "CHALLENGE_JWT_SECRET",
+            "CHALLENGE_ADMIN_TOKEN",
+            "CHALLENGE_GRPC_TOKEN",
+            "CHALLENGE_REWARD_WEBHOOK_SECRET",
+        )
+    ]
     if _invocation is not None:
         values.append(str(_invocation.flags.get("token") or ""))
     return [value for value in values if len(value) >= 4]
@@ -171,17 +243,31 @@ def _usage_error(usage: UsageError) -> CliError:
 # Global options may also follow the command (`challengectl version -o json`, `challengectl users init
 # --user alice`), as users type them; they are moved before the command unless that command defines an
 # option of the same name. The value says whether the option takes a value.
-HOISTABLE_OPTIONS = {"-o": True, "--output": True, "--no-headers": False, "-q": False, "--quiet": False,
-                     "--debug": False, "--color": False, "--no-color": False, "--user": True, "--token": True,
-                     "--api-url": True, "--admin-url": True, "--grpc-addr": True, "--database-url": True,
-                     "--redis-url": True, "--data-dir": True, "--timeout": True}
+HOISTABLE_OPTIONS = {
+    "-o": True,
+    "--output": True,
+    "--no-headers": False,
+    "-q": False,
+    "--quiet": False,
+    "--debug": False,
+    "--color": False,
+    "--no-color": False,
+    "--user": True,
+    "--token": True,
+    "--api-url": True,
+    "--admin-url": True,
+    "--grpc-addr": True,
+    "--database-url": True,
+    "--redis-url": True,
+    "--data-dir": True,
+    "--timeout": True,
+}
 
 
 def hoist_output_options(args: list[str]) -> list[str]:
     """`args` with output options given after the command moved in front of it (see HOISTABLE_OPTIONS)."""
     command: Any = typer.main.get_command(app)
-    takes_value = {name for param in command.params if getattr(param, "is_flag", True) is False
-                   for name in param.opts}
+    takes_value = {name for param in command.params if getattr(param, "is_flag", True) is False for name in param.opts}
     position = 0
     while position < len(args) and args[position].startswith("-"):
         if args[position] == "--":
@@ -205,7 +291,7 @@ def hoist_output_options(args: list[str]) -> list[str]:
         name = token.split("=", 1)[0]
         if name in HOISTABLE_OPTIONS and name not in own:
             needs_value = HOISTABLE_OPTIONS[name] and "=" not in token
-            moved += rest[index:index + (2 if needs_value else 1)]
+            moved += rest[index : index + (2 if needs_value else 1)]
             index += 2 if needs_value else 1
             continue
         kept.append(token)
@@ -255,8 +341,14 @@ def _run(args: list[str]) -> None:
     except Exception as unexpected:  # a bug or an unmapped failure: one line, no locals, no secrets
         if _debugging(args):
             traceback.print_exc()
-        report_error(CliError(f"unexpected {type(unexpected).__name__}: {unexpected}",
-                              "rerun with --debug for the traceback", EXIT_FAILED, code="INTERNAL"))
+        report_error(
+            CliError(
+                f"unexpected {type(unexpected).__name__}: {unexpected}",
+                "rerun with --debug for the traceback",
+                EXIT_FAILED,
+                code="INTERNAL",
+            )
+        )
         sys.exit(EXIT_FAILED)
     if result == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130), returned here
         report_error(CliError("interrupted", "", EXIT_INTERRUPTED))

@@ -38,8 +38,8 @@ from challengectl.errors import (
     error_from_http,
     hint_for_unreachable_rest,
 )
-from service.transport.auth import SECRET_FILE_NAME, mint_token, read_secret_file
 from service.config.settings import MASK, Settings, SettingsError
+from service.transport.auth import SECRET_FILE_NAME, mint_token, read_secret_file
 
 CONNECT_TIMEOUT_S = 5.0
 PLAYER_TOKEN_TTL_S = 3600
@@ -63,8 +63,15 @@ class HttpClient:
     service_name = "REST API"
     admin = False
 
-    def __init__(self, base_url: str, *, timeout_s: float, debug_print: Any | None = None,
-                 headers: Mapping[str, str] | None = None, pool_size: int = 100) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        debug_print: Any | None = None,
+        headers: Mapping[str, str] | None = None,
+        pool_size: int = 100,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._debug_print = debug_print
@@ -89,9 +96,16 @@ class HttpClient:
     def url(self, path: str) -> str:
         return self.base_url + (path if path.startswith("/") else "/" + path)
 
-    async def send(self, method: str, path: str, *, json_body: Any = None,
-                   params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-                   accept: Sequence[int] = ()) -> ApiResponse:
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        accept: Sequence[int] = (),
+    ) -> ApiResponse:
         """Send one request; a 2xx status, or one listed in `accept`, is returned, any other raises
         CliError (docs/cli.md#exit-codes). Connection failures and timeouts raise CliError exit 5."""
         url = self.url(path)
@@ -99,21 +113,30 @@ class HttpClient:
         self._print_curl(method, url, query, headers or {}, json_body)
         started = time.perf_counter()
         try:
-            async with self._open().request(method, url, params=query or None, json=json_body,
-                                            headers=headers) as response:
+            async with self._open().request(
+                method, url, params=query or None, json=json_body, headers=headers
+            ) as response:
                 raw = await response.read()
                 status, response_headers = response.status, dict(response.headers)
-        except asyncio.TimeoutError:
-            raise CliError(f"{self.service_name} at {self.base_url} did not answer {method} {path} "
-                           f"within {self.timeout_s:g}s", "raise --timeout, or run 'challengectl doctor'",
-                           EXIT_UNAVAILABLE) from None
+        except TimeoutError:
+            raise CliError(
+                f"{self.service_name} at {self.base_url} did not answer {method} {path} within {self.timeout_s:g}s",
+                "raise --timeout, or run 'challengectl doctor'",
+                EXIT_UNAVAILABLE,
+            ) from None
         except aiohttp.ClientConnectorError as exc:
-            raise CliError(f"cannot connect to the {self.service_name} at {self.base_url}: "
-                           f"{_connect_reason(exc)}", self.unreachable_hint(), EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"cannot connect to the {self.service_name} at {self.base_url}: {_connect_reason(exc)}",
+                self.unreachable_hint(),
+                EXIT_UNAVAILABLE,
+            ) from None
         except aiohttp.ClientError as exc:
             # e.g. a gRPC (HTTP/2-only) port answering an HTTP/1.1 request, or a dropped connection
-            raise CliError(f"{self.service_name} at {self.base_url} broke off {method} {path}: "
-                           f"{type(exc).__name__}", self.unreachable_hint(), EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"{self.service_name} at {self.base_url} broke off {method} {path}: {type(exc).__name__}",
+                self.unreachable_hint(),
+                EXIT_UNAVAILABLE,
+            ) from None
         duration_ms = (time.perf_counter() - started) * 1000
         body = _parse_body(raw)
         if 200 <= status < 300 or status in accept:
@@ -135,8 +158,9 @@ class HttpClient:
     def unreachable_hint(self) -> str:
         return HINT_START_SERVICE
 
-    def _print_curl(self, method: str, url: str, query: Mapping[str, str], headers: Mapping[str, str],
-                    json_body: Any) -> None:
+    def _print_curl(
+        self, method: str, url: str, query: Mapping[str, str], headers: Mapping[str, str], json_body: Any
+    ) -> None:
         if self._debug_print is None:
             return
         full_url = url + ("?" + urlencode(query) if query else "")
@@ -158,8 +182,15 @@ class ApiClient(HttpClient):
         self._grpc_port = grpc_port
         self._http_port = http_port
 
-    async def send(self, method: str, path: str, *, user: str | None = None,
-                   headers: Mapping[str, str] | None = None, **kwargs: Any) -> ApiResponse:
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> ApiResponse:
         """As `HttpClient.send`; `user` adds `Authorization: Bearer ...` or `X-Mock-User-Id`."""
         merged = dict(headers or {})
         if user is not None:
@@ -193,8 +224,15 @@ class IngestClient:
     call the AGS OnMessage services. Messages come from `service.proto.challengectl.v1.ingest_pb2` and
     the `service.proto.accelbyte...` modules."""
 
-    def __init__(self, target: str, *, timeout_s: float, grpc_token: str | None,
-                 max_message_bytes: int = 4 * 1024 * 1024, debug_print: Any | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float,
+        grpc_token: str | None,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        debug_print: Any | None = None,
+    ) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self._metadata = (("authorization", f"Bearer {grpc_token}"),) if grpc_token else ()
@@ -206,10 +244,13 @@ class IngestClient:
     def channel(self) -> grpc.aio.Channel:
         """The grpc.aio channel, created on first use."""
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=[
-                ("grpc.max_send_message_length", self._max_message_bytes),
-                ("grpc.max_receive_message_length", self._max_message_bytes),
-            ])
+            self._channel = grpc.aio.insecure_channel(
+                self.target,
+                options=[
+                    ("grpc.max_send_message_length", self._max_message_bytes),
+                    ("grpc.max_receive_message_length", self._max_message_bytes),
+                ],
+            )
         return self._channel
 
     async def close(self) -> None:
@@ -243,16 +284,18 @@ class IngestClient:
         from service.proto.accelbyte.iam.account.v1 import account_pb2_grpc
 
         stub = account_pb2_grpc.UserAuthenticationUserLoggedInServiceStub(self.channel)
-        return await self.call("accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService/OnMessage",
-                               stub.OnMessage, message)
+        return await self.call(
+            "accelbyte.iam.account.v1.UserAuthenticationUserLoggedInService/OnMessage", stub.OnMessage, message
+        )
 
     async def ags_stat(self, message: Any) -> Any:
         """The AGS StatItemUpdated OnMessage service (one stat event)."""
         from service.proto.accelbyte.social.statistic.v1 import statistic_pb2_grpc
 
         stub = statistic_pb2_grpc.StatisticStatItemUpdatedServiceStub(self.channel)
-        return await self.call("accelbyte.social.statistic.v1.StatisticStatItemUpdatedService/OnMessage",
-                               stub.OnMessage, message)
+        return await self.call(
+            "accelbyte.social.statistic.v1.StatisticStatItemUpdatedService/OnMessage", stub.OnMessage, message
+        )
 
 
 def local_jwt_secret(settings: Settings) -> bytes | None:
@@ -308,16 +351,21 @@ class PlayerAuth:
         except CliError as exc:
             # Without an answer we cannot tell auth=none from a missing secret; an unreachable
             # service keeps its own exit code (5), anything else is an authentication problem.
-            raise CliError("no player token (no --token, no readable JWT secret) and cannot ask the service "
-                           f"whether it runs with auth=none: {exc.message}",
-                           "start the service ('challengectl serve'), pass --token, or set CHALLENGE_JWT_SECRET_FILE",
-                           exc.exit_code if exc.exit_code == EXIT_UNAVAILABLE else EXIT_AUTH) from None
+            raise CliError(
+                "no player token (no --token, no readable JWT secret) and cannot ask the service "
+                f"whether it runs with auth=none: {exc.message}",
+                "start the service ('challengectl serve'), pass --token, or set CHALLENGE_JWT_SECRET_FILE",
+                exc.exit_code if exc.exit_code == EXIT_UNAVAILABLE else EXIT_AUTH,
+            ) from None
         if _auth_mode_of(config) == "none":
             return "mock"
-        raise CliError("no player token: no --token and no readable JWT secret to mint one "
-                       f"(looked for {self._settings.resolved_data_dir() / SECRET_FILE_NAME})",
-                       "pass --token, set CHALLENGE_JWT_SECRET_FILE (or --data-dir of the running serve), "
-                       "or mint one with 'challengectl token mint --user <id>'", EXIT_AUTH)
+        raise CliError(
+            "no player token: no --token and no readable JWT secret to mint one "
+            f"(looked for {self._settings.resolved_data_dir() / SECRET_FILE_NAME})",
+            "pass --token, set CHALLENGE_JWT_SECRET_FILE (or --data-dir of the running serve), "
+            "or mint one with 'challengectl token mint --user <id>'",
+            EXIT_AUTH,
+        )
 
     async def headers(self, user: str) -> dict[str, str]:
         """The identity headers of `user`."""
@@ -349,8 +397,12 @@ class Clients:
     @property
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(self.settings.admin_url, admin_token=self.settings.admin_token,
-                                      timeout_s=self.timeout_s, debug_print=self._debug_print)
+            self._admin = AdminClient(
+                self.settings.admin_url,
+                admin_token=self.settings.admin_token,
+                timeout_s=self.timeout_s,
+                debug_print=self._debug_print,
+            )
         return self._admin
 
     @property
@@ -362,19 +414,26 @@ class Clients:
     @property
     def api(self) -> ApiClient:
         if self._api is None:
-            self._api = ApiClient(self.settings.resolved_api_url(), auth=self.auth,
-                                  grpc_port=_port_of(self.settings.grpc_addr, self.settings.grpc_port),
-                                  http_port=self.settings.http_port,
-                                  timeout_s=self.timeout_s, debug_print=self._debug_print)
+            self._api = ApiClient(
+                self.settings.resolved_api_url(),
+                auth=self.auth,
+                grpc_port=_port_of(self.settings.grpc_addr, self.settings.grpc_port),
+                http_port=self.settings.http_port,
+                timeout_s=self.timeout_s,
+                debug_print=self._debug_print,
+            )
         return self._api
 
     @property
     def ingest(self) -> IngestClient:
         if self._ingest is None:
-            self._ingest = IngestClient(self.settings.grpc_addr, timeout_s=self.timeout_s,
-                                        grpc_token=self.settings.grpc_token,
-                                        max_message_bytes=self.settings.grpc_max_message_bytes,
-                                        debug_print=self._debug_print)
+            self._ingest = IngestClient(
+                self.settings.grpc_addr,
+                timeout_s=self.timeout_s,
+                grpc_token=self.settings.grpc_token,
+                max_message_bytes=self.settings.grpc_max_message_bytes,
+                debug_print=self._debug_print,
+            )
         return self._ingest
 
     async def aclose(self) -> None:

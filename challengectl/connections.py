@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from service.config.settings import Settings
 from service.runtime.app import wants_embedded_postgres, wants_embedded_redis
 from service.runtime.embedded import EmbeddedServers, discover
-from service.config.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,11 @@ def database_target(settings: Settings) -> Iterator[DatabaseTarget]:
         yield DatabaseTarget(settings.database_url, embedded=False)
         return
     if settings.embedded == "never":
-        raise CliError("no database: DATABASE_URL is unset and embedded=never",
-                       "set --database-url or DATABASE_URL", EXIT_UNAVAILABLE)
+        raise CliError(
+            "no database: DATABASE_URL is unset and embedded=never",
+            "set --database-url or DATABASE_URL",
+            EXIT_UNAVAILABLE,
+        )
     data_dir = settings.resolved_data_dir()
     running = discover(data_dir)
     if running is not None:
@@ -40,8 +43,11 @@ def database_target(settings: Settings) -> Iterator[DatabaseTarget]:
     try:
         urls = servers.start()
     except Exception as exc:
-        raise CliError(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}",
-                       "set --database-url, or check the data dir", EXIT_UNAVAILABLE) from None
+        raise CliError(
+            f"cannot start the embedded PostgreSQL in {data_dir}: {exc}",
+            "set --database-url, or check the data dir",
+            EXIT_UNAVAILABLE,
+        ) from None
     try:
         yield DatabaseTarget(urls.database_url, embedded=True)
     finally:
@@ -72,14 +78,21 @@ def require_service_redis_url(settings: Settings) -> str:
     """`service_redis_url`, for a command that needs the cache: a disabled cache is CliError exit 2,
     no Redis to be found exit 5."""
     if settings.cache_disabled():
-        raise CliError("the cache is disabled (redis_url=disabled)", "set --redis-url or REDIS_URL to the service's Redis",
-                       EXIT_USAGE)
+        raise CliError(
+            "the cache is disabled (redis_url=disabled)",
+            "set --redis-url or REDIS_URL to the service's Redis",
+            EXIT_USAGE,
+        )
     url = service_redis_url(settings)
     if url is not None:
         return url
     if settings.embedded == "never":
-        raise CliError("no Redis: REDIS_URL is unset and embedded=never", "set --redis-url or REDIS_URL",
-                       EXIT_UNAVAILABLE)
-    raise CliError(f"no Redis: no running 'challengectl serve' uses an embedded Redis in {settings.resolved_data_dir()}"
-                   + ("" if settings.redis_url else " and REDIS_URL is unset"),
-                   "set --redis-url or REDIS_URL, or start 'challengectl serve'", EXIT_UNAVAILABLE)
+        raise CliError(
+            "no Redis: REDIS_URL is unset and embedded=never", "set --redis-url or REDIS_URL", EXIT_UNAVAILABLE
+        )
+    raise CliError(
+        f"no Redis: no running 'challengectl serve' uses an embedded Redis in {settings.resolved_data_dir()}"
+        + ("" if settings.redis_url else " and REDIS_URL is unset"),
+        "set --redis-url or REDIS_URL, or start 'challengectl serve'",
+        EXIT_UNAVAILABLE,
+    )

@@ -44,8 +44,11 @@ def parse_duration(text: str, option: str = "duration") -> float:
     """`<n>[ms|s|m|h|d]` → seconds (a bare number means seconds); anything else → CliError exit 2."""
     match = _DURATION.match(str(text))
     if not match:
-        raise CliError(f"invalid {option} '{text}': expected <n>[ms|s|m|h|d], e.g. 500ms, 10s, 2m, 1h",
-                       f"e.g. {option} 10s", EXIT_USAGE)
+        raise CliError(
+            f"invalid {option} '{text}': expected <n>[ms|s|m|h|d], e.g. 500ms, 10s, 2m, 1h",
+            f"e.g. {option} 10s",
+            EXIT_USAGE,
+        )
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
@@ -58,9 +61,14 @@ def examples(*commands: str) -> str:
 def command_group(help_text: str, **kwargs: Any) -> typer.Typer:
     """A typer sub-app with the project's conventions: no rich markup in help, no pretty exceptions
     (they would print locals such as DSNs and tokens), `-h/--help`, help when called bare."""
-    return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None,
-                       pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]},
-                       **kwargs)
+    return typer.Typer(
+        help=help_text,
+        no_args_is_help=True,
+        rich_markup_mode=None,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        **kwargs,
+    )
 
 
 @dataclass
@@ -93,8 +101,9 @@ class CliContext:
         try:
             settings = load_settings({**self.flags, **given})
         except SettingsError as exc:
-            raise CliError(str(exc), "see 'challengectl config show' for every setting and its source",
-                           EXIT_USAGE) from None
+            raise CliError(
+                str(exc), "see 'challengectl config show' for every setting and its source", EXIT_USAGE
+            ) from None
         if not given:
             self._settings = settings
         return settings
@@ -135,8 +144,9 @@ class CliContext:
         """The player to act as: `--user` / `CHALLENGE_USER`, else CliError exit 2."""
         user = self.settings().user
         if not user:
-            raise CliError("this command acts as a player and needs --user", "add --user <id> or set CHALLENGE_USER",
-                           EXIT_USAGE)
+            raise CliError(
+                "this command acts as a player and needs --user", "add --user <id> or set CHALLENGE_USER", EXIT_USAGE
+            )
         return user
 
     def _debug_line(self, line: str) -> None:

@@ -66,8 +66,14 @@ class CliError(Exception):
 
     def as_json(self) -> dict[str, Any]:
         """The `{"error": {...}}` object written to stdout with `-o json` (docs/cli.md#errors-and-hints)."""
-        return {"error": {"code": self.code, "message": self.message, "hint": self.hint or None,
-                          "exit_code": self.exit_code}}
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "hint": self.hint or None,
+                "exit_code": self.exit_code,
+            }
+        }
 
 
 def exit_code_for_http_status(status: int) -> int:
@@ -97,8 +103,9 @@ def error_from_http(status: int, body: Any, method: str, url: str, admin: bool =
     hint = hint_for_http_status(status, admin)
     if isinstance(body, dict) and isinstance(body.get("errorCode"), str):
         message = str(body.get("message", "")).splitlines()[0] if body.get("message") else ""
-        return CliError(f"{body['errorCode']}: {message}" if message else body["errorCode"],
-                        hint, exit_code, code=body["errorCode"])
+        return CliError(
+            f"{body['errorCode']}: {message}" if message else body["errorCode"], hint, exit_code, code=body["errorCode"]
+        )
     return CliError(f"HTTP {status} from {method} {url}", hint, exit_code, code=f"HTTP_{status}")
 
 

@@ -36,28 +36,46 @@ class ExpectedIndex:
         """The one statement that creates the index from scratch, for advice: the primary key as its
         constraint, any other index by its `CREATE INDEX CONCURRENTLY IF NOT EXISTS` statement."""
         if self.primary:
-            return (f"ALTER TABLE {self.table_name} ADD CONSTRAINT {self.index_name} "
-                    f"PRIMARY KEY ({', '.join(self.columns)})")
+            return (
+                f"ALTER TABLE {self.table_name} ADD CONSTRAINT {self.index_name} "
+                f"PRIMARY KEY ({', '.join(self.columns)})"
+            )
         return self.create_statements[0]
 
 
 EXPECTED_INDEXES: tuple[ExpectedIndex, ...] = (
     ExpectedIndex(
-        index_name="user_goal_progress_pkey", table_name=PROGRESS_TABLE, columns=("user_id", "goal_id"),
-        predicate=None, primary=True, used_by="every per-user statement, ON CONFLICT arbiter",
+        index_name="user_goal_progress_pkey",
+        table_name=PROGRESS_TABLE,
+        columns=("user_id", "goal_id"),
+        predicate=None,
+        primary=True,
+        used_by="every per-user statement, ON CONFLICT arbiter",
         create_statements=(
-            ("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS user_goal_progress_pkey "
-             "ON user_goal_progress (user_id, goal_id)"),
-            ("ALTER TABLE user_goal_progress ADD CONSTRAINT user_goal_progress_pkey "
-             "PRIMARY KEY USING INDEX user_goal_progress_pkey"),
-        )),
+            (
+                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS user_goal_progress_pkey "
+                "ON user_goal_progress (user_id, goal_id)"
+            ),
+            (
+                "ALTER TABLE user_goal_progress ADD CONSTRAINT user_goal_progress_pkey "
+                "PRIMARY KEY USING INDEX user_goal_progress_pkey"
+            ),
+        ),
+    ),
     ExpectedIndex(
-        index_name="idx_ugp_user_active", table_name=PROGRESS_TABLE, columns=("user_id",),
-        predicate="is_active", primary=False, used_by="active_goals, active_view, deactivate_challenge_goals",
+        index_name="idx_ugp_user_active",
+        table_name=PROGRESS_TABLE,
+        columns=("user_id",),
+        predicate="is_active",
+        primary=False,
+        used_by="active_goals, active_view, deactivate_challenge_goals",
         create_statements=(
-            ("CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) "
-             "WHERE is_active"),
-        )),
+            (
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) "
+                "WHERE is_active"
+            ),
+        ),
+    ),
 )
 
 
@@ -83,12 +101,14 @@ def is_covered_by(candidate: IndexKey, other: IndexKey) -> bool:
     of (or equal to) `other`'s with the same operator classes and collations, the same predicate and
     expressions, and `candidate`'s INCLUDE columns all among `other`'s columns (docs/data-model.md#indexes, docs/diagnostics.md#postgresql)."""
     width = len(candidate.columns)
-    return (not candidate.unique
-            and candidate.access_method == other.access_method
-            and width <= len(other.columns)
-            and candidate.columns == other.columns[:width]
-            and candidate.opclasses == other.opclasses[:width]
-            and candidate.collations == other.collations[:width]
-            and candidate.predicate == other.predicate
-            and candidate.expressions == other.expressions
-            and set(candidate.include_columns) <= set(other.columns) | set(other.include_columns))
+    return (
+        not candidate.unique
+        and candidate.access_method == other.access_method
+        and width <= len(other.columns)
+        and candidate.columns == other.columns[:width]
+        and candidate.opclasses == other.opclasses[:width]
+        and candidate.collations == other.collations[:width]
+        and candidate.predicate == other.predicate
+        and candidate.expressions == other.expressions
+        and set(candidate.include_columns) <= set(other.columns) | set(other.include_columns)
+    )

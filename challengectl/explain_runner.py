@@ -38,9 +38,9 @@ from challengectl.errors import (
 from challengectl.plans import IndexInfo, TableInfo
 from service.domain.buffer import SOURCE_LOGIN, Entry, stat_source
 from service.domain.catalog import Catalog, Goal
-from service.storage.registry import NamedQuery, Registry
 from service.domain.routing import GoalRouting
 from service.domain.rules import expires_at_for, next_boundary, period_start
+from service.storage.registry import NamedQuery, Registry
 from service.storage.store import describe_target
 
 APPLICATION_NAME = "challengectl-cli"
@@ -55,8 +55,28 @@ SAMPLE_MODES = ("typical", "heavy")
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # Keywords that make an ad-hoc statement write or lock rows; a READ ONLY transaction would refuse them too.
-_WRITE_KEYWORDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "INTO", "TRUNCATE", "COPY", "CREATE", "DROP",
-                             "ALTER", "GRANT", "REVOKE", "CALL", "DO", "VACUUM", "ANALYZE", "LOCK", "SHARE"})
+_WRITE_KEYWORDS = frozenset(
+    {
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE",
+        "INTO",
+        "TRUNCATE",
+        "COPY",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "GRANT",
+        "REVOKE",
+        "CALL",
+        "DO",
+        "VACUUM",
+        "ANALYZE",
+        "LOCK",
+        "SHARE",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -73,9 +93,14 @@ class Statement:
 
     @classmethod
     def named(cls, query: NamedQuery) -> Statement:
-        return cls(name=query.name, kind=query.kind, sql=query.sql,
-                   param_types={param.name: param.type for param in query.params},
-                   expect_index=query.expect_index, doc=query.doc)
+        return cls(
+            name=query.name,
+            kind=query.kind,
+            sql=query.sql,
+            param_types={param.name: param.type for param in query.params},
+            expect_index=query.expect_index,
+            doc=query.doc,
+        )
 
 
 def ad_hoc_statement(text: str, registry: Registry) -> Statement:
@@ -83,28 +108,44 @@ def ad_hoc_statement(text: str, registry: Registry) -> Statement:
     Placeholders take the types the registry declares for the same names."""
     pieces = [piece for piece in sqlparse.split(text) if sqlparse.format(piece, strip_comments=True).strip()]
     if not pieces:
-        raise CliError("--sql is empty", "e.g. --sql \"SELECT count(*) FROM user_goal_progress\"", EXIT_USAGE)
+        raise CliError("--sql is empty", 'e.g. --sql "SELECT count(*) FROM user_goal_progress"', EXIT_USAGE)
     if len(pieces) > 1:
-        raise CliError(f"--sql holds {len(pieces)} statements; explain takes exactly one",
-                       "pass one statement, without a second ';'", EXIT_USAGE)
+        raise CliError(
+            f"--sql holds {len(pieces)} statements; explain takes exactly one",
+            "pass one statement, without a second ';'",
+            EXIT_USAGE,
+        )
     sql = pieces[0].strip()
     sql = sql[:-1].rstrip() if sql.endswith(";") else sql
     parsed = sqlparse.parse(sql)[0]
-    keywords = {token.normalized.upper() for token in parsed.flatten()
-                if token.ttype in sql_tokens.Keyword or token.ttype in sql_tokens.Keyword.DML
-                or token.ttype in sql_tokens.Keyword.DDL}
+    keywords = {
+        token.normalized.upper()
+        for token in parsed.flatten()
+        if token.ttype in sql_tokens.Keyword
+        or token.ttype in sql_tokens.Keyword.DML
+        or token.ttype in sql_tokens.Keyword.DDL
+    }
     statement_type = parsed.get_type()
     if statement_type != "SELECT" or keywords & _WRITE_KEYWORDS:
         what = statement_type if statement_type not in ("SELECT", "UNKNOWN") else "statement that writes or locks rows"
-        raise CliError(f"--sql accepts one read-only SELECT; refusing to explain a {what}",
-                       "explain the service's writes by name (challengectl explain --list)", EXIT_USAGE)
+        raise CliError(
+            f"--sql accepts one read-only SELECT; refusing to explain a {what}",
+            "explain the service's writes by name (challengectl explain --list)",
+            EXIT_USAGE,
+        )
     known_types = {param.name: param.type for query in registry for param in query.params}
     names = dict.fromkeys(_PLACEHOLDER.findall(sql))
-    return Statement(name=None, kind="read", sql=sql, param_types={name: known_types.get(name, "") for name in names},
-                     doc="ad-hoc statement")
+    return Statement(
+        name=None,
+        kind="read",
+        sql=sql,
+        param_types={name: known_types.get(name, "") for name in names},
+        doc="ad-hoc statement",
+    )
 
 
 # --- the sample user and derived parameters -------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class UserRow:
@@ -143,8 +184,14 @@ class ParamDefaults:
     reward_mode: str
 
 
-def derive_params(statement: Statement, sample: SampleUser, catalog: Catalog | None, defaults: ParamDefaults,
-                  now: datetime, generation: int | None = None) -> dict[str, Any]:
+def derive_params(
+    statement: Statement,
+    sample: SampleUser,
+    catalog: Catalog | None,
+    defaults: ParamDefaults,
+    now: datetime,
+    generation: int | None = None,
+) -> dict[str, Any]:
     """Parameter values for `statement` from the sample user's rows, as docs/cli.md#explain describes.
     Names it cannot derive are left out (the caller asks for `--param`)."""
     first = sample.first_active
@@ -189,8 +236,9 @@ def _expires_at(goal: Goal | None, now: datetime) -> datetime | None:
     return expires_at_for(goal, now) if goal is not None else None
 
 
-def _rotation_arrays(goal_ids: Sequence[str], goals: Mapping[str, Goal], now: datetime
-                     ) -> tuple[list[datetime], list[datetime | None], list[bool]]:
+def _rotation_arrays(
+    goal_ids: Sequence[str], goals: Mapping[str, Goal], now: datetime
+) -> tuple[list[datetime], list[datetime | None], list[bool]]:
     """Per goal: the current period start (now for a goal that does not rotate), the next boundary and
     the reset flag, as the initialize catch-up passes them."""
     boundaries: list[datetime] = []
@@ -224,8 +272,16 @@ def flush_params(sample: SampleUser, catalog: Catalog | None, now: datetime) -> 
     params = GoalRouting(catalog).statement_params([entry], now)
     active_ids = {row.goal_id for row in sample.active_rows}
     keep = [index for index, goal_id in enumerate(params["goal_ids"]) if goal_id in active_ids]
-    for name in ("goal_ids", "goal_sources", "goal_progress_modes", "goal_targets", "goal_boundaries",
-                 "goal_next_boundaries", "goal_reset_flags", "goal_reselect_flags"):
+    for name in (
+        "goal_ids",
+        "goal_sources",
+        "goal_progress_modes",
+        "goal_targets",
+        "goal_boundaries",
+        "goal_next_boundaries",
+        "goal_reset_flags",
+        "goal_reselect_flags",
+    ):
         params[name] = [params[name][index] for index in keep]
     return params
 
@@ -234,14 +290,18 @@ def _flush_params_without_catalog(sample: SampleUser, now: datetime) -> dict[str
     """Without a catalog: a login entry routed to every active row, none of which completes or rotates."""
     active = sample.active_rows or sample.rows
     return {
-        "entry_user_ids": [sample.user_id], "entry_sources": [SOURCE_LOGIN], "entry_values": [None],
+        "entry_user_ids": [sample.user_id],
+        "entry_sources": [SOURCE_LOGIN],
+        "entry_values": [None],
         "entry_incs": [1],
         "goal_ids": [row.goal_id for row in active],
         "goal_sources": [SOURCE_LOGIN] * len(active),
         "goal_progress_modes": ["absolute"] * len(active),
         "goal_targets": [row.progress + 10 for row in active],
-        "goal_boundaries": [None] * len(active), "goal_next_boundaries": [None] * len(active),
-        "goal_reset_flags": [False] * len(active), "goal_reselect_flags": [False] * len(active),
+        "goal_boundaries": [None] * len(active),
+        "goal_next_boundaries": [None] * len(active),
+        "goal_reset_flags": [False] * len(active),
+        "goal_reselect_flags": [False] * len(active),
         "now": now,
     }
 
@@ -257,13 +317,18 @@ def parse_param_overrides(items: Sequence[str], statement: Statement, now: datet
             raise CliError(f"--param {item!r} is not name=value", "e.g. --param user_id=player-1", EXIT_USAGE)
         if name not in statement.param_types:
             expected = ", ".join(statement.param_types) or "none"
-            raise CliError(f"--param {name}: the statement has no parameter {name!r} (it takes: {expected})",
-                           "see 'challengectl explain --list'", EXIT_USAGE)
+            raise CliError(
+                f"--param {name}: the statement has no parameter {name!r} (it takes: {expected})",
+                "see 'challengectl explain --list'",
+                EXIT_USAGE,
+            )
         sql_type = statement.param_types[name]
         try:
             overrides[name] = parse_param_value(raw, sql_type, now)
         except ValueError as exc:
-            raise CliError(f"--param {name}: {exc}", f"give a {sql_type or 'text'} value, or null", EXIT_USAGE) from None
+            raise CliError(
+                f"--param {name}: {exc}", f"give a {sql_type or 'text'} value, or null", EXIT_USAGE
+            ) from None
     return overrides
 
 
@@ -278,8 +343,12 @@ def parse_param_value(raw: str, sql_type: str, now: datetime) -> Any:
             items = json.loads(text)
             if not isinstance(items, list):
                 raise ValueError(f"{raw!r} is not a JSON array")
-            return [None if item is None else _scalar(str(item) if not isinstance(item, bool) else str(item).lower(),
-                                                      base, now) for item in items]
+            return [
+                None
+                if item is None
+                else _scalar(str(item) if not isinstance(item, bool) else str(item).lower(), base, now)
+                for item in items
+            ]
         return [_scalar(part.strip(), base, now) for part in text.split(",")] if text else []
     return _scalar(raw, sql_type, now)
 
@@ -311,6 +380,7 @@ def _scalar(raw: str, sql_type: str, now: datetime) -> Any:
 
 # --- the session ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ExplainOptions:
     analyze: bool = True
@@ -338,12 +408,19 @@ class ExplainSession:
         self._target = describe_target(url)
         self._timeout_ms = statement_timeout_ms
         try:
-            self._conn = psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME,
-                                         connect_timeout=max(1, int(connect_timeout_s)), options="-c TimeZone=UTC")
+            self._conn = psycopg.connect(
+                url,
+                autocommit=True,
+                application_name=APPLICATION_NAME,
+                connect_timeout=max(1, int(connect_timeout_s)),
+                options="-c TimeZone=UTC",
+            )
         except psycopg.Error as exc:
-            raise CliError(f"PostgreSQL {self._target} unreachable: {_reason(exc)}",
-                           "check --database-url / DATABASE_URL, or start the service ('challengectl serve')",
-                           EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"PostgreSQL {self._target} unreachable: {_reason(exc)}",
+                "check --database-url / DATABASE_URL, or start the service ('challengectl serve')",
+                EXIT_UNAVAILABLE,
+            ) from None
         self.server_version = self._conn.info.server_version
         self.role = str(self._conn.info.parameter_status("session_authorization") or self._conn.info.user)
 
@@ -359,8 +436,10 @@ class ExplainSession:
         with self._conn.cursor() as cursor:
             cursor.execute("BEGIN READ ONLY" if read_only else "BEGIN")
             try:
-                cursor.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-                               [str(self._timeout_ms), LOCK_TIMEOUT])
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                    [str(self._timeout_ms), LOCK_TIMEOUT],
+                )
                 yield cursor
             finally:
                 self._conn.execute("ROLLBACK")
@@ -373,16 +452,20 @@ class ExplainSession:
         with self._guarded("sampling a user"), self.transaction() as cursor:
             cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {PROGRESS_TABLE})")
             if not cursor.fetchone()[0]:
-                raise CliError(f"{PROGRESS_TABLE} is empty: there is no user to take parameters from",
-                               f"create players first, e.g. {USERS_INIT_HINT}, or pass every parameter with --param",
-                               EXIT_NOT_FOUND)
+                raise CliError(
+                    f"{PROGRESS_TABLE} is empty: there is no user to take parameters from",
+                    f"create players first, e.g. {USERS_INIT_HINT}, or pass every parameter with --param",
+                    EXIT_NOT_FOUND,
+                )
             sampled = self._sampled_user_ids(cursor)
             if mode == "heavy":
                 candidates = list(dict.fromkeys(sampled))
                 random.shuffle(candidates)
-                cursor.execute(f"SELECT user_id FROM {PROGRESS_TABLE} WHERE user_id = ANY (%s::text[]) "
-                               f"GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1",
-                               [candidates[:HEAVY_SAMPLE_USERS]])
+                cursor.execute(
+                    f"SELECT user_id FROM {PROGRESS_TABLE} WHERE user_id = ANY (%s::text[]) "
+                    f"GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1",
+                    [candidates[:HEAVY_SAMPLE_USERS]],
+                )
                 user_id = cursor.fetchone()[0]
             else:
                 user_id = random.choice(sampled)
@@ -393,9 +476,11 @@ class ExplainSession:
         with self._guarded("reading the user's rows"), self.transaction() as cursor:
             rows = self._rows_of(cursor, user_id)
         if not rows:
-            raise CliError(f"user {user_id!r} has no rows in {PROGRESS_TABLE}",
-                           f"pick a user with rows, or omit --user to sample one; to create players: {USERS_INIT_HINT}",
-                           EXIT_NOT_FOUND)
+            raise CliError(
+                f"user {user_id!r} has no rows in {PROGRESS_TABLE}",
+                f"pick a user with rows, or omit --user to sample one; to create players: {USERS_INIT_HINT}",
+                EXIT_NOT_FOUND,
+            )
         return SampleUser(user_id=user_id, chosen_by=chosen_by, rows=rows)
 
     def _sampled_user_ids(self, cursor: psycopg.Cursor[Any]) -> list[str]:
@@ -411,8 +496,11 @@ class ExplainSession:
         return sampled
 
     def _rows_of(self, cursor: psycopg.Cursor[Any], user_id: str) -> tuple[UserRow, ...]:
-        cursor.execute(f"SELECT goal_id, challenge_id, namespace, progress, status, is_active FROM {PROGRESS_TABLE} "
-                       f"WHERE user_id = %s::text ORDER BY goal_id", [user_id])
+        cursor.execute(
+            f"SELECT goal_id, challenge_id, namespace, progress, status, is_active FROM {PROGRESS_TABLE} "
+            f"WHERE user_id = %s::text ORDER BY goal_id",
+            [user_id],
+        )
         return tuple(UserRow(*row) for row in cursor.fetchall())
 
     def next_claim_generation(self, query: NamedQuery, params: Mapping[str, Any]) -> int:
@@ -456,7 +544,8 @@ class ExplainSession:
                 "SELECT c.oid, c.relname, c.reltuples FROM pg_class AS c "
                 "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
                 "WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                [schemas, names])
+                [schemas, names],
+            )
             tables = {oid: (relname, float(reltuples)) for oid, relname, reltuples in cursor.fetchall()}
             cursor.execute(
                 "SELECT x.indrelid, i.relname, x.indisunique, x.indisprimary, x.indisvalid, "
@@ -469,18 +558,46 @@ class ExplainSession:
                 "  FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid "
                 "  JOIN pg_am AS am ON am.oid = i.relam "
                 " WHERE x.indrelid = ANY (%s::oid[]) ORDER BY i.relname",
-                [list(tables)])
+                [list(tables)],
+            )
             indexes: dict[int, list[IndexInfo]] = {oid: [] for oid in tables}
-            for (table_oid, name, unique, primary, valid, columns, include_columns, opclasses, collations, predicate,
-                 expressions, access_method, definition) in cursor.fetchall():
+            for (
+                table_oid,
+                name,
+                unique,
+                primary,
+                valid,
+                columns,
+                include_columns,
+                opclasses,
+                collations,
+                predicate,
+                expressions,
+                access_method,
+                definition,
+            ) in cursor.fetchall():
                 width = len(columns)
-                indexes[table_oid].append(IndexInfo(
-                    name=name, table=tables[table_oid][0], columns=tuple(columns), unique=unique, primary=primary,
-                    valid=valid, predicate=predicate, opclasses=tuple(opclasses.split()[:width]),
-                    collations=tuple(collations.split()[:width]), definition=definition,
-                    access_method=access_method, expressions=expressions, include_columns=tuple(include_columns)))
-        return {relname: TableInfo(name=relname, estimated_rows=reltuples, indexes=tuple(indexes[oid]))
-                for oid, (relname, reltuples) in tables.items()}
+                indexes[table_oid].append(
+                    IndexInfo(
+                        name=name,
+                        table=tables[table_oid][0],
+                        columns=tuple(columns),
+                        unique=unique,
+                        primary=primary,
+                        valid=valid,
+                        predicate=predicate,
+                        opclasses=tuple(opclasses.split()[:width]),
+                        collations=tuple(collations.split()[:width]),
+                        definition=definition,
+                        access_method=access_method,
+                        expressions=expressions,
+                        include_columns=tuple(include_columns),
+                    )
+                )
+        return {
+            relname: TableInfo(name=relname, estimated_rows=reltuples, indexes=tuple(indexes[oid]))
+            for oid, (relname, reltuples) in tables.items()
+        }
 
     @contextmanager
     def _guarded(self, doing: str) -> Iterator[None]:
@@ -490,21 +607,39 @@ class ExplainSession:
         except CliError:
             raise
         except pg_errors.UndefinedTable:
-            raise CliError(f"{doing}: the schema is missing on {self._target}",
-                           "apply the migrations: challengectl db migrate", EXIT_FAILED) from None
+            raise CliError(
+                f"{doing}: the schema is missing on {self._target}",
+                "apply the migrations: challengectl db migrate",
+                EXIT_FAILED,
+            ) from None
         except pg_errors.ReadOnlySqlTransaction:
-            raise CliError(f"{doing}: the statement writes or locks rows, which --sql does not allow",
-                           "explain the service's writes by name (challengectl explain --list)", EXIT_USAGE) from None
-        except (pg_errors.SyntaxError, pg_errors.UndefinedColumn, pg_errors.UndefinedFunction,
-                pg_errors.UndefinedParameter, pg_errors.DataError) as exc:
-            raise CliError(f"{doing}: PostgreSQL rejected the statement: {_reason(exc)}",
-                           "check the statement and the --param values", EXIT_USAGE) from None
+            raise CliError(
+                f"{doing}: the statement writes or locks rows, which --sql does not allow",
+                "explain the service's writes by name (challengectl explain --list)",
+                EXIT_USAGE,
+            ) from None
+        except (
+            pg_errors.SyntaxError,
+            pg_errors.UndefinedColumn,
+            pg_errors.UndefinedFunction,
+            pg_errors.UndefinedParameter,
+            pg_errors.DataError,
+        ) as exc:
+            raise CliError(
+                f"{doing}: PostgreSQL rejected the statement: {_reason(exc)}",
+                "check the statement and the --param values",
+                EXIT_USAGE,
+            ) from None
         except psycopg.OperationalError as exc:
-            raise CliError(f"{doing}: PostgreSQL {self._target} unavailable: {_reason(exc)}",
-                           "check that PostgreSQL is running and reachable", EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"{doing}: PostgreSQL {self._target} unavailable: {_reason(exc)}",
+                "check that PostgreSQL is running and reachable",
+                EXIT_UNAVAILABLE,
+            ) from None
         except psycopg.Error as exc:
-            raise CliError(f"{doing} on {self._target} failed: {_reason(exc)}",
-                           "rerun with --debug for details", EXIT_FAILED) from None
+            raise CliError(
+                f"{doing} on {self._target} failed: {_reason(exc)}", "rerun with --debug for details", EXIT_FAILED
+            ) from None
 
 
 def explain_prefix(options: ExplainOptions, kind: str, server_version: int) -> str:

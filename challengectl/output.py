@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any, TextIO
 
 import typer
@@ -85,10 +85,23 @@ def make_console(stream: TextIO, color: bool, is_tty: bool) -> Console:
     if color:
         # TERM=dumb makes rich drop colour even when forced; name a colour system explicitly then.
         dumb = environ.get("TERM", "") in ("dumb", "unknown")
-        return Console(file=stream, force_terminal=True, color_system="standard" if dumb else "auto",
-                       highlight=False, _environ=environ, width=width)
-    return Console(file=stream, force_terminal=is_tty, no_color=True, color_system=None, highlight=False,
-                   _environ=environ, width=width)
+        return Console(
+            file=stream,
+            force_terminal=True,
+            color_system="standard" if dumb else "auto",
+            highlight=False,
+            _environ=environ,
+            width=width,
+        )
+    return Console(
+        file=stream,
+        force_terminal=is_tty,
+        no_color=True,
+        color_system=None,
+        highlight=False,
+        _environ=environ,
+        width=width,
+    )
 
 
 @dataclass(frozen=True)
@@ -121,8 +134,8 @@ def listing(items: Sequence[Any]) -> dict[str, Any]:
 def rfc3339(moment: datetime) -> str:
     """A timestamp as RFC 3339 UTC (`2024-05-01T12:00:00Z`), the CLI's JSON convention."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _json_default(value: Any) -> Any:
@@ -137,8 +150,13 @@ def _json_default(value: Any) -> Any:
 
 def to_json(data: Any, pretty: bool = True) -> str:
     """JSON text with datetimes as RFC 3339 UTC; non-ASCII kept as is."""
-    return json.dumps(data, default=_json_default, ensure_ascii=False, indent=2 if pretty else None,
-                      separators=None if pretty else (",", ":"))
+    return json.dumps(
+        data,
+        default=_json_default,
+        ensure_ascii=False,
+        indent=2 if pretty else None,
+        separators=None if pretty else (",", ":"),
+    )
 
 
 def format_cell(value: Any) -> str:
@@ -170,8 +188,16 @@ class Output:
     `stderr_is_tty`, `color` (stdout colour decision).
     """
 
-    def __init__(self, fmt: str | None = None, *, no_headers: bool = False, quiet: bool = False,
-                 color: bool | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        fmt: str | None = None,
+        *,
+        no_headers: bool = False,
+        quiet: bool = False,
+        color: bool | None = None,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         self.stdout_is_tty = _isatty(self.stdout)
@@ -186,9 +212,16 @@ class Output:
 
     # --- data on stdout -------------------------------------------------------------------------
 
-    def emit(self, data: Any, *, rows: Sequence[Mapping[str, Any]] | None = None,
-             columns: Sequence[Column | str] | None = None, title: str | None = None,
-             table: Callable[[], RenderableType] | None = None, text: Callable[[], str] | None = None) -> None:
+    def emit(
+        self,
+        data: Any,
+        *,
+        rows: Sequence[Mapping[str, Any]] | None = None,
+        columns: Sequence[Column | str] | None = None,
+        title: str | None = None,
+        table: Callable[[], RenderableType] | None = None,
+        text: Callable[[], str] | None = None,
+    ) -> None:
         """Print `data` in the resolved format.
 
         - json/yaml: `data` exactly as given (wrap CLI lists with `listing()` or use `emit_list`).
@@ -202,8 +235,11 @@ class Output:
             self.write(yaml.safe_dump(json.loads(to_json(data)), sort_keys=False, allow_unicode=True).rstrip("\n"))
         elif self.format == "csv":
             if rows is None:
-                raise CliError("-o csv needs list-shaped output, and this command prints one object",
-                               "use -o json, -o yaml or -o table", EXIT_USAGE)
+                raise CliError(
+                    "-o csv needs list-shaped output, and this command prints one object",
+                    "use -o json, -o yaml or -o table",
+                    EXIT_USAGE,
+                )
             self._write_csv(rows, as_columns(columns, rows))
         elif self.format == "text":
             self.write(text() if text else self._plain_text(data, rows, columns))
@@ -214,19 +250,37 @@ class Output:
         else:
             self.console.print(self.key_value_table(data, title=title))
 
-    def emit_list(self, items: Sequence[Mapping[str, Any]], columns: Sequence[Column | str] | None = None,
-                  *, title: str | None = None, table: Callable[[], RenderableType] | None = None) -> None:
+    def emit_list(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        columns: Sequence[Column | str] | None = None,
+        *,
+        title: str | None = None,
+        table: Callable[[], RenderableType] | None = None,
+    ) -> None:
         """A CLI-built list: JSON/YAML `{"items": [...], "total": N}`, CSV rows, or a table."""
         self.emit(listing(items), rows=items, columns=columns, title=title, table=table)
 
-    def emit_object(self, obj: Mapping[str, Any], *, title: str | None = None,
-                    table: Callable[[], RenderableType] | None = None, text: Callable[[], str] | None = None) -> None:
+    def emit_object(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        title: str | None = None,
+        table: Callable[[], RenderableType] | None = None,
+        text: Callable[[], str] | None = None,
+    ) -> None:
         """A CLI-built object (snake_case keys): JSON/YAML as is, a key/value table, no CSV."""
         self.emit(obj, title=title, table=table, text=text)
 
-    def emit_api(self, payload: Any, *, rows: Sequence[Mapping[str, Any]] | None = None,
-                 columns: Sequence[Column | str] | None = None, title: str | None = None,
-                 table: Callable[[], RenderableType] | None = None) -> None:
+    def emit_api(
+        self,
+        payload: Any,
+        *,
+        rows: Sequence[Mapping[str, Any]] | None = None,
+        columns: Sequence[Column | str] | None = None,
+        title: str | None = None,
+        table: Callable[[], RenderableType] | None = None,
+    ) -> None:
         """A payload straight from the service API: JSON/YAML unchanged (camelCase); `rows` (e.g. the
         payload's list) make it CSV-able and are the default table."""
         self.emit(payload, rows=rows, columns=columns, title=title, table=table)
@@ -249,15 +303,18 @@ class Output:
     def live(self, renderable: RenderableType, refresh_per_second: float = 4) -> Live:
         """A rich Live display of data on stdout (use when not `streams_ndjson`):
         `with out.live(table) as live: live.update(new_table)`."""
-        return Live(renderable, console=self.console, refresh_per_second=refresh_per_second,
-                    auto_refresh=False)
+        return Live(renderable, console=self.console, refresh_per_second=refresh_per_second, auto_refresh=False)
 
-    def table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column | str] | None = None,
-              *, title: str | None = None) -> Table:
+    def table(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        columns: Sequence[Column | str] | None = None,
+        *,
+        title: str | None = None,
+    ) -> Table:
         """A rich table of `rows`; honours `--no-headers`."""
         cols = as_columns(columns, rows)
-        table = Table(title=title, show_header=not self.no_headers, header_style="bold", box=None,
-                      pad_edge=False)
+        table = Table(title=title, show_header=not self.no_headers, header_style="bold", box=None, pad_edge=False)
         for col in cols:
             table.add_column(col.title, justify=col.justify)  # type: ignore[arg-type]
         for row in rows:
@@ -319,8 +376,9 @@ class Output:
         self.stdout.write(buffer.getvalue())
         self.stdout.flush()
 
-    def _plain_text(self, data: Any, rows: Sequence[Mapping[str, Any]] | None,
-                    columns: Sequence[Column | str] | None) -> str:
+    def _plain_text(
+        self, data: Any, rows: Sequence[Mapping[str, Any]] | None, columns: Sequence[Column | str] | None
+    ) -> str:
         if rows is not None:
             cols = as_columns(columns, rows)
             lines = [] if self.no_headers else ["\t".join(col.title for col in cols)]
@@ -337,8 +395,14 @@ class ProgressHandle:
     def __init__(self, output: Output | None, description: str, total: int | None) -> None:
         self._progress = None
         if output is not None:
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), console=output.err, transient=True)
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=output.err,
+                transient=True,
+            )
             self._task = self._progress.add_task(description, total=total)
 
     def __enter__(self) -> ProgressHandle:

@@ -30,9 +30,13 @@ QUERY_TEXT_CHARS = 200
 def connect(url: str, statement_timeout_ms: int, connect_timeout_s: int) -> psycopg.Connection:
     """An autocommit session named `challengectl-cli` whose statements stop after `statement_timeout_ms`
     (0 = no limit, for index builds). Raises `psycopg.OperationalError` when the server is unreachable."""
-    return psycopg.connect(url, autocommit=True, application_name=APPLICATION_NAME,
-                           options=session_options(url, statement_timeout_ms),
-                           connect_timeout=max(2, connect_timeout_s))
+    return psycopg.connect(
+        url,
+        autocommit=True,
+        application_name=APPLICATION_NAME,
+        options=session_options(url, statement_timeout_ms),
+        connect_timeout=max(2, connect_timeout_s),
+    )
 
 
 # --- server ---------------------------------------------------------------------------------------
@@ -140,8 +144,11 @@ def connection_summary(conn: psycopg.Connection) -> ConnectionSummary:
     with conn.cursor(row_factory=class_row(ConnectionCount)) as cur:
         groups = cur.execute(_CONNECTIONS_BY_STATE).fetchall()
     on_server = conn.execute(_CONNECTIONS_ON_SERVER).fetchone()
-    return ConnectionSummary(groups=groups, in_database=sum(group.connections for group in groups),
-                             on_server=int(on_server[0]) if on_server else 0)
+    return ConnectionSummary(
+        groups=groups,
+        in_database=sum(group.connections for group in groups),
+        on_server=int(on_server[0]) if on_server else 0,
+    )
 
 
 @dataclass(frozen=True)
@@ -267,7 +274,9 @@ def blocked_sessions_sql(server_version_num: int) -> sql.Composed:
     return sql.SQL(_BLOCKED_SESSIONS).format(waitstart=waitstart, query_chars=sql.Literal(QUERY_TEXT_CHARS))
 
 
-def blocking_chains(conn: psycopg.Connection, server_version_num: int) -> tuple[list[BlockedSession], dict[int, BlockerSession]]:
+def blocking_chains(
+    conn: psycopg.Connection, server_version_num: int
+) -> tuple[list[BlockedSession], dict[int, BlockerSession]]:
     """Every blocked backend of the current database, and every backend blocking one, by pid."""
     with conn.cursor(row_factory=class_row(BlockedSession)) as cur:
         blocked = cur.execute(blocked_sessions_sql(server_version_num)).fetchall()
@@ -279,8 +288,10 @@ def blocking_chains(conn: psycopg.Connection, server_version_num: int) -> tuple[
     return blocked, {blocker.pid: blocker for blocker in blockers}
 
 
-SIGNALS = {"cancel": sql.SQL("SELECT pg_cancel_backend(%(pid)s)"),
-           "terminate": sql.SQL("SELECT pg_terminate_backend(%(pid)s)")}
+SIGNALS = {
+    "cancel": sql.SQL("SELECT pg_cancel_backend(%(pid)s)"),
+    "terminate": sql.SQL("SELECT pg_terminate_backend(%(pid)s)"),
+}
 
 
 def signal_backend(conn: psycopg.Connection, pid: int, action: str) -> bool:
@@ -323,8 +334,12 @@ def statement_columns(view_columns: Collection[str]) -> StatementColumns:
         raise StatementStatsUnavailable("the pg_stat_statements view has neither total_exec_time nor total_time")
     read_time = next((c for c in ("shared_blk_read_time", "blk_read_time") if c in names), None)
     write_time = next((c for c in ("shared_blk_write_time", "blk_write_time") if c in names), None)
-    return StatementColumns(*timing, total_plan="total_plan_time" if "total_plan_time" in names else None,
-                            read_time=read_time, write_time=write_time)
+    return StatementColumns(
+        *timing,
+        total_plan="total_plan_time" if "total_plan_time" in names else None,
+        read_time=read_time,
+        write_time=write_time,
+    )
 
 
 @dataclass(frozen=True)
@@ -399,15 +414,24 @@ LIMIT %(limit)s
 def top_statements_sql(schema: str, columns: StatementColumns, order: str) -> sql.Composed:
     """The top-statements query for the view in `schema` with its column set, ordered by `order`
     (one of STATEMENT_ORDERS); parameters `min_calls`, `filter` (NULL: no filter) and `limit`."""
-    io_parts = [sql.SQL("s.{}").format(sql.Identifier(name)) for name in (columns.read_time, columns.write_time) if name]
+    io_parts = [
+        sql.SQL("s.{}").format(sql.Identifier(name)) for name in (columns.read_time, columns.write_time) if name
+    ]
     io_time = sql.SQL(" + ").join(io_parts) if io_parts else sql.SQL("NULL::float8")
-    total_plan = (sql.SQL("s.{}").format(sql.Identifier(columns.total_plan)) if columns.total_plan
-                  else sql.SQL("NULL::float8"))
+    total_plan = (
+        sql.SQL("s.{}").format(sql.Identifier(columns.total_plan)) if columns.total_plan else sql.SQL("NULL::float8")
+    )
     return sql.SQL(_TOP_STATEMENTS).format(
         view=sql.Identifier(schema, "pg_stat_statements"),
-        total=sql.Identifier(columns.total), mean=sql.Identifier(columns.mean), min=sql.Identifier(columns.min),
-        max=sql.Identifier(columns.max), stddev=sql.Identifier(columns.stddev), total_plan=total_plan,
-        io_time=io_time, order=_ORDER_BY[order])
+        total=sql.Identifier(columns.total),
+        mean=sql.Identifier(columns.mean),
+        min=sql.Identifier(columns.min),
+        max=sql.Identifier(columns.max),
+        stddev=sql.Identifier(columns.stddev),
+        total_plan=total_plan,
+        io_time=io_time,
+        order=_ORDER_BY[order],
+    )
 
 
 def statement_stats_view(conn: psycopg.Connection) -> StatementStatsView:
@@ -421,8 +445,15 @@ def statement_stats_view(conn: psycopg.Connection) -> StatementStatsView:
     return StatementStatsView(schema=schema, version=version, columns=statement_columns(names))
 
 
-def top_statements(conn: psycopg.Connection, view: StatementStatsView, *, order: str, limit: int,
-                   min_calls: int = 0, text_filter: str | None = None) -> list[StatementStats]:
+def top_statements(
+    conn: psycopg.Connection,
+    view: StatementStatsView,
+    *,
+    order: str,
+    limit: int,
+    min_calls: int = 0,
+    text_filter: str | None = None,
+) -> list[StatementStats]:
     """The top `limit` statements of the current database by `order`; `StatementStatsUnavailable`
     when the library is not loaded (`shared_preload_libraries`)."""
     statement = top_statements_sql(view.schema, view.columns, order)
@@ -431,8 +462,9 @@ def top_statements(conn: psycopg.Connection, view: StatementStatsView, *, order:
         with conn.cursor(row_factory=class_row(StatementStats)) as cur:
             return cur.execute(statement, params).fetchall()
     except psycopg.errors.ObjectNotInPrerequisiteState:
-        raise StatementStatsUnavailable("pg_stat_statements is created but not loaded: it is missing from "
-                                        "shared_preload_libraries") from None
+        raise StatementStatsUnavailable(
+            "pg_stat_statements is created but not loaded: it is missing from shared_preload_libraries"
+        ) from None
 
 
 def reset_statement_stats(conn: psycopg.Connection, view: StatementStatsView) -> None:
@@ -441,8 +473,9 @@ def reset_statement_stats(conn: psycopg.Connection, view: StatementStatsView) ->
     try:
         conn.execute(sql.SQL("SELECT {}()").format(sql.Identifier(view.schema, "pg_stat_statements_reset")))
     except psycopg.errors.ObjectNotInPrerequisiteState:
-        raise StatementStatsUnavailable("pg_stat_statements is created but not loaded: it is missing from "
-                                        "shared_preload_libraries") from None
+        raise StatementStatsUnavailable(
+            "pg_stat_statements is created but not loaded: it is missing from shared_preload_libraries"
+        ) from None
 
 
 _PLACEHOLDER = re.compile(r"%(?:(%)|\((\w+)\)[sbt])")
@@ -503,10 +536,16 @@ class IndexInfo:
     @property
     def key(self) -> IndexKey:
         """The parts the docs/data-model.md#indexes duplicate rule compares."""
-        return IndexKey(columns=tuple(self.columns), opclasses=tuple(str(oid) for oid in self.opclasses),
-                        collations=tuple(str(oid) for oid in self.collations), unique=self.is_unique,
-                        access_method=self.access_method, predicate=self.predicate, expressions=self.expressions,
-                        include_columns=tuple(self.include_columns))
+        return IndexKey(
+            columns=tuple(self.columns),
+            opclasses=tuple(str(oid) for oid in self.opclasses),
+            collations=tuple(str(oid) for oid in self.collations),
+            unique=self.is_unique,
+            access_method=self.access_method,
+            predicate=self.predicate,
+            expressions=self.expressions,
+            include_columns=tuple(self.include_columns),
+        )
 
 
 _INDEXES = """
@@ -543,8 +582,9 @@ def project_indexes(conn: psycopg.Connection, tables: Sequence[str] = PROJECT_TA
         return cur.execute(_INDEXES, {"tables": list(tables)}).fetchall()
 
 
-async def project_indexes_async(conn: psycopg.AsyncConnection[Any],
-                                tables: Sequence[str] = PROJECT_TABLES) -> list[IndexInfo]:
+async def project_indexes_async(
+    conn: psycopg.AsyncConnection[Any], tables: Sequence[str] = PROJECT_TABLES
+) -> list[IndexInfo]:
     """`project_indexes` on an asynchronous connection (doctor's session)."""
     async with conn.cursor(row_factory=class_row(IndexInfo)) as cur:
         await cur.execute(_INDEXES, {"tables": list(tables)})
@@ -580,8 +620,15 @@ def unused_indexes(indexes: Iterable[IndexInfo], expected: Sequence[ExpectedInde
     """Never-scanned indexes that nothing else needs: not primary, not unique, backing no constraint,
     and not one of the expected indexes (docs/data-model.md#indexes reports those separately)."""
     wanted = {(index.table_name, index.index_name) for index in (EXPECTED_INDEXES if expected is None else expected)}
-    return [index for index in indexes if index.idx_scan == 0 and not index.is_primary and not index.is_unique
-            and index.constraint_name is None and (index.table_name, index.index_name) not in wanted]
+    return [
+        index
+        for index in indexes
+        if index.idx_scan == 0
+        and not index.is_primary
+        and not index.is_unique
+        and index.constraint_name is None
+        and (index.table_name, index.index_name) not in wanted
+    ]
 
 
 @dataclass(frozen=True)
@@ -603,17 +650,25 @@ def _is_covered_by(candidate: IndexInfo, other: IndexInfo) -> bool:
     return candidate.table_name == other.table_name and is_covered_by(candidate.key, other.key)
 
 
-def duplicate_indexes(indexes: Sequence[IndexInfo],
-                      expected: Sequence[ExpectedIndex] | None = None) -> list[DuplicateIndex]:
+def duplicate_indexes(
+    indexes: Sequence[IndexInfo], expected: Sequence[ExpectedIndex] | None = None
+) -> list[DuplicateIndex]:
     """Indexes whose key columns are a leading prefix of (or equal to) another index's on the same
     table, with the same operator classes, collations and predicate, and that are not unique. The
     primary key counts as the other index. Of two identical plain indexes only one is reported: not
     the `expected` one, else the later name."""
     wanted = {(index.table_name, index.index_name) for index in (EXPECTED_INDEXES if expected is None else expected)}
     # Name the primary key (then a unique index, an expected one, the widest) as the one to keep.
-    preferred = sorted(indexes, key=lambda index: (not index.is_primary, not index.is_unique,
-                                                   (index.table_name, index.index_name) not in wanted,
-                                                   -len(index.columns), index.index_name))
+    preferred = sorted(
+        indexes,
+        key=lambda index: (
+            not index.is_primary,
+            not index.is_unique,
+            (index.table_name, index.index_name) not in wanted,
+            -len(index.columns),
+            index.index_name,
+        ),
+    )
     rank = {id(index): position for position, index in enumerate(preferred)}
     found = []
     for candidate in indexes:
@@ -624,10 +679,18 @@ def duplicate_indexes(indexes: Sequence[IndexInfo],
             # Identical plain indexes cover each other: report only the one less preferred to keep.
             if same and _is_covered_by(other, candidate) and rank[id(candidate)] < rank[id(other)]:
                 continue
-            found.append(DuplicateIndex(table_name=candidate.table_name, index_name=candidate.index_name,
-                                        columns=candidate.columns, duplicate_of=other.index_name,
-                                        duplicate_of_columns=other.columns, duplicate_of_primary=other.is_primary,
-                                        same_columns=same, size_bytes=candidate.size_bytes))
+            found.append(
+                DuplicateIndex(
+                    table_name=candidate.table_name,
+                    index_name=candidate.index_name,
+                    columns=candidate.columns,
+                    duplicate_of=other.index_name,
+                    duplicate_of_columns=other.columns,
+                    duplicate_of_primary=other.is_primary,
+                    same_columns=same,
+                    size_bytes=candidate.size_bytes,
+                )
+            )
             break
     return found
 
@@ -645,8 +708,9 @@ class ExpectedIndexStatus:
     actual_definition: str | None
 
 
-def expected_index_status(indexes: Sequence[IndexInfo],
-                          expected: Sequence[ExpectedIndex] = EXPECTED_INDEXES) -> list[ExpectedIndexStatus]:
+def expected_index_status(
+    indexes: Sequence[IndexInfo], expected: Sequence[ExpectedIndex] = EXPECTED_INDEXES
+) -> list[ExpectedIndexStatus]:
     """The state of each expected index among the table's actual `indexes`."""
     by_name = {(index.table_name, index.index_name): index for index in indexes}
     statuses = []
@@ -656,15 +720,25 @@ def expected_index_status(indexes: Sequence[IndexInfo],
             status = "missing"
         elif not actual.is_valid:
             status = "invalid"
-        elif (tuple(actual.columns) != wanted.columns or actual.predicate != wanted.predicate
-              or actual.is_primary != wanted.primary or actual.include_columns):
+        elif (
+            tuple(actual.columns) != wanted.columns
+            or actual.predicate != wanted.predicate
+            or actual.is_primary != wanted.primary
+            or actual.include_columns
+        ):
             status = "different"
         else:
             status = "present"
-        statuses.append(ExpectedIndexStatus(
-            index_name=wanted.index_name, table_name=wanted.table_name, expected_definition=wanted.definition,
-            status=status, valid=None if actual is None else actual.is_valid,
-            actual_definition=None if actual is None else actual.definition))
+        statuses.append(
+            ExpectedIndexStatus(
+                index_name=wanted.index_name,
+                table_name=wanted.table_name,
+                expected_definition=wanted.definition,
+                status=status,
+                valid=None if actual is None else actual.is_valid,
+                actual_definition=None if actual is None else actual.definition,
+            )
+        )
     return statuses
 
 
@@ -678,8 +752,9 @@ class IndexSuggestion:
     statements: tuple[str, ...]
 
 
-def suggest_indexes(statuses: Sequence[ExpectedIndexStatus],
-                    expected: Sequence[ExpectedIndex] = EXPECTED_INDEXES) -> list[IndexSuggestion]:
+def suggest_indexes(
+    statuses: Sequence[ExpectedIndexStatus], expected: Sequence[ExpectedIndex] = EXPECTED_INDEXES
+) -> list[IndexSuggestion]:
     """For each missing expected index its `CREATE INDEX CONCURRENTLY IF NOT EXISTS` statement(s);
     an invalid one is dropped first (IF NOT EXISTS would keep the broken index)."""
     wanted = {index.index_name: index for index in expected}
@@ -687,13 +762,23 @@ def suggest_indexes(statuses: Sequence[ExpectedIndexStatus],
     for status in statuses:
         target = wanted[status.index_name]
         if status.status == "missing":
-            suggestions.append(IndexSuggestion(target.index_name, target.table_name,
-                                               f"expected index missing (used by {target.used_by})",
-                                               target.create_statements))
+            suggestions.append(
+                IndexSuggestion(
+                    target.index_name,
+                    target.table_name,
+                    f"expected index missing (used by {target.used_by})",
+                    target.create_statements,
+                )
+            )
         elif status.status == "invalid" and not target.primary:
-            suggestions.append(IndexSuggestion(
-                target.index_name, target.table_name, "expected index is INVALID (a failed concurrent build)",
-                (f"DROP INDEX CONCURRENTLY IF EXISTS {target.index_name}", *target.create_statements)))
+            suggestions.append(
+                IndexSuggestion(
+                    target.index_name,
+                    target.table_name,
+                    "expected index is INVALID (a failed concurrent build)",
+                    (f"DROP INDEX CONCURRENTLY IF EXISTS {target.index_name}", *target.create_statements),
+                )
+            )
     return suggestions
 
 
@@ -787,8 +872,10 @@ ORDER BY c.relname
 
 def existing_tables(conn: psycopg.Connection, tables: Sequence[str] = PROJECT_TABLES) -> list[str]:
     """Those of `tables` that exist (resolved through the search_path)."""
-    rows = conn.execute("SELECT name FROM unnest(%(tables)s::text[]) AS name WHERE to_regclass(name) IS NOT NULL",
-                        {"tables": list(tables)}).fetchall()
+    rows = conn.execute(
+        "SELECT name FROM unnest(%(tables)s::text[]) AS name WHERE to_regclass(name) IS NOT NULL",
+        {"tables": list(tables)},
+    ).fetchall()
     return [name for (name,) in rows]
 
 
@@ -809,8 +896,9 @@ class ExactCount:
 
 def exact_count(conn: psycopg.Connection, table: str) -> ExactCount:
     """Real counts for `table` (a full scan, bounded by the session's statement timeout)."""
-    statement = sql.SQL("SELECT %(table)s::text AS table_name, count(*) AS rows, "
-                        "count(DISTINCT user_id) AS distinct_users FROM {}").format(sql.Identifier(table))
+    statement = sql.SQL(
+        "SELECT %(table)s::text AS table_name, count(*) AS rows, count(DISTINCT user_id) AS distinct_users FROM {}"
+    ).format(sql.Identifier(table))
     with conn.cursor(row_factory=class_row(ExactCount)) as cur:
         row = cur.execute(statement, {"table": table}).fetchone()
     assert row is not None  # an aggregate always yields one row
@@ -883,12 +971,14 @@ GROUP BY 1, 2
 _SAMPLE = sql.SQL("TABLESAMPLE SYSTEM (%(sample_pct)s::float8)")
 
 
-def goals_per_user(conn: psycopg.Connection, sample_pct: float | None = None,
-                   table: str = PROGRESS_TABLE) -> GoalsPerUser:
+def goals_per_user(
+    conn: psycopg.Connection, sample_pct: float | None = None, table: str = PROGRESS_TABLE
+) -> GoalsPerUser:
     """The goals-per-user histogram; `sample_pct` reads that share of the table's pages
     (`TABLESAMPLE SYSTEM`), so per-user counts then cover only the sampled pages."""
-    statement = sql.SQL(_HISTOGRAM).format(table=sql.Identifier(table),
-                                           sample=_SAMPLE if sample_pct is not None else sql.SQL(""))
+    statement = sql.SQL(_HISTOGRAM).format(
+        table=sql.Identifier(table), sample=_SAMPLE if sample_pct is not None else sql.SQL("")
+    )
     params: dict[str, Any] = {"bounds": list(HISTOGRAM_BOUNDS), "sample_pct": sample_pct}
     with conn.cursor(row_factory=class_row(HistogramGroup)) as cur:
         groups = cur.execute(statement, params).fetchall()
@@ -903,14 +993,19 @@ def summarise_histogram(groups: Sequence[HistogramGroup], sample_pct: float | No
     for group in groups:
         all_counts[group.all_bucket] += group.users
         active_counts[group.active_bucket] += group.users
-    buckets = [HistogramBucket(bucket_label(position), all_counts[position], active_counts[position])
-               for position in range(1, len(HISTOGRAM_BOUNDS) + 1)]
+    buckets = [
+        HistogramBucket(bucket_label(position), all_counts[position], active_counts[position])
+        for position in range(1, len(HISTOGRAM_BOUNDS) + 1)
+    ]
     total_rows = sum(group.all_rows for group in groups)
     total_active = sum(group.active_rows for group in groups)
     return GoalsPerUser(
-        users=users, users_without_active=active_counts[0], buckets=buckets,
+        users=users,
+        users_without_active=active_counts[0],
+        buckets=buckets,
         mean_rows=round(total_rows / users, 2) if users else None,
         max_rows=max((group.max_all for group in groups), default=0),
         mean_active_rows=round(total_active / users, 2) if users else None,
         max_active_rows=max((group.max_active for group in groups), default=0),
-        sample_pct=sample_pct)
+        sample_pct=sample_pct,
+    )

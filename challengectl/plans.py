@@ -59,9 +59,16 @@ class IndexInfo:
     @property
     def key(self) -> IndexKey:
         """The parts the docs/data-model.md#indexes duplicate rule compares."""
-        return IndexKey(columns=self.columns, opclasses=self.opclasses, collations=self.collations,
-                        unique=self.unique, access_method=self.access_method, predicate=self.predicate,
-                        expressions=self.expressions, include_columns=self.include_columns)
+        return IndexKey(
+            columns=self.columns,
+            opclasses=self.opclasses,
+            collations=self.collations,
+            unique=self.unique,
+            access_method=self.access_method,
+            predicate=self.predicate,
+            expressions=self.expressions,
+            include_columns=self.include_columns,
+        )
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,9 @@ class PlanNode:
     @property
     def rows_removed_by_filter(self) -> float:
         """Rows removed by the node's filters, over all loops."""
-        per_loop = float(self.raw.get("Rows Removed by Filter", 0)) + float(self.raw.get("Rows Removed by Join Filter", 0))
+        per_loop = float(self.raw.get("Rows Removed by Filter", 0)) + float(
+            self.raw.get("Rows Removed by Join Filter", 0)
+        )
         return per_loop * max(self.loops, 1)
 
     @property
@@ -329,6 +338,7 @@ def node_conditions(node: PlanNode) -> dict[str, str]:
 
 # --- parsing -------------------------------------------------------------------------------------
 
+
 class PlanFormatError(ValueError):
     """The document is not the output of `EXPLAIN (FORMAT JSON)`."""
 
@@ -385,6 +395,7 @@ def plan_totals(explain_json: Any) -> PlanTotals:
 
 # --- indexes used --------------------------------------------------------------------------------
 
+
 def indexes_used(root: PlanNode, tables: Mapping[str, TableInfo] | None = None) -> list[IndexUse]:
     """Every index of an Index Scan, Index Only Scan or Bitmap Index Scan node, every ON CONFLICT
     arbiter index, and the unique indexes of an INSERT's target table (each index once per role)."""
@@ -419,6 +430,7 @@ def _unique_indexes(table: str, tables: Mapping[str, TableInfo]) -> list[str]:
 
 # --- findings ------------------------------------------------------------------------------------
 
+
 def analyze_plan(explain_json: Any, context: PlanContext) -> PlanAnalysis:
     """Parse the plan and apply every rule of docs/cli.md#explain (plus the duplicate-index rule of docs/data-model.md#indexes)."""
     root = parse_plan(explain_json)
@@ -439,20 +451,39 @@ def analyze_plan(explain_json: Any, context: PlanContext) -> PlanAnalysis:
     findings += planning_time_findings(totals)
     findings += slow_findings(root, totals, context)
     findings.sort(key=lambda finding: -SEVERITIES.index(finding.severity))
-    return PlanAnalysis(root=root, totals=totals, indexes_used=used, expected_index=context.expect_index,
-                        expected_index_used=expected_used, findings=findings)
+    return PlanAnalysis(
+        root=root,
+        totals=totals,
+        indexes_used=used,
+        expected_index=context.expect_index,
+        expected_index_used=expected_used,
+        findings=findings,
+    )
 
 
 def timeout_analysis(which: str, limit: str, context: PlanContext) -> PlanAnalysis:
     """The analysis of an EXPLAIN that hit `lock_timeout` or `statement_timeout`: no plan, one crit finding."""
-    advice = ("look for the blocking sessions: challengectl db activity --blocking"
-              if which == "lock_timeout" else
-              "look for the blocking sessions (challengectl db activity --blocking); if nothing blocks, the "
-              "statement itself is slow: rerun with --no-analyze to see the plan without running it")
-    finding = Finding(rule="timeout", severity="crit", node=None,
-                      message=f"{which} ({limit}) was hit: the statement did not finish", advice=advice)
-    return PlanAnalysis(root=None, totals=None, indexes_used=[], expected_index=context.expect_index,
-                        expected_index_used=None, findings=[finding])
+    advice = (
+        "look for the blocking sessions: challengectl db activity --blocking"
+        if which == "lock_timeout"
+        else "look for the blocking sessions (challengectl db activity --blocking); if nothing blocks, the "
+        "statement itself is slow: rerun with --no-analyze to see the plan without running it"
+    )
+    finding = Finding(
+        rule="timeout",
+        severity="crit",
+        node=None,
+        message=f"{which} ({limit}) was hit: the statement did not finish",
+        advice=advice,
+    )
+    return PlanAnalysis(
+        root=None,
+        totals=None,
+        indexes_used=[],
+        expected_index=context.expect_index,
+        expected_index_used=None,
+        findings=[finding],
+    )
 
 
 def seq_scan_findings(root: PlanNode, context: PlanContext) -> list[Finding]:
@@ -465,12 +496,18 @@ def seq_scan_findings(root: PlanNode, context: PlanContext) -> list[Finding]:
         relation_rows = info.estimated_rows if info is not None and info.estimated_rows >= 0 else node.estimated_rows
         if relation_rows <= context.large_table_rows:
             continue
-        findings.append(Finding(
-            rule="seq_scan_large_table", severity="crit", node=node.label,
-            message=(f"sequential scan of {node.relation} (about {_count(relation_rows)} rows, above "
-                     f"--large-table-rows {_count(context.large_table_rows)})"),
-            advice=seq_scan_advice(node, info),
-        ))
+        findings.append(
+            Finding(
+                rule="seq_scan_large_table",
+                severity="crit",
+                node=node.label,
+                message=(
+                    f"sequential scan of {node.relation} (about {_count(relation_rows)} rows, above "
+                    f"--large-table-rows {_count(context.large_table_rows)})"
+                ),
+                advice=seq_scan_advice(node, info),
+            )
+        )
     return findings
 
 
@@ -480,8 +517,10 @@ def seq_scan_advice(node: PlanNode, info: TableInfo | None) -> str:
     table = node.relation or "?"
     filter_text = node.get("Filter")
     if not filter_text:
-        return (f"the statement reads all of {table}; restrict it with a WHERE clause that the primary key "
-                f"or an index serves")
+        return (
+            f"the statement reads all of {table}; restrict it with a WHERE clause that the primary key "
+            f"or an index serves"
+        )
     shape = filter_shape(filter_text)
     expected = _missing_expected_index(table, shape, info)
     if expected is not None:
@@ -517,15 +556,25 @@ def expected_index_findings(used: Sequence[IndexUse], context: PlanContext) -> l
     elif present is not None and not present.valid:
         advice = f"the index {expected} is INVALID (a failed concurrent build): REINDEX INDEX CONCURRENTLY {expected};"
     elif present is not None:
-        advice = (f"{expected} exists and is valid, but the planner chose another path: ANALYZE {table} and "
-                  f"rerun; an index that duplicates it can draw the planner away (see db indexes duplicates)")
+        advice = (
+            f"{expected} exists and is valid, but the planner chose another path: ANALYZE {table} and "
+            f"rerun; an index that duplicates it can draw the planner away (see db indexes duplicates)"
+        )
     else:
-        advice = (f"check that {expected} exists and is valid (challengectl db indexes expected); "
-                  f"ANALYZE {table or 'the table'}")
+        advice = (
+            f"check that {expected} exists and is valid (challengectl db indexes expected); "
+            f"ANALYZE {table or 'the table'}"
+        )
     used_names = ", ".join(dict.fromkeys(use.index for use in used)) or "no index"
-    return [Finding(rule="expected_index_not_used", severity="warn", node=None,
-                    message=f"the plan does not use the expected index {expected} (it uses {used_names})",
-                    advice=advice)]
+    return [
+        Finding(
+            rule="expected_index_not_used",
+            severity="warn",
+            node=None,
+            message=f"the plan does not use the expected index {expected} (it uses {used_names})",
+            advice=advice,
+        )
+    ]
 
 
 def estimate_findings(root: PlanNode) -> list[Finding]:
@@ -538,15 +587,23 @@ def estimate_findings(root: PlanNode) -> list[Finding]:
             continue
         table = node.table or _first_relation_below(node)
         columns = filter_shape(" AND ".join(node_conditions(node).values())).columns
-        statistics = (f"ALTER TABLE {table} ALTER COLUMN {columns[0]} SET STATISTICS 1000; ANALYZE {table};"
-                      if table and columns else "raise the filtered column's statistics target "
-                      "(ALTER TABLE ... ALTER COLUMN ... SET STATISTICS 1000)")
-        findings.append(Finding(
-            rule="row_estimate_off", severity="warn", node=node.label,
-            message=(f"estimated {_count(node.estimated_rows)} rows, actual {_count(node.actual_rows or 0)} "
-                     f"× {node.loops} loop(s): {error:.0f}× off"),
-            advice=f"ANALYZE {table or 'the tables involved'}; if it persists, {statistics}",
-        ))
+        statistics = (
+            f"ALTER TABLE {table} ALTER COLUMN {columns[0]} SET STATISTICS 1000; ANALYZE {table};"
+            if table and columns
+            else "raise the filtered column's statistics target (ALTER TABLE ... ALTER COLUMN ... SET STATISTICS 1000)"
+        )
+        findings.append(
+            Finding(
+                rule="row_estimate_off",
+                severity="warn",
+                node=node.label,
+                message=(
+                    f"estimated {_count(node.estimated_rows)} rows, actual {_count(node.actual_rows or 0)} "
+                    f"× {node.loops} loop(s): {error:.0f}× off"
+                ),
+                advice=f"ANALYZE {table or 'the tables involved'}; if it persists, {statistics}",
+            )
+        )
     return findings
 
 
@@ -570,12 +627,18 @@ def filter_findings(root: PlanNode, context: PlanContext) -> list[Finding]:
             advice = f"an index or partial index covering the filter columns: {advice}"
         else:
             advice = "an index or partial index covering the filter columns, so the rows are not read and discarded"
-        findings.append(Finding(
-            rule="rows_removed_by_filter", severity="warn", node=node.label,
-            message=(f"the filter removed {_count(removed)} rows to return {_count(returned)}"
-                     + (f" ({filter_text})" if filter_text else "")),
-            advice=advice,
-        ))
+        findings.append(
+            Finding(
+                rule="rows_removed_by_filter",
+                severity="warn",
+                node=node.label,
+                message=(
+                    f"the filter removed {_count(removed)} rows to return {_count(returned)}"
+                    + (f" ({filter_text})" if filter_text else "")
+                ),
+                advice=advice,
+            )
+        )
     return findings
 
 
@@ -591,19 +654,28 @@ def spill_findings(root: PlanNode, context: PlanContext) -> list[Finding]:
             what = f"the sort ({node.get('Sort Method', 'external')}) spilled {_kb(observed_kb)} to disk"
         elif int(node.get("Hash Batches", 1) or 1) > 1:
             observed_kb = float(node.get("Peak Memory Usage", 0)) * int(node.get("Hash Batches", 1))
-            what = (f"the hash used {node.get('Hash Batches')} batches (peak memory "
-                    f"{_kb(float(node.get('Peak Memory Usage', 0)))} per batch)")
+            what = (
+                f"the hash used {node.get('Hash Batches')} batches (peak memory "
+                f"{_kb(float(node.get('Peak Memory Usage', 0)))} per batch)"
+            )
         elif float(node.get("Disk Usage", 0) or 0) > 0:
             observed_kb = float(node.get("Disk Usage", 0))
             what = f"the {node.node_type.lower()} spilled {_kb(observed_kb)} to disk"
         if observed_kb is None:
             continue
         suggested_mb = max(4, 2 ** math.ceil(math.log2(max(observed_kb * 2 / 1024, 1))))
-        findings.append(Finding(
-            rule="spill_to_disk", severity="warn", node=node.label, message=what,
-            advice=(f"raise work_mem for this role above the {_kb(observed_kb)} observed: "
-                    f"ALTER ROLE {role} SET work_mem = '{suggested_mb}MB';"),
-        ))
+        findings.append(
+            Finding(
+                rule="spill_to_disk",
+                severity="warn",
+                node=node.label,
+                message=what,
+                advice=(
+                    f"raise work_mem for this role above the {_kb(observed_kb)} observed: "
+                    f"ALTER ROLE {role} SET work_mem = '{suggested_mb}MB';"
+                ),
+            )
+        )
     return findings
 
 
@@ -617,11 +689,15 @@ def heap_fetch_findings(root: PlanNode) -> list[Finding]:
         returned = node.actual_total_rows or 0.0
         if fetches < HEAP_FETCHES_MIN or fetches <= HEAP_FETCHES_SHARE * returned:
             continue
-        findings.append(Finding(
-            rule="heap_fetches", severity="info", node=node.label,
-            message=f"the index-only scan fetched {_count(fetches)} heap tuples for {_count(returned)} rows",
-            advice=f"VACUUM {node.table or 'the table'}; (sets the visibility map, so the heap is not visited)",
-        ))
+        findings.append(
+            Finding(
+                rule="heap_fetches",
+                severity="info",
+                node=node.label,
+                message=f"the index-only scan fetched {_count(fetches)} heap tuples for {_count(returned)} rows",
+                advice=f"VACUUM {node.table or 'the table'}; (sets the visibility map, so the heap is not visited)",
+            )
+        )
     return findings
 
 
@@ -638,13 +714,21 @@ def duplicate_index_findings(root: PlanNode, context: PlanContext) -> list[Findi
         for index, primary in duplicates_of_primary_key(info):
             node = nodes_by_index.get(index.name)
             used = " and this plan uses it" if node is not None else ""
-            findings.append(Finding(
-                rule="duplicate_of_primary_key", severity="warn", node=node.label if node is not None else None,
-                message=(f"index {index.name} ({', '.join(index.columns)}) duplicates the primary key "
-                         f"{primary.name} ({', '.join(primary.columns)}) of {table}{used}"),
-                advice=(f"the primary key serves the same lookups; drop the duplicate (it costs every write): "
-                        f"DROP INDEX CONCURRENTLY {index.name};"),
-            ))
+            findings.append(
+                Finding(
+                    rule="duplicate_of_primary_key",
+                    severity="warn",
+                    node=node.label if node is not None else None,
+                    message=(
+                        f"index {index.name} ({', '.join(index.columns)}) duplicates the primary key "
+                        f"{primary.name} ({', '.join(primary.columns)}) of {table}{used}"
+                    ),
+                    advice=(
+                        f"the primary key serves the same lookups; drop the duplicate (it costs every write): "
+                        f"DROP INDEX CONCURRENTLY {index.name};"
+                    ),
+                )
+            )
     return findings
 
 
@@ -654,8 +738,9 @@ def duplicates_of_primary_key(info: TableInfo) -> list[tuple[IndexInfo, IndexInf
     primary = next((index for index in info.indexes if index.primary), None)
     if primary is None:
         return []
-    return [(index, primary) for index in info.indexes
-            if index is not primary and is_covered_by(index.key, primary.key)]
+    return [
+        (index, primary) for index in info.indexes if index is not primary and is_covered_by(index.key, primary.key)
+    ]
 
 
 def cold_cache_findings(totals: PlanTotals) -> list[Finding]:
@@ -663,21 +748,31 @@ def cold_cache_findings(totals: PlanTotals) -> list[Finding]:
     read, hit = totals.shared_read_blocks, totals.shared_hit_blocks
     if read == 0 or read <= hit:
         return []
-    return [Finding(rule="cold_cache", severity="info", node=None,
-                    message=f"{read} of {read + hit} shared buffers were read rather than hit",
-                    advice="a cold cache: rerun the command; if it stays cold, check that shared_buffers "
-                           "holds the working set")]
+    return [
+        Finding(
+            rule="cold_cache",
+            severity="info",
+            node=None,
+            message=f"{read} of {read + hit} shared buffers were read rather than hit",
+            advice="a cold cache: rerun the command; if it stays cold, check that shared_buffers holds the working set",
+        )
+    ]
 
 
 def planning_time_findings(totals: PlanTotals) -> list[Finding]:
     """info: planning took longer than execution (expected for an ad-hoc run of a prepared statement)."""
     if totals.planning_ms is None or totals.execution_ms is None or totals.planning_ms <= totals.execution_ms:
         return []
-    return [Finding(rule="planning_over_execution", severity="info", node=None,
-                    message=f"planning ({totals.planning_ms:.3f} ms) took longer than execution "
-                            f"({totals.execution_ms:.3f} ms)",
-                    advice="the service prepares its statements, so it pays planning rarely; this is expected "
-                           "for an ad-hoc run")]
+    return [
+        Finding(
+            rule="planning_over_execution",
+            severity="info",
+            node=None,
+            message=f"planning ({totals.planning_ms:.3f} ms) took longer than execution ({totals.execution_ms:.3f} ms)",
+            advice="the service prepares its statements, so it pays planning rarely; this is expected "
+            "for an ad-hoc run",
+        )
+    ]
 
 
 def slow_findings(root: PlanNode, totals: PlanTotals, context: PlanContext) -> list[Finding]:
@@ -685,18 +780,27 @@ def slow_findings(root: PlanNode, totals: PlanTotals, context: PlanContext) -> l
     threshold = context.slow_threshold_ms
     if totals.execution_ms is None or totals.execution_ms <= threshold:
         return []
-    ranked = sorted((node for node in root.walk() if node.exclusive_ms is not None),
-                    key=lambda node: -(node.exclusive_ms or 0.0))[:SLOWEST_NODES_SHOWN]
+    ranked = sorted(
+        (node for node in root.walk() if node.exclusive_ms is not None), key=lambda node: -(node.exclusive_ms or 0.0)
+    )[:SLOWEST_NODES_SHOWN]
     total = max(sum(node.exclusive_ms or 0.0 for node in root.walk()), totals.execution_ms, 1e-9)
-    shares = "; ".join(f"{node.label} {100 * (node.exclusive_ms or 0.0) / total:.0f}% "
-                       f"({node.exclusive_ms or 0.0:.2f} ms)" for node in ranked)
-    return [Finding(rule="slow_execution", severity="warn", node=ranked[0].label if ranked else None,
-                    message=f"execution took {totals.execution_ms:.2f} ms, above {threshold:g} ms for a "
-                            f"{context.kind} query",
-                    advice=f"the largest shares of time: {shares}")]
+    shares = "; ".join(
+        f"{node.label} {100 * (node.exclusive_ms or 0.0) / total:.0f}% ({node.exclusive_ms or 0.0:.2f} ms)"
+        for node in ranked
+    )
+    return [
+        Finding(
+            rule="slow_execution",
+            severity="warn",
+            node=ranked[0].label if ranked else None,
+            message=f"execution took {totals.execution_ms:.2f} ms, above {threshold:g} ms for a {context.kind} query",
+            advice=f"the largest shares of time: {shares}",
+        )
+    ]
 
 
 # --- filters and index suggestions ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FilterShape:
@@ -771,7 +875,7 @@ def split_conjuncts(expression: str) -> list[str]:
             depth += 1
         elif not quoted and char == ")":
             depth -= 1
-        elif not quoted and depth == 0 and text[index:index + 5].upper() == " AND ":
+        elif not quoted and depth == 0 and text[index : index + 5].upper() == " AND ":
             terms.append(text[start:index])
             start = index + 5
             index += 5

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as redis_asyncio
 
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
+from service.config.settings import mask_url_password
 from service.storage.cache import (
     REDIS_FAILURES,
     active_key,
@@ -26,7 +27,6 @@ from service.storage.cache import (
     scan_pattern_for_user,
     token_key,
 )
-from service.config.settings import mask_url_password
 
 SCAN_COUNT = 1000
 KINDS = ("active", "tok", "synced", "evt", "other")
@@ -43,8 +43,11 @@ async def redis_failures_as_cli_errors(url: str, doing: str) -> AsyncIterator[No
         yield
     except REDIS_FAILURES as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CliError(f"Redis at {mask_url_password(url)} failed while {doing}: {reason}",
-                       "check --redis-url / REDIS_URL, or run 'challengectl doctor'", EXIT_UNAVAILABLE) from None
+        raise CliError(
+            f"Redis at {mask_url_password(url)} failed while {doing}: {reason}",
+            "check --redis-url / REDIS_URL, or run 'challengectl doctor'",
+            EXIT_UNAVAILABLE,
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -54,8 +57,11 @@ async def redis_failures_as_cli_errors(url: str, doing: str) -> AsyncIterator[No
 def server_summary(info: dict[str, Any]) -> dict[str, Any]:
     """The docs/diagnostics.md#redis figures of one `INFO` reply (server, stats, memory, clients, keyspace), snake_case."""
     hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
-    keyspace = {name: {"keys": value.get("keys", 0), "expires": value.get("expires", 0)}
-                for name, value in info.items() if re.fullmatch(r"db\d+", name) and isinstance(value, dict)}
+    keyspace = {
+        name: {"keys": value.get("keys", 0), "expires": value.get("expires", 0)}
+        for name, value in info.items()
+        if re.fullmatch(r"db\d+", name) and isinstance(value, dict)
+    }
     return {
         "redis_version": info.get("redis_version"),
         "uptime_s": info.get("uptime_in_seconds"),
@@ -123,8 +129,14 @@ class KeyLayout:
         return CacheKey(raw, name, match.group(3).decode(), user, match.group(4).decode("utf-8", "backslashreplace"))
 
 
-async def scan_batches(client: redis_asyncio.Redis, pattern: str, *, sleep_s: float = 0.0,
-                       limit: int | None = None, count: int = SCAN_COUNT) -> AsyncIterator[list[bytes]]:
+async def scan_batches(
+    client: redis_asyncio.Redis,
+    pattern: str,
+    *,
+    sleep_s: float = 0.0,
+    limit: int | None = None,
+    count: int = SCAN_COUNT,
+) -> AsyncIterator[list[bytes]]:
     """The keys matching `pattern`, one SCAN reply at a time, pausing `sleep_s` between calls so a busy
     server is not hogged; stops after `limit` keys when given."""
     cursor: int | str = 0
@@ -132,7 +144,7 @@ async def scan_batches(client: redis_asyncio.Redis, pattern: str, *, sleep_s: fl
     while True:
         cursor, keys = await client.scan(cursor=cursor, match=pattern, count=count)
         if limit is not None and seen + len(keys) > limit:
-            keys = keys[:limit - seen]
+            keys = keys[: limit - seen]
         seen += len(keys)
         if keys:
             yield keys
@@ -173,8 +185,16 @@ class Inventory:
         }
 
 
-async def take_inventory(client: redis_asyncio.Redis, layout: KeyLayout, pattern: str, *, sample: int,
-                         top: int, sleep_s: float, limit: int | None = None) -> Inventory:
+async def take_inventory(
+    client: redis_asyncio.Redis,
+    layout: KeyLayout,
+    pattern: str,
+    *,
+    sample: int,
+    top: int,
+    sleep_s: float,
+    limit: int | None = None,
+) -> Inventory:
     """Scan `pattern` (at most `limit` keys), count keys by kind, and inspect the first `sample` of them:
     PTTL, `MEMORY USAGE` (only when `top` > 0) and, for de-duplication markers, their state."""
     by_kind = Counter({kind: 0 for kind in KINDS})
@@ -187,19 +207,24 @@ async def take_inventory(client: redis_asyncio.Redis, layout: KeyLayout, pattern
         keys = [layout.classify(raw) for raw in batch]
         by_kind.update(key.kind for key in keys)
         scanned += len(keys)
-        to_sample = keys[:max(0, sample - sampled)]
+        to_sample = keys[: max(0, sample - sampled)]
         if to_sample:
             sampled += len(to_sample)
             await _sample_keys(client, to_sample, top > 0, ttl_buckets, event_states, sized)
     if limit is not None and scanned >= limit:
         complete = False
     largest = sorted(sized, key=lambda item: item["bytes"] or 0, reverse=True)[:top]
-    return Inventory(pattern, scanned, complete, dict(by_kind), sampled, dict(ttl_buckets), dict(event_states),
-                     largest)
+    return Inventory(pattern, scanned, complete, dict(by_kind), sampled, dict(ttl_buckets), dict(event_states), largest)
 
 
-async def _sample_keys(client: redis_asyncio.Redis, keys: list[CacheKey], with_memory: bool,
-                       ttl_buckets: Counter[str], event_states: Counter[str], sized: list[dict[str, Any]]) -> None:
+async def _sample_keys(
+    client: redis_asyncio.Redis,
+    keys: list[CacheKey],
+    with_memory: bool,
+    ttl_buckets: Counter[str],
+    event_states: Counter[str],
+    sized: list[dict[str, Any]],
+) -> None:
     """One pipeline per batch: PTTL (and MEMORY USAGE) of each key, GET of each event marker."""
     async with client.pipeline(transaction=False) as pipe:
         for key in keys:
@@ -214,8 +239,14 @@ async def _sample_keys(client: redis_asyncio.Redis, keys: list[CacheKey], with_m
         if ttl_ms != -2:  # gone since the SCAN
             ttl_buckets[ttl_bucket(ttl_ms)] += 1
         if with_memory:
-            sized.append({"key": key.name, "kind": key.kind, "bytes": next(replies),
-                          "ttl_s": round(ttl_ms / 1000, 1) if ttl_ms >= 0 else None})
+            sized.append(
+                {
+                    "key": key.name,
+                    "kind": key.kind,
+                    "bytes": next(replies),
+                    "ttl_s": round(ttl_ms / 1000, 1) if ttl_ms >= 0 else None,
+                }
+            )
         if key.kind == "evt":
             state = EVENT_STATES.get(next(replies) or b"")
             if state:
@@ -233,8 +264,9 @@ def ttl_bucket(ttl_ms: int) -> str:
 # One user
 
 
-async def user_cache_state(client: redis_asyncio.Redis, layout: KeyLayout, user_id: str,
-                           fingerprint: str | None) -> dict[str, Any]:
+async def user_cache_state(
+    client: redis_asyncio.Redis, layout: KeyLayout, user_id: str, fingerprint: str | None
+) -> dict[str, Any]:
     """Everything the cache holds for one user (docs/diagnostics.md#redis `cache keys --user`): the keys with their TTLs, the
     decoded active entry (rows, token match, fingerprint match), synced markers (current or older
     fingerprint) and de-duplication markers by state. `fingerprint` None: the catalog is unknown."""
@@ -252,18 +284,24 @@ async def user_cache_state(client: redis_asyncio.Redis, layout: KeyLayout, user_
             pipe.get(key.raw)
         replies = await pipe.execute()
     token_raw, entry_raw = replies[0]
-    ttls = replies[1:1 + len(listed)]
-    event_values = replies[1 + len(listed):]
+    ttls = replies[1 : 1 + len(listed)]
+    event_values = replies[1 + len(listed) :]
     token = token_raw.decode() if token_raw is not None else None
     event_counts = Counter(EVENT_STATES.get(value or b"", "gone") for value in event_values)
     return {
         "user_id": user_id,
-        "keys": [{"key": key.name, "kind": key.kind, "ttl_s": round(ttl / 1000, 1) if ttl >= 0 else None}
-                 for key, ttl in zip(listed, ttls, strict=True) if ttl != -2],
+        "keys": [
+            {"key": key.name, "kind": key.kind, "ttl_s": round(ttl / 1000, 1) if ttl >= 0 else None}
+            for key, ttl in zip(listed, ttls, strict=True)
+            if ttl != -2
+        ],
         "token": token,
         "entry": describe_entry(entry_raw, token, fingerprint),
-        "synced": [{"fingerprint": key.detail, "current": key.detail == fingerprint if fingerprint else None}
-                   for key in listed if key.kind == "synced"],
+        "synced": [
+            {"fingerprint": key.detail, "current": key.detail == fingerprint if fingerprint else None}
+            for key in listed
+            if key.kind == "synced"
+        ],
         "evt": {"pending": event_counts["pending"], "done": event_counts["done"]},
     }
 
@@ -290,6 +328,14 @@ def describe_entry(raw: bytes | None, token: str | None, fingerprint: str | None
 
 
 def _rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    return [{"goal_id": row.goal_id, "challenge_id": row.challenge_id, "progress": row.progress,
-             "status": row.status, "is_active": row.is_active, "updated_at": row.updated_at}
-            for row in rows]
+    return [
+        {
+            "goal_id": row.goal_id,
+            "challenge_id": row.challenge_id,
+            "progress": row.progress,
+            "status": row.status,
+            "is_active": row.is_active,
+            "updated_at": row.updated_at,
+        }
+        for row in rows
+    ]

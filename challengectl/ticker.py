@@ -38,12 +38,18 @@ def parse_interval(text: str) -> float:
 def backoff_delay(interval_s: float, failures: int) -> float:
     """The wait after `failures` consecutive failed ticks: twice the interval per failure, up to 30 s
     (or the interval when that is longer)."""
-    return min(interval_s * 2 ** failures, max(MAX_BACKOFF_S, interval_s))
+    return min(interval_s * 2**failures, max(MAX_BACKOFF_S, interval_s))
 
 
-async def run_ticks(tick: Callable[[], Awaitable[T]], on_result: Callable[[T], None], *, interval_s: float,
-                    count: int | None, on_retry: Callable[[CliError, float], None],
-                    pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+async def run_ticks(
+    tick: Callable[[], Awaitable[T]],
+    on_result: Callable[[T], None],
+    *,
+    interval_s: float,
+    count: int | None,
+    on_retry: Callable[[CliError, float], None],
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
     """Call `tick` every `interval_s` and hand each result to `on_result`, for `count` ticks (failed ones
     included; None: until cancelled). A failure with exit code 5 (unreachable, unavailable, timed out)
     goes to `on_retry(error, delay_s)` and the next tick waits `backoff_delay`; any other CliError is
@@ -77,8 +83,9 @@ async def run_ticks(tick: Callable[[], Awaitable[T]], on_result: Callable[[T], N
 
 
 @contextmanager
-def live_or_ndjson(out: Output, render: Callable[[Any], RenderableType],
-                   record: Callable[[Any], Any] = lambda data: data) -> Iterator[Callable[[Any], None]]:
+def live_or_ndjson(
+    out: Output, render: Callable[[Any], RenderableType], record: Callable[[Any], Any] = lambda data: data
+) -> Iterator[Callable[[Any], None]]:
     """The display of a `--watch` mode, as the `on_result` of `run_ticks`: on a TTY a rich Live of
     `render(data)` (showing "collecting…" until the first tick), otherwise `record(data)` as one NDJSON
     line per tick."""

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from starlette.datastructures import Headers
 
+from service.config.settings import SettingsError, load_settings
 from service.transport.auth import (
     AuthConfig,
     Authenticator,
@@ -33,7 +34,6 @@ from service.transport.auth import (
     read_secret_file,
 )
 from service.transport.errors import ApiError
-from service.config.settings import SettingsError, load_settings
 
 SECRET = b"0123456789abcdef0123456789abcdef-test-secret"
 MALFORMED = "missing or malformed Authorization header"
@@ -99,7 +99,10 @@ async def test_valid_hs256_token_gives_sub_with_case_insensitive_starlette_heade
 async def test_bad_signature():
     token = hs_token(claims_for(), key=b"another-secret-that-is-long-enough-32b")
     assert await rejection(hs_authenticator(), bearer(token)) == (
-        401, "UNAUTHORIZED", "invalid token: signature verification failed")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: signature verification failed",
+    )
 
 
 async def test_expired_beyond_leeway_is_rejected_and_within_leeway_accepted():
@@ -115,7 +118,10 @@ async def test_expired_beyond_leeway_is_rejected_and_within_leeway_accepted():
 async def test_not_yet_valid_token(claim):
     token = hs_token(claims_for(**{claim: int(time.time()) + 120}))
     assert await rejection(hs_authenticator(), bearer(token)) == (
-        401, "UNAUTHORIZED", "invalid token: token not yet valid")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: token not yet valid",
+    )
 
 
 async def test_nbf_within_leeway_is_accepted():
@@ -126,13 +132,19 @@ async def test_nbf_within_leeway_is_accepted():
 async def test_missing_exp():
     token = hs_token({"sub": "u1", "iat": int(time.time())})
     assert await rejection(hs_authenticator(), bearer(token)) == (
-        401, "UNAUTHORIZED", "invalid token: missing exp claim")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: missing exp claim",
+    )
 
 
 async def test_non_numeric_exp():
     token = hs_token({"sub": "u1", "exp": "tomorrow"})
     assert await rejection(hs_authenticator(), bearer(token)) == (
-        401, "UNAUTHORIZED", "invalid token: malformed time claim")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: malformed time claim",
+    )
 
 
 @pytest.mark.parametrize("sub", [None, "", "x" * 101, "a{b", "a}b", "bell\x07", "line\nbreak", "c1\x85", 42])
@@ -158,14 +170,20 @@ async def test_iss_and_aud_are_ignored_when_not_configured():
 async def test_issuer_mismatch_is_forbidden_when_configured(extra):
     token = hs_token(claims_for(**extra))
     assert await rejection(hs_authenticator(issuer="https://iam.example"), bearer(token)) == (
-        403, "FORBIDDEN", "token not accepted by this service")
+        403,
+        "FORBIDDEN",
+        "token not accepted by this service",
+    )
 
 
 @pytest.mark.parametrize("extra", [{"aud": "other-service"}, {}, {"aud": ["x", "y"]}])
 async def test_audience_mismatch_is_forbidden_when_configured(extra):
     token = hs_token(claims_for(**extra))
     assert await rejection(hs_authenticator(audience="challenge"), bearer(token)) == (
-        403, "FORBIDDEN", "token not accepted by this service")
+        403,
+        "FORBIDDEN",
+        "token not accepted by this service",
+    )
 
 
 async def test_matching_issuer_and_audience_are_accepted():
@@ -190,7 +208,10 @@ async def test_algorithm_outside_the_configuration_is_rejected(algorithm):
     key = SECRET + SECRET if algorithm == "HS512" else None  # 64+ bytes: no short-key warning for HS512
     token = jwt.encode(claims_for(), key, algorithm=algorithm)
     assert await rejection(hs_authenticator(), bearer(token)) == (
-        401, "UNAUTHORIZED", "invalid token: algorithm not allowed")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: algorithm not allowed",
+    )
 
 
 async def test_cached_token_still_expires():
@@ -214,11 +235,23 @@ async def test_token_cache_is_bounded():
     assert await authenticator.authenticate(bearer(tokens[0])) == "user-0"
 
 
-@pytest.mark.parametrize("value,valid", [
-    ("a", True), ("x" * 100, True), ("user-000001", True), ("ünïcode ok", True),
-    ("", False), ("x" * 101, False), ("{u}", False), ("tab\t", False), ("\x00", False),
-    ("del\x7f", False), ("c1\x9f", False), ("\xa0nbsp", True),
-])
+@pytest.mark.parametrize(
+    "value,valid",
+    [
+        ("a", True),
+        ("x" * 100, True),
+        ("user-000001", True),
+        ("ünïcode ok", True),
+        ("", False),
+        ("x" * 101, False),
+        ("{u}", False),
+        ("tab\t", False),
+        ("\x00", False),
+        ("del\x7f", False),
+        ("c1\x9f", False),
+        ("\xa0nbsp", True),
+    ],
+)
 def test_user_id_rule(value, valid):
     assert is_valid_user_id(value) is valid
 
@@ -300,7 +333,8 @@ def clocks() -> tuple[FakeClock, FakeClock]:
 async def jwks_authenticator(jwks_server, clocks) -> AsyncIterator[Authenticator]:
     wall, monotonic = clocks
     authenticator = Authenticator(
-        AuthConfig(jwks_url=jwks_server.url, jwks_refresh_s=600), clock=wall, monotonic=monotonic)
+        AuthConfig(jwks_url=jwks_server.url, jwks_refresh_s=600), clock=wall, monotonic=monotonic
+    )
     yield authenticator
     await authenticator.close()
 
@@ -313,12 +347,14 @@ async def test_jwks_rs256_and_es256_tokens_are_accepted(jwks_server, jwks_authen
     assert jwks_server.fetches == 1
 
 
-async def test_jwks_token_signed_by_another_key_with_a_known_kid_is_rejected(
-        jwks_server, jwks_authenticator, rsa_keys):
+async def test_jwks_token_signed_by_another_key_with_a_known_kid_is_rejected(jwks_server, jwks_authenticator, rsa_keys):
     jwks_server.keys = [rsa_keys[0]]
     forged = jwt.encode(claims_for(), rsa_keys[1].private_key, algorithm="RS256", headers={"kid": "rsa-1"})
     assert await rejection(jwks_authenticator, bearer(forged)) == (
-        401, "UNAUTHORIZED", "invalid token: signature verification failed")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: signature verification failed",
+    )
 
 
 async def test_token_algorithm_must_match_the_key(jwks_server, jwks_authenticator, rsa_keys, ec_keys):
@@ -326,7 +362,10 @@ async def test_token_algorithm_must_match_the_key(jwks_server, jwks_authenticato
     # An ES256 token that names the RSA key's kid.
     token = jwt.encode(claims_for(), ec_keys[0].private_key, algorithm="ES256", headers={"kid": "rsa-1"})
     assert await rejection(jwks_authenticator, bearer(token)) == (
-        401, "UNAUTHORIZED", "invalid token: algorithm does not match the signing key")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: algorithm does not match the signing key",
+    )
 
 
 async def test_token_without_kid_uses_the_only_key_of_its_algorithm(jwks_server, rsa_keys, ec_keys):
@@ -346,7 +385,8 @@ async def test_token_without_kid_uses_the_only_key_of_its_algorithm(jwks_server,
 
 
 async def test_unknown_kid_refreshes_at_most_once_per_10_seconds(
-        jwks_server, jwks_authenticator, clocks, rsa_keys, ec_keys):
+    jwks_server, jwks_authenticator, clocks, rsa_keys, ec_keys
+):
     _, monotonic = clocks
     jwks_server.keys = [rsa_keys[0]]
     assert await jwks_authenticator.authenticate(bearer(rsa_keys[0].sign(claims_for("old")))) == "old"
@@ -357,7 +397,10 @@ async def test_unknown_kid_refreshes_at_most_once_per_10_seconds(
     rotated = ec_keys[1].sign(claims_for("new"))
     monotonic.now += 5
     assert await rejection(jwks_authenticator, bearer(rotated)) == (
-        401, "UNAUTHORIZED", "invalid token: unknown signing key")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: unknown signing key",
+    )
     assert jwks_server.fetches == 1
 
     monotonic.now += 5
@@ -367,14 +410,23 @@ async def test_unknown_kid_refreshes_at_most_once_per_10_seconds(
     unknown = rsa_keys[1].sign(claims_for("nobody"))
     monotonic.now += 1
     assert await rejection(jwks_authenticator, bearer(unknown)) == (
-        401, "UNAUTHORIZED", "invalid token: unknown signing key")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: unknown signing key",
+    )
     monotonic.now += 1
     assert await rejection(jwks_authenticator, bearer(unknown)) == (
-        401, "UNAUTHORIZED", "invalid token: unknown signing key")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: unknown signing key",
+    )
     assert jwks_server.fetches == 2
     monotonic.now += 10
     assert await rejection(jwks_authenticator, bearer(unknown)) == (
-        401, "UNAUTHORIZED", "invalid token: unknown signing key")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: unknown signing key",
+    )
     assert jwks_server.fetches == 3
 
 
@@ -388,7 +440,10 @@ async def test_withdrawn_key_stops_cached_tokens(jwks_server, jwks_authenticator
     monotonic.now += 11
     assert await jwks_authenticator.authenticate(bearer(rsa_keys[1].sign(claims_for("new")))) == "new"
     assert await rejection(jwks_authenticator, bearer(old_token)) == (
-        401, "UNAUTHORIZED", "invalid token: unknown signing key")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: unknown signing key",
+    )
 
 
 async def test_jwks_is_refreshed_periodically_in_the_background(jwks_server, jwks_authenticator, clocks, rsa_keys):
@@ -418,17 +473,24 @@ async def test_concurrent_first_requests_share_one_fetch(jwks_server, jwks_authe
 
 
 async def test_jwks_error_response_with_no_keys_is_401_and_retried_after_10_seconds(
-        jwks_server, jwks_authenticator, clocks, rsa_keys, caplog):
+    jwks_server, jwks_authenticator, clocks, rsa_keys, caplog
+):
     _, monotonic = clocks
     caplog.set_level(logging.WARNING, logger="challengectl.auth")
     jwks_server.keys = [rsa_keys[0]]
     jwks_server.status = 503
     token = rsa_keys[0].sign(claims_for())
     assert await rejection(jwks_authenticator, bearer(token)) == (
-        401, "UNAUTHORIZED", "invalid token: signing keys unavailable")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: signing keys unavailable",
+    )
     assert "HTTP 503" in caplog.text and jwks_server.url in caplog.text
     assert await rejection(jwks_authenticator, bearer(token)) == (
-        401, "UNAUTHORIZED", "invalid token: signing keys unavailable")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: signing keys unavailable",
+    )
     assert jwks_server.fetches == 1
 
     jwks_server.status = 200
@@ -444,7 +506,10 @@ async def test_failed_refresh_keeps_the_previous_keys(jwks_server, jwks_authenti
     jwks_server.status = 500
     monotonic.now += 11
     assert await rejection(jwks_authenticator, bearer(ec_keys[0].sign(claims_for()))) == (
-        401, "UNAUTHORIZED", "invalid token: unknown signing key")
+        401,
+        "UNAUTHORIZED",
+        "invalid token: unknown signing key",
+    )
     assert jwks_server.fetches == 2
     assert await jwks_authenticator.authenticate(bearer(rsa_keys[0].sign(claims_for("kept")))) == "kept"
 
@@ -461,7 +526,10 @@ async def test_jwks_server_down_with_no_keys_is_401(rsa_keys, caplog):
     authenticator = Authenticator(AuthConfig(jwks_url=url))
     try:
         assert await rejection(authenticator, bearer(rsa_keys[0].sign(claims_for()))) == (
-            401, "UNAUTHORIZED", "invalid token: signing keys unavailable")
+            401,
+            "UNAUTHORIZED",
+            "invalid token: signing keys unavailable",
+        )
     finally:
         await authenticator.close()
     assert f"JWKS fetch from {url} failed" in caplog.text
@@ -493,7 +561,10 @@ async def test_mock_mode_requires_the_header():
 @pytest.mark.parametrize("value", ["x" * 101, "a{b", "tab\there", "\x7f"])
 async def test_mock_mode_invalid_header_value(value):
     assert await rejection(Authenticator(AuthConfig(mode="none")), {"x-mock-user-id": value}) == (
-        401, "UNAUTHORIZED", "invalid user id")
+        401,
+        "UNAUTHORIZED",
+        "invalid user id",
+    )
 
 
 # --- configuration from settings -------------------------------------------------------------------
@@ -505,12 +576,26 @@ def settings_with(tmp_path: Path, **flags: Any):
 
 
 def test_config_from_jwt_secret(tmp_path):
-    settings = settings_with(tmp_path, env={
-        "CHALLENGE_JWT_SECRET": "sëcret", "CHALLENGE_JWT_ISSUER": "iss", "CHALLENGE_JWT_AUDIENCE": "aud",
-        "CHALLENGE_JWT_LEEWAY_S": "5", "REFRESH_INTERVAL": "60"})
+    settings = settings_with(
+        tmp_path,
+        env={
+            "CHALLENGE_JWT_SECRET": "sëcret",
+            "CHALLENGE_JWT_ISSUER": "iss",
+            "CHALLENGE_JWT_AUDIENCE": "aud",
+            "CHALLENGE_JWT_LEEWAY_S": "5",
+            "REFRESH_INTERVAL": "60",
+        },
+    )
     config = auth_config_from_settings(settings, None)
-    assert config == AuthConfig(mode="jwt", hs256_key="sëcret".encode(), algorithms=("HS256",),
-                                issuer="iss", audience="aud", leeway_s=5, jwks_refresh_s=60)
+    assert config == AuthConfig(
+        mode="jwt",
+        hs256_key="sëcret".encode(),
+        algorithms=("HS256",),
+        issuer="iss",
+        audience="aud",
+        leeway_s=5,
+        jwks_refresh_s=60,
+    )
 
 
 def test_config_from_secret_file_strips_whitespace(tmp_path):
@@ -529,16 +614,27 @@ def test_config_uses_the_embedded_secret_when_nothing_is_configured(tmp_path):
 def test_config_jwks_defaults_and_algorithm_list(tmp_path):
     settings = settings_with(tmp_path, jwt_jwks_url="http://127.0.0.1:1/jwks")
     assert auth_config_from_settings(settings, None).algorithms == ("RS256", "ES256")
-    settings = settings_with(tmp_path, jwt_jwks_url="http://127.0.0.1:1/jwks", env={"CHALLENGE_JWT_ALGORITHMS": " ES256 , "})
+    settings = settings_with(
+        tmp_path, jwt_jwks_url="http://127.0.0.1:1/jwks", env={"CHALLENGE_JWT_ALGORITHMS": " ES256 , "}
+    )
     assert auth_config_from_settings(settings, None).algorithms == ("ES256",)
 
 
-@pytest.mark.parametrize("env,expected", [
-    ({}, "needs a key source"),
-    ({"CHALLENGE_JWT_SECRET": "k", "CHALLENGE_JWT_ALGORITHMS": "RS256"}, "algorithm RS256 needs jwt_jwks_url"),
-    ({"CHALLENGE_JWT_SECRET": "k", "CHALLENGE_JWT_ALGORITHMS": "HS256,XX999"}, "unsupported JWT algorithms ['XX999']"),
-    ({"CHALLENGE_JWT_SECRET_FILE": "/nonexistent/jwt.secret"}, "cannot read JWT secret file /nonexistent/jwt.secret"),
-])
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({}, "needs a key source"),
+        ({"CHALLENGE_JWT_SECRET": "k", "CHALLENGE_JWT_ALGORITHMS": "RS256"}, "algorithm RS256 needs jwt_jwks_url"),
+        (
+            {"CHALLENGE_JWT_SECRET": "k", "CHALLENGE_JWT_ALGORITHMS": "HS256,XX999"},
+            "unsupported JWT algorithms ['XX999']",
+        ),
+        (
+            {"CHALLENGE_JWT_SECRET_FILE": "/nonexistent/jwt.secret"},
+            "cannot read JWT secret file /nonexistent/jwt.secret",
+        ),
+    ],
+)
 def test_config_refusals(tmp_path, env, expected):
     with pytest.raises(SettingsError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         auth_config_from_settings(settings_with(tmp_path, env=env), None)

@@ -20,6 +20,7 @@ import redis
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
+from service.domain.rules import PROGRESS_ROW_COLUMNS, ProgressRow
 from service.storage.cache import (
     Cache,
     active_key,
@@ -32,7 +33,6 @@ from service.storage.cache import (
     synced_key,
     token_key,
 )
-from service.domain.rules import PROGRESS_ROW_COLUMNS, ProgressRow
 from tests.servers import PrivateRedis
 
 FP = "fp-one"
@@ -43,10 +43,20 @@ T0 = datetime(2025, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 
 def make_row(user_id: str, goal_id: str, **overrides: object) -> ProgressRow:
     values: dict[str, object] = {
-        "user_id": user_id, "goal_id": goal_id, "challenge_id": "ch-1", "namespace": "ns",
-        "progress": 3, "status": "in_progress", "completed_at": None, "claimed_at": None,
-        "created_at": T0, "updated_at": T0 + timedelta(seconds=1), "is_active": True,
-        "assigned_at": T0, "expires_at": None, "baseline_value": None,
+        "user_id": user_id,
+        "goal_id": goal_id,
+        "challenge_id": "ch-1",
+        "namespace": "ns",
+        "progress": 3,
+        "status": "in_progress",
+        "completed_at": None,
+        "claimed_at": None,
+        "created_at": T0,
+        "updated_at": T0 + timedelta(seconds=1),
+        "is_active": True,
+        "assigned_at": T0,
+        "expires_at": None,
+        "baseline_value": None,
     }
     values.update(overrides)
     return ProgressRow.from_mapping(values)
@@ -94,8 +104,15 @@ def test_codec_round_trip_keeps_rows_none_timestamps_and_microseconds() -> None:
     plus_two = timezone(timedelta(hours=2))
     rows = [
         make_row("u1", "g1"),
-        make_row("u1", "g2", status="completed", completed_at=T0.replace(microsecond=0), progress=10,
-                 expires_at=datetime(2025, 3, 5, 2, 0, tzinfo=plus_two), baseline_value=-4),
+        make_row(
+            "u1",
+            "g2",
+            status="completed",
+            completed_at=T0.replace(microsecond=0),
+            progress=10,
+            expires_at=datetime(2025, 3, 5, 2, 0, tzinfo=plus_two),
+            baseline_value=-4,
+        ),
     ]
     pre = [make_row("u1", "g0", status="claimed", claimed_at=T0, is_active=False, assigned_at=None)]
 
@@ -116,11 +133,17 @@ def test_codec_round_trip_keeps_rows_none_timestamps_and_microseconds() -> None:
     assert entry.rows[1].expires_at.utcoffset() == timedelta(0)
 
 
-@pytest.mark.parametrize("raw", [
-    b"", b"not json", b"[]", b'{"v":1}',
-    b'{"v":2,"tok":"t","fp":"f","rows":[],"pre":[]}',
-    b'{"v":1,"tok":"t","fp":"f","rows":[{"goal_id":"g"}],"pre":[]}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"v":1}',
+        b'{"v":2,"tok":"t","fp":"f","rows":[],"pre":[]}',
+        b'{"v":1,"tok":"t","fp":"f","rows":[{"goal_id":"g"}],"pre":[]}',
+    ],
+)
 def test_decode_entry_rejects_what_is_not_a_version_1_entry(raw: bytes) -> None:
     assert decode_entry(raw) is None
 
@@ -132,8 +155,13 @@ def test_scan_pattern_escapes_glob_characters_of_user_and_prefix() -> None:
 
 def test_every_key_of_a_user_hashes_to_one_cluster_slot() -> None:
     for user in ["u1", "player:42", "a*b?[c]\\", "ünïcödé", "x" * 200]:
-        keys = [token_key("ch", user), active_key("ch", user), synced_key("ch", user, "fp1"),
-                synced_key("ch", user, "other"), event_key("ch", user, str(uuid.uuid4()))]
+        keys = [
+            token_key("ch", user),
+            active_key("ch", user),
+            synced_key("ch", user, "fp1"),
+            synced_key("ch", user, "other"),
+            event_key("ch", user, str(uuid.uuid4())),
+        ]
         assert all(f"{{{user}}}" in key for key in keys)
         assert {key_slot(key.encode()) for key in keys} == {key_slot(user.encode())}
 
@@ -182,7 +210,9 @@ async def test_fill_extends_a_short_lived_token(client: redis.asyncio.Redis, red
     assert await client.pttl(token_key(redis_prefix, user)) > CACHE_TTL_S * 1000
 
 
-async def test_ch1_invalidate_rotates_token_and_next_read_misses(client: redis.asyncio.Redis, redis_prefix: str) -> None:
+async def test_ch1_invalidate_rotates_token_and_next_read_misses(
+    client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
     cache = make_cache(client, redis_prefix)
     user = unique_user()
     read = await cache.read_active(user, include_synced=False)
@@ -216,7 +246,9 @@ async def test_ch1_an_entry_under_a_replaced_token_is_not_valid(client: redis.as
     assert (await cache.read_active(user, include_synced=False)).entry is None
 
 
-async def test_ch2_fill_whose_read_preceded_a_write_stores_nothing(client: redis.asyncio.Redis, redis_prefix: str) -> None:
+async def test_ch2_fill_whose_read_preceded_a_write_stores_nothing(
+    client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
     reader = make_cache(client, redis_prefix)
     writer = make_cache(client, redis_prefix)  # another process
     user = unique_user()
@@ -282,7 +314,9 @@ async def test_ch5_new_fingerprint_ignores_old_entry_and_old_synced_marker(
     assert new.stats()["by_kind"] == {"active": {"hits": 0, "misses": 1}, "synced": {"hits": 0, "misses": 1}}
 
 
-async def test_corrupt_entry_is_a_miss_and_is_replaced_by_the_fill(client: redis.asyncio.Redis, redis_prefix: str) -> None:
+async def test_corrupt_entry_is_a_miss_and_is_replaced_by_the_fill(
+    client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
     cache = make_cache(client, redis_prefix)
     user = unique_user()
     await client.set(active_key(redis_prefix, user), b'{"v":1,"tok":', ex=60)
@@ -323,7 +357,10 @@ async def test_delete_synced_removes_only_that_users_markers(client: redis.async
 
     assert removed == 2
     assert await client.exists(synced_key(redis_prefix, user, "fp-a"), synced_key(redis_prefix, user, "fp-b")) == 0
-    assert await client.exists(synced_key(redis_prefix, lookalike, "fp-a"), synced_key(redis_prefix, lookalike, "fp-b")) == 2
+    assert (
+        await client.exists(synced_key(redis_prefix, lookalike, "fp-a"), synced_key(redis_prefix, lookalike, "fp-b"))
+        == 2
+    )
     assert await client.get(evt) == b"d"
     assert await client.exists(token_key(redis_prefix, user)) == 1
 
@@ -335,8 +372,20 @@ async def test_stats_and_pool_stats_have_exactly_the_spec_keys(client: redis.asy
     stats = cache.stats()
     pool = cache.redis_pool_stats()
 
-    assert set(stats) == {"enabled", "healthy", "bypass", "journal_pending", "hits", "misses", "hit_ratio",
-                          "bypassed", "errors", "invalidations", "invalidation_failures", "by_kind"}
+    assert set(stats) == {
+        "enabled",
+        "healthy",
+        "bypass",
+        "journal_pending",
+        "hits",
+        "misses",
+        "hit_ratio",
+        "bypassed",
+        "errors",
+        "invalidations",
+        "invalidation_failures",
+        "by_kind",
+    }
     assert stats["by_kind"] == {"active": {"hits": 0, "misses": 1}, "synced": {"hits": 0, "misses": 1}}
     assert (stats["enabled"], stats["healthy"], stats["bypass"], stats["journal_pending"]) == (True, True, False, 0)
     assert set(pool) == {"max_connections", "in_use", "idle", "created", "errors", "healthy"}
@@ -360,7 +409,12 @@ async def test_disabled_cache_reads_bypass_without_counting_and_writes_are_no_op
     await cache.stop()
     stats = cache.stats()
     assert (stats["enabled"], stats["healthy"], stats["bypass"], stats["bypassed"], stats["journal_pending"]) == (
-        False, False, False, 0, 0)
+        False,
+        False,
+        False,
+        0,
+        0,
+    )
     assert sample("challenge_cache_requests_total", kind="active", result="bypass") == bypass_before
     assert cache.redis_pool_stats()["max_connections"] == 0
 
@@ -410,8 +464,9 @@ async def test_ch3_outage_bypasses_journals_and_replays_on_recovery(
     assert (await cache.read_active(user, include_synced=False)).entry is None  # no stale entry served
     # A fill whose MGET predates the replay is dropped, even though that user's token is unchanged.
     assert await cache.fill_active(bystander, bystander_read, [make_row(bystander, "g")], []) is False
-    assert await cache.fill_active(bystander, await cache.read_active(bystander, include_synced=False),
-                                   [make_row(bystander, "g")], [])
+    assert await cache.fill_active(
+        bystander, await cache.read_active(bystander, include_synced=False), [make_row(bystander, "g")], []
+    )
 
 
 async def test_ch3_journal_overflow_replays_everything_by_scan(
@@ -473,7 +528,7 @@ def command_keys(args: list[str]) -> list[str]:
     if name in ("MGET", "UNLINK", "DEL", "EXISTS"):
         return rest
     if name in ("EVALSHA", "EVAL"):
-        return rest[2:2 + int(rest[1])]
+        return rest[2 : 2 + int(rest[1])]
     if name in ("GET", "SET", "PTTL", "PEXPIRE", "EXPIRE", "TTL"):
         return rest[:1]
     return []
@@ -487,6 +542,7 @@ async def test_ch4_no_command_spans_users_or_slots(
     monitor_client = redis.asyncio.Redis(port=private_redis.port)
     seen: list[tuple[str, list[str]]] = []
     async with monitor_client.monitor() as monitor:
+
         async def collect() -> None:
             while True:
                 line = (await monitor.connection.read_response()).decode()
@@ -526,4 +582,3 @@ async def test_ch4_no_command_spans_users_or_slots(
             assert slots == {script_slot}, f"a script touched a key outside its user's slot: {args}"
     assert {"MGET", "EVALSHA", "SCAN", "UNLINK", "SET"} <= names
     assert not names & {"KEYS", "FLUSHDB", "FLUSHALL", "MULTI"}
-

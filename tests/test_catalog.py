@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from service.domain.catalog import Catalog, CatalogError, load_catalog, parse_catalog
 from service.config.resources import example_catalog_path
+from service.domain.catalog import Catalog, CatalogError, load_catalog, parse_catalog
 
 DROP = object()  # marks a key to remove from a fixture object
 
@@ -106,15 +106,21 @@ def test_valid_catalog_applies_defaults_and_copies_challenge_id() -> None:
 
 def test_indexes_follow_catalog_order() -> None:
     document = catalog(
-        challenge("c1", goals=[
-            goal("login-1", eventSource="login", defaultAssigned=True, requirement=requirement(statCode="matches")),
-            goal("stat-1", requirement=requirement(statCode="matches"), prerequisites=["login-1"]),
-        ]),
-        challenge("c2", goals=[
-            goal("stat-2", defaultAssigned=True, requirement=requirement(statCode="kills")),
-            goal("stat-3", requirement=requirement(statCode="matches"), prerequisites=["stat-2", "login-1"]),
-            goal("login-2", eventSource="login", prerequisites=["login-1"]),
-        ]),
+        challenge(
+            "c1",
+            goals=[
+                goal("login-1", eventSource="login", defaultAssigned=True, requirement=requirement(statCode="matches")),
+                goal("stat-1", requirement=requirement(statCode="matches"), prerequisites=["login-1"]),
+            ],
+        ),
+        challenge(
+            "c2",
+            goals=[
+                goal("stat-2", defaultAssigned=True, requirement=requirement(statCode="kills")),
+                goal("stat-3", requirement=requirement(statCode="matches"), prerequisites=["stat-2", "login-1"]),
+                goal("login-2", eventSource="login", prerequisites=["login-1"]),
+            ],
+        ),
     )
     loaded = load(document)
     assert [c.challenge_id for c in loaded.challenges] == ["c1", "c2"]
@@ -174,17 +180,22 @@ def test_bundled_example_loads_cleanly() -> None:
     assert any(not g.default_assigned for g in loaded.goals)
     assert {(g.rotation.allow_reselection) for g in loaded.goals if g.rotation} == {True, False}
     cross_challenge = [
-        g for g in loaded.goals
-        if any(loaded.goals_by_id[p].challenge_id != g.challenge_id for p in g.prerequisites)
+        g for g in loaded.goals if any(loaded.goals_by_id[p].challenge_id != g.challenge_id for p in g.prerequisites)
     ]
     assert cross_challenge
 
 
 def test_goal_and_challenge_fragments_are_json_of_the_catalog_values() -> None:
-    document = catalog(challenge("c1", description="Ünïcode \"quoted\"", goals=[
-        goal("g0"),
-        goal("g1", description="Line\nbreak", requirement=requirement(progressMode=""), prerequisites=["g0"]),
-    ]))
+    document = catalog(
+        challenge(
+            "c1",
+            description='Ünïcode "quoted"',
+            goals=[
+                goal("g0"),
+                goal("g1", description="Line\nbreak", requirement=requirement(progressMode=""), prerequisites=["g0"]),
+            ],
+        )
+    )
     loaded = load(document)
     fragments = {key: json.loads(value) for key, value in loaded.goal_fragments["g1"].items()}
     assert fragments == {
@@ -198,10 +209,13 @@ def test_goal_and_challenge_fragments_are_json_of_the_catalog_values() -> None:
         "target": 5,
     }
     assert list(json.loads(loaded.goal_fragments["g1"]["requirement"])) == [
-        "statCode", "operator", "targetValue", "progressMode"
+        "statCode",
+        "operator",
+        "targetValue",
+        "progressMode",
     ]
     challenge_fragments = {key: json.loads(value) for key, value in loaded.challenge_fragments["c1"].items()}
-    assert challenge_fragments == {"challengeId": "c1", "name": "Challenge c1", "description": "Ünïcode \"quoted\""}
+    assert challenge_fragments == {"challengeId": "c1", "name": "Challenge c1", "description": 'Ünïcode "quoted"'}
 
 
 # --- C2: one rule at a time -------------------------------------------------------------------------
@@ -254,11 +268,17 @@ V3_CASES = [
     (one_goal(prerequisites=[3]), G + "invalid type for 'prerequisites[0]': expected string"),
     (one_goal(rotation=True), G + "invalid type for 'rotation': expected object"),
     (one_goal(rotation=rotation(enabled="true")), G + "invalid type for 'enabled': expected boolean"),
-    (one_goal(requirement=requirement(progressMode="relative"), rotation=rotation(onExpiry=[])),
-     G + "invalid type for 'onExpiry': expected object"),
-    (one_goal(requirement=requirement(progressMode="relative"),
-              rotation=rotation(onExpiry={"resetProgress": "yes", "allowReselection": False})),
-     G + "invalid type for 'onExpiry.resetProgress': expected boolean"),
+    (
+        one_goal(requirement=requirement(progressMode="relative"), rotation=rotation(onExpiry=[])),
+        G + "invalid type for 'onExpiry': expected object",
+    ),
+    (
+        one_goal(
+            requirement=requirement(progressMode="relative"),
+            rotation=rotation(onExpiry={"resetProgress": "yes", "allowReselection": False}),
+        ),
+        G + "invalid type for 'onExpiry.resetProgress': expected boolean",
+    ),
 ]
 
 
@@ -288,32 +308,45 @@ RULE_CASES = {
     "V6 missing": (catalog(challenge(name=DROP)), C + "challenge name cannot be empty"),
     "V7": (catalog(challenge(goals=[])), C + "challenge must have at least one goal"),
     "V7 missing": (catalog(challenge(goals=DROP)), C + "challenge must have at least one goal"),
-    "V8": (catalog(challenge("c1", goals=[goal("g1")]), challenge("c1", goals=[goal("g2")])),
-           C + "duplicate challenge ID: c1"),
-    "V9 challenge slash": (catalog(challenge("a/b")),
-                           "invalid challenge 'a/b': challenge ID 'a/b' is invalid: "
-                           "contains '/', whitespace or a control character"),
-    "V9 challenge space": (catalog(challenge("a b")),
-                           "invalid challenge 'a b': challenge ID 'a b' is invalid: "
-                           "contains '/', whitespace or a control character"),
-    "V9 challenge control": (catalog(challenge("a\u0007b")),
-                             "invalid challenge 'a\u0007b': challenge ID 'a\u0007b' is invalid: "
-                             "contains '/', whitespace or a control character"),
-    "V9 challenge length": (catalog(challenge("c" * 101)),
-                            f"invalid challenge '{'c' * 101}': challenge ID '{'c' * 101}' is invalid: "
-                            "longer than 100 characters"),
-    "V9 challenge reserved": (catalog(challenge("initialize")),
-                              "invalid challenge 'initialize': challenge ID 'initialize' is invalid: "
-                              "'initialize' is reserved"),
-    "V9 goal slash": (one_goal(goal_id="g/1"),
-                      "invalid goal 'g/1' in challenge 'c1': goal ID 'g/1' is invalid: "
-                      "contains '/', whitespace or a control character"),
-    "V9 goal tab": (one_goal(goal_id="g\t1"),
-                    "invalid goal 'g\t1' in challenge 'c1': goal ID 'g\t1' is invalid: "
-                    "contains '/', whitespace or a control character"),
-    "V9 goal length": (one_goal(goal_id="g" * 101),
-                       f"invalid goal '{'g' * 101}' in challenge 'c1': goal ID '{'g' * 101}' is invalid: "
-                       "longer than 100 characters"),
+    "V8": (
+        catalog(challenge("c1", goals=[goal("g1")]), challenge("c1", goals=[goal("g2")])),
+        C + "duplicate challenge ID: c1",
+    ),
+    "V9 challenge slash": (
+        catalog(challenge("a/b")),
+        "invalid challenge 'a/b': challenge ID 'a/b' is invalid: contains '/', whitespace or a control character",
+    ),
+    "V9 challenge space": (
+        catalog(challenge("a b")),
+        "invalid challenge 'a b': challenge ID 'a b' is invalid: contains '/', whitespace or a control character",
+    ),
+    "V9 challenge control": (
+        catalog(challenge("a\u0007b")),
+        "invalid challenge 'a\u0007b': challenge ID 'a\u0007b' is invalid: "
+        "contains '/', whitespace or a control character",
+    ),
+    "V9 challenge length": (
+        catalog(challenge("c" * 101)),
+        f"invalid challenge '{'c' * 101}': challenge ID '{'c' * 101}' is invalid: longer than 100 characters",
+    ),
+    "V9 challenge reserved": (
+        catalog(challenge("initialize")),
+        "invalid challenge 'initialize': challenge ID 'initialize' is invalid: 'initialize' is reserved",
+    ),
+    "V9 goal slash": (
+        one_goal(goal_id="g/1"),
+        "invalid goal 'g/1' in challenge 'c1': goal ID 'g/1' is invalid: "
+        "contains '/', whitespace or a control character",
+    ),
+    "V9 goal tab": (
+        one_goal(goal_id="g\t1"),
+        "invalid goal 'g\t1' in challenge 'c1': goal ID 'g\t1' is invalid: "
+        "contains '/', whitespace or a control character",
+    ),
+    "V9 goal length": (
+        one_goal(goal_id="g" * 101),
+        f"invalid goal '{'g' * 101}' in challenge 'c1': goal ID '{'g' * 101}' is invalid: longer than 100 characters",
+    ),
     "V10": (one_goal(goal_id=""), "invalid goal '' in challenge 'c1': goal ID cannot be empty"),
     "V10 missing": (one_goal(goalId=DROP), "invalid goal '' in challenge 'c1': goal ID cannot be empty"),
     "V11": (one_goal(name=""), G + "goal name cannot be empty"),
@@ -322,29 +355,45 @@ RULE_CASES = {
     "V13": (one_goal(eventSource="Login"), G + "invalid event_source 'Login' (must be 'login' or 'statistic')"),
     "V14": (one_goal(requirement=requirement(statCode="")), G + "stat_code cannot be empty"),
     "V15": (one_goal(requirement=requirement(operator=">")), G + "unsupported operator '>' (only '>=' supported)"),
-    "V15 missing": (one_goal(requirement=requirement(operator=DROP)),
-                    G + "unsupported operator '' (only '>=' supported)"),
+    "V15 missing": (
+        one_goal(requirement=requirement(operator=DROP)),
+        G + "unsupported operator '' (only '>=' supported)",
+    ),
     "V16 zero": (one_goal(requirement=requirement(targetValue=0)), G + "target_value must be positive"),
     "V16 negative": (one_goal(requirement=requirement(targetValue=-3)), G + "target_value must be positive"),
     "V16 missing": (one_goal(requirement=requirement(targetValue=DROP)), G + "target_value must be positive"),
     "V17": (one_goal(requirement=requirement(progressMode="delta")), G + "invalid progressMode 'delta'"),
-    "V18": (one_goal(reward=reward(type="item")),
-            G + "unsupported reward type 'item' (only 'ITEM' or 'WALLET' allowed)"),
-    "V18 missing": (one_goal(reward=reward(type=DROP)),
-                    G + "unsupported reward type '' (only 'ITEM' or 'WALLET' allowed)"),
+    "V18": (
+        one_goal(reward=reward(type="item")),
+        G + "unsupported reward type 'item' (only 'ITEM' or 'WALLET' allowed)",
+    ),
+    "V18 missing": (
+        one_goal(reward=reward(type=DROP)),
+        G + "unsupported reward type '' (only 'ITEM' or 'WALLET' allowed)",
+    ),
     "V19": (one_goal(reward=reward(rewardId="")), G + "reward_id cannot be empty"),
     "V20": (one_goal(reward=reward(quantity=0)), G + "reward quantity must be positive"),
     "V20 missing": (one_goal(reward=reward(quantity=DROP)), G + "reward quantity must be positive"),
-    "V21": (catalog(challenge("c1", goals=[goal("g1")]), challenge("c2", goals=[goal("g1")])),
-            "invalid goal 'g1' in challenge 'c2': duplicate goal ID: g1"),
-    "V22": (one_goal(requirement=requirement(progressMode="relative"), rotation=rotation(schedule="hourly")),
-            G + "invalid rotation schedule 'hourly'"),
-    "V22 missing": (one_goal(requirement=requirement(progressMode="relative"), rotation=rotation(schedule=DROP)),
-                    G + "invalid rotation schedule ''"),
-    "V23": (one_goal(requirement=requirement(progressMode="relative"), rotation=rotation(type="per-user")),
-            G + "invalid rotation type 'per-user'"),
-    "V24 explicit": (one_goal(requirement=requirement(progressMode="absolute"), rotation=rotation()),
-                     G + "rotation requires progressMode 'relative', got 'absolute'"),
+    "V21": (
+        catalog(challenge("c1", goals=[goal("g1")]), challenge("c2", goals=[goal("g1")])),
+        "invalid goal 'g1' in challenge 'c2': duplicate goal ID: g1",
+    ),
+    "V22": (
+        one_goal(requirement=requirement(progressMode="relative"), rotation=rotation(schedule="hourly")),
+        G + "invalid rotation schedule 'hourly'",
+    ),
+    "V22 missing": (
+        one_goal(requirement=requirement(progressMode="relative"), rotation=rotation(schedule=DROP)),
+        G + "invalid rotation schedule ''",
+    ),
+    "V23": (
+        one_goal(requirement=requirement(progressMode="relative"), rotation=rotation(type="per-user")),
+        G + "invalid rotation type 'per-user'",
+    ),
+    "V24 explicit": (
+        one_goal(requirement=requirement(progressMode="absolute"), rotation=rotation()),
+        G + "rotation requires progressMode 'relative', got 'absolute'",
+    ),
     "V24 default": (one_goal(rotation=rotation()), G + "rotation requires progressMode 'relative', got 'absolute'"),
     "V25": (one_goal(prerequisites=["ghost"]), G + "goal 'g1' has invalid prerequisite: 'ghost' does not exist"),
     "V26 self": (one_goal(prerequisites=["g1"]), G + "prerequisite cycle detected: g1 -> g1"),
@@ -375,16 +424,19 @@ def test_v26_longer_cycle_is_reported_once_on_its_first_member() -> None:
 
 def test_v26_path_follows_the_first_prerequisite_that_stays_on_the_cycle() -> None:
     # From b, 'c' comes first but only leads back to b; 'ok' is not on any cycle; 'd' closes the cycle.
-    document = catalog(challenge("c1", goals=[
-        goal("ok"),
-        goal("a", prerequisites=["ok", "b"]),
-        goal("b", prerequisites=["c", "ok", "d"]),
-        goal("c", prerequisites=["b"]),
-        goal("d", prerequisites=["a"]),
-    ]))
-    assert errors_of(document) == [
-        "invalid goal 'a' in challenge 'c1': prerequisite cycle detected: a -> b -> d -> a"
-    ]
+    document = catalog(
+        challenge(
+            "c1",
+            goals=[
+                goal("ok"),
+                goal("a", prerequisites=["ok", "b"]),
+                goal("b", prerequisites=["c", "ok", "d"]),
+                goal("c", prerequisites=["b"]),
+                goal("d", prerequisites=["a"]),
+            ],
+        )
+    )
+    assert errors_of(document) == ["invalid goal 'a' in challenge 'c1': prerequisite cycle detected: a -> b -> d -> a"]
 
 
 def test_v26_prefers_the_first_listed_prerequisite_even_over_closing_the_cycle() -> None:
@@ -393,11 +445,16 @@ def test_v26_prefers_the_first_listed_prerequisite_even_over_closing_the_cycle()
 
 
 def test_v26_separate_cycles_are_each_reported_in_file_order() -> None:
-    document = catalog(challenge("c1", goals=[
-        goal("x", prerequisites=["y"]),
-        goal("p", prerequisites=["p"]),
-        goal("y", prerequisites=["x"]),
-    ]))
+    document = catalog(
+        challenge(
+            "c1",
+            goals=[
+                goal("x", prerequisites=["y"]),
+                goal("p", prerequisites=["p"]),
+                goal("y", prerequisites=["x"]),
+            ],
+        )
+    )
     assert errors_of(document) == [
         "invalid goal 'x' in challenge 'c1': prerequisite cycle detected: x -> y -> x",
         "invalid goal 'p' in challenge 'c1': prerequisite cycle detected: p -> p",
@@ -414,10 +471,14 @@ def test_v26_a_long_acyclic_chain_is_accepted() -> None:
 
 def test_all_errors_are_reported_in_file_order() -> None:
     document = catalog(
-        challenge("c1", name="", goals=[
-            goal("g1", name="", requirement=requirement(targetValue=0), prerequisites=["ghost"]),
-            goal("g2", eventSource="kill", reward=reward(type="GOLD", quantity=-1)),
-        ]),
+        challenge(
+            "c1",
+            name="",
+            goals=[
+                goal("g1", name="", requirement=requirement(targetValue=0), prerequisites=["ghost"]),
+                goal("g2", eventSource="kill", reward=reward(type="GOLD", quantity=-1)),
+            ],
+        ),
         challenge("c1", goals=[goal("g2", requirement=requirement(operator="=="), prerequisites=["g2"])]),
         challenge("initialize", goals=[goal("g3", rotation=rotation(schedule="yearly"))]),
     )
@@ -459,11 +520,14 @@ def test_missing_requirement_and_reward_report_each_field() -> None:
 # --- C4 -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("disabled", [
-    {"enabled": False, "type": "nonsense", "schedule": "hourly", "onExpiry": "x", "extra": 1},
-    {"type": 5, "schedule": None},
-    {},
-])
+@pytest.mark.parametrize(
+    "disabled",
+    [
+        {"enabled": False, "type": "nonsense", "schedule": "hourly", "onExpiry": "x", "extra": 1},
+        {"type": 5, "schedule": None},
+        {},
+    ],
+)
 def test_disabled_rotation_is_not_validated(disabled: dict[str, Any]) -> None:
     loaded = load(one_goal(rotation=disabled))
     assert loaded.goals[0].rotation is None
@@ -497,15 +561,25 @@ def test_progress_mode_accepted_values(given: str, normalised: str) -> None:
 def test_unknown_and_legacy_keys_are_ignored_and_reported_as_warnings() -> None:
     document = {
         "version": 2,
-        "challenges": [challenge("c1", owner="ops", goals=[goal(
-            "g1",
-            type="STATISTIC",
-            daily=True,
-            goalID="shadow",
-            requirement=requirement(progressMode="relative", unit="matches"),
-            reward=reward(note="x"),
-            rotation=rotation(timezone="UTC", onExpiry={"resetProgress": True, "allowReselection": True, "grace": 1}),
-        )])],
+        "challenges": [
+            challenge(
+                "c1",
+                owner="ops",
+                goals=[
+                    goal(
+                        "g1",
+                        type="STATISTIC",
+                        daily=True,
+                        goalID="shadow",
+                        requirement=requirement(progressMode="relative", unit="matches"),
+                        reward=reward(note="x"),
+                        rotation=rotation(
+                            timezone="UTC", onExpiry={"resetProgress": True, "allowReselection": True, "grace": 1}
+                        ),
+                    )
+                ],
+            )
+        ],
     }
     loaded = load(document)
     assert loaded.goals[0].goal_id == "g1"
@@ -535,12 +609,21 @@ def test_keys_are_matched_case_sensitively() -> None:
 
 def test_semantic_warnings() -> None:
     relative = requirement(progressMode="relative")
-    document = catalog(challenge("c1", goals=[
-        goal("g0"),
-        goal("g1", requirement=relative, rotation=rotation(schedule="daily")),
-        goal("g2", requirement=relative, rotation=rotation(schedule="weekly", onExpiry={"allowReselection": True})),
-        goal("g3", defaultAssigned=True, prerequisites=["g0"]),
-    ]))
+    document = catalog(
+        challenge(
+            "c1",
+            goals=[
+                goal("g0"),
+                goal("g1", requirement=relative, rotation=rotation(schedule="daily")),
+                goal(
+                    "g2",
+                    requirement=relative,
+                    rotation=rotation(schedule="weekly", onExpiry={"allowReselection": True}),
+                ),
+                goal("g3", defaultAssigned=True, prerequisites=["g0"]),
+            ],
+        )
+    )
     assert load(document).warnings == (
         "goal 'g2' in challenge 'c1': rotation is enabled without onExpiry.resetProgress, "
         "so progress carries over between periods",
@@ -556,10 +639,14 @@ def test_semantic_warnings() -> None:
 
 def _reference_document() -> dict[str, Any]:
     return catalog(
-        challenge("c1", description="First", goals=[
-            goal("g0", eventSource="login", defaultAssigned=True),
-            goal("g1", requirement=requirement(progressMode="relative"), rotation=rotation(), prerequisites=["g0"]),
-        ]),
+        challenge(
+            "c1",
+            description="First",
+            goals=[
+                goal("g0", eventSource="login", defaultAssigned=True),
+                goal("g1", requirement=requirement(progressMode="relative"), rotation=rotation(), prerequisites=["g0"]),
+            ],
+        ),
         challenge("c2", goals=[goal("g2", reward=reward(type="WALLET", rewardId="GEMS", quantity=3))]),
     )
 
@@ -574,18 +661,33 @@ def _reorder_keys(value: Any) -> Any:
 
 def test_fingerprint_matches_the_glossary_definition() -> None:
     document = catalog(challenge("c1", goals=[goal("g1", requirement=requirement(progressMode=""))]))
-    model = {"challenges": [{
-        "challengeId": "c1", "name": "Challenge c1", "description": "",
-        "goals": [{
-            "goalId": "g1", "name": "Goal g1", "description": "", "eventSource": "statistic",
-            "defaultAssigned": False,
-            "requirement": {"statCode": "matches_played", "operator": ">=", "targetValue": 5,
-                            "progressMode": "absolute"},
-            "reward": {"type": "ITEM", "rewardId": "sword", "quantity": 1},
-            "prerequisites": [],
-            "rotation": {"enabled": False},
-        }],
-    }]}
+    model = {
+        "challenges": [
+            {
+                "challengeId": "c1",
+                "name": "Challenge c1",
+                "description": "",
+                "goals": [
+                    {
+                        "goalId": "g1",
+                        "name": "Goal g1",
+                        "description": "",
+                        "eventSource": "statistic",
+                        "defaultAssigned": False,
+                        "requirement": {
+                            "statCode": "matches_played",
+                            "operator": ">=",
+                            "targetValue": 5,
+                            "progressMode": "absolute",
+                        },
+                        "reward": {"type": "ITEM", "rewardId": "sword", "quantity": 1},
+                        "prerequisites": [],
+                        "rotation": {"enabled": False},
+                    }
+                ],
+            }
+        ]
+    }
     canonical = json.dumps(model, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     fingerprint = load(document).fingerprint
     assert fingerprint == hashlib.sha256(canonical).hexdigest()[:16]
@@ -605,9 +707,13 @@ def test_fingerprint_ignores_formatting_key_order_and_unknown_keys() -> None:
 
 
 def test_fingerprint_treats_defaults_as_their_explicit_values() -> None:
-    explicit = one_goal(description="", defaultAssigned=False, prerequisites=[],
-                        requirement=requirement(progressMode="absolute"),
-                        rotation={"enabled": False, "schedule": "daily"})
+    explicit = one_goal(
+        description="",
+        defaultAssigned=False,
+        prerequisites=[],
+        requirement=requirement(progressMode="absolute"),
+        rotation={"enabled": False, "schedule": "daily"},
+    )
     implicit = one_goal(requirement=requirement(progressMode=""))
     assert load(explicit).fingerprint == load(implicit).fingerprint == load(one_goal()).fingerprint
 

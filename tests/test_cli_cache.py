@@ -16,10 +16,10 @@ import pytest
 import redis
 
 from challengectl.cli import main
-from service.transport.auth import mint_token
-from service.storage.cache import active_key, decode_entry, escape_glob, scan_pattern_for_user, synced_key, token_key
-from service.domain.catalog import load_catalog
 from service.config.resources import example_catalog_path
+from service.domain.catalog import load_catalog
+from service.storage.cache import active_key, decode_entry, escape_glob, scan_pattern_for_user, synced_key, token_key
+from service.transport.auth import mint_token
 from tests.test_serve import ServeProcess, _publish_logins, base_env, http_get
 
 SECRET = "cli-cache-secret-0123456789abcdef0123"
@@ -34,8 +34,14 @@ def redis_prefix() -> str:
 
 @pytest.fixture(scope="module")
 def serve(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                               CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)) as process:
+    with ServeProcess(
+        base_env(
+            DATABASE_URL=pg_url,
+            REDIS_URL=redis_url,
+            CHALLENGE_JWT_SECRET=SECRET,
+            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
+        )
+    ) as process:
         yield process
 
 
@@ -47,13 +53,30 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def cli(serve: ServeProcess, pg_url: str, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> Any:
+def cli(
+    serve: ServeProcess,
+    pg_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Any:
     """Run `challengectl -o json ... cache <args>` in-process; returns (exit code, parsed stdout, stderr)."""
     monkeypatch.setenv("CHALLENGE_REDIS_KEY_PREFIX", redis_prefix)
     monkeypatch.setenv("CHALLENGE_CATALOG_PATH", str(example_catalog_path()))
-    base = ["--api-url", serve.api("/challenge"), "--admin-url", serve.admin(""), "--database-url", pg_url,
-            "--redis-url", redis_url, "-o", "json", "cache"]
+    base = [
+        "--api-url",
+        serve.api("/challenge"),
+        "--admin-url",
+        serve.admin(""),
+        "--database-url",
+        pg_url,
+        "--redis-url",
+        redis_url,
+        "-o",
+        "json",
+        "cache",
+    ]
 
     def run(*args: str) -> tuple[int, Any, str]:
         with pytest.raises(SystemExit) as done:
@@ -67,9 +90,12 @@ def cli(serve: ServeProcess, pg_url: str, redis_url: str, redis_prefix: str, mon
 
 
 def player(serve: ServeProcess, user: str, method: str, path: str) -> dict[str, Any]:
-    request = urllib.request.Request(serve.api(f"/challenge{path}"), method=method,
-                                     data=b"" if method == "POST" else None,
-                                     headers={"Authorization": f"Bearer {mint_token(SECRET.encode(), user)}"})
+    request = urllib.request.Request(
+        serve.api(f"/challenge{path}"),
+        method=method,
+        data=b"" if method == "POST" else None,
+        headers={"Authorization": f"Bearer {mint_token(SECRET.encode(), user)}"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -111,12 +137,17 @@ def prefix_keys(client: redis.Redis, prefix: str) -> dict[bytes, bytes | None]:
 
 def active_goal_ids(pg_url: str, user: str) -> list[str]:
     with psycopg.connect(pg_url) as conn:
-        return [row[0] for row in conn.execute(
-            "SELECT goal_id FROM user_goal_progress WHERE user_id = %s AND is_active ORDER BY goal_id", (user,))]
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT goal_id FROM user_goal_progress WHERE user_id = %s AND is_active ORDER BY goal_id", (user,)
+            )
+        ]
 
 
 def test_warm_fills_the_views_the_service_then_serves_as_hits(
-        serve: ServeProcess, cli: Any, pg_url: str, redis_client: redis.Redis, redis_prefix: str) -> None:
+    serve: ServeProcess, cli: Any, pg_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
     complete, partial = new_player(serve, "warm"), new_player(serve, "warm-partial")
     before = active_listing(serve, complete)
     with psycopg.connect(pg_url) as conn:  # one default goal missing: no synced marker for this one
@@ -152,8 +183,13 @@ def test_warm_fills_the_views_the_service_then_serves_as_hits(
 
 
 def test_warm_reads_a_users_file_and_refuses_another_catalog(
-        serve: ServeProcess, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis,
-        redis_prefix: str) -> None:
+    serve: ServeProcess,
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_client: redis.Redis,
+    redis_prefix: str,
+) -> None:
     user = new_player(serve, "from-file")
     redis_client.unlink(active_key(redis_prefix, user))
     users_file = tmp_path / "users.txt"
@@ -181,7 +217,8 @@ def test_warm_without_users_is_a_usage_error(cli: Any) -> None:
 
 
 def test_flush_user_rotates_the_token_and_leaves_others_and_dedup_markers(
-        serve: ServeProcess, cli: Any, redis_client: redis.Redis, redis_prefix: str) -> None:
+    serve: ServeProcess, cli: Any, redis_client: redis.Redis, redis_prefix: str
+) -> None:
     flushed, bystander = new_player(serve, "flush"), new_player(serve, "bystander")
     assert _publish_logins(serve, flushed, 1).committed
     body = active_listing(serve, flushed)  # refills the view the event invalidated
@@ -213,7 +250,8 @@ def test_flush_user_rotates_the_token_and_leaves_others_and_dedup_markers(
 
 
 def test_dry_run_and_refusal_change_nothing(
-        serve: ServeProcess, cli: Any, redis_client: redis.Redis, redis_prefix: str) -> None:
+    serve: ServeProcess, cli: Any, redis_client: redis.Redis, redis_prefix: str
+) -> None:
     user = new_player(serve, "dry")
     active_listing(serve, user)
     snapshot = prefix_keys(redis_client, redis_prefix)
@@ -245,7 +283,8 @@ def test_must_match_exits_3_when_nothing_matched(cli: Any, redis_prefix: str) ->
 
 
 def test_keys_counts_by_kind_and_decodes_one_user(
-        serve: ServeProcess, cli: Any, pg_url: str, redis_client: redis.Redis, redis_prefix: str) -> None:
+    serve: ServeProcess, cli: Any, pg_url: str, redis_client: redis.Redis, redis_prefix: str
+) -> None:
     user = new_player(serve, "keys")
     active_listing(serve, user)
 

@@ -34,8 +34,11 @@ def write_config(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
 
 
 def test_precedence_flags_over_env_over_file_over_defaults(tmp_path, monkeypatch, capsys) -> None:
-    write_config(tmp_path, 'api_url = "http://file/challenge"\nadmin_url = "http://file:8080"\n'
-                           'grpc_addr = "file:6565"\nnamespace = "file-ns"\n')
+    write_config(
+        tmp_path,
+        'api_url = "http://file/challenge"\nadmin_url = "http://file:8080"\n'
+        'grpc_addr = "file:6565"\nnamespace = "file-ns"\n',
+    )
     monkeypatch.setenv("CHALLENGE_API_URL", "http://env/challenge")
     monkeypatch.setenv("CHALLENGE_ADMIN_URL", "http://env:8080")
     code, out, err = run_cli(["--api-url", "http://flag/challenge", "--timeout", "2m", "config", "show"], capsys)
@@ -43,7 +46,10 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path, monkeypatch
     rows = settings_of(out)
     assert (rows["api_url"]["value"], rows["api_url"]["source"]) == ("http://flag/challenge", "flag")
     assert (rows["admin_url"]["value"], rows["admin_url"]["source"], rows["admin_url"]["origin"]) == (
-        "http://env:8080", "env", "CHALLENGE_ADMIN_URL")
+        "http://env:8080",
+        "env",
+        "CHALLENGE_ADMIN_URL",
+    )
     assert (rows["grpc_addr"]["value"], rows["grpc_addr"]["source"]) == ("file:6565", "file")
     assert (rows["namespace"]["value"], rows["namespace"]["source"]) == ("file-ns", "file")
     assert (rows["timeout_s"]["value"], rows["timeout_s"]["source"]) == (120, "flag")
@@ -52,8 +58,10 @@ def test_precedence_flags_over_env_over_file_over_defaults(tmp_path, monkeypatch
 
 
 def test_profiles_override_the_top_level(tmp_path, monkeypatch, capsys) -> None:
-    write_config(tmp_path, 'namespace = "top"\nadmin_url = "http://top:8080"\n'
-                           '[profiles.staging]\nadmin_url = "http://staging:8080"\n')
+    write_config(
+        tmp_path,
+        'namespace = "top"\nadmin_url = "http://top:8080"\n[profiles.staging]\nadmin_url = "http://staging:8080"\n',
+    )
     code, out, _ = run_cli(["--profile", "staging", "config", "show"], capsys)
     rows = settings_of(out)
     assert rows["admin_url"]["value"] == "http://staging:8080" and rows["namespace"]["value"] == "top"
@@ -63,15 +71,18 @@ def test_profiles_override_the_top_level(tmp_path, monkeypatch, capsys) -> None:
     assert code == 2 and "no [profiles.nope]" in err
 
 
-@pytest.mark.parametrize(("env", "setting", "value"), [
-    ({"AB_NAMESPACE": "ab"}, "namespace", "ab"),
-    ({"AB_NAMESPACE": "ab", "CHALLENGE_NAMESPACE": "primary"}, "namespace", "primary"),
-    ({"BASE_PATH": "/legacy"}, "base_path", "/legacy"),
-    ({"CHALLENGE_CONFIG_PATH": "/etc/c.json"}, "catalog_path", "/etc/c.json"),
-    ({"PLUGIN_GRPC_SERVER_AUTH_ENABLED": "false"}, "auth", "none"),
-    ({"LOG_LEVEL": "debug"}, "log_level", "debug"),
-    ({"REFRESH_INTERVAL": "42"}, "jwks_refresh_s", 42),
-])
+@pytest.mark.parametrize(
+    ("env", "setting", "value"),
+    [
+        ({"AB_NAMESPACE": "ab"}, "namespace", "ab"),
+        ({"AB_NAMESPACE": "ab", "CHALLENGE_NAMESPACE": "primary"}, "namespace", "primary"),
+        ({"BASE_PATH": "/legacy"}, "base_path", "/legacy"),
+        ({"CHALLENGE_CONFIG_PATH": "/etc/c.json"}, "catalog_path", "/etc/c.json"),
+        ({"PLUGIN_GRPC_SERVER_AUTH_ENABLED": "false"}, "auth", "none"),
+        ({"LOG_LEVEL": "debug"}, "log_level", "debug"),
+        ({"REFRESH_INTERVAL": "42"}, "jwks_refresh_s", 42),
+    ],
+)
 def test_reference_aliases(env, setting, value, monkeypatch, capsys) -> None:
     for name, raw in env.items():
         monkeypatch.setenv(name, raw)
@@ -127,11 +138,18 @@ def test_validate_ok_and_catalog_warnings(tmp_path, capsys) -> None:
 
 
 def test_validate_reports_every_error_and_exits_2(tmp_path, capsys) -> None:
-    goal = ('{{"goalId":"{g}","name":"G","eventSource":"{src}","requirement":{{"statCode":"k","operator":">=",'
-            '"targetValue":1}},"reward":{{"type":"ITEM","rewardId":"i","quantity":1}}}}')
+    goal = (
+        '{{"goalId":"{g}","name":"G","eventSource":"{src}","requirement":{{"statCode":"k","operator":">=",'
+        '"targetValue":1}},"reward":{{"type":"ITEM","rewardId":"i","quantity":1}}}}'
+    )
     path = tmp_path / "bad.json"
-    path.write_text('{"challenges":[{"challengeId":"c","name":"C","goals":['
-                    + goal.format(g="a", src="kills") + "," + goal.format(g="b", src="stars") + "]}]}")
+    path.write_text(
+        '{"challenges":[{"challengeId":"c","name":"C","goals":['
+        + goal.format(g="a", src="kills")
+        + ","
+        + goal.format(g="b", src="stars")
+        + "]}]}"
+    )
     code, out, err = run_cli(["-o", "text", "config", "validate", "--catalog", str(path)], capsys)
     assert code == 2
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
@@ -160,8 +178,9 @@ def test_path_and_init(tmp_path, capsys) -> None:
 
 def test_token_mint_claims_and_ttl(monkeypatch, capsys) -> None:
     monkeypatch.setenv("CHALLENGE_JWT_SECRET", SECRET)
-    code, out, err = run_cli(["token", "mint", "--user", "alice", "--ttl", "90s", "--claim", "role=tester",
-                              "--claim", "level=3"], capsys)
+    code, out, err = run_cli(
+        ["token", "mint", "--user", "alice", "--ttl", "90s", "--claim", "role=tester", "--claim", "level=3"], capsys
+    )
     assert code == 0, err
     claims = jwt.decode(out.strip(), SECRET, algorithms=["HS256"])
     assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 90
@@ -189,19 +208,40 @@ def test_completion_show(shell, capsys) -> None:
 
 def test_completion_install_and_the_completion_protocol(tmp_path) -> None:
     env = cli_env(HOME=str(tmp_path), SHELL="/bin/bash")
-    installed = subprocess.run([sys.executable, "-m", "challengectl", "completion", "install", "bash"], env=env,
-                               capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    installed = subprocess.run(
+        [sys.executable, "-m", "challengectl", "completion", "install", "bash"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert installed.returncode == 0, installed.stderr
     assert "_CHALLENGECTL_COMPLETE" in (tmp_path / ".bash_completions" / "challengectl.sh").read_text()
-    completed = subprocess.run([sys.executable, "-m", "challengectl"], capture_output=True, text=True, timeout=60,
-                               cwd=REPO_ROOT, env={**env, "_CHALLENGECTL_COMPLETE": "complete_bash",
-                                                   "COMP_WORDS": "challengectl con", "COMP_CWORD": "1"})
+    completed = subprocess.run(
+        [sys.executable, "-m", "challengectl"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env={**env, "_CHALLENGECTL_COMPLETE": "complete_bash", "COMP_WORDS": "challengectl con", "COMP_CWORD": "1"},
+    )
     assert "config" in completed.stdout.split()
 
 
-@pytest.mark.parametrize("command", [["config", "show"], ["config", "validate"], ["config", "path"],
-                                     ["config", "init"], ["version"], ["token", "mint"],
-                                     ["completion", "show"], ["completion", "install"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["config", "show"],
+        ["config", "validate"],
+        ["config", "path"],
+        ["config", "init"],
+        ["version"],
+        ["token", "mint"],
+        ["completion", "show"],
+        ["completion", "install"],
+    ],
+)
 def test_help_has_examples_with_jq_and_no_markup(command, capsys) -> None:
     code, out, _ = run_cli([*command, "--help"], capsys)
     assert code == 0
@@ -213,11 +253,29 @@ def test_help_has_examples_with_jq_and_no_markup(command, capsys) -> None:
 def test_root_help_names_env_vars_and_exit_codes(capsys) -> None:
     code, out, _ = run_cli(["--help"], capsys)
     assert code == 0
-    for env_name in ("CHALLENGE_API_URL", "CHALLENGE_GRPC_ADDR", "CHALLENGE_ADMIN_URL", "DATABASE_URL", "REDIS_URL",
-                     "CHALLENGE_DATA_DIR", "CHALLENGE_TOKEN", "CHALLENGE_USER", "CHALLENGE_OUTPUT", "NO_COLOR",
-                     "CHALLENGE_DEBUG", "CHALLENGE_TIMEOUT_S", "CHALLENGE_CONFIG_FILE", "CHALLENGE_PROFILE"):
+    for env_name in (
+        "CHALLENGE_API_URL",
+        "CHALLENGE_GRPC_ADDR",
+        "CHALLENGE_ADMIN_URL",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CHALLENGE_DATA_DIR",
+        "CHALLENGE_TOKEN",
+        "CHALLENGE_USER",
+        "CHALLENGE_OUTPUT",
+        "NO_COLOR",
+        "CHALLENGE_DEBUG",
+        "CHALLENGE_TIMEOUT_S",
+        "CHALLENGE_CONFIG_FILE",
+        "CHALLENGE_PROFILE",
+    ):
         assert env_name in out
-    for code_line in ("  0  success", "  1  the operation failed", "  5  dependency", " 99  the command ran",
-                      "130  interrupted"):
+    for code_line in (
+        "  0  success",
+        "  1  the operation failed",
+        "  5  dependency",
+        " 99  the command ran",
+        "130  interrupted",
+    ):
         assert code_line in out
     assert "--install-completion" in out and "--show-completion" in out

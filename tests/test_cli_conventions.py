@@ -26,8 +26,8 @@ from challengectl.context import CliContext
 from challengectl.errors import CliError
 from challengectl.output import Output, confirm, status_text
 from service import __version__
-from service.domain.catalog import load_catalog
 from service.config.resources import example_catalog_path
+from service.domain.catalog import load_catalog
 from tests.conftest import new_database
 from tests.servers import free_port
 from tests.test_serve import REPO_ROOT, ServeProcess, base_env, http_get
@@ -54,15 +54,27 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_piped(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "challengectl", *args], env=cli_env(**env), text=True,
-                          capture_output=True, timeout=60, cwd=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "challengectl", *args],
+        env=cli_env(**env),
+        text=True,
+        capture_output=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
 
 
 def run_on_tty(args: list[str], **env: str) -> tuple[int, str]:
     """Run with stdout and stderr on a pseudo-terminal; (exit code, everything written)."""
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "challengectl", *args], env=cli_env(**env),
-                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, cwd=REPO_ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "challengectl", *args],
+        env=cli_env(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        cwd=REPO_ROOT,
+    )
     os.close(terminal)
     chunks = []
     while True:
@@ -83,8 +95,13 @@ def run_on_tty(args: list[str], **env: str) -> tuple[int, str]:
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
-        if name.startswith("CHALLENGE_") or name in ("DATABASE_URL", "REDIS_URL", "NO_COLOR", "FORCE_COLOR",
-                                                      "CLICOLOR_FORCE"):
+        if name.startswith("CHALLENGE_") or name in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "NO_COLOR",
+            "FORCE_COLOR",
+            "CLICOLOR_FORCE",
+        ):
             monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
@@ -98,9 +115,14 @@ def service(pg_admin_url: str, redis_url: str, tmp_path_factory: pytest.TempPath
     secret_file.write_text(SECRET + "\n")
     secret_file.chmod(0o600)
     with new_database(pg_admin_url, "cli_conventions") as database_url:
-        serve = ServeProcess(base_env(DATABASE_URL=database_url, REDIS_URL=redis_url,
-                                      CHALLENGE_REDIS_KEY_PREFIX=f"clitest{os.getpid()}",
-                                      CHALLENGE_JWT_SECRET_FILE=str(secret_file)))
+        serve = ServeProcess(
+            base_env(
+                DATABASE_URL=database_url,
+                REDIS_URL=redis_url,
+                CHALLENGE_REDIS_KEY_PREFIX=f"clitest{os.getpid()}",
+                CHALLENGE_JWT_SECRET_FILE=str(secret_file),
+            )
+        )
         serve.start()
         serve.wait_ready()
         serve.secret_file = secret_file  # type: ignore[attr-defined]
@@ -112,9 +134,11 @@ def service(pg_admin_url: str, redis_url: str, tmp_path_factory: pytest.TempPath
 
 
 def service_flags(serve: ServeProcess) -> dict[str, str]:
-    return {"api_url": f"http://127.0.0.1:{serve.http_port}/challenge",
-            "admin_url": f"http://127.0.0.1:{serve.admin_port}",
-            "grpc_addr": f"127.0.0.1:{serve.grpc_port}"}
+    return {
+        "api_url": f"http://127.0.0.1:{serve.http_port}/challenge",
+        "admin_url": f"http://127.0.0.1:{serve.admin_port}",
+        "grpc_addr": f"127.0.0.1:{serve.grpc_port}",
+    }
 
 
 def api_error(flags: dict[str, object], method: str, path: str, user: str | None = "cli-user") -> CliError:
@@ -130,8 +154,18 @@ def api_error(flags: dict[str, object], method: str, path: str, user: str | None
 
 def test_exit_0_version_reports_the_running_service(service: ServeProcess, capsys) -> None:
     flags = service_flags(service)
-    code, out, err = run_cli(["--admin-url", flags["admin_url"], "--database-url", service.database_url,
-                              "--redis-url", "redis://127.0.0.1:6379/0", "version"], capsys)
+    code, out, err = run_cli(
+        [
+            "--admin-url",
+            flags["admin_url"],
+            "--database-url",
+            service.database_url,
+            "--redis-url",
+            "redis://127.0.0.1:6379/0",
+            "version",
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["cli_version"] == __version__ and report["service_version"] == __version__
@@ -144,9 +178,18 @@ def test_exit_0_version_reports_the_running_service(service: ServeProcess, capsy
 
 def test_version_shows_unreachable_parts_without_failing(capsys) -> None:
     closed = free_port()
-    code, out, _ = run_cli(["--admin-url", f"http://127.0.0.1:{closed}", "--database-url",
-                            f"postgresql://postgres@127.0.0.1:{closed}/postgres", "--redis-url",
-                            f"redis://127.0.0.1:{closed}/0", "version"], capsys)
+    code, out, _ = run_cli(
+        [
+            "--admin-url",
+            f"http://127.0.0.1:{closed}",
+            "--database-url",
+            f"postgresql://postgres@127.0.0.1:{closed}/postgres",
+            "--redis-url",
+            f"redis://127.0.0.1:{closed}/0",
+            "version",
+        ],
+        capsys,
+    )
     assert code == 0
     report = json.loads(out)
     assert report["service_version"] is None and report["postgres_version"] is None
@@ -191,8 +234,12 @@ def test_exit_5_connection_refused_hints_to_start_the_service() -> None:
 
 def test_exit_5_rest_url_on_the_grpc_port_says_so(service: ServeProcess) -> None:
     grpc_port = service.grpc_port
-    flags = {"api_url": f"http://127.0.0.1:{grpc_port}/challenge", "grpc_addr": f"127.0.0.1:{grpc_port}",
-             "token": "t", "timeout_s": 3}
+    flags = {
+        "api_url": f"http://127.0.0.1:{grpc_port}/challenge",
+        "grpc_addr": f"127.0.0.1:{grpc_port}",
+        "token": "t",
+        "timeout_s": 3,
+    }
     error = api_error(flags, "GET", "/v1/challenges")
     assert error.exit_code == 5
     assert error.hint == f"{grpc_port} is the gRPC port; the REST API listens on 8000"
@@ -214,9 +261,22 @@ def test_exit_130_on_sigint() -> None:
         silent.listen(8)
         silent.settimeout(30)
         process = subprocess.Popen(
-            [sys.executable, "-m", "challengectl", "--timeout", "60s", "--admin-url",
-             f"http://127.0.0.1:{silent.getsockname()[1]}", "version"],
-            env=cli_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "challengectl",
+                "--timeout",
+                "60s",
+                "--admin-url",
+                f"http://127.0.0.1:{silent.getsockname()[1]}",
+                "version",
+            ],
+            env=cli_env(),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         connection, _ = silent.accept()  # the command is now waiting for the admin API
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
@@ -283,26 +343,32 @@ def test_ndjson_streaming_when_piped() -> None:
 # --- colour (X4) ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "env", "coloured"), [
-    ([], {}, True),
-    ([], {"NO_COLOR": "1"}, False),
-    ([], {"TERM": "dumb"}, False),
-    (["--no-color"], {}, False),
-    (["--no-color"], {"FORCE_COLOR": "1"}, False),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "coloured"),
+    [
+        ([], {}, True),
+        ([], {"NO_COLOR": "1"}, False),
+        ([], {"TERM": "dumb"}, False),
+        (["--no-color"], {}, False),
+        (["--no-color"], {"FORCE_COLOR": "1"}, False),
+    ],
+)
 def test_colour_on_a_terminal(args: list[str], env: dict[str, str], coloured: bool) -> None:
     code, screen = run_on_tty([*args, "-o", "table", "config", "show"], **env)
     assert code == 0 and "http_port" in screen
     assert (ESC in screen) is coloured
 
 
-@pytest.mark.parametrize(("args", "env", "coloured"), [
-    ([], {}, False),
-    ([], {"FORCE_COLOR": "1"}, True),
-    ([], {"CLICOLOR_FORCE": "1"}, True),
-    (["--color"], {}, True),
-    (["--color"], {"TERM": "dumb", "NO_COLOR": "1"}, True),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "coloured"),
+    [
+        ([], {}, False),
+        ([], {"FORCE_COLOR": "1"}, True),
+        ([], {"CLICOLOR_FORCE": "1"}, True),
+        (["--color"], {}, True),
+        (["--color"], {"TERM": "dumb", "NO_COLOR": "1"}, True),
+    ],
+)
 def test_colour_when_piped(args: list[str], env: dict[str, str], coloured: bool) -> None:
     result = run_piped([*args, "-o", "table", "config", "show"], **env)
     assert result.returncode == 0 and "http_port" in result.stdout
@@ -321,8 +387,9 @@ def test_markers_and_words_survive_without_colour() -> None:
 
 
 def test_error_shape_json_object_and_no_secret(capsys) -> None:
-    code, out, err = run_cli(["-o", "json", "--database-url", "postgresql://ops:hunter2@127.0.0.1:1/db",
-                              "db", "migrate", "--yes"], capsys)
+    code, out, err = run_cli(
+        ["-o", "json", "--database-url", "postgresql://ops:hunter2@127.0.0.1:1/db", "db", "migrate", "--yes"], capsys
+    )
     assert code == 5
     error = json.loads(out)["error"]
     assert set(error) == {"code", "message", "hint", "exit_code"} and error["exit_code"] == 5
@@ -339,8 +406,9 @@ def test_debug_prints_a_curl_line_with_the_token_masked(service: ServeProcess) -
     cli._debug_line = lines.append  # type: ignore[method-assign]
     body = cli.run(lambda clients: clients.api.get("/v1/challenges", user="dbg"))
     assert isinstance(body["challenges"], list)
-    assert lines == [f"curl -sS -X GET http://127.0.0.1:{service.http_port}/challenge/v1/challenges "
-                     "-H 'Authorization: Bearer ****'"]
+    assert lines == [
+        f"curl -sS -X GET http://127.0.0.1:{service.http_port}/challenge/v1/challenges -H 'Authorization: Bearer ****'"
+    ]
 
 
 def test_debug_shows_the_traceback(capsys) -> None:
@@ -361,11 +429,14 @@ def test_confirm_rules(capsys) -> None:
 
 
 def test_confirm_asks_on_a_terminal_with_default_no(tmp_path: Path) -> None:
-    script = ("import sys\nfrom challengectl.output import confirm\nfrom challengectl.errors import CliError\n"
-              "try:\n    confirm('drop everything', yes=False)\nexcept CliError as e:\n    sys.exit(e.exit_code)\n")
+    script = (
+        "import sys\nfrom challengectl.output import confirm\nfrom challengectl.errors import CliError\n"
+        "try:\n    confirm('drop everything', yes=False)\nexcept CliError as e:\n    sys.exit(e.exit_code)\n"
+    )
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-c", script], env=cli_env(), stdin=terminal, stdout=terminal,
-                               stderr=terminal, cwd=REPO_ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], env=cli_env(), stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO_ROOT
+    )
     os.close(terminal)
     prompt = b""
     while b"[y/N]" not in prompt:
@@ -381,8 +452,9 @@ def test_confirm_asks_on_a_terminal_with_default_no(tmp_path: Path) -> None:
 
 
 def test_minted_token_is_accepted_by_the_service(service: ServeProcess, capsys) -> None:
-    code, out, err = run_cli(["token", "mint", "--user", "alice", "--ttl", "10m", "--jwt-secret-file",
-                              str(service.secret_file)], capsys)
+    code, out, err = run_cli(
+        ["token", "mint", "--user", "alice", "--ttl", "10m", "--jwt-secret-file", str(service.secret_file)], capsys
+    )
     assert code == 0, err
     token = out.strip()
     assert out == token + "\n" and token.count(".") == 2
@@ -414,8 +486,10 @@ def test_player_commands_need_a_user() -> None:
 def test_ingest_client_publishes_and_maps_grpc_errors(service: ServeProcess) -> None:
     from service.proto.challengectl.v1 import ingest_pb2
 
-    batch = ingest_pb2.EventBatch(batch_id="b1", events=[
-        ingest_pb2.Event(id="cli-evt-1", user_id="ingest-user", kind=ingest_pb2.EVENT_KIND_LOGIN)])
+    batch = ingest_pb2.EventBatch(
+        batch_id="b1",
+        events=[ingest_pb2.Event(id="cli-evt-1", user_id="ingest-user", kind=ingest_pb2.EVENT_KIND_LOGIN)],
+    )
     result = CliContext(flags=service_flags(service)).run(lambda clients: clients.ingest.publish(batch))
     assert result.batch_id == "b1" and result.accepted + result.skipped + result.duplicates == 1
     closed = CliContext(flags={"grpc_addr": f"127.0.0.1:{free_port()}"}, timeout_override_s=2)
@@ -424,13 +498,18 @@ def test_ingest_client_publishes_and_maps_grpc_errors(service: ServeProcess) -> 
     assert failure.value.exit_code == 5 and failure.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["users", "init", "--user", "alice"], ["--user", "alice", "users", "init"]),
-    (["version", "-o", "json"], ["-o", "json", "version"]),
-    (["--api-url", "http://h/c", "challenges", "list", "--token", "t"],
-     ["--token", "t", "--api-url", "http://h/c", "challenges", "list"]),
-    # `events send login` defines its own --user: it stays with the command
-    (["events", "send", "login", "--user", "bob"], ["events", "send", "login", "--user", "bob"]),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["users", "init", "--user", "alice"], ["--user", "alice", "users", "init"]),
+        (["version", "-o", "json"], ["-o", "json", "version"]),
+        (
+            ["--api-url", "http://h/c", "challenges", "list", "--token", "t"],
+            ["--token", "t", "--api-url", "http://h/c", "challenges", "list"],
+        ),
+        # `events send login` defines its own --user: it stays with the command
+        (["events", "send", "login", "--user", "bob"], ["events", "send", "login", "--user", "bob"]),
+    ],
+)
 def test_global_options_may_follow_the_command(argv, expected) -> None:
     assert hoist_output_options(argv) == expected

@@ -16,9 +16,9 @@ import redis
 from challengectl.cli import main
 from challengectl.commands.events import load_event_file
 from challengectl.uuid7 import uuid7_time
-from service.transport.auth import mint_token
-from service.domain.catalog import load_catalog
 from service.config.resources import example_catalog_path
+from service.domain.catalog import load_catalog
+from service.transport.auth import mint_token
 from tests.servers import free_port
 from tests.test_serve import ServeProcess, base_env
 
@@ -28,16 +28,30 @@ CATALOG = load_catalog(example_catalog_path())
 
 @pytest.fixture(scope="module")
 def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                               CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}ev")) as serve:
+    with ServeProcess(
+        base_env(
+            DATABASE_URL=pg_url,
+            REDIS_URL=redis_url,
+            CHALLENGE_JWT_SECRET=SECRET,
+            CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}ev",
+        )
+    ) as serve:
         serve.redis_prefix = f"{redis_prefix}ev"  # type: ignore[attr-defined]
         yield serve
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("CHALLENGE_USER", "CHALLENGE_TOKEN", "CHALLENGE_OUTPUT", "CHALLENGE_CONFIG_FILE", "DATABASE_URL",
-                 "REDIS_URL", "CHALLENGE_GRPC_TOKEN", "CHALLENGE_ADMIN_TOKEN"):
+    for name in (
+        "CHALLENGE_USER",
+        "CHALLENGE_TOKEN",
+        "CHALLENGE_OUTPUT",
+        "CHALLENGE_CONFIG_FILE",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CHALLENGE_GRPC_TOKEN",
+        "CHALLENGE_ADMIN_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CHALLENGE_JWT_SECRET", SECRET)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
@@ -46,8 +60,14 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def cli(service: ServeProcess, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run `challengectl <service flags> <args>` in-process (stdout piped: JSON/NDJSON)."""
-    flags = ["--api-url", f"http://127.0.0.1:{service.http_port}/challenge",
-             "--admin-url", f"http://127.0.0.1:{service.admin_port}", "--grpc-addr", f"127.0.0.1:{service.grpc_port}"]
+    flags = [
+        "--api-url",
+        f"http://127.0.0.1:{service.http_port}/challenge",
+        "--admin-url",
+        f"http://127.0.0.1:{service.admin_port}",
+        "--grpc-addr",
+        f"127.0.0.1:{service.grpc_port}",
+    ]
     with pytest.raises(SystemExit) as done:
         main([*flags, *args])
     out, err = capsys.readouterr()
@@ -61,8 +81,12 @@ def ndjson(text: str) -> list[dict]:
 def new_player(service: ServeProcess, user: str | None = None) -> str:
     """A fresh player with their default goals (POST /v1/challenges/initialize)."""
     user = user or f"ev-{uuid.uuid4().hex[:10]}"
-    request = urllib.request.Request(service.api("/challenge/v1/challenges/initialize"), method="POST", data=b"",
-                                     headers={"Authorization": f"Bearer {mint_token(SECRET.encode(), user)}"})
+    request = urllib.request.Request(
+        service.api("/challenge/v1/challenges/initialize"),
+        method="POST",
+        data=b"",
+        headers={"Authorization": f"Bearer {mint_token(SECRET.encode(), user)}"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
     return user
@@ -70,8 +94,10 @@ def new_player(service: ServeProcess, user: str | None = None) -> str:
 
 def progress(service: ServeProcess, user: str) -> dict[str, int]:
     """goal id → progress, as the player API shows it."""
-    request = urllib.request.Request(service.api("/challenge/v1/challenges"),
-                                     headers={"Authorization": f"Bearer {mint_token(SECRET.encode(), user)}"})
+    request = urllib.request.Request(
+        service.api("/challenge/v1/challenges"),
+        headers={"Authorization": f"Bearer {mint_token(SECRET.encode(), user)}"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         body = json.loads(response.read())
     return {goal["goalId"]: goal["progress"] for challenge in body["challenges"] for goal in challenge["goals"]}
@@ -79,12 +105,15 @@ def progress(service: ServeProcess, user: str) -> dict[str, int]:
 
 def routed_default_goals(event_source: str, stat_code: str | None = None) -> set[str]:
     """The default goals an event feeds (docs/events.md#routing), from the catalog the service runs."""
-    return {goal.goal_id for goal in CATALOG.default_goals if goal.event_source == event_source
-            and (stat_code is None or goal.requirement.stat_code == stat_code)}
+    return {
+        goal.goal_id
+        for goal in CATALOG.default_goals
+        if goal.event_source == event_source and (stat_code is None or goal.requirement.stat_code == stat_code)
+    }
 
 
-LOGIN_GOAL = "s1-regular"            # default, login, absolute, target 7
-STAT_CODE, STAT_GOAL = "matches_won", "weekly-wins"   # default, statistic, relative
+LOGIN_GOAL = "s1-regular"  # default, login, absolute, target 7
+STAT_CODE, STAT_GOAL = "matches_won", "weekly-wins"  # default, statistic, relative
 
 
 @pytest.mark.parametrize("rpc", ["ags", "publish"])
@@ -106,8 +135,25 @@ def test_send_login_counts_one_login(service: ServeProcess, capsys, rpc: str) ->
 @pytest.mark.parametrize("rpc", ["ags", "publish"])
 def test_send_stat_sets_progress(service: ServeProcess, capsys, rpc: str) -> None:
     user = new_player(service)
-    code, out, err = cli(service, ["events", "send", "stat", "--user", user, "--stat-code", STAT_CODE,
-                                   "--value", "2", "--inc", "2", "--event-rpc", rpc], capsys)
+    code, out, err = cli(
+        service,
+        [
+            "events",
+            "send",
+            "stat",
+            "--user",
+            user,
+            "--stat-code",
+            STAT_CODE,
+            "--value",
+            "2",
+            "--inc",
+            "2",
+            "--event-rpc",
+            rpc,
+        ],
+        capsys,
+    )
     assert code == 0, err
     (call,) = ndjson(out)
     assert call["rejected"] == 0
@@ -127,8 +173,24 @@ def test_wait_reports_the_routed_goals_that_changed(service: ServeProcess, capsy
     assert all(change["new_progress"] == change["old_progress"] + 1 for change in wait["changes"])
     assert "changed after" in err
 
-    code, out, err = cli(service, ["events", "send", "stat", "--user", user, "--stat-code", "matches_played",
-                                   "--value", "4", "--event-rpc", "publish", "--wait"], capsys)
+    code, out, err = cli(
+        service,
+        [
+            "events",
+            "send",
+            "stat",
+            "--user",
+            user,
+            "--stat-code",
+            "matches_played",
+            "--value",
+            "4",
+            "--event-rpc",
+            "publish",
+            "--wait",
+        ],
+        capsys,
+    )
     assert code == 0, err
     wait = ndjson(out)[-1]["wait"]
     assert {change["goal_id"] for change in wait["changes"]} == routed_default_goals("statistic", "matches_played")
@@ -146,23 +208,42 @@ def test_wait_timeout_is_reported_and_not_an_error(service: ServeProcess, capsys
     assert "Warning: wait: no change" in err and "within 0.6s" in err
 
     # A stat that feeds none of the player's active goals: nothing to wait for.
-    code, out, err = cli(service, ["events", "send", "stat", "--user", user, "--stat-code", "headshots",
-                                   "--value", "5", "--wait"], capsys)
+    code, out, err = cli(
+        service,
+        ["events", "send", "stat", "--user", user, "--stat-code", "headshots", "--value", "5", "--wait"],
+        capsys,
+    )
     assert code == 0, err
     assert ndjson(out)[-1]["wait"]["goals"] == [] and "nothing to wait for" in err
 
 
 def test_rejected_events_exit_1_with_error_and_hint(service: ServeProcess, capsys) -> None:
     user = new_player(service)
-    code, out, err = cli(service, ["events", "send", "stat", "--user", user, "--stat-code", STAT_CODE,
-                                   "--value", "nan"], capsys)
+    code, out, err = cli(
+        service, ["events", "send", "stat", "--user", user, "--stat-code", STAT_CODE, "--value", "nan"], capsys
+    )
     assert code == 1
     assert ndjson(out)[0]["rejections"][0]["reason"] == "latest_value must be a finite number"
     lines = err.splitlines()
     assert lines[0].startswith("Error: 1 of 1 event(s) rejected") and lines[1].startswith("Hint: ")
 
-    code, out, err = cli(service, ["events", "send", "stat", "--user", user, "--stat-code", STAT_CODE,
-                                   "--value", "3e10", "--event-rpc", "publish"], capsys)
+    code, out, err = cli(
+        service,
+        [
+            "events",
+            "send",
+            "stat",
+            "--user",
+            user,
+            "--stat-code",
+            STAT_CODE,
+            "--value",
+            "3e10",
+            "--event-rpc",
+            "publish",
+        ],
+        capsys,
+    )
     assert code == 1
     call = ndjson(out)[0]
     assert call["accepted"] == 0 and call["rejected"] == 1 and "int32" in call["rejections"][0]["reason"]
@@ -171,8 +252,21 @@ def test_rejected_events_exit_1_with_error_and_hint(service: ServeProcess, capsy
 
 
 def test_unreachable_service_exits_5(service: ServeProcess, capsys) -> None:
-    code, _, err = cli(service, ["--grpc-addr", f"127.0.0.1:{free_port()}", "events", "send", "login",
-                                 "--user", "nobody", "--event-rpc", "publish"], capsys)
+    code, _, err = cli(
+        service,
+        [
+            "--grpc-addr",
+            f"127.0.0.1:{free_port()}",
+            "events",
+            "send",
+            "login",
+            "--user",
+            "nobody",
+            "--event-rpc",
+            "publish",
+        ],
+        capsys,
+    )
     assert code == 5
     error, hint = err.splitlines()[:2]
     assert error.startswith("Error: gRPC challengectl.v1.EventIngest/Publish") and "UNAVAILABLE" in error
@@ -181,8 +275,9 @@ def test_unreachable_service_exits_5(service: ServeProcess, capsys) -> None:
 
 def test_open_model_count_and_rate_report_a_summary(service: ServeProcess, capsys) -> None:
     user = new_player(service)
-    code, out, err = cli(service, ["events", "send", "login", "--user", user, "--count", "200", "--rate", "100"],
-                         capsys)
+    code, out, err = cli(
+        service, ["events", "send", "login", "--user", user, "--count", "200", "--rate", "100"], capsys
+    )
     assert code == 0, err
     records = ndjson(out)
     calls, summary = records[:-1], records[-1]["summary"]
@@ -197,8 +292,25 @@ def test_open_model_count_and_rate_report_a_summary(service: ServeProcess, capsy
 def test_synthetic_players_share_the_events_round_robin(service: ServeProcess, capsys) -> None:
     prefix = f"evp-{uuid.uuid4().hex[:6]}-"
     players = [new_player(service, f"{prefix}{n}") for n in range(1, 4)]  # the ids of `users init --count 3`
-    code, out, err = cli(service, ["events", "send", "login", "--users-prefix", prefix, "--users", "3",
-                                   "--count", "6", "--event-rpc", "publish", "--batch", "2"], capsys)
+    code, out, err = cli(
+        service,
+        [
+            "events",
+            "send",
+            "login",
+            "--users-prefix",
+            prefix,
+            "--users",
+            "3",
+            "--count",
+            "6",
+            "--event-rpc",
+            "publish",
+            "--batch",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, err
     summary = ndjson(out)[-1]["summary"]
     assert (summary["calls"], summary["accepted"]) == (3, 6)
@@ -207,8 +319,11 @@ def test_synthetic_players_share_the_events_round_robin(service: ServeProcess, c
 
 def test_one_id_sent_three_times_counts_once(service: ServeProcess, capsys) -> None:
     user = new_player(service)
-    code, out, err = cli(service, ["events", "send", "login", "--user", user, "--id", f"once-{user}",
-                                   "--count", "3", "--event-rpc", "publish"], capsys)
+    code, out, err = cli(
+        service,
+        ["events", "send", "login", "--user", user, "--id", f"once-{user}", "--count", "3", "--event-rpc", "publish"],
+        capsys,
+    )
     assert code == 0, err
     summary = ndjson(out)[-1]["summary"]
     assert (summary["accepted"], summary["duplicates"]) == (1, 2)
@@ -223,11 +338,14 @@ def write_lines(path: Path, rows: list[dict]) -> Path:
 def test_send_file_generates_missing_ids(service: ServeProcess, capsys, tmp_path: Path, redis_url: str) -> None:
     user = new_player(service)
     given_id = f"given-{uuid.uuid4().hex[:8]}"
-    events_file = write_lines(tmp_path / "events.jsonl", [
-        {"user_id": user, "kind": "login"},
-        {"id": given_id, "user_id": user, "kind": "stat", "stat_code": STAT_CODE, "latest_value": 3, "inc": 3},
-        {"user_id": user, "kind": "login", "timestamp": "2024-05-01T12:00:00Z"},
-    ])
+    events_file = write_lines(
+        tmp_path / "events.jsonl",
+        [
+            {"user_id": user, "kind": "login"},
+            {"id": given_id, "user_id": user, "kind": "stat", "stat_code": STAT_CODE, "latest_value": 3, "inc": 3},
+            {"user_id": user, "kind": "login", "timestamp": "2024-05-01T12:00:00Z"},
+        ],
+    )
     code, out, err = cli(service, ["events", "send", "--file", str(events_file), "--batch", "2"], capsys)
     assert code == 0, err
     totals = json.loads(out)
@@ -247,22 +365,30 @@ def test_send_file_generates_missing_ids(service: ServeProcess, capsys, tmp_path
 
 
 def test_event_file_parsing(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "e.jsonl", [{"user_id": "u", "kind": "stat", "stat_code": "s",
-                                               "latest_value": 1.5, "inc": 1}, {"id": "x", "user_id": "u",
-                                                                               "kind": "login"}])
+    path = write_lines(
+        tmp_path / "e.jsonl",
+        [
+            {"user_id": "u", "kind": "stat", "stat_code": "s", "latest_value": 1.5, "inc": 1},
+            {"id": "x", "user_id": "u", "kind": "login"},
+        ],
+    )
     first, second = load_event_file(str(path), generate_ids=True)
     assert uuid.UUID(first.id).version == 7 and second.id == "x"
     assert (first.stat_code, first.latest_value, first.inc) == ("s", 1.5, 1.0)
 
 
-@pytest.mark.parametrize("line, message", [
-    ("not json", "not JSON"),
-    ('{"user_id": "u", "kind": "logout"}', "kind must be 'login' or 'stat'"),
-    ('{"user_id": "u", "kind": "login", "colour": 1}', "unknown field(s) colour"),
-    ('{"user_id": "u", "kind": "stat", "latest_value": "3"}', "latest_value must be a number"),
-])
-def test_bad_event_file_lines_are_usage_errors(service: ServeProcess, capsys, tmp_path: Path, line: str,
-                                               message: str) -> None:
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("not json", "not JSON"),
+        ('{"user_id": "u", "kind": "logout"}', "kind must be 'login' or 'stat'"),
+        ('{"user_id": "u", "kind": "login", "colour": 1}', "unknown field(s) colour"),
+        ('{"user_id": "u", "kind": "stat", "latest_value": "3"}', "latest_value must be a number"),
+    ],
+)
+def test_bad_event_file_lines_are_usage_errors(
+    service: ServeProcess, capsys, tmp_path: Path, line: str, message: str
+) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"user_id": "u", "kind": "login"}\n' + line + "\n")
     code, out, err = cli(service, ["events", "send", "--file", str(path)], capsys)
@@ -272,12 +398,21 @@ def test_bad_event_file_lines_are_usage_errors(service: ServeProcess, capsys, tm
 
 def test_replay_reports_duplicates_and_counts_nothing_twice(service: ServeProcess, capsys, tmp_path: Path) -> None:
     user = new_player(service)
-    events_file = write_lines(tmp_path / "replay.jsonl", [
-        {"id": f"{user}-login-1", "user_id": user, "kind": "login"},
-        {"id": f"{user}-login-2", "user_id": user, "kind": "login"},
-        {"id": f"{user}-stat-1", "user_id": user, "kind": "stat", "stat_code": "objectives_captured",
-         "latest_value": 4, "inc": 4},
-    ])
+    events_file = write_lines(
+        tmp_path / "replay.jsonl",
+        [
+            {"id": f"{user}-login-1", "user_id": user, "kind": "login"},
+            {"id": f"{user}-login-2", "user_id": user, "kind": "login"},
+            {
+                "id": f"{user}-stat-1",
+                "user_id": user,
+                "kind": "stat",
+                "stat_code": "objectives_captured",
+                "latest_value": 4,
+                "inc": 4,
+            },
+        ],
+    )
     code, out, err = cli(service, ["events", "send", "--file", str(events_file)], capsys)
     assert code == 0, err
     assert json.loads(out)["accepted"] == 3
@@ -287,8 +422,11 @@ def test_replay_reports_duplicates_and_counts_nothing_twice(service: ServeProces
     assert code == 0, err
     totals = json.loads(out)
     assert (totals["sent"], totals["accepted"], totals["duplicates"], totals["expected_duplicates"]) == (3, 0, 3, 3)
-    code, out, err = cli(service, ["events", "replay", str(events_file), "--loop", "--count", "7", "--batch", "2",
-                                   "--rate", "200"], capsys)
+    code, out, err = cli(
+        service,
+        ["events", "replay", str(events_file), "--loop", "--count", "7", "--batch", "2", "--rate", "200"],
+        capsys,
+    )
     assert code == 0, err
     totals = json.loads(out)
     assert (totals["sent"], totals["calls"], totals["duplicates"], totals["accepted"]) == (7, 4, 7, 0)
@@ -304,8 +442,9 @@ def test_replay_needs_the_original_ids(service: ServeProcess, capsys, tmp_path: 
 def test_trigger_event_alias(service: ServeProcess, capsys) -> None:
     user = new_player(service)
     assert cli(service, ["trigger-event", "login", "--user", user], capsys)[0] == 0
-    code, _, err = cli(service, ["trigger-event", "stat-update", "--user", user, "--stat-code", STAT_CODE,
-                                 "--value", "1"], capsys)
+    code, _, err = cli(
+        service, ["trigger-event", "stat-update", "--user", user, "--stat-code", STAT_CODE, "--value", "1"], capsys
+    )
     assert code == 0, err
     assert (progress(service, user)[LOGIN_GOAL], progress(service, user)[STAT_GOAL]) == (1, 1)
 
@@ -317,8 +456,17 @@ def test_events_send_without_a_kind_or_file_is_a_usage_error(service: ServeProce
     assert code == 2 and "one event per call" in err
 
 
-@pytest.mark.parametrize("command", [["events", "send"], ["events", "send", "login"], ["events", "send", "stat"],
-                                     ["events", "replay"], ["trigger-event", "login"], ["watch"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["events", "send"],
+        ["events", "send", "login"],
+        ["events", "send", "stat"],
+        ["events", "replay"],
+        ["trigger-event", "login"],
+        ["watch"],
+    ],
+)
 def test_help_has_examples_with_jq_and_the_alias_stays_hidden(command: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as done:
         main([*command, "--help"])

@@ -22,10 +22,10 @@ import pytest
 import redis
 
 from challengectl.cli import main
-from service.storage.cache import synced_key, token_key
+from service.config.resources import example_catalog_path
 from service.domain.catalog import load_catalog
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
-from service.config.resources import example_catalog_path
+from service.storage.cache import synced_key, token_key
 from tests.servers import free_port
 from tests.test_serve import REPO_ROOT, ServeProcess, base_env
 
@@ -48,14 +48,21 @@ class Run:
 @pytest.fixture(scope="module")
 def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
     """One real `serve` for the module: the session database, the session Redis prefix, an HS256 secret."""
-    with ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                               CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)) as serve:
+    with ServeProcess(
+        base_env(
+            DATABASE_URL=pg_url,
+            REDIS_URL=redis_url,
+            CHALLENGE_JWT_SECRET=SECRET,
+            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
+        )
+    ) as serve:
         yield serve
 
 
 @pytest.fixture(autouse=True)
-def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, redis_url: str,
-                    redis_prefix: str) -> None:
+def cli_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
     """The CLI sees the same database, Redis, key prefix, catalog and secret as the service."""
     for name in list(os.environ):
         if name.startswith("CHALLENGE_") or name in ("DATABASE_URL", "REDIS_URL"):
@@ -70,8 +77,14 @@ def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str
 
 
 def service_flags(serve: ServeProcess) -> list[str]:
-    return ["--api-url", f"http://127.0.0.1:{serve.http_port}/challenge",
-            "--admin-url", f"http://127.0.0.1:{serve.admin_port}", "--grpc-addr", f"127.0.0.1:{serve.grpc_port}"]
+    return [
+        "--api-url",
+        f"http://127.0.0.1:{serve.http_port}/challenge",
+        "--admin-url",
+        f"http://127.0.0.1:{serve.admin_port}",
+        "--grpc-addr",
+        f"127.0.0.1:{serve.grpc_port}",
+    ]
 
 
 @pytest.fixture
@@ -147,15 +160,37 @@ def test_users_init_arguments_file_and_alias_as_table_and_csv(run, tmp_path: Pat
     assert as_user.code == 0 and as_user.json["new_users"] == 1
 
 
-def test_users_init_progress_bar_goes_to_a_tty_stderr_only(service: ServeProcess, pg_url: str, redis_url: str,
-                                                          redis_prefix: str) -> None:
+def test_users_init_progress_bar_goes_to_a_tty_stderr_only(
+    service: ServeProcess, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
     controller, terminal = pty.openpty()
     prefix = new_user("tty") + "-"
-    env = {**base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET), "PYTHONPATH": str(REPO_ROOT),
-           "TERM": "xterm-256color"}
-    process = subprocess.Popen([sys.executable, "-m", "challengectl", *service_flags(service), "users", "init",
-                                "--count", "10", "--prefix", prefix, "--concurrency", "2"],
-                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, cwd=REPO_ROOT)
+    env = {
+        **base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET),
+        "PYTHONPATH": str(REPO_ROOT),
+        "TERM": "xterm-256color",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "challengectl",
+            *service_flags(service),
+            "users",
+            "init",
+            "--count",
+            "10",
+            "--prefix",
+            prefix,
+            "--concurrency",
+            "2",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        cwd=REPO_ROOT,
+    )
     os.close(terminal)
     screen = b""
     while select.select([controller], [], [], 30)[0]:
@@ -241,7 +276,11 @@ def test_error_classes_map_to_exit_codes(run, service: ServeProcess, capsys) -> 
     with pytest.raises(SystemExit) as down:
         main(["--api-url", f"http://127.0.0.1:{closed}/challenge", "--user", user, "challenges", "list"])
     err = capsys.readouterr().err
-    assert down.value.code == 5 and "Error: cannot connect to the REST API" in err and "Hint: is the service running" in err
+    assert (
+        down.value.code == 5
+        and "Error: cannot connect to the REST API" in err
+        and "Hint: is the service running" in err
+    )
     with pytest.raises(SystemExit) as init_down:
         main(["--api-url", f"http://127.0.0.1:{closed}/challenge", "users", "init", "--count", "3", "--prefix", user])
     assert init_down.value.code == 5 and "Error: cannot connect" in capsys.readouterr().err
@@ -265,8 +304,9 @@ def test_goals_activate_deactivate_select_random_and_aliases(run) -> None:
     assert selected.code == 0, selected.err
     assert [g["goalId"] for g in selected.json["selectedGoals"]] == ["s1-veteran", "s1-sharpshooter"]
     assert selected.json["replacedGoals"] == [] and selected.json["totalActiveGoals"] == 4
-    replaced = run("batch-select", "season-1", "--goal-ids", "s1-veteran", "--replace-existing", "-o", "table",
-                   user=user)
+    replaced = run(
+        "batch-select", "season-1", "--goal-ids", "s1-veteran", "--replace-existing", "-o", "table", user=user
+    )
     assert replaced.code == 0, replaced.err
     assert "replaced: s1-welcome, s1-regular, s1-sharpshooter" in replaced.out
     assert "active goals in season-1: 1" in replaced.out
@@ -280,8 +320,9 @@ def test_goals_activate_deactivate_select_random_and_aliases(run) -> None:
     assert [g["goalId"] for g in partial.json["selectedGoals"]] == ["daily-login", "daily-matches"]
 
 
-def test_claim_then_backdate_makes_a_rotating_goal_reset(run, service: ServeProcess, pg_url: str,
-                                                          redis_url: str, redis_prefix: str) -> None:
+def test_claim_then_backdate_makes_a_rotating_goal_reset(
+    run, service: ServeProcess, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
     user = new_user("rotator")
     assert run("users", "init", user).code == 0
     publish_login(service, user)
@@ -333,13 +374,21 @@ def test_claim_then_backdate_makes_a_rotating_goal_reset(run, service: ServeProc
     assert "WOULD RESET" in table and "reward grants" in table and "entry_valid" in table
 
 
-def test_claim_with_a_failing_reward_webhook_exits_5(pg_url: str, redis_url: str, redis_prefix: str,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_claim_with_a_failing_reward_webhook_exits_5(
+    pg_url: str, redis_url: str, redis_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A 502 REWARD_GRANT_FAILED from the service is exit 5 (docs/cli.md#exit-codes), and the goal stays claimable."""
-    webhook = ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                                    CHALLENGE_REDIS_KEY_PREFIX=redis_prefix, CHALLENGE_REWARD_MODE="webhook",
-                                    CHALLENGE_REWARD_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/grant",
-                                    CHALLENGE_REWARD_WEBHOOK_RETRIES="0")).start()
+    webhook = ServeProcess(
+        base_env(
+            DATABASE_URL=pg_url,
+            REDIS_URL=redis_url,
+            CHALLENGE_JWT_SECRET=SECRET,
+            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
+            CHALLENGE_REWARD_MODE="webhook",
+            CHALLENGE_REWARD_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/grant",
+            CHALLENGE_REWARD_WEBHOOK_RETRIES="0",
+        )
+    ).start()
     try:
         webhook.wait_ready()
         user = new_user("webhook")
@@ -376,7 +425,8 @@ def test_users_show_and_backdate_without_rows_exit_3(run) -> None:
 
 
 def test_users_delete_refuses_off_a_tty_dry_run_changes_nothing_then_deletes(
-        run, service: ServeProcess, pg_url: str, redis_url: str, redis_prefix: str) -> None:
+    run, service: ServeProcess, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
     user = new_user("doomed")
     assert run("users", "init", user).code == 0
     rows_before = row_count(pg_url, user)
@@ -386,10 +436,20 @@ def test_users_delete_refuses_off_a_tty_dry_run_changes_nothing_then_deletes(
     assert keys.exists(marker)
     token_before = keys.get(token_key(redis_prefix, user))
 
-    env = {**base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_REDIS_KEY_PREFIX=redis_prefix),
-           "PYTHONPATH": str(REPO_ROOT)}
-    refused = subprocess.run([sys.executable, "-m", "challengectl", "users", "delete", user], env=env,
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
+    env = {
+        **base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_REDIS_KEY_PREFIX=redis_prefix),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    refused = subprocess.run(
+        [sys.executable, "-m", "challengectl", "users", "delete", user],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
+    )
     assert refused.returncode == 2, refused.stderr
     assert "Error: refusing to delete" in refused.stderr and "Hint: add --yes" in refused.stderr
     assert refused.stdout == ""
@@ -415,13 +475,29 @@ def test_users_delete_refuses_off_a_tty_dry_run_changes_nothing_then_deletes(
 
 
 def test_help_has_examples_and_aliases_stay_hidden(run) -> None:
-    for command in (["users", "init"], ["users", "show"], ["users", "delete"], ["users", "backdate"],
-                    ["challenges", "list"], ["challenges", "get"], ["goals", "select"], ["goals", "claim"]):
+    for command in (
+        ["users", "init"],
+        ["users", "show"],
+        ["users", "delete"],
+        ["users", "backdate"],
+        ["challenges", "list"],
+        ["challenges", "get"],
+        ["goals", "select"],
+        ["goals", "claim"],
+    ):
         shown = run(*command, "--help")
         assert shown.code == 0 and "Examples:" in shown.out and "jq" in shown.out, command
     root = run("--help").out
     assert "users" in root and "challenges" in root and "goals" in root
-    for alias in ("list-challenges", "get-challenge", "initialize-player", "set-goal-active", "batch-select",
-                  "random-select", "claim-reward", "get-rotation-status"):
+    for alias in (
+        "list-challenges",
+        "get-challenge",
+        "initialize-player",
+        "set-goal-active",
+        "batch-select",
+        "random-select",
+        "claim-reward",
+        "get-rotation-status",
+    ):
         assert alias not in root
         assert run(alias, "--help").code == 0, alias

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from challengectl.cli import main
-from service.transport.auth import mint_token
 from service.storage.store import PoolConfig, Store
+from service.transport.auth import mint_token
 from tests.test_serve import ServeProcess, base_env, http_get
 
 SECRET = "cli-pool-secret-0123456789abcdef01234"
@@ -25,13 +25,20 @@ SAMPLES = 3
 
 @pytest.fixture(scope="module")
 def serve(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                               CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)) as process:
+    with ServeProcess(
+        base_env(
+            DATABASE_URL=pg_url,
+            REDIS_URL=redis_url,
+            CHALLENGE_JWT_SECRET=SECRET,
+            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
+        )
+    ) as process:
         yield process
 
 
-def pool_command(serve: ServeProcess, pg_url: str, capsys: pytest.CaptureFixture[str],
-                 *args: str) -> tuple[int, dict[str, Any], str]:
+def pool_command(
+    serve: ServeProcess, pg_url: str, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, dict[str, Any], str]:
     """`challengectl -o json pool ...` in-process: (exit code, the report, stderr)."""
     with pytest.raises(SystemExit) as done:
         main(["--admin-url", serve.admin(""), "--database-url", pg_url, "-o", "json", "pool", *args])
@@ -92,7 +99,8 @@ def wait_for_a_steady_pool_size(serve: ServeProcess, timeout_s: float = 15) -> N
 
 
 def test_pool_agrees_with_pg_stat_activity_while_a_load_runs(
-        serve: ServeProcess, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    serve: ServeProcess, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with HttpLoad(serve, LOAD_CONCURRENCY) as load:
         wait_for_a_steady_pool_size(serve)
         reports = []
@@ -107,8 +115,9 @@ def test_pool_agrees_with_pg_stat_activity_while_a_load_runs(
         assert abs(server["by_application"].get("challengectl-service", 0) - db["size"]) <= 1, report
         assert report["utilisation_pct"]["app_db"] == round(100 * db["in_use"] / db["max_size"], 1)
         assert report["utilisation_pct"]["server"] == round(100 * server["total"] / server["available"], 1)
-        assert server["available"] == (server["max_connections"] - server["superuser_reserved_connections"]
-                                       - server["reserved_connections"])
+        assert server["available"] == (
+            server["max_connections"] - server["superuser_reserved_connections"] - server["reserved_connections"]
+        )
         assert server["by_application"]["challengectl-cli"] >= 1
         assert db["peak_in_use"] >= max(db["in_use"], 1)
         assert "connections" in report["advice"] and report["over_max_util"] == []
@@ -126,8 +135,9 @@ def test_max_util_gates_with_exit_99(serve: ServeProcess, pg_url: str, capsys: p
     assert report["over_max_util"] == [] and report["max_util_pct"] == 100
 
 
-def test_max_util_with_watch_is_a_usage_error(serve: ServeProcess, pg_url: str,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_max_util_with_watch_is_a_usage_error(
+    serve: ServeProcess, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as done:
         main(["--admin-url", serve.admin(""), "--database-url", pg_url, "pool", "--watch", "--max-util", "80"])
     assert done.value.code == 2

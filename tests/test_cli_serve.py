@@ -60,8 +60,16 @@ def test_check_rejects_a_bad_catalog_with_exit_2_and_the_rule(case, tmp_path, pg
 
 
 def test_check_reports_ok_for_a_valid_setup(pg_url, redis_url, capsys) -> None:
-    args = ["--database-url", pg_url, "--redis-url", redis_url, "serve", "--check",
-            "--catalog", str(example_catalog_path())]
+    args = [
+        "--database-url",
+        pg_url,
+        "--redis-url",
+        redis_url,
+        "serve",
+        "--check",
+        "--catalog",
+        str(example_catalog_path()),
+    ]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     assert "settings: ok" in out and "catalog: ok" in out and "redis: reachable" in out

@@ -19,10 +19,10 @@ import grpc
 import pytest
 
 from challengectl.cli import main
-from service.transport.auth import mint_token
+from service.config.resources import example_catalog_path
 from service.domain.catalog import load_catalog
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
-from service.config.resources import example_catalog_path
+from service.transport.auth import mint_token
 from tests.servers import free_port
 from tests.test_cli_conventions import run_on_tty
 from tests.test_serve import REPO_ROOT, ServeProcess, base_env
@@ -34,8 +34,14 @@ LOGIN_GOAL = "s1-regular"
 
 @pytest.fixture(scope="module")
 def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                               CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}watch")) as serve:
+    with ServeProcess(
+        base_env(
+            DATABASE_URL=pg_url,
+            REDIS_URL=redis_url,
+            CHALLENGE_JWT_SECRET=SECRET,
+            CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}watch",
+        )
+    ) as serve:
         yield serve
 
 
@@ -49,8 +55,14 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def service_flags(service: ServeProcess, api_port: int | None = None) -> list[str]:
-    return ["--api-url", f"http://127.0.0.1:{api_port or service.http_port}/challenge",
-            "--admin-url", f"http://127.0.0.1:{service.admin_port}", "--grpc-addr", f"127.0.0.1:{service.grpc_port}"]
+    return [
+        "--api-url",
+        f"http://127.0.0.1:{api_port or service.http_port}/challenge",
+        "--admin-url",
+        f"http://127.0.0.1:{service.admin_port}",
+        "--grpc-addr",
+        f"127.0.0.1:{service.grpc_port}",
+    ]
 
 
 def cli(service: ServeProcess, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -62,8 +74,12 @@ def cli(service: ServeProcess, args: list[str], capsys: pytest.CaptureFixture[st
 
 def new_player(service: ServeProcess) -> str:
     user = f"watch-{uuid.uuid4().hex[:10]}"
-    request = urllib.request.Request(service.api("/challenge/v1/challenges/initialize"), method="POST", data=b"",
-                                     headers={"Authorization": f"Bearer {mint_token(SECRET.encode(), user)}"})
+    request = urllib.request.Request(
+        service.api("/challenge/v1/challenges/initialize"),
+        method="POST",
+        data=b"",
+        headers={"Authorization": f"Bearer {mint_token(SECRET.encode(), user)}"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
     return user
@@ -71,8 +87,12 @@ def new_player(service: ServeProcess) -> str:
 
 def publish_login(service: ServeProcess, user: str) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
-        result = ingest_pb2_grpc.EventIngestStub(channel).Publish(ingest_pb2.EventBatch(events=[
-            ingest_pb2.Event(id=str(uuid.uuid4()), user_id=user, kind=ingest_pb2.EVENT_KIND_LOGIN)]), timeout=10)
+        result = ingest_pb2_grpc.EventIngestStub(channel).Publish(
+            ingest_pb2.EventBatch(
+                events=[ingest_pb2.Event(id=str(uuid.uuid4()), user_id=user, kind=ingest_pb2.EVENT_KIND_LOGIN)]
+            ),
+            timeout=10,
+        )
     assert result.accepted == 1
 
 
@@ -84,8 +104,13 @@ class WatchProcess:
         # A shell may start background jobs with SIGINT ignored, which the child would inherit.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "challengectl", *service_flags(service, api_port), "watch", *args],
-            env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 (no locks taken)
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # noqa: PLW1509 (no locks taken)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         # Never let a stuck watch hang the test run (a blocking readline on its stderr included).
@@ -125,8 +150,14 @@ def test_piped_watch_streams_changes_and_ctrl_c_exits_0(service: ServeProcess) -
         while not record["changes"]:
             record = watch.next_record()
         changed = {c["goal_id"]: c for c in record["changes"]}
-        assert changed[LOGIN_GOAL] == {"challenge_id": "season-1", "goal_id": LOGIN_GOAL, "old_progress": 0,
-                                       "new_progress": 1, "old_status": "not_started", "new_status": "in_progress"}
+        assert changed[LOGIN_GOAL] == {
+            "challenge_id": "season-1",
+            "goal_id": LOGIN_GOAL,
+            "old_progress": 0,
+            "new_progress": 1,
+            "old_status": "not_started",
+            "new_status": "in_progress",
+        }
         assert set(changed) == {goal.goal_id for goal in CATALOG.login_goals if goal.default_assigned}
     finally:
         code, stderr = watch.interrupt()
@@ -181,8 +212,9 @@ def test_watch_needs_a_user(service: ServeProcess, capsys) -> None:
 
 def test_live_table_on_a_terminal(service: ServeProcess) -> None:
     user = new_player(service)
-    code, screen = run_on_tty([*service_flags(service), "watch", "--user", user, "--once", "--active-only"],
-                              CHALLENGE_JWT_SECRET=SECRET)
+    code, screen = run_on_tty(
+        [*service_flags(service), "watch", "--user", user, "--once", "--active-only"], CHALLENGE_JWT_SECRET=SECRET
+    )
     assert code == 0, screen
     assert "CHALLENGE" in screen and "PROGRESS" in screen and f"{user} · poll 1" in screen
     assert "0/7" in screen  # s1-regular: progress/target

@@ -85,7 +85,8 @@ def seed_progress(url: str, rows_per_user: dict[str, tuple[int, int]]) -> None:
             conn.execute(
                 "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, is_active) "
                 "SELECT %s, 'g' || lpad(n::text, 3, '0'), 'c1', 'ns', n <= %s FROM generate_series(1, %s) AS n",
-                (user, active, rows))
+                (user, active, rows),
+            )
 
 
 def wait_for(condition, what: str) -> None:
@@ -117,7 +118,9 @@ def test_indexes_flag_duplicates_of_the_primary_key_and_report_the_expected_ones
 
     expected = {item["index_name"]: item for item in report["expected"]["items"]}
     assert {name: item["status"] for name, item in expected.items()} == {
-        "user_goal_progress_pkey": "present", "idx_ugp_user_active": "present"}
+        "user_goal_progress_pkey": "present",
+        "idx_ugp_user_active": "present",
+    }
     assert report["suggest"]["items"] == []
 
     usage = {item["index_name"]: item for item in report["usage"]["items"]}
@@ -136,15 +139,19 @@ def test_indexes_flag_duplicates_of_the_primary_key_and_report_the_expected_ones
 
 def test_a_dropped_expected_index_is_missing_and_suggest_create_rebuilds_it(migrated_db, capsys):
     execute(migrated_db, "DROP INDEX idx_ugp_user_active")
-    statement = ("CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) "
-                 "WHERE is_active")
+    statement = (
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) WHERE is_active"
+    )
 
     expected = run_json(capsys, migrated_db, "db", "indexes", "expected")
     assert {item["index_name"]: item["status"] for item in expected["items"]} == {
-        "user_goal_progress_pkey": "present", "idx_ugp_user_active": "missing"}
+        "user_goal_progress_pkey": "present",
+        "idx_ugp_user_active": "missing",
+    }
     suggest = run_json(capsys, migrated_db, "db", "indexes", "suggest")
     assert [(item["index_name"], item["statements"]) for item in suggest["items"]] == [
-        ("idx_ugp_user_active", [statement])]
+        ("idx_ugp_user_active", [statement])
+    ]
 
     code, _, err = run_cli(capsys, migrated_db, "db", "indexes", "suggest", "--create")
     assert code == 2 and "Hint: add --yes" in err
@@ -155,8 +162,11 @@ def test_a_dropped_expected_index_is_missing_and_suggest_create_rebuilds_it(migr
     created = run_json(capsys, migrated_db, "db", "indexes", "suggest", "--create", "--yes")
     assert created["created"] == ["idx_ugp_user_active"]
     assert {item["status"] for item in created["expected"]} == {"present"}
-    assert execute(migrated_db, "SELECT i.indisvalid, pg_get_expr(i.indpred, i.indrelid) FROM pg_index i "
-                                "WHERE i.indexrelid = to_regclass('idx_ugp_user_active')") == [(True, "is_active")]
+    assert execute(
+        migrated_db,
+        "SELECT i.indisvalid, pg_get_expr(i.indpred, i.indrelid) FROM pg_index i "
+        "WHERE i.indexrelid = to_regclass('idx_ugp_user_active')",
+    ) == [(True, "is_active")]
 
 
 def test_indexes_on_an_unmigrated_database_point_at_db_migrate(fresh_db, capsys):
@@ -180,8 +190,11 @@ def blocked_update(migrated_db: str) -> Iterator[dict[str, Any]]:
     holder = psycopg.connect(migrated_db, application_name="test-holder")
     holder.execute("SELECT progress FROM user_goal_progress WHERE user_id = 'lock-user' FOR UPDATE")
     waiter = psycopg.connect(migrated_db, application_name="test-waiter", autocommit=True)
-    scene: dict[str, Any] = {"url": migrated_db, "holder_pid": holder.info.backend_pid,
-                             "waiter_pid": waiter.info.backend_pid}
+    scene: dict[str, Any] = {
+        "url": migrated_db,
+        "holder_pid": holder.info.backend_pid,
+        "waiter_pid": waiter.info.backend_pid,
+    }
 
     def update() -> None:
         try:
@@ -193,8 +206,13 @@ def blocked_update(migrated_db: str) -> Iterator[dict[str, Any]]:
     thread = threading.Thread(target=update, daemon=True)
     thread.start()
     scene["thread"] = thread
-    wait_for(lambda: execute(migrated_db, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
-                             (scene["waiter_pid"],)) == [("Lock",)], "the UPDATE to wait for the row lock")
+    wait_for(
+        lambda: (
+            execute(migrated_db, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (scene["waiter_pid"],))
+            == [("Lock",)]
+        ),
+        "the UPDATE to wait for the row lock",
+    )
     try:
         yield scene
     finally:
@@ -226,10 +244,13 @@ def test_activity_lists_sessions_by_state_and_long_running_queries(blocked_updat
     url, holder_pid, waiter_pid = blocked_update["url"], blocked_update["holder_pid"], blocked_update["waiter_pid"]
 
     report = run_json(capsys, url, "db", "activity", "--min-duration", "0s")
-    applications = {entry["application_name"]: entry["connections"] for entry in report["connections"]["by_application"]}
+    applications = {
+        entry["application_name"]: entry["connections"] for entry in report["connections"]["by_application"]
+    }
     assert applications["challengectl-cli"] >= 1 and applications["test-waiter"] == 1
-    assert report["connections"]["usable_connections"] == (report["connections"]["max_connections"]
-                                                           - report["connections"]["superuser_reserved_connections"])
+    assert report["connections"]["usable_connections"] == (
+        report["connections"]["max_connections"] - report["connections"]["superuser_reserved_connections"]
+    )
     running = {entry["pid"]: entry for entry in report["long_running"]["items"]}
     assert running[waiter_pid]["wait_event_type"] == "Lock" and running[waiter_pid]["state"] == "active"
     # Idle in transaction is not idle: it shows, timed from the start of its transaction (longest first).
@@ -271,8 +292,9 @@ def test_activity_watch_streams_one_ndjson_object_per_tick_when_piped(migrated_d
 
 
 def test_activity_watch_reports_failed_ticks_and_exits_5_without_a_good_one(capsys):
-    code, out, err = run_cli(capsys, "postgresql://postgres@127.0.0.1:1/nothing", "db", "activity", "--watch",
-                             "--count", "1")
+    code, out, err = run_cli(
+        capsys, "postgresql://postgres@127.0.0.1:1/nothing", "db", "activity", "--watch", "--count", "1"
+    )
     assert code == 5 and out == ""
     assert "unreachable" in err and "(retrying)" in err and "Hint: check --database-url / DATABASE_URL" in err
 
@@ -322,11 +344,42 @@ def test_tables_against_an_unreachable_server_exit_5(capsys):
 
 # --- db queries (X8) ------------------------------------------------------------------------------
 
-PG13_COLUMNS = {"userid", "dbid", "queryid", "query", "plans", "total_plan_time", "calls", "total_exec_time",
-                "min_exec_time", "max_exec_time", "mean_exec_time", "stddev_exec_time", "rows", "shared_blks_hit",
-                "shared_blks_read", "blk_read_time", "blk_write_time"}
-PG12_COLUMNS = {"userid", "dbid", "queryid", "query", "calls", "total_time", "min_time", "max_time", "mean_time",
-                "stddev_time", "rows", "shared_blks_hit", "shared_blks_read", "blk_read_time", "blk_write_time"}
+PG13_COLUMNS = {
+    "userid",
+    "dbid",
+    "queryid",
+    "query",
+    "plans",
+    "total_plan_time",
+    "calls",
+    "total_exec_time",
+    "min_exec_time",
+    "max_exec_time",
+    "mean_exec_time",
+    "stddev_exec_time",
+    "rows",
+    "shared_blks_hit",
+    "shared_blks_read",
+    "blk_read_time",
+    "blk_write_time",
+}
+PG12_COLUMNS = {
+    "userid",
+    "dbid",
+    "queryid",
+    "query",
+    "calls",
+    "total_time",
+    "min_time",
+    "max_time",
+    "mean_time",
+    "stddev_time",
+    "rows",
+    "shared_blks_hit",
+    "shared_blks_read",
+    "blk_read_time",
+    "blk_write_time",
+}
 PG17_COLUMNS = (PG13_COLUMNS - {"blk_read_time", "blk_write_time"}) | {"shared_blk_read_time", "shared_blk_write_time"}
 
 
@@ -358,9 +411,22 @@ def test_statements_are_labelled_with_their_registry_names():
     registry = {query.name: query.sql for query in load_registry()}
     server_text = pgd.as_server_text(registry["active_goals"])
     assert "%(" not in server_text and "$1" in server_text
-    entry = pgd.StatementStats(queryid=1, calls=3, total_ms=3.0, mean_ms=1.0, min_ms=0.5, max_ms=1.5, stddev_ms=0.1,
-                               total_plan_ms=None, rows=9, share_pct=50.0, shared_blks_hit=10, shared_blks_read=0,
-                               io_ms=None, query="  " + "\n ".join(server_text.split()) + " ")
+    entry = pgd.StatementStats(
+        queryid=1,
+        calls=3,
+        total_ms=3.0,
+        mean_ms=1.0,
+        min_ms=0.5,
+        max_ms=1.5,
+        stddev_ms=0.1,
+        total_plan_ms=None,
+        rows=9,
+        share_pct=50.0,
+        shared_blks_hit=10,
+        shared_blks_read=0,
+        io_ms=None,
+        query="  " + "\n ".join(server_text.split()) + " ",
+    )
     other = pgd.StatementStats(**{**entry.__dict__, "query": "SELECT 1"})
     labelled = pgd.label_statements([entry, other], registry)
     assert [item.query_name for item in labelled] == ["active_goals", None]
@@ -427,18 +493,36 @@ def preloaded_pg_url() -> Iterator[str]:
         shutil.chown(base, user=run_as)
     data, port = base / "data", free_port()
     options = f"-c shared_preload_libraries=pg_stat_statements -c port={port} -c listen_addresses=127.0.0.1 -k {base}"
-    subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"], user=run_as,
-                   cwd=base, check=True, capture_output=True, timeout=120)
-    subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o", options, "start"],
-                   user=run_as, cwd=base, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+        user=run_as,
+        cwd=base,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o", options, "start"],
+        user=run_as,
+        cwd=base,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     try:
         execute(url, "CREATE EXTENSION pg_stat_statements")
         apply_migrations(url)
         yield url
     finally:
-        subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], user=run_as, cwd=base,
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            user=run_as,
+            cwd=base,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 

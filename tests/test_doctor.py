@@ -36,8 +36,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRe
 def service(pg_admin_url: str, redis_server: PrivateRedis) -> Iterator[ServeProcess]:
     """A real `serve` on a fresh database (migrated at startup) and the private Redis."""
     with new_database(pg_admin_url, "doctor") as database_url:
-        serve = ServeProcess(base_env(DATABASE_URL=database_url, REDIS_URL=redis_server.url,
-                                      CHALLENGE_JWT_SECRET=SECRET))
+        serve = ServeProcess(
+            base_env(DATABASE_URL=database_url, REDIS_URL=redis_server.url, CHALLENGE_JWT_SECRET=SECRET)
+        )
         serve.start()
         serve.wait_ready()
         serve.database_url = database_url  # type: ignore[attr-defined]
@@ -61,11 +62,18 @@ def doctor_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def service_flags(serve: ServeProcess, redis_url: str, database_url: str | None = None) -> list[str]:
-    return ["--api-url", f"http://127.0.0.1:{serve.http_port}/challenge",
-            "--admin-url", f"http://127.0.0.1:{serve.admin_port}",
-            "--grpc-addr", f"127.0.0.1:{serve.grpc_port}",
-            "--database-url", database_url or serve.database_url,  # type: ignore[attr-defined]
-            "--redis-url", redis_url]
+    return [
+        "--api-url",
+        f"http://127.0.0.1:{serve.http_port}/challenge",
+        "--admin-url",
+        f"http://127.0.0.1:{serve.admin_port}",
+        "--grpc-addr",
+        f"127.0.0.1:{serve.grpc_port}",
+        "--database-url",
+        database_url or serve.database_url,  # type: ignore[attr-defined]
+        "--redis-url",
+        redis_url,
+    ]
 
 
 def run_doctor(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -91,8 +99,18 @@ def test_everything_passes_against_a_healthy_service(service: ServeProcess, redi
     code, rows, err = doctor_json([*service_flags(service, redis_server.url), "doctor"], capsys)
     assert code == 0, (rows, err)
     assert list(rows) == list(CHECK_IDS)
-    for check_id in ("settings", "postgres", "migrations", "catalog-rows", "indexes", "time", "redis", "service",
-                     "cache-ratio", "buffer"):
+    for check_id in (
+        "settings",
+        "postgres",
+        "migrations",
+        "catalog-rows",
+        "indexes",
+        "time",
+        "redis",
+        "service",
+        "cache-ratio",
+        "buffer",
+    ):
         assert rows[check_id]["status"] == "pass", rows[check_id]
     assert rows["postgres"]["observed"].startswith("PostgreSQL ")
     assert "all 2 applied" in rows["migrations"]["observed"]
@@ -114,8 +132,9 @@ def test_everything_passes_against_a_healthy_service(service: ServeProcess, redi
     assert "0 failed" in err
 
 
-def test_table_shows_markers_observed_values_and_hints(service: ServeProcess, redis_server: PrivateRedis,
-                                                      capsys) -> None:
+def test_table_shows_markers_observed_values_and_hints(
+    service: ServeProcess, redis_server: PrivateRedis, capsys
+) -> None:
     code, out, _ = run_doctor([*service_flags(service, redis_server.url), "-o", "table", "doctor"], capsys)
     assert code == 0
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip() and line.split()[0] in CHECK_IDS}
@@ -133,8 +152,20 @@ def test_strict_turns_a_warning_into_exit_99(service: ServeProcess, redis_server
 
 
 def test_skip_removes_rows_and_rejects_unknown_ids(service: ServeProcess, redis_server: PrivateRedis, capsys) -> None:
-    code, rows, _ = doctor_json([*service_flags(service, redis_server.url), "doctor", "--skip", "redis-eviction",
-                                 "--skip", "pg-stat-statements", "--skip", "headroom", "--strict"], capsys)
+    code, rows, _ = doctor_json(
+        [
+            *service_flags(service, redis_server.url),
+            "doctor",
+            "--skip",
+            "redis-eviction",
+            "--skip",
+            "pg-stat-statements",
+            "--skip",
+            "headroom",
+            "--strict",
+        ],
+        capsys,
+    )
     assert set(rows) == set(CHECK_IDS) - {"redis-eviction", "pg-stat-statements", "headroom"}
     assert code == 0, rows  # the warnings are gone with their rows
 
@@ -171,8 +202,10 @@ def test_index_duplicating_the_primary_key_warns(service: ServeProcess, redis_se
 
 def test_rows_outside_the_catalog_warn(service: ServeProcess, redis_server: PrivateRedis, capsys) -> None:
     with database_session(service) as conn:
-        conn.execute("INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace)"
-                     " VALUES ('doctor-user', 'goal-removed-from-catalog', 'some-challenge', 'accelbyte')")
+        conn.execute(
+            "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace)"
+            " VALUES ('doctor-user', 'goal-removed-from-catalog', 'some-challenge', 'accelbyte')"
+        )
     try:
         code, rows, _ = doctor_json([*service_flags(service, redis_server.url), "doctor"], capsys)
     finally:
@@ -195,10 +228,17 @@ def test_postgres_down_fails_with_exit_99_not_5(service: ServeProcess, redis_ser
 
 def test_no_database_and_no_running_embedded_serve_fails(capsys) -> None:
     # Closed ports, so that a service someone runs on the default ports does not answer for "no service".
-    nowhere = ["--api-url", f"http://127.0.0.1:{free_port()}/challenge", "--admin-url", f"http://127.0.0.1:{free_port()}",
-               "--grpc-addr", f"127.0.0.1:{free_port()}"]
-    code, rows, _ = doctor_json([*nowhere, "doctor", "--skip", "service", "--skip", "redis", "--skip", "redis-eviction"],
-                                capsys)
+    nowhere = [
+        "--api-url",
+        f"http://127.0.0.1:{free_port()}/challenge",
+        "--admin-url",
+        f"http://127.0.0.1:{free_port()}",
+        "--grpc-addr",
+        f"127.0.0.1:{free_port()}",
+    ]
+    code, rows, _ = doctor_json(
+        [*nowhere, "doctor", "--skip", "service", "--skip", "redis", "--skip", "redis-eviction"], capsys
+    )
     assert code == 99
     assert rows["postgres"]["status"] == "fail"
     assert "no running service database" in rows["postgres"]["observed"]
@@ -244,8 +284,10 @@ def test_jwt_secret_file_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
 
 
 def test_unmigrated_database_fails_migrations_and_indexes(fresh_db: str, capsys) -> None:
-    code, rows, _ = doctor_json(["--database-url", fresh_db, "doctor", "--skip", "service", "--skip", "redis",
-                                 "--skip", "redis-eviction"], capsys)
+    code, rows, _ = doctor_json(
+        ["--database-url", fresh_db, "doctor", "--skip", "service", "--skip", "redis", "--skip", "redis-eviction"],
+        capsys,
+    )
     assert code == 99
     assert rows["postgres"]["status"] == "pass"
     assert rows["migrations"]["status"] == "fail"

@@ -182,7 +182,9 @@ def test_servers_come_back_after_their_holder_and_servers_were_killed(data_dir: 
     )
     holder = subprocess.Popen(
         [sys.executable, "-c", holder_script, str(data_dir)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     try:
         assert holder.stdout.readline().strip() == "up"
@@ -252,9 +254,7 @@ def test_connection_help_commands_reach_the_servers(data_dir: Path) -> None:
             [*shlex.split(psql_line), "-tAc", "SELECT 40 + 2"], capture_output=True, text=True, timeout=30
         )
         assert psql.stdout.strip() == "42", psql.stderr
-        redis_cli = subprocess.run(
-            [*shlex.split(redis_cli_line), "PING"], capture_output=True, text=True, timeout=30
-        )
+        redis_cli = subprocess.run([*shlex.split(redis_cli_line), "PING"], capture_output=True, text=True, timeout=30)
         assert redis_cli.stdout.strip() == "PONG", redis_cli.stderr
 
 

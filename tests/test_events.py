@@ -23,9 +23,14 @@ import pytest
 from prometheus_client import REGISTRY
 from psycopg.rows import dict_row
 
+from service.config.settings import load_settings
 from service.domain.buffer import Entry, Partition, fnv1a_32, partition_of
-from service.storage.cache import Cache, active_key, event_key, open_redis, token_key
 from service.domain.catalog import Catalog, parse_catalog
+from service.domain.rules import next_boundary, period_start
+from service.storage.cache import Cache, active_key, event_key, open_redis, token_key
+from service.storage.migrations import apply_migrations
+from service.storage.registry import load_registry
+from service.storage.store import PoolConfig, Queries, Store
 from service.usecases.events import (
     NOT_COMMITTED_MESSAGE,
     IncomingEvent,
@@ -34,11 +39,6 @@ from service.usecases.events import (
     Ingestor,
     SubmitResult,
 )
-from service.storage.migrations import apply_migrations
-from service.storage.registry import load_registry
-from service.domain.rules import next_boundary, period_start
-from service.config.settings import load_settings
-from service.storage.store import PoolConfig, Queries, Store
 from tests.servers import PrivateRedis
 
 NS = "test-ns"
@@ -47,10 +47,18 @@ INT32_MAX = 2_147_483_647
 INT32_MIN = -2_147_483_648
 
 
-def _goal(goal_id: str, source: str, stat_code: str, target: int, mode: str = "absolute",
-          rotation: dict[str, Any] | None = None) -> dict[str, Any]:
+def _goal(
+    goal_id: str,
+    source: str,
+    stat_code: str,
+    target: int,
+    mode: str = "absolute",
+    rotation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     goal: dict[str, Any] = {
-        "goalId": goal_id, "name": goal_id, "eventSource": source,
+        "goalId": goal_id,
+        "name": goal_id,
+        "eventSource": source,
         "requirement": {"statCode": stat_code, "operator": ">=", "targetValue": target, "progressMode": mode},
         "reward": {"type": "ITEM", "rewardId": "r", "quantity": 1},
     }
@@ -59,33 +67,84 @@ def _goal(goal_id: str, source: str, stat_code: str, target: int, mode: str = "a
     return goal
 
 
-CATALOG_JSON = {"challenges": [{"challengeId": "c1", "name": "C1", "goals": [
-    _goal("kills-abs", "statistic", "kills", 10),
-    _goal("kills-rel", "statistic", "kills", 5, "relative"),
-    # A login goal labelled with the stat code of the statistic goals: routing must still keep them apart.
-    _goal("login-abs", "login", "kills", 3),
-    _goal("login-rel", "login", "logins", 1, "relative"),
-    _goal("wins-reset", "statistic", "wins", 5, "relative", {"resetProgress": True, "allowReselection": False}),
-    _goal("wins-carry", "statistic", "wins", 5, "relative", {"resetProgress": False, "allowReselection": False}),
-    _goal("wins-reselect", "statistic", "wins", 5, "relative", {"resetProgress": False, "allowReselection": True}),
-]}]}
+CATALOG_JSON = {
+    "challenges": [
+        {
+            "challengeId": "c1",
+            "name": "C1",
+            "goals": [
+                _goal("kills-abs", "statistic", "kills", 10),
+                _goal("kills-rel", "statistic", "kills", 5, "relative"),
+                # A login goal labelled with the stat code of the statistic goals: routing must still keep them apart.
+                _goal("login-abs", "login", "kills", 3),
+                _goal("login-rel", "login", "logins", 1, "relative"),
+                _goal(
+                    "wins-reset", "statistic", "wins", 5, "relative", {"resetProgress": True, "allowReselection": False}
+                ),
+                _goal(
+                    "wins-carry",
+                    "statistic",
+                    "wins",
+                    5,
+                    "relative",
+                    {"resetProgress": False, "allowReselection": False},
+                ),
+                _goal(
+                    "wins-reselect",
+                    "statistic",
+                    "wins",
+                    5,
+                    "relative",
+                    {"resetProgress": False, "allowReselection": True},
+                ),
+            ],
+        }
+    ]
+}
 
-BUFFER_KEYS = {"ack_mode", "entries", "capacity", "peak_entries", "oldest_entry_age_ms", "pending_waiters",
-               "partitions", "flushes_total", "flush_failures_total", "rows_updated_total", "flush_ms_p50",
-               "flush_ms_p95", "flush_ms_max", "events"}
-PARTITION_KEYS = {"index", "entries", "last_flush_at", "last_flush_ms", "last_flush_entries",
-                  "last_flush_rows_updated", "last_flush_deferred"}
-EVENT_KEYS = {"accepted", "duplicate", "skipped_namespace", "skipped_no_goal", "skipped_negative", "rejected",
-              "exhausted"}
+BUFFER_KEYS = {
+    "ack_mode",
+    "entries",
+    "capacity",
+    "peak_entries",
+    "oldest_entry_age_ms",
+    "pending_waiters",
+    "partitions",
+    "flushes_total",
+    "flush_failures_total",
+    "rows_updated_total",
+    "flush_ms_p50",
+    "flush_ms_p95",
+    "flush_ms_max",
+    "events",
+}
+PARTITION_KEYS = {
+    "index",
+    "entries",
+    "last_flush_at",
+    "last_flush_ms",
+    "last_flush_entries",
+    "last_flush_rows_updated",
+    "last_flush_deferred",
+}
+EVENT_KEYS = {
+    "accepted",
+    "duplicate",
+    "skipped_namespace",
+    "skipped_no_goal",
+    "skipped_negative",
+    "rejected",
+    "exhausted",
+}
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
 
 
 def make_cache(client: Any, prefix: str, catalog: Catalog) -> Cache:
-    return Cache(client, prefix, catalog.fingerprint, cache_ttl_s=300, synced_ttl_s=3600, journal_max=1000,
-                      probe_interval_ms=100)
-
+    return Cache(
+        client, prefix, catalog.fingerprint, cache_ttl_s=300, synced_ttl_s=3600, journal_max=1000, probe_interval_ms=100
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +184,14 @@ def cache(redis_client: Any, redis_prefix: str, catalog: Catalog) -> Cache:
 
 @pytest.fixture(scope="module")
 def base_config(redis_prefix: str) -> IngestConfig:
-    return IngestConfig(namespace=NS, flush_interval_ms=FAST_FLUSH_MS, flush_workers=2, ack_timeout_ms=10_000,
-                        redis_key_prefix=redis_prefix, redis_probe_interval_ms=100)
+    return IngestConfig(
+        namespace=NS,
+        flush_interval_ms=FAST_FLUSH_MS,
+        flush_workers=2,
+        ack_timeout_ms=10_000,
+        redis_key_prefix=redis_prefix,
+        redis_probe_interval_ms=100,
+    )
 
 
 @pytest.fixture
@@ -137,8 +202,9 @@ async def db(migrated: str) -> AsyncIterator[psycopg.AsyncConnection[dict[str, A
 
 
 @contextlib.asynccontextmanager
-async def running(config: IngestConfig, catalog: Catalog, store: Store, queries: Queries, cache: Cache,
-                  start: bool = True) -> AsyncIterator[Ingestor]:
+async def running(
+    config: IngestConfig, catalog: Catalog, store: Store, queries: Queries, cache: Cache, start: bool = True
+) -> AsyncIterator[Ingestor]:
     ingestor = Ingestor(config, catalog, store, queries, cache)
     if start:
         await ingestor.start()
@@ -152,10 +218,12 @@ async def running(config: IngestConfig, catalog: Catalog, store: Store, queries:
 def ingest(base_config: IngestConfig, catalog: Catalog, store: Store, queries: Queries, cache: Cache) -> Any:
     """`async with ingest(**overrides) as ingestor:` — an Ingestor on the shared store and cache."""
 
-    def make(start: bool = True, cache_override: Cache | None = None, store_override: Store | None = None,
-             **overrides: Any) -> contextlib.AbstractAsyncContextManager[Ingestor]:
-        return running(replace(base_config, **overrides), catalog, store_override or store, queries,
-                       cache_override or cache, start)
+    def make(
+        start: bool = True, cache_override: Cache | None = None, store_override: Store | None = None, **overrides: Any
+    ) -> contextlib.AbstractAsyncContextManager[Ingestor]:
+        return running(
+            replace(base_config, **overrides), catalog, store_override or store, queries, cache_override or cache, start
+        )
 
     return make
 
@@ -175,8 +243,16 @@ def login(user_id: str, event_id: str = "", namespace: str = NS, inc: float = 0.
     return IncomingEvent(event_id, user_id, namespace, "login", "", 0.0, inc, True, None)
 
 
-def stat(user_id: str, code: str, value: float, inc: float = 0.0, event_id: str = "", namespace: str = NS,
-         has_payload: bool = True, timestamp: float | None = None) -> IncomingEvent:
+def stat(
+    user_id: str,
+    code: str,
+    value: float,
+    inc: float = 0.0,
+    event_id: str = "",
+    namespace: str = NS,
+    has_payload: bool = True,
+    timestamp: float | None = None,
+) -> IncomingEvent:
     return IncomingEvent(event_id, user_id, namespace, "stat", code, value, inc, has_payload, timestamp)
 
 
@@ -184,8 +260,15 @@ async def seed(db: psycopg.AsyncConnection[Any], user_id: str, goal_id: str, **c
     """Insert a progress row (defaults: active, not_started, written a minute ago)."""
     written = datetime.now(UTC) - timedelta(minutes=1)
     values: dict[str, Any] = {
-        "user_id": user_id, "goal_id": goal_id, "challenge_id": "c1", "namespace": NS, "progress": 0,
-        "status": "not_started", "created_at": written, "updated_at": written, "is_active": True,
+        "user_id": user_id,
+        "goal_id": goal_id,
+        "challenge_id": "c1",
+        "namespace": NS,
+        "progress": 0,
+        "status": "not_started",
+        "created_at": written,
+        "updated_at": written,
+        "is_active": True,
         "assigned_at": written,
     }
     values.update(columns)
@@ -196,7 +279,8 @@ async def seed(db: psycopg.AsyncConnection[Any], user_id: str, goal_id: str, **c
 
 async def row(db: psycopg.AsyncConnection[Any], user_id: str, goal_id: str) -> dict[str, Any] | None:
     cursor = await db.execute(
-        "SELECT * FROM user_goal_progress WHERE user_id = %s AND goal_id = %s", (user_id, goal_id))
+        "SELECT * FROM user_goal_progress WHERE user_id = %s AND goal_id = %s", (user_id, goal_id)
+    )
     return await cursor.fetchone()
 
 
@@ -258,11 +342,21 @@ def test_merge_back_keeps_the_newer_value_adds_increments_and_puts_old_entries_f
 
 
 def test_config_from_settings_takes_the_ingestion_settings(tmp_path: Path) -> None:
-    environ = {"XDG_CONFIG_HOME": str(tmp_path), "CHALLENGE_ACK_MODE": "buffered", "CHALLENGE_FLUSH_WORKERS": "3",
-               "CHALLENGE_BUFFER_MAX_ENTRIES": "10", "CHALLENGE_DEDUP_PENDING_TTL_S": "9", "AB_NAMESPACE": "ns-x"}
+    environ = {
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "CHALLENGE_ACK_MODE": "buffered",
+        "CHALLENGE_FLUSH_WORKERS": "3",
+        "CHALLENGE_BUFFER_MAX_ENTRIES": "10",
+        "CHALLENGE_DEDUP_PENDING_TTL_S": "9",
+        "AB_NAMESPACE": "ns-x",
+    }
     config = IngestConfig.from_settings(load_settings(environ=environ))
     assert (config.namespace, config.ack_mode, config.flush_workers, config.dedup_pending_ttl_s) == (
-        "ns-x", "buffered", 3, 9)
+        "ns-x",
+        "buffered",
+        3,
+        9,
+    )
     assert (config.flush_interval_ms, config.ack_timeout_ms, config.redis_key_prefix) == (50, 10_000, "ch")
     assert config.partition_capacity == 4  # 10 entries over 3 partitions, rounded up
 
@@ -285,9 +379,13 @@ def test_validation_rejects_each_invalid_event_with_its_reason() -> None:
     }
     for reason, event in cases.items():
         assert validate_event(event) == reason
-    for valid in (good, replace(good, user_id="u" * 100), replace(good, id="x" * 200),
-                  replace(good, latest_value=2_147_483_647.9, inc=-2_147_483_648.9),
-                  replace(login("u1"), inc=float("nan"))):
+    for valid in (
+        good,
+        replace(good, user_id="u" * 100),
+        replace(good, id="x" * 200),
+        replace(good, latest_value=2_147_483_647.9, inc=-2_147_483_648.9),
+        replace(login("u1"), inc=float("nan")),
+    ):
         assert validate_event(valid) is None
     assert validate_event(replace(good, user_id="u" * 101)) is not None
     assert validate_event(replace(good, user_id="a\x07b")) is not None
@@ -334,11 +432,14 @@ async def test_e3_skipped_events_are_acknowledged_without_effect(ingest: Any, db
     await seed(db, user, "kills-abs", progress=2, status="in_progress")
     async with ingest() as ingestor:
         before = ingestor.buffer_stats()["events"]
-        result = await ingestor.submit([
-            stat(user, "kills", -1, 1),                   # negative value
-            stat(user, "kills", 7, 7, namespace="other"),  # foreign namespace
-            stat(user, "no-such-stat", 7, 7),              # no goal routed
-        ], "publish")
+        result = await ingestor.submit(
+            [
+                stat(user, "kills", -1, 1),  # negative value
+                stat(user, "kills", 7, 7, namespace="other"),  # foreign namespace
+                stat(user, "no-such-stat", 7, 7),  # no goal routed
+            ],
+            "publish",
+        )
         assert result == SubmitResult(0, 0, 3, [], True)
         on_message = await ingestor.submit([stat(user, "kills", 7, 7, namespace="")], "ags_stat")
         assert on_message.skipped == 1  # OnMessage: an empty namespace is a foreign one
@@ -354,13 +455,16 @@ async def test_e4_invalid_events_are_rejected_individually_and_valid_ones_proces
     user = new_user()
     await seed(db, user, "kills-abs")
     async with ingest() as ingestor:
-        result = await ingestor.submit([
-            stat("", "kills", 1, 1, event_id="a"),
-            stat(user, "kills", float("inf"), 1, event_id="b"),
-            IncomingEvent("c", user, NS, "", "", 0, 0, True, None),
-            stat(user, "kills", INT32_MAX, INT32_MIN),  # boundary values are accepted
-            stat(user, "kills", 1, 1, has_payload=False, event_id="d"),
-        ], "publish")
+        result = await ingestor.submit(
+            [
+                stat("", "kills", 1, 1, event_id="a"),
+                stat(user, "kills", float("inf"), 1, event_id="b"),
+                IncomingEvent("c", user, NS, "", "", 0, 0, True, None),
+                stat(user, "kills", INT32_MAX, INT32_MIN),  # boundary values are accepted
+                stat(user, "kills", 1, 1, has_payload=False, event_id="d"),
+            ],
+            "publish",
+        )
     assert (result.accepted, result.duplicates, result.skipped) == (1, 0, 0)
     assert result.rejected == [
         (0, "a", "user_id is required"),
@@ -396,8 +500,16 @@ async def test_e6_events_never_create_rows_and_skip_inactive_and_claimed_rows(in
     nobody, user = new_user("none"), new_user()
     claimed_at = datetime.now(UTC) - timedelta(hours=1)
     await seed(db, user, "kills-abs", is_active=False, progress=1, status="in_progress")
-    await seed(db, user, "kills-rel", progress=9, baseline_value=1, status="claimed", completed_at=claimed_at,
-               claimed_at=claimed_at)
+    await seed(
+        db,
+        user,
+        "kills-rel",
+        progress=9,
+        baseline_value=1,
+        status="claimed",
+        completed_at=claimed_at,
+        claimed_at=claimed_at,
+    )
     untouched = await rows_of(db, user)
     async with ingest() as ingestor:
         result = await ingestor.submit([stat(nobody, "kills", 5, 5), stat(user, "kills", 50, 10)], "publish")
@@ -405,8 +517,9 @@ async def test_e6_events_never_create_rows_and_skip_inactive_and_claimed_rows(in
         assert await rows_of(db, nobody) == {}
         assert await rows_of(db, user) == untouched  # not even updated_at moved
 
-        await db.execute("UPDATE user_goal_progress SET is_active = true WHERE user_id = %s AND goal_id = 'kills-abs'",
-                         (user,))
+        await db.execute(
+            "UPDATE user_goal_progress SET is_active = true WHERE user_id = %s AND goal_id = 'kills-abs'", (user,)
+        )
         assert (await row(db, user, "kills-abs"))["progress"] == 1  # activation replays nothing
         await ingestor.submit([stat(user, "kills", 51, 1)], "publish")
     rows = await rows_of(db, user)
@@ -427,7 +540,10 @@ async def test_e7_relative_goals_start_their_window_at_the_first_event(ingest: A
     assert (first_exact["baseline_value"], first_exact["status"]) == (95, "completed")
     relative_login = await row(db, logins, "login-rel")
     assert (relative_login["progress"], relative_login["baseline_value"], relative_login["status"]) == (
-        42, 41, "completed")
+        42,
+        41,
+        "completed",
+    )
 
 
 async def test_e8_merged_events_give_the_same_result_as_one_by_one(ingest: Any, db: Any) -> None:
@@ -470,7 +586,8 @@ async def _flushed(ingestor: Ingestor) -> bool:
 
 
 async def test_e9_e11_buffered_mode_returns_before_the_commit_and_the_flush_follows_by_itself(
-    ingest: Any, db: Any,
+    ingest: Any,
+    db: Any,
 ) -> None:
     user = new_user()
     await seed(db, user, "kills-abs")
@@ -487,7 +604,10 @@ async def test_e9_e11_buffered_mode_returns_before_the_commit_and_the_flush_foll
 
 
 async def test_commit_mode_times_out_with_unavailable_and_the_events_are_still_committed(
-    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+    ingest: Any,
+    db: Any,
+    redis_client: Any,
+    redis_prefix: str,
 ) -> None:
     user, event_id = new_user(), new_id()
     await seed(db, user, "login-abs")
@@ -509,8 +629,9 @@ async def test_commit_mode_times_out_with_unavailable_and_the_events_are_still_c
 # --- E12: de-duplication ----------------------------------------------------------------------------
 
 
-async def test_e12_a_replayed_id_has_no_further_effect(ingest: Any, db: Any, redis_client: Any,
-                                                       redis_prefix: str) -> None:
+async def test_e12_a_replayed_id_has_no_further_effect(
+    ingest: Any, db: Any, redis_client: Any, redis_prefix: str
+) -> None:
     user, event_id = new_user(), new_id()
     await seed(db, user, "login-abs")
     async with ingest() as ingestor:
@@ -527,7 +648,10 @@ async def test_e12_a_replayed_id_has_no_further_effect(ingest: Any, db: Any, red
 
 
 async def test_e12_a_duplicate_of_a_pending_event_waits_for_the_original(
-    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+    ingest: Any,
+    db: Any,
+    redis_client: Any,
+    redis_prefix: str,
 ) -> None:
     user, event_id = new_user(), new_id()
     await seed(db, user, "login-abs")
@@ -555,7 +679,10 @@ async def test_e12_buffered_duplicate_of_a_pending_event_returns_at_once(ingest:
 
 
 async def test_e12_an_id_pending_in_another_process_fails_a_commit_call_and_clears_its_markers(
-    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+    ingest: Any,
+    db: Any,
+    redis_client: Any,
+    redis_prefix: str,
 ) -> None:
     user, elsewhere, fresh = new_user(), new_id(), new_id()
     await seed(db, user, "login-abs")
@@ -564,7 +691,9 @@ async def test_e12_an_id_pending_in_another_process_fails_a_commit_call_and_clea
         with pytest.raises(IngestError) as failure:
             await ingestor.submit([login(user, fresh), login(user, elsewhere)], "publish")
         assert (failure.value.code, failure.value.message) == (
-            "UNAVAILABLE", f"event {elsewhere} is in flight; retry later")
+            "UNAVAILABLE",
+            f"event {elsewhere} is in flight; retry later",
+        )
         assert await marker(redis_client, redis_prefix, user, fresh) is None
     async with ingest(ack_mode="buffered") as ingestor:
         result = await ingestor.submit([login(user, fresh), login(user, elsewhere)], "publish")
@@ -573,7 +702,11 @@ async def test_e12_an_id_pending_in_another_process_fails_a_commit_call_and_clea
 
 
 async def test_e12_with_redis_down_the_lru_deduplicates_within_the_process(
-    ingest: Any, db: Any, private_redis: PrivateRedis, catalog: Catalog, redis_prefix: str,
+    ingest: Any,
+    db: Any,
+    private_redis: PrivateRedis,
+    catalog: Catalog,
+    redis_prefix: str,
 ) -> None:
     user, during, before = new_user(), new_id(), new_id()
     await seed(db, user, "login-abs")
@@ -603,7 +736,10 @@ async def test_e12_with_redis_down_the_lru_deduplicates_within_the_process(
 
 
 async def test_pending_markers_are_renewed_while_their_events_stay_buffered(
-    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+    ingest: Any,
+    db: Any,
+    redis_client: Any,
+    redis_prefix: str,
 ) -> None:
     user, event_id = new_user(), new_id()
     await seed(db, user, "login-abs")
@@ -622,19 +758,25 @@ async def test_pending_markers_are_renewed_while_their_events_stay_buffered(
 
 
 async def test_e13_a_full_buffer_rejects_the_whole_call_and_clears_its_markers(
-    ingest: Any, db: Any, redis_client: Any, redis_prefix: str,
+    ingest: Any,
+    db: Any,
+    redis_client: Any,
+    redis_prefix: str,
 ) -> None:
     users = [new_user() for _ in range(4)]
     for user in users:
         await seed(db, user, "login-abs")
     ids = [new_id() for _ in users]
-    async with ingest(start=False, ack_mode="buffered", flush_workers=1, buffer_max_entries=2,
-                      buffer_full_wait_ms=50) as ingestor:
+    async with ingest(
+        start=False, ack_mode="buffered", flush_workers=1, buffer_max_entries=2, buffer_full_wait_ms=50
+    ) as ingestor:
         await ingestor.submit([login(users[0], ids[0]), login(users[1], ids[1])], "publish")
         with pytest.raises(IngestError) as failure:
             await ingestor.submit([login(users[2], ids[2]), login(users[0]), login(users[3], ids[3])], "publish")
         assert (failure.value.code, failure.value.message) == (
-            "RESOURCE_EXHAUSTED", "event buffer full (2/2); retry with backoff")
+            "RESOURCE_EXHAUSTED",
+            "event buffer full (2/2); retry with backoff",
+        )
         stats = ingestor.buffer_stats()
         assert stats["entries"] == 2 and stats["events"]["exhausted"] == 3
         assert await marker(redis_client, redis_prefix, users[2], ids[2]) is None
@@ -710,7 +852,9 @@ class TcpProxy:
 
 
 async def test_e14_with_the_database_down_entries_are_kept_merged_and_committed_after_recovery(
-    ingest: Any, db: Any, migrated: str,
+    ingest: Any,
+    db: Any,
+    migrated: str,
 ) -> None:
     logins, stats_user = new_user("logins"), new_user("stats")
     await seed(db, logins, "login-abs")
@@ -753,7 +897,11 @@ async def test_e14_with_the_database_down_entries_are_kept_merged_and_committed_
 
 
 async def test_e15_a_locked_row_defers_its_entry_without_blocking_other_users(
-    ingest: Any, db: Any, migrated: str, redis_client: Any, redis_prefix: str,
+    ingest: Any,
+    db: Any,
+    migrated: str,
+    redis_client: Any,
+    redis_prefix: str,
 ) -> None:
     claimer, other, event_id = new_user("claimer"), new_user("other"), new_id()
     completed_at = datetime.now(UTC) - timedelta(minutes=5)
@@ -764,8 +912,9 @@ async def test_e15_a_locked_row_defers_its_entry_without_blocking_other_users(
     try:
         async with ingest() as ingestor:
             await claim.execute("BEGIN")
-            await claim.execute("SELECT * FROM user_goal_progress WHERE user_id = %s AND goal_id = 'kills-abs' "
-                                "FOR UPDATE", (claimer,))
+            await claim.execute(
+                "SELECT * FROM user_goal_progress WHERE user_id = %s AND goal_id = 'kills-abs' FOR UPDATE", (claimer,)
+            )
             held = asyncio.create_task(ingestor.submit([stat(claimer, "kills", 20, 2, event_id=event_id)], "publish"))
             assert (await ingestor.submit([stat(other, "kills", 4, 4)], "publish")).accepted == 1
             assert (await row(db, other, "kills-abs"))["progress"] == 4  # the flush did not wait
@@ -776,8 +925,11 @@ async def test_e15_a_locked_row_defers_its_entry_without_blocking_other_users(
             await eventually(deferred)
             assert not held.done()
             assert (await row(db, claimer, "kills-rel"))["progress"] == 0  # deferred as a whole
-            await claim.execute("UPDATE user_goal_progress SET status = 'claimed', claimed_at = now() "
-                                "WHERE user_id = %s AND goal_id = 'kills-abs'", (claimer,))
+            await claim.execute(
+                "UPDATE user_goal_progress SET status = 'claimed', claimed_at = now() "
+                "WHERE user_id = %s AND goal_id = 'kills-abs'",
+                (claimer,),
+            )
             await claim.execute("COMMIT")
             assert (await asyncio.wait_for(held, timeout=5)).accepted == 1
     finally:
@@ -795,23 +947,30 @@ async def test_e16_a_burst_for_many_users_lands_and_the_last_value_to_arrive_win
     users = [new_user("burst") for _ in range(150)]
     await db.execute(
         "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace) "
-        "SELECT unnest(%s::text[]), 'kills-abs', 'c1', %s", (users, NS))
+        "SELECT unnest(%s::text[]), 'kills-abs', 'c1', %s",
+        (users, NS),
+    )
     await db.execute(
         "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace) "
-        "SELECT unnest(%s::text[]), 'login-abs', 'c1', %s", (users, NS))
+        "SELECT unnest(%s::text[]), 'login-abs', 'c1', %s",
+        (users, NS),
+    )
     # Per user, in arrival order: values 7, 30, 12 (out of order) and two logins.
     waves = [[stat(user, "kills", value, 1, event_id=new_id()) for user in users] for value in (7, 30, 12)]
     waves.insert(1, [login(user, new_id()) for user in users])
     waves.append([login(user, new_id()) for user in users])
     async with ingest(flush_workers=4, flush_batch_max=64) as ingestor:
         for wave in waves:
-            results = await asyncio.gather(*(ingestor.submit(wave[i:i + 50], "publish")
-                                             for i in range(0, len(wave), 50)))
+            results = await asyncio.gather(
+                *(ingestor.submit(wave[i : i + 50], "publish") for i in range(0, len(wave), 50))
+            )
             assert sum(result.accepted for result in results) == len(users)
         stats = ingestor.buffer_stats()
     cursor = await db.execute(
         "SELECT goal_id, progress, count(*) AS n FROM user_goal_progress WHERE user_id = ANY(%s) "
-        "GROUP BY goal_id, progress ORDER BY goal_id", (users,))
+        "GROUP BY goal_id, progress ORDER BY goal_id",
+        (users,),
+    )
     assert await cursor.fetchall() == [
         {"goal_id": "kills-abs", "progress": 12, "n": len(users)},
         {"goal_id": "login-abs", "progress": 2, "n": len(users)},
@@ -825,8 +984,10 @@ async def test_e16_concurrent_calls_of_one_user_are_admitted_in_arrival_order(in
     await seed(db, user, "kills-abs")
     async with ingest(start=False) as ingestor:
         # Ids force a Redis round trip per call; admission still follows the order of the calls.
-        calls = [asyncio.create_task(ingestor.submit([stat(user, "kills", value, 1, event_id=new_id())], "publish"))
-                 for value in (5, 9, 1, 4)]
+        calls = [
+            asyncio.create_task(ingestor.submit([stat(user, "kills", value, 1, event_id=new_id())], "publish"))
+            for value in (5, 9, 1, 4)
+        ]
         await asyncio.sleep(0.1)
         await ingestor.start()
         await asyncio.gather(*calls)
@@ -836,8 +997,9 @@ async def test_e16_concurrent_calls_of_one_user_are_admitted_in_arrival_order(in
 # --- E17: read-your-writes ---------------------------------------------------------------------------
 
 
-async def test_e17_the_cache_is_invalidated_before_the_ack(ingest: Any, db: Any, redis_client: Any,
-                                                         redis_prefix: str) -> None:
+async def test_e17_the_cache_is_invalidated_before_the_ack(
+    ingest: Any, db: Any, redis_client: Any, redis_prefix: str
+) -> None:
     user, bystander = new_user(), new_user("bystander")
     await seed(db, user, "kills-abs")
     for someone in (user, bystander):
@@ -856,7 +1018,12 @@ async def test_e17_the_cache_is_invalidated_before_the_ack(ingest: Any, db: Any,
 
 
 async def test_e18_drain_flushes_everything_and_answers_the_waiting_calls(
-    base_config: IngestConfig, catalog: Catalog, store: Store, queries: Queries, cache: Cache, db: Any,
+    base_config: IngestConfig,
+    catalog: Catalog,
+    store: Store,
+    queries: Queries,
+    cache: Cache,
+    db: Any,
 ) -> None:
     users = [new_user() for _ in range(3)]
     for user in users:
@@ -875,8 +1042,14 @@ async def test_e18_drain_flushes_everything_and_answers_the_waiting_calls(
 
 
 async def test_e18_entries_left_at_the_drain_timeout_are_counted_and_their_callers_get_unavailable(
-    ingest: Any, db: Any, migrated: str, base_config: IngestConfig, catalog: Catalog, store: Store,
-    queries: Queries, cache: Cache,
+    ingest: Any,
+    db: Any,
+    migrated: str,
+    base_config: IngestConfig,
+    catalog: Catalog,
+    store: Store,
+    queries: Queries,
+    cache: Cache,
 ) -> None:
     user = new_user()
     await seed(db, user, "login-abs")
@@ -905,12 +1078,32 @@ async def test_rotation_reset_carry_over_and_reopen_through_the_flush(ingest: An
     now = datetime.now(UTC)
     stale = period_start("daily", now) - timedelta(days=2)
     earlier = stale - timedelta(hours=1)
-    await seed(db, user, "wins-reset", progress=10, baseline_value=0, status="completed", completed_at=earlier,
-               updated_at=stale, expires_at=stale)
-    await seed(db, user, "wins-carry", progress=4, baseline_value=2, status="in_progress", updated_at=stale,
-               expires_at=stale)
-    await seed(db, user, "wins-reselect", progress=9, baseline_value=1, status="claimed", completed_at=earlier,
-               claimed_at=earlier, updated_at=stale, expires_at=stale)
+    await seed(
+        db,
+        user,
+        "wins-reset",
+        progress=10,
+        baseline_value=0,
+        status="completed",
+        completed_at=earlier,
+        updated_at=stale,
+        expires_at=stale,
+    )
+    await seed(
+        db, user, "wins-carry", progress=4, baseline_value=2, status="in_progress", updated_at=stale, expires_at=stale
+    )
+    await seed(
+        db,
+        user,
+        "wins-reselect",
+        progress=9,
+        baseline_value=1,
+        status="claimed",
+        completed_at=earlier,
+        claimed_at=earlier,
+        updated_at=stale,
+        expires_at=stale,
+    )
     async with ingest() as ingestor:
         await ingestor.submit([stat(user, "wins", 13, 2)], "publish")
     rows = await rows_of(db, user)
@@ -918,12 +1111,21 @@ async def test_rotation_reset_carry_over_and_reopen_through_the_flush(ingest: An
     expected_expiry = next_boundary("daily", flush_time)
     reset = rows["wins-reset"]
     assert (reset["progress"], reset["baseline_value"], reset["status"], reset["completed_at"]) == (
-        13, 11, "in_progress", None)  # a new window, counting only this event's increment
+        13,
+        11,
+        "in_progress",
+        None,
+    )  # a new window, counting only this event's increment
     carry = rows["wins-carry"]
     assert (carry["progress"], carry["baseline_value"], carry["status"]) == (13, 2, "completed")
     reopened = rows["wins-reselect"]
-    assert (reopened["progress"], reopened["baseline_value"], reopened["status"], reopened["claimed_at"],
-            reopened["completed_at"]) == (13, 11, "not_started", None, None)
+    assert (
+        reopened["progress"],
+        reopened["baseline_value"],
+        reopened["status"],
+        reopened["claimed_at"],
+        reopened["completed_at"],
+    ) == (13, 11, "not_started", None, None)
     assert {r["expires_at"] for r in rows.values()} == {expected_expiry}
     assert {r["updated_at"] for r in rows.values()} == {flush_time}
 
@@ -943,8 +1145,9 @@ async def test_buffer_stats_have_exactly_the_spec_keys_and_count_what_happened(i
         assert set(idle) == BUFFER_KEYS and set(idle["events"]) == EVENT_KEYS
         assert [set(p) for p in idle["partitions"]] == [PARTITION_KEYS] * 3
         assert (idle["ack_mode"], idle["capacity"], idle["entries"], idle["flushes_total"]) == ("commit", 12, 0, 0)
-        await ingestor.submit([login(user), stat(user, "kills", -5, 0),
-                               stat(user, "kills", 1, 1, timestamp=time.time() - 1)], "publish")
+        await ingestor.submit(
+            [login(user), stat(user, "kills", -5, 0), stat(user, "kills", 1, 1, timestamp=time.time() - 1)], "publish"
+        )
         stats = ingestor.buffer_stats()
     assert stats["events"]["accepted"] == 2 and stats["events"]["skipped_negative"] == 1
     assert sample("challenge_events_total", origin="publish", outcome="accepted") - accepted_before == 2

@@ -30,16 +30,17 @@ from challengectl.explain_runner import (
     parse_param_overrides,
     parse_param_value,
 )
+from service.config.resources import example_catalog_path
 from service.domain.catalog import load_catalog
 from service.storage.migrations import apply_migrations
 from service.storage.registry import load_registry
-from service.config.resources import example_catalog_path
 from tests.conftest import new_database
 
 USERS = 20_000
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-CREATE_ACTIVE = ("CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) "
-                 "WHERE is_active;")
+CREATE_ACTIVE = (
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) WHERE is_active;"
+)
 
 # Every user gets the catalog's default goals (active); three users in four also get the others, a third
 # of those active. Progress and status vary; about 220 000 rows in one statement.
@@ -61,8 +62,10 @@ SELECT 'accelbyte', 'user-' || lpad(u::text, 6, '0'), 's1-welcome', 1, 'season-1
        'accelbyte:user-' || lpad(u::text, 6, '0') || ':s1-welcome:1', 'ITEM', 'welcome-pack', 1, 'log'
   FROM generate_series(1, %(users)s, 4) AS u
 """
-FINGERPRINT = ("SELECT (SELECT count(*) || ':' || coalesce(sum(hashtextextended(t::text, 0)), 0) FROM user_goal_progress t), "
-               "(SELECT count(*) || ':' || coalesce(sum(hashtextextended(r::text, 0)), 0) FROM reward_grants r)")
+FINGERPRINT = (
+    "SELECT (SELECT count(*) || ':' || coalesce(sum(hashtextextended(t::text, 0)), 0) FROM user_goal_progress t), "
+    "(SELECT count(*) || ':' || coalesce(sum(hashtextextended(r::text, 0)), 0) FROM reward_grants r)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +75,15 @@ def seeded_url(pg_admin_url: str) -> Iterator[str]:
     with new_database(pg_admin_url, "challengectl_explain") as url:
         apply_migrations(url)
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(SEED_PROGRESS, {
-                "users": USERS, "goal_ids": [g.goal_id for g in catalog.goals],
-                "challenge_ids": [g.challenge_id for g in catalog.goals],
-                "defaults": [g.default_assigned for g in catalog.goals]})
+            conn.execute(
+                SEED_PROGRESS,
+                {
+                    "users": USERS,
+                    "goal_ids": [g.goal_id for g in catalog.goals],
+                    "challenge_ids": [g.challenge_id for g in catalog.goals],
+                    "defaults": [g.default_assigned for g in catalog.goals],
+                },
+            )
             conn.execute(SEED_GRANTS, {"users": USERS})
             conn.execute("VACUUM ANALYZE user_goal_progress")
             conn.execute("VACUUM ANALYZE reward_grants")
@@ -122,6 +130,7 @@ def execute(url: str, *statements: str) -> None:
 
 # --- the plan, the indexes and the findings ------------------------------------------------------
 
+
 def test_active_goals_uses_the_partial_index_without_warnings(seeded_url: str, capsys) -> None:
     report = explain_json(["active-goals"], capsys, seeded_url)
     assert report["query"]["name"] == "active_goals"
@@ -131,8 +140,9 @@ def test_active_goals_uses_the_partial_index_without_warnings(seeded_url: str, c
     assert report["params"] == {"user_id": user["user_id"]}
     assert report["plan"][0]["Plan"]["Actual Rows"] == user["active_rows"]  # ANALYZE ran, the raw plan is there
     analysis = report["analysis"]
-    assert {"index": "idx_ugp_user_active", "table": "user_goal_progress", "role": "scan"}.items() <= \
-        next(use for use in analysis["indexes_used"] if use["index"] == "idx_ugp_user_active").items()
+    assert {"index": "idx_ugp_user_active", "table": "user_goal_progress", "role": "scan"}.items() <= next(
+        use for use in analysis["indexes_used"] if use["index"] == "idx_ugp_user_active"
+    ).items()
     assert analysis["expected_index_used"] is True
     assert rules_of(report, "warn", "crit") == []
     assert analysis["totals"]["execution_ms"] > 0 and analysis["totals"]["shared_hit_blocks"] > 0
@@ -141,9 +151,23 @@ def test_active_goals_uses_the_partial_index_without_warnings(seeded_url: str, c
 def test_the_table_view_shows_header_tree_totals_indexes_and_findings(seeded_url: str, capsys) -> None:
     code, out, err = run_cli(["explain", "active_goals", "--user", "user-000042", "-o", "table"], capsys, seeded_url)
     assert code == 0, err
-    for expected in ("Query", "active_goals (read)", "user-000042 (given; 12 rows", "WHERE user_id = %(user_id)s::text",
-                     "#1 Sort", "Index Cond:", "rows est", "→ actual", "Totals", "Execution", "Buffers",
-                     "Indexes used", "idx_ugp_user_active", "✓ expected", "Findings"):
+    for expected in (
+        "Query",
+        "active_goals (read)",
+        "user-000042 (given; 12 rows",
+        "WHERE user_id = %(user_id)s::text",
+        "#1 Sort",
+        "Index Cond:",
+        "rows est",
+        "→ actual",
+        "Totals",
+        "Execution",
+        "Buffers",
+        "Indexes used",
+        "idx_ugp_user_active",
+        "✓ expected",
+        "Findings",
+    ):
         assert expected in out, expected
 
 
@@ -178,16 +202,21 @@ def test_a_missing_expected_index_then_a_seq_scan_are_flagged(seeded_url: str, c
         assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active" in out
         assert "--fail-on crit" in err
     finally:
-        execute(seeded_url,
-                "ALTER TABLE user_goal_progress ADD CONSTRAINT user_goal_progress_pkey PRIMARY KEY (user_id, goal_id)"
-                " ", "CREATE INDEX IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) WHERE is_active",
-                "ANALYZE user_goal_progress")
+        execute(
+            seeded_url,
+            "ALTER TABLE user_goal_progress ADD CONSTRAINT user_goal_progress_pkey PRIMARY KEY (user_id, goal_id) ",
+            "CREATE INDEX IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) WHERE is_active",
+            "ANALYZE user_goal_progress",
+        )
     assert rules_of(explain_json(["active-goals"], capsys, seeded_url), "warn", "crit") == []
 
 
 def test_an_index_duplicating_the_primary_key_is_flagged(seeded_url: str, capsys) -> None:
-    execute(seeded_url, "CREATE INDEX ugp_user_goal_copy ON user_goal_progress (user_id, goal_id)",
-            "ANALYZE user_goal_progress")
+    execute(
+        seeded_url,
+        "CREATE INDEX ugp_user_goal_copy ON user_goal_progress (user_id, goal_id)",
+        "ANALYZE user_goal_progress",
+    )
     try:
         report = explain_json(["user-goal-count"], capsys, seeded_url)
         finding = next(f for f in report["analysis"]["findings"] if f["rule"] == "duplicate_of_primary_key")
@@ -226,14 +255,16 @@ def test_the_flush_writes_for_real_and_is_rolled_back(seeded_url: str, capsys) -
 
 # --- sampling and parameters ---------------------------------------------------------------------
 
+
 def test_heavy_sample_picks_a_user_with_the_most_rows(seeded_url: str, capsys) -> None:
     report = explain_json(["user-progress", "--sample", "heavy"], capsys, seeded_url)
     assert report["sample_user"]["chosen_by"] == "heavy" and report["sample_user"]["rows"] == 12
 
 
 def test_param_overrides_are_bound_by_declared_type(seeded_url: str, capsys) -> None:
-    report = explain_json(["goals-by-ids", "--user", "user-000004", "--param", "goal_ids=s1-welcome,daily-login"],
-                          capsys, seeded_url)
+    report = explain_json(
+        ["goals-by-ids", "--user", "user-000004", "--param", "goal_ids=s1-welcome,daily-login"], capsys, seeded_url
+    )
     assert report["params"] == {"user_id": "user-000004", "goal_ids": ["s1-welcome", "daily-login"]}
     assert report["plan"][0]["Plan"]["Actual Rows"] == 2
     # Every parameter given: no user is sampled at all.
@@ -254,21 +285,26 @@ def test_a_user_without_rows_and_an_empty_table_exit_3(seeded_url: str, fresh_db
 
 # --- ad-hoc statements, refusals, exit codes -----------------------------------------------------
 
+
 def test_an_ad_hoc_select_is_explained_without_analyze(seeded_url: str, capsys) -> None:
-    report = explain_json(["--sql", "SELECT count(*) FROM user_goal_progress WHERE status = 'claimed'"],
-                          capsys, seeded_url)
+    report = explain_json(
+        ["--sql", "SELECT count(*) FROM user_goal_progress WHERE status = 'claimed'"], capsys, seeded_url
+    )
     assert report["query"]["name"] is None and report["options"]["analyze"] is False
     assert "Actual Rows" not in report["plan"][0]["Plan"]
     assert "seq_scan_large_table" in rules_of(report, "crit")
 
 
-@pytest.mark.parametrize("statement", [
-    "DELETE FROM user_goal_progress",
-    "UPDATE user_goal_progress SET progress = 0",
-    "WITH gone AS (DELETE FROM user_goal_progress RETURNING 1) SELECT count(*) FROM gone",
-    "SELECT * FROM user_goal_progress LIMIT 1 FOR UPDATE",
-    "SELECT 1; SELECT 2",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM user_goal_progress",
+        "UPDATE user_goal_progress SET progress = 0",
+        "WITH gone AS (DELETE FROM user_goal_progress RETURNING 1) SELECT count(*) FROM gone",
+        "SELECT * FROM user_goal_progress LIMIT 1 FOR UPDATE",
+        "SELECT 1; SELECT 2",
+    ],
+)
 def test_write_lock_or_multiple_statements_via_sql_are_refused(seeded_url: str, statement: str, capsys) -> None:
     before = fingerprint(seeded_url)
     code, _, err = run_cli(["explain", "--sql", statement, "--analyze"], capsys, seeded_url)
@@ -320,8 +356,12 @@ def test_a_held_row_lock_hits_lock_timeout_as_a_critical_finding(seeded_url: str
     holder.start()
     try:
         assert locked.wait(10)
-        report = explain_json(["progress-for-update", "--user", "user-000005", "--yes", "--fail-on", "crit"],
-                              capsys, seeded_url, expect_code=99)
+        report = explain_json(
+            ["progress-for-update", "--user", "user-000005", "--yes", "--fail-on", "crit"],
+            capsys,
+            seeded_url,
+            expect_code=99,
+        )
     finally:
         released.set()
         holder.join()
@@ -331,19 +371,31 @@ def test_a_held_row_lock_hits_lock_timeout_as_a_critical_finding(seeded_url: str
 
 
 def test_statement_timeout_is_a_critical_finding(seeded_url: str, capsys) -> None:
-    report = explain_json(["--sql", "SELECT count(*) FROM user_goal_progress a CROSS JOIN generate_series(1, 50)",
-                           "--analyze", "--statement-timeout", "20ms"], capsys, seeded_url)
+    report = explain_json(
+        [
+            "--sql",
+            "SELECT count(*) FROM user_goal_progress a CROSS JOIN generate_series(1, 50)",
+            "--analyze",
+            "--statement-timeout",
+            "20ms",
+        ],
+        capsys,
+        seeded_url,
+    )
     assert report["timeout"] == "statement_timeout" and rules_of(report, "crit") == ["timeout"]
 
 
 def test_sessions_identify_as_the_cli(seeded_url: str) -> None:
     with ExplainSession(seeded_url) as session, session.transaction() as cursor:
-        cursor.execute("SELECT current_setting('application_name'), current_setting('transaction_read_only'), "
-                       "current_setting('lock_timeout'), current_setting('TimeZone')")
+        cursor.execute(
+            "SELECT current_setting('application_name'), current_setting('transaction_read_only'), "
+            "current_setting('lock_timeout'), current_setting('TimeZone')"
+        )
         assert cursor.fetchone() == (APPLICATION_NAME, "on", "1s", "UTC")
 
 
 # --- parameter derivation (no database) ----------------------------------------------------------
+
 
 def _row(goal_id: str, active: bool = True, progress: int = 4) -> UserRow:
     catalog = load_catalog(example_catalog_path())
@@ -359,8 +411,16 @@ DEFAULTS = ParamDefaults(namespace="accelbyte", reward_mode="log")
 
 def test_flush_parameters_come_from_the_active_rows_of_one_source() -> None:
     catalog = load_catalog(example_catalog_path())
-    stat_user = SampleUser("u1", "given", (_row("daily-matches", progress=4), _row("monthly-matches"),
-                                           _row("s1-veteran", active=False), _row("s1-welcome")))
+    stat_user = SampleUser(
+        "u1",
+        "given",
+        (
+            _row("daily-matches", progress=4),
+            _row("monthly-matches"),
+            _row("s1-veteran", active=False),
+            _row("s1-welcome"),
+        ),
+    )
     params = derive_params(_statement("apply_event_updates"), stat_user, catalog, DEFAULTS, NOW)
     assert params["entry_sources"] == ["stat:matches_played"] and params["entry_values"] == [5]
     assert params["entry_incs"] == [1] and params["entry_user_ids"] == ["u1"]
@@ -383,7 +443,11 @@ def test_derived_parameters_of_the_other_queries() -> None:
     grant = derive_params(_statement("insert_reward_grant"), user, catalog, DEFAULTS, NOW, generation=3)
     assert grant["idempotency_key"] == "accelbyte:u3:daily-login:3" and grant["mode"] == "log"
     reward = catalog.goals_by_id["daily-login"].reward
-    assert (grant["reward_type"], grant["reward_id"], grant["quantity"]) == (reward.type, reward.reward_id, reward.quantity)
+    assert (grant["reward_type"], grant["reward_id"], grant["quantity"]) == (
+        reward.type,
+        reward.reward_id,
+        reward.quantity,
+    )
     inserted = derive_params(_statement("insert_default_goals"), user, catalog, DEFAULTS, NOW)
     assert inserted["goal_ids"] == ["daily-login", "s1-welcome"]
     assert inserted["expires_at"] == [datetime(2024, 5, 2, tzinfo=UTC), None]
@@ -405,6 +469,8 @@ def test_param_values_follow_the_declared_types() -> None:
 
 
 def test_ad_hoc_placeholders_take_the_registrys_types() -> None:
-    statement = ad_hoc_statement("SELECT * FROM user_goal_progress WHERE user_id = %(user_id)s AND goal_id = "
-                                 "ANY (%(goal_ids)s::text[]);", load_registry())
+    statement = ad_hoc_statement(
+        "SELECT * FROM user_goal_progress WHERE user_id = %(user_id)s AND goal_id = ANY (%(goal_ids)s::text[]);",
+        load_registry(),
+    )
     assert statement.param_types == {"user_id": "text", "goal_ids": "text[]"} and not statement.sql.endswith(";")

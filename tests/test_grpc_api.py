@@ -27,7 +27,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from service.usecases.events import IncomingEvent, IngestError, SubmitResult
+from service.proto import generate
+from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
+from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
+from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.transport.grpc_api import (
     EVENT_INGEST_SERVICE_NAME,
     INGEST_SERVICE_NAMES,
@@ -36,10 +39,7 @@ from service.transport.grpc_api import (
     GrpcHealth,
     create_grpc_server,
 )
-from service.proto import generate
-from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
-from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
-from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+from service.usecases.events import IncomingEvent, IngestError, SubmitResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-ingest-token"
@@ -64,8 +64,7 @@ class ScriptedIngestor:
     running: int = 0
     max_running: int = 0
 
-    async def submit(self, events: Sequence[IncomingEvent], origin: str,
-                     deadline: float | None = None) -> SubmitResult:
+    async def submit(self, events: Sequence[IncomingEvent], origin: str, deadline: float | None = None) -> SubmitResult:
         self.calls.append((list(events), origin, deadline))
         self.running += 1
         self.max_running = max(self.max_running, self.running)
@@ -125,6 +124,7 @@ def login_event(event_id: str, user_id: str = "u1") -> ingest_pb2.Event:
 
 # --- wire encoding, to build AGS-shaped messages with fields our protos do not declare -------------
 
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -145,18 +145,33 @@ def _field(number: int, value: bytes | str | float) -> bytes:
 
 # --- AGS OnMessage --------------------------------------------------------------------------------
 
+
 async def test_login_message_becomes_one_login_event() -> None:
     ingestor = ScriptedIngestor()
     async with serving(ingestor) as running:
         before = time.monotonic()
-        reply = await running.login.OnMessage(account_pb2.UserLoggedIn(
-            id="evt-1", user_id="player-1", namespace="game", timestamp="2024-05-01T12:00:00.5Z"), timeout=30)
+        reply = await running.login.OnMessage(
+            account_pb2.UserLoggedIn(
+                id="evt-1", user_id="player-1", namespace="game", timestamp="2024-05-01T12:00:00.5Z"
+            ),
+            timeout=30,
+        )
     assert reply == empty_pb2.Empty()
     [(events, origin, deadline)] = ingestor.calls
     assert origin == "ags_login"
-    assert events == [IncomingEvent(
-        id="evt-1", user_id="player-1", namespace="game", kind="login", stat_code="", latest_value=0.0,
-        inc=0.0, has_payload=True, timestamp=1714564800.5)]
+    assert events == [
+        IncomingEvent(
+            id="evt-1",
+            user_id="player-1",
+            namespace="game",
+            kind="login",
+            stat_code="",
+            latest_value=0.0,
+            inc=0.0,
+            has_payload=True,
+            timestamp=1714564800.5,
+        )
+    ]
     # The server rebuilds the deadline from gRPC's own clock and the encoded timeout, which can land a
     # little after the client's 30 s on a loaded machine (seen: 0.1 s); a second of slack keeps the check
     # that the client's deadline, not none or a default, reached the ingestor.
@@ -166,32 +181,86 @@ async def test_login_message_becomes_one_login_event() -> None:
 async def test_stat_message_takes_its_values_from_the_payload() -> None:
     ingestor = ScriptedIngestor()
     async with serving(ingestor) as running:
-        await running.stat.OnMessage(statistic_pb2.StatItemUpdated(
-            id="evt-2", user_id="player-2", namespace="game", timestamp="2024-05-01T14:00:00+02:00",
-            payload=statistic_pb2.StatItem(stat_code="kills", latest_value=12.75, inc=3.0)))
-        await running.stat.OnMessage(statistic_pb2.StatItemUpdated(
-            id="evt-3", user_id="player-2", namespace="game", timestamp="yesterday"))
+        await running.stat.OnMessage(
+            statistic_pb2.StatItemUpdated(
+                id="evt-2",
+                user_id="player-2",
+                namespace="game",
+                timestamp="2024-05-01T14:00:00+02:00",
+                payload=statistic_pb2.StatItem(stat_code="kills", latest_value=12.75, inc=3.0),
+            )
+        )
+        await running.stat.OnMessage(
+            statistic_pb2.StatItemUpdated(id="evt-3", user_id="player-2", namespace="game", timestamp="yesterday")
+        )
     (with_payload, origin, deadline), (without_payload, _, _) = ingestor.calls
     assert origin == "ags_stat" and deadline is None  # the client set no deadline
-    assert with_payload == [IncomingEvent(
-        id="evt-2", user_id="player-2", namespace="game", kind="stat", stat_code="kills", latest_value=12.75,
-        inc=3.0, has_payload=True, timestamp=1714564800.0)]
-    assert without_payload == [IncomingEvent(
-        id="evt-3", user_id="player-2", namespace="game", kind="stat", stat_code="", latest_value=0.0,
-        inc=0.0, has_payload=False, timestamp=None)]
+    assert with_payload == [
+        IncomingEvent(
+            id="evt-2",
+            user_id="player-2",
+            namespace="game",
+            kind="stat",
+            stat_code="kills",
+            latest_value=12.75,
+            inc=3.0,
+            has_payload=True,
+            timestamp=1714564800.0,
+        )
+    ]
+    assert without_payload == [
+        IncomingEvent(
+            id="evt-3",
+            user_id="player-2",
+            namespace="game",
+            kind="stat",
+            stat_code="",
+            latest_value=0.0,
+            inc=0.0,
+            has_payload=False,
+            timestamp=None,
+        )
+    ]
 
 
 async def test_ags_messages_with_undeclared_fields_parse() -> None:
     """Real AGS senders fill fields the vendored protos leave out; protobuf must skip them."""
-    ags_login = (_field(1, _field(1, "player-9") + _field(2, "Steam") + _field(7, 1))  # payload message
-                 + _field(2, "evt-9") + _field(3, "IAM") + _field(4, "userLoggedIn") + _field(5, "game")
-                 + _field(6, "parent") + _field(7, "2024-05-01T12:00:00Z") + _field(8, "client")
-                 + _field(9, "player-9") + _field(10, "trace-1") + _field(11, 42) + _field(15, "future field"))
-    ags_stat = (_field(1, _field(1, "game") + _field(2, "wins") + _field(3, "player-9") + _field(4, 7.0)
-                       + _field(5, 1.0) + _field(6, "extra") + _field(9, 99.5))
-                + _field(2, "evt-10") + _field(3, 17) + _field(4, "statItemUpdated") + _field(5, "game")
-                + _field(6, "parent") + _field(7, "2024-05-01T12:00:00Z") + _field(8, "client")
-                + _field(9, "player-9") + _field(10, "session") + _field(12, "future field"))
+    ags_login = (
+        _field(1, _field(1, "player-9") + _field(2, "Steam") + _field(7, 1))  # payload message
+        + _field(2, "evt-9")
+        + _field(3, "IAM")
+        + _field(4, "userLoggedIn")
+        + _field(5, "game")
+        + _field(6, "parent")
+        + _field(7, "2024-05-01T12:00:00Z")
+        + _field(8, "client")
+        + _field(9, "player-9")
+        + _field(10, "trace-1")
+        + _field(11, 42)
+        + _field(15, "future field")
+    )
+    ags_stat = (
+        _field(
+            1,
+            _field(1, "game")
+            + _field(2, "wins")
+            + _field(3, "player-9")
+            + _field(4, 7.0)
+            + _field(5, 1.0)
+            + _field(6, "extra")
+            + _field(9, 99.5),
+        )
+        + _field(2, "evt-10")
+        + _field(3, 17)
+        + _field(4, "statItemUpdated")
+        + _field(5, "game")
+        + _field(6, "parent")
+        + _field(7, "2024-05-01T12:00:00Z")
+        + _field(8, "client")
+        + _field(9, "player-9")
+        + _field(10, "session")
+        + _field(12, "future field")
+    )
     ingestor = ScriptedIngestor()
     async with serving(ingestor) as running:
         for service, payload in ((LOGIN_SERVICE_NAME, ags_login), (STAT_SERVICE_NAME, ags_stat)):
@@ -199,15 +268,27 @@ async def test_ags_messages_with_undeclared_fields_parse() -> None:
             assert await send_raw(payload) == b""
     [login], [stat] = (events for events, _, _ in ingestor.calls)
     assert (login.id, login.user_id, login.namespace, login.kind, login.timestamp) == (
-        "evt-9", "player-9", "game", "login", 1714564800.0)
+        "evt-9",
+        "player-9",
+        "game",
+        "login",
+        1714564800.0,
+    )
     assert (stat.id, stat.user_id, stat.stat_code, stat.latest_value, stat.inc, stat.has_payload) == (
-        "evt-10", "player-9", "wins", 7.0, 1.0, True)
+        "evt-10",
+        "player-9",
+        "wins",
+        7.0,
+        1.0,
+        True,
+    )
 
 
 async def test_rejected_message_fails_with_invalid_argument_and_the_reason() -> None:
     async def reject(events: Sequence[IncomingEvent], origin: str) -> SubmitResult:
-        return SubmitResult(accepted=0, duplicates=0, skipped=0, rejected=[(0, events[0].id, "user_id is required")],
-                            committed=True)
+        return SubmitResult(
+            accepted=0, duplicates=0, skipped=0, rejected=[(0, events[0].id, "user_id is required")], committed=True
+        )
 
     async with serving(ScriptedIngestor(respond=reject)) as running:
         login_error = await status_of(running.login.OnMessage(account_pb2.UserLoggedIn(id="e1")))
@@ -252,51 +333,87 @@ async def test_unexpected_failures_are_internal_without_their_details(caplog: py
             await status_of(_drain(running.ingest.PublishStream(iter(numbered_batches(1))))),
         ]
     assert {(error.code(), error.details()) for error in errors} == {
-        (grpc.StatusCode.INTERNAL, "internal error while ingesting events; see the service log")}
+        (grpc.StatusCode.INTERNAL, "internal error while ingesting events; see the service log")
+    }
     assert "hunter2" in caplog.text  # the operator still gets the cause
 
 
 # --- EventIngest.Publish --------------------------------------------------------------------------
 
+
 async def test_publish_converts_events_and_echoes_counts_and_rejections() -> None:
     async def scripted(events: Sequence[IncomingEvent], origin: str) -> SubmitResult:
-        return SubmitResult(accepted=2, duplicates=1, skipped=1,
-                            rejected=[(3, "e4", "kind is required"), (4, "", "stat_code is required")],
-                            committed=True)
+        return SubmitResult(
+            accepted=2,
+            duplicates=1,
+            skipped=1,
+            rejected=[(3, "e4", "kind is required"), (4, "", "stat_code is required")],
+            committed=True,
+        )
 
     ingestor = ScriptedIngestor(respond=scripted)
-    batch = ingest_pb2.EventBatch(batch_id="batch-7", events=[
-        login_event("e1", "player-1"),
-        ingest_pb2.Event(id="e2", user_id="player-2", namespace="other", kind=ingest_pb2.EVENT_KIND_STAT,
-                         stat_code="kills", latest_value=5.5, inc=-2.0,
-                         timestamp=timestamp_pb2.Timestamp(seconds=1714564800, nanos=250_000_000)),
-        login_event("e1", "player-1"),
-        ingest_pb2.Event(id="e4", user_id="player-3"),
-        ingest_pb2.Event(user_id="player-4", kind=ingest_pb2.EVENT_KIND_STAT),
-    ])
+    batch = ingest_pb2.EventBatch(
+        batch_id="batch-7",
+        events=[
+            login_event("e1", "player-1"),
+            ingest_pb2.Event(
+                id="e2",
+                user_id="player-2",
+                namespace="other",
+                kind=ingest_pb2.EVENT_KIND_STAT,
+                stat_code="kills",
+                latest_value=5.5,
+                inc=-2.0,
+                timestamp=timestamp_pb2.Timestamp(seconds=1714564800, nanos=250_000_000),
+            ),
+            login_event("e1", "player-1"),
+            ingest_pb2.Event(id="e4", user_id="player-3"),
+            ingest_pb2.Event(user_id="player-4", kind=ingest_pb2.EVENT_KIND_STAT),
+        ],
+    )
     async with serving(ingestor, ack_mode="commit") as running:
         result = await running.ingest.Publish(batch)
 
     assert result == ingest_pb2.PublishResult(
-        batch_id="batch-7", accepted=2, duplicates=1, skipped=1, committed=True, rejected=[
+        batch_id="batch-7",
+        accepted=2,
+        duplicates=1,
+        skipped=1,
+        committed=True,
+        rejected=[
             ingest_pb2.EventRejection(index=3, event_id="e4", reason="kind is required"),
-            ingest_pb2.EventRejection(index=4, event_id="", reason="stat_code is required")])
+            ingest_pb2.EventRejection(index=4, event_id="", reason="stat_code is required"),
+        ],
+    )
     [(events, origin, _)] = ingestor.calls
     assert origin == "publish"
     assert events[1] == IncomingEvent(
-        id="e2", user_id="player-2", namespace="other", kind="stat", stat_code="kills", latest_value=5.5,
-        inc=-2.0, has_payload=True, timestamp=1714564800.25)
+        id="e2",
+        user_id="player-2",
+        namespace="other",
+        kind="stat",
+        stat_code="kills",
+        latest_value=5.5,
+        inc=-2.0,
+        has_payload=True,
+        timestamp=1714564800.25,
+    )
     assert [(e.id, e.kind, e.namespace, e.timestamp) for e in events] == [
-        ("e1", "login", "", None), ("e2", "stat", "other", 1714564800.25), ("e1", "login", "", None),
-        ("e4", "", "", None), ("", "stat", "", None)]
+        ("e1", "login", "", None),
+        ("e2", "stat", "other", 1714564800.25),
+        ("e1", "login", "", None),
+        ("e4", "", "", None),
+        ("", "stat", "", None),
+    ]
 
 
 async def test_publish_refuses_a_batch_over_the_limit_without_submitting_it() -> None:
     ingestor = ScriptedIngestor()
     async with serving(ingestor, ingest_max_batch=2) as running:
         at_limit = await running.ingest.Publish(ingest_pb2.EventBatch(events=[login_event("a"), login_event("b")]))
-        error = await status_of(running.ingest.Publish(
-            ingest_pb2.EventBatch(events=[login_event(str(n)) for n in range(3)])))
+        error = await status_of(
+            running.ingest.Publish(ingest_pb2.EventBatch(events=[login_event(str(n)) for n in range(3)]))
+        )
     assert at_limit.accepted == 2
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "batch too large (3 > 2)"
@@ -314,8 +431,10 @@ async def test_empty_batch_succeeds_with_zero_counts(ack_mode: str) -> None:
 
 # --- EventIngest.PublishStream --------------------------------------------------------------------
 
+
 def slower_first(delays: dict[str, float]) -> Respond:
     """Answers each batch (named by its first event id) after its delay, echoing its size as accepted."""
+
     async def respond(events: Sequence[IncomingEvent], origin: str) -> SubmitResult:
         await asyncio.sleep(delays.get(events[0].id, 0.0))
         return SubmitResult(accepted=len(events), duplicates=0, skipped=0, rejected=[], committed=True)
@@ -398,11 +517,14 @@ async def test_oversized_batch_ends_the_stream_and_stops_reading() -> None:
                 received.append(result.batch_id)
     assert received == ["b0"]
     assert (raised.value.code(), raised.value.details()) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "batch too large (2 > 1)")
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch too large (2 > 1)",
+    )
     assert [events[0].id for events, _, _ in ingestor.calls] == ["b0"]
 
 
 # --- ingest token --------------------------------------------------------------------------------
+
 
 async def test_ingest_token_is_required_when_configured() -> None:
     ingestor = ScriptedIngestor()
@@ -414,13 +536,16 @@ async def test_ingest_token_is_required_when_configured() -> None:
             await status_of(running.ingest.Publish(ingest_pb2.EventBatch(events=[login_event("e3")]))),
         ]
         wrong = [
-            await status_of(running.ingest.Publish(
-                ingest_pb2.EventBatch(), metadata=(("authorization", "Bearer nope"),))),
-            await status_of(running.ingest.Publish(
-                ingest_pb2.EventBatch(), metadata=(("authorization", TOKEN),))),  # no scheme
+            await status_of(
+                running.ingest.Publish(ingest_pb2.EventBatch(), metadata=(("authorization", "Bearer nope"),))
+            ),
+            await status_of(
+                running.ingest.Publish(ingest_pb2.EventBatch(), metadata=(("authorization", TOKEN),))
+            ),  # no scheme
         ]
         stream_error = await status_of(
-            _drain(running.ingest.PublishStream(iter(numbered_batches(1)), metadata=(("authorization", "x"),))))
+            _drain(running.ingest.PublishStream(iter(numbered_batches(1)), metadata=(("authorization", "x"),)))
+        )
         assert ingestor.calls == []
 
         await running.login.OnMessage(account_pb2.UserLoggedIn(id="e1", user_id="u"), metadata=good)
@@ -445,22 +570,28 @@ async def _drain(call: grpc.aio.StreamStreamCall) -> list[ingest_pb2.PublishResu
 
 # --- health, reflection, metrics -----------------------------------------------------------------
 
+
 async def test_health_reports_every_ingest_service() -> None:
     async with serving(ScriptedIngestor()) as running:
         health = health_pb2_grpc.HealthStub(running.channel)
         assert set(running.health.service_names) == {"", *INGEST_SERVICE_NAMES}
         await running.health.set_ready(True)
-        serving_now = [(await health.Check(health_pb2.HealthCheckRequest(service=name))).status
-                       for name in ("", *INGEST_SERVICE_NAMES)]
+        serving_now = [
+            (await health.Check(health_pb2.HealthCheckRequest(service=name))).status
+            for name in ("", *INGEST_SERVICE_NAMES)
+        ]
         await running.health.set_ready(False)
-        not_serving = [(await health.Check(health_pb2.HealthCheckRequest(service=name))).status
-                       for name in ("", *INGEST_SERVICE_NAMES)]
+        not_serving = [
+            (await health.Check(health_pb2.HealthCheckRequest(service=name))).status
+            for name in ("", *INGEST_SERVICE_NAMES)
+        ]
     assert serving_now == [health_pb2.HealthCheckResponse.SERVING] * 4
     assert not_serving == [health_pb2.HealthCheckResponse.NOT_SERVING] * 4
 
 
-async def _reflect(channel: grpc.aio.Channel, request: reflection_pb2.ServerReflectionRequest
-                   ) -> reflection_pb2.ServerReflectionResponse:
+async def _reflect(
+    channel: grpc.aio.Channel, request: reflection_pb2.ServerReflectionRequest
+) -> reflection_pb2.ServerReflectionResponse:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     [response] = [r async for r in stub.ServerReflectionInfo(iter([request]))]
     return response
@@ -469,8 +600,9 @@ async def _reflect(channel: grpc.aio.Channel, request: reflection_pb2.ServerRefl
 async def test_reflection_lists_and_describes_the_ingest_services() -> None:
     async with serving(ScriptedIngestor(), grpc_token=TOKEN) as running:  # reflection stays open
         listed = await _reflect(running.channel, reflection_pb2.ServerReflectionRequest(list_services=""))
-        described = await _reflect(running.channel, reflection_pb2.ServerReflectionRequest(
-            file_containing_symbol=EVENT_INGEST_SERVICE_NAME))
+        described = await _reflect(
+            running.channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=EVENT_INGEST_SERVICE_NAME)
+        )
     names = {service.name for service in listed.list_services_response.service}
     assert set(INGEST_SERVICE_NAMES) <= names
     assert {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
@@ -496,33 +628,56 @@ def _observations(method: str) -> float:
 async def test_metrics_count_calls_by_method_and_final_code() -> None:
     publish = f"{EVENT_INGEST_SERVICE_NAME}/Publish"
     stream = f"{EVENT_INGEST_SERVICE_NAME}/PublishStream"
-    before = {key: _requests(*key) for key in [(publish, "OK"), (publish, "UNAUTHENTICATED"),
-                                                (publish, "INVALID_ARGUMENT"), (stream, "OK")]}
+    before = {
+        key: _requests(*key)
+        for key in [(publish, "OK"), (publish, "UNAUTHENTICATED"), (publish, "INVALID_ARGUMENT"), (stream, "OK")]
+    }
     observed_before = _observations(publish)
     async with serving(ScriptedIngestor(), grpc_token=TOKEN, ingest_max_batch=1) as running:
         good = (("authorization", f"Bearer {TOKEN}"),)
         await running.ingest.Publish(ingest_pb2.EventBatch(events=[login_event("a")]), metadata=good)
         await status_of(running.ingest.Publish(ingest_pb2.EventBatch()))
-        await status_of(running.ingest.Publish(
-            ingest_pb2.EventBatch(events=[login_event("a"), login_event("b")]), metadata=good))
+        await status_of(
+            running.ingest.Publish(ingest_pb2.EventBatch(events=[login_event("a"), login_event("b")]), metadata=good)
+        )
         await _drain(running.ingest.PublishStream(iter(numbered_batches(1)), metadata=good))
     assert {key: _requests(*key) - count for key, count in before.items()} == {
-        (publish, "OK"): 1, (publish, "UNAUTHENTICATED"): 1, (publish, "INVALID_ARGUMENT"): 1, (stream, "OK"): 1}
+        (publish, "OK"): 1,
+        (publish, "UNAUTHENTICATED"): 1,
+        (publish, "INVALID_ARGUMENT"): 1,
+        (stream, "OK"): 1,
+    }
     assert _observations(publish) - observed_before == 3
     assert math.isclose(_requests("grpc.health.v1.Health/Check", "OK"), 0.0)  # health is not an ingest method
 
 
 # --- generated modules ---------------------------------------------------------------------------
 
+
 def test_generate_script_reproduces_the_checked_in_modules(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(REPO_ROOT / "service/proto/generate.py"), "--out", str(tmp_path)],
-                   check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "service/proto/generate.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     expected = generate.generated_files()
     assert {path.name for path in expected} == {
-        "account_pb2.py", "account_pb2.pyi", "account_pb2_grpc.py", "statistic_pb2.py", "statistic_pb2.pyi",
-        "statistic_pb2_grpc.py", "ingest_pb2.py", "ingest_pb2.pyi", "ingest_pb2_grpc.py"}
-    checked_in = {path.relative_to(generate.PROTO_ROOT) for suffix in generate.GENERATED_SUFFIXES
-                  for path in generate.PROTO_ROOT.rglob(f"*{suffix}")}
+        "account_pb2.py",
+        "account_pb2.pyi",
+        "account_pb2_grpc.py",
+        "statistic_pb2.py",
+        "statistic_pb2.pyi",
+        "statistic_pb2_grpc.py",
+        "ingest_pb2.py",
+        "ingest_pb2.pyi",
+        "ingest_pb2_grpc.py",
+    }
+    checked_in = {
+        path.relative_to(generate.PROTO_ROOT)
+        for suffix in generate.GENERATED_SUFFIXES
+        for path in generate.PROTO_ROOT.rglob(f"*{suffix}")
+    }
     assert checked_in == set(expected)
     for relative in expected:
         assert filecmp.cmp(tmp_path / relative, generate.PROTO_ROOT / relative, shallow=False), relative

@@ -21,8 +21,9 @@ import pytest
 import uvicorn
 from prometheus_client import REGISTRY
 
-from service.transport.auth import AuthConfig, Authenticator, mint_token
+from service.config.resources import example_catalog_path
 from service.domain.catalog import Catalog, load_catalog
+from service.transport.auth import AuthConfig, Authenticator, mint_token
 from service.transport.errors import ApiError
 from service.transport.health import Readiness
 from service.transport.http_api import create_http_app, player_routes
@@ -35,7 +36,6 @@ from service.usecases.players import (
     SelectResult,
     SetActiveResult,
 )
-from service.config.resources import example_catalog_path
 
 BASE = "/challenge"
 MAX_BODY = 512
@@ -73,13 +73,15 @@ class RecordingPlayers:
         self.calls.append(("set_active", (user_id, challenge_id, goal_id, is_active)))
         return SetActiveResult(challenge_id, goal_id, is_active, NOW)
 
-    async def batch_select(self, user_id: str, challenge_id: str, goal_ids: Sequence[str],
-                           replace_existing: bool) -> SelectResult:
+    async def batch_select(
+        self, user_id: str, challenge_id: str, goal_ids: Sequence[str], replace_existing: bool
+    ) -> SelectResult:
         self.calls.append(("batch_select", (user_id, challenge_id, tuple(goal_ids), replace_existing)))
         return SelectResult(challenge_id, (), 0, (), NOW)
 
-    async def random_select(self, user_id: str, challenge_id: str, count: int, replace_existing: bool,
-                            exclude_active: bool) -> SelectResult:
+    async def random_select(
+        self, user_id: str, challenge_id: str, count: int, replace_existing: bool, exclude_active: bool
+    ) -> SelectResult:
         self.calls.append(("random_select", (user_id, challenge_id, count, replace_existing, exclude_active)))
         return SelectResult(challenge_id, (), 0, (), NOW)
 
@@ -103,8 +105,13 @@ def stub_readiness() -> Readiness:
     async def schema_version() -> int:
         return 1
 
-    return Readiness(ping_database=ping, read_schema_version=schema_version, expected_schema_version=1,
-                     ping_redis=None, redis_required=False)
+    return Readiness(
+        ping_database=ping,
+        read_schema_version=schema_version,
+        expected_schema_version=1,
+        ping_redis=None,
+        redis_required=False,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -134,8 +141,9 @@ class Api:
         self.session, self.url, self.players = session, url, players
         self.token = mint_token(SECRET, "player-1")
 
-    async def call(self, method: str, path: str, *, auth: bool = True, raw_path: bool = False,
-                   **kwargs: Any) -> tuple[int, Any, Any]:
+    async def call(
+        self, method: str, path: str, *, auth: bool = True, raw_path: bool = False, **kwargs: Any
+    ) -> tuple[int, Any, Any]:
         headers = dict(kwargs.pop("headers", {}))
         if auth:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -173,18 +181,32 @@ async def test_each_route_reaches_its_use_case_with_parsed_arguments(api: Api) -
     cases = [
         ("GET", "/v1/challenges", {}, ("list_challenges", ("player-1", False))),
         ("GET", "/v1/challenges/season-1", {}, ("get_challenge", ("player-1", "season-1", False))),
-        ("GET", "/v1/challenges/season-1?active_only=TRUE", {},
-         ("get_challenge", ("player-1", "season-1", True))),
+        ("GET", "/v1/challenges/season-1?active_only=TRUE", {}, ("get_challenge", ("player-1", "season-1", True))),
         ("POST", "/v1/challenges/initialize", {"data": b"not json at all"}, ("initialize", ("player-1",))),
-        ("PUT", "/v1/challenges/season-1/goals/s1-welcome/active", {"json": {"isActive": True}},
-         ("set_active", ("player-1", "season-1", "s1-welcome", True))),
-        ("POST", "/v1/challenges/season-1/goals/batch-select",
-         {"json": {"goalIds": ["a", "b", "a"], "replace_existing": True, "unknown": [1]}},
-         ("batch_select", ("player-1", "season-1", ("a", "b", "a"), True))),
-        ("POST", "/v1/challenges/season-1/goals/random-select", {"json": {"count": 2, "excludeActive": True}},
-         ("random_select", ("player-1", "season-1", 2, False, True))),
-        ("POST", "/v1/challenges/season-1/goals/s1-welcome/claim", {"data": b"[ignored"},
-         ("claim", ("player-1", "season-1", "s1-welcome"))),
+        (
+            "PUT",
+            "/v1/challenges/season-1/goals/s1-welcome/active",
+            {"json": {"isActive": True}},
+            ("set_active", ("player-1", "season-1", "s1-welcome", True)),
+        ),
+        (
+            "POST",
+            "/v1/challenges/season-1/goals/batch-select",
+            {"json": {"goalIds": ["a", "b", "a"], "replace_existing": True, "unknown": [1]}},
+            ("batch_select", ("player-1", "season-1", ("a", "b", "a"), True)),
+        ),
+        (
+            "POST",
+            "/v1/challenges/season-1/goals/random-select",
+            {"json": {"count": 2, "excludeActive": True}},
+            ("random_select", ("player-1", "season-1", 2, False, True)),
+        ),
+        (
+            "POST",
+            "/v1/challenges/season-1/goals/s1-welcome/claim",
+            {"data": b"[ignored"},
+            ("claim", ("player-1", "season-1", "s1-welcome")),
+        ),
         ("GET", "/v1/challenges/season-1/rotation", {}, ("rotation_status", ("season-1",))),
     ]
     for method, path, kwargs, expected_call in cases:
@@ -197,8 +219,15 @@ async def test_each_route_reaches_its_use_case_with_parsed_arguments(api: Api) -
 
 async def test_active_only_values(api: Api) -> None:
     """L4: true/1/false/0/empty/absent (any case) are accepted; anything else is 400."""
-    for value, expected in (("true", True), ("1", True), ("True", True), ("false", False), ("0", False),
-                            ("FALSE", False), ("", False)):
+    for value, expected in (
+        ("true", True),
+        ("1", True),
+        ("True", True),
+        ("false", False),
+        ("0", False),
+        ("FALSE", False),
+        ("", False),
+    ):
         api.players.calls.clear()
         status, _, _ = await api.call("GET", f"/v1/challenges?active_only={value}")
         assert status == 200
@@ -212,8 +241,13 @@ async def test_active_only_values(api: Api) -> None:
 
 async def test_unknown_routes_and_methods(api: Api) -> None:
     """A4: 404 ROUTE_NOT_FOUND, 405 with Allow; checked before authentication."""
-    for path in ("/challenge/v2/challenges", "/v1/challenges", "/challenge/v1/challenges/c/goals",
-                 "/challenge/v1/challenges/c/goals/g/unknown", "/challenge"):
+    for path in (
+        "/challenge/v2/challenges",
+        "/v1/challenges",
+        "/challenge/v1/challenges/c/goals",
+        "/challenge/v1/challenges/c/goals/g/unknown",
+        "/challenge",
+    ):
         status, body, _ = await api.call("GET", path, auth=False, raw_path=True)
         assert status == 404 and _error(body)[0] == "ROUTE_NOT_FOUND", path
     status, body, headers = await api.call("DELETE", "/v1/challenges/season-1", auth=False)
@@ -261,16 +295,22 @@ async def test_authentication_comes_before_validation(api: Api) -> None:
         status, body, headers = await api.call(method, path, auth=False, **kwargs)
         assert (status, _error(body)) == (401, ("UNAUTHORIZED", "missing or malformed Authorization header"))
         assert headers["Content-Type"] == "application/json; charset=utf-8"
-    status, body, _ = await api.call("GET", "/v1/challenges", auth=False,
-                                     headers={"Authorization": "Bearer " + mint_token(b"x" * 32, "p")})
+    status, body, _ = await api.call(
+        "GET", "/v1/challenges", auth=False, headers={"Authorization": "Bearer " + mint_token(b"x" * 32, "p")}
+    )
     assert status == 401 and _error(body)[1].startswith("invalid token: ")
 
 
 async def test_openapi_needs_no_authentication_and_lists_every_route(api: Api, catalog: Catalog) -> None:
     status, document, _ = await api.call("GET", "/openapi.json", auth=False)
     assert status == 200 and document["openapi"].startswith("3.1")
-    routes = player_routes(RecordingPlayers(catalog), Authenticator(AuthConfig(mode="none")),  # type: ignore[arg-type]
-                           catalog, BASE, MAX_BODY)
+    routes = player_routes(
+        RecordingPlayers(catalog),
+        Authenticator(AuthConfig(mode="none")),  # type: ignore[arg-type]
+        catalog,
+        BASE,
+        MAX_BODY,
+    )
     for route in routes:
         template = route.path.removeprefix(BASE).replace(":segment", "")
         if template == "/openapi.json":
@@ -313,12 +353,18 @@ async def test_batch_select_body(api: Api) -> None:
     for body in ({}, {"goal_ids": []}, {"goalIds": []}, {"replace_existing": True}):
         status, response, _ = await api.call("POST", path, json=body)
         assert (status, _error(response)) == (400, ("INVALID_REQUEST", "goal_ids cannot be empty")), body
-    for body in ({"goal_ids": [1]}, {"goal_ids": ["a", None]}, {"goal_ids": "a"},
-                 {"goal_ids": ["a"], "replace_existing": "yes"}):
+    for body in (
+        {"goal_ids": [1]},
+        {"goal_ids": ["a", None]},
+        {"goal_ids": "a"},
+        {"goal_ids": ["a"], "replace_existing": "yes"},
+    ):
         status, response, _ = await api.call("POST", path, json=body)
         assert (status, _error(response)[0]) == (400, "INVALID_REQUEST"), body
-    for body in ({"goal_ids": ["a"], "goalIds": ["b"]},
-                 {"goal_ids": ["a"], "replace_existing": True, "replaceExisting": False}):
+    for body in (
+        {"goal_ids": ["a"], "goalIds": ["b"]},
+        {"goal_ids": ["a"], "replace_existing": True, "replaceExisting": False},
+    ):
         status, response, _ = await api.call("POST", path, json=body)
         assert (status, _error(response)[0]) == (400, "INVALID_REQUEST"), body
         assert "conflicting" in response["message"]
@@ -360,8 +406,9 @@ async def test_body_size_limit(api: Api) -> None:
     assert (status, _error(body)[0]) == (413, "PAYLOAD_TOO_LARGE")
     status, body, _ = await api.call("POST", "/v1/challenges/initialize", data=b" " * (MAX_BODY + 1))
     assert (status, _error(body)[0]) == (413, "PAYLOAD_TOO_LARGE")
-    status, _, _ = await api.call("POST", "/v1/challenges/c/goals/batch-select",
-                                  json={"goal_ids": ["x" * (MAX_BODY - 40)]})
+    status, _, _ = await api.call(
+        "POST", "/v1/challenges/c/goals/batch-select", json={"goal_ids": ["x" * (MAX_BODY - 40)]}
+    )
     assert status == 200
 
 
@@ -402,18 +449,30 @@ def _duration_count(route: str, method: str) -> float:
 
 async def test_metrics_use_route_templates(api: Api) -> None:
     template = "/challenge/v1/challenges/{challenge_id}"
-    before = (_requests_total(template, "GET", "200"), _requests_total(template, "GET", "404"),
-              _requests_total("unmatched", "GET", "404"), _duration_count(template, "GET"),
-              _requests_total(template, "other", "405"))
+    before = (
+        _requests_total(template, "GET", "200"),
+        _requests_total(template, "GET", "404"),
+        _requests_total("unmatched", "GET", "404"),
+        _duration_count(template, "GET"),
+        _requests_total(template, "other", "405"),
+    )
     await api.call("GET", "/v1/challenges/season-1")
     await api.call("GET", "/v1/challenges/daily-grind")
     await api.call("GET", "/v1/challenges/unknown")
     await api.call("GET", "/elsewhere/x", raw_path=True)
     await api.call("PROPFIND", "/v1/challenges/season-1")
-    after = (_requests_total(template, "GET", "200"), _requests_total(template, "GET", "404"),
-             _requests_total("unmatched", "GET", "404"), _duration_count(template, "GET"),
-             _requests_total(template, "other", "405"))
+    after = (
+        _requests_total(template, "GET", "200"),
+        _requests_total(template, "GET", "404"),
+        _requests_total("unmatched", "GET", "404"),
+        _duration_count(template, "GET"),
+        _requests_total(template, "other", "405"),
+    )
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1, 3, 1]
-    assert REGISTRY.get_sample_value("challenge_http_requests_total",
-                                     {"route": "/challenge/v1/challenges/season-1", "method": "GET",
-                                      "status": "200"}) is None
+    assert (
+        REGISTRY.get_sample_value(
+            "challenge_http_requests_total",
+            {"route": "/challenge/v1/challenges/season-1", "method": "GET", "status": "200"},
+        )
+        is None
+    )

@@ -21,16 +21,16 @@ import pytest
 import redis.asyncio as redis_asyncio
 from psycopg import sql
 
-from service.transport.auth import AuthConfig, Authenticator
-from service.storage.cache import Cache, open_redis
-from service.domain.catalog import Catalog, load_catalog
-from service.transport.http_api import create_http_app, player_routes
-from service.storage.migrations import apply_migrations
-from service.usecases.players import Players
-from service.storage.registry import load_registry
 from service.config.resources import example_catalog_path
-from service.usecases.rewards import RewardConfig, RewardGranter
+from service.domain.catalog import Catalog, load_catalog
+from service.storage.cache import Cache, open_redis
+from service.storage.migrations import apply_migrations
+from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store, open_pool
+from service.transport.auth import AuthConfig, Authenticator
+from service.transport.http_api import create_http_app, player_routes
+from service.usecases.players import Players
+from service.usecases.rewards import RewardConfig, RewardGranter
 from tests.test_http_api import serve, stub_readiness
 
 BASE = "/challenge"
@@ -42,18 +42,25 @@ FORBIDDEN_IN_BODIES = re.compile(r"Traceback|File \"|SELECT |INSERT |UPDATE |psy
 
 
 def _players(catalog: Catalog, store: Store, cache: Cache, granter: RewardGranter) -> Players:
-    return Players(catalog, store, Queries(load_registry()), cache, granter, NAMESPACE, "log", 10_000,
-                   clock=lambda: NOW)
+    return Players(
+        catalog, store, Queries(load_registry()), cache, granter, NAMESPACE, "log", 10_000, clock=lambda: NOW
+    )
 
 
 def _cache(client: redis_asyncio.Redis, prefix: str, catalog: Catalog) -> Cache:
-    return Cache(client, prefix, catalog.fingerprint, cache_ttl_s=300, synced_ttl_s=3600, journal_max=100,
-                 probe_interval_ms=60_000)
+    return Cache(
+        client,
+        prefix,
+        catalog.fingerprint,
+        cache_ttl_s=300,
+        synced_ttl_s=3600,
+        journal_max=100,
+        probe_interval_ms=60_000,
+    )
 
 
 def _app(catalog: Catalog, players: Players) -> Any:
-    routes = player_routes(players, Authenticator(AuthConfig(mode="none")), catalog, BASE, 1024,
-                           clock=lambda: NOW)
+    routes = player_routes(players, Authenticator(AuthConfig(mode="none")), catalog, BASE, 1024, clock=lambda: NOW)
     return create_http_app(stub_readiness(), BASE, catalog.fingerprint, player_routes=routes)
 
 
@@ -65,8 +72,9 @@ class Api:
         self.exercised: set[tuple[str, str]] = set()
         self.user = "e2e-user"
 
-    async def call(self, method: str, template: str, *, query: str = "", user: str | None = "",
-                   **kwargs: Any) -> tuple[int, Any, bytes, Any]:
+    async def call(
+        self, method: str, template: str, *, query: str = "", user: str | None = "", **kwargs: Any
+    ) -> tuple[int, Any, bytes, Any]:
         """`template` is a documented path with `{...}` filled by `kwargs.pop("ids")`; returns
         (status, parsed body, raw body, headers) after validating the body against the document."""
         ids: dict[str, str] = kwargs.pop("ids", {})
@@ -74,8 +82,9 @@ class Api:
         if user is not None:
             headers["X-Mock-User-Id"] = user or self.user
         path = template.format(**ids) if ids else template
-        async with self.session.request(method, f"{self.url}{BASE}{path}{query}", headers=headers,
-                                        **kwargs) as response:
+        async with self.session.request(
+            method, f"{self.url}{BASE}{path}{query}", headers=headers, **kwargs
+        ) as response:
             raw = await response.read()
             status, response_headers = response.status, response.headers
         assert response_headers["Content-Type"] == "application/json; charset=utf-8"
@@ -90,8 +99,9 @@ class Api:
         operation = self.document["paths"][template].get(method.lower())
         if operation is None:  # a method the route does not have: only the 405 error body is possible
             assert status == 405, f"{method} {template} is not documented but answered {status}"
-            operation = {"responses": {"405": next(iter(self.document["paths"][template].values()))
-                                       ["responses"]["405"]}}
+            operation = {
+                "responses": {"405": next(iter(self.document["paths"][template].values()))["responses"]["405"]}
+            }
         documented = operation["responses"].get(str(status))
         assert documented is not None, f"{method} {template} answered undocumented status {status}: {body}"
         reference = documented["content"]["application/json"]["schema"]["$ref"]
@@ -109,7 +119,8 @@ class Env:
             await conn.execute(
                 "UPDATE user_goal_progress SET status = 'completed', progress = 1000, completed_at = %(t)s,"
                 " updated_at = %(t)s WHERE user_id = %(u)s AND goal_id = %(g)s",
-                {"t": NOW - timedelta(hours=1), "u": user_id, "g": goal_id})
+                {"t": NOW - timedelta(hours=1), "u": user_id, "g": goal_id},
+            )
         await self.cache.invalidate(user_id)
 
 
@@ -121,8 +132,10 @@ async def env(pg_url: str, redis_url: str, redis_prefix: str) -> AsyncIterator[E
     client = open_redis(redis_url, max_connections=8, timeout_ms=2000)
     cache = _cache(client, f"{redis_prefix}-http", catalog)
     granter = RewardGranter(RewardConfig())
-    async with serve(_app(catalog, _players(catalog, store, cache, granter))) as url, \
-            aiohttp.ClientSession() as session:
+    async with (
+        serve(_app(catalog, _players(catalog, store, cache, granter))) as url,
+        aiohttp.ClientSession() as session,
+    ):
         async with session.get(f"{url}{BASE}/openapi.json") as response:
             assert response.status == 200
             document = await response.json()
@@ -164,19 +177,33 @@ async def test_player_journey_every_route_validates(env: Env) -> None:
     status, body, _, _ = await api.call("GET", challenge, ids={"challenge_id": "season-1"}, user=user)
     assert status == 200 and body["challengeId"] == "season-1"
 
-    status, body, _, _ = await api.call("PUT", goal + "/active", ids={"challenge_id": "season-1",
-                                        "goal_id": "s1-veteran"}, json={"isActive": True}, user=user)
+    status, body, _, _ = await api.call(
+        "PUT",
+        goal + "/active",
+        ids={"challenge_id": "season-1", "goal_id": "s1-veteran"},
+        json={"isActive": True},
+        user=user,
+    )
     assert status == 200 and body["message"] == "Goal activated successfully"
     assert body["assignedAt"] == "2030-05-15T12:00:00Z"
 
-    status, body, _, _ = await api.call("POST", challenge + "/goals/batch-select",
-                                        ids={"challenge_id": "weekly-ops"},
-                                        json={"goal_ids": ["weekly-wins"], "replaceExisting": True}, user=user)
+    status, body, _, _ = await api.call(
+        "POST",
+        challenge + "/goals/batch-select",
+        ids={"challenge_id": "weekly-ops"},
+        json={"goal_ids": ["weekly-wins"], "replaceExisting": True},
+        user=user,
+    )
     assert status == 200 and [g["goalId"] for g in body["selectedGoals"]] == ["weekly-wins"]
     assert body["replacedGoals"] == ["weekly-captures"] and body["totalActiveGoals"] == 1
 
-    status, body, _, _ = await api.call("POST", challenge + "/goals/random-select",
-                                        ids={"challenge_id": "monthly-mastery"}, json={"count": 5}, user=user)
+    status, body, _, _ = await api.call(
+        "POST",
+        challenge + "/goals/random-select",
+        ids={"challenge_id": "monthly-mastery"},
+        json={"count": 5},
+        user=user,
+    )
     assert status == 200 and body["selectedGoals"]
 
     await env.complete(user, "s1-welcome")
@@ -185,22 +212,31 @@ async def test_player_journey_every_route_validates(env: Env) -> None:
     assert status == 200 and body["status"] == "claimed" and body["claimedAt"] == "2030-05-15T12:00:00Z"
     status, body, _, _ = await api.call("POST", goal + "/claim", ids=claim_ids, user=user)
     assert (status, body["errorCode"]) == (409, "ALREADY_CLAIMED")
-    status, body, _, _ = await api.call("POST", goal + "/claim", ids={"challenge_id": "season-1",
-                                        "goal_id": "s1-regular"}, user=user)
+    status, body, _, _ = await api.call(
+        "POST", goal + "/claim", ids={"challenge_id": "season-1", "goal_id": "s1-regular"}, user=user
+    )
     assert (status, body["errorCode"]) == (400, "GOAL_NOT_COMPLETED")
 
     rotation = challenge + "/rotation"
     status, body, _, _ = await api.call("GET", rotation, ids={"challenge_id": "daily-grind"}, user=user)
     assert status == 200 and body["rotation"]["currentPeriod"] == {
-        "startTime": "2030-05-15T00:00:00Z", "endTime": "2030-05-16T00:00:00Z", "expiresInSeconds": 43_200}
+        "startTime": "2030-05-15T00:00:00Z",
+        "endTime": "2030-05-16T00:00:00Z",
+        "expiresInSeconds": 43_200,
+    }
     status, body, _, _ = await api.call("GET", rotation, ids={"challenge_id": "season-1"}, user=user)
     assert status == 200 and body["rotation"]["enabled"] is False and "currentPeriod" not in body["rotation"]
 
     for template in (challenge, challenge + "/rotation"):
         status, body, _, _ = await api.call("GET", template, ids={"challenge_id": "nope"}, user=user)
         assert (status, body["errorCode"]) == (404, "CHALLENGE_NOT_FOUND")
-    status, body, _, _ = await api.call("PUT", goal + "/active", ids={"challenge_id": "season-1",
-                                        "goal_id": "daily-login"}, json={"is_active": True}, user=user)
+    status, body, _, _ = await api.call(
+        "PUT",
+        goal + "/active",
+        ids={"challenge_id": "season-1", "goal_id": "daily-login"},
+        json={"is_active": True},
+        user=user,
+    )
     assert (status, body["message"]) == (404, "goal 'daily-login' not found in challenge 'season-1'")
 
     documented = {(path, method) for path, item in api.document["paths"].items() for method in item}
@@ -212,9 +248,13 @@ async def test_cache_and_postgresql_responses_are_byte_identical(env: Env) -> No
     emptied renders to the same bytes."""
     api, user = env.api, "parity-user"
     await api.call("POST", "/v1/challenges/initialize", user=user)
-    await api.call("PUT", "/v1/challenges/{challenge_id}/goals/{goal_id}/active",
-                   ids={"challenge_id": "daily-grind", "goal_id": "daily-takedowns"}, json={"is_active": True},
-                   user=user)
+    await api.call(
+        "PUT",
+        "/v1/challenges/{challenge_id}/goals/{goal_id}/active",
+        ids={"challenge_id": "daily-grind", "goal_id": "daily-takedowns"},
+        json={"is_active": True},
+        user=user,
+    )
     reads = (("/v1/challenges", {}), ("/v1/challenges/{challenge_id}", {"challenge_id": "daily-grind"}))
     for template, ids in reads:
         await env.cache.invalidate(user)
@@ -251,18 +291,26 @@ async def test_transport_and_validation_errors(env: Env) -> None:
     status, body, _, _ = await api.call("PUT", set_active, ids=ids, json={"is_active": True, "pad": "x" * 2000})
     assert (status, body["errorCode"]) == (413, "PAYLOAD_TOO_LARGE")
 
-    for payload, message in ((b"{not json", None), (b"[true]", None),
-                             (b'{"is_active": "yes"}', "is_active is required"),
-                             (b'{"is_active": true, "isActive": false}', None)):
+    for payload, message in (
+        (b"{not json", None),
+        (b"[true]", None),
+        (b'{"is_active": "yes"}', "is_active is required"),
+        (b'{"is_active": true, "isActive": false}', None),
+    ):
         status, body, _, _ = await api.call("PUT", set_active, ids=ids, data=payload)
         assert (status, body["errorCode"]) == (400, "INVALID_REQUEST"), payload
         if message is not None:
             assert body["message"] == message
-    status, body, _, _ = await api.call("POST", "/v1/challenges/{challenge_id}/goals/random-select",
-                                        ids={"challenge_id": "season-1"}, json={"count": 0})
+    status, body, _, _ = await api.call(
+        "POST", "/v1/challenges/{challenge_id}/goals/random-select", ids={"challenge_id": "season-1"}, json={"count": 0}
+    )
     assert (status, body["errorCode"]) == (400, "INVALID_COUNT")
-    status, body, _, _ = await api.call("POST", "/v1/challenges/{challenge_id}/goals/batch-select",
-                                        ids={"challenge_id": "season-1"}, json={"goal_ids": ["s1-welcome", 3]})
+    status, body, _, _ = await api.call(
+        "POST",
+        "/v1/challenges/{challenge_id}/goals/batch-select",
+        ids={"challenge_id": "season-1"},
+        json={"goal_ids": ["s1-welcome", 3]},
+    )
     assert (status, body["errorCode"]) == (400, "INVALID_REQUEST")
 
 
@@ -275,8 +323,9 @@ async def test_request_id_and_fingerprint_headers(env: Env) -> None:
     assert headers["X-Catalog-Fingerprint"] == env.catalog.fingerprint
 
 
-async def test_database_outage_bodies_carry_no_internals(pg_admin_url: str, fresh_db: str, redis_url: str,
-                                                         redis_prefix: str) -> None:
+async def test_database_outage_bodies_carry_no_internals(
+    pg_admin_url: str, fresh_db: str, redis_url: str, redis_prefix: str
+) -> None:
     """A5: PostgreSQL disappears under a running service (its database is dropped); every route answers a
     JSON error with no traceback, SQL, driver text or the password from the connection string."""
     apply_migrations(fresh_db)
@@ -287,8 +336,10 @@ async def test_database_outage_bodies_carry_no_internals(pg_admin_url: str, fres
     granter = RewardGranter(RewardConfig())
     cache = _cache(client, f"{redis_prefix}-outage", catalog)
     try:
-        async with serve(_app(catalog, _players(catalog, store, cache, granter))) as url, \
-                aiohttp.ClientSession() as session:
+        async with (
+            serve(_app(catalog, _players(catalog, store, cache, granter))) as url,
+            aiohttp.ClientSession() as session,
+        ):
             async with session.get(f"{url}{BASE}/openapi.json") as response:
                 api = Api(session, url, await response.json())
             await api.call("POST", "/v1/challenges/initialize")
@@ -298,15 +349,25 @@ async def test_database_outage_bodies_carry_no_internals(pg_admin_url: str, fres
             for method, template, ids, payload in (
                 ("GET", "/v1/challenges", {}, None),
                 ("POST", "/v1/challenges/initialize", {}, None),
-                ("PUT", "/v1/challenges/{challenge_id}/goals/{goal_id}/active",
-                 {"challenge_id": "season-1", "goal_id": "s1-veteran"}, {"is_active": True}),
-                ("POST", "/v1/challenges/{challenge_id}/goals/{goal_id}/claim",
-                 {"challenge_id": "season-1", "goal_id": "s1-welcome"}, None),
+                (
+                    "PUT",
+                    "/v1/challenges/{challenge_id}/goals/{goal_id}/active",
+                    {"challenge_id": "season-1", "goal_id": "s1-veteran"},
+                    {"is_active": True},
+                ),
+                (
+                    "POST",
+                    "/v1/challenges/{challenge_id}/goals/{goal_id}/claim",
+                    {"challenge_id": "season-1", "goal_id": "s1-welcome"},
+                    None,
+                ),
             ):
                 # A user the cache has never seen, so no fast path can answer without PostgreSQL.
                 status, body, _, headers = await api.call(method, template, ids=ids, json=payload, user="new-user")
-                assert (status, body) == (503, {"errorCode": "DEPENDENCY_UNAVAILABLE",
-                                                "message": "Database error occurred"}), template
+                assert (status, body) == (
+                    503,
+                    {"errorCode": "DEPENDENCY_UNAVAILABLE", "message": "Database error occurred"},
+                ), template
                 assert headers["Retry-After"] == "1"
     finally:
         await granter.close()

@@ -25,11 +25,19 @@ SEED_FINGERPRINT = get_profile("seed-m3").catalog().fingerprint
 
 
 def cli_env(api: FakePlayerApi | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({"PYTHONPATH": str(REPO_ROOT), "XDG_CONFIG_HOME": tempfile.mkdtemp(prefix="challengectl-cfg-"),
-                "XDG_DATA_HOME": tempfile.mkdtemp(prefix="challengectl-data-"),
-                "CHALLENGE_API_URL": api.api_url if api else f"http://127.0.0.1:{free_port()}/challenge",
-                "CHALLENGE_ADMIN_URL": f"http://127.0.0.1:{free_port()}", "REDIS_URL": "disabled"})
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env.update(
+        {
+            "PYTHONPATH": str(REPO_ROOT),
+            "XDG_CONFIG_HOME": tempfile.mkdtemp(prefix="challengectl-cfg-"),
+            "XDG_DATA_HOME": tempfile.mkdtemp(prefix="challengectl-data-"),
+            "CHALLENGE_API_URL": api.api_url if api else f"http://127.0.0.1:{free_port()}/challenge",
+            "CHALLENGE_ADMIN_URL": f"http://127.0.0.1:{free_port()}",
+            "REDIS_URL": "disabled",
+        }
+    )
     env.update(extra)
     return env
 
@@ -46,6 +54,7 @@ def loadtest(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
             monkeypatch.setenv(name, value)
         code, out, err = run_cli(["loadtest", *args], capsys)
         return subprocess.CompletedProcess(args, code, out, err)
+
     return invoke
 
 
@@ -64,12 +73,16 @@ def test_write_catalog_and_dry_run(tmp_path: Path, loadtest) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["catalog_fingerprint"] == SEED_FINGERPRINT
     assert (tmp_path / "seed.json").exists()
-    done = loadtest(["run", "--profile", "seed-m3", "--dry-run", "--phase", "init=10s@50", "--duration", "20s",
-                     "-o", "json"], cli_env(None))
+    done = loadtest(
+        ["run", "--profile", "seed-m3", "--dry-run", "--phase", "init=10s@50", "--duration", "20s", "-o", "json"],
+        cli_env(None),
+    )
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)["items"]
-    assert [(r["phase"], r["api_operations"], r["events"]) for r in rows] == [("init", 500, 0),
-                                                                           ("gameplay", 6000, 10000)]
+    assert [(r["phase"], r["api_operations"], r["events"]) for r in rows] == [
+        ("init", 500, 0),
+        ("gameplay", 6000, 10000),
+    ]
 
 
 def test_catalog_mismatch_exits_2_with_the_write_catalog_hint(loadtest) -> None:
@@ -106,13 +119,30 @@ def test_missing_secret_exits_4(api: FakePlayerApi, loadtest) -> None:
 
 
 def test_failing_threshold_exits_99_and_writes_both_reports(tmp_path: Path, api: FakePlayerApi, loadtest) -> None:
-    done = loadtest(["run", *INIT_ONLY, "--phase", "init=2s@20", "--no-default-thresholds",
-                     "--threshold", "initialize_new:p95<1ms", "--threshold", "*:success>=100%",
-                     "--out", "run.json", "-o", "json"], cli_env(api))
+    done = loadtest(
+        [
+            "run",
+            *INIT_ONLY,
+            "--phase",
+            "init=2s@20",
+            "--no-default-thresholds",
+            "--threshold",
+            "initialize_new:p95<1ms",
+            "--threshold",
+            "*:success>=100%",
+            "--out",
+            "run.json",
+            "-o",
+            "json",
+        ],
+        cli_env(api),
+    )
     assert done.returncode == 99, done.stderr
     summary = json.loads(done.stdout)
-    assert [(t["expr"], t["pass"]) for t in summary["thresholds"]] == [("initialize_new:p95<1ms", False),
-                                                                       ("*:success>=100%", True)]
+    assert [(t["expr"], t["pass"]) for t in summary["thresholds"]] == [
+        ("initialize_new:p95<1ms", False),
+        ("*:success>=100%", True),
+    ]
     report = json.loads((tmp_path / "run.json").read_text())
     assert report["verdict"] == "fail" and report["overall"]["endpoints"]["initialize_new"]["count"] == 40
     assert (tmp_path / "run.md").read_text().startswith("# seed-m3 load test")
@@ -122,8 +152,9 @@ def test_failing_threshold_exits_99_and_writes_both_reports(tmp_path: Path, api:
 def test_a_stalled_service_shows_in_the_report_as_latency(tmp_path: Path, loadtest) -> None:
     stalling = FakePlayerApi(fingerprint=SEED_FINGERPRINT, stall_after_s=1.0).start()
     try:
-        done = loadtest(["run", *INIT_ONLY, "--phase", "init=4s@50", "--out", "stall.json", "-o", "json"],
-                        cli_env(stalling))
+        done = loadtest(
+            ["run", *INIT_ONLY, "--phase", "init=4s@50", "--out", "stall.json", "-o", "json"], cli_env(stalling)
+        )
     finally:
         stalling.stop()
     assert done.returncode == 99, done.stderr  # initialize_new:p95<50ms fails
@@ -137,9 +168,25 @@ def test_a_stalled_service_shows_in_the_report_as_latency(tmp_path: Path, loadte
 
 
 def test_interrupted_run_still_writes_its_reports_and_exits_130(tmp_path: Path, api: FakePlayerApi) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "challengectl", "loadtest", "run", *INIT_ONLY,
-                                "--phase", "init=30s@20", "--out", "cut.json"], env=cli_env(api), cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "challengectl",
+            "loadtest",
+            "run",
+            *INIT_ONLY,
+            "--phase",
+            "init=30s@20",
+            "--out",
+            "cut.json",
+        ],
+        env=cli_env(api),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while api.initialize_calls < 20 and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -62,8 +62,10 @@ class FakePlayerApi:
         if self.stall_after_s is not None and self.stalled_at is None and now - self._first >= self.stall_after_s:
             self.stalled_at = now
             time.sleep(self.stall_s)  # blocks this server's loop: every request waits, as with a frozen service
-        return web.Response(body=json.dumps({"assignedGoals": [], "newAssignments": 10, "totalActive": 10}).encode(),
-                            content_type="application/json")
+        return web.Response(
+            body=json.dumps({"assignedGoals": [], "newAssignments": 10, "totalActive": 10}).encode(),
+            content_type="application/json",
+        )
 
     def start(self) -> FakePlayerApi:
         ready = threading.Event()
@@ -102,8 +104,9 @@ def init_only(duration_s: float, rate: float) -> tuple[PhasePlan, ...]:
 
 async def test_a_stall_shows_up_as_latency_not_as_lower_throughput(fake_api: FakePlayerApi) -> None:
     rate, duration = 100.0, 5.0
-    config = GeneratorConfig(api_url=fake_api.api_url, grpc_addr="127.0.0.1:1", phases=init_only(duration, rate),
-                             users=1000, auth="none")
+    config = GeneratorConfig(
+        api_url=fake_api.api_url, grpc_addr="127.0.0.1:1", phases=init_only(duration, rate), users=1000, auth="none"
+    )
     result = await run_generator(config, procs=1)
     stats = result.stats[("init", "initialize_new")]
     assert stats.count == stats.ok == fake_api.initialize_calls == int(rate * duration)
@@ -119,8 +122,14 @@ async def test_a_stall_shows_up_as_latency_not_as_lower_throughput(fake_api: Fak
 
 
 async def test_the_inflight_cap_drops_and_counts_operations(fake_api: FakePlayerApi) -> None:
-    config = GeneratorConfig(api_url=fake_api.api_url, grpc_addr="127.0.0.1:1", phases=init_only(4.0, 100.0),
-                             users=1000, auth="none", max_inflight=5)
+    config = GeneratorConfig(
+        api_url=fake_api.api_url,
+        grpc_addr="127.0.0.1:1",
+        phases=init_only(4.0, 100.0),
+        users=1000,
+        auth="none",
+        max_inflight=5,
+    )
     result = await run_generator(config, procs=1)
     stats = result.stats[("init", "initialize_new")]
     assert stats.count == 400

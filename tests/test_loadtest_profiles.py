@@ -24,8 +24,13 @@ from challengectl.loadtest.schedule import (
 )
 from service.domain.catalog import load_catalog
 
-CYCLE = [("login_count", "login", 1), ("enemy_kills", "statistic", 10), ("games_played", "statistic", 2),
-         ("headshots", "statistic", 5), ("wins", "statistic", 1)]
+CYCLE = [
+    ("login_count", "login", 1),
+    ("enemy_kills", "statistic", 10),
+    ("games_played", "statistic", 2),
+    ("headshots", "statistic", 5),
+    ("wins", "statistic", 1),
+]
 
 
 @pytest.mark.parametrize("name", ["seed-m3", "all-active-500"])
@@ -56,15 +61,22 @@ def test_catalog_matches_the_profile_definition(name: str, tmp_path: Path) -> No
 def test_profiles_phases_targets_and_mix() -> None:
     seed = PROFILES["seed-m3"]
     assert [(p.name, p.duration_s, p.rate, p.event_rate) for p in seed.phases] == [
-        ("init", 60.0, 600.0, 0.0), ("gameplay", 1800.0, 300.0, 500.0)]
+        ("init", 60.0, 600.0, 0.0),
+        ("gameplay", 1800.0, 300.0, 500.0),
+    ]
     assert [(p.name, p.duration_s, p.rate) for p in PROFILES["all-active-500"].phases][0] == ("init", 600.0, 300.0)
     assert TARGET_P95_MS["initialize_new"] == 50 and TARGET_P95_MS["initialize_returning"] == 10
     assert TARGET_P95_MS["challenges"] == 200 and TARGET_P95_MS["set_active"] == 100
     assert TARGET_P95_MS["claim"] == 200 and TARGET_P95_MS["event"] == 500
     bounds = [bound for _, bound in GAMEPLAY_API_MIX]
-    shares = [round(b - a, 2) for a, b in zip([0.0] + bounds, bounds)]
-    assert dict(zip([name for name, _ in GAMEPLAY_API_MIX], shares)) == {
-        "initialize": 0.10, "set_active": 0.15, "claim": 0.05, "challenges": 0.35, "challenges_active": 0.35}
+    shares = [round(b - a, 2) for a, b in zip([0.0] + bounds, bounds, strict=False)]
+    assert dict(zip([name for name, _ in GAMEPLAY_API_MIX], shares, strict=False)) == {
+        "initialize": 0.10,
+        "set_active": 0.15,
+        "claim": 0.05,
+        "challenges": 0.35,
+        "challenges_active": 0.35,
+    }
     with pytest.raises(KeyError, match="unknown profile"):
         get_profile("nope")
 
@@ -83,11 +95,14 @@ def test_durations_and_phase_overrides() -> None:
 
 def test_build_phases_scale_overrides_and_warmup() -> None:
     profile = get_profile("seed-m3")
-    plans = build_phases(profile, duration_s=40, overrides=[parse_phase_override("init=20s@200")], scale=0.5,
-                         warmup_s=10)
+    plans = build_phases(
+        profile, duration_s=40, overrides=[parse_phase_override("init=20s@200")], scale=0.5, warmup_s=10
+    )
     assert [(p.name, p.kind, p.offset_s, p.duration_s, p.rate, p.event_rate) for p in plans] == [
-        ("warmup", "init", 0.0, 10, 100.0, 0.0), ("init", "init", 10.0, 20.0, 100.0, 0.0),
-        ("gameplay", "gameplay", 30.0, 40, 150.0, 250.0)]
+        ("warmup", "init", 0.0, 10, 100.0, 0.0),
+        ("init", "init", 10.0, 20.0, 100.0, 0.0),
+        ("gameplay", "gameplay", 30.0, 40, 150.0, 250.0),
+    ]
     warmup = plans[0]
     # Linear ramp 10 → 100 RPS over 10 s: (10 + 100) / 2 × 10 = 550 operations.
     assert warmup.api.count == 550 and plans[1].init_index_base == 550

@@ -45,48 +45,93 @@ ENDPOINT_SCHEMA = {
     "type": "object",
     "required": ["count", "ok", "success_pct", "failures", "latency_ms", "service_time_ms", "target_p95_ms", "pass"],
     "properties": {
-        "count": {"type": "integer", "minimum": 0}, "ok": {"type": "integer", "minimum": 0},
+        "count": {"type": "integer", "minimum": 0},
+        "ok": {"type": "integer", "minimum": 0},
         "success_pct": {"type": "number", "minimum": 0, "maximum": 100},
         "failures": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "latency_ms": {"type": "object", "required": ["p50", "p90", "p95", "p99", "avg", "min", "max"],
-                       "additionalProperties": {"type": "number", "minimum": 0}},
+        "latency_ms": {
+            "type": "object",
+            "required": ["p50", "p90", "p95", "p99", "avg", "min", "max"],
+            "additionalProperties": {"type": "number", "minimum": 0},
+        },
         "service_time_ms": {"type": "object", "required": ["p95"]},
-        "target_p95_ms": {"type": ["number", "null"]}, "pass": {"type": ["boolean", "null"]},
+        "target_p95_ms": {"type": ["number", "null"]},
+        "pass": {"type": ["boolean", "null"]},
     },
 }
 REPORT_SCHEMA_1_0 = {
     "type": "object",
-    "required": ["schema_version", "tool", "run", "target", "environment", "phases", "overall", "generator",
-                 "resources", "database", "thresholds", "verdict"],
+    "required": [
+        "schema_version",
+        "tool",
+        "run",
+        "target",
+        "environment",
+        "phases",
+        "overall",
+        "generator",
+        "resources",
+        "database",
+        "thresholds",
+        "verdict",
+    ],
     "properties": {
         "schema_version": {"const": "1.0"},
         "tool": {"type": "object", "required": ["name", "version", "git_sha"]},
-        "run": {"type": "object", "required": ["id", "label", "notes", "profile", "started_at", "finished_at",
-                                               "interrupted", "options"],
-                "properties": {"interrupted": {"type": "boolean"},
-                               "options": {"type": "object", "required": ["scale", "users", "event_rpc", "seed",
-                                                                          "phases"]}}},
-        "target": {"type": "object", "required": ["api_url", "grpc_addr", "service_version", "catalog_fingerprint",
-                                                  "ack_mode", "settings"]},
+        "run": {
+            "type": "object",
+            "required": ["id", "label", "notes", "profile", "started_at", "finished_at", "interrupted", "options"],
+            "properties": {
+                "interrupted": {"type": "boolean"},
+                "options": {"type": "object", "required": ["scale", "users", "event_rpc", "seed", "phases"]},
+            },
+        },
+        "target": {
+            "type": "object",
+            "required": ["api_url", "grpc_addr", "service_version", "catalog_fingerprint", "ack_mode", "settings"],
+        },
         "environment": {"type": "object", "required": ["hostname", "cpus", "python", "generator_procs"]},
-        "phases": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["name", "duration_s", "target_rate", "achieved_rate", "endpoints"],
-            "properties": {"endpoints": {"type": "object", "additionalProperties": ENDPOINT_SCHEMA}}}},
-        "overall": {"type": "object", "required": ["count", "success_pct", "endpoints"],
-                    "properties": {"endpoints": {"type": "object", "additionalProperties": ENDPOINT_SCHEMA}}},
-        "generator": {"type": "object", "required": ["lag_ms", "dropped", "cpu_pct_max", "generator_limited"],
-                      "properties": {"lag_ms": {"type": "object", "required": ["p50", "p99", "max"]}}},
-        "resources": {"type": "object", "required": ["interval_s", "series", "summary"],
-                      "properties": {"series": {"type": "array", "minItems": 1,
-                                                "items": {"type": "object", "required": ["t_s"]}}}},
+        "phases": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "duration_s", "target_rate", "achieved_rate", "endpoints"],
+                "properties": {"endpoints": {"type": "object", "additionalProperties": ENDPOINT_SCHEMA}},
+            },
+        },
+        "overall": {
+            "type": "object",
+            "required": ["count", "success_pct", "endpoints"],
+            "properties": {"endpoints": {"type": "object", "additionalProperties": ENDPOINT_SCHEMA}},
+        },
+        "generator": {
+            "type": "object",
+            "required": ["lag_ms", "dropped", "cpu_pct_max", "generator_limited"],
+            "properties": {"lag_ms": {"type": "object", "required": ["p50", "p99", "max"]}},
+        },
+        "resources": {
+            "type": "object",
+            "required": ["interval_s", "series", "summary"],
+            "properties": {
+                "series": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["t_s"]}}
+            },
+        },
         "database": {"type": "object", "required": ["top_queries", "table_stats"]},
         "thresholds": {"type": "array", "items": {"type": "object", "required": ["expr", "observed", "pass"]}},
         "verdict": {"enum": ["pass", "fail", "invalid"]},
         "baseline": {"type": "object", "required": ["path", "run_id", "label"]},
     },
 }
-MARKDOWN_SECTIONS = ("## Executive summary", "## Detailed performance", "## Resource utilisation",
-                     "## Failure analysis", "## Summary comparison", "## Findings and recommendations", "## Appendix")
+MARKDOWN_SECTIONS = (
+    "## Executive summary",
+    "## Detailed performance",
+    "## Resource utilisation",
+    "## Failure analysis",
+    "## Summary comparison",
+    "## Findings and recommendations",
+    "## Appendix",
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +145,23 @@ def seed_service(pg_admin_url: str, redis_url: str) -> Iterator[dict[str, Any]]:
     secret.chmod(0o600)
     prefix = f"lt{uuid.uuid4().hex[:8]}"
     with new_database(pg_admin_url, "challengectl_loadtest") as database_url:
-        env = base_env(DATABASE_URL=database_url, REDIS_URL=redis_url, CHALLENGE_CATALOG_PATH=str(catalog),
-                       CHALLENGE_JWT_SECRET_FILE=str(secret), CHALLENGE_REDIS_KEY_PREFIX=prefix)
+        env = base_env(
+            DATABASE_URL=database_url,
+            REDIS_URL=redis_url,
+            CHALLENGE_CATALOG_PATH=str(catalog),
+            CHALLENGE_JWT_SECRET_FILE=str(secret),
+            CHALLENGE_REDIS_KEY_PREFIX=prefix,
+        )
         serve = ServeProcess(env).start()
         try:
             serve.wait_ready()
-            cli = {**env, "PYTHONPATH": str(REPO_ROOT), "CHALLENGE_API_URL": serve.api(BASE_PATH),
-                   "CHALLENGE_GRPC_ADDR": f"127.0.0.1:{serve.grpc_port}",
-                   "CHALLENGE_ADMIN_URL": serve.admin("")}
+            cli = {
+                **env,
+                "PYTHONPATH": str(REPO_ROOT),
+                "CHALLENGE_API_URL": serve.api(BASE_PATH),
+                "CHALLENGE_GRPC_ADDR": f"127.0.0.1:{serve.grpc_port}",
+                "CHALLENGE_ADMIN_URL": serve.admin(""),
+            }
             yield {"serve": serve, "env": cli, "workdir": workdir}
         finally:
             serve.stop()
@@ -116,15 +170,23 @@ def seed_service(pg_admin_url: str, redis_url: str) -> Iterator[dict[str, Any]]:
 def scrape(serve: ServeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(serve.admin("/metrics"), timeout=5) as response:
         text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def delta(before: dict, after: dict, name: str, **labels: str) -> float:
     """Sum over the samples of `name` whose labels include `labels`, after minus before."""
+
     def total(samples: dict) -> float:
-        return sum(value for (sample, sample_labels), value in samples.items()
-                   if sample == name and labels.items() <= dict(sample_labels).items())
+        return sum(
+            value
+            for (sample, sample_labels), value in samples.items()
+            if sample == name and labels.items() <= dict(sample_labels).items()
+        )
+
     return total(after) - total(before)
 
 
@@ -157,17 +219,49 @@ def merged_p95_seconds(report: dict[str, Any], labels: tuple[str, ...]) -> float
 
 
 def run_loadtest(service: dict[str, Any], args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "challengectl", "loadtest", *args], env=service["env"],
-                          cwd=service["workdir"], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "challengectl", "loadtest", *args],
+        env=service["env"],
+        cwd=service["workdir"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_short_seed_run_reports_agree_with_the_service_metrics(seed_service: dict[str, Any]) -> None:
     serve: ServeProcess = seed_service["serve"]
     before = scrape(serve)
-    done = run_loadtest(seed_service, [
-        "run", "--profile", "seed-m3", "--reset", "--yes", "--phase", "init=3s@40", "--duration", "4s",
-        "--scale", "1", "--phase", "gameplay=4s@60/100", "--procs", "2", "--sample-interval", "1s",
-        "--label", "first", "--notes", "short scaled run", "--out", "first.json", "-o", "json"])
+    done = run_loadtest(
+        seed_service,
+        [
+            "run",
+            "--profile",
+            "seed-m3",
+            "--reset",
+            "--yes",
+            "--phase",
+            "init=3s@40",
+            "--duration",
+            "4s",
+            "--scale",
+            "1",
+            "--phase",
+            "gameplay=4s@60/100",
+            "--procs",
+            "2",
+            "--sample-interval",
+            "1s",
+            "--label",
+            "first",
+            "--notes",
+            "short scaled run",
+            "--out",
+            "first.json",
+            "-o",
+            "json",
+        ],
+    )
     after = scrape(serve)
     assert done.returncode in (0, 99), done.stderr
     report = json.loads((seed_service["workdir"] / "first.json").read_text())
@@ -193,8 +287,9 @@ def test_short_seed_run_reports_agree_with_the_service_metrics(seed_service: dic
         # may sit one bucket above the service's own.
         p95 = merged_p95_seconds(report, labels)
         if p95 is not None and served >= MIN_REQUESTS_FOR_P95:
-            service_bucket = prometheus_p95_bucket(before, after, "challenge_http_request_duration_seconds",
-                                                   method=method, route=template)
+            service_bucket = prometheus_p95_bucket(
+                before, after, "challenge_http_request_duration_seconds", method=method, route=template
+            )
             assert abs(bucket_index(p95) - service_bucket) <= 1, (method, route, p95)
             compared_p95 += 1
     assert compared_p95 >= 2  # initialize and the challenge listing carry enough requests
@@ -213,10 +308,32 @@ def test_second_run_compares_against_the_first(seed_service: dict[str, Any]) -> 
     workdir = seed_service["workdir"]
     if not (workdir / "first.json").exists():
         pytest.skip("needs the first run")
-    done = run_loadtest(seed_service, [
-        "run", "--profile", "seed-m3", "--phase", "init=2s@40", "--duration", "3s", "--scale", "1",
-        "--phase", "gameplay=3s@60/100", "--procs", "1", "--sample-interval", "1s", "--label", "second",
-        "--baseline", "first.json", "--out", "second.json"])
+    done = run_loadtest(
+        seed_service,
+        [
+            "run",
+            "--profile",
+            "seed-m3",
+            "--phase",
+            "init=2s@40",
+            "--duration",
+            "3s",
+            "--scale",
+            "1",
+            "--phase",
+            "gameplay=3s@60/100",
+            "--procs",
+            "1",
+            "--sample-interval",
+            "1s",
+            "--label",
+            "second",
+            "--baseline",
+            "first.json",
+            "--out",
+            "second.json",
+        ],
+    )
     assert done.returncode in (0, 99), done.stderr
     assert "already has rows" in done.stderr  # no --reset: the init phase measures returning players
     second = json.loads((workdir / "second.json").read_text())
@@ -224,8 +341,9 @@ def test_second_run_compares_against_the_first(seed_service: dict[str, Any]) -> 
     assert second["baseline"]["label"] == "first"
     assert second["phases"][0]["endpoints"]["initialize_returning"]["count"] == 80
     assert (workdir / "second.md").read_text().startswith("# seed-m3 load test — second vs first\n")
-    compared = run_loadtest(seed_service, ["compare", "first.json", "second.json", "--metric", "p95,success",
-                                           "-o", "json"])
+    compared = run_loadtest(
+        seed_service, ["compare", "first.json", "second.json", "--metric", "p95,success", "-o", "json"]
+    )
     comparison = json.loads(compared.stdout)
     assert compared.returncode == (99 if comparison["regressions"] else 0), compared.stderr
     first = json.loads((workdir / "first.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from service.config.resources import migrations_dir
 from service.storage.migrations import (
     Migration,
     MigrationError,
@@ -21,7 +22,6 @@ from service.storage.migrations import (
     migration_status,
     schema_version,
 )
-from service.config.resources import migrations_dir
 
 
 def _query(url: str, statement: str, params: tuple | None = None) -> list[tuple]:
@@ -66,9 +66,7 @@ def test_no_transaction_marker_and_bad_file_names_are_detected(tmp_path: Path) -
         tmp_path,
         {
             "0001_table.sql": "CREATE TABLE IF NOT EXISTS t (x int);\n",
-            "0002_index.sql": (
-                "-- migrate: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x);\n"
-            ),
+            "0002_index.sql": ("-- migrate: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x);\n"),
         },
     )
     assert [m.no_transaction for m in discover_migrations(tmp_path)] == [False, True]
@@ -151,9 +149,7 @@ def test_waiting_instance_does_not_deadlock_a_concurrent_index_build(fresh_db: s
         tmp_path,
         {
             "0001_table.sql": "CREATE TABLE IF NOT EXISTS t (x int);\nSELECT pg_sleep(0.3);\n",
-            "0002_index.sql": (
-                "-- migrate: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_x ON t (x);\n"
-            ),
+            "0002_index.sql": ("-- migrate: no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_x ON t (x);\n"),
         },
     )
     results = _apply_concurrently(fresh_db, directory)
@@ -256,9 +252,7 @@ def test_failing_file_rolls_back_only_itself_and_names_the_file(fresh_db: str, t
     assert [m.version for m in apply_migrations(fresh_db, directory=directory)] == [2, 3]
 
 
-def test_invalid_index_left_by_a_failed_concurrent_build_is_dropped_and_rebuilt(
-    fresh_db: str, tmp_path: Path
-) -> None:
+def test_invalid_index_left_by_a_failed_concurrent_build_is_dropped_and_rebuilt(fresh_db: str, tmp_path: Path) -> None:
     directory = _write(tmp_path, {"0001_table.sql": "CREATE TABLE IF NOT EXISTS t (x int);\n"})
     apply_migrations(fresh_db, directory=directory)
     _query(fresh_db, "INSERT INTO t VALUES (1), (1), (2)")
@@ -384,8 +378,7 @@ def test_reward_grants_matches_the_spec(fresh_db: str) -> None:
             "CHECK (((reward_type)::text = ANY ((ARRAY['ITEM'::character varying, "
             "'WALLET'::character varying])::text[])))",
             "CHECK ((quantity > 0))",
-            "CHECK (((mode)::text = ANY ((ARRAY['log'::character varying, "
-            "'webhook'::character varying])::text[])))",
+            "CHECK (((mode)::text = ANY ((ARRAY['log'::character varying, 'webhook'::character varying])::text[])))",
         ]
     )
     assert list(_indexes(fresh_db, "reward_grants")) == ["reward_grants_pkey"]

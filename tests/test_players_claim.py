@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from aiohttp import web
 
-from service.usecases.rewards import RewardConfig, RewardGranter, signature_header
 from service.storage.store import PoolConfig, Store, open_pool
+from service.usecases.rewards import RewardConfig, RewardGranter, signature_header
 from tests.test_players_fixtures import (
     DAY_START,
     NAMESPACE,
@@ -41,19 +41,28 @@ def error_triple(error: object) -> tuple[int, str, str]:
 
 
 def not_completed(goal_id: str, status: str) -> tuple[int, str, str]:
-    return (400, "GOAL_NOT_COMPLETED",
-            f"Goal not completed. Please wait 1 second and try again. (goal_id: {goal_id}, status: {status})")
+    return (
+        400,
+        "GOAL_NOT_COMPLETED",
+        f"Goal not completed. Please wait 1 second and try again. (goal_id: {goal_id}, status: {status})",
+    )
 
 
 def not_active(challenge_id: str, goal_id: str) -> tuple[int, str, str]:
     path = f"/v1/challenges/{challenge_id}/goals/{goal_id}/active"
-    return (400, "GOAL_NOT_ACTIVE",
-            f"Goal must be active to claim reward. Activate it first via PUT {path} (goal_id: {goal_id})")
+    return (
+        400,
+        "GOAL_NOT_ACTIVE",
+        f"Goal must be active to claim reward. Activate it first via PUT {path} (goal_id: {goal_id})",
+    )
 
 
 def rotated(challenge_id: str, goal_id: str) -> tuple[int, str, str]:
-    return (400, "GOAL_ROTATED",
-            f"Goal has rotated and must be re-completed (goal_id: {goal_id}, challenge_id: {challenge_id})")
+    return (
+        400,
+        "GOAL_ROTATED",
+        f"Goal has rotated and must be re-completed (goal_id: {goal_id}, challenge_id: {challenge_id})",
+    )
 
 
 def already_claimed(goal_id: str, claimed_at: str) -> tuple[int, str, str]:
@@ -61,8 +70,11 @@ def already_claimed(goal_id: str, claimed_at: str) -> tuple[int, str, str]:
 
 
 def goal_not_found(challenge_id: str, goal_id: str) -> tuple[int, str, str]:
-    return (404, "GOAL_NOT_FOUND",
-            f"Goal not found or removed from config (goal_id: {goal_id}, challenge_id: {challenge_id})")
+    return (
+        404,
+        "GOAL_NOT_FOUND",
+        f"Goal not found or removed from config (goal_id: {goal_id}, challenge_id: {challenge_id})",
+    )
 
 
 LOCKED = "Prerequisites not completed (goal_id: {})"
@@ -85,9 +97,17 @@ async def test_claim_happy_path_records_the_grant(env: Env) -> None:
     assert len(grants) == 1
     grant = grants[0]
     assert (grant["namespace"], grant["generation"], grant["idempotency_key"], grant["mode"]) == (
-        NAMESPACE, 1, f"{NAMESPACE}:{user}:c3-a:1", "log")
+        NAMESPACE,
+        1,
+        f"{NAMESPACE}:{user}:c3-a:1",
+        "log",
+    )
     assert (grant["reward_type"], grant["reward_id"], grant["quantity"], grant["attempts"]) == (
-        "ITEM", "item-c3-a", 2, 1)
+        "ITEM",
+        "item-c3-a",
+        2,
+        1,
+    )
     assert (grant["challenge_id"], grant["granted_at"]) == ("c3", T0)
 
 
@@ -117,8 +137,7 @@ async def test_concurrent_claims_succeed_exactly_once(env: Env) -> None:
     user = new_user()
     await env.seed(user, "c3-b", **completed())
     players = env.players()
-    outcomes = await asyncio.gather(*(players.claim(user, "c3", "c3-b") for _ in range(20)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(*(players.claim(user, "c3", "c3-b") for _ in range(20)), return_exceptions=True)
     successes = [o for o in outcomes if not isinstance(o, BaseException)]
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(successes) == 1
@@ -159,7 +178,10 @@ async def test_check_order(env: Env, webhook: Webhook) -> None:
     players = env.players()
     # 1/2: an empty challenge id is also not in the catalog.
     assert error_triple(await api_error(players.claim(user, "", ""))) == (
-        400, "INVALID_REQUEST", "challenge_id is required")
+        400,
+        "INVALID_REQUEST",
+        "challenge_id is required",
+    )
     # 2/3: unknown challenge and unknown goal.
     assert (await api_error(players.claim(user, "nope", "nope"))).error_code == "CHALLENGE_NOT_FOUND"
     # 3/4: a goal of another challenge for which the user has no row.
@@ -176,13 +198,17 @@ async def test_check_order(env: Env, webhook: Webhook) -> None:
     # 8/9: in progress and locked.
     await env.seed(user, "c1-locked", progress=2, status="in_progress")
     assert error_triple(await api_error(players.claim(user, "c1", "c1-locked"))) == not_completed(
-        "c1-locked", "in_progress")
+        "c1-locked", "in_progress"
+    )
     # 9/10: locked and a failing reward receiver: the receiver is never called.
     webhook.statuses = [500] * 10
     failing = env.players(rewards=webhook.granter(retries=0), reward_mode="webhook")
     await env.seed(user, "c1-locked", **completed())
     assert error_triple(await api_error(failing.claim(user, "c1", "c1-locked"))) == (
-        400, "GOAL_LOCKED", LOCKED.format("c1-locked"))
+        400,
+        "GOAL_LOCKED",
+        LOCKED.format("c1-locked"),
+    )
     assert webhook.requests == []
 
 
@@ -227,20 +253,35 @@ async def test_reselectable_full_cycle(env: Env) -> None:
     assert (daily.view.status, daily.view.progress) == ("not_started", 0)
     assert error_triple(await api_error(players.claim(user, "c1", "c1-daily"))) == rotated("c1", "c1-daily")
     # The first event of the new period reopens the row and completes it (the flush's write).
-    await env.seed(user, "c1-daily", progress=11, baseline_value=5, status="completed",
-                   completed_at=clock.now, claimed_at=None, updated_at=clock.now)
+    await env.seed(
+        user,
+        "c1-daily",
+        progress=11,
+        baseline_value=5,
+        status="completed",
+        completed_at=clock.now,
+        claimed_at=None,
+        updated_at=clock.now,
+    )
     second = await players.claim(user, "c1", "c1-daily")
     assert second.claimed_at == clock.now
     grants = await env.grants(user)
     assert [(g["generation"], g["idempotency_key"]) for g in grants] == [
-        (1, f"{NAMESPACE}:{user}:c1-daily:1"), (2, f"{NAMESPACE}:{user}:c1-daily:2")]
+        (1, f"{NAMESPACE}:{user}:c1-daily:1"),
+        (2, f"{NAMESPACE}:{user}:c1-daily:2"),
+    ]
 
 
 async def test_claimed_goal_without_reselection_stays_claimed(env: Env) -> None:
     """T4: with allowReselection = false a claimed rotating goal is still claimed after a boundary."""
     user = new_user()
-    await env.seed(user, "c2-weekly", **completed(status="claimed", claimed_at=T0 - timedelta(days=3),
-                                                  updated_at=T0 - timedelta(days=3), baseline_value=0))
+    await env.seed(
+        user,
+        "c2-weekly",
+        **completed(
+            status="claimed", claimed_at=T0 - timedelta(days=3), updated_at=T0 - timedelta(days=3), baseline_value=0
+        ),
+    )
     players = env.players(clock=Clock(T0 + timedelta(days=7)))
     error = await api_error(players.claim(user, "c2", "c2-weekly"))
     assert error.status == 409
@@ -271,7 +312,8 @@ class Webhook:
 
         granter = RewardGranter(
             RewardConfig(mode="webhook", webhook_url=self.url, retries=retries, secret=secret, timeout_ms=2000),
-            sleep=record_sleep, jitter=lambda: 1.0,
+            sleep=record_sleep,
+            jitter=lambda: 1.0,
         )
         self.granters.append(granter)
         return granter
@@ -319,7 +361,10 @@ async def test_webhook_rejection_fails_at_once_and_keeps_the_row_completed(env: 
     players = env.players(rewards=webhook.granter(), reward_mode="webhook")
     error = await api_error(players.claim(user, "c3", "c3-a"))
     assert error_triple(error) == (
-        502, "REWARD_GRANT_FAILED", "Failed to grant reward via Platform Service after 0 retries (goal_id: c3-a)")
+        502,
+        "REWARD_GRANT_FAILED",
+        "Failed to grant reward via Platform Service after 0 retries (goal_id: c3-a)",
+    )
     assert len(webhook.requests) == 1
     row = await env.row(user, "c3-a")
     assert row is not None and row.status == "completed" and row.claimed_at is None
@@ -338,7 +383,10 @@ async def test_webhook_retryable_failures_retry_with_backoff_then_502(env: Env, 
     players = env.players(rewards=webhook.granter(retries=3), reward_mode="webhook")
     error = await api_error(players.claim(user, "c3", "c3-a"))
     assert error_triple(error) == (
-        502, "REWARD_GRANT_FAILED", "Failed to grant reward via Platform Service after 3 retries (goal_id: c3-a)")
+        502,
+        "REWARD_GRANT_FAILED",
+        "Failed to grant reward via Platform Service after 3 retries (goal_id: c3-a)",
+    )
     assert webhook.sleeps == [0.5, 1.0, 2.0] and len(webhook.requests) == 4
     assert all("X-Challenge-Signature" not in headers for headers, _ in webhook.requests)
     row = await env.row(user, "c3-a")
@@ -368,7 +416,8 @@ async def test_claim_waiting_on_a_locked_row_times_out_with_503(env: Env) -> Non
     players = env.players(claim_timeout_ms=300)
     async with env.store.connection() as holder, holder.transaction():
         await holder.execute(
-            "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'c3-a' FOR UPDATE", (user,))
+            "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'c3-a' FOR UPDATE", (user,)
+        )
         error = await api_error(players.claim(user, "c3", "c3-a"))
     assert error_triple(error) == (503, "DEPENDENCY_UNAVAILABLE", "Database error occurred")
     row = await env.row(user, "c3-a")
@@ -385,7 +434,8 @@ async def test_statement_timeout_gives_503(env: Env, pg_url: str) -> None:
         players = env.players(store=Store(pool))
         async with env.store.connection() as holder, holder.transaction():
             await holder.execute(
-                "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'c3-a' FOR UPDATE", (user,))
+                "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'c3-a' FOR UPDATE", (user,)
+            )
             error = await api_error(players.claim(user, "c3", "c3-a"))
         assert error_triple(error) == (503, "DEPENDENCY_UNAVAILABLE", "Database error occurred")
     finally:

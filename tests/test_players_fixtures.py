@@ -20,15 +20,15 @@ import redis.asyncio as redis_asyncio
 from prometheus_client import REGISTRY
 from psycopg.rows import class_row, dict_row
 
-from service.storage.cache import Cache, open_redis
 from service.domain.catalog import Catalog, parse_catalog
-from service.transport.errors import ApiError
-from service.storage.migrations import apply_migrations
-from service.usecases.players import Players
-from service.storage.registry import load_registry
-from service.usecases.rewards import RewardConfig, RewardGranter
 from service.domain.rules import ProgressRow
+from service.storage.cache import Cache, open_redis
+from service.storage.migrations import apply_migrations
+from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store, open_pool
+from service.transport.errors import ApiError
+from service.usecases.players import Players
+from service.usecases.rewards import RewardConfig, RewardGranter
 
 NAMESPACE = "test-ns"
 # Wednesday noon: the daily period is [2030-05-15, 2030-05-16), the weekly one starts Monday 2030-05-13.
@@ -57,15 +57,23 @@ def goal_json(
         "description": f"about {goal_id}",
         "eventSource": source,
         "defaultAssigned": default,
-        "requirement": {"statCode": f"stat-{goal_id}", "operator": ">=", "targetValue": target,
-                        "progressMode": "relative" if rotation else mode},
+        "requirement": {
+            "statCode": f"stat-{goal_id}",
+            "operator": ">=",
+            "targetValue": target,
+            "progressMode": "relative" if rotation else mode,
+        },
         "reward": {"type": "ITEM", "rewardId": f"item-{goal_id}", "quantity": 2},
         "prerequisites": list(prerequisites),
     }
     if rotation is not None:
         schedule, reset, reselect = rotation
-        goal["rotation"] = {"enabled": True, "type": "global", "schedule": schedule,
-                            "onExpiry": {"resetProgress": reset, "allowReselection": reselect}}
+        goal["rotation"] = {
+            "enabled": True,
+            "type": "global",
+            "schedule": schedule,
+            "onExpiry": {"resetProgress": reset, "allowReselection": reselect},
+        }
     return goal
 
 
@@ -85,19 +93,25 @@ def main_challenges() -> list[dict[str, Any]]:
         challenges, weekly and monthly rotations. c3: eight independent goals for the selects.
     """
     return [
-        challenge_json("c1", [
-            goal_json("c1-login", source="login", target=1, default=True),
-            goal_json("c1-daily", target=5, default=True, rotation=("daily", True, True)),
-            goal_json("c1-carry", target=5, rotation=("daily", False, False)),
-            goal_json("c1-locked", target=10, prerequisites=("c2-a",)),
-            goal_json("c1-plain", target=3),
-        ]),
-        challenge_json("c2", [
-            goal_json("c2-a", target=2),
-            goal_json("c2-b", target=2, prerequisites=("c2-a", "c1-login")),
-            goal_json("c2-weekly", target=4, rotation=("weekly", True, False)),
-            goal_json("c2-monthly", target=4, rotation=("monthly", True, False)),
-        ]),
+        challenge_json(
+            "c1",
+            [
+                goal_json("c1-login", source="login", target=1, default=True),
+                goal_json("c1-daily", target=5, default=True, rotation=("daily", True, True)),
+                goal_json("c1-carry", target=5, rotation=("daily", False, False)),
+                goal_json("c1-locked", target=10, prerequisites=("c2-a",)),
+                goal_json("c1-plain", target=3),
+            ],
+        ),
+        challenge_json(
+            "c2",
+            [
+                goal_json("c2-a", target=2),
+                goal_json("c2-b", target=2, prerequisites=("c2-a", "c1-login")),
+                goal_json("c2-weekly", target=4, rotation=("weekly", True, False)),
+                goal_json("c2-monthly", target=4, rotation=("monthly", True, False)),
+            ],
+        ),
         challenge_json("c3", [goal_json(f"c3-{letter}", target=3) for letter in "abcdefgh"]),
     ]
 
@@ -141,12 +155,29 @@ def statements_run() -> float:
 
 
 def make_cache(client: redis_asyncio.Redis | None, prefix: str, catalog: Catalog) -> Cache:
-    return Cache(client, prefix, catalog.fingerprint, cache_ttl_s=300, synced_ttl_s=3600,
-                 journal_max=100, probe_interval_ms=60_000)
+    return Cache(
+        client,
+        prefix,
+        catalog.fingerprint,
+        cache_ttl_s=300,
+        synced_ttl_s=3600,
+        journal_max=100,
+        probe_interval_ms=60_000,
+    )
 
 
-_SEED_COLUMNS = ("progress", "status", "completed_at", "claimed_at", "created_at", "updated_at",
-                 "is_active", "assigned_at", "expires_at", "baseline_value")
+_SEED_COLUMNS = (
+    "progress",
+    "status",
+    "completed_at",
+    "claimed_at",
+    "created_at",
+    "updated_at",
+    "is_active",
+    "assigned_at",
+    "expires_at",
+    "baseline_value",
+)
 
 
 @dataclass
@@ -176,16 +207,30 @@ class Env:
             rewards = RewardGranter(RewardConfig())
             self.granters.append(rewards)
         return Players(
-            catalog, store or self.store, self.queries, cache or self.cache(catalog), rewards,
-            NAMESPACE, reward_mode, claim_timeout_ms, clock or Clock(),
+            catalog,
+            store or self.store,
+            self.queries,
+            cache or self.cache(catalog),
+            rewards,
+            NAMESPACE,
+            reward_mode,
+            claim_timeout_ms,
+            clock or Clock(),
         )
 
     async def seed(self, user_id: str, goal_id: str, challenge_id: str | None = None, **columns: Any) -> None:
         """Insert or overwrite one progress row; unspecified columns get an active, fresh, empty row."""
         values: dict[str, Any] = {
-            "progress": 0, "status": "not_started", "completed_at": None, "claimed_at": None,
-            "created_at": T0 - timedelta(hours=1), "updated_at": T0 - timedelta(hours=1), "is_active": True,
-            "assigned_at": T0 - timedelta(hours=1), "expires_at": None, "baseline_value": None,
+            "progress": 0,
+            "status": "not_started",
+            "completed_at": None,
+            "claimed_at": None,
+            "created_at": T0 - timedelta(hours=1),
+            "updated_at": T0 - timedelta(hours=1),
+            "is_active": True,
+            "assigned_at": T0 - timedelta(hours=1),
+            "expires_at": None,
+            "baseline_value": None,
         }
         unknown = set(columns) - set(values)
         assert not unknown, f"unknown columns {unknown}"
@@ -200,8 +245,13 @@ class Env:
                 f"INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, {names}) "
                 f"VALUES (%(user_id)s, %(goal_id)s, %(challenge_id)s, %(namespace)s, {placeholders}) "
                 f"ON CONFLICT (user_id, goal_id) DO UPDATE SET {updates}",
-                {"user_id": user_id, "goal_id": goal_id, "challenge_id": challenge_id,
-                 "namespace": NAMESPACE, **values},
+                {
+                    "user_id": user_id,
+                    "goal_id": goal_id,
+                    "challenge_id": challenge_id,
+                    "namespace": NAMESPACE,
+                    **values,
+                },
             )
 
     async def row(self, user_id: str, goal_id: str) -> ProgressRow | None:
@@ -209,7 +259,9 @@ class Env:
             await cursor.execute(
                 "SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at,"
                 " claimed_at, created_at, updated_at, is_active, assigned_at, expires_at, baseline_value"
-                " FROM user_goal_progress WHERE user_id = %s AND goal_id = %s", (user_id, goal_id))
+                " FROM user_goal_progress WHERE user_id = %s AND goal_id = %s",
+                (user_id, goal_id),
+            )
             return await cursor.fetchone()
 
     async def rows(self, user_id: str) -> dict[str, ProgressRow]:
@@ -217,13 +269,16 @@ class Env:
             await cursor.execute(
                 "SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at,"
                 " claimed_at, created_at, updated_at, is_active, assigned_at, expires_at, baseline_value"
-                " FROM user_goal_progress WHERE user_id = %s", (user_id,))
+                " FROM user_goal_progress WHERE user_id = %s",
+                (user_id,),
+            )
             return {row.goal_id: row for row in await cursor.fetchall()}
 
     async def grants(self, user_id: str) -> list[dict[str, Any]]:
         async with self.store.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
             await cursor.execute(
-                "SELECT * FROM reward_grants WHERE user_id = %s ORDER BY goal_id, generation", (user_id,))
+                "SELECT * FROM reward_grants WHERE user_id = %s ORDER BY goal_id, generation", (user_id,)
+            )
             return await cursor.fetchall()
 
 

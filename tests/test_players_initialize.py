@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import psycopg
 
-from service.storage.cache import open_redis, synced_key
 from service.domain.rules import expiry_fields
+from service.storage.cache import open_redis, synced_key
 from service.storage.store import PoolConfig, Store, open_pool
 from tests.test_players_fixtures import (
     DAY_START,
@@ -164,8 +164,16 @@ async def test_stale_resetting_row_is_caught_up(env: Env) -> None:
     players = env.players()
     await players.initialize(user)
     yesterday = DAY_START - timedelta(hours=3)
-    await env.seed(user, "c1-daily", progress=9, status="completed", baseline_value=2,
-                   completed_at=yesterday, updated_at=yesterday, expires_at=DAY_START)
+    await env.seed(
+        user,
+        "c1-daily",
+        progress=9,
+        status="completed",
+        baseline_value=2,
+        completed_at=yesterday,
+        updated_at=yesterday,
+        expires_at=DAY_START,
+    )
     await env.cache().invalidate(user)
     result = await players.initialize(user)
     daily = next(s for s in result.assigned if s.goal.goal_id == "c1-daily")
@@ -184,8 +192,16 @@ async def test_catch_up_on_the_fast_path_invalidates_the_cache(env: Env) -> None
     clock = Clock()
     players = env.players(clock=clock)
     await players.initialize(user)
-    await env.seed(user, "c1-daily", progress=6, status="completed", baseline_value=0, completed_at=T0,
-                   updated_at=T0, expires_at=NEXT_DAY)
+    await env.seed(
+        user,
+        "c1-daily",
+        progress=6,
+        status="completed",
+        baseline_value=0,
+        completed_at=T0,
+        updated_at=T0,
+        expires_at=NEXT_DAY,
+    )
     await env.cache().invalidate(user)
     await players.initialize(user)  # refills the cache with the completed row
     clock.advance(days=1)
@@ -204,8 +220,9 @@ async def test_claimed_stale_rows_cause_no_catch_up_statement(env: Env) -> None:
     clock = Clock()
     players = env.players(clock=clock)
     await players.initialize(user)
-    await env.seed(user, "c1-daily", progress=6, status="claimed", baseline_value=0, completed_at=T0,
-                   claimed_at=T0, updated_at=T0)
+    await env.seed(
+        user, "c1-daily", progress=6, status="claimed", baseline_value=0, completed_at=T0, claimed_at=T0, updated_at=T0
+    )
     await env.cache().invalidate(user)
     await players.initialize(user)
     clock.advance(days=1)
@@ -239,14 +256,17 @@ async def test_catch_up_does_not_overwrite_a_row_a_flush_moved(env: Env) -> None
     players = env.players()
     await players.initialize(user)
     yesterday = DAY_START - timedelta(hours=1)
-    await env.seed(user, "c1-daily", progress=4, status="in_progress", baseline_value=1,
-                   updated_at=yesterday, expires_at=DAY_START)
+    await env.seed(
+        user, "c1-daily", progress=4, status="in_progress", baseline_value=1, updated_at=yesterday, expires_at=DAY_START
+    )
     await env.cache().invalidate(user)
     async with env.store.connection() as flusher:
         async with flusher.transaction():
             await flusher.execute(
                 "UPDATE user_goal_progress SET progress = 7, baseline_value = 5, status = 'in_progress',"
-                " updated_at = %s WHERE user_id = %s AND goal_id = 'c1-daily'", (T0, user))
+                " updated_at = %s WHERE user_id = %s AND goal_id = 'c1-daily'",
+                (T0, user),
+            )
             task = asyncio.create_task(players.initialize(user))
             await wait_for_lock_waiter(env, user)
         result = await task
@@ -262,7 +282,8 @@ async def wait_for_lock_waiter(env: Env, user: str) -> None:
         async with env.store.connection() as conn:
             cursor = await conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE '%%user_goal_progress%%' AND pid <> pg_backend_pid()")
+                " AND query LIKE '%%user_goal_progress%%' AND pid <> pg_backend_pid()"
+            )
             row = await cursor.fetchone()
         if row and row[0]:
             return
@@ -301,7 +322,9 @@ async def test_redis_down_initialize_works_from_postgres(env: Env) -> None:
         assert (await players.claim(user, "c3", "c3-b")).claimed_at == T0
         listing = await players.get_challenge(user, "c3", active_only=True)
         assert [(s.goal.goal_id, s.view.status) for s in listing.goals] == [
-            ("c3-a", "not_started"), ("c3-b", "claimed")]
+            ("c3-a", "not_started"),
+            ("c3-b", "claimed"),
+        ]
         stats = cache.stats()
         assert not stats["healthy"] and stats["bypassed"] >= 2
         assert stats["invalidation_failures"] >= 4  # journaled for the replay on recovery
@@ -324,7 +347,9 @@ async def test_database_unavailable_gives_503(env: Env, pg_url: str) -> None:
         players = env.players(store=Store(pool))
         error = await api_error(players.initialize(new_user()))
         assert (error.status, error.error_code, error.message) == (
-            503, "DEPENDENCY_UNAVAILABLE", "Database error occurred")
+            503,
+            "DEPENDENCY_UNAVAILABLE",
+            "Database error occurred",
+        )
     finally:
         await pool.close()
-

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 
-from service.transport.errors import ApiError
-from service.usecases.players import GoalState, ListResult
 from service.domain.rules import expires_in_seconds, expiry_fields
 from service.storage.store import PoolConfig, Store, open_pool
+from service.transport.errors import ApiError
+from service.usecases.players import GoalState, ListResult
 from tests.test_players_fixtures import (
     DAY_START,
     MAIN_CATALOG,
@@ -75,7 +75,9 @@ async def test_active_only_filters_goals_and_drops_empty_challenges(env: Env) ->
     active = await players.list_challenges(user, active_only=True)
     full = await players.list_challenges(user, active_only=False)
     assert [(c.challenge.challenge_id, [s.goal.goal_id for s in c.goals]) for c in active.challenges] == [
-        ("c1", ["c1-plain"]), ("c3", ["c3-b"])]
+        ("c1", ["c1-plain"]),
+        ("c3", ["c3-b"]),
+    ]
     assert len(states(active)) <= len(states(full))
 
 
@@ -123,8 +125,9 @@ async def test_cached_listing_equals_postgres_listing_and_runs_no_statement(env:
     user = new_user()
     await env.seed(user, "c1-locked", progress=4, status="in_progress")
     await env.seed(user, "c2-a", progress=2, status="completed", completed_at=T0, is_active=False)
-    await env.seed(user, "c1-daily", progress=5, baseline_value=1, status="in_progress", updated_at=T0,
-                   expires_at=NEXT_DAY)
+    await env.seed(
+        user, "c1-daily", progress=5, baseline_value=1, status="in_progress", updated_at=T0, expires_at=NEXT_DAY
+    )
     await env.seed(user, "c3-h", progress=3, status="claimed", completed_at=T0, claimed_at=T0 + timedelta(seconds=1))
     players = env.players()
     before = statements_run()
@@ -146,12 +149,15 @@ async def test_rotation_view_at_read_time(env: Env) -> None:
     goals without reselection claimed, reselectable claimed goals reopened; absolute goals and fresh
     rows keep their values; nothing is written."""
     user = new_user()
-    await env.seed(user, "c1-daily", progress=8, baseline_value=1, status="completed", completed_at=YESTERDAY,
-                   updated_at=YESTERDAY)
-    await env.seed(user, "c1-carry", progress=6, baseline_value=0, status="completed", completed_at=YESTERDAY,
-                   updated_at=YESTERDAY)
-    await env.seed(user, "c2-weekly", progress=5, baseline_value=3, status="in_progress",
-                   updated_at=WEEK_START - timedelta(days=1))
+    await env.seed(
+        user, "c1-daily", progress=8, baseline_value=1, status="completed", completed_at=YESTERDAY, updated_at=YESTERDAY
+    )
+    await env.seed(
+        user, "c1-carry", progress=6, baseline_value=0, status="completed", completed_at=YESTERDAY, updated_at=YESTERDAY
+    )
+    await env.seed(
+        user, "c2-weekly", progress=5, baseline_value=3, status="in_progress", updated_at=WEEK_START - timedelta(days=1)
+    )
     await env.seed(user, "c2-monthly", progress=0, status="not_started", updated_at=YESTERDAY)
     await env.seed(user, "c1-plain", progress=2, status="in_progress", updated_at=YESTERDAY - timedelta(days=30))
     players = env.players()
@@ -165,17 +171,32 @@ async def test_rotation_view_at_read_time(env: Env) -> None:
     stored = await env.row(user, "c1-daily")
     assert stored is not None and stored.status == "completed"  # reads never write
 
-    await env.seed(user, "c1-daily", progress=8, baseline_value=1, status="claimed", completed_at=YESTERDAY,
-                   claimed_at=YESTERDAY, updated_at=YESTERDAY)
-    await env.seed(user, "c2-weekly", progress=8, baseline_value=1, status="claimed", completed_at=YESTERDAY,
-                   claimed_at=YESTERDAY, updated_at=WEEK_START - timedelta(days=1))
+    await env.seed(
+        user,
+        "c1-daily",
+        progress=8,
+        baseline_value=1,
+        status="claimed",
+        completed_at=YESTERDAY,
+        claimed_at=YESTERDAY,
+        updated_at=YESTERDAY,
+    )
+    await env.seed(
+        user,
+        "c2-weekly",
+        progress=8,
+        baseline_value=1,
+        status="claimed",
+        completed_at=YESTERDAY,
+        claimed_at=YESTERDAY,
+        updated_at=WEEK_START - timedelta(days=1),
+    )
     by_id = states(await players.list_challenges(user, active_only=False))
     assert shown(by_id["c1-daily"]) == (0, "not_started") and by_id["c1-daily"].view.claimed_at is None
     assert shown(by_id["c2-weekly"]) == (7, "claimed")  # no reselection: claimed forever
 
     clock = Clock(datetime(2030, 6, 1, 0, 0, tzinfo=T0.tzinfo))  # exactly the monthly boundary
-    await env.seed(user, "c2-monthly", progress=9, baseline_value=2, status="completed", completed_at=T0,
-                   updated_at=T0)
+    await env.seed(user, "c2-monthly", progress=9, baseline_value=2, status="completed", completed_at=T0, updated_at=T0)
     monthly = states(await env.players(clock=clock).list_challenges(user, active_only=False))["c2-monthly"]
     assert shown(monthly) == (0, "not_started")
     assert expiry_fields(monthly.goal, clock.now) == ("2030-07-01T00:00:00Z", 30 * 86400)
@@ -206,9 +227,15 @@ def test_rotation_status(env: Env) -> None:
     assert daily.goal is not None and daily.goal.goal_id == "c1-daily"
     assert daily.current is not None and daily.next is not None
     assert (daily.current.start, daily.current.end, daily.current.expires_in_seconds) == (
-        DAY_START, NEXT_DAY, expires_in_seconds(NEXT_DAY, T0))
+        DAY_START,
+        NEXT_DAY,
+        expires_in_seconds(NEXT_DAY, T0),
+    )
     assert (daily.next.start, daily.next.end, daily.next.expires_in_seconds) == (
-        NEXT_DAY, NEXT_DAY + timedelta(days=1), 0)
+        NEXT_DAY,
+        NEXT_DAY + timedelta(days=1),
+        0,
+    )
     weekly = players.rotation_status("c2")
     assert weekly.goal is not None and weekly.goal.goal_id == "c2-weekly"
     assert weekly.current is not None and weekly.next is not None
@@ -236,11 +263,16 @@ async def test_database_unavailable_reads_give_503(env: Env, pg_url: str) -> Non
     pool = await open_pool(dead_url, "service", PoolConfig(min_size=0, max_size=1, timeout_ms=200))
     try:
         players = env.players(store=Store(pool))
-        for call in (players.list_challenges(new_user(), active_only=False),
-                     players.list_challenges(new_user(), active_only=True),
-                     players.get_challenge(new_user(), "c1", active_only=False)):
+        for call in (
+            players.list_challenges(new_user(), active_only=False),
+            players.list_challenges(new_user(), active_only=True),
+            players.get_challenge(new_user(), "c1", active_only=False),
+        ):
             error = await api_error(call)
             assert (error.status, error.error_code, error.message) == (
-                503, "DEPENDENCY_UNAVAILABLE", "Database error occurred")
+                503,
+                "DEPENDENCY_UNAVAILABLE",
+                "Database error occurred",
+            )
     finally:
         await pool.close()

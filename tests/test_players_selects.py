@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import psycopg
 
-from service.usecases.players import ListResult, SelectResult
 from service.domain.rules import format_timestamp
 from service.storage.store import PoolConfig, Store, open_pool
+from service.usecases.players import ListResult, SelectResult
 from tests.test_players_fixtures import (
     DAY_START,
     NEXT_DAY,
@@ -81,18 +81,37 @@ async def test_deactivation_keeps_progress_and_claimed_goals_stay_claimed(env: E
     user = new_user()
     players = env.players()
     stale = DAY_START - timedelta(hours=2)
-    await env.seed(user, "c1-carry", progress=4, baseline_value=1, status="claimed", completed_at=stale,
-                   claimed_at=stale, updated_at=stale, assigned_at=stale, expires_at=DAY_START)
+    await env.seed(
+        user,
+        "c1-carry",
+        progress=4,
+        baseline_value=1,
+        status="claimed",
+        completed_at=stale,
+        claimed_at=stale,
+        updated_at=stale,
+        assigned_at=stale,
+        expires_at=DAY_START,
+    )
     result = await players.set_active(user, "c1", "c1-carry", False)
     assert result.assigned_at == stale
     row = await env.row(user, "c1-carry")
     assert row is not None and (row.progress, row.status, row.assigned_at, row.is_active) == (
-        4, "claimed", stale, False)
+        4,
+        "claimed",
+        stale,
+        False,
+    )
     await players.set_active(user, "c1", "c1-carry", True)
     row = await env.row(user, "c1-carry")
     assert row is not None
     assert (row.status, row.updated_at, row.expires_at, row.assigned_at, row.is_active) == (
-        "claimed", stale, NEXT_DAY, T0, True)
+        "claimed",
+        stale,
+        NEXT_DAY,
+        T0,
+        True,
+    )
 
 
 async def test_set_active_is_visible_to_the_next_read(env: Env) -> None:
@@ -172,8 +191,9 @@ async def test_batch_select_shows_real_rows_and_sets_expiry(env: Env) -> None:
     expires_at = N; assignedAt renders RFC 3339; completed, claimed and locked goals are selectable."""
     user = new_user()
     await env.seed(user, "c2-a", progress=2, status="completed", completed_at=T0, is_active=False)
-    await env.seed(user, "c2-weekly", progress=3, baseline_value=1, status="in_progress", updated_at=T0,
-                   is_active=False)
+    await env.seed(
+        user, "c2-weekly", progress=3, baseline_value=1, status="in_progress", updated_at=T0, is_active=False
+    )
     result = await env.players().batch_select(user, "c2", ["c2-a", "c2-weekly", "c2-b"], replace_existing=False)
     views = {s.goal.goal_id: (s.view.progress, s.view.status) for s in result.selected}
     assert views == {"c2-a": (2, "completed"), "c2-weekly": (2, "in_progress"), "c2-b": (0, "not_started")}
@@ -219,14 +239,16 @@ async def test_random_select_errors(env: Env) -> None:
     players = env.players()
     for count in (0, -3):
         error = await api_error(players.random_select(user, "nope", count, False, False))
-        assert (error.status, error.error_code, error.message) == (
-            400, "INVALID_COUNT", "count must be greater than 0")
+        assert (error.status, error.error_code, error.message) == (400, "INVALID_COUNT", "count must be greater than 0")
     error = await api_error(players.random_select(user, "nope", 1, False, False))
     assert (error.status, error.error_code, error.message) == (404, "CHALLENGE_NOT_FOUND", "challenge 'nope' not found")
     await players.batch_select(user, "c3", C3_IDS, replace_existing=False)
     error = await api_error(players.random_select(user, "c3", 4, False, True))
     assert (error.status, error.error_code, error.message) == (
-        400, "INSUFFICIENT_GOALS", "no goals available for selection (available: 0, requested: 4)")
+        400,
+        "INSUFFICIENT_GOALS",
+        "no goals available for selection (available: 0, requested: 4)",
+    )
 
 
 async def test_random_select_active_goal_rules(env: Env) -> None:
@@ -257,10 +279,17 @@ async def test_random_select_never_picks_completed_claimed_or_locked(env: Env) -
     user = new_user()
     stale = DAY_START - timedelta(hours=1)
     await env.seed(user, "c1-plain", progress=3, status="completed", completed_at=T0, is_active=False)
-    await env.seed(user, "c1-login", progress=1, status="claimed", completed_at=T0, claimed_at=T0,
-                   is_active=False)
-    await env.seed(user, "c1-daily", progress=9, baseline_value=0, status="completed", completed_at=stale,
-                   updated_at=stale, is_active=False)
+    await env.seed(user, "c1-login", progress=1, status="claimed", completed_at=T0, claimed_at=T0, is_active=False)
+    await env.seed(
+        user,
+        "c1-daily",
+        progress=9,
+        baseline_value=0,
+        status="completed",
+        completed_at=stale,
+        updated_at=stale,
+        is_active=False,
+    )
     players = env.players()
     for _ in range(5):
         result = await players.random_select(user, "c1", 10, replace_existing=False, exclude_active=False)
@@ -302,12 +331,14 @@ async def test_deadlock_is_retried_once(env: Env, pg_url: str) -> None:
         async with other.transaction():
             await other.execute("SET LOCAL deadlock_timeout = '20s'")
             await other.execute(
-                "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'c3-b' FOR UPDATE", (user,))
+                "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'c3-b' FOR UPDATE", (user,)
+            )
             select = asyncio.create_task(players.batch_select(user, "c3", ["c3-a", "c3-b"], False))
             await wait_until_waiting(env)
             # Waits for c3-a until the select's session aborts (deadlock_timeout 1 s there).
             await other.execute(
-                "UPDATE user_goal_progress SET progress = 1 WHERE user_id = %s AND goal_id = 'c3-a'", (user,))
+                "UPDATE user_goal_progress SET progress = 1 WHERE user_id = %s AND goal_id = 'c3-a'", (user,)
+            )
         result = await select
     assert selected_ids(result) == ["c3-a", "c3-b"] and result.total_active == 2
     row = await env.row(user, "c3-a")
@@ -319,7 +350,8 @@ async def wait_until_waiting(env: Env) -> None:
         async with env.store.connection() as conn:
             cursor = await conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND application_name = 'challengectl-service'")
+                " AND application_name = 'challengectl-service'"
+            )
             row = await cursor.fetchone()
         if row and row[0]:
             return
@@ -334,11 +366,16 @@ async def test_database_unavailable_writes_give_503(env: Env, pg_url: str) -> No
     try:
         players = env.players(store=Store(pool))
         user = new_user()
-        for call in (players.set_active(user, "c3", "c3-a", True),
-                     players.batch_select(user, "c3", ["c3-a"], True),
-                     players.random_select(user, "c3", 1, False, False)):
+        for call in (
+            players.set_active(user, "c3", "c3-a", True),
+            players.batch_select(user, "c3", ["c3-a"], True),
+            players.random_select(user, "c3", 1, False, False),
+        ):
             error = await api_error(call)
             assert (error.status, error.error_code, error.message) == (
-                503, "DEPENDENCY_UNAVAILABLE", "Database error occurred")
+                503,
+                "DEPENDENCY_UNAVAILABLE",
+                "Database error occurred",
+            )
     finally:
         await pool.close()

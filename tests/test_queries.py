@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -20,10 +20,10 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from service.storage.registry import Registry, load_registry
 from service.config.resources import migrations_dir
+from service.storage.registry import Registry, load_registry
 
-UTC = timezone.utc
+UTC = UTC
 # A Wednesday noon; the daily period is [B, N).
 T = datetime(2024, 1, 10, 12, 0, tzinfo=UTC)
 B = datetime(2024, 1, 10, tzinfo=UTC)
@@ -87,8 +87,16 @@ def run(registry: Registry, conn: psycopg.Connection[dict[str, Any]]) -> Runner:
 def insert_row(conn: psycopg.Connection[Any], user_id: str, goal_id: str, **columns: Any) -> None:
     """Set up a row in an arbitrary state (defaults: active, not_started, written at T)."""
     values: dict[str, Any] = {
-        "user_id": user_id, "goal_id": goal_id, "challenge_id": "c1", "namespace": NS, "progress": 0,
-        "status": "not_started", "created_at": T, "updated_at": T, "is_active": True, "assigned_at": T,
+        "user_id": user_id,
+        "goal_id": goal_id,
+        "challenge_id": "c1",
+        "namespace": NS,
+        "progress": 0,
+        "status": "not_started",
+        "created_at": T,
+        "updated_at": T,
+        "is_active": True,
+        "assigned_at": T,
     }
     values.update(columns)
     statement = sql.SQL("INSERT INTO user_goal_progress ({}) VALUES ({})").format(
@@ -106,12 +114,23 @@ def row(conn: psycopg.Connection[Any], user_id: str, goal_id: str) -> dict[str, 
 # --- every statement executes ---------------------------------------------------------------------
 
 SAMPLE_BY_TYPE: dict[str, Any] = {
-    "text": "g1", "text[]": ["g1"], "timestamptz": T, "timestamptz[]": [N], "boolean": True,
-    "boolean[]": [True], "bigint": 60, "bigint[]": [5], "integer": 1,
+    "text": "g1",
+    "text[]": ["g1"],
+    "timestamptz": T,
+    "timestamptz[]": [N],
+    "boolean": True,
+    "boolean[]": [True],
+    "bigint": 60,
+    "bigint[]": [5],
+    "integer": 1,
 }
 SAMPLE_OVERRIDES: dict[str, Any] = {
-    "reward_type": "ITEM", "mode": "log", "entry_sources": ["login"], "goal_sources": ["login"],
-    "goal_progress_modes": ["absolute"], "entry_values": [None],
+    "reward_type": "ITEM",
+    "mode": "log",
+    "entry_sources": ["login"],
+    "goal_sources": ["login"],
+    "goal_progress_modes": ["absolute"],
+    "entry_values": [None],
 }
 
 
@@ -132,35 +151,81 @@ def test_every_statement_executes_on_the_migrated_schema(
 def test_insert_default_goals_inserts_missing_rows_in_goal_order_and_never_touches_existing(
     run: Runner, conn: psycopg.Connection[Any], user: str
 ) -> None:
-    first = run("insert_default_goals", user_id=user, namespace=NS, goal_ids=["g2", "g1"],
-                challenge_ids=["c2", "c1"], expires_at=[None, N], now=T)
+    first = run(
+        "insert_default_goals",
+        user_id=user,
+        namespace=NS,
+        goal_ids=["g2", "g1"],
+        challenge_ids=["c2", "c1"],
+        expires_at=[None, N],
+        now=T,
+    )
     assert [r["goal_id"] for r in first] == ["g1", "g2"]
     g1 = row(conn, user, "g1")
     assert g1 is not None
     assert (g1["challenge_id"], g1["namespace"], g1["progress"], g1["status"], g1["is_active"]) == (
-        "c1", NS, 0, "not_started", True)
+        "c1",
+        NS,
+        0,
+        "not_started",
+        True,
+    )
     assert (g1["assigned_at"], g1["created_at"], g1["updated_at"], g1["expires_at"]) == (T, T, T, N)
     assert row(conn, user, "g2")["expires_at"] is None
 
-    run("set_goal_active", user_id=user, goal_id="g1", challenge_id="c1", namespace=NS, is_active=False,
-        expires_at=None, now=T)
+    run(
+        "set_goal_active",
+        user_id=user,
+        goal_id="g1",
+        challenge_id="c1",
+        namespace=NS,
+        is_active=False,
+        expires_at=None,
+        now=T,
+    )
     later = T + timedelta(hours=1)
-    second = run("insert_default_goals", user_id=user, namespace=NS, goal_ids=["g1", "g2", "g3"],
-                 challenge_ids=["c1", "c2", "c3"], expires_at=[N, None, None], now=later)
+    second = run(
+        "insert_default_goals",
+        user_id=user,
+        namespace=NS,
+        goal_ids=["g1", "g2", "g3"],
+        challenge_ids=["c1", "c2", "c3"],
+        expires_at=[N, None, None],
+        now=later,
+    )
     assert [r["goal_id"] for r in second] == ["g3"]
     assert row(conn, user, "g1")["is_active"] is False
     assert row(conn, user, "g3")["assigned_at"] == later
-    assert run("insert_default_goals", user_id=user, namespace=NS, goal_ids=["g1", "g2", "g3"],
-               challenge_ids=["c1", "c2", "c3"], expires_at=[N, None, None], now=later) == []
+    assert (
+        run(
+            "insert_default_goals",
+            user_id=user,
+            namespace=NS,
+            goal_ids=["g1", "g2", "g3"],
+            challenge_ids=["c1", "c2", "c3"],
+            expires_at=[N, None, None],
+            now=later,
+        )
+        == []
+    )
 
 
 # --- set active, batch select, deactivate ------------------------------------------------------------
 
 
-def set_active(run: Runner, user: str, goal_id: str, active: bool, expires_at: datetime | None,
-               now: datetime) -> dict[str, Any]:
-    (result,) = run("set_goal_active", user_id=user, goal_id=goal_id, challenge_id="c1", namespace=NS,
-                    is_active=active, expires_at=expires_at, now=now)
+def set_active(
+    run: Runner, user: str, goal_id: str, active: bool, expires_at: datetime | None, now: datetime
+) -> dict[str, Any]:
+    (result,) = run(
+        "set_goal_active",
+        user_id=user,
+        goal_id=goal_id,
+        challenge_id="c1",
+        namespace=NS,
+        is_active=active,
+        expires_at=expires_at,
+        now=now,
+    )
     return result
 
 
@@ -168,7 +233,11 @@ def test_set_goal_active_inserts_activates_and_deactivates_by_the_spec(run: Runn
     created = set_active(run, user, "g1", True, N, T)
     assert (created["is_active"], created["assigned_at"], created["expires_at"]) == (True, T, N)
     assert (created["created_at"], created["updated_at"], created["progress"], created["status"]) == (
-        T, T, 0, "not_started")
+        T,
+        T,
+        0,
+        "not_started",
+    )
 
     t2, n2 = T + timedelta(days=1), N + timedelta(days=1)
     again = set_active(run, user, "g1", True, n2, t2)
@@ -190,12 +259,14 @@ def test_set_goal_active_inserts_activates_and_deactivates_by_the_spec(run: Runn
 def test_set_goal_active_creates_an_inactive_row_without_assignment(run: Runner, user: str) -> None:
     created = set_active(run, user, "g1", False, N, T)
     assert (created["is_active"], created["assigned_at"], created["expires_at"], created["updated_at"]) == (
-        False, None, None, T)
+        False,
+        None,
+        None,
+        T,
+    )
 
 
-def test_set_goal_active_keeps_a_claimed_goal_claimed(
-    run: Runner, conn: psycopg.Connection[Any], user: str
-) -> None:
+def test_set_goal_active_keeps_a_claimed_goal_claimed(run: Runner, conn: psycopg.Connection[Any], user: str) -> None:
     insert_row(conn, user, "g1", status="claimed", completed_at=T, claimed_at=T, is_active=False, progress=9)
     on = set_active(run, user, "g1", True, None, T + timedelta(hours=1))
     assert (on["status"], on["progress"], on["claimed_at"], on["is_active"]) == ("claimed", 9, T, True)
@@ -207,8 +278,15 @@ def test_batch_set_goal_active_upserts_in_goal_order_by_the_set_active_rules(
     insert_row(conn, user, "g1", is_active=True, assigned_at=T, updated_at=T)
     insert_row(conn, user, "g2", is_active=False, assigned_at=T, updated_at=T)
     t2 = T + timedelta(hours=2)
-    rows = run("batch_set_goal_active", user_id=user, namespace=NS, goal_ids=["g3", "g1", "g2", "g1"],
-               challenge_ids=["c1", "c1", "c1", "c1"], expires_at=[N, N, N, N], now=t2)
+    rows = run(
+        "batch_set_goal_active",
+        user_id=user,
+        namespace=NS,
+        goal_ids=["g3", "g1", "g2", "g1"],
+        challenge_ids=["c1", "c1", "c1", "c1"],
+        expires_at=[N, N, N, N],
+        now=t2,
+    )
     by_goal = {r["goal_id"]: r for r in rows}
     assert [r["goal_id"] for r in rows] == ["g1", "g2", "g3"]
     assert all(r["is_active"] and r["expires_at"] == N for r in rows)
@@ -237,8 +315,15 @@ def test_deactivate_challenge_goals_keeps_listed_goals_and_other_challenges(
 
 
 def catch_up(run: Runner, user: str, goals: dict[str, bool], now: datetime = T) -> list[dict[str, Any]]:
-    return run("rotation_catch_up", user_id=user, goal_ids=list(goals), boundaries=[B] * len(goals),
-               next_boundaries=[N] * len(goals), reset_flags=list(goals.values()), now=now)
+    return run(
+        "rotation_catch_up",
+        user_id=user,
+        goal_ids=list(goals),
+        boundaries=[B] * len(goals),
+        next_boundaries=[N] * len(goals),
+        reset_flags=list(goals.values()),
+        now=now,
+    )
 
 
 def test_rotation_catch_up_resets_or_carries_over_only_stale_active_unclaimed_rows(
@@ -247,8 +332,9 @@ def test_rotation_catch_up_resets_or_carries_over_only_stale_active_unclaimed_ro
     stale = {"updated_at": YESTERDAY, "expires_at": B}
     insert_row(conn, user, "reset", status="completed", progress=50, baseline_value=40, completed_at=YESTERDAY, **stale)
     insert_row(conn, user, "carry", status="in_progress", progress=50, baseline_value=45, **stale)
-    insert_row(conn, user, "claimed", status="claimed", progress=50, completed_at=YESTERDAY, claimed_at=YESTERDAY,
-               **stale)
+    insert_row(
+        conn, user, "claimed", status="claimed", progress=50, completed_at=YESTERDAY, claimed_at=YESTERDAY, **stale
+    )
     insert_row(conn, user, "inactive", status="in_progress", progress=5, is_active=False, **stale)
     insert_row(conn, user, "fresh", status="in_progress", progress=5, updated_at=B, expires_at=N)
     before = {g: row(conn, user, g) for g in ("claimed", "inactive", "fresh")}
@@ -258,11 +344,20 @@ def test_rotation_catch_up_resets_or_carries_over_only_stale_active_unclaimed_ro
     assert [r["goal_id"] for r in changed] == ["carry", "reset"]
     reset = row(conn, user, "reset")
     assert (reset["status"], reset["baseline_value"], reset["completed_at"], reset["progress"]) == (
-        "not_started", None, None, 50)
+        "not_started",
+        None,
+        None,
+        50,
+    )
     assert (reset["expires_at"], reset["updated_at"]) == (N, T)
     carry = row(conn, user, "carry")
     assert (carry["status"], carry["baseline_value"], carry["progress"], carry["expires_at"], carry["updated_at"]) == (
-        "in_progress", 45, 50, N, T)
+        "in_progress",
+        45,
+        50,
+        N,
+        T,
+    )
     assert {g: row(conn, user, g) for g in before} == before
     assert {r["goal_id"]: r for r in changed}["reset"] == reset
 
@@ -270,20 +365,37 @@ def test_rotation_catch_up_resets_or_carries_over_only_stale_active_unclaimed_ro
 def test_rotation_catch_up_rechecks_a_row_that_a_concurrent_write_moved_into_the_new_period(
     registry: Registry, db_url: str, conn: psycopg.Connection[Any], user: str
 ) -> None:
-    insert_row(conn, user, "g1", status="completed", progress=50, baseline_value=40, completed_at=YESTERDAY,
-               updated_at=YESTERDAY)
+    insert_row(
+        conn,
+        user,
+        "g1",
+        status="completed",
+        progress=50,
+        baseline_value=40,
+        completed_at=YESTERDAY,
+        updated_at=YESTERDAY,
+    )
     flush_time = T - timedelta(minutes=1)
     result: list[Any] = []
     with psycopg.connect(db_url, row_factory=dict_row) as flusher:
         # The "flush" holds the row lock and has already written the row in the new period.
-        flusher.execute("UPDATE user_goal_progress SET updated_at = %s, progress = 60 WHERE user_id = %s",
-                        (flush_time, user))
+        flusher.execute(
+            "UPDATE user_goal_progress SET updated_at = %s, progress = 60 WHERE user_id = %s", (flush_time, user)
+        )
 
         def initialize() -> None:
             with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as other:
-                result.append(Runner(registry, other)("rotation_catch_up", user_id=user, goal_ids=["g1"],
-                                                      boundaries=[B], next_boundaries=[N], reset_flags=[True],
-                                                      now=T))
+                result.append(
+                    Runner(registry, other)(
+                        "rotation_catch_up",
+                        user_id=user,
+                        goal_ids=["g1"],
+                        boundaries=[B],
+                        next_boundaries=[N],
+                        reset_flags=[True],
+                        now=T,
+                    )
+                )
 
         thread = threading.Thread(target=initialize)
         thread.start()
@@ -293,7 +405,11 @@ def test_rotation_catch_up_rechecks_a_row_that_a_concurrent_write_moved_into_the
     assert result == [[]]
     g1 = row(conn, user, "g1")
     assert (g1["status"], g1["progress"], g1["updated_at"], g1["completed_at"]) == (
-        "completed", 60, flush_time, YESTERDAY)
+        "completed",
+        60,
+        flush_time,
+        YESTERDAY,
+    )
 
 
 def wait_until_a_session_waits_on_a_lock(conn: psycopg.Connection[Any], user: str) -> None:
@@ -312,9 +428,21 @@ def wait_until_a_session_waits_on_a_lock(conn: psycopg.Connection[Any], user: st
 
 
 def grant(run: Runner, user: str, generation: int) -> None:
-    run("insert_reward_grant", namespace=NS, user_id=user, goal_id="g1", generation=generation,
-        challenge_id="c1", idempotency_key=f"{NS}:{user}:g1:{generation}", reward_type="ITEM",
-        reward_id="sword", quantity=1, mode="log", attempts=1, granted_at=T)
+    run(
+        "insert_reward_grant",
+        namespace=NS,
+        user_id=user,
+        goal_id="g1",
+        generation=generation,
+        challenge_id="c1",
+        idempotency_key=f"{NS}:{user}:g1:{generation}",
+        reward_type="ITEM",
+        reward_id="sword",
+        quantity=1,
+        mode="log",
+        attempts=1,
+        granted_at=T,
+    )
 
 
 def test_claim_statements_generation_grant_and_guarded_mark(
@@ -322,6 +450,7 @@ def test_claim_statements_generation_grant_and_guarded_mark(
 ) -> None:
     insert_row(conn, user, "g1", status="completed", progress=10, completed_at=YESTERDAY)
     insert_row(conn, user, "g2", status="in_progress", progress=3)
+
     def generation() -> int:
         return run("next_claim_generation", namespace=NS, user_id=user, goal_id="g1")[0]["generation"]
 
@@ -337,8 +466,9 @@ def test_claim_statements_generation_grant_and_guarded_mark(
         (locked,) = run("progress_for_update", user_id=user, goal_id="g1")
         assert locked == row(conn, user, "g1")
         with psycopg.connect(db_url) as other, pytest.raises(psycopg.errors.LockNotAvailable):
-            other.execute("SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'g1' FOR UPDATE NOWAIT",
-                          (user,))
+            other.execute(
+                "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'g1' FOR UPDATE NOWAIT", (user,)
+            )
         assert run("mark_claimed", user_id=user, goal_id="g1", now=T) == [{"claimed_at": T}]
     g1 = row(conn, user, "g1")
     assert (g1["status"], g1["claimed_at"], g1["updated_at"], g1["completed_at"]) == ("claimed", T, T, YESTERDAY)
@@ -440,8 +570,16 @@ def test_flush_returns_one_row_per_entry_and_routes_by_source(
     insert_row(conn, user, "kills")
     insert_row(conn, user, "kills2")
     insert_row(conn, user, "logins")
-    result = flush(run, [(user, KILLS, 7, 7), (user, "login", None, 1), (f"{user}-none", "login", None, 1),
-                         (user, "stat:unrouted", 3, 3)], goals)
+    result = flush(
+        run,
+        [
+            (user, KILLS, 7, 7),
+            (user, "login", None, 1),
+            (f"{user}-none", "login", None, 1),
+            (user, "stat:unrouted", 3, 3),
+        ],
+        goals,
+    )
     assert result == [
         {"entry_index": 1, "user_id": user, "source": KILLS, "outcome": "applied", "goal_ids": ["kills", "kills2"]},
         {"entry_index": 2, "user_id": user, "source": "login", "outcome": "applied", "goal_ids": ["logins"]},
@@ -449,8 +587,12 @@ def test_flush_returns_one_row_per_entry_and_routes_by_source(
         {"entry_index": 4, "user_id": user, "source": "stat:unrouted", "outcome": "no_row", "goal_ids": []},
     ]
     assert [row(conn, user, g)["progress"] for g in ("kills", "kills2", "logins")] == [7, 7, 1]
-    assert conn.execute("SELECT count(*) AS n FROM user_goal_progress WHERE user_id = %s",
-                        (f"{user}-none",)).fetchone()["n"] == 0
+    assert (
+        conn.execute("SELECT count(*) AS n FROM user_goal_progress WHERE user_id = %s", (f"{user}-none",)).fetchone()[
+            "n"
+        ]
+        == 0
+    )
 
 
 def test_flush_absolute_stat_takes_the_latest_value_and_completed_never_goes_back(
@@ -491,9 +633,17 @@ def test_flush_relative_first_event_sets_baseline_and_completes_exactly_when_inc
     flush(run, [(user, KILLS, 100, 4), (other, KILLS, 100, 5)], goals)
     mine, theirs = row(conn, user, "g"), row(conn, other, "g")
     assert (mine["progress"], mine["baseline_value"], mine["status"], mine["completed_at"]) == (
-        100, 96, "in_progress", None)
+        100,
+        96,
+        "in_progress",
+        None,
+    )
     assert (theirs["progress"], theirs["baseline_value"], theirs["status"], theirs["completed_at"]) == (
-        100, 95, "completed", T)
+        100,
+        95,
+        "completed",
+        T,
+    )
     flush(run, [(user, KILLS, 101, 1)], goals)
     mine = row(conn, user, "g")
     assert (mine["baseline_value"], mine["status"]) == (96, "completed")
@@ -526,11 +676,22 @@ def test_flush_relative_login_with_target_one_completes_on_a_single_login(
 def test_flush_never_writes_inactive_or_frozen_claimed_rows(
     run: Runner, conn: psycopg.Connection[Any], user: str
 ) -> None:
-    goals = [Goal("inactive", "login"), Goal("claimed", "login"), Goal("claimed_fresh", "login", rotating=True,
-                                                                          reselect=True)]
+    goals = [
+        Goal("inactive", "login"),
+        Goal("claimed", "login"),
+        Goal("claimed_fresh", "login", rotating=True, reselect=True),
+    ]
     insert_row(conn, user, "inactive", is_active=False, progress=2, updated_at=YESTERDAY)
-    insert_row(conn, user, "claimed", status="claimed", progress=10, completed_at=YESTERDAY, claimed_at=YESTERDAY,
-               updated_at=YESTERDAY)
+    insert_row(
+        conn,
+        user,
+        "claimed",
+        status="claimed",
+        progress=10,
+        completed_at=YESTERDAY,
+        claimed_at=YESTERDAY,
+        updated_at=YESTERDAY,
+    )
     # Claimed in this period: reselection waits for the next boundary.
     insert_row(conn, user, "claimed_fresh", status="claimed", progress=10, completed_at=B, claimed_at=B, updated_at=B)
     before = {g.goal_id: row(conn, user, g.goal_id) for g in goals}
@@ -542,8 +703,17 @@ def test_flush_claimed_goal_without_reselection_stays_frozen_after_a_boundary(
     run: Runner, conn: psycopg.Connection[Any], user: str
 ) -> None:
     goals = [Goal("g", "login", rotating=True, reset=True, reselect=False)]
-    insert_row(conn, user, "g", status="claimed", progress=10, completed_at=YESTERDAY, claimed_at=YESTERDAY,
-               updated_at=YESTERDAY, expires_at=B)
+    insert_row(
+        conn,
+        user,
+        "g",
+        status="claimed",
+        progress=10,
+        completed_at=YESTERDAY,
+        claimed_at=YESTERDAY,
+        updated_at=YESTERDAY,
+        expires_at=B,
+    )
     before = row(conn, user, "g")
     assert flush(run, [(user, "login", None, 1)], goals)[0]["outcome"] == "no_row"
     assert row(conn, user, "g") == before
@@ -555,35 +725,73 @@ def test_flush_reopens_a_stale_claimed_goal_with_reselection(
     goals = [Goal("g", KILLS, mode="relative", target=5, rotating=True, reselect=True)]
     finisher = f"{user}-b"
     for user_id in (user, finisher):
-        insert_row(conn, user_id, "g", status="claimed", progress=90, baseline_value=80, completed_at=YESTERDAY,
-                   claimed_at=YESTERDAY, updated_at=YESTERDAY, expires_at=B)
+        insert_row(
+            conn,
+            user_id,
+            "g",
+            status="claimed",
+            progress=90,
+            baseline_value=80,
+            completed_at=YESTERDAY,
+            claimed_at=YESTERDAY,
+            updated_at=YESTERDAY,
+            expires_at=B,
+        )
     result = flush(run, [(user, KILLS, 100, 2), (finisher, KILLS, 100, 6)], goals)
     assert [r["outcome"] for r in result] == ["applied", "applied"]
     g = row(conn, user, "g")
     assert (g["status"], g["progress"], g["baseline_value"], g["completed_at"], g["claimed_at"]) == (
-        "not_started", 100, 98, None, None)
+        "not_started",
+        100,
+        98,
+        None,
+        None,
+    )
     assert (g["expires_at"], g["updated_at"]) == (N, T)
     done = row(conn, finisher, "g")
     assert (done["status"], done["baseline_value"], done["completed_at"], done["claimed_at"]) == (
-        "completed", 94, T, None)
+        "completed",
+        94,
+        T,
+        None,
+    )
 
 
 def test_flush_resets_a_stale_goal_with_reset_progress_and_carries_over_without_it(
     run: Runner, conn: psycopg.Connection[Any], user: str
 ) -> None:
-    goals = [Goal("reset", KILLS, mode="relative", target=5, rotating=True, reset=True),
-             Goal("carry", KILLS, mode="relative", target=5, rotating=True, reset=False)]
+    goals = [
+        Goal("reset", KILLS, mode="relative", target=5, rotating=True, reset=True),
+        Goal("carry", KILLS, mode="relative", target=5, rotating=True, reset=False),
+    ]
     for goal in goals:
-        insert_row(conn, user, goal.goal_id, status="completed", progress=60, baseline_value=50,
-                   completed_at=YESTERDAY, updated_at=YESTERDAY - timedelta(days=3), expires_at=B)
+        insert_row(
+            conn,
+            user,
+            goal.goal_id,
+            status="completed",
+            progress=60,
+            baseline_value=50,
+            completed_at=YESTERDAY,
+            updated_at=YESTERDAY - timedelta(days=3),
+            expires_at=B,
+        )
     flush(run, [(user, KILLS, 62, 2)], goals)
     reset = row(conn, user, "reset")
     assert (reset["status"], reset["progress"], reset["baseline_value"], reset["completed_at"]) == (
-        "in_progress", 62, 60, None)
+        "in_progress",
+        62,
+        60,
+        None,
+    )
     assert (reset["expires_at"], reset["updated_at"]) == (N, T)
     carry = row(conn, user, "carry")
     assert (carry["status"], carry["progress"], carry["baseline_value"], carry["completed_at"]) == (
-        "completed", 62, 50, YESTERDAY)
+        "completed",
+        62,
+        50,
+        YESTERDAY,
+    )
     assert (carry["expires_at"], carry["updated_at"]) == (N, T)
 
 
@@ -599,8 +807,11 @@ def test_flush_stale_relative_login_keeps_the_raw_total_and_restarts_its_baselin
 def test_flush_sets_expires_at_only_for_stale_rows_or_rows_without_one(
     run: Runner, conn: psycopg.Connection[Any], user: str
 ) -> None:
-    goals = [Goal("no_expiry", "login", rotating=True), Goal("has_expiry", "login", rotating=True),
-             Goal("plain", "login")]
+    goals = [
+        Goal("no_expiry", "login", rotating=True),
+        Goal("has_expiry", "login", rotating=True),
+        Goal("plain", "login"),
+    ]
     earlier = N - timedelta(hours=1)
     insert_row(conn, user, "no_expiry", updated_at=B)
     insert_row(conn, user, "has_expiry", updated_at=B, expires_at=earlier)
@@ -619,9 +830,16 @@ def test_flush_clamps_extreme_values_instead_of_failing_the_batch(
         for goal in goals:
             insert_row(conn, user_id, goal.goal_id)
     insert_row(conn, user, "logins", progress=INT_MAX - 1)
-    result = flush(run, [(huge, KILLS, 5_000_000_000, 5_000_000_000), (negative, KILLS, -5, 1),
-                         (low, KILLS, INT_MIN, 5), (user, "login", None, 10)],
-                   goals + [Goal("logins", "login", target=1)])
+    result = flush(
+        run,
+        [
+            (huge, KILLS, 5_000_000_000, 5_000_000_000),
+            (negative, KILLS, -5, 1),
+            (low, KILLS, INT_MIN, 5),
+            (user, "login", None, 10),
+        ],
+        goals + [Goal("logins", "login", target=1)],
+    )
     assert [r["outcome"] for r in result] == ["applied"] * 4
     assert (row(conn, huge, "abs")["progress"], row(conn, huge, "abs")["status"]) == (INT_MAX, "completed")
     rel = row(conn, huge, "rel")
@@ -645,7 +863,9 @@ def test_flush_defers_a_whole_entry_with_a_locked_row_and_applies_the_others(
         claim.execute("SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'g1' FOR UPDATE", (user,))
         result = flush(run, [(user, "login", None, 1), (other, "login", None, 1)], goals)
         assert [(r["user_id"], r["outcome"], r["goal_ids"]) for r in result] == [
-            (user, "deferred", []), (other, "applied", ["g1", "g2"])]
+            (user, "deferred", []),
+            (other, "applied", ["g1", "g2"]),
+        ]
         assert [row(conn, user, g)["progress"] for g in ("g1", "g2")] == [1, 1]
         assert [row(conn, user, g)["updated_at"] for g in ("g1", "g2")] == [T, T]
         assert [row(conn, other, g)["progress"] for g in ("g1", "g2")] == [2, 2]

@@ -34,17 +34,37 @@ DOCUMENTED_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "insert_reward_grant": (
         "write",
         (
-            "namespace", "user_id", "goal_id", "generation", "challenge_id", "idempotency_key",
-            "reward_type", "reward_id", "quantity", "mode", "attempts", "granted_at",
+            "namespace",
+            "user_id",
+            "goal_id",
+            "generation",
+            "challenge_id",
+            "idempotency_key",
+            "reward_type",
+            "reward_id",
+            "quantity",
+            "mode",
+            "attempts",
+            "granted_at",
         ),
     ),
     "mark_claimed": ("write", ("user_id", "goal_id", "now")),
     "apply_event_updates": (
         "write",
         (
-            "entry_user_ids", "entry_sources", "entry_values", "entry_incs",
-            "goal_ids", "goal_sources", "goal_progress_modes", "goal_targets", "goal_boundaries",
-            "goal_next_boundaries", "goal_reset_flags", "goal_reselect_flags", "now",
+            "entry_user_ids",
+            "entry_sources",
+            "entry_values",
+            "entry_incs",
+            "goal_ids",
+            "goal_sources",
+            "goal_progress_modes",
+            "goal_targets",
+            "goal_boundaries",
+            "goal_next_boundaries",
+            "goal_reset_flags",
+            "goal_reselect_flags",
+            "now",
         ),
     ),
     "delete_user_data": ("write", ("namespace", "user_id")),
@@ -52,7 +72,13 @@ DOCUMENTED_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 ARRAY_PARAMS = {
-    "goal_ids", "challenge_ids", "prereq_goal_ids", "keep_goal_ids", "boundaries", "next_boundaries", "reset_flags",
+    "goal_ids",
+    "challenge_ids",
+    "prereq_goal_ids",
+    "keep_goal_ids",
+    "boundaries",
+    "next_boundaries",
+    "reset_flags",
 }
 
 VALID_ENTRY = """\
@@ -94,8 +120,12 @@ def test_bundled_file_takes_time_only_from_the_now_parameter() -> None:
     for query in load_registry():
         assert "now()" not in query.sql.lower(), query.name
         assert "current_timestamp" not in query.sql.lower(), query.name
-        if query.kind == "write" and query.name not in ("deactivate_challenge_goals", "delete_user_data",
-                                                        "backdate_user_goals", "insert_reward_grant"):
+        if query.kind == "write" and query.name not in (
+            "deactivate_challenge_goals",
+            "delete_user_data",
+            "backdate_user_goals",
+            "insert_reward_grant",
+        ):
             assert "now" in query.param_names, query.name
 
 
@@ -162,13 +192,21 @@ SELECT 1
         ("SELECT 1;\n" + VALID_ENTRY, "SQL text before the first '-- name:' header"),
     ],
     ids=[
-        "duplicate", "undeclared-placeholder", "unused-param", "two-statements", "bad-kind", "bare-percent",
-        "positional", "no-semicolon", "no-doc", "unknown-field", "param-twice", "text-before-first-name",
+        "duplicate",
+        "undeclared-placeholder",
+        "unused-param",
+        "two-statements",
+        "bad-kind",
+        "bare-percent",
+        "positional",
+        "no-semicolon",
+        "no-doc",
+        "unknown-field",
+        "param-twice",
+        "text-before-first-name",
     ],
 )
-def test_malformed_files_raise_registry_error_naming_file_and_problem(
-    tmp_path: Path, text: str, message: str
-) -> None:
+def test_malformed_files_raise_registry_error_naming_file_and_problem(tmp_path: Path, text: str, message: str) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(RegistryError) as raised:
         load_registry(path, required=())

@@ -27,8 +27,14 @@ from service.usecases.rewards import (
 )
 
 GRANT = RewardGrant(
-    namespace="mygame", user_id="user-1", challenge_id="daily-quests", goal_id="login-today",
-    generation=2, reward_type="WALLET", reward_id="COINS", quantity=100,
+    namespace="mygame",
+    user_id="user-1",
+    challenge_id="daily-quests",
+    goal_id="login-today",
+    generation=2,
+    reward_type="WALLET",
+    reward_id="COINS",
+    quantity=100,
 )
 FAR_DEADLINE_S = 60.0
 
@@ -52,8 +58,11 @@ class ScriptedWebhook:
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append(RecordedRequest(
-            dict(request.headers), await request.read(), request.transport.get_extra_info("peername")[1]))
+        self.requests.append(
+            RecordedRequest(
+                dict(request.headers), await request.read(), request.transport.get_extra_info("peername")[1]
+            )
+        )
         if self.hang:
             await self.release.wait()
         status = self.statuses.pop(0) if self.statuses else self.default_status
@@ -153,7 +162,14 @@ async def test_2xx_succeeds_with_headers_body_and_verifiable_signature(webhook, 
 
     body = json.loads(request.body)
     assert list(body) == [
-        "idempotencyKey", "namespace", "userId", "challengeId", "goalId", "generation", "reward", "requestedAt",
+        "idempotencyKey",
+        "namespace",
+        "userId",
+        "challengeId",
+        "goalId",
+        "generation",
+        "reward",
+        "requestedAt",
     ]
     requested_at = body.pop("requestedAt")
     assert body == {
@@ -227,7 +243,8 @@ async def test_non_retryable_4xx_fails_at_once(webhook, harness_factory, status)
     assert failure.value.retries == 0
     assert str(status) in failure.value.reason
     assert failure.value.api_message() == (
-        "Failed to grant reward via Platform Service after 0 retries (goal_id: login-today)")
+        "Failed to grant reward via Platform Service after 0 retries (goal_id: login-today)"
+    )
     assert len(webhook.requests) == 1
     assert harness.clock.sleeps == []
     assert metric("challenge_reward_grants_total", "webhook", "failure") == failures_before + 1
@@ -243,7 +260,8 @@ async def test_503_every_time_is_retried_then_fails_with_the_exact_message(webho
 
     assert failure.value.retries == 3
     assert failure.value.api_message() == (
-        "Failed to grant reward via Platform Service after 3 retries (goal_id: login-today)")
+        "Failed to grant reward via Platform Service after 3 retries (goal_id: login-today)"
+    )
     assert len(webhook.requests) == 4
     assert metric("challenge_reward_grant_attempts_total", "webhook", "retryable_status") == attempts_before + 4
 

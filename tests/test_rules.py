@@ -182,9 +182,7 @@ def test_two_users_see_the_same_expiry() -> None:
     assert alice_in == 7 * 86_400 - 1
 
 
-instants = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2200, 12, 31), timezones=st.just(UTC)
-)
+instants = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2200, 12, 31), timezones=st.just(UTC))
 
 
 @given(instants)
@@ -226,8 +224,9 @@ def test_view_without_a_row() -> None:
 def test_fresh_row_keeps_its_values() -> None:
     goal = make_goal("g", schedule="daily")
     done = utc(2030, 5, 17, 9)
-    row = make_row(goal, status=rules.STATUS_COMPLETED, progress=15, baseline_value=3, completed_at=done,
-                   updated_at=done)
+    row = make_row(
+        goal, status=rules.STATUS_COMPLETED, progress=15, baseline_value=3, completed_at=done, updated_at=done
+    )
     assert not rules.is_stale(goal, row, T)
     assert rules.view(goal, row, T) == GoalView(12, rules.STATUS_COMPLETED, done, None)
 
@@ -251,8 +250,9 @@ def test_stale_resetting_row_shows_not_started() -> None:
 def test_stale_carry_over_row_keeps_its_values() -> None:
     goal = make_goal("g", schedule="daily", reset_progress=False)
     done = utc(2030, 5, 16, 10)
-    row = make_row(goal, status=rules.STATUS_COMPLETED, progress=15, baseline_value=3, completed_at=done,
-                   updated_at=YESTERDAY_NOON)
+    row = make_row(
+        goal, status=rules.STATUS_COMPLETED, progress=15, baseline_value=3, completed_at=done, updated_at=YESTERDAY_NOON
+    )
     assert rules.is_stale(goal, row, T)
     assert not rules.would_reset(goal, row, T)
     assert rules.view(goal, row, T) == GoalView(12, rules.STATUS_COMPLETED, done, None)
@@ -262,8 +262,15 @@ def test_stale_carry_over_row_keeps_its_values() -> None:
 def test_claimed_without_reselection_stays_claimed(reset_progress: bool) -> None:
     goal = make_goal("g", schedule="weekly", reset_progress=reset_progress, allow_reselection=False)
     done, claimed = utc(2030, 1, 2), utc(2030, 1, 3)
-    row = make_row(goal, status=rules.STATUS_CLAIMED, progress=20, baseline_value=5, completed_at=done,
-                   claimed_at=claimed, updated_at=claimed)
+    row = make_row(
+        goal,
+        status=rules.STATUS_CLAIMED,
+        progress=20,
+        baseline_value=5,
+        completed_at=done,
+        claimed_at=claimed,
+        updated_at=claimed,
+    )
     assert rules.is_stale(goal, row, T)
     assert not rules.would_reset(goal, row, T)
     assert not rules.claim_guard_rotated(goal, row, T)
@@ -274,8 +281,9 @@ def test_claimed_without_reselection_stays_claimed(reset_progress: bool) -> None
 def test_claimed_with_reselection_shows_reopened(reset_progress: bool) -> None:
     goal = make_goal("g", schedule="monthly", reset_progress=reset_progress, allow_reselection=True)
     claimed = utc(2030, 4, 30, 23)
-    row = make_row(goal, status=rules.STATUS_CLAIMED, progress=20, completed_at=claimed, claimed_at=claimed,
-                   updated_at=claimed)
+    row = make_row(
+        goal, status=rules.STATUS_CLAIMED, progress=20, completed_at=claimed, claimed_at=claimed, updated_at=claimed
+    )
     assert rules.would_reset(goal, row, T)
     assert rules.claim_guard_rotated(goal, row, T)
     assert rules.view(goal, row, T) == GoalView(0, rules.STATUS_NOT_STARTED, None, None)
@@ -296,9 +304,7 @@ def test_goal_without_rotation_is_never_stale() -> None:
 
 def test_claim_guard_lets_a_carried_over_completed_goal_be_claimed() -> None:
     goal = make_goal("g", schedule="daily", reset_progress=False)
-    row = make_row(
-        goal, status=rules.STATUS_COMPLETED, completed_at=YESTERDAY_NOON, updated_at=YESTERDAY_NOON
-    )
+    row = make_row(goal, status=rules.STATUS_COMPLETED, completed_at=YESTERDAY_NOON, updated_at=YESTERDAY_NOON)
     assert not rules.claim_guard_rotated(goal, row, T)
     resetting = make_goal("g", schedule="daily", reset_progress=True)
     assert rules.claim_guard_rotated(resetting, row, T)
@@ -347,9 +353,7 @@ def test_prerequisite_that_would_reset_locks_the_goal() -> None:
     pre = make_goal("pre", schedule="daily", reset_progress=True)
     target = make_goal("target", prerequisites=("pre",))
     goals = {"pre": pre, "target": target}
-    stale = make_row(
-        pre, status=rules.STATUS_COMPLETED, completed_at=YESTERDAY_NOON, updated_at=YESTERDAY_NOON
-    )
+    stale = make_row(pre, status=rules.STATUS_COMPLETED, completed_at=YESTERDAY_NOON, updated_at=YESTERDAY_NOON)
     assert rules.is_locked(target, {"pre": stale}, goals, T)
     fresh = replace(stale, updated_at=TODAY)
     assert not rules.is_locked(target, {"pre": fresh}, goals, T)
@@ -386,13 +390,19 @@ def _eligibility_fixture() -> tuple[Challenge, dict[str, Goal], dict[str, Progre
         "in_progress_active": make_row(by_id["in_progress_active"]),
         "in_progress_inactive": make_row(by_id["in_progress_inactive"], is_active=False),
         "completed": make_row(by_id["completed"], status=rules.STATUS_COMPLETED, completed_at=TODAY),
-        "claimed": make_row(
-            by_id["claimed"], status=rules.STATUS_CLAIMED, completed_at=TODAY, claimed_at=TODAY
+        "claimed": make_row(by_id["claimed"], status=rules.STATUS_CLAIMED, completed_at=TODAY, claimed_at=TODAY),
+        "reset_completed": make_row(
+            by_id["reset_completed"],
+            status=rules.STATUS_COMPLETED,
+            completed_at=YESTERDAY_NOON,
+            updated_at=YESTERDAY_NOON,
         ),
-        "reset_completed": make_row(by_id["reset_completed"], status=rules.STATUS_COMPLETED,
-                                    completed_at=YESTERDAY_NOON, updated_at=YESTERDAY_NOON),
-        "carried_completed": make_row(by_id["carried_completed"], status=rules.STATUS_COMPLETED,
-                                      completed_at=YESTERDAY_NOON, updated_at=YESTERDAY_NOON),
+        "carried_completed": make_row(
+            by_id["carried_completed"],
+            status=rules.STATUS_COMPLETED,
+            completed_at=YESTERDAY_NOON,
+            updated_at=YESTERDAY_NOON,
+        ),
     }
     return challenge, by_id, rows
 
@@ -434,9 +444,7 @@ def test_catch_up_targets_selects_active_unclaimed_stale_rotating_rows() -> None
     long_ago = utc(2030, 3, 1)
     rows = [
         make_row(goals["z_weekly_carry"], updated_at=long_ago),
-        make_row(
-            goals["m_monthly_reset"], status=rules.STATUS_COMPLETED, completed_at=long_ago, updated_at=long_ago
-        ),
+        make_row(goals["m_monthly_reset"], status=rules.STATUS_COMPLETED, completed_at=long_ago, updated_at=long_ago),
         make_row(goals["a_daily_reset"], updated_at=YESTERDAY_NOON),
         make_row(goals["fresh_daily"], updated_at=TODAY),
         make_row(

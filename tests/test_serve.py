@@ -25,9 +25,9 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.transport.auth import mint_token
-from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.config.resources import example_catalog_path
+from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+from service.transport.auth import mint_token
 from tests.servers import PrivateRedis, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,12 +57,21 @@ class ServeProcess:
     process: subprocess.Popen | None = None
 
     def start(self) -> ServeProcess:
-        env = {**self.env, "PYTHONPATH": str(REPO_ROOT), "CHALLENGE_LOG_FORMAT": "json",
-               "CHALLENGE_HTTP_PORT": str(self.http_port), "CHALLENGE_GRPC_PORT": str(self.grpc_port),
-               "CHALLENGE_ADMIN_PORT": str(self.admin_port)}
+        env = {
+            **self.env,
+            "PYTHONPATH": str(REPO_ROOT),
+            "CHALLENGE_LOG_FORMAT": "json",
+            "CHALLENGE_HTTP_PORT": str(self.http_port),
+            "CHALLENGE_GRPC_PORT": str(self.grpc_port),
+            "CHALLENGE_ADMIN_PORT": str(self.admin_port),
+        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "challengectl", "serve", *self.args],
-            env=env, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+            cwd=tempfile.gettempdir(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -119,8 +128,9 @@ class ServeProcess:
 def base_env(**extra: str) -> dict[str, str]:
     """The test process's environment without the service's own settings, plus `extra`.
     With a DATABASE_URL (not embedded) the catalog must be named: the bundled example is used."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CHALLENGE_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
     env["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="challengectl-cfg-")
     if "DATABASE_URL" in extra:
         env["CHALLENGE_CATALOG_PATH"] = str(example_catalog_path())
@@ -194,8 +204,9 @@ def test_embedded_data_survives_a_restart(data_dir: Path) -> None:
 
 
 def test_given_urls_serve_and_admin_token_guards_admin_routes(pg_url: str, redis_url: str) -> None:
-    env = base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET="x" * 32,
-                   CHALLENGE_ADMIN_TOKEN="adm-secret")
+    env = base_env(
+        DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET="x" * 32, CHALLENGE_ADMIN_TOKEN="adm-secret"
+    )
     serve = ServeProcess(env).start()
     try:
         serve.wait_ready()
@@ -243,9 +254,22 @@ def test_startup_refuses_a_taken_port(pg_url: str, redis_url: str) -> None:
     first = ServeProcess(env).start()
     try:
         clash = subprocess.run(
-            [sys.executable, "-m", "challengectl", "serve", "--port", str(first.http_port),
-             "--grpc-port", str(free_port()), "--admin-port", str(free_port())],
-            env={**env, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "challengectl",
+                "serve",
+                "--port",
+                str(first.http_port),
+                "--grpc-port",
+                str(free_port()),
+                "--admin-port",
+                str(free_port()),
+            ],
+            env={**env, "PYTHONPATH": str(REPO_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     finally:
         first.stop()
@@ -256,16 +280,20 @@ def test_startup_refuses_a_taken_port(pg_url: str, redis_url: str) -> None:
 
 
 def _player_call(serve: ServeProcess, token: str, method: str, path: str) -> dict:
-    request = urllib.request.Request(serve.api(f"/challenge{path}"), method=method,
-                                     data=b"" if method == "POST" else None,
-                                     headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        serve.api(f"/challenge{path}"),
+        method=method,
+        data=b"" if method == "POST" else None,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 
 def _publish_logins(serve: ServeProcess, user: str, count: int) -> ingest_pb2.PublishResult:
-    events = [ingest_pb2.Event(id=str(uuid.uuid4()), user_id=user, kind=ingest_pb2.EVENT_KIND_LOGIN)
-              for _ in range(count)]
+    events = [
+        ingest_pb2.Event(id=str(uuid.uuid4()), user_id=user, kind=ingest_pb2.EVENT_KIND_LOGIN) for _ in range(count)
+    ]
     with grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}") as channel:
         stub = ingest_pb2_grpc.EventIngestStub(channel)
         return stub.Publish(ingest_pb2.EventBatch(batch_id="b", events=events), timeout=10)
@@ -277,8 +305,9 @@ def _welcome_progress(goals: list[dict]) -> int:
 
 def test_committed_events_show_in_the_next_cached_read(pg_url: str, redis_url: str, redis_prefix: str) -> None:
     secret = "e2e-secret-" + "x" * 32
-    env = base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=secret,
-                   CHALLENGE_REDIS_KEY_PREFIX=redis_prefix)
+    env = base_env(
+        DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=secret, CHALLENGE_REDIS_KEY_PREFIX=redis_prefix
+    )
     serve = ServeProcess(env).start()
     user = f"events-{uuid.uuid4().hex[:8]}"
     token = mint_token(secret.encode(), user)
@@ -305,8 +334,13 @@ def test_committed_events_show_in_the_next_cached_read(pg_url: str, redis_url: s
 
 def test_shutdown_flushes_buffered_events(pg_url: str, redis_url: str) -> None:
     secret = "e2e-secret-" + "x" * 32
-    env = base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=secret,
-                   CHALLENGE_ACK_MODE="buffered", CHALLENGE_FLUSH_INTERVAL_MS="60000")
+    env = base_env(
+        DATABASE_URL=pg_url,
+        REDIS_URL=redis_url,
+        CHALLENGE_JWT_SECRET=secret,
+        CHALLENGE_ACK_MODE="buffered",
+        CHALLENGE_FLUSH_INTERVAL_MS="60000",
+    )
     serve = ServeProcess(env).start()
     user = f"drain-{uuid.uuid4().hex[:8]}"
     token = mint_token(secret.encode(), user)
@@ -321,8 +355,9 @@ def test_shutdown_flushes_buffered_events(pg_url: str, redis_url: str) -> None:
     assert code == 0, stderr
     assert "shutdown: flushed 1 buffered entries, 0 left" in stderr
     with psycopg.connect(pg_url) as conn:
-        progress = conn.execute("SELECT progress FROM user_goal_progress WHERE user_id = %s AND goal_id = %s",
-                                (user, "s1-welcome")).fetchone()
+        progress = conn.execute(
+            "SELECT progress FROM user_goal_progress WHERE user_id = %s AND goal_id = %s", (user, "s1-welcome")
+        ).fetchone()
     assert progress == (4,)
 
 

@@ -66,8 +66,7 @@ def test_reference_aliases(tmp_path):
 
 
 def test_prefixed_variable_wins_over_alias(tmp_path):
-    settings = load_settings({}, {"XDG_CONFIG_HOME": str(tmp_path), "AB_NAMESPACE": "a",
-                                  "CHALLENGE_NAMESPACE": "b"})
+    settings = load_settings({}, {"XDG_CONFIG_HOME": str(tmp_path), "AB_NAMESPACE": "a", "CHALLENGE_NAMESPACE": "b"})
     assert settings.namespace == "b"
 
 
@@ -78,19 +77,23 @@ def test_database_and_redis_urls_are_read_without_prefix(tmp_path):
     assert settings.redis_url == "redis://h:1/0"
 
 
-@pytest.mark.parametrize("raw, expected", [("true", True), ("1", True), ("yes", True), ("false", False),
-                                           ("0", False), ("no", False)])
+@pytest.mark.parametrize(
+    "raw, expected", [("true", True), ("1", True), ("yes", True), ("false", False), ("0", False), ("no", False)]
+)
 def test_booleans(tmp_path, raw, expected):
     assert load_settings({}, {"XDG_CONFIG_HOME": str(tmp_path), "CHALLENGE_DEBUG": raw}).debug is expected
 
 
-@pytest.mark.parametrize("env, fragment", [
-    ({"CHALLENGE_HTTP_PORT": "eighty"}, "setting 'http_port' from env CHALLENGE_HTTP_PORT"),
-    ({"CHALLENGE_ACK_MODE": "sometimes"}, "setting 'ack_mode' from env CHALLENGE_ACK_MODE"),
-    ({"CHALLENGE_DEBUG": "maybe"}, "setting 'debug'"),
-    ({"CHALLENGE_WORKERS": "0"}, "below the minimum 1"),
-    ({"CHALLENGE_DEDUP_PENDING_TTL_S": "2"}, "below the minimum 3"),
-])
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ({"CHALLENGE_HTTP_PORT": "eighty"}, "setting 'http_port' from env CHALLENGE_HTTP_PORT"),
+        ({"CHALLENGE_ACK_MODE": "sometimes"}, "setting 'ack_mode' from env CHALLENGE_ACK_MODE"),
+        ({"CHALLENGE_DEBUG": "maybe"}, "setting 'debug'"),
+        ({"CHALLENGE_WORKERS": "0"}, "below the minimum 1"),
+        ({"CHALLENGE_DEDUP_PENDING_TTL_S": "2"}, "below the minimum 3"),
+    ],
+)
 def test_invalid_values_name_the_setting_and_source(tmp_path, env, fragment):
     with pytest.raises(SettingsError) as raised:
         load_settings({}, {"XDG_CONFIG_HOME": str(tmp_path), **env})
@@ -99,8 +102,12 @@ def test_invalid_values_name_the_setting_and_source(tmp_path, env, fragment):
 
 
 def test_secrets_are_masked(tmp_path):
-    env = {"XDG_CONFIG_HOME": str(tmp_path), "DATABASE_URL": "postgresql://ops:s3cret@db/ch",
-           "CHALLENGE_JWT_SECRET": "topsecret", "CHALLENGE_ADMIN_TOKEN": "adm"}
+    env = {
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "DATABASE_URL": "postgresql://ops:s3cret@db/ch",
+        "CHALLENGE_JWT_SECRET": "topsecret",
+        "CHALLENGE_ADMIN_TOKEN": "adm",
+    }
     effective = load_settings({}, env).effective()
     text = repr(effective)
     assert "s3cret" not in text and "topsecret" not in text and "adm'" not in text
@@ -109,16 +116,19 @@ def test_secrets_are_masked(tmp_path):
     assert load_settings({}, env).effective(reveal_secrets=True)["jwt_secret"]["value"] == "topsecret"
 
 
-@pytest.mark.parametrize("flags, setting", [
-    ({"auth": "none", "http_host": "0.0.0.0"}, "auth"),
-    ({"admin_host": "0.0.0.0"}, "admin_token"),
-    ({"reward_mode": "webhook"}, "reward_webhook_url"),
-    ({"flush_workers": 33}, "flush_workers"),
-    ({"flush_workers": 0}, "flush_workers"),
-    ({"base_path": "/challenge/"}, "base_path"),
-    ({"base_path": "challenge"}, "base_path"),
-    ({"redis_key_prefix": "c{h}"}, "redis_key_prefix"),
-])
+@pytest.mark.parametrize(
+    "flags, setting",
+    [
+        ({"auth": "none", "http_host": "0.0.0.0"}, "auth"),
+        ({"admin_host": "0.0.0.0"}, "admin_token"),
+        ({"reward_mode": "webhook"}, "reward_webhook_url"),
+        ({"flush_workers": 33}, "flush_workers"),
+        ({"flush_workers": 0}, "flush_workers"),
+        ({"base_path": "/challenge/"}, "base_path"),
+        ({"base_path": "challenge"}, "base_path"),
+        ({"redis_key_prefix": "c{h}"}, "redis_key_prefix"),
+    ],
+)
 def test_startup_refusals_name_the_setting(tmp_path, flags, setting):
     settings = load_settings({"jwt_secret": "k", **flags}, {"XDG_CONFIG_HOME": str(tmp_path)})
     with pytest.raises(SettingsError, match=f"invalid setting '{setting}'"):

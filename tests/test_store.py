@@ -35,9 +35,7 @@ async def test_pooled_sessions_are_named_by_role_in_pg_stat_activity(pg_url: str
     pool = await open_pool(pg_url, role, SMALL)
     try:
         async with pool.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-            )
+            cursor = await conn.execute("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")
             assert await cursor.fetchone() == (f"challengectl-{role}",)
     finally:
         await pool.close()
@@ -151,9 +149,7 @@ async def test_retryable_class_40_errors_pass_through_for_the_caller(
 ) -> None:
     with pytest.raises(error_class):
         async with store.connection() as conn:
-            await conn.execute(
-                f"DO $$ BEGIN RAISE EXCEPTION 'simulated' USING ERRCODE = '{errcode}'; END $$"
-            )
+            await conn.execute(f"DO $$ BEGIN RAISE EXCEPTION 'simulated' USING ERRCODE = '{errcode}'; END $$")
 
 
 async def test_closed_port_raises_store_unavailable_naming_the_target_without_the_password() -> None:

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from service.transport.auth import mint_token
 from service.runtime.workers import CRASH_LOOP_S
+from service.transport.auth import mint_token
 from tests.test_serve import ServeProcess, _player_call, _publish_logins, _welcome_progress, base_env, http_get
 
 SECRET = "workers-secret-" + "x" * 32
@@ -93,8 +93,10 @@ def reset_peaks(serve: ServeProcess) -> None:
 def service_sessions(pg_url: str) -> int:
     database = conninfo_to_dict(pg_url)["dbname"]
     with psycopg.connect(pg_url) as conn:
-        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
-                            "'challengectl-service'", (database,)).fetchone()[0]
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'challengectl-service'",
+            (database,),
+        ).fetchone()[0]
 
 
 def runtime_dir_of(main: psutil.Process) -> Path:
@@ -106,9 +108,14 @@ def runtime_dir_of(main: psutil.Process) -> Path:
 
 
 def workers_env(pg_url: str, redis_url: str, redis_prefix: str) -> dict[str, str]:
-    return base_env(DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET=SECRET,
-                    CHALLENGE_REDIS_KEY_PREFIX=redis_prefix, CHALLENGE_WORKERS=str(WORKERS),
-                    CHALLENGE_DB_POOL_MIN=str(POOL_MIN))
+    return base_env(
+        DATABASE_URL=pg_url,
+        REDIS_URL=redis_url,
+        CHALLENGE_JWT_SECRET=SECRET,
+        CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
+        CHALLENGE_WORKERS=str(WORKERS),
+        CHALLENGE_DB_POOL_MIN=str(POOL_MIN),
+    )
 
 
 @pytest.fixture(scope="module")

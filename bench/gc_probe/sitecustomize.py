@@ -20,8 +20,9 @@ if _OUT:
         if phase == "start":
             _started[0] = time.perf_counter()
         else:
-            _collections.append({"gen": info["generation"], "at": time.time(),
-                                 "ms": (time.perf_counter() - _started[0]) * 1000})
+            _collections.append(
+                {"gen": info["generation"], "at": time.time(), "ms": (time.perf_counter() - _started[0]) * 1000}
+            )
 
     def _dump() -> None:
         with open(_OUT, "w") as out:

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import psycopg
 import redis.asyncio as redis_asyncio
@@ -43,14 +43,14 @@ from challengectl.redis_diagnostics import (
     user_cache_state,
 )
 from challengectl.ticker import parse_interval
-from service.transport.auth import is_valid_user_id
-from service.storage.cache import REDIS_FAILURES, Cache, open_redis, ping, scan_pattern_for_user
-from service.domain.catalog import Catalog, CatalogError, load_catalog
-from service.telemetry.pool_stats import nearest_rank
-from service.storage.registry import load_registry
-from service.domain.rules import ProgressRow, split_active_view
 from service.config.settings import Settings
+from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.domain.rules import ProgressRow, split_active_view
+from service.storage.cache import REDIS_FAILURES, Cache, open_redis, ping, scan_pattern_for_user
+from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
+from service.telemetry.pool_stats import nearest_rank
+from service.transport.auth import is_valid_user_id
 
 app = command_group("Warm, flush and inspect the Redis cache of active views.")
 
@@ -107,8 +107,11 @@ def load_cli_catalog(settings: Settings) -> Catalog:
     try:
         return load_catalog(path)
     except CatalogError as exc:
-        raise CliError(f"cannot use the catalog {path}: {exc.errors[0]}",
-                       "point --config-file or CHALLENGE_CATALOG_PATH at the service's catalog", EXIT_USAGE) from None
+        raise CliError(
+            f"cannot use the catalog {path}: {exc.errors[0]}",
+            "point --config-file or CHALLENGE_CATALOG_PATH at the service's catalog",
+            EXIT_USAGE,
+        ) from None
 
 
 async def service_fingerprint(clients: Clients) -> str | None:
@@ -127,8 +130,15 @@ def _redis_client(cli: CliContext, url: str, max_connections: int = 4) -> redis_
 
 def _cache_for(settings: Settings, client: Any, fingerprint: str) -> Cache:
     """The service's Cache over `client`, with the settings' TTLs and prefix."""
-    return Cache(client, settings.redis_key_prefix, fingerprint, settings.cache_ttl_s, settings.synced_ttl_s,
-                 settings.cache_journal_max, settings.redis_probe_interval_ms)
+    return Cache(
+        client,
+        settings.redis_key_prefix,
+        fingerprint,
+        settings.cache_ttl_s,
+        settings.synced_ttl_s,
+        settings.cache_journal_max,
+        settings.redis_probe_interval_ms,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -185,12 +195,17 @@ class Warmer:
         if not self._cache.healthy:
             raise _redis_failed(f"warming user {user_id!r}")
 
-    async def _read_active_view(self, conn: psycopg.AsyncConnection[Any],
-                                user_id: str) -> tuple[list[ProgressRow], list[ProgressRow]]:
+    async def _read_active_view(
+        self, conn: psycopg.AsyncConnection[Any], user_id: str
+    ) -> tuple[list[ProgressRow], list[ProgressRow]]:
         """`active_view` split as the service splits it (`rules.split_active_view`): the active rows, and
         the inactive rows of prerequisites that an active goal needs."""
-        fetched = await self._queries.rows(conn, "active_view", {
-            "user_id": user_id, "prereq_goal_ids": list(self._catalog.prerequisite_ids)}, class_row(ProgressRow))
+        fetched = await self._queries.rows(
+            conn,
+            "active_view",
+            {"user_id": user_id, "prereq_goal_ids": list(self._catalog.prerequisite_ids)},
+            class_row(ProgressRow),
+        )
         return split_active_view(fetched, self._catalog.goals_by_id)
 
     async def _has_every_default_goal(self, conn: psycopg.AsyncConnection[Any], user_id: str) -> bool:
@@ -201,9 +216,11 @@ class Warmer:
 
 
 def _redis_failed(doing: str) -> CliError:
-    return CliError(f"Redis failed while {doing}; the users before it are warmed",
-                    "check --redis-url / REDIS_URL and run the command again (warming is idempotent)",
-                    EXIT_UNAVAILABLE)
+    return CliError(
+        f"Redis failed while {doing}; the users before it are warmed",
+        "check --redis-url / REDIS_URL and run the command again (warming is idempotent)",
+        EXIT_UNAVAILABLE,
+    )
 
 
 def read_users_file(path: str) -> list[str]:
@@ -211,7 +228,9 @@ def read_users_file(path: str) -> list[str]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise CliError(f"cannot read --users-file {path}: {exc.strerror or exc}", "check the path", EXIT_USAGE) from None
+        raise CliError(
+            f"cannot read --users-file {path}: {exc.strerror or exc}", "check the path", EXIT_USAGE
+        ) from None
     users = []
     for number, line in enumerate(text.splitlines(), 1):
         user = line.strip()
@@ -224,8 +243,9 @@ def read_users_file(path: str) -> list[str]:
 
 
 def _invalid_user_id(which: str, hint: str) -> CliError:
-    return CliError(f"invalid user id {which}: 1-100 characters, no control characters, no '{{' or '}}'", hint,
-                    EXIT_USAGE)
+    return CliError(
+        f"invalid user id {which}: 1-100 characters, no control characters, no '{{' or '}}'", hint, EXIT_USAGE
+    )
 
 
 async def active_users(store: Store, skip: set[str]) -> AsyncIterator[list[str]]:
@@ -233,8 +253,12 @@ async def active_users(store: Store, skip: set[str]) -> AsyncIterator[list[str]]
     after = ""
     while True:
         async with store.connection() as conn:
-            page = [row[0] for row in await (await conn.execute(
-                ACTIVE_USERS_SQL, {"after": after, "page": ACTIVE_USERS_PAGE})).fetchall()]
+            page = [
+                row[0]
+                for row in await (
+                    await conn.execute(ACTIVE_USERS_SQL, {"after": after, "page": ACTIVE_USERS_PAGE})
+                ).fetchall()
+            ]
         if not page:
             return
         after = page[-1]
@@ -243,21 +267,32 @@ async def active_users(store: Store, skip: set[str]) -> AsyncIterator[list[str]]
 
 async def _user_batches(explicit: list[str], all_active: bool, store: Store, batch: int) -> AsyncIterator[list[str]]:
     for start in range(0, len(explicit), batch):
-        yield explicit[start:start + batch]
+        yield explicit[start : start + batch]
     if all_active:
         async for page in active_users(store, set(explicit)):
             yield page
 
 
-async def run_warm(clients: Clients, cli: CliContext, settings: Settings, database_url: str, redis_url: str,
-                   explicit: list[str], all_active: bool, concurrency: int) -> dict[str, Any]:
+async def run_warm(
+    clients: Clients,
+    cli: CliContext,
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    explicit: list[str],
+    all_active: bool,
+    concurrency: int,
+) -> dict[str, Any]:
     """Warm the users (explicit ones first, then every active user) `concurrency` at a time."""
     catalog = load_cli_catalog(settings)
     running = await service_fingerprint(clients)
     if running is not None and running != catalog.fingerprint:
-        raise CliError(f"the catalog {catalog.path} (fingerprint {catalog.fingerprint}) is not the running service's "
-                       f"(fingerprint {running}); its entries would never be valid",
-                       "point CHALLENGE_CATALOG_PATH at the service's catalog", EXIT_USAGE)
+        raise CliError(
+            f"the catalog {catalog.path} (fingerprint {catalog.fingerprint}) is not the running service's "
+            f"(fingerprint {running}); its entries would never be valid",
+            "point CHALLENGE_CATALOG_PATH at the service's catalog",
+            EXIT_USAGE,
+        )
     async with contextlib.AsyncExitStack() as resources:
         client = _redis_client(cli, redis_url, concurrency + 1)
         resources.push_async_callback(client.aclose)
@@ -268,18 +303,28 @@ async def run_warm(clients: Clients, cli: CliContext, settings: Settings, databa
             resources.push_async_callback(store.close)
             warmer = Warmer(_cache_for(settings, client, catalog.fingerprint), store, Queries(load_registry()), catalog)
             started = time.perf_counter()
-            await _warm_all(cli.output, warmer, _user_batches(explicit, all_active, store, concurrency * 64),
-                            None if all_active else len(explicit), concurrency)
+            await _warm_all(
+                cli.output,
+                warmer,
+                _user_batches(explicit, all_active, store, concurrency * 64),
+                None if all_active else len(explicit),
+                concurrency,
+            )
             elapsed = time.perf_counter() - started
         except StoreUnavailable as exc:
             raise CliError(str(exc), "check --database-url / DATABASE_URL", EXIT_UNAVAILABLE) from None
     totals = warmer.totals
-    return {**asdict(totals), "keys_written": totals.keys_written, "duration_ms": round(elapsed * 1000, 1),
-            "users_per_s": round(totals.users / elapsed, 1) if elapsed > 0 else None}
+    return {
+        **asdict(totals),
+        "keys_written": totals.keys_written,
+        "duration_ms": round(elapsed * 1000, 1),
+        "users_per_s": round(totals.users / elapsed, 1) if elapsed > 0 else None,
+    }
 
 
-async def _warm_all(out: Output, warmer: Warmer, batches: AsyncIterator[list[str]], total: int | None,
-                    concurrency: int) -> None:
+async def _warm_all(
+    out: Output, warmer: Warmer, batches: AsyncIterator[list[str]], total: int | None, concurrency: int
+) -> None:
     """Warm batch after batch, `concurrency` users at a time, with a progress bar on stderr."""
     limit = asyncio.Semaphore(concurrency)
     with out.progress("warming", total=total) as bar:
@@ -297,7 +342,7 @@ async def _warm_all(out: Output, warmer: Warmer, batches: AsyncIterator[list[str
 def warm(
     ctx: typer.Context,
     user: list[str] = typer.Option([], "--user", help="a user to warm (repeatable)"),
-    users_file: Optional[str] = typer.Option(None, "--users-file", help="file of user ids, one per line ('-': stdin)"),
+    users_file: str | None = typer.Option(None, "--users-file", help="file of user ids, one per line ('-': stdin)"),
     all_active: bool = typer.Option(False, "--all-active", help="every user with an active row"),
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=256, help="users warmed at a time"),
 ) -> None:
@@ -312,12 +357,15 @@ def warm(
     settings = cli.settings()
     redis_url = require_service_redis_url(settings)
     with database_target(settings) as target:
-        summary = cli.run(lambda clients: run_warm(clients, cli, settings, target.url, redis_url, explicit,
-                                                   all_active, concurrency))
-    lines = [f"warmed {summary['users']} users: {summary['entries_written']} views written, "
-             f"{summary['already_valid']} already valid, {summary['fill_skipped']} skipped (written meanwhile), "
-             f"{summary['markers_set']} synced markers set; {summary['keys_written']} keys in "
-             f"{summary['duration_ms']:.0f} ms ({summary['users_per_s'] or 0:g} users/s)"]
+        summary = cli.run(
+            lambda clients: run_warm(clients, cli, settings, target.url, redis_url, explicit, all_active, concurrency)
+        )
+    lines = [
+        f"warmed {summary['users']} users: {summary['entries_written']} views written, "
+        f"{summary['already_valid']} already valid, {summary['fill_skipped']} skipped (written meanwhile), "
+        f"{summary['markers_set']} synced markers set; {summary['keys_written']} keys in "
+        f"{summary['duration_ms']:.0f} ms ({summary['users_per_s'] or 0:g} users/s)"
+    ]
     cli.output.emit_object(summary, text=lambda: lines[0])
 
 
@@ -336,8 +384,15 @@ class FlushTotals:
     foreign_kept: int = 0  # matched the pattern but not the cache's key layout
 
 
-async def flush_keys(client: Any, cache: Cache, layout: KeyLayout, patterns: Iterable[str], include_dedup: bool,
-                     dry_run: bool, totals: FlushTotals) -> None:
+async def flush_keys(
+    client: Any,
+    cache: Cache,
+    layout: KeyLayout,
+    patterns: Iterable[str],
+    include_dedup: bool,
+    dry_run: bool,
+    totals: FlushTotals,
+) -> None:
     """SCAN each pattern; per reply, rotate the matched tokens (the service's invalidation: a fresh token
     and the view unlinked) and UNLINK the views, synced markers and, with `include_dedup`, the event
     markers. Keys outside the layout are left alone."""
@@ -346,8 +401,9 @@ async def flush_keys(client: Any, cache: Cache, layout: KeyLayout, patterns: Ite
             keys = [layout.classify(raw) for raw in batch]
             totals.matched += len(keys)
             rotate = [key.user_id for key in keys if key.kind == "tok" and key.user_id is not None]
-            remove = [key.raw for key in keys
-                      if key.kind in ("active", "synced") or (key.kind == "evt" and include_dedup)]
+            remove = [
+                key.raw for key in keys if key.kind in ("active", "synced") or (key.kind == "evt" and include_dedup)
+            ]
             totals.dedup_kept += sum(1 for key in keys if key.kind == "evt" and not include_dedup)
             totals.foreign_kept += sum(1 for key in keys if key.kind == "other")
             if dry_run:
@@ -364,16 +420,22 @@ async def flush_keys(client: Any, cache: Cache, layout: KeyLayout, patterns: Ite
 
 
 def _redis_failed_flush(totals: FlushTotals) -> CliError:
-    return CliError(f"Redis failed while rotating tokens after {totals.removed} keys were removed",
-                    "check --redis-url / REDIS_URL and run the flush again", EXIT_UNAVAILABLE)
+    return CliError(
+        f"Redis failed while rotating tokens after {totals.removed} keys were removed",
+        "check --redis-url / REDIS_URL and run the flush again",
+        EXIT_UNAVAILABLE,
+    )
 
 
 def flush_patterns(prefix: str, users: list[str], pattern: str | None, everything: bool) -> tuple[list[str], str]:
     """The SCAN patterns of exactly one selector, and how to describe it; user ids are escaped."""
     chosen = sum((bool(users), pattern is not None, everything))
     if chosen != 1:
-        raise CliError("cache flush needs exactly one of --user, --pattern or --all",
-                       "e.g. challengectl cache flush --user alice --yes", EXIT_USAGE)
+        raise CliError(
+            "cache flush needs exactly one of --user, --pattern or --all",
+            "e.g. challengectl cache flush --user alice --yes",
+            EXIT_USAGE,
+        )
     if users:
         return [scan_pattern_for_user(prefix, user) for user in users], f"user(s) {', '.join(users)}"
     if pattern is not None:
@@ -385,9 +447,15 @@ def flush_patterns(prefix: str, users: list[str], pattern: str | None, everythin
 def flush(
     ctx: typer.Context,
     user: list[str] = typer.Option([], "--user", help="flush this user's keys (repeatable)"),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="SCAN MATCH glob over full key names, e.g. 'ch:{load-*'"),
-    everything: bool = typer.Option(False, "--all", help="every key under redis_key_prefix [env: CHALLENGE_REDIS_KEY_PREFIX]"),
-    include_dedup: bool = typer.Option(False, "--include-dedup", help="also remove event de-duplication markers (evt:)"),
+    pattern: str | None = typer.Option(
+        None, "--pattern", help="SCAN MATCH glob over full key names, e.g. 'ch:{load-*'"
+    ),
+    everything: bool = typer.Option(
+        False, "--all", help="every key under redis_key_prefix [env: CHALLENGE_REDIS_KEY_PREFIX]"
+    ),
+    include_dedup: bool = typer.Option(
+        False, "--include-dedup", help="also remove event de-duplication markers (evt:)"
+    ),
     must_match: bool = typer.Option(False, "--must-match", help="exit 3 when no key matched"),
     dry_run: bool = typer.Option(False, "--dry-run", help="count what would be removed, change nothing"),
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
@@ -398,8 +466,9 @@ def flush(
     prefix = settings.redis_key_prefix
     patterns, selector = flush_patterns(prefix, user, pattern, everything)
     dedup = "removed" if include_dedup else "kept"
-    proceed = confirm(f"flush the cache keys of {selector} (tokens rotated, de-duplication markers {dedup})",
-                      yes, dry_run)
+    proceed = confirm(
+        f"flush the cache keys of {selector} (tokens rotated, de-duplication markers {dedup})", yes, dry_run
+    )
     redis_url = require_service_redis_url(settings)
     totals = FlushTotals()
 
@@ -416,20 +485,26 @@ def flush(
     asyncio.run(run())
     summary = {"patterns": patterns, "dry_run": not proceed, **asdict(totals)}
     verb = "would remove" if not proceed else "removed"
-    cli.output.emit_object(summary, text=lambda: (
-        f"matched {totals.matched} keys: {verb} {totals.removed}, tokens rotated {totals.tokens_rotated}, "
-        f"de-dup markers kept {totals.dedup_kept}, other keys kept {totals.foreign_kept}"))
+    cli.output.emit_object(
+        summary,
+        text=lambda: (
+            f"matched {totals.matched} keys: {verb} {totals.removed}, tokens rotated {totals.tokens_rotated}, "
+            f"de-dup markers kept {totals.dedup_kept}, other keys kept {totals.foreign_kept}"
+        ),
+    )
     if must_match and totals.matched == 0:
-        raise CliError(f"no key matched {', '.join(patterns)}", "check --user / --pattern and redis_key_prefix",
-                       EXIT_NOT_FOUND)
+        raise CliError(
+            f"no key matched {', '.join(patterns)}", "check --user / --pattern and redis_key_prefix", EXIT_NOT_FOUND
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # stats
 
 
-async def collect_cache_stats(clients: Clients, client: Any, redis_url: str, layout: KeyLayout,
-                              ping_ms: list[float] | None = None) -> dict[str, Any]:
+async def collect_cache_stats(
+    clients: Clients, client: Any, redis_url: str, layout: KeyLayout, ping_ms: list[float] | None = None
+) -> dict[str, Any]:
     """`/admin/cache` (None when the service is unreachable), Redis INFO, and keys by kind from a SCAN of
     at most STATS_SCAN_LIMIT keys. `ping_ms`: PING round trips measured since the last call."""
     try:
@@ -439,19 +514,27 @@ async def collect_cache_stats(clients: Clients, client: Any, redis_url: str, lay
         service, service_error = None, exc.message
     async with redis_failures_as_cli_errors(redis_url, "reading INFO and scanning keys"):
         server = await read_server_summary(client)
-        inventory = await take_inventory(client, layout, layout.all_keys_pattern(), sample=0, top=0, sleep_s=0.0,
-                                         limit=STATS_SCAN_LIMIT)
+        inventory = await take_inventory(
+            client, layout, layout.all_keys_pattern(), sample=0, top=0, sleep_s=0.0, limit=STATS_SCAN_LIMIT
+        )
     stats: dict[str, Any] = {
         "service": service,
         "redis": server,
-        "keys": {"pattern": inventory.pattern, "scanned": inventory.scanned, "complete": inventory.complete,
-                 "by_kind": inventory.by_kind},
+        "keys": {
+            "pattern": inventory.pattern,
+            "scanned": inventory.scanned,
+            "complete": inventory.complete,
+            "by_kind": inventory.by_kind,
+        },
         "warnings": cache_warnings(service, server),
         "unreachable": {"service": service_error} if service_error else {},
     }
     if ping_ms is not None:
-        stats["ping_ms"] = {"samples": len(ping_ms), "p50": round(nearest_rank(ping_ms, 0.50), 3),
-                            "p99": round(nearest_rank(ping_ms, 0.99), 3)}
+        stats["ping_ms"] = {
+            "samples": len(ping_ms),
+            "p50": round(nearest_rank(ping_ms, 0.50), 3),
+            "p99": round(nearest_rank(ping_ms, 0.99), 3),
+        }
         ping_ms.clear()
     return stats
 
@@ -465,8 +548,10 @@ def cache_warnings(service: dict[str, Any] | None, server: dict[str, Any]) -> li
     if server.get("evicted_keys"):
         warnings.append(f"Redis evicted {server['evicted_keys']} keys: size maxmemory so that eviction does not happen")
     if service is not None and (service.get("bypass") or not service.get("healthy", True)):
-        warnings.append(f"the service bypasses the cache (healthy={service.get('healthy')}, "
-                        f"journal_pending={service.get('journal_pending')})")
+        warnings.append(
+            f"the service bypasses the cache (healthy={service.get('healthy')}, "
+            f"journal_pending={service.get('journal_pending')})"
+        )
     return warnings
 
 
@@ -474,30 +559,54 @@ def render_stats(stats: dict[str, Any], no_headers: bool = False) -> RenderableT
     service, redis, keys = stats["service"], stats["redis"], stats["keys"]
     rows: list[tuple[str, Any]] = []
     if service is not None:
-        rows += [("service: enabled / healthy / bypass", " / ".join(format_cell(service.get(key))
-                                                                    for key in ("enabled", "healthy", "bypass"))),
-                 ("service: hit ratio", _ratio(service.get("hit_ratio") if service.get("hits", 0) + service.get("misses", 0) else None)),
-                 ("service: hits / misses", f"{service.get('hits')} / {service.get('misses')}")]
+        rows += [
+            (
+                "service: enabled / healthy / bypass",
+                " / ".join(format_cell(service.get(key)) for key in ("enabled", "healthy", "bypass")),
+            ),
+            (
+                "service: hit ratio",
+                _ratio(service.get("hit_ratio") if service.get("hits", 0) + service.get("misses", 0) else None),
+            ),
+            ("service: hits / misses", f"{service.get('hits')} / {service.get('misses')}"),
+        ]
         for kind, counts in (service.get("by_kind") or {}).items():
             rows.append((f"service: {kind} hits / misses", f"{counts.get('hits')} / {counts.get('misses')}"))
-        rows += [("service: bypassed / errors", f"{service.get('bypassed')} / {service.get('errors')}"),
-                 ("service: invalidations (failed)", f"{service.get('invalidations')} ({service.get('invalidation_failures')})"),
-                 ("service: journal pending", service.get("journal_pending"))]
+        rows += [
+            ("service: bypassed / errors", f"{service.get('bypassed')} / {service.get('errors')}"),
+            (
+                "service: invalidations (failed)",
+                f"{service.get('invalidations')} ({service.get('invalidation_failures')})",
+            ),
+            ("service: journal pending", service.get("journal_pending")),
+        ]
     rows += [
-        ("redis: version / uptime", f"{redis['redis_version']} / {redis['uptime_s']} s"
-                                    + (" (cluster)" if redis["cluster_enabled"] else "")),
+        (
+            "redis: version / uptime",
+            f"{redis['redis_version']} / {redis['uptime_s']} s" + (" (cluster)" if redis["cluster_enabled"] else ""),
+        ),
         ("redis: hit ratio (all clients)", _ratio(redis["hit_ratio"])),
         ("redis: hits / misses", f"{redis['keyspace_hits']} / {redis['keyspace_misses']}"),
         ("redis: evicted / expired keys", f"{redis['evicted_keys']} / {redis['expired_keys']}"),
         ("redis: ops/s / commands", f"{redis['ops_per_sec']} / {redis['commands_processed']}"),
-        ("redis: memory used / peak / max", f"{_bytes(redis['used_memory_bytes'])} / {_bytes(redis['used_memory_peak_bytes'])}"
-                                            f" / {_bytes(redis['maxmemory_bytes']) if redis['maxmemory_bytes'] else 'unlimited'}"),
-        ("redis: maxmemory policy / fragmentation", f"{redis['maxmemory_policy']} / {redis['mem_fragmentation_ratio']}"),
-        ("redis: clients connected / blocked / rejected", f"{redis['connected_clients']} / {redis['blocked_clients']} / "
-                                                          f"{redis['rejected_connections']}"),
+        (
+            "redis: memory used / peak / max",
+            f"{_bytes(redis['used_memory_bytes'])} / {_bytes(redis['used_memory_peak_bytes'])}"
+            f" / {_bytes(redis['maxmemory_bytes']) if redis['maxmemory_bytes'] else 'unlimited'}",
+        ),
+        (
+            "redis: maxmemory policy / fragmentation",
+            f"{redis['maxmemory_policy']} / {redis['mem_fragmentation_ratio']}",
+        ),
+        (
+            "redis: clients connected / blocked / rejected",
+            f"{redis['connected_clients']} / {redis['blocked_clients']} / {redis['rejected_connections']}",
+        ),
     ]
-    rows += [(f"redis: {db} keys (with expiry)", f"{counts['keys']} ({counts['expires']})")
-             for db, counts in redis["keyspace"].items()]
+    rows += [
+        (f"redis: {db} keys (with expiry)", f"{counts['keys']} ({counts['expires']})")
+        for db, counts in redis["keyspace"].items()
+    ]
     scope = "" if keys["complete"] else f", first {keys['scanned']} scanned"
     rows += [(f"keys {keys['pattern']}: {kind}{scope}", keys["by_kind"].get(kind, 0)) for kind in KIND_ORDER]
     if "ping_ms" in stats:
@@ -533,7 +642,9 @@ def _kv_table(rows: list[tuple[str, Any]], no_headers: bool) -> Table:
 @app.command("stats", epilog=STATS_EXAMPLES)
 def stats(
     ctx: typer.Context,
-    watch: bool = typer.Option(False, "--watch", help="refresh every --interval until Ctrl-C, with PING latency (NDJSON when piped)"),
+    watch: bool = typer.Option(
+        False, "--watch", help="refresh every --interval until Ctrl-C, with PING latency (NDJSON when piped)"
+    ),
     interval: str = typer.Option("2s", "--interval", help="refresh interval for --watch, <n>[ms|s|m|h]"),
 ) -> None:
     """Service and Redis cache health: hit ratios, memory, evictions, keys by kind."""
@@ -544,6 +655,7 @@ def stats(
     layout = KeyLayout(settings.redis_key_prefix)
     out = cli.output
     if not watch:
+
         async def once(clients: Clients) -> dict[str, Any]:
             client = _redis_client(cli, redis_url)
             try:
@@ -586,15 +698,21 @@ def render_inventory(inventory: dict[str, Any], out: Output) -> RenderableType:
     partial = "" if inventory["complete"] else " (partial scan)"
     return Group(
         Text(f"keys matching {inventory['pattern']}{partial}", style="bold"),
-        out.table([{"kind": kind, "keys": inventory["by_kind"].get(kind, 0)} for kind in KIND_ORDER],
-                  [Column("kind"), Column("keys", justify="right")]),
+        out.table(
+            [{"kind": kind, "keys": inventory["by_kind"].get(kind, 0)} for kind in KIND_ORDER],
+            [Column("kind"), Column("keys", justify="right")],
+        ),
         Text(f"evt markers sampled: {states['pending']} pending, {states['done']} done"),
         Text(f"TTL of {inventory['sampled']} sampled keys", style="bold"),
-        out.table([{"ttl": bucket, "keys": count} for bucket, count in inventory["ttl_distribution"].items()],
-                  [Column("ttl"), Column("keys", justify="right")]),
+        out.table(
+            [{"ttl": bucket, "keys": count} for bucket, count in inventory["ttl_distribution"].items()],
+            [Column("ttl"), Column("keys", justify="right")],
+        ),
         Text("largest sampled keys (MEMORY USAGE)", style="bold"),
-        out.table(inventory["largest"], [Column("key"), Column("kind"), Column("bytes", justify="right"),
-                                         Column("ttl_s", "TTL S", "right")]),
+        out.table(
+            inventory["largest"],
+            [Column("key"), Column("kind"), Column("bytes", justify="right"), Column("ttl_s", "TTL S", "right")],
+        ),
     )
 
 
@@ -610,24 +728,46 @@ def render_user(state: dict[str, Any], out: Output) -> RenderableType:
     elif not entry["decodes"]:
         parts.append(Text(f"active entry: does not decode ({entry['bytes']} bytes)"))
     else:
-        parts.append(Text(f"active entry: valid={format_cell(entry['valid'])} "
-                          f"token_matches={format_cell(entry['token_matches'])} fingerprint={entry['fingerprint']} "
-                          f"(current: {format_cell(entry['fingerprint_matches'])}), {len(entry['rows'])} rows, "
-                          f"{len(entry['pre'])} prerequisite rows, {entry['bytes']} bytes"))
-        parts.append(out.table([*entry["rows"], *entry["pre"]], [
-            Column("goal_id", "GOAL"), Column("challenge_id", "CHALLENGE"), Column("progress", justify="right"),
-            Column("status"), Column("is_active", "ACTIVE"), Column("updated_at", "UPDATED")]))
-    synced = ", ".join(f"{marker['fingerprint']}{' (current)' if marker['current'] else ''}" for marker in state["synced"])
-    parts.append(Text(f"synced markers: {synced or 'none'}; evt markers: {state['evt']['pending']} pending, "
-                      f"{state['evt']['done']} done"))
+        parts.append(
+            Text(
+                f"active entry: valid={format_cell(entry['valid'])} "
+                f"token_matches={format_cell(entry['token_matches'])} fingerprint={entry['fingerprint']} "
+                f"(current: {format_cell(entry['fingerprint_matches'])}), {len(entry['rows'])} rows, "
+                f"{len(entry['pre'])} prerequisite rows, {entry['bytes']} bytes"
+            )
+        )
+        parts.append(
+            out.table(
+                [*entry["rows"], *entry["pre"]],
+                [
+                    Column("goal_id", "GOAL"),
+                    Column("challenge_id", "CHALLENGE"),
+                    Column("progress", justify="right"),
+                    Column("status"),
+                    Column("is_active", "ACTIVE"),
+                    Column("updated_at", "UPDATED"),
+                ],
+            )
+        )
+    synced = ", ".join(
+        f"{marker['fingerprint']}{' (current)' if marker['current'] else ''}" for marker in state["synced"]
+    )
+    parts.append(
+        Text(
+            f"synced markers: {synced or 'none'}; evt markers: {state['evt']['pending']} pending, "
+            f"{state['evt']['done']} done"
+        )
+    )
     return Group(*parts)
 
 
 @app.command("keys", epilog=KEYS_EXAMPLES)
 def keys(
     ctx: typer.Context,
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="SCAN MATCH glob over full key names (default '<prefix>:*')"),
-    user: Optional[str] = typer.Option(None, "--user", help="decode this user's keys instead of counting"),
+    pattern: str | None = typer.Option(
+        None, "--pattern", help="SCAN MATCH glob over full key names (default '<prefix>:*')"
+    ),
+    user: str | None = typer.Option(None, "--user", help="decode this user's keys instead of counting"),
     top: int = typer.Option(10, "--top", min=0, help="largest N sampled keys by MEMORY USAGE"),
     sample: int = typer.Option(1000, "--sample", min=0, help="keys whose TTL and size are sampled"),
     sleep: str = typer.Option("0.01", "--sleep", help="pause between SCAN calls, seconds or <n>[ms|s]"),
@@ -650,8 +790,9 @@ def keys(
                 if user is not None:
                     fingerprint = await service_fingerprint(clients) or _local_fingerprint(settings, out)
                     return await user_cache_state(client, layout, user, fingerprint)
-                inventory = await take_inventory(client, layout, pattern or layout.all_keys_pattern(),
-                                                 sample=sample, top=top, sleep_s=sleep_s)
+                inventory = await take_inventory(
+                    client, layout, pattern or layout.all_keys_pattern(), sample=sample, top=top, sleep_s=sleep_s
+                )
                 return inventory.as_dict()
         finally:
             await client.aclose()
@@ -665,8 +806,11 @@ def keys(
         out.emit(result, rows=by_kind, table=lambda: render_inventory(result, out))
         matched = result["scanned"]
     if must_match and matched == 0:
-        raise CliError(f"no key matched {'the keys of user ' + repr(user) if user is not None else pattern or layout.all_keys_pattern()}",
-                       "check --user / --pattern and redis_key_prefix", EXIT_NOT_FOUND)
+        raise CliError(
+            f"no key matched {'the keys of user ' + repr(user) if user is not None else pattern or layout.all_keys_pattern()}",
+            "check --user / --pattern and redis_key_prefix",
+            EXIT_NOT_FOUND,
+        )
 
 
 def _local_fingerprint(settings: Settings, out: Output) -> str | None:

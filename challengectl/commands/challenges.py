@@ -98,8 +98,15 @@ def goal_summary(goal: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-GOAL_COLUMNS = [Column("goal"), Column("status"), Column("progress", justify="right"), Column("active"),
-                Column("locked"), Column("expires_in", "EXPIRES IN", justify="right"), Column("reward")]
+GOAL_COLUMNS = [
+    Column("goal"),
+    Column("status"),
+    Column("progress", justify="right"),
+    Column("active"),
+    Column("locked"),
+    Column("expires_in", "EXPIRES IN", justify="right"),
+    Column("reward"),
+]
 
 
 def challenge_summary(challenge: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,8 +121,12 @@ def challenge_summary(challenge: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-CHALLENGE_COLUMNS = [Column("challenge"), Column("name"), Column("completed", justify="right"),
-                     Column("active", justify="right")]
+CHALLENGE_COLUMNS = [
+    Column("challenge"),
+    Column("name"),
+    Column("completed", justify="right"),
+    Column("active", justify="right"),
+]
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -128,8 +139,7 @@ def list_challenges(
     """The player's challenges: completed/total and active goals per challenge."""
     cli = get_cli(ctx)
     user = cli.require_user()
-    payload = cli.run(lambda clients: clients.api.get("/v1/challenges", user=user,
-                                                      params={"active_only": active_only}))
+    payload = cli.run(lambda clients: clients.api.get("/v1/challenges", user=user, params={"active_only": active_only}))
     rows = [challenge_summary(challenge) for challenge in payload.get("challenges", [])]
     cli.output.emit_api(payload, rows=rows, columns=CHALLENGE_COLUMNS)
 
@@ -142,11 +152,13 @@ def get_challenge(
     """One challenge with its goals: status, progress/target, active, locked, expiry and reward."""
     cli = get_cli(ctx)
     user = cli.require_user()
-    payload = cli.run(lambda clients: clients.api.get(challenge_path(challenge_id), user=user,
-                                                      params={"active_only": active_only}))
+    payload = cli.run(
+        lambda clients: clients.api.get(challenge_path(challenge_id), user=user, params={"active_only": active_only})
+    )
     rows = [goal_summary(goal) for goal in payload.get("goals", [])]
-    cli.output.emit_api(payload, rows=rows, columns=GOAL_COLUMNS,
-                        title=f"{payload.get('challengeId')}: {payload.get('name')}")
+    cli.output.emit_api(
+        payload, rows=rows, columns=GOAL_COLUMNS, title=f"{payload.get('challengeId')}: {payload.get('name')}"
+    )
 
 
 def rotation_status(

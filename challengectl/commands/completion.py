@@ -42,7 +42,9 @@ def show(shell: Shell = typer.Argument(..., help="bash, zsh, fish or powershell"
 
 
 @app.command("install", epilog=INSTALL_EXAMPLES)
-def install_completion(ctx: typer.Context, shell: Shell = typer.Argument(..., help="bash, zsh, fish or powershell")) -> None:
+def install_completion(
+    ctx: typer.Context, shell: Shell = typer.Argument(..., help="bash, zsh, fish or powershell")
+) -> None:
     """Install the completion script of SHELL into its usual place (shell rc file or completions dir)."""
     cli = get_cli(ctx)
     installed_shell, path = install(shell=shell.value, prog_name=PROG_NAME, complete_var=COMPLETE_VAR)

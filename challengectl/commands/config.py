@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -19,7 +19,7 @@ app = command_group("Show, validate and initialise the configuration.")
 
 SHOW_EXAMPLES = examples(
     "challengectl config show",
-    "challengectl config show -o json | jq -r '.items[] | select(.source != \"default\") | \"\\(.name)=\\(.value)\"'",
+    'challengectl config show -o json | jq -r \'.items[] | select(.source != "default") | "\\(.name)=\\(.value)"\'',
     "challengectl --profile staging config show --secrets",
 )
 
@@ -57,7 +57,9 @@ def show(
     cli.output.emit_list(rows, ["name", "value", "source", Column("origin", "FROM")])
 
 
-def setting_rows(settings: Settings, reveal_secrets: bool = False, environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def setting_rows(
+    settings: Settings, reveal_secrets: bool = False, environ: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """One row per setting: name, value (secrets masked unless revealed), source and its origin
     (the flag, the environment variable that won, or the config file)."""
     env = os.environ if environ is None else environ
@@ -87,7 +89,9 @@ def setting_rows(settings: Settings, reveal_secrets: bool = False, environ: dict
 @app.command("validate", epilog=VALIDATE_EXAMPLES)
 def validate(
     ctx: typer.Context,
-    catalog: Optional[str] = typer.Option(None, "--catalog", help="challenges.json to check [env: CHALLENGE_CATALOG_PATH]"),
+    catalog: str | None = typer.Option(
+        None, "--catalog", help="challenges.json to check [env: CHALLENGE_CATALOG_PATH]"
+    ),
 ) -> None:
     """Validate the settings and a catalog: every error and warning, one per line; exit 2 on any error."""
     cli = get_cli(ctx)
@@ -96,18 +100,25 @@ def validate(
     result = {"valid": not errors, "catalog_path": catalog_path, "errors": errors, "warnings": warnings}
     lines = [f"error: {e}" for e in errors] + [f"warning: {w}" for w in warnings]
     if not errors:
-        lines.append(f"ok: settings and catalog {catalog_path} are valid"
-                     + (f" ({len(warnings)} warning(s))" if warnings else ""))
-    out.emit(result, rows=[{"severity": "error", "message": e} for e in errors]
-             + [{"severity": "warning", "message": w} for w in warnings],
-             columns=["severity", "message"], table=lambda: "\n".join(lines), text=lambda: "\n".join(lines))
+        lines.append(
+            f"ok: settings and catalog {catalog_path} are valid"
+            + (f" ({len(warnings)} warning(s))" if warnings else "")
+        )
+    out.emit(
+        result,
+        rows=[{"severity": "error", "message": e} for e in errors]
+        + [{"severity": "warning", "message": w} for w in warnings],
+        columns=["severity", "message"],
+        table=lambda: "\n".join(lines),
+        text=lambda: "\n".join(lines),
+    )
     if errors:
         raise CliError(f"configuration invalid: {len(errors)} error(s)", "fix the errors listed above", EXIT_USAGE)
 
 
 def _validate(cli: CliContext, catalog_option: str | None) -> tuple[list[str], list[str], str | None]:
-    from service.runtime.app import StartupError, resolve_catalog_path, validate_settings
     from service.domain.catalog import CatalogError, load_catalog
+    from service.runtime.app import StartupError, resolve_catalog_path, validate_settings
 
     try:
         settings = cli.settings(catalog_path=catalog_option)

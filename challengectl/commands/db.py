@@ -27,17 +27,18 @@ from challengectl.context import command_group, examples, get_cli, parse_duratio
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, confirm, format_cell, listing, rfc3339, status_text
 from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
+from service.config.settings import mask_url_password
 from service.storage.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
 from service.storage.registry import RegistryError, load_registry
-from service.config.settings import mask_url_password
 from service.storage.store import describe_target, short_reason
 
 app = command_group("Inspect and migrate the PostgreSQL database.")
 add_explain_command(app)  # `db explain NAME` is the same command as the top-level `explain NAME`
 
 HINT_DATABASE_URL = "check --database-url / DATABASE_URL"
-HINT_PG_STAT_STATEMENTS = ("add pg_stat_statements to shared_preload_libraries and run "
-                           "CREATE EXTENSION pg_stat_statements")
+HINT_PG_STAT_STATEMENTS = (
+    "add pg_stat_statements to shared_preload_libraries and run CREATE EXTENSION pg_stat_statements"
+)
 INDEX_SECTIONS = ("usage", "unused", "duplicates", "expected", "suggest")
 # The database-wide cache hit ratio to aim for, and below which to warn (docs/diagnostics.md#postgresql).
 CACHE_HIT_WARN_PCT = 95.0
@@ -84,20 +85,32 @@ class DiagnosticsSession:
         except pgd.StatementStatsUnavailable as missing:
             raise CliError(f"{missing} ({self.target})", HINT_PG_STAT_STATEMENTS, EXIT_UNAVAILABLE) from None
         except psycopg.errors.QueryCanceled:
-            raise CliError(f"PostgreSQL {self.target}: statement timed out after {self.statement_timeout_ms} ms "
-                           "(or was cancelled)", "raise --timeout, or use --sample for large tables",
-                           EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"PostgreSQL {self.target}: statement timed out after {self.statement_timeout_ms} ms "
+                "(or was cancelled)",
+                "raise --timeout, or use --sample for large tables",
+                EXIT_UNAVAILABLE,
+            ) from None
         except psycopg.errors.InsufficientPrivilege as denied:
-            raise CliError(f"PostgreSQL {self.target}: {short_reason(denied, self.url)}",
-                           "connect as a role with pg_monitor (reads) or pg_signal_backend (cancel/terminate), "
-                           "or as the table owner", EXIT_AUTH) from None
+            raise CliError(
+                f"PostgreSQL {self.target}: {short_reason(denied, self.url)}",
+                "connect as a role with pg_monitor (reads) or pg_signal_backend (cancel/terminate), "
+                "or as the table owner",
+                EXIT_AUTH,
+            ) from None
         except psycopg.OperationalError as lost:
             self.close()
-            raise CliError(f"PostgreSQL {self.target} unreachable: {short_reason(lost, self.url)}",
-                           HINT_DATABASE_URL, EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"PostgreSQL {self.target} unreachable: {short_reason(lost, self.url)}",
+                HINT_DATABASE_URL,
+                EXIT_UNAVAILABLE,
+            ) from None
         except psycopg.Error as failed:
-            raise CliError(f"PostgreSQL {self.target}: {short_reason(failed, self.url)}",
-                           "rerun with --debug for details", EXIT_FAILED) from None
+            raise CliError(
+                f"PostgreSQL {self.target}: {short_reason(failed, self.url)}",
+                "rerun with --debug for details",
+                EXIT_FAILED,
+            ) from None
 
 
 @contextmanager
@@ -107,8 +120,9 @@ def diagnostics_session(ctx: typer.Context, statement_timeout_ms: int | None = N
     cli = get_cli(ctx)
     timeout_s = cli.timeout_s
     with database_target(cli.settings()) as target:
-        session = DiagnosticsSession(target.url, int(timeout_s * 1000) if statement_timeout_ms is None
-                                     else statement_timeout_ms, int(timeout_s))
+        session = DiagnosticsSession(
+            target.url, int(timeout_s * 1000) if statement_timeout_ms is None else statement_timeout_ms, int(timeout_s)
+        )
         try:
             yield session
         finally:
@@ -166,8 +180,13 @@ def sections(parts: Sequence[RenderableType]) -> RenderableType:
     return Group(*spaced)
 
 
-def watch_loop(out: Output, interval_s: float, count: int | None, snapshot: Callable[[], dict[str, Any]],
-               render: Callable[[dict[str, Any]], RenderableType]) -> None:
+def watch_loop(
+    out: Output,
+    interval_s: float,
+    count: int | None,
+    snapshot: Callable[[], dict[str, Any]],
+    render: Callable[[dict[str, Any]], RenderableType],
+) -> None:
     """Poll `snapshot` every `interval_s` with `challengectl.ticker.run_ticks` (docs/cli.md#output-conventions streaming
     rules): one NDJSON object per tick when piped or with -o json, a rich Live display on a TTY; a
     transient failure is reported on stderr and retried with backoff, `count` bounds the ticks (failed
@@ -178,8 +197,11 @@ def watch_loop(out: Output, interval_s: float, count: int | None, snapshot: Call
         out.err.print(f"Error: {error.message} (retrying)", markup=False, highlight=False, soft_wrap=True)
 
     with suppress(KeyboardInterrupt), live_or_ndjson(out, render) as show:
-        asyncio.run(run_ticks(lambda: asyncio.to_thread(snapshot), show, interval_s=interval_s, count=count,
-                              on_retry=report_retry))
+        asyncio.run(
+            run_ticks(
+                lambda: asyncio.to_thread(snapshot), show, interval_s=interval_s, count=count, on_retry=report_retry
+            )
+        )
 
 
 # --- db activity ----------------------------------------------------------------------------------
@@ -191,10 +213,14 @@ ACTIVITY_EXAMPLES = examples(
 )
 
 SESSION_COLUMNS = [
-    Column("pid", "PID", justify="right"), Column("application_name", "APPLICATION"), Column("state", "STATE"),
-    Column("wait_event_type", "WAIT TYPE"), Column("wait_event", "WAIT EVENT"),
+    Column("pid", "PID", justify="right"),
+    Column("application_name", "APPLICATION"),
+    Column("state", "STATE"),
+    Column("wait_event_type", "WAIT TYPE"),
+    Column("wait_event", "WAIT EVENT"),
     Column("duration_ms", "DURATION", justify="right", render=lambda v: Text(human_ms(v))),
-    Column("usename", "USER"), Column("client_addr", "CLIENT"),
+    Column("usename", "USER"),
+    Column("client_addr", "CLIENT"),
     Column("query", "QUERY", render=lambda v: Text(one_line(v))),
 ]
 
@@ -233,18 +259,27 @@ def activity_snapshot(conn: psycopg.Connection, min_duration_ms: float, state: s
 
 def render_activity(out: Output, data: dict[str, Any]) -> RenderableType:
     connections = data["connections"]
-    headline = Text(f"{data['database']}: {connections['in_database']} session(s) in this database, "
-                    f"{connections['on_server']} of {connections['usable_connections']} usable connections on the "
-                    f"server ({format_cell(connections['utilisation_pct'])} %), "
-                    f"{connections['waiting_on_client']} waiting on the client")
-    groups = out.table(connections["groups"], [
-        Column("state", "STATE"), Column("application_name", "APPLICATION"),
-        Column("connections", "SESSIONS", justify="right"), Column("waiting_on_client", "WAITING ON CLIENT", justify="right"),
-    ], title="Sessions by state and application")
+    headline = Text(
+        f"{data['database']}: {connections['in_database']} session(s) in this database, "
+        f"{connections['on_server']} of {connections['usable_connections']} usable connections on the "
+        f"server ({format_cell(connections['utilisation_pct'])} %), "
+        f"{connections['waiting_on_client']} waiting on the client"
+    )
+    groups = out.table(
+        connections["groups"],
+        [
+            Column("state", "STATE"),
+            Column("application_name", "APPLICATION"),
+            Column("connections", "SESSIONS", justify="right"),
+            Column("waiting_on_client", "WAITING ON CLIENT", justify="right"),
+        ],
+        title="Sessions by state and application",
+    )
     long_running = data["long_running"]["items"]
     title = f"Sessions running ≥ {human_ms(data['min_duration_ms'])} (longest first)"
-    sessions_part: RenderableType = (out.table(long_running, SESSION_COLUMNS, title=title) if long_running
-                                     else Text(f"{title}: none"))
+    sessions_part: RenderableType = (
+        out.table(long_running, SESSION_COLUMNS, title=title) if long_running else Text(f"{title}: none")
+    )
     return sections([headline, groups, sessions_part])
 
 
@@ -265,10 +300,19 @@ def blocking_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for item in data["items"]:
         for blocker in item["blockers"] or [{}]:
-            rows.append({"blocked_pid": item["pid"], "lock_mode": item["lock_mode"], "relation": item["relation"],
-                         "lock_wait_ms": item["lock_wait_ms"], "blocked_query": item["query"],
-                         "blocker_pid": blocker.get("pid"), "blocker_state": blocker.get("state"),
-                         "blocker_xact_age_ms": blocker.get("xact_age_ms"), "blocker_query": blocker.get("query")})
+            rows.append(
+                {
+                    "blocked_pid": item["pid"],
+                    "lock_mode": item["lock_mode"],
+                    "relation": item["relation"],
+                    "lock_wait_ms": item["lock_wait_ms"],
+                    "blocked_query": item["query"],
+                    "blocker_pid": blocker.get("pid"),
+                    "blocker_state": blocker.get("state"),
+                    "blocker_xact_age_ms": blocker.get("xact_age_ms"),
+                    "blocker_query": blocker.get("query"),
+                }
+            )
     return rows
 
 
@@ -278,13 +322,21 @@ def render_blocking(data: dict[str, Any]) -> RenderableType:
     tree = Tree(Text(f"{data['database']}: {data['total']} blocked session(s), blocked → blockers"))
     for item in data["items"]:
         lock = f"{item['lock_mode'] or '?'} on {item['relation'] or item['lock_type'] or '?'}"
-        node = tree.add(Text(f"pid {item['pid']} ({item['application_name'] or '-'}) waits {human_ms(item['lock_wait_ms'])} "
-                             f"for {lock}: {one_line(item['query'])}"))
+        node = tree.add(
+            Text(
+                f"pid {item['pid']} ({item['application_name'] or '-'}) waits {human_ms(item['lock_wait_ms'])} "
+                f"for {lock}: {one_line(item['query'])}"
+            )
+        )
         for blocker in item["blockers"]:
             also = f", itself blocked by {blocker['blocked_by']}" if blocker["blocked_by"] else ""
-            node.add(Text(f"blocked by pid {blocker['pid']} ({blocker['application_name'] or '-'}, "
-                          f"{blocker['state'] or '?'}, transaction age {human_ms(blocker['xact_age_ms'])}{also}): "
-                          f"{one_line(blocker['query'])}"))
+            node.add(
+                Text(
+                    f"blocked by pid {blocker['pid']} ({blocker['application_name'] or '-'}, "
+                    f"{blocker['state'] or '?'}, transaction age {human_ms(blocker['xact_age_ms'])}{also}): "
+                    f"{one_line(blocker['query'])}"
+                )
+            )
     return tree
 
 
@@ -294,17 +346,25 @@ def signal_session(out: Output, session: DiagnosticsSession, pid: int, action: s
         conn = session.conn()
         backend = pgd.find_backend(conn, pid)
         if backend is None:
-            raise CliError(f"no PostgreSQL backend with pid {pid} on {session.target}",
-                           "list sessions with 'challengectl db activity'", EXIT_NOT_FOUND)
+            raise CliError(
+                f"no PostgreSQL backend with pid {pid} on {session.target}",
+                "list sessions with 'challengectl db activity'",
+                EXIT_NOT_FOUND,
+            )
         what = "cancel the running query of" if action == "cancel" else "terminate"
-        description = (f"{what} backend {pid} ({backend.application_name or 'no application_name'}, "
-                       f"{backend.state or 'unknown state'}: {one_line(backend.query, 60)})")
+        description = (
+            f"{what} backend {pid} ({backend.application_name or 'no application_name'}, "
+            f"{backend.state or 'unknown state'}: {one_line(backend.query, 60)})"
+        )
         if not confirm(description, yes, dry_run):
             return
         signalled = pgd.signal_backend(conn, pid, action)
     if not signalled:
-        raise CliError(f"PostgreSQL did not signal backend {pid} (it may have ended meanwhile)",
-                       "list sessions with 'challengectl db activity'", EXIT_FAILED)
+        raise CliError(
+            f"PostgreSQL did not signal backend {pid} (it may have ended meanwhile)",
+            "list sessions with 'challengectl db activity'",
+            EXIT_FAILED,
+        )
     result = {"pid": pid, "action": action, "signalled": True}
     message = f"{'cancel' if action == 'cancel' else 'terminate'} signal sent to backend {pid}"
     out.emit_object(result, text=lambda: message, table=lambda: Text(message))
@@ -317,10 +377,18 @@ def activity(
     interval: str = typer.Option("2s", "--interval", help="refresh interval of --watch, <n>[ms|s|m]"),
     count: int | None = typer.Option(None, "--count", min=1, help="stop --watch after N ticks"),
     min_duration: str = typer.Option("1s", "--min-duration", help="list sessions running at least this long"),
-    state: str | None = typer.Option(None, "--state", help="list sessions in this state (e.g. 'idle in transaction') instead of all non-idle ones"),
-    blocking: bool = typer.Option(False, "--blocking", help="show blocked sessions and their blockers (pg_blocking_pids)"),
-    cancel: int | None = typer.Option(None, "--cancel", metavar="PID", help="cancel the running query of backend PID (pg_cancel_backend)"),
-    terminate: int | None = typer.Option(None, "--terminate", metavar="PID", help="terminate backend PID (pg_terminate_backend)"),
+    state: str | None = typer.Option(
+        None, "--state", help="list sessions in this state (e.g. 'idle in transaction') instead of all non-idle ones"
+    ),
+    blocking: bool = typer.Option(
+        False, "--blocking", help="show blocked sessions and their blockers (pg_blocking_pids)"
+    ),
+    cancel: int | None = typer.Option(
+        None, "--cancel", metavar="PID", help="cancel the running query of backend PID (pg_cancel_backend)"
+    ),
+    terminate: int | None = typer.Option(
+        None, "--terminate", metavar="PID", help="terminate backend PID (pg_terminate_backend)"
+    ),
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation (--cancel/--terminate)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="say what --cancel/--terminate would do, change nothing"),
 ) -> None:
@@ -354,8 +422,12 @@ def activity(
         if blocking:
             out.emit(data, rows=blocking_rows(data), table=lambda: render(data))
         else:
-            out.emit(data, rows=data["long_running"]["items"], columns=[c.key for c in SESSION_COLUMNS],
-                     table=lambda: render(data))
+            out.emit(
+                data,
+                rows=data["long_running"]["items"],
+                columns=[c.key for c in SESSION_COLUMNS],
+                table=lambda: render(data),
+            )
 
 
 # --- db queries -----------------------------------------------------------------------------------
@@ -367,13 +439,15 @@ QUERIES_EXAMPLES = examples(
 )
 
 STATEMENT_COLUMNS = [
-    Column("query_name", "NAME"), Column("calls", "CALLS", justify="right"),
+    Column("query_name", "NAME"),
+    Column("calls", "CALLS", justify="right"),
     Column("total_ms", "TOTAL", justify="right", render=lambda v: Text(human_ms(v))),
     Column("mean_ms", "MEAN", justify="right", render=lambda v: Text(human_ms(v))),
     Column("max_ms", "MAX", justify="right", render=lambda v: Text(human_ms(v))),
     Column("rows", "ROWS", justify="right"),
     Column("share_pct", "SHARE %", justify="right", render=lambda v: Text("-" if v is None else f"{v:.1f}")),
-    Column("shared_blks_hit", "BLKS HIT", justify="right"), Column("shared_blks_read", "BLKS READ", justify="right"),
+    Column("shared_blks_hit", "BLKS HIT", justify="right"),
+    Column("shared_blks_read", "BLKS READ", justify="right"),
     Column("query", "QUERY", render=lambda v: Text(one_line(v, 70))),
 ]
 
@@ -393,7 +467,9 @@ def queries(
     by: str = typer.Option("total", "--by", help="order by total|mean|calls|rows|io (io: I/O time, then blocks read)"),
     limit: int = typer.Option(10, "--limit", min=1, help="show the top N statements"),
     min_calls: int = typer.Option(0, "--min-calls", min=0, help="skip statements called fewer times"),
-    text_filter: str | None = typer.Option(None, "--filter", help="only statements whose text contains TEXT (case-insensitive)"),
+    text_filter: str | None = typer.Option(
+        None, "--filter", help="only statements whose text contains TEXT (case-insensitive)"
+    ),
     reset: bool = typer.Option(False, "--reset", help="clear pg_stat_statements (every database, every consumer)"),
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation (--reset)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="say what --reset would do, change nothing"),
@@ -407,25 +483,41 @@ def queries(
         conn = session.conn()
         view = pgd.statement_stats_view(conn)
         if reset:
-            action = (f"reset pg_stat_statements on {session.target}: this clears the statistics of every "
-                      "database and of every consumer of the view (monitoring included)")
+            action = (
+                f"reset pg_stat_statements on {session.target}: this clears the statistics of every "
+                "database and of every consumer of the view (monitoring included)"
+            )
             if not confirm(action, yes, dry_run):
                 return
             pgd.reset_statement_stats(conn, view)
             out.warn("pg_stat_statements was reset: every consumer of the view lost its statistics")
             result = {"reset": True, "database": conn.info.dbname}
-            out.emit_object(result, text=lambda: "pg_stat_statements reset", table=lambda: Text("pg_stat_statements reset"))
+            out.emit_object(
+                result, text=lambda: "pg_stat_statements reset", table=lambda: Text("pg_stat_statements reset")
+            )
             return
         stats = pgd.top_statements(conn, view, order=order, limit=limit, min_calls=min_calls, text_filter=text_filter)
         info = pgd.server_info(conn)
     labelled = pgd.label_statements(stats, registry_statements(out))
     items = [asdict(entry) for entry in labelled]
-    data = {"server_version_num": info.server_version_num, "extension_version": view.version,
-            "columns": asdict(view.columns), "order_by": order, **listing(items)}
+    data = {
+        "server_version_num": info.server_version_num,
+        "extension_version": view.version,
+        "columns": asdict(view.columns),
+        "order_by": order,
+        **listing(items),
+    }
     title = f"Top {len(items)} statements by {order} ({view.columns.total}; PostgreSQL {info.server_version})"
-    out.emit(data, rows=items, columns=[c.key for c in STATEMENT_COLUMNS],
-             table=lambda: out.table(items, STATEMENT_COLUMNS, title=title) if items
-             else Text("no statements recorded yet for this database"))
+    out.emit(
+        data,
+        rows=items,
+        columns=[c.key for c in STATEMENT_COLUMNS],
+        table=lambda: (
+            out.table(items, STATEMENT_COLUMNS, title=title)
+            if items
+            else Text("no statements recorded yet for this database")
+        ),
+    )
 
 
 # --- db indexes -----------------------------------------------------------------------------------
@@ -443,25 +535,43 @@ def _status_cell(status: Any) -> RenderableType:
 
 
 INDEX_TABLES: dict[str, list[Column]] = {
-    "usage": [Column("table_name", "TABLE"), Column("index_name", "INDEX"),
-              Column("idx_scan", "SCANS", justify="right"), Column("idx_tup_read", "TUPLES READ", justify="right"),
-              Column("idx_tup_fetch", "TUPLES FETCHED", justify="right"),
-              Column("size_bytes", "SIZE", justify="right", render=lambda v: Text(human_bytes(v))),
-              Column("valid", "VALID")],
-    "unused": [Column("table_name", "TABLE"), Column("index_name", "INDEX"),
-               Column("size_bytes", "SIZE", justify="right", render=lambda v: Text(human_bytes(v))),
-               Column("verdict", "VERDICT"), Column("definition", "DEFINITION")],
-    "duplicates": [Column("table_name", "TABLE"), Column("index_name", "INDEX"),
-                   Column("columns", "COLUMNS", render=lambda v: Text(", ".join(v))),
-                   Column("duplicate_of", "DUPLICATES"),
-                   Column("duplicate_of_columns", "ITS COLUMNS", render=lambda v: Text(", ".join(v))),
-                   Column("size_bytes", "SIZE", justify="right", render=lambda v: Text(human_bytes(v))),
-                   Column("advice", "ADVICE")],
-    "expected": [Column("index_name", "INDEX"), Column("table_name", "TABLE"),
-                 Column("expected_definition", "EXPECTED"), Column("status", "STATUS", render=_status_cell),
-                 Column("actual_definition", "ACTUAL")],
-    "suggest": [Column("index_name", "INDEX"), Column("reason", "REASON"),
-                Column("statements", "STATEMENTS", render=lambda v: Text(";\n".join(v) + ";"))],
+    "usage": [
+        Column("table_name", "TABLE"),
+        Column("index_name", "INDEX"),
+        Column("idx_scan", "SCANS", justify="right"),
+        Column("idx_tup_read", "TUPLES READ", justify="right"),
+        Column("idx_tup_fetch", "TUPLES FETCHED", justify="right"),
+        Column("size_bytes", "SIZE", justify="right", render=lambda v: Text(human_bytes(v))),
+        Column("valid", "VALID"),
+    ],
+    "unused": [
+        Column("table_name", "TABLE"),
+        Column("index_name", "INDEX"),
+        Column("size_bytes", "SIZE", justify="right", render=lambda v: Text(human_bytes(v))),
+        Column("verdict", "VERDICT"),
+        Column("definition", "DEFINITION"),
+    ],
+    "duplicates": [
+        Column("table_name", "TABLE"),
+        Column("index_name", "INDEX"),
+        Column("columns", "COLUMNS", render=lambda v: Text(", ".join(v))),
+        Column("duplicate_of", "DUPLICATES"),
+        Column("duplicate_of_columns", "ITS COLUMNS", render=lambda v: Text(", ".join(v))),
+        Column("size_bytes", "SIZE", justify="right", render=lambda v: Text(human_bytes(v))),
+        Column("advice", "ADVICE"),
+    ],
+    "expected": [
+        Column("index_name", "INDEX"),
+        Column("table_name", "TABLE"),
+        Column("expected_definition", "EXPECTED"),
+        Column("status", "STATUS", render=_status_cell),
+        Column("actual_definition", "ACTUAL"),
+    ],
+    "suggest": [
+        Column("index_name", "INDEX"),
+        Column("reason", "REASON"),
+        Column("statements", "STATEMENTS", render=lambda v: Text(";\n".join(v) + ";")),
+    ],
 }
 
 INDEX_TITLES = {
@@ -483,17 +593,41 @@ def index_report(conn: psycopg.Connection, min_stats_age_s: float) -> dict[str, 
     age = pgd.stats_age(conn)
     statuses = pgd.expected_index_status(indexes)
     old_enough = age.age_s >= min_stats_age_s
-    usage = [{"table_name": i.table_name, "index_name": i.index_name, "idx_scan": i.idx_scan,
-              "idx_tup_read": i.idx_tup_read, "idx_tup_fetch": i.idx_tup_fetch, "size_bytes": i.size_bytes,
-              "primary": i.is_primary, "unique": i.is_unique, "valid": i.is_valid} for i in indexes]
-    unused = [{"table_name": i.table_name, "index_name": i.index_name, "size_bytes": i.size_bytes,
-               "idx_scan": i.idx_scan, "definition": i.definition,
-               "verdict": "unused" if old_enough else "too early to tell"} for i in pgd.unused_indexes(indexes)]
+    usage = [
+        {
+            "table_name": i.table_name,
+            "index_name": i.index_name,
+            "idx_scan": i.idx_scan,
+            "idx_tup_read": i.idx_tup_read,
+            "idx_tup_fetch": i.idx_tup_fetch,
+            "size_bytes": i.size_bytes,
+            "primary": i.is_primary,
+            "unique": i.is_unique,
+            "valid": i.is_valid,
+        }
+        for i in indexes
+    ]
+    unused = [
+        {
+            "table_name": i.table_name,
+            "index_name": i.index_name,
+            "size_bytes": i.size_bytes,
+            "idx_scan": i.idx_scan,
+            "definition": i.definition,
+            "verdict": "unused" if old_enough else "too early to tell",
+        }
+        for i in pgd.unused_indexes(indexes)
+    ]
     duplicates = [{**asdict(d), "advice": drop_advice(d.index_name)} for d in pgd.duplicate_indexes(indexes)]
     return {
         "usage": listing(usage),
-        "unused": {"stats_reset": age.stats_reset, "stats_since": age.since, "stats_age_s": round(age.age_s, 1),
-                   "min_stats_age_s": min_stats_age_s, **listing(unused)},
+        "unused": {
+            "stats_reset": age.stats_reset,
+            "stats_since": age.since,
+            "stats_age_s": round(age.age_s, 1),
+            "min_stats_age_s": min_stats_age_s,
+            **listing(unused),
+        },
         "duplicates": listing(duplicates),
         "expected": listing([asdict(status) for status in statuses]),
         "suggest": listing([asdict(s) for s in pgd.suggest_indexes(statuses)]),
@@ -511,8 +645,14 @@ def render_index_section(out: Output, name: str, section: dict[str, Any]) -> Ren
     return out.table(section["items"], INDEX_TABLES[name], title=title)
 
 
-def create_suggestions(ctx: typer.Context, out: Output, session: DiagnosticsSession, suggestions: list[pgd.IndexSuggestion],
-                       yes: bool, dry_run: bool) -> None:
+def create_suggestions(
+    ctx: typer.Context,
+    out: Output,
+    session: DiagnosticsSession,
+    suggestions: list[pgd.IndexSuggestion],
+    yes: bool,
+    dry_run: bool,
+) -> None:
     """Run the suggested statements after confirmation, then report the expected indexes again."""
     if not suggestions:
         message = "nothing to create: the expected indexes are present and valid"
@@ -530,37 +670,53 @@ def create_suggestions(ctx: typer.Context, out: Output, session: DiagnosticsSess
         statuses = pgd.expected_index_status(pgd.project_indexes(session.conn()))
     result = {"created": [s.index_name for s in suggestions], "expected": [asdict(s) for s in statuses]}
     not_present = [s.index_name for s in statuses if s.status != "present"]
-    out.emit(result, rows=result["expected"], columns=[c.key for c in INDEX_TABLES["expected"]],
-             table=lambda: out.table(result["expected"], INDEX_TABLES["expected"], title=INDEX_TITLES["expected"]))
+    out.emit(
+        result,
+        rows=result["expected"],
+        columns=[c.key for c in INDEX_TABLES["expected"]],
+        table=lambda: out.table(result["expected"], INDEX_TABLES["expected"], title=INDEX_TITLES["expected"]),
+    )
     if not_present:
-        raise CliError(f"expected index(es) still not present after the build: {', '.join(not_present)}",
-                       "see 'challengectl db indexes expected'", EXIT_FAILED)
+        raise CliError(
+            f"expected index(es) still not present after the build: {', '.join(not_present)}",
+            "see 'challengectl db indexes expected'",
+            EXIT_FAILED,
+        )
 
 
 @app.command("indexes", epilog=INDEXES_EXAMPLES)
 def indexes(
     ctx: typer.Context,
-    section: str | None = typer.Argument(None, metavar="[usage|unused|duplicates|expected|suggest]",
-                                            help="one section; default: all of them"),
+    section: str | None = typer.Argument(
+        None, metavar="[usage|unused|duplicates|expected|suggest]", help="one section; default: all of them"
+    ),
     create: bool = typer.Option(False, "--create", help="with suggest: run the suggested CREATE INDEX CONCURRENTLY"),
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation (suggest --create)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print what suggest --create would run, change nothing"),
-    min_stats_age: str = typer.Option("7d", "--min-stats-age", help="call a never-scanned index unused only when the statistics are at least this old"),
+    min_stats_age: str = typer.Option(
+        "7d", "--min-stats-age", help="call a never-scanned index unused only when the statistics are at least this old"
+    ),
 ) -> None:
     """Index health of the project's tables: usage, unused, duplicates, the expected indexes, suggestions."""
     out = get_cli(ctx).output
     if section is not None and section not in INDEX_SECTIONS:
         raise CliError(f"unknown section '{section}'", f"use one of {', '.join(INDEX_SECTIONS)}", EXIT_USAGE)
     if create and section != "suggest":
-        raise CliError("--create applies to 'db indexes suggest' only", "run 'challengectl db indexes suggest --create'",
-                       EXIT_USAGE)
+        raise CliError(
+            "--create applies to 'db indexes suggest' only",
+            "run 'challengectl db indexes suggest --create'",
+            EXIT_USAGE,
+        )
     min_stats_age_s = parse_duration(min_stats_age, "--min-stats-age")
     with diagnostics_session(ctx) as session:
         with session.errors():
             conn = session.conn()
             if pgd.PROGRESS_TABLE not in pgd.existing_tables(conn):
-                raise CliError(f"table {pgd.PROGRESS_TABLE} does not exist in {session.target}",
-                               "apply the schema with 'challengectl db migrate'", EXIT_FAILED)
+                raise CliError(
+                    f"table {pgd.PROGRESS_TABLE} does not exist in {session.target}",
+                    "apply the schema with 'challengectl db migrate'",
+                    EXIT_FAILED,
+                )
             if create:
                 suggestions = pgd.suggest_indexes(pgd.expected_index_status(pgd.project_indexes(conn)))
             else:
@@ -570,11 +726,16 @@ def indexes(
             return
     if section is not None:
         chosen = report[section]
-        out.emit(chosen, rows=chosen["items"], columns=[c.key for c in INDEX_TABLES[section]],
-                 table=lambda: render_index_section(out, section, chosen))
+        out.emit(
+            chosen,
+            rows=chosen["items"],
+            columns=[c.key for c in INDEX_TABLES[section]],
+            table=lambda: render_index_section(out, section, chosen),
+        )
         return
-    out.emit_object(report, table=lambda: sections([render_index_section(out, name, report[name])
-                                                         for name in INDEX_SECTIONS]))
+    out.emit_object(
+        report, table=lambda: sections([render_index_section(out, name, report[name]) for name in INDEX_SECTIONS])
+    )
 
 
 # --- db tables ------------------------------------------------------------------------------------
@@ -591,22 +752,34 @@ SIZE_COLUMNS = [
     Column("table_bytes", "HEAP", justify="right", render=lambda v: Text(human_bytes(v))),
     Column("indexes_bytes", "INDEXES", justify="right", render=lambda v: Text(human_bytes(v))),
     Column("toast_bytes", "TOAST", justify="right", render=lambda v: Text(human_bytes(v))),
-    Column("estimated_rows", "ROWS (EST)", justify="right"), Column("exact_rows", "ROWS (EXACT)", justify="right"),
-    Column("distinct_users", "USERS", justify="right"), Column("bytes_per_row", "BYTES/ROW", justify="right"),
+    Column("estimated_rows", "ROWS (EST)", justify="right"),
+    Column("exact_rows", "ROWS (EXACT)", justify="right"),
+    Column("distinct_users", "USERS", justify="right"),
+    Column("bytes_per_row", "BYTES/ROW", justify="right"),
 ]
 
 ACTIVITY_COLUMNS = [
-    Column("table_name", "TABLE"), Column("live_rows", "LIVE", justify="right"), Column("dead_rows", "DEAD", justify="right"),
-    Column("dead_pct", "DEAD %", justify="right"), Column("seq_scan", "SEQ SCANS", justify="right"),
-    Column("idx_scan", "IDX SCANS", justify="right"), Column("n_tup_upd", "UPDATES", justify="right"),
-    Column("hot_update_pct", "HOT %", justify="right"), Column("n_mod_since_analyze", "MOD SINCE ANALYZE", justify="right"),
-    Column("heap_hit_pct", "HEAP HIT %", justify="right"), Column("index_hit_pct", "INDEX HIT %", justify="right"),
+    Column("table_name", "TABLE"),
+    Column("live_rows", "LIVE", justify="right"),
+    Column("dead_rows", "DEAD", justify="right"),
+    Column("dead_pct", "DEAD %", justify="right"),
+    Column("seq_scan", "SEQ SCANS", justify="right"),
+    Column("idx_scan", "IDX SCANS", justify="right"),
+    Column("n_tup_upd", "UPDATES", justify="right"),
+    Column("hot_update_pct", "HOT %", justify="right"),
+    Column("n_mod_since_analyze", "MOD SINCE ANALYZE", justify="right"),
+    Column("heap_hit_pct", "HEAP HIT %", justify="right"),
+    Column("index_hit_pct", "INDEX HIT %", justify="right"),
 ]
 
 MAINTENANCE_COLUMNS = [
-    Column("table_name", "TABLE"), Column("last_vacuum", "LAST VACUUM"), Column("last_autovacuum", "LAST AUTOVACUUM"),
-    Column("last_analyze", "LAST ANALYZE"), Column("last_autoanalyze", "LAST AUTOANALYZE"),
-    Column("vacuum_count", "VACUUMS", justify="right"), Column("autovacuum_count", "AUTOVACUUMS", justify="right"),
+    Column("table_name", "TABLE"),
+    Column("last_vacuum", "LAST VACUUM"),
+    Column("last_autovacuum", "LAST AUTOVACUUM"),
+    Column("last_analyze", "LAST ANALYZE"),
+    Column("last_autoanalyze", "LAST AUTOANALYZE"),
+    Column("vacuum_count", "VACUUMS", justify="right"),
+    Column("autovacuum_count", "AUTOVACUUMS", justify="right"),
 ]
 
 
@@ -624,15 +797,21 @@ def tables_report(conn: psycopg.Connection, exact: bool, histogram: bool, sample
     counts = {s.table_name: pgd.exact_count(conn, s.table_name) for s in stats} if exact else {}
     report: dict[str, Any] = {
         "database": {
-            "name": info.database, "size_bytes": info.database_size_bytes, "cache_hit_pct": info.cache_hit_pct,
-            "blks_hit": info.blks_hit, "blks_read": info.blks_read,
+            "name": info.database,
+            "size_bytes": info.database_size_bytes,
+            "cache_hit_pct": info.cache_hit_pct,
+            "blks_hit": info.blks_hit,
+            "blks_read": info.blks_read,
         },
         "settings": {
-            "server_version": info.server_version, "server_version_num": info.server_version_num,
+            "server_version": info.server_version,
+            "server_version_num": info.server_version_num,
             "max_connections": info.max_connections,
             "superuser_reserved_connections": info.superuser_reserved_connections,
-            "shared_buffers": info.shared_buffers, "work_mem": info.work_mem,
-            "shared_preload_libraries": info.shared_preload_libraries, "timezone": info.timezone,
+            "shared_buffers": info.shared_buffers,
+            "work_mem": info.work_mem,
+            "shared_preload_libraries": info.shared_preload_libraries,
+            "timezone": info.timezone,
         },
         "missing_tables": [name for name in pgd.PROJECT_TABLES if name not in {s.table_name for s in stats}],
         "tables": listing([table_item(s, counts.get(s.table_name)) for s in stats]),
@@ -644,52 +823,80 @@ def tables_report(conn: psycopg.Connection, exact: bool, histogram: bool, sample
 
 def render_tables(out: Output, report: dict[str, Any]) -> RenderableType:
     database, settings = report["database"], report["settings"]
-    headline = Text(f"{database['name']}: {human_bytes(database['size_bytes'])}, cache hit "
-                    f"{format_cell(database['cache_hit_pct'])} % (aim ≥ 99 %); PostgreSQL {settings['server_version']}, "
-                    f"shared_buffers {settings['shared_buffers']}, work_mem {settings['work_mem']}, "
-                    f"max_connections {settings['max_connections']}, TimeZone {settings['timezone']}")
+    headline = Text(
+        f"{database['name']}: {human_bytes(database['size_bytes'])}, cache hit "
+        f"{format_cell(database['cache_hit_pct'])} % (aim ≥ 99 %); PostgreSQL {settings['server_version']}, "
+        f"shared_buffers {settings['shared_buffers']}, work_mem {settings['work_mem']}, "
+        f"max_connections {settings['max_connections']}, TimeZone {settings['timezone']}"
+    )
     items = report["tables"]["items"]
-    parts: list[RenderableType] = [headline, out.table(items, SIZE_COLUMNS, title="Sizes and rows"),
-                                   out.table(items, ACTIVITY_COLUMNS, title="Rows, scans and cache hits"),
-                                   out.table(items, MAINTENANCE_COLUMNS, title="Vacuum and analyze")]
+    parts: list[RenderableType] = [
+        headline,
+        out.table(items, SIZE_COLUMNS, title="Sizes and rows"),
+        out.table(items, ACTIVITY_COLUMNS, title="Rows, scans and cache hits"),
+        out.table(items, MAINTENANCE_COLUMNS, title="Vacuum and analyze"),
+    ]
     histogram = report.get("histogram")
     if histogram is not None:
         sampled = f", {histogram['sample_pct']} % page sample" if histogram["sample_pct"] is not None else ""
-        parts.append(out.table(histogram["buckets"], [
-            Column("label", "GOALS PER USER"), Column("users_all", "USERS (ALL ROWS)", justify="right"),
-            Column("users_active", "USERS (ACTIVE ROWS)", justify="right"),
-        ], title=f"{pgd.PROGRESS_TABLE}: rows per user{sampled}"))
-        parts.append(Text(f"{histogram['users']} users; rows per user mean {format_cell(histogram['mean_rows'])}, "
-                          f"max {histogram['max_rows']}; active rows per user mean "
-                          f"{format_cell(histogram['mean_active_rows'])}, max {histogram['max_active_rows']}; "
-                          f"{histogram['users_without_active']} user(s) without an active row"))
+        parts.append(
+            out.table(
+                histogram["buckets"],
+                [
+                    Column("label", "GOALS PER USER"),
+                    Column("users_all", "USERS (ALL ROWS)", justify="right"),
+                    Column("users_active", "USERS (ACTIVE ROWS)", justify="right"),
+                ],
+                title=f"{pgd.PROGRESS_TABLE}: rows per user{sampled}",
+            )
+        )
+        parts.append(
+            Text(
+                f"{histogram['users']} users; rows per user mean {format_cell(histogram['mean_rows'])}, "
+                f"max {histogram['max_rows']}; active rows per user mean "
+                f"{format_cell(histogram['mean_active_rows'])}, max {histogram['max_active_rows']}; "
+                f"{histogram['users_without_active']} user(s) without an active row"
+            )
+        )
     return sections(parts)
 
 
 @app.command("tables", epilog=TABLES_EXAMPLES)
 def tables(
     ctx: typer.Context,
-    exact: bool = typer.Option(False, "--exact", help="real COUNT(*) and COUNT(DISTINCT user_id) (full scans, bounded by --timeout)"),
+    exact: bool = typer.Option(
+        False, "--exact", help="real COUNT(*) and COUNT(DISTINCT user_id) (full scans, bounded by --timeout)"
+    ),
     histogram: bool = typer.Option(False, "--histogram", help="goals-per-user histogram of user_goal_progress"),
-    sample: float | None = typer.Option(None, "--sample", metavar="PCT", help="with --histogram: read PCT percent of the pages (TABLESAMPLE SYSTEM)"),
+    sample: float | None = typer.Option(
+        None, "--sample", metavar="PCT", help="with --histogram: read PCT percent of the pages (TABLESAMPLE SYSTEM)"
+    ),
 ) -> None:
     """Sizes, row counts, dead rows, scans, vacuum/analyze history and cache hits of the project's tables."""
     out = get_cli(ctx).output
     if sample is not None and not histogram:
         raise CliError("--sample applies to --histogram only", "add --histogram", EXIT_USAGE)
     if sample is not None and not 0 < sample <= 100:
-        raise CliError(f"invalid --sample {sample}: a percentage above 0 and at most 100", "e.g. --sample 10",
-                       EXIT_USAGE)
+        raise CliError(
+            f"invalid --sample {sample}: a percentage above 0 and at most 100", "e.g. --sample 10", EXIT_USAGE
+        )
     with diagnostics_session(ctx) as session, session.errors():
         report = tables_report(session.conn(), exact, histogram, sample)
     if not report["tables"]["items"]:
-        raise CliError(f"none of the project's tables ({', '.join(pgd.PROJECT_TABLES)}) exist in {session.target}",
-                       "apply the schema with 'challengectl db migrate'", EXIT_FAILED)
+        raise CliError(
+            f"none of the project's tables ({', '.join(pgd.PROJECT_TABLES)}) exist in {session.target}",
+            "apply the schema with 'challengectl db migrate'",
+            EXIT_FAILED,
+        )
     for name in report["missing_tables"]:
         out.warn(f"table {name} does not exist: run 'challengectl db migrate'")
     database = report["database"]
     hit = database["cache_hit_pct"]
-    if hit is not None and hit < CACHE_HIT_WARN_PCT and database["blks_hit"] + database["blks_read"] >= CACHE_HIT_MIN_BLOCKS:
+    if (
+        hit is not None
+        and hit < CACHE_HIT_WARN_PCT
+        and database["blks_hit"] + database["blks_read"] >= CACHE_HIT_MIN_BLOCKS
+    ):
         out.warn(f"database cache hit ratio {hit} % is below {CACHE_HIT_WARN_PCT:.0f} %: check shared_buffers")
     out.emit(report, rows=report["tables"]["items"], table=lambda: render_tables(out, report))
 
@@ -727,8 +934,9 @@ def migrate(
         except CliError:
             raise
         except Exception as exc:  # psycopg connection failures
-            raise CliError(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}",
-                           HINT_DATABASE_URL, EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", HINT_DATABASE_URL, EXIT_UNAVAILABLE
+            ) from None
     latest = max((m.version for m in discover_migrations()), default=0)
     result = {"applied": [_describe(m) for m in applied], "schema_version": latest}
     lines = [f"applied {name}" for name in result["applied"]] or [f"nothing to apply: schema is at version {latest}"]

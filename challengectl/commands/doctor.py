@@ -9,7 +9,6 @@ check, never exit 5 (docs/cli.md#exit-codes).
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -32,29 +31,34 @@ from service.config.settings import Settings
 
 HELP = "Run one-shot health checks across every dependency; exit 99 when any check fails."
 # `\b` keeps click from rewrapping a paragraph, so the list of ids stays one line.
-EXAMPLES = examples(
-    "challengectl doctor",
-    "challengectl doctor --strict --skip pg-stat-statements --skip cache-ratio",
-    "challengectl doctor -o json | jq -r '.items[] | select(.status == \"fail\") | .id'",
-) + f"""
+EXAMPLES = (
+    examples(
+        "challengectl doctor",
+        "challengectl doctor --strict --skip pg-stat-statements --skip cache-ratio",
+        "challengectl doctor -o json | jq -r '.items[] | select(.status == \"fail\") | .id'",
+    )
+    + f"""
 \b
 Check ids: {", ".join(CHECK_IDS)}
 """
+)
 
 
 def doctor(
     ctx: typer.Context,
     strict: bool = typer.Option(False, "--strict", help="warnings fail too (exit 99)"),
-    skip: Optional[list[str]] = typer.Option(None, "--skip", metavar="CHECK",
-                                             help="leave out a check by id (repeatable); ids are listed below"),
+    skip: list[str] | None = typer.Option(
+        None, "--skip", metavar="CHECK", help="leave out a check by id (repeatable); ids are listed below"
+    ),
 ) -> None:
     """Check settings, catalog, PostgreSQL, migrations, indexes, Redis, the service, buffer and secrets."""
     cli = get_cli(ctx)
     skipped = set(skip or ())
     unknown = sorted(skipped - set(CHECK_IDS))
     if unknown:
-        raise CliError(f"unknown check id(s) for --skip: {', '.join(unknown)}",
-                       f"use one of: {', '.join(CHECK_IDS)}", EXIT_USAGE)
+        raise CliError(
+            f"unknown check id(s) for --skip: {', '.join(unknown)}", f"use one of: {', '.join(CHECK_IDS)}", EXIT_USAGE
+        )
     try:
         settings = cli.settings()
     except CliError as invalid:
@@ -107,8 +111,12 @@ def _status_cell(status: str) -> Text:
 
 def _emit(out: Output, results: list[CheckResult]) -> None:
     items = [result.as_json() for result in results]
-    columns = [Column("id", "CHECK"), Column("status", "STATUS", render=_status_cell),
-               Column("observed", "OBSERVED"), Column("hint", "HINT")]
+    columns = [
+        Column("id", "CHECK"),
+        Column("status", "STATUS", render=_status_cell),
+        Column("observed", "OBSERVED"),
+        Column("hint", "HINT"),
+    ]
 
     def table() -> Table:
         grid = out.table(items, columns)

@@ -35,11 +35,11 @@ from challengectl.context import CliContext, command_group, examples, get_cli, p
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, ProgressHandle
 from challengectl.uuid7 import uuid7_str
+from service.config.resources import example_catalog_path
 from service.domain.catalog import Catalog, CatalogError, load_catalog
 from service.proto.accelbyte.iam.account.v1 import account_pb2
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2
 from service.proto.challengectl.v1 import ingest_pb2
-from service.config.resources import example_catalog_path
 
 RPC_AGS = "ags"
 RPC_PUBLISH = "publish"
@@ -48,12 +48,14 @@ KINDS = {"login": ingest_pb2.EVENT_KIND_LOGIN, "stat": ingest_pb2.EVENT_KIND_STA
 KIND_NAMES = {value: name for name, value in KINDS.items()}
 FILE_FIELDS = ("id", "user_id", "namespace", "kind", "stat_code", "latest_value", "inc", "timestamp")
 
-MAX_INFLIGHT = 256          # open-model calls outstanding at once; more wait (and show as latency)
-TABLE_MAX_CALLS = 20        # on a TTY, longer runs show the summary only
+MAX_INFLIGHT = 256  # open-model calls outstanding at once; more wait (and show as latency)
+TABLE_MAX_CALLS = 20  # on a TTY, longer runs show the summary only
 WAIT_POLL_S = 0.2
 HISTOGRAM_MAX_US = 60_000_000
-REJECTION_HINT = ("the service rejects empty or over-long user ids and ids, a stat without stat_code, and "
-                  "values that are NaN, infinite or outside the int32 range after truncation (docs/events.md#validation)")
+REJECTION_HINT = (
+    "the service rejects empty or over-long user ids and ids, a stat without stat_code, and "
+    "values that are NaN, infinite or outside the int32 range after truncation (docs/events.md#validation)"
+)
 
 SEND_EXAMPLES = examples(
     "challengectl events send login --user alice --wait",
@@ -100,20 +102,34 @@ def login_event(user_id: str, event_id: str) -> ingest_pb2.Event:
 
 def stat_event(user_id: str, event_id: str, stat_code: str, latest_value: float, inc: float) -> ingest_pb2.Event:
     """A stat event: the stat's new value and the increment that produced it."""
-    return ingest_pb2.Event(id=event_id, user_id=user_id, kind=ingest_pb2.EVENT_KIND_STAT, stat_code=stat_code,
-                            latest_value=latest_value, inc=inc, timestamp=now_timestamp())
+    return ingest_pb2.Event(
+        id=event_id,
+        user_id=user_id,
+        kind=ingest_pb2.EVENT_KIND_STAT,
+        stat_code=stat_code,
+        latest_value=latest_value,
+        inc=inc,
+        timestamp=now_timestamp(),
+    )
 
 
 def ags_message(event: ingest_pb2.Event) -> account_pb2.UserLoggedIn | statistic_pb2.StatItemUpdated:
     """The AGS OnMessage message carrying `event` (docs/events.md#onmessage-services)."""
     timestamp = event.timestamp.ToJsonString() if event.HasField("timestamp") else ""
     if event.kind == ingest_pb2.EVENT_KIND_LOGIN:
-        return account_pb2.UserLoggedIn(id=event.id, user_id=event.user_id, namespace=event.namespace,
-                                         timestamp=timestamp)
-    payload = statistic_pb2.StatItem(namespace=event.namespace, stat_code=event.stat_code, user_id=event.user_id,
-                                     latest_value=event.latest_value, inc=event.inc)
-    return statistic_pb2.StatItemUpdated(payload=payload, id=event.id, user_id=event.user_id,
-                                         namespace=event.namespace, timestamp=timestamp)
+        return account_pb2.UserLoggedIn(
+            id=event.id, user_id=event.user_id, namespace=event.namespace, timestamp=timestamp
+        )
+    payload = statistic_pb2.StatItem(
+        namespace=event.namespace,
+        stat_code=event.stat_code,
+        user_id=event.user_id,
+        latest_value=event.latest_value,
+        inc=event.inc,
+    )
+    return statistic_pb2.StatItemUpdated(
+        payload=payload, id=event.id, user_id=event.user_id, namespace=event.namespace, timestamp=timestamp
+    )
 
 
 def event_source(event: ingest_pb2.Event) -> str:
@@ -121,8 +137,9 @@ def event_source(event: ingest_pb2.Event) -> str:
     return "login" if event.kind == ingest_pb2.EVENT_KIND_LOGIN else f"stat:{event.stat_code}"
 
 
-def synthetic_events(users: Sequence[str], count: int, event_id: str | None,
-                     make: Callable[[str, str, int], ingest_pb2.Event]) -> list[ingest_pb2.Event]:
+def synthetic_events(
+    users: Sequence[str], count: int, event_id: str | None, make: Callable[[str, str, int], ingest_pb2.Event]
+) -> list[ingest_pb2.Event]:
     """`count` events spread round-robin over `users`; `make(user, id, n)` builds the n-th event of a
     user. Every event carries `event_id` when given, else a fresh UUIDv7."""
     sent_per_user: dict[str, int] = {}
@@ -150,8 +167,11 @@ def load_event_file(path: str, *, generate_ids: bool) -> list[ingest_pb2.Event]:
         if line.strip():
             events.append(_parse_event_line(line, f"{path}:{number}", generate_ids))
     if not events:
-        raise CliError(f"{path} holds no events", "write one JSON object per line, e.g. "
-                       '{"user_id": "alice", "kind": "login"}', EXIT_USAGE)
+        raise CliError(
+            f"{path} holds no events",
+            'write one JSON object per line, e.g. {"user_id": "alice", "kind": "login"}',
+            EXIT_USAGE,
+        )
     return events
 
 
@@ -165,8 +185,9 @@ def _parse_event_line(line: str, where: str, generate_ids: bool) -> ingest_pb2.E
         raise CliError(f"{where}: expected a JSON object", example, EXIT_USAGE)
     unknown = sorted(set(raw) - set(FILE_FIELDS))
     if unknown:
-        raise CliError(f"{where}: unknown field(s) {', '.join(unknown)}", f"fields: {', '.join(FILE_FIELDS)}",
-                       EXIT_USAGE)
+        raise CliError(
+            f"{where}: unknown field(s) {', '.join(unknown)}", f"fields: {', '.join(FILE_FIELDS)}", EXIT_USAGE
+        )
     kind = raw.get("kind")
     if kind not in KINDS:
         raise CliError(f"{where}: kind must be 'login' or 'stat', got {json.dumps(kind)}", example, EXIT_USAGE)
@@ -179,12 +200,21 @@ def _parse_event_line(line: str, where: str, generate_ids: bool) -> ingest_pb2.E
     event_id = raw.get("id") or ""
     if not event_id:
         if not generate_ids:
-            raise CliError(f"{where}: no id; a replay resends the original ids",
-                           "give every line an id, or send the file with 'events send --file'", EXIT_USAGE)
+            raise CliError(
+                f"{where}: no id; a replay resends the original ids",
+                "give every line an id, or send the file with 'events send --file'",
+                EXIT_USAGE,
+            )
         event_id = uuid7_str()
-    event = ingest_pb2.Event(id=event_id, user_id=raw.get("user_id", ""), namespace=raw.get("namespace", ""),
-                             kind=KINDS[kind], stat_code=raw.get("stat_code", ""),
-                             latest_value=float(raw.get("latest_value", 0)), inc=float(raw.get("inc", 0)))
+    event = ingest_pb2.Event(
+        id=event_id,
+        user_id=raw.get("user_id", ""),
+        namespace=raw.get("namespace", ""),
+        kind=KINDS[kind],
+        stat_code=raw.get("stat_code", ""),
+        latest_value=float(raw.get("latest_value", 0)),
+        inc=float(raw.get("inc", 0)),
+    )
     if raw.get("timestamp"):
         try:
             event.timestamp.FromJsonString(raw["timestamp"])
@@ -195,7 +225,7 @@ def _parse_event_line(line: str, where: str, generate_ids: bool) -> ingest_pb2.E
 
 def batched(events: Sequence[ingest_pb2.Event], size: int) -> list[list[ingest_pb2.Event]]:
     """`events` cut into calls of at most `size` events."""
-    return [list(events[start:start + size]) for start in range(0, len(events), size)]
+    return [list(events[start : start + size]) for start in range(0, len(events), size)]
 
 
 # --- calls -----------------------------------------------------------------------------------------
@@ -225,17 +255,25 @@ class CallResult:
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "call": self.call, "rpc": self.rpc, "event_ids": self.event_ids, "accepted": self.accepted,
-            "duplicates": self.duplicates, "skipped": self.skipped, "rejected": len(self.rejections),
-            "rejections": self.rejections, "committed": self.committed, "duration_ms": round(self.duration_ms, 3),
+            "call": self.call,
+            "rpc": self.rpc,
+            "event_ids": self.event_ids,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "skipped": self.skipped,
+            "rejected": len(self.rejections),
+            "rejections": self.rejections,
+            "committed": self.committed,
+            "duration_ms": round(self.duration_ms, 3),
         }
         if self.error is not None:
             body["error"] = {"code": self.error.code, "message": self.error.message, "exit_code": self.error.exit_code}
         return body
 
 
-async def send_call(ingest: IngestClient, rpc: str, call: int, events: list[ingest_pb2.Event],
-                    scheduled_at: float) -> CallResult:
+async def send_call(
+    ingest: IngestClient, rpc: str, call: int, events: list[ingest_pb2.Event], scheduled_at: float
+) -> CallResult:
     """Send one call and describe its outcome; gRPC failures are recorded, not raised. For the AGS
     services an INVALID_ARGUMENT status is that event's rejection."""
     result = CallResult(call=call, rpc=rpc, event_ids=[event.id for event in events])
@@ -245,8 +283,9 @@ async def send_call(ingest: IngestClient, rpc: str, call: int, events: list[inge
             answer = await ingest.publish(ingest_pb2.EventBatch(batch_id=f"cli-{call}", events=events))
             result.accepted, result.duplicates, result.skipped = answer.accepted, answer.duplicates, answer.skipped
             result.committed = answer.committed
-            result.rejections = [{"index": r.index, "event_id": r.event_id, "reason": r.reason}
-                                 for r in answer.rejected]
+            result.rejections = [
+                {"index": r.index, "event_id": r.event_id, "reason": r.reason} for r in answer.rejected
+            ]
         else:
             (event,) = events
             message = ags_message(event)
@@ -266,9 +305,14 @@ async def send_call(ingest: IngestClient, rpc: str, call: int, events: list[inge
     return result
 
 
-async def dispatch(calls: Iterable[list[ingest_pb2.Event]], send: Callable[[int, list[ingest_pb2.Event], float],
-                   Awaitable[CallResult]], on_result: Callable[[CallResult], None], *, rate: float | None,
-                   stop: Callable[[], bool]) -> None:
+async def dispatch(
+    calls: Iterable[list[ingest_pb2.Event]],
+    send: Callable[[int, list[ingest_pb2.Event], float], Awaitable[CallResult]],
+    on_result: Callable[[CallResult], None],
+    *,
+    rate: float | None,
+    stop: Callable[[], bool],
+) -> None:
     """Send `calls` one after another (`rate` None), or on an open-model schedule of `rate` events per
     second with at most MAX_INFLIGHT outstanding. Scheduling ends early once `stop()` is true."""
     if rate is None:
@@ -361,17 +405,24 @@ class SendStats:
             return round(self.latency_us.get_value_at_percentile(p) / 1000, 3)
 
         return {
-            "rpc": self.rpc, "calls": self.calls, "sent": self.sent, "acked": self.acked,
+            "rpc": self.rpc,
+            "calls": self.calls,
+            "sent": self.sent,
+            "acked": self.acked,
             "accepted": self.accepted if reports_counts else None,
             "duplicates": self.duplicates if reports_counts else None,
             "skipped": self.skipped if reports_counts else None,
-            "rejected": self.rejected, "failed": self.failed_events,
+            "rejected": self.rejected,
+            "failed": self.failed_events,
             "committed": (self.all_committed and self.calls > self.failed_calls) if reports_counts else None,
             "duration_ms": round(self.duration_ms, 3),
             "events_per_s": round(self.sent / seconds, 1) if seconds > 0 else None,
-            "ack_latency_ms": {"p50": percentile(50), "p95": percentile(95), "p99": percentile(99),
-                               "max": round(self.latency_us.get_max_value() / 1000, 3)
-                               if self.latency_us.get_total_count() else None},
+            "ack_latency_ms": {
+                "p50": percentile(50),
+                "p95": percentile(95),
+                "p99": percentile(99),
+                "max": round(self.latency_us.get_max_value() / 1000, 3) if self.latency_us.get_total_count() else None,
+            },
         }
 
     def outcome_error(self) -> CliError | None:
@@ -381,13 +432,21 @@ class SendStats:
             first = self.first_failure
             if self.calls == 1:
                 return first
-            return CliError(f"{self.failed_calls} of {self.calls} calls failed; first: {first.message}",
-                            first.hint, first.exit_code, code=first.code)
+            return CliError(
+                f"{self.failed_calls} of {self.calls} calls failed; first: {first.message}",
+                first.hint,
+                first.exit_code,
+                code=first.code,
+            )
         if self.first_rejection is not None:
             first = self.first_rejection
-            return CliError(f"{self.rejected} of {self.sent} event(s) rejected by the service; first: event "
-                            f"{first['event_id'] or '(no id)'}: {first['reason']}", REJECTION_HINT, EXIT_FAILED,
-                            code="INVALID_ARGUMENT")
+            return CliError(
+                f"{self.rejected} of {self.sent} event(s) rejected by the service; first: event "
+                f"{first['event_id'] or '(no id)'}: {first['reason']}",
+                REJECTION_HINT,
+                EXIT_FAILED,
+                code="INVALID_ARGUMENT",
+            )
         return None
 
 
@@ -473,18 +532,27 @@ def routed_goal_keys(snapshot: GoalSnapshot, sources: set[str], catalog: Catalog
     return keys
 
 
-async def wait_for_goals(clients: Clients, output: Output, user: str, before: GoalSnapshot, sources: set[str],
-                         timeout_s: float) -> dict[str, Any]:
+async def wait_for_goals(
+    clients: Clients, output: Output, user: str, before: GoalSnapshot, sources: set[str], timeout_s: float
+) -> dict[str, Any]:
     """Poll `user`'s challenges until a goal routed from `sources` differs from `before`, or until
     `timeout_s`. Reaching the timeout is reported on stderr; it is not an error."""
     catalog = await routing_catalog(clients, before.fingerprint)
     if catalog is None:
-        output.info(f"wait: the service's catalog ({before.fingerprint or 'unknown fingerprint'}) is not readable "
-                    "here; stat events match goals by stat code, logins any goal")
+        output.info(
+            f"wait: the service's catalog ({before.fingerprint or 'unknown fingerprint'}) is not readable "
+            "here; stat events match goals by stat code, logins any goal"
+        )
     keys = routed_goal_keys(before, sources, catalog)
     started = time.perf_counter()
-    report: dict[str, Any] = {"user_id": user, "goals": [key[1] for key in keys], "changed": False,
-                              "timed_out": False, "waited_ms": 0.0, "changes": []}
+    report: dict[str, Any] = {
+        "user_id": user,
+        "goals": [key[1] for key in keys],
+        "changed": False,
+        "timed_out": False,
+        "waited_ms": 0.0,
+        "changes": [],
+    }
     if not keys:
         output.info(f"wait: none of {user}'s active goals is routed from these events; nothing to wait for")
         return report
@@ -499,8 +567,10 @@ async def wait_for_goals(clients: Clients, output: Output, user: str, before: Go
             return report
         if time.perf_counter() - started >= timeout_s:
             report["timed_out"] = True
-            output.warn(f"wait: no change of {', '.join(report['goals'])} for {user} within {timeout_s:g}s "
-                        "(the events may be buffered, skipped, or leave the progress unchanged)")
+            output.warn(
+                f"wait: no change of {', '.join(report['goals'])} for {user} within {timeout_s:g}s "
+                "(the events may be buffered, skipped, or leave the progress unchanged)"
+            )
             return report
         await asyncio.sleep(WAIT_POLL_S)
 
@@ -508,10 +578,14 @@ async def wait_for_goals(clients: Clients, output: Output, user: str, before: Go
 # --- rendering -------------------------------------------------------------------------------------
 
 CALL_COLUMNS = [
-    Column("call", "CALL", "right"), Column("event_ids", "EVENT IDS", render=lambda ids: Text(_ids_cell(ids))),
-    Column("accepted", "ACCEPTED", "right"), Column("duplicates", "DUPLICATES", "right"),
-    Column("skipped", "SKIPPED", "right"), Column("rejected", "REJECTED", "right"),
-    Column("committed", "COMMITTED"), Column("duration_ms", "DURATION MS", "right"),
+    Column("call", "CALL", "right"),
+    Column("event_ids", "EVENT IDS", render=lambda ids: Text(_ids_cell(ids))),
+    Column("accepted", "ACCEPTED", "right"),
+    Column("duplicates", "DUPLICATES", "right"),
+    Column("skipped", "SKIPPED", "right"),
+    Column("rejected", "REJECTED", "right"),
+    Column("committed", "COMMITTED"),
+    Column("duration_ms", "DURATION MS", "right"),
 ]
 CHANGE_COLUMNS = ["challenge_id", "goal_id", "old_progress", "new_progress", "old_status", "new_status"]
 
@@ -530,8 +604,9 @@ class SendReport:
         self.results: list[dict[str, Any]] = []
         self.total_events = total_events
         # A bar for one call would only flicker.
-        self.progress = output.progress("sending events", total_events) if total_events > 1 else ProgressHandle(
-            None, "", None)
+        self.progress = (
+            output.progress("sending events", total_events) if total_events > 1 else ProgressHandle(None, "", None)
+        )
 
     def __enter__(self) -> Self:
         self.progress.__enter__()
@@ -593,26 +668,37 @@ def _check_rpc(rpc: str) -> str:
 
 def _check_rate(rate: float | None) -> float | None:
     if rate is not None and rate <= 0:
-        raise CliError(f"invalid --rate {rate:g}: must be above zero", "e.g. --rate 100 (events per second)",
-                       EXIT_USAGE)
+        raise CliError(
+            f"invalid --rate {rate:g}: must be above zero", "e.g. --rate 100 (events per second)", EXIT_USAGE
+        )
     return rate
 
 
 def _players(cli: CliContext, user: str | None, users_prefix: str | None, users: int | None) -> list[str]:
     if users_prefix is not None or users is not None:
         if users_prefix is None or users is None:
-            raise CliError("--users-prefix and --users go together", "e.g. --users-prefix load- --users 50",
-                           EXIT_USAGE)
+            raise CliError("--users-prefix and --users go together", "e.g. --users-prefix load- --users 50", EXIT_USAGE)
         return [f"{users_prefix}{n}" for n in range(1, users + 1)]  # the ids `users init --count N --prefix P` makes
     player = cli.settings(user=user).user
     if not player:
-        raise CliError("events send needs --user (or --users-prefix P --users N)",
-                       "add --user <id> or set CHALLENGE_USER", EXIT_USAGE)
+        raise CliError(
+            "events send needs --user (or --users-prefix P --users N)",
+            "add --user <id> or set CHALLENGE_USER",
+            EXIT_USAGE,
+        )
     return [player]
 
 
-def send_events(cli: CliContext, events: list[ingest_pb2.Event], *, rpc: str, batch: int, rate: float | None,
-                wait_user: str | None = None, wait_timeout_s: float = 10.0) -> None:
+def send_events(
+    cli: CliContext,
+    events: list[ingest_pb2.Event],
+    *,
+    rpc: str,
+    batch: int,
+    rate: float | None,
+    wait_user: str | None = None,
+    wait_timeout_s: float = 10.0,
+) -> None:
     """Send `events` in calls of `batch`, print per call and the summary, optionally `--wait` for
     `wait_user`'s routed goals; end with the exit code of the first failure or rejection."""
     output = cli.output
@@ -623,12 +709,18 @@ def send_events(cli: CliContext, events: list[ingest_pb2.Event], *, rpc: str, ba
         if rpc == RPC_AGS:
             await with_ags_namespace(clients, events)
         with SendReport(output, len(events), rpc) as report:
-            await dispatch(calls, lambda i, evs, due: send_call(clients.ingest, rpc, i, evs, due), report.record,
-                           rate=rate, stop=stop_when_hopeless(report.stats, sequential=rate is None))
+            await dispatch(
+                calls,
+                lambda i, evs, due: send_call(clients.ingest, rpc, i, evs, due),
+                report.record,
+                rate=rate,
+                stop=stop_when_hopeless(report.stats, sequential=rate is None),
+            )
         wait = None
         if before is not None and wait_user is not None and report.stats.acked:
-            wait = await wait_for_goals(clients, output, wait_user, before, {event_source(e) for e in events},
-                                        wait_timeout_s)
+            wait = await wait_for_goals(
+                clients, output, wait_user, before, {event_source(e) for e in events}, wait_timeout_s
+            )
         report.finish(wait)
         error = report.stats.outcome_error()
         if error is not None:
@@ -637,21 +729,43 @@ def send_events(cli: CliContext, events: list[ingest_pb2.Event], *, rpc: str, ba
     cli.run(main)
 
 
-def _send_synthetic(ctx: typer.Context, make: Callable[[str, str, int], ingest_pb2.Event], *, user: str | None,
-                    users_prefix: str | None, users: int | None, count: int, event_id: str | None, event_rpc: str,
-                    batch: int, rate: float | None, wait: bool, wait_timeout: str) -> None:
+def _send_synthetic(
+    ctx: typer.Context,
+    make: Callable[[str, str, int], ingest_pb2.Event],
+    *,
+    user: str | None,
+    users_prefix: str | None,
+    users: int | None,
+    count: int,
+    event_id: str | None,
+    event_rpc: str,
+    batch: int,
+    rate: float | None,
+    wait: bool,
+    wait_timeout: str,
+) -> None:
     cli = get_cli(ctx)
     rpc = _check_rpc(event_rpc)
     if rpc == RPC_AGS and batch != 1:
-        raise CliError("the AGS OnMessage services carry one event per call", "drop --batch, or use --event-rpc publish",
-                       EXIT_USAGE)
+        raise CliError(
+            "the AGS OnMessage services carry one event per call",
+            "drop --batch, or use --event-rpc publish",
+            EXIT_USAGE,
+        )
     players = _players(cli, user, users_prefix, users)
     if wait and len(players) > 1:
         raise CliError("--wait follows one player", "use --user with --wait, or drop --wait", EXIT_USAGE)
     wait_timeout_s = parse_duration(wait_timeout, "--wait-timeout")
     events = synthetic_events(players, count, event_id, make)
-    send_events(cli, events, rpc=rpc, batch=batch, rate=_check_rate(rate),
-                wait_user=players[0] if wait else None, wait_timeout_s=wait_timeout_s)
+    send_events(
+        cli,
+        events,
+        rpc=rpc,
+        batch=batch,
+        rate=_check_rate(rate),
+        wait_user=players[0] if wait else None,
+        wait_timeout_s=wait_timeout_s,
+    )
 
 
 USER_HELP = "the player [env: CHALLENGE_USER]"
@@ -679,17 +793,31 @@ def send_login(
     wait_timeout: str = typer.Option("10s", "--wait-timeout", help=WAIT_TIMEOUT_HELP),
 ) -> None:
     """Send login events: per call the event ids, accepted/duplicates/skipped/rejected, committed, duration_ms."""
-    _send_synthetic(ctx, lambda player, eid, _: login_event(player, eid), user=user, users_prefix=users_prefix,
-                    users=users, count=count, event_id=event_id, event_rpc=event_rpc, batch=batch, rate=rate,
-                    wait=wait, wait_timeout=wait_timeout)
+    _send_synthetic(
+        ctx,
+        lambda player, eid, _: login_event(player, eid),
+        user=user,
+        users_prefix=users_prefix,
+        users=users,
+        count=count,
+        event_id=event_id,
+        event_rpc=event_rpc,
+        batch=batch,
+        rate=rate,
+        wait=wait,
+        wait_timeout=wait_timeout,
+    )
 
 
 def send_stat(
     ctx: typer.Context,
     stat_code: str = typer.Option(..., "--stat-code", help="the statistic code, e.g. matches_played"),
     value: float = typer.Option(..., "--value", help="the stat's new value (latest_value)"),
-    inc: float = typer.Option(1.0, "--inc", help="the increment that produced the value; with --count each "
-                              "further event of a player adds it to the value"),
+    inc: float = typer.Option(
+        1.0,
+        "--inc",
+        help="the increment that produced the value; with --count each further event of a player adds it to the value",
+    ),
     user: str | None = typer.Option(None, "--user", help=USER_HELP),
     users_prefix: str | None = typer.Option(None, "--users-prefix", help=USERS_PREFIX_HELP),
     users: int | None = typer.Option(None, "--users", min=1, help="number of synthetic players"),
@@ -706,12 +834,33 @@ def send_stat(
     def make(player: str, eid: str, nth: int) -> ingest_pb2.Event:
         return stat_event(player, eid, stat_code, value + nth * inc, inc)
 
-    _send_synthetic(ctx, make, user=user, users_prefix=users_prefix, users=users, count=count, event_id=event_id,
-                    event_rpc=event_rpc, batch=batch, rate=rate, wait=wait, wait_timeout=wait_timeout)
+    _send_synthetic(
+        ctx,
+        make,
+        user=user,
+        users_prefix=users_prefix,
+        users=users,
+        count=count,
+        event_id=event_id,
+        event_rpc=event_rpc,
+        batch=batch,
+        rate=rate,
+        wait=wait,
+        wait_timeout=wait_timeout,
+    )
 
 
-def send_file(cli: CliContext, path: str, *, rpc: str, batch: int, rate: float | None,
-              replay: bool = False, count: int | None = None, loop: bool = False) -> None:
+def send_file(
+    cli: CliContext,
+    path: str,
+    *,
+    rpc: str,
+    batch: int,
+    rate: float | None,
+    replay: bool = False,
+    count: int | None = None,
+    loop: bool = False,
+) -> None:
     """Send (or replay) a JSON-lines file: NDJSON progress per call on stderr (a bar on a TTY), totals
     on stdout; the exit code of the first failure or rejection."""
     events = load_event_file(path, generate_ids=not replay)
@@ -734,16 +883,33 @@ def send_file(cli: CliContext, path: str, *, rpc: str, batch: int, rate: float |
                 stats.record(result)
                 bar.advance(len(result.event_ids))
                 if not output.shows_progress and not output.quiet:
-                    print(json.dumps({"progress": {"call": result.call, "sent": stats.sent, "acked": stats.acked,
-                                                   "rejected": stats.rejected, "failed": stats.failed_events}}),
-                          file=sys.stderr, flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                "progress": {
+                                    "call": result.call,
+                                    "sent": stats.sent,
+                                    "acked": stats.acked,
+                                    "rejected": stats.rejected,
+                                    "failed": stats.failed_events,
+                                }
+                            }
+                        ),
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if result.error is not None:
                     output.warn(f"call {result.call}: {result.error.message}")
 
             calls = _chunks(stream, 1 if rpc == RPC_AGS else batch)
             try:
-                await dispatch(calls, lambda i, evs, due: send_call(clients.ingest, rpc, i, evs, due), record,
-                               rate=rate, stop=stop_when_hopeless(stats, sequential=rate is None))
+                await dispatch(
+                    calls,
+                    lambda i, evs, due: send_call(clients.ingest, rpc, i, evs, due),
+                    record,
+                    rate=rate,
+                    stop=stop_when_hopeless(stats, sequential=rate is None),
+                )
             finally:
                 stats.finish()
         totals = {"file": path, **stats.summary()}
@@ -751,8 +917,10 @@ def send_file(cli: CliContext, path: str, *, rpc: str, batch: int, rate: float |
             totals["expected_duplicates"] = stats.acked
             new = stats.accepted
             if new:
-                output.warn(f"{new} replayed event(s) were accepted as new: their ids were not seen within the "
-                            "service's dedup_ttl_s, or their markers were lost")
+                output.warn(
+                    f"{new} replayed event(s) were accepted as new: their ids were not seen within the "
+                    "service's dedup_ttl_s, or their markers were lost"
+                )
         output.emit_object(totals)
         error = stats.outcome_error()
         if error is not None:
@@ -767,7 +935,7 @@ def _cycle(events: Sequence[ingest_pb2.Event]) -> Iterator[ingest_pb2.Event]:
 
 
 def _take(events: Iterator[ingest_pb2.Event], limit: int) -> Iterator[ingest_pb2.Event]:
-    for _, event in zip(range(limit), events):
+    for _, event in zip(range(limit), events, strict=False):
         yield event
 
 
@@ -785,8 +953,12 @@ def _chunks(events: Iterable[ingest_pb2.Event], size: int) -> Iterator[list[inge
 @send_app.callback(epilog=SEND_EXAMPLES)
 def send(
     ctx: typer.Context,
-    file: str | None = typer.Option(None, "--file", help="JSON-lines events (Event proto fields, snake_case, "
-                                       "kind login|stat; '-' reads stdin); missing ids are generated"),
+    file: str | None = typer.Option(
+        None,
+        "--file",
+        help="JSON-lines events (Event proto fields, snake_case, "
+        "kind login|stat; '-' reads stdin); missing ids are generated",
+    ),
     rate: float | None = typer.Option(None, "--rate", help="with --file: " + RATE_HELP),
     batch: int = typer.Option(100, "--batch", min=1, help="with --file: " + BATCH_HELP),
     event_rpc: str = typer.Option(RPC_PUBLISH, "--event-rpc", help="with --file: " + RPC_HELP),
@@ -794,12 +966,16 @@ def send(
     """Send login or stat events, or a JSON-lines file of events."""
     if ctx.invoked_subcommand is not None:
         if file is not None or rate is not None:
-            raise CliError("--file and --rate before 'login'/'stat' belong to 'events send --file'",
-                           f"put the options after '{ctx.invoked_subcommand}'", EXIT_USAGE)
+            raise CliError(
+                "--file and --rate before 'login'/'stat' belong to 'events send --file'",
+                f"put the options after '{ctx.invoked_subcommand}'",
+                EXIT_USAGE,
+            )
         return
     if file is None:
-        raise CliError("events send needs 'login', 'stat' or --file", "see 'challengectl events send --help'",
-                       EXIT_USAGE)
+        raise CliError(
+            "events send needs 'login', 'stat' or --file", "see 'challengectl events send --help'", EXIT_USAGE
+        )
     send_file(get_cli(ctx), file, rpc=_check_rpc(event_rpc), batch=batch, rate=_check_rate(rate))
 
 
@@ -807,14 +983,16 @@ def replay(
     ctx: typer.Context,
     file: str = typer.Argument(..., help="JSON-lines events with ids ('-' reads stdin)"),
     rate: float | None = typer.Option(None, "--rate", help=RATE_HELP),
-    count: int | None = typer.Option(None, "--count", min=1, help="send this many events (with --loop: "
-                                        "cycling through the file)"),
+    count: int | None = typer.Option(
+        None, "--count", min=1, help="send this many events (with --loop: cycling through the file)"
+    ),
     loop: bool = typer.Option(False, "--loop", help="cycle through the file (until --count, or Ctrl-C)"),
     batch: int = typer.Option(100, "--batch", min=1, help=BATCH_HELP),
 ) -> None:
     """Resend a file with its original ids to check de-duplication: totals, where duplicates are expected."""
-    send_file(get_cli(ctx), file, rpc=RPC_PUBLISH, batch=batch, rate=_check_rate(rate), replay=True, count=count,
-              loop=loop)
+    send_file(
+        get_cli(ctx), file, rpc=RPC_PUBLISH, batch=batch, rate=_check_rate(rate), replay=True, count=count, loop=loop
+    )
 
 
 def register(root: typer.Typer) -> None:

@@ -47,9 +47,9 @@ from challengectl.plans import (
     node_conditions,
     timeout_analysis,
 )
+from service.config.settings import Settings, mask_url_password
 from service.domain.catalog import Catalog, CatalogError, load_catalog
 from service.storage.registry import Registry, RegistryError, UnknownQueryError, load_registry
-from service.config.settings import Settings, mask_url_password
 
 EXPLAIN_EXAMPLES = examples(
     "challengectl explain active-goals",
@@ -67,18 +67,47 @@ def explain_command(
     name: str | None = typer.Argument(None, help="named query; '-' and '_' are alike (active-goals = active_goals)"),
     list_queries: bool = typer.Option(False, "--list", help="list every named query with its kind, parameters and doc"),
     sql: str | None = typer.Option(None, "--sql", help="explain one ad-hoc SELECT instead of a named query"),
-    user: str | None = typer.Option(None, "--user", help="take the parameters from this user's rows (default: a sampled user)"),
-    sample: str = typer.Option("typical", "--sample", help="how to pick the user without --user: typical (TABLESAMPLE SYSTEM) or heavy (most rows among a sample)"),
-    param: list[str] | None = typer.Option(None, "--param", help="override a parameter: name=value (repeatable; arrays as a,b or a JSON array; null; now)"),
-    analyze: bool | None = typer.Option(None, "--analyze/--no-analyze", help="run the statement (inside a rolled-back transaction); default on for named queries, off for --sql", show_default=False),
-    buffers: bool = typer.Option(True, "--buffers/--no-buffers", help="report shared buffer hits, reads, dirtied and written blocks"),
-    statement_timeout: str = typer.Option("10s", "--statement-timeout", help="statement_timeout of the EXPLAIN, <n>[ms|s|m]"),
-    large_table_rows: int = typer.Option(10_000, "--large-table-rows", min=0, help="a Seq Scan on a table estimated above this many rows is critical"),
-    slow_ms: float | None = typer.Option(None, "--slow-ms", min=0, help="execution time that is slow; default 10 for reads, 50 for writes and locks"),
-    fail_on: str | None = typer.Option(None, "--fail-on", help="exit 99 when a finding of this severity or higher is present: warn or crit"),
-    plan_format: str = typer.Option("tree", "--format", help="tree (the analysed plan) or text (PostgreSQL's own text plan)"),
-    catalog: str | None = typer.Option(None, "--catalog", help="challenges.json for catalog-derived parameters [env: CHALLENGE_CATALOG_PATH]"),
-    yes: bool = typer.Option(False, "--yes", help="run lock and write queries against a non-embedded database without asking"),
+    user: str | None = typer.Option(
+        None, "--user", help="take the parameters from this user's rows (default: a sampled user)"
+    ),
+    sample: str = typer.Option(
+        "typical",
+        "--sample",
+        help="how to pick the user without --user: typical (TABLESAMPLE SYSTEM) or heavy (most rows among a sample)",
+    ),
+    param: list[str] | None = typer.Option(
+        None, "--param", help="override a parameter: name=value (repeatable; arrays as a,b or a JSON array; null; now)"
+    ),
+    analyze: bool | None = typer.Option(
+        None,
+        "--analyze/--no-analyze",
+        help="run the statement (inside a rolled-back transaction); default on for named queries, off for --sql",
+        show_default=False,
+    ),
+    buffers: bool = typer.Option(
+        True, "--buffers/--no-buffers", help="report shared buffer hits, reads, dirtied and written blocks"
+    ),
+    statement_timeout: str = typer.Option(
+        "10s", "--statement-timeout", help="statement_timeout of the EXPLAIN, <n>[ms|s|m]"
+    ),
+    large_table_rows: int = typer.Option(
+        10_000, "--large-table-rows", min=0, help="a Seq Scan on a table estimated above this many rows is critical"
+    ),
+    slow_ms: float | None = typer.Option(
+        None, "--slow-ms", min=0, help="execution time that is slow; default 10 for reads, 50 for writes and locks"
+    ),
+    fail_on: str | None = typer.Option(
+        None, "--fail-on", help="exit 99 when a finding of this severity or higher is present: warn or crit"
+    ),
+    plan_format: str = typer.Option(
+        "tree", "--format", help="tree (the analysed plan) or text (PostgreSQL's own text plan)"
+    ),
+    catalog: str | None = typer.Option(
+        None, "--catalog", help="challenges.json for catalog-derived parameters [env: CHALLENGE_CATALOG_PATH]"
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", help="run lock and write queries against a non-embedded database without asking"
+    ),
 ) -> None:
     """Explain a named query (or one ad-hoc SELECT) with parameters from a real user: plan, indexes, findings."""
     cli = get_cli(ctx)
@@ -94,10 +123,16 @@ def explain_command(
     statement = _statement(registry, name, sql)
     timeout_ms = int(parse_duration(statement_timeout, "--statement-timeout") * 1000)
     if timeout_ms < 1:
-        raise CliError(f"invalid --statement-timeout '{statement_timeout}': must be above zero",
-                       "e.g. --statement-timeout 10s", EXIT_USAGE)
-    options = ExplainOptions(analyze=analyze if analyze is not None else statement.name is not None,
-                             buffers=buffers, statement_timeout_ms=timeout_ms)
+        raise CliError(
+            f"invalid --statement-timeout '{statement_timeout}': must be above zero",
+            "e.g. --statement-timeout 10s",
+            EXIT_USAGE,
+        )
+    options = ExplainOptions(
+        analyze=analyze if analyze is not None else statement.name is not None,
+        buffers=buffers,
+        statement_timeout_ms=timeout_ms,
+    )
     now = datetime.now(UTC)
     overrides = parse_param_overrides(param or [], statement, now)
     settings = cli.settings(catalog_path=catalog)
@@ -105,34 +140,61 @@ def explain_command(
 
     with database_target(settings) as target:
         if options.analyze and statement.kind != "read" and not target.embedded:
-            confirm(f"execute {statement.name} ({statement.kind} query) inside a rolled-back transaction on "
-                    f"{mask_url_password(target.url)} (it may briefly hold row locks)", yes)
+            confirm(
+                f"execute {statement.name} ({statement.kind} query) inside a rolled-back transaction on "
+                f"{mask_url_password(target.url)} (it may briefly hold row locks)",
+                yes,
+            )
         with ExplainSession(target.url, statement_timeout_ms=timeout_ms, connect_timeout_s=cli.timeout_s) as session:
-            chosen, params = _parameters(session, registry, statement, settings, out, sample_user, sample,
-                                         overrides, now)
+            chosen, params = _parameters(
+                session, registry, statement, settings, out, sample_user, sample, overrides, now
+            )
             run = session.explain(statement, params, options)
             if run.plan is not None:
                 run.tables = session.table_info(relations_in_plan(run.plan))
             text_plan = None
             if plan_format == "text" and run.timeout is None:
-                text_run = session.explain(statement, params, ExplainOptions(
-                    analyze=options.analyze, buffers=options.buffers, statement_timeout_ms=timeout_ms,
-                    text_format=True))
+                text_run = session.explain(
+                    statement,
+                    params,
+                    ExplainOptions(
+                        analyze=options.analyze,
+                        buffers=options.buffers,
+                        statement_timeout_ms=timeout_ms,
+                        text_format=True,
+                    ),
+                )
                 text_plan = text_run.text_plan
             role = session.role
 
-    context = PlanContext(kind=statement.kind, expect_index=statement.expect_index, large_table_rows=large_table_rows,
-                          slow_ms=slow_ms, tables=run.tables, role=role)
+    context = PlanContext(
+        kind=statement.kind,
+        expect_index=statement.expect_index,
+        large_table_rows=large_table_rows,
+        slow_ms=slow_ms,
+        tables=run.tables,
+        role=role,
+    )
     limit = f"{timeout_ms} ms" if run.timeout == "statement_timeout" else "1s"
-    analysis = analyze_plan(run.plan, context) if run.plan is not None else timeout_analysis(run.timeout or "", limit, context)
+    analysis = (
+        analyze_plan(run.plan, context) if run.plan is not None else timeout_analysis(run.timeout or "", limit, context)
+    )
     report = ExplainReport(statement, chosen, params, options, run, text_plan, analysis, context, plan_format)
-    out.emit_object(report.as_json(), table=lambda: report.renderable(out.no_headers),
-                    text=lambda: _plain(report.renderable(out.no_headers)))
+    out.emit_object(
+        report.as_json(),
+        table=lambda: report.renderable(out.no_headers),
+        text=lambda: _plain(report.renderable(out.no_headers)),
+    )
     if fail_on is not None and analysis.has_severity(fail_on):
-        gated = [finding for finding in analysis.findings
-                 if SEVERITIES.index(finding.severity) >= SEVERITIES.index(fail_on)]
-        out.err.print(f"explain: {len(gated)} finding(s) at or above {fail_on} (--fail-on {fail_on})",
-                      markup=False, highlight=False, soft_wrap=True)
+        gated = [
+            finding for finding in analysis.findings if SEVERITIES.index(finding.severity) >= SEVERITIES.index(fail_on)
+        ]
+        out.err.print(
+            f"explain: {len(gated)} finding(s) at or above {fail_on} (--fail-on {fail_on})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(EXIT_GATE)
 
 
@@ -148,6 +210,7 @@ def register(app: typer.Typer) -> None:
 
 # --- inputs ---------------------------------------------------------------------------------------
 
+
 def _load_registry() -> Registry:
     try:
         return load_registry()
@@ -158,8 +221,9 @@ def _load_registry() -> Registry:
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     lowered = value.strip().lower()
     if lowered not in choices:
-        raise CliError(f"invalid {option} '{value}': expected {' or '.join(choices)}",
-                       f"e.g. {option} {choices[0]}", EXIT_USAGE)
+        raise CliError(
+            f"invalid {option} '{value}': expected {' or '.join(choices)}", f"e.g. {option} {choices[0]}", EXIT_USAGE
+        )
     return lowered
 
 
@@ -174,12 +238,22 @@ def _statement(registry: Registry, name: str | None, sql: str | None) -> Stateme
         return Statement.named(registry.lookup(name))
     except UnknownQueryError as unknown:
         matches = f"; close matches: {', '.join(unknown.close_matches)}" if unknown.close_matches else ""
-        raise CliError(f"unknown query '{name}'{matches}", "see 'challengectl explain --list'", EXIT_NOT_FOUND) from None
+        raise CliError(
+            f"unknown query '{name}'{matches}", "see 'challengectl explain --list'", EXIT_NOT_FOUND
+        ) from None
 
 
-def _parameters(session: ExplainSession, registry: Registry, statement: Statement, settings: Settings, out: Output,
-                user: str | None, sample: str, overrides: dict[str, Any], now: datetime
-                ) -> tuple[SampleUser | None, dict[str, Any]]:
+def _parameters(
+    session: ExplainSession,
+    registry: Registry,
+    statement: Statement,
+    settings: Settings,
+    out: Output,
+    user: str | None,
+    sample: str,
+    overrides: dict[str, Any],
+    now: datetime,
+) -> tuple[SampleUser | None, dict[str, Any]]:
     """The sample user (None when every parameter was given) and the bound parameters."""
     needed = [name for name in statement.param_types if name not in overrides]
     if not needed:
@@ -190,15 +264,21 @@ def _parameters(session: ExplainSession, registry: Registry, statement: Statemen
     generation = None
     if "generation" in needed and "next_claim_generation" in registry:
         claim_goal = chosen.first_active
-        generation = session.next_claim_generation(registry.get("next_claim_generation"), {
-            "namespace": claim_goal.namespace or settings.namespace, "user_id": chosen.user_id,
-            "goal_id": claim_goal.goal_id})
+        generation = session.next_claim_generation(
+            registry.get("next_claim_generation"),
+            {
+                "namespace": claim_goal.namespace or settings.namespace,
+                "user_id": chosen.user_id,
+                "goal_id": claim_goal.goal_id,
+            },
+        )
     params = derive_params(statement, chosen, catalog, defaults, now, generation)
     params.update(overrides)
     missing = [name for name in statement.param_types if name not in params]
     if missing:
-        raise CliError(f"no value for parameter(s) {', '.join(missing)}",
-                       f"pass --param {missing[0]}=VALUE", EXIT_USAGE)
+        raise CliError(
+            f"no value for parameter(s) {', '.join(missing)}", f"pass --param {missing[0]}=VALUE", EXIT_USAGE
+        )
     return chosen, {name: params[name] for name in statement.param_types}
 
 
@@ -219,21 +299,38 @@ def _catalog(settings: Settings, out: Output) -> Catalog | None:
 
 
 def _emit_query_list(out: Output, registry: Registry) -> None:
-    items = [{"name": query.name, "kind": query.kind,
-              "params": ", ".join(f"{param.name} {param.type}" for param in query.params),
-              "expect_index": query.expect_index, "doc": query.doc} for query in registry]
+    items = [
+        {
+            "name": query.name,
+            "kind": query.kind,
+            "params": ", ".join(f"{param.name} {param.type}" for param in query.params),
+            "expect_index": query.expect_index,
+            "doc": query.doc,
+        }
+        for query in registry
+    ]
     out.emit(listing(items), rows=items, columns=["name", "kind", "params", "expect_index", "doc"])
 
 
 # --- the report -----------------------------------------------------------------------------------
 
+
 class ExplainReport:
     """Everything one explain produced, as JSON (snake_case, with PostgreSQL's raw plan) or as a
     renderable: header, plan tree (or text plan), totals, indexes used, findings."""
 
-    def __init__(self, statement: Statement, sample: SampleUser | None, params: dict[str, Any],
-                 options: ExplainOptions, run: ExplainRun, text_plan: str | None, analysis: PlanAnalysis,
-                 context: PlanContext, plan_format: str) -> None:
+    def __init__(
+        self,
+        statement: Statement,
+        sample: SampleUser | None,
+        params: dict[str, Any],
+        options: ExplainOptions,
+        run: ExplainRun,
+        text_plan: str | None,
+        analysis: PlanAnalysis,
+        context: PlanContext,
+        plan_format: str,
+    ) -> None:
         self.statement = statement
         self.sample = sample
         self.params = params
@@ -246,16 +343,30 @@ class ExplainReport:
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "query": {"name": self.statement.name, "kind": self.statement.kind, "doc": self.statement.doc,
-                      "expect_index": self.statement.expect_index, "sql": self.statement.sql},
-            "sample_user": None if self.sample is None else {
-                "user_id": self.sample.user_id, "chosen_by": self.sample.chosen_by,
-                "rows": len(self.sample.rows), "active_rows": len(self.sample.active_rows)},
+            "query": {
+                "name": self.statement.name,
+                "kind": self.statement.kind,
+                "doc": self.statement.doc,
+                "expect_index": self.statement.expect_index,
+                "sql": self.statement.sql,
+            },
+            "sample_user": None
+            if self.sample is None
+            else {
+                "user_id": self.sample.user_id,
+                "chosen_by": self.sample.chosen_by,
+                "rows": len(self.sample.rows),
+                "active_rows": len(self.sample.active_rows),
+            },
             "params": self.params,
-            "options": {"analyze": self.options.analyze, "buffers": self.options.buffers,
-                        "statement_timeout_ms": self.options.statement_timeout_ms,
-                        "large_table_rows": self.context.large_table_rows,
-                        "slow_ms": self.context.slow_threshold_ms, "format": self.plan_format},
+            "options": {
+                "analyze": self.options.analyze,
+                "buffers": self.options.buffers,
+                "statement_timeout_ms": self.options.statement_timeout_ms,
+                "large_table_rows": self.context.large_table_rows,
+                "slow_ms": self.context.slow_threshold_ms,
+                "format": self.plan_format,
+            },
             "timeout": self.run.timeout,
             "plan": self.run.plan,
             "analysis": self.analysis.as_json(),
@@ -287,8 +398,11 @@ class ExplainReport:
         if statement.expect_index:
             rows.add_row("Expects", statement.expect_index)
         if self.sample is not None:
-            rows.add_row("User", f"{self.sample.user_id} ({self.sample.chosen_by}; {len(self.sample.rows)} rows, "
-                                 f"{len(self.sample.active_rows)} active)")
+            rows.add_row(
+                "User",
+                f"{self.sample.user_id} ({self.sample.chosen_by}; {len(self.sample.rows)} rows, "
+                f"{len(self.sample.active_rows)} active)",
+            )
         for key, value in self.params.items():
             rows.add_row(f"  {key}", format_cell(value))
         mode = "EXPLAIN ANALYZE (rolled back)" if self.options.analyze else "EXPLAIN (not executed)"
@@ -308,13 +422,20 @@ class ExplainReport:
             grid.add_row("Execution", _ms(totals.execution_ms))
         if totals.rows is not None:
             grid.add_row("Rows", f"{totals.rows:,.0f}")
-        grid.add_row("Buffers", f"hit {totals.shared_hit_blocks}  read {totals.shared_read_blocks}  "
-                                f"dirtied {totals.shared_dirtied_blocks}  written {totals.shared_written_blocks}"
-                                + (f"  temp read {totals.temp_read_blocks} written {totals.temp_written_blocks}"
-                                   if totals.temp_read_blocks or totals.temp_written_blocks else ""))
+        grid.add_row(
+            "Buffers",
+            f"hit {totals.shared_hit_blocks}  read {totals.shared_read_blocks}  "
+            f"dirtied {totals.shared_dirtied_blocks}  written {totals.shared_written_blocks}"
+            + (
+                f"  temp read {totals.temp_read_blocks} written {totals.temp_written_blocks}"
+                if totals.temp_read_blocks or totals.temp_written_blocks
+                else ""
+            ),
+        )
         if totals.wal_records is not None:
-            grid.add_row("WAL", f"records {totals.wal_records}  full-page images {totals.wal_fpi}  "
-                                f"bytes {totals.wal_bytes}")
+            grid.add_row(
+                "WAL", f"records {totals.wal_records}  full-page images {totals.wal_fpi}  bytes {totals.wal_bytes}"
+            )
         return grid
 
     def _indexes(self, no_headers: bool) -> RenderableType:
@@ -340,8 +461,10 @@ class ExplainReport:
         grid.add_column(no_wrap=True)
         grid.add_column()
         for finding in self.analysis.findings:
-            label = Text(f"{SEVERITY_MARKERS[finding.severity]} {finding.severity.upper()}",
-                         style=SEVERITY_STYLES[finding.severity])
+            label = Text(
+                f"{SEVERITY_MARKERS[finding.severity]} {finding.severity.upper()}",
+                style=SEVERITY_STYLES[finding.severity],
+            )
             grid.add_row(label, Text(finding.node or "(whole statement)", style="bold"))
             grid.add_row("", finding.message)
             grid.add_row("", Text(f"advice: {finding.advice}"))
@@ -377,27 +500,38 @@ def _node_text(node: PlanNode) -> Text:
             text.append(rows)
         text.append(f"  time {node.get('Actual Startup Time', 0):.3f}..{node.get('Actual Total Time', 0):.3f} ms")
     if node.get("Shared Hit Blocks") is not None:
-        text.append(f"  buffers hit {node.get('Shared Hit Blocks')} read {node.get('Shared Read Blocks', 0)} "
-                    f"dirtied {node.get('Shared Dirtied Blocks', 0)} written {node.get('Shared Written Blocks', 0)}",
-                    style="dim")
+        text.append(
+            f"  buffers hit {node.get('Shared Hit Blocks')} read {node.get('Shared Read Blocks', 0)} "
+            f"dirtied {node.get('Shared Dirtied Blocks', 0)} written {node.get('Shared Written Blocks', 0)}",
+            style="dim",
+        )
     for label, condition in node_conditions(node).items():
         text.append(f"\n{label}: {condition}")
-        removed_key = {"Filter": "Rows Removed by Filter", "Join Filter": "Rows Removed by Join Filter",
-                       "Recheck Cond": "Rows Removed by Index Recheck"}.get(label)
+        removed_key = {
+            "Filter": "Rows Removed by Filter",
+            "Join Filter": "Rows Removed by Join Filter",
+            "Recheck Cond": "Rows Removed by Index Recheck",
+        }.get(label)
         if removed_key and node.get(removed_key) is not None:
             text.append(f"  (rows removed: {float(node.get(removed_key)) * max(node.loops, 1):,.0f})")
     if node.get("Conflict Arbiter Indexes"):
-        text.append(f"\nConflict: {node.get('Conflict Resolution', '')} on {', '.join(node.get('Conflict Arbiter Indexes'))}")
+        text.append(
+            f"\nConflict: {node.get('Conflict Resolution', '')} on {', '.join(node.get('Conflict Arbiter Indexes'))}"
+        )
     if node.get("Sort Key"):
         text.append(f"\nSort Key: {', '.join(node.get('Sort Key'))}")
     if node.get("Sort Method"):
         style = "bold red" if node.get("Sort Space Type") == "Disk" else ""
-        text.append(f"\nSort: {node.get('Sort Method')}, {node.get('Sort Space Type')} "
-                    f"{node.get('Sort Space Used')} kB", style=style)
+        text.append(
+            f"\nSort: {node.get('Sort Method')}, {node.get('Sort Space Type')} {node.get('Sort Space Used')} kB",
+            style=style,
+        )
     if node.get("Hash Batches") is not None:
         batches = int(node.get("Hash Batches") or 1)
-        text.append(f"\nHash: {batches} batch(es), peak memory {node.get('Peak Memory Usage')} kB",
-                    style="bold red" if batches > 1 else "")
+        text.append(
+            f"\nHash: {batches} batch(es), peak memory {node.get('Peak Memory Usage')} kB",
+            style="bold red" if batches > 1 else "",
+        )
     if node.get("Heap Fetches") is not None:
         text.append(f"\nHeap Fetches: {node.get('Heap Fetches')}")
     return text
@@ -414,8 +548,8 @@ def _ms(value: float | None) -> str:
 def _plain(renderable: RenderableType) -> str:
     """The renderable as plain text (for `-o text`)."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=PIPED_WIDTH, no_color=True, color_system=None, force_terminal=False,
-                      highlight=False)
+    console = Console(
+        file=buffer, width=PIPED_WIDTH, no_color=True, color_system=None, force_terminal=False, highlight=False
+    )
     console.print(renderable)
     return buffer.getvalue().rstrip("\n")
-

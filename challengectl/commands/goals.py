@@ -70,8 +70,9 @@ _FALSE_WORDS = ("false", "0", "no")
 def _set_active(ctx: typer.Context, challenge_id: str, goal_id: str, active: bool) -> None:
     cli = get_cli(ctx)
     user = cli.require_user()
-    payload = cli.run(lambda clients: clients.api.put(goal_path(challenge_id, goal_id, "active"),
-                                                      {"is_active": active}, user=user))
+    payload = cli.run(
+        lambda clients: clients.api.put(goal_path(challenge_id, goal_id, "active"), {"is_active": active}, user=user)
+    )
     cli.output.emit_api(payload)
 
 
@@ -109,8 +110,9 @@ def parse_goal_ids(text: str) -> list[str]:
     """`a,b,c` → ids in order; an empty list is a usage error (exit 2)."""
     ids = [part.strip() for part in text.split(",") if part.strip()]
     if not ids:
-        raise CliError("--goal-ids needs at least one goal id", "e.g. --goal-ids s1-veteran,s1-sharpshooter",
-                       EXIT_USAGE)
+        raise CliError(
+            "--goal-ids needs at least one goal id", "e.g. --goal-ids s1-veteran,s1-sharpshooter", EXIT_USAGE
+        )
     return ids
 
 
@@ -124,8 +126,9 @@ def select(
     cli = get_cli(ctx)
     user = cli.require_user()
     body = {"goal_ids": parse_goal_ids(goal_ids), "replace_existing": replace_existing}
-    payload = cli.run(lambda clients: clients.api.post(f"{challenge_path(challenge_id)}/goals/batch-select",
-                                                       body, user=user))
+    payload = cli.run(
+        lambda clients: clients.api.post(f"{challenge_path(challenge_id)}/goals/batch-select", body, user=user)
+    )
     emit_selection(cli.output, payload)
 
 
@@ -140,8 +143,9 @@ def random_select(
     cli = get_cli(ctx)
     user = cli.require_user()
     body = {"count": count, "replace_existing": replace_existing, "exclude_active": exclude_active}
-    payload = cli.run(lambda clients: clients.api.post(f"{challenge_path(challenge_id)}/goals/random-select",
-                                                       body, user=user))
+    payload = cli.run(
+        lambda clients: clients.api.post(f"{challenge_path(challenge_id)}/goals/random-select", body, user=user)
+    )
     emit_selection(cli.output, payload)
 
 
@@ -152,9 +156,11 @@ def emit_selection(out: Output, payload: Mapping[str, Any]) -> None:
     replaced = ", ".join(payload.get("replacedGoals") or []) or "-"
 
     def table() -> Group:
-        return Group(out.table(rows, SELECTED_COLUMNS, title=f"selected in {payload.get('challengeId')}"),
-                     Text(f"replaced: {replaced}"),
-                     Text(f"active goals in {payload.get('challengeId')}: {payload.get('totalActiveGoals')}"))
+        return Group(
+            out.table(rows, SELECTED_COLUMNS, title=f"selected in {payload.get('challengeId')}"),
+            Text(f"replaced: {replaced}"),
+            Text(f"active goals in {payload.get('challengeId')}: {payload.get('totalActiveGoals')}"),
+        )
 
     out.emit_api(payload, rows=rows, columns=SELECTED_COLUMNS, table=table)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Group
@@ -55,26 +55,26 @@ from challengectl.loadtest.thresholds import (
     parse_threshold,
 )
 from challengectl.output import confirm, to_json
-from service.transport.auth import read_secret_file
-from service.runtime.embedded import discover
 from service.config.settings import SettingsError
+from service.runtime.embedded import discover
+from service.transport.auth import read_secret_file
 
 app = command_group("Load-test a running service and analyse the results (docs/loadtest.md).")
 
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 
 RUN_EXAMPLES = examples(
-    'challengectl loadtest run --profile seed-m3 --write-catalog seed-m3.json',
-    'challengectl loadtest run --profile seed-m3 --reset --yes --phase init=20s@150 --duration 40s --scale 0.25 --out run.json',
+    "challengectl loadtest run --profile seed-m3 --write-catalog seed-m3.json",
+    "challengectl loadtest run --profile seed-m3 --reset --yes --phase init=20s@150 --duration 40s --scale 0.25 --out run.json",
     "challengectl loadtest run --profile seed-m3 --threshold 'initialize_new:p95<50ms' --threshold '*:success>99.9%' --baseline base.json",
 )
 COMPARE_EXAMPLES = examples(
-    'challengectl loadtest compare cache-off.json cache-on.json',
-    'challengectl loadtest compare base.json cand.json --metric p95,p99 --tolerance 5% -o json | jq .regressions',
+    "challengectl loadtest compare cache-off.json cache-on.json",
+    "challengectl loadtest compare base.json cand.json --metric p95,p99 --tolerance 5% -o json | jq .regressions",
 )
 REPORT_EXAMPLES = examples(
-    'challengectl loadtest report run.json > run.md',
-    'challengectl loadtest report cache-on.json --baseline cache-off.json --out cache-on-vs-off.md',
+    "challengectl loadtest report run.json > run.md",
+    "challengectl loadtest report cache-on.json --baseline cache-off.json --out cache-on-vs-off.md",
 )
 
 
@@ -83,37 +83,59 @@ def _usage(message: str, hint: str) -> CliError:
 
 
 def _default_out(profile: str) -> Path:
-    return Path(f"loadtest-{profile}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json")
+    return Path(f"loadtest-{profile}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json")
 
 
 @app.command("run", epilog=RUN_EXAMPLES)
 def run(
     ctx: typer.Context,
     profile: str = typer.Option(..., "--profile", help=f"load profile: {'|'.join(PROFILES)}"),
-    duration: Optional[str] = typer.Option(None, "--duration", help="length of the gameplay phase, e.g. 30m"),
-    phase: list[str] = typer.Option([], "--phase", help="override a phase NAME=DURATION[@RATE[/EVENT_RATE]], e.g. init=20s@200 (repeatable)"),
+    duration: str | None = typer.Option(None, "--duration", help="length of the gameplay phase, e.g. 30m"),
+    phase: list[str] = typer.Option(
+        [], "--phase", help="override a phase NAME=DURATION[@RATE[/EVENT_RATE]], e.g. init=20s@200 (repeatable)"
+    ),
     scale: float = typer.Option(1.0, "--scale", help="multiply every rate by K"),
     users: int = typer.Option(10_000, "--users", min=1, help="number of users user-000001 …"),
-    jwt_secret_file: Optional[str] = typer.Option(None, "--jwt-secret-file", help="HS256 secret to sign each user's token; default jwt_secret, jwt_secret_file or <data_dir>/jwt.secret"),
+    jwt_secret_file: str | None = typer.Option(
+        None,
+        "--jwt-secret-file",
+        help="HS256 secret to sign each user's token; default jwt_secret, jwt_secret_file or <data_dir>/jwt.secret",
+    ),
     auth: str = typer.Option("jwt", "--auth", help="jwt: a token per user; none: X-Mock-User-Id"),
-    warmup: Optional[str] = typer.Option(None, "--warmup", help="ramp 10 % → 100 % of the first phase's rate over D (reported as phase warmup, not gated)"),
-    event_rpc: str = typer.Option("ags", "--event-rpc", help="ags: one OnMessage call per event; publish: EventIngest.Publish batches"),
+    warmup: str | None = typer.Option(
+        None,
+        "--warmup",
+        help="ramp 10 % → 100 % of the first phase's rate over D (reported as phase warmup, not gated)",
+    ),
+    event_rpc: str = typer.Option(
+        "ags", "--event-rpc", help="ags: one OnMessage call per event; publish: EventIngest.Publish batches"
+    ),
     event_batch: int = typer.Option(50, "--event-batch", min=1, help="events per Publish batch"),
-    max_inflight: int = typer.Option(4000, "--max-inflight", min=1, help="operations outstanding at most; beyond it they are dropped and counted"),
-    procs: Optional[int] = typer.Option(None, "--procs", min=1, help="generator processes (default min(CPUs, 4))"),
+    max_inflight: int = typer.Option(
+        4000, "--max-inflight", min=1, help="operations outstanding at most; beyond it they are dropped and counted"
+    ),
+    procs: int | None = typer.Option(None, "--procs", min=1, help="generator processes (default min(CPUs, 4))"),
     seed: int = typer.Option(7, "--seed", help="RNG seed for a reproducible mix"),
-    threshold: list[str] = typer.Option([], "--threshold", help="gate [PHASE/]LABEL:STAT OP VALUE[UNIT], e.g. initialize_new:p95<50ms (repeatable)"),
+    threshold: list[str] = typer.Option(
+        [], "--threshold", help="gate [PHASE/]LABEL:STAT OP VALUE[UNIT], e.g. initialize_new:p95<50ms (repeatable)"
+    ),
     no_default_thresholds: bool = typer.Option(False, "--no-default-thresholds", help="drop the profile's targets"),
     success_min: float = typer.Option(DEFAULT_SUCCESS_MIN_PCT, "--success-min", help="overall success % gate"),
     sample_interval: str = typer.Option("5s", "--sample-interval", help="resource sampling period"),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="a previous run's JSON, compared in the Markdown report"),
-    out: Optional[str] = typer.Option(None, "--out", help="JSON report path (default loadtest-<profile>-<UTC>.json)"),
-    report: Optional[str] = typer.Option(None, "--report", help="Markdown report path (default next to --out, .md)"),
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="a previous run's JSON, compared in the Markdown report"
+    ),
+    out: str | None = typer.Option(None, "--out", help="JSON report path (default loadtest-<profile>-<UTC>.json)"),
+    report: str | None = typer.Option(None, "--report", help="Markdown report path (default next to --out, .md)"),
     label: str = typer.Option("", "--label", help="run name in the report"),
     notes: str = typer.Option("", "--notes", help="the change under test, for the report"),
-    reset: bool = typer.Option(False, "--reset", help="truncate progress and grants and clear the cache first (needs --yes off a TTY)"),
+    reset: bool = typer.Option(
+        False, "--reset", help="truncate progress and grants and clear the cache first (needs --yes off a TTY)"
+    ),
     yes: bool = typer.Option(False, "--yes", help="confirm --reset"),
-    write_catalog_path: Optional[str] = typer.Option(None, "--write-catalog", help="write the profile's catalog to FILE and exit"),
+    write_catalog_path: str | None = typer.Option(
+        None, "--write-catalog", help="write the profile's catalog to FILE and exit"
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the schedule and exit"),
 ) -> None:
     """Run a load profile against the service. Latency counts from each operation's scheduled time
@@ -126,8 +148,13 @@ def run(
         raise _usage(str(error.args[0]), f"use --profile {'|'.join(PROFILES)}") from None
     if write_catalog_path:
         fingerprint = write_catalog(chosen, Path(write_catalog_path))
-        cli.output.emit_object({"profile": chosen.name, "path": str(Path(write_catalog_path).resolve()),
-                                "catalog_fingerprint": fingerprint})
+        cli.output.emit_object(
+            {
+                "profile": chosen.name,
+                "path": str(Path(write_catalog_path).resolve()),
+                "catalog_fingerprint": fingerprint,
+            }
+        )
         cli.output.hint(f"start the service with CHALLENGE_CATALOG_PATH={write_catalog_path}")
         return
     if auth not in ("jwt", "none"):
@@ -135,12 +162,19 @@ def run(
     if event_rpc not in ("ags", "publish"):
         raise _usage(f"invalid --event-rpc '{event_rpc}'", "use --event-rpc ags or --event-rpc publish")
     try:
-        plans = build_phases(chosen, duration_s=parse_duration(duration) if duration else None,
-                             overrides=[parse_phase_override(text) for text in phase], scale=scale,
-                             warmup_s=parse_duration(warmup) if warmup else 0.0)
+        plans = build_phases(
+            chosen,
+            duration_s=parse_duration(duration) if duration else None,
+            overrides=[parse_phase_override(text) for text in phase],
+            scale=scale,
+            warmup_s=parse_duration(warmup) if warmup else 0.0,
+        )
         interval_s = parse_duration(sample_interval)
-        thresholds = effective_thresholds([parse_threshold(text) for text in threshold],
-                                          use_defaults=not no_default_thresholds, success_min=success_min)
+        thresholds = effective_thresholds(
+            [parse_threshold(text) for text in threshold],
+            use_defaults=not no_default_thresholds,
+            success_min=success_min,
+        )
     except (ScheduleError, ThresholdError) as error:
         raise _usage(str(error), "see 'challengectl loadtest run --help'") from None
     if dry_run and not reset:
@@ -160,23 +194,53 @@ def run(
     report_path = Path(report) if report else out_path.with_suffix(".md")
     generator_procs = procs or min(os.cpu_count() or 1, 4)
     request = RunRequest(
-        profile=chosen, plans=plans, thresholds=thresholds, api_url=settings.resolved_api_url(),
-        grpc_addr=settings.grpc_addr, admin_url=settings.admin_url, admin_token=settings.admin_token,
-        grpc_token=settings.grpc_token, database_url=_database_url(settings), redis_url=_redis_url(settings),
-        namespace=settings.namespace, users=users, auth=auth, jwt_key=jwt_key, event_rpc=event_rpc,
-        event_batch=event_batch, max_inflight=max_inflight, procs=generator_procs, seed=seed,
-        timeout_s=cli.timeout_override_s or DEFAULT_REQUEST_TIMEOUT_S, sample_interval_s=interval_s,
-        label=label, notes=notes, baseline=baseline_reference(baseline, baseline_doc) if baseline_doc else None,
-        options={"scale": scale, "users": users, "auth": auth, "event_rpc": event_rpc, "event_batch": event_batch,
-                 "max_inflight": max_inflight, "procs": generator_procs, "seed": seed,
-                 "timeout_s": cli.timeout_override_s or DEFAULT_REQUEST_TIMEOUT_S, "warmup_s": plans[0].duration_s
-                 if plans[0].is_warmup else 0, "reset": reset,
-                 "thresholds": [t.expr for t in thresholds]},
-        quiet=cli.quiet, warn=cli.output.warn)
+        profile=chosen,
+        plans=plans,
+        thresholds=thresholds,
+        api_url=settings.resolved_api_url(),
+        grpc_addr=settings.grpc_addr,
+        admin_url=settings.admin_url,
+        admin_token=settings.admin_token,
+        grpc_token=settings.grpc_token,
+        database_url=_database_url(settings),
+        redis_url=_redis_url(settings),
+        namespace=settings.namespace,
+        users=users,
+        auth=auth,
+        jwt_key=jwt_key,
+        event_rpc=event_rpc,
+        event_batch=event_batch,
+        max_inflight=max_inflight,
+        procs=generator_procs,
+        seed=seed,
+        timeout_s=cli.timeout_override_s or DEFAULT_REQUEST_TIMEOUT_S,
+        sample_interval_s=interval_s,
+        label=label,
+        notes=notes,
+        baseline=baseline_reference(baseline, baseline_doc) if baseline_doc else None,
+        options={
+            "scale": scale,
+            "users": users,
+            "auth": auth,
+            "event_rpc": event_rpc,
+            "event_batch": event_batch,
+            "max_inflight": max_inflight,
+            "procs": generator_procs,
+            "seed": seed,
+            "timeout_s": cli.timeout_override_s or DEFAULT_REQUEST_TIMEOUT_S,
+            "warmup_s": plans[0].duration_s if plans[0].is_warmup else 0,
+            "reset": reset,
+            "thresholds": [t.expr for t in thresholds],
+        },
+        quiet=cli.quiet,
+        warn=cli.output.warn,
+    )
     try:
         result = asyncio.run(execute(request))
     except GeneratorFailed as error:
-        raise CliError(str(error), "rerun with --procs 1 to run the generator in this process", EXIT_UNAVAILABLE) from None
+        raise CliError(
+            str(error), "rerun with --procs 1 to run the generator in this process", EXIT_UNAVAILABLE
+        ) from None
     write_report(result, out_path)
     report_path.write_text(render_markdown(result, baseline_doc), encoding="utf-8")
     _print_summary(cli, result, out_path, report_path)
@@ -194,9 +258,12 @@ def _jwt_key(jwt_secret_file: str | None, settings: Any) -> bytes:
             raise _usage(str(error), "check --jwt-secret-file") from None
     key = local_jwt_secret(settings)
     if key is None:
-        raise CliError("no HS256 secret to mint the users' tokens",
-                       "pass --jwt-secret-file (the service's jwt_secret_file), or --auth none when the service "
-                       "runs with auth = none", EXIT_AUTH)
+        raise CliError(
+            "no HS256 secret to mint the users' tokens",
+            "pass --jwt-secret-file (the service's jwt_secret_file), or --auth none when the service "
+            "runs with auth = none",
+            EXIT_AUTH,
+        )
     return key
 
 
@@ -218,42 +285,71 @@ def _reset(cli: Any, settings: Any, yes: bool, dry_run: bool) -> None:
     """`--reset`: confirmation, then TRUNCATE and cache clear (docs/cli.md#destructive-actions, docs/loadtest.md#loadtest-run)."""
     prefix = settings.redis_key_prefix
     redis_url = _redis_url(settings)
-    action = ("truncate user_goal_progress and reward_grants"
-              + (f" and remove every '{prefix}:*' Redis key (token keys are rotated)" if redis_url else ""))
+    action = "truncate user_goal_progress and reward_grants" + (
+        f" and remove every '{prefix}:*' Redis key (token keys are rotated)" if redis_url else ""
+    )
     if not confirm(action, yes, dry_run):
         return
     with database_target(settings) as target:
         try:
             truncate_tables(target.url)
         except Exception as error:  # psycopg raises many types for an unreachable or unmigrated database
-            raise CliError(f"cannot reset the database: {str(error).strip().splitlines()[0]}",
-                           "check --database-url / DATABASE_URL and run 'challengectl db migrate'",
-                           EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"cannot reset the database: {str(error).strip().splitlines()[0]}",
+                "check --database-url / DATABASE_URL and run 'challengectl db migrate'",
+                EXIT_UNAVAILABLE,
+            ) from None
     if redis_url:
         try:
             cleared = asyncio.run(clear_cache(redis_url, prefix))
         except Exception as error:  # redis-py raises many types for an unreachable server
-            raise CliError(f"cannot clear the cache: {str(error).strip().splitlines()[0] or type(error).__name__}",
-                           "check --redis-url / REDIS_URL", EXIT_UNAVAILABLE) from None
-        cli.output.info(f"reset: tables truncated, {cleared.keys_removed} keys removed, "
-                        f"{cleared.tokens_rotated} token keys rotated")
+            raise CliError(
+                f"cannot clear the cache: {str(error).strip().splitlines()[0] or type(error).__name__}",
+                "check --redis-url / REDIS_URL",
+                EXIT_UNAVAILABLE,
+            ) from None
+        cli.output.info(
+            f"reset: tables truncated, {cleared.keys_removed} keys removed, {cleared.tokens_rotated} token keys rotated"
+        )
     else:
         cli.output.info("reset: tables truncated (cache disabled or no Redis URL: nothing to clear)")
 
 
 def _print_schedule(cli: Any, profile: str, plans: list[Any], event_batch: int) -> None:
     rows = planned_operations(plans, event_batch)
-    cli.output.emit_list(rows, ["phase", "kind", "start_s", "duration_s", "rate", "event_rate", "ramp_from",
-                                "api_operations", "events", "event_calls"], title=f"{profile} schedule")
+    cli.output.emit_list(
+        rows,
+        [
+            "phase",
+            "kind",
+            "start_s",
+            "duration_s",
+            "rate",
+            "event_rate",
+            "ramp_from",
+            "api_operations",
+            "events",
+            "event_calls",
+        ],
+        title=f"{profile} schedule",
+    )
 
 
 def _print_summary(cli: Any, report: dict[str, Any], out_path: Path, report_path: Path) -> None:
     """Thresholds first (✓/✗ with the observed value), then the per-endpoint table (docs/loadtest.md#loadtest-run)."""
-    endpoints = {label: {k: v for k, v in entry.items() if k != "latency_hdr"}
-                 for label, entry in report["overall"]["endpoints"].items()}
-    summary = {"verdict": report["verdict"], "interrupted": report["run"]["interrupted"],
-               "thresholds": report["thresholds"], "endpoints": endpoints, "generator": report["generator"],
-               "json_report": str(out_path), "markdown_report": str(report_path)}
+    endpoints = {
+        label: {k: v for k, v in entry.items() if k != "latency_hdr"}
+        for label, entry in report["overall"]["endpoints"].items()
+    }
+    summary = {
+        "verdict": report["verdict"],
+        "interrupted": report["run"]["interrupted"],
+        "thresholds": report["thresholds"],
+        "endpoints": endpoints,
+        "generator": report["generator"],
+        "json_report": str(out_path),
+        "markdown_report": str(report_path),
+    }
 
     def table() -> Any:
         gates = Table(title="thresholds", box=None, pad_edge=False, header_style="bold")
@@ -262,27 +358,38 @@ def _print_summary(cli: Any, report: dict[str, Any], out_path: Path, report_path
         for result in report["thresholds"]:
             mark = "!" if result["pass"] is None else ("✓" if result["pass"] else "✗")
             style = "yellow" if result["pass"] is None else ("green" if result["pass"] else "bold red")
-            observed = ("no data" if result["observed"] is None else
-                        (f"{result['observed']:.3f} %" if result["unit"] == "%" else fmt_ms(result["observed"])))
+            observed = (
+                "no data"
+                if result["observed"] is None
+                else (f"{result['observed']:.3f} %" if result["unit"] == "%" else fmt_ms(result["observed"]))
+            )
             gates.add_row(Text(mark, style=style), result["expr"], observed)
         # The terminal gets the headline columns; the JSON and Markdown reports carry every statistic.
         per_endpoint = Table(title="endpoints (non-warm-up phases)", box=None, pad_edge=False, header_style="bold")
         any_failures = any(entry["failures"] for entry in endpoints.values())
         columns = ["endpoint", "count", "success", "p50", "p95", "p99", "max", "target"]
         for column in columns + (["failures"] if any_failures else []):
-            per_endpoint.add_column(column, justify="left" if column in ("endpoint", "failures") else "right",
-                                    no_wrap=column != "failures")
+            per_endpoint.add_column(
+                column, justify="left" if column in ("endpoint", "failures") else "right", no_wrap=column != "failures"
+            )
         for label, entry in endpoints.items():
             latency = entry["latency_ms"]
-            cells = [label, f"{entry['count']:,}", f"{entry['success_pct']:.2f}%",
-                     *(fmt_ms(latency[k]) for k in ("p50", "p95", "p99", "max")), fmt_ms(entry.get("target_p95_ms"))]
+            cells = [
+                label,
+                f"{entry['count']:,}",
+                f"{entry['success_pct']:.2f}%",
+                *(fmt_ms(latency[k]) for k in ("p50", "p95", "p99", "max")),
+                fmt_ms(entry.get("target_p95_ms")),
+            ]
             if any_failures:
                 cells.append(", ".join(f"{name}×{count}" for name, count in list(entry["failures"].items())[:2]))
             per_endpoint.add_row(*cells)
         generator = report["generator"]
         verdict = {"pass": "✓ PASS", "fail": "✗ FAIL", "invalid": "! INVALID (generator-limited)"}[report["verdict"]]
-        footer = Text(f"verdict {verdict} · send lag p99 {fmt_ms(generator['lag_ms']['p99'])} · dropped "
-                      f"{generator['dropped']} · reports {out_path} {report_path}")
+        footer = Text(
+            f"verdict {verdict} · send lag p99 {fmt_ms(generator['lag_ms']['p99'])} · dropped "
+            f"{generator['dropped']} · reports {out_path} {report_path}"
+        )
         return Group(gates, Text(""), per_endpoint, Text(""), footer)
 
     cli.output.emit_object(summary, table=table)
@@ -300,9 +407,13 @@ def compare(
     ctx: typer.Context,
     base: str = typer.Argument(..., help="baseline report (JSON)"),
     candidate: str = typer.Argument(..., help="candidate report (JSON)"),
-    metric: str = typer.Option(",".join(compare_module.DEFAULT_METRICS), "--metric", help="metrics to compare, comma-separated"),
+    metric: str = typer.Option(
+        ",".join(compare_module.DEFAULT_METRICS), "--metric", help="metrics to compare, comma-separated"
+    ),
     tolerance: str = typer.Option("10%", "--tolerance", help="latency regression tolerance"),
-    success_tolerance: float = typer.Option(0.05, "--success-tolerance", help="success regression tolerance in percentage points"),
+    success_tolerance: float = typer.Option(
+        0.05, "--success-tolerance", help="success regression tolerance in percentage points"
+    ),
 ) -> None:
     """Compare two runs per endpoint and metric; exit 99 when the candidate regressed beyond tolerance."""
     cli = get_cli(ctx)
@@ -311,18 +422,31 @@ def compare(
         tolerance_pct = compare_module.parse_tolerance(tolerance)
     except compare_module.CompareError as error:
         raise _usage(str(error), "see 'challengectl loadtest compare --help'") from None
-    comparison = compare_module.compare_reports(_load(base), _load(candidate), metrics, tolerance_pct, success_tolerance)
+    comparison = compare_module.compare_reports(
+        _load(base), _load(candidate), metrics, tolerance_pct, success_tolerance
+    )
     comparison["base"]["path"], comparison["candidate"]["path"] = base, candidate
 
     def table() -> Table:
-        grid = Table(box=None, pad_edge=False, header_style="bold",
-                     title=f"{comparison['base']['label']} → {comparison['candidate']['label']} "
-                           f"(tolerance {tolerance_pct:g} %, success {success_tolerance:g} pp)")
+        grid = Table(
+            box=None,
+            pad_edge=False,
+            header_style="bold",
+            title=f"{comparison['base']['label']} → {comparison['candidate']['label']} "
+            f"(tolerance {tolerance_pct:g} %, success {success_tolerance:g} pp)",
+        )
         for column in ("endpoint", "metric", "base", "candidate", "change", "status", "target"):
             grid.add_column(column, justify="right" if column in ("base", "candidate", "change") else "left")
         for row in comparison["rows"]:
-            grid.add_row(row["endpoint"], row["metric"], _value_text(row, "base"), _value_text(row, "candidate"),
-                         _change_text(row), _status_text(row["status"]), _target_text(row))
+            grid.add_row(
+                row["endpoint"],
+                row["metric"],
+                _value_text(row, "base"),
+                _value_text(row, "candidate"),
+                _change_text(row),
+                _status_text(row["status"]),
+                _target_text(row),
+            )
         return grid
 
     cli.output.emit_object(comparison, table=table)
@@ -344,8 +468,12 @@ def _change_text(row: dict[str, Any]) -> str:
 
 
 def _status_text(status: str) -> Text:
-    marks = {"improved": ("✓ improved", "green"), "unchanged": ("= unchanged", ""),
-             "regressed": ("✗ regressed", "bold red"), "missing": ("! missing", "yellow")}
+    marks = {
+        "improved": ("✓ improved", "green"),
+        "unchanged": ("= unchanged", ""),
+        "regressed": ("✗ regressed", "bold red"),
+        "missing": ("! missing", "yellow"),
+    }
     text, style = marks[status]
     return Text(text, style=style)
 
@@ -362,9 +490,9 @@ def _target_text(row: dict[str, Any]) -> str:
 def report_command(
     ctx: typer.Context,
     run_file: str = typer.Argument(..., metavar="RUN.json", help="a report written by 'loadtest run'"),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="a previous run's JSON to compare against"),
+    baseline: str | None = typer.Option(None, "--baseline", help="a previous run's JSON to compare against"),
     fmt: str = typer.Option("md", "--format", help="md or json"),
-    out: Optional[str] = typer.Option(None, "--out", help="write to FILE instead of stdout"),
+    out: str | None = typer.Option(None, "--out", help="write to FILE instead of stdout"),
 ) -> None:
     """Render a report again from its JSON file (no network access)."""
     if fmt not in ("md", "json"):

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Optional
+from typing import Any
 
 import psycopg
 import typer
@@ -74,13 +74,19 @@ async def read_server_connections(database_url: str) -> dict[str, Any]:
     """Server-side connection usage from `pg_stat_activity` and the connection limits (docs/diagnostics.md#postgresql)."""
     try:
         async with await psycopg.AsyncConnection.connect(
-            database_url, application_name="challengectl-cli", connect_timeout=CONNECT_TIMEOUT_S, autocommit=True,
+            database_url,
+            application_name="challengectl-cli",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            autocommit=True,
         ) as conn:
             limits = await (await conn.execute(SERVER_LIMITS_SQL)).fetchone()
             sessions = await (await conn.execute(SESSIONS_SQL, {"hidden": INSUFFICIENT_PRIVILEGE})).fetchall()
     except psycopg.Error as exc:
-        raise CliError(f"PostgreSQL {describe_target(database_url)} unreachable: {short_reason(exc, database_url)}",
-                       "check --database-url / DATABASE_URL", EXIT_UNAVAILABLE) from None
+        raise CliError(
+            f"PostgreSQL {describe_target(database_url)} unreachable: {short_reason(exc, database_url)}",
+            "check --database-url / DATABASE_URL",
+            EXIT_UNAVAILABLE,
+        ) from None
     assert limits is not None
     database, max_connections, superuser_reserved, reserved, total = limits
     by_state: dict[str, int] = {}
@@ -124,13 +130,26 @@ async def collect_pool_report(clients: Clients, database_url: str, max_util: flo
         raise app_error
     if max_util is not None and (app_error or server_error):
         raise app_error or server_error  # a gate over half the figures would pass by accident
-    return build_report(app, config, server, max_util,
-                        {name: error.message for name, error in (("service", app_error), ("postgres", server_error))
-                         if error is not None})
+    return build_report(
+        app,
+        config,
+        server,
+        max_util,
+        {
+            name: error.message
+            for name, error in (("service", app_error), ("postgres", server_error))
+            if error is not None
+        },
+    )
 
 
-def build_report(app: dict[str, Any] | None, config: dict[str, Any] | None, server: dict[str, Any] | None,
-                 max_util: float | None, unreachable: dict[str, str]) -> dict[str, Any]:
+def build_report(
+    app: dict[str, Any] | None,
+    config: dict[str, Any] | None,
+    server: dict[str, Any] | None,
+    max_util: float | None,
+    unreachable: dict[str, str],
+) -> dict[str, Any]:
     """The `pool` report from the two sides (either may be None) and the service's `/admin/config`."""
     utilisation: dict[str, float] = {}
     if app is not None:
@@ -140,8 +159,9 @@ def build_report(app: dict[str, Any] | None, config: dict[str, Any] | None, serv
             utilisation["app_redis"] = _pct(redis.get("in_use", 0), redis["max_connections"])
     if server is not None:
         utilisation["server"] = _pct(server["total"], server["available"])
-    warnings = [f"{_LABELS[name]} at {pct:.1f} % (>= {WARN_PCT:g} %)" for name, pct in utilisation.items()
-                if pct >= WARN_PCT]
+    warnings = [
+        f"{_LABELS[name]} at {pct:.1f} % (>= {WARN_PCT:g} %)" for name, pct in utilisation.items() if pct >= WARN_PCT
+    ]
     over = [name for name, pct in utilisation.items() if max_util is not None and pct > max_util]
     return {
         "app": app,
@@ -155,8 +175,7 @@ def build_report(app: dict[str, Any] | None, config: dict[str, Any] | None, serv
     }
 
 
-_LABELS = {"app_db": "service PostgreSQL pool", "app_redis": "service Redis pool",
-           "server": "PostgreSQL connections"}
+_LABELS = {"app_db": "service PostgreSQL pool", "app_redis": "service Redis pool", "server": "PostgreSQL connections"}
 
 
 def _pct(part: float, whole: float) -> float:
@@ -178,26 +197,39 @@ def sizing_advice(config: dict[str, Any] | None, server: dict[str, Any] | None) 
     if workers is None or pool_max is None or flushers is None:
         return None
     per_instance = connections_per_instance(workers, pool_max, flushers)
-    others = server["total"] - sum(count for app, count in server["by_application"].items()
-                                   if app.startswith("challengectl-") and app != "challengectl-cli")
+    others = server["total"] - sum(
+        count
+        for app, count in server["by_application"].items()
+        if app.startswith("challengectl-") and app != "challengectl-cli"
+    )
     room = server["available"] - max(others, 0)
     fits = room // per_instance if per_instance else 0
-    return (f"each instance opens up to {service_processes(workers)} process(es) × pool max {pool_max} + "
-            f"{flushers} flusher = "
-            f"{per_instance} connections; max_connections {server['max_connections']} − "
-            f"{server['max_connections'] - server['available']} reserved − {max(others, 0)} other sessions "
-            f"leaves {room}: at most {fits} instance(s) at full pools")
+    return (
+        f"each instance opens up to {service_processes(workers)} process(es) × pool max {pool_max} + "
+        f"{flushers} flusher = "
+        f"{per_instance} connections; max_connections {server['max_connections']} − "
+        f"{server['max_connections'] - server['available']} reserved − {max(others, 0)} other sessions "
+        f"leaves {room}: at most {fits} instance(s) at full pools"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Rendering
 
 
-POOL_COLUMNS = [Column("pool"), Column("size", justify="right"), Column("in_use", "IN USE", "right"),
-                Column("idle", justify="right"), Column("waiting", justify="right"),
-                Column("max", justify="right"), Column("peak", justify="right"),
-                Column("wait_p50_ms", "WAIT P50 MS", "right"), Column("wait_p95_ms", "WAIT P95 MS", "right"),
-                Column("timeouts", justify="right"), Column("errors", justify="right")]
+POOL_COLUMNS = [
+    Column("pool"),
+    Column("size", justify="right"),
+    Column("in_use", "IN USE", "right"),
+    Column("idle", justify="right"),
+    Column("waiting", justify="right"),
+    Column("max", justify="right"),
+    Column("peak", justify="right"),
+    Column("wait_p50_ms", "WAIT P50 MS", "right"),
+    Column("wait_p95_ms", "WAIT P95 MS", "right"),
+    Column("timeouts", justify="right"),
+    Column("errors", justify="right"),
+]
 
 
 def render_report(report: dict[str, Any], out: Output) -> RenderableType:
@@ -207,25 +239,47 @@ def render_report(report: dict[str, Any], out: Output) -> RenderableType:
     if app is not None:
         db, redis = app.get("db", {}), app.get("redis", {})
         pools = [
-            {"pool": "postgresql", "size": db.get("size"), "in_use": db.get("in_use"), "idle": db.get("idle"),
-             "waiting": db.get("waiting"), "max": db.get("max_size"), "peak": db.get("peak_in_use"),
-             "wait_p50_ms": db.get("acquire_wait_ms_p50"), "wait_p95_ms": db.get("acquire_wait_ms_p95"),
-             "timeouts": db.get("acquire_timeouts"), "errors": db.get("connection_errors")},
-            {"pool": "redis", "size": redis.get("in_use", 0) + redis.get("idle", 0), "in_use": redis.get("in_use"),
-             "idle": redis.get("idle"), "max": redis.get("max_connections"), "errors": redis.get("errors")},
+            {
+                "pool": "postgresql",
+                "size": db.get("size"),
+                "in_use": db.get("in_use"),
+                "idle": db.get("idle"),
+                "waiting": db.get("waiting"),
+                "max": db.get("max_size"),
+                "peak": db.get("peak_in_use"),
+                "wait_p50_ms": db.get("acquire_wait_ms_p50"),
+                "wait_p95_ms": db.get("acquire_wait_ms_p95"),
+                "timeouts": db.get("acquire_timeouts"),
+                "errors": db.get("connection_errors"),
+            },
+            {
+                "pool": "redis",
+                "size": redis.get("in_use", 0) + redis.get("idle", 0),
+                "in_use": redis.get("in_use"),
+                "idle": redis.get("idle"),
+                "max": redis.get("max_connections"),
+                "errors": redis.get("errors"),
+            },
         ]
         parts += [Text("service pools (/admin/pool)", style="bold"), out.table(pools, POOL_COLUMNS)]
     if server is not None:
         parts += [
             Text(f"PostgreSQL sessions in {server['database']}", style="bold"),
-            out.table([{"state": state, "sessions": count} for state, count in server["by_state"].items()],
-                      [Column("state"), Column("sessions", justify="right")]),
-            out.table([{"application": name, "sessions": count} for name, count in server["by_application"].items()],
-                      [Column("application", "APPLICATION_NAME"), Column("sessions", justify="right")]),
-            Text(f"waiting on the client: {server['waiting_on_client']}; all databases: {server['total']} of "
-                 f"{server['available']} available (max_connections {server['max_connections']} − "
-                 f"{server['superuser_reserved_connections']} superuser reserved"
-                 + (f" − {server['reserved_connections']} reserved" if server["reserved_connections"] else "") + ")"),
+            out.table(
+                [{"state": state, "sessions": count} for state, count in server["by_state"].items()],
+                [Column("state"), Column("sessions", justify="right")],
+            ),
+            out.table(
+                [{"application": name, "sessions": count} for name, count in server["by_application"].items()],
+                [Column("application", "APPLICATION_NAME"), Column("sessions", justify="right")],
+            ),
+            Text(
+                f"waiting on the client: {server['waiting_on_client']}; all databases: {server['total']} of "
+                f"{server['available']} available (max_connections {server['max_connections']} − "
+                f"{server['superuser_reserved_connections']} superuser reserved"
+                + (f" − {server['reserved_connections']} reserved" if server["reserved_connections"] else "")
+                + ")"
+            ),
         ]
     for name, pct in report["utilisation_pct"].items():
         status = "fail" if name in report["over_max_util"] else "warn" if pct >= WARN_PCT else "pass"
@@ -241,9 +295,13 @@ def render_report(report: dict[str, Any], out: Output) -> RenderableType:
 # Polling (shared with `cache stats --watch`)
 
 
-def run_watch(cli: CliContext, interval_s: float, tick: Callable[[Clients], Awaitable[dict[str, Any]]],
-              render: Callable[[dict[str, Any]], RenderableType],
-              pause: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+def run_watch(
+    cli: CliContext,
+    interval_s: float,
+    tick: Callable[[Clients], Awaitable[dict[str, Any]]],
+    render: Callable[[dict[str, Any]], RenderableType],
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
     """Call `tick` every `interval_s` until Ctrl-C (exit 0) with `challengectl.ticker.run_ticks`: a Live
     display of `render(snapshot)` on a TTY, one NDJSON object `{"ts", ...snapshot}` per tick otherwise
     (docs/cli.md#output-conventions). `pause(seconds)` replaces the sleep between ticks (e.g. to measure latency meanwhile)."""
@@ -256,8 +314,11 @@ def run_watch(cli: CliContext, interval_s: float, tick: Callable[[Clients], Awai
         return {"ts": rfc3339(datetime.now(UTC)), **snapshot}
 
     with contextlib.suppress(KeyboardInterrupt), live_or_ndjson(out, render, stamped) as show:
-        cli.run(lambda clients: run_ticks(lambda: tick(clients), show, interval_s=interval_s, count=None,
-                                          on_retry=report_retry, pause=pause))
+        cli.run(
+            lambda clients: run_ticks(
+                lambda: tick(clients), show, interval_s=interval_s, count=None, on_retry=report_retry, pause=pause
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -268,34 +329,46 @@ def pool(
     ctx: typer.Context,
     watch: bool = typer.Option(False, "--watch", help="refresh every --interval until Ctrl-C (NDJSON when piped)"),
     interval: str = typer.Option("2s", "--interval", help="refresh interval for --watch, <n>[ms|s|m|h]"),
-    max_util: Optional[float] = typer.Option(None, "--max-util", metavar="PCT",
-                                             help="exit 99 when any utilisation is above PCT percent"),
+    max_util: float | None = typer.Option(
+        None, "--max-util", metavar="PCT", help="exit 99 when any utilisation is above PCT percent"
+    ),
 ) -> None:
     """Connection usage: the service's pools against PostgreSQL's max_connections."""
     cli = get_cli(ctx)
     interval_s = parse_interval(interval)
     if max_util is not None and (watch or max_util < 0):
-        raise CliError("--max-util is a one-shot gate: give a PCT >= 0 and no --watch",
-                       "e.g. challengectl pool --max-util 80", EXIT_USAGE)
+        raise CliError(
+            "--max-util is a one-shot gate: give a PCT >= 0 and no --watch",
+            "e.g. challengectl pool --max-util 80",
+            EXIT_USAGE,
+        )
     out = cli.output
     with database_target(cli.settings()) as target:
         if watch:
-            run_watch(cli, interval_s, lambda clients: collect_pool_report(clients, target.url, None),
-                      lambda report: render_report(report, out))
+            run_watch(
+                cli,
+                interval_s,
+                lambda clients: collect_pool_report(clients, target.url, None),
+                lambda report: render_report(report, out),
+            )
             return
         report = cli.run(lambda clients: collect_pool_report(clients, target.url, max_util))
     _emit(out, report)
     if report["over_max_util"]:
         over = ", ".join(f"{_LABELS[name]} {report['utilisation_pct'][name]:.1f} %" for name in report["over_max_util"])
-        raise CliError(f"utilisation above --max-util {max_util:g} %: {over}",
-                       "raise db_pool_max or max_connections, or add capacity; see the advice line of 'challengectl pool'",
-                       EXIT_GATE)
+        raise CliError(
+            f"utilisation above --max-util {max_util:g} %: {over}",
+            "raise db_pool_max or max_connections, or add capacity; see the advice line of 'challengectl pool'",
+            EXIT_GATE,
+        )
 
 
 def _emit(out: Output, report: dict[str, Any]) -> None:
     if out.format != "table":  # the table shows them itself
-        for warning in [*report["warnings"], *(f"{name} unreachable: {message}"
-                                               for name, message in report["unreachable"].items())]:
+        for warning in [
+            *report["warnings"],
+            *(f"{name} unreachable: {message}" for name, message in report["unreachable"].items()),
+        ]:
             out.warn(warning)
     out.emit_object(report, table=lambda: render_report(report, out))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -24,10 +24,16 @@ MINT_EXAMPLES = examples(
 @app.command("mint", epilog=MINT_EXAMPLES)
 def mint(
     ctx: typer.Context,
-    user: Optional[str] = typer.Option(None, "--user", help="the player id (the token's sub) [env: CHALLENGE_USER]"),
+    user: str | None = typer.Option(None, "--user", help="the player id (the token's sub) [env: CHALLENGE_USER]"),
     ttl: str = typer.Option("1h", "--ttl", help="lifetime <n>[ms|s|m|h|d]"),
-    jwt_secret_file: Optional[str] = typer.Option(None, "--jwt-secret-file", help="HS256 secret file; default jwt_secret, jwt_secret_file or <data_dir>/jwt.secret [env: CHALLENGE_JWT_SECRET_FILE]"),
-    claim: list[str] = typer.Option([], "--claim", help="extra claim k=v (repeatable; JSON values such as 3 or true are typed)"),
+    jwt_secret_file: str | None = typer.Option(
+        None,
+        "--jwt-secret-file",
+        help="HS256 secret file; default jwt_secret, jwt_secret_file or <data_dir>/jwt.secret [env: CHALLENGE_JWT_SECRET_FILE]",
+    ),
+    claim: list[str] = typer.Option(
+        [], "--claim", help="extra claim k=v (repeatable; JSON values such as 3 or true are typed)"
+    ),
 ) -> None:
     """Sign an HS256 player JWT with the local secret; prints the bare token on stdout."""
     cli = get_cli(ctx)
@@ -37,17 +43,21 @@ def mint(
     if not player:
         raise CliError("token mint needs --user", "e.g. challengectl token mint --user alice", EXIT_USAGE)
     if not is_valid_user_id(player):
-        raise CliError("invalid user id: 1-100 characters, no control characters, no '{' or '}'",
-                       "pick another --user", EXIT_USAGE)
+        raise CliError(
+            "invalid user id: 1-100 characters, no control characters, no '{' or '}'", "pick another --user", EXIT_USAGE
+        )
     ttl_s = int(parse_duration(ttl, "--ttl"))
     if ttl_s < 1:
         raise CliError(f"invalid --ttl '{ttl}': at least 1s", "e.g. --ttl 1h", EXIT_USAGE)
     key = local_jwt_secret(settings)
     if key is None:
-        raise CliError(f"no JWT secret to sign with: jwt_secret and jwt_secret_file are unset and "
-                       f"{settings.resolved_data_dir() / SECRET_FILE_NAME} does not exist",
-                       "pass --jwt-secret-file, set CHALLENGE_JWT_SECRET_FILE, or run 'challengectl serve' "
-                       "once to create the embedded secret", EXIT_AUTH)
+        raise CliError(
+            f"no JWT secret to sign with: jwt_secret and jwt_secret_file are unset and "
+            f"{settings.resolved_data_dir() / SECRET_FILE_NAME} does not exist",
+            "pass --jwt-secret-file, set CHALLENGE_JWT_SECRET_FILE, or run 'challengectl serve' "
+            "once to create the embedded secret",
+            EXIT_AUTH,
+        )
     cli.output.write(mint_token(key, player, ttl_s, parse_claims(claim)))
 
 

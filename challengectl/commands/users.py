@@ -34,7 +34,9 @@ from challengectl.errors import (
     CliError,
 )
 from challengectl.output import Column, Output, confirm, rfc3339
-from service.transport.auth import is_valid_user_id
+from service.config.settings import Settings
+from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.domain.rules import ProgressRow, is_locked, is_stale, utc_now, view, would_reset
 from service.storage.cache import (
     REDIS_FAILURES,
     Cache,
@@ -46,10 +48,8 @@ from service.storage.cache import (
     synced_key,
     token_key,
 )
-from service.domain.catalog import Catalog, CatalogError, load_catalog
 from service.storage.registry import Registry, load_registry
-from service.domain.rules import ProgressRow, is_locked, is_stale, utc_now, view, would_reset
-from service.config.settings import Settings
+from service.transport.auth import is_valid_user_id
 
 T = TypeVar("T")
 
@@ -90,10 +90,18 @@ BACKDATE_EXAMPLES = examples(
 
 def init_users(
     ctx: typer.Context,
-    users: list[str] | None = typer.Argument(None, metavar="USER", help="player ids; default --user [env: CHALLENGE_USER]"),
-    from_file: Path | None = typer.Option(None, "--from-file", metavar="F",
-                                          help="one player id per line ('-' = stdin; blank lines and # comments skipped)"),
-    count: int | None = typer.Option(None, "--count", min=1, metavar="N", help="generate N players <prefix>1..<prefix>N"),
+    users: list[str] | None = typer.Argument(
+        None, metavar="USER", help="player ids; default --user [env: CHALLENGE_USER]"
+    ),
+    from_file: Path | None = typer.Option(
+        None,
+        "--from-file",
+        metavar="F",
+        help="one player id per line ('-' = stdin; blank lines and # comments skipped)",
+    ),
+    count: int | None = typer.Option(
+        None, "--count", min=1, metavar="N", help="generate N players <prefix>1..<prefix>N"
+    ),
     prefix: str = typer.Option(DEFAULT_PREFIX, "--prefix", metavar="P", help="prefix of the generated player ids"),
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=256, help="initialize calls in flight"),
 ) -> None:
@@ -113,13 +121,18 @@ def init_users(
     failed = [item for item in results if item["error"]]
     if failed:
         first = failed[0]["error"]
-        raise CliError(f"{len(failed)} of {len(results)} players failed to initialize; first: "
-                       f"{failed[0]['user_id']}: {first['message']}", first["hint"] or "", first["exit_code"],
-                       code=first["code"])
+        raise CliError(
+            f"{len(failed)} of {len(results)} players failed to initialize; first: "
+            f"{failed[0]['user_id']}: {first['message']}",
+            first["hint"] or "",
+            first["exit_code"],
+            code=first["code"],
+        )
 
 
-def collect_players(cli: CliContext, users: Sequence[str], from_file: Path | None, count: int | None,
-                    prefix: str) -> list[str]:
+def collect_players(
+    cli: CliContext, users: Sequence[str], from_file: Path | None, count: int | None, prefix: str
+) -> list[str]:
     """The players to initialize, in order, without repeats: arguments, then the file, then the
     generated ids; `--user` when none of them is given. Invalid ids are a usage error (exit 2)."""
     players = list(users)
@@ -133,8 +146,11 @@ def collect_players(cli: CliContext, users: Sequence[str], from_file: Path | Non
         players = [cli.require_user()]
     invalid = [player for player in players if not is_valid_user_id(player)]
     if invalid:
-        raise CliError(f"invalid player id {invalid[0]!r}: 1-100 characters, no control characters, no '{{' or '}}'",
-                       "fix the id (or --prefix)", EXIT_USAGE)
+        raise CliError(
+            f"invalid player id {invalid[0]!r}: 1-100 characters, no control characters, no '{{' or '}}'",
+            "fix the id (or --prefix)",
+            EXIT_USAGE,
+        )
     return list(dict.fromkeys(players))
 
 
@@ -148,8 +164,9 @@ def read_players_file(path: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-async def initialize_all(clients: Clients, players: Sequence[str], concurrency: int,
-                         advance: Callable[[], None]) -> list[dict[str, Any]]:
+async def initialize_all(
+    clients: Clients, players: Sequence[str], concurrency: int, advance: Callable[[], None]
+) -> list[dict[str, Any]]:
     """Initialize every player with at most `concurrency` calls in flight; results in input order.
 
     A failure that concerns one player (a business error, a 404) is recorded on its result; one that
@@ -175,13 +192,24 @@ async def initialize_one(clients: Clients, player: str) -> dict[str, Any]:
     except CliError as error:
         if error.exit_code in (EXIT_UNAVAILABLE, EXIT_AUTH):
             raise
-        return {"user_id": player, "new": None, "new_assignments": None, "total_active": None,
-                "duration_ms": None, "error": {"code": error.code, "message": error.message,
-                                               "hint": error.hint, "exit_code": error.exit_code}}
+        return {
+            "user_id": player,
+            "new": None,
+            "new_assignments": None,
+            "total_active": None,
+            "duration_ms": None,
+            "error": {"code": error.code, "message": error.message, "hint": error.hint, "exit_code": error.exit_code},
+        }
     body = response.body or {}
     new_assignments = int(body.get("newAssignments", 0))
-    return {"user_id": player, "new": new_assignments > 0, "new_assignments": new_assignments,
-            "total_active": body.get("totalActive"), "duration_ms": round(response.duration_ms, 2), "error": None}
+    return {
+        "user_id": player,
+        "new": new_assignments > 0,
+        "new_assignments": new_assignments,
+        "total_active": body.get("totalActive"),
+        "duration_ms": round(response.duration_ms, 2),
+        "error": None,
+    }
 
 
 def init_report(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -195,14 +223,20 @@ def init_report(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-INIT_COLUMNS = [Column("user_id", "USER"), Column("new"), Column("new_assignments", "NEW ASSIGNMENTS", justify="right"),
-                Column("total_active", "ACTIVE", justify="right"), Column("duration_ms", "MS", justify="right"),
-                Column("error", render=lambda error: Text(error["message"] if error else "-"))]
+INIT_COLUMNS = [
+    Column("user_id", "USER"),
+    Column("new"),
+    Column("new_assignments", "NEW ASSIGNMENTS", justify="right"),
+    Column("total_active", "ACTIVE", justify="right"),
+    Column("duration_ms", "MS", justify="right"),
+    Column("error", render=lambda error: Text(error["message"] if error else "-")),
+]
 
 
 def init_table(out: Output, report: Mapping[str, Any]) -> RenderableType:
-    summary = (f"{report['total']} players: {report['new_users']} new, {report['returning_users']} returning"
-               + (f", {report['failed_users']} failed" if report["failed_users"] else ""))
+    summary = f"{report['total']} players: {report['new_users']} new, {report['returning_users']} returning" + (
+        f", {report['failed_users']} failed" if report["failed_users"] else ""
+    )
     return Group(out.table(report["items"], INIT_COLUMNS), Text(summary))
 
 
@@ -225,22 +259,34 @@ def player_database(settings: Settings) -> Iterator[psycopg.Connection[dict[str,
     """A connection to the configured (or embedded) database; failures are CliErrors exit 5."""
     with database_target(settings) as target:
         try:
-            connection = psycopg.connect(target.url, application_name=CLI_APPLICATION_NAME,
-                                         connect_timeout=CONNECT_TIMEOUT_S, row_factory=dict_row)
+            connection = psycopg.connect(
+                target.url,
+                application_name=CLI_APPLICATION_NAME,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                row_factory=dict_row,
+            )
         except psycopg.Error as exc:
-            raise CliError(f"PostgreSQL unreachable: {_first_line(exc)}",
-                           "check --database-url / DATABASE_URL, or run 'challengectl doctor'", EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"PostgreSQL unreachable: {_first_line(exc)}",
+                "check --database-url / DATABASE_URL, or run 'challengectl doctor'",
+                EXIT_UNAVAILABLE,
+            ) from None
         try:
             with connection:
                 yield connection
         except psycopg.errors.UndefinedTable:
-            raise CliError("the challenge tables do not exist in this database", "run 'challengectl db migrate'",
-                           EXIT_UNAVAILABLE) from None
+            raise CliError(
+                "the challenge tables do not exist in this database", "run 'challengectl db migrate'", EXIT_UNAVAILABLE
+            ) from None
         except psycopg.Error as exc:
-            raise CliError(f"PostgreSQL failed: {_first_line(exc)}", "run 'challengectl doctor'", EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"PostgreSQL failed: {_first_line(exc)}", "run 'challengectl doctor'", EXIT_UNAVAILABLE
+            ) from None
 
 
-def run_named(connection: psycopg.Connection[dict[str, Any]], name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+def run_named(
+    connection: psycopg.Connection[dict[str, Any]], name: str, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """Run the registry statement `name` with `params`; its rows."""
     return connection.execute(registry().get(name).sql, params).fetchall()  # type: ignore[arg-type]
 
@@ -267,8 +313,11 @@ def with_redis(url: str, timeout_s: float, action: Callable[[Redis], Awaitable[T
         try:
             return await action(client)
         except REDIS_FAILURES as exc:
-            raise CliError(f"Redis unreachable: {type(exc).__name__}: {exc}",
-                           "check --redis-url / REDIS_URL, or run 'challengectl doctor'", EXIT_UNAVAILABLE) from None
+            raise CliError(
+                f"Redis unreachable: {type(exc).__name__}: {exc}",
+                "check --redis-url / REDIS_URL, or run 'challengectl doctor'",
+                EXIT_UNAVAILABLE,
+            ) from None
         finally:
             await client.aclose()
 
@@ -282,8 +331,15 @@ def invalidate_player(cli: CliContext, settings: Settings, url: str, user: str, 
 
     async def invalidate(client: Redis) -> int:
         # Invalidation and marker deletion do not read entries, so no catalog fingerprint is needed.
-        cache = Cache(client, settings.redis_key_prefix, "", settings.cache_ttl_s, settings.synced_ttl_s,
-                      journal_max=1, probe_interval_ms=settings.redis_probe_interval_ms)
+        cache = Cache(
+            client,
+            settings.redis_key_prefix,
+            "",
+            settings.cache_ttl_s,
+            settings.synced_ttl_s,
+            journal_max=1,
+            probe_interval_ms=settings.redis_probe_interval_ms,
+        )
         if await cache.invalidate(user) is None:
             raise CacheUnavailableError(f"could not rotate the cache token of user {user!r}")
         return await cache.delete_synced(user) if delete_synced else 0
@@ -291,10 +347,13 @@ def invalidate_player(cli: CliContext, settings: Settings, url: str, user: str, 
     try:
         return with_redis(url, cli.timeout_s, invalidate)
     except (CacheUnavailableError, CliError) as exc:
-        raise CliError(f"the database change for user {user!r} is committed, but its cache was not invalidated "
-                       f"({getattr(exc, 'message', exc)}); the service may serve old rows for up to "
-                       f"{settings.cache_ttl_s}s", f"when Redis answers, run 'challengectl cache flush --user {user} --yes'",
-                       EXIT_UNAVAILABLE) from None
+        raise CliError(
+            f"the database change for user {user!r} is committed, but its cache was not invalidated "
+            f"({getattr(exc, 'message', exc)}); the service may serve old rows for up to "
+            f"{settings.cache_ttl_s}s",
+            f"when Redis answers, run 'challengectl cache flush --user {user} --yes'",
+            EXIT_UNAVAILABLE,
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -322,8 +381,11 @@ def show_user(
         raise CliError(f"user {user!r} has no progress rows", HINT_INIT, EXIT_NOT_FOUND)
     shown = [row for row in rows if goal is None or row.goal_id == goal]
     if not shown:
-        raise CliError(f"user {user!r} has no row for goal {goal!r}", f"list the user's goals with 'challengectl users show {user}'",
-                       EXIT_NOT_FOUND)
+        raise CliError(
+            f"user {user!r} has no row for goal {goal!r}",
+            f"list the user's goals with 'challengectl users show {user}'",
+            EXIT_NOT_FOUND,
+        )
     report = {
         "user_id": user,
         "namespace": settings.namespace,
@@ -347,8 +409,11 @@ def service_catalog(settings: Settings) -> Catalog:
     try:
         return load_catalog(path)
     except CatalogError as exc:
-        raise CliError(f"cannot load the catalog {path}: {exc.errors[0] if exc.errors else exc}",
-                       "check it with 'challengectl config validate', or set CHALLENGE_CATALOG_PATH", EXIT_USAGE) from None
+        raise CliError(
+            f"cannot load the catalog {path}: {exc.errors[0] if exc.errors else exc}",
+            "check it with 'challengectl config validate', or set CHALLENGE_CATALOG_PATH",
+            EXIT_USAGE,
+        ) from None
 
 
 def describe_rows(catalog: Catalog, rows: Sequence[ProgressRow], shown: Sequence[ProgressRow]) -> list[dict[str, Any]]:
@@ -360,24 +425,44 @@ def describe_rows(catalog: Catalog, rows: Sequence[ProgressRow], shown: Sequence
     for row in shown:
         goal = catalog.goals_by_id.get(row.goal_id)
         item: dict[str, Any] = {
-            "goal_id": row.goal_id, "challenge_id": row.challenge_id, "in_catalog": goal is not None,
-            "progress": row.progress, "baseline_value": row.baseline_value, "status": row.status,
-            "is_active": row.is_active, "completed_at": row.completed_at, "claimed_at": row.claimed_at,
-            "created_at": row.created_at, "updated_at": row.updated_at, "assigned_at": row.assigned_at,
-            "expires_at": row.expires_at, "stale": None, "would_reset": None, "locked": None, "view": None,
+            "goal_id": row.goal_id,
+            "challenge_id": row.challenge_id,
+            "in_catalog": goal is not None,
+            "progress": row.progress,
+            "baseline_value": row.baseline_value,
+            "status": row.status,
+            "is_active": row.is_active,
+            "completed_at": row.completed_at,
+            "claimed_at": row.claimed_at,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "assigned_at": row.assigned_at,
+            "expires_at": row.expires_at,
+            "stale": None,
+            "would_reset": None,
+            "locked": None,
+            "view": None,
         }
         if goal is not None:
             goal_view = view(goal, row, now)
-            item.update(stale=is_stale(goal, row, now), would_reset=would_reset(goal, row, now),
-                        locked=is_locked(goal, rows_by_goal_id, catalog.goals_by_id, now),
-                        view={"progress": goal_view.progress, "status": goal_view.status,
-                              "completed_at": goal_view.completed_at, "claimed_at": goal_view.claimed_at})
+            item.update(
+                stale=is_stale(goal, row, now),
+                would_reset=would_reset(goal, row, now),
+                locked=is_locked(goal, rows_by_goal_id, catalog.goals_by_id, now),
+                view={
+                    "progress": goal_view.progress,
+                    "status": goal_view.status,
+                    "completed_at": goal_view.completed_at,
+                    "claimed_at": goal_view.claimed_at,
+                },
+            )
         described.append(item)
     return described
 
 
-def cache_state(cli: CliContext, settings: Settings, catalog: Catalog, user: str,
-                rows: Sequence[ProgressRow]) -> dict[str, Any]:
+def cache_state(
+    cli: CliContext, settings: Settings, catalog: Catalog, user: str, rows: Sequence[ProgressRow]
+) -> dict[str, Any]:
     """The player's cache entry as the service would judge it (docs/cache.md#entries-and-tokens): present, valid, token and
     fingerprint match, TTLs, whether its rows equal PostgreSQL's active rows, and the synced marker of
     the current catalog fingerprint. An unreachable Redis is reported here (and warned about), not
@@ -405,32 +490,54 @@ def cache_state(cli: CliContext, settings: Settings, catalog: Catalog, user: str
     entry = decode_entry(entry_raw) if entry_raw is not None else None
     active_rows = sorted((row for row in rows if row.is_active), key=lambda row: row.goal_id)
     state: dict[str, Any] = {
-        "enabled": True, "reachable": True,
-        "token_present": token is not None, "token_ttl_ms": token_ttl if token_ttl >= 0 else None,
-        "entry_present": entry_raw is not None, "entry_parses": entry is not None,
+        "enabled": True,
+        "reachable": True,
+        "token_present": token is not None,
+        "token_ttl_ms": token_ttl if token_ttl >= 0 else None,
+        "entry_present": entry_raw is not None,
+        "entry_parses": entry is not None,
         "entry_ttl_ms": entry_ttl if entry_ttl >= 0 else None,
-        "token_match": None, "fingerprint_match": None, "entry_valid": False, "entry_rows": None,
+        "token_match": None,
+        "fingerprint_match": None,
+        "entry_valid": False,
+        "entry_rows": None,
         "matches_database": None,
-        "synced_marker": synced_raw is not None, "synced_key": keys[2],
+        "synced_marker": synced_raw is not None,
+        "synced_key": keys[2],
     }
     if entry is not None:
-        state.update(token_match=token is not None and entry.token == token,
-                     fingerprint_match=entry.fingerprint == catalog.fingerprint,
-                     entry_rows=len(entry.rows),
-                     matches_database=sorted(entry.rows, key=lambda row: row.goal_id) == active_rows)
+        state.update(
+            token_match=token is not None and entry.token == token,
+            fingerprint_match=entry.fingerprint == catalog.fingerprint,
+            entry_rows=len(entry.rows),
+            matches_database=sorted(entry.rows, key=lambda row: row.goal_id) == active_rows,
+        )
         state["entry_valid"] = bool(state["token_match"] and state["fingerprint_match"])
     return state
 
 
-ROW_COLUMNS = [Column("goal_id", "GOAL"), Column("challenge_id", "CHALLENGE"), Column("progress", "RAW", justify="right"),
-               Column("baseline_value", "BASELINE", justify="right"), Column("status"), Column("is_active", "ACTIVE"),
-               Column("updated_at", "UPDATED", render=lambda value: Text(rfc3339(value) if value else "-")),
-               Column("stale"), Column("would_reset", "WOULD RESET"),
-               Column("view", "VIEW", render=lambda v: Text(f"{v['progress']} {v['status']}" if v else "-")),
-               Column("locked")]
-GRANT_COLUMNS = [Column("goal_id", "GOAL"), Column("generation", "GEN", justify="right"), Column("reward_id", "REWARD"),
-                 Column("quantity", "QTY", justify="right"), Column("mode"), Column("attempts", justify="right"),
-                 Column("granted_at", "GRANTED", render=lambda value: Text(rfc3339(value)))]
+ROW_COLUMNS = [
+    Column("goal_id", "GOAL"),
+    Column("challenge_id", "CHALLENGE"),
+    Column("progress", "RAW", justify="right"),
+    Column("baseline_value", "BASELINE", justify="right"),
+    Column("status"),
+    Column("is_active", "ACTIVE"),
+    Column("updated_at", "UPDATED", render=lambda value: Text(rfc3339(value) if value else "-")),
+    Column("stale"),
+    Column("would_reset", "WOULD RESET"),
+    Column("view", "VIEW", render=lambda v: Text(f"{v['progress']} {v['status']}" if v else "-")),
+    Column("locked"),
+]
+GRANT_COLUMNS = [
+    Column("goal_id", "GOAL"),
+    Column("generation", "GEN", justify="right"),
+    Column("reward_id", "REWARD"),
+    Column("quantity", "QTY", justify="right"),
+    Column("mode"),
+    Column("attempts", justify="right"),
+    Column("granted_at", "GRANTED", render=lambda value: Text(rfc3339(value))),
+]
 
 
 def show_table(out: Output, report: Mapping[str, Any]) -> RenderableType:
@@ -458,22 +565,39 @@ def delete_user(
     settings = cli.settings()
     url = redis_url_of(settings)
     with player_database(settings) as connection:
-        doomed = [row["goal_id"] for row in run_named(connection, "user_progress", {"user_id": user})
-                  if row["namespace"] == settings.namespace]
+        doomed = [
+            row["goal_id"]
+            for row in run_named(connection, "user_progress", {"user_id": user})
+            if row["namespace"] == settings.namespace
+        ]
     # Reached before anything changes: a Redis that cannot be invalidated must not leave the rows
     # deleted while the service still serves them from its cache.
-    markers = with_redis(url, cli.timeout_s, lambda client: count_synced_markers(client, settings.redis_key_prefix, user)) \
-        if url is not None else 0
-    action = (f"delete {len(doomed)} progress row(s) of user {user!r} in namespace {settings.namespace!r}, "
-              f"delete {markers} synced marker(s) and rotate its cache token")
-    result = {"user_id": user, "namespace": settings.namespace, "dry_run": dry_run, "rows_deleted": len(doomed),
-              "goal_ids": doomed, "synced_markers_deleted": markers, "cache_invalidated": url is not None and not dry_run}
+    markers = (
+        with_redis(url, cli.timeout_s, lambda client: count_synced_markers(client, settings.redis_key_prefix, user))
+        if url is not None
+        else 0
+    )
+    action = (
+        f"delete {len(doomed)} progress row(s) of user {user!r} in namespace {settings.namespace!r}, "
+        f"delete {markers} synced marker(s) and rotate its cache token"
+    )
+    result = {
+        "user_id": user,
+        "namespace": settings.namespace,
+        "dry_run": dry_run,
+        "rows_deleted": len(doomed),
+        "goal_ids": doomed,
+        "synced_markers_deleted": markers,
+        "cache_invalidated": url is not None and not dry_run,
+    }
     if not confirm(action, yes, dry_run):
         cli.output.emit_object(result)
         return
     with player_database(settings) as connection:
-        deleted = [row["goal_id"] for row in run_named(connection, "delete_user_data",
-                                                       {"namespace": settings.namespace, "user_id": user})]
+        deleted = [
+            row["goal_id"]
+            for row in run_named(connection, "delete_user_data", {"namespace": settings.namespace, "user_id": user})
+        ]
     removed = invalidate_player(cli, settings, url, user, delete_synced=True) if url is not None else 0
     result.update(rows_deleted=len(deleted), goal_ids=sorted(deleted), synced_markers_deleted=removed)
     cli.output.emit_object(result)
@@ -491,8 +615,12 @@ async def count_synced_markers(client: Redis, prefix: str, user: str) -> int:
 def backdate_user(
     ctx: typer.Context,
     user: str = typer.Argument(..., metavar="USER", help="the player id"),
-    by: str = typer.Option(..., "--by", metavar="DURATION", help="how far back to move updated_at, <n>[ms|s|m|h|d], e.g. 2d"),
-    goals: list[str] | None = typer.Option(None, "--goal", metavar="G", help="only this goal (repeatable); default every row"),
+    by: str = typer.Option(
+        ..., "--by", metavar="DURATION", help="how far back to move updated_at, <n>[ms|s|m|h|d], e.g. 2d"
+    ),
+    goals: list[str] | None = typer.Option(
+        None, "--goal", metavar="G", help="only this goal (repeatable); default every row"
+    ),
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
 ) -> None:
     """Move a player's updated_at back so that rotating goals see a boundary (testing rotation), then
@@ -505,8 +633,11 @@ def backdate_user(
     goal_ids = list(dict.fromkeys(goals)) if goals else None
     url = redis_url_of(settings)
     with player_database(settings) as connection:
-        matched = [row["goal_id"] for row in run_named(connection, "user_progress", {"user_id": user})
-                   if goal_ids is None or row["goal_id"] in goal_ids]
+        matched = [
+            row["goal_id"]
+            for row in run_named(connection, "user_progress", {"user_id": user})
+            if goal_ids is None or row["goal_id"] in goal_ids
+        ]
     if not matched:
         target = f"rows for goal(s) {', '.join(goal_ids)}" if goal_ids else "progress rows"
         raise CliError(f"user {user!r} has no {target}", HINT_INIT, EXIT_NOT_FOUND)
@@ -514,17 +645,29 @@ def backdate_user(
         with_redis(url, cli.timeout_s, lambda client: client.ping())
     confirm(f"move updated_at of {len(matched)} row(s) of user {user!r} back by {by} and invalidate its cache", yes)
     with player_database(settings) as connection:
-        changed = run_named(connection, "backdate_user_goals", {"user_id": user, "goal_ids": goal_ids, "seconds": seconds})
+        changed = run_named(
+            connection, "backdate_user_goals", {"user_id": user, "goal_ids": goal_ids, "seconds": seconds}
+        )
     if url is not None:
         invalidate_player(cli, settings, url, user, delete_synced=False)
     changed.sort(key=lambda row: row["goal_id"])
-    result = {"user_id": user, "by_ms": seconds * 1000, "rows_changed": len(changed),
-              "goals": [{"goal_id": row["goal_id"], "updated_at": row["updated_at"]} for row in changed],
-              "cache_invalidated": url is not None}
+    result = {
+        "user_id": user,
+        "by_ms": seconds * 1000,
+        "rows_changed": len(changed),
+        "goals": [{"goal_id": row["goal_id"], "updated_at": row["updated_at"]} for row in changed],
+        "cache_invalidated": url is not None,
+    }
     out = cli.output
-    out.emit(result, rows=result["goals"], columns=[Column("goal_id", "GOAL"), Column("updated_at", "UPDATED")],
-             table=lambda: Group(out.table(result["goals"], [Column("goal_id", "GOAL"), Column("updated_at", "UPDATED")]),
-                                 Text(f"{len(changed)} row(s) of {user} moved back by {by}")))
+    out.emit(
+        result,
+        rows=result["goals"],
+        columns=[Column("goal_id", "GOAL"), Column("updated_at", "UPDATED")],
+        table=lambda: Group(
+            out.table(result["goals"], [Column("goal_id", "GOAL"), Column("updated_at", "UPDATED")]),
+            Text(f"{len(changed)} row(s) of {user} moved back by {by}"),
+        ),
+    )
 
 
 def register(root: typer.Typer) -> None:

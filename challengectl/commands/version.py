@@ -39,10 +39,15 @@ async def collect_versions(clients: Clients, settings: Settings) -> dict[str, An
     """The version report; each unreachable part has a null version and its reason in `unreachable`."""
     database_url, redis_url = service_database_url(settings), service_redis_url(settings)
     service, postgres, redis = await asyncio.gather(
-        _service_versions(clients), _postgres_version(database_url), _redis_version(redis_url),
+        _service_versions(clients),
+        _postgres_version(database_url),
+        _redis_version(redis_url),
     )
-    unreachable = {name: part["error"] for name, part in
-                   (("service", service), ("postgres", postgres), ("redis", redis)) if part.get("error")}
+    unreachable = {
+        name: part["error"]
+        for name, part in (("service", service), ("postgres", postgres), ("redis", redis))
+        if part.get("error")
+    }
     return {
         "cli_version": __version__,
         "service_version": service.get("service_version"),
@@ -85,8 +90,9 @@ async def _redis_version(url: str | None) -> dict[str, Any]:
     import redis.asyncio as redis_asyncio
     from redis.exceptions import RedisError
 
-    client = redis_asyncio.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                          socket_timeout=CONNECT_TIMEOUT_S)
+    client = redis_asyncio.Redis.from_url(
+        url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
+    )
     try:
         info = await client.info("server")
     except (RedisError, OSError) as exc:

@@ -67,8 +67,9 @@ class GoalSnapshot:
     taken_at: datetime
 
 
-async def fetch_goals(api: ApiClient, user: str, *, challenge_id: str | None = None,
-                      active_only: bool = False) -> GoalSnapshot:
+async def fetch_goals(
+    api: ApiClient, user: str, *, challenge_id: str | None = None, active_only: bool = False
+) -> GoalSnapshot:
     """One snapshot of `user`'s goals: `GET /v1/challenges` (or `/v1/challenges/{id}`), optionally
     `active_only`. Failures raise CliError with the exit code of docs/cli.md#exit-codes."""
     path = "/v1/challenges" if challenge_id is None else f"/v1/challenges/{quote(challenge_id, safe='')}"
@@ -80,13 +81,17 @@ async def fetch_goals(api: ApiClient, user: str, *, challenge_id: str | None = N
         for goal in challenge.get("goals", []):
             requirement = goal.get("requirement") or {}
             state = GoalState(
-                challenge_id=challenge["challengeId"], goal_id=goal["goalId"], name=goal.get("name", ""),
-                progress=int(goal.get("progress", 0)), target=requirement.get("targetValue"),
-                status=goal.get("status", ""), is_active=bool(goal.get("isActive")),
-                stat_code=requirement.get("statCode", ""))
+                challenge_id=challenge["challengeId"],
+                goal_id=goal["goalId"],
+                name=goal.get("name", ""),
+                progress=int(goal.get("progress", 0)),
+                target=requirement.get("targetValue"),
+                status=goal.get("status", ""),
+                is_active=bool(goal.get("isActive")),
+                stat_code=requirement.get("statCode", ""),
+            )
             goals[(state.challenge_id, state.goal_id)] = state
-    fingerprint = next((value for name, value in response.headers.items() if name.lower() == FINGERPRINT_HEADER),
-                       None)
+    fingerprint = next((value for name, value in response.headers.items() if name.lower() == FINGERPRINT_HEADER), None)
     return GoalSnapshot(goals, fingerprint, datetime.now(UTC))
 
 
@@ -105,9 +110,14 @@ def goal_changes(old: Mapping[GoalKey, GoalState] | None, new: Mapping[GoalKey, 
 
 
 def _change(key: GoalKey, before: GoalState | None, after: GoalState | None) -> dict[str, Any]:
-    return {"challenge_id": key[0], "goal_id": key[1],
-            "old_progress": before.progress if before else None, "new_progress": after.progress if after else None,
-            "old_status": before.status if before else None, "new_status": after.status if after else None}
+    return {
+        "challenge_id": key[0],
+        "goal_id": key[1],
+        "old_progress": before.progress if before else None,
+        "new_progress": after.progress if after else None,
+        "old_status": before.status if before else None,
+        "new_status": after.status if after else None,
+    }
 
 
 class WatchView:
@@ -154,8 +164,14 @@ class WatchView:
         first_poll = self.previous is None
         changed = {(c["challenge_id"], c["goal_id"]): c for c in changes}
         table = Table(show_header=not self.output.no_headers, header_style="bold", box=None, pad_edge=False)
-        for header, justify in (("CHALLENGE", "left"), ("GOAL", "left"), ("STATUS", "left"),
-                                ("PROGRESS", "right"), ("ACTIVE", "left"), ("", "left")):
+        for header, justify in (
+            ("CHALLENGE", "left"),
+            ("GOAL", "left"),
+            ("STATUS", "left"),
+            ("PROGRESS", "right"),
+            ("ACTIVE", "left"),
+            ("", "left"),
+        ):
             table.add_column(header, justify=justify)  # type: ignore[arg-type]
         for key, state in snapshot.goals.items():
             change = None if first_poll else changed.get(key)
@@ -168,18 +184,30 @@ class WatchView:
                 marker = "COMPLETED"
             else:
                 marker = "CHANGED"
-            table.add_row(state.challenge_id, state.goal_id,
-                          Text(state.status, style=CHANGED_STYLE if status_changed else ""),
-                          Text(progress, style=CHANGED_STYLE if progress_changed else ""),
-                          "yes" if state.is_active else "no",
-                          Text(marker, style="bold green" if marker == "COMPLETED" else "bold yellow"))
+            table.add_row(
+                state.challenge_id,
+                state.goal_id,
+                Text(state.status, style=CHANGED_STYLE if status_changed else ""),
+                Text(progress, style=CHANGED_STYLE if progress_changed else ""),
+                "yes" if state.is_active else "no",
+                Text(marker, style="bold green" if marker == "COMPLETED" else "bold yellow"),
+            )
         if not first_poll:
-            for key, change in changed.items():
+            for key in changed:
                 if key not in snapshot.goals:
-                    table.add_row(key[0], key[1], Text("(gone)", style=CHANGED_STYLE), "-", "-",
-                                  Text("CHANGED", style="bold yellow"))
-        caption = Text(f"{self.user} · poll {self.polls} at {rfc3339(snapshot.taken_at)} · every "
-                       f"{self.interval_s:g}s · Ctrl-C to stop", style="dim")
+                    table.add_row(
+                        key[0],
+                        key[1],
+                        Text("(gone)", style=CHANGED_STYLE),
+                        "-",
+                        "-",
+                        Text("CHANGED", style="bold yellow"),
+                    )
+        caption = Text(
+            f"{self.user} · poll {self.polls} at {rfc3339(snapshot.taken_at)} · every "
+            f"{self.interval_s:g}s · Ctrl-C to stop",
+            style="dim",
+        )
         return Group(table, caption)
 
 
@@ -206,8 +234,13 @@ def watch(
         cli.output.warn(f"poll failed: {error.message}; retrying in {delay_s:g}s")
 
     async def main(clients: Clients) -> None:
-        await run_ticks(lambda: fetch_goals(clients.api, player, challenge_id=challenge, active_only=active_only),
-                        view.show, interval_s=interval_s, count=1 if once else count, on_retry=report_retry)
+        await run_ticks(
+            lambda: fetch_goals(clients.api, player, challenge_id=challenge, active_only=active_only),
+            view.show,
+            interval_s=interval_s,
+            count=1 if once else count,
+            on_retry=report_retry,
+        )
 
     try:
         cli.run(main)

@@ -55,8 +55,13 @@ def _target_pass(entry: dict[str, Any], metric: str, value: float | None) -> boo
     return value < target
 
 
-def compare_reports(base: dict[str, Any], cand: dict[str, Any], metrics: tuple[str, ...] = DEFAULT_METRICS,
-                    tolerance_pct: float = 10.0, success_tolerance_pp: float = 0.05) -> dict[str, Any]:
+def compare_reports(
+    base: dict[str, Any],
+    cand: dict[str, Any],
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    tolerance_pct: float = 10.0,
+    success_tolerance_pp: float = 0.05,
+) -> dict[str, Any]:
     """The comparison as data: one row per (endpoint, metric) over the overall (non-warm-up) numbers.
     Latency change is `(cand − base) / base × 100` (positive = slower); success change is in points.
     An endpoint present in only one report gets status `missing` and is not a regression."""
@@ -91,22 +96,41 @@ def _value(entry: dict[str, Any] | None, metric: str) -> float | None:
     return float(entry.get("latency_ms", {}).get(metric, 0.0))
 
 
-def _row(label: str, metric: str, base_entry: dict[str, Any] | None, cand_entry: dict[str, Any] | None,
-         tolerance_pct: float, success_tolerance_pp: float) -> dict[str, Any]:
+def _row(
+    label: str,
+    metric: str,
+    base_entry: dict[str, Any] | None,
+    cand_entry: dict[str, Any] | None,
+    tolerance_pct: float,
+    success_tolerance_pp: float,
+) -> dict[str, Any]:
     base_value, cand_value = _value(base_entry, metric), _value(cand_entry, metric)
-    row: dict[str, Any] = {"endpoint": label, "metric": metric, "unit": "%" if metric == "success" else "ms",
-                           "base": base_value, "candidate": cand_value, "change": None, "change_unit": None,
-                           "status": "missing",
-                           "base_target_pass": _target_pass(base_entry or {}, metric, base_value),
-                           "candidate_target_pass": _target_pass(cand_entry or {}, metric, cand_value)}
+    row: dict[str, Any] = {
+        "endpoint": label,
+        "metric": metric,
+        "unit": "%" if metric == "success" else "ms",
+        "base": base_value,
+        "candidate": cand_value,
+        "change": None,
+        "change_unit": None,
+        "status": "missing",
+        "base_target_pass": _target_pass(base_entry or {}, metric, base_value),
+        "candidate_target_pass": _target_pass(cand_entry or {}, metric, cand_value),
+    }
     if base_value is None or cand_value is None:
         return row
     if metric == "success":
-        row.update(change=round(cand_value - base_value, 4), change_unit="pp",
-                   status=_status_success(base_value, cand_value, success_tolerance_pp))
+        row.update(
+            change=round(cand_value - base_value, 4),
+            change_unit="pp",
+            status=_status_success(base_value, cand_value, success_tolerance_pp),
+        )
     elif base_value > 0:
-        row.update(change=round((cand_value - base_value) / base_value * 100, 2), change_unit="%",
-                   status=_status_latency(base_value, cand_value, tolerance_pct))
+        row.update(
+            change=round((cand_value - base_value) / base_value * 100, 2),
+            change_unit="%",
+            status=_status_latency(base_value, cand_value, tolerance_pct),
+        )
     else:
         row.update(status="unchanged" if cand_value == 0 else "regressed")
     return row

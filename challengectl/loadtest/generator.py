@@ -145,11 +145,18 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._goal_paths = all_goal_paths()
         token_ttl = int(config.total_duration_s + config.timeout_s) + 3600
-        self.ops = Operations(api_url=config.api_url, grpc_addr=config.grpc_addr, auth=config.auth,
-                              jwt_key=config.jwt_key, token_ttl_s=token_ttl, namespace=config.namespace,
-                              grpc_token=config.grpc_token, timeout_s=config.timeout_s,
-                              http_connections=max(8, config.http_connections // count),
-                              recorder=self.recorder)
+        self.ops = Operations(
+            api_url=config.api_url,
+            grpc_addr=config.grpc_addr,
+            auth=config.auth,
+            jwt_key=config.jwt_key,
+            token_ttl_s=token_ttl,
+            namespace=config.namespace,
+            grpc_token=config.grpc_token,
+            timeout_s=config.timeout_s,
+            http_connections=max(8, config.http_connections // count),
+            recorder=self.recorder,
+        )
 
     async def prepare(self) -> None:
         """Open the connection pools and mint every user's token before the clock starts."""
@@ -157,16 +164,23 @@ class Worker:
         await self.ops.start(with_grpc=with_events)
         self.ops.warm_credentials(self.config.users)
 
-    async def run(self, t0: float, should_stop: Callable[[], bool] = lambda: False,
-                  on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    async def run(
+        self,
+        t0: float,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Send this worker's share of every phase, starting at `t0` (perf_counter seconds); return the
         wire form of the results. `should_stop` ends the run early (interruption)."""
         self.recorder.t0 = t0
         process = psutil.Process()
         process.cpu_percent(None)
         monitor = asyncio.create_task(self._monitor(t0, should_stop, on_progress, process))
-        drivers = [asyncio.create_task(self._drive(t0 + phase.offset_s, ramp, launch))
-                   for phase in self.config.phases for ramp, launch in self._streams(phase)]
+        drivers = [
+            asyncio.create_task(self._drive(t0 + phase.offset_s, ramp, launch))
+            for phase in self.config.phases
+            for ramp, launch in self._streams(phase)
+        ]
         try:
             await asyncio.gather(*drivers)
             await self._drain()
@@ -183,7 +197,8 @@ class Worker:
         if phase.kind == "init":
             return [(phase.api, self._init_launcher(phase))]
         streams: list[tuple[Ramp, Callable[[int, float], Launch]]] = [
-            (phase.api, self._api_launcher(random.Random(rng_base + "/api")))]
+            (phase.api, self._api_launcher(random.Random(rng_base + "/api")))
+        ]
         if phase.event_rate > 0:
             rng = random.Random(rng_base + "/events")
             if self.config.event_rpc == "publish":
@@ -200,8 +215,11 @@ class Worker:
         def launch(i: int, at: float) -> Launch:
             k = phase.init_index_base + i
             expect_new = k < users
-            return (("initialize_new",) if expect_new else ("initialize_returning",),
-                    self.ops.initialize(at, k % users + 1, expect_new))
+            return (
+                ("initialize_new",) if expect_new else ("initialize_returning",),
+                self.ops.initialize(at, k % users + 1, expect_new),
+            )
+
         return launch
 
     def _api_launcher(self, rng: random.Random) -> Callable[[int, float], Launch]:
@@ -219,14 +237,16 @@ class Worker:
             if operation == "claim":
                 return ("claim_lookup",), ops.claim(at, user)
             return (operation,), ops.challenges(at, user, operation == "challenges_active")
+
         return launch
 
     def _random_event(self, rng: random.Random, event_id: str) -> Event:
         user = rng.randint(1, self.config.users)
         if rng.random() < LOGIN_EVENT_SHARE:
             return Event(event_id, user, "login")
-        return Event(event_id, user, "stat", STAT_CODES[rng.randrange(len(STAT_CODES))],
-                     float(rng.randint(0, 999)), 1.0)
+        return Event(
+            event_id, user, "stat", STAT_CODES[rng.randrange(len(STAT_CODES))], float(rng.randint(0, 999)), 1.0
+        )
 
     def _event_launcher(self, phase: PhasePlan, rng: random.Random) -> Callable[[int, float], Launch]:
         prefix = f"{self.config.run_id}-{phase.name}-"
@@ -234,6 +254,7 @@ class Worker:
         def launch(i: int, at: float) -> Launch:
             event = self._random_event(rng, f"{prefix}{i}")
             return (event.label,), self.ops.event(at, event)
+
         return launch
 
     def _publish_launcher(self, phase: PhasePlan, rng: random.Random) -> Callable[[int, float], Launch]:
@@ -243,6 +264,7 @@ class Worker:
         def launch(j: int, at: float) -> Launch:
             events = [self._random_event(rng, f"{prefix}{j}-{n}") for n in range(size)]
             return tuple(event.label for event in events), self.ops.publish(at, f"{prefix}{j}", events)
+
         return launch
 
     async def _drive(self, base: float, ramp: Ramp, launch: Callable[[int, float], Launch]) -> None:
@@ -289,8 +311,13 @@ class Worker:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _monitor(self, t0: float, should_stop: Callable[[], bool],
-                       on_progress: Callable[[dict[str, Any]], None] | None, process: psutil.Process) -> None:
+    async def _monitor(
+        self,
+        t0: float,
+        should_stop: Callable[[], bool],
+        on_progress: Callable[[dict[str, Any]], None] | None,
+        process: psutil.Process,
+    ) -> None:
         next_progress = time.perf_counter() + PROGRESS_INTERVAL_S
         while True:
             await asyncio.sleep(STOP_POLL_S)
@@ -304,20 +331,29 @@ class Worker:
 
     def _progress(self, t0: float) -> dict[str, Any]:
         snapshot = self.recorder.take_interval()
-        snapshot.update({"elapsed_s": round(time.perf_counter() - t0, 3), "inflight": self.inflight,
-                         "dropped": self.recorder.dropped, "worker": self.index})
+        snapshot.update(
+            {
+                "elapsed_s": round(time.perf_counter() - t0, 3),
+                "inflight": self.inflight,
+                "dropped": self.recorder.dropped,
+                "worker": self.index,
+            }
+        )
         return snapshot
 
     def result(self) -> dict[str, Any]:
         """The wire form: encoded histograms and counters, merged by `merge_results`."""
         return {
-            "stats": [{"phase": phase, "label": label, **stats.to_wire()}
-                      for (phase, label), stats in self.recorder.stats.items()],
+            "stats": [
+                {"phase": phase, "label": label, **stats.to_wire()}
+                for (phase, label), stats in self.recorder.stats.items()
+            ],
             "lag_hdr": encode(self.recorder.lag),
             "dropped": self.recorder.dropped,
             "claim_skipped": self.ops.claim_skipped,
-            "timeline": [[phase, minute, failed, total]
-                         for (phase, minute), (failed, total) in self.recorder.timeline.items()],
+            "timeline": [
+                [phase, minute, failed, total] for (phase, minute), (failed, total) in self.recorder.timeline.items()
+            ],
             "cpu_pct_max": self.cpu_pct_max,
             "interrupted": self.stopping,
         }
@@ -351,18 +387,27 @@ def merge_results(results: list[dict[str, Any]]) -> GeneratorResult:
             bucket[0] += failed
             bucket[1] += total
     return GeneratorResult(
-        stats=stats, lag=lag, dropped=sum(r["dropped"] for r in results),
-        claim_skipped=sum(r["claim_skipped"] for r in results), timeline=timeline,
+        stats=stats,
+        lag=lag,
+        dropped=sum(r["dropped"] for r in results),
+        claim_skipped=sum(r["claim_skipped"] for r in results),
+        timeline=timeline,
         cpu_pct_max=max((r["cpu_pct_max"] for r in results), default=0.0),
-        interrupted=any(r["interrupted"] for r in results), procs=len(results))
+        interrupted=any(r["interrupted"] for r in results),
+        procs=len(results),
+    )
 
 
 class GeneratorFailed(RuntimeError):
     """A generator process could not start or crashed; the message says which and why."""
 
 
-async def run_generator(config: GeneratorConfig, procs: int = 1, should_stop: Callable[[], bool] = lambda: False,
-                        on_progress: Callable[[dict[str, Any]], None] | None = None) -> GeneratorResult:
+async def run_generator(
+    config: GeneratorConfig,
+    procs: int = 1,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> GeneratorResult:
     """Run the whole schedule with `procs` generator processes (1 = inside this event loop)."""
     if procs <= 1:
         worker = Worker(config)
@@ -371,15 +416,25 @@ async def run_generator(config: GeneratorConfig, procs: int = 1, should_stop: Ca
     return await _run_processes(config, procs, should_stop, on_progress)
 
 
-async def _run_processes(config: GeneratorConfig, procs: int, should_stop: Callable[[], bool],
-                         on_progress: Callable[[dict[str, Any]], None] | None) -> GeneratorResult:
+async def _run_processes(
+    config: GeneratorConfig,
+    procs: int,
+    should_stop: Callable[[], bool],
+    on_progress: Callable[[dict[str, Any]], None] | None,
+) -> GeneratorResult:
     context = multiprocessing.get_context("spawn")
     messages: multiprocessing.Queue[tuple[str, int, Any]] = context.Queue()
     start, stop = context.Event(), context.Event()
     start_at = context.Value("d", 0.0)
-    processes = [context.Process(target=_process_main, name=f"loadtest-worker-{index}", daemon=True,
-                                 args=(config, index, procs, messages, start, start_at, stop))
-                 for index in range(procs)]
+    processes = [
+        context.Process(
+            target=_process_main,
+            name=f"loadtest-worker-{index}",
+            daemon=True,
+            args=(config, index, procs, messages, start, start_at, stop),
+        )
+        for index in range(procs)
+    ]
     for process in processes:
         process.start()
     inbox: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
@@ -414,12 +469,14 @@ async def _run_processes(config: GeneratorConfig, procs: int, should_stop: Calla
                 stop.set()
             try:
                 kind, index, payload = await asyncio.wait_for(inbox.get(), STOP_POLL_S * 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 dead = [p for i, p in enumerate(processes) if not p.is_alive() and i not in results]
                 if dead and inbox.empty():
                     await asyncio.sleep(0.5)
                     if inbox.empty():
-                        raise GeneratorFailed(f"generator process {dead[0].name} exited with {dead[0].exitcode}")
+                        raise GeneratorFailed(
+                            f"generator process {dead[0].name} exited with {dead[0].exitcode}"
+                        ) from None
                 continue
             if kind == "progress" and on_progress is not None:
                 on_progress(payload)
@@ -438,22 +495,24 @@ async def _run_processes(config: GeneratorConfig, procs: int, should_stop: Calla
         reader.join(timeout=1)
 
 
-async def _next_message(inbox: asyncio.Queue[tuple[str, int, Any]], processes: list[Any],
-                        deadline: float) -> tuple[str, int, Any]:
+async def _next_message(
+    inbox: asyncio.Queue[tuple[str, int, Any]], processes: list[Any], deadline: float
+) -> tuple[str, int, Any]:
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GeneratorFailed(f"generator processes not ready after {WORKER_READY_TIMEOUT_S:.0f} s")
         try:
             return await asyncio.wait_for(inbox.get(), min(remaining, 0.5))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for process in processes:
                 if not process.is_alive() and process.exitcode not in (None, 0):
                     raise GeneratorFailed(f"{process.name} exited with {process.exitcode} before starting") from None
 
 
-def _process_main(config: GeneratorConfig, index: int, count: int, messages: Any, start: Any,
-                  start_at: Any, stop: Any) -> None:
+def _process_main(
+    config: GeneratorConfig, index: int, count: int, messages: Any, start: Any, start_at: Any, stop: Any
+) -> None:
     """Entry point of a generator process: Ctrl-C is handled by the parent, which sets `stop`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -462,8 +521,9 @@ def _process_main(config: GeneratorConfig, index: int, count: int, messages: Any
         messages.put(("error", index, f"{type(error).__name__}: {error}"))
 
 
-async def _process_async(config: GeneratorConfig, index: int, count: int, messages: Any, start: Any,
-                         start_at: Any, stop: Any) -> None:
+async def _process_async(
+    config: GeneratorConfig, index: int, count: int, messages: Any, start: Any, start_at: Any, stop: Any
+) -> None:
     worker = Worker(config, index, count)
     await worker.prepare()
     messages.put(("ready", index, os.getpid()))

@@ -26,8 +26,14 @@ NDJSON_EVERY_S = 10.0
 class LiveProgress:
     """Aggregates worker snapshots into rolling 10-second windows and renders them."""
 
-    def __init__(self, profile: str, plans: list[PhasePlan], stream: TextIO | None = None,
-                 tty: bool | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        profile: str,
+        plans: list[PhasePlan],
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+        quiet: bool = False,
+    ) -> None:
         self.profile = profile
         self.plans = plans
         self.total_s = max(p.offset_s + p.duration_s for p in plans)
@@ -80,8 +86,11 @@ class LiveProgress:
     def take_sample(self) -> dict[str, Any]:
         """The generator's numbers for one resource snapshot: max send lag since the previous sample,
         dropped so far and operations in flight."""
-        sample = {"generator_lag_max_ms": self._sample_lag_ms, "generator_dropped": sum(self.dropped.values()),
-                  "generator_inflight": sum(self.inflight.values())}
+        sample = {
+            "generator_lag_max_ms": self._sample_lag_ms,
+            "generator_dropped": sum(self.dropped.values()),
+            "generator_inflight": sum(self.inflight.values()),
+        }
         self._sample_lag_ms = 0.0
         return sample
 
@@ -105,24 +114,37 @@ class LiveProgress:
                 slot[2].add(decode(entry["hdr"]))
         # Every worker reports once per second, so counts summed over all workers divided by the window
         # span give the total rate.
-        return {label: {"rate": round(count / span, 1),
-                        "p95_ms": round(hist.get_value_at_percentile(95) / 1000, 2) if hist.get_total_count() else 0.0,
-                        "errors": errors}
-                for label, (count, errors, hist) in merged.items()}
+        return {
+            label: {
+                "rate": round(count / span, 1),
+                "p95_ms": round(hist.get_value_at_percentile(95) / 1000, 2) if hist.get_total_count() else 0.0,
+                "errors": errors,
+            }
+            for label, (count, errors, hist) in merged.items()
+        }
 
     def progress_line(self) -> dict[str, Any]:
-        return {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "phase": self.current_phase(),
-                "elapsed_s": round(self.elapsed_s, 1), "remaining_s": round(max(0.0, self.total_s - self.elapsed_s), 1),
-                "dropped": sum(self.dropped.values()), "inflight": sum(self.inflight.values()),
-                "lag_max_ms": self.lag_max_ms,
-                "endpoints": {label: {"rate": v["rate"], "p95_ms": v["p95_ms"], "errors": self.errors.get(label, 0)}
-                              for label, v in self.rolling().items()}}
+        return {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "phase": self.current_phase(),
+            "elapsed_s": round(self.elapsed_s, 1),
+            "remaining_s": round(max(0.0, self.total_s - self.elapsed_s), 1),
+            "dropped": sum(self.dropped.values()),
+            "inflight": sum(self.inflight.values()),
+            "lag_max_ms": self.lag_max_ms,
+            "endpoints": {
+                label: {"rate": v["rate"], "p95_ms": v["p95_ms"], "errors": self.errors.get(label, 0)}
+                for label, v in self.rolling().items()
+            },
+        }
 
     def render(self) -> Group:
-        header = Text(f"{self.profile} · phase {self.current_phase()} · {format_duration(round(self.elapsed_s))} elapsed, "
-                      f"{format_duration(round(max(0.0, self.total_s - self.elapsed_s)))} left · in flight "
-                      f"{sum(self.inflight.values())} · dropped {sum(self.dropped.values())} · "
-                      f"max send lag {self.lag_max_ms:.1f} ms")
+        header = Text(
+            f"{self.profile} · phase {self.current_phase()} · {format_duration(round(self.elapsed_s))} elapsed, "
+            f"{format_duration(round(max(0.0, self.total_s - self.elapsed_s)))} left · in flight "
+            f"{sum(self.inflight.values())} · dropped {sum(self.dropped.values())} · "
+            f"max send lag {self.lag_max_ms:.1f} ms"
+        )
         table = Table(box=None, pad_edge=False)
         for column in ("endpoint", "rate/s", "p95 (10 s)", "total", "errors"):
             table.add_column(column, justify="left" if column == "endpoint" else "right")
@@ -132,6 +154,11 @@ class LiveProgress:
                 continue
             entry = rolling.get(label, {"rate": 0.0, "p95_ms": 0.0})
             errors = self.errors.get(label, 0)
-            table.add_row(label, f"{entry['rate']:.1f}", f"{entry['p95_ms']:.1f} ms", f"{self.counts[label]:,}",
-                          Text(f"{errors:,}", style="red" if errors else ""))
+            table.add_row(
+                label,
+                f"{entry['rate']:.1f}",
+                f"{entry['p95_ms']:.1f} ms",
+                f"{self.counts[label]:,}",
+                Text(f"{errors:,}", style="red" if errors else ""),
+            )
         return Group(header, table)

@@ -32,8 +32,15 @@ ROUTES = {
     "set_active": "PUT /v1/challenges/{challenge_id}/goals/{goal_id}/active",
     "claim": "POST /v1/challenges/{challenge_id}/goals/{goal_id}/claim",
 }
-_ROWS = (("p95", "p95 latency"), ("p90", "p90 latency"), ("p99", "p99 latency"), ("p50", "p50 latency"),
-         ("avg", "Average"), ("min", "Min"), ("max", "Max"))
+_ROWS = (
+    ("p95", "p95 latency"),
+    ("p90", "p90 latency"),
+    ("p99", "p99 latency"),
+    ("p50", "p50 latency"),
+    ("avg", "Average"),
+    ("min", "Min"),
+    ("max", "Max"),
+)
 DASH = "—"
 
 
@@ -96,13 +103,23 @@ class MarkdownReport:
         self.overall = report.get("overall", {})
         self.base_overall = (baseline or {}).get("overall", {})
         self.findings = report.get("findings") or findings_module.generate(report)
-        self.success_target = next((t["value"] for t in report.get("thresholds", [])
-                                    if t.get("label") == "*" and t.get("stat") == "success"), DEFAULT_SUCCESS_MIN_PCT)
+        self.success_target = next(
+            (t["value"] for t in report.get("thresholds", []) if t.get("label") == "*" and t.get("stat") == "success"),
+            DEFAULT_SUCCESS_MIN_PCT,
+        )
 
     def render(self) -> str:
         lines: list[str] = []
-        for section in (self._header, self._executive_summary, self._endpoint_sections, self._resources,
-                        self._failures, self._summary_comparison, self._findings, self._appendix):
+        for section in (
+            self._header,
+            self._executive_summary,
+            self._endpoint_sections,
+            self._resources,
+            self._failures,
+            self._summary_comparison,
+            self._findings,
+            self._appendix,
+        ):
             lines += section()
         return "\n".join(lines).rstrip() + "\n"
 
@@ -123,8 +140,14 @@ class MarkdownReport:
         return [label for label in labels if not (label in ("event_login", "event_stat") and "event" in labels)]
 
     def _threshold_for(self, label: str, stat: str = "p95") -> dict[str, Any] | None:
-        return next((t for t in self.report.get("thresholds", [])
-                     if t.get("label") == label and t.get("stat") == stat and not t.get("phase")), None)
+        return next(
+            (
+                t
+                for t in self.report.get("thresholds", [])
+                if t.get("label") == label and t.get("stat") == stat and not t.get("phase")
+            ),
+            None,
+        )
 
     # -- 1. header ----------------------------------------------------------------------------------
 
@@ -139,23 +162,30 @@ class MarkdownReport:
         for phase in phases:
             text = f"{phase['name']} {format_duration(phase['duration_s'])} @ {phase['target_rate']:g} RPS"
             if phase.get("ramp_from_rate") is not None:
-                text = (f"{phase['name']} {format_duration(phase['duration_s'])} ramp "
-                        f"{phase['ramp_from_rate']:g} → {phase['target_rate']:g} RPS")
+                text = (
+                    f"{phase['name']} {format_duration(phase['duration_s'])} ramp "
+                    f"{phase['ramp_from_rate']:g} → {phase['target_rate']:g} RPS"
+                )
             if phase.get("kind") == "gameplay":
                 text += f" API + {phase.get('target_event_rate', 0):g} EPS"
             parts.append(text)
         has_events = any(p.get("kind") == "gameplay" and p.get("target_event_rate") for p in phases)
         total = sum(p.get("all", {}).get("count", 0) for p in phases)
-        lines = [title, "",
-                 f"**Date:** {run.get('started_at', '?')} (UTC)  ",
-                 f"**Test duration:** {' + '.join(parts)}  ",
-                 f"**Total operations:** {total:,}  ",
-                 f"**Test type:** {'combined load test (API + events)' if has_events else 'API load test'}, "
-                 f"open model (latency from the scheduled time)  ",
-                 f"**Change under test:** {run.get('notes') or DASH}"]
+        lines = [
+            title,
+            "",
+            f"**Date:** {run.get('started_at', '?')} (UTC)  ",
+            f"**Test duration:** {' + '.join(parts)}  ",
+            f"**Total operations:** {total:,}  ",
+            f"**Test type:** {'combined load test (API + events)' if has_events else 'API load test'}, "
+            f"open model (latency from the scheduled time)  ",
+            f"**Change under test:** {run.get('notes') or DASH}",
+        ]
         if run.get("interrupted"):
-            lines += ["", "> **Interrupted:** the run was stopped before its schedule ended; numbers cover the "
-                          "part that ran."]
+            lines += [
+                "",
+                "> **Interrupted:** the run was stopped before its schedule ended; numbers cover the part that ran.",
+            ]
         return lines + ["", "---", ""]
 
     # -- 2. executive summary -----------------------------------------------------------------------
@@ -168,17 +198,22 @@ class MarkdownReport:
         if verdict == "fail":
             return f"**VERDICT: ✗ FAIL ({met} of {len(judged)} targets met)**"
         if verdict == "invalid":
-            return (f"**VERDICT: ! INVALID — every target met ({met} of {len(judged)}), but the generator fell "
-                    "behind, so the run does not count as a pass**")
+            return (
+                f"**VERDICT: ! INVALID — every target met ({met} of {len(judged)}), but the generator fell "
+                "behind, so the run does not count as a pass**"
+            )
         return f"**VERDICT: ✓ PASS ({met} of {len(judged)} targets met)**"
 
     def _executive_summary(self) -> list[str]:
         lines = ["## Executive summary", "", self._verdict_line(), ""]
         generator = self.report.get("generator", {})
         if generator.get("generator_limited"):
-            lines += [f"> **Generator-limited:** {'; '.join(generator.get('limited_reasons', []))}. The load "
-                      "was not delivered on schedule; treat these numbers as a lower bound on the damage, not "
-                      "as a measurement of the service.", ""]
+            lines += [
+                f"> **Generator-limited:** {'; '.join(generator.get('limited_reasons', []))}. The load "
+                "was not delivered on schedule; treat these numbers as a lower bound on the damage, not "
+                "as a measurement of the service.",
+                "",
+            ]
         lines += ["### Key findings", ""]
         for label in self._summary_labels():
             entry = self._endpoint(label)
@@ -199,7 +234,9 @@ class MarkdownReport:
                 text += f"; success {fmt_pct(entry['success_pct'])}"
             lines.append(text)
         success = self.overall.get("success_pct")
-        success_line = f"- {'✓' if (success or 0) > self.success_target else '✗'} **Overall success:** {fmt_pct(success)} "
+        success_line = (
+            f"- {'✓' if (success or 0) > self.success_target else '✗'} **Overall success:** {fmt_pct(success)} "
+        )
         success_line += f"of {self.overall.get('count', 0):,} operations (target > {self.success_target:g} %)"
         if self.baseline:
             success_line += f"; {points_change(self.base_overall.get('success_pct'), success)} vs baseline"
@@ -216,8 +253,10 @@ class MarkdownReport:
         parts = []
         if failing:
             ratio, label, observed, target = max(failing)
-            parts.append(f"{len(failing)} endpoint(s) miss their p95 target; the worst is `{label}` at "
-                         f"{fmt_ms(observed)} ({ratio:.1f}× its {fmt_ms(target)} target)")
+            parts.append(
+                f"{len(failing)} endpoint(s) miss their p95 target; the worst is `{label}` at "
+                f"{fmt_ms(observed)} ({ratio:.1f}× its {fmt_ms(target)} target)"
+            )
         else:
             parts.append("every endpoint with data meets its p95 target")
         if self.baseline:
@@ -255,54 +294,84 @@ class MarkdownReport:
             success = entry.get("success_pct")
             base_success = base.get("success_pct") if base else None
             success_status = _status(success > self.success_target) if success is not None else DASH
-            rows.append(["Success rate", fmt_pct(base_success), fmt_pct(success), success_status,
-                         points_change(base_success, success)])
+            rows.append(
+                [
+                    "Success rate",
+                    fmt_pct(base_success),
+                    fmt_pct(success),
+                    success_status,
+                    points_change(base_success, success),
+                ]
+            )
             failed = entry.get("count", 0) - entry.get("ok", 0)
             base_failed = f"{base['count'] - base['ok']:,} / {base['count']:,}" if base else DASH
             rows.append(["Failed / total", base_failed, f"{failed:,} / {entry.get('count', 0):,}", DASH, DASH])
-            rows.append(["**Target**", f"p95 < {fmt_ms(target)}" if (target and base) else DASH,
-                         f"p95 < {fmt_ms(target)}" if target else DASH, DASH, DASH])
+            rows.append(
+                [
+                    "**Target**",
+                    f"p95 < {fmt_ms(target)}" if (target and base) else DASH,
+                    f"p95 < {fmt_ms(target)}" if target else DASH,
+                    DASH,
+                    DASH,
+                ]
+            )
             lines += _table(["Metric", "Baseline", "This run", "Status", "Improvement"], rows)
             lines += ["**Analysis:**", ""] + [f"- {text}" for text in self._analysis(label, entry, target, base)] + [""]
         lines += self._phase_breakdown() + ["---", ""]
         return lines
 
-    def _analysis(self, label: str, entry: dict[str, Any], target: float | None,
-                  base: dict[str, Any] | None) -> list[str]:
+    def _analysis(
+        self, label: str, entry: dict[str, Any], target: float | None, base: dict[str, Any] | None
+    ) -> list[str]:
         notes = []
         latency, service = entry.get("latency_ms", {}), entry.get("service_time_ms", {})
         p95 = latency.get("p95")
         if target and p95 is not None:
             if p95 < target:
-                notes.append(f"p95 {fmt_ms(p95)} meets the {fmt_ms(target)} target with "
-                             f"{(target - p95) / target * 100:.0f} % headroom")
+                notes.append(
+                    f"p95 {fmt_ms(p95)} meets the {fmt_ms(target)} target with "
+                    f"{(target - p95) / target * 100:.0f} % headroom"
+                )
             else:
                 notes.append(f"p95 {fmt_ms(p95)} is {p95 / target:.1f}× the {fmt_ms(target)} target")
         service_p95 = service.get("p95")
         if p95 is not None and service_p95 is not None:
             waiting = p95 - service_p95
             if waiting > max(1.0, 0.1 * p95):
-                notes.append(f"{fmt_ms(waiting)} of the p95 passed before the request left the generator "
-                             f"(service time p95 {fmt_ms(service_p95)}): send lag or a full connection pool")
+                notes.append(
+                    f"{fmt_ms(waiting)} of the p95 passed before the request left the generator "
+                    f"(service time p95 {fmt_ms(service_p95)}): send lag or a full connection pool"
+                )
             else:
-                notes.append(f"requests left on schedule: service time p95 {fmt_ms(service_p95)} is "
-                             "nearly all of the latency")
+                notes.append(
+                    f"requests left on schedule: service time p95 {fmt_ms(service_p95)} is nearly all of the latency"
+                )
         failures = entry.get("failures", {})
         if failures:
             top = ", ".join(f"`{name}` × {count:,}" for name, count in list(failures.items())[:3])
             notes.append(f"{sum(failures.values()):,} failures: {top}")
         route = ROUTES.get(label)
         view = (self.report.get("service_view") or {}).get("http", {})
-        match = next((v for k, v in view.items() if route and k.startswith(route.split()[0] + " ")
-                      and k.endswith(route.split()[1])), None)
+        match = next(
+            (
+                v
+                for k, v in view.items()
+                if route and k.startswith(route.split()[0] + " ") and k.endswith(route.split()[1])
+            ),
+            None,
+        )
         if match:
             bucket = match["p95_bucket_ms"]
-            notes.append(f"the service's own histogram for `{route}` (every label on that route) puts p95 at "
-                         f"~{fmt_ms(match['p95_ms'])} (bucket {bucket[0]:g}–{bucket[1] if bucket[1] is not None else '∞'} ms) "
-                         f"over {match['count']:,} requests")
+            notes.append(
+                f"the service's own histogram for `{route}` (every label on that route) puts p95 at "
+                f"~{fmt_ms(match['p95_ms'])} (bucket {bucket[0]:g}–{bucket[1] if bucket[1] is not None else '∞'} ms) "
+                f"over {match['count']:,} requests"
+            )
         if base:
-            notes.append(f"against the baseline: p95 {latency_change(base['latency_ms']['p95'], p95)}, "
-                         f"average {latency_change(base['latency_ms']['avg'], latency.get('avg'))}")
+            notes.append(
+                f"against the baseline: p95 {latency_change(base['latency_ms']['p95'], p95)}, "
+                f"average {latency_change(base['latency_ms']['avg'], latency.get('avg'))}"
+            )
         return notes
 
     def _phase_breakdown(self) -> list[str]:
@@ -311,15 +380,27 @@ class MarkdownReport:
             duration = phase.get("duration_s") or 1
             for label, entry in phase.get("endpoints", {}).items():
                 latency = entry.get("latency_ms", {})
-                rows.append([phase["name"], f"`{label}`", f"{entry['count']:,}", f"{entry['count'] / duration:.1f}/s",
-                             fmt_ms(latency.get("p50")), fmt_ms(latency.get("p90")), fmt_ms(latency.get("p95")),
-                             fmt_ms(latency.get("p99")), fmt_ms(latency.get("avg")), fmt_ms(latency.get("min")),
-                             fmt_ms(latency.get("max")), fmt_pct(entry.get("success_pct"))])
+                rows.append(
+                    [
+                        phase["name"],
+                        f"`{label}`",
+                        f"{entry['count']:,}",
+                        f"{entry['count'] / duration:.1f}/s",
+                        fmt_ms(latency.get("p50")),
+                        fmt_ms(latency.get("p90")),
+                        fmt_ms(latency.get("p95")),
+                        fmt_ms(latency.get("p99")),
+                        fmt_ms(latency.get("avg")),
+                        fmt_ms(latency.get("min")),
+                        fmt_ms(latency.get("max")),
+                        fmt_pct(entry.get("success_pct")),
+                    ]
+                )
         if not rows:
             return []
-        return (["### Per phase", ""] +
-                _table(["Phase", "Endpoint", "Count", "Rate", "p50", "p90", "p95", "p99", "Avg", "Min", "Max",
-                        "Success"], rows))
+        return ["### Per phase", ""] + _table(
+            ["Phase", "Endpoint", "Count", "Rate", "p50", "p90", "p95", "p99", "Avg", "Min", "Max", "Success"], rows
+        )
 
     # -- 4. resources -------------------------------------------------------------------------------
 
@@ -340,49 +421,123 @@ class MarkdownReport:
             pool_peak = stat("db_pool_in_use", "max")
         buffer_peak = stat("buffer_peak_entries", "max") or stat("buffer_entries", "max")
         rows = [
-            ["Service CPU", fmt_pct(stat("service_cpu_pct", "max"), 0), fmt_pct(stat("service_cpu_pct", "avg"), 0),
-             f"{cores} core(s)", util(stat("service_cpu_pct", "max"), cores * 100)],
-            ["Service RSS", f"{stat('service_rss_mb', 'max') or 0:.0f} MB" if stat("service_rss_mb", "max") else DASH,
-             f"{stat('service_rss_mb', 'avg'):.0f} MB" if stat("service_rss_mb", "avg") else DASH, DASH, DASH],
-            ["DB pool in use", fmt_int(pool_peak), f"{stat('db_pool_in_use', 'avg'):.1f}" if stat("db_pool_in_use", "avg") is not None else DASH,
-             fmt_int(capacity.get("db_pool_max")), util(pool_peak, capacity.get("db_pool_max"))],
-            ["DB pool waiting", fmt_int(stat("db_pool_waiting", "max")),
-             f"{stat('db_pool_waiting', 'avg'):.1f}" if stat("db_pool_waiting", "avg") is not None else DASH, DASH, DASH],
-            ["PostgreSQL connections", fmt_int(stat("pg_connections_total", "max")),
-             f"{stat('pg_connections_total', 'avg'):.1f}" if stat("pg_connections_total", "avg") is not None else DASH,
-             fmt_int(capacity.get("pg_max_connections")),
-             util(stat("pg_connections_total", "max"), capacity.get("pg_max_connections"))],
-            ["PostgreSQL active sessions", fmt_int(stat("pg_connections_active", "max")),
-             f"{stat('pg_connections_active', 'avg'):.1f}" if stat("pg_connections_active", "avg") is not None else DASH, DASH, DASH],
-            ["Redis hit ratio (server-wide)", fmt_pct(stat("redis_hit_ratio_pct", "max"), 1),
-             fmt_pct(stat("redis_hit_ratio_pct", "avg"), 1), DASH, DASH],
-            ["Redis ops/s", fmt_int(stat("redis_ops_per_s", "max")), fmt_int(stat("redis_ops_per_s", "avg")), DASH, DASH],
-            ["Service cache hit ratio", fmt_pct(stat("cache_hit_ratio_pct", "max"), 1),
-             fmt_pct(stat("cache_hit_ratio_pct", "avg"), 1), DASH, DASH],
-            ["Event buffer entries", fmt_int(buffer_peak), fmt_int(stat("buffer_entries", "avg")),
-             fmt_int(capacity.get("buffer_capacity")), util(buffer_peak, capacity.get("buffer_capacity"))],
+            [
+                "Service CPU",
+                fmt_pct(stat("service_cpu_pct", "max"), 0),
+                fmt_pct(stat("service_cpu_pct", "avg"), 0),
+                f"{cores} core(s)",
+                util(stat("service_cpu_pct", "max"), cores * 100),
+            ],
+            [
+                "Service RSS",
+                f"{stat('service_rss_mb', 'max') or 0:.0f} MB" if stat("service_rss_mb", "max") else DASH,
+                f"{stat('service_rss_mb', 'avg'):.0f} MB" if stat("service_rss_mb", "avg") else DASH,
+                DASH,
+                DASH,
+            ],
+            [
+                "DB pool in use",
+                fmt_int(pool_peak),
+                f"{stat('db_pool_in_use', 'avg'):.1f}" if stat("db_pool_in_use", "avg") is not None else DASH,
+                fmt_int(capacity.get("db_pool_max")),
+                util(pool_peak, capacity.get("db_pool_max")),
+            ],
+            [
+                "DB pool waiting",
+                fmt_int(stat("db_pool_waiting", "max")),
+                f"{stat('db_pool_waiting', 'avg'):.1f}" if stat("db_pool_waiting", "avg") is not None else DASH,
+                DASH,
+                DASH,
+            ],
+            [
+                "PostgreSQL connections",
+                fmt_int(stat("pg_connections_total", "max")),
+                f"{stat('pg_connections_total', 'avg'):.1f}"
+                if stat("pg_connections_total", "avg") is not None
+                else DASH,
+                fmt_int(capacity.get("pg_max_connections")),
+                util(stat("pg_connections_total", "max"), capacity.get("pg_max_connections")),
+            ],
+            [
+                "PostgreSQL active sessions",
+                fmt_int(stat("pg_connections_active", "max")),
+                f"{stat('pg_connections_active', 'avg'):.1f}"
+                if stat("pg_connections_active", "avg") is not None
+                else DASH,
+                DASH,
+                DASH,
+            ],
+            [
+                "Redis hit ratio (server-wide)",
+                fmt_pct(stat("redis_hit_ratio_pct", "max"), 1),
+                fmt_pct(stat("redis_hit_ratio_pct", "avg"), 1),
+                DASH,
+                DASH,
+            ],
+            [
+                "Redis ops/s",
+                fmt_int(stat("redis_ops_per_s", "max")),
+                fmt_int(stat("redis_ops_per_s", "avg")),
+                DASH,
+                DASH,
+            ],
+            [
+                "Service cache hit ratio",
+                fmt_pct(stat("cache_hit_ratio_pct", "max"), 1),
+                fmt_pct(stat("cache_hit_ratio_pct", "avg"), 1),
+                DASH,
+                DASH,
+            ],
+            [
+                "Event buffer entries",
+                fmt_int(buffer_peak),
+                fmt_int(stat("buffer_entries", "avg")),
+                fmt_int(capacity.get("buffer_capacity")),
+                util(buffer_peak, capacity.get("buffer_capacity")),
+            ],
             ["Flush p95", fmt_ms(stat("flush_ms_p95", "max")), fmt_ms(stat("flush_ms_p95", "avg")), DASH, DASH],
-            ["Generator send lag", f"p99 {fmt_ms(generator.get('lag_ms', {}).get('p99'))}, max "
-             f"{fmt_ms(generator.get('lag_ms', {}).get('max'))}", f"p50 {fmt_ms(generator.get('lag_ms', {}).get('p50'))}",
-             "p99 < 10 ms", "✗ limited" if generator.get("generator_limited") else "✓ on schedule"],
+            [
+                "Generator send lag",
+                f"p99 {fmt_ms(generator.get('lag_ms', {}).get('p99'))}, max "
+                f"{fmt_ms(generator.get('lag_ms', {}).get('max'))}",
+                f"p50 {fmt_ms(generator.get('lag_ms', {}).get('p50'))}",
+                "p99 < 10 ms",
+                "✗ limited" if generator.get("generator_limited") else "✓ on schedule",
+            ],
             ["Generator dropped operations", fmt_int(generator.get("dropped")), DASH, DASH, DASH],
-            ["Generator CPU (per process)", fmt_pct(generator.get("cpu_pct_max"), 0), DASH,
-             f"{generator.get('procs', 1)} process(es)", DASH],
+            [
+                "Generator CPU (per process)",
+                fmt_pct(generator.get("cpu_pct_max"), 0),
+                DASH,
+                f"{generator.get('procs', 1)} process(es)",
+                DASH,
+            ],
         ]
-        lines = ["## Resource utilisation", "",
-                 f"Sampled every {resources.get('interval_s', '?')} s ({len(resources.get('series', []))} samples). "
-                 "Peak is the highest sample; CPU % is of one core.", ""]
+        lines = [
+            "## Resource utilisation",
+            "",
+            f"Sampled every {resources.get('interval_s', '?')} s ({len(resources.get('series', []))} samples). "
+            "Peak is the highest sample; CPU % is of one core.",
+            "",
+        ]
         lines += _table(["Resource", "Peak", "Average", "Capacity", "Utilisation"], rows)
         pool_pct = findings_module.pool_peak_pct(self.report)
         assessment = []
         if pool_pct is not None:
-            assessment.append(f"DB pool peaked at {pool_pct:.0f} % of its maximum"
-                              + (" — it is the bottleneck" if pool_pct >= findings_module.POOL_SATURATED_PCT
-                                 else " — it is not the bottleneck"))
+            assessment.append(
+                f"DB pool peaked at {pool_pct:.0f} % of its maximum"
+                + (
+                    " — it is the bottleneck"
+                    if pool_pct >= findings_module.POOL_SATURATED_PCT
+                    else " — it is not the bottleneck"
+                )
+            )
         cpu = stat("service_cpu_pct", "max")
         if cpu is not None:
-            assessment.append(f"service CPU peaked at {cpu:.0f} % of one core with {cores} core(s) available to "
-                              f"its processes ({'saturated' if cpu >= 90 * cores else 'headroom left'})")
+            assessment.append(
+                f"service CPU peaked at {cpu:.0f} % of one core with {cores} core(s) available to "
+                f"its processes ({'saturated' if cpu >= 90 * cores else 'headroom left'})"
+            )
         for note in resources.get("notes", []):
             assessment.append(f"note: {note}")
         if assessment:
@@ -397,13 +552,25 @@ class MarkdownReport:
         for phase in self.report.get("phases", []):
             everything = phase.get("all", {})
             failed = everything.get("count", 0) - everything.get("ok", 0)
-            rows.append([phase["name"] + (" (excluded)" if phase["name"] == "warmup" else ""),
-                         fmt_pct(everything.get("success_pct")), f"{failed:,}", f"{everything.get('count', 0):,}",
-                         f"> {self.success_target:g} %"])
+            rows.append(
+                [
+                    phase["name"] + (" (excluded)" if phase["name"] == "warmup" else ""),
+                    fmt_pct(everything.get("success_pct")),
+                    f"{failed:,}",
+                    f"{everything.get('count', 0):,}",
+                    f"> {self.success_target:g} %",
+                ]
+            )
         everything = self.overall.get("all", {})
-        rows.append(["**overall**", fmt_pct(everything.get("success_pct")),
-                     f"{everything.get('count', 0) - everything.get('ok', 0):,}", f"{everything.get('count', 0):,}",
-                     f"> {self.success_target:g} %"])
+        rows.append(
+            [
+                "**overall**",
+                fmt_pct(everything.get("success_pct")),
+                f"{everything.get('count', 0) - everything.get('ok', 0):,}",
+                f"{everything.get('count', 0):,}",
+                f"> {self.success_target:g} %",
+            ]
+        )
         lines += _table(["Phase", "Success rate", "Failures", "Total", "Target"], rows)
         lines += ["### Failures by endpoint", ""]
         rows = []
@@ -417,9 +584,17 @@ class MarkdownReport:
             rows.append([f"`{label}`", f"{failed:,}", f"{entry.get('count', 0):,}", fmt_pct(rate), top or DASH])
         lines += _table(["Endpoint", "Failed", "Total", "Failure rate", "Top classes"], rows)
         lines += ["### Failures over time", ""]
-        rows = [[phase["name"], str(minute["minute"] + 1), f"{minute['failed']:,}", f"{minute['total']:,}",
-                 fmt_pct(100.0 * minute["failed"] / minute["total"] if minute["total"] else 0.0)]
-                for phase in self.report.get("phases", []) for minute in phase.get("failures_per_minute", [])]
+        rows = [
+            [
+                phase["name"],
+                str(minute["minute"] + 1),
+                f"{minute['failed']:,}",
+                f"{minute['total']:,}",
+                fmt_pct(100.0 * minute["failed"] / minute["total"] if minute["total"] else 0.0),
+            ]
+            for phase in self.report.get("phases", [])
+            for minute in phase.get("failures_per_minute", [])
+        ]
         lines += _table(["Phase", "Minute", "Failed", "Operations", "Failure rate"], rows)
         causes = self._failure_causes()
         if causes:
@@ -467,30 +642,57 @@ class MarkdownReport:
             base = self._base_endpoint(label)
             value = entry.get("latency_ms", {}).get("p95")
             base_value = base["latency_ms"]["p95"] if base else None
-            rows.append([f"`{label}` p95", fmt_ms(threshold["value"]) if threshold else fmt_ms(entry.get("target_p95_ms")),
-                         fmt_ms(base_value), fmt_ms(value),
-                         _status(threshold.get("pass") if threshold else entry.get("pass")),
-                         latency_change(base_value, value)])
+            rows.append(
+                [
+                    f"`{label}` p95",
+                    fmt_ms(threshold["value"]) if threshold else fmt_ms(entry.get("target_p95_ms")),
+                    fmt_ms(base_value),
+                    fmt_ms(value),
+                    _status(threshold.get("pass") if threshold else entry.get("pass")),
+                    latency_change(base_value, value),
+                ]
+            )
         success = self.overall.get("success_pct")
         base_success = self.base_overall.get("success_pct") if self.baseline else None
-        rows.append(["Overall success", f"> {self.success_target:g} %", fmt_pct(base_success), fmt_pct(success),
-                     _status(success > self.success_target) if success is not None else DASH,
-                     points_change(base_success, success)])
+        rows.append(
+            [
+                "Overall success",
+                f"> {self.success_target:g} %",
+                fmt_pct(base_success),
+                fmt_pct(success),
+                _status(success > self.success_target) if success is not None else DASH,
+                points_change(base_success, success),
+            ]
+        )
         pool = findings_module.pool_peak_pct(self.report)
         base_pool = findings_module.pool_peak_pct(self.baseline) if self.baseline else None
-        rows.append(["DB pool peak use", f"< {findings_module.POOL_SATURATED_PCT:g} %", fmt_pct(base_pool, 0),
-                     fmt_pct(pool, 0), _status(pool < findings_module.POOL_SATURATED_PCT) if pool is not None else DASH,
-                     points_change(base_pool, pool)])
-        return (["## Summary comparison", ""] +
-                _table(["Metric", "Target", "Baseline", "This run", "Status", "Improvement"], rows) + ["---", ""])
+        rows.append(
+            [
+                "DB pool peak use",
+                f"< {findings_module.POOL_SATURATED_PCT:g} %",
+                fmt_pct(base_pool, 0),
+                fmt_pct(pool, 0),
+                _status(pool < findings_module.POOL_SATURATED_PCT) if pool is not None else DASH,
+                points_change(base_pool, pool),
+            ]
+        )
+        return (
+            ["## Summary comparison", ""]
+            + _table(["Metric", "Target", "Baseline", "This run", "Status", "Improvement"], rows)
+            + ["---", ""]
+        )
 
     # -- 7. findings --------------------------------------------------------------------------------
 
     def _findings(self) -> list[str]:
         lines = ["## Findings and recommendations", ""]
         if not self.findings:
-            return lines + ["No rule fired: no saturated pool, CPU, cache, buffer, burst or generator limit was "
-                            "observed.", "", "---", ""]
+            return lines + [
+                "No rule fired: no saturated pool, CPU, cache, buffer, burst or generator limit was observed.",
+                "",
+                "---",
+                "",
+            ]
         for number, finding in enumerate(self.findings, start=1):
             lines.append(f"{number}. **{finding['advice']}** — observed: {finding['finding']}.")
         return lines + ["", "---", ""]
@@ -504,32 +706,51 @@ class MarkdownReport:
         lines = ["## Appendix", "", "### Run options", ""]
         rows = [[key, f"`{value}`"] for key, value in options.items() if key != "phases"]
         rows += [[f"phase {p['name']}", f"`{p}`"] for p in options.get("phases", [])]
-        rows += [["run id", f"`{run.get('id')}`"], ["started / finished", f"{run.get('started_at')} / {run.get('finished_at')}"]]
+        rows += [
+            ["run id", f"`{run.get('id')}`"],
+            ["started / finished", f"{run.get('started_at')} / {run.get('finished_at')}"],
+        ]
         lines += _table(["Option", "Value"], rows)
         lines += ["### Service", ""]
-        rows = [["API", f"`{target.get('api_url')}`"], ["gRPC", f"`{target.get('grpc_addr')}`"],
-                ["service version", str(target.get("service_version"))],
-                ["catalog fingerprint", f"`{target.get('catalog_fingerprint')}`"],
-                ["ack mode", str(target.get("ack_mode"))]]
+        rows = [
+            ["API", f"`{target.get('api_url')}`"],
+            ["gRPC", f"`{target.get('grpc_addr')}`"],
+            ["service version", str(target.get("service_version"))],
+            ["catalog fingerprint", f"`{target.get('catalog_fingerprint')}`"],
+            ["ack mode", str(target.get("ack_mode"))],
+        ]
         rows += [[f"setting `{k}`", f"`{v}`"] for k, v in (target.get("settings") or {}).items()]
         lines += _table(["Item", "Value"], rows)
         lines += ["### Versions and environment", ""]
-        rows = [["challengectl", f"{tool.get('version')} ({tool.get('git_sha') or 'no git sha'})"],
-                ["python", str(environment.get("python"))], ["host", str(environment.get("hostname"))],
-                ["CPUs", str(environment.get("cpus"))], ["generator processes", str(environment.get("generator_procs"))]]
+        rows = [
+            ["challengectl", f"{tool.get('version')} ({tool.get('git_sha') or 'no git sha'})"],
+            ["python", str(environment.get("python"))],
+            ["host", str(environment.get("hostname"))],
+            ["CPUs", str(environment.get("cpus"))],
+            ["generator processes", str(environment.get("generator_procs"))],
+        ]
         lines += _table(["Item", "Value"], rows)
         view = self.report.get("service_view") or {}
         if view.get("http") or view.get("grpc"):
             lines += ["### Service-side view (Prometheus `/metrics`, same window)", ""]
-            rows = [[f"`{key}`", f"{value['count']:,}", fmt_ms(value["p95_ms"]),
-                     f"{value['p95_bucket_ms'][0]:g}–{value['p95_bucket_ms'][1] if value['p95_bucket_ms'][1] is not None else '∞'} ms"]
-                    for kind in ("http", "grpc") for key, value in view.get(kind, {}).items()]
+            rows = [
+                [
+                    f"`{key}`",
+                    f"{value['count']:,}",
+                    fmt_ms(value["p95_ms"]),
+                    f"{value['p95_bucket_ms'][0]:g}–{value['p95_bucket_ms'][1] if value['p95_bucket_ms'][1] is not None else '∞'} ms",
+                ]
+                for kind in ("http", "grpc")
+                for key, value in view.get(kind, {}).items()
+            ]
             lines += _table(["Route / method", "Requests", "p95 (estimate)", "p95 bucket"], rows)
         top = self.report.get("database", {}).get("top_queries") or []
         if top:
             lines += ["### Top statements (`pg_stat_statements`, by total time)", ""]
-            rows = [[f"{q['calls']:,}", fmt_ms(q["total_ms"]), fmt_ms(q["mean_ms"]), f"`{q['query'][:120]}`"]
-                    for q in top[:10]]
+            rows = [
+                [f"{q['calls']:,}", fmt_ms(q["total_ms"]), fmt_ms(q["mean_ms"]), f"`{q['query'][:120]}`"]
+                for q in top[:10]
+            ]
             lines += _table(["Calls", "Total", "Mean", "Query"], rows)
         notes = self.report.get("notes", [])
         if notes:

@@ -13,17 +13,17 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 import aiohttp
 import grpc
 
 from challengectl.loadtest.profiles import EXTRA_SUCCESS, user_id_of
-from service.transport.auth import mint_token
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+from service.transport.auth import mint_token
 
 _ERROR_CODE = re.compile(rb'"errorCode"\s*:\s*"([^"]{1,80})"')
 _NEW_ASSIGNMENTS = re.compile(rb'"newAssignments"\s*:\s*(\d+)')
@@ -98,9 +98,20 @@ class Operations:
     """The requests of one generator process. Every request carries its own user's credentials: a
     token minted from the HS256 key (cached per user) or `X-Mock-User-Id` with auth `none`."""
 
-    def __init__(self, *, api_url: str, grpc_addr: str, auth: str, jwt_key: bytes | None, token_ttl_s: int,
-                 namespace: str, grpc_token: str | None, timeout_s: float, http_connections: int,
-                 recorder: Recorder) -> None:
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        grpc_addr: str,
+        auth: str,
+        jwt_key: bytes | None,
+        token_ttl_s: int,
+        namespace: str,
+        grpc_token: str | None,
+        timeout_s: float,
+        http_connections: int,
+        recorder: Recorder,
+    ) -> None:
         self._api_url = api_url.rstrip("/")
         self._grpc_addr = grpc_addr
         self._auth = auth
@@ -117,10 +128,12 @@ class Operations:
         self.claim_skipped = 0
 
     async def start(self, with_grpc: bool) -> None:
-        connector = aiohttp.TCPConnector(limit=self._http_connections, keepalive_timeout=120,
-                                         use_dns_cache=True, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-                                              skip_auto_headers=("User-Agent",))
+        connector = aiohttp.TCPConnector(
+            limit=self._http_connections, keepalive_timeout=120, use_dns_cache=True, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s), skip_auto_headers=("User-Agent",)
+        )
         if with_grpc:
             self._channel = grpc.aio.insecure_channel(self._grpc_addr)
             self._login = account_pb2_grpc.UserAuthenticationUserLoggedInServiceStub(self._channel).OnMessage
@@ -150,8 +163,9 @@ class Operations:
             self._headers[user_number] = headers
         return headers
 
-    async def _http(self, label: str, at: float, method: str, path: str, user_number: int,
-                    body: bytes | None = None) -> tuple[int, bytes, float] | None:
+    async def _http(
+        self, label: str, at: float, method: str, path: str, user_number: int, body: bytes | None = None
+    ) -> tuple[int, bytes, float] | None:
         """Send one request and record it; return (status, body, completion time), or None when no
         response came back."""
         assert self._session is not None
@@ -163,12 +177,13 @@ class Operations:
             async with self._session.request(method, self._api_url + path, data=body, headers=headers) as response:
                 payload = await response.read()
                 status = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
             self._recorder.record(label, at, sent, time.perf_counter(), exception_failure_class(error))
             return None
         done = time.perf_counter()
-        self._recorder.record(label, at, sent, done,
-                              None if is_success(label, status, payload) else http_failure_class(status, payload))
+        self._recorder.record(
+            label, at, sent, done, None if is_success(label, status, payload) else http_failure_class(status, payload)
+        )
         return status, payload, done
 
     async def initialize(self, at: float, user_number: int, expect_new: bool) -> None:
@@ -181,7 +196,7 @@ class Operations:
             async with self._session.post(self._api_url + "/v1/challenges/initialize", headers=headers) as response:
                 payload = await response.read()
                 status = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
             self._recorder.record(expected, at, sent, time.perf_counter(), exception_failure_class(error))
             return
         done = time.perf_counter()
@@ -200,8 +215,9 @@ class Operations:
 
     async def set_active(self, at: float, user_number: int, challenge_id: str, goal_id: str, active: bool) -> None:
         body = b'{"is_active":true}' if active else b'{"is_active":false}'
-        await self._http("set_active", at, "PUT", f"/v1/challenges/{challenge_id}/goals/{goal_id}/active",
-                         user_number, body)
+        await self._http(
+            "set_active", at, "PUT", f"/v1/challenges/{challenge_id}/goals/{goal_id}/active", user_number, body
+        )
 
     async def claim(self, at: float, user_number: int) -> None:
         """Lookup (`claim_lookup`), then claim the first completed goal, scheduled when the lookup ends."""
@@ -212,8 +228,7 @@ class Operations:
         if target is None:
             self.claim_skipped += 1
             return
-        await self._http("claim", result[2], "POST", f"/v1/challenges/{target[0]}/goals/{target[1]}/claim",
-                         user_number)
+        await self._http("claim", result[2], "POST", f"/v1/challenges/{target[0]}/goals/{target[1]}/claim", user_number)
 
     async def event(self, at: float, event: Event) -> None:
         """One AGS OnMessage call (`event_login` / `event_stat`)."""
@@ -223,17 +238,32 @@ class Operations:
         sent = time.perf_counter()
         try:
             if event.kind == "login":
-                await self._login(account_pb2.UserLoggedIn(id=event.event_id, user_id=user_id,
-                                                           namespace=self._namespace, timestamp=timestamp),
-                                  timeout=self._timeout_s, metadata=self._metadata)
+                await self._login(
+                    account_pb2.UserLoggedIn(
+                        id=event.event_id, user_id=user_id, namespace=self._namespace, timestamp=timestamp
+                    ),
+                    timeout=self._timeout_s,
+                    metadata=self._metadata,
+                )
             else:
-                payload = statistic_pb2.StatItem(stat_code=event.stat_code, user_id=user_id,
-                                                 namespace=self._namespace, latest_value=event.latest_value,
-                                                 inc=event.inc)
-                await self._stat(statistic_pb2.StatItemUpdated(id=event.event_id, user_id=user_id,
-                                                               namespace=self._namespace, timestamp=timestamp,
-                                                               payload=payload),
-                                 timeout=self._timeout_s, metadata=self._metadata)
+                payload = statistic_pb2.StatItem(
+                    stat_code=event.stat_code,
+                    user_id=user_id,
+                    namespace=self._namespace,
+                    latest_value=event.latest_value,
+                    inc=event.inc,
+                )
+                await self._stat(
+                    statistic_pb2.StatItemUpdated(
+                        id=event.event_id,
+                        user_id=user_id,
+                        namespace=self._namespace,
+                        timestamp=timestamp,
+                        payload=payload,
+                    ),
+                    timeout=self._timeout_s,
+                    metadata=self._metadata,
+                )
         except grpc.aio.AioRpcError as error:
             self._recorder.record(label, at, sent, time.perf_counter(), grpc_failure_class(error.code()))
             return
@@ -243,10 +273,21 @@ class Operations:
         """One Publish call; each event of the batch is recorded under its own label with the batch's
         latency, so counts stay in events and rates in events per second."""
         kinds = {"login": ingest_pb2.EVENT_KIND_LOGIN, "stat": ingest_pb2.EVENT_KIND_STAT}
-        batch = ingest_pb2.EventBatch(batch_id=batch_id, events=[
-            ingest_pb2.Event(id=e.event_id, user_id=user_id_of(e.user_number), namespace=self._namespace,
-                             kind=kinds[e.kind], stat_code=e.stat_code, latest_value=e.latest_value, inc=e.inc)
-            for e in events])
+        batch = ingest_pb2.EventBatch(
+            batch_id=batch_id,
+            events=[
+                ingest_pb2.Event(
+                    id=e.event_id,
+                    user_id=user_id_of(e.user_number),
+                    namespace=self._namespace,
+                    kind=kinds[e.kind],
+                    stat_code=e.stat_code,
+                    latest_value=e.latest_value,
+                    inc=e.inc,
+                )
+                for e in events
+            ],
+        )
         sent = time.perf_counter()
         failure: str | None = None
         try:
@@ -264,4 +305,4 @@ def grpc_failure_class(code: grpc.StatusCode) -> str:
 
 
 def _rfc3339_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -94,18 +94,28 @@ class Profile:
         challenge_id = challenge_id_of(index)
         goals = []
         for g in range(1, GOALS_PER_CHALLENGE + 1):
-            goals.append({
-                "goalId": goal_id_of(index, g),
-                "name": f"{stat_code} {g * multiplier}",
-                "description": f"reach {stat_code} >= {g * multiplier}",
-                "eventSource": event_source,
-                "defaultAssigned": self.all_goals_default or g == 1,
-                "requirement": {"statCode": stat_code, "operator": ">=", "targetValue": g * multiplier,
-                                "progressMode": "absolute"},
-                "reward": {"type": "WALLET", "rewardId": "GEMS", "quantity": 10 * g},
-            })
-        return {"challengeId": challenge_id, "name": f"Challenge {index:03d}",
-                "description": f"{stat_code} ladder", "goals": goals}
+            goals.append(
+                {
+                    "goalId": goal_id_of(index, g),
+                    "name": f"{stat_code} {g * multiplier}",
+                    "description": f"reach {stat_code} >= {g * multiplier}",
+                    "eventSource": event_source,
+                    "defaultAssigned": self.all_goals_default or g == 1,
+                    "requirement": {
+                        "statCode": stat_code,
+                        "operator": ">=",
+                        "targetValue": g * multiplier,
+                        "progressMode": "absolute",
+                    },
+                    "reward": {"type": "WALLET", "rewardId": "GEMS", "quantity": 10 * g},
+                }
+            )
+        return {
+            "challengeId": challenge_id,
+            "name": f"Challenge {index:03d}",
+            "description": f"{stat_code} ladder",
+            "goals": goals,
+        }
 
 
 def challenge_id_of(index: int) -> str:
@@ -123,23 +133,24 @@ def user_id_of(number: int) -> str:
 
 def all_goal_paths() -> list[tuple[str, str]]:
     """Every (challenge_id, goal_id) of the profile catalogs, in catalog order."""
-    return [(challenge_id_of(c), goal_id_of(c, g))
-            for c in range(1, CHALLENGE_COUNT + 1) for g in range(1, GOALS_PER_CHALLENGE + 1)]
+    return [
+        (challenge_id_of(c), goal_id_of(c, g))
+        for c in range(1, CHALLENGE_COUNT + 1)
+        for g in range(1, GOALS_PER_CHALLENGE + 1)
+    ]
 
 
 PROFILES: dict[str, Profile] = {
     "seed-m3": Profile(
         name="seed-m3",
         all_goals_default=False,
-        phases=(PhaseDefault("init", "init", 60.0, 600.0),
-                PhaseDefault("gameplay", "gameplay", 1800.0, 300.0, 500.0)),
+        phases=(PhaseDefault("init", "init", 60.0, 600.0), PhaseDefault("gameplay", "gameplay", 1800.0, 300.0, 500.0)),
         description="10 challenges x 50 goals, 10 default goals; init 600 RPS, gameplay 300 RPS API + 500 EPS",
     ),
     "all-active-500": Profile(
         name="all-active-500",
         all_goals_default=True,
-        phases=(PhaseDefault("init", "init", 600.0, 300.0),
-                PhaseDefault("gameplay", "gameplay", 1800.0, 300.0, 500.0)),
+        phases=(PhaseDefault("init", "init", 600.0, 300.0), PhaseDefault("gameplay", "gameplay", 1800.0, 300.0, 500.0)),
         description="seed-m3 with all 500 goals default-assigned; init 300 RPS for 10 min",
     ),
 }

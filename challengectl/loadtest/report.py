@@ -20,8 +20,7 @@ from challengectl.loadtest.thresholds import Threshold, evaluate
 
 SCHEMA_VERSION = "1.0"
 GENERATOR_LAG_LIMIT_MS = 10.0
-API_LABELS = ("initialize_new", "initialize_returning", "challenges", "challenges_active", "set_active",
-              "claim_lookup")
+API_LABELS = ("initialize_new", "initialize_returning", "challenges", "challenges_active", "set_active", "claim_lookup")
 
 
 class ReportError(Exception):
@@ -61,12 +60,19 @@ def _phase_entry(plan: PhasePlan, result: GeneratorResult) -> dict[str, Any]:
     endpoints, everything = _endpoints(stats_by_label)
 
     def sent(labels: Iterable[str]) -> int:
-        return sum(stats_by_label[label].count - stats_by_label[label].failures.get("dropped", 0)
-                   for label in labels if label in stats_by_label)
+        return sum(
+            stats_by_label[label].count - stats_by_label[label].failures.get("dropped", 0)
+            for label in labels
+            if label in stats_by_label
+        )
 
     entry: dict[str, Any] = {
-        "name": plan.name, "kind": plan.kind, "start_s": plan.offset_s, "duration_s": plan.duration_s,
-        "target_rate": plan.rate, "achieved_rate": round(sent(API_LABELS) / plan.duration_s, 2),
+        "name": plan.name,
+        "kind": plan.kind,
+        "start_s": plan.offset_s,
+        "duration_s": plan.duration_s,
+        "target_rate": plan.rate,
+        "achieved_rate": round(sent(API_LABELS) / plan.duration_s, 2),
     }
     if plan.kind == "gameplay":
         entry["target_event_rate"] = plan.event_rate
@@ -77,7 +83,9 @@ def _phase_entry(plan: PhasePlan, result: GeneratorResult) -> dict[str, Any]:
     entry["all"] = everything
     entry["failures_per_minute"] = [
         {"minute": minute, "failed": failed, "total": total}
-        for (phase, minute), (failed, total) in sorted(result.timeline.items()) if phase == plan.name]
+        for (phase, minute), (failed, total) in sorted(result.timeline.items())
+        if phase == plan.name
+    ]
     return entry
 
 
@@ -88,8 +96,13 @@ def _overall(plans: list[PhasePlan], result: GeneratorResult) -> dict[str, Any]:
         if phase in measured:
             merged.setdefault(label, EndpointStats()).merge(stats)
     endpoints, everything = _endpoints(merged)
-    return {"count": everything["count"], "success_pct": everything["success_pct"],
-            "claim_skipped": result.claim_skipped, "endpoints": endpoints, "all": everything}
+    return {
+        "count": everything["count"],
+        "success_pct": everything["success_pct"],
+        "claim_skipped": result.claim_skipped,
+        "endpoints": endpoints,
+        "all": everything,
+    }
 
 
 def generator_section(result: GeneratorResult) -> dict[str, Any]:
@@ -102,9 +115,14 @@ def generator_section(result: GeneratorResult) -> dict[str, Any]:
         reasons.append(f"send lag p99 {lag['p99']:.1f} ms > {GENERATOR_LAG_LIMIT_MS:g} ms")
     if result.dropped:
         reasons.append(f"{result.dropped} operations dropped at the in-flight cap")
-    return {"lag_ms": {"p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]}, "dropped": result.dropped,
-            "cpu_pct_max": round(result.cpu_pct_max, 1), "procs": result.procs,
-            "generator_limited": limited, "limited_reasons": reasons}
+    return {
+        "lag_ms": {"p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]},
+        "dropped": result.dropped,
+        "cpu_pct_max": round(result.cpu_pct_max, 1),
+        "procs": result.procs,
+        "generator_limited": limited,
+        "limited_reasons": reasons,
+    }
 
 
 def verdict_of(thresholds: list[dict[str, Any]], generator: dict[str, Any]) -> str:
@@ -117,10 +135,21 @@ def verdict_of(thresholds: list[dict[str, Any]], generator: dict[str, Any]) -> s
     return "pass"
 
 
-def build_report(*, tool: dict[str, Any], run: dict[str, Any], target: dict[str, Any], environment: dict[str, Any],
-                 plans: list[PhasePlan], result: GeneratorResult, thresholds: list[Threshold],
-                 resources: dict[str, Any], database: dict[str, Any], service_view: dict[str, Any] | None,
-                 baseline: dict[str, Any] | None = None, notes: list[str] | None = None) -> dict[str, Any]:
+def build_report(
+    *,
+    tool: dict[str, Any],
+    run: dict[str, Any],
+    target: dict[str, Any],
+    environment: dict[str, Any],
+    plans: list[PhasePlan],
+    result: GeneratorResult,
+    thresholds: list[Threshold],
+    resources: dict[str, Any],
+    database: dict[str, Any],
+    service_view: dict[str, Any] | None,
+    baseline: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
     """The complete report dict of docs/loadtest.md#json-report."""
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

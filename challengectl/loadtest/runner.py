@@ -13,7 +13,7 @@ import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +65,20 @@ class RunRequest:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def git_sha() -> str | None:
     """The checkout's commit when the CLI runs from a git work tree, else None."""
     try:
-        completed = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                   capture_output=True, text=True, timeout=2, check=False)
+        completed = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return completed.stdout.strip() or None
@@ -89,23 +95,47 @@ def probe_headers(request: RunRequest) -> dict[str, str]:
 async def execute(request: RunRequest) -> dict[str, Any]:
     """Run the load test; return the report. Preflight failures raise CliError before any load."""
     needs_grpc = any(p.kind == "gameplay" and p.event_rate > 0 for p in request.plans)
-    facts = await run_preflight(api_url=request.api_url, grpc_addr=request.grpc_addr, admin_url=request.admin_url,
-                                admin_token=request.admin_token,
-                                expected_fingerprint=request.profile.catalog().fingerprint,
-                                profile=request.profile.name, probe_headers=probe_headers(request),
-                                needs_grpc=needs_grpc)
+    facts = await run_preflight(
+        api_url=request.api_url,
+        grpc_addr=request.grpc_addr,
+        admin_url=request.admin_url,
+        admin_token=request.admin_token,
+        expected_fingerprint=request.profile.catalog().fingerprint,
+        profile=request.profile.name,
+        probe_headers=probe_headers(request),
+        needs_grpc=needs_grpc,
+    )
     if facts.users_have_rows and request.plans[0].kind == "init":
-        request.warn(f"{user_id_of(1)} already has rows: the init phase will mostly measure returning players; "
-                     "add --reset --yes for a cold start")
-    run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+        request.warn(
+            f"{user_id_of(1)} already has rows: the init phase will mostly measure returning players; "
+            "add --reset --yes for a cold start"
+        )
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     config = GeneratorConfig(
-        api_url=request.api_url, grpc_addr=request.grpc_addr, phases=tuple(request.plans), users=request.users,
-        auth=request.auth, jwt_key=request.jwt_key, namespace=facts.setting("namespace", request.namespace),
-        grpc_token=request.grpc_token, event_rpc=request.event_rpc, event_batch=request.event_batch,
-        max_inflight=request.max_inflight, seed=request.seed, run_id=run_id, timeout_s=request.timeout_s)
+        api_url=request.api_url,
+        grpc_addr=request.grpc_addr,
+        phases=tuple(request.plans),
+        users=request.users,
+        auth=request.auth,
+        jwt_key=request.jwt_key,
+        namespace=facts.setting("namespace", request.namespace),
+        grpc_token=request.grpc_token,
+        event_rpc=request.event_rpc,
+        event_batch=request.event_batch,
+        max_inflight=request.max_inflight,
+        seed=request.seed,
+        run_id=run_id,
+        timeout_s=request.timeout_s,
+    )
     progress = LiveProgress(request.profile.name, request.plans, quiet=request.quiet)
-    sampler = ResourceSampler(request.admin_url, request.admin_token, request.database_url, request.redis_url,
-                              request.sample_interval_s, progress.take_sample)
+    sampler = ResourceSampler(
+        request.admin_url,
+        request.admin_token,
+        request.database_url,
+        request.redis_url,
+        request.sample_interval_s,
+        progress.take_sample,
+    )
     await sampler.open()
     stop_sampling = asyncio.Event()
     sampling = asyncio.create_task(sampler.run(stop_sampling))
@@ -124,25 +154,53 @@ async def execute(request: RunRequest) -> dict[str, Any]:
     await sampling
     await sampler.close()
     database = await sampler.database_report()
-    service_view = (window_view(sampler.metrics_before, sampler.metrics_after)
-                    if sampler.metrics_before is not None and sampler.metrics_after is not None else None)
+    service_view = (
+        window_view(sampler.metrics_before, sampler.metrics_after)
+        if sampler.metrics_before is not None and sampler.metrics_after is not None
+        else None
+    )
     report = build_report(
         tool={"name": "challengectl", "version": __version__, "git_sha": git_sha()},
-        run={"id": run_id, "label": request.label or request.profile.name, "notes": request.notes,
-             "profile": request.profile.name, "started_at": started_at, "finished_at": finished_at,
-             "interrupted": interrupted.is_set() or result.interrupted,
-             "options": {**request.options, "phases": [plan.as_option() for plan in request.plans]}},
-        target={"api_url": request.api_url, "grpc_addr": request.grpc_addr,
-                "service_version": facts.config.get("service_version"),
-                "catalog_fingerprint": facts.catalog_fingerprint,
-                "ack_mode": facts.setting("ack_mode"), "settings": facts.settings_excerpt(),
-                "cache_enabled": not _cache_disabled(facts.setting("redis_url"))},
-        environment={"hostname": socket.gethostname(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                     "platform": platform.platform(), "generator_procs": request.procs},
-        plans=request.plans, result=result, thresholds=request.thresholds,
-        resources={"interval_s": request.sample_interval_s, "series": sampler.series,
-                   "summary": sampler.summary(), "capacity": sampler.capacity, "notes": sampler.notes},
-        database=database, service_view=service_view, baseline=request.baseline, notes=facts.notes,
+        run={
+            "id": run_id,
+            "label": request.label or request.profile.name,
+            "notes": request.notes,
+            "profile": request.profile.name,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "interrupted": interrupted.is_set() or result.interrupted,
+            "options": {**request.options, "phases": [plan.as_option() for plan in request.plans]},
+        },
+        target={
+            "api_url": request.api_url,
+            "grpc_addr": request.grpc_addr,
+            "service_version": facts.config.get("service_version"),
+            "catalog_fingerprint": facts.catalog_fingerprint,
+            "ack_mode": facts.setting("ack_mode"),
+            "settings": facts.settings_excerpt(),
+            "cache_enabled": not _cache_disabled(facts.setting("redis_url")),
+        },
+        environment={
+            "hostname": socket.gethostname(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "generator_procs": request.procs,
+        },
+        plans=request.plans,
+        result=result,
+        thresholds=request.thresholds,
+        resources={
+            "interval_s": request.sample_interval_s,
+            "series": sampler.series,
+            "summary": sampler.summary(),
+            "capacity": sampler.capacity,
+            "notes": sampler.notes,
+        },
+        database=database,
+        service_view=service_view,
+        baseline=request.baseline,
+        notes=facts.notes,
     )
     report["findings"] = findings.generate(report)
     return report

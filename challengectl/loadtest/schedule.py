@@ -15,8 +15,10 @@ from challengectl.loadtest.profiles import PhaseDefault, Profile
 
 WARMUP_START_FRACTION = 0.10
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
-_PHASE_OVERRIDE = re.compile(r"^(?P<name>[a-z][a-z0-9_-]*)=(?P<duration>[0-9.hms]+)"
-                             r"(?:@(?P<rate>\d+(?:\.\d+)?)(?:/(?P<event_rate>\d+(?:\.\d+)?))?)?$")
+_PHASE_OVERRIDE = re.compile(
+    r"^(?P<name>[a-z][a-z0-9_-]*)=(?P<duration>[0-9.hms]+)"
+    r"(?:@(?P<rate>\d+(?:\.\d+)?)(?:/(?P<event_rate>\d+(?:\.\d+)?))?)?$"
+)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -45,7 +47,9 @@ def format_duration(seconds: float) -> str:
         return f"{seconds:g} s"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    parts = ([f"{hours} h"] if hours else []) + ([f"{minutes} min"] if minutes else []) + ([f"{secs} s"] if secs else [])
+    parts = (
+        ([f"{hours} h"] if hours else []) + ([f"{minutes} min"] if minutes else []) + ([f"{secs} s"] if secs else [])
+    )
     return " ".join(parts)
 
 
@@ -101,8 +105,12 @@ class PhasePlan:
 
     def as_option(self) -> dict[str, float | str]:
         """The phase as recorded in the report's `run.options.phases`."""
-        entry: dict[str, float | str] = {"name": self.name, "kind": self.kind, "duration_s": self.duration_s,
-                                         "rate": self.rate}
+        entry: dict[str, float | str] = {
+            "name": self.name,
+            "kind": self.kind,
+            "duration_s": self.duration_s,
+            "rate": self.rate,
+        }
         if self.kind == "gameplay":
             entry["event_rate"] = self.event_rate
         if self.ramp_from != 1.0:
@@ -122,8 +130,7 @@ def parse_phase_override(text: str) -> PhaseOverride:
     """`init=20s@200`, `gameplay=40s@150/250` (API / event rate), `gameplay=2m` (duration only)."""
     match = _PHASE_OVERRIDE.match(text.strip())
     if match is None:
-        raise ScheduleError(f"invalid --phase '{text}' (expected NAME=DURATION[@RATE[/EVENT_RATE]], "
-                            "e.g. init=20s@200)")
+        raise ScheduleError(f"invalid --phase '{text}' (expected NAME=DURATION[@RATE[/EVENT_RATE]], e.g. init=20s@200)")
     rate = float(match["rate"]) if match["rate"] else None
     event_rate = float(match["event_rate"]) if match["event_rate"] else None
     return PhaseOverride(match["name"], parse_duration(match["duration"]), rate, event_rate)
@@ -148,8 +155,9 @@ def build_phases(
         defaults["gameplay"] = replace(defaults["gameplay"], duration_s=duration_s)
     for override in overrides:
         if override.name not in defaults:
-            raise ScheduleError(f"unknown phase '{override.name}' in --phase (phases of {profile.name}: "
-                                f"{', '.join(defaults)})")
+            raise ScheduleError(
+                f"unknown phase '{override.name}' in --phase (phases of {profile.name}: {', '.join(defaults)})"
+            )
         current = defaults[override.name]
         rate = override.rate if override.rate is not None else current.rate
         if override.event_rate is not None:
@@ -171,14 +179,32 @@ def build_phases(
     offset, init_base = 0.0, 0
     if warmup_s > 0:
         first = ordered[0]
-        plans.append(PhasePlan("warmup", first.kind, warmup_s, first.rate * scale, first.event_rate * scale,
-                               offset, WARMUP_START_FRACTION, init_base))
+        plans.append(
+            PhasePlan(
+                "warmup",
+                first.kind,
+                warmup_s,
+                first.rate * scale,
+                first.event_rate * scale,
+                offset,
+                WARMUP_START_FRACTION,
+                init_base,
+            )
+        )
         offset += warmup_s
         if first.kind == "init":
             init_base += plans[-1].api.count
     for phase in ordered:
-        plan = PhasePlan(phase.name, phase.kind, phase.duration_s, phase.rate * scale,
-                         phase.event_rate * scale, offset, 1.0, init_base)
+        plan = PhasePlan(
+            phase.name,
+            phase.kind,
+            phase.duration_s,
+            phase.rate * scale,
+            phase.event_rate * scale,
+            offset,
+            1.0,
+            init_base,
+        )
         plans.append(plan)
         offset += phase.duration_s
         if phase.kind == "init":
@@ -191,9 +217,18 @@ def planned_operations(plans: list[PhasePlan], event_batch: int = 1) -> list[dic
     rows = []
     for plan in plans:
         events = plan.events.count if plan.kind == "gameplay" else 0
-        rows.append({"phase": plan.name, "kind": plan.kind, "start_s": plan.offset_s,
-                     "duration_s": plan.duration_s, "rate": plan.rate,
-                     "event_rate": plan.event_rate if plan.kind == "gameplay" else 0,
-                     "ramp_from": plan.rate * plan.ramp_from, "api_operations": plan.api.count,
-                     "events": events, "event_calls": math.ceil(events / max(1, event_batch))})
+        rows.append(
+            {
+                "phase": plan.name,
+                "kind": plan.kind,
+                "start_s": plan.offset_s,
+                "duration_s": plan.duration_s,
+                "rate": plan.rate,
+                "event_rate": plan.event_rate if plan.kind == "gameplay" else 0,
+                "ramp_from": plan.rate * plan.ramp_from,
+                "api_operations": plan.api.count,
+                "events": events,
+                "event_calls": math.ceil(events / max(1, event_batch)),
+            }
+        )
     return rows

@@ -18,10 +18,13 @@ import redis.asyncio as redis_asyncio
 from challengectl.loadtest.servicemetrics import Samples, parse_samples, scalar
 
 APPLICATION_NAME = "challengectl-loadtest"
-_CONNECTIONS_BY_STATE = ("SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity "
-                         "WHERE datname = current_database() GROUP BY 1")
-_TABLE_STATS = ("SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, "
-                "n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname IN ('user_goal_progress', 'reward_grants')")
+_CONNECTIONS_BY_STATE = (
+    "SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity WHERE datname = current_database() GROUP BY 1"
+)
+_TABLE_STATS = (
+    "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, "
+    "n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname IN ('user_goal_progress', 'reward_grants')"
+)
 _TOP_QUERY_LIMIT = 10
 
 
@@ -29,8 +32,15 @@ class ResourceSampler:
     """Samples every source once per `interval_s` until stopped. `generator_stats` supplies the
     generator's own numbers (lag p99, dropped, CPU) for each row."""
 
-    def __init__(self, admin_url: str, admin_token: str | None, database_url: str | None, redis_url: str | None,
-                 interval_s: float, generator_stats: Callable[[], dict[str, Any]] = dict) -> None:
+    def __init__(
+        self,
+        admin_url: str,
+        admin_token: str | None,
+        database_url: str | None,
+        redis_url: str | None,
+        interval_s: float,
+        generator_stats: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
         self.admin_url = admin_url.rstrip("/")
         self.interval_s = interval_s
         self.series: list[dict[str, Any]] = []
@@ -54,8 +64,9 @@ class ResourceSampler:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         if self._database_url:
             try:
-                self._pg = await psycopg.AsyncConnection.connect(self._database_url, autocommit=True,
-                                                                 application_name=APPLICATION_NAME)
+                self._pg = await psycopg.AsyncConnection.connect(
+                    self._database_url, autocommit=True, application_name=APPLICATION_NAME
+                )
                 row = await (await self._pg.execute("SELECT current_setting('max_connections')::int")).fetchone()
                 self.capacity["pg_max_connections"] = row[0] if row else None
                 self.table_stats_before = await self._table_stats()
@@ -94,15 +105,18 @@ class ResourceSampler:
             try:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.sample()
 
     async def sample(self) -> dict[str, Any]:
         row: dict[str, Any] = {"t_s": round(time.monotonic() - self._started, 2)}
         now = time.monotonic()
         metrics_text, pool, cache, buffer = await asyncio.gather(
-            self._get_text("/metrics"), self._get_json("/admin/pool"), self._get_json("/admin/cache"),
-            self._get_json("/admin/buffer"))
+            self._get_text("/metrics"),
+            self._get_json("/admin/pool"),
+            self._get_json("/admin/cache"),
+            self._get_json("/admin/buffer"),
+        )
         if metrics_text is not None:
             samples = parse_samples(metrics_text)
             cpu = scalar(samples, "process_cpu_seconds_total")
@@ -114,19 +128,29 @@ class ResourceSampler:
             db, redis_pool = pool.get("db", {}), pool.get("redis", {})
             self.capacity["db_pool_max"] = db.get("max_size")
             self.capacity["redis_pool_max"] = redis_pool.get("max_connections")
-            row.update({"db_pool_in_use": db.get("in_use"), "db_pool_waiting": db.get("waiting"),
-                        "db_pool_utilisation_pct": _pct(db.get("utilisation")),
-                        "db_pool_peak_in_use": db.get("peak_in_use"),
-                        "db_pool_acquire_timeouts": db.get("acquire_timeouts"),
-                        "redis_pool_in_use": redis_pool.get("in_use")})
+            row.update(
+                {
+                    "db_pool_in_use": db.get("in_use"),
+                    "db_pool_waiting": db.get("waiting"),
+                    "db_pool_utilisation_pct": _pct(db.get("utilisation")),
+                    "db_pool_peak_in_use": db.get("peak_in_use"),
+                    "db_pool_acquire_timeouts": db.get("acquire_timeouts"),
+                    "redis_pool_in_use": redis_pool.get("in_use"),
+                }
+            )
         if cache:
             row["cache_hit_ratio_pct"] = self._ratio("cache", cache.get("hits"), cache.get("misses"))
             row["cache_bypassed"] = cache.get("bypassed")
         if buffer:
             self.capacity["buffer_capacity"] = buffer.get("capacity")
-            row.update({"buffer_entries": buffer.get("entries"), "buffer_peak_entries": buffer.get("peak_entries"),
-                        "flush_ms_p95": buffer.get("flush_ms_p95"),
-                        "buffer_exhausted": (buffer.get("events") or {}).get("exhausted")})
+            row.update(
+                {
+                    "buffer_entries": buffer.get("entries"),
+                    "buffer_peak_entries": buffer.get("peak_entries"),
+                    "flush_ms_p95": buffer.get("flush_ms_p95"),
+                    "buffer_exhausted": (buffer.get("events") or {}).get("exhausted"),
+                }
+            )
         if self._pg is not None:
             row.update(await self._pg_connections())
         if self._redis is not None:
@@ -142,41 +166,72 @@ class ResourceSampler:
             for key, value in row.items():
                 if key != "t_s" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     fields.setdefault(key, []).append(float(value))
-        return {key: {"min": round(min(v), 3), "avg": round(sum(v) / len(v), 3), "max": round(max(v), 3)}
-                for key, v in fields.items()}
+        return {
+            key: {"min": round(min(v), 3), "avg": round(sum(v) / len(v), 3), "max": round(max(v), 3)}
+            for key, v in fields.items()
+        }
 
     async def database_report(self) -> dict[str, Any]:
         """Top statements by total time and the table statistics before/after (docs/loadtest.md#resource-snapshots)."""
         if self._pg is None:
             return {"top_queries": [], "table_stats": {}, "note": "no database access"}
-        report: dict[str, Any] = {"top_queries": await self._top_queries(),
-                                  "table_stats": {"before": self.table_stats_before, "after": await self._table_stats()}}
+        report: dict[str, Any] = {
+            "top_queries": await self._top_queries(),
+            "table_stats": {"before": self.table_stats_before, "after": await self._table_stats()},
+        }
         await self._pg.close()
         return report
 
     async def _top_queries(self) -> list[dict[str, Any]] | str:
         assert self._pg is not None
         try:
-            columns = {row[0] for row in await (await self._pg.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = 'pg_stat_statements'::regclass")).fetchall()}
-            total, mean = (("total_exec_time", "mean_exec_time") if "total_exec_time" in columns
-                           else ("total_time", "mean_time"))
-            rows = await (await self._pg.execute(
-                f"SELECT calls, {total}, {mean}, rows, left(query, 300) FROM pg_stat_statements "
-                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                f"ORDER BY {total} DESC LIMIT {_TOP_QUERY_LIMIT}")).fetchall()
+            columns = {
+                row[0]
+                for row in await (
+                    await self._pg.execute(
+                        "SELECT attname FROM pg_attribute WHERE attrelid = 'pg_stat_statements'::regclass"
+                    )
+                ).fetchall()
+            }
+            total, mean = (
+                ("total_exec_time", "mean_exec_time") if "total_exec_time" in columns else ("total_time", "mean_time")
+            )
+            rows = await (
+                await self._pg.execute(
+                    f"SELECT calls, {total}, {mean}, rows, left(query, 300) FROM pg_stat_statements "
+                    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    f"ORDER BY {total} DESC LIMIT {_TOP_QUERY_LIMIT}"
+                )
+            ).fetchall()
         except psycopg.Error as error:
             self.notes.append(f"pg_stat_statements unavailable: {_first_line(error)}")
             return []
-        return [{"calls": calls, "total_ms": round(total_ms, 1), "mean_ms": round(mean_ms, 3), "rows": nrows,
-                 "query": " ".join(query.split())} for calls, total_ms, mean_ms, nrows, query in rows]
+        return [
+            {
+                "calls": calls,
+                "total_ms": round(total_ms, 1),
+                "mean_ms": round(mean_ms, 3),
+                "rows": nrows,
+                "query": " ".join(query.split()),
+            }
+            for calls, total_ms, mean_ms, nrows, query in rows
+        ]
 
     async def _table_stats(self) -> dict[str, dict[str, int]]:
         assert self._pg is not None
         rows = await (await self._pg.execute(_TABLE_STATS)).fetchall()
-        names = ("seq_scan", "seq_tup_read", "idx_scan", "n_tup_ins", "n_tup_upd", "n_tup_hot_upd", "n_tup_del",
-                 "n_live_tup", "n_dead_tup")
-        return {row[0]: {name: int(value or 0) for name, value in zip(names, row[1:])} for row in rows}
+        names = (
+            "seq_scan",
+            "seq_tup_read",
+            "idx_scan",
+            "n_tup_ins",
+            "n_tup_upd",
+            "n_tup_hot_upd",
+            "n_tup_del",
+            "n_live_tup",
+            "n_dead_tup",
+        )
+        return {row[0]: {name: int(value or 0) for name, value in zip(names, row[1:], strict=False)} for row in rows}
 
     async def _pg_connections(self) -> dict[str, Any]:
         assert self._pg is not None
@@ -185,9 +240,12 @@ class ResourceSampler:
         except psycopg.Error as error:
             return {"pg_error": _first_line(error)}
         by_state = {state: count for state, count in rows}
-        return {"pg_connections_total": sum(by_state.values()), "pg_connections_active": by_state.get("active", 0),
-                "pg_connections_idle": by_state.get("idle", 0),
-                "pg_connections_idle_in_transaction": by_state.get("idle in transaction", 0)}
+        return {
+            "pg_connections_total": sum(by_state.values()),
+            "pg_connections_active": by_state.get("active", 0),
+            "pg_connections_idle": by_state.get("idle", 0),
+            "pg_connections_idle_in_transaction": by_state.get("idle in transaction", 0),
+        }
 
     async def _redis_stats(self, now: float) -> dict[str, Any]:
         assert self._redis is not None
@@ -195,8 +253,10 @@ class ResourceSampler:
             stats = await self._redis.info("stats")
         except Exception as error:  # a Redis outage mid-run is recorded, not fatal
             return {"redis_error": _first_line(error)}
-        return {"redis_hit_ratio_pct": self._ratio("redis", stats.get("keyspace_hits"), stats.get("keyspace_misses")),
-                "redis_ops_per_s": self._rate("redis_ops", stats.get("total_commands_processed"), now, 1.0)}
+        return {
+            "redis_hit_ratio_pct": self._ratio("redis", stats.get("keyspace_hits"), stats.get("keyspace_misses")),
+            "redis_ops_per_s": self._rate("redis_ops", stats.get("total_commands_processed"), now, 1.0),
+        }
 
     def _rate(self, key: str, value: float | None, now: float, factor: float) -> float | None:
         """Per-second rate of a cumulative counter since the previous sample."""
@@ -230,7 +290,7 @@ class ResourceSampler:
                     self._note_once(f"admin {path} answered HTTP {response.status}")
                     return None
                 return await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
             self._note_once(f"admin {path} unreachable: {_first_line(error) or type(error).__name__}")
             return None
 
@@ -242,7 +302,7 @@ class ResourceSampler:
                     self._note_once(f"admin {path} answered HTTP {response.status}")
                     return None
                 return await response.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
             self._note_once(f"admin {path} unreachable: {_first_line(error) or type(error).__name__}")
             return None
 

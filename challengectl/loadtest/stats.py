@@ -83,13 +83,21 @@ class EndpointStats:
         self.failures.update(other.failures)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"latency_hdr": encode(self.latency), "service_hdr": encode(self.service), "ok": self.ok,
-                "failures": dict(self.failures)}
+        return {
+            "latency_hdr": encode(self.latency),
+            "service_hdr": encode(self.service),
+            "ok": self.ok,
+            "failures": dict(self.failures),
+        }
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> EndpointStats:
-        return cls(decode(wire["latency_hdr"]), decode(wire["service_hdr"]), int(wire["ok"]),
-                   Counter({k: int(v) for k, v in wire["failures"].items()}))
+        return cls(
+            decode(wire["latency_hdr"]),
+            decode(wire["service_hdr"]),
+            int(wire["ok"]),
+            Counter({k: int(v) for k, v in wire["failures"].items()}),
+        )
 
     def summary(self) -> dict[str, Any]:
         """The report entry of docs/loadtest.md#json-report without the target (count, ok, success, failures, latencies)."""
@@ -110,5 +118,3 @@ def merge_wire_stats(items: list[dict[str, Any]]) -> EndpointStats:
     for wire in items:
         merged.merge(EndpointStats.from_wire(wire))
     return merged
-
-

@@ -14,9 +14,15 @@ from challengectl.loadtest.profiles import DEFAULT_SUCCESS_MIN_PCT, EVENT_LABELS
 STATS = ("p50", "p90", "p95", "p99", "avg", "max", "success")
 ALL_ENDPOINTS = "*"
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
-_EXPRESSION = re.compile(r"^\s*(?:(?P<phase>[a-z][a-z0-9_-]*)/)?(?P<label>\*|[a-z][a-z0-9_]*)\s*:\s*"
-                         r"(?P<stat>[a-z0-9]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|%)?\s*$")
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_EXPRESSION = re.compile(
+    r"^\s*(?:(?P<phase>[a-z][a-z0-9_-]*)/)?(?P<label>\*|[a-z][a-z0-9_]*)\s*:\s*"
+    r"(?P<stat>[a-z0-9]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|%)?\s*$"
+)
 
 
 class ThresholdError(ValueError):
@@ -43,8 +49,10 @@ def parse_threshold(text: str) -> Threshold:
     """Parse `[PHASE/]LABEL:STAT OP VALUE[UNIT]`; latency units are ms (default) or s, success uses %."""
     match = _EXPRESSION.match(text)
     if match is None:
-        raise ThresholdError(f"invalid threshold '{text}' (syntax: [PHASE/]LABEL:STAT OP VALUE[UNIT], "
-                             "e.g. initialize_new:p95<50ms or *:success>99.95%)")
+        raise ThresholdError(
+            f"invalid threshold '{text}' (syntax: [PHASE/]LABEL:STAT OP VALUE[UNIT], "
+            "e.g. initialize_new:p95<50ms or *:success>99.95%)"
+        )
     stat, unit, value = match["stat"], match["unit"], float(match["value"])
     if stat not in STATS:
         raise ThresholdError(f"unknown statistic '{stat}' in '{text}' (one of {', '.join(STATS)})")
@@ -60,14 +68,18 @@ def parse_threshold(text: str) -> Threshold:
 
 def default_thresholds(success_min: float = DEFAULT_SUCCESS_MIN_PCT) -> list[Threshold]:
     """The profile's targets: p95 per endpoint (events through the aggregate `event`) and overall success."""
-    defaults = [parse_threshold(f"{label}:p95<{target:g}ms") for label, target in TARGET_P95_MS.items()
-                if label not in EVENT_LABELS]
+    defaults = [
+        parse_threshold(f"{label}:p95<{target:g}ms")
+        for label, target in TARGET_P95_MS.items()
+        if label not in EVENT_LABELS
+    ]
     defaults.append(parse_threshold(f"*:success>{success_min:g}%"))
     return defaults
 
 
-def effective_thresholds(explicit: Iterable[Threshold], use_defaults: bool = True,
-                         success_min: float = DEFAULT_SUCCESS_MIN_PCT) -> list[Threshold]:
+def effective_thresholds(
+    explicit: Iterable[Threshold], use_defaults: bool = True, success_min: float = DEFAULT_SUCCESS_MIN_PCT
+) -> list[Threshold]:
     """Defaults (unless disabled) with any default replaced by an explicit one of the same phase, label
     and statistic; explicit expressions follow in the order given."""
     explicit = list(explicit)
@@ -99,8 +111,17 @@ def evaluate(report: dict[str, Any], thresholds: Iterable[Threshold]) -> list[di
     for threshold in thresholds:
         observed = observed_value(report, threshold)
         passed = None if observed is None else _OPERATORS[threshold.op](observed, threshold.value)
-        results.append({"expr": threshold.expr, "phase": threshold.phase, "label": threshold.label,
-                        "stat": threshold.stat, "op": threshold.op, "value": threshold.value,
-                        "unit": "%" if threshold.stat == "success" else "ms",
-                        "observed": observed, "pass": passed})
+        results.append(
+            {
+                "expr": threshold.expr,
+                "phase": threshold.phase,
+                "label": threshold.label,
+                "stat": threshold.stat,
+                "op": threshold.op,
+                "value": threshold.value,
+                "unit": "%" if threshold.stat == "success" else "ms",
+                "observed": observed,
+                "pass": passed,
+            }
+        )
     return results

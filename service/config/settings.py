@@ -377,9 +377,7 @@ def load_settings(
     config_given = early("config_file")
     config_path = Path(str(config_given[0])).expanduser() if config_given else default_config_path(environ)
     document = _read_config_file(config_path, explicit=config_given is not None)
-    profile_given = early("profile") or (
-        (document["profile"], "file") if "profile" in document else None
-    )
+    profile_given = early("profile") or ((document["profile"], "file") if "profile" in document else None)
     profile = str(profile_given[0]) if profile_given else None
     file_layer = _file_layer(document, profile, config_path) if document else {}
 
@@ -414,22 +412,68 @@ def is_loopback(host: str) -> bool:
 
 
 _STARTUP_CHECKS: tuple[tuple[str, Callable[[Settings, bool], str | None]], ...] = (
-    ("base_path", lambda s, e: None if s.base_path.startswith("/") and not s.base_path.endswith("/")
-        else f"'{s.base_path}' must start with '/' and must not end with '/'"),
-    ("auth", lambda s, e: None if s.auth != "none" or is_loopback(s.http_host)
-        else f"auth=none requires a loopback http_host, got '{s.http_host}'"),
-    ("admin_token", lambda s, e: None if s.admin_token or is_loopback(s.admin_host)
-        else f"admin_token is required when admin_host '{s.admin_host}' is not a loopback address"),
-    ("reward_webhook_url", lambda s, e: None if s.reward_mode != "webhook" or s.reward_webhook_url
-        else "reward_mode=webhook requires reward_webhook_url"),
-    ("auth", lambda s, e: None if s.auth != "jwt" or e or s.jwt_secret or s.jwt_secret_file
-        or s.jwt_jwks_url else "auth=jwt needs a key source: jwt_secret, jwt_secret_file or jwt_jwks_url"),
-    ("flush_workers", lambda s, e: None if 1 <= s.flush_workers <= 32
-        else f"flush_workers must be between 1 and 32, got {s.flush_workers}"),
-    ("redis_key_prefix", lambda s, e: None if "{" not in s.redis_key_prefix and "}" not in s.redis_key_prefix
-        and s.redis_key_prefix else "redis_key_prefix must be non-empty and must not contain '{' or '}'"),
-    ("db_pool_min", lambda s, e: None if s.db_pool_min <= s.db_pool_max
-        else f"db_pool_min ({s.db_pool_min}) is above db_pool_max ({s.db_pool_max})"),
+    (
+        "base_path",
+        lambda s, e: (
+            None
+            if s.base_path.startswith("/") and not s.base_path.endswith("/")
+            else f"'{s.base_path}' must start with '/' and must not end with '/'"
+        ),
+    ),
+    (
+        "auth",
+        lambda s, e: (
+            None
+            if s.auth != "none" or is_loopback(s.http_host)
+            else f"auth=none requires a loopback http_host, got '{s.http_host}'"
+        ),
+    ),
+    (
+        "admin_token",
+        lambda s, e: (
+            None
+            if s.admin_token or is_loopback(s.admin_host)
+            else f"admin_token is required when admin_host '{s.admin_host}' is not a loopback address"
+        ),
+    ),
+    (
+        "reward_webhook_url",
+        lambda s, e: (
+            None
+            if s.reward_mode != "webhook" or s.reward_webhook_url
+            else "reward_mode=webhook requires reward_webhook_url"
+        ),
+    ),
+    (
+        "auth",
+        lambda s, e: (
+            None
+            if s.auth != "jwt" or e or s.jwt_secret or s.jwt_secret_file or s.jwt_jwks_url
+            else "auth=jwt needs a key source: jwt_secret, jwt_secret_file or jwt_jwks_url"
+        ),
+    ),
+    (
+        "flush_workers",
+        lambda s, e: (
+            None if 1 <= s.flush_workers <= 32 else f"flush_workers must be between 1 and 32, got {s.flush_workers}"
+        ),
+    ),
+    (
+        "redis_key_prefix",
+        lambda s, e: (
+            None
+            if "{" not in s.redis_key_prefix and "}" not in s.redis_key_prefix and s.redis_key_prefix
+            else "redis_key_prefix must be non-empty and must not contain '{' or '}'"
+        ),
+    ),
+    (
+        "db_pool_min",
+        lambda s, e: (
+            None
+            if s.db_pool_min <= s.db_pool_max
+            else f"db_pool_min ({s.db_pool_min}) is above db_pool_max ({s.db_pool_max})"
+        ),
+    ),
 )
 
 

@@ -155,9 +155,7 @@ def _decode_json(data: bytes) -> Any:
     try:
         return json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
-        raise CatalogError(
-            [f"invalid JSON in catalog: {exc.msg} (line {exc.lineno}, column {exc.colno})"]
-        ) from None
+        raise CatalogError([f"invalid JSON in catalog: {exc.msg} (line {exc.lineno}, column {exc.colno})"]) from None
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -165,8 +163,15 @@ def _decode_json(data: bytes) -> Any:
 _TOP_KEYS = ("challenges",)
 _CHALLENGE_KEYS = ("challengeId", "name", "description", "goals")
 _GOAL_KEYS = (
-    "goalId", "name", "description", "eventSource", "defaultAssigned",
-    "requirement", "reward", "prerequisites", "rotation",
+    "goalId",
+    "name",
+    "description",
+    "eventSource",
+    "defaultAssigned",
+    "requirement",
+    "reward",
+    "prerequisites",
+    "rotation",
 )
 _LEGACY_GOAL_KEYS = ("type", "daily")
 _REQUIREMENT_KEYS = ("statCode", "operator", "targetValue", "progressMode")
@@ -264,8 +269,12 @@ class _CatalogReader:
         return _empty(kind), False
 
     def _warn_unknown_keys(
-        self, obj: Mapping[str, Any], known: tuple[str, ...], location: str,
-        key_path: str = "", legacy: tuple[str, ...] = (),
+        self,
+        obj: Mapping[str, Any],
+        known: tuple[str, ...],
+        location: str,
+        key_path: str = "",
+        legacy: tuple[str, ...] = (),
     ) -> None:
         by_lower = {key.lower(): key for key in known}
         for key in obj:
@@ -501,8 +510,11 @@ def _cycle_path(start: str, members: set[str], graph: dict[str, list[str]]) -> l
             prerequisite
             for prerequisite in graph[current]
             if prerequisite == start
-            or (prerequisite in members and prerequisite not in visited
-                and _reaches(prerequisite, start, members, visited, graph))
+            or (
+                prerequisite in members
+                and prerequisite not in visited
+                and _reaches(prerequisite, start, members, visited, graph)
+            )
         )
         path.append(step)
         if step == start:

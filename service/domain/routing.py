@@ -37,15 +37,17 @@ class GoalRouting:
         for goal in catalog.goals:
             source = SOURCE_LOGIN if goal.event_source == "login" else stat_source(goal.requirement.stat_code)
             rotation = goal.rotation
-            by_source.setdefault(source, []).append(_GoalDefinition(
-                goal_id=goal.goal_id,
-                source=source,
-                progress_mode=goal.requirement.progress_mode,
-                target=goal.requirement.target_value,
-                schedule=rotation.schedule if rotation is not None else None,
-                reset_progress=rotation.reset_progress if rotation is not None else False,
-                allow_reselection=rotation.allow_reselection if rotation is not None else False,
-            ))
+            by_source.setdefault(source, []).append(
+                _GoalDefinition(
+                    goal_id=goal.goal_id,
+                    source=source,
+                    progress_mode=goal.requirement.progress_mode,
+                    target=goal.requirement.target_value,
+                    schedule=rotation.schedule if rotation is not None else None,
+                    reset_progress=rotation.reset_progress if rotation is not None else False,
+                    allow_reselection=rotation.allow_reselection if rotation is not None else False,
+                )
+            )
         self._by_source = {source: tuple(goals) for source, goals in by_source.items()}
 
     def routes(self, source: str) -> bool:
@@ -76,7 +78,9 @@ class GoalRouting:
                     period = boundaries.get(goal.schedule)
                     if period is None:
                         period = boundaries[goal.schedule] = (
-                            period_start(goal.schedule, now), next_boundary(goal.schedule, now))
+                            period_start(goal.schedule, now),
+                            next_boundary(goal.schedule, now),
+                        )
                     starts.append(period[0])
                     nexts.append(period[1])
                 resets.append(goal.reset_progress)

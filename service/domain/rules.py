@@ -91,9 +91,7 @@ def utc_now() -> datetime:
 
 def _as_utc(t: datetime) -> datetime:
     if t.tzinfo is None:
-        raise ValueError(
-            f"naive datetime {t.isoformat()} given where a timezone-aware UTC instant is required"
-        )
+        raise ValueError(f"naive datetime {t.isoformat()} given where a timezone-aware UTC instant is required")
     return t.astimezone(UTC)
 
 
@@ -205,7 +203,8 @@ def claim_guard_rotated(goal: Goal, row: ProgressRow, t: datetime) -> bool:
 
 
 def split_active_view(
-    fetched: Iterable[ProgressRow], goals_by_id: Mapping[str, Goal],
+    fetched: Iterable[ProgressRow],
+    goals_by_id: Mapping[str, Goal],
 ) -> tuple[list[ProgressRow], list[ProgressRow]]:
     """The rows of the `active_view` statement, split into the active rows and the inactive rows of
     prerequisites that an active goal needs (what the cached view holds, docs/cache.md#entries-and-tokens)."""
@@ -213,7 +212,8 @@ def split_active_view(
     rows = [row for row in fetched if row.is_active]
     needed = {
         prerequisite
-        for row in rows if (goal := goals_by_id.get(row.goal_id)) is not None
+        for row in rows
+        if (goal := goals_by_id.get(row.goal_id)) is not None
         for prerequisite in goal.prerequisites
     }
     return rows, [row for row in fetched if not row.is_active and row.goal_id in needed]
@@ -233,9 +233,7 @@ def is_locked(
         prerequisite = goals_by_id.get(prerequisite_id)
         if prerequisite is None:
             # The catalog loader rejects unknown prerequisites (V25); reaching this is a wiring bug.
-            raise KeyError(
-                f"prerequisite {prerequisite_id!r} of goal {goal.goal_id!r} is missing from goals_by_id"
-            )
+            raise KeyError(f"prerequisite {prerequisite_id!r} of goal {goal.goal_id!r} is missing from goals_by_id")
         if view(prerequisite, row, t).status not in (STATUS_COMPLETED, STATUS_CLAIMED):
             return True
     return False

@@ -32,9 +32,7 @@ def proto_files(root: Path = PROTO_ROOT) -> list[Path]:
 
 def generated_files() -> list[Path]:
     """The module files (paths relative to the output directory) that the protos generate."""
-    return sorted(
-        proto.with_name(proto.stem + suffix) for proto in proto_files() for suffix in GENERATED_SUFFIXES
-    )
+    return sorted(proto.with_name(proto.stem + suffix) for proto in proto_files() for suffix in GENERATED_SUFFIXES)
 
 
 def _module_name(relative_path: Path) -> str:
@@ -46,8 +44,7 @@ def _relative_import(importer: str, target_package: str) -> str:
     importer_parts = importer.split(".")[:-1]
     target_parts = target_package.split(".")
     common = 0
-    while (common < min(len(importer_parts), len(target_parts))
-           and importer_parts[common] == target_parts[common]):
+    while common < min(len(importer_parts), len(target_parts)) and importer_parts[common] == target_parts[common]:
         common += 1
     dots = "." * (len(importer_parts) - common + 1)
     return dots + ".".join(target_parts[common:])
@@ -55,6 +52,7 @@ def _relative_import(importer: str, target_package: str) -> str:
 
 def make_imports_relative(source: str, importer: str, local_modules: set[str]) -> str:
     """Rewrite `from <pkg> import <mod>` lines that name one of local_modules to relative imports."""
+
     def replace(match: re.Match[str]) -> str:
         package, module = match.group("package"), match.group("module")
         if f"{package}.{module}" not in local_modules:
@@ -105,8 +103,9 @@ def generate(out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=PROTO_ROOT,
-                        help="directory to write the modules into (default: next to the protos)")
+    parser.add_argument(
+        "--out", type=Path, default=PROTO_ROOT, help="directory to write the modules into (default: next to the protos)"
+    )
     args = parser.parse_args(argv)
     for path in generate(args.out.resolve()):
         print(path)

@@ -16,34 +16,34 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from service import __version__
+from service.config.resources import example_catalog_path
+from service.config.settings import Settings, SettingsError, is_loopback, validate_for_serve
+from service.domain.catalog import Catalog, CatalogError, load_catalog
 from service.runtime import event_loop
-from service.transport.admin import combine_cache_stats, combine_pool_stats, create_admin_app, process_stats
-from service.transport.auth import AuthConfig, Authenticator, auth_config_from_settings, ensure_embedded_secret
+from service.runtime.embedded import EmbeddedServers, connection_help
+from service.runtime.gc_policy import freeze_startup_objects
+from service.runtime.workers import SharedState, WorkerFailure, WorkerPool, WorkerSpec, runtime_directory, serve_control
 from service.storage.cache import Cache, open_redis
 from service.storage.cache import ping as ping_redis
-from service.domain.catalog import Catalog, CatalogError, load_catalog
-from service.runtime.embedded import EmbeddedServers, connection_help
-from service.usecases.events import IngestConfig, Ingestor
-from service.runtime.gc_policy import freeze_startup_objects
+from service.storage.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
+from service.storage.registry import RegistryError, load_registry
+from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
+from service.telemetry.metrics import BUILD_INFO, multiprocess_registry
+from service.transport.admin import combine_cache_stats, combine_pool_stats, create_admin_app, process_stats
+from service.transport.auth import AuthConfig, Authenticator, auth_config_from_settings, ensure_embedded_secret
 from service.transport.grpc_api import create_grpc_server
 from service.transport.health import Readiness
 from service.transport.http_api import create_http_app, player_routes
-from service.telemetry.metrics import BUILD_INFO, multiprocess_registry
-from service.storage.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
+from service.usecases.events import IngestConfig, Ingestor
 from service.usecases.players import Players
-from service.storage.registry import RegistryError, load_registry
-from service.config.resources import example_catalog_path
 from service.usecases.rewards import RewardConfig, RewardGranter
-from service.config.settings import Settings, SettingsError, is_loopback, validate_for_serve
-from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
-from service.runtime.workers import SharedState, WorkerFailure, WorkerPool, WorkerSpec, runtime_directory, serve_control
 
 log = logging.getLogger("challengectl.serve")
 
@@ -116,8 +116,10 @@ def load_service_catalog(settings: Settings) -> Catalog:
         details = "\n".join(f"  {error}" for error in exc.errors)
         hint = "fix the catalog, then check it with 'challengectl serve --check'"
         if settings.sources["catalog_path"] == "default" and not path.exists():
-            hint = (f"pass --catalog FILE or set CHALLENGE_CATALOG_PATH (the bundled example "
-                    f"{example_catalog_path()} is used by default only with the embedded database)")
+            hint = (
+                f"pass --catalog FILE or set CHALLENGE_CATALOG_PATH (the bundled example "
+                f"{example_catalog_path()} is used by default only with the embedded database)"
+            )
         raise StartupError(f"invalid catalog ({len(exc.errors)} error(s)):\n{details}", 2, hint) from None
     for warning in catalog.warnings:
         log.warning("catalog: %s", warning)
@@ -140,8 +142,11 @@ def start_dependencies(settings: Settings) -> Dependencies:
         urls = deps.servers.start()
     except Exception as exc:
         deps.stop()
-        raise StartupError(f"cannot start the embedded servers in {data_dir}: {exc}", 5,
-                           "check the data dir, or set DATABASE_URL and REDIS_URL") from None
+        raise StartupError(
+            f"cannot start the embedded servers in {data_dir}: {exc}",
+            5,
+            "check the data dir, or set DATABASE_URL and REDIS_URL",
+        ) from None
     if deps.embedded_postgres:
         deps.database_url = urls.database_url
     if deps.embedded_redis:
@@ -168,8 +173,11 @@ def wait_for_database(database_url: str, timeout_s: float) -> None:
             if exc.exit_code != 5:
                 return  # reachable; the migration step reports the problem itself
             if time.monotonic() >= deadline:
-                raise StartupError(f"PostgreSQL unreachable after {timeout_s:.0f} s: {exc}", 5,
-                                   "check DATABASE_URL and that PostgreSQL is running") from None
+                raise StartupError(
+                    f"PostgreSQL unreachable after {timeout_s:.0f} s: {exc}",
+                    5,
+                    "check DATABASE_URL and that PostgreSQL is running",
+                ) from None
             time.sleep(0.5)
 
 
@@ -182,8 +190,10 @@ def prepare_schema(settings: Settings, database_url: str) -> None:
         else:
             status = migration_status(database_url)
             if status.pending:
-                log.error("pending migrations with migrate=off: %s; the service stays not ready",
-                          ", ".join(f"{m.version:04d}" for m in status.pending))
+                log.error(
+                    "pending migrations with migrate=off: %s; the service stays not ready",
+                    ", ".join(f"{m.version:04d}" for m in status.pending),
+                )
     except MigrationError as exc:
         raise StartupError(str(exc), exc.exit_code, "see 'challengectl db migrate --status'") from None
 
@@ -205,8 +215,11 @@ def bind_socket(host: str, port: int, what: str, reuse_port: bool = False, liste
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot listen on {host}:{port} for the {what}: {exc.strerror}", 1,
-                           f"another process uses the port; pick another with --{_port_flag(what)}") from None
+        raise StartupError(
+            f"cannot listen on {host}:{port} for the {what}: {exc.strerror}",
+            1,
+            f"another process uses the port; pick another with --{_port_flag(what)}",
+        ) from None
     if listen:
         sock.listen(2048)
     sock.set_inheritable(True)
@@ -227,8 +240,14 @@ class _Server(uvicorn.Server):
 
 def _uvicorn(app: Any) -> _Server:
     config = uvicorn.Config(
-        app, lifespan="off", log_config=None, access_log=False, server_header=False,
-        date_header=False, http="httptools", timeout_graceful_shutdown=SERVER_STOP_GRACE_S,
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        http="httptools",
+        timeout_graceful_shutdown=SERVER_STOP_GRACE_S,
     )
     return _Server(config)
 
@@ -241,7 +260,7 @@ class Service:
     catalog: Catalog
     deps: Dependencies
     auth_config: AuthConfig
-    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     schema_version: int = 0
     unflushed: int = 0  # buffered entries left when the shutdown drain timed out (exit status 1)
     runtime_dir: Path | None = None  # with workers: their metrics files and control sockets
@@ -285,8 +304,9 @@ class Service:
         ingestor = Ingestor(IngestConfig.from_settings(settings), catalog, flusher_store, queries, cache)
         await ingestor.start()
 
-        readiness = _readiness(settings, store, redis, self.schema_version,
-                               flusher_failing_since=lambda: ingestor.flusher_failing_since)
+        readiness = _readiness(
+            settings, store, redis, self.schema_version, flusher_failing_since=lambda: ingestor.flusher_failing_since
+        )
         BUILD_INFO.labels(__version__, catalog.fingerprint, settings.ack_mode).set(1)
         servers: list[_Server] = []
         tasks: list[asyncio.Task] = []
@@ -300,19 +320,28 @@ class Service:
         else:
             # Held (bound, never listening) for the whole run: a port taken by another program is a
             # startup error here, and no other program can take it while workers restart.
-            port_guard = bind_socket(settings.http_host, settings.http_port, "player API", reuse_port=True, listen=False)
+            port_guard = bind_socket(
+                settings.http_host, settings.http_port, "player API", reuse_port=True, listen=False
+            )
             resources.callback(port_guard.close)
-            workers = WorkerPool(settings.workers, self.runtime_dir, self._worker_spec,
-                                 lambda: ingestor.flusher_failing_since)
+            workers = WorkerPool(
+                settings.workers, self.runtime_dir, self._worker_spec, lambda: ingestor.flusher_failing_since
+            )
             self.workers = workers
         admin_socket = bind_socket(settings.admin_host, settings.admin_port, "admin API")
         admin_server = _uvicorn(self._admin_app(readiness, store, cache, ingestor, workers))
         servers.append(admin_server)
         try:
             grpc_server, grpc_health = create_grpc_server(
-                settings.grpc_host, settings.grpc_port, settings.grpc_max_message_bytes,
-                settings.grpc_max_concurrent_rpcs, ingestor=ingestor, ingest_max_batch=settings.ingest_max_batch,
-                ack_mode=settings.ack_mode, grpc_token=settings.grpc_token)
+                settings.grpc_host,
+                settings.grpc_port,
+                settings.grpc_max_message_bytes,
+                settings.grpc_max_concurrent_rpcs,
+                ingestor=ingestor,
+                ingest_max_batch=settings.ingest_max_batch,
+                ack_mode=settings.ack_mode,
+                grpc_token=settings.grpc_token,
+            )
         except OSError as exc:
             raise StartupError(str(exc), 1, "pick another port with --grpc-port") from None
         await grpc_server.start()
@@ -341,12 +370,15 @@ class Service:
             self.unflushed = await ingestor.drain_and_stop(settings.shutdown_timeout_s)
 
     def _worker_spec(self, index: int, control_path: Path) -> WorkerSpec:
-        return WorkerSpec(index, self.settings, self.deps.database_url, self.deps.redis_url, self.auth_config,
-                          control_path)
+        return WorkerSpec(
+            index, self.settings, self.deps.database_url, self.deps.redis_url, self.auth_config, control_path
+        )
 
-    def _admin_app(self, readiness: Readiness, store: Store, cache: Cache, ingestor: Ingestor,
-                   workers: WorkerPool | None) -> Any:
+    def _admin_app(
+        self, readiness: Readiness, store: Store, cache: Cache, ingestor: Ingestor, workers: WorkerPool | None
+    ) -> Any:
         """The admin app; with workers, pool and cache numbers and `/metrics` cover every process."""
+
         def reset_own_peaks() -> None:
             store.reset_peaks()
             ingestor.reset_peaks()
@@ -397,17 +429,23 @@ class Service:
 def _flusher_pool_config(settings: Settings) -> PoolConfig:
     """One connection per flush partition: each partition flushes sequentially (docs/events.md#buffer-and-merge)."""
     return PoolConfig(
-        min_size=1, max_size=settings.flush_workers, timeout_ms=settings.db_pool_timeout_ms,
+        min_size=1,
+        max_size=settings.flush_workers,
+        timeout_ms=settings.db_pool_timeout_ms,
         statement_timeout_ms=settings.db_statement_timeout_ms,
-        max_lifetime_s=settings.db_conn_max_lifetime_s, max_idle_s=settings.db_conn_max_idle_s,
+        max_lifetime_s=settings.db_conn_max_lifetime_s,
+        max_idle_s=settings.db_conn_max_idle_s,
     )
 
 
 def _pool_config(settings: Settings) -> PoolConfig:
     return PoolConfig(
-        min_size=settings.db_pool_min, max_size=settings.db_pool_max,
-        timeout_ms=settings.db_pool_timeout_ms, statement_timeout_ms=settings.db_statement_timeout_ms,
-        max_lifetime_s=settings.db_conn_max_lifetime_s, max_idle_s=settings.db_conn_max_idle_s,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        timeout_ms=settings.db_pool_timeout_ms,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+        max_lifetime_s=settings.db_conn_max_lifetime_s,
+        max_idle_s=settings.db_conn_max_idle_s,
     )
 
 
@@ -422,35 +460,57 @@ async def _open_store(database_url: str, settings: Settings, resources: contextl
     return store
 
 
-async def _open_cache(redis_url: str | None, settings: Settings, catalog: Catalog,
-                      resources: contextlib.AsyncExitStack) -> tuple[Any, Cache]:
+async def _open_cache(
+    redis_url: str | None, settings: Settings, catalog: Catalog, resources: contextlib.AsyncExitStack
+) -> tuple[Any, Cache]:
     """This process's Redis client (None with the cache disabled) and the Cache on it, started."""
     redis = None
     if redis_url:
         redis = open_redis(redis_url, settings.redis_pool_max, settings.redis_timeout_ms)
         resources.push_async_callback(redis.aclose)
-    cache = Cache(redis, settings.redis_key_prefix, catalog.fingerprint, settings.cache_ttl_s,
-                  settings.synced_ttl_s, settings.cache_journal_max, settings.redis_probe_interval_ms)
+    cache = Cache(
+        redis,
+        settings.redis_key_prefix,
+        catalog.fingerprint,
+        settings.cache_ttl_s,
+        settings.synced_ttl_s,
+        settings.cache_journal_max,
+        settings.redis_probe_interval_ms,
+    )
     cache.start()
     resources.push_async_callback(cache.stop)
     return redis, cache
 
 
-async def _player_routes(settings: Settings, catalog: Catalog, store: Store, cache: Cache, queries: Queries,
-                         auth_config: AuthConfig, resources: contextlib.AsyncExitStack) -> list[Any]:
+async def _player_routes(
+    settings: Settings,
+    catalog: Catalog,
+    store: Store,
+    cache: Cache,
+    queries: Queries,
+    auth_config: AuthConfig,
+    resources: contextlib.AsyncExitStack,
+) -> list[Any]:
     """The player API of this process: authentication, rewards and the Players service behind the routes."""
     authenticator = Authenticator(auth_config)
     resources.push_async_callback(authenticator.close)
     await authenticator.start()
     rewards = RewardGranter(RewardConfig.from_settings(settings))
     resources.push_async_callback(rewards.close)
-    players = Players(catalog, store, queries, cache, rewards, settings.namespace,
-                      settings.reward_mode, settings.claim_timeout_ms)
+    players = Players(
+        catalog, store, queries, cache, rewards, settings.namespace, settings.reward_mode, settings.claim_timeout_ms
+    )
     return player_routes(players, authenticator, catalog, settings.base_path, settings.http_max_body_bytes)
 
 
-def _readiness(settings: Settings, store: Store, redis: Any, schema_version: int,
-               flusher_failing_since: Any, main_shutting_down: Any = lambda: False) -> Readiness:
+def _readiness(
+    settings: Settings,
+    store: Store,
+    redis: Any,
+    schema_version: int,
+    flusher_failing_since: Any,
+    main_shutting_down: Any = lambda: False,
+) -> Readiness:
     return Readiness(
         ping_database=store.ping,
         read_schema_version=store.schema_version,
@@ -462,8 +522,7 @@ def _readiness(settings: Settings, store: Store, redis: Any, schema_version: int
     )
 
 
-async def run_http_worker(spec: WorkerSpec, state: SharedState, stop: asyncio.Event,
-                          report_ready: Any) -> None:
+async def run_http_worker(spec: WorkerSpec, state: SharedState, stop: asyncio.Event, report_ready: Any) -> None:
     """One HTTP worker process (docs/http-api.md#general-rules): its own catalog, pools and SO_REUSEPORT socket, serving every
     route of the player port until `stop`; its pool and cache numbers on the control socket for the
     admin port. `/readyz` includes the main process's flusher and shutdown state (`state`)."""
@@ -478,13 +537,17 @@ async def run_http_worker(spec: WorkerSpec, state: SharedState, stop: asyncio.Ev
         store = await _open_store(spec.database_url, settings, resources)
         redis, cache = await _open_cache(spec.redis_url, settings, catalog, resources)
         routes = await _player_routes(settings, catalog, store, cache, queries, spec.auth_config, resources)
-        readiness = _readiness(settings, store, redis, schema_version, state.flusher_failing_since,
-                               state.main_shutting_down)
+        readiness = _readiness(
+            settings, store, redis, schema_version, state.flusher_failing_since, state.main_shutting_down
+        )
         BUILD_INFO.labels(__version__, catalog.fingerprint, settings.ack_mode).set(1)
-        control = await serve_control(spec.control_path, {
-            "stats": lambda: process_stats(store, cache),
-            "reset-peaks": store.reset_peaks,
-        })
+        control = await serve_control(
+            spec.control_path,
+            {
+                "stats": lambda: process_stats(store, cache),
+                "reset-peaks": store.reset_peaks,
+            },
+        )
         resources.callback(control.close)
         http_socket = bind_socket(settings.http_host, settings.http_port, "player API", reuse_port=True)
         http_server = _uvicorn(create_http_app(readiness, settings.base_path, catalog.fingerprint, routes))
@@ -574,8 +637,10 @@ def serve(settings: Settings) -> int:
             raise StartupError(f"named-query registry: {exc}", 2) from None
         auth_config = auth_config_from_settings(settings, embedded_jwt_secret(settings, deps))
         if not settings.grpc_token and not is_loopback(settings.grpc_host):
-            log.warning("grpc_token is unset while gRPC listens on %s: anyone who can reach it can send events",
-                        settings.grpc_host)
+            log.warning(
+                "grpc_token is unset while gRPC listens on %s: anyone who can reach it can send events",
+                settings.grpc_host,
+            )
         with contextlib.ExitStack() as run:
             runtime_dir = run.enter_context(runtime_directory()) if settings.workers > 1 else None
             service = Service(settings, catalog, deps, auth_config, runtime_dir=runtime_dir)

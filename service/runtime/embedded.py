@@ -159,9 +159,7 @@ def _end_processes(processes: list[psutil.Process], first_signal: int, grace_s: 
             process.send_signal(first_signal)
     alive = _wait_gone(processes, grace_s)
     for process in alive:
-        logger.warning(
-            "process %d ignored signal %d for %.0f s; killing it", process.pid, first_signal, grace_s
-        )
+        logger.warning("process %d ignored signal %d for %.0f s; killing it", process.pid, first_signal, grace_s)
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     _wait_gone(alive, 2.0)
@@ -290,7 +288,9 @@ class EmbeddedPostgres:
         self.url, self.reused = url, False
         logger.info(
             "started embedded PostgreSQL in %s (pid %d) in %.1f s",
-            self.pgdata, self.postmaster().pid, time.monotonic() - started_at,
+            self.pgdata,
+            self.postmaster().pid,
+            time.monotonic() - started_at,
         )
         return url
 
@@ -318,7 +318,8 @@ class EmbeddedPostgres:
             return
         logger.warning(
             "removing stale %s (pid %s is not a PostgreSQL server of this data dir)",
-            pid_file, _pid_from_file(pid_file),
+            pid_file,
+            _pid_from_file(pid_file),
         )
         # Backends of a killed postmaster exit on their own shortly after; a new postmaster refuses to
         # start while they still hold the old shared memory.
@@ -455,7 +456,10 @@ class EmbeddedRedis:
         self._write_config()
         result = subprocess.run(
             [_redis_server_executable(), str(self.config_file)],
-            capture_output=True, text=True, timeout=_START_TIMEOUT_S, check=False,
+            capture_output=True,
+            text=True,
+            timeout=_START_TIMEOUT_S,
+            check=False,
         )
         if result.returncode != 0 or not _wait_until(lambda: redis_answers(url), _START_TIMEOUT_S):
             raise EmbeddedError(
@@ -465,7 +469,9 @@ class EmbeddedRedis:
         self.url, self.reused = url, False
         logger.info(
             "started embedded Redis in %s (pid %d) in %.1f s",
-            self.redis_dir, self.server_process().pid, time.monotonic() - started_at,
+            self.redis_dir,
+            self.server_process().pid,
+            time.monotonic() - started_at,
         )
         return url
 

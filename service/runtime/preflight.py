@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from service.config.settings import Settings
 from service.runtime.app import (
     StartupError,
     load_service_catalog,
@@ -11,7 +12,6 @@ from service.runtime.app import (
 )
 from service.runtime.embedded import discover
 from service.storage.migrations import MigrationError, migration_status
-from service.config.settings import Settings
 
 
 def check_configuration(settings: Settings) -> list[str]:
@@ -49,12 +49,17 @@ def _check_migrations(database_url: str) -> str:
     except MigrationError as exc:
         raise StartupError(str(exc), exc.exit_code, "see 'challengectl db migrate --status'") from None
     except Exception as exc:
-        raise StartupError(f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", 5,
-                           "check DATABASE_URL and that PostgreSQL is running") from None
+        raise StartupError(
+            f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}",
+            5,
+            "check DATABASE_URL and that PostgreSQL is running",
+        ) from None
     if status.checksum_mismatches or status.unknown_versions:
         raise StartupError(
             f"migrations: checksum mismatch {status.checksum_mismatches}, unknown versions {status.unknown_versions}",
-            2, "see 'challengectl db migrate --status'")
+            2,
+            "see 'challengectl db migrate --status'",
+        )
     pending = ", ".join(f"{m.version:04d}_{m.name}" for m in status.pending)
     return f"postgres: reachable; migrations applied {status.applied}" + (f", pending {pending}" if pending else "")
 

@@ -37,8 +37,8 @@ from service.runtime import event_loop
 from service.telemetry import metrics
 
 if TYPE_CHECKING:
-    from service.transport.auth import AuthConfig
     from service.config.settings import Settings
+    from service.transport.auth import AuthConfig
 
 log = logging.getLogger("challengectl.workers")
 
@@ -111,6 +111,7 @@ def runtime_directory() -> Iterator[Path]:
 
 # -- the local control channel --------------------------------------------------------------------
 
+
 async def serve_control(path: Path, commands: Mapping[str, Callable[[], Any]]) -> asyncio.AbstractServer:
     """Answer one-line commands on a Unix socket with one JSON line `{"result": ...}`; the main process's
     admin port asks each worker for `stats` and broadcasts `reset-peaks` this way."""
@@ -146,6 +147,7 @@ async def ask(path: Path, command: str, timeout_s: float = CONTROL_TIMEOUT_S) ->
 
 # -- the worker process ---------------------------------------------------------------------------
 
+
 def worker_entry(spec: WorkerSpec, state: SharedState, report: Connection) -> None:
     """Body of a spawned worker: serve the player API until SIGINT/SIGTERM (forwarded by the main
     process) or until the main process is gone. `report` gets ("ready",) or ("failed", message,
@@ -168,8 +170,9 @@ def worker_entry(spec: WorkerSpec, state: SharedState, report: Connection) -> No
     sys.exit(0)
 
 
-async def _run_worker(spec: WorkerSpec, state: SharedState, report: Connection,
-                      run_http_worker: Callable[..., Awaitable[None]]) -> None:
+async def _run_worker(
+    spec: WorkerSpec, state: SharedState, report: Connection, run_http_worker: Callable[..., Awaitable[None]]
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen = 0
@@ -200,6 +203,7 @@ async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
 
 # -- the main process's side ----------------------------------------------------------------------
 
+
 @dataclass
 class _Worker:
     index: int
@@ -213,8 +217,13 @@ class _Worker:
 class WorkerPool:
     """The HTTP worker processes of one `serve` run, seen from the main process."""
 
-    def __init__(self, count: int, runtime_dir: Path, make_spec: Callable[[int, Path], WorkerSpec],
-                 flusher_failing_since: Callable[[], float | None]) -> None:
+    def __init__(
+        self,
+        count: int,
+        runtime_dir: Path,
+        make_spec: Callable[[int, Path], WorkerSpec],
+        flusher_failing_since: Callable[[], float | None],
+    ) -> None:
         self.count = count
         self.runtime_dir = runtime_dir
         self._make_spec = make_spec
@@ -242,10 +251,15 @@ class WorkerPool:
         workers = [w for w in self._workers.values() if w.ready and not w.exited.is_set()]
         answers = await asyncio.gather(*(ask(w.control_path, command) for w in workers), return_exceptions=True)
         results = []
-        for worker, answer in zip(workers, answers):
+        for worker, answer in zip(workers, answers, strict=False):
             if isinstance(answer, BaseException):
-                log.warning("HTTP worker %d (pid %s) did not answer %r: %s", worker.index, worker.process.pid,
-                            command, answer or type(answer).__name__)
+                log.warning(
+                    "HTTP worker %d (pid %s) did not answer %r: %s",
+                    worker.index,
+                    worker.process.pid,
+                    command,
+                    answer or type(answer).__name__,
+                )
             else:
                 results.append(answer)
         return results
@@ -272,8 +286,12 @@ class WorkerPool:
         if late:
             for worker in pending:
                 if not worker.exited.is_set():
-                    log.error("HTTP worker %d (pid %s) still running %.0f s after the signal; killing it",
-                              worker.index, worker.process.pid, timeout_s)
+                    log.error(
+                        "HTTP worker %d (pid %s) still running %.0f s after the signal; killing it",
+                        worker.index,
+                        worker.process.pid,
+                        timeout_s,
+                    )
                     worker.process.kill()
             await asyncio.wait(late, timeout=2)
 
@@ -282,8 +300,10 @@ class WorkerPool:
         control_path.unlink(missing_ok=True)
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=worker_entry, args=(self._make_spec(index, control_path), self.state, sender),
-            name=f"challengectl-http-{index}", daemon=True,
+            target=worker_entry,
+            args=(self._make_spec(index, control_path), self.state, sender),
+            name=f"challengectl-http-{index}",
+            daemon=True,
         )
         process.start()
         sender.close()
@@ -307,8 +327,12 @@ class WorkerPool:
                 return receiver.recv()
         except EOFError:  # the worker ended without a word: its own log line says why
             await worker.exited.wait()
-            return ("failed", f"HTTP worker {worker.index} exited during startup ({_describe_exit(worker.process)})",
-                    worker.process.exitcode if (worker.process.exitcode or 0) > 0 else 1, "")
+            return (
+                "failed",
+                f"HTTP worker {worker.index} exited during startup ({_describe_exit(worker.process)})",
+                worker.process.exitcode if (worker.process.exitcode or 0) > 0 else 1,
+                "",
+            )
         worker.process.kill()
         return ("failed", f"HTTP worker {worker.index} did not start within {STARTUP_GRACE_S:.0f} s", 1, "")
 
@@ -323,12 +347,22 @@ class WorkerPool:
         if self._stopping or not worker.ready:
             return  # a stop we asked for, or a failed start that `_launch` reports
         lifetime = time.monotonic() - worker.started_at
-        log.error("HTTP worker %d (pid %d) exited unexpectedly (%s) after %.0f s", worker.index,
-                  worker.process.pid, _describe_exit(worker.process), lifetime)
+        log.error(
+            "HTTP worker %d (pid %d) exited unexpectedly (%s) after %.0f s",
+            worker.index,
+            worker.process.pid,
+            _describe_exit(worker.process),
+            lifetime,
+        )
         if lifetime < CRASH_LOOP_S:
-            self._fail(WorkerFailure(
-                f"HTTP worker {worker.index} exited {lifetime:.0f} s after it started ({_describe_exit(worker.process)}); "
-                "the service stops instead of restarting it in a loop", 1, "see the worker's log lines above"))
+            self._fail(
+                WorkerFailure(
+                    f"HTTP worker {worker.index} exited {lifetime:.0f} s after it started ({_describe_exit(worker.process)}); "
+                    "the service stops instead of restarting it in a loop",
+                    1,
+                    "see the worker's log lines above",
+                )
+            )
             return
         log.warning("restarting HTTP worker %d", worker.index)
         self._spawn_task(self._restart(worker.index))

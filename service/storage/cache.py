@@ -31,15 +31,18 @@ from redis.exceptions import NoScriptError, RedisError
 from service.domain.rules import PROGRESS_ROW_COLUMNS, ProgressRow
 
 CACHE_REQUESTS = Counter(
-    "challenge_cache_requests_total", "Cache reads by kind and result",
+    "challenge_cache_requests_total",
+    "Cache reads by kind and result",
     ["kind", "result"],
 )
 CACHE_INVALIDATIONS = Counter(
-    "challenge_cache_invalidations_total", "Cache invalidations: delivered, journaled, replayed",
+    "challenge_cache_invalidations_total",
+    "Cache invalidations: delivered, journaled, replayed",
     ["result"],
 )
 REDIS_UP = Gauge(
-    "challenge_redis_up", "1 while the cache's Redis answers, 0 while reads bypass it",
+    "challenge_redis_up",
+    "1 while the cache's Redis answers, 0 while reads bypass it",
     multiprocess_mode="min",
 )
 
@@ -150,8 +153,7 @@ def key_name_pattern(prefix: str) -> re.Pattern[bytes]:
     """Any key name of the layout above under `prefix`, as SCAN returns it: group 1 is the user id,
     group 2 `active` or `tok`, or else group 3 `synced` or `evt` with group 4 the fingerprint or event
     id (so an event id ending in `:tok` is never taken for a token key)."""
-    return re.compile(
-        re.escape(prefix.encode()) + rb":\{([^{}]*)\}:(?:(active|tok)|(synced|evt):(.*))\Z", re.DOTALL)
+    return re.compile(re.escape(prefix.encode()) + rb":\{([^{}]*)\}:(?:(active|tok)|(synced|evt):(.*))\Z", re.DOTALL)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,16 +216,24 @@ def format_timestamp(value: datetime | None) -> str | None:
 
 def _row_json(row: ProgressRow) -> _RowJson:
     return _RowJson(
-        row.user_id, row.goal_id, row.challenge_id, row.namespace, row.progress, row.status,
-        format_timestamp(row.completed_at), format_timestamp(row.claimed_at),
-        format_timestamp(row.created_at), format_timestamp(row.updated_at), row.is_active,
-        format_timestamp(row.assigned_at), format_timestamp(row.expires_at), row.baseline_value,
+        row.user_id,
+        row.goal_id,
+        row.challenge_id,
+        row.namespace,
+        row.progress,
+        row.status,
+        format_timestamp(row.completed_at),
+        format_timestamp(row.claimed_at),
+        format_timestamp(row.created_at),
+        format_timestamp(row.updated_at),
+        row.is_active,
+        format_timestamp(row.assigned_at),
+        format_timestamp(row.expires_at),
+        row.baseline_value,
     )
 
 
-def encode_entry(
-    token: str, fingerprint: str, rows: Iterable[ProgressRow], pre: Iterable[ProgressRow]
-) -> bytes:
+def encode_entry(token: str, fingerprint: str, rows: Iterable[ProgressRow], pre: Iterable[ProgressRow]) -> bytes:
     """Compact JSON `{"v":1,"tok","fp","rows","pre"}` of an active view (docs/cache.md#entries-and-tokens)."""
     return _entry_encoder.encode(
         _EntryJson(ENTRY_VERSION, token, fingerprint, [_row_json(r) for r in rows], [_row_json(r) for r in pre])
@@ -327,8 +337,11 @@ class Cache:
         self._replay_generation = 0
         self._probe_task: asyncio.Task[None] | None = None
         self._recovery_lock = asyncio.Lock()
-        self._reads = {(kind, result): 0 for kind in (KIND_ACTIVE, KIND_SYNCED)
-                       for result in (RESULT_HIT, RESULT_MISS, RESULT_BYPASS, RESULT_ERROR)}
+        self._reads = {
+            (kind, result): 0
+            for kind in (KIND_ACTIVE, KIND_SYNCED)
+            for result in (RESULT_HIT, RESULT_MISS, RESULT_BYPASS, RESULT_ERROR)
+        }
         self._invalidations = {INVALIDATION_OK: 0, INVALIDATION_FAILED: 0, INVALIDATION_REPLAYED: 0}
         self._redis_errors = 0
         if client is not None:
@@ -365,7 +378,9 @@ class Cache:
         if self._healthy:
             log.warning(
                 "Redis failed while %s (%s: %s); cache reads bypass Redis until the probe succeeds",
-                doing, type(exc).__name__, exc or "timeout",
+                doing,
+                type(exc).__name__,
+                exc or "timeout",
             )
         self._healthy = False
         REDIS_UP.set(0)
@@ -626,7 +641,7 @@ class Cache:
         self._replay_generation += 1
 
     async def _rotate_every_token(self) -> int:
-        """"Everything" replay: SCAN `<p>:*:tok` on every primary, rotate each token that still exists
+        """ "Everything" replay: SCAN `<p>:*:tok` on every primary, rotate each token that still exists
         (`SET … XX`) and unlink its view. Returns how many users were invalidated."""
         assert self._client is not None
         key_name = key_name_pattern(self._prefix)

@@ -25,7 +25,9 @@ from service.storage.cache import REDIS_FAILURES, event_key
 log = logging.getLogger(__name__)
 
 DEDUP_TOTAL = Counter(
-    "challenge_dedup_total", "De-duplication lookups by backend and result", ["backend", "result"],
+    "challenge_dedup_total",
+    "De-duplication lookups by backend and result",
+    ["backend", "result"],
 )
 
 PENDING = "p"
@@ -41,9 +43,7 @@ BEGIN_LUA = (
     "local v = redis.call('GET', KEYS[1]); if v then return v end; "
     "redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1]); return false"
 )
-RENEW_LUA = (
-    "if redis.call('GET', KEYS[1]) == 'p' then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0"
-)
+RENEW_LUA = "if redis.call('GET', KEYS[1]) == 'p' then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0"
 
 _PIPELINE_CHUNK = 2000  # bounds one pipeline's buffers when renewing or marking many ids at once
 
@@ -137,7 +137,9 @@ class Deduplicator:
         if self._redis_down_until is None:
             log.warning(
                 "Redis failed while %s (%s: %s); event de-duplication uses the in-process LRU",
-                doing, type(exc).__name__, exc or "timeout",
+                doing,
+                type(exc).__name__,
+                exc or "timeout",
             )
         self._redis_down_until = self._clock() + self._retry_interval_s
 
@@ -231,7 +233,7 @@ class Deduplicator:
         assert self._client is not None
         for start in range(0, len(keys), _PIPELINE_CHUNK):
             async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys[start:start + _PIPELINE_CHUNK]:
+                for key in keys[start : start + _PIPELINE_CHUNK]:
                     pipe.set(self._redis_key(key), DONE, px=self._done_ttl_ms)
                 await pipe.execute()
 
@@ -257,7 +259,7 @@ class Deduplicator:
         assert self._client is not None
         replies: list[Any] = []
         for start in range(0, len(keys), _PIPELINE_CHUNK):
-            chunk = [self._redis_key(key) for key in keys[start:start + _PIPELINE_CHUNK]]
+            chunk = [self._redis_key(key) for key in keys[start : start + _PIPELINE_CHUNK]]
             chunk_replies = await self._evalsha_each(script.sha, chunk, ttl_ms)
             missing = [i for i, reply in enumerate(chunk_replies) if isinstance(reply, NoScriptError)]
             if missing:

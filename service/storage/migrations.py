@@ -108,9 +108,7 @@ def discover_migrations(directory: Path | None = None) -> list[Migration]:
     for path in sorted(folder.glob("*.sql")):
         match = _FILE_NAME.match(path.name)
         if match is None:
-            raise MigrationError(
-                f"migration file {path.name} in {folder} is not named NNNN_<name>.sql", EXIT_FAILED
-            )
+            raise MigrationError(f"migration file {path.name} in {folder} is not named NNNN_<name>.sql", EXIT_FAILED)
         version = int(match["version"])
         if version in migrations:
             raise MigrationError(
@@ -207,8 +205,7 @@ def _connect(conninfo: str, application_name: str) -> Iterator[psycopg.Connectio
         except psycopg.OperationalError as error:
             # Connection lost or the server shutting down while reading the bookkeeping.
             raise MigrationError(
-                f"PostgreSQL {describe_target(conninfo)} failed during migration: "
-                f"{short_reason(error, conninfo)}",
+                f"PostgreSQL {describe_target(conninfo)} failed during migration: {short_reason(error, conninfo)}",
                 EXIT_UNAVAILABLE,
             ) from None
 
@@ -283,13 +280,9 @@ def _raise_if_refused(conn: psycopg.Connection, status: MigrationStatus) -> None
         problems.append(f"applied migration(s) {listed} differ from this build's files (checksum mismatch)")
     if status.unknown_versions:
         listed = ", ".join(str(version) for version in status.unknown_versions)
-        problems.append(
-            f"applied migration(s) {listed} are unknown to this build (was a newer version deployed?)"
-        )
+        problems.append(f"applied migration(s) {listed} are unknown to this build (was a newer version deployed?)")
     if problems:
-        raise MigrationError(
-            f"database {_database_of(conn)} refused: " + "; ".join(problems), EXIT_REFUSED
-        )
+        raise MigrationError(f"database {_database_of(conn)} refused: " + "; ".join(problems), EXIT_REFUSED)
 
 
 def _foreign_table_error(conn: psycopg.Connection, columns: dict[str, str]) -> MigrationError:
@@ -314,18 +307,13 @@ def _check_single_statement_files(migrations: list[Migration]) -> None:
     for migration in migrations:
         if migration.no_transaction and len(_statements(migration.read_text())) != 1:
             raise MigrationError(
-                f"migration {migration.file_name} is marked no-transaction but does not hold exactly "
-                "one statement",
+                f"migration {migration.file_name} is marked no-transaction but does not hold exactly one statement",
                 EXIT_FAILED,
             )
 
 
 def _statements(text: str) -> list[str]:
-    return [
-        statement
-        for statement in sqlparse.split(text)
-        if sqlparse.format(statement, strip_comments=True).strip()
-    ]
+    return [statement for statement in sqlparse.split(text) if sqlparse.format(statement, strip_comments=True).strip()]
 
 
 def _apply_one(conn: psycopg.Connection, migration: Migration) -> None:
@@ -342,9 +330,7 @@ def _apply_one(conn: psycopg.Connection, migration: Migration) -> None:
     except psycopg.Error as error:
         exit_code = EXIT_UNAVAILABLE if conn.closed or conn.broken else EXIT_FAILED
         outcome = "failed" if migration.no_transaction else "failed and was rolled back"
-        raise MigrationError(
-            f"migration {migration.file_name} {outcome}: {short_reason(error)}", exit_code
-        ) from None
+        raise MigrationError(f"migration {migration.file_name} {outcome}: {short_reason(error)}", exit_code) from None
 
 
 def _record(conn: psycopg.Connection, migration: Migration) -> None:
@@ -370,7 +356,5 @@ def _drop_invalid_index(conn: psycopg.Connection, statement: str) -> None:
     ).fetchone()
     if row is not None:
         conn.execute(
-            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
-                sql.Identifier(row[0]), sql.Identifier(row[1])
-            )
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(sql.Identifier(row[0]), sql.Identifier(row[1]))
         )

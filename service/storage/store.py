@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from prometheus_client import Histogram
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from prometheus_client import Histogram
 
+from service.storage.registry import Registry
 from service.telemetry.metrics import LATENCY_BUCKETS
 from service.telemetry.pool_stats import PoolUsage
-from service.storage.registry import Registry
 
 POOL_ROLES = ("service", "flusher", "cli")
 
@@ -149,9 +149,7 @@ async def open_pool(conninfo: str, role: str, config: PoolConfig) -> AsyncConnec
     except PoolTimeout:
         # The pool only says "initialization incomplete"; one direct attempt tells the on-call why.
         reason = await _probe_connection_failure(conninfo, connect_kwargs)
-        raise StoreUnavailable(
-            target, f"no connection within {config.open_timeout_s:g} s ({reason})"
-        ) from None
+        raise StoreUnavailable(target, f"no connection within {config.open_timeout_s:g} s ({reason})") from None
     except psycopg.Error as error:
         await pool.close()
         raise StoreUnavailable(target, short_reason(error, conninfo)) from None
@@ -224,9 +222,7 @@ class Store:
         except pg_errors.UndefinedTable:
             return None
         except TimeoutError:
-            raise StoreUnavailable(
-                self.target, f"no answer from schema_migrations within {timeout_s:g} s"
-            ) from None
+            raise StoreUnavailable(self.target, f"no answer from schema_migrations within {timeout_s:g} s") from None
         return row[0] if row else None
 
     def stats(self) -> dict[str, float | int]:
@@ -270,7 +266,10 @@ class Store:
 
 
 QUERY_SECONDS = Histogram(
-    "challenge_db_query_duration_seconds", "Duration of each named query", ["query"], buckets=LATENCY_BUCKETS,
+    "challenge_db_query_duration_seconds",
+    "Duration of each named query",
+    ["query"],
+    buckets=LATENCY_BUCKETS,
 )
 
 
@@ -284,7 +283,11 @@ class Queries:
         self._timers = {name: QUERY_SECONDS.labels(name) for name in self._sql}
 
     async def rows(
-        self, conn: psycopg.AsyncConnection, name: str, params: Mapping[str, Any], row_factory: Any = dict_row,
+        self,
+        conn: psycopg.AsyncConnection,
+        name: str,
+        params: Mapping[str, Any],
+        row_factory: Any = dict_row,
     ) -> list[Any]:
         """All rows of the named statement (dicts by default; pass `class_row(T)` for typed rows)."""
         started = time.perf_counter()
@@ -294,8 +297,9 @@ class Queries:
         self._timers[name].observe(time.perf_counter() - started)
         return result
 
-    async def one(self, conn: psycopg.AsyncConnection, name: str, params: Mapping[str, Any],
-                  row_factory: Any = dict_row) -> Any | None:
+    async def one(
+        self, conn: psycopg.AsyncConnection, name: str, params: Mapping[str, Any], row_factory: Any = dict_row
+    ) -> Any | None:
         """The first row of the named statement, or None."""
         found = await self.rows(conn, name, params, row_factory)
         return found[0] if found else None

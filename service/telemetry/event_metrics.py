@@ -9,32 +9,50 @@ from service.telemetry.metrics import LATENCY_BUCKETS
 ENTRY_COUNT_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 
 EVENTS_TOTAL = Counter(
-    "challenge_events_total", "Ingested events by origin and outcome", ["origin", "outcome"],
+    "challenge_events_total",
+    "Ingested events by origin and outcome",
+    ["origin", "outcome"],
 )
 EVENT_AGE_SECONDS = Histogram(
-    "challenge_event_age_seconds", "Event timestamp to acceptance", buckets=LATENCY_BUCKETS,
+    "challenge_event_age_seconds",
+    "Event timestamp to acceptance",
+    buckets=LATENCY_BUCKETS,
 )
 ACK_WAIT_SECONDS = Histogram(
-    "challenge_ack_wait_seconds", "Commit mode: acceptance to commit", buckets=LATENCY_BUCKETS,
+    "challenge_ack_wait_seconds",
+    "Commit mode: acceptance to commit",
+    buckets=LATENCY_BUCKETS,
 )
 BUFFER_ENTRIES = Gauge(
-    "challenge_buffer_entries", "Buffered entries per partition", ["partition"], multiprocess_mode="livesum",
+    "challenge_buffer_entries",
+    "Buffered entries per partition",
+    ["partition"],
+    multiprocess_mode="livesum",
 )
 BUFFER_CAPACITY = Gauge(
-    "challenge_buffer_capacity", "Buffer capacity across all partitions", multiprocess_mode="livesum",
+    "challenge_buffer_capacity",
+    "Buffer capacity across all partitions",
+    multiprocess_mode="livesum",
 )
 FLUSH_DURATION_SECONDS = Histogram(
-    "challenge_flush_duration_seconds", "Duration of one flush statement", buckets=LATENCY_BUCKETS,
+    "challenge_flush_duration_seconds",
+    "Duration of one flush statement",
+    buckets=LATENCY_BUCKETS,
 )
 FLUSH_ENTRIES = Histogram(
-    "challenge_flush_entries", "Entries per flush", buckets=ENTRY_COUNT_BUCKETS,
+    "challenge_flush_entries",
+    "Entries per flush",
+    buckets=ENTRY_COUNT_BUCKETS,
 )
 FLUSH_ROWS_UPDATED_TOTAL = Counter(
-    "challenge_flush_rows_updated_total", "Progress rows written by flushes",
+    "challenge_flush_rows_updated_total",
+    "Progress rows written by flushes",
 )
 FLUSH_DEFERRED_TOTAL = Counter(
-    "challenge_flush_deferred_total", "Entries deferred because a row was locked by another transaction",
+    "challenge_flush_deferred_total",
+    "Entries deferred because a row was locked by another transaction",
 )
 FLUSH_FAILURES_TOTAL = Counter(
-    "challenge_flush_failures_total", "Flushes rolled back by a database error",
+    "challenge_flush_failures_total",
+    "Flushes rolled back by a database error",
 )

@@ -22,8 +22,10 @@ MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # "max": every process sets it to 1; the files of dead processes are removed (forget_process).
 BUILD_INFO = Gauge(
-    "challenge_build_info", "Build and catalog of this process (always 1)",
-    ["version", "catalog_fingerprint", "ack_mode"], multiprocess_mode="max",
+    "challenge_build_info",
+    "Build and catalog of this process (always 1)",
+    ["version", "catalog_fingerprint", "ack_mode"],
+    multiprocess_mode="max",
 )
 
 # Histogram buckets of docs/http-api.md#admin-and-metrics: 0.5 ms to 30 s.
@@ -97,8 +99,10 @@ class SummedProcessCollector(Collector):
                 if known is None:
                     combined[family.name] = family
                 elif family.name not in _MAIN_PROCESS_ONLY:
-                    known.samples = [_combine(family.name, mine, theirs)
-                                     for mine, theirs in zip(known.samples, family.samples)]
+                    known.samples = [
+                        _combine(family.name, mine, theirs)
+                        for mine, theirs in zip(known.samples, family.samples, strict=False)
+                    ]
         return list(combined.values())
 
 

@@ -15,10 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.telemetry.pool_stats import nearest_rank
 from service.transport.errors import ApiError, error_response, json_response
 from service.transport.health import Readiness
 from service.transport.http_api import health_routes
-from service.telemetry.pool_stats import nearest_rank
 
 if TYPE_CHECKING:
     from service.storage.cache import Cache
@@ -134,8 +134,7 @@ def combine_cache_stats(per_process: Sequence[Mapping[str, Any]]) -> dict[str, A
     lookups = combined["hits"] + combined["misses"]
     combined["hit_ratio"] = combined["hits"] / lookups if lookups else 0.0
     combined["by_kind"] = {
-        kind: _sum_numbers([body["by_kind"][kind] for body in bodies], skip=set())
-        for kind in bodies[0]["by_kind"]
+        kind: _sum_numbers([body["by_kind"][kind] for body in bodies], skip=set()) for kind in bodies[0]["by_kind"]
     }
     return _in_order(combined, bodies[0])
 

@@ -24,11 +24,13 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 from prometheus_client import Counter
 
-from service.transport.errors import ApiError
 from service.config.settings import Settings, SettingsError
+from service.transport.errors import ApiError
 
 JWKS_FETCHES = Counter(
-    "challenge_jwks_fetches_total", "JWKS downloads by outcome", ["result"],
+    "challenge_jwks_fetches_total",
+    "JWKS downloads by outcome",
+    ["result"],
 )
 
 log = logging.getLogger("challengectl.auth")
@@ -52,9 +54,7 @@ _SUPPORTED_ALGORITHMS = frozenset(name for name in get_default_algorithms() if n
 def is_valid_user_id(value: str) -> bool:
     """1–100 characters, no control character (category Cc), no `{` or `}` (docs/http-api.md#authentication, docs/events.md#validation)."""
     return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_USER_ID_LENGTH
-        and _FORBIDDEN_IN_USER_ID.search(value) is None
+        isinstance(value, str) and 0 < len(value) <= MAX_USER_ID_LENGTH and _FORBIDDEN_IN_USER_ID.search(value) is None
     )
 
 
@@ -268,15 +268,17 @@ class Authenticator:
         self._verified: dict[str, tuple[str, float]] = {}
         self._jwks = _JwksState()
         self._session: aiohttp.ClientSession | None = None
-        self._decoder = jwt.PyJWT(options={
-            "require": ["exp"],
-            # Without a configured audience an `aud` claim is not checked (docs/http-api.md#authentication); PyJWT would
-            # otherwise reject every token that carries one.
-            "verify_aud": config.audience is not None,
-            # `sub` is validated here with the user-id rule; `jti` means nothing to this service.
-            "verify_sub": False,
-            "verify_jti": False,
-        })
+        self._decoder = jwt.PyJWT(
+            options={
+                "require": ["exp"],
+                # Without a configured audience an `aud` claim is not checked (docs/http-api.md#authentication); PyJWT would
+                # otherwise reject every token that carries one.
+                "verify_aud": config.audience is not None,
+                # `sub` is validated here with the user-id rule; `jti` means nothing to this service.
+                "verify_sub": False,
+                "verify_jti": False,
+            }
+        )
 
     async def authenticate(self, headers: Mapping[str, str]) -> str:
         """The user id of the request, or ApiError 401/403 as in the docs/http-api.md#authentication table."""
@@ -347,7 +349,11 @@ class Authenticator:
         config = self.config
         try:
             return self._decoder.decode(
-                token, key, algorithms=allowed, issuer=config.issuer, audience=config.audience,
+                token,
+                key,
+                algorithms=allowed,
+                issuer=config.issuer,
+                audience=config.audience,
                 leeway=config.leeway_s,
             )
         except jwt.ExpiredSignatureError:
@@ -406,7 +412,8 @@ class Authenticator:
             return self._jwks.keys_by_kid.get(kid)
         # A token without `kid` is accepted only when exactly one key of its algorithm exists.
         candidates = [
-            key for key in (*self._jwks.keys_by_kid.values(), *self._jwks.keys_without_kid)
+            key
+            for key in (*self._jwks.keys_by_kid.values(), *self._jwks.keys_without_kid)
             if key.algorithm_name == algorithm
         ]
         return candidates[0] if len(candidates) == 1 else None

@@ -23,11 +23,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
-from service.usecases.events import IncomingEvent, IngestError, SubmitResult
-from service.telemetry.metrics import LATENCY_BUCKETS
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+from service.telemetry.metrics import LATENCY_BUCKETS
+from service.usecases.events import IncomingEvent, IngestError, SubmitResult
 
 log = logging.getLogger("challengectl.grpc")
 
@@ -43,10 +43,14 @@ INGEST_SERVICE_NAMES = (LOGIN_SERVICE_NAME, STAT_SERVICE_NAME, EVENT_INGEST_SERV
 STREAM_PIPELINE_DEPTH = 8
 
 GRPC_REQUESTS = Counter(
-    "challenge_grpc_requests", "gRPC ingest calls by method and final status code", ["method", "code"])
+    "challenge_grpc_requests", "gRPC ingest calls by method and final status code", ["method", "code"]
+)
 GRPC_REQUEST_DURATION = Histogram(
-    "challenge_grpc_request_duration_seconds", "gRPC ingest call duration (a whole stream for PublishStream)",
-    ["method"], buckets=LATENCY_BUCKETS)
+    "challenge_grpc_request_duration_seconds",
+    "gRPC ingest call duration (a whole stream for PublishStream)",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
 
 _KIND_NAMES = {ingest_pb2.EVENT_KIND_LOGIN: "login", ingest_pb2.EVENT_KIND_STAT: "stat"}
 
@@ -54,8 +58,9 @@ _KIND_NAMES = {ingest_pb2.EVENT_KIND_LOGIN: "login", ingest_pb2.EVENT_KIND_STAT:
 class EventSubmitter(Protocol):
     """What the servicers need from the ingestion core (`service.usecases.events.Ingestor`)."""
 
-    async def submit(self, events: Sequence[IncomingEvent], origin: str,
-                     deadline: float | None = None) -> SubmitResult: ...
+    async def submit(
+        self, events: Sequence[IncomingEvent], origin: str, deadline: float | None = None
+    ) -> SubmitResult: ...
 
 
 class GrpcHealth:
@@ -103,35 +108,63 @@ def parse_rfc3339(text: str) -> float | None:
 def login_event(message: account_pb2.UserLoggedIn) -> IncomingEvent:
     """The IncomingEvent of an AGS UserLoggedIn message."""
     return IncomingEvent(
-        id=message.id, user_id=message.user_id, namespace=message.namespace, kind="login",
-        stat_code="", latest_value=0.0, inc=0.0, has_payload=True, timestamp=parse_rfc3339(message.timestamp))
+        id=message.id,
+        user_id=message.user_id,
+        namespace=message.namespace,
+        kind="login",
+        stat_code="",
+        latest_value=0.0,
+        inc=0.0,
+        has_payload=True,
+        timestamp=parse_rfc3339(message.timestamp),
+    )
 
 
 def stat_event(message: statistic_pb2.StatItemUpdated) -> IncomingEvent:
     """The IncomingEvent of an AGS StatItemUpdated message (stat fields from its payload, when present)."""
     payload = message.payload
     return IncomingEvent(
-        id=message.id, user_id=message.user_id, namespace=message.namespace, kind="stat",
-        stat_code=payload.stat_code, latest_value=payload.latest_value, inc=payload.inc,
-        has_payload=message.HasField("payload"), timestamp=parse_rfc3339(message.timestamp))
+        id=message.id,
+        user_id=message.user_id,
+        namespace=message.namespace,
+        kind="stat",
+        stat_code=payload.stat_code,
+        latest_value=payload.latest_value,
+        inc=payload.inc,
+        has_payload=message.HasField("payload"),
+        timestamp=parse_rfc3339(message.timestamp),
+    )
 
 
 def published_event(event: ingest_pb2.Event) -> IncomingEvent:
     """The IncomingEvent of a challengectl.v1.Event; an unspecified or unknown kind becomes ""."""
     timestamp = event.timestamp.seconds + event.timestamp.nanos / 1e9 if event.HasField("timestamp") else None
     return IncomingEvent(
-        id=event.id, user_id=event.user_id, namespace=event.namespace, kind=_KIND_NAMES.get(event.kind, ""),
-        stat_code=event.stat_code, latest_value=event.latest_value, inc=event.inc, has_payload=True,
-        timestamp=timestamp)
+        id=event.id,
+        user_id=event.user_id,
+        namespace=event.namespace,
+        kind=_KIND_NAMES.get(event.kind, ""),
+        stat_code=event.stat_code,
+        latest_value=event.latest_value,
+        inc=event.inc,
+        has_payload=True,
+        timestamp=timestamp,
+    )
 
 
 def publish_result(batch_id: str, result: SubmitResult) -> ingest_pb2.PublishResult:
     """The PublishResult of a submitted batch."""
     return ingest_pb2.PublishResult(
-        batch_id=batch_id, accepted=result.accepted, duplicates=result.duplicates, skipped=result.skipped,
-        rejected=[ingest_pb2.EventRejection(index=index, event_id=event_id, reason=reason)
-                  for index, event_id, reason in result.rejected],
-        committed=result.committed)
+        batch_id=batch_id,
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        skipped=result.skipped,
+        rejected=[
+            ingest_pb2.EventRejection(index=index, event_id=event_id, reason=reason)
+            for index, event_id, reason in result.rejected
+        ],
+        committed=result.committed,
+    )
 
 
 def client_deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -140,8 +173,9 @@ def client_deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def submit_single(ingestor: EventSubmitter, event: IncomingEvent, origin: str,
-                        context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+async def submit_single(
+    ingestor: EventSubmitter, event: IncomingEvent, origin: str, context: grpc.aio.ServicerContext
+) -> empty_pb2.Empty:
     """Submit one OnMessage event; a rejected event or a failed submission aborts the call."""
     try:
         result = await ingestor.submit([event], origin, client_deadline(context))
@@ -159,8 +193,7 @@ class UserLoggedInServicer(account_pb2_grpc.UserAuthenticationUserLoggedInServic
     def __init__(self, ingestor: EventSubmitter) -> None:
         self.ingestor = ingestor
 
-    async def OnMessage(self, request: account_pb2.UserLoggedIn,
-                        context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+    async def OnMessage(self, request: account_pb2.UserLoggedIn, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         return await submit_single(self.ingestor, login_event(request), "ags_login", context)
 
 
@@ -170,8 +203,9 @@ class StatItemUpdatedServicer(statistic_pb2_grpc.StatisticStatItemUpdatedService
     def __init__(self, ingestor: EventSubmitter) -> None:
         self.ingestor = ingestor
 
-    async def OnMessage(self, request: statistic_pb2.StatItemUpdated,
-                        context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+    async def OnMessage(
+        self, request: statistic_pb2.StatItemUpdated, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
         return await submit_single(self.ingestor, stat_event(request), "ags_stat", context)
 
 
@@ -215,21 +249,22 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
         if size == 0:
             return ingest_pb2.PublishResult(batch_id=batch.batch_id, committed=self.commit_mode)
         try:
-            result = await self.ingestor.submit([published_event(event) for event in batch.events],
-                                                "publish", deadline)
+            result = await self.ingestor.submit([published_event(event) for event in batch.events], "publish", deadline)
         except IngestError as error:
             raise BatchFailed.from_ingest_error(error) from None
         return publish_result(batch.batch_id, result)
 
-    async def Publish(self, request: ingest_pb2.EventBatch,
-                      context: grpc.aio.ServicerContext) -> ingest_pb2.PublishResult:
+    async def Publish(
+        self, request: ingest_pb2.EventBatch, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.PublishResult:
         try:
             return await self.publish(request, client_deadline(context))
         except BatchFailed as failure:
             await context.abort(failure.status, failure.message)
 
-    async def PublishStream(self, request_iterator: AsyncIterator[ingest_pb2.EventBatch],
-                            context: grpc.aio.ServicerContext) -> AsyncIterator[ingest_pb2.PublishResult]:
+    async def PublishStream(
+        self, request_iterator: AsyncIterator[ingest_pb2.EventBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.PublishResult]:
         """Batches are submitted in request order, up to `stream_depth` at a time; results are sent in
         request order as soon as each is known. The first batch that fails ends the stream with its
         status; batches after it are not read."""
@@ -251,9 +286,13 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
         finally:
             reader.cancel()
 
-    async def _admit_stream(self, requests: AsyncIterator[ingest_pb2.EventBatch], deadline: float | None,
-                            slots: asyncio.Semaphore,
-                            in_order: asyncio.Queue[_StreamItem]) -> None:
+    async def _admit_stream(
+        self,
+        requests: AsyncIterator[ingest_pb2.EventBatch],
+        deadline: float | None,
+        slots: asyncio.Semaphore,
+        in_order: asyncio.Queue[_StreamItem],
+    ) -> None:
         """Read the stream's batches and start their submissions in order; the queue ends with None,
         after the error that broke the request stream, if any."""
         try:
@@ -277,7 +316,8 @@ class IngestInterceptor(grpc.aio.ServerInterceptor):
         self.service_names = frozenset(service_names)
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
@@ -335,9 +375,9 @@ class _CallObserver:
         GRPC_REQUEST_DURATION.labels(self.method).observe(time.perf_counter() - self.started)
 
 
-def _observed_unary(method: str, refusal: str | None,
-                    behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-                    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+def _observed_unary(
+    method: str, refusal: str | None, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _CallObserver(method, context)
         try:
@@ -352,9 +392,9 @@ def _observed_unary(method: str, refusal: str | None,
     return observed
 
 
-def _observed_stream(method: str, refusal: str | None,
-                     behaviour: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
-                     ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+def _observed_stream(
+    method: str, refusal: str | None, behaviour: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
     async def observed(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call = _CallObserver(method, context)
         try:
@@ -400,16 +440,18 @@ def create_grpc_server(
     service_names = list(ingest_service_names)
     if ingestor is not None:
         account_pb2_grpc.add_UserAuthenticationUserLoggedInServiceServicer_to_server(
-            UserLoggedInServicer(ingestor), server)
+            UserLoggedInServicer(ingestor), server
+        )
         statistic_pb2_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(
-            StatItemUpdatedServicer(ingestor), server)
+            StatItemUpdatedServicer(ingestor), server
+        )
         ingest_pb2_grpc.add_EventIngestServicer_to_server(
-            EventIngestServicer(ingestor, ingest_max_batch, ack_mode), server)
+            EventIngestServicer(ingestor, ingest_max_batch, ack_mode), server
+        )
         service_names = list(dict.fromkeys([*INGEST_SERVICE_NAMES, *service_names]))
     health = GrpcHealth(service_names)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    reflected = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME]
+    reflected = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(reflected, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

@@ -59,7 +59,9 @@ class Readiness:
         migrations_ok = self._schema_version is not None and self._schema_version >= self.expected_schema_version
         checks["migrations"] = {"ok": migrations_ok, "version": self._schema_version or 0}
         if not migrations_ok:
-            checks["migrations"]["error"] = f"schema version {self._schema_version or 0}, expected {self.expected_schema_version}"
+            checks["migrations"]["error"] = (
+                f"schema version {self._schema_version or 0}, expected {self.expected_schema_version}"
+            )
             failing.append("migrations")
 
         if self.ping_redis is not None:
@@ -104,7 +106,7 @@ async def _probe(probe: Callable[[], Awaitable[Any]], timeout_s: float) -> dict[
     started = time.perf_counter()
     try:
         value = await asyncio.wait_for(probe(), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return {"ok": False, "error": f"timed out after {int(timeout_s * 1000)} ms"}
     except Exception as exc:  # any failure of the dependency makes it not ready; the reason is shown
         return {"ok": False, "error": _short_reason(exc)}

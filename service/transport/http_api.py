@@ -21,11 +21,12 @@ from starlette.routing import BaseRoute, Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.transport.auth import Authenticator
 from service.domain.catalog import Catalog
+from service.domain.rules import utc_now
+from service.telemetry.metrics import LATENCY_BUCKETS
+from service.transport.auth import Authenticator
 from service.transport.errors import JSON_TYPE, ApiError, error_response, json_response
 from service.transport.health import HEALTHY_BODY, Readiness
-from service.telemetry.metrics import LATENCY_BUCKETS
 from service.transport.openapi import encoded_openapi_document
 from service.transport.payloads import (
     parse_batch_select,
@@ -34,7 +35,6 @@ from service.transport.payloads import (
     read_body,
 )
 from service.transport.responses import ResponseWriter
-from service.domain.rules import utc_now
 
 if TYPE_CHECKING:  # the use cases import the store and cache; the routes only call their methods
     from service.usecases.players import Players
@@ -78,7 +78,6 @@ register_url_convertor("segment", _PathSegmentConvertor())
 
 _TRUE_VALUES = frozenset(("true", "1"))
 _FALSE_VALUES = frozenset(("false", "0", ""))
-
 
 
 def _json(body: bytes) -> Response:
@@ -173,7 +172,8 @@ def player_routes(
         challenge_id = _path_id(request, "challenge_id")
         parsed = parse_random_select(await body_of(request))
         result = await players.random_select(
-            user_id, challenge_id, parsed.count, parsed.replace_existing, parsed.exclude_active)
+            user_id, challenge_id, parsed.count, parsed.replace_existing, parsed.exclude_active
+        )
         return _json(writer.select(result))
 
     async def claim(request: Request) -> Response:
@@ -224,8 +224,9 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error", extra={"request_id": request.scope.get("request_id", ""),
-                                            "route": request.url.path})
+    log.exception(
+        "unhandled error", extra={"request_id": request.scope.get("request_id", ""), "route": request.url.path}
+    )
     return error_response(ApiError(500, "INTERNAL_ERROR", "Internal server error"))
 
 
@@ -275,12 +276,15 @@ def _incoming_request_id(scope: Scope) -> str | None:
 # --- HTTP metrics (docs/http-api.md#admin-and-metrics) ---------------------------------------------------------------------
 
 HTTP_REQUESTS = Counter(
-    "challenge_http_requests_total", "Player API requests by route template, method and status",
+    "challenge_http_requests_total",
+    "Player API requests by route template, method and status",
     ["route", "method", "status"],
 )
 HTTP_REQUEST_DURATION = Histogram(
-    "challenge_http_request_duration_seconds", "Player API request duration by route template and method",
-    ["route", "method"], buckets=LATENCY_BUCKETS,
+    "challenge_http_request_duration_seconds",
+    "Player API request duration by route template and method",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
 )
 UNMATCHED_ROUTE = "unmatched"
 # Anything else a client sends is labelled `other`, so garbage methods cannot grow the label set.
@@ -323,13 +327,13 @@ class HttpMetrics:
         method = scope["method"] if scope["method"] in _KNOWN_METHODS else "other"
         count = self._counters.get((route_label, method, status))
         if count is None:
-            count = self._counters[(route_label, method, status)] = (
-                HTTP_REQUESTS.labels(route_label, method, str(status)).inc)
+            count = self._counters[(route_label, method, status)] = HTTP_REQUESTS.labels(
+                route_label, method, str(status)
+            ).inc
         count()
         observe = self._observers.get((route_label, method))
         if observe is None:
-            observe = self._observers[(route_label, method)] = (
-                HTTP_REQUEST_DURATION.labels(route_label, method).observe)
+            observe = self._observers[(route_label, method)] = HTTP_REQUEST_DURATION.labels(route_label, method).observe
         observe(elapsed)
 
     def _route_label(self, path: str | None) -> str:

@@ -9,8 +9,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from service.transport import payloads
-from service.transport import responses
+from service.transport import payloads, responses
 
 COMPONENT_REF = "#/components/schemas/{name}"
 BEARER_SCHEME = "bearerJwt"
@@ -47,34 +46,89 @@ _BAD_PATH_IDS = (400, "Empty path id or invalid body")
 _NOT_FOUND = (404, "Unknown challenge or goal, or no such route")
 _TOO_LARGE = (413, "Body over http_max_body_bytes")
 _ACTIVE_ONLY = {
-    "name": "active_only", "in": "query", "required": False,
+    "name": "active_only",
+    "in": "query",
+    "required": False,
     "description": "`true` or `1` (case-insensitive) lists only active goals; `false`, `0` or empty do not",
     "schema": {"type": "string"},
 }
 
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("/v1/challenges", "get", "listChallenges", "List challenges with the player's progress",
-              responses.ChallengeList, errors=((400, "Bad active_only value"),), query=(_ACTIVE_ONLY,)),
-    Operation("/v1/challenges/initialize", "post", "initializePlayer",
-              "Assign default goals and return the player's active goals (body ignored)",
-              responses.InitializeResponse, errors=(_TOO_LARGE,)),
-    Operation(_CHALLENGE_PATH, "get", "getChallenge", "One challenge with the player's progress",
-              responses.Challenge, errors=(_BAD_PATH_IDS, _NOT_FOUND), query=(_ACTIVE_ONLY,)),
-    Operation(_GOAL_PATH + "/active", "put", "setGoalActive", "Activate or deactivate a goal",
-              responses.SetActiveResponse, payloads.SetActiveRequest,
-              errors=(_BAD_PATH_IDS, _NOT_FOUND, _TOO_LARGE)),
-    Operation(_CHALLENGE_PATH + "/goals/batch-select", "post", "batchSelectGoals", "Activate the listed goals",
-              responses.SelectResponse, payloads.BatchSelectRequest,
-              errors=(_BAD_PATH_IDS, _NOT_FOUND, _TOO_LARGE)),
-    Operation(_CHALLENGE_PATH + "/goals/random-select", "post", "randomSelectGoals",
-              "Activate randomly chosen eligible goals", responses.SelectResponse, payloads.RandomSelectRequest,
-              errors=((400, "Invalid body, INVALID_COUNT or INSUFFICIENT_GOALS"), _NOT_FOUND, _TOO_LARGE)),
-    Operation(_GOAL_PATH + "/claim", "post", "claimReward", "Claim the reward of a completed goal (body ignored)",
-              responses.ClaimResponse,
-              errors=((400, "Goal not claimable"), _NOT_FOUND, (409, "Already claimed"), _TOO_LARGE,
-                      (502, "The reward could not be granted"))),
-    Operation(_CHALLENGE_PATH + "/rotation", "get", "getRotationStatus", "The challenge's rotation periods",
-              responses.RotationStatusResponse, errors=(_BAD_PATH_IDS, _NOT_FOUND)),
+    Operation(
+        "/v1/challenges",
+        "get",
+        "listChallenges",
+        "List challenges with the player's progress",
+        responses.ChallengeList,
+        errors=((400, "Bad active_only value"),),
+        query=(_ACTIVE_ONLY,),
+    ),
+    Operation(
+        "/v1/challenges/initialize",
+        "post",
+        "initializePlayer",
+        "Assign default goals and return the player's active goals (body ignored)",
+        responses.InitializeResponse,
+        errors=(_TOO_LARGE,),
+    ),
+    Operation(
+        _CHALLENGE_PATH,
+        "get",
+        "getChallenge",
+        "One challenge with the player's progress",
+        responses.Challenge,
+        errors=(_BAD_PATH_IDS, _NOT_FOUND),
+        query=(_ACTIVE_ONLY,),
+    ),
+    Operation(
+        _GOAL_PATH + "/active",
+        "put",
+        "setGoalActive",
+        "Activate or deactivate a goal",
+        responses.SetActiveResponse,
+        payloads.SetActiveRequest,
+        errors=(_BAD_PATH_IDS, _NOT_FOUND, _TOO_LARGE),
+    ),
+    Operation(
+        _CHALLENGE_PATH + "/goals/batch-select",
+        "post",
+        "batchSelectGoals",
+        "Activate the listed goals",
+        responses.SelectResponse,
+        payloads.BatchSelectRequest,
+        errors=(_BAD_PATH_IDS, _NOT_FOUND, _TOO_LARGE),
+    ),
+    Operation(
+        _CHALLENGE_PATH + "/goals/random-select",
+        "post",
+        "randomSelectGoals",
+        "Activate randomly chosen eligible goals",
+        responses.SelectResponse,
+        payloads.RandomSelectRequest,
+        errors=((400, "Invalid body, INVALID_COUNT or INSUFFICIENT_GOALS"), _NOT_FOUND, _TOO_LARGE),
+    ),
+    Operation(
+        _GOAL_PATH + "/claim",
+        "post",
+        "claimReward",
+        "Claim the reward of a completed goal (body ignored)",
+        responses.ClaimResponse,
+        errors=(
+            (400, "Goal not claimable"),
+            _NOT_FOUND,
+            (409, "Already claimed"),
+            _TOO_LARGE,
+            (502, "The reward could not be granted"),
+        ),
+    ),
+    Operation(
+        _CHALLENGE_PATH + "/rotation",
+        "get",
+        "getRotationStatus",
+        "The challenge's rotation periods",
+        responses.RotationStatusResponse,
+        errors=(_BAD_PATH_IDS, _NOT_FOUND),
+    ),
 )
 
 
@@ -110,7 +164,8 @@ def _operation(op: Operation) -> dict[str, Any]:
 def openapi_document(base_path: str, version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document; paths are relative to the `servers` URL, which is `base_path`."""
     _, schemas = msgspec.json.schema_components(
-        [*responses.RESPONSE_STRUCTS, *payloads.REQUEST_STRUCTS], ref_template=COMPONENT_REF)
+        [*responses.RESPONSE_STRUCTS, *payloads.REQUEST_STRUCTS], ref_template=COMPONENT_REF
+    )
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op)
@@ -120,18 +175,26 @@ def openapi_document(base_path: str, version: str) -> dict[str, Any]:
             "title": "challengectl player API",
             "version": version,
             "description": "Challenge progress, goal selection and reward claims. Snake_case and camelCase "
-                           "request field names are both accepted; giving both with different values is "
-                           "an INVALID_REQUEST.",
+            "request field names are both accepted; giving both with different values is "
+            "an INVALID_REQUEST.",
         },
         "servers": [{"url": base_path}],
         "paths": paths,
         "components": {
             "schemas": schemas,
             "securitySchemes": {
-                BEARER_SCHEME: {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                                "description": "auth = jwt (default): the user id is the token's `sub`"},
-                MOCK_USER_SCHEME: {"type": "apiKey", "in": "header", "name": "X-Mock-User-Id",
-                                   "description": "auth = none (loopback only): the header is the user id"},
+                BEARER_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "auth = jwt (default): the user id is the token's `sub`",
+                },
+                MOCK_USER_SCHEME: {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Mock-User-Id",
+                    "description": "auth = none (loopback only): the header is the user id",
+                },
             },
         },
         "security": [{BEARER_SCHEME: []}, {MOCK_USER_SCHEME: []}],

@@ -94,9 +94,7 @@ def _too_large(max_bytes: int) -> ApiError:
 # --- decoding ----------------------------------------------------------------------------------
 
 _WireT = TypeVar("_WireT", bound=Struct)
-_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    wire: msgspec.json.Decoder(wire) for wire in REQUEST_STRUCTS
-}
+_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {wire: msgspec.json.Decoder(wire) for wire in REQUEST_STRUCTS}
 _ERROR_FIELD = re.compile(r" - at `\$\.(\w+)")
 
 
@@ -154,16 +152,22 @@ def parse_set_active(body: bytes) -> SetActive:
 def parse_batch_select(body: bytes) -> BatchSelect:
     """A missing or empty `goal_ids` → 400 `goal_ids cannot be empty`; a non-list or non-string item →
     400 INVALID_REQUEST. Duplicates are kept: the use case removes them (docs/http-api.md#endpoints)."""
-    wire = _decode(BatchSelectRequest, body, {
-        "goal_ids": "goal_ids must be a list of strings", "goalIds": "goal_ids must be a list of strings",
-    })
+    wire = _decode(
+        BatchSelectRequest,
+        body,
+        {
+            "goal_ids": "goal_ids must be a list of strings",
+            "goalIds": "goal_ids must be a list of strings",
+        },
+    )
     goal_ids = _merge(wire.goal_ids, wire.goal_ids_camel, "goal_ids", "goalIds")
     if goal_ids is UNSET or not goal_ids:
         raise _invalid(_GOAL_IDS_EMPTY)
     return BatchSelect(
         goal_ids=tuple(goal_ids),
-        replace_existing=_flag(wire.replace_existing, wire.replace_existing_camel,
-                               "replace_existing", "replaceExisting"),
+        replace_existing=_flag(
+            wire.replace_existing, wire.replace_existing_camel, "replace_existing", "replaceExisting"
+        ),
     )
 
 
@@ -174,7 +178,8 @@ def parse_random_select(body: bytes) -> RandomSelect:
         raise ApiError(400, "INVALID_COUNT", "count must be greater than 0")
     return RandomSelect(
         count=wire.count,
-        replace_existing=_flag(wire.replace_existing, wire.replace_existing_camel,
-                               "replace_existing", "replaceExisting"),
+        replace_existing=_flag(
+            wire.replace_existing, wire.replace_existing_camel, "replace_existing", "replaceExisting"
+        ),
         exclude_active=_flag(wire.exclude_active, wire.exclude_active_camel, "exclude_active", "excludeActive"),
     )

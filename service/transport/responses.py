@@ -17,6 +17,7 @@ import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
 from service.domain import catalog as catalog_model
+from service.domain.rules import expiry_fields, format_timestamp
 from service.usecases.players import (
     ChallengeState,
     ClaimResult,
@@ -28,15 +29,28 @@ from service.usecases.players import (
     SelectResult,
     SetActiveResult,
 )
-from service.domain.rules import expiry_fields, format_timestamp
 
 # --- schemas ---------------------------------------------------------------------------------------
 
 ErrorCode = Literal[
-    "INVALID_REQUEST", "UNAUTHORIZED", "FORBIDDEN", "CHALLENGE_NOT_FOUND", "GOAL_NOT_FOUND",
-    "GOAL_NOT_COMPLETED", "GOAL_NOT_ACTIVE", "GOAL_ROTATED", "GOAL_LOCKED", "ALREADY_CLAIMED",
-    "INVALID_COUNT", "INSUFFICIENT_GOALS", "REWARD_GRANT_FAILED", "DEPENDENCY_UNAVAILABLE",
-    "INTERNAL_ERROR", "ROUTE_NOT_FOUND", "METHOD_NOT_ALLOWED", "PAYLOAD_TOO_LARGE",
+    "INVALID_REQUEST",
+    "UNAUTHORIZED",
+    "FORBIDDEN",
+    "CHALLENGE_NOT_FOUND",
+    "GOAL_NOT_FOUND",
+    "GOAL_NOT_COMPLETED",
+    "GOAL_NOT_ACTIVE",
+    "GOAL_ROTATED",
+    "GOAL_LOCKED",
+    "ALREADY_CLAIMED",
+    "INVALID_COUNT",
+    "INSUFFICIENT_GOALS",
+    "REWARD_GRANT_FAILED",
+    "DEPENDENCY_UNAVAILABLE",
+    "INTERNAL_ERROR",
+    "ROUTE_NOT_FOUND",
+    "METHOD_NOT_ALLOWED",
+    "PAYLOAD_TOO_LARGE",
 ]
 
 
@@ -179,16 +193,21 @@ class RotationStatusResponse(Struct, rename="camel"):
 
 
 RESPONSE_STRUCTS: tuple[type[Struct], ...] = (
-    ChallengeList, Challenge, InitializeResponse, SetActiveResponse, SelectResponse, ClaimResponse,
-    RotationStatusResponse, ErrorBody,
+    ChallengeList,
+    Challenge,
+    InitializeResponse,
+    SetActiveResponse,
+    SelectResponse,
+    ClaimResponse,
+    RotationStatusResponse,
+    ErrorBody,
 )
 
 # --- reference builders: use-case results → Structs ------------------------------------------------
 
 
 def _requirement(requirement: catalog_model.Requirement) -> Requirement:
-    return Requirement(requirement.stat_code, requirement.operator, requirement.target_value,
-                       requirement.progress_mode)
+    return Requirement(requirement.stat_code, requirement.operator, requirement.target_value, requirement.progress_mode)
 
 
 def _reward(reward: catalog_model.Reward) -> Reward:
@@ -200,20 +219,31 @@ def goal_body(state: GoalState, now: datetime) -> Goal:
     goal, row, goal_view = state.goal, state.row, state.view
     expires_at, expires_in = expiry_fields(goal, now)
     return Goal(
-        goal_id=goal.goal_id, name=goal.name, description=goal.description,
-        requirement=_requirement(goal.requirement), reward=_reward(goal.reward),
-        prerequisites=list(goal.prerequisites), locked=state.locked,
-        progress=goal_view.progress, status=goal_view.status,
-        completed_at=format_timestamp(goal_view.completed_at), claimed_at=format_timestamp(goal_view.claimed_at),
+        goal_id=goal.goal_id,
+        name=goal.name,
+        description=goal.description,
+        requirement=_requirement(goal.requirement),
+        reward=_reward(goal.reward),
+        prerequisites=list(goal.prerequisites),
+        locked=state.locked,
+        progress=goal_view.progress,
+        status=goal_view.status,
+        completed_at=format_timestamp(goal_view.completed_at),
+        claimed_at=format_timestamp(goal_view.claimed_at),
         is_active=row is not None and row.is_active,
-        expires_at=expires_at, expires_in_seconds=expires_in,
+        expires_at=expires_at,
+        expires_in_seconds=expires_in,
     )
 
 
 def challenge_body(state: ChallengeState, now: datetime) -> Challenge:
     challenge = state.challenge
-    return Challenge(challenge.challenge_id, challenge.name, challenge.description,
-                     [goal_body(goal_state, now) for goal_state in state.goals])
+    return Challenge(
+        challenge.challenge_id,
+        challenge.name,
+        challenge.description,
+        [goal_body(goal_state, now) for goal_state in state.goals],
+    )
 
 
 def challenge_list_body(result: ListResult) -> ChallengeList:
@@ -224,18 +254,28 @@ def assigned_goal_body(state: GoalState, now: datetime) -> AssignedGoal:
     goal, row = state.goal, state.row
     expires_at, expires_in = expiry_fields(goal, now)
     return AssignedGoal(
-        challenge_id=goal.challenge_id, goal_id=goal.goal_id, name=goal.name, description=goal.description,
+        challenge_id=goal.challenge_id,
+        goal_id=goal.goal_id,
+        name=goal.name,
+        description=goal.description,
         is_active=row is not None and row.is_active,
         assigned_at=format_timestamp(row.assigned_at if row is not None else None),
-        expires_at=expires_at, expires_in_seconds=expires_in,
-        progress=state.view.progress, target=goal.requirement.target_value, status=state.view.status,
-        requirement=_requirement(goal.requirement), reward=_reward(goal.reward),
+        expires_at=expires_at,
+        expires_in_seconds=expires_in,
+        progress=state.view.progress,
+        target=goal.requirement.target_value,
+        status=state.view.status,
+        requirement=_requirement(goal.requirement),
+        reward=_reward(goal.reward),
     )
 
 
 def initialize_body(result: InitializeResult) -> InitializeResponse:
-    return InitializeResponse([assigned_goal_body(state, result.now) for state in result.assigned],
-                              result.new_assignments, len(result.assigned))
+    return InitializeResponse(
+        [assigned_goal_body(state, result.now) for state in result.assigned],
+        result.new_assignments,
+        len(result.assigned),
+    )
 
 
 def set_active_message(is_active: bool) -> str:
@@ -243,20 +283,31 @@ def set_active_message(is_active: bool) -> str:
 
 
 def set_active_body(result: SetActiveResult) -> SetActiveResponse:
-    return SetActiveResponse(result.challenge_id, result.goal_id, result.is_active,
-                             format_timestamp(result.assigned_at), set_active_message(result.is_active))
+    return SetActiveResponse(
+        result.challenge_id,
+        result.goal_id,
+        result.is_active,
+        format_timestamp(result.assigned_at),
+        set_active_message(result.is_active),
+    )
 
 
 def selected_goal_body(state: GoalState, now: datetime) -> SelectedGoal:
     goal, row = state.goal, state.row
     expires_at, expires_in = expiry_fields(goal, now)
     return SelectedGoal(
-        goal_id=goal.goal_id, name=goal.name, description=goal.description,
-        requirement=_requirement(goal.requirement), reward=_reward(goal.reward),
-        status=state.view.status, progress=state.view.progress, target=goal.requirement.target_value,
+        goal_id=goal.goal_id,
+        name=goal.name,
+        description=goal.description,
+        requirement=_requirement(goal.requirement),
+        reward=_reward(goal.reward),
+        status=state.view.status,
+        progress=state.view.progress,
+        target=goal.requirement.target_value,
         is_active=row is not None and row.is_active,
         assigned_at=format_timestamp(row.assigned_at if row is not None else None),
-        expires_at=expires_at, expires_in_seconds=expires_in,
+        expires_at=expires_at,
+        expires_in_seconds=expires_in,
     )
 
 
@@ -279,10 +330,18 @@ def rotation_status_body(status: RotationStatus) -> RotationStatusResponse:
     rotation = status.goal.rotation if status.goal is not None else None
     if rotation is None:
         return RotationStatusResponse(status.challenge_id, Rotation(False, "", "", False, False))
-    return RotationStatusResponse(status.challenge_id, Rotation(
-        True, rotation.type, rotation.schedule, rotation.reset_progress, rotation.allow_reselection,
-        _period(status.current), _period(status.next),
-    ))
+    return RotationStatusResponse(
+        status.challenge_id,
+        Rotation(
+            True,
+            rotation.type,
+            rotation.schedule,
+            rotation.reset_progress,
+            rotation.allow_reselection,
+            _period(status.current),
+            _period(status.next),
+        ),
+    )
 
 
 # --- fast writer --------------------------------------------------------------------------------
@@ -319,21 +378,53 @@ class _GoalPieces:
     def __init__(self, fragments: dict[str, bytes]) -> None:
         goal_id, name, description = fragments["goalId"], fragments["name"], fragments["description"]
         requirement, reward = fragments["requirement"], fragments["reward"]
-        self.listing_head = b"".join((
-            b'{"goalId":', goal_id, b',"name":', name, b',"description":', description,
-            b',"requirement":', requirement, b',"reward":', reward,
-            b',"prerequisites":', fragments["prerequisites"], b',"locked":',
-        ))
-        self.assigned_head = b"".join((
-            b'{"challengeId":', fragments["challengeId"], b',"goalId":', goal_id, b',"name":', name,
-            b',"description":', description, b',"isActive":',
-        ))
+        self.listing_head = b"".join(
+            (
+                b'{"goalId":',
+                goal_id,
+                b',"name":',
+                name,
+                b',"description":',
+                description,
+                b',"requirement":',
+                requirement,
+                b',"reward":',
+                reward,
+                b',"prerequisites":',
+                fragments["prerequisites"],
+                b',"locked":',
+            )
+        )
+        self.assigned_head = b"".join(
+            (
+                b'{"challengeId":',
+                fragments["challengeId"],
+                b',"goalId":',
+                goal_id,
+                b',"name":',
+                name,
+                b',"description":',
+                description,
+                b',"isActive":',
+            )
+        )
         self.assigned_target = b',"target":' + fragments["target"] + b',"status":'
         self.assigned_tail = b',"requirement":' + requirement + b',"reward":' + reward + b"}"
-        self.selected_head = b"".join((
-            b'{"goalId":', goal_id, b',"name":', name, b',"description":', description,
-            b',"requirement":', requirement, b',"reward":', reward, b',"status":',
-        ))
+        self.selected_head = b"".join(
+            (
+                b'{"goalId":',
+                goal_id,
+                b',"name":',
+                name,
+                b',"description":',
+                description,
+                b',"requirement":',
+                requirement,
+                b',"reward":',
+                reward,
+                b',"status":',
+            )
+        )
         self.selected_target = b',"target":' + fragments["target"] + b',"isActive":'
 
 
@@ -356,8 +447,10 @@ class _Expiry:
         encoded = self._by_schedule.get(goal.rotation.schedule)
         if encoded is None:
             expires_at, expires_in = expiry_fields(goal, self._now)
-            encoded = self._by_schedule[goal.rotation.schedule] = (
-                b'"%s","expiresInSeconds":%d' % (expires_at.encode(), expires_in))
+            encoded = self._by_schedule[goal.rotation.schedule] = b'"%s","expiresInSeconds":%d' % (
+                expires_at.encode(),
+                expires_in,
+            )
         return encoded
 
 
@@ -368,10 +461,17 @@ class ResponseWriter:
     def __init__(self, catalog: catalog_model.Catalog) -> None:
         self._goals = {goal_id: _GoalPieces(fragments) for goal_id, fragments in catalog.goal_fragments.items()}
         self._challenge_heads = {
-            challenge_id: b"".join((
-                b'{"challengeId":', fragments["challengeId"], b',"name":', fragments["name"],
-                b',"description":', fragments["description"], b',"goals":[',
-            ))
+            challenge_id: b"".join(
+                (
+                    b'{"challengeId":',
+                    fragments["challengeId"],
+                    b',"name":',
+                    fragments["name"],
+                    b',"description":',
+                    fragments["description"],
+                    b',"goals":[',
+                )
+            )
             for challenge_id, fragments in catalog.challenge_fragments.items()
         }
         self._statuses: dict[str, bytes] = {}
@@ -382,25 +482,34 @@ class ResponseWriter:
             encoded = self._statuses[status] = _encode(status)
         return encoded
 
-
     def _goal(self, state: GoalState, expiry: _Expiry) -> bytes:
         goal, row, view = state.goal, state.row, state.view
-        return b"".join((
-            self._goals[goal.goal_id].listing_head,
-            _TRUE if state.locked else _FALSE,
-            b',"progress":%d,"status":' % view.progress, self._status(view.status),
-            b',"completedAt":', _timestamp(view.completed_at),
-            b',"claimedAt":', _timestamp(view.claimed_at),
-            b',"isActive":', _TRUE if row is not None and row.is_active else _FALSE,
-            b',"expiresAt":', expiry(goal), b"}",
-        ))
+        return b"".join(
+            (
+                self._goals[goal.goal_id].listing_head,
+                _TRUE if state.locked else _FALSE,
+                b',"progress":%d,"status":' % view.progress,
+                self._status(view.status),
+                b',"completedAt":',
+                _timestamp(view.completed_at),
+                b',"claimedAt":',
+                _timestamp(view.claimed_at),
+                b',"isActive":',
+                _TRUE if row is not None and row.is_active else _FALSE,
+                b',"expiresAt":',
+                expiry(goal),
+                b"}",
+            )
+        )
 
     def _challenge(self, state: ChallengeState, expiry: _Expiry) -> bytes:
-        return b"".join((
-            self._challenge_heads[state.challenge.challenge_id],
-            b",".join([self._goal(goal_state, expiry) for goal_state in state.goals]),
-            b"]}",
-        ))
+        return b"".join(
+            (
+                self._challenge_heads[state.challenge.challenge_id],
+                b",".join([self._goal(goal_state, expiry) for goal_state in state.goals]),
+                b"]}",
+            )
+        )
 
     def challenge(self, state: ChallengeState, now: datetime) -> bytes:
         """`GET /v1/challenges/{challenge_id}`: one Challenge, expiry computed at `now`."""
@@ -414,40 +523,59 @@ class ResponseWriter:
     def _assigned_goal(self, state: GoalState, expiry: _Expiry) -> bytes:
         goal, row = state.goal, state.row
         pieces = self._goals[goal.goal_id]
-        return b"".join((
-            pieces.assigned_head,
-            _TRUE if row is not None and row.is_active else _FALSE,
-            b',"assignedAt":', _timestamp(row.assigned_at if row is not None else None),
-            b',"expiresAt":', expiry(goal),
-            b',"progress":%d' % state.view.progress,
-            pieces.assigned_target, self._status(state.view.status),
-            pieces.assigned_tail,
-        ))
+        return b"".join(
+            (
+                pieces.assigned_head,
+                _TRUE if row is not None and row.is_active else _FALSE,
+                b',"assignedAt":',
+                _timestamp(row.assigned_at if row is not None else None),
+                b',"expiresAt":',
+                expiry(goal),
+                b',"progress":%d' % state.view.progress,
+                pieces.assigned_target,
+                self._status(state.view.status),
+                pieces.assigned_tail,
+            )
+        )
 
     def initialize(self, result: InitializeResult) -> bytes:
         """`POST /v1/challenges/initialize`."""
         expiry = _Expiry(result.now)
         assigned = b",".join([self._assigned_goal(state, expiry) for state in result.assigned])
         return b'{"assignedGoals":[%s],"newAssignments":%d,"totalActive":%d}' % (
-            assigned, result.new_assignments, len(result.assigned))
+            assigned,
+            result.new_assignments,
+            len(result.assigned),
+        )
 
     def _selected_goal(self, state: GoalState, expiry: _Expiry) -> bytes:
         goal, row = state.goal, state.row
         pieces = self._goals[goal.goal_id]
-        return b"".join((
-            pieces.selected_head, self._status(state.view.status),
-            b',"progress":%d' % state.view.progress,
-            pieces.selected_target, _TRUE if row is not None and row.is_active else _FALSE,
-            b',"assignedAt":', _timestamp(row.assigned_at if row is not None else None),
-            b',"expiresAt":', expiry(goal), b"}",
-        ))
+        return b"".join(
+            (
+                pieces.selected_head,
+                self._status(state.view.status),
+                b',"progress":%d' % state.view.progress,
+                pieces.selected_target,
+                _TRUE if row is not None and row.is_active else _FALSE,
+                b',"assignedAt":',
+                _timestamp(row.assigned_at if row is not None else None),
+                b',"expiresAt":',
+                expiry(goal),
+                b"}",
+            )
+        )
 
     def select(self, result: SelectResult) -> bytes:
         """Batch and random select."""
         expiry = _Expiry(result.now)
         selected = b",".join([self._selected_goal(state, expiry) for state in result.selected])
         return b'{"challengeId":%s,"selectedGoals":[%s],"totalActiveGoals":%d,"replacedGoals":%s}' % (
-            _encode(result.challenge_id), selected, result.total_active, _encode(result.replaced))
+            _encode(result.challenge_id),
+            selected,
+            result.total_active,
+            _encode(result.replaced),
+        )
 
     @staticmethod
     def set_active(result: SetActiveResult) -> bytes:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.transport.auth import is_valid_user_id
+from service.config.settings import Settings
 from service.domain.buffer import (
     SOURCE_LOGIN,
     Entry,
@@ -37,20 +37,20 @@ from service.domain.buffer import (
     partition_of,
     stat_source,
 )
-from service.storage.cache import Cache
 from service.domain.catalog import Catalog
+from service.domain.routing import GoalRouting
+from service.domain.rules import utc_now
+from service.storage.cache import Cache
 from service.storage.dedup import PENDING, Deduplicator
+from service.storage.store import Queries, Store
 from service.telemetry.event_metrics import (
     ACK_WAIT_SECONDS,
     BUFFER_CAPACITY,
     EVENT_AGE_SECONDS,
     EVENTS_TOTAL,
 )
+from service.transport.auth import is_valid_user_id
 from service.usecases.flusher import FlushTotals, PartitionFlusher
-from service.domain.routing import GoalRouting
-from service.domain.rules import utc_now
-from service.config.settings import Settings
-from service.storage.store import Queries, Store
 
 log = logging.getLogger("challengectl.events")
 
@@ -72,8 +72,15 @@ OUTCOME_SKIPPED_NO_GOAL = "skipped_no_goal"
 OUTCOME_SKIPPED_NEGATIVE = "skipped_negative"
 OUTCOME_REJECTED = "rejected"
 OUTCOME_EXHAUSTED = "exhausted"
-OUTCOMES = (OUTCOME_ACCEPTED, OUTCOME_DUPLICATE, OUTCOME_SKIPPED_NAMESPACE, OUTCOME_SKIPPED_NO_GOAL,
-            OUTCOME_SKIPPED_NEGATIVE, OUTCOME_REJECTED, OUTCOME_EXHAUSTED)
+OUTCOMES = (
+    OUTCOME_ACCEPTED,
+    OUTCOME_DUPLICATE,
+    OUTCOME_SKIPPED_NAMESPACE,
+    OUTCOME_SKIPPED_NO_GOAL,
+    OUTCOME_SKIPPED_NEGATIVE,
+    OUTCOME_REJECTED,
+    OUTCOME_EXHAUSTED,
+)
 
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
@@ -175,7 +182,6 @@ class IngestConfig:
         return -(-self.buffer_max_entries // self.flush_workers)
 
 
-
 # (index in the call, user id, source, value (None for login), inc, event id, timestamp)
 _Candidate = tuple[int, str, str, int | None, int, str, float | None]
 
@@ -247,15 +253,29 @@ class Ingestor:
         self._routing = GoalRouting(catalog)
         self._cache = cache
         self._dedup = Deduplicator(
-            cache.client, config.redis_key_prefix, config.dedup_pending_ttl_s, config.dedup_ttl_s,
-            config.dedup_lru_size, config.redis_probe_interval_ms / 1000,
+            cache.client,
+            config.redis_key_prefix,
+            config.dedup_pending_ttl_s,
+            config.dedup_ttl_s,
+            config.dedup_lru_size,
+            config.redis_probe_interval_ms / 1000,
         )
         capacity = config.partition_capacity
         self._partitions = [Partition(index, capacity) for index in range(config.flush_workers)]
         self._totals = FlushTotals()
         self._flushers = [
-            PartitionFlusher(partition, self._routing, store, queries, cache, self, self._totals,
-                             config.flush_interval_ms / 1000, config.flush_batch_max, clock)
+            PartitionFlusher(
+                partition,
+                self._routing,
+                store,
+                queries,
+                cache,
+                self,
+                self._totals,
+                config.flush_interval_ms / 1000,
+                config.flush_batch_max,
+                clock,
+            )
             for partition in self._partitions
         ]
         # The entry that currently holds each pending event id of this process (buffered or in flight).
@@ -268,8 +288,9 @@ class Ingestor:
         self._pending_waiters = 0
         self._peak_entries = 0
         self._outcomes = dict.fromkeys(OUTCOMES, 0)
-        self._outcome_counters = {(origin, outcome): EVENTS_TOTAL.labels(origin, outcome)
-                                  for origin in ORIGINS for outcome in OUTCOMES}
+        self._outcome_counters = {
+            (origin, outcome): EVENTS_TOTAL.labels(origin, outcome) for origin in ORIGINS for outcome in OUTCOMES
+        }
         BUFFER_CAPACITY.set(capacity * config.flush_workers)
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -279,8 +300,9 @@ class Ingestor:
         if self._tasks:
             return
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(flusher.run(), name=f"flusher-{flusher.partition.index}")
-                       for flusher in self._flushers]
+        self._tasks = [
+            loop.create_task(flusher.run(), name=f"flusher-{flusher.partition.index}") for flusher in self._flushers
+        ]
         self._renewal_task = loop.create_task(self._renew_markers(), name="dedup-marker-renewal")
 
     async def drain_and_stop(self, timeout_s: float) -> int:
@@ -305,11 +327,20 @@ class Ingestor:
         if left:
             events = sum(entry.events for entry in left)
             if self._commit_mode:
-                log.error("shutdown: %d buffered entries (%d events) were not committed in %g s; their "
-                          "callers get UNAVAILABLE and retry", len(left), events, timeout_s)
+                log.error(
+                    "shutdown: %d buffered entries (%d events) were not committed in %g s; their "
+                    "callers get UNAVAILABLE and retry",
+                    len(left),
+                    events,
+                    timeout_s,
+                )
             else:
-                log.error("shutdown: %d buffered entries (%d events) were not committed in %g s and are lost",
-                          len(left), events, timeout_s)
+                log.error(
+                    "shutdown: %d buffered entries (%d events) were not committed in %g s and are lost",
+                    len(left),
+                    events,
+                    timeout_s,
+                )
             for entry in left:
                 for waiter in entry.waiters:
                     waiter.abandon()
@@ -326,7 +357,10 @@ class Ingestor:
     # -- submit -----------------------------------------------------------------------------------
 
     async def submit(
-        self, events: Sequence[IncomingEvent], origin: str, deadline: float | None = None,
+        self,
+        events: Sequence[IncomingEvent],
+        origin: str,
+        deadline: float | None = None,
     ) -> SubmitResult:
         """Validate, de-duplicate and buffer one call's events; in commit mode wait for their commit.
 
@@ -387,7 +421,10 @@ class Ingestor:
         return plan
 
     async def _admit(
-        self, plan: _CallPlan, origin: str, previous_turn: asyncio.Future[None] | None,
+        self,
+        plan: _CallPlan,
+        origin: str,
+        previous_turn: asyncio.Future[None] | None,
     ) -> tuple[int, int, list[Entry]]:
         """De-duplicate and admit the plan's events; returns (accepted, duplicates, entries to wait for).
 
@@ -426,7 +463,10 @@ class Ingestor:
         return len(new), duplicates, touched
 
     def _classify(
-        self, candidates: list[_Candidate], repeated: set[int], state_of: dict[int, str | None],
+        self,
+        candidates: list[_Candidate],
+        repeated: set[int],
+        state_of: dict[int, str | None],
     ) -> tuple[list[_Candidate], int, list[EventKey], str | None]:
         """Split by marker state: (new events, duplicates, ids pending in this process, the first id
         pending in another process)."""
@@ -619,8 +659,7 @@ class Ingestor:
     def buffer_stats(self) -> dict[str, Any]:
         """The body of `GET /admin/buffer` (docs/http-api.md#admin-and-metrics)."""
         entries = sum(len(partition) for partition in self._partitions)
-        oldest = [accepted for partition in self._partitions
-                  if (accepted := partition.oldest_accepted()) is not None]
+        oldest = [accepted for partition in self._partitions if (accepted := partition.oldest_accepted()) is not None]
         totals = self._totals
         return {
             "ack_mode": self._config.ack_mode,

@@ -20,7 +20,9 @@ from datetime import datetime
 from typing import Protocol
 
 from service.domain.buffer import Entry, Partition
+from service.domain.routing import GoalRouting
 from service.storage.cache import Cache
+from service.storage.store import Queries, Store, short_reason
 from service.telemetry.event_metrics import (
     BUFFER_ENTRIES,
     FLUSH_DEFERRED_TOTAL,
@@ -30,8 +32,6 @@ from service.telemetry.event_metrics import (
     FLUSH_ROWS_UPDATED_TOTAL,
 )
 from service.telemetry.pool_stats import nearest_rank
-from service.domain.routing import GoalRouting
-from service.storage.store import Queries, Store, short_reason
 
 log = logging.getLogger("challengectl.flusher")
 
@@ -206,21 +206,28 @@ class PartitionFlusher:
             self.failing_since = time.monotonic()
             log.warning(
                 "flush of partition %d failed (%s); %d entries kept in the buffer, retrying with backoff",
-                self.partition.index, short_reason(exc), len(snapshot),
+                self.partition.index,
+                short_reason(exc),
+                len(snapshot),
                 extra={"partition": self.partition.index, "entries": len(snapshot)},
             )
         else:
             log.debug(
-                "flush of partition %d failed again (%s)", self.partition.index, short_reason(exc),
+                "flush of partition %d failed again (%s)",
+                self.partition.index,
+                short_reason(exc),
                 extra={"partition": self.partition.index, "entries": len(snapshot)},
             )
 
-    def _flush_succeeded(self, now: datetime, duration_ms: float, entries: int, rows_updated: int,
-                         deferred: int) -> None:
+    def _flush_succeeded(
+        self, now: datetime, duration_ms: float, entries: int, rows_updated: int, deferred: int
+    ) -> None:
         if self.failing_since is not None:
             log.info(
                 "flushes of partition %d succeed again after %d failures over %.1f s",
-                self.partition.index, self._failures_in_streak, time.monotonic() - self.failing_since,
+                self.partition.index,
+                self._failures_in_streak,
+                time.monotonic() - self.failing_since,
                 extra={"partition": self.partition.index},
             )
             self.failing_since = None
@@ -241,7 +248,16 @@ class PartitionFlusher:
         log.log(
             logging.INFO if notable else logging.DEBUG,
             "flush partition=%d entries=%d rows_updated=%d deferred=%d duration_ms=%.1f",
-            self.partition.index, entries, rows_updated, deferred, duration_ms,
-            extra={"partition": self.partition.index, "entries": entries, "rows_updated": rows_updated,
-                   "deferred": deferred, "duration_ms": round(duration_ms, 1)},
+            self.partition.index,
+            entries,
+            rows_updated,
+            deferred,
+            duration_ms,
+            extra={
+                "partition": self.partition.index,
+                "entries": entries,
+                "rows_updated": rows_updated,
+                "deferred": deferred,
+                "duration_ms": round(duration_ms, 1),
+            },
         )

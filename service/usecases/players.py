@@ -23,10 +23,7 @@ import psycopg
 from prometheus_client import Counter
 from psycopg.rows import class_row
 
-from service.storage.cache import Cache, CacheRead
 from service.domain.catalog import Catalog, Challenge, Goal, Reward
-from service.transport.errors import ApiError
-from service.usecases.rewards import RewardGrant, RewardGranter, RewardGrantFailed
 from service.domain.rules import (
     STATUS_CLAIMED,
     STATUS_COMPLETED,
@@ -47,7 +44,10 @@ from service.domain.rules import (
     utc_now,
     view,
 )
+from service.storage.cache import Cache, CacheRead
 from service.storage.store import Queries, Store, StoreUnavailable
+from service.transport.errors import ApiError
+from service.usecases.rewards import RewardGrant, RewardGranter, RewardGrantFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +139,6 @@ Work = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 _ROW = class_row(ProgressRow)
 
 
-
 def _unavailable() -> ApiError:
     return ApiError(503, "DEPENDENCY_UNAVAILABLE", DB_ERROR_MESSAGE)
 
@@ -162,7 +161,8 @@ def _goal_not_found(challenge_id: str, goal_id: str) -> ApiError:
 
 def _not_completed(goal_id: str, status: str) -> ApiError:
     return ApiError(
-        400, "GOAL_NOT_COMPLETED",
+        400,
+        "GOAL_NOT_COMPLETED",
         f"Goal not completed. Please wait 1 second and try again. (goal_id: {goal_id}, status: {status})",
     )
 
@@ -201,12 +201,14 @@ class Players:
         # Per challenge: prerequisites of its goals that live in other challenges, which
         # `challenge_progress` does not return (read with `goals_by_ids`).
         self._external_prerequisites = {
-            challenge.challenge_id: sorted({
-                prerequisite
-                for goal in challenge.goals
-                for prerequisite in goal.prerequisites
-                if goals_by_id[prerequisite].challenge_id != challenge.challenge_id
-            })
+            challenge.challenge_id: sorted(
+                {
+                    prerequisite
+                    for goal in challenge.goals
+                    for prerequisite in goal.prerequisites
+                    if goals_by_id[prerequisite].challenge_id != challenge.challenge_id
+                }
+            )
             for challenge in catalog.challenges
         }
         self._default_goal_params = {
@@ -250,7 +252,8 @@ class Players:
             rows, pre = await self._active_view(user_id)
             return ChallengeState(challenge, self._active_states(rows, pre, now)[challenge_id])
         rows_by_id = await self._db(
-            user_id, f"reading challenge {challenge_id!r}",
+            user_id,
+            f"reading challenge {challenge_id!r}",
             lambda conn: self._read_challenge_rows(conn, user_id, challenge),
         )
         return ChallengeState(challenge, self._all_states(challenge, rows_by_id, now))
@@ -268,7 +271,8 @@ class Players:
         start, end = period_start(schedule, now), next_boundary(schedule, now)
         next_start, next_end = period_after(schedule, now)
         return RotationStatus(
-            challenge_id, goal,
+            challenge_id,
+            goal,
             Period(start, end, expires_in_seconds(end, now)),
             Period(next_start, next_end, 0),
         )
@@ -290,7 +294,8 @@ class Players:
         elif read.synced and entry is None:
             INITIALIZE_TOTAL.labels("fast").inc()
             rows, pre = await self._db(
-                user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id))
+                user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
+            )
             await self._cache_fill(user_id, read, rows, pre, read.token)
         else:
             INITIALIZE_TOTAL.labels("slow").inc()
@@ -299,7 +304,10 @@ class Players:
         return InitializeResult(self._assigned_states(rows, pre, now), inserted, now)
 
     async def _initialize_slow(
-        self, user_id: str, read: CacheRead, now: datetime,
+        self,
+        user_id: str,
+        read: CacheRead,
+        now: datetime,
     ) -> tuple[int, list[ProgressRow], list[ProgressRow]]:
         """Insert missing defaults → invalidate when inserted → read in a new statement → fill → mark."""
         inserted_ids: list[Any] = []
@@ -321,13 +329,18 @@ class Players:
             seen_token = await self._cache_invalidate(user_id)
         # A new statement, so that rows committed meanwhile by a concurrent first call are visible.
         rows, pre = await self._db(
-            user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id))
+            user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
+        )
         await self._cache_fill(user_id, read, rows, pre, seen_token)
         await self._cache_set_synced(user_id)
         return len(inserted_ids), rows, pre
 
     async def _catch_up(
-        self, user_id: str, rows: list[ProgressRow], pre: list[ProgressRow], now: datetime,
+        self,
+        user_id: str,
+        rows: list[ProgressRow],
+        pre: list[ProgressRow],
+        now: datetime,
     ) -> tuple[list[ProgressRow], list[ProgressRow]]:
         """Bring stale active, not claimed rows into the current period (docs/rules.md#initialize step 3).
 
@@ -342,7 +355,9 @@ class Players:
         except (StoreUnavailable, psycopg.Error) as error:
             log.warning(
                 "rotation catch-up of user %r failed for goals %s; answering from the view: %s",
-                user_id, ", ".join(plan.goal_ids), error,
+                user_id,
+                ", ".join(plan.goal_ids),
+                error,
             )
             return rows, pre
         if not changed:
@@ -381,7 +396,11 @@ class Players:
     # -- selects (docs/rules.md#batch-select, docs/rules.md#random-select) -------------------------------------------------------------------
 
     async def batch_select(
-        self, user_id: str, challenge_id: str, goal_ids: Sequence[str], replace_existing: bool,
+        self,
+        user_id: str,
+        challenge_id: str,
+        goal_ids: Sequence[str],
+        replace_existing: bool,
     ) -> SelectResult:
         """`POST …/goals/batch-select`: activate the listed goals (de-duplicated, all validated before
         any write), optionally deactivating the challenge's other active goals."""
@@ -393,7 +412,12 @@ class Players:
         return await self._select(user_id, challenge, goals, replace_existing, self._clock())
 
     async def random_select(
-        self, user_id: str, challenge_id: str, count: int, replace_existing: bool, exclude_active: bool,
+        self,
+        user_id: str,
+        challenge_id: str,
+        count: int,
+        replace_existing: bool,
+        exclude_active: bool,
     ) -> SelectResult:
         """`POST …/goals/random-select`: activate up to `count` eligible goals chosen uniformly at
         random (CSPRNG), then the batch-select write; `selected` is in catalog order."""
@@ -403,14 +427,17 @@ class Players:
         challenge = self._challenge(challenge_id)
         now = self._clock()
         rows_by_id = await self._db(
-            user_id, f"reading challenge {challenge_id!r} for random select",
+            user_id,
+            f"reading challenge {challenge_id!r} for random select",
             lambda conn: self._read_challenge_rows(conn, user_id, challenge),
         )
         eligible = random_select_eligible(
-            challenge, rows_by_id, self._catalog.goals_by_id, now, exclude_active or replace_existing)
+            challenge, rows_by_id, self._catalog.goals_by_id, now, exclude_active or replace_existing
+        )
         if not eligible:
             raise ApiError(
-                400, "INSUFFICIENT_GOALS",
+                400,
+                "INSUFFICIENT_GOALS",
                 f"no goals available for selection (available: 0, requested: {count})",
             )
         chosen = secrets.SystemRandom().sample(eligible, min(count, len(eligible)))
@@ -418,7 +445,12 @@ class Players:
         return await self._select(user_id, challenge, chosen, replace_existing, now)
 
     async def _select(
-        self, user_id: str, challenge: Challenge, goals: Sequence[Goal], replace_existing: bool, now: datetime,
+        self,
+        user_id: str,
+        challenge: Challenge,
+        goals: Sequence[Goal],
+        replace_existing: bool,
+        now: datetime,
     ) -> SelectResult:
         """The batch-select write transaction (docs/rules.md#batch-select step 2), then invalidation."""
         challenge_id = challenge.challenge_id
@@ -439,32 +471,38 @@ class Players:
             async with conn.transaction():
                 deactivated: list[str] = []
                 if replace_existing:
-                    deactivated = [row["goal_id"] for row in await self._queries.rows(
-                        conn, "deactivate_challenge_goals",
-                        {"user_id": user_id, "challenge_id": challenge_id, "keep_goal_ids": goal_ids},
-                    )]
+                    deactivated = [
+                        row["goal_id"]
+                        for row in await self._queries.rows(
+                            conn,
+                            "deactivate_challenge_goals",
+                            {"user_id": user_id, "challenge_id": challenge_id, "keep_goal_ids": goal_ids},
+                        )
+                    ]
                 activated = await self._queries.rows(conn, "batch_set_goal_active", activate_params, _ROW)
                 rows = await self._queries.rows(
-                    conn, "challenge_progress", {"user_id": user_id, "challenge_id": challenge_id}, _ROW)
+                    conn, "challenge_progress", {"user_id": user_id, "challenge_id": challenge_id}, _ROW
+                )
                 if external_ids:
                     rows += await self._queries.rows(
-                        conn, "goals_by_ids", {"user_id": user_id, "goal_ids": external_ids}, _ROW)
+                        conn, "goals_by_ids", {"user_id": user_id, "goal_ids": external_ids}, _ROW
+                    )
             rows_by_id = {row.goal_id: row for row in rows}
             # The upsert's own rows win: they are the selected goals' rows after the write.
             rows_by_id.update((row.goal_id, row) for row in activated)
             return deactivated, rows_by_id
 
         deactivated, rows_by_id = await self._db(
-            user_id, f"selecting goals {goal_ids} in challenge {challenge_id!r}", write)
+            user_id, f"selecting goals {goal_ids} in challenge {challenge_id!r}", write
+        )
         await self._cache_invalidate(user_id)
         goals_by_id = self._catalog.goals_by_id
         replaced = tuple(
-            goal_id for goal_id in sorted(
-                (g for g in deactivated if g in goals_by_id), key=lambda g: goals_by_id[g].position)
+            goal_id
+            for goal_id in sorted((g for g in deactivated if g in goals_by_id), key=lambda g: goals_by_id[g].position)
         )
         total_active = sum(
-            1 for goal in challenge.goals
-            if (row := rows_by_id.get(goal.goal_id)) is not None and row.is_active
+            1 for goal in challenge.goals if (row := rows_by_id.get(goal.goal_id)) is not None and row.is_active
         )
         selected = tuple(self._state(goal, rows_by_id, now) for goal in goals)
         return SelectResult(challenge_id, selected, total_active, replaced, now)
@@ -488,7 +526,8 @@ class Players:
         goal = self._catalog.goals_by_id.get(goal_id)
         if goal is None or goal.challenge_id != challenge.challenge_id:
             raise ApiError(
-                404, "GOAL_NOT_FOUND",
+                404,
+                "GOAL_NOT_FOUND",
                 f"Goal not found or removed from config (goal_id: {goal_id}, challenge_id: {challenge_id})",
             )
         now = self._clock()
@@ -498,7 +537,8 @@ class Players:
         async def claim_in_transaction(conn: psycopg.AsyncConnection[Any]) -> datetime:
             async with conn.transaction():
                 row = await self._queries.one(
-                    conn, "progress_for_update", {"user_id": user_id, "goal_id": goal_id}, _ROW)
+                    conn, "progress_for_update", {"user_id": user_id, "goal_id": goal_id}, _ROW
+                )
                 await self._check_claimable(conn, user_id, challenge_id, goal, row, now)
                 return await self._grant_and_mark(conn, user_id, goal, now, deadline)
 
@@ -508,7 +548,9 @@ class Players:
         except TimeoutError:
             log.warning(
                 "claim of goal %r by user %r did not finish within %g s (database lock or latency)",
-                goal_id, user_id, self._claim_timeout_s,
+                goal_id,
+                user_id,
+                self._claim_timeout_s,
             )
             raise _unavailable() from None
         await self._cache_invalidate(user_id)
@@ -529,36 +571,45 @@ class Players:
             raise _not_completed(goal_id, STATUS_NOT_STARTED)
         if not row.is_active:
             raise ApiError(
-                400, "GOAL_NOT_ACTIVE",
+                400,
+                "GOAL_NOT_ACTIVE",
                 f"Goal must be active to claim reward. Activate it first via PUT "
                 f"/v1/challenges/{challenge_id}/goals/{goal_id}/active (goal_id: {goal_id})",
             )
         if claim_guard_rotated(goal, row, now):
             raise ApiError(
-                400, "GOAL_ROTATED",
+                400,
+                "GOAL_ROTATED",
                 f"Goal has rotated and must be re-completed (goal_id: {goal_id}, challenge_id: {challenge_id})",
             )
         if row.status == STATUS_CLAIMED:
             raise ApiError(
-                409, "ALREADY_CLAIMED",
-                f"Reward has already been claimed (goal_id: {goal_id}, "
-                f"claimed_at: {format_timestamp(row.claimed_at)})",
+                409,
+                "ALREADY_CLAIMED",
+                f"Reward has already been claimed (goal_id: {goal_id}, claimed_at: {format_timestamp(row.claimed_at)})",
             )
         if row.status != STATUS_COMPLETED:
             raise _not_completed(goal_id, row.status)
         if goal.prerequisites:
             prerequisite_rows = await self._queries.rows(
-                conn, "goals_by_ids", {"user_id": user_id, "goal_ids": list(goal.prerequisites)}, _ROW)
+                conn, "goals_by_ids", {"user_id": user_id, "goal_ids": list(goal.prerequisites)}, _ROW
+            )
             rows_by_id = {prerequisite.goal_id: prerequisite for prerequisite in prerequisite_rows}
             if is_locked(goal, rows_by_id, self._catalog.goals_by_id, now):
                 raise ApiError(400, "GOAL_LOCKED", f"Prerequisites not completed (goal_id: {goal_id})")
 
     async def _grant_and_mark(
-        self, conn: psycopg.AsyncConnection[Any], user_id: str, goal: Goal, now: datetime, deadline: float,
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        user_id: str,
+        goal: Goal,
+        now: datetime,
+        deadline: float,
     ) -> datetime:
         """Check 10 and the final writes: generation → grant → record → mark claimed."""
         generation_row = await self._queries.one(
-            conn, "next_claim_generation",
+            conn,
+            "next_claim_generation",
             {"namespace": self._namespace, "user_id": user_id, "goal_id": goal.goal_id},
         )
         generation = int(generation_row["generation"]) if generation_row else 1
@@ -577,25 +628,33 @@ class Players:
         except RewardGrantFailed as failure:
             log.warning(
                 "reward grant failed for user %r, goal %r, idempotency key %s: %s",
-                user_id, goal.goal_id, grant.idempotency_key, failure.reason,
+                user_id,
+                goal.goal_id,
+                grant.idempotency_key,
+                failure.reason,
             )
             raise ApiError(502, "REWARD_GRANT_FAILED", failure.api_message()) from None
-        await self._queries.rows(conn, "insert_reward_grant", {
-            "namespace": self._namespace,
-            "user_id": user_id,
-            "goal_id": goal.goal_id,
-            "generation": generation,
-            "challenge_id": goal.challenge_id,
-            "idempotency_key": grant.idempotency_key,
-            "reward_type": goal.reward.type,
-            "reward_id": goal.reward.reward_id,
-            "quantity": goal.reward.quantity,
-            "mode": self._reward_mode,
-            "attempts": attempts,
-            "granted_at": now,
-        })
+        await self._queries.rows(
+            conn,
+            "insert_reward_grant",
+            {
+                "namespace": self._namespace,
+                "user_id": user_id,
+                "goal_id": goal.goal_id,
+                "generation": generation,
+                "challenge_id": goal.challenge_id,
+                "idempotency_key": grant.idempotency_key,
+                "reward_type": goal.reward.type,
+                "reward_id": goal.reward.reward_id,
+                "quantity": goal.reward.quantity,
+                "mode": self._reward_mode,
+                "attempts": attempts,
+                "granted_at": now,
+            },
+        )
         marked = await self._queries.one(
-            conn, "mark_claimed", {"user_id": user_id, "goal_id": goal.goal_id, "now": now})
+            conn, "mark_claimed", {"user_id": user_id, "goal_id": goal.goal_id, "now": now}
+        )
         if marked is None:
             # Impossible under the row lock (status was checked as completed): roll the grant record back.
             log.error("mark_claimed changed no row for user %r, goal %r under the row lock", user_id, goal.goal_id)
@@ -621,11 +680,13 @@ class Players:
 
     def _state(self, goal: Goal, rows_by_id: Mapping[str, ProgressRow], now: datetime) -> GoalState:
         row = rows_by_id.get(goal.goal_id)
-        return GoalState(
-            goal, row, view(goal, row, now), is_locked(goal, rows_by_id, self._catalog.goals_by_id, now))
+        return GoalState(goal, row, view(goal, row, now), is_locked(goal, rows_by_id, self._catalog.goals_by_id, now))
 
     def _all_states(
-        self, challenge: Challenge, rows_by_id: Mapping[str, ProgressRow], now: datetime,
+        self,
+        challenge: Challenge,
+        rows_by_id: Mapping[str, ProgressRow],
+        now: datetime,
     ) -> tuple[GoalState, ...]:
         return tuple(self._state(goal, rows_by_id, now) for goal in challenge.goals)
 
@@ -636,24 +697,32 @@ class Players:
         return rows_by_id
 
     def _active_states(
-        self, rows: Sequence[ProgressRow], pre: Sequence[ProgressRow], now: datetime,
+        self,
+        rows: Sequence[ProgressRow],
+        pre: Sequence[ProgressRow],
+        now: datetime,
     ) -> dict[str, tuple[GoalState, ...]]:
         """Per challenge id, in catalog order: the goals with an active row."""
         rows_by_id = self._view_rows(rows, pre)
         return {
             challenge.challenge_id: tuple(
-                self._state(goal, rows_by_id, now) for goal in challenge.goals
+                self._state(goal, rows_by_id, now)
+                for goal in challenge.goals
                 if (row := rows_by_id.get(goal.goal_id)) is not None and row.is_active
             )
             for challenge in self._catalog.challenges
         }
 
     def _assigned_states(
-        self, rows: Sequence[ProgressRow], pre: Sequence[ProgressRow], now: datetime,
+        self,
+        rows: Sequence[ProgressRow],
+        pre: Sequence[ProgressRow],
+        now: datetime,
     ) -> tuple[GoalState, ...]:
         rows_by_id = self._view_rows(rows, pre)
         return tuple(
-            self._state(goal, rows_by_id, now) for goal in self._catalog.goals
+            self._state(goal, rows_by_id, now)
+            for goal in self._catalog.goals
             if (row := rows_by_id.get(goal.goal_id)) is not None and row.is_active
         )
 
@@ -666,28 +735,35 @@ class Players:
         if read.entry is not None:
             return list(read.entry.rows), list(read.entry.pre)
         rows, pre = await self._db(
-            user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id))
+            user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
+        )
         await self._cache_fill(user_id, read, rows, pre, read.token)
         return rows, pre
 
     async def _read_active_view(
-        self, conn: psycopg.AsyncConnection[Any], user_id: str,
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        user_id: str,
     ) -> tuple[list[ProgressRow], list[ProgressRow]]:
         """`active_view`, split into the active rows and the prerequisite rows an active goal needs."""
         fetched = await self._queries.rows(
-            conn, "active_view", {"user_id": user_id, "prereq_goal_ids": self._prerequisite_ids}, _ROW)
+            conn, "active_view", {"user_id": user_id, "prereq_goal_ids": self._prerequisite_ids}, _ROW
+        )
         return split_active_view(fetched, self._catalog.goals_by_id)
 
     async def _read_challenge_rows(
-        self, conn: psycopg.AsyncConnection[Any], user_id: str, challenge: Challenge,
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        user_id: str,
+        challenge: Challenge,
     ) -> dict[str, ProgressRow]:
         """`challenge_progress`, plus `goals_by_ids` for prerequisites in other challenges (if any)."""
         rows = await self._queries.rows(
-            conn, "challenge_progress", {"user_id": user_id, "challenge_id": challenge.challenge_id}, _ROW)
+            conn, "challenge_progress", {"user_id": user_id, "challenge_id": challenge.challenge_id}, _ROW
+        )
         external = self._external_prerequisites[challenge.challenge_id]
         if external:
-            rows += await self._queries.rows(
-                conn, "goals_by_ids", {"user_id": user_id, "goal_ids": external}, _ROW)
+            rows += await self._queries.rows(conn, "goals_by_ids", {"user_id": user_id, "goal_ids": external}, _ROW)
         return {row.goal_id: row for row in rows}
 
     async def _db(self, user_id: str, action: str, work: Work[T]) -> T:
@@ -711,12 +787,18 @@ class Players:
                 if sqlstate in _RETRYABLE_SQLSTATES or isinstance(error, psycopg.OperationalError):
                     log.warning(
                         "database error while %s for user %r (SQLSTATE %s): %s",
-                        action, user_id, sqlstate or "none", error,
+                        action,
+                        user_id,
+                        sqlstate or "none",
+                        error,
                     )
                     raise _unavailable() from None
                 log.error(
                     "unexpected database error while %s for user %r (SQLSTATE %s): %s",
-                    action, user_id, sqlstate or "none", error,
+                    action,
+                    user_id,
+                    sqlstate or "none",
+                    error,
                 )
                 raise _internal_error() from error
         raise AssertionError("unreachable: the second attempt returns or raises")

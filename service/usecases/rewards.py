@@ -29,11 +29,13 @@ if TYPE_CHECKING:
     from service.config.settings import Settings
 
 REWARD_GRANTS = Counter(
-    "challenge_reward_grants_total", "Reward grants by outcome (one per claim that reached the grant)",
+    "challenge_reward_grants_total",
+    "Reward grants by outcome (one per claim that reached the grant)",
     ["mode", "result"],
 )
 REWARD_GRANT_ATTEMPTS = Counter(
-    "challenge_reward_grant_attempts_total", "Reward grant attempts, including webhook retries",
+    "challenge_reward_grant_attempts_total",
+    "Reward grant attempts, including webhook retries",
     ["mode", "result"],
 )
 
@@ -110,7 +112,7 @@ def uniform_jitter() -> float:
 
 def backoff_delay(retry_index: int, jitter: float) -> float:
     """Seconds to wait before retry number `retry_index + 1`: 0.5 s doubling, capped at 2 s, times jitter."""
-    return min(BACKOFF_INITIAL_S * (2 ** retry_index), BACKOFF_CAP_S) * jitter
+    return min(BACKOFF_INITIAL_S * (2**retry_index), BACKOFF_CAP_S) * jitter
 
 
 def _rfc3339_utc(moment: datetime) -> str:
@@ -120,16 +122,18 @@ def _rfc3339_utc(moment: datetime) -> str:
 
 def webhook_body(grant: RewardGrant, requested_at: datetime) -> bytes:
     """The exact JSON bytes POSTed to the webhook (and signed), keys in docs/rules.md#rewards order."""
-    return msgspec.json.encode({
-        "idempotencyKey": grant.idempotency_key,
-        "namespace": grant.namespace,
-        "userId": grant.user_id,
-        "challengeId": grant.challenge_id,
-        "goalId": grant.goal_id,
-        "generation": grant.generation,
-        "reward": {"type": grant.reward_type, "rewardId": grant.reward_id, "quantity": grant.quantity},
-        "requestedAt": _rfc3339_utc(requested_at),
-    })
+    return msgspec.json.encode(
+        {
+            "idempotencyKey": grant.idempotency_key,
+            "namespace": grant.namespace,
+            "userId": grant.user_id,
+            "challengeId": grant.challenge_id,
+            "goalId": grant.goal_id,
+            "generation": grant.generation,
+            "reward": {"type": grant.reward_type, "rewardId": grant.reward_id, "quantity": grant.quantity},
+            "requestedAt": _rfc3339_utc(requested_at),
+        }
+    )
 
 
 def signature_header(secret: str, body: bytes) -> str:
@@ -200,15 +204,18 @@ class RewardGranter:
             self._session = None
 
     def _grant_by_log(self, grant: RewardGrant) -> int:
-        _log.info("reward granted", extra={
-            "namespace": grant.namespace,
-            "user_id": grant.user_id,
-            "challenge_id": grant.challenge_id,
-            "goal_id": grant.goal_id,
-            "reward": {"type": grant.reward_type, "rewardId": grant.reward_id, "quantity": grant.quantity},
-            "generation": grant.generation,
-            "idempotency_key": grant.idempotency_key,
-        })
+        _log.info(
+            "reward granted",
+            extra={
+                "namespace": grant.namespace,
+                "user_id": grant.user_id,
+                "challenge_id": grant.challenge_id,
+                "goal_id": grant.goal_id,
+                "reward": {"type": grant.reward_type, "rewardId": grant.reward_id, "quantity": grant.quantity},
+                "generation": grant.generation,
+                "idempotency_key": grant.idempotency_key,
+            },
+        )
         REWARD_GRANT_ATTEMPTS.labels(MODE_LOG, "success").inc()
         REWARD_GRANTS.labels(MODE_LOG, "success").inc()
         return 1
@@ -232,10 +239,16 @@ class RewardGranter:
             outcome = await self._attempt(body, headers, min(self.config.timeout_ms / 1000, time_left))
             if outcome is None:
                 return retries + 1
-            _log.warning("reward webhook attempt failed", extra={
-                "goal_id": grant.goal_id, "user_id": grant.user_id,
-                "idempotency_key": grant.idempotency_key, "attempt": retries + 1, "reason": outcome.reason,
-            })
+            _log.warning(
+                "reward webhook attempt failed",
+                extra={
+                    "goal_id": grant.goal_id,
+                    "user_id": grant.user_id,
+                    "idempotency_key": grant.idempotency_key,
+                    "attempt": retries + 1,
+                    "reason": outcome.reason,
+                },
+            )
             if not outcome.retryable:
                 raise RewardGrantFailed(grant.goal_id, retries, outcome.reason)
             if retries >= self.config.retries:
@@ -243,7 +256,8 @@ class RewardGranter:
             delay = backoff_delay(retries, self._jitter())
             if self._clock() + delay >= deadline:
                 raise RewardGrantFailed(
-                    grant.goal_id, retries, f"{outcome.reason}; claim deadline reached before the next retry")
+                    grant.goal_id, retries, f"{outcome.reason}; claim deadline reached before the next retry"
+                )
             await self._sleep(delay)
             retries += 1
 
@@ -252,8 +266,11 @@ class RewardGranter:
         session = self._client_session()
         try:
             async with session.post(
-                self._webhook_url, data=body, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False,
+                self._webhook_url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,
             ) as response:
                 # Drain the body so the keep-alive connection goes back to the pool.
                 await response.read()
@@ -268,7 +285,8 @@ class RewardGranter:
                 return None
             retryable = _is_retryable_status(status)
             outcome = _AttemptOutcome(
-                f"webhook answered HTTP {status}", "retryable_status" if retryable else "rejected", retryable)
+                f"webhook answered HTTP {status}", "retryable_status" if retryable else "rejected", retryable
+            )
         REWARD_GRANT_ATTEMPTS.labels(MODE_WEBHOOK, outcome.result).inc()
         return outcome
 
