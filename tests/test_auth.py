@@ -23,13 +23,13 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from starlette.datastructures import Headers
 
 from service.config.settings import SettingsError, load_settings
+from service.domain.user_ids import is_valid_user_id
 from service.transport.auth import (
     AuthConfig,
     Authenticator,
     InsecureSecretFile,
     auth_config_from_settings,
     ensure_embedded_secret,
-    is_valid_user_id,
     mint_token,
     read_secret_file,
 )

@@ -26,16 +26,17 @@ from psycopg.rows import dict_row
 from service.config.settings import load_settings
 from service.domain.buffer import Entry, Partition, fnv1a_32, partition_of
 from service.domain.catalog import Catalog, parse_catalog
+from service.domain.errors import DomainError
 from service.domain.rules import next_boundary, period_start
 from service.storage.cache import Cache, active_key, event_key, open_redis, token_key
 from service.storage.migrations import apply_migrations
 from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store
+from service.transport.grpc_api import grpc_status
 from service.usecases.events import (
     NOT_COMMITTED_MESSAGE,
     IncomingEvent,
     IngestConfig,
-    IngestError,
     Ingestor,
     SubmitResult,
 )
@@ -477,9 +478,12 @@ async def test_e4_invalid_events_are_rejected_individually_and_valid_ones_proces
 
 async def test_e4_an_oversized_batch_fails_as_a_whole(ingest: Any) -> None:
     async with ingest(ingest_max_batch=2) as ingestor:
-        with pytest.raises(IngestError) as failure:
+        with pytest.raises(DomainError) as failure:
             await ingestor.submit([login(new_user())] * 3, "publish")
-        assert (failure.value.code, failure.value.message) == ("INVALID_ARGUMENT", "batch too large (3 > 2)")
+        assert (grpc_status(failure.value).name, failure.value.message) == (
+            "INVALID_ARGUMENT",
+            "batch too large (3 > 2)",
+        )
         assert await ingestor.submit([], "publish") == SubmitResult(0, 0, 0, [], True)
 
 
@@ -612,10 +616,10 @@ async def test_commit_mode_times_out_with_unavailable_and_the_events_are_still_c
     user, event_id = new_user(), new_id()
     await seed(db, user, "login-abs")
     async with ingest(start=False, ack_timeout_ms=100) as ingestor:
-        with pytest.raises(IngestError) as failure:
+        with pytest.raises(DomainError) as failure:
             await ingestor.submit([login(user, event_id)], "publish")
-        assert (failure.value.code, failure.value.message) == ("UNAVAILABLE", NOT_COMMITTED_MESSAGE)
-        with pytest.raises(IngestError):  # the client's deadline caps the wait too
+        assert (grpc_status(failure.value).name, failure.value.message) == ("UNAVAILABLE", NOT_COMMITTED_MESSAGE)
+        with pytest.raises(DomainError):  # the client's deadline caps the wait too
             await ingestor.submit([login(new_user())], "publish", deadline=time.monotonic() + 0.05)
         await ingestor.start()
         await eventually(lambda: _flushed(ingestor))
@@ -688,9 +692,9 @@ async def test_e12_an_id_pending_in_another_process_fails_a_commit_call_and_clea
     await seed(db, user, "login-abs")
     await redis_client.set(event_key(redis_prefix, user, elsewhere), "p", px=60_000)
     async with ingest() as ingestor:
-        with pytest.raises(IngestError) as failure:
+        with pytest.raises(DomainError) as failure:
             await ingestor.submit([login(user, fresh), login(user, elsewhere)], "publish")
-        assert (failure.value.code, failure.value.message) == (
+        assert (grpc_status(failure.value).name, failure.value.message) == (
             "UNAVAILABLE",
             f"event {elsewhere} is in flight; retry later",
         )
@@ -771,9 +775,9 @@ async def test_e13_a_full_buffer_rejects_the_whole_call_and_clears_its_markers(
         start=False, ack_mode="buffered", flush_workers=1, buffer_max_entries=2, buffer_full_wait_ms=50
     ) as ingestor:
         await ingestor.submit([login(users[0], ids[0]), login(users[1], ids[1])], "publish")
-        with pytest.raises(IngestError) as failure:
+        with pytest.raises(DomainError) as failure:
             await ingestor.submit([login(users[2], ids[2]), login(users[0]), login(users[3], ids[3])], "publish")
-        assert (failure.value.code, failure.value.message) == (
+        assert (grpc_status(failure.value).name, failure.value.message) == (
             "RESOURCE_EXHAUSTED",
             "event buffer full (2/2); retry with backoff",
         )
@@ -1036,9 +1040,9 @@ async def test_e18_drain_flushes_everything_and_answers_the_waiting_calls(
     assert await ingestor.drain_and_stop(10) == 0
     assert all(call.done() and call.result().accepted == 1 for call in calls)
     assert [(await row(db, user, "login-abs"))["progress"] for user in users] == [1, 1, 1]
-    with pytest.raises(IngestError) as failure:
+    with pytest.raises(DomainError) as failure:
         await ingestor.submit([login(users[0])], "publish")
-    assert (failure.value.code, failure.value.message) == ("UNAVAILABLE", "service is shutting down")
+    assert (grpc_status(failure.value).name, failure.value.message) == ("UNAVAILABLE", "service is shutting down")
 
 
 async def test_e18_entries_left_at_the_drain_timeout_are_counted_and_their_callers_get_unavailable(
@@ -1062,9 +1066,9 @@ async def test_e18_entries_left_at_the_drain_timeout_are_counted_and_their_calle
         call = asyncio.create_task(ingestor.submit([login(user)], "publish"))
         await asyncio.sleep(0.1)
         assert await ingestor.drain_and_stop(0.3) == 1
-        with pytest.raises(IngestError) as failure:
+        with pytest.raises(DomainError) as failure:
             await call
-        assert (failure.value.code, failure.value.message) == ("UNAVAILABLE", NOT_COMMITTED_MESSAGE)
+        assert (grpc_status(failure.value).name, failure.value.message) == ("UNAVAILABLE", NOT_COMMITTED_MESSAGE)
     finally:
         await lock.close()
     assert (await row(db, user, "login-abs"))["progress"] == 0

@@ -1,7 +1,7 @@
 """The gRPC transport of event ingestion (docs/events.md#grpc-server, docs/events.md#validation, E4, E19) on a real grpc.aio server.
 
 The servicers are wired to `ScriptedIngestor`, a stand-in for `service.usecases.events.Ingestor` defined
-here: it records what the transport submits and answers with scripted results or IngestErrors.
+here: it records what the transport submits and answers with scripted results or domain errors.
 The ingestion core itself (PostgreSQL, Redis) is tested in its own module.
 """
 
@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
+from service.domain.errors import DomainError, Exhausted, InvalidRequest, Unavailable
 from service.proto import generate
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
@@ -39,7 +40,7 @@ from service.transport.grpc_api import (
     GrpcHealth,
     create_grpc_server,
 )
-from service.usecases.events import IncomingEvent, IngestError, SubmitResult
+from service.usecases.events import IncomingEvent, SubmitResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-ingest-token"
@@ -306,12 +307,15 @@ async def test_skipped_and_duplicate_messages_are_acknowledged() -> None:
         assert await running.login.OnMessage(account_pb2.UserLoggedIn(id="e1", user_id="u")) == empty_pb2.Empty()
 
 
-@pytest.mark.parametrize("code", ["INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE"])
-async def test_ingest_errors_become_their_grpc_status(code: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [(InvalidRequest, "INVALID_ARGUMENT"), (Exhausted, "RESOURCE_EXHAUSTED"), (Unavailable, "UNAVAILABLE")],
+)
+async def test_ingest_errors_become_their_grpc_status(kind: type[DomainError], code: str) -> None:
     message = f"{code.lower()} for the test"
 
     async def fail(events: Sequence[IncomingEvent], origin: str) -> SubmitResult:
-        raise IngestError(code, message)
+        raise kind("TEST_FAILURE", message)
 
     async with serving(ScriptedIngestor(respond=fail)) as running:
         errors = [
@@ -490,7 +494,7 @@ async def test_stream_answers_each_batch_before_the_client_sends_the_next() -> N
 async def test_failing_batch_ends_the_stream_after_the_earlier_results() -> None:
     async def third_fails(events: Sequence[IncomingEvent], origin: str) -> SubmitResult:
         if events[0].id == "b2":
-            raise IngestError("RESOURCE_EXHAUSTED", "event buffer full (10/10); retry with backoff")
+            raise Exhausted("BUFFER_FULL", "event buffer full (10/10); retry with backoff")
         await asyncio.sleep(0.05 if events[0].id == "b0" else 0.0)
         return SubmitResult(accepted=len(events), duplicates=0, skipped=0, rejected=[], committed=False)
 

@@ -23,8 +23,8 @@ from prometheus_client import REGISTRY
 
 from service.config.resources import example_catalog_path
 from service.domain.catalog import Catalog, load_catalog
+from service.domain.errors import NotFound
 from service.transport.auth import AuthConfig, Authenticator, mint_token
-from service.transport.errors import ApiError
 from service.transport.health import Readiness
 from service.transport.http_api import create_http_app, player_routes
 from service.usecases.players import (
@@ -54,7 +54,7 @@ class RecordingPlayers:
     def _challenge(self, challenge_id: str):  # type: ignore[no-untyped-def]
         challenge = self.catalog.challenges_by_id.get(challenge_id)
         if challenge is None:
-            raise ApiError(404, "CHALLENGE_NOT_FOUND", f"challenge '{challenge_id}' not found")
+            raise NotFound("CHALLENGE_NOT_FOUND", f"challenge '{challenge_id}' not found")
         return challenge
 
     async def list_challenges(self, user_id: str, active_only: bool) -> ListResult:

@@ -12,7 +12,9 @@ import psycopg
 import pytest
 from aiohttp import web
 
+from service.domain.errors import DomainError
 from service.storage.store import PoolConfig, Store, open_pool
+from service.transport.errors import http_error
 from service.usecases.rewards import RewardConfig, RewardGranter, signature_header
 from tests.test_players_fixtures import (
     DAY_START,
@@ -141,7 +143,7 @@ async def test_concurrent_claims_succeed_exactly_once(env: Env) -> None:
     successes = [o for o in outcomes if not isinstance(o, BaseException)]
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(successes) == 1
-    assert len(failures) == 19 and all(getattr(f, "status", None) == 409 for f in failures)
+    assert len(failures) == 19 and all(isinstance(f, DomainError) and http_error(f).status == 409 for f in failures)
     assert len(await env.grants(user)) == 1
 
 

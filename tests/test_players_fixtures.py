@@ -21,12 +21,13 @@ from prometheus_client import REGISTRY
 from psycopg.rows import class_row, dict_row
 
 from service.domain.catalog import Catalog, parse_catalog
+from service.domain.errors import DomainError
 from service.domain.rules import ProgressRow
 from service.storage.cache import Cache, open_redis
 from service.storage.migrations import apply_migrations
 from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store, open_pool
-from service.transport.errors import ApiError
+from service.transport.errors import ApiError, http_error
 from service.usecases.players import Players
 from service.usecases.rewards import RewardConfig, RewardGranter
 
@@ -296,7 +297,7 @@ async def env_fixture(pg_url: str, redis_url: str, redis_prefix: str) -> AsyncIt
 
 
 async def api_error(awaitable: Any) -> ApiError:
-    """Await a use case that must fail; return its ApiError."""
-    with pytest.raises(ApiError) as caught:
+    """Await a use case that must fail; return its failure as the HTTP API reports it."""
+    with pytest.raises(DomainError) as caught:
         await awaitable
-    return caught.value
+    return http_error(caught.value)

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import psycopg
 
-from service.domain.rules import expiry_fields
 from service.storage.cache import open_redis, synced_key
 from service.storage.store import PoolConfig, Store, open_pool
+from service.transport.timestamps import expiry_fields
 from tests.test_players_fixtures import (
     DAY_START,
     DEFAULT_IDS,

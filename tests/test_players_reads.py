@@ -8,9 +8,11 @@ from datetime import datetime, timedelta
 import psycopg
 import pytest
 
-from service.domain.rules import expires_in_seconds, expiry_fields
+from service.domain.errors import DomainError
+from service.domain.rules import expires_in_seconds
 from service.storage.store import PoolConfig, Store, open_pool
-from service.transport.errors import ApiError
+from service.transport.errors import http_error
+from service.transport.timestamps import expiry_fields
 from service.usecases.players import GoalState, ListResult
 from tests.test_players_fixtures import (
     DAY_START,
@@ -248,12 +250,12 @@ def test_rotation_status(env: Env) -> None:
 def test_rotation_status_errors(env: Env) -> None:
     """T10: an unknown challenge is 404, an empty id 400."""
     players = env.players()
-    with pytest.raises(ApiError) as unknown:
+    with pytest.raises(DomainError) as unknown:
         players.rotation_status("nope")
-    assert (unknown.value.status, unknown.value.error_code) == (404, "CHALLENGE_NOT_FOUND")
-    with pytest.raises(ApiError) as empty:
+    assert (http_error(unknown.value).status, unknown.value.error_code) == (404, "CHALLENGE_NOT_FOUND")
+    with pytest.raises(DomainError) as empty:
         players.rotation_status("")
-    assert (empty.value.status, empty.value.message) == (400, "challenge_id is required")
+    assert (http_error(empty.value).status, empty.value.message) == (400, "challenge_id is required")
 
 
 async def test_database_unavailable_reads_give_503(env: Env, pg_url: str) -> None:

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import psycopg
 
-from service.domain.rules import format_timestamp
 from service.storage.store import PoolConfig, Store, open_pool
+from service.transport.timestamps import format_timestamp
 from service.usecases.players import ListResult, SelectResult
 from tests.test_players_fixtures import (
     DAY_START,

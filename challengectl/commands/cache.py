@@ -46,11 +46,11 @@ from challengectl.ticker import parse_interval
 from service.config.settings import Settings
 from service.domain.catalog import Catalog, CatalogError, load_catalog
 from service.domain.rules import ProgressRow, split_active_view
+from service.domain.user_ids import is_valid_user_id
 from service.storage.cache import REDIS_FAILURES, Cache, open_redis, ping, scan_pattern_for_user
 from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
 from service.telemetry.pool_stats import nearest_rank
-from service.transport.auth import is_valid_user_id
 
 app = command_group("Warm, flush and inspect the Redis cache of active views.")
 

@@ -10,7 +10,8 @@ import typer
 from challengectl.client import local_jwt_secret
 from challengectl.context import command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_USAGE, CliError
-from service.transport.auth import SECRET_FILE_NAME, is_valid_user_id, mint_token
+from service.domain.user_ids import is_valid_user_id
+from service.transport.auth import SECRET_FILE_NAME, mint_token
 
 app = command_group("Mint player tokens for local use.")
 

@@ -37,6 +37,7 @@ from challengectl.output import Column, Output, confirm, rfc3339
 from service.config.settings import Settings
 from service.domain.catalog import Catalog, CatalogError, load_catalog
 from service.domain.rules import ProgressRow, is_locked, is_stale, utc_now, view, would_reset
+from service.domain.user_ids import is_valid_user_id
 from service.storage.cache import (
     REDIS_FAILURES,
     Cache,
@@ -49,7 +50,6 @@ from service.storage.cache import (
     token_key,
 )
 from service.storage.registry import Registry, load_registry
-from service.transport.auth import is_valid_user_id
 
 T = TypeVar("T")
 

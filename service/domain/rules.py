@@ -143,14 +143,6 @@ def expires_at_for(goal: Goal, t: datetime) -> datetime | None:
     return next_boundary(goal.rotation.schedule, t)
 
 
-def expiry_fields(goal: Goal, t: datetime) -> tuple[str, int]:
-    """The API's (`expiresAt`, `expiresInSeconds`) pair: (N formatted, seconds to N), or ("", 0)."""
-    n = expires_at_for(goal, t)
-    if n is None:
-        return "", 0
-    return format_timestamp(n), expires_in_seconds(n, t)
-
-
 # --- staleness and the view (docs/rules.md#staleness-and-the-view) -----------------------------------------------------------
 
 
@@ -268,7 +260,7 @@ def random_select_eligible(
 
 @dataclass(frozen=True, slots=True)
 class CatchUpPlan:
-    """The rows the initialize catch-up writes, and the per-goal arrays `rotation_catch_up` takes.
+    """The rows the initialize catch-up writes, as per-goal arrays.
 
     The arrays are parallel and in ascending goal_id order, the order the statement locks rows in.
     """
@@ -284,17 +276,6 @@ class CatchUpPlan:
     def is_empty(self) -> bool:
         """No row needs a catch-up, so no statement is run."""
         return not self.goal_ids
-
-    def query_params(self, user_id: str) -> dict[str, Any]:
-        """Parameters of the `rotation_catch_up` named query (arrays as lists, which bind as arrays)."""
-        return {
-            "user_id": user_id,
-            "goal_ids": list(self.goal_ids),
-            "boundaries": list(self.boundaries),
-            "next_boundaries": list(self.next_boundaries),
-            "reset_flags": list(self.reset_flags),
-            "now": self.now,
-        }
 
 
 def catch_up_targets(
@@ -324,14 +305,3 @@ def catch_up_targets(
         reset_flags=tuple(rotation.reset_progress for _, rotation in targets),
         now=t,
     )
-
-
-# --- wire format (docs/http-api.md#general-rules) ----------------------------------------------------------------------
-
-
-def format_timestamp(dt: datetime | None) -> str:
-    """RFC 3339 UTC with a `Z` suffix and second precision (fraction truncated); "" for None."""
-    if dt is None:
-        return ""
-    u = _as_utc(dt)
-    return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}Z"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import secrets
 import stat
 import time
@@ -25,6 +24,7 @@ from jwt.algorithms import get_default_algorithms
 from prometheus_client import Counter
 
 from service.config.settings import Settings, SettingsError
+from service.domain.user_ids import is_valid_user_id
 from service.transport.errors import ApiError
 
 JWKS_FETCHES = Counter(
@@ -37,7 +37,6 @@ log = logging.getLogger("challengectl.auth")
 
 SECRET_FILE_NAME = "jwt.secret"
 MOCK_USER_HEADER = "x-mock-user-id"
-MAX_USER_ID_LENGTH = 100
 # docs/http-api.md#authentication: an unknown `kid` refreshes the JWKS at most once per this many seconds; the same limit
 # spaces out retries while no key could ever be fetched, so a down JWKS server is not hammered.
 JWKS_MIN_REFETCH_S = 10.0
@@ -45,17 +44,7 @@ JWKS_FETCH_TIMEOUT_S = 5.0
 DEFAULT_TOKEN_CACHE_SIZE = 32768
 MIN_HS256_KEY_BYTES = 32
 
-# Unicode category Cc is exactly U+0000–U+001F and U+007F–U+009F; a regex scan is far cheaper per
-# call than unicodedata.category() on every character.
-_FORBIDDEN_IN_USER_ID = re.compile("[\x00-\x1f\x7f-\x9f{}]")
 _SUPPORTED_ALGORITHMS = frozenset(name for name in get_default_algorithms() if name != "none")
-
-
-def is_valid_user_id(value: str) -> bool:
-    """1–100 characters, no control character (category Cc), no `{` or `}` (docs/http-api.md#authentication, docs/events.md#validation)."""
-    return (
-        isinstance(value, str) and 0 < len(value) <= MAX_USER_ID_LENGTH and _FORBIDDEN_IN_USER_ID.search(value) is None
-    )
 
 
 def _is_symmetric(algorithm: str) -> bool:

@@ -1,9 +1,24 @@
-"""The HTTP error body `{"errorCode","message"}` (docs/http-api.md#error-format), shared by the player API and the admin app."""
+"""The HTTP error body `{"errorCode","message"}` (docs/http-api.md#error-format), shared by the player API and the
+admin app, and the HTTP status of each kind of domain error."""
 
 from __future__ import annotations
 
 import msgspec
 from starlette.responses import Response
+
+from service.domain.errors import (
+    AlreadyClaimed,
+    Conflict,
+    DomainError,
+    Exhausted,
+    GoalNotActive,
+    InternalFailure,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    UpstreamFailed,
+)
+from service.transport.timestamps import format_timestamp
 
 JSON_TYPE = "application/json; charset=utf-8"
 
@@ -28,3 +43,35 @@ def error_response(error: ApiError) -> Response:
     if error.status == 503:
         headers.setdefault("Retry-After", "1")
     return json_response({"errorCode": error.error_code, "message": error.message}, error.status, headers)
+
+
+HTTP_STATUS: dict[type[DomainError], int] = {
+    InvalidRequest: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Exhausted: 429,
+    InternalFailure: 500,
+    UpstreamFailed: 502,
+    Unavailable: 503,
+}
+
+
+def http_error(error: DomainError) -> ApiError:
+    """The HTTP form of a use case's failure: the status of its kind, its errorCode and its message."""
+    status = next((HTTP_STATUS[kind] for kind in type(error).__mro__ if kind in HTTP_STATUS), 500)
+    return ApiError(status, error.error_code, _http_message(error))
+
+
+def _http_message(error: DomainError) -> str:
+    """The message as docs/http-api.md#endpoints words it; two messages name HTTP things (a route, a JSON timestamp)."""
+    if isinstance(error, GoalNotActive):
+        return (
+            f"Goal must be active to claim reward. Activate it first via PUT "
+            f"/v1/challenges/{error.challenge_id}/goals/{error.goal_id}/active (goal_id: {error.goal_id})"
+        )
+    if isinstance(error, AlreadyClaimed):
+        return (
+            f"Reward has already been claimed (goal_id: {error.goal_id}, "
+            f"claimed_at: {format_timestamp(error.claimed_at)})"
+        )
+    return error.message

@@ -23,11 +23,21 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
+from service.domain.errors import (
+    Conflict,
+    DomainError,
+    Exhausted,
+    InternalFailure,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    UpstreamFailed,
+)
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.telemetry.metrics import LATENCY_BUCKETS
-from service.usecases.events import IncomingEvent, IngestError, SubmitResult
+from service.usecases.events import IncomingEvent, SubmitResult
 
 log = logging.getLogger("challengectl.grpc")
 
@@ -75,6 +85,22 @@ class GrpcHealth:
             await self.servicer.set(name, SERVING if ready else NOT_SERVING)
 
 
+GRPC_STATUS: dict[type[DomainError], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Conflict: grpc.StatusCode.ALREADY_EXISTS,
+    Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    InternalFailure: grpc.StatusCode.INTERNAL,
+    UpstreamFailed: grpc.StatusCode.UNAVAILABLE,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_status(error: DomainError) -> grpc.StatusCode:
+    """The gRPC status of a use case's failure: the one of its kind, INTERNAL for an unknown kind."""
+    return next((GRPC_STATUS[kind] for kind in type(error).__mro__ if kind in GRPC_STATUS), grpc.StatusCode.INTERNAL)
+
+
 class BatchFailed(Exception):
     """A call or a stream batch that fails as a whole, with the gRPC status to end it with."""
 
@@ -84,9 +110,8 @@ class BatchFailed(Exception):
         self.message = message
 
     @classmethod
-    def from_ingest_error(cls, error: IngestError) -> BatchFailed:
-        status = grpc.StatusCode.__members__.get(error.code, grpc.StatusCode.INTERNAL)
-        return cls(status, error.message)
+    def from_domain_error(cls, error: DomainError) -> BatchFailed:
+        return cls(grpc_status(error), error.message)
 
 
 def parse_rfc3339(text: str) -> float | None:
@@ -179,8 +204,8 @@ async def submit_single(
     """Submit one OnMessage event; a rejected event or a failed submission aborts the call."""
     try:
         result = await ingestor.submit([event], origin, client_deadline(context))
-    except IngestError as error:
-        failure = BatchFailed.from_ingest_error(error)
+    except DomainError as error:
+        failure = BatchFailed.from_domain_error(error)
         await context.abort(failure.status, failure.message)
     if result.rejected:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.rejected[0][2])
@@ -250,8 +275,8 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
             return ingest_pb2.PublishResult(batch_id=batch.batch_id, committed=self.commit_mode)
         try:
             result = await self.ingestor.submit([published_event(event) for event in batch.events], "publish", deadline)
-        except IngestError as error:
-            raise BatchFailed.from_ingest_error(error) from None
+        except DomainError as error:
+            raise BatchFailed.from_domain_error(error) from None
         return publish_result(batch.batch_id, result)
 
     async def Publish(

@@ -22,10 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.domain.catalog import Catalog
+from service.domain.errors import DomainError
 from service.domain.rules import utc_now
 from service.telemetry.metrics import LATENCY_BUCKETS
 from service.transport.auth import Authenticator
-from service.transport.errors import JSON_TYPE, ApiError, error_response, json_response
+from service.transport.errors import JSON_TYPE, ApiError, error_response, http_error, json_response
 from service.transport.health import HEALTHY_BODY, Readiness
 from service.transport.openapi import encoded_openapi_document
 from service.transport.payloads import (
@@ -223,6 +224,11 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return error_response(http_error(exc))
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception(
         "unhandled error", extra={"request_id": request.scope.get("request_id", ""), "route": request.url.path}
@@ -356,7 +362,12 @@ def create_http_app(
     routes: list[BaseRoute] = [*health_routes(readiness), *health_routes(readiness, base_path), *player_routes]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: _http_exception, ApiError: _api_error, Exception: _unexpected},
+        exception_handlers={
+            HTTPException: _http_exception,
+            ApiError: _api_error,
+            DomainError: _domain_error,
+            Exception: _unexpected,
+        },
     )
     app.router.redirect_slashes = False
     return HttpMetrics(ResponseHeaders(app, catalog_fingerprint))

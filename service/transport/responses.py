@@ -17,7 +17,7 @@ import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
 from service.domain import catalog as catalog_model
-from service.domain.rules import expiry_fields, format_timestamp
+from service.transport.timestamps import expiry_fields, format_timestamp
 from service.usecases.players import (
     ChallengeState,
     ClaimResult,

@@ -38,8 +38,10 @@ from service.domain.buffer import (
     stat_source,
 )
 from service.domain.catalog import Catalog
+from service.domain.errors import DomainError, Exhausted, InvalidRequest, Unavailable
 from service.domain.routing import GoalRouting
 from service.domain.rules import utc_now
+from service.domain.user_ids import is_valid_user_id
 from service.storage.cache import Cache
 from service.storage.dedup import PENDING, Deduplicator
 from service.storage.store import Queries, Store
@@ -49,7 +51,6 @@ from service.telemetry.event_metrics import (
     EVENT_AGE_SECONDS,
     EVENTS_TOTAL,
 )
-from service.transport.auth import is_valid_user_id
 from service.usecases.flusher import FlushTotals, PartitionFlusher
 
 log = logging.getLogger("challengectl.events")
@@ -81,10 +82,6 @@ OUTCOMES = (
     OUTCOME_REJECTED,
     OUTCOME_EXHAUSTED,
 )
-
-INVALID_ARGUMENT = "INVALID_ARGUMENT"
-RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
-UNAVAILABLE = "UNAVAILABLE"
 
 MAX_EVENT_ID_LENGTH = 200
 INT32_MIN = -2_147_483_648
@@ -126,15 +123,6 @@ class SubmitResult:
     skipped: int
     rejected: list[tuple[int, str, str]]  # (index in the call, event id, reason)
     committed: bool  # ack_mode == commit
-
-
-class IngestError(Exception):
-    """The call fails as a whole; `code` is the gRPC status name, `message` the documented text (docs/events.md)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,12 +353,14 @@ class Ingestor:
         """Validate, de-duplicate and buffer one call's events; in commit mode wait for their commit.
 
         `origin` is "ags_login", "ags_stat" or "publish"; `deadline` the client's deadline as a
-        `time.monotonic()` value. Raises IngestError when the call fails as a whole.
+        `time.monotonic()` value. Raises a DomainError when the call fails as a whole.
         """
         if self._stopping:
-            raise IngestError(UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
+            raise Unavailable("SHUTTING_DOWN", SHUTTING_DOWN_MESSAGE)
         if len(events) > self._config.ingest_max_batch:
-            raise IngestError(INVALID_ARGUMENT, f"batch too large ({len(events)} > {self._config.ingest_max_batch})")
+            raise InvalidRequest(
+                "BATCH_TOO_LARGE", f"batch too large ({len(events)} > {self._config.ingest_max_batch})"
+            )
         plan = self._plan(events, origin)
         if not plan.candidates:
             self._count_plan(origin, plan, accepted=0, duplicates=0)
@@ -382,7 +372,7 @@ class Ingestor:
         self._admission_tail = my_turn
         try:
             accepted, duplicates, touched = await self._admit(plan, origin, previous_turn)
-        except IngestError:
+        except DomainError:
             self._count_plan(origin, plan, accepted=0, duplicates=0)
             raise
         finally:
@@ -452,7 +442,7 @@ class Ingestor:
                 await asyncio.shield(previous_turn)
             new, duplicates, pending_here, in_flight_elsewhere = self._classify(candidates, repeated, state_of)
             if self._commit_mode and in_flight_elsewhere is not None:
-                raise IngestError(UNAVAILABLE, f"event {in_flight_elsewhere} is in flight; retry later")
+                raise Unavailable("EVENT_IN_FLIGHT", f"event {in_flight_elsewhere} is in flight; retry later")
             if new:
                 await self._wait_for_room(new, origin)
             touched = self._buffer(new, pending_here)
@@ -496,15 +486,15 @@ class Ingestor:
         give_up_at = time.monotonic() + self._config.buffer_full_wait_ms / 1000
         while True:
             if self._stopping:
-                raise IngestError(UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
+                raise Unavailable("SHUTTING_DOWN", SHUTTING_DOWN_MESSAGE)
             full = self._full_partition(new)
             if full is None:
                 return
             remaining = give_up_at - time.monotonic()
             if remaining <= 0:
                 self._count(origin, OUTCOME_EXHAUSTED, len(new))
-                raise IngestError(
-                    RESOURCE_EXHAUSTED,
+                raise Exhausted(
+                    "BUFFER_FULL",
                     f"event buffer full ({len(full)}/{full.capacity}); retry with backoff",
                 )
             freed = self._space_freed
@@ -586,11 +576,11 @@ class Ingestor:
             async with asyncio.timeout(max(0.0, timeout_s)):
                 committed = await waiter.future
         except TimeoutError:
-            raise IngestError(UNAVAILABLE, NOT_COMMITTED_MESSAGE) from None
+            raise Unavailable("NOT_COMMITTED", NOT_COMMITTED_MESSAGE) from None
         finally:
             self._pending_waiters -= 1
         if not committed:
-            raise IngestError(UNAVAILABLE, NOT_COMMITTED_MESSAGE)
+            raise Unavailable("NOT_COMMITTED", NOT_COMMITTED_MESSAGE)
         ACK_WAIT_SECONDS.observe(time.monotonic() - started)
 
     @staticmethod

@@ -1,10 +1,12 @@
 """Player use cases: list, get, initialize, set-active, batch/random select, claim, rotation status
-(docs/http-api.md#endpoints, docs/rules.md). Results are plain data; `service/responses.py` turns them into JSON.
+(docs/http-api.md#endpoints, docs/rules.md). Results are plain data; `service/transport/responses.py` turns them into
+JSON.
 
 `Players` owns the order of the statements each use case runs, the read-your-writes protocol with
 the cache (reads use a valid cached view, writes invalidate after commit and before returning,
-docs/cache.md#entries-and-tokens, docs/cache.md#read-your-writes) and the mapping of every failure to the documented status, errorCode and message (docs/http-api.md#error-format).
-The rules themselves (view, locked, eligibility, catch-up, periods) live in `service/rules.py`.
+docs/cache.md#entries-and-tokens, docs/cache.md#read-your-writes) and the documented errorCode and message of every
+failure, raised as domain errors (`service/domain/errors.py`) that the transports map to their statuses.
+The rules themselves (view, locked, eligibility, catch-up, periods) live in `service/domain/rules.py`.
 """
 
 from __future__ import annotations
@@ -24,17 +26,27 @@ from prometheus_client import Counter
 from psycopg.rows import class_row
 
 from service.domain.catalog import Catalog, Challenge, Goal, Reward
+from service.domain.errors import (
+    AlreadyClaimed,
+    DomainError,
+    GoalNotActive,
+    InternalFailure,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    UpstreamFailed,
+)
 from service.domain.rules import (
     STATUS_CLAIMED,
     STATUS_COMPLETED,
     STATUS_NOT_STARTED,
+    CatchUpPlan,
     GoalView,
     ProgressRow,
     catch_up_targets,
     claim_guard_rotated,
     expires_at_for,
     expires_in_seconds,
-    format_timestamp,
     is_locked,
     next_boundary,
     period_after,
@@ -46,7 +58,6 @@ from service.domain.rules import (
 )
 from service.storage.cache import Cache, CacheRead
 from service.storage.store import Queries, Store, StoreUnavailable
-from service.transport.errors import ApiError
 from service.usecases.rewards import RewardGrant, RewardGranter, RewardGrantFailed
 
 
@@ -139,39 +150,50 @@ Work = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 _ROW = class_row(ProgressRow)
 
 
-def _unavailable() -> ApiError:
-    return ApiError(503, "DEPENDENCY_UNAVAILABLE", DB_ERROR_MESSAGE)
+def _unavailable() -> Unavailable:
+    return Unavailable("DEPENDENCY_UNAVAILABLE", DB_ERROR_MESSAGE)
 
 
-def _internal_error() -> ApiError:
-    return ApiError(500, "INTERNAL_ERROR", "Internal server error")
+def _internal_error() -> InternalFailure:
+    return InternalFailure("INTERNAL_ERROR", "Internal server error")
 
 
 def _require_ids(challenge_id: str, goal_id: str | None = None) -> None:
     """Check 1 of every endpoint with path ids: empty segments are 400 (docs/http-api.md#general-rules)."""
     if not challenge_id:
-        raise ApiError(400, "INVALID_REQUEST", "challenge_id is required")
+        raise InvalidRequest("INVALID_REQUEST", "challenge_id is required")
     if goal_id is not None and not goal_id:
-        raise ApiError(400, "INVALID_REQUEST", "goal_id is required")
+        raise InvalidRequest("INVALID_REQUEST", "goal_id is required")
 
 
-def _goal_not_found(challenge_id: str, goal_id: str) -> ApiError:
-    return ApiError(404, "GOAL_NOT_FOUND", f"goal '{goal_id}' not found in challenge '{challenge_id}'")
+def _goal_not_found(challenge_id: str, goal_id: str) -> NotFound:
+    return NotFound("GOAL_NOT_FOUND", f"goal '{goal_id}' not found in challenge '{challenge_id}'")
 
 
-def _not_completed(goal_id: str, status: str) -> ApiError:
-    return ApiError(
-        400,
+def _not_completed(goal_id: str, status: str) -> InvalidRequest:
+    return InvalidRequest(
         "GOAL_NOT_COMPLETED",
         f"Goal not completed. Please wait 1 second and try again. (goal_id: {goal_id}, status: {status})",
     )
+
+
+def _catch_up_params(plan: CatchUpPlan, user_id: str) -> dict[str, Any]:
+    """Parameters of the `rotation_catch_up` statement (arrays as lists, which bind as arrays)."""
+    return {
+        "user_id": user_id,
+        "goal_ids": list(plan.goal_ids),
+        "boundaries": list(plan.boundaries),
+        "next_boundaries": list(plan.next_boundaries),
+        "reset_flags": list(plan.reset_flags),
+        "now": plan.now,
+    }
 
 
 class Players:
     """The player use cases of docs/http-api.md#endpoints over one catalog, one PostgreSQL pool and one cache.
 
     Each call takes `now` once from `clock` and passes it to every rule and statement (docs/data-model.md#time).
-    Failures are `ApiError`s carrying the exact status, errorCode and message of docs/http-api.md#endpoints; Redis
+    Failures are `DomainError`s carrying the errorCode and message of docs/http-api.md#endpoints; Redis
     failures never fail a call (the cache degrades, docs/cache.md#degradation-and-recovery).
     """
 
@@ -351,7 +373,7 @@ class Players:
             return rows, pre
         try:
             async with self._store.connection() as conn:
-                changed = await self._queries.rows(conn, "rotation_catch_up", plan.query_params(user_id), _ROW)
+                changed = await self._queries.rows(conn, "rotation_catch_up", _catch_up_params(plan, user_id), _ROW)
         except (StoreUnavailable, psycopg.Error) as error:
             log.warning(
                 "rotation catch-up of user %r failed for goals %s; answering from the view: %s",
@@ -406,7 +428,7 @@ class Players:
         any write), optionally deactivating the challenge's other active goals."""
         _require_ids(challenge_id)
         if not goal_ids:
-            raise ApiError(400, "INVALID_REQUEST", "goal_ids cannot be empty")
+            raise InvalidRequest("INVALID_REQUEST", "goal_ids cannot be empty")
         challenge = self._challenge(challenge_id)
         goals = [self._goal_of(challenge, goal_id) for goal_id in dict.fromkeys(goal_ids)]
         return await self._select(user_id, challenge, goals, replace_existing, self._clock())
@@ -423,7 +445,7 @@ class Players:
         random (CSPRNG), then the batch-select write; `selected` is in catalog order."""
         _require_ids(challenge_id)
         if count <= 0:
-            raise ApiError(400, "INVALID_COUNT", "count must be greater than 0")
+            raise InvalidRequest("INVALID_COUNT", "count must be greater than 0")
         challenge = self._challenge(challenge_id)
         now = self._clock()
         rows_by_id = await self._db(
@@ -435,8 +457,7 @@ class Players:
             challenge, rows_by_id, self._catalog.goals_by_id, now, exclude_active or replace_existing
         )
         if not eligible:
-            raise ApiError(
-                400,
+            raise InvalidRequest(
                 "INSUFFICIENT_GOALS",
                 f"no goals available for selection (available: 0, requested: {count})",
             )
@@ -514,7 +535,7 @@ class Players:
         the claimed mark in one transaction bounded by `claim_timeout_ms`, then invalidation."""
         try:
             result = await self._claim(user_id, challenge_id, goal_id)
-        except ApiError as error:
+        except DomainError as error:
             CLAIMS_TOTAL.labels(error.error_code).inc()
             raise
         CLAIMS_TOTAL.labels(CLAIM_RESULT_OK).inc()
@@ -525,8 +546,7 @@ class Players:
         challenge = self._challenge(challenge_id)
         goal = self._catalog.goals_by_id.get(goal_id)
         if goal is None or goal.challenge_id != challenge.challenge_id:
-            raise ApiError(
-                404,
+            raise NotFound(
                 "GOAL_NOT_FOUND",
                 f"Goal not found or removed from config (goal_id: {goal_id}, challenge_id: {challenge_id})",
             )
@@ -570,24 +590,14 @@ class Players:
         if row is None:
             raise _not_completed(goal_id, STATUS_NOT_STARTED)
         if not row.is_active:
-            raise ApiError(
-                400,
-                "GOAL_NOT_ACTIVE",
-                f"Goal must be active to claim reward. Activate it first via PUT "
-                f"/v1/challenges/{challenge_id}/goals/{goal_id}/active (goal_id: {goal_id})",
-            )
+            raise GoalNotActive(challenge_id, goal_id)
         if claim_guard_rotated(goal, row, now):
-            raise ApiError(
-                400,
+            raise InvalidRequest(
                 "GOAL_ROTATED",
                 f"Goal has rotated and must be re-completed (goal_id: {goal_id}, challenge_id: {challenge_id})",
             )
         if row.status == STATUS_CLAIMED:
-            raise ApiError(
-                409,
-                "ALREADY_CLAIMED",
-                f"Reward has already been claimed (goal_id: {goal_id}, claimed_at: {format_timestamp(row.claimed_at)})",
-            )
+            raise AlreadyClaimed(goal_id, row.claimed_at)
         if row.status != STATUS_COMPLETED:
             raise _not_completed(goal_id, row.status)
         if goal.prerequisites:
@@ -596,7 +606,7 @@ class Players:
             )
             rows_by_id = {prerequisite.goal_id: prerequisite for prerequisite in prerequisite_rows}
             if is_locked(goal, rows_by_id, self._catalog.goals_by_id, now):
-                raise ApiError(400, "GOAL_LOCKED", f"Prerequisites not completed (goal_id: {goal_id})")
+                raise InvalidRequest("GOAL_LOCKED", f"Prerequisites not completed (goal_id: {goal_id})")
 
     async def _grant_and_mark(
         self,
@@ -633,7 +643,7 @@ class Players:
                 grant.idempotency_key,
                 failure.reason,
             )
-            raise ApiError(502, "REWARD_GRANT_FAILED", failure.api_message()) from None
+            raise UpstreamFailed("REWARD_GRANT_FAILED", failure.api_message()) from None
         await self._queries.rows(
             conn,
             "insert_reward_grant",
@@ -667,7 +677,7 @@ class Players:
     def _challenge(self, challenge_id: str) -> Challenge:
         challenge = self._catalog.challenges_by_id.get(challenge_id)
         if challenge is None:
-            raise ApiError(404, "CHALLENGE_NOT_FOUND", f"challenge '{challenge_id}' not found")
+            raise NotFound("CHALLENGE_NOT_FOUND", f"challenge '{challenge_id}' not found")
         return challenge
 
     def _goal_of(self, challenge: Challenge, goal_id: str) -> Goal:
