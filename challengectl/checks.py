@@ -43,6 +43,7 @@ from challengectl.pg_diagnostics import (
     project_indexes_async,
     unused_indexes,
 )
+from service.config.resolution import resolve_catalog_path, validate_settings
 from service.config.settings import (
     Settings,
     SettingsError,
@@ -50,7 +51,6 @@ from service.config.settings import (
     service_processes,
 )
 from service.domain.catalog import Catalog, CatalogError, load_catalog
-from service.runtime.app import resolve_catalog_path, validate_settings
 from service.storage.migrations import MigrationError, migration_status
 from service.storage.store import describe_target, session_options, short_reason
 from service.transport.auth import SECRET_FILE_NAME

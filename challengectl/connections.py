@@ -1,7 +1,7 @@
 """Where the CLI's direct PostgreSQL/Redis connections go: the configured URL, or the embedded servers
 of the data dir (a running `serve`'s, or started for the duration of the command) (docs/configuration.md#embedded-default).
 
-Whether a server is the embedded one is decided as `serve` decides it (`service.runtime.app.wants_embedded_*`),
+Whether a server is the embedded one is decided as `serve` decides it (`service.config.resolution.wants_embedded_*`),
 so a command inspects the server the service actually uses."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from service.config.resolution import wants_embedded_postgres, wants_embedded_redis
 from service.config.settings import Settings
-from service.runtime.app import wants_embedded_postgres, wants_embedded_redis
 from service.runtime.embedded import EmbeddedServers, discover
 
 

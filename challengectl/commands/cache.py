@@ -100,8 +100,7 @@ SELECT DISTINCT user_id
 def load_cli_catalog(settings: Settings) -> Catalog:
     """The service's catalog as the service resolves it (`catalog_path`, or the bundled example when
     embedded); an unusable catalog is a configuration error (exit 2)."""
-    # Imported here: the serve wiring is heavy to import and only warm needs it.
-    from service.runtime.app import resolve_catalog_path
+    from service.config.resolution import resolve_catalog_path
 
     path = resolve_catalog_path(settings)
     try:

@@ -117,8 +117,8 @@ def validate(
 
 
 def _validate(cli: CliContext, catalog_option: str | None) -> tuple[list[str], list[str], str | None]:
+    from service.config.resolution import resolve_catalog_path, validate_settings
     from service.domain.catalog import CatalogError, load_catalog
-    from service.runtime.app import StartupError, resolve_catalog_path, validate_settings
 
     try:
         settings = cli.settings(catalog_path=catalog_option)
@@ -127,7 +127,7 @@ def _validate(cli: CliContext, catalog_option: str | None) -> tuple[list[str], l
     errors: list[str] = []
     try:
         validate_settings(settings)
-    except (SettingsError, StartupError) as exc:
+    except SettingsError as exc:
         errors.append(str(exc))
     catalog_path = str(resolve_catalog_path(settings))
     try:

@@ -285,9 +285,7 @@ def _parameters(
 def _catalog(settings: Settings, out: Output) -> Catalog | None:
     """The service's catalog, for prerequisite ids, event sources, rotations and rewards; without one the
     parameters come from the rows alone (a warning says so)."""
-    from service.runtime.app import (
-        resolve_catalog_path,  # the service wiring is heavy; only explain needs it
-    )
+    from service.config.resolution import resolve_catalog_path
 
     path = resolve_catalog_path(settings)
     try:

@@ -9,7 +9,7 @@ import typer
 from challengectl.context import examples
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from service.config.settings import SettingsError
-from service.runtime.app import StartupError
+from service.runtime.startup import StartupError
 
 HELP = "Run the service: player API, gRPC ingest, admin API and flusher (embedded PostgreSQL/Redis by default)."
 EXAMPLES = examples(

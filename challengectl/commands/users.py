@@ -401,9 +401,7 @@ def show_user(
 
 def service_catalog(settings: Settings) -> Catalog:
     """The catalog the service loads (same resolution as `serve`); invalid → CliError exit 2."""
-    from service.runtime.app import (
-        resolve_catalog_path,  # the service wiring is only needed here
-    )
+    from service.config.resolution import resolve_catalog_path
 
     path = resolve_catalog_path(settings)
     try:

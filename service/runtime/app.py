@@ -2,7 +2,7 @@
 admin and gRPC servers, readiness, and a graceful shutdown on SIGINT/SIGTERM (docs/http-api.md, docs/events.md#shutdown, docs/configuration.md#embedded-default).
 
 With `workers` > 1 the player API runs in HTTP worker processes (`run_http_worker`, started by
-service/workers.py) and this process keeps gRPC ingestion, the flusher and the admin port (docs/http-api.md#general-rules)."""
+service/runtime/workers.py) and this process keeps gRPC ingestion, the flusher and the admin port (docs/http-api.md#general-rules)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,21 +22,30 @@ from typing import Any
 import uvicorn
 
 from service import __version__
-from service.config.resources import example_catalog_path
-from service.config.settings import Settings, SettingsError, is_loopback, validate_for_serve
-from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.config.resolution import validate_settings
+from service.config.settings import Settings, is_loopback
+from service.domain.catalog import Catalog
 from service.runtime import event_loop
-from service.runtime.embedded import EmbeddedServers, connection_help
+from service.runtime.embedded import connection_help
 from service.runtime.gc_policy import freeze_startup_objects
+from service.runtime.startup import (
+    Dependencies,
+    StartupError,
+    embedded_jwt_secret,
+    load_service_catalog,
+    prepare_schema,
+    start_dependencies,
+    wait_for_database,
+)
 from service.runtime.workers import SharedState, WorkerFailure, WorkerPool, WorkerSpec, runtime_directory, serve_control
 from service.storage.cache import Cache, open_redis
 from service.storage.cache import ping as ping_redis
-from service.storage.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
+from service.storage.migrations import discover_migrations
 from service.storage.registry import RegistryError, load_registry
 from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
 from service.telemetry.metrics import BUILD_INFO, multiprocess_registry
 from service.transport.admin import combine_cache_stats, combine_pool_stats, create_admin_app, process_stats
-from service.transport.auth import AuthConfig, Authenticator, auth_config_from_settings, ensure_embedded_secret
+from service.transport.auth import AuthConfig, Authenticator, auth_config_from_settings
 from service.transport.grpc_api import create_grpc_server
 from service.transport.health import Readiness
 from service.transport.http_api import create_http_app, player_routes
@@ -51,151 +59,6 @@ READINESS_POLL_S = 1.0
 SERVER_STOP_GRACE_S = 5.0
 # A worker's exit after its server stopped: closing its pools and the interpreter's own exit.
 WORKER_EXIT_GRACE_S = 5.0
-
-
-class StartupError(Exception):
-    """The service cannot start; `exit_code` follows docs/cli.md#exit-codes (2 config, 5 dependency, 1 other)."""
-
-    def __init__(self, message: str, exit_code: int, hint: str = "") -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.hint = hint
-
-
-@dataclass
-class Dependencies:
-    """Where PostgreSQL and Redis are, and the embedded servers this process started for them."""
-
-    database_url: str
-    redis_url: str | None  # None: cache disabled
-    embedded_postgres: bool = False
-    embedded_redis: bool = False
-    servers: EmbeddedServers | None = None
-
-    @property
-    def embedded(self) -> bool:
-        return self.embedded_postgres
-
-    def stop(self) -> None:
-        if self.servers is not None:
-            self.servers.stop()
-
-
-def wants_embedded_postgres(settings: Settings) -> bool:
-    return settings.embedded == "always" or (settings.embedded == "auto" and not settings.database_url)
-
-
-def wants_embedded_redis(settings: Settings) -> bool:
-    if settings.cache_disabled():
-        return False
-    return settings.embedded == "always" or (settings.embedded == "auto" and not settings.redis_url)
-
-
-def validate_settings(settings: Settings) -> None:
-    """Refuse impossible combinations before anything starts (exit 2)."""
-    if settings.embedded == "never":
-        for name, value in (("database_url", settings.database_url), ("redis_url", settings.redis_url)):
-            if not value:
-                raise SettingsError(f"invalid setting '{name}': unset while embedded=never")
-    validate_for_serve(settings, embedded_postgres=wants_embedded_postgres(settings))
-
-
-def resolve_catalog_path(settings: Settings) -> Path:
-    """The configured catalog; with embedded PostgreSQL and no configured file, the bundled example."""
-    configured = Path(settings.catalog_path).expanduser()
-    if settings.sources["catalog_path"] == "default" and not configured.exists() and wants_embedded_postgres(settings):
-        return example_catalog_path()
-    return configured
-
-
-def load_service_catalog(settings: Settings) -> Catalog:
-    path = resolve_catalog_path(settings)
-    try:
-        catalog = load_catalog(path)
-    except CatalogError as exc:
-        details = "\n".join(f"  {error}" for error in exc.errors)
-        hint = "fix the catalog, then check it with 'challengectl serve --check'"
-        if settings.sources["catalog_path"] == "default" and not path.exists():
-            hint = (
-                f"pass --catalog FILE or set CHALLENGE_CATALOG_PATH (the bundled example "
-                f"{example_catalog_path()} is used by default only with the embedded database)"
-            )
-        raise StartupError(f"invalid catalog ({len(exc.errors)} error(s)):\n{details}", 2, hint) from None
-    for warning in catalog.warnings:
-        log.warning("catalog: %s", warning)
-    return catalog
-
-
-def start_dependencies(settings: Settings) -> Dependencies:
-    """Start the embedded servers that have no URL (docs/configuration.md#embedded-default) and return where everything is."""
-    data_dir = settings.resolved_data_dir()
-    deps = Dependencies(
-        database_url=settings.database_url or "",
-        redis_url=None if settings.cache_disabled() else settings.redis_url,
-        embedded_postgres=wants_embedded_postgres(settings),
-        embedded_redis=wants_embedded_redis(settings),
-    )
-    if not (deps.embedded_postgres or deps.embedded_redis):
-        return deps
-    deps.servers = EmbeddedServers(data_dir, postgres=deps.embedded_postgres, redis=deps.embedded_redis)
-    try:
-        urls = deps.servers.start()
-    except Exception as exc:
-        deps.stop()
-        raise StartupError(
-            f"cannot start the embedded servers in {data_dir}: {exc}",
-            5,
-            "check the data dir, or set DATABASE_URL and REDIS_URL",
-        ) from None
-    if deps.embedded_postgres:
-        deps.database_url = urls.database_url
-    if deps.embedded_redis:
-        deps.redis_url = urls.redis_url
-    return deps
-
-
-def embedded_jwt_secret(settings: Settings, deps: Dependencies) -> Path | None:
-    """In embedded mode with no key source configured, the data dir's HS256 secret (created 0600)."""
-    has_key_source = settings.jwt_secret or settings.jwt_secret_file or settings.jwt_jwks_url
-    if settings.auth != "jwt" or has_key_source or not deps.embedded:
-        return None
-    return ensure_embedded_secret(settings.resolved_data_dir())
-
-
-def wait_for_database(database_url: str, timeout_s: float) -> None:
-    """Retry PostgreSQL until it answers or `startup_timeout_s` passes (then exit code 5)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            migration_status(database_url)
-            return
-        except MigrationError as exc:
-            if exc.exit_code != 5:
-                return  # reachable; the migration step reports the problem itself
-            if time.monotonic() >= deadline:
-                raise StartupError(
-                    f"PostgreSQL unreachable after {timeout_s:.0f} s: {exc}",
-                    5,
-                    "check DATABASE_URL and that PostgreSQL is running",
-                ) from None
-            time.sleep(0.5)
-
-
-def prepare_schema(settings: Settings, database_url: str) -> None:
-    """Apply pending migrations (migrate=auto) or only verify them (migrate=off)."""
-    try:
-        if settings.migrate == "auto":
-            for migration in apply_migrations(database_url, application_name="challengectl-service"):
-                log.info("applied migration %04d_%s", migration.version, migration.name)
-        else:
-            status = migration_status(database_url)
-            if status.pending:
-                log.error(
-                    "pending migrations with migrate=off: %s; the service stays not ready",
-                    ", ".join(f"{m.version:04d}" for m in status.pending),
-                )
-    except MigrationError as exc:
-        raise StartupError(str(exc), exc.exit_code, "see 'challengectl db migrate --status'") from None
 
 
 def bind_socket(host: str, port: int, what: str, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -325,7 +188,11 @@ class Service:
             )
             resources.callback(port_guard.close)
             workers = WorkerPool(
-                settings.workers, self.runtime_dir, self._worker_spec, lambda: ingestor.flusher_failing_since
+                settings.workers,
+                self.runtime_dir,
+                self._worker_spec,
+                lambda: ingestor.flusher_failing_since,
+                run_http_worker,
             )
             self.workers = workers
         admin_socket = bind_socket(settings.admin_host, settings.admin_port, "admin API")
@@ -570,7 +437,7 @@ async def _start_workers(workers: WorkerPool) -> None:
 
 
 async def _worker_failure(workers: WorkerPool) -> None:
-    """Ends (with the failure) when the workers can no longer serve; see service/workers.py."""
+    """Ends (with the failure) when the workers can no longer serve; see service/runtime/workers.py."""
     try:
         await workers.failed
     except WorkerFailure as exc:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
+from service.config.resolution import validate_settings, wants_embedded_postgres, wants_embedded_redis
 from service.config.settings import Settings
-from service.runtime.app import (
-    StartupError,
-    load_service_catalog,
-    validate_settings,
-    wants_embedded_postgres,
-    wants_embedded_redis,
-)
 from service.runtime.embedded import discover
+from service.runtime.startup import StartupError, load_service_catalog
 from service.storage.migrations import MigrationError, migration_status
 
 

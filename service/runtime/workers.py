@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.runtime import event_loop
+from service.runtime.startup import StartupError
 from service.telemetry import metrics
+from service.telemetry.logs import configure_logging
 
 if TYPE_CHECKING:
     from service.config.settings import Settings
@@ -96,6 +98,11 @@ class WorkerSpec:
     control_path: Path
 
 
+# What a worker runs: (spec, state, stop, report_ready). A module-level function, so that it pickles by
+# name into the spawned process (service/runtime/app.py's run_http_worker).
+ServeWorker = Callable[[WorkerSpec, SharedState, asyncio.Event, Callable[[], None]], Awaitable[None]]
+
+
 @contextlib.contextmanager
 def runtime_directory() -> Iterator[Path]:
     """A private directory (0700) for the metrics files and control sockets of one `serve` run; this
@@ -148,17 +155,14 @@ async def ask(path: Path, command: str, timeout_s: float = CONTROL_TIMEOUT_S) ->
 # -- the worker process ---------------------------------------------------------------------------
 
 
-def worker_entry(spec: WorkerSpec, state: SharedState, report: Connection) -> None:
-    """Body of a spawned worker: serve the player API until SIGINT/SIGTERM (forwarded by the main
-    process) or until the main process is gone. `report` gets ("ready",) or ("failed", message,
+def worker_entry(serve_worker: ServeWorker, spec: WorkerSpec, state: SharedState, report: Connection) -> None:
+    """Body of a spawned worker: `serve_worker` serves the player API until SIGINT/SIGTERM (forwarded by
+    the main process) or until the main process is gone. `report` gets ("ready",) or ("failed", message,
     exit_code, hint) once."""
     os.setpgrp()  # Ctrl-C on a terminal signals the process group; the main process forwards it once
-    from service.runtime.app import StartupError, run_http_worker
-    from service.telemetry.logs import configure_logging
-
     configure_logging(spec.settings.log_level, spec.settings.resolved_log_format())
     try:
-        event_loop.run(_run_worker(spec, state, report, run_http_worker))
+        event_loop.run(_run_worker(serve_worker, spec, state, report))
     except StartupError as exc:
         report.send(("failed", str(exc), exc.exit_code, exc.hint))
         sys.exit(exc.exit_code)
@@ -170,9 +174,7 @@ def worker_entry(spec: WorkerSpec, state: SharedState, report: Connection) -> No
     sys.exit(0)
 
 
-async def _run_worker(
-    spec: WorkerSpec, state: SharedState, report: Connection, run_http_worker: Callable[..., Awaitable[None]]
-) -> None:
+async def _run_worker(serve_worker: ServeWorker, spec: WorkerSpec, state: SharedState, report: Connection) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen = 0
@@ -188,7 +190,7 @@ async def _run_worker(
         loop.add_signal_handler(signum, on_signal, signum)
     watcher = asyncio.create_task(_stop_when_orphaned(os.getppid(), stop))
     try:
-        await run_http_worker(spec, state, stop, lambda: report.send(("ready",)))
+        await serve_worker(spec, state, stop, lambda: report.send(("ready",)))
     finally:
         watcher.cancel()
 
@@ -223,8 +225,10 @@ class WorkerPool:
         runtime_dir: Path,
         make_spec: Callable[[int, Path], WorkerSpec],
         flusher_failing_since: Callable[[], float | None],
+        serve_worker: ServeWorker,
     ) -> None:
         self.count = count
+        self._serve_worker = serve_worker
         self.runtime_dir = runtime_dir
         self._make_spec = make_spec
         self._flusher_failing_since = flusher_failing_since
@@ -301,7 +305,7 @@ class WorkerPool:
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_entry,
-            args=(self._make_spec(index, control_path), self.state, sender),
+            args=(self._serve_worker, self._make_spec(index, control_path), self.state, sender),
             name=f"challengectl-http-{index}",
             daemon=True,
         )

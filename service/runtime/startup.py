@@ -1,0 +1,138 @@
+"""The steps before `serve` serves: load the catalog, start the embedded servers that have no URL, wait for
+PostgreSQL, prepare the schema; and `StartupError`, how any of them (or a server that cannot bind) stops
+the start with its exit code (docs/cli.md#exit-codes)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.config.resolution import resolve_catalog_path, wants_embedded_postgres, wants_embedded_redis
+from service.config.resources import example_catalog_path
+from service.config.settings import Settings
+from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.runtime.embedded import EmbeddedServers
+from service.storage.migrations import MigrationError, apply_migrations, migration_status
+from service.transport.auth import ensure_embedded_secret
+
+log = logging.getLogger("challengectl.serve")
+
+
+class StartupError(Exception):
+    """The service cannot start; `exit_code` follows docs/cli.md#exit-codes (2 config, 5 dependency, 1 other)."""
+
+    def __init__(self, message: str, exit_code: int, hint: str = "") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.hint = hint
+
+
+@dataclass
+class Dependencies:
+    """Where PostgreSQL and Redis are, and the embedded servers this process started for them."""
+
+    database_url: str
+    redis_url: str | None  # None: cache disabled
+    embedded_postgres: bool = False
+    embedded_redis: bool = False
+    servers: EmbeddedServers | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.embedded_postgres
+
+    def stop(self) -> None:
+        if self.servers is not None:
+            self.servers.stop()
+
+
+def load_service_catalog(settings: Settings) -> Catalog:
+    path = resolve_catalog_path(settings)
+    try:
+        catalog = load_catalog(path)
+    except CatalogError as exc:
+        details = "\n".join(f"  {error}" for error in exc.errors)
+        hint = "fix the catalog, then check it with 'challengectl serve --check'"
+        if settings.sources["catalog_path"] == "default" and not path.exists():
+            hint = (
+                f"pass --catalog FILE or set CHALLENGE_CATALOG_PATH (the bundled example "
+                f"{example_catalog_path()} is used by default only with the embedded database)"
+            )
+        raise StartupError(f"invalid catalog ({len(exc.errors)} error(s)):\n{details}", 2, hint) from None
+    for warning in catalog.warnings:
+        log.warning("catalog: %s", warning)
+    return catalog
+
+
+def start_dependencies(settings: Settings) -> Dependencies:
+    """Start the embedded servers that have no URL (docs/configuration.md#embedded-default) and return where everything is."""
+    data_dir = settings.resolved_data_dir()
+    deps = Dependencies(
+        database_url=settings.database_url or "",
+        redis_url=None if settings.cache_disabled() else settings.redis_url,
+        embedded_postgres=wants_embedded_postgres(settings),
+        embedded_redis=wants_embedded_redis(settings),
+    )
+    if not (deps.embedded_postgres or deps.embedded_redis):
+        return deps
+    deps.servers = EmbeddedServers(data_dir, postgres=deps.embedded_postgres, redis=deps.embedded_redis)
+    try:
+        urls = deps.servers.start()
+    except Exception as exc:
+        deps.stop()
+        raise StartupError(
+            f"cannot start the embedded servers in {data_dir}: {exc}",
+            5,
+            "check the data dir, or set DATABASE_URL and REDIS_URL",
+        ) from None
+    if deps.embedded_postgres:
+        deps.database_url = urls.database_url
+    if deps.embedded_redis:
+        deps.redis_url = urls.redis_url
+    return deps
+
+
+def embedded_jwt_secret(settings: Settings, deps: Dependencies) -> Path | None:
+    """In embedded mode with no key source configured, the data dir's HS256 secret (created 0600)."""
+    has_key_source = settings.jwt_secret or settings.jwt_secret_file or settings.jwt_jwks_url
+    if settings.auth != "jwt" or has_key_source or not deps.embedded:
+        return None
+    return ensure_embedded_secret(settings.resolved_data_dir())
+
+
+def wait_for_database(database_url: str, timeout_s: float) -> None:
+    """Retry PostgreSQL until it answers or `startup_timeout_s` passes (then exit code 5)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            migration_status(database_url)
+            return
+        except MigrationError as exc:
+            if exc.exit_code != 5:
+                return  # reachable; the migration step reports the problem itself
+            if time.monotonic() >= deadline:
+                raise StartupError(
+                    f"PostgreSQL unreachable after {timeout_s:.0f} s: {exc}",
+                    5,
+                    "check DATABASE_URL and that PostgreSQL is running",
+                ) from None
+            time.sleep(0.5)
+
+
+def prepare_schema(settings: Settings, database_url: str) -> None:
+    """Apply pending migrations (migrate=auto) or only verify them (migrate=off)."""
+    try:
+        if settings.migrate == "auto":
+            for migration in apply_migrations(database_url, application_name="challengectl-service"):
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+        else:
+            status = migration_status(database_url)
+            if status.pending:
+                log.error(
+                    "pending migrations with migrate=off: %s; the service stays not ready",
+                    ", ".join(f"{m.version:04d}" for m in status.pending),
+                )
+    except MigrationError as exc:
+        raise StartupError(str(exc), exc.exit_code, "see 'challengectl db migrate --status'") from None
