@@ -112,6 +112,42 @@ SELECT %(user_id)s::text, d.goal_id, d.challenge_id, %(namespace)s::text, 0, 'no
 RETURNING goal_id;
 
 
+-- name: initialize_view
+-- kind: write
+-- params: user_id text, namespace text, goal_ids text[], challenge_ids text[], expires_at timestamptz[], now timestamptz, prereq_goal_ids text[]
+-- expect-index: user_goal_progress_pkey
+-- doc: Initialize in one round trip: inserts the listed default goals the user lacks (as insert_default_goals) and
+--      returns, by goal_id, the inserted rows (inserted = true) and the rows the statement's snapshot holds that are
+--      active, a listed prerequisite or a listed default (inserted = false). A row committed by a concurrent first
+--      initialize after the snapshot is neither inserted nor returned: the caller checks that every listed goal came
+--      back and otherwise reads active_view in a new statement.
+WITH inserted AS (
+    INSERT INTO user_goal_progress
+           (user_id, goal_id, challenge_id, namespace, progress, status, is_active,
+            assigned_at, expires_at, created_at, updated_at)
+    SELECT %(user_id)s::text, d.goal_id, d.challenge_id, %(namespace)s::text, 0, 'not_started', true,
+           %(now)s::timestamptz, d.expires_at, %(now)s::timestamptz, %(now)s::timestamptz
+      FROM unnest(%(goal_ids)s::text[], %(challenge_ids)s::text[], %(expires_at)s::timestamptz[])
+           AS d (goal_id, challenge_id, expires_at)
+     -- One insertion order for every caller, so concurrent first initializes cannot deadlock.
+     ORDER BY d.goal_id
+        ON CONFLICT (user_id, goal_id) DO NOTHING
+    RETURNING user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+              created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
+)
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, true AS inserted
+  FROM inserted
+UNION ALL
+-- The statement's snapshot does not see its own inserts, so no row comes twice.
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, false
+  FROM user_goal_progress
+ WHERE user_id = %(user_id)s::text
+   AND (is_active OR goal_id = ANY (%(prereq_goal_ids)s::text[]) OR goal_id = ANY (%(goal_ids)s::text[]))
+ ORDER BY goal_id;
+
+
 -- name: set_goal_active
 -- kind: write
 -- params: user_id text, goal_id text, challenge_id text, namespace text, is_active boolean, expires_at timestamptz, now timestamptz

@@ -279,22 +279,75 @@ async def test_ch2_fill_that_saw_no_token_loses_to_a_write_that_created_one(
     assert await client.exists(active_key(redis_prefix, user)) == 0
 
 
-async def test_initialize_slow_path_fills_with_its_own_invalidation_token(
+async def test_record_initialize_of_an_insert_fills_under_a_fresh_token_and_marks_synced(
     client: redis.asyncio.Redis, redis_prefix: str
 ) -> None:
     cache = make_cache(client, redis_prefix)
     user = unique_user()
     step1 = await cache.read_active(user, include_synced=True)
-    assert (step1.synced, step1.entry) == (False, None)
+    assert (step1.synced, step1.token, step1.entry) == (False, None, None)
 
-    inserted_token = await cache.invalidate(user)
-    assert await cache.fill_active(user, step1, [make_row(user, "g1")], [], seen_token=inserted_token)
-    assert await cache.set_synced(user)
+    assert await cache.record_initialize(user, step1, [make_row(user, "g1")], [], inserted=True)
 
     fast = await cache.read_active(user, include_synced=True)
-    assert fast.synced and fast.entry is not None and fast.entry.token == inserted_token
+    assert fast.synced and fast.entry is not None and fast.entry.token == fast.token
+    assert [row.goal_id for row in fast.entry.rows] == ["g1"]
     assert 0 < await client.ttl(synced_key(redis_prefix, user, FP)) <= 3600
     assert cache.stats()["by_kind"]["synced"] == {"hits": 1, "misses": 1}
+    assert cache.stats()["invalidations"] == 1
+
+
+async def test_record_initialize_of_an_insert_rotates_an_existing_token(
+    client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    cache = make_cache(client, redis_prefix)
+    user = unique_user()
+    await cache.fill_active(user, await cache.read_active(user, include_synced=False), [make_row(user, "g1")], [])
+    before = await cache.read_active(user, include_synced=True)
+    assert before.entry is not None
+
+    assert await cache.record_initialize(user, before, [make_row(user, "g1"), make_row(user, "g2")], [], True)
+
+    after = await cache.read_active(user, include_synced=True)
+    assert after.token != before.token and after.synced
+    assert after.entry is not None and [row.goal_id for row in after.entry.rows] == ["g1", "g2"]
+
+
+async def test_record_initialize_without_insert_keeps_the_token_it_read(
+    client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    cache = make_cache(client, redis_prefix)
+    user = unique_user()
+    await cache.invalidate(user)
+    read = await cache.read_active(user, include_synced=True)
+
+    assert await cache.record_initialize(user, read, [make_row(user, "g1")], [], inserted=False)
+
+    after = await cache.read_active(user, include_synced=True)
+    assert after.token == read.token and after.entry is not None and after.synced
+    assert cache.stats()["invalidations"] == 1  # only the setup's own
+
+
+async def test_record_initialize_after_a_concurrent_write_stores_no_view_but_still_invalidates(
+    client: redis.asyncio.Redis, redis_prefix: str
+) -> None:
+    cache, writer = make_cache(client, redis_prefix), make_cache(client, redis_prefix)
+    user = unique_user()
+    read = await cache.read_active(user, include_synced=True)
+    writer_token = await writer.invalidate(user)  # e.g. a flush that committed after the statement's snapshot
+
+    assert await cache.record_initialize(user, read, [make_row(user, "g1")], [], inserted=True) is False
+
+    after = await cache.read_active(user, include_synced=True)
+    assert after.entry is None and after.synced
+    assert after.token not in (None, writer_token)
+    assert await client.exists(active_key(redis_prefix, user)) == 0
+    # Without an insert, the concurrent writer's token stays and nothing is stored either.
+    other = unique_user()
+    read = await cache.read_active(other, include_synced=True)
+    other_token = await writer.invalidate(other)
+    assert await cache.record_initialize(other, read, [make_row(other, "g1")], [], inserted=False) is False
+    assert (await cache.read_active(other, include_synced=False)).token == other_token
 
 
 async def test_ch5_new_fingerprint_ignores_old_entry_and_old_synced_marker(

@@ -129,6 +129,38 @@ async def test_concurrent_first_calls(env: Env) -> None:
     assert reporting == [len(DEFAULT_IDS)]
 
 
+async def test_rows_committed_after_the_statement_snapshot_are_read_again(env: Env) -> None:
+    """I7: another first initialize holds a default row while ours runs; once it commits, our statement skips
+    that row (ON CONFLICT) without seeing it (its snapshot is older), so the view is read in a new statement."""
+    user = new_user()
+    first_default = DEFAULT_IDS[0]
+    async with env.store.connection() as other, other.transaction():
+        await other.execute(
+            "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, assigned_at)"
+            " VALUES (%s, %s, %s, 'ns-other', %s)",
+            (user, first_default, MAIN_CATALOG.goals_by_id[first_default].challenge_id, T0),
+        )
+        task = asyncio.create_task(env.players().initialize(user))
+        async with env.store.connection() as probe:
+            for _ in range(500):  # until our statement waits on the row lock of the uncommitted insert
+                cursor = await probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                    ("%INSERT INTO user_goal_progress%",),
+                )
+                if (await cursor.fetchone())[0]:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("initialize never waited on the concurrent insert")
+    result = await task
+    assert assigned_ids(result) == DEFAULT_IDS
+    assert result.new_assignments == len(DEFAULT_IDS) - 1
+    assert {state.goal.goal_id: state.row.namespace for state in result.assigned}[first_default] == "ns-other"
+    cached = await env.cache().read_active(user, include_synced=True)
+    assert cached.synced and cached.entry is not None
+    assert sorted(row.goal_id for row in cached.entry.rows) == sorted(DEFAULT_IDS)
+
+
 async def test_config_sync_assigns_defaults_added_later(env: Env) -> None:
     """I8, Ch5: a new default goal in a new catalog (new fingerprint) is assigned at the next
     initialize; existing rows, including a deactivated default, are untouched."""

@@ -210,6 +210,45 @@ def test_insert_default_goals_inserts_missing_rows_in_goal_order_and_never_touch
     )
 
 
+def test_initialize_view_inserts_missing_defaults_and_returns_them_with_the_view(
+    run: Runner, conn: psycopg.Connection[Any], user: str
+) -> None:
+    params = {"user_id": user, "namespace": NS, "now": T, "prereq_goal_ids": ["p1"]}
+    insert_row(conn, user, "g1", is_active=False)  # a deactivated default
+    insert_row(conn, user, "p1", is_active=False)  # an inactive prerequisite
+    insert_row(conn, user, "x1", is_active=False)  # neither: not returned
+    insert_row(conn, user, "a1")  # active, not a default
+    first = run(
+        "initialize_view",
+        **params,
+        goal_ids=["g2", "g1"],
+        challenge_ids=["c2", "c1"],
+        expires_at=[N, None],
+    )
+    assert [(r["goal_id"], r["inserted"], r["is_active"]) for r in first] == [
+        ("a1", False, True),
+        ("g1", False, False),
+        ("g2", True, True),
+        ("p1", False, False),
+    ]
+    g2 = row(conn, user, "g2")
+    assert (g2["challenge_id"], g2["status"], g2["assigned_at"], g2["expires_at"], g2["updated_at"]) == (
+        "c2",
+        "not_started",
+        T,
+        N,
+        T,
+    )
+    assert row(conn, user, "g1")["is_active"] is False
+    again = run("initialize_view", **params, goal_ids=["g2", "g1"], challenge_ids=["c2", "c1"], expires_at=[N, None])
+    assert [(r["goal_id"], r["inserted"]) for r in again] == [
+        ("a1", False),
+        ("g1", False),
+        ("g2", False),
+        ("p1", False),
+    ]
+
+
 # --- set active, batch select, deactivate ------------------------------------------------------------
 
 

@@ -110,7 +110,8 @@ def test_bundled_file_has_every_required_name_with_the_spec_kind_and_params() ->
     for query in registry:
         for param in query.params:
             is_array = param.name in ARRAY_PARAMS or (
-                query.name in ("apply_event_updates", "insert_default_goals", "batch_set_goal_active")
+                query.name
+                in ("apply_event_updates", "insert_default_goals", "initialize_view", "batch_set_goal_active")
                 and param.name not in ("now", "user_id", "namespace")
             )
             assert param.type.endswith("[]") == is_array, (query.name, param)

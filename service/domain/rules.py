@@ -33,7 +33,9 @@ _ONE_WEEK = timedelta(days=7)
 _SECONDS_PER_DAY = 86_400
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of the 14 fields through object.__setattr__, which made building a
+# row 5x slower (1.6 vs 0.3 us; a 500-goal player reads 500 rows per request). Rows are never mutated.
+@dataclass(slots=True)
 class ProgressRow:
     """One `user_goal_progress` row (docs/data-model.md#table-user_goal_progress), as read from PostgreSQL or from the cache."""
 

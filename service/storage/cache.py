@@ -214,7 +214,16 @@ def format_timestamp(value: datetime | None) -> str | None:
     return f"{value:%Y-%m-%dT%H:%M:%S.%fZ}"
 
 
-def _row_json(row: ProgressRow) -> _RowJson:
+class _Timestamps(dict[datetime | None, str | None]):
+    """`format_timestamp` memoised over one entry: a player's rows share few distinct instants (every row of
+    an initialize has the same created_at, updated_at and assigned_at), so most lookups are hits."""
+
+    def __missing__(self, value: datetime | None) -> str | None:
+        formatted = self[value] = format_timestamp(value)
+        return formatted
+
+
+def _row_json(row: ProgressRow, stamp: _Timestamps) -> _RowJson:
     return _RowJson(
         row.user_id,
         row.goal_id,
@@ -222,21 +231,28 @@ def _row_json(row: ProgressRow) -> _RowJson:
         row.namespace,
         row.progress,
         row.status,
-        format_timestamp(row.completed_at),
-        format_timestamp(row.claimed_at),
-        format_timestamp(row.created_at),
-        format_timestamp(row.updated_at),
+        stamp[row.completed_at],
+        stamp[row.claimed_at],
+        stamp[row.created_at],
+        stamp[row.updated_at],
         row.is_active,
-        format_timestamp(row.assigned_at),
-        format_timestamp(row.expires_at),
+        stamp[row.assigned_at],
+        stamp[row.expires_at],
         row.baseline_value,
     )
 
 
 def encode_entry(token: str, fingerprint: str, rows: Iterable[ProgressRow], pre: Iterable[ProgressRow]) -> bytes:
     """Compact JSON `{"v":1,"tok","fp","rows","pre"}` of an active view (docs/cache.md#entries-and-tokens)."""
+    stamp = _Timestamps()
     return _entry_encoder.encode(
-        _EntryJson(ENTRY_VERSION, token, fingerprint, [_row_json(r) for r in rows], [_row_json(r) for r in pre])
+        _EntryJson(
+            ENTRY_VERSION,
+            token,
+            fingerprint,
+            [_row_json(r, stamp) for r in rows],
+            [_row_json(r, stamp) for r in pre],
+        )
     )
 
 
@@ -281,6 +297,27 @@ return 1
 """
 
 
+# KEYS: tok, active, synced. ARGV: seen token ("" = none was seen), token of the entry, entry ("" = no fill),
+# entry TTL ms, token TTL ms, synced TTL s, "1" when initialize inserted rows (rotate the token even when no
+# fill is stored). Initialize's fill, invalidation and synced marker in one call; returns 1 when stored.
+_INITIALIZED_LUA = """
+local current = redis.call('GET', KEYS[1])
+local unchanged
+if ARGV[1] == '' then unchanged = not current else unchanged = current == ARGV[1] end
+local stored = 0
+if ARGV[3] ~= '' and unchanged then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+  stored = 1
+elseif ARGV[7] == '1' then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
+  redis.call('UNLINK', KEYS[2])
+end
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[6])
+return stored
+"""
+
+
 # ---------------------------------------------------------------------------------------------------
 # The cache
 
@@ -300,9 +337,6 @@ class CacheRead:
 
 class CacheUnavailableError(Exception):
     """An operator action on the cache could not reach Redis."""
-
-
-_SEEN_TOKEN_OF_READ: Any = object()
 
 
 class Cache:
@@ -347,6 +381,7 @@ class Cache:
         if client is not None:
             self._fill_script = client.register_script(_FILL_LUA)
             self._invalidate_script = client.register_script(_INVALIDATE_LUA)
+            self._initialized_script = client.register_script(_INITIALIZED_LUA)
         REDIS_UP.set(1 if self._healthy else 0)
 
     # -- state ---------------------------------------------------------------------------------------
@@ -451,18 +486,16 @@ class Cache:
         read: CacheRead,
         rows: Sequence[ProgressRow],
         pre: Sequence[ProgressRow],
-        seen_token: str | None = _SEEN_TOKEN_OF_READ,
     ) -> bool:
         """Store the view read from PostgreSQL after `read`, unless a write happened in between (docs/cache.md#entries-and-tokens).
 
-        `seen_token` defaults to the token of `read`; initialize's slow path passes the token its own
-        invalidation set. Returns True when the entry was stored.
+        Returns True when the entry was stored.
         """
         if self._client is None or read.bypassed or not self._usable():
             return False
         if read.replay_generation != self._replay_generation:
             return False  # the read predates the last journal replay (docs/cache.md#degradation-and-recovery rule 6)
-        seen = read.token if seen_token is _SEEN_TOKEN_OF_READ else seen_token
+        seen = read.token
         entry_token = seen or new_token()
         entry = encode_entry(entry_token, self._fingerprint, rows, pre)
         try:
@@ -473,6 +506,58 @@ class Cache:
         except REDIS_FAILURES as exc:
             self._mark_unhealthy(exc, f"filling the cached view of user {user_id!r}")
             return False
+        return bool(stored)
+
+    async def record_initialize(
+        self,
+        user_id: str,
+        read: CacheRead,
+        rows: Sequence[ProgressRow],
+        pre: Sequence[ProgressRow],
+        inserted: bool,
+    ) -> bool:
+        """Initialize's slow path after its statement, in one script call: the conditional fill of the view it
+        read (as `fill_active` after `read`), the invalidation when it `inserted` rows (a fresh token, also for
+        the filled entry), and the synced marker (docs/rules.md#initialize, docs/cache.md#entries-and-tokens).
+
+        Never raises; returns True when the entry was stored. With Redis unhealthy an insert is journaled.
+        """
+        if self._client is None:
+            return False
+        if not self._healthy:
+            if inserted:
+                self._journal_add((user_id,))
+                self._count_invalidations(INVALIDATION_FAILED)
+            return False
+        fill = not read.bypassed and self._usable() and read.replay_generation == self._replay_generation
+        seen = "" if read.bypassed else (read.token or "")
+        entry_token = new_token() if inserted or not seen else seen
+        entry = encode_entry(entry_token, self._fingerprint, rows, pre) if fill else b""
+        try:
+            stored = await self._initialized_script(
+                keys=[
+                    token_key(self._prefix, user_id),
+                    active_key(self._prefix, user_id),
+                    synced_key(self._prefix, user_id, self._fingerprint),
+                ],
+                args=[
+                    seen,
+                    entry_token,
+                    entry,
+                    self._entry_ttl_ms,
+                    self._token_ttl_ms,
+                    self._synced_ttl_s,
+                    "1" if inserted else "0",
+                ],
+            )
+        except REDIS_FAILURES as exc:
+            self._mark_unhealthy(exc, f"recording the initialize of user {user_id!r}")
+            if inserted:
+                self._journal_add((user_id,))
+                self._count_invalidations(INVALIDATION_FAILED)
+            return False
+        if inserted:
+            self._count_invalidations(INVALIDATION_OK)
         return bool(stored)
 
     # -- invalidation ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from prometheus_client import Counter
-from psycopg.rows import class_row
+from psycopg.rows import args_row
 
 from service.domain.catalog import Catalog, Challenge, Goal, Reward
 from service.domain.errors import (
@@ -147,7 +147,17 @@ log = logging.getLogger("challengectl.players")
 T = TypeVar("T")
 Work = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 
-_ROW = class_row(ProgressRow)
+# Positional: the statements return the columns of user_goal_progress in table order, which is ProgressRow's.
+_ROW = args_row(ProgressRow)
+
+
+def _initialize_row(cursor: Any) -> Callable[[Sequence[Any]], tuple[ProgressRow, bool]]:
+    """Rows of `initialize_view`: the 14 columns, then whether this statement inserted the row."""
+
+    def make(values: Sequence[Any]) -> tuple[ProgressRow, bool]:
+        return ProgressRow(*values[:14]), values[14]
+
+    return make
 
 
 def _unavailable() -> Unavailable:
@@ -318,7 +328,7 @@ class Players:
             rows, pre = await self._db(
                 user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
             )
-            await self._cache_fill(user_id, read, rows, pre, read.token)
+            await self._cache_fill(user_id, read, rows, pre)
         else:
             INITIALIZE_TOTAL.labels("slow").inc()
             inserted, rows, pre = await self._initialize_slow(user_id, read, now)
@@ -331,31 +341,33 @@ class Players:
         read: CacheRead,
         now: datetime,
     ) -> tuple[int, list[ProgressRow], list[ProgressRow]]:
-        """Insert missing defaults → invalidate when inserted → read in a new statement → fill → mark."""
-        inserted_ids: list[Any] = []
-        if self._catalog.default_goals:
-            params = {
-                "user_id": user_id,
-                "namespace": self._namespace,
-                **self._default_goal_params,
-                "expires_at": [expires_at_for(goal, now) for goal in self._catalog.default_goals],
-                "now": now,
-            }
+        """One `initialize_view` statement (insert the missing defaults, return the view), then one cache call
+        that fills, invalidates when rows were inserted and sets the synced marker."""
+        params = {
+            "user_id": user_id,
+            "namespace": self._namespace,
+            **self._default_goal_params,
+            "expires_at": [expires_at_for(goal, now) for goal in self._catalog.default_goals],
+            "now": now,
+            "prereq_goal_ids": self._prerequisite_ids,
+        }
 
-            async def insert_defaults(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
-                return await self._queries.rows(conn, "insert_default_goals", params)
+        async def assign(conn: psycopg.AsyncConnection[Any]) -> list[tuple[ProgressRow, bool]]:
+            return await self._queries.rows(conn, "initialize_view", params, _initialize_row)
 
-            inserted_ids = await self._db(user_id, "assigning the default goals", insert_defaults)
-        seen_token = read.token
-        if inserted_ids:
-            seen_token = await self._cache_invalidate(user_id)
-        # A new statement, so that rows committed meanwhile by a concurrent first call are visible.
-        rows, pre = await self._db(
-            user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
-        )
-        await self._cache_fill(user_id, read, rows, pre, seen_token)
-        await self._cache_set_synced(user_id)
-        return len(inserted_ids), rows, pre
+        fetched = await self._db(user_id, "assigning the default goals", assign)
+        inserted = sum(1 for _, was_inserted in fetched if was_inserted)
+        returned = [row for row, _ in fetched]
+        returned_ids = {row.goal_id for row in returned}
+        if all(goal_id in returned_ids for goal_id in self._default_goal_params["goal_ids"]):
+            rows, pre = split_active_view(returned, self._catalog.goals_by_id)
+        else:
+            # A concurrent first initialize committed rows after the statement's snapshot: read them in a new one.
+            rows, pre = await self._db(
+                user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
+            )
+        await self._cache_record_initialize(user_id, read, rows, pre, inserted > 0)
+        return inserted, rows, pre
 
     async def _catch_up(
         self,
@@ -747,7 +759,7 @@ class Players:
         rows, pre = await self._db(
             user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
         )
-        await self._cache_fill(user_id, read, rows, pre, read.token)
+        await self._cache_fill(user_id, read, rows, pre)
         return rows, pre
 
     async def _read_active_view(
@@ -828,12 +840,10 @@ class Players:
         read: CacheRead,
         rows: Sequence[ProgressRow],
         pre: Sequence[ProgressRow],
-        seen_token: str | None,
     ) -> None:
-        """Conditional fill (docs/cache.md#entries-and-tokens); `seen_token` is the read's token, or on the initialize slow
-        path the token of that path's own invalidation."""
+        """Conditional fill after `read` (docs/cache.md#entries-and-tokens)."""
         try:
-            await self._cache.fill_active(user_id, read, rows, pre, seen_token)
+            await self._cache.fill_active(user_id, read, rows, pre)
         except Exception:
             log.exception("cache fill failed for user %r", user_id)
 
@@ -844,8 +854,15 @@ class Players:
             log.exception("cache invalidation failed for user %r", user_id)
             return None
 
-    async def _cache_set_synced(self, user_id: str) -> None:
+    async def _cache_record_initialize(
+        self,
+        user_id: str,
+        read: CacheRead,
+        rows: Sequence[ProgressRow],
+        pre: Sequence[ProgressRow],
+        inserted: bool,
+    ) -> None:
         try:
-            await self._cache.set_synced(user_id)
+            await self._cache.record_initialize(user_id, read, rows, pre, inserted)
         except Exception:
-            log.exception("setting the synced marker failed for user %r", user_id)
+            log.exception("recording the initialize in the cache failed for user %r", user_id)

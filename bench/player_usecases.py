@@ -1,0 +1,191 @@
+"""CPU per player operation below the HTTP transport: the use case (`Players`) plus rendering (`ResponseWriter`),
+on real PostgreSQL and Redis, one call at a time, in a worker process per run.
+
+The HTTP numbers of `bench/player_data_path.py` add the transport (auth, ASGI layers, sockets) and swing with
+the machine's load; this script isolates the data path that issue 10's per-request targets also pay, and it
+compares trees in the same run with the runs interleaved (this tree, baseline, this tree, baseline, ...), so
+background load hits both alike. CPU is the worker's `time.process_time()` (the client side of PostgreSQL and
+Redis included, their servers not); wall time is per call, sequential.
+
+    python bench/player_usecases.py [--profile seed-m3|all-active-500] [--players 300] [--calls 300]
+        [--repeat 2] [--baseline-tree DIR]
+
+`--baseline-tree DIR`: a tree with an older `service/` and `sql/` (`git archive <commit> service sql | tar -x -C
+DIR`). Needs DATABASE_URL (a server where it may create databases) and REDIS_URL. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("initialize_new", "initialize_returning", "challenges", "challenges_active", "set_active")
+
+
+async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Run every scenario against the service code on sys.path; return CPU and wall time per call (us)."""
+    from challengectl.loadtest.profiles import get_profile
+    from service.storage.cache import Cache, open_redis
+    from service.storage.registry import load_registry
+    from service.storage.store import PoolConfig, Queries, Store
+    from service.transport.responses import ResponseWriter
+    from service.usecases.players import Players
+    from service.usecases.rewards import RewardConfig, RewardGranter
+
+    catalog = get_profile(args.profile).catalog()
+    store = await Store.open(args.db, "service", PoolConfig(min_size=2, max_size=4))
+    redis = open_redis(os.environ["REDIS_URL"], 8, 2000)
+    cache = Cache(redis, args.prefix, catalog.fingerprint, 300, 604800, 100000, 1000)
+    rewards = RewardGranter(RewardConfig())
+    players = Players(catalog, store, Queries(load_registry()), cache, rewards, "bench", "log", 10000)
+    writer = ResponseWriter(catalog)
+    returning = [f"{args.prefix}-p{i:05d}" for i in range(args.players)]
+    for user in returning:  # setup: new, then once more so that the cache holds their view
+        await players.initialize(user)
+    for user in returning:
+        await players.initialize(user)
+    toggled = next(goal for goal in catalog.goals if not goal.default_assigned) if args.profile == "seed-m3" else None
+    toggled = toggled or catalog.goals[-1]
+
+    def cycle(i: int) -> str:
+        return returning[i % len(returning)]
+
+    async def initialize_new(i: int) -> bytes:
+        return writer.initialize(await players.initialize(f"{args.prefix}-n{i:05d}"))
+
+    async def initialize_returning(i: int) -> bytes:
+        return writer.initialize(await players.initialize(cycle(i)))
+
+    async def challenges(i: int) -> bytes:
+        return writer.challenge_list(await players.list_challenges(cycle(i), False))
+
+    async def challenges_active(i: int) -> bytes:
+        return writer.challenge_list(await players.list_challenges(cycle(i), True))
+
+    async def set_active(i: int) -> bytes:
+        result = await players.set_active(cycle(i), toggled.challenge_id, toggled.goal_id, i % 2 == 0)
+        return writer.set_active(result)
+
+    calls = {
+        "initialize_new": initialize_new,
+        "initialize_returning": initialize_returning,
+        "challenges": challenges,
+        "challenges_active": challenges_active,
+        "set_active": set_active,
+    }
+    results: dict[str, dict[str, float]] = {}
+    for scenario in args.scenarios:
+        call = calls[scenario]
+        for i in range(min(20, args.calls)):  # warm-up: prepared statements, scripts loaded
+            await call(10_000 + i)
+        walls = []
+        cpu_started = time.process_time()
+        for i in range(args.calls):
+            started = time.perf_counter()
+            await call(i)
+            walls.append(time.perf_counter() - started)
+        cpu = time.process_time() - cpu_started
+        results[scenario] = {
+            "cpu_us": cpu / args.calls * 1e6,
+            "wall_p50_us": statistics.median(walls) * 1e6,
+        }
+    await rewards.close()
+    await redis.aclose()
+    await store.close()
+    return results
+
+
+def create_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(admin_url)
+    params["dbname"] = name
+    return make_conninfo(**params)
+
+
+def run_worker(tree: Path, args: argparse.Namespace, db: str, prefix: str) -> dict[str, dict[str, float]]:
+    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO_ROOT}"}
+    command = [sys.executable, __file__, "--worker", "--db", db, "--prefix", prefix]
+    command += ["--profile", args.profile, "--players", str(args.players), "--calls", str(args.calls)]
+    command += ["--scenarios", ",".join(args.scenarios)]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"worker for {tree} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="seed-m3", choices=("seed-m3", "all-active-500"))
+    parser.add_argument("--players", type=int, default=300, help="returning players (initialized during setup)")
+    parser.add_argument("--calls", type=int, default=300, help="measured calls per scenario and run")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per tree, interleaved")
+    parser.add_argument("--scenarios", type=lambda s: s.split(","), default=list(SCENARIOS))
+    parser.add_argument("--baseline-tree", type=Path)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        from service.runtime.event_loop import run
+
+        print(json.dumps(run(worker(args))))
+        return
+    admin_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    if not admin_url or not redis_url:
+        parser.error("set DATABASE_URL and REDIS_URL")
+    sys.path.insert(0, str(REPO_ROOT))
+    from service.storage.migrations import apply_migrations
+
+    trees = {"this tree": REPO_ROOT}
+    if args.baseline_tree:
+        trees["baseline"] = args.baseline_tree.resolve()
+    stamp = os.getpid()
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {label: [] for label in trees}
+    for repetition in range(args.repeat):
+        for index, (label, tree) in enumerate(trees.items()):
+            name = f"bench_usecases_{stamp}_{repetition}_{index}"
+            db = create_database(admin_url, name)
+            try:
+                apply_migrations(db)
+                runs[label].append(run_worker(tree, args, db, f"buc{stamp}r{repetition}t{index}"))
+            finally:
+                with psycopg.connect(admin_url, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            print(f"run {repetition + 1}/{args.repeat} of {label} done", file=sys.stderr)
+    print(
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), load average "
+        f"{os.getloadavg()[0]:.1f}; profile {args.profile}, {args.players} returning players, {args.calls} calls per "
+        f"scenario and run, {args.repeat} interleaved runs per tree (median of the runs shown)"
+    )
+    print()
+    compare = "baseline" in runs
+    print("| scenario | tree | CPU us/call | wall p50 us |" + (" CPU vs baseline |" if compare else ""))
+    print("|---|---|---|---|" + ("---|" if compare else ""))
+    for scenario in args.scenarios:
+        medians = {
+            label: {key: statistics.median(run[scenario][key] for run in results) for key in ("cpu_us", "wall_p50_us")}
+            for label, results in runs.items()
+        }
+        for label, values in medians.items():
+            row = f"| {scenario} | {label} | {values['cpu_us']:.0f} | {values['wall_p50_us']:.0f} |"
+            if compare:
+                row += f" {values['cpu_us'] / medians['baseline']['cpu_us']:.2f}x |"
+            print(row)
+
+
+if __name__ == "__main__":
+    main()
