@@ -308,7 +308,7 @@ async def check_postgres(diagnosis: Diagnosis) -> CheckResult:
             f"unreachable: {exc}",
             "check that PostgreSQL runs, and --database-url / DATABASE_URL (or start 'challengectl serve')",
         )
-    version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
+    [(version,)] = await (await conn.execute("SHOW server_version")).fetchall()
     round_trips = []
     for _ in range(3):
         started = time.perf_counter()
@@ -487,12 +487,12 @@ async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
 async def check_pg_stat_statements(diagnosis: Diagnosis) -> CheckResult:
     """pg_stat_statements is preloaded and created in this database."""
     conn = await need_database(diagnosis)
-    preload, version = await (
+    [(preload, version)] = await (
         await conn.execute(
             "SELECT current_setting('shared_preload_libraries'),"
             " (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements')"
         )
-    ).fetchone()
+    ).fetchall()
     preloaded = "pg_stat_statements" in [name.strip().strip('"') for name in preload.split(",")]
     if not preloaded:
         return CheckResult(
@@ -512,12 +512,12 @@ async def check_headroom(diagnosis: Diagnosis) -> CheckResult:
     """Server connections in use against max_connections − superuser_reserved_connections, with the
     configured pools of one instance (processes × db_pool_max, plus the flusher's)."""
     conn = await need_database(diagnosis)
-    max_connections, reserved, in_use = await (
+    [(max_connections, reserved, in_use)] = await (
         await conn.execute(
             "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int,"
             " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
         )
-    ).fetchone()
+    ).fetchall()
     usable = max(1, max_connections - reserved)
     share = in_use / usable
     pools = await _pool_math(diagnosis)
@@ -577,7 +577,9 @@ async def check_time(diagnosis: Diagnosis) -> CheckResult:
     """TimeZone is UTC on a session opened with the service's options; clock skew to the database ≤ 1 s."""
     conn = await need_database(diagnosis)
     before = time.time()
-    zone, server_now = await (await conn.execute("SELECT current_setting('TimeZone'), clock_timestamp()")).fetchone()
+    [(zone, server_now)] = await (
+        await conn.execute("SELECT current_setting('TimeZone'), clock_timestamp()")
+    ).fetchall()
     after = time.time()
     local_now = datetime.fromtimestamp((before + after) / 2, UTC)
     skew_s = (server_now - local_now).total_seconds()
@@ -854,8 +856,8 @@ async def run_checks(diagnosis: Diagnosis, skip: Collection[str] = ()) -> list[C
 
 
 async def _progress_table_exists(conn: psycopg.AsyncConnection) -> bool:
-    row = await (await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (PROGRESS_TABLE,))).fetchone()
-    return bool(row[0])
+    [(exists,)] = await (await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (PROGRESS_TABLE,))).fetchall()
+    return bool(exists)
 
 
 def _first_line(exc: BaseException) -> str:

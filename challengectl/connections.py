@@ -48,6 +48,7 @@ def database_target(settings: Settings) -> Iterator[DatabaseTarget]:
             "set --database-url, or check the data dir",
             EXIT_UNAVAILABLE,
         ) from None
+    assert urls.database_url is not None  # started with postgres=True
     try:
         yield DatabaseTarget(urls.database_url, embedded=True)
     finally:

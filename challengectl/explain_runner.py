@@ -451,7 +451,8 @@ class ExplainSession:
         SYSTEM; `heavy`: the user with the most rows among a sample of users). Empty table → exit 3."""
         with self._guarded("sampling a user"), self.transaction() as cursor:
             cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {PROGRESS_TABLE})")
-            if not cursor.fetchone()[0]:
+            [(has_rows,)] = cursor.fetchall()
+            if not has_rows:
                 raise CliError(
                     f"{PROGRESS_TABLE} is empty: there is no user to take parameters from",
                     f"create players first, e.g. {USERS_INIT_HINT}, or pass every parameter with --param",
@@ -466,7 +467,7 @@ class ExplainSession:
                     f"GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1",
                     [candidates[:HEAVY_SAMPLE_USERS]],
                 )
-                user_id = cursor.fetchone()[0]
+                [(user_id,)] = cursor.fetchall()
             else:
                 user_id = random.choice(sampled)
         return self.given_user(user_id, chosen_by=mode)
@@ -485,7 +486,8 @@ class ExplainSession:
 
     def _sampled_user_ids(self, cursor: psycopg.Cursor[Any]) -> list[str]:
         cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [PROGRESS_TABLE])
-        estimated = float(cursor.fetchone()[0] or 0)
+        [(reltuples,)] = cursor.fetchall()
+        estimated = float(reltuples or 0)
         percent = 100.0 if estimated <= SAMPLE_ROWS else max(0.01, 100.0 * SAMPLE_ROWS / estimated)
         query = f"SELECT user_id FROM {PROGRESS_TABLE} TABLESAMPLE SYSTEM (%s) LIMIT {SAMPLE_ROWS}"
         cursor.execute(query, [percent])
@@ -507,7 +509,8 @@ class ExplainSession:
         """The generation `insert_reward_grant` would record, from the registry's own statement."""
         with self._guarded("reading the next claim generation"), self.transaction() as cursor:
             cursor.execute(query.sql, {name: params[name] for name in query.param_names})
-            return int(cursor.fetchone()[0])
+            [(generation,)] = cursor.fetchall()
+            return int(generation)
 
     # --- EXPLAIN
 

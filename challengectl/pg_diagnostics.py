@@ -786,7 +786,7 @@ def create_suggested_index(conn: psycopg.Connection, suggestion: IndexSuggestion
     """Destructive: run a suggestion's statements, one at a time, outside any transaction (CREATE INDEX
     CONCURRENTLY refuses to run inside one). The texts are this module's constants."""
     for statement in suggestion.statements:
-        conn.execute(sql.SQL(statement))  # type: ignore[arg-type]  # constant text from EXPECTED_INDEXES
+        conn.execute(sql.SQL(statement))  # constant text from EXPECTED_INDEXES
 
 
 # --- tables ---------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ async def scan_batches(
 ) -> AsyncIterator[list[bytes]]:
     """The keys matching `pattern`, one SCAN reply at a time, pausing `sleep_s` between calls so a busy
     server is not hogged; stops after `limit` keys when given."""
-    cursor: int | str = 0
+    cursor = 0
     seen = 0
     while True:
         cursor, keys = await client.scan(cursor=cursor, match=pattern, count=count)
@@ -147,7 +147,7 @@ async def scan_batches(
             keys = keys[: limit - seen]
         seen += len(keys)
         if keys:
-            yield keys
+            yield [key if isinstance(key, bytes) else key.encode() for key in keys]
         if int(cursor) == 0 or (limit is not None and seen >= limit):
             return
         if sleep_s > 0:

@@ -668,7 +668,10 @@ def create_suggestions(
             pgd.create_suggested_index(builder.conn(), suggestion)
     with session.errors():
         statuses = pgd.expected_index_status(pgd.project_indexes(session.conn()))
-    result = {"created": [s.index_name for s in suggestions], "expected": [asdict(s) for s in statuses]}
+    result: dict[str, Any] = {
+        "created": [s.index_name for s in suggestions],
+        "expected": [asdict(s) for s in statuses],
+    }
     not_present = [s.index_name for s in statuses if s.status != "present"]
     out.emit(
         result,
@@ -938,8 +941,9 @@ def migrate(
                 f"PostgreSQL unreachable: {str(exc).strip().splitlines()[0]}", HINT_DATABASE_URL, EXIT_UNAVAILABLE
             ) from None
     latest = max((m.version for m in discover_migrations()), default=0)
-    result = {"applied": [_describe(m) for m in applied], "schema_version": latest}
-    lines = [f"applied {name}" for name in result["applied"]] or [f"nothing to apply: schema is at version {latest}"]
+    names = [_describe(m) for m in applied]
+    result = {"applied": names, "schema_version": latest}
+    lines = [f"applied {name}" for name in names] or [f"nothing to apply: schema is at version {latest}"]
     out.emit_object(result, text=lambda: "\n".join(lines), table=lambda: "\n".join(lines))
 
 

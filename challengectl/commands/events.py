@@ -179,7 +179,7 @@ def _parse_event_line(line: str, where: str, generate_ids: bool) -> ingest_pb2.E
     example = 'e.g. {"user_id": "alice", "kind": "stat", "stat_code": "matches_played", "latest_value": 3, "inc": 1}'
     try:
         raw = json.loads(line)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise CliError(f"{where}: not JSON ({exc.msg})", example, EXIT_USAGE) from None
     if not isinstance(raw, dict):
         raise CliError(f"{where}: expected a JSON object", example, EXIT_USAGE)
@@ -439,10 +439,10 @@ class SendStats:
                 code=first.code,
             )
         if self.first_rejection is not None:
-            first = self.first_rejection
+            rejection = self.first_rejection
             return CliError(
                 f"{self.rejected} of {self.sent} event(s) rejected by the service; first: event "
-                f"{first['event_id'] or '(no id)'}: {first['reason']}",
+                f"{rejection['event_id'] or '(no id)'}: {rejection['reason']}",
                 REJECTION_HINT,
                 EXIT_FAILED,
                 code="INVALID_ARGUMENT",

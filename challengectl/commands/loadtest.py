@@ -217,7 +217,7 @@ def run(
         sample_interval_s=interval_s,
         label=label,
         notes=notes,
-        baseline=baseline_reference(baseline, baseline_doc) if baseline_doc else None,
+        baseline=baseline_reference(baseline, baseline_doc) if baseline and baseline_doc else None,
         options={
             "scale": scale,
             "users": users,
@@ -498,8 +498,9 @@ def report_command(
     if fmt not in ("md", "json"):
         raise _usage(f"invalid --format '{fmt}'", "use --format md or --format json")
     document = _load(run_file)
-    baseline_doc = _load(baseline) if baseline else None
-    if baseline_doc is not None:
+    baseline_doc = None
+    if baseline:
+        baseline_doc = _load(baseline)
         document["baseline"] = baseline_reference(baseline, baseline_doc)
     text = render_markdown(document, baseline_doc) if fmt == "md" else to_json(document)
     if out:

@@ -128,8 +128,9 @@ async def collect_pool_report(clients: Clients, database_url: str, max_util: flo
     )
     if app_error and server_error:
         raise app_error
-    if max_util is not None and (app_error or server_error):
-        raise app_error or server_error  # a gate over half the figures would pass by accident
+    failure = app_error or server_error
+    if max_util is not None and failure is not None:
+        raise failure  # a gate over half the figures would pass by accident
     return build_report(
         app,
         config,

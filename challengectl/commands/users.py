@@ -288,7 +288,7 @@ def run_named(
     connection: psycopg.Connection[dict[str, Any]], name: str, params: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """Run the registry statement `name` with `params`; its rows."""
-    return connection.execute(registry().get(name).sql, params).fetchall()  # type: ignore[arg-type]
+    return connection.execute(registry().get(name).sql, params).fetchall()
 
 
 REWARD_GRANTS_SQL = """
@@ -649,7 +649,7 @@ def backdate_user(
     if url is not None:
         invalidate_player(cli, settings, url, user, delete_synced=False)
     changed.sort(key=lambda row: row["goal_id"])
-    result = {
+    result: dict[str, Any] = {
         "user_id": user,
         "by_ms": seconds * 1000,
         "rows_changed": len(changed),

@@ -230,8 +230,9 @@ class MarkdownReport:
             base = self._base_endpoint(label)
             if base:
                 text += f"; {latency_change(base['latency_ms']['p95'], observed)} than baseline ({fmt_ms(base['latency_ms']['p95'])})"
-            if entry.get("success_pct") is not None and entry.get("success_pct") < 100:
-                text += f"; success {fmt_pct(entry['success_pct'])}"
+            success_pct = entry.get("success_pct")
+            if success_pct is not None and success_pct < 100:
+                text += f"; success {fmt_pct(success_pct)}"
             lines.append(text)
         success = self.overall.get("success_pct")
         success_line = (

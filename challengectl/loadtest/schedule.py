@@ -214,7 +214,7 @@ def build_phases(
 
 def planned_operations(plans: list[PhasePlan], event_batch: int = 1) -> list[dict[str, float | int | str]]:
     """Per phase: duration, rates and the number of API operations and events (for `--dry-run`)."""
-    rows = []
+    rows: list[dict[str, float | int | str]] = []
     for plan in plans:
         events = plan.events.count if plan.kind == "gameplay" else 0
         rows.append(

@@ -56,7 +56,7 @@ from service.usecases.rewards import RewardConfig, RewardGranter
 log = logging.getLogger("challengectl.serve")
 
 READINESS_POLL_S = 1.0
-SERVER_STOP_GRACE_S = 5.0
+SERVER_STOP_GRACE_S = 5
 # A worker's exit after its server stopped: closing its pools and the interpreter's own exit.
 WORKER_EXIT_GRACE_S = 5.0
 

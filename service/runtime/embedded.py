@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
+from typing import TypeGuard
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import psutil
@@ -217,6 +218,11 @@ def _import_pgserver() -> ModuleType:
     return pgserver
 
 
+def _answers_within(url: str | None, timeout_s: float) -> TypeGuard[str]:
+    """`url` is set and PostgreSQL answers there within `timeout_s`."""
+    return url is not None and _wait_until(lambda: postgres_answers(url), timeout_s)
+
+
 def postgres_answers(url: str) -> bool:
     """True when a session can be opened at `url` and answers `SELECT 1`."""
     try:
@@ -269,7 +275,7 @@ class EmbeddedPostgres:
         running = self.postmaster()
         if running is not None:
             url = self.running_url()
-            if url is None or not _wait_until(lambda: postgres_answers(url), _START_TIMEOUT_S):
+            if not _answers_within(url, _START_TIMEOUT_S):
                 raise EmbeddedError(
                     f"embedded PostgreSQL in {self.pgdata} is running (pid {running.pid}) "
                     f"but does not accept connections; see {self.log_file}"
@@ -280,16 +286,17 @@ class EmbeddedPostgres:
         self._clear_stale_state()
         self._start_with_pgserver()
         url = self.running_url()
-        if url is None or not _wait_until(lambda: postgres_answers(url), _START_TIMEOUT_S):
+        if not _answers_within(url, _START_TIMEOUT_S):
             raise EmbeddedError(
                 f"embedded PostgreSQL in {self.pgdata} did not come up; last lines of {self.log_file}:\n"
                 f"{_log_tail(self.log_file)}"
             )
         self.url, self.reused = url, False
+        started = self.postmaster()
         logger.info(
-            "started embedded PostgreSQL in %s (pid %d) in %.1f s",
+            "started embedded PostgreSQL in %s (pid %s) in %.1f s",
             self.pgdata,
-            self.postmaster().pid,
+            started.pid if started is not None else "?",
             time.monotonic() - started_at,
         )
         return url
@@ -467,10 +474,11 @@ class EmbeddedRedis:
                 f"{result.stderr.strip()}\nlast lines of {self.log_file}:\n{_log_tail(self.log_file)}"
             )
         self.url, self.reused = url, False
+        started = self.server_process()
         logger.info(
-            "started embedded Redis in %s (pid %d) in %.1f s",
+            "started embedded Redis in %s (pid %s) in %.1f s",
             self.redis_dir,
-            self.server_process().pid,
+            started.pid if started is not None else "?",
             time.monotonic() - started_at,
         )
         return url
@@ -661,7 +669,10 @@ class EmbeddedServers:
         atexit.unregister(self.stop)
         with _data_dir_lock(self.data_dir):
             holders = [h for h in self._live_holders() if h["id"] != self._holder["id"]]
-            controllers = {"postgres": EmbeddedPostgres(self.data_dir), "redis": EmbeddedRedis(self.data_dir)}
+            controllers: dict[str, EmbeddedPostgres | EmbeddedRedis] = {
+                "postgres": EmbeddedPostgres(self.data_dir),
+                "redis": EmbeddedRedis(self.data_dir),
+            }
             for kind, server in controllers.items():
                 if not _uses(holders, kind):
                     server.stop()

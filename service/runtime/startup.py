@@ -87,7 +87,7 @@ def start_dependencies(settings: Settings) -> Dependencies:
             5,
             "check the data dir, or set DATABASE_URL and REDIS_URL",
         ) from None
-    if deps.embedded_postgres:
+    if deps.embedded_postgres and urls.database_url:
         deps.database_url = urls.database_url
     if deps.embedded_redis:
         deps.redis_url = urls.redis_url

@@ -470,7 +470,7 @@ class Cache:
             for kind in kinds:
                 self._count_read(kind, RESULT_ERROR)
             return bypass
-        token = values[0].decode() if values[0] is not None else None
+        token = values[0].decode() if isinstance(values[0], bytes) else values[0]
         entry = decode_entry(values[1]) if values[1] is not None else None
         if entry is not None and (token is None or entry.token != token or entry.fingerprint != self._fingerprint):
             entry = None

@@ -52,6 +52,9 @@ class _RedisFailed(Exception):
     """A pipeline reply carried an error other than NOSCRIPT; the whole batch falls back to the LRU."""
 
 
+_FALLBACK_FAILURES: tuple[type[BaseException], ...] = (*REDIS_FAILURES, _RedisFailed)
+
+
 class MarkerLru:
     """In-process markers with the Redis semantics (state and TTL), at most `max_size` keys, LRU-evicted."""
 
@@ -161,7 +164,7 @@ class Deduplicator:
         if self.redis_usable:
             try:
                 states = await self._begin_in_redis(keys)
-            except (*REDIS_FAILURES, _RedisFailed) as exc:
+            except _FALLBACK_FAILURES as exc:
                 self._redis_failed(exc, f"checking {len(keys)} event ids")
             else:
                 self._redis_answered()
@@ -248,7 +251,7 @@ class Deduplicator:
             return
         try:
             await self._run_script(self._renew_script, keys, self._pending_ttl_ms)
-        except (*REDIS_FAILURES, _RedisFailed) as exc:
+        except _FALLBACK_FAILURES as exc:
             self._redis_failed(exc, f"renewing {len(keys)} pending event markers")
 
     # -- plumbing ---------------------------------------------------------------------------------

@@ -213,7 +213,7 @@ def _connect(conninfo: str, application_name: str) -> Iterator[psycopg.Connectio
 @contextmanager
 def _migration_lock(conn: psycopg.Connection, wait_s: float) -> Iterator[None]:
     deadline = time.monotonic() + wait_s
-    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()[0]:
+    while conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone() != (True,):
         if time.monotonic() >= deadline:
             raise MigrationError(
                 f"another process ({_lock_holder(conn)}) has been applying migrations for more than "

@@ -199,7 +199,8 @@ class Store:
         except psycopg.OperationalError as error:
             if _is_transaction_rollback(error):
                 raise
-            raise StoreUnavailable(self.target, short_reason(error, self.pool.conninfo)) from None
+            conninfo = self.pool.conninfo if isinstance(self.pool.conninfo, str) else None
+            raise StoreUnavailable(self.target, short_reason(error, conninfo)) from None
 
     async def ping(self, timeout_s: float = 1.0) -> float:
         """Run `SELECT 1` through the pool; return the latency in ms (acquire included)."""

@@ -84,6 +84,10 @@ def multiprocess_registry(directory: Path, pids: Callable[[], list[int]]) -> Col
     return registry
 
 
+def _returning(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
 class SummedProcessCollector(Collector):
     """`process_*` of several processes: CPU, memory and file descriptors summed, the earliest start
     time, and the main process's fd limit."""
@@ -94,7 +98,7 @@ class SummedProcessCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         combined: dict[str, Metric] = {}
         for pid in self._pids():
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+            for family in ProcessCollector(pid=_returning(pid), registry=None).collect():
                 known = combined.get(family.name)
                 if known is None:
                     combined[family.name] = family

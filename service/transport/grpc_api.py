@@ -286,6 +286,7 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
             return await self.publish(request, client_deadline(context))
         except BatchFailed as failure:
             await context.abort(failure.status, failure.message)
+            raise AssertionError("unreachable: abort raises") from None
 
     async def PublishStream(
         self, request_iterator: AsyncIterator[ingest_pb2.EventBatch], context: grpc.aio.ServicerContext

@@ -590,7 +590,7 @@ class Ingestor:
         if previous_turn is None or previous_turn.done():
             my_turn.set_result(None)
         else:
-            previous_turn.add_done_callback(lambda _: my_turn.done() or my_turn.set_result(None))
+            previous_turn.add_done_callback(lambda _: _resolve(my_turn))
 
     # -- flush listener ---------------------------------------------------------------------------
 
@@ -684,3 +684,8 @@ def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _resolve(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_result(None)
