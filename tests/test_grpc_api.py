@@ -685,3 +685,65 @@ def test_generate_script_reproduces_the_checked_in_modules(tmp_path: Path) -> No
     assert checked_in == set(expected)
     for relative in expected:
         assert filecmp.cmp(tmp_path / relative, generate.PROTO_ROOT / relative, shallow=False), relative
+
+
+# --- hostile input (issue: garbage and overload must get statuses a sender can act on) --------------
+
+INGEST_UNARY_METHODS = (
+    f"/{LOGIN_SERVICE_NAME}/OnMessage",
+    f"/{STAT_SERVICE_NAME}/OnMessage",
+    f"/{EVENT_INGEST_SERVICE_NAME}/Publish",
+)
+GARBAGE = [
+    b"\xff\xff\xff",  # a field header whose varint never ends
+    _field(1, "x")[:-1] + b"",  # a string field cut short
+    _varint(2 << 3 | 2) + _varint(1 << 20) + b"abc",  # a length far beyond the message
+    b"\x0f",  # wire type 7 does not exist
+]
+
+
+async def test_undecodable_requests_are_invalid_argument_without_an_error_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ingestor = ScriptedIngestor()
+    caplog.set_level("DEBUG")
+    async with serving(ingestor) as running:
+        unary = [
+            await status_of(running.channel.unary_unary(method)(raw))
+            for method in INGEST_UNARY_METHODS
+            for raw in GARBAGE
+        ]
+        stream = running.channel.stream_stream(f"/{EVENT_INGEST_SERVICE_NAME}/PublishStream")
+        good = ingest_pb2.EventBatch(batch_id="b0", events=[login_event("e0")]).SerializeToString()
+        results: list[bytes] = []
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for result in stream(iter([good, GARBAGE[0], good])):
+                results.append(result)
+    assert {error.code() for error in unary} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert all(error.details().startswith("request is not a valid message") for error in unary)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [ingest_pb2.PublishResult.FromString(raw).batch_id for raw in results] == ["b0"]
+    assert len(ingestor.calls) == 1  # only the stream's first batch reached the ingestor
+    assert [record for record in caplog.records if record.levelno >= 40] == []
+
+
+async def test_a_burst_beyond_the_concurrency_limit_is_resource_exhausted_not_cancelled() -> None:
+    """More calls at once than gRPC's default pending backlog (1000): the excess must be told to back off."""
+
+    async def slow(events: Sequence[IncomingEvent], origin: str) -> SubmitResult:
+        await asyncio.sleep(1.0)
+        return await accept_all(events, origin)
+
+    async with serving(ScriptedIngestor(respond=slow)) as running:
+
+        async def one(index: int) -> grpc.StatusCode:
+            try:
+                await running.login.OnMessage(account_pb2.UserLoggedIn(id=str(index), user_id="u"), timeout=30)
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+        codes = await asyncio.gather(*(one(index) for index in range(3000)))
+    counts = {code: codes.count(code) for code in set(codes)}
+    assert set(counts) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, counts
+    assert counts[grpc.StatusCode.OK] >= 64  # the server's limit (64 in `serving`) was used

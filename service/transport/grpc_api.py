@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -48,6 +49,12 @@ LOGIN_SERVICE_NAME = account_pb2.DESCRIPTOR.services_by_name["UserAuthentication
 STAT_SERVICE_NAME = statistic_pb2.DESCRIPTOR.services_by_name["StatisticStatItemUpdatedService"].full_name
 EVENT_INGEST_SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["EventIngest"].full_name
 INGEST_SERVICE_NAMES = (LOGIN_SERVICE_NAME, STAT_SERVICE_NAME, EVENT_INGEST_SERVICE_NAME)
+
+# Calls the gRPC core holds before the server's loop takes them. Its default (1000, hard limit 3000) cancels
+# a burst's excess with CANCELLED, which senders read as "retry at once"; with a backlog far above
+# grpc_max_concurrent_rpcs the excess reaches the server's concurrency limit and gets RESOURCE_EXHAUSTED
+# ("back off") instead (docs/events.md#backpressure).
+PENDING_CALL_BACKLOG = 65536
 
 # docs/events.md#ingest-service: in commit mode a stream may have this many batches admitted while earlier ones wait.
 STREAM_PIPELINE_DEPTH = 8
@@ -300,6 +307,8 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
         reader = asyncio.create_task(self._admit_stream(request_iterator, deadline, slots, in_order))
         try:
             while (outcome := await in_order.get()) is not None:
+                if isinstance(outcome, BatchFailed):
+                    await context.abort(outcome.status, outcome.message)
                 if isinstance(outcome, Exception):
                     raise outcome
                 try:
@@ -334,6 +343,38 @@ class EventIngestServicer(ingest_pb2_grpc.EventIngestServicer):
         in_order.put_nowait(None)
 
 
+class Undecodable:
+    """What the ingest methods receive instead of a request whose bytes are not a valid message."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that returns `Undecodable` instead of raising: a DecodeError raised inside gRPC
+    would end the call with UNKNOWN and an error log, while garbage from a client is INVALID_ARGUMENT."""
+    if deserialize is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as error:
+            return Undecodable(f"request is not a valid message: {error}")
+
+    return decode
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A stream's requests; an undecodable one fails its batch (and so the stream) with INVALID_ARGUMENT."""
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise BatchFailed(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+        yield request
+
+
 class IngestInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the ingest methods: enforces the optional ingest token and records the request metrics."""
 
@@ -351,10 +392,16 @@ class IngestInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.partition("/")[0] not in self.service_names:
             return handler
         refusal = self.authentication_failure(handler_call_details.invocation_metadata)
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.request_streaming and handler.response_streaming:
-            return handler._replace(stream_stream=_observed_stream(method, refusal, handler.stream_stream))
+            return handler._replace(
+                stream_stream=_observed_stream(method, refusal, handler.stream_stream),
+                request_deserializer=deserializer,
+            )
         if not handler.request_streaming and not handler.response_streaming:
-            return handler._replace(unary_unary=_observed_unary(method, refusal, handler.unary_unary))
+            return handler._replace(
+                unary_unary=_observed_unary(method, refusal, handler.unary_unary), request_deserializer=deserializer
+            )
         return handler
 
     def authentication_failure(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -409,6 +456,8 @@ def _observed_unary(
         try:
             if refusal is not None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
             return await behaviour(request, context)
         except BaseException as error:
             await call.failed(error)
@@ -426,7 +475,7 @@ def _observed_stream(
         try:
             if refusal is not None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
-            async for response in behaviour(requests, context):
+            async for response in behaviour(_decoded(requests), context):
                 yield response
         except BaseException as error:
             await call.failed(error)
@@ -460,6 +509,8 @@ def create_grpc_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", PENDING_CALL_BACKLOG),
+            ("grpc.server.max_pending_requests_hard_limit", PENDING_CALL_BACKLOG),
         ],
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
