@@ -211,6 +211,7 @@ def registry_params(entries: Entries, now: datetime) -> dict[str, Any]:
         "entry_sources": entries.sources,
         "entry_values": entries.values,
         "entry_incs": entries.incs,
+        "entry_event_ats": [None] * len(entries.user_ids),
         **goal_params(),
         "goal_progress_modes": ["absolute"] * count,
         "goal_boundaries": [None] * count,

@@ -294,6 +294,7 @@ def _flush_params_without_catalog(sample: SampleUser, now: datetime) -> dict[str
         "entry_sources": [SOURCE_LOGIN],
         "entry_values": [None],
         "entry_incs": [1],
+        "entry_event_ats": [None],
         "goal_ids": [row.goal_id for row in active],
         "goal_sources": [SOURCE_LOGIN] * len(active),
         "goal_progress_modes": ["absolute"] * len(active),

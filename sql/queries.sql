@@ -318,21 +318,22 @@ RETURNING claimed_at;
 
 -- name: apply_event_updates
 -- kind: write
--- params: entry_user_ids text[], entry_sources text[], entry_values bigint[], entry_incs bigint[], goal_ids text[], goal_sources text[], goal_progress_modes text[], goal_targets bigint[], goal_boundaries timestamptz[], goal_next_boundaries timestamptz[], goal_reset_flags boolean[], goal_reselect_flags boolean[], now timestamptz
+-- params: entry_user_ids text[], entry_sources text[], entry_values bigint[], entry_incs bigint[], entry_event_ats timestamptz[], goal_ids text[], goal_sources text[], goal_progress_modes text[], goal_targets bigint[], goal_boundaries timestamptz[], goal_next_boundaries timestamptz[], goal_reset_flags boolean[], goal_reselect_flags boolean[], now timestamptz
 -- expect-index: user_goal_progress_pkey
 -- doc: The flush (docs/events.md#flush): applies every buffered entry to the existing rows of the goals its source feeds, in one
 --      UPDATE, skipping rows locked by others. Entries: parallel arrays, one element per (user, source), unique;
---      entry_values is NULL for a login entry. Goals: parallel arrays, one element per goal_id, unique; boundaries and
+--      entry_values is NULL for a login entry; entry_event_ats is the event time of a stat entry's value (NULL when
+--      unknown, and for logins): a value older than the row's value_event_at is late and keeps the stored value. Goals: parallel arrays, one element per goal_id, unique; boundaries and
 --      next_boundaries (B, N) are NULL for a goal that does not rotate; progress_modes are 'absolute' or 'relative'.
 --      Returns exactly one row per entry, ordered by entry_index (1-based position in the entry arrays): entry_index,
 --      user_id, source, outcome, goal_ids. outcome 'applied': at least one row was written, goal_ids lists them;
 --      'deferred': a candidate row was locked by another transaction, so none of the entry's rows changed (retry it);
 --      'no_row': nothing to write (no row, or only inactive or frozen claimed rows); goal_ids is empty unless applied.
 WITH entry AS (
-    SELECT e.entry_index, e.user_id, e.source, e.value, e.inc
+    SELECT e.entry_index, e.user_id, e.source, e.value, e.inc, e.event_at
       FROM unnest(%(entry_user_ids)s::text[], %(entry_sources)s::text[],
-                  %(entry_values)s::bigint[], %(entry_incs)s::bigint[])
-           WITH ORDINALITY AS e (user_id, source, value, inc, entry_index)
+                  %(entry_values)s::bigint[], %(entry_incs)s::bigint[], %(entry_event_ats)s::timestamptz[])
+           WITH ORDINALITY AS e (user_id, source, value, inc, event_at, entry_index)
 ),
 goal AS (
     SELECT g.goal_id, g.source, g.progress_mode, g.target, g.boundary, g.next_boundary,
@@ -345,7 +346,7 @@ goal AS (
 ),
 routed AS (
     -- Every (entry, goal) pair: the goals fed by the entry's source.
-    SELECT entry.entry_index, entry.user_id, entry.value, entry.inc, goal.goal_id, goal.progress_mode,
+    SELECT entry.entry_index, entry.user_id, entry.value, entry.inc, entry.event_at, goal.goal_id, goal.progress_mode,
            goal.target, goal.boundary, goal.next_boundary, goal.reset_progress, goal.allow_reselection
       FROM entry
       JOIN goal ON goal.source = entry.source
@@ -361,7 +362,7 @@ locked AS (
     -- The candidate rows this flush could lock. A row held by another transaction (a claim waiting on
     -- its reward call) is skipped rather than waited for; locked rows come back in their latest version.
     SELECT routed.*, u.progress, u.status, u.completed_at, u.claimed_at, u.updated_at, u.is_active,
-           u.expires_at, u.baseline_value
+           u.expires_at, u.baseline_value, u.value_event_at
       FROM routed
       JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
        FOR UPDATE OF u SKIP LOCKED
@@ -390,7 +391,8 @@ new_row AS (
            END AS completed_at,
            CASE WHEN rot.reopen THEN NULL ELSE l.claimed_at END AS claimed_at,
            CASE WHEN l.boundary IS NOT NULL AND (rot.stale OR l.expires_at IS NULL) THEN l.next_boundary
-                ELSE l.expires_at END AS expires_at
+                ELSE l.expires_at END AS expires_at,
+           GREATEST(l.value_event_at, l.event_at) AS value_event_at
       FROM locked AS l
      CROSS JOIN LATERAL (
            -- stale: a rotating goal whose row was last written before the current period began.
@@ -405,8 +407,10 @@ new_row AS (
                   CASE WHEN rot.reopen OR rot.reset THEN NULL ELSE l.baseline_value END AS base0,
                   CASE WHEN rot.reopen OR rot.reset THEN NULL ELSE l.completed_at END AS completed0) AS pre
      CROSS JOIN LATERAL (
-           -- v: the new raw value (a login adds to the stored raw progress, even of a row being reset).
-           SELECT COALESCE(l.value, l.progress::bigint + l.inc) AS v) AS val
+           -- v: the new raw value (a login adds to the stored raw progress, even of a row being reset); a
+           -- stat value older than the stored one (by event time) is late and keeps the stored value.
+           SELECT CASE WHEN l.event_at < l.value_event_at THEN l.progress::bigint
+                       ELSE COALESCE(l.value, l.progress::bigint + l.inc) END AS v) AS val
      CROSS JOIN LATERAL (
            -- A relative goal's window starts at its first event: baseline = v - inc.
            SELECT COALESCE(pre.base0::bigint, val.v - l.inc) AS baseline) AS base
@@ -426,6 +430,7 @@ applied AS (
            completed_at   = new_row.completed_at,
            claimed_at     = new_row.claimed_at,
            expires_at     = new_row.expires_at,
+           value_event_at = new_row.value_event_at,
            updated_at     = %(now)s::timestamptz
       FROM new_row
      WHERE u.user_id = new_row.user_id

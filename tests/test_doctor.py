@@ -16,6 +16,7 @@ import pytest
 from challengectl.checks import CHECK_IDS
 from challengectl.cli import main
 from service.config.resources import example_catalog_path
+from service.storage.migrations import discover_migrations
 from tests.conftest import new_database
 from tests.servers import PrivateRedis, free_port
 from tests.test_serve import ServeProcess, base_env
@@ -113,7 +114,7 @@ def test_everything_passes_against_a_healthy_service(service: ServeProcess, redi
     ):
         assert rows[check_id]["status"] == "pass", rows[check_id]
     assert rows["postgres"]["observed"].startswith("PostgreSQL ")
-    assert "all 2 applied" in rows["migrations"]["observed"]
+    assert f"all {len(discover_migrations())} applied" in rows["migrations"]["observed"]
     assert "idx_ugp_user_active" in rows["indexes"]["observed"]
     assert "TimeZone UTC" in rows["time"]["observed"]
     assert rows["service"]["observed"] == "REST /readyz 200, gRPC SERVING, admin reachable"

@@ -342,6 +342,17 @@ def test_merge_back_keeps_the_newer_value_adds_increments_and_puts_old_entries_f
     assert list(partition.entries) == [("u1", "stat:kills"), ("u2", "login"), ("u3", "login")]
 
 
+def test_merge_back_keeps_the_value_with_the_newer_event_time_when_both_are_known() -> None:
+    partition = Partition(0, capacity=10)
+    retried = Entry("u1", "stat:kills", first_accepted=1.0)
+    retried.add_stat(12, 2, at=200.0)
+    partition.entries[("u1", "stat:kills")] = arrived_later = Entry("u1", "stat:kills", first_accepted=2.0)
+    arrived_later.add_stat(10, 1, at=100.0)
+    arrived_later.add_stat(7, 1)  # no event time: arrival order, and the known time stays
+    partition.merge_back([retried])
+    assert (arrived_later.value, arrived_later.value_at, arrived_later.inc) == (12, 200.0, 4)
+
+
 def test_config_from_settings_takes_the_ingestion_settings(tmp_path: Path) -> None:
     environ = {
         "XDG_CONFIG_HOME": str(tmp_path),
@@ -579,6 +590,53 @@ async def test_e8_merged_events_give_the_same_result_as_one_by_one(ingest: Any, 
         assert [merged_rows[goal_id][k] for k in keys] == [single_rows[goal_id][k] for k in keys], goal_id
     assert (merged_rows["kills-rel"]["baseline_value"], merged_rows["kills-rel"]["status"]) == (8, "in_progress")
     assert merged_rows["login-abs"]["progress"] == 2
+
+
+async def test_a_negative_increment_does_not_freeze_a_relative_goal(ingest: Any, db: Any) -> None:
+    """(latest, inc) = (5, -100), (8, 3), (11, 3): the stat went down, then gained 6; the goal (target 5) completes,
+    one call at a time and merged in one flush alike."""
+    single, merged = new_user("single"), new_user("merged")
+    for user in (single, merged):
+        await seed(db, user, "kills-rel")
+    sequence = [(5, -100), (8, 3), (11, 3)]
+    async with ingest() as ingestor:
+        for value, inc in sequence:
+            await ingestor.submit([stat(single, "kills", value, inc)], "ags_stat")
+    async with ingest(start=False, ack_mode="buffered") as ingestor:
+        for value, inc in sequence:
+            await ingestor.submit([stat(merged, "kills", value, inc)], "ags_stat")
+    for user in (single, merged):
+        goal = await row(db, user, "kills-rel")
+        assert (goal["baseline_value"], goal["progress"], goal["status"]) == (5, 11, "completed"), user
+
+
+async def test_a_late_stat_value_never_replaces_a_newer_one_by_event_time(ingest: Any, db: Any) -> None:
+    buffered, flushed, untimed, future = new_user("buffered"), new_user("flushed"), new_user("untimed"), new_user("fut")
+    for user in (buffered, flushed, untimed, future):
+        await seed(db, user, "kills-abs")
+        await seed(db, user, "kills-rel")
+    now = time.time()
+    newer, older = now - 10, now - 20
+    # Both in one entry: the newer value stays, the increments still add up (baseline 12 - 2 - 2).
+    async with ingest(start=False, ack_mode="buffered") as ingestor:
+        await ingestor.submit([stat(buffered, "kills", 12, 2, timestamp=newer)], "ags_stat")
+        await ingestor.submit([stat(buffered, "kills", 10, 2, timestamp=older)], "ags_stat")
+    # In separate flushes: the committed row remembers the event time of its value.
+    async with ingest() as ingestor:
+        await ingestor.submit([stat(flushed, "kills", 12, 2, timestamp=newer)], "ags_stat")
+        await ingestor.submit([stat(flushed, "kills", 10, 2, timestamp=older)], "ags_stat")
+        # Without timestamps, arrival order decides, as before.
+        await ingestor.submit([stat(untimed, "kills", 12, 2)], "ags_stat")
+        await ingestor.submit([stat(untimed, "kills", 10, 2)], "ags_stat")
+        # A sender's clock an hour ahead counts as "now": it cannot hold the value for an hour.
+        await ingestor.submit([stat(future, "kills", 12, 2, timestamp=now + 3600)], "ags_stat")
+        await ingestor.submit([stat(future, "kills", 10, 2, timestamp=time.time() + 1)], "ags_stat")
+    assert (await row(db, buffered, "kills-abs"))["progress"] == 12
+    assert (await row(db, buffered, "kills-rel"))["baseline_value"] == 8
+    late = await row(db, flushed, "kills-abs")
+    assert (late["progress"], late["value_event_at"]) == (12, datetime.fromtimestamp(newer, UTC))
+    assert (await row(db, untimed, "kills-abs"))["progress"] == 10
+    assert (await row(db, future, "kills-abs"))["progress"] == 10
 
 
 async def _flushed(ingestor: Ingestor) -> bool:

@@ -111,6 +111,12 @@ def row(conn: psycopg.Connection[Any], user_id: str, goal_id: str) -> dict[str, 
     ).fetchone()
 
 
+def as_read(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored row as the read statements return it: every column but the flush's own bookkeeping."""
+    assert stored is not None
+    return {name: value for name, value in stored.items() if name != "value_event_at"}
+
+
 # --- every statement executes ---------------------------------------------------------------------
 
 SAMPLE_BY_TYPE: dict[str, Any] = {
@@ -398,7 +404,7 @@ def test_rotation_catch_up_resets_or_carries_over_only_stale_active_unclaimed_ro
         T,
     )
     assert {g: row(conn, user, g) for g in before} == before
-    assert {r["goal_id"]: r for r in changed}["reset"] == reset
+    assert {r["goal_id"]: r for r in changed}["reset"] == as_read(reset)
 
 
 def test_rotation_catch_up_rechecks_a_row_that_a_concurrent_write_moved_into_the_new_period(
@@ -503,7 +509,7 @@ def test_claim_statements_generation_grant_and_guarded_mark(
 
     with conn.transaction():
         (locked,) = run("progress_for_update", user_id=user, goal_id="g1")
-        assert locked == row(conn, user, "g1")
+        assert locked == as_read(row(conn, user, "g1"))
         with psycopg.connect(db_url) as other, pytest.raises(psycopg.errors.LockNotAvailable):
             other.execute(
                 "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'g1' FOR UPDATE NOWAIT", (user,)
@@ -537,7 +543,7 @@ def test_read_statements_select_the_right_rows(run: Runner, conn: psycopg.Connec
     assert goal_ids("goals_by_ids", goal_ids=[]) == []
     assert goal_ids("active_view", prereq_goal_ids=["p1", "a1"]) == ["a1", "a2", "p1"]
     assert goal_ids("active_view", prereq_goal_ids=[]) == ["a1", "a2"]
-    assert run("active_goals", user_id=user)[0] == row(conn, user, "a1")
+    assert run("active_goals", user_id=user)[0] == as_read(row(conn, user, "a1"))
 
 
 def test_delete_user_data_removes_only_that_users_rows_and_keeps_grants(
@@ -577,16 +583,16 @@ class Goal:
     reselect: bool = False
 
 
-def flush(
-    run: Runner, entries: list[tuple[str, str, int | None, int]], goals: list[Goal], now: datetime = T
-) -> list[dict[str, Any]]:
-    """Run the flush statement for (user_id, source, value, inc) entries; rotating goals use the daily B and N."""
+def flush(run: Runner, entries: list[tuple[Any, ...]], goals: list[Goal], now: datetime = T) -> list[dict[str, Any]]:
+    """Run the flush statement for (user_id, source, value, inc[, event time]) entries; rotating goals use the
+    daily B and N."""
     return run(
         "apply_event_updates",
         entry_user_ids=[e[0] for e in entries],
         entry_sources=[e[1] for e in entries],
         entry_values=[e[2] for e in entries],
         entry_incs=[e[3] for e in entries],
+        entry_event_ats=[e[4] if len(e) > 4 else None for e in entries],
         goal_ids=[g.goal_id for g in goals],
         goal_sources=[g.source for g in goals],
         goal_progress_modes=[g.mode for g in goals],
@@ -651,6 +657,25 @@ def test_flush_absolute_stat_takes_the_latest_value_and_completed_never_goes_bac
     flush(run, [(user, KILLS, 10, 1)], goals, t[3])
     g = row(conn, user, "g")
     assert (g["progress"], g["status"], g["completed_at"], g["updated_at"]) == (10, "completed", t[2], t[3])
+
+
+def test_flush_a_late_stat_value_keeps_the_newer_one_by_event_time(
+    run: Runner, conn: psycopg.Connection[Any], user: str
+) -> None:
+    goals = [Goal("abs", KILLS, target=100), Goal("rel", KILLS, mode="relative", target=100)]
+    insert_row(conn, user, "abs")
+    insert_row(conn, user, "rel")
+    e = [T - timedelta(seconds=30 - i) for i in range(3)]
+    flush(run, [(user, KILLS, 12, 2, e[2])], goals)
+    flush(run, [(user, KILLS, 10, 2, e[1])], goals)  # a retry of an earlier event, arriving late
+    late = [row(conn, user, g) for g in ("abs", "rel")]
+    assert [(r["progress"], r["value_event_at"]) for r in late] == [(12, e[2]), (12, e[2])]
+    assert late[1]["baseline_value"] == 10
+    flush(run, [(user, KILLS, 9, 1)], goals)  # no event time: arrival order, as before
+    untimed = row(conn, user, "abs")
+    assert (untimed["progress"], untimed["value_event_at"]) == (9, e[2])
+    flush(run, [(user, KILLS, 15, 3, e[2] + timedelta(seconds=1))], goals)
+    assert row(conn, user, "abs")["progress"] == 15
 
 
 def test_flush_absolute_login_counts_logins(run: Runner, conn: psycopg.Connection[Any], user: str) -> None:

@@ -56,6 +56,7 @@ DOCUMENTED_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
             "entry_sources",
             "entry_values",
             "entry_incs",
+            "entry_event_ats",
             "goal_ids",
             "goal_sources",
             "goal_progress_modes",

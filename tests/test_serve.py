@@ -27,10 +27,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.config.resources import example_catalog_path
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+from service.storage.migrations import discover_migrations
 from service.transport.auth import mint_token
 from tests.servers import PrivateRedis, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LATEST_SCHEMA = max(m.version for m in discover_migrations())
 STARTUP_TIMEOUT_S = 60
 SHUTDOWN_LIMIT_S = 10
 
@@ -169,7 +171,7 @@ def test_embedded_default_serves_and_stops_clean(data_dir: Path) -> None:
         assert headers["x-catalog-fingerprint"] and headers["x-request-id"]
         ready = serve.wait_ready()
         assert ready["status"] == "ready"
-        assert ready["checks"]["migrations"] == {"ok": True, "version": 2}
+        assert ready["checks"]["migrations"] == {"ok": True, "version": LATEST_SCHEMA}
         assert http_get(serve.api("/challenge/readyz"))[0] == 200
         assert http_get(serve.admin("/readyz"))[0] == 200
         config = http_get(serve.admin("/admin/config"))[1]
@@ -196,7 +198,7 @@ def test_embedded_data_survives_a_restart(data_dir: Path) -> None:
     assert first.stop()[0] == 0
     second = ServeProcess(base_env(CHALLENGE_DATA_DIR=str(data_dir))).start()
     try:
-        assert second.wait_ready()["checks"]["migrations"]["version"] == 2
+        assert second.wait_ready()["checks"]["migrations"]["version"] == LATEST_SCHEMA
     finally:
         code, _, stderr = second.stop(signal.SIGTERM)
     assert code == 0, stderr

@@ -1,8 +1,8 @@
 """The event buffer (docs/events.md#buffer-and-merge): one entry per (user, source), the merge rules, partitions and capacity.
 
 An entry accumulates the effect of every accepted event of one user and one event source until a flush
-commits it: `value` is the latest stat value (None for login), `inc` the sum of the increments (the
-number of logins for login). Entries also carry the de-duplication keys of their events and the waiters
+commits it: `value` is the newest stat value (None for login), `value_at` that value's event time (None
+when unknown), `inc` the sum of the increments (the number of logins for login). Entries also carry the de-duplication keys of their events and the waiters
 of commit-mode calls, which are settled once the entry is committed (or found no row).
 
 Everything here is synchronous and runs on the event loop, so admission, snapshots and merge-backs never
@@ -72,12 +72,13 @@ class Waiter:
 class Entry:
     """The merged, not yet committed effect of one user's events of one source."""
 
-    __slots__ = ("event_keys", "events", "first_accepted", "inc", "source", "user_id", "value", "waiters")
+    __slots__ = ("event_keys", "events", "first_accepted", "inc", "source", "user_id", "value", "value_at", "waiters")
 
     def __init__(self, user_id: str, source: str, first_accepted: float) -> None:
         self.user_id = user_id
         self.source = source
         self.value: int | None = None
+        self.value_at: float | None = None
         self.inc = 0
         self.first_accepted = first_accepted
         self.events = 0
@@ -93,16 +94,21 @@ class Entry:
         self.inc += 1
         self.events += 1
 
-    def add_stat(self, value: int, inc: int) -> None:
-        """The latest value wins; the increments add up, so a merged entry yields the same baseline."""
-        self.value = value
+    def add_stat(self, value: int, inc: int, at: float | None = None) -> None:
+        """The newest value wins: by event time `at` when both it and the held value's time are known, else
+        by arrival. The increments always add up, so a merged entry yields the same baseline."""
+        if self.value is None or not _older(at, self.value_at):
+            self.value = value
+            self.value_at = at if at is not None else self.value_at
         self.inc += inc
         self.events += 1
 
     def absorb_older(self, older: Entry) -> None:
         """Merge `older` (a snapshot coming back) into this newer entry by the rules of docs/events.md#buffer-and-merge, docs/events.md#flush-failure-and-retry."""
-        if self.value is None:
-            self.value = older.value
+        if self.value is None or _older(self.value_at, older.value_at):
+            self.value, self.value_at = older.value, older.value_at
+        elif self.value_at is None:
+            self.value_at = older.value_at
         self.inc += older.inc
         self.first_accepted = min(self.first_accepted, older.first_accepted)
         self.events += older.events
@@ -114,6 +120,11 @@ class Entry:
         for waiter in self.waiters:
             waiter.entry_settled()
         self.waiters.clear()
+
+
+def _older(at: float | None, than: float | None) -> bool:
+    """Whether event time `at` is known to be older than `than` (unknown times never are)."""
+    return at is not None and than is not None and at < than
 
 
 class Partition:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from service.domain.buffer import SOURCE_LOGIN, Entry, stat_source
@@ -90,6 +90,9 @@ class GoalRouting:
             "entry_sources": [entry.source for entry in entries],
             "entry_values": [entry.value for entry in entries],
             "entry_incs": [entry.inc for entry in entries],
+            "entry_event_ats": [
+                None if entry.value_at is None else datetime.fromtimestamp(entry.value_at, UTC) for entry in entries
+            ],
             "goal_ids": goal_ids,
             "goal_sources": goal_sources,
             "goal_progress_modes": modes,

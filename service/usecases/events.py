@@ -111,7 +111,9 @@ class IncomingEvent:
     latest_value: float
     inc: float
     has_payload: bool  # False for an AGS stat message without payload → rejected
-    timestamp: float | None  # epoch seconds; only for challenge_event_age_seconds
+    timestamp: (
+        float | None
+    )  # epoch seconds: orders a stat's values (docs/events.md#flush) and feeds challenge_event_age_seconds
 
 
 @dataclass
@@ -403,7 +405,9 @@ class Ingestor:
                 if value < 0:
                     plan.skipped_negative += 1
                     continue
-                source, inc = stat_source(event.stat_code), int(event.inc)
+                # A negative increment (the stat went down) is no progress; taken as 0 it still fixes a
+                # relative goal's baseline at the new value instead of far above it (docs/events.md#validation).
+                source, inc = stat_source(event.stat_code), max(int(event.inc), 0)
             if not routes(source):
                 plan.skipped_no_goal += 1
                 continue
@@ -537,7 +541,8 @@ class Ingestor:
             if value is None:
                 entry.add_login()
             else:
-                entry.add_stat(value, inc)
+                # A sender's clock ahead of ours must not make its value outrank later ones for long.
+                entry.add_stat(value, inc, None if timestamp is None else min(timestamp, wall_now))
             if event_id:
                 key = (user_id, event_id)
                 entry.event_keys.append(key)
