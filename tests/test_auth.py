@@ -147,6 +147,26 @@ async def test_non_numeric_exp():
     )
 
 
+def _signed_raw_payload(payload: bytes) -> str:
+    """An HS256 token over a hand-written payload (numbers PyJWT's own encoder would not write)."""
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+    signing_input = header + b"." + jwt.utils.base64url_encode(payload)
+    signature = jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256).sign(signing_input, SECRET)
+    return (signing_input + b"." + jwt.utils.base64url_encode(signature)).decode()
+
+
+@pytest.mark.parametrize("exp", [b"1e400", b"-1e400", b"1" + b"0" * 400, b"NaN", b"Infinity"])
+async def test_unrepresentable_exp_is_401(exp):
+    """Issue 11 item 3: a correctly signed token whose exp is no instant (an integer beyond any float
+    once raised OverflowError, a 500)."""
+    token = _signed_raw_payload(b'{"sub":"u1","exp":' + exp + b"}")
+    assert await rejection(hs_authenticator(), bearer(token)) == (
+        401,
+        "UNAUTHORIZED",
+        "invalid token: malformed time claim",
+    )
+
+
 @pytest.mark.parametrize("sub", [None, "", "x" * 101, "a{b", "a}b", "bell\x07", "line\nbreak", "c1\x85", 42])
 async def test_missing_or_invalid_sub(sub):
     claims = claims_for()

@@ -38,7 +38,7 @@ from service.usecases.players import (
 )
 
 BASE = "/challenge"
-MAX_BODY = 512
+MAX_BODY = 8192
 SECRET = b"k" * 32
 NOW = datetime(2030, 5, 17, 12, 0, 0, tzinfo=UTC)
 LEAKY_MESSAGE = "SELECT * FROM user_goal_progress -- password=hunter2"
@@ -348,6 +348,24 @@ async def test_malformed_bodies_are_400_without_internals(api: Api) -> None:
         assert "Traceback" not in message and "msgspec" not in message and len(message) < 120
 
 
+async def test_deeply_nested_bodies_are_400(api: Api) -> None:
+    """Issue 11 item 2: nesting ~1000 deep (in a known or an ignored field) once raised RecursionError, a 500."""
+    deep_object = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    deep_list = b"[" * 1000 + b"]" * 1000
+    for path, field_name in (
+        ("/v1/challenges/c/goals/g/active", b"is_active"),
+        ("/v1/challenges/c/goals/batch-select", b"goal_ids"),
+        ("/v1/challenges/c/goals/random-select", b"count"),
+    ):
+        for nested in (deep_object, deep_list):
+            for body in (b'{"other":' + nested + b"}", b'{"' + field_name + b'":' + nested + b"}"):
+                method = "PUT" if path.endswith("/active") else "POST"
+                status, response, _ = await api.call(
+                    method, path, data=body, headers={"Content-Type": "application/json"}
+                )
+                assert (status, _error(response)[0]) == (400, "INVALID_REQUEST"), (path, body[:20])
+
+
 async def test_batch_select_body(api: Api) -> None:
     path = "/v1/challenges/c/goals/batch-select"
     for body in ({}, {"goal_ids": []}, {"goalIds": []}, {"replace_existing": True}):
@@ -398,7 +416,7 @@ async def test_body_size_limit(api: Api) -> None:
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"goal_ids": ["'
-        for _ in range(8):
+        for _ in range(MAX_BODY // 100 + 1):
             yield b"y" * 100
         yield b'"]}'
 

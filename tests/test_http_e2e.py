@@ -153,7 +153,7 @@ def test_document_is_valid_openapi_31_with_schemas(env: Env) -> None:
         jsonschema.Draft202012Validator.check_schema(schema)
     error_codes = schemas["ErrorBody"]["properties"]["errorCode"]["enum"]
     assert {"INVALID_REQUEST", "GOAL_NOT_FOUND", "PAYLOAD_TOO_LARGE", "ROUTE_NOT_FOUND"} <= set(error_codes)
-    assert len(error_codes) == 18
+    assert len(error_codes) == 23
     schemes = document["components"]["securitySchemes"]
     assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
     assert any(s.get("name") == "X-Mock-User-Id" for s in schemes.values())
@@ -297,10 +297,17 @@ async def test_transport_and_validation_errors(env: Env) -> None:
         (b'{"is_active": "yes"}', "is_active is required"),
         (b'{"is_active": true, "isActive": false}', None),
     ):
-        status, body, _, _ = await api.call("PUT", set_active, ids=ids, data=payload)
+        status, body, _, _ = await api.call(
+            "PUT", set_active, ids=ids, data=payload, headers={"Content-Type": "application/json"}
+        )
         assert (status, body["errorCode"]) == (400, "INVALID_REQUEST"), payload
         if message is not None:
             assert body["message"] == message
+    for declared in ("text/plain", "application/x-www-form-urlencoded", "application/octet-stream"):
+        status, body, _, _ = await api.call(
+            "PUT", set_active, ids=ids, data=b'{"is_active": true}', headers={"Content-Type": declared}
+        )
+        assert (status, body["errorCode"]) == (415, "UNSUPPORTED_MEDIA_TYPE"), declared
     status, body, _, _ = await api.call(
         "POST", "/v1/challenges/{challenge_id}/goals/random-select", ids={"challenge_id": "season-1"}, json={"count": 0}
     )

@@ -73,6 +73,15 @@ SPECS: tuple[SettingSpec, ...] = (
     _i("admin_port", 8080, maximum=65535),
     _s("admin_token", secret=True, doc="required when admin_host is not loopback"),
     _i("http_max_body_bytes", 65536, minimum=1),
+    # HTTP limits and admission control (docs/http-api.md#http-limits)
+    _i("http_max_header_bytes", 16384, minimum=1024, doc="request line + headers; more: 431 (URL alone: 414)"),
+    _i("http_max_headers", 100, minimum=1, doc="more: 431"),
+    _i("http_header_timeout_ms", 10000, minimum=1, doc="first byte to end of headers; later: 408"),
+    _i("http_body_timeout_ms", 10000, minimum=1, doc="end of headers to end of body; later: 408"),
+    _i("http_idle_timeout_ms", 5000, minimum=1, doc="connection closed after this long without a request"),
+    _i("http_max_connections", 1024, minimum=1, doc="per process; more: 503 and close"),
+    _i("http_max_inflight", 128, minimum=1, doc="player requests in progress per process; more: 503 at once"),
+    _i("db_pool_max_waiting", 0, doc="requests queued for a DB connection before 503 at once; 0: db_pool_max"),
     _s("namespace", "accelbyte", aliases=("AB_NAMESPACE",)),
     _s("catalog_path", "config/challenges.json", aliases=("CHALLENGE_CONFIG_PATH",)),
     _s("database_url", None, plain_env="DATABASE_URL", secret=True, doc="unset: embedded PostgreSQL"),
@@ -160,6 +169,14 @@ class Settings:
     admin_port: int
     admin_token: str | None
     http_max_body_bytes: int
+    http_max_header_bytes: int
+    http_max_headers: int
+    http_header_timeout_ms: int
+    http_body_timeout_ms: int
+    http_idle_timeout_ms: int
+    http_max_connections: int
+    http_max_inflight: int
+    db_pool_max_waiting: int
     namespace: str
     catalog_path: str
     database_url: str | None

@@ -45,10 +45,12 @@ from service.storage.registry import RegistryError, load_registry
 from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
 from service.telemetry.metrics import BUILD_INFO, multiprocess_registry
 from service.transport.admin import combine_cache_stats, combine_pool_stats, create_admin_app, process_stats
+from service.transport.admission import Admission
 from service.transport.auth import AuthConfig, Authenticator, auth_config_from_settings
 from service.transport.grpc_api import create_grpc_server
 from service.transport.health import Readiness
 from service.transport.http_api import create_http_app, player_routes
+from service.transport.http_protocol import HttpLimits, limited_protocol
 from service.usecases.events import IngestConfig, Ingestor
 from service.usecases.players import Players
 from service.usecases.rewards import RewardConfig, RewardGranter
@@ -101,7 +103,8 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn(app: Any) -> _Server:
+def _uvicorn(app: Any, limits: HttpLimits | None = None) -> _Server:
+    """A uvicorn server for `app`; with `limits` (the player API), on the limited HTTP protocol."""
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -109,10 +112,31 @@ def _uvicorn(app: Any) -> _Server:
         access_log=False,
         server_header=False,
         date_header=False,
-        http="httptools",
+        http="httptools" if limits is None else limited_protocol(limits),
+        ws="none",
+        timeout_keep_alive=5 if limits is None else limits.idle_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=SERVER_STOP_GRACE_S,
     )
     return _Server(config)
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    return HttpLimits(
+        max_header_bytes=settings.http_max_header_bytes,
+        max_headers=settings.http_max_headers,
+        header_timeout_s=settings.http_header_timeout_ms / 1000,
+        body_timeout_s=settings.http_body_timeout_ms / 1000,
+        idle_timeout_s=settings.http_idle_timeout_ms / 1000,
+        max_connections=settings.http_max_connections,
+    )
+
+
+def _player_app(settings: Settings, readiness: Readiness, catalog: Catalog, store: Store, routes: list[Any]) -> Any:
+    """The player API app of this process, with admission control on its pool and requests in progress."""
+    admission = Admission(
+        settings.http_max_inflight, store.waiting, settings.db_pool_max_waiting or settings.db_pool_max
+    )
+    return create_http_app(readiness, settings.base_path, catalog.fingerprint, routes, admission)
 
 
 @dataclass
@@ -176,7 +200,7 @@ class Service:
         if self.runtime_dir is None:
             routes = await _player_routes(settings, catalog, store, cache, queries, self.auth_config, resources)
             http_socket = bind_socket(settings.http_host, settings.http_port, "player API")
-            http_server = _uvicorn(create_http_app(readiness, settings.base_path, catalog.fingerprint, routes))
+            http_server = _uvicorn(_player_app(settings, readiness, catalog, store, routes), http_limits(settings))
             servers.append(http_server)
             tasks.append(asyncio.create_task(http_server.serve(sockets=[http_socket]), name="http"))
             workers = None
@@ -417,7 +441,7 @@ async def run_http_worker(spec: WorkerSpec, state: SharedState, stop: asyncio.Ev
         )
         resources.callback(control.close)
         http_socket = bind_socket(settings.http_host, settings.http_port, "player API", reuse_port=True)
-        http_server = _uvicorn(create_http_app(readiness, settings.base_path, catalog.fingerprint, routes))
+        http_server = _uvicorn(_player_app(settings, readiness, catalog, store, routes), http_limits(settings))
         task = asyncio.create_task(http_server.serve(sockets=[http_socket]), name=f"HTTP worker {spec.index}")
         freeze_startup_objects()
         report_ready()

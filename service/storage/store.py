@@ -257,6 +257,10 @@ class Store:
             "connections_lost": raw.get("connections_lost", 0),
         }
 
+    def waiting(self) -> int:
+        """Requests queued for a connection right now (the player API's admission control reads it)."""
+        return self.pool.get_stats().get("requests_waiting", 0)
+
     def reset_peaks(self) -> None:
         """Restart `peak_in_use` from the connections in use now (`POST /admin/reset-peaks`)."""
         self.usage.reset_peak()

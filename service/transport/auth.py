@@ -331,7 +331,11 @@ class Authenticator:
         user_id = claims.get("sub")
         if not is_valid_user_id(user_id):
             raise _unauthorized(INVALID_USER_ID)
-        self._remember(token, user_id, claims["exp"])
+        try:
+            expires_at = float(claims["exp"])
+        except OverflowError:  # an integer exp beyond any float: signed, but no instant
+            raise _invalid_token("malformed time claim") from None
+        self._remember(token, user_id, expires_at)
         return user_id
 
     def _decode(self, token: str, key: bytes | jwt.PyJWK, allowed: list[str]) -> dict[str, Any]:
@@ -370,11 +374,11 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise _invalid_token("invalid claims") from None
 
-    def _remember(self, token: str, user_id: str, expires_at: Any) -> None:
+    def _remember(self, token: str, user_id: str, expires_at: float) -> None:
         if len(self._verified) >= self._cache_size:
             # Oldest-first eviction: dicts keep insertion order, so this is O(1) with no bookkeeping.
             del self._verified[next(iter(self._verified))]
-        self._verified[token] = (user_id, float(expires_at))
+        self._verified[token] = (user_id, expires_at)
 
     # --- JWKS ---
 

@@ -3,6 +3,8 @@ admin app, and the HTTP status of each kind of domain error."""
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 from starlette.responses import Response
 
@@ -21,6 +23,10 @@ from service.domain.errors import (
 from service.transport.timestamps import format_timestamp
 
 JSON_TYPE = "application/json; charset=utf-8"
+# Messages echo ids the caller sent (`challenge 'x' not found`); a longer run than this is shown cut, so a
+# 60 KB id is not sent back whole. Real ids are at most 100 characters.
+MAX_ECHOED_CHARS = 128
+_LONG_RUN = re.compile(rf"[^\s'\"]{{{MAX_ECHOED_CHARS + 1},}}")
 
 
 class ApiError(Exception):
@@ -42,7 +48,7 @@ def error_response(error: ApiError) -> Response:
     headers = dict(error.headers)
     if error.status == 503:
         headers.setdefault("Retry-After", "1")
-    return json_response({"errorCode": error.error_code, "message": error.message}, error.status, headers)
+    return json_response({"errorCode": error.error_code, "message": shorten(error.message)}, error.status, headers)
 
 
 HTTP_STATUS: dict[type[DomainError], int] = {
@@ -75,3 +81,11 @@ def _http_message(error: DomainError) -> str:
             f"claimed_at: {format_timestamp(error.claimed_at)})"
         )
     return error.message
+
+
+def shorten(message: str) -> str:
+    """`message` with every run of more than MAX_ECHOED_CHARS non-blank, unquoted characters cut to that
+    length plus `...`; short messages (all normal ones) are returned as they are."""
+    if len(message) <= MAX_ECHOED_CHARS:
+        return message
+    return _LONG_RUN.sub(lambda run: run.group()[:MAX_ECHOED_CHARS] + "...", message)

@@ -4,32 +4,34 @@ HTTP metrics, and every failure as `{"errorCode","message"}` (docs/http-api.md#g
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
-from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route, request_response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.routing import BaseRoute, Route, Router
+from starlette.types import Message, Receive, Scope, Send
 
 from service import __version__
 from service.domain.catalog import Catalog
 from service.domain.errors import DomainError
 from service.domain.rules import utc_now
 from service.telemetry.metrics import LATENCY_BUCKETS
+from service.transport.admission import Admission
 from service.transport.auth import Authenticator
 from service.transport.errors import JSON_TYPE, ApiError, error_response, http_error, json_response
 from service.transport.health import HEALTHY_BODY, Readiness
+from service.transport.http_protocol import HTTP_REFUSED
 from service.transport.openapi import encoded_openapi_document
 from service.transport.payloads import (
+    check_json_content_type,
     parse_batch_select,
     parse_random_select,
     parse_set_active,
@@ -54,8 +56,8 @@ def health_routes(readiness: Readiness, prefix: str = "") -> list[Route]:
         return json_response(body, 200 if ready else 503, None if ready else {"Retry-After": "1"})
 
     return [
-        Route(f"{prefix}/healthz", healthz, methods=["GET"]),
-        Route(f"{prefix}/readyz", readyz, methods=["GET"]),
+        Route(f"{prefix}/healthz", _Endpoint(healthz), methods=["GET"]),
+        Route(f"{prefix}/readyz", _Endpoint(readyz), methods=["GET"]),
     ]
 
 
@@ -104,15 +106,19 @@ def _path_id(request: Request, name: str) -> str:
     return value
 
 
-class _EveryMethod:
-    """An ASGI app a `Route` sends every method to (Starlette limits a plain function endpoint to the
-    methods listed), so the endpoint itself can answer 405 with its own `Allow`."""
+class _Endpoint:
+    """A handler `Request -> Response` as the ASGI app of a `Route`. Unlike Starlette's own wrapper it adds
+    no per-request exception layer: failures go up to `PlayerApi`, which answers them. A `Route` given an
+    ASGI app sends it every method unless `methods` is set, so a handler can answer 405 with its own `Allow`."""
 
-    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
-        self._app = request_response(endpoint)
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self._handler = handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)
+        response = await self._handler(Request(scope, receive))
+        await response(scope, receive, send)
 
 
 def player_routes(
@@ -134,6 +140,12 @@ def player_routes(
 
     async def body_of(request: Request) -> bytes:
         return await read_body(request.headers, request.stream(), max_body_bytes)
+
+    async def json_body_of(request: Request) -> bytes:
+        body = await body_of(request)
+        if body:  # an empty body declares nothing, whatever its Content-Type says
+            check_json_content_type(request.headers)
+        return body
 
     async def list_challenges(request: Request) -> Response:
         user_id = await authenticator.authenticate(request.headers)
@@ -158,20 +170,20 @@ def player_routes(
     async def set_active(request: Request) -> Response:
         user_id = await authenticator.authenticate(request.headers)
         challenge_id, goal_id = _path_id(request, "challenge_id"), _path_id(request, "goal_id")
-        parsed = parse_set_active(await body_of(request))
+        parsed = parse_set_active(await json_body_of(request))
         return _json(writer.set_active(await players.set_active(user_id, challenge_id, goal_id, parsed.is_active)))
 
     async def batch_select(request: Request) -> Response:
         user_id = await authenticator.authenticate(request.headers)
         challenge_id = _path_id(request, "challenge_id")
-        parsed = parse_batch_select(await body_of(request))
+        parsed = parse_batch_select(await json_body_of(request))
         result = await players.batch_select(user_id, challenge_id, parsed.goal_ids, parsed.replace_existing)
         return _json(writer.select(result))
 
     async def random_select(request: Request) -> Response:
         user_id = await authenticator.authenticate(request.headers)
         challenge_id = _path_id(request, "challenge_id")
-        parsed = parse_random_select(await body_of(request))
+        parsed = parse_random_select(await json_body_of(request))
         result = await players.random_select(
             user_id, challenge_id, parsed.count, parsed.replace_existing, parsed.exclude_active
         )
@@ -195,91 +207,19 @@ def player_routes(
     challenge = challenges + "/{challenge_id:segment}"
     goals = challenge + "/goals"
     return [
-        Route(f"{base_path}/openapi.json", openapi, methods=["GET"]),
-        Route(challenges, list_challenges, methods=["GET"]),
-        Route(challenges + "/initialize", _EveryMethod(initialize)),
-        Route(challenge, get_challenge, methods=["GET"]),
-        Route(challenge + "/rotation", rotation, methods=["GET"]),
-        Route(goals + "/batch-select", batch_select, methods=["POST"]),
-        Route(goals + "/random-select", random_select, methods=["POST"]),
-        Route(goals + "/{goal_id:segment}/active", set_active, methods=["PUT"]),
-        Route(goals + "/{goal_id:segment}/claim", claim, methods=["POST"]),
+        Route(f"{base_path}/openapi.json", _Endpoint(openapi), methods=["GET"]),
+        Route(challenges, _Endpoint(list_challenges), methods=["GET"]),
+        Route(challenges + "/initialize", _Endpoint(initialize)),
+        Route(challenge, _Endpoint(get_challenge), methods=["GET"]),
+        Route(challenge + "/rotation", _Endpoint(rotation), methods=["GET"]),
+        Route(goals + "/batch-select", _Endpoint(batch_select), methods=["POST"]),
+        Route(goals + "/random-select", _Endpoint(random_select), methods=["POST"]),
+        Route(goals + "/{goal_id:segment}/active", _Endpoint(set_active), methods=["PUT"]),
+        Route(goals + "/{goal_id:segment}/claim", _Endpoint(claim), methods=["POST"]),
     ]
 
 
-# --- errors and response headers ------------------------------------------------------------------
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        return error_response(ApiError(405, "METHOD_NOT_ALLOWED", "method not allowed", dict(exc.headers or {})))
-    if exc.status_code == 404:
-        return error_response(ApiError(404, "ROUTE_NOT_FOUND", f"no route for {request.url.path}"))
-    return error_response(ApiError(exc.status_code, "INVALID_REQUEST", str(exc.detail)))
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc)
-
-
-async def _domain_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DomainError)
-    return error_response(http_error(exc))
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception(
-        "unhandled error", extra={"request_id": request.scope.get("request_id", ""), "route": request.url.path}
-    )
-    return error_response(ApiError(500, "INTERNAL_ERROR", "Internal server error"))
-
-
-class ResponseHeaders:
-    """Pure ASGI middleware: `X-Request-Id` (kept when 1-128 visible ASCII chars, else a new UUID)
-    and `X-Catalog-Fingerprint` on every response."""
-
-    def __init__(self, app: ASGIApp, catalog_fingerprint: str) -> None:
-        self.app = app
-        self.fingerprint = catalog_fingerprint.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
-        scope["request_id"] = request_id
-        extra = [(b"x-request-id", request_id.encode()), (b"x-catalog-fingerprint", self.fingerprint)]
-
-        answered = False
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-                answered = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_headers)
-        except Exception:
-            # Starlette re-raises an unexpected error after `_unexpected` has logged it and answered 500;
-            # swallowing it here keeps uvicorn from logging the same traceback a second time.
-            if not answered:
-                raise
-
-
-def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            if 1 <= len(value) <= 128 and all(0x21 <= byte <= 0x7E for byte in value):
-                return value.decode()
-            return None
-    return None
-
-
-# --- HTTP metrics (docs/http-api.md#admin-and-metrics) ---------------------------------------------------------------------
+# --- the one ASGI layer: request ids, response headers, errors and metrics ------------------------------------------
 
 HTTP_REQUESTS = Counter(
     "challenge_http_requests_total",
@@ -293,39 +233,77 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 UNMATCHED_ROUTE = "unmatched"
+# The status recorded for a request whose client went away before its answer (nginx's convention).
+CLIENT_CLOSED_STATUS = 499
 # Anything else a client sends is labelled `other`, so garbage methods cannot grow the label set.
 _KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 _CONVERTOR_SUFFIX = re.compile(r"\{(\w+):\w+\}")
 
 
-class HttpMetrics:
-    """Pure ASGI middleware counting and timing every HTTP request by the matched route's template
-    (`unmatched` when no route matched). Label children are cached, so a request costs two dict
-    lookups, a counter increment and a histogram observation."""
+class PlayerApi:
+    """The player API's only ASGI layer around the router (docs/http-api.md#general-rules,
+    docs/http-api.md#error-format, docs/http-api.md#admin-and-metrics). Per request it
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    - keeps the caller's `X-Request-Id` (1-128 visible ASCII characters) or makes one, and adds it and
+      `X-Catalog-Fingerprint` to the response;
+    - answers every failure as `{"errorCode","message"}`: an `ApiError` as it is, the router's 404/405,
+      anything else as a bare 500 with the cause in the log; a client that went away is not an error;
+    - counts and times the request by its route template (`unmatched` when no route matched); label
+      children are cached, so that costs two dict lookups, an increment and an observation.
+    """
+
+    def __init__(
+        self, router: Router, catalog_fingerprint: str, admitted_prefix: str, admission: Admission | None
+    ) -> None:
+        self.router = router
+        self.fingerprint = catalog_fingerprint.encode()
+        self._admitted_prefix = admitted_prefix
+        self._admission = admission
         self._route_labels: dict[str, str] = {}
         self._counters: dict[tuple[str, str, int], Callable[[], None]] = {}
         self._observers: dict[tuple[str, str], Callable[[float], None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self.router(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # when the app fails before starting a response
+        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
+        scope["request_id"] = request_id
+        scope["app"] = self  # makes the router raise its 404/405 instead of answering them in plain text
+        extra = ((b"x-request-id", request_id.encode()), (b"x-catalog-fingerprint", self.fingerprint))
+        status = 0
 
-        async def send_recording_status(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
+        admission = self._admission
+        if admission is not None and scope["path"].startswith(self._admitted_prefix):
+            refusal = admission.refusal()
+            if refusal is not None:
+                HTTP_REFUSED.labels("overloaded").inc()
+                await error_response(refusal)(scope, receive, send_with_headers)
+                self._record(scope, status, time.perf_counter() - started)
+                return
+            admission.inflight += 1
+        else:
+            admission = None
         try:
-            await self.app(scope, receive, send_recording_status)
+            await self.router(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            status = status or CLIENT_CLOSED_STATUS
+        except Exception as exc:
+            if status:
+                raise  # the answer has started; uvicorn closes the connection
+            await _error_for(scope, exc)(scope, receive, send_with_headers)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            if admission is not None:
+                admission.inflight -= 1
+            self._record(scope, status or 500, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         route = scope.get("route")
@@ -351,23 +329,43 @@ class HttpMetrics:
         return label
 
 
+def _error_for(scope: Scope, exc: Exception) -> Response:
+    if isinstance(exc, ApiError):
+        return error_response(exc)
+    if isinstance(exc, DomainError):
+        return error_response(http_error(exc))
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 405:
+            return error_response(ApiError(405, "METHOD_NOT_ALLOWED", "method not allowed", dict(exc.headers or {})))
+        if exc.status_code == 404:
+            return error_response(ApiError(404, "ROUTE_NOT_FOUND", f"no route for {scope['path']}"))
+        return error_response(ApiError(exc.status_code, "INVALID_REQUEST", str(exc.detail)))
+    log.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={"request_id": scope.get("request_id", ""), "route": scope.get("path", "")},
+    )
+    return error_response(ApiError(500, "INTERNAL_ERROR", "Internal server error"))
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if 1 <= len(value) <= 128 and all(0x21 <= byte <= 0x7E for byte in value):
+                return value.decode()
+            return None
+    return None
+
+
 def create_http_app(
     readiness: Readiness,
     base_path: str,
     catalog_fingerprint: str,
     player_routes: Sequence[BaseRoute] = (),
-) -> ASGIApp:
+    admission: Admission | None = None,
+) -> PlayerApi:
     """The player API app: health routes at the root and under base_path, then the player routes
-    (see `player_routes`), wrapped in the HTTP metrics and response-header middlewares."""
+    (see `player_routes`), behind the one `PlayerApi` layer; `admission` guards the `/v1/` routes."""
     routes: list[BaseRoute] = [*health_routes(readiness), *health_routes(readiness, base_path), *player_routes]
-    app = Starlette(
-        routes=routes,
-        exception_handlers={
-            HTTPException: _http_exception,
-            ApiError: _api_error,
-            DomainError: _domain_error,
-            Exception: _unexpected,
-        },
-    )
-    app.router.redirect_slashes = False
-    return HttpMetrics(ResponseHeaders(app, catalog_fingerprint))
+    router = Router(routes=routes, redirect_slashes=False)
+    return PlayerApi(router, catalog_fingerprint, f"{base_path}/v1/", admission)

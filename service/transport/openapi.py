@@ -21,8 +21,11 @@ _COMMON_ERRORS: dict[int, str] = {
     403: "Token not accepted by this service",
     404: "No such route",
     405: "Method not allowed for this route",
+    408: "Request head or body not received within the HTTP timeouts",
+    414: "Request URL over http_max_header_bytes",
+    431: "Request headers over http_max_header_bytes or http_max_headers",
     500: "Unexpected failure",
-    503: "A dependency is unavailable",
+    503: "A dependency is unavailable (DEPENDENCY_UNAVAILABLE) or the service is overloaded (SERVICE_OVERLOADED)",
 }
 
 
@@ -45,6 +48,7 @@ _GOAL_PATH = _CHALLENGE_PATH + "/goals/{goal_id}"
 _BAD_PATH_IDS = (400, "Empty path id or invalid body")
 _NOT_FOUND = (404, "Unknown challenge or goal, or no such route")
 _TOO_LARGE = (413, "Body over http_max_body_bytes")
+_NOT_JSON = (415, "A non-empty body declared as something other than application/json")
 _ACTIVE_ONLY = {
     "name": "active_only",
     "in": "query",
@@ -87,7 +91,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Activate or deactivate a goal",
         responses.SetActiveResponse,
         payloads.SetActiveRequest,
-        errors=(_BAD_PATH_IDS, _NOT_FOUND, _TOO_LARGE),
+        errors=(_BAD_PATH_IDS, _NOT_FOUND, _TOO_LARGE, _NOT_JSON),
     ),
     Operation(
         _CHALLENGE_PATH + "/goals/batch-select",
@@ -96,7 +100,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Activate the listed goals",
         responses.SelectResponse,
         payloads.BatchSelectRequest,
-        errors=(_BAD_PATH_IDS, _NOT_FOUND, _TOO_LARGE),
+        errors=(_BAD_PATH_IDS, _NOT_FOUND, _TOO_LARGE, _NOT_JSON),
     ),
     Operation(
         _CHALLENGE_PATH + "/goals/random-select",
@@ -105,7 +109,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Activate randomly chosen eligible goals",
         responses.SelectResponse,
         payloads.RandomSelectRequest,
-        errors=((400, "Invalid body, INVALID_COUNT or INSUFFICIENT_GOALS"), _NOT_FOUND, _TOO_LARGE),
+        errors=((400, "Invalid body, INVALID_COUNT or INSUFFICIENT_GOALS"), _NOT_FOUND, _TOO_LARGE, _NOT_JSON),
     ),
     Operation(
         _GOAL_PATH + "/claim",

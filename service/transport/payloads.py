@@ -87,6 +87,19 @@ async def read_body(headers: Any, stream: AsyncIterator[bytes], max_bytes: int) 
     return b"".join(chunks)
 
 
+def check_json_content_type(headers: Any) -> None:
+    """Refuse (415) a body declared as something other than JSON (`application/json` or `*/*+json`); a
+    request without `Content-Type` is read as JSON, as before."""
+    declared = headers.get("content-type")
+    if declared is None:
+        return
+    media_type = declared.partition(";")[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "request body must be application/json")
+
+
 def _too_large(max_bytes: int) -> ApiError:
     return ApiError(413, "PAYLOAD_TOO_LARGE", f"request body exceeds {max_bytes} bytes")
 
@@ -119,6 +132,10 @@ def _decode(wire: type[_WireT], body: bytes, field_messages: dict[str, str]) -> 
         raise _invalid(f"invalid request body: {detail}") from None
     except msgspec.DecodeError:
         raise _invalid("malformed JSON in request body") from None
+    except RecursionError:
+        # msgspec walks nested values (also of ignored fields) recursively; a body nested ~1000 deep
+        # exhausts the interpreter's stack long before the size limit.
+        raise _invalid("request body is nested too deeply") from None
     return decoded
 
 

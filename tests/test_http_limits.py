@@ -1,0 +1,340 @@
+"""The player API's HTTP limits and admission control (docs/http-api.md#http-limits; issue 11 items 1 and 7,
+issue 10 admission): a real uvicorn server on the limited protocol, spoken to over raw sockets, so that
+partial heads, partial bodies, silent connections and parser-level garbage can be sent as an attacker
+would. Admission control is also checked against a real PostgreSQL pool with one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from prometheus_client import REGISTRY
+
+from service.config.resources import example_catalog_path
+from service.domain.catalog import Catalog, load_catalog
+from service.storage.store import PoolConfig, Store, open_pool
+from service.transport.admission import Admission
+from service.transport.auth import AuthConfig, Authenticator, mint_token
+from service.transport.http_api import create_http_app, player_routes
+from service.transport.http_protocol import HttpLimits, limited_protocol
+from service.usecases.players import ListResult
+from tests.test_http_api import BASE, SECRET, RecordingPlayers, stub_readiness
+
+LIMITS = HttpLimits(
+    max_header_bytes=4096,
+    max_headers=20,
+    header_timeout_s=0.5,
+    body_timeout_s=0.5,
+    idle_timeout_s=0.5,
+    max_connections=8,
+)
+TOKEN = mint_token(SECRET, "player-1")
+
+
+class GatedPlayers(RecordingPlayers):
+    """`list_challenges` waits for `gate`, so a test can hold requests in progress."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        super().__init__(catalog)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def list_challenges(self, user_id: str, active_only: bool) -> ListResult:
+        await self.gate.wait()
+        return await super().list_challenges(user_id, active_only)
+
+
+@contextlib.asynccontextmanager
+async def limited_server(app: Any, limits: HttpLimits = LIMITS) -> AsyncIterator[int]:
+    """`app` on the limited protocol, as `serve` runs the player API; yields the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app,
+        log_level="critical",
+        lifespan="off",
+        http=limited_protocol(limits),
+        ws="none",
+        timeout_keep_alive=limits.idle_timeout_s,  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def _app(players: RecordingPlayers, catalog: Catalog, admission: Admission | None = None) -> Any:
+    authenticator = Authenticator(AuthConfig(mode="jwt", hs256_key=SECRET))
+    routes = player_routes(players, authenticator, catalog, BASE, 65536)  # type: ignore[arg-type]
+    return create_http_app(stub_readiness(), BASE, catalog.fingerprint, routes, admission)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(example_catalog_path())
+
+
+@pytest.fixture(scope="module")
+async def players(catalog: Catalog) -> GatedPlayers:
+    return GatedPlayers(catalog)
+
+
+@pytest.fixture(scope="module")
+async def port(players: GatedPlayers, catalog: Catalog) -> AsyncIterator[int]:
+    async with limited_server(_app(players, catalog)) as bound:
+        yield bound
+
+
+class Answer:
+    """What came back on a raw connection: status, headers, parsed JSON body, seconds until it ended."""
+
+    def __init__(self, raw: bytes, elapsed: float) -> None:
+        self.raw, self.elapsed = raw, elapsed
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1]) if raw else None
+        self.headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        self.body = json.loads(body) if body else None
+
+
+async def exchange(port: int, *parts: bytes, pause_s: float = 0.0, wait_s: float = 5.0) -> Answer:
+    """Send `parts` (pausing between them) while reading, until the server closes or `wait_s` passes.
+    Reading runs alongside the writes: a server that refuses early closes while the client still sends."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+
+    async def send_all() -> None:
+        with contextlib.suppress(ConnectionError):
+            for part in parts:
+                writer.write(part)
+                await writer.drain()
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+
+    sending = asyncio.create_task(send_all())
+    received = b""
+    try:
+        async with asyncio.timeout(wait_s):
+            while chunk := await reader.read(65536):
+                received += chunk
+    except (ConnectionError, TimeoutError):
+        pass
+    finally:
+        elapsed = time.monotonic() - started
+        sending.cancel()
+        writer.close()
+    return Answer(received, elapsed)
+
+
+def _get(path: str, *headers: bytes) -> bytes:
+    return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n"
+
+
+def _error(answer: Answer) -> tuple[int | None, str]:
+    assert answer.headers["content-type"].startswith("application/json"), answer.raw[:200]
+    assert set(answer.body) == {"errorCode", "message"}
+    return answer.status, answer.body["errorCode"]
+
+
+def _refused(reason: str) -> float:
+    return REGISTRY.get_sample_value("challenge_http_refused_total", {"reason": reason}) or 0.0
+
+
+# --- the request head -------------------------------------------------------------------------------
+
+
+async def test_oversized_header_is_431_at_once_and_healthz_stays_fast(port: int) -> None:
+    """Issue 11 item 1: a 32 MiB header took 3.5 s to refuse and slowed /healthz to 2.7 s."""
+    before = _refused("header_too_large")
+    huge = [b"GET /healthz HTTP/1.1\r\nAuthorization: Bearer ", *[b"x" * 65536] * 64]
+    refused, healthz = await asyncio.gather(
+        exchange(port, *huge),
+        exchange(port, _get("/healthz", b"Connection: close")),
+    )
+    assert _error(refused) == (431, "HEADERS_TOO_LARGE")
+    assert refused.headers["connection"] == "close"
+    assert healthz.status == 200
+    assert _refused("header_too_large") == before + 1
+    # Just under the limit is still served.
+    fits = await exchange(port, _get("/healthz", b"X-Pad: " + b"p" * 3900, b"Connection: close"))
+    assert fits.status == 200
+
+
+async def test_too_many_headers_is_431(port: int) -> None:
+    many = [b"X-H%d: 1" % i for i in range(LIMITS.max_headers + 1)]
+    assert _error(await exchange(port, _get("/healthz", *many))) == (431, "HEADERS_TOO_LARGE")
+    few = [b"X-H%d: 1" % i for i in range(LIMITS.max_headers - 2)]
+    assert (await exchange(port, _get("/healthz", *few, b"Connection: close"))).status == 200
+
+
+async def test_overlong_url_is_414(port: int) -> None:
+    answer = await exchange(port, _get("/healthz?" + "q" * 70_000))
+    assert _error(answer) == (414, "URI_TOO_LONG")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n",
+        b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET /heal\x01thz HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ],
+)
+async def test_parser_errors_are_json_400(port: int, request_bytes: bytes) -> None:
+    """Issue 11 item 7: the parser's own 400s were text/plain."""
+    answer = await exchange(port, request_bytes)
+    assert _error(answer) == (400, "INVALID_REQUEST")
+    assert answer.body["message"].startswith("malformed HTTP request")
+
+
+# --- deadlines ----------------------------------------------------------------------------------------
+
+
+async def test_partial_head_gets_408_after_the_header_timeout(port: int) -> None:
+    answer = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+    assert _error(answer) == (408, "REQUEST_TIMEOUT")
+    assert LIMITS.header_timeout_s <= answer.elapsed < LIMITS.header_timeout_s + 2
+
+
+async def test_a_head_trickled_slowly_still_times_out(port: int) -> None:
+    """The deadline runs from the first byte: sending a byte now and then does not extend it."""
+    parts = [b"GET /healthz HTTP/1.1\r\n", *[b"X-Slow: 1\r\n"] * 8]
+    answer = await exchange(port, *parts, pause_s=0.1)
+    assert _error(answer) == (408, "REQUEST_TIMEOUT")
+
+
+async def test_silent_connection_is_closed_after_the_idle_timeout(port: int) -> None:
+    answer = await exchange(port)
+    assert answer.raw == b""
+    assert LIMITS.idle_timeout_s <= answer.elapsed < LIMITS.idle_timeout_s + 2
+
+
+async def test_kept_alive_connection_is_closed_after_the_idle_timeout(port: int) -> None:
+    answer = await exchange(port, _get("/healthz"))
+    assert answer.status == 200
+    assert LIMITS.idle_timeout_s <= answer.elapsed < LIMITS.idle_timeout_s + 2
+
+
+async def test_partial_body_gets_408_after_the_body_timeout(port: int, caplog: pytest.LogCaptureFixture) -> None:
+    head = (
+        f"POST {BASE}/v1/challenges/c/goals/batch-select HTTP/1.1\r\nHost: t\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    with caplog.at_level(logging.INFO):
+        answer = await exchange(port, head + b'{"goal_ids": [')
+    assert _error(answer) == (408, "REQUEST_TIMEOUT")
+    assert LIMITS.body_timeout_s <= answer.elapsed < LIMITS.body_timeout_s + 2
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+# --- connections and disconnects -------------------------------------------------------------------------
+
+
+async def test_connections_over_the_cap_get_503(port: int) -> None:
+    before = _refused("too_many_connections")
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(LIMITS.max_connections)]
+    try:
+        await asyncio.sleep(0.05)
+        answer = await exchange(port, _get("/healthz"))
+        assert _error(answer) == (503, "SERVICE_OVERLOADED")
+        assert answer.headers["retry-after"] == "1"
+        assert _refused("too_many_connections") == before + 1
+    finally:
+        for _, writer in held:
+            writer.close()
+    await asyncio.sleep(0.05)
+    assert (await exchange(port, _get("/healthz", b"Connection: close"))).status == 200
+
+
+async def test_client_disconnect_is_not_an_unhandled_error(port: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11 item 7: a client gone mid-body was logged as "unhandled error" with a traceback."""
+    labels = {"route": f"{BASE}/v1/challenges/{{challenge_id}}/goals/batch-select", "method": "POST", "status": "499"}
+    before = REGISTRY.get_sample_value("challenge_http_requests_total", labels) or 0.0
+    head = (
+        f"POST {BASE}/v1/challenges/c/goals/batch-select HTTP/1.1\r\nHost: t\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n{{"
+    ).encode()
+    with caplog.at_level(logging.INFO):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()
+        for _ in range(100):
+            if (REGISTRY.get_sample_value("challenge_http_requests_total", labels) or 0.0) > before:
+                break
+            await asyncio.sleep(0.02)
+    assert REGISTRY.get_sample_value("challenge_http_requests_total", labels) == before + 1
+    assert "unhandled error" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+# --- admission control ------------------------------------------------------------------------------
+
+
+async def _get_challenges(port: int) -> Answer:
+    return await exchange(
+        port, _get(f"{BASE}/v1/challenges", f"Authorization: Bearer {TOKEN}".encode(), b"Connection: close")
+    )
+
+
+async def test_requests_over_max_inflight_are_503_at_once(catalog: Catalog) -> None:
+    players = GatedPlayers(catalog)
+    admission = Admission(max_inflight=2, pool_waiting=lambda: 0, max_pool_waiting=100)
+    async with limited_server(_app(players, catalog, admission)) as bound:
+        players.gate.clear()
+        held = [asyncio.create_task(_get_challenges(bound)) for _ in range(2)]
+        while admission.inflight < 2:
+            await asyncio.sleep(0.01)
+        shed = await _get_challenges(bound)
+        assert _error(shed) == (503, "SERVICE_OVERLOADED")
+        assert shed.headers["retry-after"] == "1" and shed.elapsed < 1
+        health = await exchange(bound, _get(f"{BASE}/healthz", b"Connection: close"))
+        assert health.status == 200  # health routes are never shed
+        players.gate.set()
+        assert [answer.status for answer in await asyncio.gather(*held)] == [200, 200]
+        assert admission.inflight == 0
+        assert (await _get_challenges(bound)).status == 200
+
+
+async def test_a_saturated_database_pool_sheds_instead_of_waiting(pg_url: str, catalog: Catalog) -> None:
+    """Issue 10 admission: with every connection of a real pool taken and one request already queued,
+    the next request is refused at once instead of waiting out the pool timeout (here 5 s)."""
+    pool = await open_pool(pg_url, "service", PoolConfig(min_size=1, max_size=1, timeout_ms=5000))
+    store = Store(pool)
+    try:
+        admission = Admission(max_inflight=100, pool_waiting=store.waiting, max_pool_waiting=1)
+        players = GatedPlayers(catalog)
+        async with limited_server(_app(players, catalog, admission)) as bound, store.connection():
+            queued = asyncio.create_task(store.connection().__aenter__())
+            while store.waiting() < 1:
+                await asyncio.sleep(0.01)
+            admission.inflight += 1  # the queued acquire stands for a request in progress
+            shed = await _get_challenges(bound)
+            admission.inflight -= 1
+            assert _error(shed) == (503, "SERVICE_OVERLOADED")
+            assert "database" in shed.body["message"] and shed.elapsed < 1
+            queued.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await queued
+        assert store.waiting() == 0
+    finally:
+        await store.close()
