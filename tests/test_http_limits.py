@@ -321,11 +321,11 @@ async def test_a_saturated_database_pool_sheds_instead_of_waiting(pg_url: str, c
     pool = await open_pool(pg_url, "service", PoolConfig(min_size=1, max_size=1, timeout_ms=5000))
     store = Store(pool)
     try:
-        admission = Admission(max_inflight=100, pool_waiting=store.waiting, max_pool_waiting=1)
+        admission = Admission(max_inflight=100, pool_waiting=store.waiting_at_max_size, max_pool_waiting=1)
         players = GatedPlayers(catalog)
         async with limited_server(_app(players, catalog, admission)) as bound, store.connection():
             queued = asyncio.create_task(store.connection().__aenter__())
-            while store.waiting() < 1:
+            while store.waiting_at_max_size() < 1:
                 await asyncio.sleep(0.01)
             admission.inflight += 1  # the queued acquire stands for a request in progress
             shed = await _get_challenges(bound)
@@ -335,6 +335,6 @@ async def test_a_saturated_database_pool_sheds_instead_of_waiting(pg_url: str, c
             queued.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await queued
-        assert store.waiting() == 0
+        assert store.waiting_at_max_size() == 0
     finally:
         await store.close()

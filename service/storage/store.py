@@ -257,9 +257,13 @@ class Store:
             "connections_lost": raw.get("connections_lost", 0),
         }
 
-    def waiting(self) -> int:
-        """Requests queued for a connection right now (the player API's admission control reads it)."""
-        return self.pool.get_stats().get("requests_waiting", 0)
+    def waiting_at_max_size(self) -> int:
+        """Requests queued for a connection while the pool is at its max size; 0 while it can still grow,
+        since those requests wait only for a connection being opened (admission control reads this)."""
+        stats = self.pool.get_stats()
+        if stats.get("pool_size", 0) < self.pool.max_size:
+            return 0
+        return stats.get("requests_waiting", 0)
 
     def reset_peaks(self) -> None:
         """Restart `peak_in_use` from the connections in use now (`POST /admin/reset-peaks`)."""

@@ -1,6 +1,6 @@
 """Admission control of the player API (docs/http-api.md#http-limits): when this process already has
 `max_inflight` player requests in progress, or `max_pool_waiting` requests queued for a database
-connection, a new player request is answered 503 `SERVICE_OVERLOADED` + `Retry-After: 1` at once,
+connection while the pool is at its max size, a new player request is answered 503 `SERVICE_OVERLOADED` + `Retry-After: 1` at once,
 instead of joining a queue it would wait out (up to `db_pool_timeout_ms`) and lengthen for everyone.
 
 Health routes and the OpenAPI document are never refused, so `/readyz` still answers under overload.
