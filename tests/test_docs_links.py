@@ -1,6 +1,9 @@
-"""Every link to the repository's documentation resolves: `docs/<page>.md#<anchor>` references in code, SQL,
-tests and the README, and the relative Markdown links inside docs/ itself, point at an existing page and
-at a heading of that page (GitHub's anchor rules)."""
+"""The repository's documentation stays reachable and complete.
+
+Every `docs/<page>.md#<anchor>` reference in code, SQL, tests and the README, and every relative Markdown
+link inside docs/, points at an existing page and at a heading of it (GitHub's anchor rules); every page is
+in the docs index; every setting has a row in docs/configuration.md.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from service.config.settings import SPECS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -146,3 +151,9 @@ def test_a_missing_page_or_anchor_is_reported(tmp_path: Path) -> None:
         ("events.md", "flush"),
         ("cache.md", None),
     ]
+
+
+def test_every_setting_has_a_row_in_the_configuration_page() -> None:
+    page = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    missing = [spec.name for spec in SPECS if f"`{spec.name}`" not in page]
+    assert not missing, f"docs/configuration.md does not mention these settings: {', '.join(missing)}"
