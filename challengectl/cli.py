@@ -43,6 +43,7 @@ COMMAND_MODULES = (
     "watch",
     "explain",
     "pool",
+    "top",
     "cache",
     "db",
     "loadtest",

@@ -48,12 +48,14 @@ USER_AGENT = "challengectl-cli"
 
 @dataclass(frozen=True)
 class ApiResponse:
-    """One HTTP response: status, parsed JSON body (None when empty or not JSON), headers, duration."""
+    """One HTTP response: status, parsed JSON body (None when empty or not JSON), headers, duration, and
+    the body as received (e.g. the Prometheus text of `/metrics`)."""
 
     status: int
     body: Any
     headers: Mapping[str, str]
     duration_ms: float
+    raw: bytes = b""
 
 
 class HttpClient:
@@ -140,7 +142,7 @@ class HttpClient:
         duration_ms = (time.perf_counter() - started) * 1000
         body = _parse_body(raw)
         if 200 <= status < 300 or status in accept:
-            return ApiResponse(status, body, response_headers, duration_ms)
+            return ApiResponse(status, body, response_headers, duration_ms, raw)
         raise error_from_http(status, body, method, url, admin=self.admin)
 
     async def get(self, path: str, **kwargs: Any) -> Any:

@@ -72,14 +72,36 @@ def quantile_bucket(buckets: dict[float, float], q: float) -> tuple[float, float
     return previous_bound, previous_bound, previous_bound
 
 
+def histogram_deltas(
+    before: Samples, after: Samples, name: str, key_labels: tuple[str, ...]
+) -> dict[tuple[str, ...], dict[float, float]]:
+    """The cumulative buckets of histogram `name` observed between two scrapes, per value of
+    `key_labels` (a series absent before counts from zero)."""
+    start, end = _buckets(before, name, key_labels), _buckets(after, name, key_labels)
+    return {
+        key: {bound: value - start.get(key, {}).get(bound, 0.0) for bound, value in end_buckets.items()}
+        for key, end_buckets in sorted(end.items())
+    }
+
+
+def counter_deltas(
+    before: Samples, after: Samples, name: str, key_labels: tuple[str, ...]
+) -> dict[tuple[str, ...], float]:
+    """How much counter `name` grew between two scrapes, summed per value of `key_labels`."""
+    deltas: dict[tuple[str, ...], float] = defaultdict(float)
+    for (sample, labels), value in after.items():
+        if sample == name:
+            label_map = dict(labels)
+            deltas[tuple(label_map.get(k, "") for k in key_labels)] += value - before.get((sample, labels), 0.0)
+    return dict(deltas)
+
+
 def window_view(before: Samples, after: Samples) -> dict[str, Any]:
     """Per HTTP route+method and per gRPC method: requests, and p95 (estimate and bucket) in ms, over
     the window between two scrapes."""
     view: dict[str, Any] = {"http": {}, "grpc": {}}
     for kind, name, keys in (("http", HTTP_DURATION, ("method", "route")), ("grpc", GRPC_DURATION, ("method",))):
-        start, end = _buckets(before, name, keys), _buckets(after, name, keys)
-        for key, end_buckets in sorted(end.items()):
-            delta = {bound: value - start.get(key, {}).get(bound, 0.0) for bound, value in end_buckets.items()}
+        for key, delta in histogram_deltas(before, after, name, keys).items():
             count = delta.get(math.inf, 0.0)
             if count <= 0:
                 continue
