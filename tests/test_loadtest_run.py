@@ -1,8 +1,10 @@
 """A short scaled `seed-m3` run against a real `challengectl serve` with PostgreSQL and Redis
-(docs/loadtest.md; P3): the JSON report conforms to schema 1.0, the Markdown report has every section of docs/loadtest.md#markdown-report,
+(docs/loadtest.md; P3): the JSON report conforms to schema 1.1, the Markdown report has every section of docs/loadtest.md#markdown-report,
 the report's counts equal the service's own Prometheus counters for the same window and its p95 falls
 within one histogram bucket of the service's; a second run compared with the first through
-`loadtest compare` and `--baseline`."""
+`loadtest compare` and `--baseline`. The per-second series add up to the report's totals, and the HTML
+reports (one run, and `compare --html` overlaying two) are drawn by headless Chromium with one line per
+endpoint, labelled axes and the phases shaded (docs/loadtest.md#reports)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from challengectl.loadtest.profiles import get_profile, write_catalog
 from challengectl.loadtest.stats import decode, new_histogram
 from service.telemetry.metrics import LATENCY_BUCKETS
+from tests.browser import CHROMIUM, SKIP_REASON, drawn_points, measure_charts
 from tests.conftest import new_database
 from tests.test_serve import ServeProcess, base_env
 
@@ -59,7 +62,7 @@ ENDPOINT_SCHEMA = {
         "pass": {"type": ["boolean", "null"]},
     },
 }
-REPORT_SCHEMA_1_0 = {
+REPORT_SCHEMA_1_1 = {
     "type": "object",
     "required": [
         "schema_version",
@@ -74,9 +77,10 @@ REPORT_SCHEMA_1_0 = {
         "database",
         "thresholds",
         "verdict",
+        "timeseries",
     ],
     "properties": {
-        "schema_version": {"const": "1.0"},
+        "schema_version": {"const": "1.1"},
         "tool": {"type": "object", "required": ["name", "version", "git_sha"]},
         "run": {
             "type": "object",
@@ -120,6 +124,20 @@ REPORT_SCHEMA_1_0 = {
         "database": {"type": "object", "required": ["top_queries", "table_stats"]},
         "thresholds": {"type": "array", "items": {"type": "object", "required": ["expr", "observed", "pass"]}},
         "verdict": {"enum": ["pass", "fail", "invalid"]},
+        "timeseries": {
+            "type": "object",
+            "required": ["interval_s", "t_s", "schedule", "endpoints", "resources_offset_s"],
+            "properties": {
+                "schedule": {"type": "object", "required": ["api", "events"]},
+                "endpoints": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["sent", "ok", "errors", "dropped", "p50_ms", "p95_ms", "p99_ms"],
+                    },
+                },
+            },
+        },
         "baseline": {"type": "object", "required": ["path", "run_id", "label"]},
     },
 }
@@ -265,7 +283,7 @@ def test_short_seed_run_reports_agree_with_the_service_metrics(seed_service: dic
     after = scrape(serve)
     assert done.returncode in (0, 99), done.stderr
     report = json.loads((seed_service["workdir"] / "first.json").read_text())
-    jsonschema.validate(report, REPORT_SCHEMA_1_0)
+    jsonschema.validate(report, REPORT_SCHEMA_1_1)
     assert [p["name"] for p in report["phases"]] == ["init", "gameplay"]
     assert report["phases"][0]["endpoints"]["initialize_new"]["count"] == 120  # 40/s × 3 s, fresh after --reset
     assert report["generator"]["procs"] == 2 and report["run"]["interrupted"] is False
@@ -302,6 +320,20 @@ def test_short_seed_run_reports_agree_with_the_service_metrics(seed_service: dic
     assert positions == sorted(positions)
     assert "**Change under test:** short scaled run" in markdown
     assert "| Resource | Peak | Average | Capacity | Utilisation |" in markdown
+    # The per-second series add up to the totals: every operation sits in the second it was scheduled in.
+    series = report["timeseries"]
+    assert len(series["t_s"]) == 7 and series["schedule"]["api"][0] == 40 and series["schedule"]["api"][5] == 60
+    for label, entry in report["overall"]["endpoints"].items():
+        if label in series["endpoints"]:
+            per_second = series["endpoints"][label]
+            assert sum(per_second["sent"]) + sum(per_second["dropped"]) == entry["count"], label
+            assert sum(per_second["ok"]) == entry["ok"], label
+    init_new = series["endpoints"]["initialize_new"]
+    assert sum(init_new["sent"][:3]) == 120 and all(p is not None for p in init_new["p95_ms"][:3])
+    # The Markdown report embeds the same charts, as SVG files beside it.
+    assert "![Latency p95 per endpoint" in markdown and "](first-charts/latency-p95.svg)" in markdown
+    assert (seed_service["workdir"] / "first-charts" / "latency-p95.svg").read_text().startswith("<svg")
+    assert (seed_service["workdir"] / "first.html").exists()
 
 
 def test_second_run_compares_against_the_first(seed_service: dict[str, Any]) -> None:
@@ -337,7 +369,7 @@ def test_second_run_compares_against_the_first(seed_service: dict[str, Any]) -> 
     assert done.returncode in (0, 99), done.stderr
     assert "already has rows" in done.stderr  # no --reset: the init phase measures returning players
     second = json.loads((workdir / "second.json").read_text())
-    jsonschema.validate(second, REPORT_SCHEMA_1_0)
+    jsonschema.validate(second, REPORT_SCHEMA_1_1)
     assert second["baseline"]["label"] == "first"
     assert second["phases"][0]["endpoints"]["initialize_returning"]["count"] == 80
     assert (workdir / "second.md").read_text().startswith("# seed-m3 load test — second vs first\n")
@@ -357,3 +389,45 @@ def test_second_run_compares_against_the_first(seed_service: dict[str, Any]) -> 
             assert row["change"] == pytest.approx((row["candidate"] - row["base"]) / row["base"] * 100, abs=0.01)
         else:
             assert row["change"] == pytest.approx(cand["success_pct"] - base["success_pct"], abs=1e-4)
+
+
+def _check_latency_chart(chart: dict[str, Any], reports: list[tuple[str, dict[str, Any]]]) -> None:
+    """One drawn line per endpoint (and run), as long as the data has neighbouring points."""
+    expected = {
+        prefix + label: entry["p95_ms"]
+        for prefix, report in reports
+        for label, entry in report["timeseries"]["endpoints"].items()
+    }
+    assert {series["name"] for series in chart["series"]} == set(expected)
+    for series in chart["series"]:
+        if drawn_points(expected[series["name"]]) > 0:
+            assert series["length"] > 0 and series["width"] > 0, series
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
+def test_html_reports_are_drawn_in_a_browser(seed_service: dict[str, Any]) -> None:
+    workdir = seed_service["workdir"]
+    if not (workdir / "second.json").exists():
+        pytest.skip("needs both runs")
+    first = json.loads((workdir / "first.json").read_text())
+    charts = {chart["id"]: chart for chart in measure_charts(workdir / "first.html")}
+    assert {"latency-p50", "latency-p95", "latency-p99", "throughput", "errors"} <= set(charts)
+    assert {"resource-cpu", "resource-pool"} <= set(charts)
+    for chart in charts.values():
+        assert chart["width"] > 500 and chart["height"] > 200, chart["id"]
+        assert [axis["text"] for axis in chart["axes"]][0] == "seconds since the start of the run"
+        assert all(axis["text"] and axis["width"] > 0 for axis in chart["axes"]) and len(chart["axes"]) == 2
+        assert chart["ticks"] >= 4 and chart["phases"] == ["init", "gameplay"], chart["id"]
+        assert any(series["length"] > 0 for series in chart["series"]), chart["id"]
+    _check_latency_chart(charts["latency-p95"], [("", first)])
+    assert charts["latency-p95"]["targets"] >= 1
+    throughput = {series["name"] for series in charts["throughput"]["series"]}
+    assert {"API scheduled", "API sent", "events scheduled", "events sent"} <= throughput
+
+    done = run_loadtest(seed_service, ["compare", "first.json", "second.json", "--html", "compare.html", "-o", "json"])
+    assert done.returncode in (0, 99), done.stderr
+    second = json.loads((workdir / "second.json").read_text())
+    overlay = {chart["id"]: chart for chart in measure_charts(workdir / "compare.html")}
+    _check_latency_chart(overlay["latency-p95"], [("second: ", second), ("first: ", first)])
+    names = {series["name"] for series in overlay["resource-cpu"]["series"]}
+    assert names == {"second: service_cpu_pct", "first: service_cpu_pct"}

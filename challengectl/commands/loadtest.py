@@ -27,6 +27,7 @@ from challengectl.errors import (
 )
 from challengectl.loadtest import compare as compare_module
 from challengectl.loadtest.generator import GeneratorFailed
+from challengectl.loadtest.htmlreport import render_compare_html, render_html, write_chart_files
 from challengectl.loadtest.markdown import fmt_ms, render_markdown
 from challengectl.loadtest.profiles import (
     DEFAULT_SUCCESS_MIN_PCT,
@@ -71,10 +72,12 @@ RUN_EXAMPLES = examples(
 COMPARE_EXAMPLES = examples(
     "challengectl loadtest compare cache-off.json cache-on.json",
     "challengectl loadtest compare base.json cand.json --metric p95,p99 --tolerance 5% -o json | jq .regressions",
+    "challengectl loadtest compare cache-off.json cache-on.json --html cache-on-vs-off.html",
 )
 REPORT_EXAMPLES = examples(
     "challengectl loadtest report run.json > run.md",
     "challengectl loadtest report cache-on.json --baseline cache-off.json --out cache-on-vs-off.md",
+    "challengectl loadtest report run.json --out run.md --html run.html",
 )
 
 
@@ -121,12 +124,13 @@ def run(
     ),
     no_default_thresholds: bool = typer.Option(False, "--no-default-thresholds", help="drop the profile's targets"),
     success_min: float = typer.Option(DEFAULT_SUCCESS_MIN_PCT, "--success-min", help="overall success % gate"),
-    sample_interval: str = typer.Option("5s", "--sample-interval", help="resource sampling period"),
+    sample_interval: str = typer.Option("1s", "--sample-interval", help="resource sampling period"),
     baseline: str | None = typer.Option(
         None, "--baseline", help="a previous run's JSON, compared in the Markdown report"
     ),
     out: str | None = typer.Option(None, "--out", help="JSON report path (default loadtest-<profile>-<UTC>.json)"),
     report: str | None = typer.Option(None, "--report", help="Markdown report path (default next to --out, .md)"),
+    html: str | None = typer.Option(None, "--html", help="HTML report path (default next to --out, .html)"),
     label: str = typer.Option("", "--label", help="run name in the report"),
     notes: str = typer.Option("", "--notes", help="the change under test, for the report"),
     reset: bool = typer.Option(
@@ -192,6 +196,7 @@ def run(
     baseline_doc = _load(baseline) if baseline else None
     out_path = Path(out) if out else _default_out(chosen.name)
     report_path = Path(report) if report else out_path.with_suffix(".md")
+    html_path = Path(html) if html else out_path.with_suffix(".html")
     generator_procs = procs or min(os.cpu_count() or 1, 4)
     request = RunRequest(
         profile=chosen,
@@ -242,8 +247,9 @@ def run(
             str(error), "rerun with --procs 1 to run the generator in this process", EXIT_UNAVAILABLE
         ) from None
     write_report(result, out_path)
-    report_path.write_text(render_markdown(result, baseline_doc), encoding="utf-8")
-    _print_summary(cli, result, out_path, report_path)
+    _write_markdown(result, baseline_doc, report_path)
+    html_path.write_text(render_html(result), encoding="utf-8")
+    _print_summary(cli, result, out_path, report_path, html_path)
     if result["run"]["interrupted"]:
         raise typer.Exit(EXIT_INTERRUPTED)
     if result["verdict"] != "pass":
@@ -335,7 +341,13 @@ def _print_schedule(cli: Any, profile: str, plans: list[Any], event_batch: int) 
     )
 
 
-def _print_summary(cli: Any, report: dict[str, Any], out_path: Path, report_path: Path) -> None:
+def _write_markdown(report: dict[str, Any], baseline: dict[str, Any] | None, path: Path) -> None:
+    """The Markdown report at `path`, its charts as SVG files in `<stem>-charts/` beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_markdown(report, baseline, write_chart_files(report, path)), encoding="utf-8")
+
+
+def _print_summary(cli: Any, report: dict[str, Any], out_path: Path, report_path: Path, html_path: Path) -> None:
     """Thresholds first (✓/✗ with the observed value), then the per-endpoint table (docs/loadtest.md#loadtest-run)."""
     endpoints = {
         label: {k: v for k, v in entry.items() if k != "latency_hdr"}
@@ -349,6 +361,7 @@ def _print_summary(cli: Any, report: dict[str, Any], out_path: Path, report_path
         "generator": report["generator"],
         "json_report": str(out_path),
         "markdown_report": str(report_path),
+        "html_report": str(html_path),
     }
 
     def table() -> Any:
@@ -414,6 +427,7 @@ def compare(
     success_tolerance: float = typer.Option(
         0.05, "--success-tolerance", help="success regression tolerance in percentage points"
     ),
+    html: str | None = typer.Option(None, "--html", help="also write an HTML page with both runs' charts overlaid"),
 ) -> None:
     """Compare two runs per endpoint and metric; exit 99 when the candidate regressed beyond tolerance."""
     cli = get_cli(ctx)
@@ -422,10 +436,12 @@ def compare(
         tolerance_pct = compare_module.parse_tolerance(tolerance)
     except compare_module.CompareError as error:
         raise _usage(str(error), "see 'challengectl loadtest compare --help'") from None
-    comparison = compare_module.compare_reports(
-        _load(base), _load(candidate), metrics, tolerance_pct, success_tolerance
-    )
+    base_doc, candidate_doc = _load(base), _load(candidate)
+    comparison = compare_module.compare_reports(base_doc, candidate_doc, metrics, tolerance_pct, success_tolerance)
     comparison["base"]["path"], comparison["candidate"]["path"] = base, candidate
+    if html:
+        Path(html).write_text(render_compare_html(base_doc, candidate_doc, comparison), encoding="utf-8")
+        cli.output.info(f"wrote {html}")
 
     def table() -> Table:
         grid = Table(
@@ -492,7 +508,8 @@ def report_command(
     run_file: str = typer.Argument(..., metavar="RUN.json", help="a report written by 'loadtest run'"),
     baseline: str | None = typer.Option(None, "--baseline", help="a previous run's JSON to compare against"),
     fmt: str = typer.Option("md", "--format", help="md or json"),
-    out: str | None = typer.Option(None, "--out", help="write to FILE instead of stdout"),
+    out: str | None = typer.Option(None, "--out", help="write to FILE instead of stdout (md: charts in FILE-charts/)"),
+    html: str | None = typer.Option(None, "--html", help="also write the self-contained HTML report to FILE"),
 ) -> None:
     """Render a report again from its JSON file (no network access)."""
     if fmt not in ("md", "json"):
@@ -502,6 +519,13 @@ def report_command(
     if baseline:
         baseline_doc = _load(baseline)
         document["baseline"] = baseline_reference(baseline, baseline_doc)
+    if html:
+        Path(html).write_text(render_html(document), encoding="utf-8")
+        get_cli(ctx).output.info(f"wrote {html}")
+    if out and fmt == "md":
+        _write_markdown(document, baseline_doc, Path(out))
+        get_cli(ctx).output.info(f"wrote {out}")
+        return
     text = render_markdown(document, baseline_doc) if fmt == "md" else to_json(document)
     if out:
         Path(out).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")

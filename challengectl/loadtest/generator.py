@@ -77,6 +77,7 @@ class WorkerRecorder:
     interval: dict[str, list[Any]] = field(default_factory=dict)
     interval_lag_max_s: float = 0.0
     dropped: int = 0
+    seconds: dict[tuple[int, str], list[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._offsets = [p.offset_s for p in self.phases]
@@ -91,6 +92,9 @@ class WorkerRecorder:
         if stats is None:
             stats = self.stats[(phase.name, label)] = EndpointStats()
         stats.record(done - at, done - sent, failure)
+        second = self._second(label, at)
+        second[0 if failure is None else 1] += 1
+        second[3].append(int((done - at) * 1_000_000))
         lag = sent - at
         record_seconds(self.lag, max(lag, 0.0))
         if lag > self.interval_lag_max_s:
@@ -103,8 +107,17 @@ class WorkerRecorder:
         if stats is None:
             stats = self.stats[(phase.name, label)] = EndpointStats()
         stats.record_dropped()
+        self._second(label, at)[2] += 1
         self.dropped += 1
         self._count(phase, label, at, True, None)
+
+    def _second(self, label: str, at: float) -> list[Any]:
+        """[ok, errors, dropped, latencies in µs] of `label` in the second of the run `at` falls in."""
+        key = (int(max(0.0, at - self.t0)), label)
+        entry = self.seconds.get(key)
+        if entry is None:
+            entry = self.seconds[key] = [0, 0, 0, []]
+        return entry
 
     def _count(self, phase: PhasePlan, label: str, at: float, failed: bool, latency_s: float | None) -> None:
         minute = int(max(0.0, at - self.t0 - phase.offset_s) // 60)
@@ -142,6 +155,7 @@ class Worker:
         self.inflight = 0
         self.stopping = False
         self.cpu_pct_max = 0.0
+        self.started_unix = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._goal_paths = all_goal_paths()
         token_ttl = int(config.total_duration_s + config.timeout_s) + 3600
@@ -173,6 +187,7 @@ class Worker:
         """Send this worker's share of every phase, starting at `t0` (perf_counter seconds); return the
         wire form of the results. `should_stop` ends the run early (interruption)."""
         self.recorder.t0 = t0
+        self.started_unix = time.time() - (time.perf_counter() - t0)
         process = psutil.Process()
         process.cpu_percent(None)
         monitor = asyncio.create_task(self._monitor(t0, should_stop, on_progress, process))
@@ -354,6 +369,8 @@ class Worker:
             "timeline": [
                 [phase, minute, failed, total] for (phase, minute), (failed, total) in self.recorder.timeline.items()
             ],
+            "seconds": [[second, label, *counts] for (second, label), counts in self.recorder.seconds.items()],
+            "started_unix": self.started_unix,
             "cpu_pct_max": self.cpu_pct_max,
             "interrupted": self.stopping,
         }
@@ -371,13 +388,22 @@ class GeneratorResult:
     cpu_pct_max: float
     interrupted: bool
     procs: int
+    seconds: dict[tuple[int, str], list[Any]] = field(default_factory=dict)
+    started_unix: float = 0.0
 
 
 def merge_results(results: list[dict[str, Any]]) -> GeneratorResult:
     stats: dict[tuple[str, str], EndpointStats] = {}
     lag = new_histogram()
     timeline: dict[tuple[str, int], list[int]] = {}
+    seconds: dict[tuple[int, str], list[Any]] = {}
     for result in results:
+        for second, label, ok, errors, dropped, latencies in result["seconds"]:
+            entry = seconds.setdefault((second, label), [0, 0, 0, []])
+            entry[0] += ok
+            entry[1] += errors
+            entry[2] += dropped
+            entry[3].extend(latencies)
         for item in result["stats"]:
             key = (item["phase"], item["label"])
             stats.setdefault(key, EndpointStats()).merge(EndpointStats.from_wire(item))
@@ -395,6 +421,8 @@ def merge_results(results: list[dict[str, Any]]) -> GeneratorResult:
         cpu_pct_max=max((r["cpu_pct_max"] for r in results), default=0.0),
         interrupted=any(r["interrupted"] for r in results),
         procs=len(results),
+        seconds=seconds,
+        started_unix=min(r["started_unix"] for r in results),
     )
 
 

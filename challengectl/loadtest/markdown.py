@@ -97,9 +97,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 class MarkdownReport:
     """Renders one report, optionally against a baseline report."""
 
-    def __init__(self, report: dict[str, Any], baseline: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        report: dict[str, Any],
+        baseline: dict[str, Any] | None = None,
+        chart_files: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.report = report
         self.baseline = baseline
+        self.chart_files = chart_files or []
         self.overall = report.get("overall", {})
         self.base_overall = (baseline or {}).get("overall", {})
         self.findings = report.get("findings") or findings_module.generate(report)
@@ -113,6 +119,7 @@ class MarkdownReport:
         for section in (
             self._header,
             self._executive_summary,
+            self._charts,
             self._endpoint_sections,
             self._resources,
             self._failures,
@@ -698,6 +705,16 @@ class MarkdownReport:
             lines.append(f"{number}. **{finding['advice']}** — observed: {finding['finding']}.")
         return lines + ["", "---", ""]
 
+    # -- charts (SVG files beside the report) -------------------------------------------------------
+
+    def _charts(self) -> list[str]:
+        if not self.chart_files:
+            return []
+        lines = ["## Over time", ""]
+        for title, path in self.chart_files:
+            lines += [f"![{title}]({path})", ""]
+        return lines
+
     # -- 8. appendix --------------------------------------------------------------------------------
 
     def _appendix(self) -> list[str]:
@@ -759,6 +776,11 @@ class MarkdownReport:
         return lines
 
 
-def render_markdown(report: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
-    """The Markdown report of docs/loadtest.md#markdown-report for `report`, compared with `baseline` when given."""
-    return MarkdownReport(report, baseline).render()
+def render_markdown(
+    report: dict[str, Any],
+    baseline: dict[str, Any] | None = None,
+    chart_files: list[tuple[str, str]] | None = None,
+) -> str:
+    """The Markdown report of docs/loadtest.md#markdown-report for `report`, compared with `baseline` when given;
+    `chart_files` are (title, relative path) of chart images to embed (`htmlreport.write_chart_files`)."""
+    return MarkdownReport(report, baseline, chart_files).render()

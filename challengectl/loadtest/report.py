@@ -18,7 +18,7 @@ from challengectl.loadtest.schedule import PhasePlan
 from challengectl.loadtest.stats import EndpointStats, latency_summary_ms
 from challengectl.loadtest.thresholds import Threshold, evaluate
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: the per-second `timeseries` section
 GENERATOR_LAG_LIMIT_MS = 10.0
 API_LABELS = ("initialize_new", "initialize_returning", "challenges", "challenges_active", "set_active", "claim_lookup")
 
@@ -147,6 +147,7 @@ def build_report(
     resources: dict[str, Any],
     database: dict[str, Any],
     service_view: dict[str, Any] | None,
+    timeseries: dict[str, Any] | None = None,
     baseline: dict[str, Any] | None = None,
     notes: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -163,6 +164,7 @@ def build_report(
         "resources": resources,
         "database": database,
         "service_view": service_view,
+        "timeseries": timeseries,
         "notes": notes or [],
     }
     report["thresholds"] = evaluate(report, thresholds)

@@ -27,6 +27,7 @@ from challengectl.loadtest.schedule import PhasePlan
 from challengectl.loadtest.servicemetrics import window_view
 from challengectl.loadtest.snapshots import ResourceSampler
 from challengectl.loadtest.thresholds import Threshold
+from challengectl.loadtest.timeseries import build_timeseries
 from service import __version__
 from service.transport.auth import mint_token
 
@@ -55,7 +56,7 @@ class RunRequest:
     procs: int = 1
     seed: int = 7
     timeout_s: float = 30.0
-    sample_interval_s: float = 5.0
+    sample_interval_s: float = 1.0
     label: str = ""
     notes: str = ""
     baseline: dict[str, Any] | None = None
@@ -199,6 +200,7 @@ async def execute(request: RunRequest) -> dict[str, Any]:
         },
         database=database,
         service_view=service_view,
+        timeseries=build_timeseries(result, request.plans, sampler.started_unix),
         baseline=request.baseline,
         notes=facts.notes,
     )

@@ -57,6 +57,7 @@ class ResourceSampler:
         self._pg: psycopg.AsyncConnection[Any] | None = None
         self._redis: redis_asyncio.Redis | None = None
         self._started = 0.0
+        self.started_unix: float | None = None
         self._previous: dict[str, float] = {}
 
     async def open(self) -> None:
@@ -85,6 +86,7 @@ class ResourceSampler:
         else:
             self.notes.append("Redis statistics omitted: cache disabled or no Redis URL")
         self._started = time.monotonic()
+        self.started_unix = time.time()
         text = await self._get_text("/metrics")
         self.metrics_before = parse_samples(text) if text is not None else None
         await self.sample()
