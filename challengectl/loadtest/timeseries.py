@@ -71,7 +71,7 @@ def build_timeseries(
             merged = events.setdefault(second, [0, 0, 0, []])
             for index in range(3):
                 merged[index] += entry[index]
-            merged[3] = merged[3] + entry[3]
+            merged[3].extend(entry[3])
     endpoints = {label: endpoint_series(entries, seconds) for label, entries in sorted(by_label.items())}
     if events:
         endpoints["event"] = endpoint_series(events, seconds)
