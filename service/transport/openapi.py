@@ -53,8 +53,9 @@ _ACTIVE_ONLY = {
     "name": "active_only",
     "in": "query",
     "required": False,
-    "description": "`true` or `1` (case-insensitive) lists only active goals; `false`, `0` or empty do not",
-    "schema": {"type": "string"},
+    "description": "`true` or `1` (case-insensitive) lists only active goals; `false`, `0` or empty do not; "
+    "anything else is 400",
+    "schema": {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)?$"},
 }
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -138,7 +139,62 @@ OPERATIONS: tuple[Operation, ...] = (
 
 def _path_parameters(path: str) -> list[dict[str, Any]]:
     names = [segment[1:-1] for segment in path.split("/") if segment.startswith("{")]
-    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names]
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}} for name in names
+    ]
+
+
+# --- request rules the Structs cannot state (docs/http-api.md#general-rules) -------------------------
+# The document is as strict as payloads.py: a field is required in either spelling, two spellings of a
+# flag must agree, goal_ids is non-empty, count is positive.
+
+
+def _in_either_spelling(snake: str, camel: str) -> dict[str, Any]:
+    return {"anyOf": [{"required": [snake]}, {"required": [camel]}]}
+
+
+def _flags_agree(snake: str, camel: str) -> dict[str, Any]:
+    disagree = [
+        {"properties": {snake: {"const": first}, camel: {"const": not first}}, "required": [snake, camel]}
+        for first in (True, False)
+    ]
+    return {"not": {"anyOf": disagree}}
+
+
+def _one_spelling(snake: str, camel: str) -> dict[str, Any]:
+    # Both spellings of a list are accepted when equal; a schema cannot compare them, so it allows one.
+    return {"not": {"required": [snake, camel]}}
+
+
+_REQUEST_RULES: dict[str, dict[str, Any]] = {
+    "SetActiveRequest": {
+        "allOf": [_in_either_spelling("is_active", "isActive"), _flags_agree("is_active", "isActive")]
+    },
+    "BatchSelectRequest": {
+        "allOf": [
+            _in_either_spelling("goal_ids", "goalIds"),
+            _one_spelling("goal_ids", "goalIds"),
+            _flags_agree("replace_existing", "replaceExisting"),
+        ]
+    },
+    "RandomSelectRequest": {
+        "required": ["count"],
+        "allOf": [_flags_agree("replace_existing", "replaceExisting"), _flags_agree("exclude_active", "excludeActive")],
+    },
+}
+_PROPERTY_RULES: dict[tuple[str, str], dict[str, Any]] = {
+    ("BatchSelectRequest", "goal_ids"): {"minItems": 1},
+    ("BatchSelectRequest", "goalIds"): {"minItems": 1},
+    ("RandomSelectRequest", "count"): {"minimum": 1},
+}
+
+
+def _with_request_rules(schemas: dict[str, Any]) -> dict[str, Any]:
+    for name, rules in _REQUEST_RULES.items():
+        schemas[name].update(rules)
+    for (name, field), rules in _PROPERTY_RULES.items():
+        schemas[name]["properties"][field].update(rules)
+    return schemas
 
 
 def _json_content(schema_name: str) -> dict[str, Any]:
@@ -185,7 +241,7 @@ def openapi_document(base_path: str, version: str) -> dict[str, Any]:
         "servers": [{"url": base_path}],
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": _with_request_rules(schemas),
             "securitySchemes": {
                 BEARER_SCHEME: {
                     "type": "http",
