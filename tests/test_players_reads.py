@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from service.domain.errors import DomainError
-from service.domain.rules import expires_in_seconds
+from service.domain.rules import expires_in_seconds, is_locked, view
 from service.storage.store import PoolConfig, Store, open_pool
 from service.transport.errors import http_error
 from service.transport.timestamps import expiry_fields
@@ -278,3 +278,32 @@ async def test_database_unavailable_reads_give_503(env: Env, pg_url: str) -> Non
             )
     finally:
         await pool.close()
+
+
+async def test_listing_states_equal_the_rules_for_every_goal(env: Env) -> None:
+    """The listing's shortcuts (one shared state per row-less goal, a plain goal's row as its view) show
+    exactly what rules.view and rules.is_locked show, for goals of every kind, with and without rows."""
+    user = new_user()
+    for index, goal in enumerate(MAIN_CATALOG.goals):
+        if index % 3 != 1:  # rows for goals of every kind (rotating, relative, with prerequisites, plain)
+            completed = index % 2 == 0
+            await env.seed(
+                user,
+                goal.goal_id,
+                progress=index + 5,
+                status="completed" if completed else "in_progress",
+                completed_at=T0 - timedelta(days=2) if completed else None,
+                updated_at=T0 - timedelta(days=2),
+                baseline_value=2,
+            )
+    result = await env.players().list_challenges(user, active_only=False)
+    rows = await env.rows(user)
+    states = [state for challenge in result.challenges for state in challenge.goals]
+    assert [state.goal.goal_id for state in states] == [goal.goal_id for goal in MAIN_CATALOG.goals]
+    for state in states:
+        row = rows.get(state.goal.goal_id)
+        expected = view(state.goal, row, result.now)
+        shown = (state.view.progress, state.view.status, state.view.completed_at, state.view.claimed_at)
+        assert shown == (expected.progress, expected.status, expected.completed_at, expected.claimed_at)
+        assert state.row == row
+        assert state.locked == is_locked(state.goal, rows, MAIN_CATALOG.goals_by_id, result.now)

@@ -69,7 +69,7 @@ class ProgressRow:
 PROGRESS_ROW_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ProgressRow))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, for the construction cost (see ProgressRow); never mutated
 class GoalView:
     """What a read shows for one goal of one user at one instant (docs/rules.md#staleness-and-the-view view table)."""
 

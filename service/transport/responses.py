@@ -11,12 +11,13 @@ paths byte-identical for every object.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
 from service.domain import catalog as catalog_model
+from service.domain.rules import NO_ROW_VIEW
 from service.transport.timestamps import expiry_fields, format_timestamp
 from service.usecases.players import (
     ChallengeState,
@@ -356,6 +357,14 @@ _EMPTY_STRING = b'""'
 _encode = msgspec.json.encode
 
 
+class _Instants(dict[datetime | None, bytes]):
+    """`_timestamp` memoised over one response: a player's rows share few assignment instants."""
+
+    def __missing__(self, dt: datetime | None) -> bytes:
+        encoded = self[dt] = _timestamp(dt)
+        return encoded
+
+
 def _timestamp(dt: datetime | None) -> bytes:
     """`format_timestamp(dt)` as a JSON string. msgspec writes a zero-offset datetime without its
     microseconds exactly so (`Z` suffix) in half the time; other offsets and naive values go the slow way."""
@@ -378,6 +387,7 @@ class _GoalPieces:
         "listing_head",
         "selected_head",
         "selected_target",
+        "unassigned",
     )
 
     def __init__(self, fragments: dict[str, bytes]) -> None:
@@ -400,6 +410,8 @@ class _GoalPieces:
                 b',"locked":',
             )
         )
+        # Without a row the listing object is static up to `expiresAt` (by `locked`: False, True).
+        self.unassigned = tuple(self.listing_head + locked + _UNASSIGNED_VIEW for locked in (_FALSE, _TRUE))
         self.assigned_head = b"".join(
             (
                 b'{"challengeId":',
@@ -434,6 +446,9 @@ class _GoalPieces:
 
 
 _NO_EXPIRY = b'"","expiresInSeconds":0'
+_UNASSIGNED_VIEW = b',"progress":0,"status":"not_started","completedAt":"","claimedAt":"","isActive":false,"expiresAt":'
+# Bound of the memo of rendered row views; past it the memo starts over.
+_VIEW_MEMO_MAX = 65_536
 
 
 class _Expiry:
@@ -480,6 +495,9 @@ class ResponseWriter:
             for challenge_id, fragments in catalog.challenge_fragments.items()
         }
         self._statuses: dict[str, bytes] = {}
+        # The dynamic middle of a listing goal (locked .. isActive) by its values: rows of one catalog repeat
+        # few distinct combinations (most are not started at 0), so rendering one is mostly a lookup.
+        self._views: dict[tuple[Any, ...], bytes] = {}
 
     def _status(self, status: str) -> bytes:
         encoded = self._statuses.get(status)
@@ -489,23 +507,30 @@ class ResponseWriter:
 
     def _goal(self, state: GoalState, expiry: _Expiry) -> bytes:
         goal, row, view = state.goal, state.row, state.view
-        return b"".join(
-            (
-                self._goals[goal.goal_id].listing_head,
-                _TRUE if state.locked else _FALSE,
-                b',"progress":%d,"status":' % view.progress,
-                self._status(view.status),
-                b',"completedAt":',
-                _timestamp(view.completed_at),
-                b',"claimedAt":',
-                _timestamp(view.claimed_at),
-                b',"isActive":',
-                _TRUE if row is not None and row.is_active else _FALSE,
-                b',"expiresAt":',
-                expiry(goal),
-                b"}",
+        pieces = self._goals[goal.goal_id]
+        if row is None and view is NO_ROW_VIEW:
+            return pieces.unassigned[state.locked] + expiry(goal) + b"}"
+        is_active = row is not None and row.is_active
+        key = (state.locked, view.progress, view.status, view.completed_at, view.claimed_at, is_active)
+        middle = self._views.get(key)
+        if middle is None:
+            if len(self._views) >= _VIEW_MEMO_MAX:
+                self._views.clear()
+            middle = self._views[key] = b"".join(
+                (
+                    _TRUE if state.locked else _FALSE,
+                    b',"progress":%d,"status":' % view.progress,
+                    self._status(view.status),
+                    b',"completedAt":',
+                    _timestamp(view.completed_at),
+                    b',"claimedAt":',
+                    _timestamp(view.claimed_at),
+                    b',"isActive":',
+                    _TRUE if is_active else _FALSE,
+                    b',"expiresAt":',
+                )
             )
-        )
+        return pieces.listing_head + middle + expiry(goal) + b"}"
 
     def _challenge(self, state: ChallengeState, expiry: _Expiry) -> bytes:
         return b"".join(
@@ -525,7 +550,7 @@ class ResponseWriter:
         expiry = _Expiry(result.now)
         return b'{"challenges":[' + b",".join([self._challenge(state, expiry) for state in result.challenges]) + b"]}"
 
-    def _assigned_goal(self, state: GoalState, expiry: _Expiry) -> bytes:
+    def _assigned_goal(self, state: GoalState, expiry: _Expiry, instants: _Instants) -> bytes:
         goal, row = state.goal, state.row
         pieces = self._goals[goal.goal_id]
         return b"".join(
@@ -533,7 +558,7 @@ class ResponseWriter:
                 pieces.assigned_head,
                 _TRUE if row is not None and row.is_active else _FALSE,
                 b',"assignedAt":',
-                _timestamp(row.assigned_at if row is not None else None),
+                instants[row.assigned_at if row is not None else None],
                 b',"expiresAt":',
                 expiry(goal),
                 b',"progress":%d' % state.view.progress,
@@ -546,7 +571,8 @@ class ResponseWriter:
     def initialize(self, result: InitializeResult) -> bytes:
         """`POST /v1/challenges/initialize`."""
         expiry = _Expiry(result.now)
-        assigned = b",".join([self._assigned_goal(state, expiry) for state in result.assigned])
+        instants = _Instants()
+        assigned = b",".join([self._assigned_goal(state, expiry, instants) for state in result.assigned])
         return b'{"assignedGoals":[%s],"newAssignments":%d,"totalActive":%d}' % (
             assigned,
             result.new_assignments,

@@ -37,6 +37,8 @@ from service.domain.errors import (
     UpstreamFailed,
 )
 from service.domain.rules import (
+    NO_ROW_VIEW,
+    PROGRESS_MODE_ABSOLUTE,
     STATUS_CLAIMED,
     STATUS_COMPLETED,
     STATUS_NOT_STARTED,
@@ -61,13 +63,14 @@ from service.storage.store import Queries, Store, StoreUnavailable
 from service.usecases.rewards import RewardGrant, RewardGranter, RewardGrantFailed
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (like ProgressRow): a 500-goal listing builds 500 of them per request. Never mutated.
+@dataclass(slots=True)
 class GoalState:
     """One goal as a read shows it at `now`: its row (None without one), the view and `locked`."""
 
     goal: Goal
     row: ProgressRow | None
-    view: GoalView
+    view: GoalView | ProgressRow  # a plain goal's row serves as its view (same four fields, same values)
     locked: bool
 
 
@@ -243,6 +246,19 @@ class Players:
             )
             for challenge in catalog.challenges
         }
+        # The state of a goal without a row and without prerequisites is the same for every player at every
+        # instant (the view of no row, not locked): listings share one object per goal instead of building it.
+        self._unassigned_states = {
+            goal.goal_id: GoalState(goal, None, NO_ROW_VIEW, False) for goal in catalog.goals if not goal.prerequisites
+        }
+        # Plain goals (no rotation, absolute progress, no prerequisites): a row is its own view, never locked.
+        self._plain_goal_ids = frozenset(
+            goal.goal_id
+            for goal in catalog.goals
+            if goal.rotation is None
+            and not goal.prerequisites
+            and goal.requirement.progress_mode == PROGRESS_MODE_ABSOLUTE
+        )
         self._default_goal_params = {
             "goal_ids": [goal.goal_id for goal in catalog.default_goals],
             "challenge_ids": [goal.challenge_id for goal in catalog.default_goals],
@@ -702,6 +718,9 @@ class Players:
 
     def _state(self, goal: Goal, rows_by_id: Mapping[str, ProgressRow], now: datetime) -> GoalState:
         row = rows_by_id.get(goal.goal_id)
+        if row is not None and goal.goal_id in self._plain_goal_ids:
+            # What `view` and `is_locked` return for a plain goal, without building a GoalView per row.
+            return GoalState(goal, row, row, False)
         return GoalState(goal, row, view(goal, row, now), is_locked(goal, rows_by_id, self._catalog.goals_by_id, now))
 
     def _all_states(
@@ -710,7 +729,13 @@ class Players:
         rows_by_id: Mapping[str, ProgressRow],
         now: datetime,
     ) -> tuple[GoalState, ...]:
-        return tuple(self._state(goal, rows_by_id, now) for goal in challenge.goals)
+        unassigned = self._unassigned_states
+        return tuple(
+            unassigned[goal.goal_id]
+            if goal.goal_id not in rows_by_id and goal.goal_id in unassigned
+            else self._state(goal, rows_by_id, now)
+            for goal in challenge.goals
+        )
 
     @staticmethod
     def _view_rows(rows: Sequence[ProgressRow], pre: Sequence[ProgressRow]) -> dict[str, ProgressRow]:
