@@ -213,7 +213,7 @@ def test_top_in_a_terminal_agrees_with_the_service_and_obeys_its_keys(
             assert rps > 0
 
             pool = http_get(serve.admin("/admin/pool"))[1]["db"]
-            shown = tmux.wait_for(r"in use / size / max\s+(\d+) / (\d+) / (\d+)")
+            shown = tmux.wait_for(r"in use/size/max\s+(\d+) / (\d+) / (\d+)")
             assert int(shown.group(3)) == pool["max_size"] and abs(int(shown.group(2)) - pool["size"]) <= 1
             service_sessions = sessions_in(top_db).get("challengectl-service", 0)
             shown = tmux.wait_for(r"app challengectl-service\s+(\d+)")

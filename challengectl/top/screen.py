@@ -134,7 +134,7 @@ def pool_panel(view: dict[str, Any]) -> Panel:
         _grid(
             [
                 (
-                    "in use / size / max",
+                    "in use/size/max",
                     f"{_num(pool.get('in_use'))} / {_num(pool.get('size'))} / {_num(pool.get('max'))}",
                 ),
                 ("waiting", _num(pool.get("waiting"))),
@@ -142,8 +142,8 @@ def pool_panel(view: dict[str, Any]) -> Panel:
                 ("acquire wait p95", human_ms(pool.get("acquire_wait_ms_p95"))),
                 ("acquire timeouts", _num(pool.get("acquire_timeouts"))),
                 (
-                    "server sessions",
-                    f"{_num(pool.get('server_sessions'))} of max_connections {_num(pool.get('max_connections'))}",
+                    "server / max_connections",
+                    f"{_num(pool.get('server_sessions'))} / {_num(pool.get('max_connections'))}",
                 ),
             ]
         ),
@@ -226,7 +226,7 @@ def activity_panel(view: dict[str, Any]) -> Panel:
     return _panel("Longest query and blocking chains", pg, Group(*lines))
 
 
-def header(view: dict[str, Any] | None, state: ScreenState) -> Text:
+def header(state: ScreenState) -> Text:
     status = "PAUSED" if state.paused else f"every {state.interval_s:g} s"
     peaks = state.peaks
     text = Text.assemble(
@@ -234,7 +234,7 @@ def header(view: dict[str, Any] | None, state: ScreenState) -> Text:
         f"{state.target}  refresh {status}  ",
         (
             f"peaks: {_num(peaks.get('rps'))} req/s, {_num(peaks.get('events_per_s'))} events/s, "
-            f"pool {_num(peaks.get('pool_in_use'), 0)} in use / {_num(peaks.get('pool_waiting'), 0)} waiting, "
+            f"pool {_num(peaks.get('pool_in_use'), 0)} used/{_num(peaks.get('pool_waiting'), 0)} waiting, "
             f"buffer {_num(peaks.get('buffer_entries'), 0)}"
         ),
     )
@@ -247,7 +247,7 @@ def render(view: dict[str, Any] | None, state: ScreenState) -> Layout:
     """The whole screen for `view` (None before the first reading)."""
     layout = Layout()
     layout.split_column(
-        Layout(header(view, state), name="header", size=1),
+        Layout(header(state), name="header", size=1),
         Layout(name="routes", ratio=1, minimum_size=5),
         Layout(name="middle", size=8),
         Layout(name="lower", size=9),
@@ -273,7 +273,7 @@ def render(view: dict[str, Any] | None, state: ScreenState) -> Layout:
 def static(view: dict[str, Any], state: ScreenState) -> RenderableType:
     """The panels one under the other, for `top --once` on a terminal."""
     return Group(
-        header(view, state),
+        header(state),
         routes_panel(view, state),
         events_panel(view),
         buffer_panel(view),
