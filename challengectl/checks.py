@@ -56,7 +56,6 @@ from service.storage.store import describe_target, session_options, short_reason
 from service.transport.auth import SECRET_FILE_NAME
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
-STATUSES = (PASS, WARN, FAIL, SKIP)
 
 # Every connect, query, PING and HTTP/gRPC call of a check; libpq's connect_timeout counts whole seconds.
 OPERATION_TIMEOUT_S = 2.0

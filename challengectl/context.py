@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import re
 import stat
 import sys
 import tomllib
@@ -26,14 +25,14 @@ from typing import Any, TypeVar
 import typer
 
 from challengectl.client import Clients
+from challengectl.durations import EXAMPLES as DURATION_EXAMPLES
+from challengectl.durations import duration_seconds
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Output
 from service.config.settings import Settings, SettingsError, default_config_path, load_settings
 
 T = TypeVar("T")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 # Global flags that carry secrets: accepted, but they show up in shell history and `ps` (docs/configuration.md#sources-and-precedence).
 SECRET_FLAGS = {"token": ("--token", "CHALLENGE_TOKEN")}
@@ -41,15 +40,16 @@ URL_FLAGS = {"database_url": ("--database-url", "DATABASE_URL"), "redis_url": ("
 
 
 def parse_duration(text: str, option: str = "duration") -> float:
-    """`<n>[ms|s|m|h|d]` → seconds (a bare number means seconds); anything else → CliError exit 2."""
-    match = _DURATION.match(str(text))
-    if not match:
+    """`<n>[ms|s|m|h|d]`, parts such as `1m30s`, or a bare number of seconds (`challengectl.durations`)
+    → seconds; anything else → CliError exit 2."""
+    try:
+        return duration_seconds(text)
+    except ValueError:
         raise CliError(
-            f"invalid {option} '{text}': expected <n>[ms|s|m|h|d], e.g. 500ms, 10s, 2m, 1h",
+            f"invalid {option} '{text}': expected <n>[ms|s|m|h|d], e.g. {DURATION_EXAMPLES}",
             f"e.g. {option} 10s",
             EXIT_USAGE,
-        )
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        ) from None
 
 
 def examples(*commands: str) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from challengectl.expected_indexes import EXPECTED_INDEXES, ExpectedIndex, IndexKey, is_covered_by
+from challengectl.humanize import human_bytes
 
 SEVERITIES = ("info", "warn", "crit")
 
@@ -920,4 +921,4 @@ def _count(value: float) -> str:
 
 
 def _kb(kilobytes: float) -> str:
-    return f"{kilobytes / 1024:.1f} MB" if kilobytes >= 1024 else f"{kilobytes:.0f} kB"
+    return human_bytes(kilobytes * 1024)

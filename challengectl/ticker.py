@@ -21,6 +21,7 @@ from rich.text import Text
 from challengectl.context import parse_duration
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Output
+from service.domain.backoff import doubling_backoff
 
 T = TypeVar("T")
 
@@ -38,7 +39,7 @@ def parse_interval(text: str) -> float:
 def backoff_delay(interval_s: float, failures: int) -> float:
     """The wait after `failures` consecutive failed ticks: twice the interval per failure, up to 30 s
     (or the interval when that is longer)."""
-    return min(interval_s * 2**failures, max(MAX_BACKOFF_S, interval_s))
+    return doubling_backoff(2 * interval_s, max(MAX_BACKOFF_S, interval_s), failures)
 
 
 async def run_ticks(

@@ -33,6 +33,7 @@ from challengectl.commands.pool import run_watch
 from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from challengectl.humanize import human_bytes
 from challengectl.output import Column, Output, confirm, format_cell
 from challengectl.redis_diagnostics import (
     KeyLayout,
@@ -590,8 +591,8 @@ def render_stats(stats: dict[str, Any], no_headers: bool = False) -> RenderableT
         ("redis: ops/s / commands", f"{redis['ops_per_sec']} / {redis['commands_processed']}"),
         (
             "redis: memory used / peak / max",
-            f"{_bytes(redis['used_memory_bytes'])} / {_bytes(redis['used_memory_peak_bytes'])}"
-            f" / {_bytes(redis['maxmemory_bytes']) if redis['maxmemory_bytes'] else 'unlimited'}",
+            f"{human_bytes(redis['used_memory_bytes'])} / {human_bytes(redis['used_memory_peak_bytes'])}"
+            f" / {human_bytes(redis['maxmemory_bytes']) if redis['maxmemory_bytes'] else 'unlimited'}",
         ),
         (
             "redis: maxmemory policy / fragmentation",
@@ -618,15 +619,6 @@ def render_stats(stats: dict[str, Any], no_headers: bool = False) -> RenderableT
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f} %"
-
-
-def _bytes(value: int) -> str:
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
 
 
 def _kv_table(rows: list[tuple[str, Any]], no_headers: bool) -> Table:

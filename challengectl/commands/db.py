@@ -25,6 +25,7 @@ from challengectl.commands.explain import add_explain_command
 from challengectl.connections import database_target
 from challengectl.context import command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from challengectl.humanize import human_bytes, human_ms
 from challengectl.output import Column, Output, confirm, format_cell, listing, rfc3339, status_text
 from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
 from service.config.settings import mask_url_password
@@ -134,32 +135,6 @@ def diagnostics_session(ctx: typer.Context, statement_timeout_ms: int | None = N
 
 def now_rfc3339() -> str:
     return rfc3339(datetime.now(UTC))
-
-
-def human_bytes(value: Any) -> str:
-    """`8192` → `8.0 kB` (1024-based, as PostgreSQL's pg_size_pretty)."""
-    if value is None:
-        return "-"
-    size = float(value)
-    if abs(size) < 1024:
-        return f"{int(size)} B"
-    for unit in ("kB", "MB", "GB"):
-        size /= 1024
-        if abs(size) < 1024:
-            return f"{size:.1f} {unit}"
-    return f"{size / 1024:.1f} TB"
-
-
-def human_ms(value: Any) -> str:
-    """Milliseconds as `850 ms`, `12.3 s`, `4.1 min`."""
-    if value is None:
-        return "-"
-    ms = float(value)
-    if ms < 1000:
-        return f"{ms:.0f} ms" if ms >= 10 or ms == 0 else f"{ms:.2f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
-    return f"{ms / 60_000:.1f} min"
 
 
 def one_line(text: Any, width: int = 80) -> str:

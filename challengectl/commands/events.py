@@ -45,7 +45,6 @@ RPC_AGS = "ags"
 RPC_PUBLISH = "publish"
 RPCS = (RPC_AGS, RPC_PUBLISH)
 KINDS = {"login": ingest_pb2.EVENT_KIND_LOGIN, "stat": ingest_pb2.EVENT_KIND_STAT}
-KIND_NAMES = {value: name for name, value in KINDS.items()}
 FILE_FIELDS = ("id", "user_id", "namespace", "kind", "stat_code", "latest_value", "inc", "timestamp")
 
 MAX_INFLIGHT = 256  # open-model calls outstanding at once; more wait (and show as latency)

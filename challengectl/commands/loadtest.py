@@ -31,6 +31,7 @@ from challengectl.loadtest.htmlreport import render_compare_html, render_html, w
 from challengectl.loadtest.markdown import fmt_ms, render_markdown
 from challengectl.loadtest.profiles import (
     DEFAULT_SUCCESS_MIN_PCT,
+    DEFAULT_USERS,
     PROFILES,
     get_profile,
     write_catalog,
@@ -98,7 +99,7 @@ def run(
         [], "--phase", help="override a phase NAME=DURATION[@RATE[/EVENT_RATE]], e.g. init=20s@200 (repeatable)"
     ),
     scale: float = typer.Option(1.0, "--scale", help="multiply every rate by K"),
-    users: int = typer.Option(10_000, "--users", min=1, help="number of users user-000001 …"),
+    users: int = typer.Option(DEFAULT_USERS, "--users", min=1, help="number of users user-000001 …"),
     jwt_secret_file: str | None = typer.Option(
         None,
         "--jwt-secret-file",

@@ -40,7 +40,6 @@ EXAMPLES = examples(
 
 WARN_PCT = 80.0
 CONNECT_TIMEOUT_S = 5
-SERVICE_APPLICATION = "challengectl-service"
 INSUFFICIENT_PRIVILEGE = "<insufficient privilege>"
 
 # Cluster-wide: max_connections limits client sessions of every database, not just this one.

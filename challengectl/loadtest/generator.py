@@ -25,7 +25,13 @@ import psutil
 from hdrh.histogram import HdrHistogram
 
 from challengectl.loadtest.operations import Event, Operations
-from challengectl.loadtest.profiles import GAMEPLAY_API_MIX, LOGIN_EVENT_SHARE, STAT_CODES, all_goal_paths
+from challengectl.loadtest.profiles import (
+    DEFAULT_USERS,
+    GAMEPLAY_API_MIX,
+    LOGIN_EVENT_SHARE,
+    STAT_CODES,
+    all_goal_paths,
+)
 from challengectl.loadtest.schedule import PhasePlan, Ramp
 from challengectl.loadtest.stats import EndpointStats, decode, encode, new_histogram, record_seconds
 
@@ -47,7 +53,7 @@ class GeneratorConfig:
     api_url: str
     grpc_addr: str
     phases: tuple[PhasePlan, ...]
-    users: int = 10_000
+    users: int = DEFAULT_USERS
     auth: str = "jwt"
     jwt_key: bytes | None = None
     namespace: str = "accelbyte"

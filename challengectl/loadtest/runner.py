@@ -21,7 +21,7 @@ from challengectl.loadtest import findings
 from challengectl.loadtest.generator import GeneratorConfig, GeneratorFailed, run_generator
 from challengectl.loadtest.live import LiveProgress
 from challengectl.loadtest.preflight import run_preflight
-from challengectl.loadtest.profiles import Profile, user_id_of
+from challengectl.loadtest.profiles import DEFAULT_USERS, Profile, user_id_of
 from challengectl.loadtest.report import build_report
 from challengectl.loadtest.schedule import PhasePlan
 from challengectl.loadtest.servicemetrics import window_view
@@ -47,7 +47,7 @@ class RunRequest:
     database_url: str | None = None
     redis_url: str | None = None
     namespace: str = "accelbyte"
-    users: int = 10_000
+    users: int = DEFAULT_USERS
     auth: str = "jwt"
     jwt_key: bytes | None = None
     event_rpc: str = "ags"

@@ -11,15 +11,14 @@ import math
 import re
 from dataclasses import dataclass, replace
 
+from challengectl.durations import duration_seconds
 from challengectl.loadtest.profiles import PhaseDefault, Profile
 
 WARMUP_START_FRACTION = 0.10
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _PHASE_OVERRIDE = re.compile(
-    r"^(?P<name>[a-z][a-z0-9_-]*)=(?P<duration>[0-9.hms]+)"
+    r"^(?P<name>[a-z][a-z0-9_-]*)=(?P<duration>[0-9.dhms]+)"
     r"(?:@(?P<rate>\d+(?:\.\d+)?)(?:/(?P<event_rate>\d+(?:\.\d+)?))?)?$"
 )
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class ScheduleError(ValueError):
@@ -27,18 +26,11 @@ class ScheduleError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """`90`, `20s`, `1m30s`, `30m`, `1h`, `250ms` → seconds."""
-    cleaned = text.strip().lower()
-    position, total = 0, 0.0
-    while position < len(cleaned):
-        match = _DURATION_PART.match(cleaned, position)
-        if match is None or match.end() == position:
-            raise ScheduleError(f"invalid duration '{text}' (examples: 90s, 1m30s, 30m, 1h)")
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        position = match.end()
-    if not cleaned:
-        raise ScheduleError("empty duration")
-    return total
+    """`90`, `20s`, `1m30s`, `30m`, `1h`, `250ms` → seconds (the rules of `challengectl.durations`)."""
+    try:
+        return duration_seconds(text)
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from None
 
 
 def format_duration(seconds: float) -> str:

@@ -32,14 +32,6 @@ def scalar(samples: Samples, name: str) -> float | None:
     return sum(values) if values else None
 
 
-def sum_by(samples: Samples, name: str, label: str) -> dict[str, float]:
-    totals: dict[str, float] = defaultdict(float)
-    for (sample, labels), value in samples.items():
-        if sample == name:
-            totals[dict(labels).get(label, "")] += value
-    return dict(totals)
-
-
 def _buckets(samples: Samples, name: str, key_labels: tuple[str, ...]) -> dict[tuple[str, ...], dict[float, float]]:
     result: dict[tuple[str, ...], dict[float, float]] = defaultdict(dict)
     for (sample, labels), value in samples.items():

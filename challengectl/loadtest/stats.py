@@ -111,10 +111,3 @@ class EndpointStats:
             "service_time_ms": latency_summary_ms(self.service),
             "latency_hdr": encode(self.latency),
         }
-
-
-def merge_wire_stats(items: list[dict[str, Any]]) -> EndpointStats:
-    merged = EndpointStats()
-    for wire in items:
-        merged.merge(EndpointStats.from_wire(wire))
-    return merged

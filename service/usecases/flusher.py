@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from service.domain.backoff import doubling_backoff
 from service.domain.buffer import Entry, Partition
 from service.domain.routing import GoalRouting
 from service.storage.cache import Cache
@@ -123,7 +124,7 @@ class PartitionFlusher:
     async def run(self) -> None:
         """The partition's loop; returns once draining has emptied the partition."""
         partition = self.partition
-        backoff_s = 0.0
+        failures = 0
         next_flush_at = time.monotonic()
         while True:
             self._gauge.set(len(partition))
@@ -141,12 +142,13 @@ class PartitionFlusher:
             if not partition.entries:
                 continue
             if await self.flush_once():
-                backoff_s = 0.0
+                failures = 0
                 if self._draining and self.last.deferred:
                     # A lock holder (a claim) is not hurried by hammering its row; retry at the interval.
                     await asyncio.sleep(self._interval_s)
             else:
-                backoff_s = min(BACKOFF_MAX_S, backoff_s * 2) if backoff_s else BACKOFF_FIRST_S
+                failures += 1
+                backoff_s = doubling_backoff(BACKOFF_FIRST_S, BACKOFF_MAX_S, failures)
                 self._gauge.set(len(partition))
                 await asyncio.sleep(backoff_s)
 

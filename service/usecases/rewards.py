@@ -24,6 +24,7 @@ import msgspec
 from prometheus_client import Counter
 
 from service import __version__
+from service.domain.backoff import doubling_backoff
 
 if TYPE_CHECKING:
     from service.config.settings import Settings
@@ -112,7 +113,7 @@ def uniform_jitter() -> float:
 
 def backoff_delay(retry_index: int, jitter: float) -> float:
     """Seconds to wait before retry number `retry_index + 1`: 0.5 s doubling, capped at 2 s, times jitter."""
-    return min(BACKOFF_INITIAL_S * (2**retry_index), BACKOFF_CAP_S) * jitter
+    return doubling_backoff(BACKOFF_INITIAL_S, BACKOFF_CAP_S, retry_index + 1) * jitter
 
 
 def _rfc3339_utc(moment: datetime) -> str:
