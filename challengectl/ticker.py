@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from rich.console import RenderableType
 from rich.text import Text
 
-from challengectl.context import parse_duration
+from challengectl.client import Clients
+from challengectl.context import CliContext, parse_duration
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
-from challengectl.output import Output
+from challengectl.output import Output, rfc3339
 from service.domain.backoff import doubling_backoff
 
 T = TypeVar("T")
@@ -95,3 +97,47 @@ def live_or_ndjson(
         return
     with out.live(Text("collecting…")) as live:
         yield lambda data: live.update(render(data), refresh=True)
+
+
+def retry_warning(out: Output) -> Callable[[CliError, float], None]:
+    """How every watch reports a failed tick that it retries: one warning line on stderr."""
+
+    def report(error: CliError, delay_s: float) -> None:
+        out.warn(f"poll failed: {error.message}; retrying in {delay_s:g}s")
+
+    return report
+
+
+async def watch_ticks(
+    out: Output,
+    tick: Callable[[], Awaitable[T]],
+    render: Callable[[T], RenderableType],
+    interval_s: float,
+    count: int | None = None,
+    record: Callable[[T], Any] = lambda data: data,
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """A `--watch` mode: `run_ticks` shown with `live_or_ndjson` (`record(data)` is the NDJSON object),
+    failed ticks reported with `retry_warning`."""
+    with live_or_ndjson(out, render, record) as show:
+        await run_ticks(tick, show, interval_s=interval_s, count=count, on_retry=retry_warning(out), pause=pause)
+
+
+def run_watch(
+    cli: CliContext,
+    interval_s: float,
+    tick: Callable[[Clients], Awaitable[dict[str, Any]]],
+    render: Callable[[dict[str, Any]], RenderableType],
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """`watch_ticks` over the service's clients until Ctrl-C (exit 0), each NDJSON object stamped
+    `{"ts", ...snapshot}` (docs/cli.md#output-conventions); `pause(seconds)` replaces the sleep between
+    ticks (e.g. to measure latency meanwhile). The `--watch` of `pool` and `cache stats`."""
+
+    def stamped(snapshot: dict[str, Any]) -> dict[str, Any]:
+        return {"ts": rfc3339(datetime.now(UTC)), **snapshot}
+
+    with suppress(KeyboardInterrupt):
+        cli.run(
+            lambda clients: watch_ticks(cli.output, lambda: tick(clients), render, interval_s, None, stamped, pause)
+        )

@@ -296,7 +296,8 @@ def test_activity_watch_reports_failed_ticks_and_exits_5_without_a_good_one(caps
         capsys, "postgresql://postgres@127.0.0.1:1/nothing", "db", "activity", "--watch", "--count", "1"
     )
     assert code == 5 and out == ""
-    assert "unreachable" in err and "(retrying)" in err and "Hint: check --database-url / DATABASE_URL" in err
+    assert "Warning: poll failed:" in err and "unreachable" in err and "retrying in" in err
+    assert "Hint: check --database-url / DATABASE_URL" in err
 
 
 # --- db tables ------------------------------------------------------------------------------------

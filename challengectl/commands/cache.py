@@ -29,7 +29,6 @@ from rich.table import Table
 from rich.text import Text
 
 from challengectl.client import Clients
-from challengectl.commands.pool import run_watch
 from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
@@ -43,7 +42,7 @@ from challengectl.redis_diagnostics import (
     take_inventory,
     user_cache_state,
 )
-from challengectl.ticker import parse_interval
+from challengectl.ticker import parse_interval, run_watch
 from service.config.settings import Settings
 from service.domain.catalog import Catalog, CatalogError, load_catalog
 from service.domain.rules import ProgressRow, split_active_view

@@ -2,20 +2,20 @@
 `--user` (docs/cli.md#commands, docs/http-api.md#endpoints), and the reference demo CLI's hidden aliases
 `list-challenges`, `get-challenge` and `get-rotation-status` (docs/cli.md#command-tree).
 
-`-o json` prints the API body unchanged (camelCase); tables and CSV show a per-row summary. The goal
-cell helpers here are shared with `goals`, which renders the selected goals the same way.
+`-o json` prints the API body unchanged (camelCase); tables and CSV show a per-row summary
+(`challengectl.player_views`, shared with `goals`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
 
 import typer
 
 from challengectl.context import command_group, examples, get_cli
 from challengectl.output import Column
+from challengectl.player_views import GOAL_COLUMNS, challenge_path, format_expires_in, goal_summary
 
 app = command_group("The player's challenges, goals and rotation status (acts as --user).")
 
@@ -39,74 +39,6 @@ ROTATION_EXAMPLES = examples(
     "challengectl --user alice challenges rotation daily-grind",
     "challengectl --user alice challenges rotation weekly-ops -o json | jq .rotation.currentPeriod.expiresInSeconds",
 )
-
-
-# --- shared cells --------------------------------------------------------------------------------
-
-
-def challenge_path(challenge_id: str) -> str:
-    """`/v1/challenges/<id>` with the id percent-encoded as one path segment."""
-    return f"/v1/challenges/{quote(challenge_id, safe='')}"
-
-
-def goal_path(challenge_id: str, goal_id: str, action: str) -> str:
-    """`/v1/challenges/<c>/goals/<g>/<action>` with both ids percent-encoded."""
-    return f"{challenge_path(challenge_id)}/goals/{quote(goal_id, safe='')}/{action}"
-
-
-def format_reward(reward: Mapping[str, Any] | None) -> str:
-    """`100 COINS (wallet)`, `1 banner-veteran (item)`."""
-    if not reward:
-        return ""
-    return f"{reward.get('quantity')} {reward.get('rewardId')} ({str(reward.get('type', '')).lower()})"
-
-
-def format_expires_in(seconds: int | None, expires_at: str | None) -> str:
-    """A rotating goal's time to its next boundary (`2d 4h`, `3h 12m`, `45s`); empty for other goals."""
-    if not expires_at:
-        return ""
-    remaining = max(0, int(seconds or 0))
-    days, rest = divmod(remaining, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"
-
-
-def goal_target(goal: Mapping[str, Any]) -> Any:
-    """The goal's target: `target` (initialize, selects) or `requirement.targetValue` (listings)."""
-    if "target" in goal:
-        return goal["target"]
-    return (goal.get("requirement") or {}).get("targetValue")
-
-
-def goal_summary(goal: Mapping[str, Any]) -> dict[str, Any]:
-    """One table/CSV row for an API goal object."""
-    return {
-        "goal": goal.get("goalId"),
-        "status": goal.get("status"),
-        "progress": f"{goal.get('progress', 0)}/{goal_target(goal)}",
-        "active": goal.get("isActive"),
-        "locked": goal.get("locked"),
-        "expires_in": format_expires_in(goal.get("expiresInSeconds"), goal.get("expiresAt")),
-        "reward": format_reward(goal.get("reward")),
-    }
-
-
-GOAL_COLUMNS = [
-    Column("goal"),
-    Column("status"),
-    Column("progress", justify="right"),
-    Column("active"),
-    Column("locked"),
-    Column("expires_in", "EXPIRES IN", justify="right"),
-    Column("reward"),
-]
 
 
 def challenge_summary(challenge: Mapping[str, Any]) -> dict[str, Any]:

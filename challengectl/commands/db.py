@@ -7,7 +7,7 @@ maps database failures to exit codes and renders the results.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -27,7 +27,7 @@ from challengectl.context import command_group, examples, get_cli, parse_duratio
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.humanize import human_bytes, human_ms
 from challengectl.output import Column, Output, confirm, format_cell, listing, rfc3339, status_text
-from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
+from challengectl.ticker import parse_interval, watch_ticks
 from service.config.settings import mask_url_password
 from service.storage.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
 from service.storage.registry import RegistryError, load_registry
@@ -153,30 +153,6 @@ def sections(parts: Sequence[RenderableType]) -> RenderableType:
             spaced.append(Text(""))
         spaced.append(part)
     return Group(*spaced)
-
-
-def watch_loop(
-    out: Output,
-    interval_s: float,
-    count: int | None,
-    snapshot: Callable[[], dict[str, Any]],
-    render: Callable[[dict[str, Any]], RenderableType],
-) -> None:
-    """Poll `snapshot` every `interval_s` with `challengectl.ticker.run_ticks` (docs/cli.md#output-conventions streaming
-    rules): one NDJSON object per tick when piped or with -o json, a rich Live display on a TTY; a
-    transient failure is reported on stderr and retried with backoff, `count` bounds the ticks (failed
-    ones included). Ctrl-C ends the loop normally (exit 0). The snapshot runs in a worker thread, as the
-    diagnostics session is a synchronous connection."""
-
-    def report_retry(error: CliError, _delay_s: float) -> None:
-        out.err.print(f"Error: {error.message} (retrying)", markup=False, highlight=False, soft_wrap=True)
-
-    with suppress(KeyboardInterrupt), live_or_ndjson(out, render) as show:
-        asyncio.run(
-            run_ticks(
-                lambda: asyncio.to_thread(snapshot), show, interval_s=interval_s, count=count, on_retry=report_retry
-            )
-        )
 
 
 # --- db activity ----------------------------------------------------------------------------------
@@ -391,7 +367,9 @@ def activity(
             return render_blocking(data) if blocking else render_activity(out, data)
 
         if watch:
-            watch_loop(out, interval_s, count, snapshot, render)
+            # The snapshot runs in a worker thread: the diagnostics session is a synchronous connection.
+            with suppress(KeyboardInterrupt):
+                asyncio.run(watch_ticks(out, lambda: asyncio.to_thread(snapshot), render, interval_s, count))
             return
         data = snapshot()
         if blocking:

@@ -30,9 +30,9 @@ from rich.console import Group
 from rich.text import Text
 
 from challengectl.client import Clients, IngestClient
-from challengectl.commands.watch import GoalKey, GoalSnapshot, fetch_goals, goal_changes
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_USAGE, CliError
+from challengectl.goal_snapshots import GoalKey, GoalSnapshot, fetch_goals, goal_changes
 from challengectl.output import Column, Output, ProgressHandle
 from challengectl.uuid7 import uuid7_str
 from service.config.resources import example_catalog_path

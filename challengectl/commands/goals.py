@@ -14,15 +14,15 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
-from challengectl.commands.challenges import (
+from challengectl.context import command_group, examples, get_cli
+from challengectl.errors import EXIT_USAGE, CliError
+from challengectl.output import Output
+from challengectl.player_views import (
     GOAL_COLUMNS,
     challenge_path,
     goal_path,
     goal_summary,
 )
-from challengectl.context import command_group, examples, get_cli
-from challengectl.errors import EXIT_USAGE, CliError
-from challengectl.output import Output
 
 app = command_group("Activate, select and claim the player's goals (acts as --user).")
 

@@ -5,16 +5,12 @@ peak, acquire wait, timeouts). Server side: `pg_stat_activity` (sessions by stat
 `application_name`, and every client session against `max_connections − superuser_reserved_connections`).
 Utilisation of each is shown with a warning at ≥ 80 %, plus how many instances of this service's pool
 configuration fit under `max_connections`. `--max-util PCT` turns it into a gate (exit 99).
-
-`run_watch` is the polling loop shared by the `--watch` modes of this module and `cache stats`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import Awaitable
 from typing import Any
 
 import psycopg
@@ -24,10 +20,10 @@ from rich.text import Text
 
 from challengectl.client import Clients
 from challengectl.connections import database_target
-from challengectl.context import CliContext, examples, get_cli
+from challengectl.context import examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
-from challengectl.output import Column, Output, rfc3339, status_text
-from challengectl.ticker import live_or_ndjson, parse_interval, run_ticks
+from challengectl.output import Column, Output, status_text
+from challengectl.ticker import parse_interval, run_watch
 from service.config.settings import connections_per_instance, service_processes
 from service.storage.store import describe_target, short_reason
 
@@ -289,36 +285,6 @@ def render_report(report: dict[str, Any], out: Output) -> RenderableType:
     for name, message in report["unreachable"].items():
         parts.append(Text(f"{name} unreachable: {message}"))
     return Group(*parts)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Polling (shared with `cache stats --watch`)
-
-
-def run_watch(
-    cli: CliContext,
-    interval_s: float,
-    tick: Callable[[Clients], Awaitable[dict[str, Any]]],
-    render: Callable[[dict[str, Any]], RenderableType],
-    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> None:
-    """Call `tick` every `interval_s` until Ctrl-C (exit 0) with `challengectl.ticker.run_ticks`: a Live
-    display of `render(snapshot)` on a TTY, one NDJSON object `{"ts", ...snapshot}` per tick otherwise
-    (docs/cli.md#output-conventions). `pause(seconds)` replaces the sleep between ticks (e.g. to measure latency meanwhile)."""
-    out = cli.output
-
-    def report_retry(error: CliError, delay_s: float) -> None:
-        out.err.print(f"Error: {error.message} (retrying in {delay_s:g}s)", markup=False, highlight=False)
-
-    def stamped(snapshot: dict[str, Any]) -> dict[str, Any]:
-        return {"ts": rfc3339(datetime.now(UTC)), **snapshot}
-
-    with contextlib.suppress(KeyboardInterrupt), live_or_ndjson(out, render, stamped) as show:
-        cli.run(
-            lambda clients: run_ticks(
-                lambda: tick(clients), show, interval_s=interval_s, count=None, on_retry=report_retry, pause=pause
-            )
-        )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
 """`challengectl watch`: poll one player's challenges and show what changed (docs/cli.md#commands, docs/cli.md#output-conventions, X11).
 
-Also home of what `events send --wait` shares with it: `fetch_goals` (one snapshot of the player's goals
-through the player API, with the catalog fingerprint the service sent) and `goal_changes` (the
-difference of two snapshots). The polling itself (`--interval`, `--once`, `--count`, backoff after
+A poll is `challengectl.goal_snapshots.fetch_goals` and what changed is its `goal_changes` (shared with
+`events send --wait`). The polling itself (`--interval`, `--once`, `--count`, backoff after
 transient failures) is `challengectl.ticker.run_ticks`, shared with every `--watch` mode.
 
 Piped (or `-o json`), each poll prints one NDJSON object
@@ -14,22 +13,19 @@ COMPLETED rows. Ctrl-C ends the watch with exit 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import typer
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from challengectl.client import ApiClient, Clients
+from challengectl.client import Clients
 from challengectl.context import examples, get_cli
 from challengectl.errors import EXIT_USAGE, CliError
+from challengectl.goal_snapshots import GoalKey, GoalSnapshot, GoalState, fetch_goals, goal_changes
 from challengectl.output import Output, rfc3339
-from challengectl.ticker import parse_interval, run_ticks
+from challengectl.ticker import parse_interval, retry_warning, run_ticks
 
 EXAMPLES = examples(
     "challengectl watch --user alice",
@@ -37,87 +33,7 @@ EXAMPLES = examples(
     "challengectl watch --user alice --challenge season-1 --once -o json",
 )
 
-FINGERPRINT_HEADER = "x-catalog-fingerprint"
 CHANGED_STYLE = "bold reverse"
-
-
-@dataclass(frozen=True)
-class GoalState:
-    """One goal of a player as the player API showed it."""
-
-    challenge_id: str
-    goal_id: str
-    name: str
-    progress: int
-    target: int | None
-    status: str
-    is_active: bool
-    stat_code: str
-
-
-GoalKey = tuple[str, str]  # (challenge_id, goal_id)
-
-
-@dataclass(frozen=True)
-class GoalSnapshot:
-    """Every goal of one poll, in API order, and the catalog fingerprint of the response."""
-
-    goals: dict[GoalKey, GoalState]
-    fingerprint: str | None
-    taken_at: datetime
-
-
-async def fetch_goals(
-    api: ApiClient, user: str, *, challenge_id: str | None = None, active_only: bool = False
-) -> GoalSnapshot:
-    """One snapshot of `user`'s goals: `GET /v1/challenges` (or `/v1/challenges/{id}`), optionally
-    `active_only`. Failures raise CliError with the exit code of docs/cli.md#exit-codes."""
-    path = "/v1/challenges" if challenge_id is None else f"/v1/challenges/{quote(challenge_id, safe='')}"
-    response = await api.send("GET", path, params={"active_only": True} if active_only else None, user=user)
-    body = response.body
-    challenges = [body] if challenge_id is not None else (body or {}).get("challenges", [])
-    goals: dict[GoalKey, GoalState] = {}
-    for challenge in challenges:
-        for goal in challenge.get("goals", []):
-            requirement = goal.get("requirement") or {}
-            state = GoalState(
-                challenge_id=challenge["challengeId"],
-                goal_id=goal["goalId"],
-                name=goal.get("name", ""),
-                progress=int(goal.get("progress", 0)),
-                target=requirement.get("targetValue"),
-                status=goal.get("status", ""),
-                is_active=bool(goal.get("isActive")),
-                stat_code=requirement.get("statCode", ""),
-            )
-            goals[(state.challenge_id, state.goal_id)] = state
-    fingerprint = next((value for name, value in response.headers.items() if name.lower() == FINGERPRINT_HEADER), None)
-    return GoalSnapshot(goals, fingerprint, datetime.now(UTC))
-
-
-def goal_changes(old: Mapping[GoalKey, GoalState] | None, new: Mapping[GoalKey, GoalState]) -> list[dict[str, Any]]:
-    """The goals whose progress or status differ between two snapshots, in the new snapshot's order
-    (goals that disappeared come last). Against no previous snapshot, every goal is listed with null
-    old values. A goal that appeared or disappeared has null values on the side it is missing from."""
-    previous = old or {}
-    changes = []
-    for key, state in new.items():
-        before = previous.get(key)
-        if before is None or (before.progress, before.status) != (state.progress, state.status):
-            changes.append(_change(key, before, state))
-    changes += [_change(key, before, None) for key, before in previous.items() if key not in new]
-    return changes
-
-
-def _change(key: GoalKey, before: GoalState | None, after: GoalState | None) -> dict[str, Any]:
-    return {
-        "challenge_id": key[0],
-        "goal_id": key[1],
-        "old_progress": before.progress if before else None,
-        "new_progress": after.progress if after else None,
-        "old_status": before.status if before else None,
-        "new_status": after.status if after else None,
-    }
 
 
 class WatchView:
@@ -230,16 +146,13 @@ def watch(
         raise CliError("--once and --count exclude each other", "use --once, or --count N", EXIT_USAGE)
     view = WatchView(cli.output, player, interval_s)
 
-    def report_retry(error: CliError, delay_s: float) -> None:
-        cli.output.warn(f"poll failed: {error.message}; retrying in {delay_s:g}s")
-
     async def main(clients: Clients) -> None:
         await run_ticks(
             lambda: fetch_goals(clients.api, player, challenge_id=challenge, active_only=active_only),
             view.show,
             interval_s=interval_s,
             count=1 if once else count,
-            on_retry=report_retry,
+            on_retry=retry_warning(cli.output),
         )
 
     try:
