@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import Enum
 
 import typer
-from typer._completion_shared import get_completion_script, install
+from typer.completion import get_completion_script, install
 
 from challengectl.context import command_group, examples, get_cli
 

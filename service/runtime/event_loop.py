@@ -1,8 +1,8 @@
 """The event loop the service's processes run on: uvloop when it is installed, else asyncio's default.
 
 uvicorn picks uvloop only when it creates the loop itself; `serve` and the HTTP workers call
-`Server.serve()` inside their own loop, so they choose it here. uvloop comes with `uvicorn[standard]`
-on the platforms it supports; grpc.aio runs on it too.
+`Server.serve()` inside their own loop, so they choose it here. uvloop is a dependency on the
+platforms it supports (not Windows); grpc.aio runs on it too.
 """
 
 from __future__ import annotations
