@@ -20,7 +20,7 @@ from service.config.resources import example_catalog_path
 from service.domain.catalog import load_catalog
 from service.storage.cache import active_key, decode_entry, escape_glob, scan_pattern_for_user, synced_key, token_key
 from service.transport.auth import mint_token
-from tests.test_serve import ServeProcess, _publish_logins, base_env, http_get
+from tests.support.serve import ServeProcess, base_env, http_get, publish_logins
 
 SECRET = "cli-cache-secret-0123456789abcdef0123"
 FINGERPRINT = load_catalog(example_catalog_path()).fingerprint
@@ -220,7 +220,7 @@ def test_flush_user_rotates_the_token_and_leaves_others_and_dedup_markers(
     serve: ServeProcess, cli: Any, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     flushed, bystander = new_player(serve, "flush"), new_player(serve, "bystander")
-    assert _publish_logins(serve, flushed, 1).committed
+    assert publish_logins(serve, flushed, 1).committed
     body = active_listing(serve, flushed)  # refills the view the event invalidated
     active_listing(serve, bystander)
     bystander_keys = user_keys(redis_client, redis_prefix, bystander)

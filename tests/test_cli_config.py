@@ -15,10 +15,15 @@ import pytest
 
 from service.config.resources import example_catalog_path
 from service.config.settings import SPECS
-from tests.test_cli_conventions import cli_env, isolated_env, run_cli  # noqa: F401 (autouse fixture)
-from tests.test_serve import REPO_ROOT
+from tests.support.cli import cli_env, isolate_cli, run_cli
+from tests.support.serve import REPO_ROOT
 
 SECRET = "config-tests-secret-0123456789abcdefgh"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate_cli(monkeypatch, tmp_path)
 
 
 def settings_of(out: str) -> dict[str, dict]:

@@ -21,7 +21,7 @@ import jwt
 import pytest
 import yaml
 
-from challengectl.cli import hoist_output_options, main
+from challengectl.cli import hoist_output_options
 from challengectl.context import CliContext
 from challengectl.errors import CliError
 from challengectl.output import Output, confirm, status_text
@@ -30,27 +30,11 @@ from service.config.resources import example_catalog_path
 from service.domain.catalog import load_catalog
 from tests.conftest import new_database
 from tests.servers import free_port
-from tests.test_serve import REPO_ROOT, ServeProcess, base_env, http_get
+from tests.support.cli import cli_env, isolate_cli, run_cli, run_on_tty
+from tests.support.serve import REPO_ROOT, ServeProcess, base_env, http_get
 
 SECRET = "cli-conventions-secret-0123456789abcdef"
 ESC = "\x1b["
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(done.value.code or 0), out, err
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = base_env(PYTHONPATH=str(REPO_ROOT))
-    for name in ("NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE", "COLUMNS"):
-        env.pop(name, None)
-    env["TERM"] = "xterm-256color"
-    env["XDG_DATA_HOME"] = env["XDG_CONFIG_HOME"]  # no stray embedded data dir or jwt.secret
-    env.update(extra)
-    return env
 
 
 def run_piped(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
@@ -64,47 +48,9 @@ def run_piped(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def run_on_tty(args: list[str], **env: str) -> tuple[int, str]:
-    """Run with stdout and stderr on a pseudo-terminal; (exit code, everything written)."""
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "challengectl", *args],
-        env=cli_env(**env),
-        stdin=subprocess.DEVNULL,
-        stdout=terminal,
-        stderr=terminal,
-        cwd=REPO_ROOT,
-    )
-    os.close(terminal)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([controller], [], [], 30)
-        if not ready:
-            break
-        try:
-            chunk = os.read(controller, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(controller)
-    return process.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
-
-
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("CHALLENGE_") or name in (
-            "DATABASE_URL",
-            "REDIS_URL",
-            "NO_COLOR",
-            "FORCE_COLOR",
-            "CLICOLOR_FORCE",
-        ):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    isolate_cli(monkeypatch, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from service.config.resources import example_catalog_path
 from service.domain.catalog import load_catalog
 from service.transport.auth import mint_token
 from tests.servers import free_port
-from tests.test_serve import ServeProcess, base_env
+from tests.support.cli import isolate_cli
+from tests.support.serve import ServeProcess, base_env
 
 SECRET = "cli-events-secret-0123456789abcdef"
 CATALOG = load_catalog(example_catalog_path())
@@ -42,20 +43,7 @@ def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServePro
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in (
-        "CHALLENGE_USER",
-        "CHALLENGE_TOKEN",
-        "CHALLENGE_OUTPUT",
-        "CHALLENGE_CONFIG_FILE",
-        "DATABASE_URL",
-        "REDIS_URL",
-        "CHALLENGE_GRPC_TOKEN",
-        "CHALLENGE_ADMIN_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CHALLENGE_JWT_SECRET", SECRET)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    isolate_cli(monkeypatch, tmp_path, CHALLENGE_JWT_SECRET=SECRET)
 
 
 def cli(service: ServeProcess, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

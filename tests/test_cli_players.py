@@ -27,7 +27,8 @@ from service.domain.catalog import load_catalog
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.storage.cache import synced_key, token_key
 from tests.servers import free_port
-from tests.test_serve import REPO_ROOT, ServeProcess, base_env
+from tests.support.cli import isolate_cli
+from tests.support.serve import REPO_ROOT, ServeProcess, base_env
 
 SECRET = "cli-players-secret-0123456789abcdef"
 CATALOG = load_catalog(example_catalog_path())
@@ -64,15 +65,14 @@ def cli_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str
 ) -> None:
     """The CLI sees the same database, Redis, key prefix, catalog and secret as the service."""
-    for name in list(os.environ):
-        if name.startswith("CHALLENGE_") or name in ("DATABASE_URL", "REDIS_URL"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setenv("DATABASE_URL", pg_url)
-    monkeypatch.setenv("REDIS_URL", redis_url)
-    monkeypatch.setenv("CHALLENGE_REDIS_KEY_PREFIX", redis_prefix)
-    monkeypatch.setenv("CHALLENGE_CATALOG_PATH", str(example_catalog_path()))
+    isolate_cli(
+        monkeypatch,
+        tmp_path,
+        DATABASE_URL=pg_url,
+        REDIS_URL=redis_url,
+        CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
+        CHALLENGE_CATALOG_PATH=str(example_catalog_path()),
+    )
     monkeypatch.setenv("CHALLENGE_JWT_SECRET", SECRET)
 
 

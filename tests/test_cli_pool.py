@@ -16,7 +16,7 @@ import pytest
 from challengectl.cli import main
 from service.storage.store import PoolConfig, Store
 from service.transport.auth import mint_token
-from tests.test_serve import ServeProcess, base_env, http_get
+from tests.support.serve import ServeProcess, base_env, http_get
 
 SECRET = "cli-pool-secret-0123456789abcdef01234"
 LOAD_CONCURRENCY = 24

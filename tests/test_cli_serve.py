@@ -7,24 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from challengectl.cli import main
 from service.config.resources import example_catalog_path
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(done.value.code or 0), out, err
+from tests.support.cli import isolate_cli, run_cli
 
 
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(__import__("os").environ):
-        if name.startswith("CHALLENGE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("CHALLENGE_JWT_SECRET", "k" * 32)
+    isolate_cli(monkeypatch, tmp_path, clear_urls=False, CHALLENGE_JWT_SECRET="k" * 32)
 
 
 BAD_CATALOGS = {

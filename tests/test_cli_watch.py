@@ -24,8 +24,8 @@ from service.domain.catalog import load_catalog
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.transport.auth import mint_token
 from tests.servers import free_port
-from tests.test_cli_conventions import run_on_tty
-from tests.test_serve import REPO_ROOT, ServeProcess, base_env
+from tests.support.cli import isolate_cli, run_on_tty
+from tests.support.serve import REPO_ROOT, ServeProcess, base_env
 
 SECRET = "cli-watch-secret-0123456789abcdef"
 CATALOG = load_catalog(example_catalog_path())
@@ -47,11 +47,7 @@ def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServePro
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("CHALLENGE_USER", "CHALLENGE_TOKEN", "CHALLENGE_OUTPUT", "CHALLENGE_CONFIG_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CHALLENGE_JWT_SECRET", SECRET)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    isolate_cli(monkeypatch, tmp_path, CHALLENGE_JWT_SECRET=SECRET)
 
 
 def service_flags(service: ServeProcess, api_port: int | None = None) -> list[str]:

@@ -22,11 +22,11 @@ import psycopg
 import pytest
 
 from challengectl import pg_diagnostics as pgd
-from challengectl.cli import main
 from service.runtime.embedded import PGSERVER_OS_USER
 from service.storage.migrations import apply_migrations
 from service.storage.registry import load_registry
 from tests.servers import free_port
+from tests.support.cli import isolate_cli, run_cli
 
 SNAKE_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 WAIT_LIMIT_S = 15.0
@@ -34,11 +34,7 @@ WAIT_LIMIT_S = 15.0
 
 @pytest.fixture(autouse=True)
 def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(__import__("os").environ):
-        if name.startswith("CHALLENGE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    isolate_cli(monkeypatch, tmp_path, clear_urls=False)
 
 
 @pytest.fixture
@@ -47,15 +43,12 @@ def migrated_db(fresh_db: str) -> str:
     return fresh_db
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(["--database-url", url, *args])
-    out, err = capsys.readouterr()
-    return int(done.value.code or 0), out, err
+def run_db_cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
+    return run_cli(["--database-url", url, *args], capsys)
 
 
 def run_json(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> Any:
-    code, out, err = run_cli(capsys, url, "-o", "json", *args)
+    code, out, err = run_db_cli(capsys, url, "-o", "json", *args)
     assert code == 0, err
     data = json.loads(out)
     assert_snake_case(data)
@@ -133,7 +126,7 @@ def test_indexes_flag_duplicates_of_the_primary_key_and_report_the_expected_ones
     assert {item["verdict"] for item in unused.values()} == {"unused"}
     assert report["unused"]["stats_age_s"] >= 0
 
-    code, table, _ = run_cli(capsys, migrated_db, "-o", "table", "db", "indexes", "duplicates")
+    code, table, _ = run_db_cli(capsys, migrated_db, "-o", "table", "db", "indexes", "duplicates")
     assert code == 0 and "ugp_user_goal_copy" in table and "user_goal_progress_pkey" in table
 
 
@@ -153,9 +146,9 @@ def test_a_dropped_expected_index_is_missing_and_suggest_create_rebuilds_it(migr
         ("idx_ugp_user_active", [statement])
     ]
 
-    code, _, err = run_cli(capsys, migrated_db, "db", "indexes", "suggest", "--create")
+    code, _, err = run_db_cli(capsys, migrated_db, "db", "indexes", "suggest", "--create")
     assert code == 2 and "Hint: add --yes" in err
-    code, _, err = run_cli(capsys, migrated_db, "db", "indexes", "suggest", "--create", "--dry-run")
+    code, _, err = run_db_cli(capsys, migrated_db, "db", "indexes", "suggest", "--create", "--dry-run")
     assert code == 0 and statement in err
     assert execute(migrated_db, "SELECT to_regclass('idx_ugp_user_active')") == [(None,)]
 
@@ -170,12 +163,12 @@ def test_a_dropped_expected_index_is_missing_and_suggest_create_rebuilds_it(migr
 
 
 def test_indexes_on_an_unmigrated_database_point_at_db_migrate(fresh_db, capsys):
-    code, _, err = run_cli(capsys, fresh_db, "db", "indexes")
+    code, _, err = run_db_cli(capsys, fresh_db, "db", "indexes")
     assert code == 1 and "user_goal_progress does not exist" in err and "challengectl db migrate" in err
 
 
 def test_create_only_goes_with_suggest(migrated_db, capsys):
-    code, _, err = run_cli(capsys, migrated_db, "db", "indexes", "expected", "--create", "--yes")
+    code, _, err = run_db_cli(capsys, migrated_db, "db", "indexes", "expected", "--create", "--yes")
     assert code == 2 and "--create applies to 'db indexes suggest' only" in err
 
 
@@ -236,7 +229,7 @@ def test_activity_blocking_shows_the_blocked_session_and_its_blocker(blocked_upd
     assert blocker["query"].endswith("FOR UPDATE") and blocker["xact_age_ms"] >= item["lock_wait_ms"] - 1000
     assert blocker["blocked_by"] == []
 
-    code, tree, _ = run_cli(capsys, url, "-o", "table", "db", "activity", "--blocking")
+    code, tree, _ = run_db_cli(capsys, url, "-o", "table", "db", "activity", "--blocking")
     assert code == 0 and f"pid {waiter_pid}" in tree and f"blocked by pid {holder_pid}" in tree
 
 
@@ -266,7 +259,7 @@ def test_activity_lists_sessions_by_state_and_long_running_queries(blocked_updat
 def test_activity_cancel_needs_confirmation_then_cancels_the_blocked_query(blocked_update, capsys):
     url, waiter_pid = blocked_update["url"], blocked_update["waiter_pid"]
 
-    code, _, err = run_cli(capsys, url, "db", "activity", "--cancel", str(waiter_pid))
+    code, _, err = run_db_cli(capsys, url, "db", "activity", "--cancel", str(waiter_pid))
     assert code == 2 and "Error: refusing to cancel the running query of backend" in err and "Hint: add --yes" in err
     assert blocked_update["thread"].is_alive()
 
@@ -277,12 +270,12 @@ def test_activity_cancel_needs_confirmation_then_cancels_the_blocked_query(block
 
 
 def test_activity_signal_of_an_unknown_pid_is_not_found(migrated_db, capsys):
-    code, _, err = run_cli(capsys, migrated_db, "db", "activity", "--terminate", "2147483000", "--yes")
+    code, _, err = run_db_cli(capsys, migrated_db, "db", "activity", "--terminate", "2147483000", "--yes")
     assert code == 3 and "no PostgreSQL backend with pid 2147483000" in err
 
 
 def test_activity_watch_streams_one_ndjson_object_per_tick_when_piped(migrated_db, capsys):
-    code, out, err = run_cli(capsys, migrated_db, "db", "activity", "--watch", "--count", "2", "--interval", "50ms")
+    code, out, err = run_db_cli(capsys, migrated_db, "db", "activity", "--watch", "--count", "2", "--interval", "50ms")
     assert code == 0, err
     ticks = [json.loads(line) for line in out.splitlines()]
     assert len(ticks) == 2
@@ -292,7 +285,7 @@ def test_activity_watch_streams_one_ndjson_object_per_tick_when_piped(migrated_d
 
 
 def test_activity_watch_reports_failed_ticks_and_exits_5_without_a_good_one(capsys):
-    code, out, err = run_cli(
+    code, out, err = run_db_cli(
         capsys, "postgresql://postgres@127.0.0.1:1/nothing", "db", "activity", "--watch", "--count", "1"
     )
     assert code == 5 and out == ""
@@ -331,14 +324,14 @@ def test_tables_show_sizes_exact_counts_and_the_goals_per_user_histogram(migrate
     assert sampled["histogram"]["sample_pct"] == 100 and sampled["histogram"]["users"] == 3
     assert "exact_rows" not in sampled["tables"]["items"][0]
 
-    code, table, _ = run_cli(capsys, migrated_db, "-o", "table", "db", "tables", "--histogram")
+    code, table, _ = run_db_cli(capsys, migrated_db, "-o", "table", "db", "tables", "--histogram")
     assert code == 0 and "rows per user" in table and "user_goal_progress" in table
-    code, csv_text, _ = run_cli(capsys, migrated_db, "-o", "csv", "db", "tables")
+    code, csv_text, _ = run_db_cli(capsys, migrated_db, "-o", "csv", "db", "tables")
     assert code == 0 and csv_text.splitlines()[0].startswith("table_name,total_bytes")
 
 
 def test_tables_against_an_unreachable_server_exit_5(capsys):
-    code, _, err = run_cli(capsys, "postgresql://postgres@127.0.0.1:1/nothing", "db", "tables")
+    code, _, err = run_db_cli(capsys, "postgresql://postgres@127.0.0.1:1/nothing", "db", "tables")
     assert code == 5 and "PostgreSQL 127.0.0.1:1/nothing unreachable" in err
     assert "Hint: check --database-url / DATABASE_URL" in err
 
@@ -439,7 +432,7 @@ def preloaded(url: str) -> bool:
 
 
 def test_queries_without_the_extension_exit_5_with_the_hint(migrated_db, capsys):
-    code, out, err = run_cli(capsys, migrated_db, "-o", "json", "db", "queries")
+    code, out, err = run_db_cli(capsys, migrated_db, "-o", "json", "db", "queries")
     assert code == 5
     assert "Hint: add pg_stat_statements to shared_preload_libraries and run CREATE EXTENSION pg_stat_statements" in err
     assert "not created in database" in err
@@ -456,11 +449,11 @@ def test_queries_with_the_extension_created_but_not_preloaded_exit_5(migrated_db
         server_version_num = pgd.server_info(conn).server_version_num
     assert view.columns.total == ("total_exec_time" if server_version_num >= 130000 else "total_time")
 
-    code, _, err = run_cli(capsys, migrated_db, "db", "queries", "--reset")
+    code, _, err = run_db_cli(capsys, migrated_db, "db", "queries", "--reset")
     assert code == 2 and "refusing to reset pg_stat_statements" in err and "Hint: add --yes" in err
     if preloaded(migrated_db):
         return  # the happy path is covered below, on a private cluster
-    code, _, err = run_cli(capsys, migrated_db, "db", "queries", "--by", "mean")
+    code, _, err = run_db_cli(capsys, migrated_db, "db", "queries", "--by", "mean")
     assert code == 5 and "missing from shared_preload_libraries" in err
     assert "Hint: add pg_stat_statements to shared_preload_libraries and run CREATE EXTENSION pg_stat_statements" in err
 
@@ -545,7 +538,7 @@ def test_queries_list_the_top_statements_labelled_with_registry_names(preloaded_
     assert limited["total"] == 1 and limited["items"][0]["calls"] >= 2
     nothing = run_json(capsys, url, "db", "queries", "--filter", "no statement has this text")
     assert nothing["items"] == []
-    code, table, _ = run_cli(capsys, url, "-o", "table", "db", "queries", "--by", "calls", "--min-calls", "3")
+    code, table, _ = run_db_cli(capsys, url, "-o", "table", "db", "queries", "--by", "calls", "--min-calls", "3")
     assert code == 0 and "user_goal_count" in table and "total_exec_time" in table
 
     reset = run_json(capsys, url, "db", "queries", "--reset", "--yes")
@@ -555,5 +548,5 @@ def test_queries_list_the_top_statements_labelled_with_registry_names(preloaded_
 
 
 def test_queries_reject_an_unknown_order(migrated_db, capsys):
-    code, _, err = run_cli(capsys, migrated_db, "db", "queries", "--by", "speed")
+    code, _, err = run_db_cli(capsys, migrated_db, "db", "queries", "--by", "speed")
     assert code == 2 and "use --by total|mean|calls|rows|io" in err

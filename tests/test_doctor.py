@@ -6,7 +6,6 @@ row, with exit 99 (never 5) on a failure; `--skip`, `--strict` and `-o json|tabl
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from service.config.resources import example_catalog_path
 from service.storage.migrations import discover_migrations
 from tests.conftest import new_database
 from tests.servers import PrivateRedis, free_port
-from tests.test_serve import ServeProcess, base_env
+from tests.support.cli import isolate_cli
+from tests.support.serve import ServeProcess, base_env
 
 SECRET = "doctor-test-secret-0123456789abcdef"
 
@@ -53,13 +53,7 @@ def service(pg_admin_url: str, redis_server: PrivateRedis) -> Iterator[ServeProc
 def doctor_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The configuration an operator would give doctor: the service's catalog and secret, and no
     stray settings, config file or embedded data dir of this machine."""
-    for name in list(os.environ):
-        if name.startswith("CHALLENGE_") or name in ("DATABASE_URL", "REDIS_URL"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setenv("CHALLENGE_CATALOG_PATH", str(example_catalog_path()))
-    monkeypatch.setenv("CHALLENGE_JWT_SECRET", SECRET)
+    isolate_cli(monkeypatch, tmp_path, CHALLENGE_CATALOG_PATH=str(example_catalog_path()), CHALLENGE_JWT_SECRET=SECRET)
 
 
 def service_flags(serve: ServeProcess, redis_url: str, database_url: str | None = None) -> list[str]:

@@ -6,7 +6,6 @@ derivation from a sample user's rows, on the bundled example catalog."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,7 +15,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from challengectl.cli import main
 from challengectl.errors import CliError
 from challengectl.explain_runner import (
     APPLICATION_NAME,
@@ -35,6 +33,7 @@ from service.domain.catalog import load_catalog
 from service.storage.migrations import apply_migrations
 from service.storage.registry import load_registry
 from tests.conftest import new_database
+from tests.support.cli import isolate_cli, run_cli
 
 USERS = 20_000
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -92,23 +91,15 @@ def seeded_url(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def cli_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("CHALLENGE_") or name in ("DATABASE_URL", "NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.setenv("CHALLENGE_CATALOG_PATH", str(example_catalog_path()))
+    isolate_cli(monkeypatch, tmp_path, CHALLENGE_CATALOG_PATH=str(example_catalog_path()))
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], database_url: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(["--database-url", database_url, *args])
-    out, err = capsys.readouterr()
-    return int(done.value.code or 0), out, err
+def run_db_cli(args: list[str], capsys: pytest.CaptureFixture[str], database_url: str) -> tuple[int, str, str]:
+    return run_cli(["--database-url", database_url, *args], capsys)
 
 
 def explain_json(args: list[str], capsys: pytest.CaptureFixture[str], url: str, expect_code: int = 0) -> dict[str, Any]:
-    code, out, err = run_cli(["explain", *args, "-o", "json"], capsys, url)
+    code, out, err = run_db_cli(["explain", *args, "-o", "json"], capsys, url)
     assert code == expect_code, err
     return json.loads(out)
 
@@ -149,7 +140,7 @@ def test_active_goals_uses_the_partial_index_without_warnings(seeded_url: str, c
 
 
 def test_the_table_view_shows_header_tree_totals_indexes_and_findings(seeded_url: str, capsys) -> None:
-    code, out, err = run_cli(["explain", "active_goals", "--user", "user-000042", "-o", "table"], capsys, seeded_url)
+    code, out, err = run_db_cli(["explain", "active_goals", "--user", "user-000042", "-o", "table"], capsys, seeded_url)
     assert code == 0, err
     for expected in (
         "Query",
@@ -172,7 +163,7 @@ def test_the_table_view_shows_header_tree_totals_indexes_and_findings(seeded_url
 
 
 def test_format_text_prints_postgresqls_own_plan(seeded_url: str, capsys) -> None:
-    code, out, err = run_cli(["explain", "active-goals", "--format", "text", "-o", "table"], capsys, seeded_url)
+    code, out, err = run_db_cli(["explain", "active-goals", "--format", "text", "-o", "table"], capsys, seeded_url)
     assert code == 0, err
     assert "Plan (PostgreSQL text)" in out and "Bitmap Index Scan on idx_ugp_user_active" in out
     assert "#1 Sort" not in out
@@ -188,15 +179,15 @@ def test_a_missing_expected_index_then_a_seq_scan_are_flagged(seeded_url: str, c
         finding = next(f for f in report["analysis"]["findings"] if f["rule"] == "expected_index_not_used")
         assert finding["severity"] == "warn" and CREATE_ACTIVE in finding["advice"]
         assert rules_of(report, "crit") == []
-        assert run_cli(["explain", "active-goals", "--fail-on", "warn"], capsys, seeded_url)[0] == 99
-        assert run_cli(["explain", "active-goals", "--fail-on", "crit"], capsys, seeded_url)[0] == 0
+        assert run_db_cli(["explain", "active-goals", "--fail-on", "warn"], capsys, seeded_url)[0] == 99
+        assert run_db_cli(["explain", "active-goals", "--fail-on", "crit"], capsys, seeded_url)[0] == 0
 
         execute(seeded_url, "ALTER TABLE user_goal_progress DROP CONSTRAINT user_goal_progress_pkey")
         report = explain_json(["active-goals"], capsys, seeded_url)
         crit = [f for f in report["analysis"]["findings"] if f["severity"] == "crit"]
         assert [f["rule"] for f in crit] == ["seq_scan_large_table"]
         assert "Seq Scan on user_goal_progress" in crit[0]["node"] and CREATE_ACTIVE in crit[0]["advice"]
-        code, out, err = run_cli(["explain", "active-goals", "--fail-on", "crit", "-o", "table"], capsys, seeded_url)
+        code, out, err = run_db_cli(["explain", "active-goals", "--fail-on", "crit", "-o", "table"], capsys, seeded_url)
         assert code == 99
         assert "Seq Scan on user_goal_progress" in out and "✗ CRIT" in out
         assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active" in out
@@ -222,7 +213,7 @@ def test_an_index_duplicating_the_primary_key_is_flagged(seeded_url: str, capsys
         finding = next(f for f in report["analysis"]["findings"] if f["rule"] == "duplicate_of_primary_key")
         assert "ugp_user_goal_copy" in finding["message"] and "user_goal_progress_pkey" in finding["message"]
         assert "DROP INDEX CONCURRENTLY ugp_user_goal_copy;" in finding["advice"]
-        assert run_cli(["explain", "user-goal-count", "--fail-on", "warn"], capsys, seeded_url)[0] == 99
+        assert run_db_cli(["explain", "user-goal-count", "--fail-on", "warn"], capsys, seeded_url)[0] == 99
     finally:
         execute(seeded_url, "DROP INDEX ugp_user_goal_copy")
     assert "duplicate_of_primary_key" not in rules_of(explain_json(["user-goal-count"], capsys, seeded_url))
@@ -270,15 +261,15 @@ def test_param_overrides_are_bound_by_declared_type(seeded_url: str, capsys) -> 
     # Every parameter given: no user is sampled at all.
     report = explain_json(["user-goal-count", "--param", "user_id=nobody"], capsys, seeded_url)
     assert report["sample_user"] is None and report["plan"][0]["Plan"]["Actual Rows"] == 1
-    code, _, err = run_cli(["explain", "user-goal-count", "--param", "goal=x"], capsys, seeded_url)
+    code, _, err = run_db_cli(["explain", "user-goal-count", "--param", "goal=x"], capsys, seeded_url)
     assert code == 2 and "no parameter 'goal'" in err
 
 
 def test_a_user_without_rows_and_an_empty_table_exit_3(seeded_url: str, fresh_db: str, capsys) -> None:
-    code, _, err = run_cli(["explain", "active-goals", "--user", "nobody"], capsys, seeded_url)
+    code, _, err = run_db_cli(["explain", "active-goals", "--user", "nobody"], capsys, seeded_url)
     assert code == 3 and "has no rows" in err
     apply_migrations(fresh_db)
-    code, _, err = run_cli(["explain", "active-goals"], capsys, fresh_db)
+    code, _, err = run_db_cli(["explain", "active-goals"], capsys, fresh_db)
     assert code == 3
     assert "user_goal_progress is empty" in err and "challengectl users init --count 100" in err
 
@@ -307,13 +298,13 @@ def test_an_ad_hoc_select_is_explained_without_analyze(seeded_url: str, capsys) 
 )
 def test_write_lock_or_multiple_statements_via_sql_are_refused(seeded_url: str, statement: str, capsys) -> None:
     before = fingerprint(seeded_url)
-    code, _, err = run_cli(["explain", "--sql", statement, "--analyze"], capsys, seeded_url)
+    code, _, err = run_db_cli(["explain", "--sql", statement, "--analyze"], capsys, seeded_url)
     assert code == 2 and err.startswith("Error: ") and "Hint: " in err
     assert fingerprint(seeded_url) == before
 
 
 def test_write_queries_need_confirmation_on_a_non_embedded_database(seeded_url: str, capsys) -> None:
-    code, _, err = run_cli(["explain", "delete-user-data"], capsys, seeded_url)
+    code, _, err = run_db_cli(["explain", "delete-user-data"], capsys, seeded_url)
     assert code == 2 and "Hint: add --yes" in err
     # Without ANALYZE nothing executes, so nothing needs confirming.
     report = explain_json(["delete-user-data", "--no-analyze"], capsys, seeded_url)
@@ -321,13 +312,13 @@ def test_write_queries_need_confirmation_on_a_non_embedded_database(seeded_url: 
 
 
 def test_unknown_name_exits_3_with_close_matches(seeded_url: str, capsys) -> None:
-    code, _, err = run_cli(["explain", "active-gaols"], capsys, seeded_url)
+    code, _, err = run_db_cli(["explain", "active-gaols"], capsys, seeded_url)
     assert code == 3 and "active_goals" in err
 
 
 def test_db_explain_is_the_same_command(seeded_url: str, capsys) -> None:
     direct = explain_json(["active-goals", "--no-analyze"], capsys, seeded_url)
-    code, out, err = run_cli(["db", "explain", "active-goals", "--no-analyze", "-o", "json"], capsys, seeded_url)
+    code, out, err = run_db_cli(["db", "explain", "active-goals", "--no-analyze", "-o", "json"], capsys, seeded_url)
     assert code == 0, err
     via_db = json.loads(out)
     assert via_db.keys() == direct.keys()
@@ -335,7 +326,7 @@ def test_db_explain_is_the_same_command(seeded_url: str, capsys) -> None:
 
 
 def test_list_shows_every_named_query(seeded_url: str, capsys) -> None:
-    _, out, _ = run_cli(["explain", "--list", "-o", "json"], capsys, seeded_url)
+    _, out, _ = run_db_cli(["explain", "--list", "-o", "json"], capsys, seeded_url)
     listed = {item["name"]: item for item in json.loads(out)["items"]}
     assert set(listed) == set(load_registry().names())
     assert listed["active_goals"]["kind"] == "read" and listed["active_goals"]["expect_index"] == "idx_ugp_user_active"

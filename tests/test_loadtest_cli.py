@@ -17,7 +17,7 @@ import pytest
 
 from challengectl.loadtest.profiles import get_profile
 from tests.servers import free_port
-from tests.test_loadtest_compare import run_cli
+from tests.support.cli import run_cli
 from tests.test_loadtest_generator import FakePlayerApi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

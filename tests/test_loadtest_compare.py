@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from challengectl.cli import main
 from challengectl.loadtest.compare import compare_reports, parse_tolerance
 from challengectl.loadtest.markdown import latency_change, points_change, render_markdown
 from challengectl.loadtest.thresholds import (
@@ -20,6 +19,7 @@ from challengectl.loadtest.thresholds import (
     evaluate,
     parse_threshold,
 )
+from tests.support.cli import run_cli
 
 
 def endpoint(p95: float, avg: float, success: float, count: int = 1000, target: float | None = 50.0) -> dict[str, Any]:
@@ -201,15 +201,6 @@ def test_markdown_has_every_section_in_order_with_the_baseline() -> None:
     assert "| Endpoint | Failed | Total | Failure rate | Top classes |" in text
     assert "DEPENDENCY_UNAVAILABLE" in text and "database unavailable or pool timeouts" in text
     assert "the pool is not the bottleneck" in text  # pool peak 27 % of 100 while targets fail
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the real entry point: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return int(done.value.code or 0), captured.out, captured.err
 
 
 def write(tmp_path: Path, name: str, document: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from challengectl.loadtest.stats import decode, new_histogram
 from service.telemetry.metrics import LATENCY_BUCKETS
 from tests.browser import CHROMIUM, SKIP_REASON, drawn_points, measure_charts
 from tests.conftest import new_database
-from tests.test_serve import ServeProcess, base_env
+from tests.support.serve import ServeProcess, base_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_PATH = "/challenge"

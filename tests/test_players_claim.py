@@ -16,7 +16,7 @@ from service.domain.errors import DomainError
 from service.storage.store import PoolConfig, Store, open_pool
 from service.transport.errors import http_error
 from service.usecases.rewards import RewardConfig, RewardGranter, signature_header
-from tests.test_players_fixtures import (
+from tests.support.players import (
     DAY_START,
     NAMESPACE,
     T0,

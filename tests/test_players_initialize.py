@@ -11,7 +11,7 @@ import psycopg
 from service.storage.cache import open_redis, synced_key
 from service.storage.store import PoolConfig, Store, open_pool
 from service.transport.timestamps import expiry_fields
-from tests.test_players_fixtures import (
+from tests.support.players import (
     DAY_START,
     DEFAULT_IDS,
     MAIN_CATALOG,

@@ -14,7 +14,7 @@ from service.storage.store import PoolConfig, Store, open_pool
 from service.transport.errors import http_error
 from service.transport.timestamps import expiry_fields
 from service.usecases.players import GoalState, ListResult
-from tests.test_players_fixtures import (
+from tests.support.players import (
     DAY_START,
     MAIN_CATALOG,
     NEXT_DAY,

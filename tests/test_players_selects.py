@@ -11,7 +11,7 @@ import psycopg
 from service.storage.store import PoolConfig, Store, open_pool
 from service.transport.timestamps import format_timestamp
 from service.usecases.players import ListResult, SelectResult
-from tests.test_players_fixtures import (
+from tests.support.players import (
     DAY_START,
     NEXT_DAY,
     NEXT_WEEK,

@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from service.runtime.workers import CRASH_LOOP_S
 from service.transport.auth import mint_token
-from tests.test_serve import ServeProcess, _player_call, _publish_logins, _welcome_progress, base_env, http_get
+from tests.support.serve import ServeProcess, base_env, http_get, player_call, publish_logins, welcome_progress
 
 SECRET = "workers-secret-" + "x" * 32
 WORKERS = 2
@@ -136,7 +136,7 @@ def token() -> str:
 def test_both_workers_serve_the_port_and_metrics_count_every_request(serve: ServeProcess, token: str) -> None:
     workers = worker_processes(serve)
     assert not _listens_on(psutil.Process(serve.process.pid), serve.http_port), "the main process serves no HTTP"
-    _player_call(serve, token, "POST", "/v1/challenges/initialize")
+    player_call(serve, token, "POST", "/v1/challenges/initialize")
     route = {"route": "/challenge/v1/challenges", "method": "GET", "status": "200"}
     before = counter_value(metrics_text(serve), "challenge_http_requests_total", **route)
     sent = 40
@@ -149,13 +149,13 @@ def test_both_workers_serve_the_port_and_metrics_count_every_request(serve: Serv
 def test_events_are_ingested_and_flushed_by_the_main_process(serve: ServeProcess) -> None:
     user = f"workers-events-{uuid.uuid4().hex[:8]}"
     user_token = mint_token(SECRET.encode(), user)
-    _player_call(serve, user_token, "POST", "/v1/challenges/initialize")
-    listing = _player_call(serve, user_token, "GET", "/v1/challenges?active_only=true")
-    assert _welcome_progress(listing["challenges"][0]["goals"]) == 0
-    result = _publish_logins(serve, user, 3)
+    player_call(serve, user_token, "POST", "/v1/challenges/initialize")
+    listing = player_call(serve, user_token, "GET", "/v1/challenges?active_only=true")
+    assert welcome_progress(listing["challenges"][0]["goals"]) == 0
+    result = publish_logins(serve, user, 3)
     assert (result.accepted, result.committed) == (3, True)
-    listing = _player_call(serve, user_token, "GET", "/v1/challenges?active_only=true")
-    assert _welcome_progress(listing["challenges"][0]["goals"]) == 3
+    listing = player_call(serve, user_token, "GET", "/v1/challenges?active_only=true")
+    assert welcome_progress(listing["challenges"][0]["goals"]) == 3
     assert http_get(serve.admin("/admin/buffer"))[1]["flushes_total"] >= 1
     assert counter_value(metrics_text(serve), "challenge_events_total", origin="publish", outcome="accepted") >= 3
 
@@ -214,7 +214,7 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_every_process(serve: Ser
         time.sleep(0.2)
     assert survivor.pid in {worker.pid for worker in workers}
     assert serve.wait_ready()["status"] == "ready"
-    _player_call(serve, token, "GET", "/v1/challenges")
+    player_call(serve, token, "GET", "/v1/challenges")
 
     everyone = [main, *main.children(recursive=True)]
     runtime_dir = runtime_dir_of(main)

@@ -1,0 +1,1 @@
+"""Helpers and fixtures shared by the test modules; test modules import from here, never from each other."""
