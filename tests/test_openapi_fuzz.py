@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from service.transport.auth import mint_token
-from tests.test_serve import ServeProcess, base_env
+from tests.support.serve import ServeProcess, base_env
 
 SECRET = "openapi-fuzz-secret-0123456789abcdef0123"
 CONFIG = Path(__file__).with_name("schemathesis.toml")

@@ -23,7 +23,7 @@ from challengectl.loadtest.servicemetrics import HTTP_REQUESTS, parse_samples
 from tests.conftest import new_database
 from tests.servers import free_port
 from tests.test_cli_pool import SECRET, HttpLoad, wait_for_a_steady_pool_size
-from tests.test_serve import REPO_ROOT, ServeProcess, base_env, http_get
+from tests.support.serve import REPO_ROOT, ServeProcess, base_env, http_get
 
 ROUTE = "GET /challenge/v1/challenges"
 LOAD_CONCURRENCY = 8
