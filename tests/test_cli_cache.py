@@ -22,6 +22,8 @@ from service.storage.cache import active_key, decode_entry, escape_glob, scan_pa
 from service.transport.auth import mint_token
 from tests.support.serve import ServeProcess, base_env, http_get, publish_logins
 
+pytestmark = pytest.mark.integration
+
 SECRET = "cli-cache-secret-0123456789abcdef0123"
 FINGERPRINT = load_catalog(example_catalog_path()).fingerprint
 

@@ -211,6 +211,7 @@ def test_completion_show(shell, capsys) -> None:
     assert code == 0 and "_CHALLENGECTL_COMPLETE" in out
 
 
+@pytest.mark.slow
 def test_completion_install_and_the_completion_protocol(tmp_path) -> None:
     env = cli_env(HOME=str(tmp_path), SHELL="/bin/bash")
     installed = subprocess.run(

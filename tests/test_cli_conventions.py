@@ -33,6 +33,8 @@ from tests.servers import free_port
 from tests.support.cli import cli_env, isolate_cli, run_cli, run_on_tty
 from tests.support.serve import REPO_ROOT, ServeProcess, base_env, http_get
 
+pytestmark = pytest.mark.integration
+
 SECRET = "cli-conventions-secret-0123456789abcdef"
 ESC = "\x1b["
 

@@ -23,6 +23,8 @@ from tests.servers import free_port
 from tests.support.cli import isolate_cli
 from tests.support.serve import ServeProcess, base_env
 
+pytestmark = pytest.mark.integration
+
 SECRET = "cli-events-secret-0123456789abcdef"
 CATALOG = load_catalog(example_catalog_path())
 

@@ -30,6 +30,8 @@ from tests.servers import free_port
 from tests.support.cli import isolate_cli
 from tests.support.serve import REPO_ROOT, ServeProcess, base_env
 
+pytestmark = pytest.mark.integration
+
 SECRET = "cli-players-secret-0123456789abcdef"
 CATALOG = load_catalog(example_catalog_path())
 DEFAULT_GOALS = sorted(goal.goal_id for goal in CATALOG.default_goals)

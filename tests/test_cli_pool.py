@@ -18,6 +18,8 @@ from service.storage.store import PoolConfig, Store
 from service.transport.auth import mint_token
 from tests.support.serve import ServeProcess, base_env, http_get
 
+pytestmark = pytest.mark.integration
+
 SECRET = "cli-pool-secret-0123456789abcdef01234"
 LOAD_CONCURRENCY = 24
 SAMPLES = 3

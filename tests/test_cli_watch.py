@@ -27,6 +27,8 @@ from tests.servers import free_port
 from tests.support.cli import isolate_cli, run_on_tty
 from tests.support.serve import REPO_ROOT, ServeProcess, base_env
 
+pytestmark = pytest.mark.integration
+
 SECRET = "cli-watch-secret-0123456789abcdef"
 CATALOG = load_catalog(example_catalog_path())
 LOGIN_GOAL = "s1-regular"

@@ -21,6 +21,8 @@ from tests.servers import PrivateRedis, free_port
 from tests.support.cli import isolate_cli
 from tests.support.serve import ServeProcess, base_env
 
+pytestmark = pytest.mark.integration
+
 SECRET = "doctor-test-secret-0123456789abcdef"
 
 

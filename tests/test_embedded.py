@@ -34,6 +34,8 @@ from service.runtime.embedded import (
     discover,
 )
 
+pytestmark = pytest.mark.integration
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -171,6 +171,7 @@ def test_format_text_prints_postgresqls_own_plan(seeded_url: str, capsys) -> Non
     assert "Index Cond" in report["text_plan"] and report["plan"][0]["Plan"]
 
 
+@pytest.mark.slow
 def test_a_missing_expected_index_then_a_seq_scan_are_flagged(seeded_url: str, capsys) -> None:
     execute(seeded_url, "DROP INDEX idx_ugp_user_active")
     try:
@@ -202,6 +203,7 @@ def test_a_missing_expected_index_then_a_seq_scan_are_flagged(seeded_url: str, c
     assert rules_of(explain_json(["active-goals"], capsys, seeded_url), "warn", "crit") == []
 
 
+@pytest.mark.slow
 def test_an_index_duplicating_the_primary_key_is_flagged(seeded_url: str, capsys) -> None:
     execute(
         seeded_url,
@@ -219,6 +221,7 @@ def test_an_index_duplicating_the_primary_key_is_flagged(seeded_url: str, capsys
     assert "duplicate_of_primary_key" not in rules_of(explain_json(["user-goal-count"], capsys, seeded_url))
 
 
+@pytest.mark.slow
 def test_every_named_query_is_explained_and_the_database_is_unchanged(seeded_url: str, capsys) -> None:
     before = fingerprint(seeded_url)
     registry = load_registry()

@@ -330,6 +330,7 @@ async def test_request_id_and_fingerprint_headers(env: Env) -> None:
     assert headers["X-Catalog-Fingerprint"] == env.catalog.fingerprint
 
 
+@pytest.mark.slow
 async def test_database_outage_bodies_carry_no_internals(
     pg_admin_url: str, fresh_db: str, redis_url: str, redis_prefix: str
 ) -> None:

@@ -118,6 +118,7 @@ def test_missing_secret_exits_4(api: FakePlayerApi, loadtest) -> None:
     assert done.returncode == 4 and "no HS256 secret" in done.stderr
 
 
+@pytest.mark.slow
 def test_failing_threshold_exits_99_and_writes_both_reports(tmp_path: Path, api: FakePlayerApi, loadtest) -> None:
     done = loadtest(
         [
@@ -149,6 +150,7 @@ def test_failing_threshold_exits_99_and_writes_both_reports(tmp_path: Path, api:
     assert any("admin" in note for note in report["resources"]["notes"])  # admin port closed: noted, not fatal
 
 
+@pytest.mark.slow
 def test_a_stalled_service_shows_in_the_report_as_latency(tmp_path: Path, loadtest) -> None:
     stalling = FakePlayerApi(fingerprint=SEED_FINGERPRINT, stall_after_s=1.0).start()
     try:
@@ -167,6 +169,7 @@ def test_a_stalled_service_shows_in_the_report_as_latency(tmp_path: Path, loadte
     assert f"| Max | — | {entry['latency_ms']['max'] / 1000:.2f} s |" in markdown
 
 
+@pytest.mark.slow
 def test_interrupted_run_still_writes_its_reports_and_exits_130(tmp_path: Path, api: FakePlayerApi) -> None:
     process = subprocess.Popen(
         [

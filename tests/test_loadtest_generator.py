@@ -102,6 +102,7 @@ def init_only(duration_s: float, rate: float) -> tuple[PhasePlan, ...]:
     return (PhasePlan("init", "init", duration_s, rate, 0.0),)
 
 
+@pytest.mark.slow
 async def test_a_stall_shows_up_as_latency_not_as_lower_throughput(fake_api: FakePlayerApi) -> None:
     rate, duration = 100.0, 5.0
     config = GeneratorConfig(
@@ -121,6 +122,7 @@ async def test_a_stall_shows_up_as_latency_not_as_lower_throughput(fake_api: Fak
     assert fake_api.stalled_at is not None
 
 
+@pytest.mark.slow
 async def test_the_inflight_cap_drops_and_counts_operations(fake_api: FakePlayerApi) -> None:
     config = GeneratorConfig(
         api_url=fake_api.api_url,
@@ -148,6 +150,7 @@ async def test_the_inflight_cap_drops_and_counts_operations(fake_api: FakePlayer
     assert verdict_of([{"pass": False}], health) == "fail"
 
 
+@pytest.mark.slow
 async def test_two_generator_processes_send_exactly_one_schedule() -> None:
     api = FakePlayerApi().start()
     try:

@@ -30,6 +30,8 @@ from tests.browser import CHROMIUM, SKIP_REASON, drawn_points, measure_charts
 from tests.conftest import new_database
 from tests.support.serve import ServeProcess, base_env
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_PATH = "/challenge"
 MIN_REQUESTS_FOR_P95 = 100

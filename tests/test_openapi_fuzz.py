@@ -20,6 +20,8 @@ import pytest
 from service.transport.auth import mint_token
 from tests.support.serve import ServeProcess, base_env
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 SECRET = "openapi-fuzz-secret-0123456789abcdef0123"
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 

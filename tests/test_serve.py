@@ -37,6 +37,8 @@ from tests.support.serve import (
     welcome_progress,
 )
 
+pytestmark = pytest.mark.integration
+
 LATEST_SCHEMA = max(m.version for m in discover_migrations())
 
 

@@ -25,6 +25,8 @@ from tests.servers import free_port
 from tests.support.serve import REPO_ROOT, ServeProcess, base_env, http_get
 from tests.test_cli_pool import SECRET, HttpLoad, wait_for_a_steady_pool_size
 
+pytestmark = pytest.mark.integration
+
 ROUTE = "GET /challenge/v1/challenges"
 LOAD_CONCURRENCY = 8
 SCREEN_TIMEOUT_S = 20

@@ -19,12 +19,17 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from service.runtime.workers import CRASH_LOOP_S
 from service.transport.auth import mint_token
 from tests.support.serve import ServeProcess, base_env, http_get, player_call, publish_logins, welcome_progress
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 SECRET = "workers-secret-" + "x" * 32
 WORKERS = 2
+# The module's service restarts a worker that lived 2 s; the crash-loop test gives its own service a long
+# window, so that a slow start on a busy machine still counts as a crash loop.
+CRASH_WINDOW_S = 2
+LONG_CRASH_WINDOW_S = 600
 POOL_MIN = 2
 
 
@@ -107,8 +112,9 @@ def runtime_dir_of(main: psutil.Process) -> Path:
     raise AssertionError("the main process holds no multiprocess metrics file")
 
 
-def workers_env(pg_url: str, redis_url: str, redis_prefix: str) -> dict[str, str]:
+def workers_env(pg_url: str, redis_url: str, redis_prefix: str, crash_window_s: int = CRASH_WINDOW_S) -> dict[str, str]:
     return base_env(
+        CHALLENGE_WORKER_CRASH_WINDOW_S=str(crash_window_s),
         DATABASE_URL=pg_url,
         REDIS_URL=redis_url,
         CHALLENGE_JWT_SECRET=SECRET,
@@ -203,7 +209,8 @@ def test_reset_peaks_resets_every_process(serve: ServeProcess) -> None:
 def test_a_killed_worker_is_restarted_and_sigterm_stops_every_process(serve: ServeProcess, token: str) -> None:
     main = psutil.Process(serve.process.pid)
     victim, survivor = worker_processes(serve)
-    time.sleep(max(0.0, victim.create_time() + CRASH_LOOP_S + 1 - time.time()))
+    # Past the crash window, the death is an accident to recover from, not a crash loop.
+    time.sleep(max(0.0, victim.create_time() + CRASH_WINDOW_S + 0.5 - time.time()))
     victim.kill()
     deadline = time.monotonic() + 30
     while True:
@@ -228,12 +235,12 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_every_process(serve: Ser
 
 
 def test_a_worker_dying_right_after_start_stops_the_service(pg_url: str, redis_url: str, redis_prefix: str) -> None:
-    serve = ServeProcess(workers_env(pg_url, redis_url, redis_prefix)).start()
+    serve = ServeProcess(workers_env(pg_url, redis_url, redis_prefix, LONG_CRASH_WINDOW_S)).start()
     try:
         main = psutil.Process(serve.process.pid)
         victim = worker_processes(serve)[0]
         everyone = [main, *main.children(recursive=True)]
-        assert time.time() - victim.create_time() < CRASH_LOOP_S
+        assert time.time() - victim.create_time() < LONG_CRASH_WINDOW_S
         victim.kill()
         serve.process.wait(timeout=30)
         stderr = serve.process.stderr.read()

@@ -63,6 +63,7 @@ SPECS: tuple[SettingSpec, ...] = (
     _s("http_host", "127.0.0.1", doc="player API bind address"),
     _i("http_port", 8000, maximum=65535),
     _i("workers", 1, minimum=1, doc="HTTP worker processes sharing http_port"),
+    _i("worker_crash_window_s", 10, minimum=1, doc="a worker dying this soon after its start stops the service"),
     _s("base_path", "/challenge", aliases=("BASE_PATH",)),
     _s("grpc_host", "127.0.0.1"),
     _i("grpc_port", 6565, maximum=65535),
@@ -159,6 +160,7 @@ class Settings:
     http_host: str
     http_port: int
     workers: int
+    worker_crash_window_s: int
     base_path: str
     grpc_host: str
     grpc_port: int

@@ -217,6 +217,7 @@ class Service:
                 self._worker_spec,
                 lambda: ingestor.flusher_failing_since,
                 run_http_worker,
+                settings.worker_crash_window_s,
             )
             self.workers = workers
         admin_socket = bind_socket(settings.admin_host, settings.admin_port, "admin API")

@@ -8,8 +8,8 @@ pools, binds its own `SO_REUSEPORT` socket on `http_port` (the kernel spreads ne
 workers' sockets) and serves every route of the port. Workers run in their own process group, so a
 terminal's Ctrl-C reaches only the main process, which forwards each signal once.
 
-A worker that dies unexpectedly is logged and restarted; one that dies within `CRASH_LOOP_S` of its
-start (a crash loop: misconfiguration, a dependency refusing it) stops the service with exit status 1
+A worker that dies unexpectedly is logged and restarted; one that dies within `crash_window_s`
+(the `worker_crash_window_s` setting) of its start (a crash loop: misconfiguration, a dependency refusing it) stops the service with exit status 1
 instead, after the main process has drained the buffer as on any shutdown.
 """
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("challengectl.workers")
 
-CRASH_LOOP_S = 10.0
 STATE_PUBLISH_INTERVAL_S = 0.5
 PARENT_CHECK_INTERVAL_S = 1.0
 CONTROL_TIMEOUT_S = 2.0
@@ -215,9 +214,11 @@ class WorkerPool:
         make_spec: Callable[[int, Path], WorkerSpec],
         flusher_failing_since: Callable[[], float | None],
         serve_worker: ServeWorker,
+        crash_window_s: float,
     ) -> None:
         self.count = count
         self._serve_worker = serve_worker
+        self._crash_window_s = crash_window_s
         self.runtime_dir = runtime_dir
         self._make_spec = make_spec
         self._flusher_failing_since = flusher_failing_since
@@ -347,7 +348,7 @@ class WorkerPool:
             _describe_exit(worker.process),
             lifetime,
         )
-        if lifetime < CRASH_LOOP_S:
+        if lifetime < self._crash_window_s:
             self._fail(
                 WorkerFailure(
                     f"HTTP worker {worker.index} exited {lifetime:.0f} s after it started ({_describe_exit(worker.process)}); "
