@@ -38,10 +38,12 @@ from challengectl.connections import service_database_url, service_redis_url
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
 from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex
 from challengectl.pg_diagnostics import (
+    CONNECTION_LIMIT_COLUMNS,
     duplicate_indexes,
     expected_index_status,
     project_indexes_async,
     unused_indexes,
+    usable_connections,
 )
 from service.config.resolution import resolve_catalog_path, validate_settings
 from service.config.settings import (
@@ -508,16 +510,17 @@ async def check_pg_stat_statements(diagnosis: Diagnosis) -> CheckResult:
 
 
 async def check_headroom(diagnosis: Diagnosis) -> CheckResult:
-    """Server connections in use against max_connections − superuser_reserved_connections, with the
+    """Server connections in use against the usable connections (`pg_diagnostics.usable_connections`), with the
     configured pools of one instance (processes × db_pool_max, plus the flusher's)."""
     conn = await need_database(diagnosis)
-    [(max_connections, reserved, in_use)] = await (
+    [(max_connections, superuser_reserved, other_reserved, in_use)] = await (
         await conn.execute(
-            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int,"
+            f"SELECT {CONNECTION_LIMIT_COLUMNS},"
             " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
         )
     ).fetchall()
-    usable = max(1, max_connections - reserved)
+    reserved = superuser_reserved + other_reserved
+    usable = max(1, usable_connections(max_connections, superuser_reserved, other_reserved))
     share = in_use / usable
     pools = await _pool_math(diagnosis)
     observed = (

@@ -1,14 +1,19 @@
 """The index rules of docs/data-model.md#indexes, shared by `challengectl explain`, `db indexes` and `doctor`: the
-indexes the service expects (`EXPECTED_INDEXES`, with the constant statements that create them) and
+indexes the service expects (`EXPECTED_INDEXES`, read from the migrations that create them, with the
+statements that re-create them concurrently) and
 the test of whether one index is made redundant by another (`is_covered_by`), on which the "no index
 may duplicate the primary key" rule rests.
 
-Pure: no database access here, so `challengectl.plans` can use it without importing a driver.
+No database access here (only the migration files are read), so `challengectl.plans` can use it
+without importing a driver.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from service.config.resources import migrations_dir
 
 PROGRESS_TABLE = "user_goal_progress"
 
@@ -43,40 +48,74 @@ class ExpectedIndex:
         return self.create_statements[0]
 
 
-EXPECTED_INDEXES: tuple[ExpectedIndex, ...] = (
-    ExpectedIndex(
-        index_name="user_goal_progress_pkey",
-        table_name=PROGRESS_TABLE,
-        columns=("user_id", "goal_id"),
-        predicate=None,
-        primary=True,
-        used_by="every per-user statement, ON CONFLICT arbiter",
-        create_statements=(
-            (
-                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS user_goal_progress_pkey "
-                "ON user_goal_progress (user_id, goal_id)"
-            ),
-            (
-                "ALTER TABLE user_goal_progress ADD CONSTRAINT user_goal_progress_pkey "
-                "PRIMARY KEY USING INDEX user_goal_progress_pkey"
-            ),
-        ),
-    ),
-    ExpectedIndex(
-        index_name="idx_ugp_user_active",
-        table_name=PROGRESS_TABLE,
-        columns=("user_id",),
-        predicate="is_active",
-        primary=False,
-        used_by="active_goals, active_view, deactivate_challenge_goals",
-        create_statements=(
-            (
-                "CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_ugp_user_active ON user_goal_progress (user_id) "
-                "WHERE is_active"
-            ),
-        ),
-    ),
-)
+# Which statements of sql/queries.sql each index serves, for reports; the definitions come from the migrations.
+USED_BY = {
+    "user_goal_progress_pkey": "every per-user statement, ON CONFLICT arbiter",
+    "idx_ugp_user_active": "active_goals, active_view, deactivate_challenge_goals",
+}
+
+_COMMENT = re.compile(r"--[^\n]*")
+_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\s*\)", re.S)
+_PRIMARY_KEY = re.compile(r"CONSTRAINT (\w+) PRIMARY KEY \(([^)]*)\)")
+_INDEX = re.compile(r"CREATE INDEX (?:CONCURRENTLY )?IF NOT EXISTS (\w+) ON (\w+) \(([^)]*)\)(?: WHERE ([^;]+))?;")
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    return tuple(column.strip() for column in text.split(","))
+
+
+def declared_indexes(migration_sql: str) -> list[ExpectedIndex]:
+    """The primary keys and indexes a migration's SQL declares, with the statements that re-create them
+    without blocking writes."""
+    text = _COMMENT.sub("", migration_sql)
+    found = []
+    for table, body in _TABLE.findall(text):
+        for name, columns in _PRIMARY_KEY.findall(body):
+            keys = _columns(columns)
+            found.append(
+                ExpectedIndex(
+                    index_name=name,
+                    table_name=table,
+                    columns=keys,
+                    predicate=None,
+                    primary=True,
+                    used_by=USED_BY.get(name, ""),
+                    create_statements=(
+                        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({', '.join(keys)})",
+                        f"ALTER TABLE {table} ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}",
+                    ),
+                )
+            )
+    for name, table, columns, predicate in _INDEX.findall(text):
+        keys = _columns(columns)
+        where = " ".join(predicate.split())
+        statement = f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {table} ({', '.join(keys)})"
+        found.append(
+            ExpectedIndex(
+                index_name=name,
+                table_name=table,
+                columns=keys,
+                predicate=where or None,
+                primary=False,
+                used_by=USED_BY.get(name, ""),
+                create_statements=(statement + (f" WHERE {where}" if where else ""),),
+            )
+        )
+    return found
+
+
+def expected_indexes(table: str = PROGRESS_TABLE) -> tuple[ExpectedIndex, ...]:
+    """The indexes of `table` that the migrations (sql/migrations, in order) create."""
+    declared = [
+        index
+        for path in sorted(migrations_dir().glob("*.sql"))
+        for index in declared_indexes(path.read_text(encoding="utf-8"))
+        if index.table_name == table
+    ]
+    return tuple(declared)
+
+
+EXPECTED_INDEXES: tuple[ExpectedIndex, ...] = expected_indexes()
 
 
 @dataclass(frozen=True)

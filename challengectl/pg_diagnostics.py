@@ -50,6 +50,7 @@ class ServerInfo:
     server_version_num: int
     max_connections: int
     superuser_reserved_connections: int
+    reserved_connections: int  # PostgreSQL 16+; 0 before
     shared_buffers: str
     work_mem: str
     shared_preload_libraries: str | None  # None: the role may not read it
@@ -62,19 +63,29 @@ class ServerInfo:
 
     @property
     def usable_connections(self) -> int:
-        """Connections open to ordinary roles: `max_connections − superuser_reserved_connections`."""
-        return self.max_connections - self.superuser_reserved_connections
+        return usable_connections(self.max_connections, self.superuser_reserved_connections, self.reserved_connections)
 
     @property
     def cache_hit_pct(self) -> float | None:
         return hit_pct(self.blks_hit, self.blks_read)
 
 
-_SERVER_INFO = """
+def usable_connections(max_connections: int, superuser_reserved: int, reserved: int) -> int:
+    """Connections open to ordinary roles such as the service's, the one formula of every report:
+    `max_connections − superuser_reserved_connections − reserved_connections`."""
+    return max_connections - superuser_reserved - reserved
+
+
+# The connection limits as columns, for the statements that report usable connections.
+CONNECTION_LIMIT_COLUMNS = """current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
+       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved_connections"""
+
+
+_SERVER_INFO = f"""
 SELECT current_setting('server_version') AS server_version,
        current_setting('server_version_num')::int AS server_version_num,
-       current_setting('max_connections')::int AS max_connections,
-       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
+       {CONNECTION_LIMIT_COLUMNS},
        current_setting('shared_buffers') AS shared_buffers,
        current_setting('work_mem') AS work_mem,
        (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') AS shared_preload_libraries,

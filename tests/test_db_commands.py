@@ -241,8 +241,9 @@ def test_activity_lists_sessions_by_state_and_long_running_queries(blocked_updat
         entry["application_name"]: entry["connections"] for entry in report["connections"]["by_application"]
     }
     assert applications["challengectl-cli"] >= 1 and applications["test-waiter"] == 1
-    assert report["connections"]["usable_connections"] == (
-        report["connections"]["max_connections"] - report["connections"]["superuser_reserved_connections"]
+    limits = report["connections"]
+    assert limits["usable_connections"] == (
+        limits["max_connections"] - limits["superuser_reserved_connections"] - limits["reserved_connections"]
     )
     running = {entry["pid"]: entry for entry in report["long_running"]["items"]}
     assert running[waiter_pid]["wait_event_type"] == "Lock" and running[waiter_pid]["state"] == "active"

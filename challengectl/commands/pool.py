@@ -23,6 +23,7 @@ from challengectl.connections import database_target
 from challengectl.context import examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, status_text
+from challengectl.pg_diagnostics import CONNECTION_LIMIT_COLUMNS, usable_connections
 from challengectl.ticker import parse_interval, run_watch
 from service.config.settings import connections_per_instance, service_processes
 from service.storage.store import describe_target, short_reason
@@ -39,11 +40,9 @@ CONNECT_TIMEOUT_S = 5
 INSUFFICIENT_PRIVILEGE = "<insufficient privilege>"
 
 # Cluster-wide: max_connections limits client sessions of every database, not just this one.
-SERVER_LIMITS_SQL = """
+SERVER_LIMITS_SQL = f"""
 SELECT current_database() AS database,
-       current_setting('max_connections')::int AS max_connections,
-       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
-       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved_connections,
+       {CONNECTION_LIMIT_COLUMNS},
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS total
 """
 
@@ -91,7 +90,7 @@ async def read_server_connections(database_url: str) -> dict[str, Any]:
         by_state[state] = by_state.get(state, 0) + count
         by_application[application] = by_application.get(application, 0) + count
         waiting_on_client += waiting
-    available = max_connections - superuser_reserved - reserved
+    available = usable_connections(max_connections, superuser_reserved, reserved)
     return {
         "database": database,
         "max_connections": max_connections,
