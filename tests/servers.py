@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,3 +106,27 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (the embedded server in a temporary data dir, Unix socket
+    only) that the test stops and starts again; never the machine's shared server."""
+
+    def __init__(self) -> None:
+        from service.runtime.embedded import EmbeddedPostgres
+
+        # Not under pytest's basetemp: as root, postgres runs as another OS user (see tests/conftest.py).
+        self.base = Path(tempfile.mkdtemp(prefix="challengectl-private-pg-"))
+        self.server = EmbeddedPostgres(self.base / "data")
+        self.url = ""
+
+    def start(self) -> str:
+        self.url = self.server.start()
+        return self.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def remove(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.base, ignore_errors=True)

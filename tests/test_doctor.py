@@ -242,7 +242,10 @@ def test_no_database_and_no_running_embedded_serve_fails(capsys) -> None:
     assert rows["cache-ratio"]["status"] == "skip"  # the admin API of no service
 
 
-def test_redis_down_fails_then_passes_again(service: ServeProcess, redis_server: PrivateRedis, capsys) -> None:
+def test_redis_down_fails_then_passes_again(
+    service: ServeProcess, redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("CHALLENGE_READYZ_REDIS", "required")
     redis_server.stop()
     try:
         code, rows, _ = doctor_json([*service_flags(service, redis_server.url), "doctor"], capsys)

@@ -918,6 +918,10 @@ async def test_e14_with_the_database_down_entries_are_kept_merged_and_committed_
     db: Any,
     migrated: str,
 ) -> None:
+    """Calls admitted before the outage is known are answered UNAVAILABLE as soon as it is (not at their
+    deadline) while their entries stay buffered and merged; calls arriving while PostgreSQL is known
+    down are refused before admission; after recovery everything buffered is committed, and a retry
+    with the same ids counts once (docs/events.md#flush-failure-and-retry)."""
     logins, stats_user = new_user("logins"), new_user("stats")
     await seed(db, logins, "login-abs")
     await seed(db, stats_user, "kills-abs")
@@ -926,33 +930,47 @@ async def test_e14_with_the_database_down_entries_are_kept_merged_and_committed_
     await proxy.start()
     proxied = psycopg.conninfo.make_conninfo(migrated, host="127.0.0.1", port=proxy.port)
     outage_store = await Store.open(proxied, "flusher", PoolConfig(min_size=1, max_size=2, timeout_ms=300))
+    login_ids = [new_id(), new_id()]
     try:
         async with ingest(store_override=outage_store, ack_timeout_ms=30_000) as ingestor:
             proxy.down()
-            # Spread over the outage, so that events also arrive while a failing snapshot is in flight and
-            # the snapshot is merged back under a newer entry.
-            calls = []
-            for value in (3, 8, 6, 9, 5):
-                calls.append(asyncio.create_task(ingestor.submit([login(logins, new_id())], "ags_login")))
-                calls.append(asyncio.create_task(ingestor.submit([stat(stats_user, "kills", value, 1)], "publish")))
-                await asyncio.sleep(0.15)
+            calls = [
+                asyncio.create_task(ingestor.submit([login(logins, event_id)], "ags_login")) for event_id in login_ids
+            ]
+            calls += [
+                asyncio.create_task(ingestor.submit([stat(stats_user, "kills", value, 1)], "publish"))
+                for value in (3, 8)
+            ]
+            started = time.monotonic()
+            outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10)
+            assert time.monotonic() - started < 5, "released when the outage was known, not at the deadline"
+            assert all(
+                isinstance(outcome, DomainError) and grpc_status(outcome).name == "UNAVAILABLE" for outcome in outcomes
+            )
+            assert {outcome.message for outcome in outcomes} == {NOT_COMMITTED_MESSAGE}
+            assert outage_store.availability.is_down
+            stats = ingestor.buffer_stats()
+            assert stats["flush_failures_total"] >= 1 and stats["entries"] == 2  # kept and merged
 
-            async def failing_and_merged() -> bool:
-                stats = ingestor.buffer_stats()
-                return stats["flush_failures_total"] >= 2 and stats["entries"] == 2
+            with pytest.raises(DomainError) as refused:
+                await ingestor.submit([login(logins, new_id())], "ags_login")
+            assert grpc_status(refused.value).name == "UNAVAILABLE"
+            assert refused.value.message.startswith("PostgreSQL unavailable")
+            assert ingestor.buffer_stats()["entries"] == 2  # refused before admission
 
-            await eventually(failing_and_merged)
-            assert ingestor.flusher_failing_since is not None
-            assert not any(call.done() for call in calls)  # acknowledged only once committed
             proxy.up()
-            results = await asyncio.wait_for(asyncio.gather(*calls), timeout=20)
-            assert all(result.accepted == 1 for result in results)
-            assert ingestor.flusher_failing_since is None
+
+            async def committed() -> bool:
+                return ingestor.buffer_stats()["entries"] == 0 and ingestor.flusher_failing_since is None
+
+            await eventually(committed, timeout_s=10)
+            retry = await ingestor.submit([login(logins, login_ids[0])], "ags_login")
+            assert (retry.accepted, retry.duplicates) == (0, 1)
     finally:
         await outage_store.close()
         await proxy.close()
-    assert (await row(db, logins, "login-abs"))["progress"] == 5  # no login increment lost
-    assert (await row(db, stats_user, "kills-abs"))["progress"] == 5  # the last to arrive wins
+    assert (await row(db, logins, "login-abs"))["progress"] == 2  # no login lost, the retry not counted
+    assert (await row(db, stats_user, "kills-abs"))["progress"] == 8  # the last to arrive wins
 
 
 # --- E15: a claim's row lock ---------------------------------------------------------------------------

@@ -439,17 +439,19 @@ async def test_statement_timeout_gives_503(env: Env, pg_url: str) -> None:
                 "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'c3-a' FOR UPDATE", (user,)
             )
             error = await api_error(players.claim(user, "c3", "c3-a"))
-        assert error_triple(error) == (503, "DEPENDENCY_UNAVAILABLE", "Database error occurred")
+        assert error_triple(error)[:2] == (503, "DEPENDENCY_UNAVAILABLE")
+        assert error.message.startswith("Database error occurred (PostgreSQL: ")
     finally:
         await pool.close()
 
 
 async def test_database_unavailable_gives_503(env: Env, pg_url: str) -> None:
-    """K10: an unreachable PostgreSQL is 503 `Database error occurred`."""
+    """K10: an unreachable PostgreSQL is 503 `Database error occurred (PostgreSQL: <reason>)`."""
     dead_url = psycopg.conninfo.make_conninfo(pg_url, host="127.0.0.1", port=str(closed_port()))
     pool = await open_pool(dead_url, "service", PoolConfig(min_size=0, max_size=1, timeout_ms=200))
     try:
         error = await api_error(env.players(store=Store(pool)).claim(new_user(), "c3", "c3-a"))
-        assert error_triple(error) == (503, "DEPENDENCY_UNAVAILABLE", "Database error occurred")
+        assert error_triple(error)[:2] == (503, "DEPENDENCY_UNAVAILABLE")
+        assert error.message.startswith("Database error occurred (PostgreSQL: ")
     finally:
         await pool.close()

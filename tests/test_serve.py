@@ -93,8 +93,14 @@ def test_embedded_data_survives_a_restart(data_dir: Path) -> None:
 
 
 def test_given_urls_serve_and_admin_token_guards_admin_routes(pg_url: str, redis_url: str) -> None:
+    # Credentials as query parameters (ignored by a trust-auth server) must be masked like user:pw@.
+    separator = "&" if "?" in pg_url else "?"
     env = base_env(
-        DATABASE_URL=pg_url, REDIS_URL=redis_url, CHALLENGE_JWT_SECRET="x" * 32, CHALLENGE_ADMIN_TOKEN="adm-secret"
+        DATABASE_URL=f"{pg_url}{separator}password=pw-s3cret",
+        REDIS_URL=redis_url,
+        CHALLENGE_JWT_SECRET="x" * 32,
+        CHALLENGE_ADMIN_TOKEN="adm-secret",
+        CHALLENGE_REWARD_WEBHOOK_URL="http://hooks.example/grant?token=hook-s3cret&tenant=t1",
     )
     serve = ServeProcess(env).start()
     try:
@@ -107,7 +113,9 @@ def test_given_urls_serve_and_admin_token_guards_admin_routes(pg_url: str, redis
         assert config["embedded"] is False
         assert config["admin_token"] == {"value": "****", "source": "env"}
         assert config["jwt_secret"] == {"value": "****", "source": "env"}
-        assert "adm-secret" not in json.dumps(config)
+        assert "adm-secret" not in json.dumps(config) and "s3cret" not in json.dumps(config)
+        assert config["database_url"]["value"].endswith("password=****")
+        assert config["reward_webhook_url"]["value"] == "http://hooks.example/grant?token=****&tenant=t1"
         assert http_get(serve.admin("/healthz"))[0] == 200  # health stays open
         status, body, _ = http_get(serve.api("/no/such/route"))
         assert status == 404 and body["errorCode"] == "ROUTE_NOT_FOUND"
@@ -117,8 +125,13 @@ def test_given_urls_serve_and_admin_token_guards_admin_routes(pg_url: str, redis
     assert seconds < SHUTDOWN_LIMIT_S
 
 
-def test_readyz_names_redis_while_it_is_down(pg_url: str, private_redis: PrivateRedis) -> None:
-    env = base_env(DATABASE_URL=pg_url, REDIS_URL=private_redis.url, CHALLENGE_JWT_SECRET="x" * 32)
+def test_readyz_names_redis_while_it_is_down_when_required(pg_url: str, private_redis: PrivateRedis) -> None:
+    env = base_env(
+        DATABASE_URL=pg_url,
+        REDIS_URL=private_redis.url,
+        CHALLENGE_JWT_SECRET="x" * 32,
+        CHALLENGE_READYZ_REDIS="required",
+    )
     serve = ServeProcess(env).start()
     try:
         serve.wait_ready()

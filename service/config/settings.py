@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
@@ -100,7 +101,12 @@ SPECS: tuple[SettingSpec, ...] = (
     _i("redis_timeout_ms", 200, minimum=1),
     _i("redis_probe_interval_ms", 1000, minimum=10),
     _s("redis_key_prefix", "ch"),
-    _c("readyz_redis", "required", ("required", "optional")),
+    _c(
+        "readyz_redis",
+        "optional",
+        ("required", "optional"),
+        doc="optional: Redis down is `degraded`, still ready",
+    ),
     _i("cache_ttl_s", 300, minimum=1),
     _i("synced_ttl_s", 604800, minimum=1),
     _i("cache_journal_max", 100000, minimum=1),
@@ -276,25 +282,48 @@ class Settings:
 
 
 def mask(spec: SettingSpec, value: Any) -> Any:
-    """Hide a secret. URLs keep their shape with the password masked, so operators can still read them."""
-    if not spec.secret:
-        return value
-    if spec.name in ("database_url", "redis_url"):
-        return mask_url_password(str(value))
-    return MASK
+    """Hide a secret. URLs keep their shape with the password masked, so operators can still read them;
+    a URL in any setting has its secret-looking query parameters masked (`?password=`, `?token=`)."""
+    if spec.secret and spec.name not in ("database_url", "redis_url"):
+        return MASK
+    if isinstance(value, str) and ("://" in value or (spec.name == "database_url" and "=" in value)):
+        return mask_url_password(value)
+    return value
+
+
+# Query or keyword parameter names whose values are credentials (libpq's password and sslpassword,
+# webhook/JWKS tokens, signatures, API keys).
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|credential|signature|sig$", re.IGNORECASE)
+
+
+def is_secret_parameter(name: str) -> bool:
+    """Whether a URL query or libpq keyword parameter named `name` carries a credential."""
+    return bool(_SECRET_PARAMETER.search(name))
 
 
 def mask_url_password(url: str) -> str:
-    """`postgresql://u:pw@h/db` → `postgresql://u:****@h/db`; libpq key=value strings mask `password=`."""
-    if "://" in url:
-        scheme, rest = url.split("://", 1)
-        authority, sep, tail = rest.partition("@")
-        if sep and ":" in authority:
-            user = authority.split(":", 1)[0]
-            return f"{scheme}://{user}:{MASK}@{tail}"
-        return url
-    parts = [f"password={MASK}" if part.startswith("password=") else part for part in url.split()]
-    return " ".join(parts)
+    """Mask every credential of a URL or libpq key=value string, keeping its shape.
+
+    `postgresql://u:pw@h/db?sslpassword=x` → `postgresql://u:****@h/db?sslpassword=****`;
+    `host=h password=pw` → `host=h password=****`.
+    """
+    if "://" not in url:
+        return " ".join(_masked_pair(part) for part in url.split())
+    scheme, rest = url.split("://", 1)
+    before_query, question, query = rest.partition("?")
+    netloc, slash, path = before_query.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hosts}"
+    if question:
+        query, hash_mark, fragment = query.partition("#")
+        query = "&".join(_masked_pair(pair) for pair in query.split("&")) + hash_mark + fragment
+    return f"{scheme}://{netloc}{slash}{path}{question}{query}"
+
+
+def _masked_pair(pair: str) -> str:
+    name, equals, value = pair.partition("=")
+    return f"{name}={MASK}" if equals and value and is_secret_parameter(name) else pair
 
 
 def default_config_path(environ: Mapping[str, str] | None = None) -> Path:

@@ -186,7 +186,7 @@ class Service:
             flusher_pool = await open_pool(self.deps.database_url, "flusher", _flusher_pool_config(settings))
         except StoreUnavailable as exc:
             raise StartupError(str(exc), 5, "check DATABASE_URL") from None
-        flusher_store = Store(flusher_pool)
+        flusher_store = Store(flusher_pool, store.availability)
         resources.push_async_callback(flusher_store.close)
         ingestor = Ingestor(IngestConfig.from_settings(settings), catalog, flusher_store, queries, cache)
         await ingestor.start()

@@ -23,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from service.storage.availability import Availability
 from service.storage.registry import Registry
 from service.telemetry.metrics import LATENCY_BUCKETS
 from service.telemetry.pool_stats import PoolUsage
@@ -54,6 +55,9 @@ class PoolConfig:
     max_idle_s: float = 300
     # How long open_pool waits for min_size connections before giving up; the caller retries.
     open_timeout_s: float = 5.0
+    # How long the pool keeps retrying a lost connection (with growing pauses) before dropping the
+    # attempt; afterwards it regrows on demand, at once, instead of at the next pause of a long backoff.
+    reconnect_timeout_s: float = 2.0
     autocommit: bool = True
 
 
@@ -141,6 +145,7 @@ async def open_pool(conninfo: str, role: str, config: PoolConfig) -> AsyncConnec
         timeout=config.timeout_ms / 1000,
         max_lifetime=config.max_lifetime_s,
         max_idle=config.max_idle_s,
+        reconnect_timeout=config.reconnect_timeout_s,
         name=f"challengectl-{role}",
         open=False,
     )
@@ -168,10 +173,14 @@ async def _probe_connection_failure(conninfo: str, connect_kwargs: dict[str, Any
 class Store:
     """The service's handle on one PostgreSQL pool: connections, readiness probes, stats and shutdown."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, availability: Availability | None = None) -> None:
+        """`availability`: share another Store's, when both pools reach the same server."""
         self.pool = pool
         self.target = describe_target(pool.conninfo if isinstance(pool.conninfo, str) else "")
         self.usage = PoolUsage()
+        self.availability = availability or Availability(self._probe, self._reason, lambda: not pool.closed)
+        self._owns_availability = availability is None
+        self.availability.on_recovery(pool.check)
 
     @classmethod
     async def open(cls, conninfo: str, role: str, config: PoolConfig) -> Store:
@@ -185,6 +194,8 @@ class Store:
         Database errors other than connectivity ones pass through: constraint violations, and
         deadlocks and serialization failures, which the caller may retry once (docs/rules.md#batch-select).
         """
+        if self.availability.down_reason is not None:
+            raise StoreUnavailable(self.target, self.availability.down_reason)
         started = time.perf_counter()
         try:
             async with self.pool.connection(timeout=timeout_s) as conn:
@@ -194,13 +205,33 @@ class Store:
                 finally:
                     self.usage.released()
         except PoolTimeout:
+            self.availability.suspect()
             waited = timeout_s if timeout_s is not None else self.pool.timeout
             raise StoreUnavailable(self.target, f"no pooled connection free within {waited:g} s") from None
         except psycopg.OperationalError as error:
             if _is_transaction_rollback(error):
                 raise
-            conninfo = self.pool.conninfo if isinstance(self.pool.conninfo, str) else None
-            raise StoreUnavailable(self.target, short_reason(error, conninfo)) from None
+            self.availability.suspect()
+            raise StoreUnavailable(self.target, self._reason(error)) from None
+
+    async def _probe(self) -> None:
+        """One direct connection and `SELECT 1` (availability probe). A server that answers with an
+        error other than "cannot connect now" (57P..., starting up or shutting down) is reachable: a
+        full `max_connections` is overload, not an outage."""
+        try:
+            kwargs = self.pool.kwargs if isinstance(self.pool.kwargs, dict) else {}
+            conn = await psycopg.AsyncConnection.connect(self.pool.conninfo, **kwargs)
+        except psycopg.Error as error:
+            if error.sqlstate is None or error.sqlstate.startswith("57P"):
+                raise
+            return
+        try:
+            await conn.execute("SELECT 1")
+        finally:
+            await conn.close()
+
+    def _reason(self, error: BaseException) -> str:
+        return short_reason(error, self.pool.conninfo if isinstance(self.pool.conninfo, str) else None)
 
     async def ping(self, timeout_s: float = 1.0) -> float:
         """Run `SELECT 1` through the pool; return the latency in ms (acquire included)."""
@@ -270,7 +301,9 @@ class Store:
         self.usage.reset_peak()
 
     async def close(self) -> None:
-        """Close the pool and every connection it holds."""
+        """Stop the availability probe; close the pool and every connection it holds."""
+        if self._owns_availability:
+            await self.availability.close()
         await self.pool.close()
 
 

@@ -87,6 +87,10 @@ class Readiness:
         ready = not failing
         self._notify(ready)
         if ready:
+            # Ready but degraded: an optional dependency is down and this instance still serves without it.
+            degraded = [name for name, entry in checks.items() if not entry["ok"]]
+            if degraded:
+                return True, {"status": "degraded", "degraded": degraded, "checks": checks}
             return True, {"status": "ready", "checks": checks}
         return False, {
             "errorCode": "DEPENDENCY_UNAVAILABLE",

@@ -276,6 +276,10 @@ class Ingestor:
         self._admission_tail: asyncio.Future[None] | None = None
         self._space_freed = asyncio.Event()
         self._pending_waiters = 0
+        # Commit-mode calls waiting for their commit; released at once when PostgreSQL goes down.
+        self._waiters: set[Waiter] = set()
+        self._database = store.availability
+        store.availability.on_down(self._release_waiters)
         self._peak_entries = 0
         self._outcomes = dict.fromkeys(OUTCOMES, 0)
         self._outcome_counters = {
@@ -367,6 +371,10 @@ class Ingestor:
         if not plan.candidates:
             self._count_plan(origin, plan, accepted=0, duplicates=0)
             return SubmitResult(0, 0, plan.skipped, plan.rejected, self._commit_mode)
+        if self._commit_mode and self._database.is_down:
+            # Nothing could be committed before the deadline: say so now rather than at the deadline.
+            self._count_plan(origin, plan, accepted=0, duplicates=0)
+            raise Unavailable("DATABASE_DOWN", database_down_message(self._database.down_reason))
 
         # Take a place in the admission queue now, so calls are admitted in the order they arrived.
         previous_turn = self._admission_tail
@@ -577,6 +585,7 @@ class Ingestor:
         for entry in entries:
             entry.waiters.append(waiter)
         self._pending_waiters += 1
+        self._waiters.add(waiter)
         try:
             async with asyncio.timeout(max(0.0, timeout_s)):
                 committed = await waiter.future
@@ -584,6 +593,7 @@ class Ingestor:
             raise Unavailable("NOT_COMMITTED", NOT_COMMITTED_MESSAGE) from None
         finally:
             self._pending_waiters -= 1
+            self._waiters.discard(waiter)
         if not committed:
             raise Unavailable("NOT_COMMITTED", NOT_COMMITTED_MESSAGE)
         ACK_WAIT_SECONDS.observe(time.monotonic() - started)
@@ -596,6 +606,13 @@ class Ingestor:
             my_turn.set_result(None)
         else:
             previous_turn.add_done_callback(lambda _: _resolve(my_turn))
+
+    def _release_waiters(self, reason: str) -> None:
+        """PostgreSQL went down: answer the waiting calls UNAVAILABLE now. Their entries stay buffered and
+        are committed after recovery; a retry with the same ids then counts as a duplicate (or waits
+        for that commit), so nothing is lost or counted twice (docs/events.md#de-duplication)."""
+        for waiter in list(self._waiters):
+            waiter.abandon()
 
     # -- flush listener ---------------------------------------------------------------------------
 
@@ -683,6 +700,11 @@ class Ingestor:
             "flush_ms_max": round(totals.max_ms, 3),
             "events": dict(self._outcomes),
         }
+
+
+def database_down_message(reason: str | None) -> str:
+    """The UNAVAILABLE message of a commit-mode call refused while PostgreSQL is known down."""
+    return f"PostgreSQL unavailable: {reason}; retry with the same event ids"
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -150,7 +150,8 @@ class PartitionFlusher:
                 failures += 1
                 backoff_s = doubling_backoff(BACKOFF_FIRST_S, BACKOFF_MAX_S, failures)
                 self._gauge.set(len(partition))
-                await asyncio.sleep(backoff_s)
+                # Retry as soon as a known PostgreSQL outage ends, not at the end of the backoff.
+                await self._store.availability.wait_until_up(backoff_s)
 
     async def flush_once(self) -> bool:
         """One flush of up to `batch_max` entries; False when the database failed (snapshot merged back)."""

@@ -163,8 +163,10 @@ def _initialize_row(cursor: Any) -> Callable[[Sequence[Any]], tuple[ProgressRow,
     return make
 
 
-def _unavailable() -> Unavailable:
-    return Unavailable("DEPENDENCY_UNAVAILABLE", DB_ERROR_MESSAGE)
+def _unavailable(error: StoreUnavailable | None = None) -> Unavailable:
+    """For an unreachable PostgreSQL the message names it and the reason (never host or credentials)."""
+    message = f"{DB_ERROR_MESSAGE} (PostgreSQL: {error.reason})" if error is not None else DB_ERROR_MESSAGE
+    return Unavailable("DEPENDENCY_UNAVAILABLE", message)
 
 
 def _internal_error() -> InternalFailure:
@@ -822,7 +824,7 @@ class Players:
                     return await work(conn)
             except StoreUnavailable as error:
                 log.warning("database unavailable while %s for user %r: %s", action, user_id, error)
-                raise _unavailable() from None
+                raise _unavailable(error) from None
             except psycopg.Error as error:
                 sqlstate = error.sqlstate or ""
                 if sqlstate in _RETRYABLE_SQLSTATES and attempt == 1:
