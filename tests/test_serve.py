@@ -94,9 +94,10 @@ def test_embedded_data_survives_a_restart(data_dir: Path) -> None:
 
 def test_given_urls_serve_and_admin_token_guards_admin_routes(pg_url: str, redis_url: str) -> None:
     # Credentials as query parameters (ignored by a trust-auth server) must be masked like user:pw@.
-    separator = "&" if "?" in pg_url else "?"
+    params = psycopg.conninfo.conninfo_to_dict(pg_url)
+    query = "&".join(f"{key}={value}" for key, value in params.items() if key in ("host", "port", "user"))
     env = base_env(
-        DATABASE_URL=f"{pg_url}{separator}password=pw-s3cret",
+        DATABASE_URL=f"postgresql:///{params['dbname']}?{query}&password=pw-s3cret",
         REDIS_URL=redis_url,
         CHALLENGE_JWT_SECRET="x" * 32,
         CHALLENGE_ADMIN_TOKEN="adm-secret",
