@@ -25,7 +25,7 @@ from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.storage.store import PoolConfig, Store, StoreUnavailable
 from service.transport.auth import mint_token
 from tests.servers import PrivatePostgres, PrivateRedis
-from tests.test_serve import ServeProcess, base_env, http_get
+from tests.support.serve import ServeProcess, base_env, http_get
 
 SECRET = "outage-secret-" + "x" * 24
 # A pool timeout far above the fail-fast answer, so that waiting it out cannot pass for failing fast.
