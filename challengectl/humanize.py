@@ -1,4 +1,4 @@
-"""Sizes and durations as the CLI shows them to people (tables, text reports, advice)."""
+"""Sizes, durations and statement texts as the CLI shows them to people (tables, text reports, advice)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ def human_ms(value: Any) -> str:
     if ms < 60_000:
         return f"{ms / 1000:.1f} s"
     return f"{ms / 60_000:.1f} min"
+
+
+def one_line(text: Any, width: int = 80) -> str:
+    """Statement text on one line, cut to `width` characters for tables."""
+    if text is None:
+        return "-"
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"

@@ -21,11 +21,11 @@ from rich.text import Text
 from rich.tree import Tree
 
 from challengectl import pg_diagnostics as pgd
-from challengectl.commands.explain import add_explain_command
 from challengectl.connections import database_target
 from challengectl.context import command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
-from challengectl.humanize import human_bytes, human_ms
+from challengectl.explain_command import add_explain_command
+from challengectl.humanize import human_bytes, human_ms, one_line
 from challengectl.output import Column, Output, confirm, format_cell, listing, rfc3339, status_text
 from challengectl.ticker import parse_interval, watch_ticks
 from service.config.settings import mask_url_password
@@ -135,14 +135,6 @@ def diagnostics_session(ctx: typer.Context, statement_timeout_ms: int | None = N
 
 def now_rfc3339() -> str:
     return rfc3339(datetime.now(UTC))
-
-
-def one_line(text: Any, width: int = 80) -> str:
-    """Statement text on one line, cut to `width` characters for tables."""
-    if text is None:
-        return "-"
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def sections(parts: Sequence[RenderableType]) -> RenderableType:

@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from challengectl.commands.db import human_bytes, human_ms, one_line
+from challengectl.humanize import human_bytes, human_ms, one_line
 
 KEYS_LINE = "q quit  p pause  s sort  r reset peaks  ? help"
 HELP = """\
