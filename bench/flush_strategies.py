@@ -7,17 +7,14 @@ one database in one run. The variants, each a complete flush (entries in, outcom
 
 - `unnest registry`: the service's own statement, run like the flusher runs it (`service.storage.store.Queries`,
   one statement on an autocommit connection);
-- `copy, temp table per flush`: BEGIN; CREATE TEMP TABLE ... ON COMMIT DROP; COPY the entries; one
-  UPDATE ... FROM joining the temp table with the goals and `user_goal_progress`; COMMIT;
+- `copy, temp table per flush`: BEGIN; CREATE TEMP TABLE ... ON COMMIT DROP; COPY the entries; the
+  registry's statement with its `entry` source reading the temp table instead of the arrays; COMMIT;
 - `copy, session temp table`: the same with the temp table created once per connection
-  (ON COMMIT DELETE ROWS), the strongest form of the alternative;
-- `unnest simplified` (control): the simplified UPDATE of the COPY variants with the entries passed as
-  arrays, which separates the cost of moving entries in from the cost of the full per-row rule.
+  (ON COMMIT DELETE ROWS), the strongest form of the alternative.
 
-The workload is the docs/events.md#flush rule's simple case, absolute statistic goals without rotation, for which
-the simplified UPDATE implements the same rule: the same eligibility (active, not claimed), progress,
-status and completed_at, the same row locking (FOR UPDATE SKIP LOCKED, an entry with a locked row deferred
-as a whole) and the same per-entry outcomes. Before timing, every variant runs the same entries on the same
+All three run the service's own statement text (`registry_flush_reading` swaps only where the entries come
+from), so they differ only in how the entries reach the server. The workload is absolute statistic goals
+without rotation. Before timing, every variant runs the same entries on the same
 rows (inside a rolled-back transaction, while another session holds some rows locked) and the script checks
 that all of them leave identical rows and return identical outcomes.
 
@@ -106,72 +103,19 @@ SELECT 'u' || lpad(p.n::text, 7, '0'), g.goal_id, 'bench', 'bench',
          FROM (SELECT random() + 0 * p.n AS r) AS draw) AS s
 """
 
-# The simplified flush for absolute, non-rotating goals; {entry} is where the entries come from. It keeps
-# the registry statement's shape: lock what can be locked, defer an entry with any unlocked row as a whole,
-# write only eligible rows, return one outcome per entry.
-SIMPLIFIED_FLUSH = """
-WITH entry AS ({entry}),
-goal AS (
-    SELECT * FROM unnest(%(goal_ids)s::text[], %(goal_sources)s::text[], %(goal_targets)s::bigint[])
-                  AS g (goal_id, source, target)
-),
-routed AS (
-    SELECT entry.entry_index, entry.user_id, entry.value, goal.goal_id, goal.target
-      FROM entry JOIN goal ON goal.source = entry.source
-),
-candidate AS (
-    SELECT routed.entry_index, count(*) AS row_count
-      FROM routed
-      JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
-     GROUP BY routed.entry_index
-),
-locked AS (
-    SELECT routed.*, u.status, u.completed_at, u.is_active
-      FROM routed
-      JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
-       FOR UPDATE OF u SKIP LOCKED
-),
-deferred AS (
-    SELECT candidate.entry_index
-      FROM candidate
-      LEFT JOIN (SELECT entry_index, count(*) AS row_count FROM locked GROUP BY entry_index) AS got
-             ON got.entry_index = candidate.entry_index
-     WHERE COALESCE(got.row_count, 0) < candidate.row_count
-),
-applied AS (
-    UPDATE user_goal_progress AS u
-       SET progress     = LEAST(GREATEST(l.value, 0), 2147483647)::integer,
-           status       = CASE WHEN l.status = 'completed' OR l.value >= l.target THEN 'completed'
-                               ELSE 'in_progress' END,
-           completed_at = CASE WHEN l.status = 'completed' THEN l.completed_at
-                               WHEN l.value >= l.target THEN %(now)s::timestamptz END,
-           updated_at   = %(now)s::timestamptz
-      FROM locked AS l
-     WHERE u.user_id = l.user_id AND u.goal_id = l.goal_id
-       AND l.is_active AND l.status <> 'claimed'
-       AND NOT EXISTS (SELECT 1 FROM deferred WHERE deferred.entry_index = l.entry_index)
- RETURNING l.entry_index, u.goal_id
-)
-SELECT entry.entry_index::integer AS entry_index, entry.user_id, entry.source,
-       CASE WHEN deferred.entry_index IS NOT NULL THEN 'deferred'
-            WHEN written.goal_ids IS NOT NULL     THEN 'applied'
-            ELSE 'no_row' END AS outcome,
-       COALESCE(written.goal_ids, '{{}}') AS goal_ids
-  FROM entry
-  LEFT JOIN deferred ON deferred.entry_index = entry.entry_index
-  LEFT JOIN (SELECT entry_index, array_agg(goal_id::text ORDER BY goal_id) AS goal_ids
-               FROM applied GROUP BY entry_index) AS written
-         ON written.entry_index = entry.entry_index
- ORDER BY entry.entry_index
-"""
-FROM_ARRAYS = """
-    SELECT e.entry_index, e.user_id, e.source, e.value, e.inc
-      FROM unnest(%(entry_user_ids)s::text[], %(entry_sources)s::text[], %(entry_values)s::bigint[],
-                  %(entry_incs)s::bigint[]) WITH ORDINALITY AS e (user_id, source, value, inc, entry_index)
-"""
-FROM_TEMP_TABLE = "SELECT entry_index, user_id, source, value, inc FROM flush_entry"
-TEMP_TABLE_COLUMNS = "(entry_index bigint, user_id text, source text, value bigint, inc bigint)"
-COPY_ENTRIES = "COPY flush_entry (entry_index, user_id, source, value, inc) FROM STDIN"
+FROM_TEMP_TABLE = "SELECT entry_index, user_id, source, value, inc, event_at FROM flush_entry"
+TEMP_TABLE_COLUMNS = "(entry_index bigint, user_id text, source text, value bigint, inc bigint, event_at timestamptz)"
+COPY_ENTRIES = "COPY flush_entry (entry_index, user_id, source, value, inc, event_at) FROM STDIN"
+ENTRY_CTE_START = "WITH entry AS ("
+ENTRY_CTE_END = "\n),\ngoal AS ("
+
+
+def registry_flush_reading(statement_sql: str, entry_source: str) -> str:
+    """The registry's flush statement with its `entry` CTE reading `entry_source` instead of the entry
+    arrays: everything after the entries, the whole per-row rule, stays the service's own text."""
+    start = statement_sql.index(ENTRY_CTE_START) + len(ENTRY_CTE_START)
+    end = statement_sql.index(ENTRY_CTE_END, start)
+    return statement_sql[:start] + "\n    " + entry_source + statement_sql[end:]
 
 
 @dataclass(frozen=True)
@@ -195,30 +139,31 @@ def random_entries(rng: random.Random, users: int, size: int) -> Entries:
     return Entries(user_ids, [rng.choice(SOURCES) for _ in players], [rng.randint(0, 150) for _ in players], incs)
 
 
-def goal_params() -> dict[str, Any]:
+def goal_params(now: datetime) -> dict[str, Any]:
+    """The goal parameters of `apply_event_updates`: absolute, non-rotating statistic goals."""
+    count = len(GOALS)
     return {
         "goal_ids": [g[0] for g in GOALS],
         "goal_sources": [g[1] for g in GOALS],
         "goal_targets": [g[2] for g in GOALS],
-    }
-
-
-def registry_params(entries: Entries, now: datetime) -> dict[str, Any]:
-    """The parameters of `apply_event_updates` for absolute, non-rotating statistic goals."""
-    count = len(GOALS)
-    return {
-        "entry_user_ids": entries.user_ids,
-        "entry_sources": entries.sources,
-        "entry_values": entries.values,
-        "entry_incs": entries.incs,
-        "entry_event_ats": [None] * len(entries.user_ids),
-        **goal_params(),
         "goal_progress_modes": ["absolute"] * count,
         "goal_boundaries": [None] * count,
         "goal_next_boundaries": [None] * count,
         "goal_reset_flags": [False] * count,
         "goal_reselect_flags": [False] * count,
         "now": now,
+    }
+
+
+def registry_params(entries: Entries, now: datetime) -> dict[str, Any]:
+    """The parameters of `apply_event_updates`: the entries as arrays, and the goals."""
+    return {
+        "entry_user_ids": entries.user_ids,
+        "entry_sources": entries.sources,
+        "entry_values": entries.values,
+        "entry_incs": entries.incs,
+        "entry_event_ats": [None] * len(entries.user_ids),
+        **goal_params(now),
     }
 
 
@@ -232,23 +177,9 @@ def unnest_registry(queries: Queries) -> Flush:
     return flush
 
 
-async def unnest_simplified(conn: psycopg.AsyncConnection, entries: Entries, now: datetime) -> list[dict[str, Any]]:
-    params = {
-        "entry_user_ids": entries.user_ids,
-        "entry_sources": entries.sources,
-        "entry_values": entries.values,
-        "entry_incs": entries.incs,
-        **goal_params(),
-        "now": now,
-    }
-    async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(SIMPLIFIED_FLUSH.format(entry=FROM_ARRAYS), params)
-        return await cursor.fetchall()
-
-
-def copy_flush(temp_table_per_flush: bool) -> Flush:
-    """COPY into a temp table, then the simplified UPDATE ... FROM it, in one transaction."""
-    statement = SIMPLIFIED_FLUSH.format(entry=FROM_TEMP_TABLE)
+def copy_flush(flush_sql: str, temp_table_per_flush: bool) -> Flush:
+    """COPY into a temp table, then the registry's flush statement reading it, in one transaction."""
+    statement = registry_flush_reading(flush_sql, FROM_TEMP_TABLE)
 
     async def flush(conn: psycopg.AsyncConnection, entries: Entries, now: datetime) -> list[dict[str, Any]]:
         async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
@@ -258,8 +189,8 @@ def copy_flush(temp_table_per_flush: bool) -> Flush:
                 for index, row in enumerate(
                     zip(entries.user_ids, entries.sources, entries.values, entries.incs, strict=True), start=1
                 ):
-                    await copy.write_row((index, *row))
-            await cursor.execute(statement, {**goal_params(), "now": now})
+                    await copy.write_row((index, *row, None))
+            await cursor.execute(statement, goal_params(now))
             return await cursor.fetchall()
 
     return flush
@@ -407,12 +338,13 @@ async def time_flushes(
 
 
 async def run(args: argparse.Namespace) -> None:
-    queries = Queries(load_registry())
+    registry = load_registry()
+    queries = Queries(registry)
+    flush_sql = registry.get("apply_event_updates").sql
     variants = [
         Variant("unnest registry (apply_event_updates)", unnest_registry(queries)),
-        Variant("copy, temp table per flush", copy_flush(temp_table_per_flush=True)),
-        Variant("copy, session temp table", copy_flush(temp_table_per_flush=False), session_temp_table=True),
-        Variant("unnest simplified (control)", unnest_simplified),
+        Variant("copy, temp table per flush", copy_flush(flush_sql, temp_table_per_flush=True)),
+        Variant("copy, session temp table", copy_flush(flush_sql, temp_table_per_flush=False), session_temp_table=True),
     ]
     with bench_database() as database_url:
         apply_migrations(database_url, application_name="challengectl-bench")
