@@ -220,6 +220,7 @@ class Store:
         full `max_connections` is overload, not an outage."""
         try:
             kwargs = self.pool.kwargs if isinstance(self.pool.kwargs, dict) else {}
+            assert isinstance(self.pool.conninfo, str)  # open_pool always passes the URL itself
             conn = await psycopg.AsyncConnection.connect(self.pool.conninfo, **kwargs)
         except psycopg.Error as error:
             if error.sqlstate is None or error.sqlstate.startswith("57P"):
