@@ -292,6 +292,7 @@ def test_short_seed_run_reports_agree_with_the_service_metrics(seed_service: dic
     assert report["target"]["catalog_fingerprint"] == get_profile("seed-m3").catalog().fingerprint
     assert report["resources"]["series"] and "service_cpu_pct" in report["resources"]["summary"]
     assert "pg_connections_total" in report["resources"]["summary"]
+    assert any(row.get("flush_ms_p95_interval") for row in report["resources"]["series"])  # events were flushed
     expected_exit = 0 if report["verdict"] == "pass" else 99
     assert done.returncode == expected_exit
     # Counts agree exactly with the service's own counters; p95 within one histogram bucket.

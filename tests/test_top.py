@@ -247,3 +247,28 @@ def test_top_in_a_terminal_agrees_with_the_service_and_obeys_its_keys(
         assert tmux.pane("pane_dead_status") == "0"
     finally:
         tmux.close()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+def test_in_a_terminal_a_source_that_is_down_leaves_the_others_updating(serve: ServeProcess) -> None:
+    closed = free_port()
+    env = {
+        "PYTHONPATH": str(REPO_ROOT),
+        "TERM": "xterm-256color",
+        "CHALLENGE_ADMIN_URL": serve.admin(""),
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/postgres",
+        "REDIS_URL": f"redis://127.0.0.1:{closed}/0",
+        "XDG_CONFIG_HOME": base_env()["XDG_CONFIG_HOME"],
+    }
+    tmux = Tmux([sys.executable, "-m", "challengectl", "top"], env)
+    try:
+        with HttpLoad(serve, LOAD_CONCURRENCY):
+            tmux.wait_for(r"│ unavailable: Redis at redis://127.0.0.1:\d+/0")
+            # the sessions panel and the longest-query panel both say so
+            assert tmux.screen().count("│ unavailable: PostgreSQL 127.0.0.1") == 2, tmux.screen()
+            first = _route_row(tmux)[1]
+            time.sleep(2.5)
+            assert _route_row(tmux)[1] > first  # the service's panels keep updating
+            tmux.wait_for(r"in use/size/max\s+\d+ / \d+ / \d+")
+    finally:
+        tmux.close()

@@ -18,7 +18,7 @@ RESOURCE_CHARTS = (
     ("rss", "Service memory", "RSS MB", ("service_rss_mb",)),
     ("pool", "DB pool", "connections", ("db_pool_in_use", "db_pool_waiting")),
     ("buffer", "Event buffer", "entries", ("buffer_entries",)),
-    ("flush", "Flush time", "flush p95 ms", ("flush_ms_p95",)),
+    ("flush", "Flush time", "flush p95 ms", ("flush_ms_p95_interval", "flush_ms_p95")),
     ("cache", "Cache hit ratio", "hit ratio %", ("cache_hit_ratio_pct",)),
 )
 

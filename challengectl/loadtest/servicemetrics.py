@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 HTTP_DURATION = "challenge_http_request_duration_seconds"
 GRPC_DURATION = "challenge_grpc_request_duration_seconds"
 HTTP_REQUESTS = "challenge_http_requests_total"
+FLUSH_DURATION = "challenge_flush_duration_seconds"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -7,6 +7,7 @@ and the `user_goal_progress` table statistics. A source that cannot be read is l
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,14 @@ import aiohttp
 import psycopg
 import redis.asyncio as redis_asyncio
 
-from challengectl.loadtest.servicemetrics import Samples, parse_samples, scalar
+from challengectl.loadtest.servicemetrics import (
+    FLUSH_DURATION,
+    Samples,
+    histogram_deltas,
+    parse_samples,
+    quantile_bucket,
+    scalar,
+)
 
 APPLICATION_NAME = "challengectl-loadtest"
 _CONNECTIONS_BY_STATE = (
@@ -59,6 +67,7 @@ class ResourceSampler:
         self._started = 0.0
         self.started_unix: float | None = None
         self._previous: dict[str, float] = {}
+        self._previous_samples: Samples | None = None
 
     async def open(self) -> None:
         """Connect to every reachable source and take the first snapshot (the window's start)."""
@@ -126,6 +135,7 @@ class ResourceSampler:
             row["service_cpu_pct"] = self._rate("cpu", cpu, now, 100.0)
             row["service_rss_mb"] = round(rss / 1e6, 1) if rss is not None else None
             row["flush_deferred_total"] = scalar(samples, "challenge_flush_deferred_total")
+            row["flush_ms_p95_interval"] = self._flush_p95_ms(samples)
         if pool:
             db, redis_pool = pool.get("db", {}), pool.get("redis", {})
             self.capacity["db_pool_max"] = db.get("max_size")
@@ -270,6 +280,17 @@ class ResourceSampler:
         if previous is None or previous_at is None or now <= previous_at:
             return None
         return round((float(value) - previous) / (now - previous_at) * factor, 2)
+
+    def _flush_p95_ms(self, samples: Samples) -> float | None:
+        """p95 of the flushes since the previous sample, estimated from the service's flush histogram
+        (`/admin/buffer`'s flush_ms_p95 covers the last 2048 flushes, a minute or more of a run)."""
+        previous, self._previous_samples = self._previous_samples, samples
+        if previous is None:
+            return None
+        buckets = histogram_deltas(previous, samples, FLUSH_DURATION, ()).get(())
+        if not buckets or buckets.get(math.inf, 0.0) <= 0:
+            return None
+        return round(quantile_bucket(buckets, 0.95)[2] * 1000, 3)
 
     def _ratio(self, key: str, hits: float | None, misses: float | None) -> float | None:
         """Hit ratio % of the hits and misses since the previous sample (None when there were none)."""

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 from challengectl.loadtest.servicemetrics import (
+    FLUSH_DURATION,
     GRPC_DURATION,
     HTTP_DURATION,
     HTTP_REQUESTS,
@@ -24,7 +25,6 @@ from challengectl.top.sources import Reading
 GRPC_REQUESTS = "challenge_grpc_requests_total"
 EVENTS = "challenge_events_total"
 ACK_WAIT = "challenge_ack_wait_seconds"
-FLUSH_DURATION = "challenge_flush_duration_seconds"
 FLUSH_DEFERRED = "challenge_flush_deferred_total"
 FLUSH_FAILURES = "challenge_flush_failures_total"
 SORTS = ("rps", "p95", "errors", "route")
