@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -272,3 +273,26 @@ def test_in_a_terminal_a_source_that_is_down_leaves_the_others_updating(serve: S
             tmux.wait_for(r"in use/size/max\s+\d+ / \d+ / \d+")
     finally:
         tmux.close()
+
+
+def test_once_shows_a_blocking_chain_and_the_longest_query(
+    serve: ServeProcess, top_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(top_db, autocommit=True) as holder, psycopg.connect(top_db, autocommit=True) as waiter:
+        holder.execute("CREATE TABLE IF NOT EXISTS top_lock_probe (id int)")
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE top_lock_probe IN ACCESS EXCLUSIVE MODE")
+        holder_pid, waiter_pid = holder.info.backend_pid, waiter.info.backend_pid
+        blocked = threading.Thread(target=lambda: waiter.execute("SELECT count(*) FROM top_lock_probe"))
+        blocked.start()
+        try:
+            time.sleep(0.5)
+            view = top_once(serve, capsys, "--database-url", top_db)
+        finally:
+            holder.execute("ROLLBACK")
+            blocked.join(timeout=10)
+    chains = view["postgres"]["blocking"]
+    assert [(chain["pid"], chain["blocked_by"]) for chain in chains] == [(waiter_pid, [holder_pid])], chains
+    assert chains[0]["relation"] == "top_lock_probe" and "top_lock_probe" in chains[0]["query"]
+    # the holder has been idle in its transaction the longest
+    assert view["postgres"]["longest"]["pid"] == holder_pid
