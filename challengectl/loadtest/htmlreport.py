@@ -15,7 +15,7 @@ from challengectl.loadtest.markdown import fmt_ms
 from challengectl.loadtest.svgchart import Chart, render_svg
 
 STYLE = """
-body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1000px; }
+body { font-family: sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: right; }
@@ -74,7 +74,11 @@ def _summary(report: dict[str, Any]) -> list[str]:
     thresholds = report.get("thresholds", [])
     if thresholds:
         rows = [
-            [escape(str(t.get("expr", t.get("label")))), escape(str(t.get("observed"))), _mark(t.get("pass"))]
+            [
+                escape(str(t.get("expr", t.get("label")))),
+                "—" if t.get("observed") is None else escape(f"{t['observed']:g} {t.get('unit', '')}"),
+                _mark(t.get("pass")),
+            ]
             for t in thresholds
         ]
         lines.append(_table(["Threshold", "Observed", "Result"], rows))
@@ -139,9 +143,10 @@ def render_compare_html(base: dict[str, Any], candidate: dict[str, Any], compari
         [
             f"<h1>{escape(title)}</h1>",
             "<p>Charts: the candidate solid, the base dashed; the phases shaded are the candidate's.</p>",
-            _table(["Endpoint", "Metric", "Base", "Candidate", "Change", "Status"], rows),
             "<h2>Over time</h2>",
             *_figures(report_charts(candidate, base)),
+            "<h2>Per endpoint and metric</h2>",
+            _table(["Endpoint", "Metric", "Base", "Candidate", "Change", "Status"], rows),
         ],
     )
 

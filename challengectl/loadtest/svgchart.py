@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
-WIDTH, HEIGHT = 920, 320
-LEFT, RIGHT, TOP, BOTTOM = 70, 190, 34, 46
+PLOT_WIDTH, HEIGHT = 660, 320
+LEFT, TOP, BOTTOM = 70, 34, 46
+LEGEND_MIN_WIDTH, LEGEND_CHAR_WIDTH = 190, 6.5  # px; 11 px sans-serif averages under 6.5 px a character
 PALETTE = (
     "#1f77b4",
     "#d62728",
@@ -137,7 +138,9 @@ def _y_range(chart: Chart) -> tuple[float, float, list[float]]:
 
 def render_svg(chart: Chart) -> str:
     """The chart as an `<svg>` element (no XML declaration, so it can be inlined in HTML as is)."""
-    plot_right, plot_bottom = WIDTH - RIGHT, HEIGHT - BOTTOM
+    longest_name = max((len(s.name) for s in chart.series), default=0)
+    width = round(LEFT + PLOT_WIDTH + max(LEGEND_MIN_WIDTH, 48 + LEGEND_CHAR_WIDTH * longest_name))
+    plot_right, plot_bottom = LEFT + PLOT_WIDTH, HEIGHT - BOTTOM
     x_max = max((max(s.xs) for s in chart.series if s.xs), default=1.0)
     x_max = max([x_max, *(band.end for band in chart.bands)]) or 1.0
     x_step = nice_step(x_max, 8)
@@ -150,9 +153,9 @@ def render_svg(chart: Chart) -> str:
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id={quoteattr(chart.chart_id)} '
-        f'width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">',
+        f'width="{width}" height="{HEIGHT}" viewBox="0 0 {width} {HEIGHT}" font-family="sans-serif" font-size="11">',
         f"<title>{escape(chart.title)}</title>",
-        f'<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="#ffffff"/>',
+        f'<rect x="0" y="0" width="{width}" height="{HEIGHT}" fill="#ffffff"/>',
     ]
     for index, band in enumerate(chart.bands):
         x0, x1 = x(band.start), x(min(band.end, x_max))
