@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -296,3 +297,29 @@ def test_once_shows_a_blocking_chain_and_the_longest_query(
     assert chains[0]["relation"] == "top_lock_probe" and "top_lock_probe" in chains[0]["query"]
     # the holder has been idle in its transaction the longest
     assert view["postgres"]["longest"]["pid"] == holder_pid
+
+
+def test_piped_it_prints_one_ndjson_view_per_refresh_until_interrupted(serve: ServeProcess) -> None:
+    env = {**base_env(), "PYTHONPATH": str(REPO_ROOT), "CHALLENGE_ADMIN_URL": serve.admin("")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "challengectl", "top", "--interval", "300ms"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(60, process.kill)  # a hang fails the test instead of blocking it
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline(), process.stdout.readline()]
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+    finally:
+        watchdog.cancel()
+    assert process.returncode == 0, err
+    views = [json.loads(line) for line in [*lines, *out.splitlines()] if line.strip()]
+    assert len(views) >= 2, (lines, out, err)
+    for view in views:
+        assert view["ts"].endswith("Z") and 0.2 < view["window_s"] < 2.0
+        assert view["pool"]["error"] is None and view["pool"]["max"] >= 1
