@@ -31,7 +31,7 @@ from service.transport.auth import AuthConfig, Authenticator
 from service.transport.http_api import create_http_app, player_routes
 from service.usecases.players import Players
 from service.usecases.rewards import RewardConfig, RewardGranter
-from tests.test_http_api import serve, stub_readiness
+from tests.support.http import serve, stub_readiness
 
 BASE = "/challenge"
 NAMESPACE = "e2e-ns"

@@ -27,7 +27,7 @@ from service.transport.auth import AuthConfig, Authenticator, mint_token
 from service.transport.http_api import create_http_app, player_routes
 from service.transport.http_protocol import HttpLimits, limited_protocol
 from service.usecases.players import ListResult
-from tests.test_http_api import BASE, SECRET, RecordingPlayers, stub_readiness
+from tests.support.http import BASE, SECRET, RecordingPlayers, stub_readiness
 
 LIMITS = HttpLimits(
     max_header_bytes=4096,

@@ -18,7 +18,7 @@ import pytest
 from challengectl.loadtest.profiles import get_profile
 from tests.servers import free_port
 from tests.support.cli import run_cli
-from tests.test_loadtest_generator import FakePlayerApi
+from tests.support.fake_player_api import FakePlayerApi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_FINGERPRINT = get_profile("seed-m3").catalog().fingerprint

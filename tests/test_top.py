@@ -24,8 +24,9 @@ from challengectl.cli import main
 from challengectl.loadtest.servicemetrics import HTTP_REQUESTS, parse_samples
 from tests.conftest import new_database
 from tests.servers import free_port
+from tests.support.load import LOAD_SECRET as SECRET
+from tests.support.load import HttpLoad, wait_for_a_steady_pool_size
 from tests.support.serve import REPO_ROOT, ServeProcess, base_env, http_get
-from tests.test_cli_pool import SECRET, HttpLoad, wait_for_a_steady_pool_size
 
 pytestmark = pytest.mark.integration
 
