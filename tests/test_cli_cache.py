@@ -5,7 +5,6 @@ the chosen user's keys (token rotated, de-dup markers kept), dry runs and refusa
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from service.config.resources import example_catalog_path
 from service.domain.catalog import load_catalog
 from service.storage.cache import active_key, decode_entry, escape_glob, scan_pattern_for_user, synced_key, token_key
 from service.transport.auth import mint_token
-from tests.support.serve import ServeProcess, base_env, http_get, publish_logins
+from tests.support.serve import ServeProcess, http_get, player_call, publish_logins, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +35,7 @@ def redis_prefix() -> str:
 
 @pytest.fixture(scope="module")
 def serve(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(
-        base_env(
-            DATABASE_URL=pg_url,
-            REDIS_URL=redis_url,
-            CHALLENGE_JWT_SECRET=SECRET,
-            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
-        )
-    ) as process:
+    with ServeProcess(service_env(pg_url, redis_url, redis_prefix, SECRET)) as process:
         yield process
 
 
@@ -92,14 +84,7 @@ def cli(
 
 
 def player(serve: ServeProcess, user: str, method: str, path: str) -> dict[str, Any]:
-    request = urllib.request.Request(
-        serve.api(f"/challenge{path}"),
-        method=method,
-        data=b"" if method == "POST" else None,
-        headers={"Authorization": f"Bearer {mint_token(SECRET.encode(), user)}"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    return player_call(serve, mint_token(SECRET.encode(), user), method, path)
 
 
 def active_listing(serve: ServeProcess, user: str) -> dict[str, Any]:

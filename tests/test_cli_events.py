@@ -21,7 +21,7 @@ from service.domain.catalog import load_catalog
 from service.transport.auth import mint_token
 from tests.servers import free_port
 from tests.support.cli import isolate_cli
-from tests.support.serve import ServeProcess, base_env
+from tests.support.serve import ServeProcess, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +31,7 @@ CATALOG = load_catalog(example_catalog_path())
 
 @pytest.fixture(scope="module")
 def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(
-        base_env(
-            DATABASE_URL=pg_url,
-            REDIS_URL=redis_url,
-            CHALLENGE_JWT_SECRET=SECRET,
-            CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}ev",
-        )
-    ) as serve:
+    with ServeProcess(service_env(pg_url, redis_url, f"{redis_prefix}ev", SECRET)) as serve:
         serve.redis_prefix = f"{redis_prefix}ev"  # type: ignore[attr-defined]
         yield serve
 

@@ -28,7 +28,7 @@ from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.storage.cache import synced_key, token_key
 from tests.servers import free_port
 from tests.support.cli import isolate_cli
-from tests.support.serve import REPO_ROOT, ServeProcess, base_env
+from tests.support.serve import REPO_ROOT, ServeProcess, base_env, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -51,14 +51,7 @@ class Run:
 @pytest.fixture(scope="module")
 def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
     """One real `serve` for the module: the session database, the session Redis prefix, an HS256 secret."""
-    with ServeProcess(
-        base_env(
-            DATABASE_URL=pg_url,
-            REDIS_URL=redis_url,
-            CHALLENGE_JWT_SECRET=SECRET,
-            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
-        )
-    ) as serve:
+    with ServeProcess(service_env(pg_url, redis_url, redis_prefix, SECRET)) as serve:
         yield serve
 
 
@@ -381,11 +374,11 @@ def test_claim_with_a_failing_reward_webhook_exits_5(
 ) -> None:
     """A 502 REWARD_GRANT_FAILED from the service is exit 5 (docs/cli.md#exit-codes), and the goal stays claimable."""
     webhook = ServeProcess(
-        base_env(
-            DATABASE_URL=pg_url,
-            REDIS_URL=redis_url,
-            CHALLENGE_JWT_SECRET=SECRET,
-            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
+        service_env(
+            pg_url,
+            redis_url,
+            redis_prefix,
+            SECRET,
             CHALLENGE_REWARD_MODE="webhook",
             CHALLENGE_REWARD_WEBHOOK_URL=f"http://127.0.0.1:{free_port()}/grant",
             CHALLENGE_REWARD_WEBHOOK_RETRIES="0",

@@ -14,7 +14,7 @@ from challengectl.cli import main
 from service.storage.store import PoolConfig, Store
 from tests.support.load import LOAD_SECRET as SECRET
 from tests.support.load import HttpLoad, wait_for_a_steady_pool_size
-from tests.support.serve import ServeProcess, base_env, http_get
+from tests.support.serve import ServeProcess, http_get, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +24,7 @@ SAMPLES = 3
 
 @pytest.fixture(scope="module")
 def serve(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(
-        base_env(
-            DATABASE_URL=pg_url,
-            REDIS_URL=redis_url,
-            CHALLENGE_JWT_SECRET=SECRET,
-            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
-        )
-    ) as process:
+    with ServeProcess(service_env(pg_url, redis_url, redis_prefix, SECRET)) as process:
         yield process
 
 

@@ -25,7 +25,7 @@ from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.transport.auth import mint_token
 from tests.servers import free_port
 from tests.support.cli import isolate_cli, run_on_tty
-from tests.support.serve import REPO_ROOT, ServeProcess, base_env
+from tests.support.serve import REPO_ROOT, ServeProcess, base_env, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +36,7 @@ LOGIN_GOAL = "s1-regular"
 
 @pytest.fixture(scope="module")
 def service(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(
-        base_env(
-            DATABASE_URL=pg_url,
-            REDIS_URL=redis_url,
-            CHALLENGE_JWT_SECRET=SECRET,
-            CHALLENGE_REDIS_KEY_PREFIX=f"{redis_prefix}watch",
-        )
-    ) as serve:
+    with ServeProcess(service_env(pg_url, redis_url, f"{redis_prefix}watch", SECRET)) as serve:
         yield serve
 
 

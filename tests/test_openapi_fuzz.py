@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from service.transport.auth import mint_token
-from tests.support.serve import ServeProcess, base_env
+from tests.support.serve import ServeProcess, service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,14 +28,7 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 @pytest.fixture(scope="module")
 def serve(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(
-        base_env(
-            DATABASE_URL=pg_url,
-            REDIS_URL=redis_url,
-            CHALLENGE_JWT_SECRET=SECRET,
-            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
-        )
-    ) as process:
+    with ServeProcess(service_env(pg_url, redis_url, redis_prefix, SECRET)) as process:
         yield process
 
 

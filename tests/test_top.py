@@ -26,7 +26,7 @@ from tests.conftest import new_database
 from tests.servers import free_port
 from tests.support.load import LOAD_SECRET as SECRET
 from tests.support.load import HttpLoad, wait_for_a_steady_pool_size
-from tests.support.serve import REPO_ROOT, ServeProcess, base_env, http_get
+from tests.support.serve import REPO_ROOT, ServeProcess, base_env, http_get, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +44,7 @@ def top_db(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def serve(top_db: str, redis_url: str, redis_prefix: str) -> Iterator[ServeProcess]:
-    with ServeProcess(
-        base_env(
-            DATABASE_URL=top_db,
-            REDIS_URL=redis_url,
-            CHALLENGE_JWT_SECRET=SECRET,
-            CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
-        )
-    ) as process:
+    with ServeProcess(service_env(top_db, redis_url, redis_prefix, SECRET)) as process:
         yield process
 
 

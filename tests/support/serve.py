@@ -132,6 +132,18 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def service_env(pg_url: str, redis_url: str, redis_prefix: str, secret: str, **extra: str) -> dict[str, str]:
+    """`base_env` for a service on the test database and Redis key prefix, accepting tokens signed with
+    `secret`, plus `extra`."""
+    return base_env(
+        DATABASE_URL=pg_url,
+        REDIS_URL=redis_url,
+        CHALLENGE_JWT_SECRET=secret,
+        CHALLENGE_REDIS_KEY_PREFIX=redis_prefix,
+        **extra,
+    )
+
+
 def processes_using(data_dir: Path) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline", "cwd"]):
