@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -56,6 +55,7 @@ from hdrh.histogram import HdrHistogram
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.serve_process import start_serve
 from service.config.resources import example_catalog_path
 from service.domain.catalog import Catalog, load_catalog
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
@@ -456,39 +456,17 @@ def _busy_share(before: Any, after: Any) -> float:
 
 def start_service(data_dir: Path, log_path: Path, ack_mode: str) -> subprocess.Popen:
     """Start `python -m challengectl serve` and wait for /readyz."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")}
-    env.update(
-        PYTHONPATH=str(REPO_ROOT),
-        CHALLENGE_DATA_DIR=str(data_dir),
-        CHALLENGE_JWT_SECRET=SECRET,
-        CHALLENGE_HTTP_PORT=str(PORT),
-        CHALLENGE_GRPC_PORT=str(GRPC_PORT),
-        CHALLENGE_ADMIN_PORT=str(ADMIN_PORT),
-        CHALLENGE_LOG_LEVEL="warning",
-        CHALLENGE_NAMESPACE=NAMESPACE,
-        CHALLENGE_ACK_MODE=ack_mode,
-        CHALLENGE_CATALOG_PATH=str(example_catalog_path()),
-    )
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "challengectl", "serve"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the service exited with status {process.returncode}:\n{_tail(log_path)}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit(f"the service did not become ready within 90 s:\n{_tail(log_path)}")
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    settings = {
+        "CHALLENGE_DATA_DIR": str(data_dir),
+        "CHALLENGE_JWT_SECRET": SECRET,
+        "CHALLENGE_HTTP_PORT": str(PORT),
+        "CHALLENGE_GRPC_PORT": str(GRPC_PORT),
+        "CHALLENGE_ADMIN_PORT": str(ADMIN_PORT),
+        "CHALLENGE_NAMESPACE": NAMESPACE,
+        "CHALLENGE_ACK_MODE": ack_mode,
+        "CHALLENGE_CATALOG_PATH": str(example_catalog_path()),
+    }
+    return start_serve(settings, log_path=log_path)
 
 
 async def initialize_players(http: aiohttp.ClientSession, user_ids: Sequence[str]) -> None:

@@ -21,30 +21,23 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.serve_process import free_port, start_serve
 from service.config.resources import example_catalog_path
 from service.transport.auth import mint_token
 
 SECRET = "bench-secret-" + "x" * 32
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-PORT, GRPC_PORT, ADMIN_PORT = _free_port(), _free_port(), _free_port()
+PORT, GRPC_PORT, ADMIN_PORT = free_port(), free_port(), free_port()
 SCENARIOS = {
     "GET /v1/challenges?active_only=true": ("GET", "/challenge/v1/challenges?active_only=true"),
     "GET /v1/challenges": ("GET", "/challenge/v1/challenges"),
@@ -66,34 +59,18 @@ end
 def start_service(
     data_dir: Path, redis_disabled: bool, workers: int, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")}
-    env.update(
-        PYTHONPATH=str(REPO_ROOT),
-        CHALLENGE_DATA_DIR=str(data_dir),
-        CHALLENGE_JWT_SECRET=SECRET,
-        CHALLENGE_HTTP_PORT=str(PORT),
-        CHALLENGE_GRPC_PORT=str(GRPC_PORT),
-        CHALLENGE_ADMIN_PORT=str(ADMIN_PORT),
-        CHALLENGE_LOG_LEVEL="warning",
-        CHALLENGE_WORKERS=str(workers),
-        CHALLENGE_CATALOG_PATH=str(example_catalog_path()),
-    )
-    if redis_disabled:
-        env["REDIS_URL"] = "disabled"
-    env.update(extra_env or {})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "challengectl", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("the service did not become ready")
+    settings = {
+        "CHALLENGE_DATA_DIR": str(data_dir),
+        "CHALLENGE_JWT_SECRET": SECRET,
+        "CHALLENGE_HTTP_PORT": str(PORT),
+        "CHALLENGE_GRPC_PORT": str(GRPC_PORT),
+        "CHALLENGE_ADMIN_PORT": str(ADMIN_PORT),
+        "CHALLENGE_WORKERS": str(workers),
+        "CHALLENGE_CATALOG_PATH": str(example_catalog_path()),
+        **({"REDIS_URL": "disabled"} if redis_disabled else {}),
+        **(extra_env or {}),
+    }
+    return start_serve(settings, timeout_s=60)
 
 
 def initialize(tokens: list[str]) -> None:

@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +44,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.serve_process import start_serve
 from challengectl.loadtest.profiles import get_profile, write_catalog
 from service.transport.auth import mint_token
 
@@ -96,36 +96,23 @@ def drop_database(admin_url: str, name: str) -> None:
 
 
 def start_service(target: Target, catalog: Path, ports: tuple[int, int, int], data_dir: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")}
     http_port, grpc_port, admin_port = ports
-    env.update(
-        # The tree's service/ shadows this checkout's; the CLI that `serve` goes through comes from this checkout.
-        PYTHONPATH=f"{target.tree}{os.pathsep}{REPO_ROOT}",
-        DATABASE_URL=target.database_url,
-        CHALLENGE_REDIS_KEY_PREFIX=target.redis_prefix,
-        CHALLENGE_DATA_DIR=str(data_dir),
-        CHALLENGE_JWT_SECRET=SECRET,
-        CHALLENGE_HTTP_PORT=str(http_port),
-        CHALLENGE_GRPC_PORT=str(grpc_port),
-        CHALLENGE_ADMIN_PORT=str(admin_port),
-        CHALLENGE_LOG_LEVEL="warning",
-        CHALLENGE_CATALOG_PATH=str(catalog),
+    settings = {
+        "DATABASE_URL": target.database_url,
+        "CHALLENGE_REDIS_KEY_PREFIX": target.redis_prefix,
+        "CHALLENGE_DATA_DIR": str(data_dir),
+        "CHALLENGE_JWT_SECRET": SECRET,
+        "CHALLENGE_HTTP_PORT": str(http_port),
+        "CHALLENGE_GRPC_PORT": str(grpc_port),
+        "CHALLENGE_ADMIN_PORT": str(admin_port),
+        "CHALLENGE_CATALOG_PATH": str(catalog),
+    }
+    # The tree's service/ shadows this checkout's; the CLI that `serve` goes through comes from this checkout.
+    return start_serve(
+        settings,
+        pythonpath=f"{target.tree}{os.pathsep}{REPO_ROOT}",
+        log_path=data_dir.parent / f"{target.label}-serve.log",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "challengectl", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"serve exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("the service did not become ready")
 
 
 def request_of(scenario: str) -> tuple[str, str]:

@@ -1,0 +1,62 @@
+"""`challengectl serve` for the bench scripts: one way to start it on chosen settings and wait until it is
+ready (the scripts measure a running service; they do not each write their own starter)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_serve(
+    settings: dict[str, str],
+    *,
+    pythonpath: str = str(REPO_ROOT),
+    log_path: Path | None = None,
+    timeout_s: float = 90,
+) -> subprocess.Popen:
+    """Start `python -m challengectl serve` with this environment's non-CHALLENGE_ variables, log level
+    warning and `settings` (which name CHALLENGE_HTTP_PORT); return once /readyz answers 200. Output goes
+    to `log_path` (or nowhere); a service that exits or stays unready ends the script with its log tail."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")}
+    env.update(PYTHONPATH=pythonpath, CHALLENGE_LOG_LEVEL="warning")
+    env.update(settings)
+    readyz = f"http://127.0.0.1:{settings['CHALLENGE_HTTP_PORT']}/readyz"
+    output = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "challengectl", "serve"], env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    finally:
+        if log_path is not None:
+            output.close()  # the child has its own descriptor
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the service exited with status {process.returncode}{_log_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(readyz, timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise SystemExit(f"the service did not become ready within {timeout_s:.0f} s{_log_tail(log_path)}")
+
+
+def _log_tail(log_path: Path | None, lines: int = 20) -> str:
+    if log_path is None:
+        return ""
+    return ":\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
