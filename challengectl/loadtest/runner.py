@@ -152,9 +152,16 @@ async def execute(request: RunRequest) -> dict[str, Any]:
         raise
     finished_at = _utc_now()
     stop_sampling.set()
-    await sampling
-    await sampler.close()
-    database = await sampler.database_report()
+    # A target outage must never cost the report: sampling failures become notes.
+    for failure in await asyncio.gather(sampling, return_exceptions=True):
+        if isinstance(failure, Exception):
+            sampler.notes.append(f"resource sampling stopped early: {type(failure).__name__}: {failure}")
+    try:
+        await sampler.close()
+        database = await sampler.database_report()
+    except Exception as error:  # noqa: BLE001 - whatever the end-of-run snapshot hit, the report is written
+        sampler.notes.append(f"end-of-run snapshot failed: {type(error).__name__}: {error}")
+        database = {"top_queries": [], "table_stats": {}, "note": "end-of-run snapshot failed"}
     service_view = (
         window_view(sampler.metrics_before, sampler.metrics_after)
         if sampler.metrics_before is not None and sampler.metrics_after is not None

@@ -163,8 +163,10 @@ class ResourceSampler:
                     "buffer_exhausted": (buffer.get("events") or {}).get("exhausted"),
                 }
             )
-        if self._pg is not None:
+        if self._pg is not None and await self._pg_usable():
             row.update(await self._pg_connections())
+        elif self._pg is not None:
+            row["pg_error"] = "no connection to PostgreSQL"
         if self._redis is not None:
             row.update(await self._redis_stats(now))
         row.update(self._generator_stats())
@@ -184,15 +186,35 @@ class ResourceSampler:
         }
 
     async def database_report(self) -> dict[str, Any]:
-        """Top statements by total time and the table statistics before/after (docs/loadtest.md#resource-snapshots)."""
+        """Top statements by total time and the table statistics before/after (docs/loadtest.md#resource-snapshots).
+        A database lost at the end of the run leaves them out with a note; the report is still written."""
         if self._pg is None:
             return {"top_queries": [], "table_stats": {}, "note": "no database access"}
-        report: dict[str, Any] = {
-            "top_queries": await self._top_queries(),
-            "table_stats": {"before": self.table_stats_before, "after": await self._table_stats()},
-        }
+        if not await self._pg_usable():
+            return {"top_queries": [], "table_stats": {}, "note": "PostgreSQL unreachable at the end of the run"}
+        try:
+            report: dict[str, Any] = {
+                "top_queries": await self._top_queries(),
+                "table_stats": {"before": self.table_stats_before, "after": await self._table_stats()},
+            }
+        except psycopg.Error as error:
+            report = {"top_queries": [], "table_stats": {}, "note": f"PostgreSQL failed: {_first_line(error)}"}
         await self._pg.close()
         return report
+
+    async def _pg_usable(self) -> bool:
+        """The statistics connection, reconnected when a PostgreSQL restart or outage closed it."""
+        assert self._pg is not None and self._database_url is not None
+        if not self._pg.closed:
+            return True
+        try:
+            self._pg = await psycopg.AsyncConnection.connect(
+                self._database_url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=2
+            )
+        except psycopg.Error as error:
+            self._note_once(f"PostgreSQL statistics interrupted: {_first_line(error)}")
+            return False
+        return True
 
     async def _top_queries(self) -> list[dict[str, Any]] | str:
         assert self._pg is not None
