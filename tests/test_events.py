@@ -290,6 +290,15 @@ async def rows_of(db: psycopg.AsyncConnection[Any], user_id: str) -> dict[str, d
     return {found["goal_id"]: found for found in await cursor.fetchall()}
 
 
+def waiting_calls(ingestor: Ingestor, count: int) -> Any:
+    """A check for `eventually`: `count` calls wait for their commit (they have been admitted)."""
+
+    async def check() -> bool:
+        return ingestor.buffer_stats()["pending_waiters"] == count
+
+    return check
+
+
 async def eventually(check: Any, timeout_s: float = 5.0) -> None:
     """Poll the async predicate `check` until it holds."""
     deadline = time.monotonic() + timeout_s
@@ -719,9 +728,9 @@ async def test_e12_a_duplicate_of_a_pending_event_waits_for_the_original(
     await seed(db, user, "login-abs")
     async with ingest(start=False) as ingestor:
         original = asyncio.create_task(ingestor.submit([login(user, event_id)], "ags_login"))
-        await asyncio.sleep(0.05)
+        await eventually(waiting_calls(ingestor, 1))
         duplicate = asyncio.create_task(ingestor.submit([login(user, event_id)], "publish"))
-        await asyncio.sleep(0.1)
+        await eventually(waiting_calls(ingestor, 2))
         assert not original.done() and not duplicate.done()
         assert ingestor.buffer_stats()["pending_waiters"] == 2
         assert await marker(redis_client, redis_prefix, user, event_id) == b"p"
@@ -1072,7 +1081,7 @@ async def test_e16_concurrent_calls_of_one_user_are_admitted_in_arrival_order(in
             asyncio.create_task(ingestor.submit([stat(user, "kills", value, 1, event_id=new_id())], "publish"))
             for value in (5, 9, 1, 4)
         ]
-        await asyncio.sleep(0.1)
+        await eventually(waiting_calls(ingestor, 4))
         await ingestor.start()
         await asyncio.gather(*calls)
     assert (await row(db, user, "kills-abs"))["progress"] == 4
@@ -1115,7 +1124,7 @@ async def test_e18_drain_flushes_everything_and_answers_the_waiting_calls(
     ingestor = Ingestor(replace(base_config, flush_interval_ms=60_000), catalog, store, queries, cache)
     await ingestor.start()
     calls = [asyncio.create_task(ingestor.submit([login(user)], "publish")) for user in users]
-    await asyncio.sleep(0.1)
+    await eventually(waiting_calls(ingestor, len(users)))
     assert not any(call.done() for call in calls)  # the interval is far away
     assert await ingestor.drain_and_stop(10) == 0
     assert all(call.done() and call.result().accepted == 1 for call in calls)
@@ -1144,7 +1153,7 @@ async def test_e18_entries_left_at_the_drain_timeout_are_counted_and_their_calle
         ingestor = Ingestor(base_config, catalog, store, queries, cache)
         await ingestor.start()
         call = asyncio.create_task(ingestor.submit([login(user)], "publish"))
-        await asyncio.sleep(0.1)
+        await eventually(waiting_calls(ingestor, 1))
         assert await ingestor.drain_and_stop(0.3) == 1
         with pytest.raises(DomainError) as failure:
             await call
