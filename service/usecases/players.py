@@ -253,6 +253,7 @@ class Players:
         self._unassigned_states = {
             goal.goal_id: GoalState(goal, None, NO_ROW_VIEW, False) for goal in catalog.goals if not goal.prerequisites
         }
+        self._catalog_order = {goal.goal_id: index for index, goal in enumerate(catalog.goals)}
         # Plain goals (no rotation, absolute progress, no prerequisites): a row is its own view, never locked.
         self._plain_goal_ids = frozenset(
             goal.goal_id
@@ -753,14 +754,22 @@ class Players:
     ) -> dict[str, tuple[GoalState, ...]]:
         """Per challenge id, in catalog order: the goals with an active row."""
         rows_by_id = self._view_rows(rows, pre)
-        return {
-            challenge.challenge_id: tuple(
-                self._state(goal, rows_by_id, now)
-                for goal in challenge.goals
-                if (row := rows_by_id.get(goal.goal_id)) is not None and row.is_active
-            )
-            for challenge in self._catalog.challenges
+        by_challenge: dict[str, list[GoalState]] = {
+            challenge.challenge_id: [] for challenge in self._catalog.challenges
         }
+        for state in self._active_in_catalog_order(rows_by_id, now):
+            by_challenge[state.goal.challenge_id].append(state)
+        return {challenge_id: tuple(states) for challenge_id, states in by_challenge.items()}
+
+    def _active_in_catalog_order(self, rows_by_id: Mapping[str, ProgressRow], now: datetime) -> list[GoalState]:
+        """The states of the catalog goals with an active row, in catalog order; walks the player's rows
+        rather than the catalog (a few active rows against hundreds of goals)."""
+        order, goals_by_id = self._catalog_order, self._catalog.goals_by_id
+        active = sorted(
+            (row.goal_id for row in rows_by_id.values() if row.is_active and row.goal_id in order),
+            key=order.__getitem__,
+        )
+        return [self._state(goals_by_id[goal_id], rows_by_id, now) for goal_id in active]
 
     def _assigned_states(
         self,
@@ -768,12 +777,7 @@ class Players:
         pre: Sequence[ProgressRow],
         now: datetime,
     ) -> tuple[GoalState, ...]:
-        rows_by_id = self._view_rows(rows, pre)
-        return tuple(
-            self._state(goal, rows_by_id, now)
-            for goal in self._catalog.goals
-            if (row := rows_by_id.get(goal.goal_id)) is not None and row.is_active
-        )
+        return tuple(self._active_in_catalog_order(self._view_rows(rows, pre), now))
 
     # -- PostgreSQL reads --------------------------------------------------------------------------
 
