@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,6 +71,7 @@ class Result:
     elapsed_s: float
     cpu_s: float
     latencies_ms: list[float]
+    failures: dict[str, int] = field(default_factory=dict)  # by HTTP status or exception name
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -129,14 +130,15 @@ async def one_call(
     try:
         async with session.request(method, url, headers={"Authorization": f"Bearer {token}"}) as response:
             await response.read()
-            ok = response.status == 200
-    except (TimeoutError, aiohttp.ClientError):
-        ok = False
-    if ok:
+            outcome = str(response.status)
+    except (TimeoutError, aiohttp.ClientError) as error:
+        outcome = type(error).__name__
+    if outcome == "200":
         result.answered += 1
         result.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
     else:
         result.errors += 1
+        result.failures[outcome] = result.failures.get(outcome, 0) + 1
 
 
 async def concurrently(session: aiohttp.ClientSession, method: str, url: str, tokens: list[str], limit: int) -> None:
@@ -232,6 +234,10 @@ async def drive(target: Target, args: argparse.Namespace, base: Path, catalog: P
     return results
 
 
+def failure_note(result: Result) -> str:
+    return " (" + ", ".join(f"{n} x {k}" for k, n in sorted(result.failures.items())) + ")" if result.failures else ""
+
+
 def table(args: argparse.Namespace, runs: dict[str, dict[str, Result]]) -> str:
     labels = sorted(runs, key=lambda label: label == "baseline")
     lines = [
@@ -244,7 +250,7 @@ def table(args: argparse.Namespace, runs: dict[str, dict[str, Result]]) -> str:
         for label in labels:
             r = runs[label][scenario]
             row = (
-                f"| {scenario} | {label} | {r.answered}/{r.offered} | {r.errors} | {r.percentile(50):.1f} | "
+                f"| {scenario} | {label} | {r.answered}/{r.offered} | {r.errors}{failure_note(r)} | {r.percentile(50):.1f} | "
                 f"{r.percentile(95):.1f} | {r.percentile(99):.1f} | {r.cpu_us_per_request:.0f} | "
                 f"{1e6 / r.cpu_us_per_request:.0f} |"
             )

@@ -266,6 +266,9 @@ class Players:
             "goal_ids": [goal.goal_id for goal in catalog.default_goals],
             "challenge_ids": [goal.challenge_id for goal in catalog.default_goals],
         }
+        self._default_schedules = [
+            goal.rotation.schedule if goal.rotation is not None else None for goal in catalog.default_goals
+        ]
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -366,7 +369,7 @@ class Players:
             "user_id": user_id,
             "namespace": self._namespace,
             **self._default_goal_params,
-            "expires_at": [expires_at_for(goal, now) for goal in self._catalog.default_goals],
+            "expires_at": self._default_expiries(now),
             "now": now,
             "prereq_goal_ids": self._prerequisite_ids,
         }
@@ -387,6 +390,11 @@ class Players:
             )
         await self._cache_record_initialize(user_id, read, rows, pre, inserted > 0)
         return inserted, rows, pre
+
+    def _default_expiries(self, now: datetime) -> list[datetime | None]:
+        """`expires_at_for` of every default goal at `now`, computed once per rotation schedule."""
+        boundaries = {schedule: next_boundary(schedule, now) for schedule in set(self._default_schedules) if schedule}
+        return [boundaries[schedule] if schedule else None for schedule in self._default_schedules]
 
     async def _catch_up(
         self,
