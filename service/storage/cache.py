@@ -376,6 +376,8 @@ class Cache:
             for kind in (KIND_ACTIVE, KIND_SYNCED)
             for result in (RESULT_HIT, RESULT_MISS, RESULT_BYPASS, RESULT_ERROR)
         }
+        # The labelled children, looked up once: `labels()` takes a lock and builds a key on every call.
+        self._read_counters = {key: CACHE_REQUESTS.labels(*key) for key in self._reads}
         self._invalidations = {INVALIDATION_OK: 0, INVALIDATION_FAILED: 0, INVALIDATION_REPLAYED: 0}
         self._redis_errors = 0
         if client is not None:
@@ -428,7 +430,7 @@ class Cache:
 
     def _count_read(self, kind: str, result: str) -> None:
         self._reads[(kind, result)] += 1
-        CACHE_REQUESTS.labels(kind, result).inc()
+        self._read_counters[(kind, result)].inc()
 
     def _count_invalidations(self, result: str, n: int = 1) -> None:
         if n:
