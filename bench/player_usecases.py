@@ -36,7 +36,9 @@ SCENARIOS = ("initialize_new", "initialize_returning", "challenges", "challenges
 
 async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Run every scenario against the service code on sys.path; return CPU and wall time per call (us)."""
+    import service.usecases.players as players_module
     from challengectl.loadtest.profiles import get_profile
+    from service.runtime.gc_policy import freeze_startup_objects
     from service.storage.cache import Cache, open_redis
     from service.storage.registry import load_registry
     from service.storage.store import PoolConfig, Queries, Store
@@ -44,6 +46,8 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from service.usecases.players import Players
     from service.usecases.rewards import RewardConfig, RewardGranter
 
+    if not Path(players_module.__file__).resolve().is_relative_to(Path(args.tree).resolve()):
+        raise SystemExit(f"imported {players_module.__file__}, not the tree {args.tree}")
     catalog = get_profile(args.profile).catalog()
     store = await Store.open(args.db, "service", PoolConfig(min_size=2, max_size=4))
     redis = open_redis(os.environ["REDIS_URL"], 8, 2000)
@@ -56,6 +60,9 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         await players.initialize(user)
     for user in returning:
         await players.initialize(user)
+    # As `serve` does after startup (service/runtime/gc_policy.py): without it, every full collection would
+    # traverse the setup's objects and charge the tree that allocates more for it.
+    freeze_startup_objects()
     toggled = next(goal for goal in catalog.goals if not goal.default_assigned) if args.profile == "seed-m3" else None
     toggled = toggled or catalog.goals[-1]
 
@@ -118,7 +125,7 @@ def create_database(admin_url: str, name: str) -> str:
 
 def run_worker(tree: Path, args: argparse.Namespace, db: str, prefix: str) -> dict[str, dict[str, float]]:
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO_ROOT}"}
-    command = [sys.executable, __file__, "--worker", "--db", db, "--prefix", prefix]
+    command = [sys.executable, __file__, "--worker", "--db", db, "--prefix", prefix, "--tree", str(tree)]
     command += ["--profile", args.profile, "--players", str(args.players), "--calls", str(args.calls)]
     command += ["--scenarios", ",".join(args.scenarios)]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -138,6 +145,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         from service.runtime.event_loop import run

@@ -36,8 +36,15 @@ def start_serve(
     readyz = f"http://127.0.0.1:{settings['CHALLENGE_HTTP_PORT']}/readyz"
     output = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
     try:
+        # `python -m` puts the working directory first on sys.path: started from the repository root, this
+        # checkout's service/ would shadow the tree that PYTHONPATH names first (a before/after would
+        # compare the checkout with itself). Run in that first entry instead.
         process = subprocess.Popen(
-            [sys.executable, "-m", "challengectl", "serve"], env=env, stdout=output, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "challengectl", "serve"],
+            env=env,
+            cwd=env["PYTHONPATH"].split(os.pathsep)[0],
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     finally:
         if log_path is not None:
