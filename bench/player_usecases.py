@@ -27,9 +27,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("initialize_new", "initialize_returning", "challenges", "challenges_active", "set_active")
 
@@ -114,15 +111,6 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     return results
 
 
-def create_database(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = name
-    return make_conninfo(**params)
-
-
 def run_worker(tree: Path, args: argparse.Namespace, db: str, prefix: str) -> dict[str, dict[str, float]]:
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO_ROOT}"}
     command = [sys.executable, __file__, "--worker", "--db", db, "--prefix", prefix, "--tree", str(tree)]
@@ -156,6 +144,8 @@ def main() -> None:
     if not admin_url or not redis_url:
         parser.error("set DATABASE_URL and REDIS_URL")
     sys.path.insert(0, str(REPO_ROOT))
+    from player_data_path import create_database, drop_database
+
     from service.storage.migrations import apply_migrations
 
     trees = {"this tree": REPO_ROOT}
@@ -171,8 +161,7 @@ def main() -> None:
                 apply_migrations(db)
                 runs[label].append(run_worker(tree, args, db, f"buc{stamp}r{repetition}t{index}"))
             finally:
-                with psycopg.connect(admin_url, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                drop_database(admin_url, name)
             print(f"run {repetition + 1}/{args.repeat} of {label} done", file=sys.stderr)
     print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), load average "
