@@ -44,6 +44,8 @@ import psycopg
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from serve_process import start_serve  # noqa: E402
+
 from challengectl.loadtest.operations import Event, Operations  # noqa: E402
 from challengectl.loadtest.profiles import user_id_of  # noqa: E402
 from service.runtime.embedded import EmbeddedPostgres  # noqa: E402
@@ -108,9 +110,7 @@ class Service:
     def __init__(self, base: Path, port_base: int, index: int, database_url: str, redis_url: str) -> None:
         self.http_port, self.grpc_port, self.admin_port = (port_base + 10 + 3 * index + k for k in range(3))
         self.log = base / f"serve-{index}.log"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_")},
-            "PYTHONPATH": str(REPO_ROOT),
+        self.settings = {
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "XDG_CONFIG_HOME": str(base / "config"),
@@ -119,7 +119,6 @@ class Service:
             "CHALLENGE_HTTP_PORT": str(self.http_port),
             "CHALLENGE_GRPC_PORT": str(self.grpc_port),
             "CHALLENGE_ADMIN_PORT": str(self.admin_port),
-            "CHALLENGE_LOG_FORMAT": "json",
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -128,20 +127,7 @@ class Service:
         return f"http://127.0.0.1:{self.http_port}/challenge"
 
     def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "challengectl", "serve"], env=self.env, stdout=log, stderr=log, cwd=REPO_ROOT
-            )
-        _wait(self.ready, timeout_s=60)
-
-    def ready(self) -> bool:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{self.api_url}/readyz", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        self.process = start_serve(self.settings, log_path=self.log)
 
     def signal(self, signum: int) -> float:
         """Send `signum` and wait for the exit; return the seconds it took."""
