@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from challengectl import database
 from challengectl.client import Clients
 from challengectl.connections import service_database_url, service_redis_url
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
@@ -54,7 +55,7 @@ from service.config.settings import (
 )
 from service.domain.catalog import Catalog, CatalogError, load_catalog
 from service.storage.migrations import MigrationError, migration_status
-from service.storage.store import describe_target, session_options, short_reason
+from service.storage.store import describe_target, short_reason
 from service.transport.auth import SECRET_FILE_NAME
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
@@ -71,7 +72,6 @@ CACHE_RATIO_WARN = 0.90
 BUFFER_WARN, BUFFER_FAIL = 0.50, 0.90
 STALLED_ENTRY_MS = 60_000.0
 UTC_NAMES = ("UTC", "Etc/UTC")
-APPLICATION_NAME = "challengectl-cli"
 
 HINT_PG_STAT_STATEMENTS = (
     "add pg_stat_statements to shared_preload_libraries and run CREATE EXTENSION pg_stat_statements"
@@ -173,17 +173,12 @@ class Diagnosis:
                 self._database_error = self.no_database_reason()
             else:
                 try:
-                    self._database = await asyncio.wait_for(
-                        psycopg.AsyncConnection.connect(
-                            url,
-                            autocommit=True,
-                            connect_timeout=int(OPERATION_TIMEOUT_S),
-                            application_name=APPLICATION_NAME,
-                            options=session_options(url, statement_timeout_ms=int(OPERATION_TIMEOUT_S * 1000)),
-                        ),
+                    connection = await asyncio.wait_for(
+                        database.connect_async(url, int(OPERATION_TIMEOUT_S * 1000), OPERATION_TIMEOUT_S),
                         OPERATION_TIMEOUT_S + 1,
                     )
-                    return self._database
+                    self._database = connection
+                    return connection
                 except TimeoutError:
                     self._database_error = f"{describe_target(url)} did not answer within {OPERATION_TIMEOUT_S:g} s"
                 except psycopg.Error as exc:

@@ -28,6 +28,7 @@ import sqlparse
 from psycopg import errors as pg_errors
 from sqlparse import tokens as sql_tokens
 
+from challengectl import database
 from challengectl.errors import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -43,7 +44,6 @@ from service.domain.rules import expires_at_for, next_boundary, period_start
 from service.storage.registry import NamedQuery, Registry
 from service.storage.store import describe_target
 
-APPLICATION_NAME = "challengectl-cli"
 LOCK_TIMEOUT = "1s"
 PROGRESS_TABLE = "user_goal_progress"
 # About this many rows are drawn with TABLESAMPLE SYSTEM to pick a user; `heavy` compares this many users.
@@ -409,18 +409,10 @@ class ExplainSession:
         self._target = describe_target(url)
         self._timeout_ms = statement_timeout_ms
         try:
-            self._conn = psycopg.connect(
-                url,
-                autocommit=True,
-                application_name=APPLICATION_NAME,
-                connect_timeout=max(1, int(connect_timeout_s)),
-                options="-c TimeZone=UTC",
-            )
+            self._conn = database.connect(url, None, connect_timeout_s)
         except psycopg.Error as exc:
-            raise CliError(
-                f"PostgreSQL {self._target} unreachable: {_reason(exc)}",
-                "check --database-url / DATABASE_URL, or start the service ('challengectl serve')",
-                EXIT_UNAVAILABLE,
+            raise database.unreachable(
+                url, exc, "check --database-url / DATABASE_URL, or start the service ('challengectl serve')"
             ) from None
         self.server_version = self._conn.info.server_version
         self.role = str(self._conn.info.parameter_status("session_authorization") or self._conn.info.user)

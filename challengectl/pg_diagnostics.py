@@ -20,23 +20,9 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex, IndexKey, is_covered_by
-from service.storage.store import session_options
 
-APPLICATION_NAME = "challengectl-cli"
 PROJECT_TABLES = (PROGRESS_TABLE, "reward_grants")
 QUERY_TEXT_CHARS = 200
-
-
-def connect(url: str, statement_timeout_ms: int, connect_timeout_s: int) -> psycopg.Connection:
-    """An autocommit session named `challengectl-cli` whose statements stop after `statement_timeout_ms`
-    (0 = no limit, for index builds). Raises `psycopg.OperationalError` when the server is unreachable."""
-    return psycopg.connect(
-        url,
-        autocommit=True,
-        application_name=APPLICATION_NAME,
-        options=session_options(url, statement_timeout_ms),
-        connect_timeout=max(2, connect_timeout_s),
-    )
 
 
 # --- server ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from challengectl import database
 from challengectl import pg_diagnostics as pgd
 from service.runtime.embedded import PGSERVER_OS_USER
 from service.storage.migrations import apply_migrations
@@ -445,7 +446,7 @@ def test_queries_with_the_extension_created_but_not_preloaded_exit_5(migrated_db
         pytest.skip("pg_stat_statements is not installed on this server")
     execute(migrated_db, "CREATE EXTENSION pg_stat_statements")
     # The view's actual columns decide the column set (PostgreSQL 13+ here: *_exec_time).
-    with pgd.connect(migrated_db, 10_000, 10) as conn:
+    with database.connect(migrated_db, 10_000, 10) as conn:
         view = pgd.statement_stats_view(conn)
         server_version_num = pgd.server_info(conn).server_version_num
     assert view.columns.total == ("total_exec_time" if server_version_num >= 130000 else "total_time")

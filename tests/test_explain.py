@@ -15,9 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from challengectl.database import APPLICATION_NAME
 from challengectl.errors import CliError
 from challengectl.explain_runner import (
-    APPLICATION_NAME,
     ExplainSession,
     ParamDefaults,
     SampleUser,

@@ -20,6 +20,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 from rich.tree import Tree
 
+from challengectl import database
 from challengectl import pg_diagnostics as pgd
 from challengectl.connections import database_target
 from challengectl.context import command_group, examples, get_cli, parse_duration
@@ -68,7 +69,7 @@ class DiagnosticsSession:
     def conn(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             with self.errors():
-                self._conn = pgd.connect(self.url, self.statement_timeout_ms, self.connect_timeout_s)
+                self._conn = database.connect(self.url, self.statement_timeout_ms, self.connect_timeout_s)
         return self._conn
 
     def close(self) -> None:
@@ -878,7 +879,7 @@ def migrate(
                 return
             if current.pending and not target.embedded and not yes:
                 confirm(f"apply {len(current.pending)} migration(s) to {mask_url_password(target.url)}", yes)
-            applied = apply_migrations(target.url, application_name=pgd.APPLICATION_NAME)
+            applied = apply_migrations(target.url, application_name=database.APPLICATION_NAME)
         except MigrationError as exc:
             raise CliError(str(exc), "see 'challengectl db migrate --status'", exc.exit_code) from None
         except CliError:

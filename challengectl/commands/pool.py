@@ -18,15 +18,15 @@ import typer
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from challengectl import database
 from challengectl.client import Clients
 from challengectl.connections import database_target
 from challengectl.context import examples, get_cli
-from challengectl.errors import EXIT_GATE, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from challengectl.errors import EXIT_GATE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, status_text
 from challengectl.pg_diagnostics import CONNECTION_LIMIT_COLUMNS, usable_connections
 from challengectl.ticker import parse_interval, run_watch
 from service.config.settings import connections_per_instance, service_processes
-from service.storage.store import describe_target, short_reason
 
 EXAMPLES = examples(
     "challengectl pool",
@@ -67,22 +67,13 @@ SELECT coalesce(state, %(hidden)s) AS state,
 async def read_server_connections(database_url: str) -> dict[str, Any]:
     """Server-side connection usage from `pg_stat_activity` and the connection limits (docs/diagnostics.md#postgresql)."""
     try:
-        async with await psycopg.AsyncConnection.connect(
-            database_url,
-            application_name="challengectl-cli",
-            connect_timeout=CONNECT_TIMEOUT_S,
-            autocommit=True,
-        ) as conn:
+        async with await database.connect_async(database_url, None, CONNECT_TIMEOUT_S) as conn:
             limits = await (await conn.execute(SERVER_LIMITS_SQL)).fetchone()
             sessions = await (await conn.execute(SESSIONS_SQL, {"hidden": INSUFFICIENT_PRIVILEGE})).fetchall()
     except psycopg.Error as exc:
-        raise CliError(
-            f"PostgreSQL {describe_target(database_url)} unreachable: {short_reason(exc, database_url)}",
-            "check --database-url / DATABASE_URL",
-            EXIT_UNAVAILABLE,
-        ) from None
+        raise database.unreachable(database_url, exc) from None
     assert limits is not None
-    database, max_connections, superuser_reserved, reserved, total = limits
+    database_name, max_connections, superuser_reserved, reserved, total = limits
     by_state: dict[str, int] = {}
     by_application: dict[str, int] = {}
     waiting_on_client = 0
@@ -92,7 +83,7 @@ async def read_server_connections(database_url: str) -> dict[str, Any]:
         waiting_on_client += waiting
     available = usable_connections(max_connections, superuser_reserved, reserved)
     return {
-        "database": database,
+        "database": database_name,
         "max_connections": max_connections,
         "superuser_reserved_connections": superuser_reserved,
         "reserved_connections": reserved,

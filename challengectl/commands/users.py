@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from challengectl import database
 from challengectl.client import Clients
 from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
@@ -259,17 +260,10 @@ def player_database(settings: Settings) -> Iterator[psycopg.Connection[dict[str,
     """A connection to the configured (or embedded) database; failures are CliErrors exit 5."""
     with database_target(settings) as target:
         try:
-            connection = psycopg.connect(
-                target.url,
-                application_name=CLI_APPLICATION_NAME,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                row_factory=dict_row,
-            )
+            connection = database.connect(target.url, autocommit=False, row_factory=dict_row)
         except psycopg.Error as exc:
-            raise CliError(
-                f"PostgreSQL unreachable: {_first_line(exc)}",
-                "check --database-url / DATABASE_URL, or run 'challengectl doctor'",
-                EXIT_UNAVAILABLE,
+            raise database.unreachable(
+                target.url, exc, "check --database-url / DATABASE_URL, or run 'challengectl doctor'"
             ) from None
         try:
             with connection:

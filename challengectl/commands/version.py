@@ -74,10 +74,10 @@ async def _postgres_version(url: str | None) -> dict[str, Any]:
         return {"error": "no database_url and no running embedded PostgreSQL"}
     import psycopg
 
+    from challengectl import database
+
     try:
-        async with await psycopg.AsyncConnection.connect(
-            url, connect_timeout=CONNECT_TIMEOUT_S, application_name="challengectl-cli"
-        ) as conn:
+        async with await database.connect_async(url, None, CONNECT_TIMEOUT_S) as conn:
             row = await (await conn.execute("SHOW server_version")).fetchone()
     except psycopg.Error as exc:
         return {"error": f"PostgreSQL unreachable: {_first_line(exc)}"}

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import psycopg
 import redis.asyncio as redis_asyncio
 
+from challengectl import database
 from service.storage.cache import escape_glob, new_token
 
 SCAN_COUNT = 1000
@@ -23,7 +23,7 @@ class ResetResult:
 
 def truncate_tables(database_url: str) -> None:
     """Empty the progress and grant tables (the schema and migrations stay)."""
-    with psycopg.connect(database_url, autocommit=True, application_name="challengectl-cli") as conn:
+    with database.connect(database_url) as conn:
         conn.execute(TRUNCATE)
 
 

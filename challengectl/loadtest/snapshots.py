@@ -16,6 +16,7 @@ import aiohttp
 import psycopg
 import redis.asyncio as redis_asyncio
 
+from challengectl import database
 from challengectl.loadtest.servicemetrics import (
     FLUSH_DURATION,
     Samples,
@@ -74,9 +75,7 @@ class ResourceSampler:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         if self._database_url:
             try:
-                self._pg = await psycopg.AsyncConnection.connect(
-                    self._database_url, autocommit=True, application_name=APPLICATION_NAME
-                )
+                self._pg = await database.connect_async(self._database_url, application_name=APPLICATION_NAME)
                 row = await (await self._pg.execute("SELECT current_setting('max_connections')::int")).fetchone()
                 self.capacity["pg_max_connections"] = row[0] if row else None
                 self.table_stats_before = await self._table_stats()
@@ -208,9 +207,7 @@ class ResourceSampler:
         if not self._pg.closed:
             return True
         try:
-            self._pg = await psycopg.AsyncConnection.connect(
-                self._database_url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=2
-            )
+            self._pg = await database.connect_async(self._database_url, None, 2, APPLICATION_NAME)
         except psycopg.Error as error:
             self._note_once(f"PostgreSQL statistics interrupted: {_first_line(error)}")
             return False

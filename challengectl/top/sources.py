@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 import redis.asyncio as redis_asyncio
 
-from challengectl import pg_diagnostics
+from challengectl import database, pg_diagnostics
 from challengectl.client import AdminClient
 from challengectl.errors import CliError
 from challengectl.loadtest.servicemetrics import Samples, parse_samples
@@ -72,7 +72,7 @@ class PostgresSource:
         assert self.url is not None
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = pg_diagnostics.connect(self.url, STATEMENT_TIMEOUT_MS, CONNECT_TIMEOUT_S)
+                self._conn = database.connect(self.url, STATEMENT_TIMEOUT_MS, CONNECT_TIMEOUT_S)
                 self._limits = pg_diagnostics.server_info(self._conn)
             assert self._limits is not None
             summary = pg_diagnostics.connection_summary(self._conn)
