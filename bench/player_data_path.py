@@ -39,6 +39,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 import psycopg
+import redis
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -211,7 +212,7 @@ async def drive(target: Target, args: argparse.Namespace, base: Path, catalog: P
                 method, path = request_of(scenario)
                 if scenario == "initialize_new":
                     tokens = [
-                        mint_token(key, f"new-{target.label}-{i:06d}", ttl_s=7200)
+                        mint_token(key, f"new-{target.label.replace(' ', '-')}-{i:06d}", ttl_s=7200)
                         for i in range(int(args.rate * args.duration))
                     ]
                 else:
@@ -231,7 +232,24 @@ async def drive(target: Target, args: argparse.Namespace, base: Path, catalog: P
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
+        remove_keys(target.redis_prefix)
     return results
+
+
+def remove_keys(prefix: str) -> None:
+    """Unlink the run's Redis keys (synced markers live for days on a shared server)."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
 
 
 def failure_note(result: Result) -> str:

@@ -144,7 +144,7 @@ def main() -> None:
     if not admin_url or not redis_url:
         parser.error("set DATABASE_URL and REDIS_URL")
     sys.path.insert(0, str(REPO_ROOT))
-    from player_data_path import create_database, drop_database
+    from player_data_path import create_database, drop_database, remove_keys
 
     from service.storage.migrations import apply_migrations
 
@@ -162,6 +162,7 @@ def main() -> None:
                 runs[label].append(run_worker(tree, args, db, f"buc{stamp}r{repetition}t{index}"))
             finally:
                 drop_database(admin_url, name)
+                remove_keys(f"buc{stamp}r{repetition}t{index}")
             print(f"run {repetition + 1}/{args.repeat} of {label} done", file=sys.stderr)
     print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), load average "
