@@ -144,7 +144,8 @@ async def test_rows_committed_after_the_statement_snapshot_are_read_again(env: E
         async with env.store.connection() as probe:
             for _ in range(500):  # until our statement waits on the row lock of the uncommitted insert
                 cursor = await probe.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE %s",
                     ("%INSERT INTO user_goal_progress%",),
                 )
                 if (await cursor.fetchone())[0]:
