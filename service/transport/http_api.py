@@ -3,6 +3,7 @@ HTTP metrics, and every failure as `{"errorCode","message"}` (docs/http-api.md#g
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.domain.catalog import Catalog
@@ -83,12 +84,36 @@ _TRUE_VALUES = frozenset(("true", "1"))
 _FALSE_VALUES = frozenset(("false", "0", ""))
 
 
-def _json(body: bytes) -> Response:
-    return Response(body, media_type=JSON_TYPE)
+class _JsonBody:
+    """A 200 with a ready JSON body: two ASGI messages, without Starlette's per-response header building."""
+
+    __slots__ = ("body",)
+    _CONTENT_TYPE = (b"content-type", JSON_TYPE.encode())
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [self._CONTENT_TYPE, (b"content-length", b"%d" % len(self.body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def _json(body: bytes) -> _JsonBody:
+    return _JsonBody(body)
+
+
+# The query strings players send; anything else goes through the general parser.
+_COMMON_QUERIES: dict[bytes, str | None] = {
+    b"": None,
+    b"active_only=true": "true",
+    b"active_only=false": "false",
+}
 
 
 def _active_only(request: Request) -> bool:
-    value = request.query_params.get("active_only")
+    query: bytes = request.scope["query_string"]
+    value = _COMMON_QUERIES[query] if query in _COMMON_QUERIES else request.query_params.get("active_only")
     if value is None:
         return False
     lowered = value.lower()
@@ -113,7 +138,7 @@ class _Endpoint:
 
     __slots__ = ("_handler",)
 
-    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+    def __init__(self, handler: Callable[[Request], Awaitable[ASGIApp]]) -> None:
         self._handler = handler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -147,19 +172,19 @@ def player_routes(
             check_json_content_type(request.headers)
         return body
 
-    async def list_challenges(request: Request) -> Response:
+    async def list_challenges(request: Request) -> ASGIApp:
         user_id = await authenticator.authenticate(request.headers)
         active_only = _active_only(request)
         return _json(writer.challenge_list(await players.list_challenges(user_id, active_only)))
 
-    async def get_challenge(request: Request) -> Response:
+    async def get_challenge(request: Request) -> ASGIApp:
         user_id = await authenticator.authenticate(request.headers)
         challenge_id = _path_id(request, "challenge_id")
         active_only = _active_only(request)
         state = await players.get_challenge(user_id, challenge_id, active_only)
         return _json(writer.challenge(state, clock()))
 
-    async def initialize(request: Request) -> Response:
+    async def initialize(request: Request) -> ASGIApp:
         # Any method reaches this route, so that `{challenge_id}` never takes the literal `initialize`.
         if request.method != "POST":
             raise ApiError(405, "METHOD_NOT_ALLOWED", "method not allowed", {"Allow": "POST"})
@@ -167,20 +192,20 @@ def player_routes(
         await body_of(request)  # ignored, but still bounded by the size limit
         return _json(writer.initialize(await players.initialize(user_id)))
 
-    async def set_active(request: Request) -> Response:
+    async def set_active(request: Request) -> ASGIApp:
         user_id = await authenticator.authenticate(request.headers)
         challenge_id, goal_id = _path_id(request, "challenge_id"), _path_id(request, "goal_id")
         parsed = parse_set_active(await json_body_of(request))
         return _json(writer.set_active(await players.set_active(user_id, challenge_id, goal_id, parsed.is_active)))
 
-    async def batch_select(request: Request) -> Response:
+    async def batch_select(request: Request) -> ASGIApp:
         user_id = await authenticator.authenticate(request.headers)
         challenge_id = _path_id(request, "challenge_id")
         parsed = parse_batch_select(await json_body_of(request))
         result = await players.batch_select(user_id, challenge_id, parsed.goal_ids, parsed.replace_existing)
         return _json(writer.select(result))
 
-    async def random_select(request: Request) -> Response:
+    async def random_select(request: Request) -> ASGIApp:
         user_id = await authenticator.authenticate(request.headers)
         challenge_id = _path_id(request, "challenge_id")
         parsed = parse_random_select(await json_body_of(request))
@@ -189,18 +214,18 @@ def player_routes(
         )
         return _json(writer.select(result))
 
-    async def claim(request: Request) -> Response:
+    async def claim(request: Request) -> ASGIApp:
         user_id = await authenticator.authenticate(request.headers)
         challenge_id, goal_id = _path_id(request, "challenge_id"), _path_id(request, "goal_id")
         await body_of(request)  # ignored, but still bounded by the size limit
         return _json(writer.claim(await players.claim(user_id, challenge_id, goal_id)))
 
-    async def rotation(request: Request) -> Response:
+    async def rotation(request: Request) -> ASGIApp:
         await authenticator.authenticate(request.headers)
         challenge_id = _path_id(request, "challenge_id")
         return _json(writer.rotation_status(players.rotation_status(challenge_id)))
 
-    async def openapi(request: Request) -> Response:
+    async def openapi(request: Request) -> ASGIApp:
         return _json(openapi_body)
 
     challenges = f"{base_path}/v1/challenges"
@@ -233,6 +258,10 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 UNMATCHED_ROUTE = "unmatched"
+# Request ids made here: 16 random hex digits per process, then a counter; unique without a random read
+# (a getrandom call) per request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
 # The status recorded for a request whose client went away before its answer (nginx's convention).
 CLIENT_CLOSED_STATUS = 499
 # Anything else a client sends is labelled `other`, so garbage methods cannot grow the label set.
@@ -268,7 +297,7 @@ class PlayerApi:
             await self.router(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
+        request_id = _incoming_request_id(scope) or f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
         scope["request_id"] = request_id
         scope["app"] = self  # makes the router raise its 404/405 instead of answering them in plain text
         extra = ((b"x-request-id", request_id.encode()), (b"x-catalog-fingerprint", self.fingerprint))
@@ -366,6 +395,7 @@ def create_http_app(
 ) -> PlayerApi:
     """The player API app: health routes at the root and under base_path, then the player routes
     (see `player_routes`), behind the one `PlayerApi` layer; `admission` guards the `/v1/` routes."""
-    routes: list[BaseRoute] = [*health_routes(readiness), *health_routes(readiness, base_path), *player_routes]
+    # Player routes first: the router tries routes in order, and they carry the traffic.
+    routes: list[BaseRoute] = [*player_routes, *health_routes(readiness), *health_routes(readiness, base_path)]
     router = Router(routes=routes, redirect_slashes=False)
     return PlayerApi(router, catalog_fingerprint, f"{base_path}/v1/", admission)
