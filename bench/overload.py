@@ -17,6 +17,7 @@ new connection when none is idle); latency runs from each request's scheduled se
 lag counts against the service, not for it.
 
     python bench/overload.py [--before-tree DIR] [--factor 3] [--overload-s 10] [--port 20120]
+        [--service-env CHALLENGE_HTTP_MAX_INFLIGHT=32]
 
 Uses DATABASE_URL / REDIS_URL when set (embedded servers otherwise). Prints a Markdown table.
 """
@@ -38,6 +39,9 @@ import player_api
 import psutil
 
 MAX_CLIENT_CONNECTIONS = 900  # under the service's default http_max_connections (1024)
+# An idle connection is dropped by the client after this long, before the service's own idle timeout
+# (http_idle_timeout_ms, 5 s) can close it under a request, as HTTP clients' keep-alive timeouts do.
+CLIENT_KEEPALIVE_S = 4.0
 WINDOW_S = 0.25
 
 
@@ -54,12 +58,22 @@ class Client:
     """Open- and closed-loop HTTP/1.1 requests over a pool of keep-alive connections."""
 
     port: int
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = field(default_factory=list)
     open_connections: int = 0
 
+    def _idle_connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if time.monotonic() - since < CLIENT_KEEPALIVE_S:
+                return reader, writer
+            writer.close()
+            self.open_connections -= 1
+        return None
+
     async def request(self, raw: bytes) -> tuple[int, bool]:
-        if self.idle:
-            reader, writer = self.idle.pop()
+        connection = self._idle_connection()
+        if connection is not None:
+            reader, writer = connection
         elif self.open_connections >= MAX_CLIENT_CONNECTIONS:
             return -1, False  # the client's own limit: counted apart, never against the service
         else:
@@ -84,7 +98,7 @@ class Client:
             writer.close()
             self.open_connections -= 1
         else:
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, time.monotonic()))
         return status, "retry-after" in headers
 
 
@@ -193,7 +207,8 @@ async def drive(port: int, args: argparse.Namespace, tag: str) -> dict[str, floa
         "ok": len(ok),
         "shed": len(shed),
         "shed_with_retry_after": sum(o.retry_after for o in shed),
-        "other": sum(1 for o in overload if o.status not in (200, 503, -1)),
+        "connection_errors": sum(1 for o in overload if o.status == 0),
+        "other": sum(1 for o in overload if o.status not in (200, 503, 0, -1)),
         "client_limited": sum(1 for o in overload if o.status == -1),
         "ok_p50_ms": percentile(ok, 0.5) * 1000,
         "ok_p95_ms": percentile(ok, 0.95) * 1000,
@@ -210,6 +225,7 @@ def measure_tree(tree: Path, args: argparse.Namespace, tag: str) -> dict[str, fl
     env = {
         "PYTHONPATH": f"{tree}{os.pathsep}{player_api.REPO_ROOT}",
         "CHALLENGE_REDIS_KEY_PREFIX": f"bench-overload-{os.getpid()}-{tag}",
+        **dict(setting.split("=", 1) for setting in args.service_env),
     }
     process = player_api.start_service(base / "data", False, 1, env)
     service = psutil.Process(process.pid)
@@ -235,6 +251,9 @@ def main() -> None:
     parser.add_argument("--overload-s", type=float, default=10.0)
     parser.add_argument("--recovery-s", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=None, help="player API port (default: a free one)")
+    parser.add_argument(
+        "--service-env", action="append", default=[], metavar="NAME=VALUE", help="extra service environment"
+    )
     args = parser.parse_args()
     if args.port is not None:
         player_api.PORT, player_api.GRPC_PORT, player_api.ADMIN_PORT = args.port, args.port + 1, args.port + 2
@@ -260,7 +279,8 @@ def main() -> None:
         ("200", "ok", "{:.0f}"),
         ("503", "shed", "{:.0f}"),
         ("503 with Retry-After", "shed_with_retry_after", "{:.0f}"),
-        ("other errors", "other", "{:.0f}"),
+        ("connection errors", "connection_errors", "{:.0f}"),
+        ("other statuses", "other", "{:.0f}"),
         ("not sent (client limit)", "client_limited", "{:.0f}"),
         ("200 p50 / p95 ms", ("ok_p50_ms", "ok_p95_ms"), "{:.0f} / {:.0f}"),
         ("503 p50 / p95 ms", ("shed_p50_ms", "shed_p95_ms"), "{:.1f} / {:.1f}"),
