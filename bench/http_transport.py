@@ -18,13 +18,11 @@ import argparse
 import datetime
 import os
 import shutil
-import signal
 import statistics
 import tempfile
 from pathlib import Path
 
 import player_api
-import psutil
 
 SCENARIOS = {
     "GET /healthz": ("GET", "/healthz"),
@@ -35,14 +33,8 @@ SCENARIOS = {
 
 
 def measure_tree(tree: Path, args: argparse.Namespace, round_index: int) -> dict[str, dict[str, float]]:
-    base = Path(tempfile.mkdtemp(prefix="challengectl-bench-transport-"))
-    env = {
-        "PYTHONPATH": f"{tree}{os.pathsep}{player_api.REPO_ROOT}",
-        "CHALLENGE_REDIS_KEY_PREFIX": f"bench-transport-{os.getpid()}-{round_index}",
-    }
-    process = player_api.start_service(base / "data", False, 1, env)
-    service = psutil.Process(process.pid)
-    try:
+    prefix = {"CHALLENGE_REDIS_KEY_PREFIX": f"bench-transport-{os.getpid()}-{round_index}"}
+    with player_api.service_of_tree(tree, prefix) as service:
         tokens = [
             player_api.mint_token(player_api.SECRET.encode(), f"bench-{i}", ttl_s=3600) for i in range(args.users)
         ]
@@ -56,10 +48,6 @@ def measure_tree(tree: Path, args: argparse.Namespace, round_index: int) -> dict
             requests = result["rps"] * args.duration
             results[name] = {**result, "cpu_us": cpu_s / requests * 1e6, "core": cpu_s / args.duration}
         return results
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def main() -> None:

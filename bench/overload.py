@@ -28,15 +28,12 @@ import argparse
 import asyncio
 import datetime
 import os
-import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import player_api
-import psutil
 
 MAX_CLIENT_CONNECTIONS = 900  # under the service's default http_max_connections (1024)
 # An idle connection is dropped by the client after this long, before the service's own idle timeout
@@ -221,24 +218,16 @@ async def drive(port: int, args: argparse.Namespace, tag: str) -> dict[str, floa
 
 
 def measure_tree(tree: Path, args: argparse.Namespace, tag: str) -> dict[str, float]:
-    base = Path(tempfile.mkdtemp(prefix="challengectl-bench-overload-"))
     env = {
-        "PYTHONPATH": f"{tree}{os.pathsep}{player_api.REPO_ROOT}",
         "CHALLENGE_REDIS_KEY_PREFIX": f"bench-overload-{os.getpid()}-{tag}",
         **dict(setting.split("=", 1) for setting in args.service_env),
     }
-    process = player_api.start_service(base / "data", False, 1, env)
-    service = psutil.Process(process.pid)
-    try:
+    with player_api.service_of_tree(tree, env) as service:
         cpu_before = service.cpu_times()
         result = asyncio.run(drive(player_api.PORT, args, tag))
         cpu_after = service.cpu_times()
         result["service_cpu_s"] = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
         return result
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def main() -> None:

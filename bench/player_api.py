@@ -16,6 +16,7 @@ Needs `wrk` (Debian package `wrk`). Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,10 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -71,6 +75,20 @@ def start_service(
         **(extra_env or {}),
     }
     return start_serve(settings, timeout_s=60)
+
+
+@contextlib.contextmanager
+def service_of_tree(tree: Path, extra_env: dict[str, str]) -> Iterator[psutil.Process]:
+    """A fresh `serve` (one process) running `tree`'s code, in a temporary data dir; stopped and removed
+    afterwards. The caller must not run from a checkout (see `python -m` and the working directory)."""
+    base = Path(tempfile.mkdtemp(prefix="challengectl-bench-"))
+    process = start_service(base / "data", False, 1, {"PYTHONPATH": f"{tree}{os.pathsep}{REPO_ROOT}", **extra_env})
+    try:
+        yield psutil.Process(process.pid)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def initialize(tokens: list[str]) -> None:

@@ -10,24 +10,22 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 from prometheus_client import REGISTRY
 
 from service.config.resources import example_catalog_path
 from service.domain.catalog import Catalog, load_catalog
 from service.storage.store import PoolConfig, Store, open_pool
-from service.transport.admission import Admission
+from service.transport.admission import LATENCY_MIN_INFLIGHT, Admission
 from service.transport.auth import AuthConfig, Authenticator, mint_token
 from service.transport.http_api import create_http_app, player_routes
 from service.transport.http_protocol import HttpLimits, limited_protocol
 from service.usecases.players import ListResult
-from tests.support.http import BASE, SECRET, RecordingPlayers, stub_readiness
+from tests.support.http import BASE, SECRET, RecordingPlayers, serve, stub_readiness
 
 LIMITS = HttpLimits(
     max_header_bytes=4096,
@@ -56,28 +54,9 @@ class GatedPlayers(RecordingPlayers):
 @contextlib.asynccontextmanager
 async def limited_server(app: Any, limits: HttpLimits = LIMITS) -> AsyncIterator[int]:
     """`app` on the limited protocol, as `serve` runs the player API; yields the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app,
-        log_level="critical",
-        lifespan="off",
-        http=limited_protocol(limits),
-        ws="none",
-        timeout_keep_alive=limits.idle_timeout_s,  # type: ignore[arg-type]
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    protocol = limited_protocol(limits)
+    async with serve(app, http=protocol, ws="none", timeout_keep_alive=limits.idle_timeout_s) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def _app(players: RecordingPlayers, catalog: Catalog, admission: Admission | None = None) -> Any:
@@ -338,3 +317,25 @@ async def test_a_saturated_database_pool_sheds_instead_of_waiting(pg_url: str, c
         assert store.waiting_at_max_size() == 0
     finally:
         await store.close()
+
+
+def test_slow_recent_requests_shed_only_with_enough_in_progress() -> None:
+    """The latency rule: requests that took seconds on average refuse new ones while at least
+    LATENCY_MIN_INFLIGHT are in progress; fast completions bring the average back and end it."""
+    admission = Admission(max_inflight=100, pool_waiting=lambda: 0, max_pool_waiting=100, shed_latency_s=1.0)
+    for _ in range(LATENCY_MIN_INFLIGHT):
+        admission.started()
+    assert admission.refusal() is None
+    for _ in range(30):
+        admission.started()
+        admission.finished(3.0)
+    refusal = admission.refusal()
+    assert refusal is not None and (refusal.status, refusal.error_code) == (503, "SERVICE_OVERLOADED")
+    admission.finished(3.0)  # one fewer in progress than the rule needs
+    assert admission.refusal() is None
+    admission.started()
+    for _ in range(40):
+        admission.started()
+        admission.finished(0.01)
+    assert admission.refusal() is None
+    assert Admission(100, lambda: 0, 100, shed_latency_s=None).refusal() is None

@@ -83,6 +83,7 @@ SPECS: tuple[SettingSpec, ...] = (
     _i("http_idle_timeout_ms", 5000, minimum=1, doc="connection closed after this long without a request"),
     _i("http_max_connections", 1024, minimum=1, doc="per process; more: 503 and close"),
     _i("http_max_inflight", 64, minimum=1, doc="player requests in progress per process; more: 503 at once"),
+    _i("http_shed_latency_ms", 1000, doc="503 at once while recent player requests average more; 0: off"),
     _i("db_pool_max_waiting", 0, doc="requests queued for a full DB pool before 503 at once; 0: 2 x db_pool_max"),
     _s("namespace", "accelbyte", aliases=("AB_NAMESPACE",)),
     _s("catalog_path", "config/challenges.json", aliases=("CHALLENGE_CONFIG_PATH",)),
@@ -184,6 +185,7 @@ class Settings:
     http_idle_timeout_ms: int
     http_max_connections: int
     http_max_inflight: int
+    http_shed_latency_ms: int
     db_pool_max_waiting: int
     namespace: str
     catalog_path: str

@@ -134,7 +134,10 @@ def http_limits(settings: Settings) -> HttpLimits:
 def _player_app(settings: Settings, readiness: Readiness, catalog: Catalog, store: Store, routes: list[Any]) -> Any:
     """The player API app of this process, with admission control on its pool and requests in progress."""
     admission = Admission(
-        settings.http_max_inflight, store.waiting_at_max_size, settings.db_pool_max_waiting or 2 * settings.db_pool_max
+        settings.http_max_inflight,
+        store.waiting_at_max_size,
+        settings.db_pool_max_waiting or 2 * settings.db_pool_max,
+        settings.http_shed_latency_ms / 1000 if settings.http_shed_latency_ms else None,
     )
     return create_http_app(readiness, settings.base_path, catalog.fingerprint, routes, admission)
 

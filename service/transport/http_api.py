@@ -318,7 +318,7 @@ class PlayerApi:
                 await error_response(refusal)(scope, receive, send_with_headers)
                 self._record(scope, status, time.perf_counter() - started)
                 return
-            admission.inflight += 1
+            admission.started()
         else:
             admission = None
         try:
@@ -330,9 +330,10 @@ class PlayerApi:
                 raise  # the answer has started; uvicorn closes the connection
             await _error_for(scope, exc)(scope, receive, send_with_headers)
         finally:
+            elapsed = time.perf_counter() - started
             if admission is not None:
-                admission.inflight -= 1
-            self._record(scope, status or 500, time.perf_counter() - started)
+                admission.finished(elapsed)
+            self._record(scope, status or 500, elapsed)
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         route = scope.get("route")

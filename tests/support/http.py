@@ -104,12 +104,12 @@ def stub_readiness() -> Readiness:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run `app` with uvicorn on a free loopback port; yield its base URL."""
+async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
+    """Run `app` with uvicorn (and `config`) on a free loopback port; yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", **config))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
