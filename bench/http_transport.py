@@ -19,7 +19,6 @@ import datetime
 import os
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
 import player_api
@@ -64,9 +63,6 @@ def main() -> None:
     if args.port is not None:
         player_api.PORT, player_api.GRPC_PORT, player_api.ADMIN_PORT = args.port, args.port + 1, args.port + 2
     trees = {"before": Path(args.before_tree).resolve(), "after": player_api.REPO_ROOT}
-    # `python -m challengectl` puts the working directory first on sys.path: started from a checkout, the
-    # service would be that checkout's whatever PYTHONPATH says.
-    os.chdir(tempfile.gettempdir())
     runs: dict[str, list[dict[str, dict[str, float]]]] = {label: [] for label in trees}
     load_start = os.getloadavg()[0]
     for round_index in range(args.rounds):

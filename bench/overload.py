@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import datetime
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,8 +248,6 @@ def main() -> None:
     trees = {"after (this checkout)": player_api.REPO_ROOT}
     if args.before_tree:
         trees = {f"before ({Path(args.before_tree).resolve()})": Path(args.before_tree).resolve(), **trees}
-    # `python -m challengectl` puts the working directory first on sys.path (see http_transport.py).
-    os.chdir(tempfile.gettempdir())
     load_start = os.getloadavg()[0]
     results = {label: measure_tree(tree, args, f"t{index}") for index, (label, tree) in enumerate(trees.items())}
     load_end = os.getloadavg()[0]

@@ -80,7 +80,7 @@ def start_service(
 @contextlib.contextmanager
 def service_of_tree(tree: Path, extra_env: dict[str, str]) -> Iterator[psutil.Process]:
     """A fresh `serve` (one process) running `tree`'s code, in a temporary data dir; stopped and removed
-    afterwards. The caller must not run from a checkout (see `python -m` and the working directory)."""
+    afterwards."""
     base = Path(tempfile.mkdtemp(prefix="challengectl-bench-"))
     process = start_service(base / "data", False, 1, {"PYTHONPATH": f"{tree}{os.pathsep}{REPO_ROOT}", **extra_env})
     try:
