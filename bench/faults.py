@@ -224,6 +224,7 @@ class Load:
     acked: Counter[int] = field(default_factory=Counter)
     ryw_checks: int = 0
     ryw_violations: int = 0
+    http_connections: int = 64
     _last: tuple[float, float, str | None] = (0.0, 0.0, None)
 
     def record(self, label: str, at: float, sent: float, done: float, failure: str | None) -> None:
@@ -240,7 +241,7 @@ class Load:
                 namespace="accelbyte",
                 grpc_token=None,
                 timeout_s=10.0,
-                http_connections=64,
+                http_connections=self.http_connections,
                 recorder=self,
             )
             for service in self.services
@@ -273,21 +274,45 @@ class Load:
         return failure
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Launch operations at the configured rates until `stop`; at most 2000 in flight."""
+        """Launch operations at the configured rates (which may change meanwhile) until `stop`; at most
+        1500 requests and 500 events in flight, and at most 0.1 s of launches owed (a client that cannot
+        keep up skips them rather than bursting later)."""
         tasks: set[asyncio.Task[None]] = set()
-        started, http_n, event_n = time.monotonic(), 0, 0
+        events: set[asyncio.Task[None]] = set()
+        http_n = event_n = 0
+        http_due = event_due = 0.0
+        last = time.monotonic()
         while not stop.is_set():
-            elapsed = time.monotonic() - started
-            while http_n < elapsed * self.http_rate and len(tasks) < 2000:
+            now = time.monotonic()
+            http_due = min(http_due + (now - last) * self.http_rate, http_n + self.http_rate * 0.1 + 1)
+            event_due = min(event_due + (now - last) * self.event_rate, event_n + self.event_rate * 0.1 + 1)
+            last = now
+            while http_n < http_due and len(tasks) < 1500:
                 tasks.add(asyncio.create_task(self._http(self.users[http_n % len(self.users)], http_n)))
                 http_n += 1
-            while event_n < elapsed * self.event_rate and len(tasks) < 2000:
-                tasks.add(asyncio.create_task(self._event(self.users[(event_n * 7) % len(self.users)], event_n)))
+            while event_n < event_due and len(events) < 500:
+                events.add(asyncio.create_task(self._event(self.users[(event_n * 7) % len(self.users)], event_n)))
                 event_n += 1
-            done = {task for task in tasks if task.done()}
-            tasks -= done
+            tasks = {task for task in tasks if not task.done()}
+            events = {task for task in events if not task.done()}
             await asyncio.sleep(0.01)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *events, return_exceptions=True)
+
+    async def capacity(self, seconds: float, concurrency: int) -> float:
+        """Cached listings per second with `concurrency` requests always in flight (closed loop)."""
+        deadline = time.monotonic() + seconds
+        completed = 0
+
+        async def worker(offset: int) -> None:
+            nonlocal completed
+            index = offset
+            while time.monotonic() < deadline:
+                await self.ops[0].challenges(0.0, self.users[index % len(self.users)], True)
+                completed += self._last[2] is None
+                index += concurrency
+
+        await asyncio.gather(*(worker(offset) for offset in range(concurrency)))
+        return completed / seconds
 
     async def read_your_writes(self, rounds: int) -> None:
         """Two instances: a login acked by one must show in the next read on the other."""
@@ -587,6 +612,39 @@ class Drill:
             await in_thread(clustered.stop)
             await in_thread(cluster.stop)
 
+    async def overload(self, service: Service) -> Row:
+        """Measure capacity closed-loop, offer 3x of it open-loop, then drop to half of it."""
+        users = self.users()
+        probe = Load([service], users, 0, 0)
+        await probe.open()
+        capacity = await probe.capacity(3.0, 64)
+        await probe.close()
+        load = Load([service], users, 0, self.args.event_rate, http_connections=2000)
+        await load.open()
+        stop = asyncio.Event()
+        running = asyncio.create_task(load.run(stop))
+        load.http_rate = 3 * capacity
+        fault_at = time.monotonic()
+        await asyncio.sleep(8.0)
+        load.http_rate = capacity / 2
+        back_at = time.monotonic()
+        await asyncio.sleep(AFTER_S)
+        stop.set()
+        await running
+        await load.close()
+        offered = sum(1 for s in load.samples if s.kind == "http" and fault_at <= s.done <= back_at) / (
+            back_at - fault_at
+        )
+        return summarise(
+            Row("overload: 3x capacity for 8 s, then half"),
+            load,
+            fault_at,
+            back_at,
+            self.database_url,
+            f"capacity {capacity:.0f} req/s (64 in flight); offered {3 * capacity:.0f}/s, the client (sharing the "
+            f"cores) completed {offered:.0f}/s; shed at once with 503 + Retry-After, events unaffected",
+        )
+
 
 async def _admin_json(service: Service, path: str) -> dict:
     async with aiohttp.ClientSession() as session:
@@ -602,10 +660,9 @@ SCENARIOS = {
     "sigterm": Drill.sigterm,
     "two-instances": Drill.two_instances,
     "redis-cluster": Drill.redis_cluster,
+    "overload": Drill.overload,
 }
-NOT_DONE = {
-    "overload at 3x capacity": "not built yet (see README)",
-}
+NOT_DONE: dict[str, str] = {}
 
 
 def print_table(rows: list[Row], args: argparse.Namespace, seconds: float) -> None:
