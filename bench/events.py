@@ -43,6 +43,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,13 @@ import aiohttp
 import grpc
 import psutil
 import psycopg
+from google.protobuf import timestamp_pb2
 from hdrh.histogram import HdrHistogram
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.serve_process import start_serve
+from bench.serve_process import free_port, start_serve
 from service.config.resources import example_catalog_path
 from service.domain.catalog import Catalog, load_catalog
 from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
@@ -69,7 +71,9 @@ from service.transport.auth import mint_token
 
 SECRET = "bench-secret-" + "x" * 32
 NAMESPACE = "bench"
-PORT, GRPC_PORT, ADMIN_PORT = 18100, 16665, 18180
+
+
+PORT, GRPC_PORT, ADMIN_PORT = free_port(), free_port(), free_port()
 FIXED_RATE = 500
 LOGIN_SHARE = 0.20
 # Relative weights of the stat codes among stat events; `headshots` only feeds a goal that is not
@@ -94,6 +98,7 @@ class BenchEvent:
     stat_code: str | None  # None for a login
     latest_value: int
     inc: int
+    at: float  # event time: when it was generated, so later values of a player's stat have later times
 
 
 class Workload:
@@ -121,17 +126,27 @@ class Workload:
             self._next_user += 1
             if self._random.random() < LOGIN_SHARE:
                 self.logins[user_id] += 1
-                events.append(BenchEvent(str(uuid.uuid4()), user_id, None, 0, 1))
+                events.append(BenchEvent(str(uuid.uuid4()), user_id, None, 0, 1, time.time()))
                 continue
             code = self._random.choices(self._codes, self._weights)[0]
             inc = self._random.randint(1, 3)
             value = self.stat_values.get((user_id, code), 0) + inc
             self.stat_values[(user_id, code)] = value
-            events.append(BenchEvent(str(uuid.uuid4()), user_id, code, value, inc))
+            events.append(BenchEvent(str(uuid.uuid4()), user_id, code, value, inc, time.time()))
         return events
 
 
 Invoke = Callable[[Any, float], Awaitable[Any]]
+
+
+def _proto_time(at: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(at * 1e9))
+    return stamp
+
+
+def _rfc3339(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -152,7 +167,13 @@ def publish_path(channel: grpc.aio.Channel, batch: int) -> RpcPath:
         batches = []
         for start in range(0, len(events), batch):
             chunk = [
-                ingest_pb2.Event(id=e.id, user_id=e.user_id, namespace=NAMESPACE, kind=ingest_pb2.EVENT_KIND_LOGIN)
+                ingest_pb2.Event(
+                    id=e.id,
+                    user_id=e.user_id,
+                    namespace=NAMESPACE,
+                    kind=ingest_pb2.EVENT_KIND_LOGIN,
+                    timestamp=_proto_time(e.at),
+                )
                 if e.stat_code is None
                 else ingest_pb2.Event(
                     id=e.id,
@@ -162,6 +183,7 @@ def publish_path(channel: grpc.aio.Channel, batch: int) -> RpcPath:
                     stat_code=e.stat_code,
                     latest_value=e.latest_value,
                     inc=e.inc,
+                    timestamp=_proto_time(e.at),
                 )
                 for e in events[start : start + batch]
             ]
@@ -184,12 +206,13 @@ def onmessage_path(channel: grpc.aio.Channel) -> RpcPath:
 
     def build(events: list[BenchEvent]) -> list[Any]:
         return [
-            account_pb2.UserLoggedIn(id=e.id, user_id=e.user_id, namespace=NAMESPACE)
+            account_pb2.UserLoggedIn(id=e.id, user_id=e.user_id, namespace=NAMESPACE, timestamp=_rfc3339(e.at))
             if e.stat_code is None
             else statistic_pb2.StatItemUpdated(
                 id=e.id,
                 user_id=e.user_id,
                 namespace=NAMESPACE,
+                timestamp=_rfc3339(e.at),
                 payload=statistic_pb2.StatItem(
                     namespace=NAMESPACE,
                     stat_code=e.stat_code,
@@ -226,6 +249,7 @@ class StepResult:
     cpu_client: float
     cpu_service: float
     cpu_machine: float
+    service_us_per_event: float
     launch_lag_ms: float
     failed_requests: list[Any] = field(repr=False)
     verdict: str = ""
@@ -317,6 +341,7 @@ class Bench:
             cpu_client=(cpu_after[0] - cpu_before[0]) / wall_s * 100,
             cpu_service=(cpu_after[1] - cpu_before[1]) / wall_s * 100,
             cpu_machine=_busy_share(cpu_before[2], cpu_after[2]) * 100,
+            service_us_per_event=(cpu_after[1] - cpu_before[1]) / max(result["ok_events"], 1) * 1e6,
             launch_lag_ms=result["max_launch_lag_s"] * 1000,
             failed_requests=result["failed"],
         )
@@ -454,7 +479,9 @@ def _busy_share(before: Any, after: Any) -> float:
     return 1 - idle / total if total > 0 else 0.0
 
 
-def start_service(data_dir: Path, log_path: Path, ack_mode: str) -> subprocess.Popen:
+def start_service(
+    data_dir: Path, log_path: Path, ack_mode: str, workers: str | None, service_tree: Path
+) -> subprocess.Popen:
     """Start `python -m challengectl serve` and wait for /readyz."""
     settings = {
         "CHALLENGE_DATA_DIR": str(data_dir),
@@ -466,7 +493,10 @@ def start_service(data_dir: Path, log_path: Path, ack_mode: str) -> subprocess.P
         "CHALLENGE_ACK_MODE": ack_mode,
         "CHALLENGE_CATALOG_PATH": str(example_catalog_path()),
     }
-    return start_serve(settings, log_path=log_path)
+    if workers is not None:
+        settings["CHALLENGE_WORKERS"] = workers
+    # The tree's service/ shadows this checkout's (before/after comparisons); the CLI comes from this checkout.
+    return start_serve(settings, pythonpath=f"{service_tree.resolve()}{os.pathsep}{REPO_ROOT}", log_path=log_path)
 
 
 async def initialize_players(http: aiohttp.ClientSession, user_ids: Sequence[str]) -> None:
@@ -543,15 +573,17 @@ def print_report(
         f"ack_mode={args.ack_mode} users={args.users} publish batch={args.batch} events/call, "
         f"fixed rate {FIXED_RATE} events/s for {args.duration}s, search steps of {args.step_duration}s "
         f"(sustained: achieved >= {SUSTAINED_SHARE:.0%} of offered and ack p99 <= {args.p99_bound_ms:g} ms), "
-        f"call deadline {args.deadline_s:g}s; 1 service process, load generator in one asyncio process, "
+        f"call deadline {args.deadline_s:g}s; serve --workers {args.workers or 'default'} (service CPU: the "
+        "process running gRPC ingestion), load generator in one asyncio process, "
         f"{os.cpu_count()} cores shared with PostgreSQL and Redis; setup {setup_s:.0f}s"
     )
     print()
     print(
         "| path | phase | offered ev/s | achieved ev/s | ack p50 ms | p95 ms | p99 ms | max ms | errors "
-        "| flushes | rows updated | flush mean ms | flush p95 ms | CPU % client/service/machine | verdict |"
+        "| flushes | rows updated | flush mean ms | flush p95 ms | CPU % client/service/machine "
+        "| service CPU us/event | verdict |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for step in steps:
         errors = ", ".join(f"{code} {count}" for code, count in sorted(step.errors.items())) or "0"
         print(
@@ -559,7 +591,7 @@ def print_report(
             f"{step.percentile_ms(50):.1f} | {step.percentile_ms(95):.1f} | {step.percentile_ms(99):.1f} | "
             f"{step.latency_us.get_max_value() / 1000:.1f} | {errors} | {step.flushes} | {step.rows_updated} | "
             f"{step.flush_ms_mean:.1f} | {step.flush_ms_p95:.1f} | {step.cpu_client:.0f}/{step.cpu_service:.0f}/{step.cpu_machine:.0f} | "
-            f"{step.verdict} |"
+            f"{step.service_us_per_event:.0f} | {step.verdict} |"
         )
     print()
     for name in dict.fromkeys(step.path for step in steps if step.phase == "search"):
@@ -629,10 +661,16 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=5, help="gRPC deadline of each call")
     parser.add_argument("--sample", type=int, default=200, help="players checked in PostgreSQL at the end")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", help="serve --workers (default: the service's default)")
+    parser.add_argument(
+        "--service-tree",
+        default=str(REPO_ROOT),
+        help="source tree whose service/ and sql/ are started (default: this checkout), for before/after runs",
+    )
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="challengectl-bench-events-"))
     data_dir = base / "data"
-    service = start_service(data_dir, base / "serve.log", args.ack_mode)
+    service = start_service(data_dir, base / "serve.log", args.ack_mode, args.workers, Path(args.service_tree))
     try:
         asyncio.run(run(args, service, data_dir))
     finally:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
     # The tree's service/ shadows this checkout's; the CLI that `serve` goes through comes from this checkout.
     service_path = f"{Path(args.service_tree).resolve()}{os.pathsep}{player_api.REPO_ROOT}"
     service_env = {"PYTHONPATH": service_path, "CHALLENGE_CATALOG_PATH": str(catalog)}
-    process = player_api.start_service(base / "data", False, 1, service_env)
+    process = player_api.start_service(base / "data", False, args.workers, service_env)
     try:
         run_env = {k: v for k, v in cli_env.items() if not k.startswith("CHALLENGE_")}
         run_env.update(
@@ -103,6 +103,9 @@ def main() -> None:
         help="source tree whose service/ is started (default: this checkout)",
     )
     parser.add_argument("--json", help="also save the loadtest's JSON report here")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="serve --workers: player API processes (0: one process for everything)"
+    )
     args = parser.parse_args()
     report = run(args)
     if args.json:
@@ -111,6 +114,7 @@ def main() -> None:
     pool = report["resources"]["summary"]
     print(
         f"seed-m3 scale={options['scale']} users={options['users']} service tree {args.service_tree}, "
+        f"serve --workers {args.workers}, "
         f"verdict {report['verdict']}; DB pool peak in use {pool['db_pool_peak_in_use']['max']:.0f}/"
         f"{report['resources']['capacity']['db_pool_max']}, max waiting {pool['db_pool_waiting']['max']:.0f}, "
         f"acquire timeouts {pool['db_pool_acquire_timeouts']['max']:.0f}"

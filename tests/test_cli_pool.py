@@ -123,8 +123,11 @@ def test_sizing_advice_counts_the_main_process_when_workers_run() -> None:
     from challengectl.commands.pool import sizing_advice
 
     server = {"total": 5, "available": 97, "max_connections": 100, "by_application": {"challengectl-service": 5}}
-    one = sizing_advice({"workers": {"value": 1}, "db_pool_max": {"value": 20}, "flush_workers": {"value": 4}}, server)
-    two = sizing_advice({"workers": {"value": 2}, "db_pool_max": {"value": 20}, "flush_workers": {"value": 4}}, server)
+    single = {"workers": {"value": 0}, "db_pool_max": {"value": 20}, "flush_workers": {"value": 4}}
+    one = sizing_advice(single, server)
+    default = sizing_advice({**single, "workers": {"value": 1}}, server)
+    two = sizing_advice({**single, "workers": {"value": 2}}, server)
     assert "1 process(es) × pool max 20 + 4 flusher = 24 connections" in one
+    assert "2 process(es) × pool max 20 + 4 flusher = 44 connections" in default  # 1 worker + the main process
     assert "3 process(es) × pool max 20 + 4 flusher = 64 connections" in two  # 2 workers + the main process
     assert two.endswith("at most 1 instance(s) at full pools")

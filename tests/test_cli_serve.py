@@ -98,11 +98,12 @@ def test_db_migrate_reports_an_unreachable_database(capsys) -> None:
     assert "pw" not in err and err.startswith("Error: ")
 
 
-def test_check_accepts_worker_processes_and_refuses_zero(pg_url, capsys) -> None:
+def test_check_accepts_worker_processes_and_zero_and_refuses_negative(pg_url, capsys) -> None:
     args = ["--database-url", pg_url, "serve", "--check", "--catalog", str(example_catalog_path()), "--workers"]
     code, out, err = run_cli([*args, "2"], capsys)
     assert code == 0, err
     assert "settings: ok" in out
-    code, _, err = run_cli([*args, "0"], capsys)
+    assert run_cli([*args, "0"], capsys)[0] == 0
+    code, _, err = run_cli([*args, "-1"], capsys)
     assert code == 2
     assert "workers" in err and "Traceback" not in err

@@ -90,7 +90,7 @@ def test_booleans(tmp_path, raw, expected):
         ({"CHALLENGE_HTTP_PORT": "eighty"}, "setting 'http_port' from env CHALLENGE_HTTP_PORT"),
         ({"CHALLENGE_ACK_MODE": "sometimes"}, "setting 'ack_mode' from env CHALLENGE_ACK_MODE"),
         ({"CHALLENGE_DEBUG": "maybe"}, "setting 'debug'"),
-        ({"CHALLENGE_WORKERS": "0"}, "below the minimum 1"),
+        ({"CHALLENGE_WORKERS": "-1"}, "below the minimum 0"),
         ({"CHALLENGE_DEDUP_PENDING_TTL_S": "2"}, "below the minimum 3"),
     ],
 )

@@ -251,3 +251,26 @@ def test_a_worker_dying_right_after_start_stops_the_service(pg_url: str, redis_u
     assert "Traceback" not in stderr
     _, alive = psutil.wait_procs(everyone, timeout=5)
     assert alive == []
+
+
+@pytest.mark.parametrize(("workers", "http_processes"), [(None, 1), ("0", 0)])
+def test_the_default_layout_keeps_ingestion_apart_from_the_player_api_and_zero_workers_is_one_process(
+    pg_url: str, redis_url: str, redis_prefix: str, workers: str | None, http_processes: int
+) -> None:
+    """Default: one player-API process beside the ingestion process (docs/http-api.md#general-rules); 0: one
+    process for everything. Either way the API and ingestion work."""
+    env = workers_env(pg_url, redis_url, redis_prefix)
+    del env["CHALLENGE_WORKERS"]
+    if workers is not None:
+        env["CHALLENGE_WORKERS"] = workers
+    with ServeProcess(env) as serve:
+        main = psutil.Process(serve.process.pid)
+        spawned = [child for child in main.children() if "spawn_main" in " ".join(child.cmdline())]
+        assert len(spawned) == http_processes
+        assert _listens_on(main, serve.http_port) == (http_processes == 0)
+        user = f"layout-{uuid.uuid4().hex[:8]}"
+        user_token = mint_token(SECRET.encode(), user)
+        _player_call(serve, user_token, "POST", "/v1/challenges/initialize")
+        assert _publish_logins(serve, user, 2).committed
+        listing = _player_call(serve, user_token, "GET", "/v1/challenges?active_only=true")
+        assert _welcome_progress(listing["challenges"][0]["goals"]) == 2

@@ -63,7 +63,12 @@ SPECS: tuple[SettingSpec, ...] = (
     # --- service (docs/configuration.md#service-settings) ---
     _s("http_host", "127.0.0.1", doc="player API bind address"),
     _i("http_port", 8000, maximum=65535),
-    _i("workers", 1, minimum=1, doc="HTTP worker processes sharing http_port"),
+    _i(
+        "workers",
+        1,
+        minimum=0,
+        doc="player API processes sharing http_port, beside the ingestion process; 0: one process for everything",
+    ),
     _i("worker_crash_window_s", 10, minimum=1, doc="a worker dying this soon after its start stops the service"),
     _s("base_path", "/challenge", aliases=("BASE_PATH",)),
     _s("grpc_host", "127.0.0.1"),
@@ -536,9 +541,9 @@ def validate_for_serve(settings: Settings, embedded_postgres: bool) -> None:
 
 
 def service_processes(workers: int) -> int:
-    """Processes of one instance that open a player-API pool: with workers > 1, the workers and the main
-    process (docs/configuration.md#service-settings db_pool_max); otherwise the one process."""
-    return workers + 1 if workers > 1 else 1
+    """Processes of one instance that open a player-API pool: with workers >= 1, the workers and the main
+    (ingestion) process (docs/configuration.md#service-settings db_pool_max); with 0, the one process."""
+    return workers + 1 if workers >= 1 else 1
 
 
 def connections_per_instance(workers: int, db_pool_max: int, flush_workers: int) -> int:

@@ -1,8 +1,10 @@
 """Wiring and lifecycle of `challengectl serve`: embedded servers, migrations, catalog, pools, the HTTP,
 admin and gRPC servers, readiness, and a graceful shutdown on SIGINT/SIGTERM (docs/http-api.md, docs/events.md#shutdown, docs/configuration.md#embedded-default).
 
-With `workers` > 1 the player API runs in HTTP worker processes (`run_http_worker`, started by
-service/runtime/workers.py) and this process keeps gRPC ingestion, the flusher and the admin port (docs/http-api.md#general-rules)."""
+With `workers` >= 1 the player API runs in that many HTTP worker processes (`run_http_worker`, started by
+service/runtime/workers.py) and this process keeps gRPC ingestion, the flusher and the admin port, so event acks
+never queue behind HTTP requests on one event loop (docs/http-api.md#general-rules); `workers` = 0 runs
+everything in this process."""
 
 from __future__ import annotations
 
@@ -307,7 +309,7 @@ class Service:
         lines = [
             f"challengectl {__version__} serving (catalog {self.catalog.path}, fingerprint {self.catalog.fingerprint})",
             f"  player API  {s.resolved_api_url()}   (OpenAPI: {s.resolved_api_url()}/openapi.json)"
-            + (f"   {s.workers} worker processes" if s.workers > 1 else ""),
+            + (f"   {s.workers} worker process{'es' if s.workers > 1 else ''}" if s.workers else ""),
             f"  gRPC        {s.grpc_host}:{s.grpc_port}",
             f"  admin       http://{s.admin_host}:{s.admin_port}",
         ]
@@ -531,7 +533,7 @@ def serve(settings: Settings) -> int:
                 settings.grpc_host,
             )
         with contextlib.ExitStack() as run:
-            runtime_dir = run.enter_context(runtime_directory()) if settings.workers > 1 else None
+            runtime_dir = run.enter_context(runtime_directory()) if settings.workers >= 1 else None
             service = Service(settings, catalog, deps, auth_config, runtime_dir=runtime_dir)
             exit_code = event_loop.run(_serve_until_signalled(service))
     finally:
