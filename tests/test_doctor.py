@@ -121,7 +121,8 @@ def test_everything_passes_against_a_healthy_service(service: ServeProcess, redi
     if rows["pg-stat-statements"]["status"] == "warn":
         assert "shared_preload_libraries" in rows["pg-stat-statements"]["hint"]
     assert rows["headroom"]["status"] in ("pass", "warn")
-    assert "db_pool_max 20 + 4 flusher = 24" in rows["headroom"]["observed"]
+    # the default layout: the API process and the main (ingestion) process
+    assert "2 process(es) × db_pool_max 20 + 4 flusher = 44" in rows["headroom"]["observed"]
     # A private redis-server starts with maxmemory-policy noeviction.
     assert rows["redis-eviction"]["status"] == "warn"
     assert "noeviction" in rows["redis-eviction"]["observed"] and "volatile-lru" in rows["redis-eviction"]["hint"]

@@ -270,7 +270,7 @@ def test_the_default_layout_keeps_ingestion_apart_from_the_player_api_and_zero_w
         assert _listens_on(main, serve.http_port) == (http_processes == 0)
         user = f"layout-{uuid.uuid4().hex[:8]}"
         user_token = mint_token(SECRET.encode(), user)
-        _player_call(serve, user_token, "POST", "/v1/challenges/initialize")
-        assert _publish_logins(serve, user, 2).committed
-        listing = _player_call(serve, user_token, "GET", "/v1/challenges?active_only=true")
-        assert _welcome_progress(listing["challenges"][0]["goals"]) == 2
+        player_call(serve, user_token, "POST", "/v1/challenges/initialize")
+        assert publish_logins(serve, user, 2).committed
+        listing = player_call(serve, user_token, "GET", "/v1/challenges?active_only=true")
+        assert welcome_progress(listing["challenges"][0]["goals"]) == 2

@@ -211,7 +211,10 @@ class Service:
             workers = None
         else:
             # Held (bound, never listening) for the whole run: a port taken by another program is a
-            # startup error here, and no other program can take it while workers restart.
+            # startup error here, and no other program can take it while workers restart. SO_REUSEPORT
+            # would let this bind share the port with another instance's workers, so a plain bind
+            # first proves nobody listens on it.
+            bind_socket(settings.http_host, settings.http_port, "player API", listen=False).close()
             port_guard = bind_socket(
                 settings.http_host, settings.http_port, "player API", reuse_port=True, listen=False
             )
