@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from challengectl import database
+from challengectl.cli_queries import cli_sql
 from challengectl.client import Clients
 from challengectl.connections import service_database_url, service_redis_url
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
@@ -356,18 +357,6 @@ async def check_migrations(diagnosis: Diagnosis) -> CheckResult:
     return CheckResult("migrations", PASS, f"all {len(status.applied)} applied (schema version {latest})")
 
 
-CATALOG_ROWS_SQL = """
-SELECT p.goal_id, p.challenge_id, c.challenge_id AS catalog_challenge_id, count(*) AS row_count
-FROM user_goal_progress p
-LEFT JOIN unnest(%(goal_ids)s::text[], %(challenge_ids)s::text[]) AS c(goal_id, challenge_id)
-  ON c.goal_id = p.goal_id
-WHERE c.goal_id IS NULL OR c.challenge_id <> p.challenge_id
-GROUP BY p.goal_id, p.challenge_id, c.challenge_id
-ORDER BY row_count DESC, p.goal_id
-LIMIT 20
-"""
-
-
 async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
     """Rows whose goal left the catalog, or whose challenge_id differs from the catalog's, warn."""
     try:
@@ -381,7 +370,7 @@ async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
     try:
         rows = await (
             await conn.execute(
-                CATALOG_ROWS_SQL,
+                cli_sql("cli_catalog_rows"),
                 {
                     "goal_ids": [goal.goal_id for goal in goals],
                     "challenge_ids": [goal.challenge_id for goal in goals],

@@ -249,3 +249,14 @@ def test_lookup_treats_dash_and_underscore_alike() -> None:
     assert raised.value.close_matches[0] == "active_goals"
     with pytest.raises(UnknownQueryError):
         registry.get("active-goals")
+
+
+def test_the_cli_statements_load_through_the_same_registry() -> None:
+    from challengectl.cli_queries import CLI_QUERIES, cli_registry
+
+    registry = cli_registry()
+    assert sorted(query.name for query in registry) == sorted(CLI_QUERIES)
+    assert {query.name: [param.name for param in query.params] for query in registry}["cli_reward_grants"] == [
+        "namespace",
+        "user_id",
+    ]

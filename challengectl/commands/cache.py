@@ -28,6 +28,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from challengectl.cli_queries import cli_sql
 from challengectl.client import Clients
 from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
@@ -82,16 +83,6 @@ ACTIVE_USERS_PAGE = 1000
 STATS_SCAN_LIMIT = 10_000
 PING_EVERY_S = 0.1
 KIND_ORDER = ("active", "tok", "synced", "evt", "other")
-
-# Every user with an active row, one page at a time (keyset pagination on the idx_ugp_user_active index).
-ACTIVE_USERS_SQL = """
-SELECT DISTINCT user_id
-  FROM user_goal_progress
- WHERE is_active AND user_id > %(after)s
- ORDER BY user_id
- LIMIT %(page)s
-"""
-
 
 # ---------------------------------------------------------------------------------------------------
 # Shared plumbing
@@ -255,7 +246,7 @@ async def active_users(store: Store, skip: set[str]) -> AsyncIterator[list[str]]
             page = [
                 row[0]
                 for row in await (
-                    await conn.execute(ACTIVE_USERS_SQL, {"after": after, "page": ACTIVE_USERS_PAGE})
+                    await conn.execute(cli_sql("cli_active_users_page"), {"after": after, "page": ACTIVE_USERS_PAGE})
                 ).fetchall()
             ]
         if not page:

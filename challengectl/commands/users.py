@@ -24,6 +24,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from challengectl import database
+from challengectl.cli_queries import cli_sql
 from challengectl.client import Clients
 from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
@@ -285,14 +286,6 @@ def run_named(
     return connection.execute(registry().get(name).sql, params).fetchall()
 
 
-REWARD_GRANTS_SQL = """
-SELECT goal_id, generation, challenge_id, idempotency_key, reward_type, reward_id, quantity, mode, attempts, granted_at
-  FROM reward_grants
- WHERE namespace = %(namespace)s AND user_id = %(user_id)s
- ORDER BY goal_id, generation
-"""
-
-
 def redis_url_of(settings: Settings) -> str | None:
     """The Redis the service caches in; None when the cache is disabled. No Redis to be found is a
     CliError exit 5."""
@@ -370,7 +363,9 @@ def show_user(
     catalog = service_catalog(settings)
     with player_database(settings) as connection:
         rows = [ProgressRow.from_mapping(row) for row in run_named(connection, "user_progress", {"user_id": user})]
-        grants = connection.execute(REWARD_GRANTS_SQL, {"namespace": settings.namespace, "user_id": user}).fetchall()
+        grants = connection.execute(
+            cli_sql("cli_reward_grants"), {"namespace": settings.namespace, "user_id": user}
+        ).fetchall()
     if not rows:
         raise CliError(f"user {user!r} has no progress rows", HINT_INIT, EXIT_NOT_FOUND)
     shown = [row for row in rows if goal is None or row.goal_id == goal]

@@ -21,5 +21,9 @@ def queries_path() -> Path:
     return sql_dir() / "queries.sql"
 
 
+def cli_queries_path() -> Path:
+    return sql_dir() / "cli_queries.sql"
+
+
 def example_catalog_path() -> Path:
     return _PACKAGE_DIR / "examples" / "challenges.json"
