@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import filecmp
 import math
-import socket
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,18 +27,17 @@ from prometheus_client import REGISTRY
 
 from service.domain.errors import DomainError, Exhausted, InvalidRequest, Unavailable
 from service.proto import generate
-from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
-from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
-from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+from service.proto.accelbyte.iam.account.v1 import account_pb2
+from service.proto.accelbyte.social.statistic.v1 import statistic_pb2
+from service.proto.challengectl.v1 import ingest_pb2
 from service.transport.grpc_api import (
     EVENT_INGEST_SERVICE_NAME,
     INGEST_SERVICE_NAMES,
     LOGIN_SERVICE_NAME,
     STAT_SERVICE_NAME,
-    GrpcHealth,
-    create_grpc_server,
 )
 from service.usecases.events import IncomingEvent, SubmitResult
+from tests.support.grpc_server import INGEST_UNARY_METHODS, serving
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-ingest-token"
@@ -74,43 +71,6 @@ class ScriptedIngestor:
         finally:
             self.running -= 1
             self.finished.append(events[0].id if events else "")
-
-
-@dataclass
-class Running:
-    channel: grpc.aio.Channel
-    health: GrpcHealth
-
-    @property
-    def login(self) -> account_pb2_grpc.UserAuthenticationUserLoggedInServiceStub:
-        return account_pb2_grpc.UserAuthenticationUserLoggedInServiceStub(self.channel)
-
-    @property
-    def stat(self) -> statistic_pb2_grpc.StatisticStatItemUpdatedServiceStub:
-        return statistic_pb2_grpc.StatisticStatItemUpdatedServiceStub(self.channel)
-
-    @property
-    def ingest(self) -> ingest_pb2_grpc.EventIngestStub:
-        return ingest_pb2_grpc.EventIngestStub(self.channel)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@asynccontextmanager
-async def serving(ingestor: ScriptedIngestor | None, **options: object) -> AsyncIterator[Running]:
-    """A started server on a free loopback port and a channel to it; stopped on exit."""
-    port = free_port()
-    server, health = create_grpc_server("127.0.0.1", port, 4 * 1024 * 1024, 64, ingestor=ingestor, **options)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Running(channel, health)
-    finally:
-        await server.stop(None)
 
 
 async def status_of(call: Awaitable[object]) -> grpc.aio.AioRpcError:
@@ -689,11 +649,6 @@ def test_generate_script_reproduces_the_checked_in_modules(tmp_path: Path) -> No
 
 # --- hostile input (issue: garbage and overload must get statuses a sender can act on) --------------
 
-INGEST_UNARY_METHODS = (
-    f"/{LOGIN_SERVICE_NAME}/OnMessage",
-    f"/{STAT_SERVICE_NAME}/OnMessage",
-    f"/{EVENT_INGEST_SERVICE_NAME}/Publish",
-)
 GARBAGE = [
     b"\xff\xff\xff",  # a field header whose varint never ends
     _field(1, "x")[:-1] + b"",  # a string field cut short

@@ -27,11 +27,29 @@ from service.storage.cache import open_redis
 from service.storage.migrations import apply_migrations
 from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store
-from service.transport.grpc_api import create_grpc_server
 from service.usecases.events import IngestConfig, Ingestor
-from tests.test_events import CATALOG_JSON, NS, make_cache, new_user, row, seed
-from tests.test_grpc_api import INGEST_UNARY_METHODS, Running, free_port
+from tests.support.grpc_server import INGEST_UNARY_METHODS, Running, serving
+from tests.support.players import make_cache, new_user
 
+NS = "hostile-ns"
+CATALOG = {
+    "challenges": [
+        {
+            "challengeId": "c1",
+            "name": "C1",
+            "goals": [
+                {
+                    "goalId": goal_id,
+                    "name": goal_id,
+                    "eventSource": "statistic",
+                    "requirement": {"statCode": "kills", "operator": ">=", "targetValue": 10, "progressMode": mode},
+                    "reward": {"type": "ITEM", "rewardId": "r", "quantity": 1},
+                }
+                for goal_id, mode in (("kills-abs", "absolute"), ("kills-rel", "relative"))
+            ],
+        }
+    ]
+}
 MAX_MESSAGE_BYTES = 64 * 1024
 ACCEPTABLE = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
 
@@ -40,20 +58,16 @@ ACCEPTABLE = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
 async def running(pg_url: str, redis_url: str, redis_prefix: str) -> AsyncIterator[Running]:
     """A gRPC server with the real Ingestor (commit mode) on a migrated database."""
     apply_migrations(pg_url)
-    catalog = parse_catalog(json.dumps(CATALOG_JSON).encode(), "test-hostile.json")
+    catalog = parse_catalog(json.dumps(CATALOG).encode(), "test-hostile.json")
     store = await Store.open(pg_url, "flusher", PoolConfig(min_size=1, max_size=2))
     client = open_redis(redis_url, max_connections=8, timeout_ms=2000)
     config = IngestConfig(namespace=NS, flush_interval_ms=20, flush_workers=2, redis_key_prefix=redis_prefix)
     ingestor = Ingestor(config, catalog, store, Queries(load_registry()), make_cache(client, redis_prefix, catalog))
     await ingestor.start()
-    port = free_port()
-    server, health = create_grpc_server("127.0.0.1", port, MAX_MESSAGE_BYTES, 256, ingestor=ingestor)
-    await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Running(channel, health)
+        async with serving(ingestor, MAX_MESSAGE_BYTES, 256) as server:
+            yield server
     finally:
-        await server.stop(None)
         await ingestor.drain_and_stop(10)
         await client.aclose()
         await store.close()
@@ -64,6 +78,24 @@ async def db(pg_url: str) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any
     conn = await psycopg.AsyncConnection.connect(pg_url, autocommit=True, row_factory=dict_row)
     yield conn
     await conn.close()
+
+
+async def seed(db: psycopg.AsyncConnection[Any], user_id: str, goal_id: str) -> None:
+    """An active, not started progress row."""
+    await db.execute(
+        "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, is_active, assigned_at)"
+        " VALUES (%s, %s, 'c1', %s, true, now())",
+        (user_id, goal_id, NS),
+    )
+
+
+async def row(db: psycopg.AsyncConnection[Any], user_id: str, goal_id: str) -> dict[str, Any]:
+    cursor = await db.execute(
+        "SELECT * FROM user_goal_progress WHERE user_id = %s AND goal_id = %s", (user_id, goal_id)
+    )
+    found = await cursor.fetchone()
+    assert found is not None
+    return found
 
 
 async def code_of(call: Any) -> grpc.StatusCode:
