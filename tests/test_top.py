@@ -12,9 +12,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -134,11 +136,17 @@ def test_a_source_that_is_down_shows_in_its_panel_only(serve: ServeProcess, caps
 
 
 class Tmux:
-    """A private tmux server (its own socket) running one command in a 160x45 window."""
+    """A private tmux server (its own socket) running one command in a 160x45 window; the command's
+    stderr and exit status go to files (`stderr()`, `exit_status()`)."""
 
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.socket = f"challengectl-top-{free_port()}"
+        self._files = Path(tempfile.mkdtemp(prefix="challengectl-tmux-"))
         exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
+        run = f"env -u COLUMNS -u LINES {exports} {shlex.join(command)} 2>{self._files / 'stderr'}"
+        script = (
+            f"{run}; echo $? >{self._files / 'status.tmp'}; mv {self._files / 'status.tmp'} {self._files / 'status'}"
+        )
         self._tmux(
             "new-session",
             "-d",
@@ -148,9 +156,8 @@ class Tmux:
             "160",
             "-y",
             "45",
-            f"env -u COLUMNS -u LINES {exports} {shlex.join(command)}",
+            f"sh -c {shlex.quote(script)}",
         )
-        self._tmux("set-option", "-t", "top", "remain-on-exit", "on")
 
     def _tmux(self, *args: str) -> str:
         return subprocess.run(
@@ -163,8 +170,18 @@ class Tmux:
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", "-t", "top", *keys)
 
-    def pane(self, field: str) -> str:
-        return self._tmux("display-message", "-p", "-t", "top", f"#{{{field}}}").strip()
+    def exit_status(self, timeout_s: float = 10) -> int:
+        """The command's exit status, once it has ended."""
+        status = self._files / "status"
+        deadline = time.monotonic() + timeout_s
+        while not status.exists():
+            assert time.monotonic() < deadline, f"still running:\n{self.screen()}"
+            time.sleep(0.2)
+        return int(status.read_text())
+
+    def stderr(self) -> str:
+        path = self._files / "stderr"
+        return path.read_text() if path.exists() else ""
 
     def wait_for(self, pattern: str, timeout_s: float = SCREEN_TIMEOUT_S) -> re.Match[str]:
         deadline = time.monotonic() + timeout_s
@@ -178,6 +195,7 @@ class Tmux:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+        shutil.rmtree(self._files, ignore_errors=True)
 
 
 def _route_row(tmux: Tmux) -> tuple[float, int]:
@@ -236,11 +254,7 @@ def test_top_in_a_terminal_agrees_with_the_service_and_obeys_its_keys(
             tmux.wait_for(r"^peaks reset$")
         assert not load.failures
         tmux.keys("q")
-        deadline = time.monotonic() + 10
-        while tmux.pane("pane_dead") != "1":
-            assert time.monotonic() < deadline, tmux.screen()
-            time.sleep(0.2)
-        assert tmux.pane("pane_dead_status") == "0"
+        assert tmux.exit_status() == 0, tmux.stderr()
     finally:
         tmux.close()
 
