@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from challengectl.loadtest.profiles import get_profile, write_catalog
 from challengectl.loadtest.stats import decode, new_histogram
 from service.telemetry.metrics import LATENCY_BUCKETS
-from tests.browser import CHROMIUM, SKIP_REASON, drawn_points, measure_charts
 from tests.conftest import new_database
+from tests.support.browser import CHROMIUM, SKIP_REASON, drawn_points, measure_charts
 from tests.support.serve import ServeProcess, base_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
