@@ -2,7 +2,7 @@
 
 Every `docs/<page>.md#<anchor>` reference in code, SQL, tests and the README, and every relative Markdown
 link inside docs/, points at an existing page and at a heading of it (GitHub's anchor rules); every page is
-in the docs index; every setting has a row in docs/configuration.md.
+in the docs index; every setting has a row in docs/configuration.md showing its default.
 """
 
 from __future__ import annotations
@@ -157,3 +157,23 @@ def test_every_setting_has_a_row_in_the_configuration_page() -> None:
     page = (DOCS / "configuration.md").read_text(encoding="utf-8")
     missing = [spec.name for spec in SPECS if f"`{spec.name}`" not in page]
     assert not missing, f"docs/configuration.md does not mention these settings: {', '.join(missing)}"
+
+
+def test_the_configuration_page_shows_each_settings_default() -> None:
+    rows: dict[str, list[str]] = {}
+    for line in (DOCS / "configuration.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            for name in re.findall(r"`([a-z_0-9]+)`", cells[0]):
+                rows.setdefault(name, cells)
+    wrong = []
+    for spec in SPECS:
+        if spec.default is None or isinstance(spec.default, bool):
+            continue  # no default, or a switch the page words as on/off
+        cells = rows.get(spec.name, [])
+        default = re.escape(str(spec.default))
+        if len(cells) < 4 or not re.search(rf"(?<![\w.]){default}(?![\w.])", cells[3]):
+            wrong.append(
+                f"{spec.name} (default {spec.default!r}; the page's Default cell: {cells[3] if len(cells) > 3 else None!r})"
+            )
+    assert not wrong, "docs/configuration.md shows another default for: " + "; ".join(wrong)
