@@ -185,6 +185,25 @@ async def test_a_store_knows_postgres_is_down_and_when_it_is_back(private_postgr
         await store.close()
 
 
+async def test_sessions_terminated_together_cost_one_failed_request(private_postgres: PrivatePostgres) -> None:
+    """pg_terminate_backend on every session of the pool: the first request to meet a dead connection
+    fails, and the pool then replaces the other dead ones before they fail a request each."""
+    store = await Store.open(private_postgres.url, "service", PoolConfig(min_size=4, max_size=4, timeout_ms=5000))
+    try:
+        await _until(lambda: store.pool.get_stats()["pool_available"] == 4, 5)
+        with psycopg.connect(private_postgres.url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'challengectl-service'"
+            )
+        with pytest.raises(StoreUnavailable):
+            await _one_value(store, "SELECT 1")
+        await asyncio.sleep(0.5)
+        assert [await _one_value(store, "SELECT 1") for _ in range(8)] == [1] * 8
+        assert not store.availability.is_down
+    finally:
+        await store.close()
+
+
 async def _one_value(store: Store, statement: str) -> object:
     async with store.connection() as conn:
         cursor = await conn.execute(statement)

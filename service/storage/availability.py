@@ -5,8 +5,8 @@ probe) runs in the background. When it fails, PostgreSQL is *known down*: caller
 probe's reason instead of each waiting out the pool timeout, and the probe repeats every
 `interval_s` until a connection succeeds. Then the recovery hooks run (each pool on that server replaces
 its broken connections) and callers are let through again. The pools of one process to one server share
-one Availability: the outage is the server's, not a pool's. While PostgreSQL is up this costs one attribute read per
-acquire and nothing else.
+one Availability: the outage is the server's, not a pool's. While PostgreSQL is up this costs one
+attribute read per acquire and nothing else.
 """
 
 from __future__ import annotations
@@ -64,14 +64,19 @@ class Availability:
         """Run `hook()` when the probe connects after an outage, before callers are let through."""
         self._recovery_hooks.append(hook)
 
-    def suspect(self) -> None:
+    def suspect(self, connection_lost: bool = False) -> None:
         """A request saw a connectivity failure or a pool timeout: probe now, unless a probe runs or ran
-        within the last interval (a burst of failures costs one probe)."""
+        within the last interval (a burst of failures costs one probe). After a lost connection the
+        recovery hooks run even when the server answers: connections killed together (a restart, or
+        `pg_terminate_backend` on every session) are then replaced at once instead of failing one
+        request each."""
         if not self._active() or (self._task is not None and not self._task.done()):
             return
         if time.monotonic() - self._last_probe_at < self._interval_s:
             return
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="postgres-availability-probe")
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(connection_lost), name="postgres-availability-probe"
+        )
 
     async def wait_until_up(self, timeout_s: float) -> None:
         """Sleep up to `timeout_s`, returning early when a known outage ends (flush retries resume at once)."""
@@ -89,13 +94,15 @@ class Availability:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _run(self) -> None:
+    async def _run(self, connection_lost: bool) -> None:
         while self._active():
             self._last_probe_at = time.monotonic()
             reason = await self._probe_once()
             if reason is None:
                 if self.is_down:
                     await self._recovered()
+                elif connection_lost:
+                    await self._run_hooks()
                 return
             if not self.is_down:
                 self._went_down(reason)
@@ -113,6 +120,13 @@ class Availability:
             return self._describe(error)
         return None
 
+    async def _run_hooks(self) -> None:
+        for hook in self._recovery_hooks:
+            try:
+                await hook()
+            except Exception as error:  # noqa: BLE001 - the pool replaces what it could not check on its own
+                log.warning("checking a pool after a lost connection failed: %s", self._describe(error))
+
     def _went_down(self, reason: str) -> None:
         self.down_reason = reason
         self.down_since = time.monotonic()
@@ -123,11 +137,7 @@ class Availability:
             listener(reason)
 
     async def _recovered(self) -> None:
-        for hook in self._recovery_hooks:
-            try:
-                await hook()
-            except Exception as error:  # noqa: BLE001 - the pool replaces what it could not check on its own
-                log.warning("PostgreSQL is back but checking a pool failed: %s", self._describe(error))
+        await self._run_hooks()
         seconds = time.monotonic() - (self.down_since or time.monotonic())
         log.info("PostgreSQL is back after %.1f s; requests go through again", seconds)
         self.down_reason = None

@@ -211,7 +211,7 @@ class Store:
         except psycopg.OperationalError as error:
             if _is_transaction_rollback(error):
                 raise
-            self.availability.suspect()
+            self.availability.suspect(connection_lost=True)
             raise StoreUnavailable(self.target, self._reason(error)) from None
 
     async def _probe(self) -> None:
