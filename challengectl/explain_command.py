@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from challengectl.catalogs import service_catalog
 from challengectl.connections import database_target
 from challengectl.context import examples, get_cli, parse_duration
 from challengectl.errors import EXIT_GATE, EXIT_NOT_FOUND, EXIT_USAGE, CliError
@@ -48,7 +49,7 @@ from challengectl.plans import (
     timeout_analysis,
 )
 from service.config.settings import Settings, mask_url_password
-from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.domain.catalog import Catalog
 from service.storage.registry import Registry, RegistryError, UnknownQueryError, load_registry
 
 EXPLAIN_EXAMPLES = examples(
@@ -280,14 +281,10 @@ def _parameters(
 def _catalog(settings: Settings, out: Output) -> Catalog | None:
     """The service's catalog, for prerequisite ids, event sources, rotations and rewards; without one the
     parameters come from the rows alone (a warning says so)."""
-    from service.config.resolution import resolve_catalog_path
-
-    path = resolve_catalog_path(settings)
     try:
-        return load_catalog(path)
-    except CatalogError as exc:
-        first = exc.errors[0] if exc.errors else "invalid"
-        out.warn(f"catalog unavailable ({first}); parameters are derived from the user's rows only")
+        return service_catalog(settings)
+    except CliError as unusable:
+        out.warn(f"catalog unavailable ({unusable.message}); parameters are derived from the user's rows only")
         return None
 
 

@@ -28,6 +28,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from challengectl.catalogs import service_catalog
 from challengectl.cli_queries import cli_sql
 from challengectl.client import Clients
 from challengectl.connections import database_target, require_service_redis_url
@@ -45,7 +46,7 @@ from challengectl.redis_diagnostics import (
 )
 from challengectl.ticker import parse_interval, run_watch
 from service.config.settings import Settings
-from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.domain.catalog import Catalog
 from service.domain.rules import ProgressRow, split_active_view
 from service.domain.user_ids import is_valid_user_id
 from service.storage.cache import REDIS_FAILURES, Cache, open_redis, ping, scan_pattern_for_user
@@ -86,22 +87,6 @@ KIND_ORDER = ("active", "tok", "synced", "evt", "other")
 
 # ---------------------------------------------------------------------------------------------------
 # Shared plumbing
-
-
-def load_cli_catalog(settings: Settings) -> Catalog:
-    """The service's catalog as the service resolves it (`catalog_path`, or the bundled example when
-    embedded); an unusable catalog is a configuration error (exit 2)."""
-    from service.config.resolution import resolve_catalog_path
-
-    path = resolve_catalog_path(settings)
-    try:
-        return load_catalog(path)
-    except CatalogError as exc:
-        raise CliError(
-            f"cannot use the catalog {path}: {exc.errors[0]}",
-            "point --config-file or CHALLENGE_CATALOG_PATH at the service's catalog",
-            EXIT_USAGE,
-        ) from None
 
 
 async def service_fingerprint(clients: Clients) -> str | None:
@@ -274,7 +259,7 @@ async def run_warm(
     concurrency: int,
 ) -> dict[str, Any]:
     """Warm the users (explicit ones first, then every active user) `concurrency` at a time."""
-    catalog = load_cli_catalog(settings)
+    catalog = service_catalog(settings)
     running = await service_fingerprint(clients)
     if running is not None and running != catalog.fingerprint:
         raise CliError(
@@ -797,7 +782,7 @@ def keys(
 def _local_fingerprint(settings: Settings, out: Output) -> str | None:
     """The local catalog's fingerprint when the service cannot be asked; None (with a warning) without one."""
     try:
-        return load_cli_catalog(settings).fingerprint
+        return service_catalog(settings).fingerprint
     except CliError as exc:
         out.warn(f"cannot tell current from older synced markers: {exc.message}")
         return None

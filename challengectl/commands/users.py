@@ -24,6 +24,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from challengectl import database
+from challengectl.catalogs import service_catalog
 from challengectl.cli_queries import cli_sql
 from challengectl.client import Clients
 from challengectl.connections import database_target, require_service_redis_url
@@ -37,7 +38,7 @@ from challengectl.errors import (
 )
 from challengectl.output import Column, Output, confirm, rfc3339
 from service.config.settings import Settings
-from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.domain.catalog import Catalog
 from service.domain.rules import ProgressRow, is_locked, is_stale, utc_now, view, would_reset
 from service.domain.user_ids import is_valid_user_id
 from service.storage.cache import (
@@ -386,21 +387,6 @@ def show_user(
     }
     out = cli.output
     out.emit_object(report, table=lambda: show_table(out, report))
-
-
-def service_catalog(settings: Settings) -> Catalog:
-    """The catalog the service loads (same resolution as `serve`); invalid → CliError exit 2."""
-    from service.config.resolution import resolve_catalog_path
-
-    path = resolve_catalog_path(settings)
-    try:
-        return load_catalog(path)
-    except CatalogError as exc:
-        raise CliError(
-            f"cannot load the catalog {path}: {exc.errors[0] if exc.errors else exc}",
-            "check it with 'challengectl config validate', or set CHALLENGE_CATALOG_PATH",
-            EXIT_USAGE,
-        ) from None
 
 
 def describe_rows(catalog: Catalog, rows: Sequence[ProgressRow], shown: Sequence[ProgressRow]) -> list[dict[str, Any]]:
