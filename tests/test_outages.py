@@ -27,6 +27,8 @@ from service.transport.auth import mint_token
 from tests.servers import PrivatePostgres, PrivateRedis
 from tests.support.serve import ServeProcess, base_env, http_get
 
+pytestmark = pytest.mark.integration
+
 SECRET = "outage-secret-" + "x" * 24
 # A pool timeout far above the fail-fast answer, so that waiting it out cannot pass for failing fast.
 POOL_TIMEOUT_MS = 5000
