@@ -22,31 +22,12 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
-import psycopg
-import redis.asyncio as redis_asyncio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from psycopg import errors as pg_errors
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
-
-from challengectl import database
-from challengectl.cli_queries import cli_sql
-from challengectl.client import Clients
+from challengectl.bottleneck import FREE_CONNECTIONS_SQL, SERVICE_SESSIONS_SQL, diagnose, pool_snapshot_evidence
 from challengectl.connections import service_database_url, service_redis_url
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
 from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex
-from challengectl.pg_diagnostics import (
-    CONNECTION_LIMIT_COLUMNS,
-    duplicate_indexes,
-    expected_index_status,
-    project_indexes_async,
-    unused_indexes,
-    usable_connections,
-)
 from service.config.resolution import resolve_catalog_path, validate_settings
 from service.config.settings import (
     Settings,
@@ -54,10 +35,13 @@ from service.config.settings import (
     connections_per_instance,
     service_processes,
 )
-from service.domain.catalog import Catalog, CatalogError, load_catalog
-from service.storage.migrations import MigrationError, migration_status
-from service.storage.store import describe_target, short_reason
-from service.transport.auth import SECRET_FILE_NAME
+from service.domain.catalog import Catalog, CatalogError, grouped_warnings, load_catalog
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis.asyncio as redis_asyncio
+
+    from challengectl.client import Clients
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 
@@ -166,6 +150,11 @@ class Diagnosis:
 
     async def database(self) -> psycopg.AsyncConnection:
         """The PostgreSQL session, opened with the service's session options; raises Unreachable."""
+        import psycopg
+
+        from challengectl import database
+        from service.storage.store import describe_target, short_reason
+
         if self._database is not None:
             return self._database
         if self._database_error is None:
@@ -188,6 +177,11 @@ class Diagnosis:
 
     async def redis(self) -> redis_asyncio.Redis:
         """A Redis client that has answered PING; raises Unreachable."""
+        import redis.asyncio as redis_asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
         if self._redis is not None:
             return self._redis
         if self._redis_error is None:
@@ -215,6 +209,7 @@ class Diagnosis:
 
     def catalog(self) -> Catalog:
         """The catalog the service would load (same resolution as `serve`); raises CatalogError."""
+
         if self._catalog_error is not None:
             raise self._catalog_error
         if self._catalog is None:
@@ -265,6 +260,7 @@ async def need_admin(diagnosis: Diagnosis, path: str) -> dict[str, Any]:
 
 async def check_settings(diagnosis: Diagnosis) -> CheckResult:
     """Settings pass the service's startup refusals and the catalog is valid; catalog warnings warn."""
+
     try:
         validate_settings(diagnosis.settings)
     except SettingsError as exc:
@@ -288,7 +284,7 @@ async def check_settings(diagnosis: Diagnosis) -> CheckResult:
         return CheckResult(
             "settings",
             WARN,
-            f"{summary}; {len(catalog.warnings)} warning(s), first: {catalog.warnings[0]}",
+            f"{summary}; {len(catalog.warnings)} warning(s), first: {grouped_warnings(catalog.warnings)[0]}",
             "run 'challengectl config validate' for every warning",
         )
     return CheckResult("settings", PASS, f"valid; {summary}")
@@ -326,6 +322,8 @@ async def check_postgres(diagnosis: Diagnosis) -> CheckResult:
 
 async def check_migrations(diagnosis: Diagnosis) -> CheckResult:
     """Every migration of this build is applied, with matching checksums and no unknown version."""
+    from service.storage.migrations import MigrationError, migration_status
+
     await need_database(diagnosis)
     url = await diagnosis.database_url()
     assert url is not None  # need_database succeeded
@@ -359,6 +357,10 @@ async def check_migrations(diagnosis: Diagnosis) -> CheckResult:
 
 async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
     """Rows whose goal left the catalog, or whose challenge_id differs from the catalog's, warn."""
+    from psycopg import errors as pg_errors
+
+    from challengectl.cli_queries import cli_sql
+
     try:
         catalog = diagnosis.catalog()
     except CatalogError:
@@ -416,6 +418,13 @@ def _create_statement(index: ExpectedIndex) -> str:
 async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
     """The docs/data-model.md#indexes indexes are present, valid and defined as specified (else fail); an index duplicating
     another (the primary key counts) or an unused extra index warns."""
+    from challengectl.pg_diagnostics import (
+        duplicate_indexes,
+        expected_index_status,
+        project_indexes_async,
+        unused_indexes,
+    )
+
     conn = await need_database(diagnosis)
     if not await _progress_table_exists(conn):
         return CheckResult(
@@ -496,6 +505,8 @@ async def check_pg_stat_statements(diagnosis: Diagnosis) -> CheckResult:
 async def check_headroom(diagnosis: Diagnosis) -> CheckResult:
     """Server connections in use against the usable connections (`pg_diagnostics.usable_connections`), with the
     configured pools of one instance (processes × db_pool_max, plus the flusher's)."""
+    from challengectl.pg_diagnostics import CONNECTION_LIMIT_COLUMNS, usable_connections
+
     conn = await need_database(diagnosis)
     [(max_connections, superuser_reserved, other_reserved, in_use)] = await (
         await conn.execute(
@@ -527,6 +538,28 @@ async def check_headroom(diagnosis: Diagnosis) -> CheckResult:
             "lower db_pool_max (or workers), or raise max_connections",
         )
     return CheckResult("headroom", PASS, observed)
+
+
+async def check_pool_pressure(diagnosis: Diagnosis) -> CheckResult:
+    """The service's PostgreSQL pool now, by the load-test findings' rule (`challengectl.bottleneck`): no
+    pressure passes; waits while PostgreSQL runs few of the pool's sessions, or PostgreSQL-side waits, warn
+    with what would help (raising db_pool_max only when PostgreSQL is busy with them and has headroom)."""
+    pool = (await need_admin(diagnosis, "/admin/pool")).get("db", {})
+    conn = await need_database(diagnosis)
+    sessions = await (await conn.execute(SERVICE_SESSIONS_SQL)).fetchone()
+    limits = await (await conn.execute(FREE_CONNECTIONS_SQL)).fetchone()
+    assert sessions is not None and limits is not None  # aggregates always return one row
+    active, waiting = sessions
+    free = limits[0]
+    verdicts = diagnose(pool_snapshot_evidence(pool, active, waiting, free))
+    if verdicts:
+        return CheckResult("pool", WARN, verdicts[0].finding, verdicts[0].advice)
+    return CheckResult(
+        "pool",
+        PASS,
+        f"{pool.get('in_use', '?')} of {pool.get('max_size', '?')} checked out, {pool.get('waiting', 0)} waiting; "
+        f"{active} service session(s) active in PostgreSQL",
+    )
 
 
 @dataclass(frozen=True)
@@ -681,6 +714,9 @@ async def _rest_readiness(diagnosis: Diagnosis) -> ServicePart:
 
 
 async def _grpc_health(diagnosis: Diagnosis) -> ServicePart:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     target = diagnosis.settings.grpc_addr
     async with grpc.aio.insecure_channel(target) as channel:
         try:
@@ -765,6 +801,8 @@ async def check_buffer(diagnosis: Diagnosis) -> CheckResult:
 
 async def check_jwt_secret(diagnosis: Diagnosis) -> CheckResult:
     """The HS256 secret file in use has mode 0600 or stricter; skipped when no file is in use."""
+    from service.transport.auth import SECRET_FILE_NAME
+
     settings = diagnosis.settings
     if settings.auth == "none":
         raise SkipCheck("auth=none: no JWT secret")
@@ -805,6 +843,7 @@ CHECKS: tuple[Check, ...] = (
     Check("indexes", "indexes", check_indexes),
     Check("pg-stat-statements", "pg_stat_statements", check_pg_stat_statements),
     Check("headroom", "connection headroom", check_headroom),
+    Check("pool", "service DB pool pressure", check_pool_pressure),
     Check("time", "time", check_time),
     Check("redis", "Redis", check_redis),
     Check("redis-eviction", "Redis eviction policy", check_redis_eviction),
@@ -819,6 +858,11 @@ CHECK_NAMES = {check.id: check.name for check in CHECKS}
 
 async def run_check(check: Check, diagnosis: Diagnosis) -> CheckResult:
     """Run one check within CHECK_DEADLINE_S; a dependency failing mid-check is a failed row."""
+    import psycopg
+    from redis.exceptions import RedisError
+
+    from service.storage.store import short_reason
+
     try:
         return await asyncio.wait_for(check.run(diagnosis), CHECK_DEADLINE_S)
     except SkipCheck as skipped:

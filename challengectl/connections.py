@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from service.config.resolution import wants_embedded_postgres, wants_embedded_redis
 from service.config.settings import Settings
-from service.runtime.embedded import EmbeddedServers, discover
+
+# service.runtime.embedded (psycopg, redis, psutil) is imported inside the functions: `challengectl --help`
+# and the commands that never open a connection do not pay for it.
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ def database_target(settings: Settings) -> Iterator[DatabaseTarget]:
             "set --database-url or DATABASE_URL",
             EXIT_UNAVAILABLE,
         )
+
+    from service.runtime.embedded import EmbeddedServers, discover
+
     data_dir = settings.resolved_data_dir()
     running = discover(data_dir)
     if running is not None:
@@ -59,6 +64,9 @@ def service_database_url(settings: Settings) -> str | None:
     """The service's PostgreSQL for a command that only looks at it: `database_url`, or with the
     embedded database the one of a running `serve` of the data dir; None when there is neither
     (nothing is started)."""
+
+    from service.runtime.embedded import discover
+
     if not wants_embedded_postgres(settings):
         return settings.database_url
     running = discover(settings.resolved_data_dir())
@@ -69,6 +77,9 @@ def service_redis_url(settings: Settings) -> str | None:
     """The Redis the service caches in: `redis_url`, or with the embedded Redis the one of a running
     `serve` of the data dir; None when the cache is disabled or there is no such Redis. The CLI never
     starts an embedded Redis: a fresh one would hold no cache to inspect."""
+
+    from service.runtime.embedded import discover
+
     if not wants_embedded_redis(settings):
         return None if settings.cache_disabled() else settings.redis_url
     running = discover(settings.resolved_data_dir())

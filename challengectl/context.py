@@ -11,7 +11,8 @@ commands share: `parse_duration` for `<n>[ms|s|m|h|d]` options and `command_grou
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import json
 import math
 import os
 import stat
@@ -20,16 +21,18 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from challengectl.client import Clients
 from challengectl.durations import EXAMPLES as DURATION_EXAMPLES
 from challengectl.durations import duration_seconds
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Output
 from service.config.settings import Settings, SettingsError, default_config_path, load_settings
+
+if TYPE_CHECKING:
+    from challengectl.client import Clients
 
 T = TypeVar("T")
 
@@ -127,6 +130,8 @@ class CliContext:
 
     def clients(self, settings: Settings | None = None) -> Clients:
         """Lazily-connecting clients for the settings (default: the global ones)."""
+        from challengectl.client import Clients
+
         debug_print = self._debug_line if self.debug or (settings or self.settings()).debug else None
         return Clients(settings or self.settings(), timeout_s=self.timeout_s, debug_print=debug_print)
 
@@ -138,19 +143,39 @@ class CliContext:
             async with self.clients(settings) as clients:
                 return await main(clients)
 
+        import asyncio
+
         return asyncio.run(runner())
 
-    def require_user(self) -> str:
-        """The player to act as: `--user` / `CHALLENGE_USER`, else CliError exit 2."""
-        user = self.settings().user
+    def require_user(self, **command_flags: Any) -> str:
+        """The player to act as: `--user` / `CHALLENGE_USER`, else the subject of `--token` /
+        `CHALLENGE_TOKEN` (the token names its player), else CliError exit 2."""
+        settings = self.settings(**command_flags)
+        user = settings.user or token_subject(settings.token)
         if not user:
             raise CliError(
-                "this command acts as a player and needs --user", "add --user <id> or set CHALLENGE_USER", EXIT_USAGE
+                "this command acts as a player and needs --user (or --token)",
+                "add --user <id> or set CHALLENGE_USER",
+                EXIT_USAGE,
             )
         return user
 
     def _debug_line(self, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
+
+
+def token_subject(token: str | None) -> str | None:
+    """The `sub` claim of a JWT, read without checking the signature (the service checks it); None when
+    `token` is not a JWT with a string subject."""
+    if not token or token.count(".") != 2:
+        return None
+    payload = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    subject = claims.get("sub") if isinstance(claims, dict) else None
+    return subject if isinstance(subject, str) and subject else None
 
 
 def get_cli(ctx: typer.Context) -> CliContext:

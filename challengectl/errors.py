@@ -8,9 +8,10 @@ with the exit code and hint of docs/cli.md, so commands never decide exit codes 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
+if TYPE_CHECKING:  # grpc is imported only by the commands that call the ingest service
+    import grpc
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -109,21 +110,22 @@ def error_from_http(status: int, body: Any, method: str, url: str, admin: bool =
     return CliError(f"HTTP {status} from {method} {url}", hint, exit_code, code=f"HTTP_{status}")
 
 
+# By grpc.StatusCode name.
 _GRPC_EXIT_CODES = {
-    grpc.StatusCode.UNAUTHENTICATED: EXIT_AUTH,
-    grpc.StatusCode.PERMISSION_DENIED: EXIT_AUTH,
-    grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: EXIT_UNAVAILABLE,
-    grpc.StatusCode.INVALID_ARGUMENT: EXIT_FAILED,
-    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    "UNAUTHENTICATED": EXIT_AUTH,
+    "PERMISSION_DENIED": EXIT_AUTH,
+    "UNAVAILABLE": EXIT_UNAVAILABLE,
+    "DEADLINE_EXCEEDED": EXIT_UNAVAILABLE,
+    "RESOURCE_EXHAUSTED": EXIT_UNAVAILABLE,
+    "INVALID_ARGUMENT": EXIT_FAILED,
+    "NOT_FOUND": EXIT_NOT_FOUND,
 }
 
 
 def exit_code_for_grpc(status: grpc.StatusCode) -> int:
     """UNAUTHENTICATED/PERMISSION_DENIED → 4; UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED → 5;
     INVALID_ARGUMENT → 1; NOT_FOUND → 3; anything else → 1 (docs/cli.md#exit-codes)."""
-    return _GRPC_EXIT_CODES.get(status, EXIT_FAILED)
+    return _GRPC_EXIT_CODES.get(status.name, EXIT_FAILED)
 
 
 def error_from_grpc(status: grpc.StatusCode, details: str | None, method: str, target: str) -> CliError:
@@ -132,7 +134,7 @@ def error_from_grpc(status: grpc.StatusCode, details: str | None, method: str, t
     detail = (details or "").splitlines()[0] if details else ""
     if exit_code == EXIT_AUTH:
         hint = "set CHALLENGE_GRPC_TOKEN to the service's grpc_token"
-    elif status == grpc.StatusCode.UNAVAILABLE:
+    elif status.name == "UNAVAILABLE":
         hint = f"is the service running? start it with 'challengectl serve' or set --grpc-addr (now {target})"
     elif exit_code == EXIT_UNAVAILABLE:
         hint = "the service is overloaded or slow; retry later, raise --timeout, or run 'challengectl doctor'"

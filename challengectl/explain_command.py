@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlparse
 import typer
 from rich.console import Console, Group, RenderableType
 from rich.syntax import Syntax
@@ -20,23 +19,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from challengectl.catalogs import service_catalog
 from challengectl.connections import database_target
 from challengectl.context import examples, get_cli, parse_duration
 from challengectl.errors import EXIT_GATE, EXIT_NOT_FOUND, EXIT_USAGE, CliError
-from challengectl.explain_runner import (
-    SAMPLE_MODES,
-    ExplainOptions,
-    ExplainRun,
-    ExplainSession,
-    ParamDefaults,
-    SampleUser,
-    Statement,
-    ad_hoc_statement,
-    derive_params,
-    parse_param_overrides,
-    relations_in_plan,
-)
 from challengectl.output import PIPED_WIDTH, Output, confirm, format_cell, listing
 from challengectl.plans import (
     ESTIMATE_ERROR_FACTOR,
@@ -50,7 +35,10 @@ from challengectl.plans import (
 )
 from service.config.settings import Settings, mask_url_password
 from service.domain.catalog import Catalog
-from service.storage.registry import Registry, RegistryError, UnknownQueryError, load_registry
+
+if TYPE_CHECKING:
+    from challengectl.explain_runner import ExplainOptions, ExplainRun, ExplainSession, SampleUser, Statement
+    from service.storage.registry import Registry
 
 EXPLAIN_EXAMPLES = examples(
     "challengectl explain active-goals",
@@ -111,6 +99,14 @@ def explain_command(
     ),
 ) -> None:
     """Explain a named query (or one ad-hoc SELECT) with parameters from a real user: plan, indexes, findings."""
+    from challengectl.explain_runner import (
+        SAMPLE_MODES,
+        ExplainOptions,
+        ExplainSession,
+        parse_param_overrides,
+        relations_in_plan,
+    )
+
     cli = get_cli(ctx)
     out: Output = cli.output
     registry = _load_registry()
@@ -208,6 +204,8 @@ def add_explain_command(group: typer.Typer) -> None:
 
 
 def _load_registry() -> Registry:
+    from service.storage.registry import RegistryError, load_registry
+
     try:
         return load_registry()
     except RegistryError as exc:
@@ -224,6 +222,9 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
 
 
 def _statement(registry: Registry, name: str | None, sql: str | None) -> Statement:
+    from challengectl.explain_runner import Statement, ad_hoc_statement
+    from service.storage.registry import UnknownQueryError
+
     if name and sql is not None:
         raise CliError("give a query NAME or --sql, not both", "e.g. challengectl explain active-goals", EXIT_USAGE)
     if sql is not None:
@@ -251,6 +252,8 @@ def _parameters(
     now: datetime,
 ) -> tuple[SampleUser | None, dict[str, Any]]:
     """The sample user (None when every parameter was given) and the bound parameters."""
+    from challengectl.explain_runner import ParamDefaults, derive_params
+
     needed = [name for name in statement.param_types if name not in overrides]
     if not needed:
         return None, dict(overrides)
@@ -281,6 +284,8 @@ def _parameters(
 def _catalog(settings: Settings, out: Output) -> Catalog | None:
     """The service's catalog, for prerequisite ids, event sources, rotations and rewards; without one the
     parameters come from the rows alone (a warning says so)."""
+    from challengectl.catalogs import service_catalog
+
     try:
         return service_catalog(settings)
     except CliError as unusable:
@@ -378,6 +383,8 @@ class ExplainReport:
         return Group(*parts)
 
     def _header(self) -> RenderableType:
+        import sqlparse
+
         statement = self.statement
         rows = Table.grid(padding=(0, 2))
         rows.add_column(style="bold")

@@ -537,12 +537,14 @@ class ExplainSession:
         names = [name for _, name in relations]
         with self._guarded("reading table statistics"), self.transaction() as cursor:
             cursor.execute(
-                "SELECT c.oid, c.relname, c.reltuples FROM pg_class AS c "
+                "SELECT c.oid, c.relname, c.reltuples,"
+                " EXISTS (SELECT 1 FROM pg_stats AS s WHERE s.schemaname = n.nspname AND s.tablename = c.relname)"
+                " FROM pg_class AS c "
                 "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
                 "WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
                 [schemas, names],
             )
-            tables = {oid: (relname, float(reltuples)) for oid, relname, reltuples in cursor.fetchall()}
+            tables = {oid: (relname, float(reltuples), stats) for oid, relname, reltuples, stats in cursor.fetchall()}
             cursor.execute(
                 "SELECT x.indrelid, i.relname, x.indisunique, x.indisprimary, x.indisvalid, "
                 "       ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true) "
@@ -591,8 +593,10 @@ class ExplainSession:
                     )
                 )
         return {
-            relname: TableInfo(name=relname, estimated_rows=reltuples, indexes=tuple(indexes[oid]))
-            for oid, (relname, reltuples) in tables.items()
+            relname: TableInfo(
+                name=relname, estimated_rows=reltuples, indexes=tuple(indexes[oid]), has_statistics=stats
+            )
+            for oid, (relname, reltuples, stats) in tables.items()
         }
 
     @contextmanager

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from challengectl.client import ApiClient
+if TYPE_CHECKING:
+    from challengectl.client import ApiClient
+
 
 FINGERPRINT_HEADER = "x-catalog-fingerprint"
 

@@ -292,9 +292,27 @@ class Output:
 
     @property
     def streams_ndjson(self) -> bool:
-        """Streaming commands (watch, --watch, events send --count) emit NDJSON when stdout is not a
-        TTY or `-o json` was asked for; otherwise they use a rich Live display on stdout."""
-        return not self.stdout_is_tty or self.format == "json"
+        """Streaming commands (watch, --watch, events send --verbose) emit one JSON object per line when
+        the format is json (asked for, or the default off a terminal)."""
+        return self.format == "json"
+
+    @property
+    def streams_live(self) -> bool:
+        """A stream is a rich Live display only as a table on a terminal; other formats print each update
+        as a block of its own (YAML documents, tables, text)."""
+        return self.stdout_is_tty and self.format == "table"
+
+    def emit_update(self, data: Any, renderable: Callable[[], RenderableType]) -> None:
+        """One update of a stream that is neither NDJSON nor Live: a YAML document, a table, or the
+        format's rendering of `data`."""
+        if self.format == "yaml":
+            self.write(
+                "---\n" + yaml.safe_dump(json.loads(to_json(data)), sort_keys=False, allow_unicode=True).rstrip("\n")
+            )
+        elif self.format == "table":
+            self.console.print(renderable(), markup=False, highlight=False)
+        else:
+            self.emit(data)
 
     def ndjson(self, obj: Any) -> None:
         """One compact JSON object per line, flushed at once so `| jq` sees it live."""

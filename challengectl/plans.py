@@ -74,11 +74,13 @@ class IndexInfo:
 
 @dataclass(frozen=True)
 class TableInfo:
-    """A table a plan touches: the planner's row estimate (`pg_class.reltuples`) and its indexes."""
+    """A table a plan touches: the planner's row estimate (`pg_class.reltuples`), its indexes, and whether
+    the planner has column statistics for it (`pg_stats`; none before the first ANALYZE of its rows)."""
 
     name: str
     estimated_rows: float
     indexes: tuple[IndexInfo, ...] = ()
+    has_statistics: bool = True
 
     def index(self, name: str) -> IndexInfo | None:
         return next((index for index in self.indexes if index.name == name), None)
@@ -556,6 +558,8 @@ def expected_index_findings(used: Sequence[IndexUse], context: PlanContext) -> l
         advice = f"the index {expected} does not exist: {known.create_sql};"
     elif present is not None and not present.valid:
         advice = f"the index {expected} is INVALID (a failed concurrent build): REINDEX INDEX CONCURRENTLY {expected};"
+    elif present is not None and (not_meaningful := _plan_not_meaningful(present.table, context)) is not None:
+        return [not_meaningful]
     elif present is not None:
         advice = (
             f"{expected} exists and is valid, but the planner chose another path: ANALYZE {table} and "
@@ -576,6 +580,30 @@ def expected_index_findings(used: Sequence[IndexUse], context: PlanContext) -> l
             advice=advice,
         )
     ]
+
+
+def _plan_not_meaningful(table: str, context: PlanContext) -> Finding | None:
+    """info instead of a missing-index warning: with no statistics, or on a table this small, the planner
+    rightly prefers another path, so the plan says nothing about the index yet."""
+    info = context.tables.get(table)
+    if info is None:
+        return None
+    if not info.has_statistics:
+        reason = f"no planner statistics for {table}"
+    elif info.estimated_rows < context.large_table_rows:
+        reason = (
+            f"{table} is tiny (about {_count(max(info.estimated_rows, 0))} rows, below --large-table-rows "
+            f"{_count(context.large_table_rows)}), where another path is cheaper"
+        )
+    else:
+        return None
+    return Finding(
+        rule="plan_not_meaningful",
+        severity="info",
+        node=None,
+        message=f"statistics missing or table tiny: {reason}; the plan is not meaningful yet",
+        advice="run `challengectl db analyze`, and explain again once the table holds realistic data",
+    )
 
 
 def estimate_findings(root: PlanNode) -> list[Finding]:

@@ -14,16 +14,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import RenderableType
 from rich.text import Text
 
-from challengectl.client import Clients
 from challengectl.context import CliContext, parse_duration
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.output import Output, rfc3339
 from service.domain.backoff import doubling_backoff
+
+if TYPE_CHECKING:
+    from challengectl.client import Clients
 
 T = TypeVar("T")
 
@@ -89,11 +91,14 @@ async def run_ticks(
 def live_or_ndjson(
     out: Output, render: Callable[[Any], RenderableType], record: Callable[[Any], Any] = lambda data: data
 ) -> Iterator[Callable[[Any], None]]:
-    """The display of a `--watch` mode, as the `on_result` of `run_ticks`: on a TTY a rich Live of
-    `render(data)` (showing "collecting…" until the first tick), otherwise `record(data)` as one NDJSON
-    line per tick."""
+    """The display of a `--watch` mode, as the `on_result` of `run_ticks`: with json `record(data)` as one
+    NDJSON line per tick; as a table on a TTY a rich Live of `render(data)` (showing "collecting…" until
+    the first tick); otherwise each tick printed in the chosen format."""
     if out.streams_ndjson:
         yield lambda data: out.ndjson(record(data))
+        return
+    if not out.streams_live:
+        yield lambda data: out.emit_update(record(data), lambda: render(data))
         return
     with out.live(Text("collecting…")) as live:
         yield lambda data: live.update(render(data), refresh=True)

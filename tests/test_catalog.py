@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from service.config.resources import example_catalog_path
-from service.domain.catalog import Catalog, CatalogError, load_catalog, parse_catalog
+from service.domain.catalog import (
+    Catalog,
+    CatalogError,
+    first_lines,
+    grouped_warnings,
+    load_catalog,
+    parse_catalog,
+)
 
 DROP = object()  # marks a key to remove from a fixture object
 
@@ -748,3 +755,48 @@ def _mutations() -> dict[str, Any]:
 @pytest.mark.parametrize("mutated", _mutations().values(), ids=_mutations().keys())
 def test_fingerprint_changes_on_any_semantic_change(mutated: dict[str, Any]) -> None:
     assert load(mutated).fingerprint != load(_reference_document()).fingerprint
+
+
+def test_a_whole_file_in_another_shape_is_one_error_with_the_fix() -> None:
+    """The reference load test's catalog shape (snake_case keys, `id`) gives one line, not one per field."""
+    exported = {
+        "challenges": [
+            {
+                "id": f"c{index}",
+                "name": "C",
+                "goals": [
+                    {"id": f"g{index}-{n}", "name": "G", "event_source": "statistic", "default_assigned": True}
+                    for n in range(10)
+                ],
+            }
+            for index in range(50)
+        ]
+    }
+    errors = errors_of(exported)
+    assert len(errors) == 1
+    assert "not in the challenges.json shape" in errors[0]
+    assert "'id' → 'challengeId'" in errors[0] and "'event_source' → 'eventSource'" in errors[0]
+    assert "rename the keys" in errors[0]
+
+
+def test_one_stray_snake_case_key_is_not_a_shape_mismatch() -> None:
+    warnings = load({"challenges": [challenge("c1", goals=[goal("g1"), goal("g2", event_kind="x")])]}).warnings
+    assert warnings == ("goal 'g2' in challenge 'c1': unknown key 'event_kind' is ignored",)
+
+
+def test_identical_warnings_are_grouped_with_a_count() -> None:
+    goals = [goal(f"g{n}", type="STATISTIC") for n in range(500)]
+    loaded = load({"challenges": [challenge("c1", goals=goals)], "version": 2})
+    assert len(loaded.warnings) == 501
+    assert grouped_warnings(loaded.warnings) == [
+        "catalog: unknown key 'version' is ignored",
+        "legacy key 'type' is ignored (500×: goal 'g0' in challenge 'c1', goal 'g1' in challenge 'c1', "
+        "goal 'g2' in challenge 'c1', ...)",
+    ]
+
+
+def test_first_lines_lists_twenty_then_the_rest_as_a_count() -> None:
+    lines = [f"error {n}" for n in range(2510)]
+    shown = first_lines(lines)
+    assert shown[:20] == lines[:20] and shown[20:] == ["... and 2490 more"]
+    assert first_lines(lines[:20]) == lines[:20]

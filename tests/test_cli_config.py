@@ -162,6 +162,22 @@ def test_validate_reports_every_error_and_exits_2(tmp_path, capsys) -> None:
     assert err.startswith("Error: configuration invalid: 2 error(s)")
 
 
+def test_validate_lists_twenty_errors_then_a_count(tmp_path, capsys) -> None:
+    catalog = json.loads(example_catalog_path().read_text())
+    goals = catalog["challenges"][0]["goals"]
+    for index in range(30):
+        goals.append(dict(goals[0], goalId=f"bad-{index}", eventSource="kills"))
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(catalog))
+    code, out, _ = run_cli(["-o", "text", "config", "validate", "--catalog", str(path)], capsys)
+    assert code == 2
+    lines = out.splitlines()
+    assert len([line for line in lines if line.startswith("error: ")]) == 21
+    assert "error: ... and 10 more" in lines
+    code, out, _ = run_cli(["-o", "json", "config", "validate", "--catalog", str(path)], capsys)
+    assert len(json.JSONDecoder().raw_decode(out)[0]["errors"]) == 30  # then the {"error": ...} line
+
+
 def test_path_and_init(tmp_path, capsys) -> None:
     default = tmp_path / "config" / "challengectl" / "config.toml"
     code, out, _ = run_cli(["config", "path"], capsys)
@@ -195,6 +211,8 @@ def test_token_mint_claims_and_ttl(monkeypatch, capsys) -> None:
     assert code == 2
     code, _, err = run_cli(["token", "mint"], capsys)
     assert code == 2 and "--user" in err
+    code, out, _ = run_cli(["token", "mint", "--user", "alice", "-o", "json"], capsys)
+    assert code == 0 and jwt.decode(json.loads(out)["token"], SECRET, algorithms=["HS256"])["sub"] == "alice"
 
 
 def test_token_mint_uses_the_embedded_data_dir_secret(tmp_path, capsys) -> None:

@@ -259,7 +259,7 @@ def test_unreachable_service_exits_5(service: ServeProcess, capsys) -> None:
 def test_open_model_count_and_rate_report_a_summary(service: ServeProcess, capsys) -> None:
     user = new_player(service)
     code, out, err = cli(
-        service, ["events", "send", "login", "--user", user, "--count", "200", "--rate", "100"], capsys
+        service, ["events", "send", "login", "--user", user, "--count", "200", "--rate", "100", "--verbose"], capsys
     )
     assert code == 0, err
     records = ndjson(out)
@@ -270,6 +270,23 @@ def test_open_model_count_and_rate_report_a_summary(service: ServeProcess, capsy
     latency = summary["ack_latency_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
     assert progress(service, user)[LOGIN_GOAL] == 200
+
+
+def test_stat_events_go_in_batches_and_print_one_summary_when_piped(service: ServeProcess, capsys) -> None:
+    user = new_player(service)
+    args = ["events", "send", "stat", "--user", user, "--stat-code", STAT_CODE, "--value", "1", "--count", "250"]
+    code, out, err = cli(service, args, capsys)
+    assert code == 0, err
+    (record,) = ndjson(out)  # no per-call lines without --verbose
+    summary = record["summary"]
+    assert (summary["calls"], summary["sent"], summary["acked"]) == (3, 250, 250)
+    code, out, err = cli(service, [*args, "--batch", "50", "--verbose"], capsys)
+    assert code == 0, err
+    records = ndjson(out)
+    assert [len(call["event_ids"]) for call in records[:-1]] == [50] * 5 and records[-1]["summary"]["calls"] == 5
+    code, out, err = cli(service, ["-o", "yaml", *args], capsys)
+    assert code == 0, err
+    assert out.startswith("summary:") and "calls: 3" in out
 
 
 def test_synthetic_players_share_the_events_round_robin(service: ServeProcess, capsys) -> None:

@@ -249,6 +249,20 @@ def test_challenges_list_get_rotation_and_aliases(run) -> None:
     assert [c["challengeId"] for c in alias_list["challenges"]] == [c.challenge_id for c in CATALOG.challenges]
 
 
+def test_a_token_alone_names_the_player(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.transport.auth import mint_token
+
+    user = new_user("tokened")
+    assert run("users", "init", user).code == 0
+    monkeypatch.setenv("CHALLENGE_TOKEN", mint_token(SECRET.encode(), user))
+    listed = run("challenges", "list", "-o", "json")  # no --user: the token's subject is the player
+    assert listed.code == 0, listed.err
+    assert [c["challengeId"] for c in listed.json["challenges"]] == [c.challenge_id for c in CATALOG.challenges]
+    monkeypatch.setenv("CHALLENGE_TOKEN", "not-a-jwt")
+    refused = run("challenges", "list")
+    assert refused.code == 2 and "needs --user (or --token)" in refused.err
+
+
 def test_error_classes_map_to_exit_codes(run, service: ServeProcess, capsys) -> None:
     user = new_user("errors")
     unknown = run("challenges", "get", "no-such-challenge", user=user)

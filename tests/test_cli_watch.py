@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from challengectl.cli import main
 from service.config.resources import example_catalog_path
@@ -191,6 +192,20 @@ def test_count_polls_and_reports_no_change_when_nothing_happened(service: ServeP
     assert first["changes"] and second["changes"] == []
 
 
+def test_piped_watch_honours_the_output_format(service: ServeProcess, capsys) -> None:
+    user = new_player(service)
+    code, out, err = cli(
+        service, ["-o", "yaml", "watch", "--user", user, "--count", "2", "--interval", "100ms"], capsys
+    )
+    assert code == 0, err
+    documents = [document for document in yaml.safe_load_all(out) if document is not None]
+    assert [document["user_id"] for document in documents] == [user, user]
+    assert documents[0]["changes"] and documents[1]["changes"] == []
+    code, out, err = cli(service, ["-o", "table", "watch", "--user", user, "--once"], capsys)
+    assert code == 0, err
+    assert "CHALLENGE" in out and "PROGRESS" in out and not out.lstrip().startswith("{")
+
+
 def test_unknown_challenge_exits_3_without_retrying(service: ServeProcess, capsys) -> None:
     code, _, err = cli(service, ["watch", "--user", "u1", "--challenge", "no-such-challenge"], capsys)
     assert code == 3 and err.startswith("Error: CHALLENGE_NOT_FOUND")
@@ -198,7 +213,7 @@ def test_unknown_challenge_exits_3_without_retrying(service: ServeProcess, capsy
 
 def test_watch_needs_a_user(service: ServeProcess, capsys) -> None:
     code, _, err = cli(service, ["watch", "--once"], capsys)
-    assert code == 2 and "watch needs --user" in err
+    assert code == 2 and "needs --user" in err
 
 
 def test_live_table_on_a_terminal(service: ServeProcess) -> None:

@@ -6,6 +6,7 @@ row, with exit 99 (never 5) on a failure; `--skip`, `--strict` and `-o json|tabl
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,7 +94,11 @@ def database_session(serve: ServeProcess) -> psycopg.Connection:
 
 
 def test_everything_passes_against_a_healthy_service(service: ServeProcess, redis_server: PrivateRedis, capsys) -> None:
-    code, rows, err = doctor_json([*service_flags(service, redis_server.url), "doctor"], capsys)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, rows, err = doctor_json([*service_flags(service, redis_server.url), "doctor"], capsys)
+    # doctor prints its table and nothing else (a sync redis Retry given to the async client used to warn).
+    assert [str(warning.message) for warning in caught if warning.category is UserWarning] == []
     assert code == 0, (rows, err)
     assert list(rows) == list(CHECK_IDS)
     for check_id in (
@@ -123,6 +128,7 @@ def test_everything_passes_against_a_healthy_service(service: ServeProcess, redi
     assert rows["headroom"]["status"] in ("pass", "warn")
     # the default layout: the API process and the main (ingestion) process
     assert "2 process(es) × db_pool_max 20 + 4 flusher = 44" in rows["headroom"]["observed"]
+    assert rows["pool"]["status"] == "pass" and "0 waiting" in rows["pool"]["observed"], rows["pool"]
     # A private redis-server starts with maxmemory-policy noeviction.
     assert rows["redis-eviction"]["status"] == "warn"
     assert "noeviction" in rows["redis-eviction"]["observed"] and "volatile-lru" in rows["redis-eviction"]["hint"]
@@ -219,7 +225,7 @@ def test_postgres_down_fails_with_exit_99_not_5(service: ServeProcess, redis_ser
     code, rows, err = doctor_json([*service_flags(service, redis_server.url, database_url=closed), "doctor"], capsys)
     assert code == 99
     assert rows["postgres"]["status"] == "fail" and "unreachable" in rows["postgres"]["observed"]
-    for check_id in ("migrations", "catalog-rows", "indexes", "pg-stat-statements", "headroom", "time"):
+    for check_id in ("migrations", "catalog-rows", "indexes", "pg-stat-statements", "headroom", "pool", "time"):
         assert rows[check_id]["status"] == "skip", rows[check_id]
     assert "postgres" in err
 

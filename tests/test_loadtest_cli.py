@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from challengectl.loadtest.profiles import get_profile
 from tests.servers import free_port
 from tests.support.cli import run_cli
 from tests.support.fake_player_api import FakePlayerApi
+from tests.support.scratch import scratch_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_FINGERPRINT = get_profile("seed-m3").catalog().fingerprint
@@ -31,8 +31,8 @@ def cli_env(api: FakePlayerApi | None, **extra: str) -> dict[str, str]:
     env.update(
         {
             "PYTHONPATH": str(REPO_ROOT),
-            "XDG_CONFIG_HOME": tempfile.mkdtemp(prefix="challengectl-cfg-"),
-            "XDG_DATA_HOME": tempfile.mkdtemp(prefix="challengectl-data-"),
+            "XDG_CONFIG_HOME": str(scratch_dir("cfg-")),
+            "XDG_DATA_HOME": str(scratch_dir("data-")),
             "CHALLENGE_API_URL": api.api_url if api else f"http://127.0.0.1:{free_port()}/challenge",
             "CHALLENGE_ADMIN_URL": f"http://127.0.0.1:{free_port()}",
             "REDIS_URL": "disabled",

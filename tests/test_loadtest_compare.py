@@ -273,14 +273,14 @@ def test_findings_rules_fire_on_their_evidence() -> None:
     }
     found = {f["id"]: f for f in generate(saturated)}
     assert list(found) == [
-        "pool_saturated",
         "cpu_bound",
-        "cache_low",
+        "pool_held_idle",
         "generator_limited",
+        "cache_low",
         "dependency_unavailable",
         "seq_scan",
     ]
-    assert "3 acquire timeouts" in found["pool_saturated"]["finding"]
-    assert "active sessions peaked at 3" in found["pool_saturated"]["finding"]
+    assert "3 active session(s) of 20 checked out" in found["pool_held_idle"]["finding"]
+    assert found["pool_held_idle"]["advice"].startswith("do not raise db_pool_max")
     assert "37 sequential scans" in found["seq_scan"]["finding"]
     assert found["generator_limited"]["advice"].startswith("results are limited by the generator")

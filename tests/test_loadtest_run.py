@@ -12,7 +12,6 @@ import json
 import math
 import subprocess
 import sys
-import tempfile
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from challengectl.loadtest.stats import decode, new_histogram
 from service.telemetry.metrics import LATENCY_BUCKETS
 from tests.conftest import new_database
 from tests.support.browser import CHROMIUM, SKIP_REASON, drawn_points, measure_charts
+from tests.support.scratch import scratch_dir
 from tests.support.serve import ServeProcess, base_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -157,7 +157,7 @@ MARKDOWN_SECTIONS = (
 @pytest.fixture(scope="module")
 def seed_service(pg_admin_url: str, redis_url: str) -> Iterator[dict[str, Any]]:
     """A real service with the seed-m3 catalog on its own database and Redis key prefix."""
-    workdir = Path(tempfile.mkdtemp(prefix="challengectl-loadtest-"))
+    workdir = scratch_dir("loadtest-")
     catalog = workdir / "seed-m3.json"
     write_catalog(get_profile("seed-m3"), catalog)
     secret = workdir / "jwt.secret"

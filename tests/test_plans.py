@@ -308,6 +308,21 @@ def test_expected_index_not_used_fires_with_create_advice_when_it_is_missing() -
     assert analysis.expected_index_used is False
 
 
+def test_without_statistics_or_on_a_tiny_table_the_plan_is_not_meaningful_yet() -> None:
+    """A fresh install: the index exists, but the planner rightly scans a table it knows nothing about
+    (or one this small); that is an info, not a missing-index warning."""
+    scan = doc(node("Seq Scan", Relation_Name=UGP, Filter="((user_id)::text = 'u'::text)", Plan_Rows=10))
+    no_statistics = {UGP: TableInfo(UGP, -1, (PKEY, ACTIVE), has_statistics=False)}
+    for tables in (no_statistics, ugp_table(4_000)):
+        analysis = analyze_plan(scan, PlanContext(expect_index="idx_ugp_user_active", tables=tables))
+        assert [(f.rule, f.severity) for f in analysis.findings] == [("plan_not_meaningful", "info")]
+        assert "statistics missing or table tiny" in analysis.findings[0].message
+        assert "challengectl db analyze" in analysis.findings[0].advice
+    # A large analyzed table that does not use its index is a real finding.
+    analysis = analyze_plan(scan, PlanContext(expect_index="idx_ugp_user_active", tables=ugp_table(240_000)))
+    assert ("expected_index_not_used", "warn") in [(f.rule, f.severity) for f in analysis.findings]
+
+
 def test_expected_index_used_as_arbiter_or_scan_does_not_fire() -> None:
     upsert = node(
         "ModifyTable",

@@ -18,41 +18,34 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-import redis.asyncio as redis_asyncio
 import typer
-from psycopg.rows import class_row
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from challengectl.catalogs import service_catalog
-from challengectl.cli_queries import cli_sql
-from challengectl.client import Clients
 from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.humanize import human_bytes
 from challengectl.output import Column, Output, confirm, format_cell
-from challengectl.redis_diagnostics import (
-    KeyLayout,
-    read_server_summary,
-    redis_failures_as_cli_errors,
-    scan_batches,
-    take_inventory,
-    user_cache_state,
-)
 from challengectl.ticker import parse_interval, run_watch
 from service.config.settings import Settings
 from service.domain.catalog import Catalog
 from service.domain.rules import ProgressRow, split_active_view
-from service.domain.user_ids import is_valid_user_id
-from service.storage.cache import REDIS_FAILURES, Cache, open_redis, ping, scan_pattern_for_user
-from service.storage.registry import load_registry
-from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
 from service.telemetry.pool_stats import nearest_rank
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis.asyncio as redis_asyncio
+
+    from challengectl.client import Clients
+    from challengectl.redis_diagnostics import (
+        KeyLayout,
+    )
+    from service.storage.cache import Cache
+    from service.storage.store import Queries, Store
 
 app = command_group("Warm, flush and inspect the Redis cache of active views.")
 
@@ -100,11 +93,15 @@ async def service_fingerprint(clients: Clients) -> str | None:
 
 def _redis_client(cli: CliContext, url: str, max_connections: int = 4) -> redis_asyncio.Redis:
     """The service's own client factory, with the CLI's (longer) request timeout."""
+    from service.storage.cache import open_redis
+
     return open_redis(url, max_connections, int(cli.timeout_s * 1000))
 
 
 def _cache_for(settings: Settings, client: Any, fingerprint: str) -> Cache:
     """The service's Cache over `client`, with the settings' TTLs and prefix."""
+    from service.storage.cache import Cache
+
     return Cache(
         client,
         settings.redis_key_prefix,
@@ -175,6 +172,8 @@ class Warmer:
     ) -> tuple[list[ProgressRow], list[ProgressRow]]:
         """`active_view` split as the service splits it (`rules.split_active_view`): the active rows, and
         the inactive rows of prerequisites that an active goal needs."""
+        from psycopg.rows import class_row
+
         fetched = await self._queries.rows(
             conn,
             "active_view",
@@ -200,6 +199,8 @@ def _redis_failed(doing: str) -> CliError:
 
 def read_users_file(path: str) -> list[str]:
     """User ids, one per line (`-` reads stdin); blank lines and `#` comments are skipped."""
+    from service.transport.auth import is_valid_user_id
+
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -225,6 +226,8 @@ def _invalid_user_id(which: str, hint: str) -> CliError:
 
 async def active_users(store: Store, skip: set[str]) -> AsyncIterator[list[str]]:
     """Every user with an active row, a page at a time, without the ids in `skip`."""
+    from challengectl.cli_queries import cli_sql
+
     after = ""
     while True:
         async with store.connection() as conn:
@@ -259,6 +262,12 @@ async def run_warm(
     concurrency: int,
 ) -> dict[str, Any]:
     """Warm the users (explicit ones first, then every active user) `concurrency` at a time."""
+    from challengectl.catalogs import service_catalog
+    from challengectl.redis_diagnostics import redis_failures_as_cli_errors
+    from service.storage.cache import ping
+    from service.storage.registry import load_registry
+    from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
+
     catalog = service_catalog(settings)
     running = await service_fingerprint(clients)
     if running is not None and running != catalog.fingerprint:
@@ -322,6 +331,8 @@ def warm(
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=256, help="users warmed at a time"),
 ) -> None:
     """Fill active views with the service's cache protocol; set synced markers where every default goal has a row."""
+    from service.transport.auth import is_valid_user_id
+
     cli = get_cli(ctx)
     for name in user:
         if not is_valid_user_id(name):
@@ -371,6 +382,8 @@ async def flush_keys(
     """SCAN each pattern; per reply, rotate the matched tokens (the service's invalidation: a fresh token
     and the view unlinked) and UNLINK the views, synced markers and, with `include_dedup`, the event
     markers. Keys outside the layout are left alone."""
+    from challengectl.redis_diagnostics import scan_batches
+
     for pattern in patterns:
         async for batch in scan_batches(client, pattern):
             keys = [layout.classify(raw) for raw in batch]
@@ -404,6 +417,9 @@ def _redis_failed_flush(totals: FlushTotals) -> CliError:
 
 def flush_patterns(prefix: str, users: list[str], pattern: str | None, everything: bool) -> tuple[list[str], str]:
     """The SCAN patterns of exactly one selector, and how to describe it; user ids are escaped."""
+    from challengectl.redis_diagnostics import KeyLayout
+    from service.storage.cache import scan_pattern_for_user
+
     chosen = sum((bool(users), pattern is not None, everything))
     if chosen != 1:
         raise CliError(
@@ -436,6 +452,8 @@ def flush(
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
 ) -> None:
     """Remove cache keys with SCAN + UNLINK; tokens are rotated, never deleted; de-dup markers kept by default."""
+    from challengectl.redis_diagnostics import KeyLayout, redis_failures_as_cli_errors
+
     cli = get_cli(ctx)
     settings = cli.settings()
     prefix = settings.redis_key_prefix
@@ -482,6 +500,8 @@ async def collect_cache_stats(
 ) -> dict[str, Any]:
     """`/admin/cache` (None when the service is unreachable), Redis INFO, and keys by kind from a SCAN of
     at most STATS_SCAN_LIMIT keys. `ping_ms`: PING round trips measured since the last call."""
+    from challengectl.redis_diagnostics import read_server_summary, redis_failures_as_cli_errors, take_inventory
+
     try:
         service: dict[str, Any] | None = await clients.admin.get("/admin/cache")
         service_error = None
@@ -614,6 +634,9 @@ def stats(
     interval: str = typer.Option("2s", "--interval", help="refresh interval for --watch, <n>[ms|s|m|h]"),
 ) -> None:
     """Service and Redis cache health: hit ratios, memory, evictions, keys by kind."""
+    from challengectl.redis_diagnostics import KeyLayout
+    from service.storage.cache import REDIS_FAILURES, ping
+
     cli = get_cli(ctx)
     interval_s = parse_interval(interval)
     settings = cli.settings()
@@ -740,6 +763,8 @@ def keys(
     must_match: bool = typer.Option(False, "--must-match", help="exit 3 when no key matched"),
 ) -> None:
     """Key inventory: counts by kind, TTL distribution, largest keys; or one user's keys decoded."""
+    from challengectl.redis_diagnostics import KeyLayout, redis_failures_as_cli_errors, take_inventory, user_cache_state
+
     cli = get_cli(ctx)
     sleep_s = parse_duration(sleep, "--sleep")
     settings = cli.settings()
@@ -781,6 +806,8 @@ def keys(
 
 def _local_fingerprint(settings: Settings, out: Output) -> str | None:
     """The local catalog's fingerprint when the service cannot be asked; None (with a warning) without one."""
+    from challengectl.catalogs import service_catalog
+
     try:
         return service_catalog(settings).fingerprint
     except CliError as exc:

@@ -94,11 +94,14 @@ def validate(
     ),
 ) -> None:
     """Validate the settings and a catalog: every error and warning, one per line; exit 2 on any error."""
+    from service.domain.catalog import first_lines, grouped_warnings
+
     cli = get_cli(ctx)
     errors, warnings, catalog_path = _validate(cli, catalog)
     out = cli.output
     result = {"valid": not errors, "catalog_path": catalog_path, "errors": errors, "warnings": warnings}
-    lines = [f"error: {e}" for e in errors] + [f"warning: {w}" for w in warnings]
+    # On screen: the first errors and each distinct warning once; JSON/CSV rows keep every one.
+    lines = [f"error: {e}" for e in first_lines(errors)] + [f"warning: {w}" for w in grouped_warnings(warnings)]
     if not errors:
         lines.append(
             f"ok: settings and catalog {catalog_path} are valid"

@@ -11,17 +11,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 import typer
-from psycopg import sql
 from rich.console import Group, RenderableType
 from rich.text import Text
 from rich.tree import Tree
 
-from challengectl import database
-from challengectl import pg_diagnostics as pgd
 from challengectl.connections import database_target
 from challengectl.context import command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
@@ -30,9 +26,12 @@ from challengectl.humanize import human_bytes, human_ms, one_line
 from challengectl.output import Column, Output, confirm, format_cell, listing, rfc3339, status_text
 from challengectl.ticker import parse_interval, watch_ticks
 from service.config.settings import mask_url_password
-from service.storage.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
-from service.storage.registry import RegistryError, load_registry
-from service.storage.store import describe_target, short_reason
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from challengectl import pg_diagnostics as pgd
+
 
 app = command_group("Inspect and migrate the PostgreSQL database.")
 add_explain_command(app)  # `db explain NAME` is the same command as the top-level `explain NAME`
@@ -64,9 +63,14 @@ class DiagnosticsSession:
     @property
     def target(self) -> str:
         """`host:port/dbname`, for messages (never the password)."""
+        from service.storage.store import describe_target
+
         return describe_target(self.url)
 
     def conn(self) -> psycopg.Connection:
+
+        from challengectl import database
+
         if self._conn is None or self._conn.closed:
             with self.errors():
                 self._conn = database.connect(self.url, self.statement_timeout_ms, self.connect_timeout_s)
@@ -80,6 +84,11 @@ class DiagnosticsSession:
     @contextmanager
     def errors(self) -> Iterator[None]:
         """Turn driver errors raised inside the block into CliErrors (message without SQL or secrets)."""
+        import psycopg
+
+        from challengectl import pg_diagnostics as pgd
+        from service.storage.store import short_reason
+
         try:
             yield
         except CliError:
@@ -171,6 +180,8 @@ SESSION_COLUMNS = [
 
 def activity_snapshot(conn: psycopg.Connection, min_duration_ms: float, state: str | None) -> dict[str, Any]:
     """Connections by state and application, against the server's limit, plus the long-running sessions."""
+    from challengectl import pg_diagnostics as pgd
+
     info = pgd.server_info(conn)
     summary = pgd.connection_summary(conn)
     sessions = pgd.long_running(conn, min_duration_ms, state)
@@ -230,6 +241,8 @@ def render_activity(out: Output, data: dict[str, Any]) -> RenderableType:
 
 def blocking_snapshot(conn: psycopg.Connection) -> dict[str, Any]:
     """Every blocked session with its ungranted lock and its blockers (state, transaction age, query)."""
+    from challengectl import pg_diagnostics as pgd
+
     info = pgd.server_info(conn)
     blocked, blockers = pgd.blocking_chains(conn, info.server_version_num)
     items = []
@@ -287,6 +300,8 @@ def render_blocking(data: dict[str, Any]) -> RenderableType:
 
 def signal_session(out: Output, session: DiagnosticsSession, pid: int, action: str, yes: bool, dry_run: bool) -> None:
     """Cancel the query of, or terminate, backend `pid` after confirmation."""
+    from challengectl import pg_diagnostics as pgd
+
     with session.errors():
         conn = session.conn()
         backend = pgd.find_backend(conn, pid)
@@ -401,6 +416,8 @@ STATEMENT_COLUMNS = [
 
 def registry_statements(out: Output) -> dict[str, str]:
     """name → SQL of the named-query registry, to label statements; empty (with a warning) if unreadable."""
+    from service.storage.registry import RegistryError, load_registry
+
     try:
         return {query.name: query.sql for query in load_registry()}
     except RegistryError as error:
@@ -422,6 +439,8 @@ def queries(
     dry_run: bool = typer.Option(False, "--dry-run", help="say what --reset would do, change nothing"),
 ) -> None:
     """Top statements from pg_stat_statements, labelled with their registry names."""
+    from challengectl import pg_diagnostics as pgd
+
     out = get_cli(ctx).output
     order = by.strip().lower()
     if order not in pgd.STATEMENT_ORDERS:
@@ -531,11 +550,15 @@ INDEX_TITLES = {
 
 
 def drop_advice(index_name: str) -> str:
+    from psycopg import sql
+
     return sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(index_name)).as_string(None)
 
 
 def index_report(conn: psycopg.Connection, min_stats_age_s: float) -> dict[str, Any]:
     """Every section of `db indexes` for the project's tables."""
+    from challengectl import pg_diagnostics as pgd
+
     indexes = pgd.project_indexes(conn)
     age = pgd.stats_age(conn)
     statuses = pgd.expected_index_status(indexes)
@@ -601,6 +624,8 @@ def create_suggestions(
     dry_run: bool,
 ) -> None:
     """Run the suggested statements after confirmation, then report the expected indexes again."""
+    from challengectl import pg_diagnostics as pgd
+
     if not suggestions:
         message = "nothing to create: the expected indexes are present and valid"
         out.emit_object({"created": [], "expected": []}, text=lambda: message, table=lambda: Text(message))
@@ -648,6 +673,8 @@ def indexes(
     ),
 ) -> None:
     """Index health of the project's tables: usage, unused, duplicates, the expected indexes, suggestions."""
+    from challengectl import pg_diagnostics as pgd
+
     out = get_cli(ctx).output
     if section is not None and section not in INDEX_SECTIONS:
         raise CliError(f"unknown section '{section}'", f"use one of {', '.join(INDEX_SECTIONS)}", EXIT_USAGE)
@@ -742,6 +769,8 @@ def table_item(stats: pgd.TableStats, exact: pgd.ExactCount | None) -> dict[str,
 
 
 def tables_report(conn: psycopg.Connection, exact: bool, histogram: bool, sample_pct: float | None) -> dict[str, Any]:
+    from challengectl import pg_diagnostics as pgd
+
     info = pgd.server_info(conn)
     stats = pgd.table_stats(conn)
     counts = {s.table_name: pgd.exact_count(conn, s.table_name) for s in stats} if exact else {}
@@ -773,6 +802,8 @@ def tables_report(conn: psycopg.Connection, exact: bool, histogram: bool, sample
 
 
 def render_tables(out: Output, report: dict[str, Any]) -> RenderableType:
+    from challengectl import pg_diagnostics as pgd
+
     database, settings = report["database"], report["settings"]
     headline = Text(
         f"{database['name']}: {human_bytes(database['size_bytes'])}, cache hit "
@@ -824,6 +855,8 @@ def tables(
     ),
 ) -> None:
     """Sizes, row counts, dead rows, scans, vacuum/analyze history and cache hits of the project's tables."""
+    from challengectl import pg_diagnostics as pgd
+
     out = get_cli(ctx).output
     if sample is not None and not histogram:
         raise CliError("--sample applies to --histogram only", "add --histogram", EXIT_USAGE)
@@ -852,6 +885,35 @@ def tables(
     out.emit(report, rows=report["tables"]["items"], table=lambda: render_tables(out, report))
 
 
+# --- db analyze -----------------------------------------------------------------------------------
+
+ANALYZE_EXAMPLES = examples(
+    "challengectl db analyze",
+    "challengectl users init --count 1000 && challengectl db analyze && challengectl explain active-goals",
+    "challengectl db analyze -o json | jq '.items[] | .duration_ms'",
+)
+
+
+@app.command("analyze", epilog=ANALYZE_EXAMPLES)
+def analyze(ctx: typer.Context) -> None:
+    """ANALYZE the project's tables now, so that plans (explain, the service's queries) use fresh statistics."""
+    from service.storage.statistics import analyze_tables
+
+    out = get_cli(ctx).output
+    with diagnostics_session(ctx, statement_timeout_ms=0) as session, session.errors():
+        done = analyze_tables(session.conn())
+    if not done:
+        raise CliError(
+            f"none of the project's tables exist in {session.target}",
+            "apply the schema with 'challengectl db migrate'",
+            EXIT_FAILED,
+        )
+    out.emit_list(
+        [{"table": item.table, "duration_ms": item.duration_ms} for item in done],
+        [Column("table"), Column("duration_ms", "DURATION MS", "right")],
+    )
+
+
 # --- db migrate -----------------------------------------------------------------------------------
 
 MIGRATE_EXAMPLES = examples(
@@ -869,6 +931,9 @@ def migrate(
     yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation (non-embedded databases)"),
 ) -> None:
     """Apply pending schema migrations (forward-only, recorded in schema_migrations)."""
+    from challengectl import database
+    from service.storage.migrations import MigrationError, apply_migrations, discover_migrations, migration_status
+
     settings = ctx.obj.settings()
     out: Output = ctx.obj.output
     with database_target(settings) as target:

@@ -21,25 +21,27 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import typer
-from google.protobuf.timestamp_pb2 import Timestamp
-from hdrh.histogram import HdrHistogram
 from rich.console import Group
 from rich.text import Text
 
-from challengectl.client import Clients, IngestClient
-from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
+from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration, token_subject
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_USAGE, CliError
 from challengectl.goal_snapshots import GoalKey, GoalSnapshot, fetch_goals, goal_changes
 from challengectl.output import Column, Output, ProgressHandle
 from challengectl.uuid7 import uuid7_str
 from service.config.resources import example_catalog_path
 from service.domain.catalog import Catalog, CatalogError, load_catalog
-from service.proto.accelbyte.iam.account.v1 import account_pb2
-from service.proto.accelbyte.social.statistic.v1 import statistic_pb2
 from service.proto.challengectl.v1 import ingest_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from challengectl.client import Clients, IngestClient
+    from service.proto.accelbyte.iam.account.v1 import account_pb2
+    from service.proto.accelbyte.social.statistic.v1 import statistic_pb2
 
 RPC_AGS = "ags"
 RPC_PUBLISH = "publish"
@@ -48,7 +50,8 @@ KINDS = {"login": ingest_pb2.EVENT_KIND_LOGIN, "stat": ingest_pb2.EVENT_KIND_STA
 FILE_FIELDS = ("id", "user_id", "namespace", "kind", "stat_code", "latest_value", "inc", "timestamp")
 
 MAX_INFLIGHT = 256  # open-model calls outstanding at once; more wait (and show as latency)
-TABLE_MAX_CALLS = 20  # on a TTY, longer runs show the summary only
+TABLE_MAX_CALLS = 20  # in a table, longer runs show the summary only (with --verbose too)
+STAT_BATCH = 100  # events per Publish call when `events send stat` sends more than one event
 WAIT_POLL_S = 0.2
 HISTOGRAM_MAX_US = 60_000_000
 REJECTION_HINT = (
@@ -89,6 +92,8 @@ trigger_app = command_group("Alias of 'events send' (reference demo CLI).")
 
 
 def now_timestamp() -> Timestamp:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
     stamp = Timestamp()
     stamp.GetCurrentTime()
     return stamp
@@ -114,6 +119,9 @@ def stat_event(user_id: str, event_id: str, stat_code: str, latest_value: float,
 
 def ags_message(event: ingest_pb2.Event) -> account_pb2.UserLoggedIn | statistic_pb2.StatItemUpdated:
     """The AGS OnMessage message carrying `event` (docs/events.md#onmessage-services)."""
+    from service.proto.accelbyte.iam.account.v1 import account_pb2
+    from service.proto.accelbyte.social.statistic.v1 import statistic_pb2
+
     timestamp = event.timestamp.ToJsonString() if event.HasField("timestamp") else ""
     if event.kind == ingest_pb2.EVENT_KIND_LOGIN:
         return account_pb2.UserLoggedIn(
@@ -355,6 +363,8 @@ class SendStats:
     3 significant digits, as in the load generator)."""
 
     def __init__(self, rpc: str) -> None:
+        from hdrh.histogram import HdrHistogram
+
         self.rpc = rpc
         self.calls = self.sent = self.acked = self.failed_events = self.rejected = 0
         self.accepted = self.duplicates = self.skipped = 0
@@ -594,14 +604,16 @@ def _ids_cell(ids: Sequence[str]) -> str:
 
 
 class SendReport:
-    """Prints a send as it goes: NDJSON per call on stdout when streaming, a progress bar on stderr on a
-    TTY, and at the end the calls table, the summary and the wait result (or the same as one document)."""
+    """Prints a send: a progress bar on stderr on a TTY; on stdout the summary of a multi-call send (and the
+    wait result), in the chosen format (NDJSON lines with -o json). The per-call records appear for a
+    one-call send, and for every call with `per_call` (--verbose)."""
 
-    def __init__(self, output: Output, total_events: int, rpc: str) -> None:
+    def __init__(self, output: Output, total_events: int, rpc: str, *, per_call: bool) -> None:
         self.output = output
         self.stats = SendStats(rpc)
         self.results: list[dict[str, Any]] = []
         self.total_events = total_events
+        self.per_call = per_call
         # A bar for one call would only flicker.
         self.progress = (
             output.progress("sending events", total_events) if total_events > 1 else ProgressHandle(None, "", None)
@@ -618,9 +630,9 @@ class SendReport:
     def record(self, result: CallResult) -> None:
         self.stats.record(result)
         self.progress.advance(len(result.event_ids))
-        if self.output.streams_ndjson:
+        if self.per_call and self.output.streams_ndjson:
             self.output.ndjson(result.as_json())
-        else:
+        elif self.per_call:
             self.results.append(result.as_json())
         if result.error is not None and not self.output.streams_ndjson:
             self.output.warn(f"call {result.call}: {result.error.message}")
@@ -635,17 +647,23 @@ class SendReport:
             if wait is not None:
                 out.ndjson({"wait": wait})
             return
-        document: dict[str, Any] = {"items": self.results, "total": len(self.results)}
+        document: dict[str, Any] = {"items": self.results, "total": len(self.results)} if self.per_call else {}
         if multi:
             document["summary"] = summary
         if wait is not None:
             document["wait"] = wait
-        out.emit(document, rows=self.results, columns=CALL_COLUMNS, table=lambda: self._table(summary, wait))
+        rows = self.results if self.per_call else [summary]
+        out.emit(
+            document,
+            rows=rows,
+            columns=CALL_COLUMNS if self.per_call else None,
+            table=lambda: self._table(summary, wait),
+        )
 
     def _table(self, summary: dict[str, Any], wait: dict[str, Any] | None) -> Group:
         out = self.output
         parts: list[Any] = []
-        if len(self.results) <= TABLE_MAX_CALLS:
+        if self.per_call and len(self.results) <= TABLE_MAX_CALLS:
             parts.append(out.table(self.results, CALL_COLUMNS))
         if self.stats.calls > 1:
             flat = {key: value for key, value in summary.items() if key != "ack_latency_ms"}
@@ -678,10 +696,11 @@ def _players(cli: CliContext, user: str | None, users_prefix: str | None, users:
         if users_prefix is None or users is None:
             raise CliError("--users-prefix and --users go together", "e.g. --users-prefix load- --users 50", EXIT_USAGE)
         return [f"{users_prefix}{n}" for n in range(1, users + 1)]  # the ids `users init --count N --prefix P` makes
-    player = cli.settings(user=user).user
+    settings = cli.settings(user=user)
+    player = settings.user or token_subject(settings.token)
     if not player:
         raise CliError(
-            "events send needs --user (or --users-prefix P --users N)",
+            "events send needs --user (or --token, or --users-prefix P --users N)",
             "add --user <id> or set CHALLENGE_USER",
             EXIT_USAGE,
         )
@@ -697,9 +716,10 @@ def send_events(
     rate: float | None,
     wait_user: str | None = None,
     wait_timeout_s: float = 10.0,
+    verbose: bool = False,
 ) -> None:
-    """Send `events` in calls of `batch`, print per call and the summary, optionally `--wait` for
-    `wait_user`'s routed goals; end with the exit code of the first failure or rejection."""
+    """Send `events` in calls of `batch`, print the summary (and per call with `verbose`), optionally
+    `--wait` for `wait_user`'s routed goals; end with the exit code of the first failure or rejection."""
     output = cli.output
     calls = [[event] for event in events] if rpc == RPC_AGS else batched(events, batch)
 
@@ -707,7 +727,7 @@ def send_events(
         before = await fetch_goals(clients.api, wait_user) if wait_user is not None else None
         if rpc == RPC_AGS:
             await with_ags_namespace(clients, events)
-        with SendReport(output, len(events), rpc) as report:
+        with SendReport(output, len(events), rpc, per_call=verbose or len(calls) == 1) as report:
             await dispatch(
                 calls,
                 lambda i, evs, due: send_call(clients.ingest, rpc, i, evs, due),
@@ -737,21 +757,27 @@ def _send_synthetic(
     users: int | None,
     count: int,
     event_id: str | None,
-    event_rpc: str,
-    batch: int,
+    event_rpc: str | None,
+    batch: int | None,
     rate: float | None,
     wait: bool,
     wait_timeout: str,
+    verbose: bool,
+    default_batch: int = 1,
 ) -> None:
     cli = get_cli(ctx)
-    rpc = _check_rpc(event_rpc)
+    players = _players(cli, user, users_prefix, users)
+    # Several events go in Publish batches of `default_batch` unless an RPC is named; one event takes the
+    # reference AGS path.
+    batching = event_rpc is None and default_batch > 1 and len(players) * count > 1
+    rpc = RPC_PUBLISH if batching else _check_rpc(event_rpc or RPC_AGS)
+    batch = batch or (default_batch if rpc == RPC_PUBLISH else 1)
     if rpc == RPC_AGS and batch != 1:
         raise CliError(
             "the AGS OnMessage services carry one event per call",
             "drop --batch, or use --event-rpc publish",
             EXIT_USAGE,
         )
-    players = _players(cli, user, users_prefix, users)
     if wait and len(players) > 1:
         raise CliError("--wait follows one player", "use --user with --wait, or drop --wait", EXIT_USAGE)
     wait_timeout_s = parse_duration(wait_timeout, "--wait-timeout")
@@ -764,6 +790,7 @@ def _send_synthetic(
         rate=_check_rate(rate),
         wait_user=players[0] if wait else None,
         wait_timeout_s=wait_timeout_s,
+        verbose=verbose,
     )
 
 
@@ -772,7 +799,9 @@ USERS_PREFIX_HELP = "synthetic players <prefix>1 … <prefix>N, with --users N (
 COUNT_HELP = "number of events"
 ID_HELP = "event id (default: a fresh UUIDv7 per event); with --count every event carries it, to test de-duplication"
 RPC_HELP = "ags: AGS OnMessage, one event per call, reports OK only; publish: EventIngest.Publish with counts"
+STAT_RPC_HELP = RPC_HELP + f" (default: ags for one event, publish in batches of {STAT_BATCH} for more)"
 BATCH_HELP = "events per Publish call"
+VERBOSE_HELP = "print every call's result, not only the summary"
 RATE_HELP = "events per second on an open-model schedule (default: one call after another)"
 WAIT_HELP = "poll the player's challenges until a goal routed from the events changes"
 WAIT_TIMEOUT_HELP = "how long --wait polls <n>[ms|s|m]; reaching it is reported, not an error"
@@ -790,8 +819,9 @@ def send_login(
     rate: float | None = typer.Option(None, "--rate", help=RATE_HELP),
     wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     wait_timeout: str = typer.Option("10s", "--wait-timeout", help=WAIT_TIMEOUT_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
-    """Send login events: per call the event ids, accepted/duplicates/skipped/rejected, committed, duration_ms."""
+    """Send login events; a summary of accepted/duplicates/skipped/rejected and ack latency (--verbose: every call)."""
     _send_synthetic(
         ctx,
         lambda player, eid, _: login_event(player, eid),
@@ -805,6 +835,7 @@ def send_login(
         rate=rate,
         wait=wait,
         wait_timeout=wait_timeout,
+        verbose=verbose,
     )
 
 
@@ -822,13 +853,14 @@ def send_stat(
     users: int | None = typer.Option(None, "--users", min=1, help="number of synthetic players"),
     count: int = typer.Option(1, "--count", min=1, help=COUNT_HELP),
     event_id: str | None = typer.Option(None, "--id", help=ID_HELP),
-    event_rpc: str = typer.Option(RPC_AGS, "--event-rpc", help=RPC_HELP),
-    batch: int = typer.Option(1, "--batch", min=1, help=BATCH_HELP),
+    event_rpc: str | None = typer.Option(None, "--event-rpc", help=STAT_RPC_HELP, show_default=False),
+    batch: int | None = typer.Option(None, "--batch", min=1, help=f"{BATCH_HELP} (default {STAT_BATCH})"),
     rate: float | None = typer.Option(None, "--rate", help=RATE_HELP),
     wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
     wait_timeout: str = typer.Option("10s", "--wait-timeout", help=WAIT_TIMEOUT_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
-    """Send stat events: per call the event ids, accepted/duplicates/skipped/rejected, committed, duration_ms."""
+    """Send stat events; a summary of accepted/duplicates/skipped/rejected and ack latency (--verbose: every call)."""
 
     def make(player: str, eid: str, nth: int) -> ingest_pb2.Event:
         return stat_event(player, eid, stat_code, value + nth * inc, inc)
@@ -846,6 +878,8 @@ def send_stat(
         rate=rate,
         wait=wait,
         wait_timeout=wait_timeout,
+        verbose=verbose,
+        default_batch=STAT_BATCH,
     )
 
 

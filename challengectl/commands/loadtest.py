@@ -14,7 +14,6 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from challengectl.client import local_jwt_secret
 from challengectl.connections import database_target
 from challengectl.context import command_group, examples, get_cli
 from challengectl.errors import (
@@ -26,7 +25,6 @@ from challengectl.errors import (
     CliError,
 )
 from challengectl.loadtest import compare as compare_module
-from challengectl.loadtest.generator import GeneratorFailed
 from challengectl.loadtest.htmlreport import render_compare_html, render_html, write_chart_files
 from challengectl.loadtest.markdown import fmt_ms, render_markdown
 from challengectl.loadtest.profiles import (
@@ -42,8 +40,6 @@ from challengectl.loadtest.report import (
     load_report,
     write_report,
 )
-from challengectl.loadtest.reset import clear_cache, truncate_tables
-from challengectl.loadtest.runner import RunRequest, execute
 from challengectl.loadtest.schedule import (
     ScheduleError,
     build_phases,
@@ -58,8 +54,6 @@ from challengectl.loadtest.thresholds import (
 )
 from challengectl.output import confirm, to_json
 from service.config.settings import SettingsError
-from service.runtime.embedded import discover
-from service.transport.auth import read_secret_file
 
 app = command_group("Load-test a running service and analyse the results (docs/loadtest.md).")
 
@@ -146,6 +140,9 @@ def run(
     """Run a load profile against the service. Latency counts from each operation's scheduled time
     (open model); the per-request timeout is the global --timeout, default 30 s here. Exit 99 when a
     threshold fails or the generator fell behind, 130 when interrupted (the reports are still written)."""
+    from challengectl.loadtest.generator import GeneratorFailed
+    from challengectl.loadtest.runner import RunRequest, execute
+
     cli = get_cli(ctx)
     try:
         chosen = get_profile(profile)
@@ -258,6 +255,9 @@ def run(
 
 
 def _jwt_key(jwt_secret_file: str | None, settings: Any) -> bytes:
+    from challengectl.client import local_jwt_secret
+    from service.transport.auth import read_secret_file
+
     if jwt_secret_file:
         try:
             return read_secret_file(Path(jwt_secret_file).expanduser())
@@ -275,6 +275,8 @@ def _jwt_key(jwt_secret_file: str | None, settings: Any) -> bytes:
 
 
 def _running_embedded(settings: Any) -> dict[str, Any]:
+    from service.runtime.embedded import discover
+
     return discover(settings.resolved_data_dir()) or {}
 
 
@@ -290,6 +292,8 @@ def _redis_url(settings: Any) -> str | None:
 
 def _reset(cli: Any, settings: Any, yes: bool, dry_run: bool) -> None:
     """`--reset`: confirmation, then TRUNCATE and cache clear (docs/cli.md#destructive-actions, docs/loadtest.md#loadtest-run)."""
+    from challengectl.loadtest.reset import clear_cache, truncate_tables
+
     prefix = settings.redis_key_prefix
     redis_url = _redis_url(settings)
     action = "truncate user_goal_progress and reward_grants" + (

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 import typer
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from challengectl import database
-from challengectl.client import Clients
+from challengectl.bottleneck import SERVICE_SESSIONS_SQL, diagnose, pool_snapshot_evidence
 from challengectl.connections import database_target
 from challengectl.context import examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_USAGE, CliError
@@ -27,6 +26,9 @@ from challengectl.output import Column, Output, status_text
 from challengectl.pg_diagnostics import CONNECTION_LIMIT_COLUMNS, usable_connections
 from challengectl.ticker import parse_interval, run_watch
 from service.config.settings import connections_per_instance, service_processes
+
+if TYPE_CHECKING:
+    from challengectl.client import Clients
 
 EXAMPLES = examples(
     "challengectl pool",
@@ -66,13 +68,18 @@ SELECT coalesce(state, %(hidden)s) AS state,
 
 async def read_server_connections(database_url: str) -> dict[str, Any]:
     """Server-side connection usage from `pg_stat_activity` and the connection limits (docs/diagnostics.md#postgresql)."""
+    import psycopg
+
+    from challengectl import database
+
     try:
         async with await database.connect_async(database_url, None, CONNECT_TIMEOUT_S) as conn:
             limits = await (await conn.execute(SERVER_LIMITS_SQL)).fetchone()
             sessions = await (await conn.execute(SESSIONS_SQL, {"hidden": INSUFFICIENT_PRIVILEGE})).fetchall()
+            service = await (await conn.execute(SERVICE_SESSIONS_SQL)).fetchone()
     except psycopg.Error as exc:
         raise database.unreachable(database_url, exc) from None
-    assert limits is not None
+    assert limits is not None and service is not None
     database_name, max_connections, superuser_reserved, reserved, total = limits
     by_state: dict[str, int] = {}
     by_application: dict[str, int] = {}
@@ -93,6 +100,8 @@ async def read_server_connections(database_url: str) -> dict[str, Any]:
         "by_state": by_state,
         "by_application": by_application,
         "waiting_on_client": waiting_on_client,
+        "service_active": service[0],
+        "service_waiting": service[1],
     }
 
 
@@ -155,6 +164,7 @@ def build_report(
         "utilisation_pct": utilisation,
         "warnings": warnings,
         "advice": sizing_advice(config, server),
+        "bottleneck": bottleneck(app, server),
         "unreachable": unreachable,
         "max_util_pct": max_util,
         "over_max_util": over,
@@ -162,6 +172,18 @@ def build_report(
 
 
 _LABELS = {"app_db": "service PostgreSQL pool", "app_redis": "service Redis pool", "server": "PostgreSQL connections"}
+
+
+def bottleneck(app: dict[str, Any] | None, server: dict[str, Any] | None) -> dict[str, str] | None:
+    """The pool's bottleneck verdict by the rule of the load-test findings (`challengectl.bottleneck`), or
+    None when the pool is under no pressure or a side is unreachable."""
+    if app is None or server is None:
+        return None
+    evidence = pool_snapshot_evidence(
+        app.get("db", {}), server["service_active"], server["service_waiting"], server["available"] - server["total"]
+    )
+    verdicts = diagnose(evidence)
+    return asdict(verdicts[0]) if verdicts else None
 
 
 def _pct(part: float, whole: float) -> float:
@@ -270,6 +292,8 @@ def render_report(report: dict[str, Any], out: Output) -> RenderableType:
     for name, pct in report["utilisation_pct"].items():
         status = "fail" if name in report["over_max_util"] else "warn" if pct >= WARN_PCT else "pass"
         parts.append(Text.assemble(status_text(status), f" {_LABELS[name]}: {pct:.1f} %"))
+    if report["bottleneck"]:
+        parts.append(Text(f"bottleneck: {report['bottleneck']['finding']}; {report['bottleneck']['advice']}"))
     if report["advice"]:
         parts.append(Text(f"advice: {report['advice']}"))
     for name, message in report["unreachable"].items():

@@ -9,7 +9,6 @@ import typer
 from challengectl.context import examples
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from service.config.settings import SettingsError
-from service.runtime.startup import StartupError
 
 HELP = "Run the service: player API, gRPC ingest, admin API and flusher (embedded PostgreSQL/Redis by default)."
 EXAMPLES = examples(
@@ -55,6 +54,7 @@ def serve(
 ) -> None:
     from service.runtime.app import serve as run_service
     from service.runtime.preflight import check_configuration
+    from service.runtime.startup import StartupError
     from service.telemetry.logs import configure_logging
 
     settings = ctx.obj.settings(

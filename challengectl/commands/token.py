@@ -7,11 +7,8 @@ from typing import Any
 
 import typer
 
-from challengectl.client import local_jwt_secret
 from challengectl.context import command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_USAGE, CliError
-from service.domain.user_ids import is_valid_user_id
-from service.transport.auth import SECRET_FILE_NAME, mint_token
 
 app = command_group("Mint player tokens for local use.")
 
@@ -36,7 +33,10 @@ def mint(
         [], "--claim", help="extra claim k=v (repeatable; JSON values such as 3 or true are typed)"
     ),
 ) -> None:
-    """Sign an HS256 player JWT with the local secret; prints the bare token on stdout."""
+    """Sign an HS256 player JWT with the local secret; prints the bare token on stdout ({"token": ...} with -o json)."""
+    from challengectl.client import local_jwt_secret
+    from service.transport.auth import SECRET_FILE_NAME, is_valid_user_id, mint_token
+
     cli = get_cli(ctx)
     # An explicit --jwt-secret-file beats a jwt_secret from the environment or the config file.
     settings = cli.settings(user=user, jwt_secret_file=jwt_secret_file, jwt_secret="" if jwt_secret_file else None)
@@ -59,7 +59,12 @@ def mint(
             "once to create the embedded secret",
             EXIT_AUTH,
         )
-    cli.output.write(mint_token(key, player, ttl_s, parse_claims(claim)))
+    token = mint_token(key, player, ttl_s, parse_claims(claim))
+    out = cli.output
+    if out.explicit and out.format in ("json", "yaml"):
+        out.emit_object({"token": token})
+    else:
+        out.write(token)  # bare, also when piped: TOKEN=$(challengectl token mint --user alice)
 
 
 def parse_claims(pairs: list[str]) -> dict[str, Any]:

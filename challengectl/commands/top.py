@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.live import Live
 
-from challengectl.client import Clients
 from challengectl.connections import service_database_url, service_redis_url
 from challengectl.context import CliContext, examples, get_cli
 from challengectl.errors import EXIT_USAGE, CliError
@@ -27,6 +26,9 @@ from challengectl.top.keys import KeyReader
 from challengectl.top.screen import ScreenState, render, static
 from challengectl.top.sources import PostgresSource, Reading, RedisSource, Sources
 from challengectl.top.view import SORTS, Peaks, build_view, sort_routes
+
+if TYPE_CHECKING:
+    from challengectl.client import Clients
 
 EXAMPLES = examples(
     "challengectl top",

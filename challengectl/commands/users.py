@@ -14,19 +14,12 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import psycopg
 import typer
-from psycopg.rows import dict_row
-from redis.asyncio import Redis
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from challengectl import database
-from challengectl.catalogs import service_catalog
-from challengectl.cli_queries import cli_sql
-from challengectl.client import Clients
 from challengectl.connections import database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import (
@@ -40,19 +33,13 @@ from challengectl.output import Column, Output, confirm, rfc3339
 from service.config.settings import Settings
 from service.domain.catalog import Catalog
 from service.domain.rules import ProgressRow, is_locked, is_stale, utc_now, view, would_reset
-from service.domain.user_ids import is_valid_user_id
-from service.storage.cache import (
-    REDIS_FAILURES,
-    Cache,
-    CacheUnavailableError,
-    active_key,
-    decode_entry,
-    open_redis,
-    scan_pattern_for_user,
-    synced_key,
-    token_key,
-)
-from service.storage.registry import Registry, load_registry
+
+if TYPE_CHECKING:
+    import psycopg
+    from redis.asyncio import Redis
+
+    from challengectl.client import Clients
+    from service.storage.registry import Registry
 
 T = TypeVar("T")
 
@@ -61,6 +48,7 @@ app = command_group("Create, inspect, delete and age players.")
 CLI_APPLICATION_NAME = "challengectl-cli"
 CONNECT_TIMEOUT_S = 5
 DEFAULT_PREFIX = "user-"
+BULK_PLAYERS = 100  # an init of at least this many players analyzes the tables afterwards
 HINT_INIT = "create the player with 'challengectl users init <user>'"
 
 INIT_EXAMPLES = examples(
@@ -121,6 +109,8 @@ def init_users(
         results = cli.run(lambda clients: initialize_all(clients, players, concurrency, bar.advance))
     report = init_report(results)
     out.emit(report, rows=report["items"], columns=INIT_COLUMNS, table=lambda: init_table(out, report))
+    if len(players) >= BULK_PLAYERS:
+        analyze_after_seeding(cli, settings)
     failed = [item for item in results if item["error"]]
     if failed:
         first = failed[0]["error"]
@@ -133,11 +123,34 @@ def init_users(
         )
 
 
+def analyze_after_seeding(cli: CliContext, settings: Settings) -> None:
+    """ANALYZE the tables after a bulk init, so that plans (and `explain`) see the new rows at once instead
+    of after autovacuum's next round; skipped, with a note, when the service's database is not known."""
+    import psycopg
+
+    from challengectl.connections import service_database_url
+    from service.storage.statistics import analyze_database
+    from service.storage.store import short_reason
+
+    url = service_database_url(settings)
+    if url is None:
+        cli.output.info("tables not analyzed: the service's database is unknown here; run 'challengectl db analyze'")
+        return
+    try:
+        done = analyze_database(url, CLI_APPLICATION_NAME)
+    except psycopg.Error as exc:
+        cli.output.warn(f"could not analyze the tables: {short_reason(exc, url)}; run 'challengectl db analyze'")
+        return
+    cli.output.info("analyzed " + ", ".join(f"{item.table} ({item.duration_ms:.0f} ms)" for item in done))
+
+
 def collect_players(
     cli: CliContext, users: Sequence[str], from_file: Path | None, count: int | None, prefix: str
 ) -> list[str]:
     """The players to initialize, in order, without repeats: arguments, then the file, then the
     generated ids; `--user` when none of them is given. Invalid ids are a usage error (exit 2)."""
+    from service.transport.auth import is_valid_user_id
+
     players = list(users)
     if from_file is not None:
         players += read_players_file(from_file)
@@ -251,6 +264,8 @@ _registry: Registry | None = None
 
 def registry() -> Registry:
     """The service's named-query registry, loaded once."""
+    from service.storage.registry import load_registry
+
     global _registry
     if _registry is None:
         _registry = load_registry()
@@ -260,6 +275,11 @@ def registry() -> Registry:
 @contextmanager
 def player_database(settings: Settings) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     """A connection to the configured (or embedded) database; failures are CliErrors exit 5."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from challengectl import database
+
     with database_target(settings) as target:
         try:
             connection = database.connect(target.url, autocommit=False, row_factory=dict_row)
@@ -295,6 +315,7 @@ def redis_url_of(settings: Settings) -> str | None:
 
 def with_redis(url: str, timeout_s: float, action: Callable[[Redis], Awaitable[T]]) -> T:
     """Run `action(client)` on a short-lived client of `url`; Redis failures are CliErrors exit 5."""
+    from service.storage.cache import REDIS_FAILURES, open_redis
 
     async def runner() -> T:
         client = open_redis(url, max_connections=2, timeout_ms=int(timeout_s * 1000))
@@ -316,6 +337,7 @@ def invalidate_player(cli: CliContext, settings: Settings, url: str, user: str, 
     """Rotate the player's cache token and unlink its view (docs/cache.md#entries-and-tokens); with `delete_synced`, also
     unlink every synced marker. Returns the markers removed. Failure is a CliError exit 5 that says
     the database change is already committed."""
+    from service.storage.cache import Cache, CacheUnavailableError
 
     async def invalidate(client: Redis) -> int:
         # Invalidation and marker deletion do not read entries, so no catalog fingerprint is needed.
@@ -359,6 +381,9 @@ def show_user(
 ) -> None:
     """Everything about one player, read directly from PostgreSQL and Redis: raw rows with their
     rotation state and view values, reward grants, and the cache state."""
+    from challengectl.catalogs import service_catalog
+    from challengectl.cli_queries import cli_sql
+
     cli = get_cli(ctx)
     settings = cli.settings()
     catalog = service_catalog(settings)
@@ -440,6 +465,8 @@ def cache_state(
     fingerprint match, TTLs, whether its rows equal PostgreSQL's active rows, and the synced marker of
     the current catalog fingerprint. An unreachable Redis is reported here (and warned about), not
     raised: the PostgreSQL part stays useful during a Redis outage."""
+    from service.storage.cache import active_key, decode_entry, synced_key, token_key
+
     try:
         url = redis_url_of(settings)
     except CliError as exc:
@@ -578,6 +605,8 @@ def delete_user(
 
 async def count_synced_markers(client: Redis, prefix: str, user: str) -> int:
     """How many synced markers (any catalog fingerprint) the player has."""
+    from service.storage.cache import scan_pattern_for_user
+
     pattern = scan_pattern_for_user(prefix, user, "synced:*")
     return len([key async for key in client.scan_iter(match=pattern, count=1000)])
 

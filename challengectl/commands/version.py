@@ -5,18 +5,20 @@ An unreachable part is shown as such; it is not an error (docs/cli.md#commands).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from challengectl.client import Clients
 from challengectl.connections import service_database_url, service_redis_url
 from challengectl.context import examples, get_cli
 from challengectl.errors import CliError
 from challengectl.output import Output
 from service import __version__
 from service.config.settings import Settings
+
+if TYPE_CHECKING:
+    from challengectl.client import Clients
 
 EXAMPLES = examples(
     "challengectl version",

@@ -13,19 +13,21 @@ COMPLETED rows. Ctrl-C ends the watch with exit 0.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from challengectl.client import Clients
 from challengectl.context import examples, get_cli
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.goal_snapshots import GoalKey, GoalSnapshot, GoalState, fetch_goals, goal_changes
 from challengectl.output import Output, rfc3339
 from challengectl.ticker import parse_interval, retry_warning, run_ticks
+
+if TYPE_CHECKING:
+    from challengectl.client import Clients
 
 EXAMPLES = examples(
     "challengectl watch --user alice",
@@ -49,7 +51,7 @@ class WatchView:
 
     @property
     def uses_live(self) -> bool:
-        return not self.output.streams_ndjson and self.output.format == "table"
+        return self.output.streams_live
 
     def show(self, snapshot: GoalSnapshot) -> None:
         """Print one poll: its changes against the previous poll (all goals for the first)."""
@@ -66,7 +68,7 @@ class WatchView:
             if self.output.streams_ndjson:
                 self.output.ndjson(record)
             else:
-                self.output.emit(record, rows=changes)
+                self.output.emit_update(record, lambda: self.render(snapshot, changes))
         self.previous = dict(snapshot.goals)
 
     def stop(self) -> None:
@@ -138,9 +140,7 @@ def watch(
 ) -> None:
     """Poll a player's challenges and highlight changes; Ctrl-C exits 0."""
     cli = get_cli(ctx)
-    player = cli.settings(user=user).user
-    if not player:
-        raise CliError("watch needs --user", "add --user <id> or set CHALLENGE_USER", EXIT_USAGE)
+    player = cli.require_user(user=user)
     interval_s = parse_interval(interval)
     if once and count is not None:
         raise CliError("--once and --count exclude each other", "use --once, or --count N", EXIT_USAGE)

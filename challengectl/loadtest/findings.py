@@ -1,14 +1,16 @@
-"""Findings and recommendations generated from a report (docs/loadtest.md#markdown-report section 7): pool saturation, a pool
-that is not the bottleneck, CPU-bound service, low cache hit ratio, event flush falling behind,
-cold-start bursts, generator-limited runs, dependency failures and sequential scans."""
+"""Findings and recommendations generated from a report (docs/loadtest.md#markdown-report section 7): the
+bottleneck causes ordered by evidence (`challengectl.bottleneck`: CPU, a pool held by a busy service,
+PostgreSQL waits, a busy PostgreSQL, the generator), then a pool that is not the bottleneck, low cache hit
+ratio, event flush falling behind, cold-start bursts, dependency failures and sequential scans."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
-POOL_SATURATED_PCT = 80.0
+from challengectl.bottleneck import Evidence, diagnose
+
 POOL_IDLE_PCT = 30.0
-CPU_BOUND_PCT = 90.0
 CACHE_LOW_PCT = 90.0
 BUFFER_HIGH_PCT = 50.0
 
@@ -16,6 +18,11 @@ BUFFER_HIGH_PCT = 50.0
 def _max(report: dict[str, Any], field: str) -> float | None:
     entry = report.get("resources", {}).get("summary", {}).get(field)
     return entry["max"] if entry else None
+
+
+def _min(report: dict[str, Any], field: str) -> float | None:
+    entry = report.get("resources", {}).get("summary", {}).get(field)
+    return entry["min"] if entry else None
 
 
 def _avg(report: dict[str, Any], field: str) -> float | None:
@@ -69,47 +76,53 @@ def _burst_phases(report: dict[str, Any]) -> list[str]:
     return bursts
 
 
+def evidence(report: dict[str, Any]) -> Evidence:
+    """The bottleneck evidence of a run: the peaks of its resource samples."""
+    generator = report.get("generator", {})
+    return Evidence(
+        service_cpu_pct=_max(report, "service_cpu_pct"),
+        service_cores=service_cores(report),
+        machine_cpu_pct=_max(report, "machine_cpu_pct"),
+        pool_max=report.get("resources", {}).get("capacity", {}).get("db_pool_max"),
+        pool_in_use=_max(report, "db_pool_peak_in_use") or _max(report, "db_pool_in_use"),
+        pool_waiting=_max(report, "db_pool_waiting"),
+        pool_timeouts=_delta(report, "db_pool_acquire_timeouts"),
+        pg_active=_max(report, "pg_connections_active"),
+        pg_waiting=_max(report, "pg_connections_waiting"),
+        pg_free_connections=_min(report, "pg_connections_free"),
+        generator_limited=bool(generator.get("generator_limited")),
+        generator_reasons=list(generator.get("limited_reasons", [])),
+    )
+
+
+POOL_VERDICTS = {
+    "pool_saturated": "it is the bottleneck (PostgreSQL is busy with its sessions and has headroom)",
+    "pool_held_idle": "it is not the limit: PostgreSQL ran few of its sessions while the service was busy",
+    "pg_waits": "its sessions waited on locks or I/O in PostgreSQL",
+    "pg_busy": "PostgreSQL is busy with its sessions and has little headroom",
+}
+
+
+def pool_assessment(report: dict[str, Any]) -> str:
+    """What the pool's peak means, by the same rule as the findings."""
+    pool_verdicts = [verdict.id for verdict in diagnose(evidence(report)) if verdict.id in POOL_VERDICTS]
+    return POOL_VERDICTS[pool_verdicts[0]] if pool_verdicts else "it is not the bottleneck"
+
+
 def generate(report: dict[str, Any]) -> list[dict[str, str]]:
-    """Findings in the documented order (docs/loadtest.md); each has `id`, `finding` (what was seen) and `advice`."""
-    findings: list[dict[str, str]] = []
+    """Findings, each with `id`, `finding` (what was seen) and `advice`: first the bottleneck causes in the
+    order of `challengectl.bottleneck` (CPU, pool held idle, PostgreSQL waits, pool, generator), then the
+    other observations (docs/loadtest.md#findings)."""
+    seen = evidence(report)
+    findings = [asdict(verdict) for verdict in diagnose(seen)]
     latency_failed = any(t.get("pass") is False and t.get("stat") != "success" for t in report.get("thresholds", []))
     pool_pct = pool_peak_pct(report)
-    timeouts = _delta(report, "db_pool_acquire_timeouts")
-    if (pool_pct is not None and pool_pct >= POOL_SATURATED_PCT) or timeouts > 0:
-        observed = (
-            f"DB pool peak {pool_pct if pool_pct is not None else '?'} % of max, {int(timeouts)} acquire timeouts"
-        )
-        active = _max(report, "pg_connections_active")
-        pool_peak = _max(report, "db_pool_peak_in_use") or _max(report, "db_pool_in_use")
-        if active is not None and pool_peak and active < pool_peak / 2:
-            # Checked-out connections that PostgreSQL sees idle are held by a busy service, not by slow SQL.
-            observed += (
-                f"; PostgreSQL active sessions peaked at {active:.0f}, so most checked-out connections "
-                "were idle in PostgreSQL while the service was busy"
-            )
-        findings.append(
-            {
-                "id": "pool_saturated",
-                "finding": observed,
-                "advice": "pool saturated: raise db_pool_max (check max_connections headroom with `challengectl pool`)",
-            }
-        )
-    elif pool_pct is not None and pool_pct < POOL_IDLE_PCT and latency_failed:
+    if not seen.pool_pressure and pool_pct is not None and pool_pct < POOL_IDLE_PCT and latency_failed:
         findings.append(
             {
                 "id": "pool_not_bottleneck",
                 "finding": f"DB pool peak {pool_pct} % of max while latency targets fail",
                 "advice": "the pool is not the bottleneck: check query time (`db queries`, `explain`) and CPU",
-            }
-        )
-    cpu = _max(report, "service_cpu_pct")
-    cores = service_cores(report)
-    if cpu is not None and cpu >= CPU_BOUND_PCT * cores:
-        findings.append(
-            {
-                "id": "cpu_bound",
-                "finding": f"service CPU peaked at {cpu:.0f} % ({cores} core(s) available to its processes)",
-                "advice": "CPU-bound: profile the hot endpoint or scale out (`--workers`, or more instances)",
             }
         )
     cache_ratio = _avg(report, "cache_hit_ratio_pct")
@@ -139,15 +152,6 @@ def generate(report: dict[str, Any]) -> list[dict[str, str]]:
                 "id": "cold_start_burst",
                 "finding": f"failures clustered in the first minute of phase {', '.join(bursts)}",
                 "advice": "cold-start burst: rerun with `--warmup`",
-            }
-        )
-    generator = report.get("generator", {})
-    if generator.get("generator_limited"):
-        findings.append(
-            {
-                "id": "generator_limited",
-                "finding": "; ".join(generator.get("limited_reasons", [])) or "the generator fell behind",
-                "advice": "results are limited by the generator: rerun with more `--procs` or on a separate host",
             }
         )
     failures = _failures_by_class(report)

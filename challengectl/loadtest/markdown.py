@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from challengectl.bottleneck import CPU_SATURATED_PCT, POOL_PRESSURE_PCT
 from challengectl.loadtest import findings as findings_module
 from challengectl.loadtest.profiles import DEFAULT_SUCCESS_MIN_PCT
 from challengectl.loadtest.schedule import format_duration
@@ -533,18 +534,13 @@ class MarkdownReport:
         assessment = []
         if pool_pct is not None:
             assessment.append(
-                f"DB pool peaked at {pool_pct:.0f} % of its maximum"
-                + (
-                    " — it is the bottleneck"
-                    if pool_pct >= findings_module.POOL_SATURATED_PCT
-                    else " — it is not the bottleneck"
-                )
+                f"DB pool peaked at {pool_pct:.0f} % of its maximum — {findings_module.pool_assessment(self.report)}"
             )
         cpu = stat("service_cpu_pct", "max")
         if cpu is not None:
             assessment.append(
                 f"service CPU peaked at {cpu:.0f} % of one core with {cores} core(s) available to "
-                f"its processes ({'saturated' if cpu >= 90 * cores else 'headroom left'})"
+                f"its processes ({'saturated' if cpu >= CPU_SATURATED_PCT * cores else 'headroom left'})"
             )
         for note in resources.get("notes", []):
             assessment.append(f"note: {note}")
@@ -677,10 +673,10 @@ class MarkdownReport:
         rows.append(
             [
                 "DB pool peak use",
-                f"< {findings_module.POOL_SATURATED_PCT:g} %",
+                f"< {POOL_PRESSURE_PCT:g} %",
                 fmt_pct(base_pool, 0),
                 fmt_pct(pool, 0),
-                _status(pool < findings_module.POOL_SATURATED_PCT) if pool is not None else DASH,
+                _status(pool < POOL_PRESSURE_PCT) if pool is not None else DASH,
                 points_change(base_pool, pool),
             ]
         )

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from challengectl.loadtest.generator import GeneratorResult
 from challengectl.loadtest.profiles import ENDPOINT_LABELS, EVENT_LABELS, TARGET_P95_MS
 from challengectl.loadtest.schedule import PhasePlan
 from challengectl.loadtest.stats import EndpointStats, latency_summary_ms
 from challengectl.loadtest.thresholds import Threshold, evaluate
+
+if TYPE_CHECKING:
+    from challengectl.loadtest.generator import GeneratorResult
 
 SCHEMA_VERSION = "1.1"  # 1.1: the per-second `timeseries` section
 GENERATOR_LAG_LIMIT_MS = 10.0

@@ -1,6 +1,6 @@
 """Resource snapshots while a load test runs (docs/loadtest.md#resource-snapshots): the service's CPU and RSS (`/metrics`), DB and
 Redis pools (`/admin/pool`), cache counters (`/admin/cache`), the event buffer (`/admin/buffer`),
-PostgreSQL connections by state (`pg_stat_activity`) and Redis hit ratio and ops/s (`INFO stats`),
+PostgreSQL connections by state and waits (`pg_stat_activity`), the machine's CPU, and Redis hit ratio and ops/s (`INFO stats`),
 sampled every interval and summarised as min/avg/max. At the end: the top `pg_stat_statements` entries
 and the `user_goal_progress` table statistics. A source that cannot be read is left out with a note."""
 
@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import psutil
 import psycopg
 import redis.asyncio as redis_asyncio
 
 from challengectl import database
+from challengectl.bottleneck import FREE_CONNECTIONS_SQL
 from challengectl.loadtest.servicemetrics import (
     FLUSH_DURATION,
     Samples,
@@ -27,8 +29,12 @@ from challengectl.loadtest.servicemetrics import (
 )
 
 APPLICATION_NAME = "challengectl-loadtest"
+# Sessions of the database by state (without the sampler's own), how many of them wait on locks or I/O,
+# and the server's free connections: what the bottleneck rule weighs (challengectl.bottleneck).
 _CONNECTIONS_BY_STATE = (
-    "SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity WHERE datname = current_database() GROUP BY 1"
+    "SELECT coalesce(state, 'unknown'), count(*),"
+    " count(*) FILTER (WHERE wait_event_type IN ('Lock', 'LWLock', 'IO', 'BufferPin'))"
+    " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1"
 )
 _TABLE_STATS = (
     "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, "
@@ -120,6 +126,9 @@ class ResourceSampler:
 
     async def sample(self) -> dict[str, Any]:
         row: dict[str, Any] = {"t_s": round(time.monotonic() - self._started, 2)}
+        # Since the previous call; the first call (the sample in `open`) has no interval: it only starts the count.
+        machine_cpu_pct = psutil.cpu_percent(interval=None)
+        row["machine_cpu_pct"] = machine_cpu_pct if self.series else None
         now = time.monotonic()
         metrics_text, pool, cache, buffer = await asyncio.gather(
             self._get_text("/metrics"),
@@ -268,14 +277,17 @@ class ResourceSampler:
         assert self._pg is not None
         try:
             rows = await (await self._pg.execute(_CONNECTIONS_BY_STATE)).fetchall()
+            free = await (await self._pg.execute(FREE_CONNECTIONS_SQL)).fetchone()
         except psycopg.Error as error:
             return {"pg_error": _first_line(error)}
-        by_state = {state: count for state, count in rows}
+        by_state = {state: count for state, count, _ in rows}
         return {
             "pg_connections_total": sum(by_state.values()),
             "pg_connections_active": by_state.get("active", 0),
+            "pg_connections_waiting": sum(waiting for state, _, waiting in rows if state == "active"),
             "pg_connections_idle": by_state.get("idle", 0),
             "pg_connections_idle_in_transaction": by_state.get("idle in transaction", 0),
+            "pg_connections_free": free[0] if free else None,
         }
 
     async def _redis_stats(self, now: float) -> dict[str, Any]:

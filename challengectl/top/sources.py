@@ -10,17 +10,17 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import psycopg
-import redis.asyncio as redis_asyncio
-
-from challengectl import database, pg_diagnostics
-from challengectl.client import AdminClient
 from challengectl.errors import CliError
-from challengectl.loadtest.servicemetrics import Samples, parse_samples
-from challengectl.redis_diagnostics import read_server_summary, redis_failures_as_cli_errors
-from service.storage.store import describe_target, short_reason
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis.asyncio as redis_asyncio
+
+    from challengectl import pg_diagnostics
+    from challengectl.client import AdminClient
+    from challengectl.loadtest.servicemetrics import Samples
 
 T = TypeVar("T")
 
@@ -59,6 +59,8 @@ class PostgresSource:
     async def read(self, timeout_s: float) -> dict[str, Any]:
         """Sessions by state and application, the longest non-idle query, blocking chains and the
         connection limits; CliError when unreachable or slower than `timeout_s`."""
+        from service.storage.store import describe_target
+
         if self.url is None:
             raise CliError("no database URL", "set --database-url or DATABASE_URL, or start 'challengectl serve'")
         if self._pending is None or self._pending.done():
@@ -69,6 +71,11 @@ class PostgresSource:
             raise CliError(f"PostgreSQL {describe_target(self.url)} did not answer within {timeout_s:g} s") from None
 
     def _read(self) -> dict[str, Any]:
+        import psycopg
+
+        from challengectl import database, pg_diagnostics
+        from service.storage.store import describe_target, short_reason
+
         assert self.url is not None
         try:
             if self._conn is None or self._conn.closed:
@@ -113,6 +120,10 @@ class RedisSource:
         self._client: redis_asyncio.Redis | None = None
 
     async def read(self, timeout_s: float) -> dict[str, Any]:
+        import redis.asyncio as redis_asyncio
+
+        from challengectl.redis_diagnostics import read_server_summary, redis_failures_as_cli_errors
+
         if self.url is None:
             reason = "the cache is disabled (redis_url=disabled)" if self.disabled else "no Redis URL"
             raise CliError(reason, "set --redis-url or REDIS_URL, or start 'challengectl serve'")
@@ -136,6 +147,8 @@ class Sources:
         self.timeout_s = timeout_s
 
     async def read(self) -> Reading:
+        from challengectl.loadtest.servicemetrics import parse_samples
+
         reading = Reading(at=time.monotonic())
 
         async def metrics() -> Samples:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,35 @@ class Catalog:
     warnings: tuple[str, ...]
     goal_fragments: dict[str, dict[str, bytes]] = field(repr=False)
     challenge_fragments: dict[str, dict[str, bytes]] = field(repr=False)
+
+
+MAX_LISTED = 20
+
+
+def first_lines(lines: Sequence[str], limit: int = MAX_LISTED) -> list[str]:
+    """At most `limit` of `lines`, then '... and N more' for the rest."""
+    if len(lines) <= limit:
+        return list(lines)
+    return [*lines[:limit], f"... and {len(lines) - limit} more"]
+
+
+def grouped_warnings(warnings: Iterable[str]) -> list[str]:
+    """Warnings of the form '<location>: <text>' with the same text listed once, with a count and the first
+    locations (a catalog whose 500 goals carry a legacy key gives one line, not 500), in first-seen order."""
+    locations: dict[str, list[str]] = {}
+    for warning in warnings:
+        location, separator, text = warning.partition(": ")
+        if not separator:
+            location, text = "", warning
+        locations.setdefault(text, []).append(location)
+    lines = []
+    for text, where in locations.items():
+        if len(where) == 1:
+            lines.append(f"{where[0]}: {text}" if where[0] else text)
+        else:
+            examples = ", ".join(where[:3]) + (", ..." if len(where) > 3 else "")
+            lines.append(f"{text} ({len(where)}×: {examples})")
+    return lines
 
 
 def load_catalog(path: str | os.PathLike[str]) -> Catalog:
@@ -215,6 +244,35 @@ def _id_problem(identifier: str, reserved: str | None) -> str | None:
     return None
 
 
+def _camel_case(key: str) -> str:
+    head, *rest = key.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _shape_mismatch(raw_challenges: list[Any]) -> str | None:
+    """One error line when the whole file uses another catalog shape (snake_case keys, `id` for the IDs,
+    as some exporters write it), instead of the thousands of per-field errors that shape would give."""
+    challenges = [raw for raw in raw_challenges if isinstance(raw, dict)]
+    goals = [goal for raw in challenges if isinstance(raw.get("goals"), list) for goal in raw["goals"]]
+    goals = [goal for goal in goals if isinstance(goal, dict)]
+    renames: dict[str, str] = {}
+    for objects, known, id_key in ((challenges, _CHALLENGE_KEYS, "challengeId"), (goals, _GOAL_KEYS, "goalId")):
+        for obj in objects:
+            for key in obj:
+                if key == "id" and id_key not in obj:
+                    renames.setdefault(key, id_key)
+                elif key not in known and _camel_case(key) in known:
+                    renames.setdefault(key, _camel_case(key))
+    without_ids = sum("challengeId" not in raw for raw in challenges) + sum("goalId" not in goal for goal in goals)
+    if not renames or without_ids * 2 < len(challenges) + len(goals):
+        return None
+    examples = ", ".join(f"'{key}' → '{name}'" for key, name in list(renames.items())[:4])
+    return (
+        f"the file is not in the challenges.json shape: its objects use other key names ({examples}); "
+        "rename the keys to the format's camelCase names (docs/catalog.md)"
+    )
+
+
 def _string_or_empty(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -247,6 +305,10 @@ class _CatalogReader:
         raw_challenges, valid = self._field(document, "challenges", "array", "")
         if valid and not raw_challenges:
             self.errors.append("config must have at least one challenge")
+        mismatch = _shape_mismatch(raw_challenges)
+        if mismatch:
+            self.errors.append(mismatch)
+            return []
         challenges: list[Challenge] = []
         for index, raw_challenge in enumerate(raw_challenges):
             if not isinstance(raw_challenge, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from service.config.resolution import validate_settings, wants_embedded_postgres, wants_embedded_redis
 from service.config.settings import Settings
+from service.domain.catalog import grouped_warnings
 from service.runtime.embedded import discover
 from service.runtime.startup import StartupError, load_service_catalog
 from service.storage.migrations import MigrationError, migration_status
@@ -17,7 +18,7 @@ def check_configuration(settings: Settings) -> list[str]:
         "settings: ok",
         f"catalog: ok ({catalog.path}: {len(catalog.challenges)} challenges, {len(catalog.goals_by_id)} goals, "
         f"{len(catalog.default_goals)} default, fingerprint {catalog.fingerprint})",
-        *[f"catalog warning: {warning}" for warning in catalog.warnings],
+        *[f"catalog warning: {warning}" for warning in grouped_warnings(catalog.warnings)],
     ]
     database_url, redis_url = settings.database_url, settings.redis_url
     running = discover(settings.resolved_data_dir())

@@ -9,12 +9,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 from service.config.resolution import resolve_catalog_path, wants_embedded_postgres, wants_embedded_redis
 from service.config.resources import example_catalog_path
 from service.config.settings import Settings
-from service.domain.catalog import Catalog, CatalogError, load_catalog
+from service.domain.catalog import Catalog, CatalogError, first_lines, grouped_warnings, load_catalog
 from service.runtime.embedded import EmbeddedServers
 from service.storage.migrations import MigrationError, apply_migrations, migration_status
+from service.storage.statistics import analyze_database
+from service.storage.store import short_reason
 from service.transport.auth import ensure_embedded_secret
 
 log = logging.getLogger("challengectl.serve")
@@ -53,7 +57,7 @@ def load_service_catalog(settings: Settings) -> Catalog:
     try:
         catalog = load_catalog(path)
     except CatalogError as exc:
-        details = "\n".join(f"  {error}" for error in exc.errors)
+        details = "\n".join(f"  {error}" for error in first_lines(exc.errors))
         hint = "fix the catalog, then check it with 'challengectl serve --check'"
         if settings.sources["catalog_path"] == "default" and not path.exists():
             hint = (
@@ -61,7 +65,7 @@ def load_service_catalog(settings: Settings) -> Catalog:
                 f"{example_catalog_path()} is used by default only with the embedded database)"
             )
         raise StartupError(f"invalid catalog ({len(exc.errors)} error(s)):\n{details}", 2, hint) from None
-    for warning in catalog.warnings:
+    for warning in grouped_warnings(catalog.warnings):
         log.warning("catalog: %s", warning)
     return catalog
 
@@ -121,12 +125,23 @@ def wait_for_database(database_url: str, timeout_s: float) -> None:
             time.sleep(0.5)
 
 
+def _analyze_unanalyzed(database_url: str) -> None:
+    """Tables without planner statistics (a fresh install) get them now, so that the first plans use the
+    indexes; a failure only logs (the service works without, only `explain` would cry wolf)."""
+    try:
+        for done in analyze_database(database_url, "challengectl-service", only_unanalyzed=True):
+            log.info("analyzed %s (%.0f ms): it had no planner statistics", done.table, done.duration_ms)
+    except psycopg.Error as exc:
+        log.warning("could not analyze the tables: %s", short_reason(exc, database_url))
+
+
 def prepare_schema(settings: Settings, database_url: str) -> None:
     """Apply pending migrations (migrate=auto) or only verify them (migrate=off)."""
     try:
         if settings.migrate == "auto":
             for migration in apply_migrations(database_url, application_name="challengectl-service"):
                 log.info("applied migration %04d_%s", migration.version, migration.name)
+            _analyze_unanalyzed(database_url)
         else:
             status = migration_status(database_url)
             if status.pending:

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.config.resources import example_catalog_path
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from tests.servers import free_port
+from tests.support.scratch import scratch_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 STARTUP_TIMEOUT_S = 60
@@ -125,7 +126,7 @@ def base_env(**extra: str) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("CHALLENGE_") and k not in ("DATABASE_URL", "REDIS_URL")
     }
-    env["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="challengectl-cfg-")
+    env["XDG_CONFIG_HOME"] = str(scratch_dir("cfg-"))
     if "DATABASE_URL" in extra:
         env["CHALLENGE_CATALOG_PATH"] = str(example_catalog_path())
     env.update(extra)
