@@ -149,6 +149,10 @@ class HttpClient:
         """GET → the parsed JSON body."""
         return (await self.send("GET", path, **kwargs)).body
 
+    async def get_text(self, path: str, **kwargs: Any) -> str:
+        """GET → the body as text."""
+        return (await self.send("GET", path, **kwargs)).raw.decode("utf-8", "replace")
+
     async def post(self, path: str, json_body: Any = None, **kwargs: Any) -> Any:
         """POST → the parsed JSON body."""
         return (await self.send("POST", path, json_body=json_body, **kwargs)).body

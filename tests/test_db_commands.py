@@ -434,8 +434,11 @@ def preloaded(url: str) -> bool:
 
 
 def test_queries_without_the_extension_exit_5_with_the_hint(migrated_db, capsys):
-    code, out, err = run_db_cli(capsys, migrated_db, "-o", "json", "db", "queries")
+    # No service answers either, so its own timings cannot stand in (tests/test_fresh_install_diagnostics.py).
+    closed = f"http://127.0.0.1:{free_port()}"
+    code, out, err = run_db_cli(capsys, migrated_db, "--admin-url", closed, "-o", "json", "db", "queries")
     assert code == 5
+    assert "the service's own timings are unavailable too" in err
     assert "Hint: add pg_stat_statements to shared_preload_libraries and run CREATE EXTENSION pg_stat_statements" in err
     assert "not created in database" in err
     assert json.loads(out)["error"]["exit_code"] == 5
@@ -455,7 +458,8 @@ def test_queries_with_the_extension_created_but_not_preloaded_exit_5(migrated_db
     assert code == 2 and "refusing to reset pg_stat_statements" in err and "Hint: add --yes" in err
     if preloaded(migrated_db):
         return  # the happy path is covered below, on a private cluster
-    code, _, err = run_db_cli(capsys, migrated_db, "db", "queries", "--by", "mean")
+    closed = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run_db_cli(capsys, migrated_db, "--admin-url", closed, "db", "queries", "--by", "mean")
     assert code == 5 and "missing from shared_preload_libraries" in err
     assert "Hint: add pg_stat_statements to shared_preload_libraries and run CREATE EXTENSION pg_stat_statements" in err
 

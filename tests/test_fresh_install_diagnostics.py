@@ -1,6 +1,7 @@
 """Diagnostics are right on a fresh install: after `users init --count 1000` the tables are analyzed and
 `explain active-goals --fail-on warn` passes; with the expected index dropped it still fails (exit 99).
-`db analyze` analyzes the project's tables on demand."""
+`db analyze` analyzes the project's tables on demand; without pg_stat_statements `db queries` shows the service's
+own per-named-query timings."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def run(serve: ServeProcess, args: list[str], capsys: pytest.CaptureFixture[str]
 
 def test_explain_passes_after_seeding_and_fails_without_the_index(fresh, capsys) -> None:
     serve, url = fresh
-    code, _, err = run(serve, ["users", "init", "--count", "1000", "--concurrency", "16", "-q"], capsys)
+    code, _, err = run(serve, ["users", "init", "--count", "1000", "--concurrency", "16"], capsys)
     assert code == 0, err
     assert "analyzed user_goal_progress" in err
     code, out, err = run(serve, ["explain", "active-goals", "--fail-on", "warn", "-o", "json"], capsys)
@@ -77,3 +78,15 @@ def test_db_analyze_lists_the_tables(fresh, capsys) -> None:
     code, out, err = run(serve, ["db", "analyze", "-o", "json"], capsys)
     assert code == 0, err
     assert [item["table"] for item in json.loads(out)["items"]] == ["user_goal_progress", "reward_grants"]
+
+
+def test_db_queries_without_pg_stat_statements_shows_the_services_own_timings(fresh, capsys) -> None:
+    serve, _ = fresh
+    assert run(serve, ["users", "init", "queries-player"], capsys)[0] == 0  # named queries for the service to time
+    code, out, err = run(serve, ["db", "queries", "-o", "json"], capsys)
+    assert code == 0, err
+    body = json.loads(out)
+    assert body["source"] == "service_metrics" and "pg_stat_statements" in body["reason"]
+    names = [item["query_name"] for item in body["items"]]
+    assert names and all(item["calls"] > 0 and item["mean_ms"] >= 0 for item in body["items"])
+    assert "the service's own timings per named query" in err

@@ -19,7 +19,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from challengectl.connections import database_target
-from challengectl.context import command_group, examples, get_cli, parse_duration
+from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.explain_command import add_explain_command
 from challengectl.humanize import human_bytes, human_ms, one_line
@@ -447,8 +447,16 @@ def queries(
         raise CliError(f"invalid --by '{by}'", f"use --by {'|'.join(pgd.STATEMENT_ORDERS)}", EXIT_USAGE)
     with diagnostics_session(ctx) as session, session.errors():
         conn = session.conn()
-        view = pgd.statement_stats_view(conn)
-        if reset:
+        try:
+            view = pgd.statement_stats_view(conn)
+        except pgd.StatementStatsUnavailable as missing:
+            if reset:
+                raise
+            unavailable = CliError(f"{missing} ({session.target})", HINT_PG_STAT_STATEMENTS, EXIT_UNAVAILABLE)
+            view = None
+        if view is None:
+            pass
+        elif reset:
             action = (
                 f"reset pg_stat_statements on {session.target}: this clears the statistics of every "
                 "database and of every consumer of the view (monitoring included)"
@@ -462,8 +470,14 @@ def queries(
                 result, text=lambda: "pg_stat_statements reset", table=lambda: Text("pg_stat_statements reset")
             )
             return
-        stats = pgd.top_statements(conn, view, order=order, limit=limit, min_calls=min_calls, text_filter=text_filter)
-        info = pgd.server_info(conn)
+        else:
+            stats = pgd.top_statements(
+                conn, view, order=order, limit=limit, min_calls=min_calls, text_filter=text_filter
+            )
+            info = pgd.server_info(conn)
+    if view is None:
+        service_query_timings(get_cli(ctx), unavailable, order, limit, min_calls, text_filter)
+        return
     labelled = pgd.label_statements(stats, registry_statements(out))
     items = [asdict(entry) for entry in labelled]
     data = {
@@ -482,6 +496,54 @@ def queries(
             out.table(items, STATEMENT_COLUMNS, title=title)
             if items
             else Text("no statements recorded yet for this database")
+        ),
+    )
+
+
+SERVICE_TIMING_COLUMNS = [
+    Column("query_name", "NAME"),
+    Column("calls", "CALLS", justify="right"),
+    Column("total_ms", "TOTAL", justify="right", render=lambda v: Text(human_ms(v))),
+    Column("mean_ms", "MEAN", justify="right", render=lambda v: Text(human_ms(v))),
+    Column("p95_ms", "P95", justify="right", render=lambda v: Text(human_ms(v))),
+]
+SERVICE_TIMING_ORDERS = {"total": "total_ms", "mean": "mean_ms", "calls": "calls"}
+
+
+def service_query_timings(
+    cli: CliContext, unavailable: CliError, order: str, limit: int, min_calls: int, text_filter: str | None
+) -> None:
+    """Without pg_stat_statements: the service's own per-named-query timings from its /metrics (since it
+    started), saying where they come from; the original error when the service does not answer either."""
+    from challengectl.loadtest.servicemetrics import named_query_timings, parse_samples
+
+    try:
+        text = cli.run(lambda clients: clients.admin.get_text("/metrics"))
+    except CliError as service_error:
+        raise CliError(
+            f"{unavailable.message}; the service's own timings are unavailable too: {service_error.message}",
+            unavailable.hint,
+            unavailable.exit_code,
+        ) from None
+    key = SERVICE_TIMING_ORDERS.get(order, "total_ms")
+    items = [
+        item
+        for item in named_query_timings(parse_samples(text))
+        if item["calls"] >= min_calls and (not text_filter or text_filter.lower() in item["query_name"].lower())
+    ]
+    items = sorted(items, key=lambda item: -item[key])[:limit]
+    source = f"the service's own timings per named query from {cli.settings().admin_url}/metrics, since it started"
+    out = cli.output
+    out.warn(f"{unavailable.message}; showing {source} (order by {key.removesuffix('_ms')})")
+    data = {"source": "service_metrics", "reason": unavailable.message, "order_by": key, **listing(items)}
+    out.emit(
+        data,
+        rows=items,
+        columns=[c.key for c in SERVICE_TIMING_COLUMNS],
+        table=lambda: (
+            out.table(items, SERVICE_TIMING_COLUMNS, title=f"Top {len(items)} named queries ({source})")
+            if items
+            else Text("the service has run no named query yet")
         ),
     )
 

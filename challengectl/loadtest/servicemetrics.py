@@ -14,6 +14,7 @@ HTTP_DURATION = "challenge_http_request_duration_seconds"
 GRPC_DURATION = "challenge_grpc_request_duration_seconds"
 HTTP_REQUESTS = "challenge_http_requests_total"
 FLUSH_DURATION = "challenge_flush_duration_seconds"
+QUERY_DURATION = "challenge_db_query_duration_seconds"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -105,3 +106,28 @@ def window_view(before: Samples, after: Samples) -> dict[str, Any]:
                 "p95_bucket_ms": [round(lower * 1000, 3), None if math.isinf(upper) else round(upper * 1000, 3)],
             }
     return view
+
+
+def named_query_timings(samples: Samples) -> list[dict[str, Any]]:
+    """Per named query, from the service's own histogram since it started: calls, total, mean and p95 (ms)."""
+    sums = {
+        dict(labels).get("query", ""): value
+        for (name, labels), value in samples.items()
+        if name == f"{QUERY_DURATION}_sum"
+    }
+    timings = []
+    for (query,), buckets in sorted(_buckets(samples, QUERY_DURATION, ("query",)).items()):
+        calls = buckets.get(math.inf, 0.0)
+        if calls <= 0:
+            continue
+        total_ms = sums.get(query, 0.0) * 1000
+        timings.append(
+            {
+                "query_name": query,
+                "calls": int(round(calls)),
+                "total_ms": round(total_ms, 3),
+                "mean_ms": round(total_ms / calls, 3),
+                "p95_ms": round(quantile_bucket(buckets, 0.95)[2] * 1000, 3),
+            }
+        )
+    return timings
