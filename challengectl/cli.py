@@ -95,17 +95,17 @@ class LazyCommands(TyperGroup):
     """The root group: imports a command's module only when that command is looked up (to run it, complete
     it or show its help); the root's own help lists `COMMANDS` without importing anything."""
 
-    def list_commands(self, ctx: typer.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         return [name for name, entry in COMMANDS.items() if not entry.hidden]
 
-    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         entry = COMMANDS.get(cmd_name)
         if cmd_name not in self.commands and entry is not None:
             for name, command in load_command_module(entry.module).commands.items():
                 self.commands.setdefault(name, command)
         return self.commands.get(cmd_name)
 
-    def format_commands(self, ctx: typer.Context, formatter: Any) -> None:
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
         visible = [(name, entry.summary) for name, entry in COMMANDS.items() if not entry.hidden]
         width = formatter.width - 6 - max(len(name) for name, _ in visible)
         with formatter.section("Commands"):
@@ -391,11 +391,11 @@ def _run(args: list[str]) -> None:
         report_error(CliError("interrupted", "", EXIT_INTERRUPTED))
         sys.exit(EXIT_INTERRUPTED)
     except typer.TyperException as failure:
-        error = _typer_failure(failure)
-        if error is None:
+        mapped = _typer_failure(failure)
+        if mapped is None:
             sys.exit(EXIT_USAGE)
-        report_error(error)
-        sys.exit(error.exit_code)
+        report_error(mapped)
+        sys.exit(mapped.exit_code)
     except BrokenPipeError:
         # `challengectl ... | head`: the reader went away; point stdout at devnull so the final flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
