@@ -62,8 +62,9 @@ def test_embedded_default_serves_and_stops_clean(data_dir: Path) -> None:
         assert http_get(serve.api("/challenge/readyz"))[0] == 200
         assert http_get(serve.admin("/readyz"))[0] == 200
         config = http_get(serve.admin("/admin/config"))[1]
-        assert config["embedded"] is True
-        assert config["catalog_path"].endswith("service/examples/challenges.json")
+        assert config["embedded"]["postgres"] is True and config["embedded"]["source"] == "default"
+        assert config["catalog_path"]["value"].endswith("service/examples/challenges.json")
+        assert config["catalog_path"]["source"].startswith("bundled example")
         assert config["database_url"]["source"] == "default"
         assert grpc_health(serve.grpc_port) == health_pb2.HealthCheckResponse.SERVING
         assert processes_using(data_dir), "embedded servers should be running"
@@ -111,7 +112,7 @@ def test_given_urls_serve_and_admin_token_guards_admin_routes(pg_url: str, redis
         assert (status, body) == (403, {"errorCode": "FORBIDDEN", "message": "admin token rejected"})
         status, config, _ = http_get(serve.admin("/admin/config"), {"Authorization": "Bearer adm-secret"})
         assert status == 200
-        assert config["embedded"] is False
+        assert config["embedded"]["postgres"] is False
         assert config["admin_token"] == {"value": "****", "source": "env"}
         assert config["jwt_secret"] == {"value": "****", "source": "env"}
         assert "adm-secret" not in json.dumps(config) and "s3cret" not in json.dumps(config)

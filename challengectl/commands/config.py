@@ -13,6 +13,7 @@ import typer
 from challengectl.context import CliContext, command_group, examples, get_cli
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Column
+from service.config.resolution import catalog_path_source, resolve_catalog_path
 from service.config.settings import SPECS, Settings, SettingsError, default_config_path
 
 app = command_group("Show, validate and initialise the configuration.")
@@ -74,6 +75,8 @@ def setting_rows(
         elif spec.name == "data_dir" and value is None:
             value = str(settings.resolved_data_dir())
         source = entry["source"]
+        if spec.name == "catalog_path":  # the file serve loads, which may be the bundled example
+            value, source = str(resolve_catalog_path(settings)), catalog_path_source(settings)
         if source == "env":
             origin = next((name for name in spec.env_names if env.get(name)), "PLUGIN_GRPC_SERVER_AUTH_ENABLED")
         elif source == "file":

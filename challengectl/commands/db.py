@@ -500,11 +500,9 @@ def queries(
     )
 
 
+# NAME, CALLS, TOTAL and MEAN as for pg_stat_statements, then the p95 of the service's histogram.
 SERVICE_TIMING_COLUMNS = [
-    Column("query_name", "NAME"),
-    Column("calls", "CALLS", justify="right"),
-    Column("total_ms", "TOTAL", justify="right", render=lambda v: Text(human_ms(v))),
-    Column("mean_ms", "MEAN", justify="right", render=lambda v: Text(human_ms(v))),
+    *STATEMENT_COLUMNS[:4],
     Column("p95_ms", "P95", justify="right", render=lambda v: Text(human_ms(v))),
 ]
 SERVICE_TIMING_ORDERS = {"total": "total_ms", "mean": "mean_ms", "calls": "calls"}
@@ -541,7 +539,7 @@ def service_query_timings(
         rows=items,
         columns=[c.key for c in SERVICE_TIMING_COLUMNS],
         table=lambda: (
-            out.table(items, SERVICE_TIMING_COLUMNS, title=f"Top {len(items)} named queries ({source})")
+            out.table(items, SERVICE_TIMING_COLUMNS, title=f"Top {len(items)} named queries (service /metrics)")
             if items
             else Text("the service has run no named query yet")
         ),

@@ -37,3 +37,13 @@ def resolve_catalog_path(settings: Settings) -> Path:
     if settings.sources["catalog_path"] == "default" and not configured.exists() and wants_embedded_postgres(settings):
         return example_catalog_path()
     return configured
+
+
+BUNDLED_EXAMPLE_SOURCE = "bundled example (the default path does not exist and the database is embedded)"
+
+
+def catalog_path_source(settings: Settings) -> str:
+    """Where the effective catalog path comes from: the setting's source, or the bundled-example rule."""
+    if resolve_catalog_path(settings) != Path(settings.catalog_path).expanduser():
+        return BUNDLED_EXAMPLE_SOURCE
+    return settings.sources["catalog_path"]

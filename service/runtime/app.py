@@ -24,7 +24,7 @@ from typing import Any
 import uvicorn
 
 from service import __version__
-from service.config.resolution import validate_settings
+from service.config.resolution import catalog_path_source, validate_settings
 from service.config.settings import Settings, is_loopback
 from service.domain.catalog import Catalog
 from service.runtime import event_loop
@@ -165,12 +165,17 @@ class Service:
         body.update(
             service_version=__version__,
             schema_version=self.schema_version,
-            catalog_path=self.catalog.path,
+            # The effective path with its source, which may be the bundled-example rule rather than the setting.
+            catalog_path={"value": self.catalog.path, "source": catalog_path_source(self.settings)},
             catalog_fingerprint=self.catalog.fingerprint,
             challenges=len(self.catalog.challenges),
             goals=len(self.catalog.goals_by_id),
             default_goals=len(self.catalog.default_goals),
-            embedded=self.deps.embedded,
+            embedded={
+                **body["embedded"],
+                "postgres": self.deps.embedded_postgres,
+                "redis": self.deps.embedded_redis,
+            },
             started_at=self.started_at,
             pid=os.getpid(),
         )

