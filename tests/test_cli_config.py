@@ -303,3 +303,16 @@ def test_root_help_names_env_vars_and_exit_codes(capsys) -> None:
     ):
         assert code_line in out
     assert "--install-completion" in out and "--show-completion" in out
+
+
+def test_show_names_the_catalog_file_in_use_and_its_source(monkeypatch, capsys) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # the embedded default, no catalog file configured
+    monkeypatch.delenv("CHALLENGE_CATALOG_PATH", raising=False)
+    code, out, _ = run_cli(["config", "show"], capsys)
+    catalog = settings_of(out)["catalog_path"]
+    assert code == 0 and catalog["value"] == str(example_catalog_path())
+    assert catalog["source"].startswith("bundled example")
+    monkeypatch.setenv("CHALLENGE_CATALOG_PATH", "/etc/challenges.json")
+    code, out, _ = run_cli(["config", "show"], capsys)
+    row = settings_of(out)["catalog_path"]
+    assert (row["value"], row["source"]) == ("/etc/challenges.json", "env")
