@@ -23,7 +23,6 @@ from challengectl.connections import database_target
 from challengectl.context import examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_USAGE, CliError
 from challengectl.output import Column, Output, status_text
-from challengectl.pg_diagnostics import CONNECTION_LIMIT_COLUMNS, usable_connections
 from challengectl.ticker import parse_interval, run_watch
 from service.config.settings import connections_per_instance, service_processes
 
@@ -41,10 +40,11 @@ WARN_PCT = 80.0
 CONNECT_TIMEOUT_S = 5
 INSUFFICIENT_PRIVILEGE = "<insufficient privilege>"
 
-# Cluster-wide: max_connections limits client sessions of every database, not just this one.
-SERVER_LIMITS_SQL = f"""
+# Cluster-wide: max_connections limits client sessions of every database, not just this one. The limit
+# columns come from pg_diagnostics (psycopg), imported when the command runs.
+SERVER_LIMITS_SQL = """
 SELECT current_database() AS database,
-       {CONNECTION_LIMIT_COLUMNS},
+       {limit_columns},
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS total
 """
 
@@ -71,10 +71,12 @@ async def read_server_connections(database_url: str) -> dict[str, Any]:
     import psycopg
 
     from challengectl import database
+    from challengectl.pg_diagnostics import CONNECTION_LIMIT_COLUMNS, usable_connections
 
     try:
         async with await database.connect_async(database_url, None, CONNECT_TIMEOUT_S) as conn:
-            limits = await (await conn.execute(SERVER_LIMITS_SQL)).fetchone()
+            limits_sql = SERVER_LIMITS_SQL.format(limit_columns=CONNECTION_LIMIT_COLUMNS)
+            limits = await (await conn.execute(limits_sql)).fetchone()
             sessions = await (await conn.execute(SESSIONS_SQL, {"hidden": INSUFFICIENT_PRIVILEGE})).fetchall()
             service = await (await conn.execute(SERVICE_SESSIONS_SQL)).fetchone()
     except psycopg.Error as exc:
