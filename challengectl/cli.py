@@ -4,7 +4,7 @@ turns every failure into `Error:`/`Hint:` lines and an exit code (docs/cli.md#ex
 Command modules plug in with a `register(app: typer.Typer) -> None` function (adding their commands,
 sub-apps and hidden aliases). `COMMANDS` names every top-level command, its module and its one-line summary,
 so that `challengectl --help` lists them without importing any command module, and a command imports only
-its own module (and what that needs) when it runs: the CLI starts in a few tens of milliseconds.
+its own module (and what that needs) when it runs (bench/cli_startup.py measures it).
 """
 
 from __future__ import annotations
