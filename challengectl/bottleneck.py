@@ -1,4 +1,4 @@
-"""The bottleneck rule that the load-test findings, `pool` and `doctor` share (docs/loadtest.md#findings).
+"""The bottleneck rule that the load-test findings, `pool` and `doctor` share (docs/loadtest.md#markdown-report).
 
 Causes are ordered by evidence: CPU saturation of the service process or of the machine; pool waits while
 PostgreSQL runs far fewer sessions than the pool has checked out (the service holds connections it cannot

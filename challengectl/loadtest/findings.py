@@ -112,7 +112,7 @@ def pool_assessment(report: dict[str, Any]) -> str:
 def generate(report: dict[str, Any]) -> list[dict[str, str]]:
     """Findings, each with `id`, `finding` (what was seen) and `advice`: first the bottleneck causes in the
     order of `challengectl.bottleneck` (CPU, pool held idle, PostgreSQL waits, pool, generator), then the
-    other observations (docs/loadtest.md#findings)."""
+    other observations (docs/loadtest.md#markdown-report)."""
     seen = evidence(report)
     findings = [asdict(verdict) for verdict in diagnose(seen)]
     latency_failed = any(t.get("pass") is False and t.get("stat") != "success" for t in report.get("thresholds", []))
