@@ -18,6 +18,8 @@ from service.config.resources import example_catalog_path
 from tests.conftest import new_database
 from tests.test_serve import ServeProcess, base_env
 
+pytestmark = pytest.mark.integration
+
 SECRET = "fresh-install-secret-0123456789abcdef"
 
 
