@@ -5,7 +5,7 @@
 -- name: cli_reward_grants
 -- kind: read
 -- params: namespace text, user_id text
--- doc: Every reward grant of one user in the namespace, by goal and generation (`users inspect`).
+-- doc: Every reward grant of one user in the namespace, by goal and generation (`users show`).
 SELECT goal_id, generation, challenge_id, idempotency_key, reward_type, reward_id, quantity, mode, attempts, granted_at
   FROM reward_grants
  WHERE namespace = %(namespace)s AND user_id = %(user_id)s
@@ -16,7 +16,7 @@ SELECT goal_id, generation, challenge_id, idempotency_key, reward_type, reward_i
 -- kind: read
 -- params: after text, page int
 -- expect-index: idx_ugp_user_active
--- doc: One page of the users with an active row, after `after` (keyset pagination, `cache warm --all`).
+-- doc: One page of the users with an active row, after `after` (keyset pagination, `cache warm --all-active`).
 SELECT DISTINCT user_id
   FROM user_goal_progress
  WHERE is_active AND user_id > %(after)s
