@@ -797,10 +797,14 @@ async def test_e12_with_redis_down_the_lru_deduplicates_within_the_process(
 
             assert sample("challenge_dedup_total", backend="lru", result="duplicate") - lru_duplicates_before == 1
             private_redis.start()
-            await asyncio.sleep(0.15)  # past the retry interval: Redis is asked again
-            after = await ingestor.submit([login(user, during)], "publish")
-            assert (after.accepted, after.duplicates) == (0, 1)  # the LRU is consulted alongside Redis
-            assert await client.get(event_key(redis_prefix, user, during)) == b"d"
+
+            async def redis_asked_again() -> bool:
+                after = await ingestor.submit([login(user, during)], "publish")
+                assert (after.accepted, after.duplicates) == (0, 1)  # the LRU is consulted alongside Redis
+                return await client.get(event_key(redis_prefix, user, during)) == b"d"
+
+            # Once the retry interval (redis_probe_interval_ms) has passed, Redis is asked again.
+            await eventually(redis_asked_again)
     finally:
         await client.aclose()
     assert (await row(db, user, "login-abs"))["progress"] == 3
@@ -814,14 +818,20 @@ async def test_pending_markers_are_renewed_while_their_events_stay_buffered(
 ) -> None:
     user, event_id = new_user(), new_id()
     await seed(db, user, "login-abs")
-    async with ingest(ack_mode="buffered", flush_interval_ms=60_000, dedup_pending_ttl_s=3) as ingestor:
-        await asyncio.sleep(0.05)  # past the flushers' first (empty) round
+    async with ingest(ack_mode="buffered", flush_interval_ms=60_000, dedup_pending_ttl_s=1) as ingestor:
+        # The flushers' tasks run their first (empty) round at their first step, before this task resumes;
+        # the event then stays buffered for flush_interval_ms.
+        await asyncio.sleep(0)
         await ingestor.submit([login(user, event_id)], "publish")
         key = event_key(redis_prefix, user, event_id)
-        assert 2_900 < await redis_client.pttl(key) <= 3_000
-        await asyncio.sleep(1.4)  # renewal runs every dedup_pending_ttl_s / 3 = 1 s
-        assert await redis_client.get(key) == b"p"
-        assert await redis_client.pttl(key) > 2_000
+        first_expiry_ms = time.monotonic() * 1000 + await redis_client.pttl(key)
+
+        async def renewed() -> bool:  # renewal runs every dedup_pending_ttl_s / 3 and pushes the expiry back
+            assert await redis_client.get(key) == b"p"
+            return time.monotonic() * 1000 + await redis_client.pttl(key) > first_expiry_ms + 100
+
+        await eventually(renewed)
+        assert ingestor.buffer_stats()["entries"] == 1
     assert await redis_client.get(key) == b"d"
 
 
@@ -1257,9 +1267,13 @@ async def test_buffer_stats_have_exactly_the_spec_keys_and_count_what_happened(i
 async def test_buffer_oldest_entry_age_and_peak_follow_the_buffer(ingest: Any, db: Any) -> None:
     async with ingest(start=False, ack_mode="buffered") as ingestor:
         await ingestor.submit([login(new_user()), login(new_user())], "publish")
-        await asyncio.sleep(0.05)
+
+        async def aged() -> bool:
+            return ingestor.buffer_stats()["oldest_entry_age_ms"] >= 40
+
+        await eventually(aged)
         stats = ingestor.buffer_stats()
-        assert stats["entries"] == 2 and stats["peak_entries"] == 2 and stats["oldest_entry_age_ms"] >= 40
+        assert stats["entries"] == 2 and stats["peak_entries"] == 2
         await ingestor.start()
         await eventually(lambda: _flushed(ingestor))
         ingestor.reset_peaks()
