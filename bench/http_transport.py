@@ -23,6 +23,8 @@ from pathlib import Path
 
 import player_api
 
+from bench.serve_process import api_cpu_s
+
 SCENARIOS = {
     "GET /healthz": ("GET", "/healthz"),
     "GET /v1/challenges?active_only=true": ("GET", "/challenge/v1/challenges?active_only=true"),
@@ -40,10 +42,9 @@ def measure_tree(tree: Path, args: argparse.Namespace, round_index: int) -> dict
         player_api.initialize(tokens)
         results = {}
         for name, (method, path) in SCENARIOS.items():
-            before = service.cpu_times()
+            before = api_cpu_s(service)
             result = player_api.run_wrk(tokens, method, path, args.duration, args.connections)
-            after = service.cpu_times()
-            cpu_s = (after.user - before.user) + (after.system - before.system)
+            cpu_s = api_cpu_s(service) - before
             requests = result["rps"] * args.duration
             results[name] = {**result, "cpu_us": cpu_s / requests * 1e6, "core": cpu_s / args.duration}
         return results

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import player_api
 
+from bench.serve_process import api_cpu_s
+
 MAX_CLIENT_CONNECTIONS = 900  # under the service's default http_max_connections (1024)
 # An idle connection is dropped by the client after this long, before the service's own idle timeout
 # (http_idle_timeout_ms, 5 s) can close it under a request, as HTTP clients' keep-alive timeouts do.
@@ -222,10 +224,9 @@ def measure_tree(tree: Path, args: argparse.Namespace, tag: str) -> dict[str, fl
         **dict(setting.split("=", 1) for setting in args.service_env),
     }
     with player_api.service_of_tree(tree, env) as service:
-        cpu_before = service.cpu_times()
+        cpu_before = api_cpu_s(service)
         result = asyncio.run(drive(player_api.PORT, args, tag))
-        cpu_after = service.cpu_times()
-        result["service_cpu_s"] = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+        result["api_cpu_s"] = api_cpu_s(service) - cpu_before
         return result
 
 
@@ -274,7 +275,7 @@ def main() -> None:
         ("baseline p95 ms", "baseline_p95_ms", "{:.1f}"),
         ("back to normal after s", "recovery_s", "{:.2f}"),
         ("failed in recovery", "recovery_failed", "{:.0f}"),
-        ("service CPU s", "service_cpu_s", "{:.1f}"),
+        ("API CPU s", "api_cpu_s", "{:.1f}"),
     ]
     print("| | " + " | ".join(label for label in results) + " |")
     print("|---|" + "---|" * len(results))

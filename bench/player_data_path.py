@@ -45,7 +45,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.serve_process import start_serve
+from bench.serve_process import api_cpu_s, start_serve
 from challengectl.loadtest.profiles import get_profile, write_catalog
 from service.transport.auth import mint_token
 
@@ -165,7 +165,7 @@ async def fixed_rate(
     process = psutil.Process(pid)
     total = int(rate * duration)
     result = Result(total, 0, 0, 0.0, 0.0, [])
-    cpu_before = sum(process.cpu_times()[:2])
+    cpu_before = api_cpu_s(process)
     started = time.perf_counter()
     tasks = []
     for i in range(total):
@@ -176,7 +176,7 @@ async def fixed_rate(
         tasks.append(asyncio.create_task(one_call(session, method, url, tokens[i % len(tokens)], scheduled, result)))
     await asyncio.gather(*tasks)
     result.elapsed_s = time.perf_counter() - started
-    result.cpu_s = sum(process.cpu_times()[:2]) - cpu_before
+    result.cpu_s = api_cpu_s(process) - cpu_before
     return result
 
 
@@ -186,7 +186,20 @@ def profiler(out_dir: Path | None, target: Target, scenario: str, pid: int, dura
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{target.label.replace(' ', '-')}-{scenario}.txt"
-    command = ["py-spy", "record", "-p", str(pid), "-d", str(int(duration)), "-r", "200", "-f", "raw", "-o"]
+    command = [
+        "py-spy",
+        "record",
+        "--subprocesses",
+        "-p",
+        str(pid),
+        "-d",
+        str(int(duration)),
+        "-r",
+        "200",
+        "-f",
+        "raw",
+        "-o",
+    ]
     return subprocess.Popen([*command, str(out_dir / name)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,6 +63,21 @@ def start_serve(
             time.sleep(0.3)
     process.kill()
     raise SystemExit(f"the service did not become ready within {timeout_s:.0f} s{_log_tail(log_path)}")
+
+
+def api_cpu_s(process: psutil.Process) -> float:
+    """User + system CPU seconds of the player API processes of `serve`: the processes below it (the HTTP
+    workers of the default `workers` = 1, and the negligible multiprocessing resource tracker), or `serve`
+    itself with `workers` = 0. The `serve` process alone would miss every request under the default."""
+    members = process.children(recursive=True) or [process]
+    total = 0.0
+    for member in members:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _log_tail(log_path: Path | None, lines: int = 20) -> str:
