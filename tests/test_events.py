@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 import uuid
@@ -20,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis.asyncio
 from prometheus_client import REGISTRY
 from psycopg.rows import dict_row
 
@@ -29,6 +31,7 @@ from service.domain.catalog import Catalog, parse_catalog
 from service.domain.errors import DomainError
 from service.domain.rules import next_boundary, period_start
 from service.storage.cache import Cache, active_key, event_key, open_redis, token_key
+from service.storage.dedup import BEGIN_LUA
 from service.storage.migrations import apply_migrations
 from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store
@@ -40,6 +43,7 @@ from service.usecases.events import (
     Ingestor,
     SubmitResult,
 )
+from service.usecases.flusher import PartitionFlushState, group_due
 from tests.servers import PrivateRedis
 
 NS = "test-ns"
@@ -1082,6 +1086,50 @@ async def test_e16_a_burst_for_many_users_lands_and_the_last_value_to_arrive_win
     assert sum(p["last_flush_entries"] > 0 for p in stats["partitions"]) == 4  # every partition was used
 
 
+def test_due_partitions_are_grouped_into_flushes_of_at_most_combine_max_entries() -> None:
+    states = []
+    for index, size in enumerate((3, 4, 200, 2, 600)):
+        partition = Partition(index, capacity=1000)
+        for n in range(size):
+            partition.entries[(f"u{n}", "login")] = Entry(f"u{n}", "login", 0.0)
+        states.append(PartitionFlushState(partition))
+
+    def indexes(groups: list[list[PartitionFlushState]]) -> list[list[int]]:
+        return [[state.partition.index for state in group] for group in groups]
+
+    assert indexes(group_due(states, batch_max=5000, combine_max=500)) == [[0, 1, 2, 3], [4]]
+    assert indexes(group_due(states, batch_max=5000, combine_max=7)) == [[0, 1], [2], [3], [4]]
+    assert indexes(group_due(states, batch_max=5000, combine_max=0)) == [[0], [1], [2], [3], [4]]
+    # A partition counts with at most batch_max entries (what its snapshot takes).
+    assert indexes(group_due(states, batch_max=100, combine_max=500)) == [[0, 1, 2, 3, 4]]
+
+
+def users_of_every_partition(partitions: int) -> list[str]:
+    """One new user per partition."""
+    found: dict[int, str] = {}
+    while len(found) < partitions:
+        user = new_user("part")
+        found.setdefault(partition_of(user, partitions), user)
+    return [found[index] for index in range(partitions)]
+
+
+@pytest.mark.parametrize(("combine_max", "statements"), [(500, 1), (0, 4)])
+async def test_partitions_due_at_one_tick_flush_in_one_statement_up_to_flush_combine_max(
+    ingest: Any, db: Any, combine_max: int, statements: int
+) -> None:
+    users = users_of_every_partition(4)
+    for user in users:
+        await seed(db, user, "login-abs")
+    async with ingest(flush_workers=4, flush_combine_max=combine_max) as ingestor:
+        result = await ingestor.submit([login(user, new_id()) for user in users], "publish")
+        stats = ingestor.buffer_stats()
+    assert result.accepted == 4 and result.committed
+    assert stats["flushes_total"] == statements and stats["rows_updated_total"] == 4
+    assert [p["last_flush_entries"] for p in stats["partitions"]] == [1, 1, 1, 1]
+    for user in users:
+        assert (await row(db, user, "login-abs") or {}).get("progress") == 1
+
+
 async def test_e16_concurrent_calls_of_one_user_are_admitted_in_arrival_order(ingest: Any, db: Any) -> None:
     user = new_user()
     await seed(db, user, "kills-abs")
@@ -1115,6 +1163,62 @@ async def test_e17_the_cache_is_invalidated_before_the_ack(
         assert await redis_client.exists(active_key(redis_prefix, user)) == 0
         # A user without rows had nothing applied: no invalidation needed.
         assert await redis_client.get(token_key(redis_prefix, bystander)) == b"old-token"
+
+
+async def test_after_a_flush_invalidation_and_done_markers_take_one_redis_round_trip(
+    ingest: Any, db: Any, redis_client: Any, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user, event_id = new_user(), new_id()
+    await seed(db, user, "kills-abs")
+    await redis_client.set(token_key(redis_prefix, user), "old-token")
+    round_trips: list[int] = []
+    execute = redis.asyncio.client.Pipeline.execute
+
+    async def counted(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+        round_trips.append(len(pipe.command_stack))
+        return await execute(pipe, *args, **kwargs)
+
+    async with ingest(flush_workers=1) as ingestor:
+        monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counted)
+        await ingestor.submit([stat(user, "kills", 3, 3, event_id=event_id)], "publish")
+        monkeypatch.undo()
+    # The marker lookup at acceptance, then one pipeline: the invalidation script and the done marker.
+    assert round_trips == [1, 2]
+    assert await redis_client.get(token_key(redis_prefix, user)) not in (None, b"old-token")
+    assert await marker(redis_client, redis_prefix, user, event_id) == b"d"
+
+
+async def test_lookups_of_calls_arriving_while_one_is_in_flight_share_one_pipeline(
+    ingest: Any, db: Any, redis_client: Any, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = [new_user("co") for _ in range(20)]
+    for user in users:
+        await seed(db, user, "kills-abs")
+    ids = [new_id() for _ in users]
+    begin_sha = hashlib.sha1(BEGIN_LUA.encode()).hexdigest()
+    lookups: list[int] = []
+    execute = redis.asyncio.client.Pipeline.execute
+
+    async def counted(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+        if pipe.command_stack and pipe.command_stack[0][0][1] == begin_sha:
+            lookups.append(len(pipe.command_stack))
+        return await execute(pipe, *args, **kwargs)
+
+    async with ingest() as ingestor:
+        monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counted)
+        results = await asyncio.gather(
+            *(
+                ingestor.submit([stat(user, "kills", 5, 5, event_id)], "ags_stat")
+                for user, event_id in zip(users, ids, strict=True)
+            )
+        )
+        replay = await ingestor.submit([stat(users[0], "kills", 5, 5, ids[0])], "ags_stat")
+        monkeypatch.undo()
+    # The first call's lookup goes alone; the 19 that arrived meanwhile share the next pipeline.
+    assert lookups[:2] == [1, 19]
+    assert [result.accepted for result in results] == [1] * 20 and replay.duplicates == 1
+    for user in users:
+        assert (await row(db, user, "kills-abs") or {}).get("progress") == 5
 
 
 # --- E18: shutdown drain ------------------------------------------------------------------------------

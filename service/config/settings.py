@@ -136,6 +136,7 @@ SPECS: tuple[SettingSpec, ...] = (
     _i("flush_interval_ms", 50, minimum=1),
     _i("flush_workers", 4, minimum=None, doc="1-32 partitions"),
     _i("flush_batch_max", 5000, minimum=1),
+    _i("flush_combine_max", 500),
     _i("buffer_max_entries", 20000, minimum=1),
     _i("buffer_full_wait_ms", 200),
     _i("ingest_max_batch", 1000, minimum=1),
@@ -233,6 +234,7 @@ class Settings:
     flush_interval_ms: int
     flush_workers: int
     flush_batch_max: int
+    flush_combine_max: int
     buffer_max_entries: int
     buffer_full_wait_ms: int
     ingest_max_batch: int

@@ -130,14 +130,12 @@ def _older(at: float | None, than: float | None) -> bool:
 class Partition:
     """One partition's buffer: entries in insertion order (oldest first) and its share of the capacity."""
 
-    __slots__ = ("capacity", "entries", "index", "wake")
+    __slots__ = ("capacity", "entries", "index")
 
     def __init__(self, index: int, capacity: int) -> None:
         self.index = index
         self.capacity = capacity
         self.entries: dict[EntryKey, Entry] = {}
-        # Set when the partition should flush before its interval elapses (batch full, draining).
-        self.wake = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self.entries)

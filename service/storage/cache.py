@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import redis.asyncio as redis_asyncio
@@ -322,6 +322,20 @@ return stored
 # The cache
 
 
+class PipelineFollowUp(Protocol):
+    """Commands that ride in the pipeline of `Cache.invalidate_many`, after the invalidations, so that both
+    cost one round trip (docs/events.md#flush step 5: marking event ids done after a flush)."""
+
+    def queue(self, pipe: Any) -> None:
+        """Add the commands to the pipeline."""
+
+    async def replied(self, replies: list[Any]) -> None:
+        """The replies of the queued commands, in order (errors as exception objects)."""
+
+    async def undelivered(self, error: BaseException | None) -> None:
+        """The commands were not sent (`error` None: the cache skipped Redis) or the pipeline failed as a whole."""
+
+
 @dataclass(frozen=True, slots=True)
 class CacheRead:
     """What one read saw. `entry` is set only when valid; `bypassed` means Redis was not consulted
@@ -597,34 +611,44 @@ class Cache:
         self._count_invalidations(INVALIDATION_OK)
         return token
 
-    async def invalidate_many(self, user_ids: Iterable[str]) -> None:
-        """Invalidate several users: one script call per user, pipelined across users (docs/events.md#cache-invalidation-after-commit).
+    async def invalidate_many(self, user_ids: Iterable[str], follow_up: PipelineFollowUp | None = None) -> None:
+        """Invalidate several users: one script call per user, pipelined across users (docs/events.md#cache-invalidation-after-commit),
+        with `follow_up`'s commands at the end of the same pipeline.
 
         Never raises; undelivered invalidations go into the journal.
         """
-        if self._client is None:
-            return
         users = list(dict.fromkeys(user_ids))
-        if not users:
+        if self._client is None or (not users and follow_up is None):
+            if follow_up is not None:
+                await follow_up.undelivered(None)
             return
         if not self._healthy:
             self._journal_add(users)
             self._count_invalidations(INVALIDATION_FAILED, len(users))
+            if follow_up is not None:
+                await follow_up.undelivered(None)
             return
         try:
-            failed = await self._pipelined_invalidations(users)
+            failed, replies = await self._pipelined_invalidations(users, follow_up=follow_up)
         except REDIS_FAILURES as exc:
             self._mark_unhealthy(exc, f"invalidating the cached views of {len(users)} users")
             self._journal_add(users)
             self._count_invalidations(INVALIDATION_FAILED, len(users))
+            if follow_up is not None:
+                await follow_up.undelivered(exc)
             return
         if failed:
             self._journal_add(failed)
         self._count_invalidations(INVALIDATION_OK, len(users) - len(failed))
         self._count_invalidations(INVALIDATION_FAILED, len(failed))
+        if follow_up is not None:
+            await follow_up.replied(replies)
 
-    async def _pipelined_invalidations(self, users: Sequence[str], only_existing: bool = False) -> list[str]:
-        """Run the invalidation script for each user in one pipeline; returns the users it failed for.
+    async def _pipelined_invalidations(
+        self, users: Sequence[str], only_existing: bool = False, follow_up: PipelineFollowUp | None = None
+    ) -> tuple[list[str], list[Any]]:
+        """Run the invalidation script for each user in one pipeline, then `follow_up`'s commands; returns
+        the users it failed for and the follow-up's replies.
 
         Raises on a connection-level failure (nothing can be assumed delivered).
         """
@@ -632,16 +656,18 @@ class Cache:
         async with self._client.pipeline(transaction=False) as pipe:
             for user_id in users:
                 await self._invalidate_call(user_id, pipe, only_existing)
+            if follow_up is not None:
+                follow_up.queue(pipe)
             results = await pipe.execute(raise_on_error=False)
         failed: list[str] = []
-        for user_id, result in zip(users, results, strict=True):
+        for user_id, result in zip(users, results, strict=False):
             if isinstance(result, NoScriptError):
                 # A pipeline routed to a node that lacks the script: one direct call loads it.
                 await self._invalidate_call(user_id, self._client, only_existing)
             elif isinstance(result, BaseException):
                 self._mark_unhealthy(result, f"invalidating the cached view of user {user_id!r}")
                 failed.append(user_id)
-        return failed
+        return failed, results[len(users) :]
 
     # -- synced markers ------------------------------------------------------------------------------
 
@@ -716,7 +742,7 @@ class Cache:
             try:
                 replayed = await self._rotate_every_token() if everything else 0
                 if users:
-                    failed = await self._pipelined_invalidations(users)
+                    failed, _ = await self._pipelined_invalidations(users)
                     if failed:
                         raise RedisError(f"{len(failed)} invalidations failed during the replay")
                     replayed += len(users)
@@ -747,7 +773,7 @@ class Cache:
         return rotated
 
     async def _rotate_batch(self, users: list[str]) -> int:
-        failed = await self._pipelined_invalidations(users, only_existing=True)
+        failed, _ = await self._pipelined_invalidations(users, only_existing=True)
         if failed:
             raise RedisError(f"{len(failed)} token rotations failed during the replay")
         return len(users)

@@ -9,6 +9,7 @@ consulted. No method raises because of Redis.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -125,6 +126,9 @@ class Deduplicator:
         self._clock = clock
         self.lru = MarkerLru(lru_size, clock)
         self._redis_down_until: float | None = None
+        # Lookups of calls that arrived while another lookup was in flight: they share the next pipeline.
+        self._begin_queue: list[tuple[Sequence[EventKey], asyncio.Future[list[Any]]]] | None = None
+        self._begin_sender: asyncio.Task[None] | None = None
         if client is not None:
             self._begin_script = client.register_script(BEGIN_LUA)
             self._renew_script = client.register_script(RENEW_LUA)
@@ -177,8 +181,50 @@ class Deduplicator:
         return states
 
     async def _begin_in_redis(self, keys: Sequence[EventKey]) -> list[str | None]:
-        replies = await self._run_script(self._begin_script, keys, self._pending_ttl_ms)
+        replies = await self._coalesced_begin(keys)
         return [reply.decode() if isinstance(reply, bytes) else reply or None for reply in replies]
+
+    async def _coalesced_begin(self, keys: Sequence[EventKey]) -> list[Any]:
+        """The BEGIN_LUA replies for `keys`. With no lookup in flight they are sent at once; otherwise they
+        join the lookups of the other calls that arrive meanwhile, all sent in one pipeline as soon as the
+        one in flight returns (one round trip for many concurrent OnMessage calls)."""
+        if self._begin_queue is not None:
+            replies: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            self._begin_queue.append((keys, replies))
+            return await replies
+        self._begin_queue = []
+        try:
+            return await self._run_script(self._begin_script, keys, self._pending_ttl_ms)
+        finally:
+            if self._begin_queue:
+                self._begin_sender = asyncio.get_running_loop().create_task(self._send_queued_begins())
+            else:
+                self._begin_queue = None
+
+    async def _send_queued_begins(self) -> None:
+        """Send the queued lookups, one pipeline per batch that gathered, and hand each call its replies."""
+        queued: list[tuple[Sequence[EventKey], asyncio.Future[list[Any]]]] = []
+        try:
+            while self._begin_queue:
+                queued, self._begin_queue = self._begin_queue, []
+                keys = [key for call_keys, _ in queued for key in call_keys]
+                try:
+                    replies = await self._run_script(self._begin_script, keys, self._pending_ttl_ms)
+                except Exception as exc:  # noqa: BLE001 - each call decides what a failure means for it
+                    for _, future in queued:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                start = 0
+                for call_keys, future in queued:
+                    if not future.done():
+                        future.set_result(replies[start : start + len(call_keys)])
+                    start += len(call_keys)
+        finally:
+            # Cancelled (shutdown): no call may wait for replies that will never come.
+            for _, future in [*queued, *(self._begin_queue or ())]:
+                future.cancel()
+            self._begin_queue = None
 
     async def _consult_lru_too(self, keys: Sequence[EventKey], states: list[str | None]) -> list[str | None]:
         """After an outage the LRU still knows ids that Redis never saw; its answer wins for those."""
@@ -218,10 +264,7 @@ class Deduplicator:
         """Step 3 of docs/events.md#de-duplication: the events' effects are committed; replays are duplicates for dedup_ttl_s."""
         if not keys:
             return
-        if len(self.lru):
-            for key in keys:
-                if self.lru.get(key) is not None:
-                    self.lru.put(key, DONE, self._done_ttl_s)
+        self._done_in_lru_too(keys)
         if self.redis_usable:
             try:
                 await self._set_done_in_redis(keys)
@@ -229,15 +272,35 @@ class Deduplicator:
                 self._redis_failed(exc, f"marking {len(keys)} event ids as done")
             else:
                 return
+        self._done_in_lru(keys)
+
+    def done_follow_up(self, keys: Sequence[EventKey]) -> _DoneFollowUp | None:
+        """`mark_done` as commands of another pipeline (the cache invalidations after a flush, one round trip);
+        None when it cannot ride along (Redis in back-off, too many keys): then call `mark_done`."""
+        if not keys or not self.redis_usable or len(keys) > _PIPELINE_CHUNK:
+            return None
+        return _DoneFollowUp(self, keys)
+
+    def _done_in_lru_too(self, keys: Sequence[EventKey]) -> None:
+        """Ids the LRU holds (from an outage) are completed there as well, so that it never answers "p" for them."""
+        if len(self.lru):
+            for key in keys:
+                if self.lru.get(key) is not None:
+                    self.lru.put(key, DONE, self._done_ttl_s)
+
+    def _done_in_lru(self, keys: Sequence[EventKey]) -> None:
         for key in keys:
             self.lru.put(key, DONE, self._done_ttl_s)
+
+    def _queue_done(self, pipe: Any, keys: Sequence[EventKey]) -> None:
+        for key in keys:
+            pipe.set(self._redis_key(key), DONE, px=self._done_ttl_ms)
 
     async def _set_done_in_redis(self, keys: Sequence[EventKey]) -> None:
         assert self._client is not None
         for start in range(0, len(keys), _PIPELINE_CHUNK):
             async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys[start : start + _PIPELINE_CHUNK]:
-                    pipe.set(self._redis_key(key), DONE, px=self._done_ttl_ms)
+                self._queue_done(pipe, keys[start : start + _PIPELINE_CHUNK])
                 await pipe.execute()
 
     async def renew(self, keys: Sequence[EventKey]) -> None:
@@ -296,3 +359,32 @@ class Deduplicator:
         for result, n in ((RESULT_NEW, new), (RESULT_DUPLICATE, duplicate), (RESULT_PENDING, pending)):
             if n:
                 DEDUP_TOTAL.labels(backend, result).inc(n)
+
+
+class _DoneFollowUp:
+    """Marking ids done as the tail of the cache's invalidation pipeline (a `PipelineFollowUp`)."""
+
+    __slots__ = ("_dedup", "_keys")
+
+    def __init__(self, dedup: Deduplicator, keys: Sequence[EventKey]) -> None:
+        self._dedup = dedup
+        self._keys = keys
+
+    def queue(self, pipe: Any) -> None:
+        self._dedup._done_in_lru_too(self._keys)
+        self._dedup._queue_done(pipe, self._keys)
+
+    async def replied(self, replies: list[Any]) -> None:
+        failure = next((reply for reply in replies if isinstance(reply, BaseException)), None)
+        if failure is None:
+            self._dedup._redis_answered()
+            return
+        self._dedup._redis_failed(failure, f"marking {len(self._keys)} event ids as done")
+        self._dedup._done_in_lru(self._keys)
+
+    async def undelivered(self, error: BaseException | None) -> None:
+        if error is None:
+            await self._dedup.mark_done(self._keys)
+            return
+        self._dedup._redis_failed(error, f"marking {len(self._keys)} event ids as done")
+        self._dedup._done_in_lru(self._keys)

@@ -422,7 +422,10 @@ INTERNAL_ERROR_MESSAGE = "internal error while ingesting events; see the service
 
 
 class _CallObserver:
-    """Times one ingest call, turns unexpected errors into INTERNAL, and records the final code."""
+    """Times one ingest call, turns unexpected errors into INTERNAL, and records the final code: an async
+    context manager around the call's behaviour."""
+
+    __slots__ = ("code", "context", "method", "started")
 
     def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self.method = method
@@ -430,39 +433,62 @@ class _CallObserver:
         self.code = grpc.StatusCode.OK
         self.started = time.perf_counter()
 
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        try:
+            if error is not None:
+                await self.failed(error)
+        finally:
+            _record(self.method, self.code, time.perf_counter() - self.started)
+
     async def failed(self, error: BaseException) -> None:
-        """Note how the call ended; re-raises, as INTERNAL when the error was not a gRPC status."""
+        """Note how the call ended; an error that is not a gRPC status becomes INTERNAL (abort raises),
+        any other goes on unchanged."""
         if isinstance(error, asyncio.CancelledError | GeneratorExit):
             self.code = grpc.StatusCode.CANCELLED
-            raise error
+            return
         if isinstance(error, grpc.aio.AbortError):
             code = self.context.code()
             self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-            raise error
+            return
         log.error("gRPC call %s failed", self.method, exc_info=error, extra={"grpc_method": self.method})
         self.code = grpc.StatusCode.INTERNAL
         await self.context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
 
-    def record(self) -> None:
-        GRPC_REQUESTS.labels(self.method, self.code.name).inc()
-        GRPC_REQUEST_DURATION.labels(self.method).observe(time.perf_counter() - self.started)
+
+# The metric children of each (method, code) and method: `labels()` costs a lock and a lookup per call.
+_REQUEST_COUNTERS: dict[tuple[str, grpc.StatusCode], Any] = {}
+_REQUEST_DURATIONS: dict[str, Any] = {}
+
+
+def _record(method: str, code: grpc.StatusCode, duration_s: float) -> None:
+    counter = _REQUEST_COUNTERS.get((method, code))
+    if counter is None:
+        counter = _REQUEST_COUNTERS[(method, code)] = GRPC_REQUESTS.labels(method, code.name)
+    duration = _REQUEST_DURATIONS.get(method)
+    if duration is None:
+        duration = _REQUEST_DURATIONS[method] = GRPC_REQUEST_DURATION.labels(method)
+    counter.inc()
+    duration.observe(duration_s)
+
+
+async def _refuse(context: grpc.aio.ServicerContext, refusal: str | None) -> None:
+    """End the call UNAUTHENTICATED when its metadata did not authenticate it."""
+    if refusal is not None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
 
 
 def _observed_unary(
     method: str, refusal: str | None, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = _CallObserver(method, context)
-        try:
-            if refusal is not None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        async with _CallObserver(method, context):
+            await _refuse(context, refusal)
             if isinstance(request, Undecodable):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
             return await behaviour(request, context)
-        except BaseException as error:
-            await call.failed(error)
-        finally:
-            call.record()
 
     return observed
 
@@ -471,16 +497,10 @@ def _observed_stream(
     method: str, refusal: str | None, behaviour: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
     async def observed(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _CallObserver(method, context)
-        try:
-            if refusal is not None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        async with _CallObserver(method, context):
+            await _refuse(context, refusal)
             async for response in behaviour(_decoded(requests), context):
                 yield response
-        except BaseException as error:
-            await call.failed(error)
-        finally:
-            call.record()
 
     return observed
 

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,7 +51,7 @@ from service.telemetry.event_metrics import (
     EVENT_AGE_SECONDS,
     EVENTS_TOTAL,
 )
-from service.usecases.flusher import FlushTotals, PartitionFlusher
+from service.usecases.flusher import FlushCadence, Flusher
 
 log = logging.getLogger("challengectl.events")
 
@@ -137,6 +137,7 @@ class IngestConfig:
     flush_interval_ms: int = 50
     flush_workers: int = 4
     flush_batch_max: int = 5_000
+    flush_combine_max: int = 500
     buffer_max_entries: int = 20_000
     buffer_full_wait_ms: int = 200
     ingest_max_batch: int = 1_000
@@ -148,23 +149,8 @@ class IngestConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
-        """Pick the ingestion settings out of the service settings."""
-        return cls(
-            namespace=settings.namespace,
-            ack_mode=settings.ack_mode,
-            ack_timeout_ms=settings.ack_timeout_ms,
-            flush_interval_ms=settings.flush_interval_ms,
-            flush_workers=settings.flush_workers,
-            flush_batch_max=settings.flush_batch_max,
-            buffer_max_entries=settings.buffer_max_entries,
-            buffer_full_wait_ms=settings.buffer_full_wait_ms,
-            ingest_max_batch=settings.ingest_max_batch,
-            dedup_ttl_s=settings.dedup_ttl_s,
-            dedup_pending_ttl_s=settings.dedup_pending_ttl_s,
-            dedup_lru_size=settings.dedup_lru_size,
-            redis_key_prefix=settings.redis_key_prefix,
-            redis_probe_interval_ms=settings.redis_probe_interval_ms,
-        )
+        """Pick the ingestion settings out of the service settings (every field is named as its setting)."""
+        return cls(**{field.name: getattr(settings, field.name) for field in fields(cls)})
 
     @property
     def partition_capacity(self) -> int:
@@ -252,22 +238,15 @@ class Ingestor:
         )
         capacity = config.partition_capacity
         self._partitions = [Partition(index, capacity) for index in range(config.flush_workers)]
-        self._totals = FlushTotals()
-        self._flushers = [
-            PartitionFlusher(
-                partition,
-                self._routing,
-                store,
-                queries,
-                cache,
-                self,
-                self._totals,
-                config.flush_interval_ms / 1000,
-                config.flush_batch_max,
-                clock,
-            )
-            for partition in self._partitions
-        ]
+        self._flusher = Flusher(
+            self._partitions,
+            self._routing,
+            store,
+            queries,
+            self,
+            FlushCadence(config.flush_interval_ms / 1000, config.flush_batch_max, config.flush_combine_max),
+            clock,
+        )
         # The entry that currently holds each pending event id of this process (buffered or in flight).
         self._owners: dict[EventKey, Entry] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -294,9 +273,7 @@ class Ingestor:
         if self._tasks:
             return
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(flusher.run(), name=f"flusher-{flusher.partition.index}") for flusher in self._flushers
-        ]
+        self._tasks = [loop.create_task(self._flusher.run(), name="flusher")]
         self._renewal_task = loop.create_task(self._renew_markers(), name="dedup-marker-renewal")
 
     async def drain_and_stop(self, timeout_s: float) -> int:
@@ -307,8 +284,7 @@ class Ingestor:
         buffered = sum(len(partition.entries) for partition in self._partitions)
         if not self._tasks:
             await self.start()
-        for flusher in self._flushers:
-            flusher.drain()
+        self._flusher.drain()
         _, unfinished = await asyncio.wait(self._tasks, timeout=timeout_s)
         for task in unfinished:
             task.cancel()
@@ -345,8 +321,7 @@ class Ingestor:
     @property
     def flusher_failing_since(self) -> float | None:
         """Monotonic time of the first failure of the current failing streak, None while flushes succeed."""
-        streaks = [flusher.failing_since for flusher in self._flushers if flusher.failing_since is not None]
-        return min(streaks) if streaks else None
+        return self._flusher.failing_since
 
     # -- submit -----------------------------------------------------------------------------------
 
@@ -560,10 +535,8 @@ class Ingestor:
             touched[id(entry)] = entry
         if grown:
             batch_max = self._config.flush_batch_max
-            for index in grown:
-                partition = self._partitions[index]
-                if len(partition) >= batch_max:
-                    partition.wake.set()
+            if any(len(self._partitions[index]) >= batch_max for index in grown):
+                self._flusher.wake()
             total = sum(len(partition) for partition in self._partitions)
             self._peak_entries = max(self._peak_entries, total)
         if not self._commit_mode:
@@ -629,10 +602,14 @@ class Ingestor:
                 if owners.get(key) is older:
                     owners[key] = newer
 
-    async def entries_committed(self, entries: list[Entry]) -> None:
-        """After commit and cache invalidation: mark the ids done, then release the waiters (docs/events.md#flush step 5)."""
+    async def entries_committed(self, applied_users: list[str], entries: list[Entry]) -> None:
+        """After commit: invalidate the applied users' cache, mark the ids done, then release the waiters (docs/events.md#flush step 5)."""
         keys = [key for entry in entries for key in entry.event_keys]
-        await self._dedup.mark_done(keys)
+        # One Redis round trip: the invalidations, then the done markers, in one pipeline.
+        follow_up = self._dedup.done_follow_up(keys)
+        await self._cache.invalidate_many(applied_users, follow_up)
+        if follow_up is None:
+            await self._dedup.mark_done(keys)
         owners = self._owners
         for entry in entries:
             entry.settle()
@@ -672,7 +649,7 @@ class Ingestor:
         """The body of `GET /admin/buffer` (docs/http-api.md#admin-and-metrics)."""
         entries = sum(len(partition) for partition in self._partitions)
         oldest = [accepted for partition in self._partitions if (accepted := partition.oldest_accepted()) is not None]
-        totals = self._totals
+        totals = self._flusher.totals
         return {
             "ack_mode": self._config.ack_mode,
             "entries": entries,
@@ -682,15 +659,15 @@ class Ingestor:
             "pending_waiters": self._pending_waiters,
             "partitions": [
                 {
-                    "index": flusher.partition.index,
-                    "entries": len(flusher.partition),
-                    "last_flush_at": _iso(flusher.last.at),
-                    "last_flush_ms": round(flusher.last.duration_ms, 3),
-                    "last_flush_entries": flusher.last.entries,
-                    "last_flush_rows_updated": flusher.last.rows_updated,
-                    "last_flush_deferred": flusher.last.deferred,
+                    "index": state.partition.index,
+                    "entries": len(state.partition),
+                    "last_flush_at": _iso(state.last.at),
+                    "last_flush_ms": round(state.last.duration_ms, 3),
+                    "last_flush_entries": state.last.entries,
+                    "last_flush_rows_updated": state.last.rows_updated,
+                    "last_flush_deferred": state.last.deferred,
                 }
-                for flusher in self._flushers
+                for state in self._flusher.states
             ],
             "flushes_total": totals.flushes,
             "flush_failures_total": totals.failures,

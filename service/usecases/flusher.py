@@ -1,11 +1,17 @@
-"""The flusher (docs/events.md#flush, docs/events.md#flush-failure-and-retry, docs/events.md#cache-invalidation-after-commit): one loop per partition that commits its buffer in batches.
+"""The flusher (docs/events.md#flush, docs/events.md#flush-failure-and-retry, docs/events.md#cache-invalidation-after-commit): one loop that commits every partition's buffer in batches.
 
-Each flush takes a snapshot of up to `flush_batch_max` entries, builds the goal definitions of the
-snapshot's sources at one instant T, and runs `apply_event_updates` once: one statement, so one
-transaction, that skips rows locked by other transactions. Then, in this order: the cache of every user
-with an applied row is invalidated, the event ids of applied and row-less entries are marked done and
-their waiters released (the listener does both). Deferred entries, and the whole snapshot on a database
-error, are merged back into the buffer; failures are retried with exponential backoff.
+At each tick of `interval_s` every non-empty partition is due; a partition holding `batch_max` entries is
+due at once. Due partitions whose snapshots add up to at most `combine_max` entries are flushed together
+by one statement, so that at moderate rates a tick costs one statement and one Redis round trip instead
+of one per partition (docs/events.md#flush); larger ones flush alone, in parallel. A partition is in at
+most one flush at a time, which keeps each user's events in order.
+
+Each flush takes a snapshot of up to `batch_max` entries per partition, builds the goal definitions of
+the snapshot's sources at one instant T, and runs `apply_event_updates` once: one statement, so one
+transaction, that skips rows locked by other transactions. Then, in one Redis round trip, the cache of
+every user with an applied row is invalidated and the event ids of applied and row-less entries are
+marked done (the listener), and their waiters are released. Deferred entries, and the whole snapshot on
+a database error, are merged back into the buffer; failures are retried with exponential backoff.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -22,7 +28,6 @@ from typing import Protocol
 from service.domain.backoff import doubling_backoff
 from service.domain.buffer import Entry, Partition
 from service.domain.routing import GoalRouting
-from service.storage.cache import Cache
 from service.storage.store import Queries, Store, short_reason
 from service.telemetry.event_metrics import (
     BUFFER_ENTRIES,
@@ -41,7 +46,7 @@ BACKOFF_MAX_S = 2.0
 OUTCOME_APPLIED = "applied"
 OUTCOME_DEFERRED = "deferred"
 # A flush this large, this slow or with deferred entries is logged at info; the rest at debug, because
-# every partition flushes up to 20 times a second.
+# the flusher runs up to 20 times a second per partition.
 _NOTABLE_FLUSH_ENTRIES = 1000
 _NOTABLE_FLUSH_MS = 1000.0
 _DURATION_WINDOW = 2048
@@ -56,8 +61,9 @@ class FlushListener(Protocol):
     def entries_returned(self, absorbed: list[tuple[Entry, Entry]]) -> None:
         """Entries came back; each `(older, newer)` pair means `older` was merged into `newer`."""
 
-    async def entries_committed(self, entries: list[Entry]) -> None:
-        """The entries' effects are committed (or touched no row): mark their ids done, release waiters."""
+    async def entries_committed(self, applied_users: list[str], entries: list[Entry]) -> None:
+        """The entries' effects are committed (or touched no row): invalidate the cache of the users
+        with an applied row, then mark the entries' ids done and release their waiters."""
 
 
 @dataclass
@@ -76,7 +82,9 @@ class FlushTotals:
 
 
 @dataclass
-class _LastFlush:
+class LastFlush:
+    """A partition's part of the last flush that included it."""
+
     at: datetime | None = None
     duration_ms: float = 0.0
     entries: int = 0
@@ -84,81 +92,169 @@ class _LastFlush:
     deferred: int = 0
 
 
-class PartitionFlusher:
-    """Flushes one partition, sequentially, every `interval_s` or as soon as it holds `batch_max` entries."""
+class PartitionFlushState:
+    """What the flusher knows of one partition: whether a flush holds it, whether it is due, its last flush
+    and its current failing streak."""
+
+    __slots__ = ("busy", "due", "failing_since", "failures", "gauge", "last", "partition")
+
+    def __init__(self, partition: Partition) -> None:
+        self.partition = partition
+        self.busy = False
+        self.due = False
+        self.last = LastFlush()
+        self.failing_since: float | None = None  # monotonic time of the first failure of the streak
+        self.failures = 0
+        self.gauge = BUFFER_ENTRIES.labels(str(partition.index))
+
+
+@dataclass(frozen=True, slots=True)
+class FlushCadence:
+    """When partitions flush and how many entries one statement takes (docs/events.md#flush)."""
+
+    interval_s: float
+    batch_max: int
+    combine_max: int  # due partitions are flushed together while their entries add up to at most this
+
+
+def group_due(due: Sequence[PartitionFlushState], batch_max: int, combine_max: int) -> list[list[PartitionFlushState]]:
+    """Split the due partitions, in order, into flushes of at most `combine_max` entries (at most
+    `batch_max` per partition); a partition larger than that flushes alone."""
+    groups: list[list[PartitionFlushState]] = []
+    size = 0
+    for state in due:
+        entries = min(len(state.partition), batch_max)
+        if not groups or size + entries > combine_max:
+            groups.append([])
+            size = 0
+        groups[-1].append(state)
+        size += entries
+    return groups
+
+
+class Flusher:
+    """Flushes every partition (docs/events.md#flush): one loop of ticks, flushes run as tasks."""
 
     def __init__(
         self,
-        partition: Partition,
+        partitions: Sequence[Partition],
         routing: GoalRouting,
         store: Store,
         queries: Queries,
-        cache: Cache,
         listener: FlushListener,
-        totals: FlushTotals,
-        interval_s: float,
-        batch_max: int,
+        cadence: FlushCadence,
         clock: Callable[[], datetime],
     ) -> None:
-        self.partition = partition
+        self.states = [PartitionFlushState(partition) for partition in partitions]
+        self.totals = FlushTotals()
         self._routing = routing
         self._store = store
         self._queries = queries
-        self._cache = cache
         self._listener = listener
-        self._totals = totals
-        self._interval_s = interval_s
-        self._batch_max = batch_max
+        self._cadence = cadence
+        self._combine_max = min(cadence.combine_max, cadence.batch_max)
         self._clock = clock
         self._draining = False
-        self._gauge = BUFFER_ENTRIES.labels(str(partition.index))
-        self.last = _LastFlush()
-        self.failing_since: float | None = None  # monotonic time of the first failure of the streak
-        self._failures_in_streak = 0
+        self._wake = asyncio.Event()
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def failing_since(self) -> float | None:
+        """Monotonic time of the first failure of the oldest current failing streak, None while flushes succeed."""
+        streaks = [state.failing_since for state in self.states if state.failing_since is not None]
+        return min(streaks) if streaks else None
+
+    def wake(self) -> None:
+        """A partition reached `batch_max` entries: flush it without waiting for the tick."""
+        self._wake.set()
 
     def drain(self) -> None:
-        """Flush back to back until the partition is empty, then return from `run`."""
+        """Flush back to back until every partition is empty, then return from `run`."""
         self._draining = True
-        self.partition.wake.set()
+        self._wake.set()
 
     async def run(self) -> None:
-        """The partition's loop; returns once draining has emptied the partition."""
-        partition = self.partition
-        failures = 0
-        next_flush_at = time.monotonic()
-        while True:
-            self._gauge.set(len(partition))
-            if self._draining and not partition.entries:
-                return
-            delay = next_flush_at - time.monotonic()
-            if delay > 0 and not self._draining and len(partition) < self._batch_max:
-                partition.wake.clear()
+        """The loop; returns once draining has emptied every partition. Cancelling it cancels the
+        flushes in progress, whose snapshots go back into the buffer."""
+        interval_s = self._cadence.interval_s
+        next_tick = time.monotonic()
+        try:
+            while True:
+                for state in self.states:
+                    state.gauge.set(len(state.partition))
+                if self._draining and not self._running and not any(state.partition.entries for state in self.states):
+                    return
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + interval_s
+                    for state in self.states:
+                        state.due = state.busy or bool(state.partition.entries)
+                self._start_due()
+                self._wake.clear()
                 try:
-                    async with asyncio.timeout(delay):
-                        await partition.wake.wait()
+                    async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
-            next_flush_at = time.monotonic() + self._interval_s
-            if not partition.entries:
-                continue
-            if await self.flush_once():
-                failures = 0
-                if self._draining and self.last.deferred:
-                    # A lock holder (a claim) is not hurried by hammering its row; retry at the interval.
-                    await asyncio.sleep(self._interval_s)
-            else:
-                failures += 1
-                backoff_s = doubling_backoff(BACKOFF_FIRST_S, BACKOFF_MAX_S, failures)
-                self._gauge.set(len(partition))
-                # Retry as soon as a known PostgreSQL outage ends, not at the end of the backoff.
-                await self._store.availability.wait_until_up(backoff_s)
+        finally:
+            for task in self._running:
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def flush_once(self) -> bool:
-        """One flush of up to `batch_max` entries; False when the database failed (snapshot merged back)."""
-        snapshot = self.partition.take_snapshot(self._batch_max)
+    def _start_due(self) -> None:
+        batch_max = self._cadence.batch_max
+        due = [
+            state
+            for state in self.states
+            if not state.busy
+            and state.partition.entries
+            and (state.due or self._draining or len(state.partition) >= batch_max)
+        ]
+        for group in group_due(due, batch_max, self._combine_max):
+            for state in group:
+                state.busy = True
+                state.due = False
+            task = asyncio.get_running_loop().create_task(self._flush_and_settle(group))
+            self._running.add(task)
+            task.add_done_callback(self._flush_done)
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wake.set()
+
+    async def _flush_and_settle(self, group: list[PartitionFlushState]) -> None:
+        """One flush of the group, then what must pass before its partitions flush again: the backoff
+        after a failure, or one interval while draining with deferred entries."""
+        try:
+            if await self.flush_once(group):
+                for state in group:
+                    state.failures = 0
+                if self._draining and any(state.last.deferred for state in group):
+                    # A lock holder (a claim) is not hurried by hammering its row; retry at the interval.
+                    await asyncio.sleep(self._cadence.interval_s)
+            else:
+                failures = max(state.failures for state in group) + 1
+                for state in group:
+                    state.failures = failures
+                    state.gauge.set(len(state.partition))
+                # Retry as soon as a known PostgreSQL outage ends, not at the end of the backoff.
+                await self._store.availability.wait_until_up(doubling_backoff(BACKOFF_FIRST_S, BACKOFF_MAX_S, failures))
+                for state in group:
+                    state.due = True
+        finally:
+            for state in group:
+                state.busy = False
+
+    async def flush_once(self, group: Sequence[PartitionFlushState]) -> bool:
+        """One statement for up to `batch_max` entries of each partition of the group; False when the
+        database failed (the snapshots are merged back)."""
+        batch_max = self._cadence.batch_max
+        snapshots = [state.partition.take_snapshot(batch_max) for state in group]
+        snapshot = [entry for part in snapshots for entry in part]
         if not snapshot:
             return True
-        self._listener.entries_taken(self.partition)
+        for state in group:
+            self._listener.entries_taken(state.partition)
         now = self._clock()
         params = self._routing.statement_params(snapshot, now)
         started = time.perf_counter()
@@ -168,75 +264,88 @@ class PartitionFlusher:
             async with self._store.connection() as conn:
                 outcomes = await self._queries.rows(conn, "apply_event_updates", params)
         except asyncio.CancelledError:
-            self._listener.entries_returned(self.partition.merge_back(snapshot))
+            self._merge_back(group, snapshots)
             raise
         except Exception as exc:  # noqa: BLE001 - whatever failed, keeping the snapshot loses nothing (docs/events.md#flush-failure-and-retry)
-            self._flush_failed(snapshot, exc)
+            self._merge_back(group, snapshots)
+            self._flush_failed(group, len(snapshot), exc)
             return False
         duration_ms = (time.perf_counter() - started) * 1000
 
         settled: list[Entry] = []
-        deferred: list[Entry] = []
         applied_users: list[str] = []
-        rows_updated = 0
-        for entry, outcome in zip(snapshot, outcomes, strict=True):
-            state = outcome["outcome"]
-            if state == OUTCOME_DEFERRED:
-                deferred.append(entry)
-                continue
-            if state == OUTCOME_APPLIED:
-                applied_users.append(entry.user_id)
-                rows_updated += len(outcome["goal_ids"])
-            settled.append(entry)
-        if deferred:
-            self._listener.entries_returned(self.partition.merge_back(deferred))
-        self._flush_succeeded(now, duration_ms, len(snapshot), rows_updated, len(deferred))
-        # The effects are committed: even a shutdown that cancels this loop must not strand the waiters.
-        await asyncio.shield(self._after_commit(applied_users, settled))
+        results = iter(outcomes)
+        deferred_by_partition: list[list[Entry]] = []
+        rows_by_partition: list[int] = []
+        for part in snapshots:
+            deferred: list[Entry] = []
+            rows_updated = 0
+            for entry in part:
+                outcome = next(results)
+                state_name = outcome["outcome"]
+                if state_name == OUTCOME_DEFERRED:
+                    deferred.append(entry)
+                    continue
+                if state_name == OUTCOME_APPLIED:
+                    applied_users.append(entry.user_id)
+                    rows_updated += len(outcome["goal_ids"])
+                settled.append(entry)
+            deferred_by_partition.append(deferred)
+            rows_by_partition.append(rows_updated)
+        self._merge_back(group, deferred_by_partition)
+        for state, part, rows_updated, deferred in zip(
+            group, snapshots, rows_by_partition, deferred_by_partition, strict=True
+        ):
+            state.last = LastFlush(now, duration_ms, len(part), rows_updated, len(deferred))
+        self._flush_succeeded(
+            group, duration_ms, len(snapshot), sum(rows_by_partition), sum(map(len, deferred_by_partition))
+        )
+        # The effects are committed: even a shutdown that cancels this flush must not strand the waiters.
+        # docs/events.md#flush step 5 / docs/events.md#cache-invalidation-after-commit: invalidate before any waiter is released.
+        await asyncio.shield(self._listener.entries_committed(applied_users, settled))
         return True
 
-    async def _after_commit(self, applied_users: list[str], settled: list[Entry]) -> None:
-        # docs/events.md#flush step 5 / docs/events.md#cache-invalidation-after-commit: invalidate before any waiter is released.
-        await self._cache.invalidate_many(applied_users)
-        await self._listener.entries_committed(settled)
+    def _merge_back(self, group: Sequence[PartitionFlushState], returning: Sequence[list[Entry]]) -> None:
+        for state, entries in zip(group, returning, strict=True):
+            if entries:
+                self._listener.entries_returned(state.partition.merge_back(entries))
 
-    def _flush_failed(self, snapshot: list[Entry], exc: Exception) -> None:
-        self._listener.entries_returned(self.partition.merge_back(snapshot))
-        self._totals.failures += 1
+    def _flush_failed(self, group: Sequence[PartitionFlushState], entries: int, exc: Exception) -> None:
+        self.totals.failures += 1
         FLUSH_FAILURES_TOTAL.inc()
-        self._failures_in_streak += 1
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
+        indexes = _indexes(group)
+        started_streak = any(state.failing_since is None for state in group)
+        for state in group:
+            if state.failing_since is None:
+                state.failing_since = time.monotonic()
+        extra = {"partition": indexes, "entries": entries}
+        if started_streak:
             log.warning(
-                "flush of partition %d failed (%s); %d entries kept in the buffer, retrying with backoff",
-                self.partition.index,
+                "flush of partition %s failed (%s); %d entries kept in the buffer, retrying with backoff",
+                indexes,
                 short_reason(exc),
-                len(snapshot),
-                extra={"partition": self.partition.index, "entries": len(snapshot)},
+                entries,
+                extra=extra,
             )
         else:
-            log.debug(
-                "flush of partition %d failed again (%s)",
-                self.partition.index,
-                short_reason(exc),
-                extra={"partition": self.partition.index, "entries": len(snapshot)},
-            )
+            log.debug("flush of partition %s failed again (%s)", indexes, short_reason(exc), extra=extra)
 
     def _flush_succeeded(
-        self, now: datetime, duration_ms: float, entries: int, rows_updated: int, deferred: int
+        self, group: Sequence[PartitionFlushState], duration_ms: float, entries: int, rows_updated: int, deferred: int
     ) -> None:
-        if self.failing_since is not None:
+        indexes = _indexes(group)
+        recovered = [state for state in group if state.failing_since is not None]
+        if recovered:
             log.info(
-                "flushes of partition %d succeed again after %d failures over %.1f s",
-                self.partition.index,
-                self._failures_in_streak,
-                time.monotonic() - self.failing_since,
-                extra={"partition": self.partition.index},
+                "flushes of partition %s succeed again after %d failures over %.1f s",
+                indexes,
+                max(state.failures for state in recovered),
+                time.monotonic() - min(state.failing_since or 0.0 for state in recovered),
+                extra={"partition": indexes},
             )
-            self.failing_since = None
-            self._failures_in_streak = 0
-        self.last = _LastFlush(now, duration_ms, entries, rows_updated, deferred)
-        totals = self._totals
+            for state in recovered:
+                state.failing_since = None
+        totals = self.totals
         totals.flushes += 1
         totals.rows_updated += rows_updated
         totals.max_ms = max(totals.max_ms, duration_ms)
@@ -250,17 +359,22 @@ class PartitionFlusher:
         notable = entries >= _NOTABLE_FLUSH_ENTRIES or duration_ms >= _NOTABLE_FLUSH_MS or deferred
         log.log(
             logging.INFO if notable else logging.DEBUG,
-            "flush partition=%d entries=%d rows_updated=%d deferred=%d duration_ms=%.1f",
-            self.partition.index,
+            "flush partition=%s entries=%d rows_updated=%d deferred=%d duration_ms=%.1f",
+            indexes,
             entries,
             rows_updated,
             deferred,
             duration_ms,
             extra={
-                "partition": self.partition.index,
+                "partition": indexes,
                 "entries": entries,
                 "rows_updated": rows_updated,
                 "deferred": deferred,
                 "duration_ms": round(duration_ms, 1),
             },
         )
+
+
+def _indexes(group: Sequence[PartitionFlushState]) -> str:
+    """The partitions of a flush for logs: "2", or "0,1,3" for a combined flush."""
+    return ",".join(str(state.partition.index) for state in group)
