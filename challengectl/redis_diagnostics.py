@@ -130,28 +130,40 @@ class KeyLayout:
 
 
 async def scan_batches(
-    client: redis_asyncio.Redis,
+    client: Any,
     pattern: str,
     *,
     sleep_s: float = 0.0,
     limit: int | None = None,
     count: int = SCAN_COUNT,
 ) -> AsyncIterator[list[bytes]]:
-    """The keys matching `pattern`, one SCAN reply at a time, pausing `sleep_s` between calls so a busy
-    server is not hogged; stops after `limit` keys when given."""
-    cursor = 0
+    """The keys matching `pattern`, one SCAN reply at a time (every primary of a Redis Cluster in turn),
+    pausing `sleep_s` between calls so a busy server is not hogged; stops after `limit` keys when given."""
+    from redis.asyncio.cluster import RedisCluster
+
+    nodes: list[Any] = [None]
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # the nodes are known only once the client has connected
+        nodes = client.get_primaries()
     seen = 0
-    while True:
-        cursor, keys = await client.scan(cursor=cursor, match=pattern, count=count)
-        if limit is not None and seen + len(keys) > limit:
-            keys = keys[: limit - seen]
-        seen += len(keys)
-        if keys:
-            yield [key if isinstance(key, bytes) else key.encode() for key in keys]
-        if int(cursor) == 0 or (limit is not None and seen >= limit):
-            return
-        if sleep_s > 0:
-            await asyncio.sleep(sleep_s)
+    for node in nodes:
+        on_node = {} if node is None else {"target_nodes": node}
+        cursor: Any = 0
+        while True:
+            cursor, keys = await client.scan(cursor=cursor, match=pattern, count=count, **on_node)
+            if isinstance(cursor, dict):  # a cluster client answers {node name: cursor}
+                cursor = next(iter(cursor.values()))
+            if limit is not None and seen + len(keys) > limit:
+                keys = keys[: limit - seen]
+            seen += len(keys)
+            if keys:
+                yield [key if isinstance(key, bytes) else key.encode() for key in keys]
+            if limit is not None and seen >= limit:
+                return
+            if int(cursor) == 0:
+                break
+            if sleep_s > 0:
+                await asyncio.sleep(sleep_s)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,15 +289,16 @@ async def user_cache_state(
     listed = [key for key in keys if key.kind != "evt"]
     events = [key for key in keys if key.kind == "evt"]
     async with client.pipeline(transaction=False) as pipe:
-        pipe.mget([token_key(prefix, user_id), active_key(prefix, user_id)])
+        pipe.get(token_key(prefix, user_id))  # GETs, not MGET: a cluster pipeline refuses multi-key commands
+        pipe.get(active_key(prefix, user_id))
         for key in listed:
             pipe.pttl(key.raw)
         for key in events:
             pipe.get(key.raw)
         replies = await pipe.execute()
-    token_raw, entry_raw = replies[0]
-    ttls = replies[1 : 1 + len(listed)]
-    event_values = replies[1 + len(listed) :]
+    token_raw, entry_raw = replies[:2]
+    ttls = replies[2 : 2 + len(listed)]
+    event_values = replies[2 + len(listed) :]
     token = token_raw.decode() if token_raw is not None else None
     event_counts = Counter(EVENT_STATES.get(value or b"", "gone") for value in event_values)
     return {

@@ -130,3 +130,69 @@ class PrivatePostgres:
     def remove(self) -> None:
         self.server.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of three redis-server primaries (no replicas) on fixed loopback ports, the slots
+    split evenly; `stop_node`/`start_node` restart one node on the same port and cluster config."""
+
+    def __init__(self, data_dir: Path, ports: tuple[int, ...]) -> None:
+        self.ports = ports
+        self.dirs = {port: data_dir / f"node-{port}" for port in ports}
+        self.url = f"redis://127.0.0.1:{ports[0]}/0"
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+
+    def start_node(self, port: int) -> None:
+        self.dirs[port].mkdir(parents=True, exist_ok=True)
+        self.processes[port] = subprocess.Popen(
+            [redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+            + ["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"]
+            + ["--dir", str(self.dirs[port]), "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._until(lambda: self.node(port).ping(), f"node {port} did not start")
+
+    def start(self) -> None:
+        """Start every node, give each a third of the slots, join them and wait for `cluster_state:ok`."""
+        for port in self.ports:
+            self.start_node(port)
+        share = 16384 // len(self.ports)
+        for index, port in enumerate(self.ports):
+            last = 16383 if index == len(self.ports) - 1 else (index + 1) * share - 1
+            self.node(port).execute_command("CLUSTER ADDSLOTS", *range(index * share, last + 1))
+        for port in self.ports[1:]:
+            self.node(self.ports[0]).execute_command("CLUSTER MEET", "127.0.0.1", port)
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        self._until(
+            lambda: all(self.node(port).cluster("info")["cluster_state"] == "ok" for port in self.ports),
+            "the cluster did not reach cluster_state:ok",
+        )
+
+    def stop_node(self, port: int) -> None:
+        process = self.processes.pop(port)
+        process.terminate()
+        process.wait(timeout=10)
+
+    def kill(self) -> None:
+        for port in list(self.processes):
+            self.processes[port].kill()
+            self.processes.pop(port).wait(timeout=10)
+
+    @staticmethod
+    def _until(predicate, failure: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if predicate():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(failure)
+            time.sleep(0.05)

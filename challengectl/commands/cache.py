@@ -38,7 +38,6 @@ from service.telemetry.pool_stats import nearest_rank
 
 if TYPE_CHECKING:
     import psycopg
-    import redis.asyncio as redis_asyncio
 
     from challengectl.client import Clients
     from challengectl.redis_diagnostics import (
@@ -91,11 +90,12 @@ async def service_fingerprint(clients: Clients) -> str | None:
     return config.get("catalog_fingerprint") if isinstance(config, dict) else None
 
 
-def _redis_client(cli: CliContext, url: str, max_connections: int = 4) -> redis_asyncio.Redis:
-    """The service's own client factory, with the CLI's (longer) request timeout."""
-    from service.storage.cache import open_redis
+async def _redis_client(cli: CliContext, url: str, max_connections: int = 4) -> Any:
+    """The service's own client factory (a Redis Cluster client when `redis_mode` says or finds one,
+    docs/cache.md#redis-cluster), with the CLI's (longer) request timeout."""
+    from service.storage.cache import connect_redis
 
-    return open_redis(url, max_connections, int(cli.timeout_s * 1000))
+    return await connect_redis(url, max_connections, int(cli.timeout_s * 1000), cli.settings().redis_mode)
 
 
 def _cache_for(settings: Settings, client: Any, fingerprint: str) -> Cache:
@@ -278,7 +278,7 @@ async def run_warm(
             EXIT_USAGE,
         )
     async with contextlib.AsyncExitStack() as resources:
-        client = _redis_client(cli, redis_url, concurrency + 1)
+        client = await _redis_client(cli, redis_url, concurrency + 1)
         resources.push_async_callback(client.aclose)
         async with redis_failures_as_cli_errors(redis_url, "connecting"):
             await ping(client)
@@ -466,7 +466,7 @@ def flush(
     totals = FlushTotals()
 
     async def run() -> None:
-        client = _redis_client(cli, redis_url)
+        client = await _redis_client(cli, redis_url)
         try:
             # Rotation needs no catalog: the fingerprint only matters for reads and synced markers.
             cache = _cache_for(settings, client, fingerprint="")
@@ -646,7 +646,7 @@ def stats(
     if not watch:
 
         async def once(clients: Clients) -> dict[str, Any]:
-            client = _redis_client(cli, redis_url)
+            client = await _redis_client(cli, redis_url)
             try:
                 return await collect_cache_stats(clients, client, redis_url, layout)
             finally:
@@ -663,7 +663,7 @@ def stats(
 
     async def tick(clients: Clients) -> dict[str, Any]:
         nonlocal client
-        client = client or _redis_client(cli, redis_url)
+        client = client or await _redis_client(cli, redis_url)
         return await collect_cache_stats(clients, client, redis_url, layout, ping_ms)
 
     async def measure_latency(seconds: float) -> None:
@@ -775,7 +775,7 @@ def keys(
         raise CliError("give --user or --pattern, not both", "see 'challengectl cache keys --help'", EXIT_USAGE)
 
     async def run(clients: Clients) -> dict[str, Any]:
-        client = _redis_client(cli, redis_url)
+        client = await _redis_client(cli, redis_url)
         try:
             async with redis_failures_as_cli_errors(redis_url, "scanning keys"):
                 if user is not None:

@@ -107,6 +107,7 @@ SPECS: tuple[SettingSpec, ...] = (
     _i("redis_timeout_ms", 200, minimum=1),
     _i("redis_probe_interval_ms", 1000, minimum=10),
     _s("redis_key_prefix", "ch"),
+    _c("redis_mode", "auto", ("auto", "standalone", "cluster"), doc="auto: asks the server (`INFO cluster`)"),
     _c(
         "readyz_redis",
         "optional",
@@ -210,6 +211,7 @@ class Settings:
     redis_timeout_ms: int
     redis_probe_interval_ms: int
     redis_key_prefix: str
+    redis_mode: str
     readyz_redis: str
     cache_ttl_s: int
     synced_ttl_s: int

@@ -40,7 +40,7 @@ from service.runtime.startup import (
     wait_for_database,
 )
 from service.runtime.workers import SharedState, WorkerFailure, WorkerPool, WorkerSpec, runtime_directory, serve_control
-from service.storage.cache import Cache, open_redis
+from service.storage.cache import Cache, connect_redis
 from service.storage.cache import ping as ping_redis
 from service.storage.migrations import discover_migrations
 from service.storage.registry import RegistryError, load_registry
@@ -371,7 +371,7 @@ async def _open_cache(
     """This process's Redis client (None with the cache disabled) and the Cache on it, started."""
     redis = None
     if redis_url:
-        redis = open_redis(redis_url, settings.redis_pool_max, settings.redis_timeout_ms)
+        redis = await connect_redis(redis_url, settings.redis_pool_max, settings.redis_timeout_ms, settings.redis_mode)
         resources.push_async_callback(redis.aclose)
     cache = Cache(
         redis,

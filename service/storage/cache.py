@@ -25,8 +25,11 @@ from typing import Any, Protocol
 import msgspec
 import redis.asyncio as redis_asyncio
 from prometheus_client import Counter, Gauge
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.domain.rules import PROGRESS_ROW_COLUMNS, ProgressRow
 
@@ -64,8 +67,14 @@ _SCAN_COUNT = 1000
 _REPLAY_BATCH = 500
 
 # What an unreachable, slow or refusing Redis raises: redis-py wraps socket errors in RedisError
-# subclasses, but asyncio timeouts and bare OSErrors can escape from the connect path.
-REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+# subclasses, but asyncio timeouts and bare OSErrors can escape from the connect path, and the cluster
+# client raises RedisClusterException (not a RedisError) when no node of a slot answers.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+REDIS_MODES = ("auto", "standalone", "cluster")
+
+# A standalone client or a Redis Cluster client: the cache and de-duplication use only what both offer.
+RedisClient = redis_asyncio.Redis | RedisCluster
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,10 +109,57 @@ def open_redis(url: str, max_connections: int, timeout_ms: int) -> redis_asyncio
     return redis_asyncio.Redis.from_pool(pool)
 
 
-async def ping(client: redis_asyncio.Redis) -> float:
-    """PING; returns the round trip in ms."""
+def open_cluster(url: str, max_connections: int, timeout_ms: int) -> RedisCluster:
+    """`open_redis` for a Redis Cluster (docs/cache.md#redis-cluster): the nodes are found from `url`'s,
+    `max_connections` is per node, and a node without a free connection fails the operation at once."""
+    timeout_s = timeout_ms / 1000
+    return RedisCluster.from_url(
+        url,
+        max_connections=max_connections,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+async def is_cluster(url: str, timeout_ms: int) -> bool | None:
+    """Whether the server at `url` runs in cluster mode (`INFO cluster`); None when it does not answer.
+    A Unix socket is never a cluster."""
+    if url.startswith("unix:"):
+        return False
+    client = open_redis(url, 1, timeout_ms)
+    try:
+        info = await client.info("cluster")
+    except REDIS_FAILURES:
+        return None
+    finally:
+        await client.aclose()
+    return bool(info.get("cluster_enabled"))
+
+
+async def connect_redis(url: str, max_connections: int, timeout_ms: int, mode: str) -> RedisClient:
+    """`open_redis` for the `redis_mode` setting (docs/cache.md#redis-cluster): `cluster`, `standalone`, or
+    `auto`, which asks the server (`INFO cluster`) and takes a server that does not answer for standalone."""
+    cluster = mode == "cluster"
+    if mode == "auto":
+        detected = await is_cluster(url, timeout_ms)
+        if detected is None:
+            log.warning(
+                "Redis did not answer at startup; assuming a standalone server (set redis_mode=cluster for a cluster)"
+            )
+        cluster = bool(detected)
+    if cluster:
+        return open_cluster(url, max_connections, timeout_ms)
+    return open_redis(url, max_connections, timeout_ms)
+
+
+async def ping(client: RedisClient) -> float:
+    """PING (every primary of a cluster); returns the round trip in ms."""
     started = time.perf_counter()
-    await client.ping()
+    if isinstance(client, RedisCluster):
+        await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await client.ping()
     return (time.perf_counter() - started) * 1000
 
 
@@ -362,7 +418,7 @@ class Cache:
 
     def __init__(
         self,
-        client: redis_asyncio.Redis | None,
+        client: RedisClient | None,
         prefix: str,
         fingerprint: str,
         cache_ttl_s: int,
@@ -407,7 +463,7 @@ class Cache:
         return self._client is not None
 
     @property
-    def client(self) -> redis_asyncio.Redis | None:
+    def client(self) -> RedisClient | None:
         """The Redis client (None when the cache is disabled); de-duplication shares it."""
         return self._client
 
@@ -726,7 +782,7 @@ class Cache:
             return False
         async with self._recovery_lock:
             try:
-                await self._client.ping()
+                await ping(self._client)
                 if not self._healthy:
                     await self._replay_journal()
                     self._mark_healthy()
@@ -807,18 +863,27 @@ class Cache:
         """The `redis` part of `GET /admin/pool` (docs/http-api.md#admin-and-metrics); zeros for a disabled cache.
 
         `errors` counts Redis operations of this cache that failed; `created` counts connections the
-        pool opened (a pool not made by `open_redis` reports the connections it holds now).
+        pool opened (a pool not made by `open_redis`, and a cluster client, summed over its nodes,
+        report the connections they hold now).
         """
         if self._client is None:
             return {"max_connections": 0, "in_use": 0, "idle": 0, "created": 0, "errors": 0, "healthy": False}
-        pool = self._client.connection_pool
-        in_use = len(getattr(pool, "_in_use_connections", ()))
-        idle = len(getattr(pool, "_available_connections", ()))
+        if isinstance(self._client, RedisCluster):
+            nodes = self._client.get_nodes()
+            idle = sum(len(node._free) for node in nodes)
+            held = sum(len(node._connections) for node in nodes)
+            limit, in_use, created = sum(node.max_connections for node in nodes), held - idle, held
+        else:
+            pool = self._client.connection_pool
+            in_use = len(getattr(pool, "_in_use_connections", ()))
+            idle = len(getattr(pool, "_available_connections", ()))
+            limit = getattr(pool, "max_connections", 0)
+            created = getattr(pool, "connections_created", in_use + idle)
         return {
-            "max_connections": getattr(pool, "max_connections", 0),
+            "max_connections": limit,
             "in_use": in_use,
             "idle": idle,
-            "created": getattr(pool, "connections_created", in_use + idle),
+            "created": created,
             "errors": self._redis_errors,
             "healthy": self._healthy,
         }

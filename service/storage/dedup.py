@@ -16,12 +16,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis.asyncio as redis_asyncio
 from prometheus_client import Counter
 from redis.exceptions import NoScriptError
 
 from service.domain.buffer import EventKey
-from service.storage.cache import REDIS_FAILURES, event_key
+from service.storage.cache import REDIS_FAILURES, RedisClient, event_key
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class Deduplicator:
 
     def __init__(
         self,
-        client: redis_asyncio.Redis | None,
+        client: RedisClient | None,
         prefix: str,
         pending_ttl_s: int,
         done_ttl_s: int,
@@ -252,7 +251,8 @@ class Deduplicator:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.unlink(self._redis_key(key))
+                    # A cluster pipeline's `unlink` is a coroutine (it splits keys by slot); the raw command queues.
+                    pipe.execute_command("UNLINK", self._redis_key(key))
                 await pipe.execute()
         except REDIS_FAILURES as exc:
             # The markers expire after dedup_pending_ttl_s; until then a retry elsewhere sees "in flight".
