@@ -18,7 +18,7 @@ from service.domain.catalog import Catalog, CatalogError, first_lines, grouped_w
 from service.runtime.embedded import EmbeddedServers
 from service.storage.migrations import MigrationError, apply_migrations, migration_status
 from service.storage.statistics import analyze_database
-from service.storage.store import short_reason
+from service.storage.store import describe_target, short_reason
 from service.transport.auth import ensure_embedded_secret
 
 log = logging.getLogger("challengectl.serve")
@@ -106,8 +106,18 @@ def embedded_jwt_secret(settings: Settings, deps: Dependencies) -> Path | None:
     return ensure_embedded_secret(settings.resolved_data_dir())
 
 
+# Connection refusals by a server that answered: waiting does not change them, so startup stops at once
+# (what each says, and how to fix it). libpq reports them only as text.
+_PERMANENT_REFUSALS = (
+    ("does not exist", "create it (createdb), or fix the database or user name in DATABASE_URL"),
+    ("authentication failed", "fix the user or password in DATABASE_URL"),
+    ("pg_hba.conf", "allow this client in the server's pg_hba.conf, or fix DATABASE_URL"),
+)
+
+
 def wait_for_database(database_url: str, timeout_s: float) -> None:
-    """Retry PostgreSQL until it answers or `startup_timeout_s` passes (then exit code 5)."""
+    """Retry PostgreSQL until it answers or `startup_timeout_s` passes (then exit code 5); a refusal
+    that waiting cannot fix (unknown database or user, failed authentication) stops at once (exit code 2)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -116,6 +126,7 @@ def wait_for_database(database_url: str, timeout_s: float) -> None:
         except MigrationError as exc:
             if exc.exit_code != 5:
                 return  # reachable; the migration step reports the problem itself
+            _refuse_permanent_failure(database_url)
             if time.monotonic() >= deadline:
                 raise StartupError(
                     f"PostgreSQL unreachable after {timeout_s:.0f} s: {exc}",
@@ -123,6 +134,19 @@ def wait_for_database(database_url: str, timeout_s: float) -> None:
                     "check DATABASE_URL and that PostgreSQL is running",
                 ) from None
             time.sleep(0.5)
+
+
+def _refuse_permanent_failure(database_url: str) -> None:
+    """Raise StartupError when a fresh connection is refused for good (see _PERMANENT_REFUSALS)."""
+    try:
+        psycopg.connect(database_url, connect_timeout=5, application_name="challengectl-service").close()
+    except psycopg.OperationalError as error:
+        reason = short_reason(error, database_url).removeprefix("FATAL:").strip()
+        for marker, hint in _PERMANENT_REFUSALS:
+            if marker in reason:
+                raise StartupError(
+                    f"PostgreSQL {describe_target(database_url)} refused the connection: {reason}", 2, hint
+                ) from None
 
 
 def _analyze_unanalyzed(database_url: str) -> None:

@@ -1,12 +1,22 @@
-"""Liveness and readiness (docs/http-api.md#health-and-readiness): what `/healthz`, `/readyz` and gRPC health report."""
+"""Liveness and readiness (docs/http-api.md#health-and-readiness): what `/healthz`, `/readyz` and gRPC health report.
+
+`/readyz` is public: its reasons name no host, port or socket path; the full error goes to the log when a
+check starts failing or its error changes."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from service.storage.store import StoreUnavailable
+
+log = logging.getLogger("challengectl.health")
 
 FLUSHER_FAILURE_LIMIT_S = 10.0
 DATABASE_TIMEOUT_S = 1.0
@@ -35,6 +45,7 @@ class Readiness:
     _database_was_down: bool = True
     _listeners: list[Callable[[bool], None]] = field(default_factory=list)
     _last_ready: bool | None = None
+    _logged_errors: dict[str, str | None] = field(default_factory=dict)
 
     def on_change(self, listener: Callable[[bool], None]) -> None:
         """Call `listener(ready)` whenever the readiness verdict changes (gRPC health follows it)."""
@@ -82,8 +93,9 @@ class Readiness:
             checks["shutdown"] = {"ok": False, "error": "service is shutting down"}
             failing.append("shutdown")
 
-        for entry in checks.values():
+        for name, entry in checks.items():
             entry.pop("value", None)
+            self._log_change(name, entry.pop("detail", None))
         ready = not failing
         self._notify(ready)
         if ready:
@@ -99,6 +111,12 @@ class Readiness:
             "checks": checks,
         }
 
+    def _log_change(self, check: str, detail: str | None) -> None:
+        if detail != self._logged_errors.get(check):
+            self._logged_errors[check] = detail
+            if detail is not None:
+                log.warning("readiness check %s failing: %s", check, detail)
+
     def _notify(self, ready: bool) -> None:
         if ready != self._last_ready:
             self._last_ready = ready
@@ -113,12 +131,24 @@ async def _probe(probe: Callable[[], Awaitable[Any]], timeout_s: float) -> dict[
     except TimeoutError:
         return {"ok": False, "error": f"timed out after {int(timeout_s * 1000)} ms"}
     except Exception as exc:  # any failure of the dependency makes it not ready; the reason is shown
-        return {"ok": False, "error": _short_reason(exc)}
+        return {"ok": False, "error": public_reason(exc), "detail": f"{type(exc).__name__}: {exc}"}
     latency = round((time.perf_counter() - started) * 1000, 2)
     return {"ok": True, "latencyMs": latency, "value": value}
 
 
-def _short_reason(exc: BaseException) -> str:
-    """First line of the error, without driver noise, secrets or SQL (only our own messages reach here)."""
+_REDIS_CONNECT = re.compile(r"^Error (\d+) connecting to ")
+# Hosts with a port, IPv4 and bracketed IPv6 addresses, and paths of two or more parts (Unix sockets).
+_ADDRESS = re.compile(
+    r"\[[0-9A-Fa-f:.]+\](?::\d+)?|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?|\b[\w-]+(?:\.[\w-]+)*:\d+|(?:/[\w.-]+){2,}"
+)
+
+
+def public_reason(exc: BaseException) -> str:
+    """First line of the error, without driver noise, secrets, SQL, hosts, ports or socket paths."""
+    if isinstance(exc, StoreUnavailable):
+        return f"PostgreSQL unavailable: {exc.reason}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    connect = _REDIS_CONNECT.match(text)
+    if connect:
+        return f"Redis unavailable: {os.strerror(int(connect.group(1)))}"
+    return _ADDRESS.sub("<address>", text)[:200]
