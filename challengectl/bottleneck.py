@@ -53,24 +53,14 @@ class Evidence:
         )
 
 
-# The service's own sessions (its pools name them challengectl-<role>) running a statement, and how many of
-# those wait on locks or I/O: the PostgreSQL side of the rule for `pool` and `doctor`.
-SERVICE_SESSIONS_SQL = """
-SELECT (count(*) FILTER (WHERE state = 'active'))::int AS active,
-       (count(*) FILTER (WHERE state = 'active' AND wait_event_type IN ('Lock', 'LWLock', 'IO', 'BufferPin')))::int
-         AS waiting
-  FROM pg_stat_activity
- WHERE datname = current_database()
-   AND application_name LIKE 'challengectl-%'
-   AND application_name NOT IN ('challengectl-cli', 'challengectl-loadtest')
-"""
+@dataclass(frozen=True)
+class ServiceSessions:
+    """The service's own sessions (its pools name them challengectl-<role>) running a statement, and how
+    many of those wait on locks or I/O: the PostgreSQL side of the rule for `pool` and `doctor`
+    (`cli_service_sessions` of sql/cli_queries.sql)."""
 
-# What max_connections leaves for new client sessions after the reserved slots and every open session.
-FREE_CONNECTIONS_SQL = (
-    "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
-    " - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0)"
-    " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int"
-)
+    active: int
+    waiting: int
 
 
 def pool_snapshot_evidence(pool: dict[str, object], active: int, waiting: int, free: int | None) -> Evidence:

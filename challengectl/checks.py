@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from challengectl.bottleneck import FREE_CONNECTIONS_SQL, SERVICE_SESSIONS_SQL, diagnose, pool_snapshot_evidence
+from challengectl.bottleneck import ServiceSessions, diagnose, pool_snapshot_evidence
+from challengectl.cli_queries import fetch_all_async, fetch_one_async, fetch_values_async
 from challengectl.connections import service_database_url, service_redis_url
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
 from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex
@@ -57,6 +58,29 @@ CACHE_RATIO_WARN = 0.90
 BUFFER_WARN, BUFFER_FAIL = 0.50, 0.90
 STALLED_ENTRY_MS = 60_000.0
 UTC_NAMES = ("UTC", "Etc/UTC")
+
+
+@dataclass(frozen=True)
+class CatalogRows:
+    """Progress rows of one goal that the catalog does not know, or knows under another challenge."""
+
+    goal_id: str
+    challenge_id: str
+    catalog_challenge_id: str | None
+    row_count: int
+
+
+@dataclass(frozen=True)
+class StatementStatsStatus:
+    preload_libraries: str
+    version: str | None  # None: the extension is not created in this database
+
+
+@dataclass(frozen=True)
+class ServerClock:
+    timezone: str
+    server_now: datetime
+
 
 HINT_PG_STAT_STATEMENTS = (
     "add pg_stat_statements to shared_preload_libraries and run CREATE EXTENSION pg_stat_statements"
@@ -108,10 +132,8 @@ class Diagnosis:
     def __init__(self, settings: Settings, clients: Clients) -> None:
         self.settings = settings
         self.clients = clients
-        self._database: psycopg.AsyncConnection | None = None
-        self._database_error: str | None = None
-        self._redis: redis_asyncio.Redis | None = None
-        self._redis_error: str | None = None
+        self._shared_opened: dict[str, Any] = {}
+        self._shared_errors: dict[str, str] = {}
         self._catalog: Catalog | None = None
         self._catalog_error: CatalogError | None = None
         self._admin: dict[str, Any] = {}
@@ -125,10 +147,10 @@ class Diagnosis:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._database is not None:
-            await self._database.close()
-        if self._redis is not None:
-            await self._redis.aclose()
+        if "database" in self._shared_opened:
+            await self._shared_opened["database"].close()
+        if "redis" in self._shared_opened:
+            await self._shared_opened["redis"].aclose()
 
     # --- where the dependencies are -------------------------------------------------------------
 
@@ -141,8 +163,14 @@ class Diagnosis:
         return await asyncio.to_thread(service_redis_url, self.settings)
 
     def no_database_reason(self) -> str:
+        return self._not_running("database", "DATABASE_URL")
+
+    def no_redis_reason(self) -> str:
+        return self._not_running("Redis", "REDIS_URL")
+
+    def _not_running(self, what: str, variable: str) -> str:
         return (
-            f"no running service database: DATABASE_URL is unset and no embedded serve runs in "
+            f"no running service {what}: {variable} is unset and no embedded serve runs in "
             f"{self.settings.resolved_data_dir()}"
         )
 
@@ -150,62 +178,37 @@ class Diagnosis:
 
     async def database(self) -> psycopg.AsyncConnection:
         """The PostgreSQL session, opened with the service's session options; raises Unreachable."""
-        import psycopg
-
-        from challengectl import database
-        from service.storage.store import describe_target, short_reason
-
-        if self._database is not None:
-            return self._database
-        if self._database_error is None:
-            url = await self.database_url()
-            if url is None:
-                self._database_error = self.no_database_reason()
-            else:
-                try:
-                    connection = await asyncio.wait_for(
-                        database.connect_async(url, int(OPERATION_TIMEOUT_S * 1000), OPERATION_TIMEOUT_S),
-                        OPERATION_TIMEOUT_S + 1,
-                    )
-                    self._database = connection
-                    return connection
-                except TimeoutError:
-                    self._database_error = f"{describe_target(url)} did not answer within {OPERATION_TIMEOUT_S:g} s"
-                except psycopg.Error as exc:
-                    self._database_error = f"{describe_target(url)}: {short_reason(exc, url)}"
-        raise Unreachable(self._database_error)
+        connection: psycopg.AsyncConnection = await self._shared(
+            "database", self.database_url, self.no_database_reason, _open_database
+        )
+        return connection
 
     async def redis(self) -> redis_asyncio.Redis:
         """A Redis client that has answered PING; raises Unreachable."""
-        import redis.asyncio as redis_asyncio
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import RedisError
+        client: redis_asyncio.Redis = await self._shared("redis", self.redis_url, self.no_redis_reason, _open_redis)
+        return client
 
-        if self._redis is not None:
-            return self._redis
-        if self._redis_error is None:
-            url = await self.redis_url()
-            if url is None:
-                self._redis_error = (
-                    f"no running service Redis: REDIS_URL is unset and no embedded serve runs in "
-                    f"{self.settings.resolved_data_dir()}"
-                )
-            else:
-                client = redis_asyncio.Redis.from_url(
-                    url,
-                    socket_connect_timeout=OPERATION_TIMEOUT_S,
-                    socket_timeout=OPERATION_TIMEOUT_S,
-                    retry=Retry(NoBackoff(), 0),
-                )
-                try:
-                    await client.ping()
-                    self._redis = client
-                    return client
-                except (RedisError, OSError) as exc:
-                    await client.aclose()
-                    self._redis_error = _first_line(exc)
-        raise Unreachable(self._redis_error)
+    async def _shared(
+        self,
+        name: str,
+        url_of: Callable[[], Awaitable[str | None]],
+        missing: Callable[[], str],
+        open_: Callable[[str], Awaitable[Any]],
+    ) -> Any:
+        """The connection `name`, opened once; its first failure (no URL, or `open_` raising
+        Unreachable) is remembered and raised again."""
+        if name in self._shared_opened:
+            return self._shared_opened[name]
+        if name not in self._shared_errors:
+            url = await url_of()
+            try:
+                if url is None:
+                    raise Unreachable(missing())
+                self._shared_opened[name] = await open_(url)
+                return self._shared_opened[name]
+            except Unreachable as exc:
+                self._shared_errors[name] = str(exc)
+        raise Unreachable(self._shared_errors[name])
 
     def catalog(self) -> Catalog:
         """The catalog the service would load (same resolution as `serve`); raises CatalogError."""
@@ -290,6 +293,42 @@ async def check_settings(diagnosis: Diagnosis) -> CheckResult:
     return CheckResult("settings", PASS, f"valid; {summary}")
 
 
+async def _open_database(url: str) -> psycopg.AsyncConnection:
+    """A session with the service's session options, bounded by OPERATION_TIMEOUT_S; raises Unreachable."""
+    import psycopg
+
+    from challengectl import database
+    from service.storage.store import describe_target, short_reason
+
+    try:
+        return await asyncio.wait_for(
+            database.connect_async(url, int(OPERATION_TIMEOUT_S * 1000), OPERATION_TIMEOUT_S),
+            OPERATION_TIMEOUT_S + 1,
+        )
+    except TimeoutError:
+        raise Unreachable(f"{describe_target(url)} did not answer within {OPERATION_TIMEOUT_S:g} s") from None
+    except psycopg.Error as exc:
+        raise Unreachable(f"{describe_target(url)}: {short_reason(exc, url)}") from None
+
+
+async def _open_redis(url: str) -> redis_asyncio.Redis:
+    """A client that has answered PING, without retries; raises Unreachable."""
+    import redis.asyncio as redis_asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+
+    client = redis_asyncio.Redis.from_url(
+        url, socket_connect_timeout=OPERATION_TIMEOUT_S, socket_timeout=OPERATION_TIMEOUT_S, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise Unreachable(_first_line(exc)) from None
+    return client
+
+
 async def check_postgres(diagnosis: Diagnosis) -> CheckResult:
     """PostgreSQL answers; its version; the best of three `SELECT 1` round trips under 100 ms."""
     try:
@@ -301,11 +340,13 @@ async def check_postgres(diagnosis: Diagnosis) -> CheckResult:
             f"unreachable: {exc}",
             "check that PostgreSQL runs, and --database-url / DATABASE_URL (or start 'challengectl serve')",
         )
-    [(version,)] = await (await conn.execute("SHOW server_version")).fetchall()
+    from challengectl.pg_diagnostics import server_version_async
+
+    version = await server_version_async(conn)
     round_trips = []
     for _ in range(3):
         started = time.perf_counter()
-        await conn.execute("SELECT 1")
+        await fetch_values_async(conn, "cli_ping")
         round_trips.append((time.perf_counter() - started) * 1000)
     best = min(round_trips)
     observed = f"PostgreSQL {version.split()[0]}, round trip {best:.1f} ms"
@@ -359,8 +400,6 @@ async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
     """Rows whose goal left the catalog, or whose challenge_id differs from the catalog's, warn."""
     from psycopg import errors as pg_errors
 
-    from challengectl.cli_queries import cli_sql
-
     try:
         catalog = diagnosis.catalog()
     except CatalogError:
@@ -369,16 +408,9 @@ async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
     if not await _progress_table_exists(conn):
         raise SkipCheck(f"not checked: table {PROGRESS_TABLE} does not exist (migrations pending)")
     goals = list(catalog.goals_by_id.values())
+    params = {"goal_ids": [goal.goal_id for goal in goals], "challenge_ids": [goal.challenge_id for goal in goals]}
     try:
-        rows = await (
-            await conn.execute(
-                cli_sql("cli_catalog_rows"),
-                {
-                    "goal_ids": [goal.goal_id for goal in goals],
-                    "challenge_ids": [goal.challenge_id for goal in goals],
-                },
-            )
-        ).fetchall()
+        rows = await fetch_all_async(conn, "cli_catalog_rows", CatalogRows, params)
     except pg_errors.QueryCanceled:
         return CheckResult(
             "catalog-rows",
@@ -389,13 +421,13 @@ async def check_catalog_rows(diagnosis: Diagnosis) -> CheckResult:
     if not rows:
         return CheckResult("catalog-rows", PASS, f"every row matches the catalog ({len(goals)} goals)")
     findings = []
-    for goal_id, challenge_id, catalog_challenge_id, count in rows:
-        if catalog_challenge_id is None:
-            findings.append(f"{count} row(s) of goal '{goal_id}' (not in the catalog)")
+    for row in rows:
+        if row.catalog_challenge_id is None:
+            findings.append(f"{row.row_count} row(s) of goal '{row.goal_id}' (not in the catalog)")
         else:
             findings.append(
-                f"{count} row(s) of goal '{goal_id}' under challenge '{challenge_id}' "
-                f"(catalog: '{catalog_challenge_id}')"
+                f"{row.row_count} row(s) of goal '{row.goal_id}' under challenge '{row.challenge_id}' "
+                f"(catalog: '{row.catalog_challenge_id}')"
             )
     return CheckResult(
         "catalog-rows",
@@ -481,12 +513,9 @@ async def check_indexes(diagnosis: Diagnosis) -> CheckResult:
 async def check_pg_stat_statements(diagnosis: Diagnosis) -> CheckResult:
     """pg_stat_statements is preloaded and created in this database."""
     conn = await need_database(diagnosis)
-    [(preload, version)] = await (
-        await conn.execute(
-            "SELECT current_setting('shared_preload_libraries'),"
-            " (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements')"
-        )
-    ).fetchall()
+    status = await fetch_one_async(conn, "cli_statement_stats_status", StatementStatsStatus)
+    assert status is not None  # the statement always yields one row
+    preload, version = status.preload_libraries, status.version
     preloaded = "pg_stat_statements" in [name.strip().strip('"') for name in preload.split(",")]
     if not preloaded:
         return CheckResult(
@@ -503,19 +532,15 @@ async def check_pg_stat_statements(diagnosis: Diagnosis) -> CheckResult:
 
 
 async def check_headroom(diagnosis: Diagnosis) -> CheckResult:
-    """Server connections in use against the usable connections (`pg_diagnostics.usable_connections`), with the
+    """Server connections in use against the usable connections (`pg_diagnostics.ConnectionLimits`), with the
     configured pools of one instance (processes × db_pool_max, plus the flusher's)."""
-    from challengectl.pg_diagnostics import CONNECTION_LIMIT_COLUMNS, usable_connections
+    from challengectl.pg_diagnostics import connection_limits_async
 
     conn = await need_database(diagnosis)
-    [(max_connections, superuser_reserved, other_reserved, in_use)] = await (
-        await conn.execute(
-            f"SELECT {CONNECTION_LIMIT_COLUMNS},"
-            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
-        )
-    ).fetchall()
-    reserved = superuser_reserved + other_reserved
-    usable = max(1, usable_connections(max_connections, superuser_reserved, other_reserved))
+    limits = await connection_limits_async(conn)
+    max_connections, in_use = limits.max_connections, limits.client_sessions
+    reserved = max_connections - limits.usable
+    usable = max(1, limits.usable)
     share = in_use / usable
     pools = await _pool_math(diagnosis)
     observed = (
@@ -545,13 +570,14 @@ async def check_pool_pressure(diagnosis: Diagnosis) -> CheckResult:
     pressure passes; waits while PostgreSQL runs few of the pool's sessions, or PostgreSQL-side waits, warn
     with what would help (raising db_pool_max only when PostgreSQL is busy with them and has headroom)."""
     pool = (await need_admin(diagnosis, "/admin/pool")).get("db", {})
+    from challengectl.pg_diagnostics import connection_limits_async
+
     conn = await need_database(diagnosis)
-    sessions = await (await conn.execute(SERVICE_SESSIONS_SQL)).fetchone()
-    limits = await (await conn.execute(FREE_CONNECTIONS_SQL)).fetchone()
-    assert sessions is not None and limits is not None  # aggregates always return one row
-    active, waiting = sessions
-    free = limits[0]
-    verdicts = diagnose(pool_snapshot_evidence(pool, active, waiting, free))
+    sessions = await fetch_one_async(conn, "cli_service_sessions", ServiceSessions)
+    limits = await connection_limits_async(conn)
+    assert sessions is not None  # an aggregate always yields one row
+    active = sessions.active
+    verdicts = diagnose(pool_snapshot_evidence(pool, active, sessions.waiting, limits.free))
     if verdicts:
         return CheckResult("pool", WARN, verdicts[0].finding, verdicts[0].advice)
     return CheckResult(
@@ -596,10 +622,10 @@ async def check_time(diagnosis: Diagnosis) -> CheckResult:
     """TimeZone is UTC on a session opened with the service's options; clock skew to the database ≤ 1 s."""
     conn = await need_database(diagnosis)
     before = time.time()
-    [(zone, server_now)] = await (
-        await conn.execute("SELECT current_setting('TimeZone'), clock_timestamp()")
-    ).fetchall()
+    clock = await fetch_one_async(conn, "cli_clock", ServerClock)
     after = time.time()
+    assert clock is not None  # the statement always yields one row
+    zone, server_now = clock.timezone, clock.server_now
     local_now = datetime.fromtimestamp((before + after) / 2, UTC)
     skew_s = (server_now - local_now).total_seconds()
     observed = f"TimeZone {zone}, clock skew {round(skew_s * 1000):+d} ms (±{round((after - before) * 500)} ms)"
@@ -886,8 +912,7 @@ async def run_checks(diagnosis: Diagnosis, skip: Collection[str] = ()) -> list[C
 
 
 async def _progress_table_exists(conn: psycopg.AsyncConnection) -> bool:
-    [(exists,)] = await (await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (PROGRESS_TABLE,))).fetchall()
-    return bool(exists)
+    return bool(await fetch_values_async(conn, "cli_existing_tables", {"tables": [PROGRESS_TABLE]}))
 
 
 def _first_line(exc: BaseException) -> str:

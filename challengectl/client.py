@@ -21,6 +21,7 @@ import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -120,30 +121,26 @@ class HttpClient:
             ) as response:
                 raw = await response.read()
                 status, response_headers = response.status, dict(response.headers)
-        except TimeoutError:
-            raise CliError(
-                f"{self.service_name} at {self.base_url} did not answer {method} {path} within {self.timeout_s:g}s",
-                "raise --timeout, or run 'challengectl doctor'",
-                EXIT_UNAVAILABLE,
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise CliError(
-                f"cannot connect to the {self.service_name} at {self.base_url}: {_connect_reason(exc)}",
-                self.unreachable_hint(),
-                EXIT_UNAVAILABLE,
-            ) from None
-        except aiohttp.ClientError as exc:
-            # e.g. a gRPC (HTTP/2-only) port answering an HTTP/1.1 request, or a dropped connection
-            raise CliError(
-                f"{self.service_name} at {self.base_url} broke off {method} {path}: {type(exc).__name__}",
-                self.unreachable_hint(),
-                EXIT_UNAVAILABLE,
-            ) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise CliError(*self._failure(exc, method, path), EXIT_UNAVAILABLE) from None
         duration_ms = (time.perf_counter() - started) * 1000
         body = _parse_body(raw)
         if 200 <= status < 300 or status in accept:
             return ApiResponse(status, body, response_headers, duration_ms, raw)
         raise error_from_http(status, body, method, url, admin=self.admin)
+
+    def _failure(self, exc: BaseException, method: str, path: str) -> tuple[str, str]:
+        """The message and hint of a request that got no HTTP answer."""
+        where = f"{self.service_name} at {self.base_url}"
+        if isinstance(exc, TimeoutError):
+            return (
+                f"{where} did not answer {method} {path} within {self.timeout_s:g}s",
+                "raise --timeout, or run 'challengectl doctor'",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return f"cannot connect to the {where}: {_connect_reason(exc)}", self.unreachable_hint()
+        # e.g. a gRPC (HTTP/2-only) port answering an HTTP/1.1 request, or a dropped connection
+        return f"{where} broke off {method} {path}: {type(exc).__name__}", self.unreachable_hint()
 
     async def get(self, path: str, **kwargs: Any) -> Any:
         """GET → the parsed JSON body."""
@@ -395,55 +392,45 @@ class Clients:
         self.settings = settings
         self.timeout_s = float(timeout_s if timeout_s is not None else settings.timeout_s)
         self._debug_print = debug_print
-        self._api: ApiClient | None = None
-        self._admin: AdminClient | None = None
-        self._ingest: IngestClient | None = None
-        self._auth: PlayerAuth | None = None
 
-    @property
+    @cached_property
     def admin(self) -> AdminClient:
-        if self._admin is None:
-            self._admin = AdminClient(
-                self.settings.admin_url,
-                admin_token=self.settings.admin_token,
-                timeout_s=self.timeout_s,
-                debug_print=self._debug_print,
-            )
-        return self._admin
+        return AdminClient(
+            self.settings.admin_url,
+            admin_token=self.settings.admin_token,
+            timeout_s=self.timeout_s,
+            debug_print=self._debug_print,
+        )
 
-    @property
+    @cached_property
     def auth(self) -> PlayerAuth:
-        if self._auth is None:
-            self._auth = PlayerAuth(self.settings, self.admin)
-        return self._auth
+        return PlayerAuth(self.settings, self.admin)
 
-    @property
+    @cached_property
     def api(self) -> ApiClient:
-        if self._api is None:
-            self._api = ApiClient(
-                self.settings.resolved_api_url(),
-                auth=self.auth,
-                grpc_port=_port_of(self.settings.grpc_addr, self.settings.grpc_port),
-                http_port=self.settings.http_port,
-                timeout_s=self.timeout_s,
-                debug_print=self._debug_print,
-            )
-        return self._api
+        return ApiClient(
+            self.settings.resolved_api_url(),
+            auth=self.auth,
+            grpc_port=_port_of(self.settings.grpc_addr, self.settings.grpc_port),
+            http_port=self.settings.http_port,
+            timeout_s=self.timeout_s,
+            debug_print=self._debug_print,
+        )
 
-    @property
+    @cached_property
     def ingest(self) -> IngestClient:
-        if self._ingest is None:
-            self._ingest = IngestClient(
-                self.settings.grpc_addr,
-                timeout_s=self.timeout_s,
-                grpc_token=self.settings.grpc_token,
-                max_message_bytes=self.settings.grpc_max_message_bytes,
-                debug_print=self._debug_print,
-            )
-        return self._ingest
+        return IngestClient(
+            self.settings.grpc_addr,
+            timeout_s=self.timeout_s,
+            grpc_token=self.settings.grpc_token,
+            max_message_bytes=self.settings.grpc_max_message_bytes,
+            debug_print=self._debug_print,
+        )
 
     async def aclose(self) -> None:
-        for client in (self._api, self._admin, self._ingest):
+        """Close the clients created so far (a cached property is in `__dict__` once read)."""
+        for name in ("api", "admin", "ingest"):
+            client = self.__dict__.get(name)
             if client is not None:
                 await client.close()
 

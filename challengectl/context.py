@@ -74,6 +74,15 @@ def command_group(help_text: str, **kwargs: Any) -> typer.Typer:
     )
 
 
+def register_group(root: typer.Typer, app: typer.Typer, name: str, aliases: dict[str, Callable[..., Any]]) -> None:
+    """Add `app` to `root` as the group `name`, and each of `aliases` (a hidden top-level name → one of
+    the group's command functions) as a top-level command with that command's epilog."""
+    root.add_typer(app, name=name)
+    epilogs = {command.callback: command.epilog for command in app.registered_commands}
+    for alias, function in aliases.items():
+        root.command(alias, hidden=True, epilog=epilogs[function])(function)
+
+
 @dataclass
 class CliContext:
     """What the root callback built from the global options.

@@ -22,13 +22,14 @@ def connect(
     *,
     autocommit: bool = True,
     row_factory: Any = None,
+    application_name: str = APPLICATION_NAME,
 ) -> psycopg.Connection[Any]:
     """A session whose statements stop after `statement_timeout_ms` (None or 0: no limit). Raises
     `psycopg.OperationalError` when the server is unreachable (see `unreachable`)."""
     return psycopg.connect(
         url,
         autocommit=autocommit,
-        application_name=APPLICATION_NAME,
+        application_name=application_name,
         options=session_options(url, statement_timeout_ms),
         connect_timeout=max(2, int(connect_timeout_s)),
         **({"row_factory": row_factory} if row_factory is not None else {}),

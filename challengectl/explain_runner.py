@@ -9,7 +9,8 @@ is always rolled back.
 
 Every statement here runs inside `BEGIN [READ ONLY]; SELECT set_config('statement_timeout', $1, true),
 set_config('lock_timeout', '1s', true); ...; ROLLBACK`, with parameters bound through the protocol.
-The SQL sent is the registry's text, or constant fragments of this module; values are never spliced in.
+The SQL sent is a named statement of sql/queries.sql or sql/cli_queries.sql, or the EXPLAIN of one (or
+of `--sql`) composed in `explain`; values are never spliced in.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from psycopg import errors as pg_errors
 from sqlparse import tokens as sql_tokens
 
 from challengectl import database
+from challengectl.cli_queries import fetch_all, fetch_values
 from challengectl.errors import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -36,7 +38,8 @@ from challengectl.errors import (
     EXIT_USAGE,
     CliError,
 )
-from challengectl.plans import IndexInfo, TableInfo
+from challengectl.pg_diagnostics import project_indexes
+from challengectl.plans import TableInfo
 from service.domain.buffer import SOURCE_LOGIN, Entry, stat_source
 from service.domain.catalog import Catalog, Goal
 from service.domain.routing import GoalRouting
@@ -424,51 +427,40 @@ class ExplainSession:
         self._conn.close()
 
     @contextmanager
-    def transaction(self, read_only: bool = True) -> Iterator[psycopg.Cursor[Any]]:
+    def transaction(self, read_only: bool = True) -> Iterator[psycopg.Connection[Any]]:
         """`BEGIN [READ ONLY]` with the statement and lock timeouts set locally; always rolled back."""
-        with self._conn.cursor() as cursor:
-            cursor.execute("BEGIN READ ONLY" if read_only else "BEGIN")
-            try:
-                cursor.execute(
-                    "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-                    [str(self._timeout_ms), LOCK_TIMEOUT],
-                )
-                yield cursor
-            finally:
-                self._conn.execute("ROLLBACK")
+        self._conn.read_only = read_only
+        with self._conn.transaction(force_rollback=True):
+            timeouts = {"statement_timeout": str(self._timeout_ms), "lock_timeout": LOCK_TIMEOUT}
+            fetch_values(self._conn, "cli_explain_timeouts", timeouts)
+            yield self._conn
 
     # --- sampling
 
     def sample_user(self, mode: str) -> SampleUser:
         """A user drawn from `user_goal_progress` (`typical`: the user of a row drawn with TABLESAMPLE
         SYSTEM; `heavy`: the user with the most rows among a sample of users). Empty table → exit 3."""
-        with self._guarded("sampling a user"), self.transaction() as cursor:
-            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {PROGRESS_TABLE})")
-            [(has_rows,)] = cursor.fetchall()
-            if not has_rows:
+        with self._guarded("sampling a user"), self.transaction() as conn:
+            if not fetch_values(conn, "cli_progress_has_rows")[0]:
                 raise CliError(
                     f"{PROGRESS_TABLE} is empty: there is no user to take parameters from",
                     f"create players first, e.g. {USERS_INIT_HINT}, or pass every parameter with --param",
                     EXIT_NOT_FOUND,
                 )
-            sampled = self._sampled_user_ids(cursor)
+            sampled = self._sampled_user_ids(conn)
             if mode == "heavy":
                 candidates = list(dict.fromkeys(sampled))
                 random.shuffle(candidates)
-                cursor.execute(
-                    f"SELECT user_id FROM {PROGRESS_TABLE} WHERE user_id = ANY (%s::text[]) "
-                    f"GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1",
-                    [candidates[:HEAVY_SAMPLE_USERS]],
-                )
-                [(user_id,)] = cursor.fetchall()
+                params = {"user_ids": candidates[:HEAVY_SAMPLE_USERS]}
+                [user_id] = fetch_values(conn, "cli_heaviest_user", params)
             else:
                 user_id = random.choice(sampled)
         return self.given_user(user_id, chosen_by=mode)
 
     def given_user(self, user_id: str, chosen_by: str = "given") -> SampleUser:
         """The user named by `--user` with its rows; a user without rows → exit 3."""
-        with self._guarded("reading the user's rows"), self.transaction() as cursor:
-            rows = self._rows_of(cursor, user_id)
+        with self._guarded("reading the user's rows"), self.transaction() as conn:
+            rows = tuple(fetch_all(conn, "cli_user_rows", UserRow, {"user_id": user_id}))
         if not rows:
             raise CliError(
                 f"user {user_id!r} has no rows in {PROGRESS_TABLE}",
@@ -477,32 +469,19 @@ class ExplainSession:
             )
         return SampleUser(user_id=user_id, chosen_by=chosen_by, rows=rows)
 
-    def _sampled_user_ids(self, cursor: psycopg.Cursor[Any]) -> list[str]:
-        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [PROGRESS_TABLE])
-        [(reltuples,)] = cursor.fetchall()
+    def _sampled_user_ids(self, conn: psycopg.Connection[Any]) -> list[str]:
+        [reltuples] = fetch_values(conn, "cli_progress_reltuples")
         estimated = float(reltuples or 0)
         percent = 100.0 if estimated <= SAMPLE_ROWS else max(0.01, 100.0 * SAMPLE_ROWS / estimated)
-        query = f"SELECT user_id FROM {PROGRESS_TABLE} TABLESAMPLE SYSTEM (%s) LIMIT {SAMPLE_ROWS}"
-        cursor.execute(query, [percent])
-        sampled = [row[0] for row in cursor.fetchall()]
+        sampled = fetch_values(conn, "cli_sample_user_ids", {"percent": percent, "rows": SAMPLE_ROWS})
         if not sampled:  # a small percentage can draw no page at all
-            cursor.execute(query, [100.0])
-            sampled = [row[0] for row in cursor.fetchall()]
+            sampled = fetch_values(conn, "cli_sample_user_ids", {"percent": 100.0, "rows": SAMPLE_ROWS})
         return sampled
-
-    def _rows_of(self, cursor: psycopg.Cursor[Any], user_id: str) -> tuple[UserRow, ...]:
-        cursor.execute(
-            f"SELECT goal_id, challenge_id, namespace, progress, status, is_active FROM {PROGRESS_TABLE} "
-            f"WHERE user_id = %s::text ORDER BY goal_id",
-            [user_id],
-        )
-        return tuple(UserRow(*row) for row in cursor.fetchall())
 
     def next_claim_generation(self, query: NamedQuery, params: Mapping[str, Any]) -> int:
         """The generation `insert_reward_grant` would record, from the registry's own statement."""
-        with self._guarded("reading the next claim generation"), self.transaction() as cursor:
-            cursor.execute(query.sql, {name: params[name] for name in query.param_names})
-            [(generation,)] = cursor.fetchall()
+        with self._guarded("reading the next claim generation"), self.transaction() as conn:
+            [(generation,)] = conn.execute(query.sql, {name: params[name] for name in query.param_names}).fetchall()
             return int(generation)
 
     # --- EXPLAIN
@@ -513,10 +492,10 @@ class ExplainSession:
         read_only = statement.kind == "read" or not options.analyze
         sql = explain_prefix(options, statement.kind, self.server_version) + statement.sql
         run = ExplainRun(sql=sql)
-        with self._guarded("explaining the statement"), self.transaction(read_only) as cursor:
+        with self._guarded("explaining the statement"), self.transaction(read_only) as conn:
             try:
-                cursor.execute(sql, dict(params) if statement.param_types else None)
-                rows = cursor.fetchall()
+                # Composed: EXPLAIN and its options in front of a registry statement or the ad-hoc --sql.
+                rows = conn.execute(sql, dict(params) if statement.param_types else None).fetchall()
             except pg_errors.LockNotAvailable:
                 run.timeout = "lock_timeout"
                 return run
@@ -535,68 +514,17 @@ class ExplainSession:
             return {}
         schemas = [schema for schema, _ in relations]
         names = [name for _, name in relations]
-        with self._guarded("reading table statistics"), self.transaction() as cursor:
-            cursor.execute(
-                "SELECT c.oid, c.relname, c.reltuples,"
-                " EXISTS (SELECT 1 FROM pg_stats AS s WHERE s.schemaname = n.nspname AND s.tablename = c.relname)"
-                " FROM pg_class AS c "
-                "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
-                "WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                [schemas, names],
-            )
-            tables = {oid: (relname, float(reltuples), stats) for oid, relname, reltuples, stats in cursor.fetchall()}
-            cursor.execute(
-                "SELECT x.indrelid, i.relname, x.indisunique, x.indisprimary, x.indisvalid, "
-                "       ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true) "
-                "               FROM generate_series(1, x.indnkeyatts) AS k ORDER BY k), "
-                "       ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true) "
-                "               FROM generate_series(x.indnkeyatts + 1, x.indnatts) AS k ORDER BY k), "
-                "       x.indclass::text, x.indcollation::text, pg_get_expr(x.indpred, x.indrelid, true), "
-                "       pg_get_expr(x.indexprs, x.indrelid, true), am.amname::text, pg_get_indexdef(x.indexrelid) "
-                "  FROM pg_index AS x JOIN pg_class AS i ON i.oid = x.indexrelid "
-                "  JOIN pg_am AS am ON am.oid = i.relam "
-                " WHERE x.indrelid = ANY (%s::oid[]) ORDER BY i.relname",
-                [list(tables)],
-            )
-            indexes: dict[int, list[IndexInfo]] = {oid: [] for oid in tables}
-            for (
-                table_oid,
-                name,
-                unique,
-                primary,
-                valid,
-                columns,
-                include_columns,
-                opclasses,
-                collations,
-                predicate,
-                expressions,
-                access_method,
-                definition,
-            ) in cursor.fetchall():
-                width = len(columns)
-                indexes[table_oid].append(
-                    IndexInfo(
-                        name=name,
-                        table=tables[table_oid][0],
-                        columns=tuple(columns),
-                        unique=unique,
-                        primary=primary,
-                        valid=valid,
-                        predicate=predicate,
-                        opclasses=tuple(opclasses.split()[:width]),
-                        collations=tuple(collations.split()[:width]),
-                        definition=definition,
-                        access_method=access_method,
-                        expressions=expressions,
-                        include_columns=tuple(include_columns),
-                    )
-                )
+        with self._guarded("reading table statistics"), self.transaction() as conn:
+            tables = fetch_all(conn, "cli_plan_tables", PlanTable, {"schemas": schemas, "names": names})
+            indexes = project_indexes(conn, [table.qualified_name for table in tables])
         return {
-            relname: TableInfo(
-                name=relname, estimated_rows=reltuples, indexes=tuple(indexes[oid]), has_statistics=stats
+            table.relname: TableInfo(
+                name=table.relname,
+                estimated_rows=table.reltuples,
+                indexes=tuple(index.plan_index() for index in indexes if index.table_name == table.relname),
+                has_statistics=table.has_statistics,
             )
-            for oid, (relname, reltuples, stats) in tables.items()
+            for table in tables
         }
 
     @contextmanager
@@ -640,6 +568,22 @@ class ExplainSession:
             raise CliError(
                 f"{doing} on {self._target} failed: {_reason(exc)}", "rerun with --debug for details", EXIT_FAILED
             ) from None
+
+
+@dataclass(frozen=True)
+class PlanTable:
+    """A table a plan touches (`cli_plan_tables`)."""
+
+    oid: int
+    schema: str
+    relname: str
+    reltuples: float
+    has_statistics: bool
+
+    @property
+    def qualified_name(self) -> str:
+        """`"schema"."table"`, as `to_regclass` reads it."""
+        return ".".join('"' + part.replace('"', '""') + '"' for part in (self.schema, self.relname))
 
 
 def explain_prefix(options: ExplainOptions, kind: str, server_version: int) -> str:

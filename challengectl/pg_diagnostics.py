@@ -1,8 +1,10 @@
-"""PostgreSQL data access for `challengectl db activity|queries|indexes|tables` (docs/diagnostics.md#postgresql): the SQL,
-the reads, and typed records for their rows. Rendering lives in `challengectl/commands/db.py`.
+"""PostgreSQL data access for `challengectl db activity|queries|indexes|tables` (docs/diagnostics.md#postgresql): the
+reads and typed records for their rows. Rendering lives in `challengectl/commands/db.py`.
 
-SQL is composed only from the constant fragments of this module and identifiers quoted with
-`psycopg.sql`; every value is a bound parameter. Everything here reads, except the three destructive
+The statements are the named ones of sql/cli_queries.sql (`challengectl.cli_queries`). Three are composed
+here with `psycopg.sql`, because an identifier varies: the pg_stat_statements view and its columns, which
+differ across versions, and the table of `exact_count` and the goals-per-user histogram. Every value is a
+bound parameter. Everything here reads, except the three destructive
 actions the CLI confirms first (docs/cli.md#destructive-actions): `signal_backend` (cancel/terminate),
 `reset_statement_stats` and `create_suggested_index`.
 """
@@ -17,12 +19,20 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import class_row
 
+from challengectl import plans
+from challengectl.cli_queries import (
+    fetch_all,
+    fetch_all_async,
+    fetch_composed,
+    fetch_one,
+    fetch_one_async,
+    fetch_values,
+    fetch_values_async,
+)
 from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex, IndexKey, is_covered_by
 
 PROJECT_TABLES = (PROGRESS_TABLE, "reward_grants")
-QUERY_TEXT_CHARS = 200
 
 
 # --- server ---------------------------------------------------------------------------------------
@@ -34,9 +44,6 @@ class ServerInfo:
 
     server_version: str
     server_version_num: int
-    max_connections: int
-    superuser_reserved_connections: int
-    reserved_connections: int  # PostgreSQL 16+; 0 before
     shared_buffers: str
     work_mem: str
     shared_preload_libraries: str | None  # None: the role may not read it
@@ -48,50 +55,57 @@ class ServerInfo:
     stats_reset: datetime | None
 
     @property
-    def usable_connections(self) -> int:
-        return usable_connections(self.max_connections, self.superuser_reserved_connections, self.reserved_connections)
-
-    @property
     def cache_hit_pct(self) -> float | None:
         return hit_pct(self.blks_hit, self.blks_read)
 
 
-def usable_connections(max_connections: int, superuser_reserved: int, reserved: int) -> int:
-    """Connections open to ordinary roles such as the service's, the one formula of every report:
-    `max_connections − superuser_reserved_connections − reserved_connections`."""
-    return max_connections - superuser_reserved - reserved
-
-
-# The connection limits as columns, for the statements that report usable connections.
-CONNECTION_LIMIT_COLUMNS = """current_setting('max_connections')::int AS max_connections,
-       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
-       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved_connections"""
-
-
-_SERVER_INFO = f"""
-SELECT current_setting('server_version') AS server_version,
-       current_setting('server_version_num')::int AS server_version_num,
-       {CONNECTION_LIMIT_COLUMNS},
-       current_setting('shared_buffers') AS shared_buffers,
-       current_setting('work_mem') AS work_mem,
-       (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') AS shared_preload_libraries,
-       current_setting('TimeZone') AS timezone,
-       current_database() AS database,
-       pg_database_size(current_database()) AS database_size_bytes,
-       coalesce(d.blks_hit, 0) AS blks_hit,
-       coalesce(d.blks_read, 0) AS blks_read,
-       d.stats_reset
-FROM (SELECT 1) AS one
-LEFT JOIN pg_stat_database d ON d.datname = current_database()
-"""
-
-
 def server_info(conn: psycopg.Connection) -> ServerInfo:
-    """Version, connection limits, memory settings, preload libraries, database size and block hits."""
-    with conn.cursor(row_factory=class_row(ServerInfo)) as cur:
-        row = cur.execute(_SERVER_INFO).fetchone()
+    """Version, memory settings, preload libraries, database size and block hits."""
+    row = fetch_one(conn, "cli_server_info", ServerInfo)
     assert row is not None  # the statement always yields one row
     return row
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The server's connection limits (`reserved_connections`: PostgreSQL 16+, 0 before) and its client
+    sessions in every database: the one source of the usable and free connection figures of every report."""
+
+    max_connections: int
+    superuser_reserved_connections: int
+    reserved_connections: int
+    client_sessions: int
+
+    @property
+    def usable(self) -> int:
+        """Connections open to ordinary roles such as the service's:
+        `max_connections − superuser_reserved_connections − reserved_connections`."""
+        return self.max_connections - self.superuser_reserved_connections - self.reserved_connections
+
+    @property
+    def free(self) -> int:
+        """What the usable connections leave for new client sessions after every open one."""
+        return self.usable - self.client_sessions
+
+
+def connection_limits(conn: psycopg.Connection) -> ConnectionLimits:
+    """The connection limits and client sessions now."""
+    row = fetch_one(conn, "cli_connection_limits", ConnectionLimits)
+    assert row is not None  # the statement always yields one row
+    return row
+
+
+async def connection_limits_async(conn: psycopg.AsyncConnection[Any]) -> ConnectionLimits:
+    """`connection_limits` on an asynchronous connection."""
+    row = await fetch_one_async(conn, "cli_connection_limits", ConnectionLimits)
+    assert row is not None  # the statement always yields one row
+    return row
+
+
+async def server_version_async(conn: psycopg.AsyncConnection[Any]) -> str:
+    """The server's version string, e.g. `16.4 (Debian 16.4-1)`."""
+    [version] = await fetch_values_async(conn, "cli_server_version")
+    return str(version)
 
 
 def hit_pct(hit: int | None, read: int | None) -> float | None:
@@ -105,47 +119,44 @@ def hit_pct(hit: int | None, read: int | None) -> float | None:
 
 @dataclass(frozen=True)
 class ConnectionCount:
-    """Client sessions of the current database with one state and one application_name."""
+    """Client sessions of the current database with one state and one application_name; how many wait
+    on the client, and how many on locks or I/O."""
 
     state: str
     application_name: str
     connections: int
     waiting_on_client: int
+    waiting_on_server: int
 
 
 @dataclass(frozen=True)
 class ConnectionSummary:
-    """Sessions of the current database by state and application, and the server-wide total."""
+    """Sessions of the current database by state and application, and the server's limits and sessions."""
 
     groups: list[ConnectionCount]
     in_database: int
-    on_server: int
+    limits: ConnectionLimits
+
+    @property
+    def on_server(self) -> int:
+        return self.limits.client_sessions
 
 
-_CONNECTIONS_BY_STATE = """
-SELECT coalesce(state, 'unknown') AS state,
-       coalesce(application_name, '') AS application_name,
-       count(*)::int AS connections,
-       (count(*) FILTER (WHERE wait_event_type = 'Client'))::int AS waiting_on_client
-FROM pg_stat_activity
-WHERE datname = current_database() AND backend_type = 'client backend'
-GROUP BY 1, 2
-ORDER BY 3 DESC, 1, 2
-"""
-
-_CONNECTIONS_ON_SERVER = "SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend'"
+UNKNOWN_STATE = "unknown"
 
 
 def connection_summary(conn: psycopg.Connection) -> ConnectionSummary:
-    """Counts by `state` and `application_name` (incl. waiting on the client) and the server total."""
-    with conn.cursor(row_factory=class_row(ConnectionCount)) as cur:
-        groups = cur.execute(_CONNECTIONS_BY_STATE).fetchall()
-    on_server = conn.execute(_CONNECTIONS_ON_SERVER).fetchone()
-    return ConnectionSummary(
-        groups=groups,
-        in_database=sum(group.connections for group in groups),
-        on_server=int(on_server[0]) if on_server else 0,
-    )
+    """Counts by `state` and `application_name` (this session included), with the server's connection
+    limits and client sessions."""
+    groups = fetch_all(conn, "cli_connections_by_state", ConnectionCount, connection_groups_params())
+    limits = connection_limits(conn)
+    return ConnectionSummary(groups=groups, in_database=sum(group.connections for group in groups), limits=limits)
+
+
+def connection_groups_params(unknown_state: str = UNKNOWN_STATE, include_self: bool = True) -> dict[str, Any]:
+    """The parameters of `cli_connections_by_state`: the label of a hidden state, and whether the reading
+    session counts."""
+    return {"unknown_state": unknown_state, "include_self": include_self}
 
 
 @dataclass(frozen=True)
@@ -164,36 +175,16 @@ class SessionActivity:
     query: str | None
 
 
-_SESSION_COLUMNS = f"""
-SELECT pid, usename::text AS usename, application_name, host(client_addr) AS client_addr, state,
-       wait_event_type, wait_event,
-       (1000 * extract(epoch FROM now() - CASE WHEN state LIKE 'idle in transaction%%' THEN xact_start
-                                               ELSE query_start END))::float8 AS duration_ms,
-       left(query, {QUERY_TEXT_CHARS}) AS query
-FROM pg_stat_activity
-"""
-
-_LONG_RUNNING = f"""
-SELECT * FROM ({_SESSION_COLUMNS}
-  WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-    AND CASE WHEN %(state)s::text IS NULL THEN state IS DISTINCT FROM 'idle' ELSE state = %(state)s END
-) AS sessions
-WHERE coalesce(duration_ms, 0) >= %(min_duration_ms)s
-ORDER BY duration_ms DESC NULLS LAST, pid
-"""
-
-
 def long_running(conn: psycopg.Connection, min_duration_ms: float, state: str | None = None) -> list[SessionActivity]:
     """Sessions other than this one, running at least `min_duration_ms`, longest first: the non-idle
     ones, or those in `state` when given."""
-    with conn.cursor(row_factory=class_row(SessionActivity)) as cur:
-        return cur.execute(_LONG_RUNNING, {"state": state, "min_duration_ms": min_duration_ms}).fetchall()
+    params = {"pid": None, "state": state, "min_duration_ms": min_duration_ms}
+    return fetch_all(conn, "cli_sessions", SessionActivity, params)
 
 
 def find_backend(conn: psycopg.Connection, pid: int) -> SessionActivity | None:
     """The backend with process id `pid` (any database), or None."""
-    with conn.cursor(row_factory=class_row(SessionActivity)) as cur:
-        return cur.execute(_SESSION_COLUMNS + "WHERE pid = %(pid)s", {"pid": pid}).fetchone()
+    return fetch_one(conn, "cli_sessions", SessionActivity, {"pid": pid, "state": None, "min_duration_ms": 0})
 
 
 @dataclass(frozen=True)
@@ -229,73 +220,24 @@ class BlockerSession:
     blocked_by: list[int]
 
 
-# `pg_locks.waitstart` exists from PostgreSQL 14; before that the wait is timed from the state change.
-_WAITSTART = sql.SQL("waitstart")
-_NO_WAITSTART = sql.SQL("NULL::timestamptz")
-
-_BLOCKED_SESSIONS = """
-SELECT a.pid, a.usename::text AS usename, a.application_name, a.state, a.wait_event_type, a.wait_event,
-       (1000 * extract(epoch FROM now() - a.query_start))::float8 AS query_ms,
-       (1000 * extract(epoch FROM now() - coalesce(waiting.waitstart, a.state_change)))::float8 AS lock_wait_ms,
-       waiting.mode AS lock_mode, waiting.locktype AS lock_type,
-       coalesce(waiting.relation, tuple_lock.relation)::regclass::text AS relation,
-       left(a.query, {query_chars}) AS query,
-       pg_blocking_pids(a.pid) AS blocker_pids
-FROM pg_stat_activity a
-LEFT JOIN LATERAL (
-  SELECT l.mode, l.locktype, l.relation, {waitstart} AS waitstart
-  FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted LIMIT 1
-) AS waiting ON true
--- A row-lock wait is on the holder's transaction id; the tuple lock names the table.
-LEFT JOIN LATERAL (
-  SELECT l.relation FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'tuple' LIMIT 1
-) AS tuple_lock ON true
-WHERE a.datname = current_database() AND cardinality(pg_blocking_pids(a.pid)) > 0
-ORDER BY lock_wait_ms DESC NULLS LAST, a.pid
-"""
-
-_BLOCKERS = f"""
-SELECT pid, usename::text AS usename, application_name, state,
-       (1000 * extract(epoch FROM now() - xact_start))::float8 AS xact_age_ms,
-       left(query, {QUERY_TEXT_CHARS}) AS query,
-       pg_blocking_pids(pid) AS blocked_by
-FROM pg_stat_activity
-WHERE pid = ANY(%(pids)s)
-ORDER BY pid
-"""
-
-
-def blocked_sessions_sql(server_version_num: int) -> sql.Composed:
-    """The blocked-sessions statement for a server version (lock wait start from PostgreSQL 14)."""
-    waitstart = _WAITSTART if server_version_num >= 140000 else _NO_WAITSTART
-    return sql.SQL(_BLOCKED_SESSIONS).format(waitstart=waitstart, query_chars=sql.Literal(QUERY_TEXT_CHARS))
-
-
-def blocking_chains(
-    conn: psycopg.Connection, server_version_num: int
-) -> tuple[list[BlockedSession], dict[int, BlockerSession]]:
+def blocking_chains(conn: psycopg.Connection) -> tuple[list[BlockedSession], dict[int, BlockerSession]]:
     """Every blocked backend of the current database, and every backend blocking one, by pid."""
-    with conn.cursor(row_factory=class_row(BlockedSession)) as cur:
-        blocked = cur.execute(blocked_sessions_sql(server_version_num)).fetchall()
+    blocked = fetch_all(conn, "cli_blocked_sessions", BlockedSession)
     pids = sorted({pid for session in blocked for pid in session.blocker_pids})
     if not pids:
         return blocked, {}
-    with conn.cursor(row_factory=class_row(BlockerSession)) as cur:
-        blockers = cur.execute(_BLOCKERS, {"pids": pids}).fetchall()
+    blockers = fetch_all(conn, "cli_blockers", BlockerSession, {"pids": pids})
     return blocked, {blocker.pid: blocker for blocker in blockers}
 
 
-SIGNALS = {
-    "cancel": sql.SQL("SELECT pg_cancel_backend(%(pid)s)"),
-    "terminate": sql.SQL("SELECT pg_terminate_backend(%(pid)s)"),
-}
+SIGNALS = {"cancel": "cli_cancel_backend", "terminate": "cli_terminate_backend"}
 
 
 def signal_backend(conn: psycopg.Connection, pid: int, action: str) -> bool:
     """Destructive: `pg_cancel_backend` (action `cancel`) or `pg_terminate_backend` (`terminate`).
     Returns what PostgreSQL returned (False: the signal was not sent)."""
-    row = conn.execute(SIGNALS[action], {"pid": pid}).fetchone()
-    return bool(row and row[0])
+    [signalled] = fetch_values(conn, SIGNALS[action], {"pid": pid})
+    return bool(signalled)
 
 
 # --- pg_stat_statements ---------------------------------------------------------------------------
@@ -303,6 +245,9 @@ def signal_backend(conn: psycopg.Connection, pid: int, action: str) -> bool:
 
 class StatementStatsUnavailable(Exception):
     """pg_stat_statements cannot be read here: not created in this database, or not preloaded."""
+
+
+NOT_LOADED = "pg_stat_statements is created but not loaded: it is missing from shared_preload_libraries"
 
 
 @dataclass(frozen=True)
@@ -380,18 +325,8 @@ _ORDER_BY = {
     "io": sql.SQL("io_ms DESC NULLS LAST, shared_blks_read DESC"),
 }
 
-_EXTENSION = """
-SELECT n.nspname AS schema, e.extversion AS version
-FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-WHERE e.extname = 'pg_stat_statements'
-"""
-
-_VIEW_COLUMNS = """
-SELECT a.attname FROM pg_attribute a
-WHERE a.attrelid = to_regclass(format('%%I.pg_stat_statements', %(schema)s::text)) AND a.attnum > 0
-  AND NOT a.attisdropped
-"""
-
+# Composed here, not named in sql/cli_queries.sql: the view's schema and its timing columns are identifiers
+# that differ across installations and PostgreSQL versions (`statement_columns`).
 _TOP_STATEMENTS = """
 WITH stats AS (
   SELECT * FROM {view} s WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -431,15 +366,26 @@ def top_statements_sql(schema: str, columns: StatementColumns, order: str) -> sq
     )
 
 
+@dataclass(frozen=True)
+class ExtensionVersion:
+    """Where an extension is created and its version."""
+
+    schema: str
+    version: str
+
+
 def statement_stats_view(conn: psycopg.Connection) -> StatementStatsView:
     """The installed pg_stat_statements; `StatementStatsUnavailable` when it is not created here."""
-    row = conn.execute(_EXTENSION).fetchone()
-    if row is None:
+    extension = fetch_one(conn, "cli_statement_stats_extension", ExtensionVersion)
+    if extension is None:
         database = conn.info.dbname
         raise StatementStatsUnavailable(f"the pg_stat_statements extension is not created in database {database}")
-    schema, version = row
-    names = [name for (name,) in conn.execute(_VIEW_COLUMNS, {"schema": schema}).fetchall()]
-    return StatementStatsView(schema=schema, version=version, columns=statement_columns(names))
+    columns = fetch_values(conn, "cli_statement_stats_columns", {"schema": extension.schema})
+    return StatementStatsView(
+        schema=extension.schema,
+        version=extension.version,
+        columns=statement_columns(columns),
+    )
 
 
 def top_statements(
@@ -456,23 +402,19 @@ def top_statements(
     statement = top_statements_sql(view.schema, view.columns, order)
     params = {"min_calls": min_calls, "filter": text_filter or None, "limit": limit}
     try:
-        with conn.cursor(row_factory=class_row(StatementStats)) as cur:
-            return cur.execute(statement, params).fetchall()
+        return fetch_composed(conn, statement, StatementStats, params)
     except psycopg.errors.ObjectNotInPrerequisiteState:
-        raise StatementStatsUnavailable(
-            "pg_stat_statements is created but not loaded: it is missing from shared_preload_libraries"
-        ) from None
+        raise StatementStatsUnavailable(NOT_LOADED) from None
 
 
 def reset_statement_stats(conn: psycopg.Connection, view: StatementStatsView) -> None:
     """Destructive: `pg_stat_statements_reset()`, which clears the statistics of every database and
     every consumer of the view."""
     try:
+        # Composed: the function lives in the extension's schema, an identifier.
         conn.execute(sql.SQL("SELECT {}()").format(sql.Identifier(view.schema, "pg_stat_statements_reset")))
     except psycopg.errors.ObjectNotInPrerequisiteState:
-        raise StatementStatsUnavailable(
-            "pg_stat_statements is created but not loaded: it is missing from shared_preload_libraries"
-        ) from None
+        raise StatementStatsUnavailable(NOT_LOADED) from None
 
 
 _PLACEHOLDER = re.compile(r"%(?:(%)|\((\w+)\)[sbt])")
@@ -533,59 +475,37 @@ class IndexInfo:
     @property
     def key(self) -> IndexKey:
         """The parts the docs/data-model.md#indexes duplicate rule compares."""
-        return IndexKey(
+        return self.plan_index().key
+
+    def plan_index(self) -> plans.IndexInfo:
+        """The index as the plan reader describes it (`explain`)."""
+        return plans.IndexInfo(
+            name=self.index_name,
+            table=self.table_name,
             columns=tuple(self.columns),
+            unique=self.is_unique,
+            primary=self.is_primary,
+            valid=self.is_valid,
+            predicate=self.predicate,
             opclasses=tuple(str(oid) for oid in self.opclasses),
             collations=tuple(str(oid) for oid in self.collations),
-            unique=self.is_unique,
+            definition=self.definition,
             access_method=self.access_method,
-            predicate=self.predicate,
             expressions=self.expressions,
             include_columns=tuple(self.include_columns),
         )
 
 
-_INDEXES = """
-SELECT t.relname::text AS table_name, ic.relname::text AS index_name,
-       ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true) FROM generate_series(1, i.indnkeyatts) k) AS columns,
-       ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
-             FROM generate_series(i.indnkeyatts + 1, i.indnatts) k) AS include_columns,
-       ARRAY(SELECT i.indclass[k]::int8 FROM generate_series(0, i.indnkeyatts - 1) k) AS opclasses,
-       ARRAY(SELECT i.indcollation[k]::int8 FROM generate_series(0, i.indnkeyatts - 1) k) AS collations,
-       am.amname::text AS access_method,
-       pg_get_expr(i.indpred, i.indrelid, true) AS predicate,
-       pg_get_expr(i.indexprs, i.indrelid, true) AS expressions,
-       i.indisprimary AS is_primary, i.indisunique AS is_unique, i.indisvalid AS is_valid,
-       (SELECT c.conname::text FROM pg_constraint c
-        WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
-        LIMIT 1) AS constraint_name,
-       coalesce(s.idx_scan, 0) AS idx_scan, coalesce(s.idx_tup_read, 0) AS idx_tup_read,
-       coalesce(s.idx_tup_fetch, 0) AS idx_tup_fetch,
-       pg_relation_size(i.indexrelid) AS size_bytes,
-       pg_get_indexdef(i.indexrelid) AS definition
-FROM pg_index i
-JOIN pg_class ic ON ic.oid = i.indexrelid
-JOIN pg_class t ON t.oid = i.indrelid
-JOIN pg_am am ON am.oid = ic.relam
-LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = i.indexrelid
-WHERE i.indrelid IN (SELECT to_regclass(name) FROM unnest(%(tables)s::text[]) AS name)
-ORDER BY t.relname, ic.relname
-"""
-
-
 def project_indexes(conn: psycopg.Connection, tables: Sequence[str] = PROJECT_TABLES) -> list[IndexInfo]:
     """Every index of `tables` (resolved through the search_path), by table and name."""
-    with conn.cursor(row_factory=class_row(IndexInfo)) as cur:
-        return cur.execute(_INDEXES, {"tables": list(tables)}).fetchall()
+    return fetch_all(conn, "cli_project_indexes", IndexInfo, {"tables": list(tables)})
 
 
 async def project_indexes_async(
     conn: psycopg.AsyncConnection[Any], tables: Sequence[str] = PROJECT_TABLES
 ) -> list[IndexInfo]:
     """`project_indexes` on an asynchronous connection (doctor's session)."""
-    async with conn.cursor(row_factory=class_row(IndexInfo)) as cur:
-        await cur.execute(_INDEXES, {"tables": list(tables)})
-        return await cur.fetchall()
+    return await fetch_all_async(conn, "cli_project_indexes", IndexInfo, {"tables": list(tables)})
 
 
 @dataclass(frozen=True)
@@ -598,17 +518,9 @@ class StatsAge:
     age_s: float
 
 
-_STATS_AGE = """
-SELECT d.stats_reset, coalesce(d.stats_reset, pg_postmaster_start_time()) AS since,
-       extract(epoch FROM now() - coalesce(d.stats_reset, pg_postmaster_start_time()))::float8 AS age_s
-FROM (SELECT 1) AS one LEFT JOIN pg_stat_database d ON d.datname = current_database()
-"""
-
-
 def stats_age(conn: psycopg.Connection) -> StatsAge:
     """The age of the current database's statistics (`pg_stat_database.stats_reset`)."""
-    with conn.cursor(row_factory=class_row(StatsAge)) as cur:
-        row = cur.execute(_STATS_AGE).fetchone()
+    row = fetch_one(conn, "cli_stats_age", StatsAge)
     assert row is not None  # the statement always yields one row
     return row
 
@@ -839,47 +751,14 @@ class TableStats:
         return round(self.table_bytes / rows, 1) if rows else None
 
 
-_TABLES = """
-SELECT c.relname::text AS table_name,
-       pg_total_relation_size(c.oid) AS total_bytes, pg_table_size(c.oid) AS table_bytes,
-       pg_indexes_size(c.oid) AS indexes_bytes,
-       CASE WHEN c.reltoastrelid = 0 THEN 0 ELSE pg_total_relation_size(c.reltoastrelid) END AS toast_bytes,
-       -- reltuples is -1 before the first VACUUM/ANALYZE (PostgreSQL 14+): no estimate yet.
-       CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::int8 END AS estimated_rows,
-       coalesce(s.n_live_tup, 0) AS live_rows, coalesce(s.n_dead_tup, 0) AS dead_rows,
-       round(100.0 * s.n_dead_tup / nullif(s.n_live_tup + s.n_dead_tup, 0), 2)::float8 AS dead_pct,
-       coalesce(s.seq_scan, 0) AS seq_scan, coalesce(s.seq_tup_read, 0) AS seq_tup_read,
-       coalesce(s.idx_scan, 0) AS idx_scan, coalesce(s.idx_tup_fetch, 0) AS idx_tup_fetch,
-       coalesce(s.n_tup_ins, 0) AS n_tup_ins, coalesce(s.n_tup_upd, 0) AS n_tup_upd,
-       coalesce(s.n_tup_hot_upd, 0) AS n_tup_hot_upd,
-       round(100.0 * s.n_tup_hot_upd / nullif(s.n_tup_upd, 0), 2)::float8 AS hot_update_pct,
-       coalesce(s.n_tup_del, 0) AS n_tup_del, coalesce(s.n_mod_since_analyze, 0) AS n_mod_since_analyze,
-       s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze,
-       coalesce(s.vacuum_count, 0) AS vacuum_count, coalesce(s.autovacuum_count, 0) AS autovacuum_count,
-       coalesce(s.analyze_count, 0) AS analyze_count, coalesce(s.autoanalyze_count, 0) AS autoanalyze_count,
-       coalesce(io.heap_blks_hit, 0) AS heap_blks_hit, coalesce(io.heap_blks_read, 0) AS heap_blks_read,
-       coalesce(io.idx_blks_hit, 0) AS idx_blks_hit, coalesce(io.idx_blks_read, 0) AS idx_blks_read
-FROM pg_class c
-LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-LEFT JOIN pg_statio_user_tables io ON io.relid = c.oid
-WHERE c.oid IN (SELECT to_regclass(name) FROM unnest(%(tables)s::text[]) AS name)
-ORDER BY c.relname
-"""
-
-
 def existing_tables(conn: psycopg.Connection, tables: Sequence[str] = PROJECT_TABLES) -> list[str]:
     """Those of `tables` that exist (resolved through the search_path)."""
-    rows = conn.execute(
-        "SELECT name FROM unnest(%(tables)s::text[]) AS name WHERE to_regclass(name) IS NOT NULL",
-        {"tables": list(tables)},
-    ).fetchall()
-    return [name for (name,) in rows]
+    return fetch_values(conn, "cli_existing_tables", {"tables": list(tables)})
 
 
 def table_stats(conn: psycopg.Connection, tables: Sequence[str] = PROJECT_TABLES) -> list[TableStats]:
     """Statistics of those of `tables` that exist (resolved through the search_path)."""
-    with conn.cursor(row_factory=class_row(TableStats)) as cur:
-        return cur.execute(_TABLES, {"tables": list(tables)}).fetchall()
+    return fetch_all(conn, "cli_table_stats", TableStats, {"tables": list(tables)})
 
 
 @dataclass(frozen=True)
@@ -892,13 +771,12 @@ class ExactCount:
 
 
 def exact_count(conn: psycopg.Connection, table: str) -> ExactCount:
-    """Real counts for `table` (a full scan, bounded by the session's statement timeout)."""
+    """Real counts for `table` (a full scan, bounded by the session's statement timeout). Composed: the
+    table is an identifier."""
     statement = sql.SQL(
         "SELECT %(table)s::text AS table_name, count(*) AS rows, count(DISTINCT user_id) AS distinct_users FROM {}"
     ).format(sql.Identifier(table))
-    with conn.cursor(row_factory=class_row(ExactCount)) as cur:
-        row = cur.execute(statement, {"table": table}).fetchone()
-    assert row is not None  # an aggregate always yields one row
+    [row] = fetch_composed(conn, statement, ExactCount, {"table": table})  # an aggregate: one row
     return row
 
 
@@ -951,6 +829,7 @@ class HistogramGroup:
     max_active: int
 
 
+# Composed, not named in sql/cli_queries.sql: the table is an identifier and the sample clause optional.
 _HISTOGRAM = """
 WITH per_user AS (
   SELECT user_id, count(*) AS all_rows, count(*) FILTER (WHERE is_active) AS active_rows
@@ -977,9 +856,7 @@ def goals_per_user(
         table=sql.Identifier(table), sample=_SAMPLE if sample_pct is not None else sql.SQL("")
     )
     params: dict[str, Any] = {"bounds": list(HISTOGRAM_BOUNDS), "sample_pct": sample_pct}
-    with conn.cursor(row_factory=class_row(HistogramGroup)) as cur:
-        groups = cur.execute(statement, params).fetchall()
-    return summarise_histogram(groups, sample_pct)
+    return summarise_histogram(fetch_composed(conn, statement, HistogramGroup, params), sample_pct)
 
 
 def summarise_histogram(groups: Sequence[HistogramGroup], sample_pct: float | None) -> GoalsPerUser:

@@ -380,12 +380,12 @@ def test_statement_timeout_is_a_critical_finding(seeded_url: str, capsys) -> Non
 
 
 def test_sessions_identify_as_the_cli(seeded_url: str) -> None:
-    with ExplainSession(seeded_url) as session, session.transaction() as cursor:
-        cursor.execute(
+    with ExplainSession(seeded_url) as session, session.transaction() as conn:
+        row = conn.execute(
             "SELECT current_setting('application_name'), current_setting('transaction_read_only'), "
             "current_setting('lock_timeout'), current_setting('TimeZone')"
-        )
-        assert cursor.fetchone() == (APPLICATION_NAME, "on", "1s", "UTC")
+        ).fetchone()
+        assert row == (APPLICATION_NAME, "on", "1s", "UTC")
 
 
 # --- parameter derivation (no database) ----------------------------------------------------------

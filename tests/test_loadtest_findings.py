@@ -142,7 +142,7 @@ def test_pool_command_applies_the_same_rule() -> None:
     from challengectl.commands.pool import bottleneck
 
     app = {"db": {"max_size": 20, "in_use": 20, "waiting": 217}}
-    server = {"service_active": 5, "service_waiting": 0, "available": 97, "total": 27}
+    server = {"service_active": 5, "service_waiting": 0, "available": 97, "total": 27, "free": 70}
     verdict = bottleneck(app, server)
     assert verdict is not None and verdict["id"] == "pool_held_idle"
     assert verdict["advice"].startswith("do not raise db_pool_max")

@@ -226,17 +226,13 @@ def _invalid_user_id(which: str, hint: str) -> CliError:
 
 async def active_users(store: Store, skip: set[str]) -> AsyncIterator[list[str]]:
     """Every user with an active row, a page at a time, without the ids in `skip`."""
-    from challengectl.cli_queries import cli_sql
+    from challengectl.cli_queries import fetch_values_async
 
     after = ""
     while True:
         async with store.connection() as conn:
-            page = [
-                row[0]
-                for row in await (
-                    await conn.execute(cli_sql("cli_active_users_page"), {"after": after, "page": ACTIVE_USERS_PAGE})
-                ).fetchall()
-            ]
+            params = {"after": after, "page": ACTIVE_USERS_PAGE}
+            page = await fetch_values_async(conn, "cli_active_users_page", params)
         if not page:
             return
         after = page[-1]

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from challengectl.context import command_group, examples, get_cli
+from challengectl.context import command_group, examples, get_cli, register_group
 from challengectl.output import Column
 from challengectl.player_views import GOAL_COLUMNS, challenge_path, format_expires_in, goal_summary
 
@@ -64,6 +64,7 @@ CHALLENGE_COLUMNS = [
 # --- commands ------------------------------------------------------------------------------------
 
 
+@app.command("list", epilog=LIST_EXAMPLES)
 def list_challenges(
     ctx: typer.Context,
     active_only: bool = typer.Option(False, "--active-only", help=ACTIVE_ONLY_HELP),
@@ -76,6 +77,7 @@ def list_challenges(
     cli.output.emit_api(payload, rows=rows, columns=CHALLENGE_COLUMNS)
 
 
+@app.command("get", epilog=GET_EXAMPLES)
 def get_challenge(
     ctx: typer.Context,
     challenge_id: str = typer.Argument(..., metavar="ID", help="the challenge id"),
@@ -93,6 +95,7 @@ def get_challenge(
     )
 
 
+@app.command("rotation", epilog=ROTATION_EXAMPLES)
 def rotation_status(
     ctx: typer.Context,
     challenge_id: str = typer.Argument(..., metavar="ID", help="the challenge id"),
@@ -127,10 +130,9 @@ def rotation_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
 
 def register(root: typer.Typer) -> None:
     """Add the `challenges` group and the hidden reference aliases to the root app."""
-    app.command("list", epilog=LIST_EXAMPLES)(list_challenges)
-    app.command("get", epilog=GET_EXAMPLES)(get_challenge)
-    app.command("rotation", epilog=ROTATION_EXAMPLES)(rotation_status)
-    root.add_typer(app, name="challenges")
-    root.command("list-challenges", hidden=True, epilog=LIST_EXAMPLES)(list_challenges)
-    root.command("get-challenge", hidden=True, epilog=GET_EXAMPLES)(get_challenge)
-    root.command("get-rotation-status", hidden=True, epilog=ROTATION_EXAMPLES)(rotation_status)
+    register_group(
+        root,
+        app,
+        "challenges",
+        {"list-challenges": list_challenges, "get-challenge": get_challenge, "get-rotation-status": rotation_status},
+    )

@@ -182,25 +182,25 @@ def activity_snapshot(conn: psycopg.Connection, min_duration_ms: float, state: s
     """Connections by state and application, against the server's limit, plus the long-running sessions."""
     from challengectl import pg_diagnostics as pgd
 
-    info = pgd.server_info(conn)
     summary = pgd.connection_summary(conn)
     sessions = pgd.long_running(conn, min_duration_ms, state)
+    limits = summary.limits
     by_state: dict[str, int] = {}
     by_application: dict[str, int] = {}
     for group in summary.groups:
         by_state[group.state] = by_state.get(group.state, 0) + group.connections
         by_application[group.application_name] = by_application.get(group.application_name, 0) + group.connections
     # Lists rather than objects keyed by state: JSON keys stay snake_case field names.
-    usable = info.usable_connections
+    usable = limits.usable
     return {
         "ts": now_rfc3339(),
-        "database": info.database,
+        "database": conn.info.dbname,
         "connections": {
             "in_database": summary.in_database,
             "on_server": summary.on_server,
-            "max_connections": info.max_connections,
-            "superuser_reserved_connections": info.superuser_reserved_connections,
-            "reserved_connections": info.reserved_connections,
+            "max_connections": limits.max_connections,
+            "superuser_reserved_connections": limits.superuser_reserved_connections,
+            "reserved_connections": limits.reserved_connections,
             "usable_connections": usable,
             "utilisation_pct": round(100.0 * summary.on_server / usable, 1) if usable > 0 else None,
             "waiting_on_client": sum(group.waiting_on_client for group in summary.groups),
@@ -243,14 +243,13 @@ def blocking_snapshot(conn: psycopg.Connection) -> dict[str, Any]:
     """Every blocked session with its ungranted lock and its blockers (state, transaction age, query)."""
     from challengectl import pg_diagnostics as pgd
 
-    info = pgd.server_info(conn)
-    blocked, blockers = pgd.blocking_chains(conn, info.server_version_num)
+    blocked, blockers = pgd.blocking_chains(conn)
     items = []
     for session in blocked:
         entry = asdict(session)
         entry["blockers"] = [asdict(blockers[pid]) for pid in session.blocker_pids if pid in blockers]
         items.append(entry)
-    return {"ts": now_rfc3339(), "database": info.database, **listing(items)}
+    return {"ts": now_rfc3339(), "database": conn.info.dbname, **listing(items)}
 
 
 def blocking_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -832,6 +831,7 @@ def tables_report(conn: psycopg.Connection, exact: bool, histogram: bool, sample
     from challengectl import pg_diagnostics as pgd
 
     info = pgd.server_info(conn)
+    limits = pgd.connection_limits(conn)
     stats = pgd.table_stats(conn)
     counts = {s.table_name: pgd.exact_count(conn, s.table_name) for s in stats} if exact else {}
     report: dict[str, Any] = {
@@ -845,9 +845,9 @@ def tables_report(conn: psycopg.Connection, exact: bool, histogram: bool, sample
         "settings": {
             "server_version": info.server_version,
             "server_version_num": info.server_version_num,
-            "max_connections": info.max_connections,
-            "superuser_reserved_connections": info.superuser_reserved_connections,
-            "reserved_connections": info.reserved_connections,
+            "max_connections": limits.max_connections,
+            "superuser_reserved_connections": limits.superuser_reserved_connections,
+            "reserved_connections": limits.reserved_connections,
             "shared_buffers": info.shared_buffers,
             "work_mem": info.work_mem,
             "shared_preload_libraries": info.shared_preload_libraries,

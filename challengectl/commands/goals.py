@@ -14,7 +14,7 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
-from challengectl.context import command_group, examples, get_cli
+from challengectl.context import command_group, examples, get_cli, register_group
 from challengectl.errors import EXIT_USAGE, CliError
 from challengectl.output import Output
 from challengectl.player_views import (
@@ -76,11 +76,13 @@ def _set_active(ctx: typer.Context, challenge_id: str, goal_id: str, active: boo
     cli.output.emit_api(payload)
 
 
+@app.command("activate", epilog=ACTIVATE_EXAMPLES)
 def activate(ctx: typer.Context, challenge_id: str = CHALLENGE_ARG, goal_id: str = GOAL_ARG) -> None:
     """Make a goal active (idempotent)."""
     _set_active(ctx, challenge_id, goal_id, True)
 
 
+@app.command("deactivate", epilog=DEACTIVATE_EXAMPLES)
 def deactivate(ctx: typer.Context, challenge_id: str = CHALLENGE_ARG, goal_id: str = GOAL_ARG) -> None:
     """Make a goal inactive (idempotent)."""
     _set_active(ctx, challenge_id, goal_id, False)
@@ -116,6 +118,7 @@ def parse_goal_ids(text: str) -> list[str]:
     return ids
 
 
+@app.command("select", epilog=SELECT_EXAMPLES)
 def select(
     ctx: typer.Context,
     challenge_id: str = CHALLENGE_ARG,
@@ -132,6 +135,7 @@ def select(
     emit_selection(cli.output, payload)
 
 
+@app.command("random", epilog=RANDOM_EXAMPLES)
 def random_select(
     ctx: typer.Context,
     challenge_id: str = CHALLENGE_ARG,
@@ -165,6 +169,7 @@ def emit_selection(out: Output, payload: Mapping[str, Any]) -> None:
     out.emit_api(payload, rows=rows, columns=SELECTED_COLUMNS, table=table)
 
 
+@app.command("claim", epilog=CLAIM_EXAMPLES)
 def claim(ctx: typer.Context, challenge_id: str = CHALLENGE_ARG, goal_id: str = GOAL_ARG) -> None:
     """Claim a completed goal's reward (exactly once)."""
     cli = get_cli(ctx)
@@ -175,13 +180,5 @@ def claim(ctx: typer.Context, challenge_id: str = CHALLENGE_ARG, goal_id: str = 
 
 def register(root: typer.Typer) -> None:
     """Add the `goals` group and the hidden reference aliases to the root app."""
-    app.command("activate", epilog=ACTIVATE_EXAMPLES)(activate)
-    app.command("deactivate", epilog=DEACTIVATE_EXAMPLES)(deactivate)
-    app.command("select", epilog=SELECT_EXAMPLES)(select)
-    app.command("random", epilog=RANDOM_EXAMPLES)(random_select)
-    app.command("claim", epilog=CLAIM_EXAMPLES)(claim)
-    root.add_typer(app, name="goals")
+    register_group(root, app, "goals", {"batch-select": select, "random-select": random_select, "claim-reward": claim})
     root.command("set-goal-active", hidden=True, epilog=SET_ACTIVE_EXAMPLES)(set_goal_active)
-    root.command("batch-select", hidden=True, epilog=SELECT_EXAMPLES)(select)
-    root.command("random-select", hidden=True, epilog=RANDOM_EXAMPLES)(random_select)
-    root.command("claim-reward", hidden=True, epilog=CLAIM_EXAMPLES)(claim)

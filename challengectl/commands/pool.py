@@ -18,7 +18,7 @@ import typer
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from challengectl.bottleneck import SERVICE_SESSIONS_SQL, diagnose, pool_snapshot_evidence
+from challengectl.bottleneck import diagnose, pool_snapshot_evidence
 from challengectl.connections import database_target
 from challengectl.context import examples, get_cli
 from challengectl.errors import EXIT_GATE, EXIT_USAGE, CliError
@@ -40,70 +40,51 @@ WARN_PCT = 80.0
 CONNECT_TIMEOUT_S = 5
 INSUFFICIENT_PRIVILEGE = "<insufficient privilege>"
 
-# Cluster-wide: max_connections limits client sessions of every database, not just this one. The limit
-# columns come from pg_diagnostics (psycopg), imported when the command runs.
-SERVER_LIMITS_SQL = """
-SELECT current_database() AS database,
-       {limit_columns},
-       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS total
-"""
-
-# Without pg_read_all_stats, other roles' sessions show a NULL state.
-SESSIONS_SQL = """
-SELECT coalesce(state, %(hidden)s) AS state,
-       coalesce(nullif(application_name, ''), '(unnamed)') AS application_name,
-       count(*)::int AS sessions,
-       (count(*) FILTER (WHERE wait_event_type = 'Client'))::int AS waiting_on_client
-  FROM pg_stat_activity
- WHERE datname = current_database()
-   AND backend_type = 'client backend'
- GROUP BY 1, 2
- ORDER BY 1, 2
-"""
-
-
 # ---------------------------------------------------------------------------------------------------
 # Data
 
 
 async def read_server_connections(database_url: str) -> dict[str, Any]:
-    """Server-side connection usage from `pg_stat_activity` and the connection limits (docs/diagnostics.md#postgresql)."""
+    """Server-side connection usage from `pg_stat_activity` and the connection limits (docs/diagnostics.md#postgresql).
+    max_connections limits client sessions of every database, not just this one."""
     import psycopg
 
     from challengectl import database
-    from challengectl.pg_diagnostics import CONNECTION_LIMIT_COLUMNS, usable_connections
+    from challengectl.bottleneck import ServiceSessions
+    from challengectl.cli_queries import fetch_all_async, fetch_one_async
+    from challengectl.pg_diagnostics import ConnectionCount, connection_groups_params, connection_limits_async
 
     try:
         async with await database.connect_async(database_url, None, CONNECT_TIMEOUT_S) as conn:
-            limits_sql = SERVER_LIMITS_SQL.format(limit_columns=CONNECTION_LIMIT_COLUMNS)
-            limits = await (await conn.execute(limits_sql)).fetchone()
-            sessions = await (await conn.execute(SESSIONS_SQL, {"hidden": INSUFFICIENT_PRIVILEGE})).fetchall()
-            service = await (await conn.execute(SERVICE_SESSIONS_SQL)).fetchone()
+            database_name = conn.info.dbname
+            limits = await connection_limits_async(conn)
+            groups = await fetch_all_async(
+                conn, "cli_connections_by_state", ConnectionCount, connection_groups_params(INSUFFICIENT_PRIVILEGE)
+            )
+            service = await fetch_one_async(conn, "cli_service_sessions", ServiceSessions)
     except psycopg.Error as exc:
         raise database.unreachable(database_url, exc) from None
-    assert limits is not None and service is not None
-    database_name, max_connections, superuser_reserved, reserved, total = limits
+    assert service is not None  # an aggregate always yields one row
     by_state: dict[str, int] = {}
     by_application: dict[str, int] = {}
-    waiting_on_client = 0
-    for state, application, count, waiting in sessions:
-        by_state[state] = by_state.get(state, 0) + count
-        by_application[application] = by_application.get(application, 0) + count
-        waiting_on_client += waiting
-    available = usable_connections(max_connections, superuser_reserved, reserved)
+    for group in groups:
+        application = group.application_name or "(unnamed)"
+        by_state[group.state] = by_state.get(group.state, 0) + group.connections
+        by_application[application] = by_application.get(application, 0) + group.connections
     return {
         "database": database_name,
-        "max_connections": max_connections,
-        "superuser_reserved_connections": superuser_reserved,
-        "reserved_connections": reserved,
-        "available": available,
-        "total": total,
+        "max_connections": limits.max_connections,
+        "superuser_reserved_connections": limits.superuser_reserved_connections,
+        "reserved_connections": limits.reserved_connections,
+        "available": limits.usable,
+        "total": limits.client_sessions,
+        "free": limits.free,
         "database_sessions": sum(by_state.values()),
         "by_state": by_state,
         "by_application": by_application,
-        "waiting_on_client": waiting_on_client,
-        "service_active": service[0],
-        "service_waiting": service[1],
+        "waiting_on_client": sum(group.waiting_on_client for group in groups),
+        "service_active": service.active,
+        "service_waiting": service.waiting,
     }
 
 
@@ -182,7 +163,7 @@ def bottleneck(app: dict[str, Any] | None, server: dict[str, Any] | None) -> dic
     if app is None or server is None:
         return None
     evidence = pool_snapshot_evidence(
-        app.get("db", {}), server["service_active"], server["service_waiting"], server["available"] - server["total"]
+        app.get("db", {}), server["service_active"], server["service_waiting"], server["free"]
     )
     verdicts = diagnose(evidence)
     return asdict(verdicts[0]) if verdicts else None

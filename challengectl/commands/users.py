@@ -13,6 +13,8 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,7 +23,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from challengectl.connections import database_target, require_service_redis_url
-from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
+from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration, register_group
 from challengectl.errors import (
     EXIT_AUTH,
     EXIT_NOT_FOUND,
@@ -79,6 +81,7 @@ BACKDATE_EXAMPLES = examples(
 # --- users init ----------------------------------------------------------------------------------
 
 
+@app.command("init", epilog=INIT_EXAMPLES)
 def init_users(
     ctx: typer.Context,
     users: list[str] | None = typer.Argument(
@@ -374,6 +377,7 @@ def _first_line(exc: BaseException) -> str:
 # --- users show ----------------------------------------------------------------------------------
 
 
+@app.command("show", epilog=SHOW_EXAMPLES)
 def show_user(
     ctx: typer.Context,
     user: str = typer.Argument(..., metavar="USER", help="the player id"),
@@ -382,16 +386,16 @@ def show_user(
     """Everything about one player, read directly from PostgreSQL and Redis: raw rows with their
     rotation state and view values, reward grants, and the cache state."""
     from challengectl.catalogs import service_catalog
-    from challengectl.cli_queries import cli_sql
+    from challengectl.cli_queries import fetch_all
 
     cli = get_cli(ctx)
     settings = cli.settings()
     catalog = service_catalog(settings)
     with player_database(settings) as connection:
         rows = [ProgressRow.from_mapping(row) for row in run_named(connection, "user_progress", {"user_id": user})]
-        grants = connection.execute(
-            cli_sql("cli_reward_grants"), {"namespace": settings.namespace, "user_id": user}
-        ).fetchall()
+        grants = fetch_all(
+            connection, "cli_reward_grants", RewardGrant, {"namespace": settings.namespace, "user_id": user}
+        )
     if not rows:
         raise CliError(f"user {user!r} has no progress rows", HINT_INIT, EXIT_NOT_FOUND)
     shown = [row for row in rows if goal is None or row.goal_id == goal]
@@ -407,7 +411,7 @@ def show_user(
         "checked_at": utc_now(),
         "catalog": {"path": catalog.path, "fingerprint": catalog.fingerprint},
         "rows": describe_rows(catalog, rows, shown),
-        "reward_grants": [grant for grant in grants if goal is None or grant["goal_id"] == goal],
+        "reward_grants": [asdict(grant) for grant in grants if goal is None or grant.goal_id == goal],
         "cache": cache_state(cli, settings, catalog, user, rows),
     }
     out = cli.output
@@ -529,6 +533,24 @@ ROW_COLUMNS = [
     Column("view", "VIEW", render=lambda v: Text(f"{v['progress']} {v['status']}" if v else "-")),
     Column("locked"),
 ]
+
+
+@dataclass(frozen=True)
+class RewardGrant:
+    """One row of reward_grants, as `users show` reads it (`cli_reward_grants`)."""
+
+    goal_id: str
+    generation: int
+    challenge_id: str
+    idempotency_key: str
+    reward_type: str
+    reward_id: str
+    quantity: int
+    mode: str
+    attempts: int
+    granted_at: datetime
+
+
 GRANT_COLUMNS = [
     Column("goal_id", "GOAL"),
     Column("generation", "GEN", justify="right"),
@@ -553,6 +575,7 @@ def show_table(out: Output, report: Mapping[str, Any]) -> RenderableType:
 # --- users delete --------------------------------------------------------------------------------
 
 
+@app.command("delete", epilog=DELETE_EXAMPLES)
 def delete_user(
     ctx: typer.Context,
     user: str = typer.Argument(..., metavar="USER", help="the player id"),
@@ -614,6 +637,7 @@ async def count_synced_markers(client: Redis, prefix: str, user: str) -> int:
 # --- users backdate ------------------------------------------------------------------------------
 
 
+@app.command("backdate", epilog=BACKDATE_EXAMPLES)
 def backdate_user(
     ctx: typer.Context,
     user: str = typer.Argument(..., metavar="USER", help="the player id"),
@@ -674,9 +698,4 @@ def backdate_user(
 
 def register(root: typer.Typer) -> None:
     """Add the `users` group and the hidden `initialize-player` alias to the root app."""
-    app.command("init", epilog=INIT_EXAMPLES)(init_users)
-    app.command("show", epilog=SHOW_EXAMPLES)(show_user)
-    app.command("delete", epilog=DELETE_EXAMPLES)(delete_user)
-    app.command("backdate", epilog=BACKDATE_EXAMPLES)(backdate_user)
-    root.add_typer(app, name="users")
-    root.command("initialize-player", hidden=True, epilog=INIT_EXAMPLES)(init_users)
+    register_group(root, app, "users", {"initialize-player": init_users})

@@ -77,13 +77,14 @@ async def _postgres_version(url: str | None) -> dict[str, Any]:
     import psycopg
 
     from challengectl import database
+    from challengectl.pg_diagnostics import server_version_async
 
     try:
         async with await database.connect_async(url, None, CONNECT_TIMEOUT_S) as conn:
-            row = await (await conn.execute("SHOW server_version")).fetchone()
+            version = await server_version_async(conn)
     except psycopg.Error as exc:
         return {"error": f"PostgreSQL unreachable: {_first_line(exc)}"}
-    return {"version": row[0] if row else None}
+    return {"version": version}
 
 
 async def _redis_version(url: str | None) -> dict[str, Any]:

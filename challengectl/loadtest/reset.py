@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import redis.asyncio as redis_asyncio
 
 from challengectl import database
-from challengectl.cli_queries import cli_sql
+from challengectl.cli_queries import execute
 from service.storage.cache import escape_glob, new_token
 
 SCAN_COUNT = 1000
@@ -24,7 +24,7 @@ class ResetResult:
 def truncate_tables(database_url: str) -> None:
     """Empty the progress and grant tables (the schema and migrations stay)."""
     with database.connect(database_url) as conn:
-        conn.execute(cli_sql("cli_truncate_tables"))
+        execute(conn, "cli_truncate_tables")
 
 
 async def clear_cache(redis_url: str, prefix: str) -> ResetResult:

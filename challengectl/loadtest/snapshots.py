@@ -7,6 +7,7 @@ and the `user_goal_progress` table statistics. A source that cannot be read is l
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import psycopg
 import redis.asyncio as redis_asyncio
 
 from challengectl import database
-from challengectl.bottleneck import FREE_CONNECTIONS_SQL
+from challengectl.cli_queries import fetch_all_async
 from challengectl.loadtest.servicemetrics import (
     FLUSH_DURATION,
     Samples,
@@ -27,20 +28,33 @@ from challengectl.loadtest.servicemetrics import (
     quantile_bucket,
     scalar,
 )
+from challengectl.pg_diagnostics import (
+    PROJECT_TABLES,
+    ConnectionCount,
+    StatementStats,
+    StatementStatsUnavailable,
+    TableStats,
+    connection_groups_params,
+    connection_limits_async,
+    statement_stats_view,
+    top_statements,
+)
 
 APPLICATION_NAME = "challengectl-loadtest"
-# Sessions of the database by state (without the sampler's own), how many of them wait on locks or I/O,
-# and the server's free connections: what the bottleneck rule weighs (challengectl.bottleneck).
-_CONNECTIONS_BY_STATE = (
-    "SELECT coalesce(state, 'unknown'), count(*),"
-    " count(*) FILTER (WHERE wait_event_type IN ('Lock', 'LWLock', 'IO', 'BufferPin'))"
-    " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1"
-)
-_TABLE_STATS = (
-    "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, "
-    "n_live_tup, n_dead_tup FROM pg_stat_user_tables WHERE relname IN ('user_goal_progress', 'reward_grants')"
-)
+# The table statistics a run compares before and after (`cli_table_stats`).
+_TABLE_STAT_FIELDS = {
+    "seq_scan": "seq_scan",
+    "seq_tup_read": "seq_tup_read",
+    "idx_scan": "idx_scan",
+    "n_tup_ins": "n_tup_ins",
+    "n_tup_upd": "n_tup_upd",
+    "n_tup_hot_upd": "n_tup_hot_upd",
+    "n_tup_del": "n_tup_del",
+    "n_live_tup": "live_rows",
+    "n_dead_tup": "dead_rows",
+}
 _TOP_QUERY_LIMIT = 10
+_QUERY_CHARS = 300
 
 
 class ResourceSampler:
@@ -82,8 +96,7 @@ class ResourceSampler:
         if self._database_url:
             try:
                 self._pg = await database.connect_async(self._database_url, application_name=APPLICATION_NAME)
-                row = await (await self._pg.execute("SELECT current_setting('max_connections')::int")).fetchone()
-                self.capacity["pg_max_connections"] = row[0] if row else None
+                self.capacity["pg_max_connections"] = (await connection_limits_async(self._pg)).max_connections
                 self.table_stats_before = await self._table_stats()
             except psycopg.Error as error:
                 self._pg = None
@@ -222,72 +235,50 @@ class ResourceSampler:
             return False
         return True
 
-    async def _top_queries(self) -> list[dict[str, Any]] | str:
-        assert self._pg is not None
+    async def _top_queries(self) -> list[dict[str, Any]]:
+        assert self._database_url is not None
         try:
-            columns = {
-                row[0]
-                for row in await (
-                    await self._pg.execute(
-                        "SELECT attname FROM pg_attribute WHERE attrelid = 'pg_stat_statements'::regclass"
-                    )
-                ).fetchall()
-            }
-            total, mean = (
-                ("total_exec_time", "mean_exec_time") if "total_exec_time" in columns else ("total_time", "mean_time")
-            )
-            rows = await (
-                await self._pg.execute(
-                    f"SELECT calls, {total}, {mean}, rows, left(query, 300) FROM pg_stat_statements "
-                    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    f"ORDER BY {total} DESC LIMIT {_TOP_QUERY_LIMIT}"
-                )
-            ).fetchall()
-        except psycopg.Error as error:
+            stats = await asyncio.to_thread(_top_statements, self._database_url)
+        except (psycopg.Error, StatementStatsUnavailable) as error:
             self.notes.append(f"pg_stat_statements unavailable: {_first_line(error)}")
             return []
         return [
             {
-                "calls": calls,
-                "total_ms": round(total_ms, 1),
-                "mean_ms": round(mean_ms, 3),
-                "rows": nrows,
-                "query": " ".join(query.split()),
+                "calls": entry.calls,
+                "total_ms": round(entry.total_ms, 1),
+                "mean_ms": round(entry.mean_ms, 3),
+                "rows": entry.rows,
+                "query": " ".join(entry.query[:_QUERY_CHARS].split()),
             }
-            for calls, total_ms, mean_ms, nrows, query in rows
+            for entry in stats
         ]
 
     async def _table_stats(self) -> dict[str, dict[str, int]]:
         assert self._pg is not None
-        rows = await (await self._pg.execute(_TABLE_STATS)).fetchall()
-        names = (
-            "seq_scan",
-            "seq_tup_read",
-            "idx_scan",
-            "n_tup_ins",
-            "n_tup_upd",
-            "n_tup_hot_upd",
-            "n_tup_del",
-            "n_live_tup",
-            "n_dead_tup",
-        )
-        return {row[0]: {name: int(value or 0) for name, value in zip(names, row[1:], strict=False)} for row in rows}
+        stats = await fetch_all_async(self._pg, "cli_table_stats", TableStats, {"tables": list(PROJECT_TABLES)})
+        return {
+            table.table_name: {name: int(getattr(table, field)) for name, field in _TABLE_STAT_FIELDS.items()}
+            for table in stats
+        }
 
     async def _pg_connections(self) -> dict[str, Any]:
         assert self._pg is not None
         try:
-            rows = await (await self._pg.execute(_CONNECTIONS_BY_STATE)).fetchall()
-            free = await (await self._pg.execute(FREE_CONNECTIONS_SQL)).fetchone()
+            params = connection_groups_params(include_self=False)
+            groups = await fetch_all_async(self._pg, "cli_connections_by_state", ConnectionCount, params)
+            limits = await connection_limits_async(self._pg)
         except psycopg.Error as error:
             return {"pg_error": _first_line(error)}
-        by_state = {state: count for state, count, _ in rows}
+        by_state: dict[str, int] = {}
+        for group in groups:
+            by_state[group.state] = by_state.get(group.state, 0) + group.connections
         return {
             "pg_connections_total": sum(by_state.values()),
             "pg_connections_active": by_state.get("active", 0),
-            "pg_connections_waiting": sum(waiting for state, _, waiting in rows if state == "active"),
+            "pg_connections_waiting": sum(group.waiting_on_server for group in groups if group.state == "active"),
             "pg_connections_idle": by_state.get("idle", 0),
             "pg_connections_idle_in_transaction": by_state.get("idle in transaction", 0),
-            "pg_connections_free": free[0] if free else None,
+            "pg_connections_free": limits.free,
         }
 
     async def _redis_stats(self, now: float) -> dict[str, Any]:
@@ -337,26 +328,29 @@ class ResourceSampler:
         return round(100.0 * delta_hits / (delta_hits + delta_misses), 2)
 
     async def _get_text(self, path: str) -> str | None:
-        assert self._session is not None
-        try:
-            async with self._session.get(self.admin_url + path, headers=self._headers) as response:
-                if response.status != 200:
-                    self._note_once(f"admin {path} answered HTTP {response.status}")
-                    return None
-                return await response.text()
-        except (TimeoutError, aiohttp.ClientError, OSError) as error:
-            self._note_once(f"admin {path} unreachable: {_first_line(error) or type(error).__name__}")
-            return None
+        body = await self._get(path)
+        return body.decode("utf-8", errors="replace") if body is not None else None
 
     async def _get_json(self, path: str) -> dict[str, Any] | None:
+        body = await self._get(path)
+        if body is None:
+            return None
+        try:
+            return json.loads(body)
+        except ValueError as error:
+            self._note_once(f"admin {path} unreachable: {_first_line(error)}")
+            return None
+
+    async def _get(self, path: str) -> bytes | None:
+        """The body of an admin GET, or None (noted once) when it failed."""
         assert self._session is not None
         try:
             async with self._session.get(self.admin_url + path, headers=self._headers) as response:
                 if response.status != 200:
                     self._note_once(f"admin {path} answered HTTP {response.status}")
                     return None
-                return await response.json()
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as error:
+                return await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
             self._note_once(f"admin {path} unreachable: {_first_line(error) or type(error).__name__}")
             return None
 
@@ -372,3 +366,10 @@ def _pct(value: float | None) -> float | None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _top_statements(database_url: str) -> list[StatementStats]:
+    """The run's top statements by total time, on a short session of its own (`pg_diagnostics` reads
+    pg_stat_statements synchronously)."""
+    with database.connect(database_url, application_name=APPLICATION_NAME) as conn:
+        return top_statements(conn, statement_stats_view(conn), order="total", limit=_TOP_QUERY_LIMIT)

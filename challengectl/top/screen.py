@@ -64,6 +64,16 @@ def _panel(title: str, panel: dict[str, Any], body: RenderableType) -> Panel:
     return Panel(body, title=title, title_align="left")
 
 
+def _figures(title: str, panel: dict[str, Any], rows: list[tuple[str, str]]) -> Panel:
+    """A panel of label/value rows."""
+    return _panel(title, panel, _grid(rows))
+
+
+def _slash(section: dict[str, Any], *keys: str, digits: int = 1) -> str:
+    """Several figures of one section as `a / b / c`."""
+    return " / ".join(_num(section.get(key), digits) for key in keys)
+
+
 def routes_panel(view: dict[str, Any], state: ScreenState) -> Panel:
     title = f"HTTP routes (sorted by {state.sort}, over {_num(view.get('window_s'), 2)} s)"
     if view.get("routes_error"):
@@ -89,101 +99,83 @@ def routes_panel(view: dict[str, Any], state: ScreenState) -> Panel:
 
 def events_panel(view: dict[str, Any]) -> Panel:
     events = view["events"]
-    return _panel(
+    return _figures(
         "Events (gRPC)",
         events,
-        _grid(
-            [
-                ("events/s", _num(events.get("events_per_s"))),
-                ("accepted/s", _num(events.get("accepted_per_s"))),
-                ("duplicates/s", _num(events.get("duplicates_per_s"))),
-                ("refused/s", _num(events.get("refused_per_s"))),
-                ("calls/s", _num(events.get("grpc_calls_per_s"))),
-                ("ack p50/p95 ms", f"{_num(events.get('ack_p50_ms'), 2)} / {_num(events.get('ack_p95_ms'), 2)}"),
-            ]
-        ),
+        [
+            ("events/s", _num(events.get("events_per_s"))),
+            ("accepted/s", _num(events.get("accepted_per_s"))),
+            ("duplicates/s", _num(events.get("duplicates_per_s"))),
+            ("refused/s", _num(events.get("refused_per_s"))),
+            ("calls/s", _num(events.get("grpc_calls_per_s"))),
+            ("ack p50/p95 ms", _slash(events, "ack_p50_ms", "ack_p95_ms", digits=2)),
+        ],
     )
 
 
 def buffer_panel(view: dict[str, Any]) -> Panel:
     buffer = view["buffer"]
-    return _panel(
+    deferred = f"{_num(buffer.get('deferred_per_s'))} (total {_num(buffer.get('deferred_total'))})"
+    return _figures(
         "Buffer and flushes",
         buffer,
-        _grid(
-            [
-                ("entries", f"{_num(buffer.get('entries'))} / {_num(buffer.get('capacity'))}"),
-                ("peak entries", _num(buffer.get("peak_entries"))),
-                ("oldest entry", human_ms(buffer.get("oldest_entry_age_ms"))),
-                ("flushes/s", _num(buffer.get("flushes_per_s"))),
-                ("flush p50/p95 ms", f"{_num(buffer.get('flush_ms_p50'), 2)} / {_num(buffer.get('flush_ms_p95'), 2)}"),
-                (
-                    "deferred rows/s",
-                    f"{_num(buffer.get('deferred_per_s'))} (total {_num(buffer.get('deferred_total'))})",
-                ),
-            ]
-        ),
+        [
+            ("entries", _slash(buffer, "entries", "capacity")),
+            ("peak entries", _num(buffer.get("peak_entries"))),
+            ("oldest entry", human_ms(buffer.get("oldest_entry_age_ms"))),
+            ("flushes/s", _num(buffer.get("flushes_per_s"))),
+            ("flush p50/p95 ms", _slash(buffer, "flush_ms_p50", "flush_ms_p95", digits=2)),
+            ("deferred rows/s", deferred),
+        ],
     )
 
 
 def pool_panel(view: dict[str, Any]) -> Panel:
     pool = view["pool"]
-    return _panel(
+    return _figures(
         "DB pool",
         pool,
-        _grid(
-            [
-                (
-                    "in use/size/max",
-                    f"{_num(pool.get('in_use'))} / {_num(pool.get('size'))} / {_num(pool.get('max'))}",
-                ),
-                ("waiting", _num(pool.get("waiting"))),
-                ("peak in use", _num(pool.get("peak_in_use"))),
-                ("acquire wait p95", human_ms(pool.get("acquire_wait_ms_p95"))),
-                ("acquire timeouts", _num(pool.get("acquire_timeouts"))),
-                (
-                    "server / max_connections",
-                    f"{_num(pool.get('server_sessions'))} / {_num(pool.get('max_connections'))}",
-                ),
-            ]
-        ),
+        [
+            ("in use/size/max", _slash(pool, "in_use", "size", "max")),
+            ("waiting", _num(pool.get("waiting"))),
+            ("peak in use", _num(pool.get("peak_in_use"))),
+            ("acquire wait p95", human_ms(pool.get("acquire_wait_ms_p95"))),
+            ("acquire timeouts", _num(pool.get("acquire_timeouts"))),
+            ("server / max_connections", _slash(pool, "server_sessions", "max_connections")),
+        ],
     )
 
 
 def cache_panel(view: dict[str, Any]) -> Panel:
     cache = view["cache"]
-    return _panel(
+    return _figures(
         "Cache",
         cache,
-        _grid(
-            [
-                ("lookups/s", _num(cache.get("ops_per_s"))),
-                ("hit ratio (window)", f"{_num(cache.get('hit_ratio_pct'))} %"),
-                ("hit ratio (since start)", f"{_num(cache.get('hit_ratio_total_pct'))} %"),
-                ("bypassed", _num(cache.get("bypassed"))),
-                ("errors", _num(cache.get("errors"))),
-                ("journal pending", _num(cache.get("journal_pending"))),
-            ]
-        ),
+        [
+            ("lookups/s", _num(cache.get("ops_per_s"))),
+            ("hit ratio (window)", f"{_num(cache.get('hit_ratio_pct'))} %"),
+            ("hit ratio (since start)", f"{_num(cache.get('hit_ratio_total_pct'))} %"),
+            ("bypassed", _num(cache.get("bypassed"))),
+            ("errors", _num(cache.get("errors"))),
+            ("journal pending", _num(cache.get("journal_pending"))),
+        ],
     )
 
 
 def redis_panel(view: dict[str, Any]) -> Panel:
     redis = view["redis"]
     maxmemory = redis.get("maxmemory_bytes")
-    return _panel(
+    return _figures(
         "Redis",
         redis,
-        _grid(
-            [
-                ("memory", human_bytes(redis.get("used_memory_bytes"))),
-                ("maxmemory", human_bytes(maxmemory) if maxmemory else "unlimited"),
-                ("ops/s", _num(redis.get("ops_per_sec"))),
-                ("clients", _num(redis.get("connected_clients"))),
-                ("keyspace hit ratio", f"{_num(redis.get('hit_ratio_pct'))} %"),
-                ("evicted keys", _num(redis.get("evicted_keys"))),
-            ]
-        ),
+        [
+            ("memory", human_bytes(redis.get("used_memory_bytes"))),
+            ("maxmemory", human_bytes(maxmemory) if maxmemory else "unlimited"),
+            ("ops/s", _num(redis.get("ops_per_sec"))),
+            ("clients", _num(redis.get("connected_clients"))),
+            ("keyspace hit ratio", f"{_num(redis.get('hit_ratio_pct'))} %"),
+            ("evicted keys", _num(redis.get("evicted_keys"))),
+        ],
     )
 
 
@@ -193,8 +185,8 @@ def sessions_panel(view: dict[str, Any]) -> Panel:
         return _panel("PostgreSQL sessions", pg, Text(""))
     rows = [(f"state {state}", _num(count)) for state, count in pg["by_state"].items()]
     rows += [(f"app {app}", _num(count)) for app, count in list(pg["by_application"].items())[:4]]
-    rows.append(("this database / server", f"{_num(pg['in_database'])} / {_num(pg['on_server'])}"))
-    return _panel("PostgreSQL sessions", pg, _grid(rows))
+    rows.append(("this database / server", _slash(pg, "in_database", "on_server")))
+    return _figures("PostgreSQL sessions", pg, rows)
 
 
 def activity_panel(view: dict[str, Any]) -> Panel:

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     import psycopg
     import redis.asyncio as redis_asyncio
 
-    from challengectl import pg_diagnostics
     from challengectl.client import AdminClient
     from challengectl.loadtest.servicemetrics import Samples
 
@@ -52,7 +51,6 @@ class PostgresSource:
     def __init__(self, url: str | None) -> None:
         self.url = url
         self._conn: psycopg.Connection | None = None
-        self._limits: pg_diagnostics.ServerInfo | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="top-postgres")
         self._pending: Future[dict[str, Any]] | None = None
 
@@ -80,19 +78,17 @@ class PostgresSource:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = database.connect(self.url, STATEMENT_TIMEOUT_MS, CONNECT_TIMEOUT_S)
-                self._limits = pg_diagnostics.server_info(self._conn)
-            assert self._limits is not None
             summary = pg_diagnostics.connection_summary(self._conn)
             longest = pg_diagnostics.long_running(self._conn, 0)
-            blocked, blockers = pg_diagnostics.blocking_chains(self._conn, self._limits.server_version_num)
+            blocked, blockers = pg_diagnostics.blocking_chains(self._conn)
         except psycopg.Error as exc:
             self.close_connection()
             raise CliError(
                 f"PostgreSQL {describe_target(self.url)} unreachable: {short_reason(exc, self.url)}"
             ) from None
         return {
-            "max_connections": self._limits.max_connections,
-            "usable_connections": self._limits.usable_connections,
+            "max_connections": summary.limits.max_connections,
+            "usable_connections": summary.limits.usable,
             "on_server": summary.on_server,
             "in_database": summary.in_database,
             "groups": [asdict(group) for group in summary.groups],

@@ -350,27 +350,38 @@ class _CatalogReader:
                 hint = f" (keys are case-sensitive: did you mean '{by_lower[key.lower()]}'?)"
             self.warnings.append(f"{location}: unknown key '{key_path}{key}' is ignored{hint}")
 
+    def _required_string(self, raw: Mapping[str, Any], key: str, prefix: str, what: str) -> str:
+        """A string field that must not be empty (`<what> cannot be empty`); '' after an error."""
+        value, valid = self._field(raw, key, "string", prefix)
+        if valid and not value:
+            self.errors.append(f"{prefix}{what} cannot be empty")
+        return str(value)
+
+    def _unique_id(self, value: str, seen: set[str], prefix: str, kind: str) -> None:
+        """V8/V21: `value` was not used by another challenge (goal) before."""
+        if value in seen:
+            self.errors.append(f"{prefix}duplicate {kind} ID: {value}")
+        seen.add(value)
+
+    def _valid_id(self, value: str, prefix: str, kind: str, reserved: str | None) -> None:
+        """The id rules of `_id_problem`, reported against the challenge (goal)."""
+        problem = _id_problem(value, reserved=reserved)
+        if problem:
+            self.errors.append(f"{prefix}{kind} ID '{value}' is invalid: {problem}")
+
     # -- challenge --
 
     def _challenge(self, raw: dict[str, Any], position: int) -> Challenge:
         prefix = f"invalid challenge '{_string_or_empty(raw.get('challengeId'))}': "
-        challenge_id, valid = self._field(raw, "challengeId", "string", prefix)
-        if valid and not challenge_id:
-            self.errors.append(f"{prefix}challenge ID cannot be empty")
-        name, valid = self._field(raw, "name", "string", prefix)
-        if valid and not name:
-            self.errors.append(f"{prefix}challenge name cannot be empty")
+        challenge_id = self._required_string(raw, "challengeId", prefix, "challenge ID")
+        name = self._required_string(raw, "name", prefix, "challenge name")
         description, _ = self._field(raw, "description", "string", prefix)
         raw_goals, valid = self._field(raw, "goals", "array", prefix)
         if valid and not raw_goals:
             self.errors.append(f"{prefix}challenge must have at least one goal")
         if challenge_id:
-            if challenge_id in self._challenge_ids:
-                self.errors.append(f"{prefix}duplicate challenge ID: {challenge_id}")
-            self._challenge_ids.add(challenge_id)
-            problem = _id_problem(challenge_id, reserved=_RESERVED_CHALLENGE_ID)
-            if problem:
-                self.errors.append(f"{prefix}challenge ID '{challenge_id}' is invalid: {problem}")
+            self._unique_id(challenge_id, self._challenge_ids, prefix, "challenge")
+            self._valid_id(challenge_id, prefix, "challenge", _RESERVED_CHALLENGE_ID)
         self._warn_unknown_keys(raw, _CHALLENGE_KEYS, f"challenge '{challenge_id}'")
 
         goals: list[Goal] = []
@@ -397,16 +408,10 @@ class _CatalogReader:
     def _goal(self, raw: dict[str, Any], challenge_id: str) -> Goal:
         location = f"goal '{_string_or_empty(raw.get('goalId'))}' in challenge '{challenge_id}'"
         prefix = f"invalid {location}: "
-        goal_id, valid = self._field(raw, "goalId", "string", prefix)
-        if valid and not goal_id:
-            self.errors.append(f"{prefix}goal ID cannot be empty")
+        goal_id = self._required_string(raw, "goalId", prefix, "goal ID")
         if goal_id:
-            problem = _id_problem(goal_id, reserved=None)
-            if problem:
-                self.errors.append(f"{prefix}goal ID '{goal_id}' is invalid: {problem}")
-        name, valid = self._field(raw, "name", "string", prefix)
-        if valid and not name:
-            self.errors.append(f"{prefix}goal name cannot be empty")
+            self._valid_id(goal_id, prefix, "goal", None)
+        name = self._required_string(raw, "name", prefix, "goal name")
         description, _ = self._field(raw, "description", "string", prefix)
         event_source, valid = self._field(raw, "eventSource", "string", prefix)
         if valid and not event_source:
@@ -418,9 +423,7 @@ class _CatalogReader:
         reward = self._reward(raw, prefix, location)
         prerequisites = self._prerequisites(raw, prefix)
         if goal_id:
-            if goal_id in self._goal_ids:
-                self.errors.append(f"{prefix}duplicate goal ID: {goal_id}")
-            self._goal_ids.add(goal_id)
+            self._unique_id(goal_id, self._goal_ids, prefix, "goal")
         rotation = self._rotation(raw, prefix, location, requirement.progress_mode if mode_known else None)
         self._warn_unknown_keys(raw, _GOAL_KEYS, location, legacy=_LEGACY_GOAL_KEYS)
         if default_assigned and prerequisites:
@@ -670,12 +673,8 @@ def _build_catalog(path: str, challenges: list[Challenge], warnings: list[str]) 
 
 def requirement_json(requirement: Requirement) -> dict[str, Any]:
     """The API Requirement object (docs/http-api.md#endpoints), progressMode normalised."""
-    return {
-        "statCode": requirement.stat_code,
-        "operator": requirement.operator,
-        "targetValue": requirement.target_value,
-        "progressMode": requirement.progress_mode,
-    }
+    values = (requirement.stat_code, requirement.operator, requirement.target_value, requirement.progress_mode)
+    return dict(zip(("statCode", "operator", "targetValue", "progressMode"), values, strict=True))
 
 
 def reward_json(reward: Reward) -> dict[str, Any]:
@@ -683,18 +682,15 @@ def reward_json(reward: Reward) -> dict[str, Any]:
     return {"type": reward.type, "rewardId": reward.reward_id, "quantity": reward.quantity}
 
 
+# The goal fields the API repeats verbatim in every response, encoded once (`_goal_model` spells them).
+_GOAL_FRAGMENT_KEYS = ("goalId", "name", "description", "requirement", "reward", "prerequisites")
+
+
 def _goal_fragments(goal: Goal) -> dict[str, bytes]:
-    encode = msgspec.json.encode
-    return {
-        "goalId": encode(goal.goal_id),
-        "name": encode(goal.name),
-        "description": encode(goal.description),
-        "challengeId": encode(goal.challenge_id),
-        "requirement": encode(requirement_json(goal.requirement)),
-        "reward": encode(reward_json(goal.reward)),
-        "prerequisites": encode(list(goal.prerequisites)),
-        "target": encode(goal.requirement.target_value),
-    }
+    model = _goal_model(goal)
+    fields = {key: model[key] for key in _GOAL_FRAGMENT_KEYS}
+    fields.update(challengeId=goal.challenge_id, target=goal.requirement.target_value)
+    return {key: msgspec.json.encode(value) for key, value in fields.items()}
 
 
 def _challenge_fragments(challenge: Challenge) -> dict[str, bytes]:
