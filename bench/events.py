@@ -2,7 +2,8 @@
 
 Starts `challengectl serve` (embedded PostgreSQL/Redis in a temporary data dir unless DATABASE_URL /
 REDIS_URL are set; ack_mode commit unless --ack-mode buffered), initializes USERS players through the
-HTTP API so that events have rows to update, then drives two RPC paths from this process with grpc.aio:
+HTTP API so that events have rows to update, then drives two RPC paths from this process with the event
+load engine of `events send` and `loadtest` (challengectl/eventload.py):
 
 - `publish`:   challengectl.v1.EventIngest/Publish, BATCH events per call;
 - `onmessage`: the AGS StatisticStatItemUpdatedService/OnMessage and UserAuthenticationUserLoggedInService/
@@ -41,9 +42,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +51,16 @@ import aiohttp
 import grpc
 import psutil
 import psycopg
-from google.protobuf import timestamp_pb2
 from hdrh.histogram import HdrHistogram
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.serve_process import free_port, start_serve
+from challengectl.eventload import RPC_AGS, RPC_PUBLISH, Call, EventSender, OpenModel, Outcome, Tally
 from service.config.resources import example_catalog_path
 from service.domain.catalog import Catalog, load_catalog
-from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
-from service.proto.accelbyte.social.statistic.v1 import (
-    statistic_pb2,
-    statistic_pb2_grpc,
-)
-from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+from service.proto.challengectl.v1 import ingest_pb2
 from service.runtime.embedded import discover
 from service.transport.auth import mint_token
 
@@ -89,18 +84,6 @@ SUSTAINED_SHARE = 0.95
 RETRY_ROUNDS = 5
 
 
-@dataclass(frozen=True, slots=True)
-class BenchEvent:
-    """One generated event, independent of the RPC that carries it."""
-
-    id: str
-    user_id: str
-    stat_code: str | None  # None for a login
-    latest_value: int
-    inc: int
-    at: float  # event time: when it was generated, so later values of a player's stat have later times
-
-
 class Workload:
     """Generates events round-robin over the players and remembers what each player must end up with.
 
@@ -117,118 +100,44 @@ class Workload:
         self._codes = list(STAT_WEIGHTS)
         self._weights = list(STAT_WEIGHTS.values())
 
-    def next_events(self, count: int) -> list[BenchEvent]:
-        """`count` new events with fresh UUIDs, each for the next player in turn."""
+    def next_events(self, count: int) -> list[ingest_pb2.Event]:
+        """`count` new events with fresh UUIDs, each for the next player in turn, stamped with the time
+        they were generated (so later values of a player's stat have later times)."""
         events = []
         players = len(self.user_ids)
         for _ in range(count):
             user_id = self.user_ids[self._next_user % players]
             self._next_user += 1
+            event = ingest_pb2.Event(id=str(uuid.uuid4()), user_id=user_id, namespace=NAMESPACE)
             if self._random.random() < LOGIN_SHARE:
                 self.logins[user_id] += 1
-                events.append(BenchEvent(str(uuid.uuid4()), user_id, None, 0, 1, time.time()))
-                continue
-            code = self._random.choices(self._codes, self._weights)[0]
-            inc = self._random.randint(1, 3)
-            value = self.stat_values.get((user_id, code), 0) + inc
-            self.stat_values[(user_id, code)] = value
-            events.append(BenchEvent(str(uuid.uuid4()), user_id, code, value, inc, time.time()))
+                event.kind = ingest_pb2.EVENT_KIND_LOGIN
+            else:
+                code = self._random.choices(self._codes, self._weights)[0]
+                inc = self._random.randint(1, 3)
+                value = self.stat_values.get((user_id, code), 0) + inc
+                self.stat_values[(user_id, code)] = value
+                event.kind = ingest_pb2.EVENT_KIND_STAT
+                event.stat_code, event.latest_value, event.inc = code, value, inc
+            event.timestamp.GetCurrentTime()
+            events.append(event)
         return events
-
-
-Invoke = Callable[[Any, float], Awaitable[Any]]
-
-
-def _proto_time(at: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(at * 1e9))
-    return stamp
-
-
-def _rfc3339(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 @dataclass
 class RpcPath:
-    """How one RPC path packs events into calls and sends a call."""
+    """One RPC path: its sender (challengectl/eventload.py) and the events it packs into a call."""
 
     name: str
+    sender: EventSender
     events_per_call: int
-    build: Callable[[list[BenchEvent]], list[Any]]
-    invoke: Invoke
 
-
-def publish_path(channel: grpc.aio.Channel, batch: int) -> RpcPath:
-    """EventIngest/Publish with `batch` events per call."""
-    stub = ingest_pb2_grpc.EventIngestStub(channel)
-
-    def build(events: list[BenchEvent]) -> list[Any]:
-        batches = []
-        for start in range(0, len(events), batch):
-            chunk = [
-                ingest_pb2.Event(
-                    id=e.id,
-                    user_id=e.user_id,
-                    namespace=NAMESPACE,
-                    kind=ingest_pb2.EVENT_KIND_LOGIN,
-                    timestamp=_proto_time(e.at),
-                )
-                if e.stat_code is None
-                else ingest_pb2.Event(
-                    id=e.id,
-                    user_id=e.user_id,
-                    namespace=NAMESPACE,
-                    kind=ingest_pb2.EVENT_KIND_STAT,
-                    stat_code=e.stat_code,
-                    latest_value=e.latest_value,
-                    inc=e.inc,
-                    timestamp=_proto_time(e.at),
-                )
-                for e in events[start : start + batch]
-            ]
-            batches.append(ingest_pb2.EventBatch(batch_id=chunk[0].id, events=chunk))
-        return batches
-
-    async def invoke(request: Any, timeout: float) -> Any:
-        result = await stub.Publish(request, timeout=timeout)
-        if result.rejected:
-            raise SystemExit(f"the service rejected events of batch {result.batch_id}: {result.rejected[0].reason}")
-        return result
-
-    return RpcPath("publish", batch, build, invoke)
-
-
-def onmessage_path(channel: grpc.aio.Channel) -> RpcPath:
-    """The AGS OnMessage services, one event per call."""
-    login_call = account_pb2_grpc.UserAuthenticationUserLoggedInServiceStub(channel).OnMessage
-    stat_call = statistic_pb2_grpc.StatisticStatItemUpdatedServiceStub(channel).OnMessage
-
-    def build(events: list[BenchEvent]) -> list[Any]:
+    def calls(self, events: list[ingest_pb2.Event]) -> list[Call]:
+        per_call = self.events_per_call
         return [
-            account_pb2.UserLoggedIn(id=e.id, user_id=e.user_id, namespace=NAMESPACE, timestamp=_rfc3339(e.at))
-            if e.stat_code is None
-            else statistic_pb2.StatItemUpdated(
-                id=e.id,
-                user_id=e.user_id,
-                namespace=NAMESPACE,
-                timestamp=_rfc3339(e.at),
-                payload=statistic_pb2.StatItem(
-                    namespace=NAMESPACE,
-                    stat_code=e.stat_code,
-                    user_id=e.user_id,
-                    latest_value=e.latest_value,
-                    inc=e.inc,
-                ),
-            )
-            for e in events
+            self.sender.prepare(index, events[start : start + per_call], events[start].id)
+            for index, start in enumerate(range(0, len(events), per_call))
         ]
-
-    async def invoke(request: Any, timeout: float) -> Any:
-        call = login_call if isinstance(request, account_pb2.UserLoggedIn) else stat_call
-        return await call(request, timeout=timeout)
-
-    return RpcPath("onmessage", 1, build, invoke)
 
 
 @dataclass
@@ -251,7 +160,7 @@ class StepResult:
     cpu_machine: float
     service_us_per_event: float
     launch_lag_ms: float
-    failed_requests: list[Any] = field(repr=False)
+    failed_requests: list[Outcome] = field(repr=False)
     verdict: str = ""
 
     def percentile_ms(self, percentile: float) -> float:
@@ -313,15 +222,16 @@ class Bench:
 
     async def run_step(self, path: RpcPath, phase: str, rate: float, duration_s: float) -> StepResult:
         """Offer `rate` events/s on `path` for `duration_s` seconds on a fixed schedule and measure."""
-        events = self.workload.next_events(max(path.events_per_call, round(rate * duration_s)))
-        requests = path.build(events)
+        calls = path.calls(self.workload.next_events(max(path.events_per_call, round(rate * duration_s))))
         call_rate = rate / path.events_per_call
         before = await self.admin_buffer()
         flush_before = await self.flush_seconds()
         cpu_before = (time.process_time(), _cpu_seconds(self.service), psutil.cpu_times())
-        result = await self._open_model(path, requests, call_rate, duration_s)
+        tally, schedule, start = await self._open_model(path, calls, call_rate)
+        wall_s = time.perf_counter() - start
         cpu_after = (time.process_time(), _cpu_seconds(self.service), psutil.cpu_times())
-        wall_s = result["wall_s"]
+        if tally.first_rejection is not None:
+            raise SystemExit(f"the service rejected {tally.rejected} events, first: {tally.first_rejection.reason}")
         await self.wait_buffer_empty()
         after = await self.admin_buffer()
         flush_after = await self.flush_seconds()
@@ -330,10 +240,10 @@ class Bench:
             path=path.name,
             phase=phase,
             offered=rate,
-            achieved=result["ok_events"] / max(duration_s, result["busy_s"]),
-            latency_us=result["histogram"],
-            errors=result["errors"],
-            error_details=result["error_details"],
+            achieved=tally.acked / max(duration_s, tally.last_done - start),
+            latency_us=tally.latency_us,
+            errors=tally.errors,
+            error_details=tally.details,
             flushes=after["flushes_total"] - before["flushes_total"],
             rows_updated=after["rows_updated_total"] - before["rows_updated_total"],
             flush_ms_p95=after["flush_ms_p95"],
@@ -341,99 +251,38 @@ class Bench:
             cpu_client=(cpu_after[0] - cpu_before[0]) / wall_s * 100,
             cpu_service=(cpu_after[1] - cpu_before[1]) / wall_s * 100,
             cpu_machine=_busy_share(cpu_before[2], cpu_after[2]) * 100,
-            service_us_per_event=(cpu_after[1] - cpu_before[1]) / max(result["ok_events"], 1) * 1e6,
-            launch_lag_ms=result["max_launch_lag_s"] * 1000,
-            failed_requests=result["failed"],
+            service_us_per_event=(cpu_after[1] - cpu_before[1]) / max(tally.acked, 1) * 1e6,
+            launch_lag_ms=schedule.max_lag_s * 1000,
+            failed_requests=tally.failed,
         )
         await self.retry(path, step.failed_requests)
         return step
 
-    async def _open_model(
-        self, path: RpcPath, requests: list[Any], call_rate: float, duration_s: float
-    ) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        histogram = HdrHistogram(1, 120_000_000, 3)
-        errors: Counter[str] = Counter()
-        error_details: dict[str, str] = {}
-        failed: list[Any] = []
-        ok_events = 0
-        last_done = 0.0
-        deadline_s = self.args.deadline_s
+    @staticmethod
+    async def _open_model(path: RpcPath, calls: list[Call], call_rate: float) -> tuple[Tally, OpenModel[Call], float]:
+        """Send `calls` at `call_rate` per second (open model, no in-flight cap); the tally, the schedule
+        (its launch lag) and the start time."""
+        tally = Tally(max_latency_s=120.0)
+        schedule: OpenModel[Call] = OpenModel()
 
-        async def one(request: Any, scheduled: float, events: int) -> None:
-            nonlocal ok_events, last_done
-            try:
-                await path.invoke(request, deadline_s)
-            except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] += 1
-                error_details.setdefault(exc.code().name, exc.details() or "")
-                failed.append(request)
-                return
-            done = loop.time()
-            histogram.record_value(max(1, round((done - scheduled) * 1_000_000)))
-            ok_events += events
-            last_done = max(last_done, done)
+        async def one(call: Call, due: float) -> None:
+            tally.record(await path.sender.send(call, due))
 
-        start = loop.time() + 0.05
-        tasks = []
-        max_lag = 0.0
-        for index, request in enumerate(requests):
-            scheduled = start + index / call_rate
-            delay = scheduled - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif index % 64 == 0:
-                await asyncio.sleep(0)  # when behind schedule, still let the calls in flight progress
-            max_lag = max(max_lag, loop.time() - scheduled)
-            events = len(request.events) if path.events_per_call > 1 else 1
-            tasks.append(asyncio.create_task(one(request, scheduled, events)))
-        await asyncio.gather(*tasks)
-        return {
-            "histogram": histogram,
-            "errors": errors,
-            "error_details": error_details,
-            "failed": failed,
-            "ok_events": ok_events,
-            "busy_s": max(0.0, last_done - start),
-            "wall_s": loop.time() - start,
-            "max_launch_lag_s": max_lag,
-        }
+        start = time.perf_counter() + 0.05
+        await schedule.drive(((start + call.index / call_rate, call) for call in calls), one)
+        await schedule.drain()
+        return tally, schedule, start
 
-    async def retry(self, path: RpcPath, requests: list[Any]) -> None:
+    async def retry(self, path: RpcPath, failed: list[Outcome]) -> None:
         """Resend failed calls with the same event ids until they succeed (de-duplication makes it safe)."""
-        pending = list(requests)
-        last_error = ""
-        for round_number in range(RETRY_ROUNDS):
-            if not pending:
-                break
-            await asyncio.sleep(0.2 * (round_number + 1))
-            self.retried_calls += len(pending)
-            pending, last_error = await self._resend(path, pending)
+        self.retried_calls += len(failed)
+        pending = await path.sender.resend(failed, rounds=RETRY_ROUNDS)
         if pending:
             raise SystemExit(
                 f"{len(pending)} {path.name} calls still failed after {RETRY_ROUNDS} retries, the last "
-                f"with {last_error}"
+                f"with {pending[-1].failure}: {pending[-1].detail}"
             )
         await self.wait_buffer_empty()
-
-    @staticmethod
-    async def _resend(path: RpcPath, requests: list[Any]) -> tuple[list[Any], str]:
-        """Send each request once, 32 at a time; return those that failed and the last failure."""
-        limit = asyncio.Semaphore(32)
-        failing: list[Any] = []
-        last_error = ""
-
-        async def resend(request: Any) -> None:
-            nonlocal last_error
-            async with limit:
-                try:
-                    await path.invoke(request, 15.0)
-                except grpc.aio.AioRpcError as exc:
-                    failing.append(request)
-                    last_error = f"{exc.code().name}: {exc.details()}"
-
-        await asyncio.gather(*(resend(request) for request in requests))
-        return failing, last_error
 
     async def search(self, path: RpcPath) -> list[StepResult]:
         """Double the rate until a step is not sustained, then bisect, within the search budget."""
@@ -628,7 +477,10 @@ async def run(args: argparse.Namespace, service: subprocess.Popen, data_dir: Pat
         await initialize_players(http, user_ids)
         await channel.channel_ready()
         bench = Bench(args, service, channel, http, workload)
-        paths = {"publish": publish_path(channel, args.batch), "onmessage": onmessage_path(channel)}
+        paths = {
+            "publish": RpcPath("publish", EventSender(channel, RPC_PUBLISH, deadline_s=args.deadline_s), args.batch),
+            "onmessage": RpcPath("onmessage", EventSender(channel, RPC_AGS, deadline_s=args.deadline_s), 1),
+        }
         # A short warm-up so that connections, prepared statements and caches exist before measuring.
         for path in paths.values():
             await bench.run_step(path, "warm-up", FIXED_RATE, 1)

@@ -18,8 +18,8 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -29,6 +29,7 @@ from rich.text import Text
 
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration, token_subject
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_USAGE, CliError
+from challengectl.eventload import RPC_AGS, RPC_PUBLISH, EventSender, OpenModel, Outcome, Tally, paced
 from challengectl.goal_snapshots import GoalKey, GoalSnapshot, fetch_goals, goal_changes
 from challengectl.output import Column, Output, ProgressHandle
 from challengectl.uuid7 import uuid7_str
@@ -39,12 +40,8 @@ from service.proto.challengectl.v1 import ingest_pb2
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from challengectl.client import Clients, IngestClient
-    from service.proto.accelbyte.iam.account.v1 import account_pb2
-    from service.proto.accelbyte.social.statistic.v1 import statistic_pb2
+    from challengectl.client import Clients
 
-RPC_AGS = "ags"
-RPC_PUBLISH = "publish"
 RPCS = (RPC_AGS, RPC_PUBLISH)
 KINDS = {"login": ingest_pb2.EVENT_KIND_LOGIN, "stat": ingest_pb2.EVENT_KIND_STAT}
 FILE_FIELDS = ("id", "user_id", "namespace", "kind", "stat_code", "latest_value", "inc", "timestamp")
@@ -53,7 +50,7 @@ MAX_INFLIGHT = 256  # open-model calls outstanding at once; more wait (and show 
 TABLE_MAX_CALLS = 20  # in a table, longer runs show the summary only (with --verbose too)
 STAT_BATCH = 100  # events per Publish call when `events send stat` sends more than one event
 WAIT_POLL_S = 0.2
-HISTOGRAM_MAX_US = 60_000_000
+HISTOGRAM_MAX_S = 60.0
 REJECTION_HINT = (
     "the service rejects empty or over-long user ids and ids, a stat without stat_code, and "
     "values that are NaN, infinite or outside the int32 range after truncation (docs/events.md#validation)"
@@ -114,28 +111,6 @@ def stat_event(user_id: str, event_id: str, stat_code: str, latest_value: float,
         latest_value=latest_value,
         inc=inc,
         timestamp=now_timestamp(),
-    )
-
-
-def ags_message(event: ingest_pb2.Event) -> account_pb2.UserLoggedIn | statistic_pb2.StatItemUpdated:
-    """The AGS OnMessage message carrying `event` (docs/events.md#onmessage-services)."""
-    from service.proto.accelbyte.iam.account.v1 import account_pb2
-    from service.proto.accelbyte.social.statistic.v1 import statistic_pb2
-
-    timestamp = event.timestamp.ToJsonString() if event.HasField("timestamp") else ""
-    if event.kind == ingest_pb2.EVENT_KIND_LOGIN:
-        return account_pb2.UserLoggedIn(
-            id=event.id, user_id=event.user_id, namespace=event.namespace, timestamp=timestamp
-        )
-    payload = statistic_pb2.StatItem(
-        namespace=event.namespace,
-        stat_code=event.stat_code,
-        user_id=event.user_id,
-        latest_value=event.latest_value,
-        inc=event.inc,
-    )
-    return statistic_pb2.StatItemUpdated(
-        payload=payload, id=event.id, user_id=event.user_id, namespace=event.namespace, timestamp=timestamp
     )
 
 
@@ -238,163 +213,70 @@ def batched(events: Sequence[ingest_pb2.Event], size: int) -> list[list[ingest_p
 # --- calls -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class CallResult:
-    """One gRPC call: what it carried, what the service answered (None where the RPC does not say),
-    its duration (actual send to ack) and latency (scheduled send to ack)."""
-
-    call: int
-    rpc: str
-    event_ids: list[str]
-    accepted: int | None = None
-    duplicates: int | None = None
-    skipped: int | None = None
-    rejections: list[dict[str, Any]] = field(default_factory=list)
-    committed: bool | None = None
-    duration_ms: float = 0.0
-    latency_ms: float = 0.0
-    error: CliError | None = None
-
-    @property
-    def acked(self) -> int:
-        """Events the service acknowledged (not rejected) in a call that succeeded."""
-        return 0 if self.error is not None else len(self.event_ids) - len(self.rejections)
-
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "call": self.call,
-            "rpc": self.rpc,
-            "event_ids": self.event_ids,
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "skipped": self.skipped,
-            "rejected": len(self.rejections),
-            "rejections": self.rejections,
-            "committed": self.committed,
-            "duration_ms": round(self.duration_ms, 3),
-        }
-        if self.error is not None:
-            body["error"] = {"code": self.error.code, "message": self.error.message, "exit_code": self.error.exit_code}
-        return body
-
-
-async def send_call(
-    ingest: IngestClient, rpc: str, call: int, events: list[ingest_pb2.Event], scheduled_at: float
-) -> CallResult:
-    """Send one call and describe its outcome; gRPC failures are recorded, not raised. For the AGS
-    services an INVALID_ARGUMENT status is that event's rejection."""
-    result = CallResult(call=call, rpc=rpc, event_ids=[event.id for event in events])
-    started = time.perf_counter()
-    try:
-        if rpc == RPC_PUBLISH:
-            answer = await ingest.publish(ingest_pb2.EventBatch(batch_id=f"cli-{call}", events=events))
-            result.accepted, result.duplicates, result.skipped = answer.accepted, answer.duplicates, answer.skipped
-            result.committed = answer.committed
-            result.rejections = [
-                {"index": r.index, "event_id": r.event_id, "reason": r.reason} for r in answer.rejected
-            ]
-        else:
-            (event,) = events
-            message = ags_message(event)
-            if event.kind == ingest_pb2.EVENT_KIND_LOGIN:
-                await ingest.ags_login(message)
-            else:
-                await ingest.ags_stat(message)
-    except CliError as error:
-        if rpc == RPC_AGS and error.code == "INVALID_ARGUMENT":
-            reason = error.message.partition("INVALID_ARGUMENT: ")[2] or error.message
-            result.rejections = [{"index": 0, "event_id": events[0].id, "reason": reason}]
-        else:
-            result.error = error
-    finished = time.perf_counter()
-    result.duration_ms = (finished - started) * 1000
-    result.latency_ms = (finished - scheduled_at) * 1000
-    return result
+def call_json(outcome: Outcome, rpc: str) -> dict[str, Any]:
+    """One call's record: what it carried, what the service answered (null where the RPC does not say)
+    and its duration (actual send to ack)."""
+    answer = outcome.answer
+    body: dict[str, Any] = {
+        "call": outcome.call.index,
+        "rpc": rpc,
+        "event_ids": [event.id for event in outcome.call.events],
+        "accepted": answer.accepted if answer is not None else None,
+        "duplicates": answer.duplicates if answer is not None else None,
+        "skipped": answer.skipped if answer is not None else None,
+        "rejected": len(outcome.rejections),
+        "rejections": [asdict(rejection) for rejection in outcome.rejections],
+        "committed": answer.committed if answer is not None else None,
+        "duration_ms": round(outcome.duration_s * 1000, 3),
+    }
+    error = outcome.error
+    if isinstance(error, CliError):
+        body["error"] = {"code": error.code, "message": error.message, "exit_code": error.exit_code}
+    return body
 
 
 async def dispatch(
+    sender: EventSender,
     calls: Iterable[list[ingest_pb2.Event]],
-    send: Callable[[int, list[ingest_pb2.Event], float], Awaitable[CallResult]],
-    on_result: Callable[[CallResult], None],
+    on_result: Callable[[Outcome], None],
     *,
     rate: float | None,
     stop: Callable[[], bool],
 ) -> None:
     """Send `calls` one after another (`rate` None), or on an open-model schedule of `rate` events per
-    second with at most MAX_INFLIGHT outstanding. Scheduling ends early once `stop()` is true."""
-    if rate is None:
-        for index, events in enumerate(calls):
-            on_result(await send(index, events, time.perf_counter()))
-            if stop():
-                return
-        return
-    slots = asyncio.Semaphore(MAX_INFLIGHT)
-    running: set[asyncio.Task[None]] = set()
+    second with at most MAX_INFLIGHT outstanding (docs/loadtest.md#measurement-model). Scheduling ends
+    early once `stop()` is true."""
+    schedule: OpenModel[tuple[int, Sequence[ingest_pb2.Event]]] = OpenModel(
+        1 if rate is None else MAX_INFLIGHT, stop=stop
+    )
 
-    async def one(index: int, events: list[ingest_pb2.Event], due: float) -> None:
-        try:
-            on_result(await send(index, events, due))
-        finally:
-            slots.release()
+    async def one(key: tuple[int, Sequence[ingest_pb2.Event]], due: float) -> None:
+        index, events = key
+        on_result(await sender.send(sender.prepare(index, events, f"cli-{index}"), due))
 
-    start = time.perf_counter()
-    scheduled_events = 0
     try:
-        for index, events in enumerate(calls):
-            due = start + scheduled_events / rate
-            scheduled_events += len(events)
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            await slots.acquire()
-            if stop():
-                slots.release()
-                break
-            task = asyncio.create_task(one(index, events, due))
-            running.add(task)
-            task.add_done_callback(running.discard)
-        if running:
-            await asyncio.gather(*running)
+        await schedule.drive(paced(calls, rate, time.perf_counter()), one)
+        await schedule.drain()
     finally:
-        for task in running:
-            task.cancel()
+        schedule.cancel()
 
 
-class SendStats:
-    """Running totals of a send: counts, failures, and an HDR histogram of ack latency (1 µs … 60 s,
-    3 significant digits, as in the load generator)."""
+class SendStats(Tally):
+    """Running totals of a send (eventload.Tally) and the CLI's view of its failures."""
 
     def __init__(self, rpc: str) -> None:
-        from hdrh.histogram import HdrHistogram
-
+        super().__init__(HISTOGRAM_MAX_S)
         self.rpc = rpc
-        self.calls = self.sent = self.acked = self.failed_events = self.rejected = 0
-        self.accepted = self.duplicates = self.skipped = 0
-        self.all_committed = True
-        self.failed_calls = 0
         self.first_failure: CliError | None = None
         self.auth_failed = False
-        self.first_rejection: dict[str, Any] | None = None
-        self.latency_us = HdrHistogram(1, HISTOGRAM_MAX_US, 3)
         self.started = time.perf_counter()
         self.finished: float | None = None
 
-    def record(self, result: CallResult) -> None:
-        self.calls += 1
-        self.sent += len(result.event_ids)
-        self.rejected += len(result.rejections)
-        if self.first_rejection is None and result.rejections:
-            self.first_rejection = result.rejections[0]
-        if result.error is not None:
-            self.failed_events += len(result.event_ids)
-            self.failed_calls += 1
-            self.first_failure = self.first_failure or result.error
-            self.auth_failed = self.auth_failed or result.error.exit_code == EXIT_AUTH
-            return
-        self.acked += result.acked
-        self.accepted += result.accepted or 0
-        self.duplicates += result.duplicates or 0
-        self.skipped += result.skipped or 0
-        self.all_committed = self.all_committed and bool(result.committed)
-        self.latency_us.record_value(min(HISTOGRAM_MAX_US, max(1, round(result.latency_ms * 1000))))
+    def record(self, outcome: Outcome) -> None:
+        super().record(outcome)
+        if isinstance(outcome.error, CliError):
+            self.first_failure = self.first_failure or outcome.error
+            self.auth_failed = self.auth_failed or outcome.error.exit_code == EXIT_AUTH
 
     def finish(self) -> None:
         self.finished = time.perf_counter()
@@ -407,11 +289,11 @@ class SendStats:
         """The closing summary (counts the RPC does not report are null)."""
         reports_counts = self.rpc == RPC_PUBLISH
         seconds = self.duration_ms / 1000
+        succeeded = self.calls - self.failed_calls
 
         def percentile(p: float) -> float | None:
-            if self.latency_us.get_total_count() == 0:
-                return None
-            return round(self.latency_us.get_value_at_percentile(p) / 1000, 3)
+            value = self.percentile_ms(p)
+            return None if value is None else round(value, 3)
 
         return {
             "rpc": self.rpc,
@@ -423,7 +305,7 @@ class SendStats:
             "skipped": self.skipped if reports_counts else None,
             "rejected": self.rejected,
             "failed": self.failed_events,
-            "committed": (self.all_committed and self.calls > self.failed_calls) if reports_counts else None,
+            "committed": (succeeded > 0 and self.committed_calls == succeeded) if reports_counts else None,
             "duration_ms": round(self.duration_ms, 3),
             "events_per_s": round(self.sent / seconds, 1) if seconds > 0 else None,
             "ack_latency_ms": {
@@ -451,7 +333,7 @@ class SendStats:
             rejection = self.first_rejection
             return CliError(
                 f"{self.rejected} of {self.sent} event(s) rejected by the service; first: event "
-                f"{rejection['event_id'] or '(no id)'}: {rejection['reason']}",
+                f"{rejection.event_id or '(no id)'}: {rejection.reason}",
                 REJECTION_HINT,
                 EXIT_FAILED,
                 code="INVALID_ARGUMENT",
@@ -627,15 +509,15 @@ class SendReport:
         self.progress.__exit__(*exc)
         self.stats.finish()
 
-    def record(self, result: CallResult) -> None:
-        self.stats.record(result)
-        self.progress.advance(len(result.event_ids))
+    def record(self, outcome: Outcome) -> None:
+        self.stats.record(outcome)
+        self.progress.advance(len(outcome.call.events))
         if self.per_call and self.output.streams_ndjson:
-            self.output.ndjson(result.as_json())
+            self.output.ndjson(call_json(outcome, self.stats.rpc))
         elif self.per_call:
-            self.results.append(result.as_json())
-        if result.error is not None and not self.output.streams_ndjson:
-            self.output.warn(f"call {result.call}: {result.error.message}")
+            self.results.append(call_json(outcome, self.stats.rpc))
+        if isinstance(outcome.error, CliError) and not self.output.streams_ndjson:
+            self.output.warn(f"call {outcome.call.index}: {outcome.error.message}")
 
     def finish(self, wait: dict[str, Any] | None) -> None:
         multi = self.stats.calls > 1
@@ -729,8 +611,8 @@ def send_events(
             await with_ags_namespace(clients, events)
         with SendReport(output, len(events), rpc, per_call=verbose or len(calls) == 1) as report:
             await dispatch(
+                EventSender(clients.ingest.channel, rpc, invoke=clients.ingest.call),
                 calls,
-                lambda i, evs, due: send_call(clients.ingest, rpc, i, evs, due),
                 report.record,
                 rate=rate,
                 stop=stop_when_hopeless(report.stats, sequential=rate is None),
@@ -912,15 +794,15 @@ def send_file(
         stats = SendStats(rpc)
         with output.progress("replaying" if replay else "sending", total) as bar:
 
-            def record(result: CallResult) -> None:
-                stats.record(result)
-                bar.advance(len(result.event_ids))
+            def record(outcome: Outcome) -> None:
+                stats.record(outcome)
+                bar.advance(len(outcome.call.events))
                 if not output.shows_progress and not output.quiet:
                     print(
                         json.dumps(
                             {
                                 "progress": {
-                                    "call": result.call,
+                                    "call": outcome.call.index,
                                     "sent": stats.sent,
                                     "acked": stats.acked,
                                     "rejected": stats.rejected,
@@ -931,14 +813,14 @@ def send_file(
                         file=sys.stderr,
                         flush=True,
                     )
-                if result.error is not None:
-                    output.warn(f"call {result.call}: {result.error.message}")
+                if isinstance(outcome.error, CliError):
+                    output.warn(f"call {outcome.call.index}: {outcome.error.message}")
 
             calls = _chunks(stream, 1 if rpc == RPC_AGS else batch)
             try:
                 await dispatch(
+                    EventSender(clients.ingest.channel, rpc, invoke=clients.ingest.call),
                     calls,
-                    lambda i, evs, due: send_call(clients.ingest, rpc, i, evs, due),
                     record,
                     rate=rate,
                     stop=stop_when_hopeless(stats, sequential=rate is None),

@@ -24,24 +24,25 @@ from typing import Any
 import psutil
 from hdrh.histogram import HdrHistogram
 
-from challengectl.loadtest.operations import Event, Operations
+from challengectl.eventload import RPC_PUBLISH, EventSender, OpenModel
+from challengectl.loadtest.operations import Operations, event_label
 from challengectl.loadtest.profiles import (
     DEFAULT_USERS,
     GAMEPLAY_API_MIX,
     LOGIN_EVENT_SHARE,
     STAT_CODES,
     all_goal_paths,
+    user_id_of,
 )
 from challengectl.loadtest.schedule import PhasePlan, Ramp
 from challengectl.loadtest.stats import EndpointStats, decode, encode, new_histogram, record_seconds
+from service.proto.challengectl.v1 import ingest_pb2
 
 PROGRESS_INTERVAL_S = 1.0
 STOP_POLL_S = 0.1
 INTERRUPT_GRACE_S = 1.0
 WORKER_READY_TIMEOUT_S = 60.0
 START_MARGIN_S = 0.3
-_CATCH_UP_YIELD_EVERY = 64
-_MAX_SLEEP_S = 0.25
 
 Launch = tuple[tuple[str, ...], Coroutine[Any, Any, None]]  # (labels it would record, operation)
 
@@ -158,11 +159,11 @@ class Worker:
         self.count = count
         self.cap = max(1, config.max_inflight // count + (1 if index < config.max_inflight % count else 0))
         self.recorder = WorkerRecorder(config.phases)
-        self.inflight = 0
         self.stopping = False
+        # One schedule, one in-flight cap for every stream of every phase (challengectl/eventload.py).
+        self.schedule: OpenModel[int] = OpenModel(self.cap, drop_when_full=True, stop=lambda: self.stopping)
         self.cpu_pct_max = 0.0
         self.started_unix = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._goal_paths = all_goal_paths()
         token_ttl = int(config.total_duration_s + config.timeout_s) + 3600
         self.ops = Operations(
@@ -173,6 +174,7 @@ class Worker:
             token_ttl_s=token_ttl,
             namespace=config.namespace,
             grpc_token=config.grpc_token,
+            event_rpc=config.event_rpc,
             timeout_s=config.timeout_s,
             http_connections=max(8, config.http_connections // count),
             recorder=self.recorder,
@@ -222,7 +224,7 @@ class Worker:
         ]
         if phase.event_rate > 0:
             rng = random.Random(rng_base + "/events")
-            if self.config.event_rpc == "publish":
+            if self.config.event_rpc == RPC_PUBLISH:
                 batch = self.config.event_batch
                 ramp = Ramp(phase.duration_s, phase.events.start_rate / batch, phase.events.end_rate / batch)
                 streams.append((ramp, self._publish_launcher(phase, rng)))
@@ -261,20 +263,32 @@ class Worker:
 
         return launch
 
-    def _random_event(self, rng: random.Random, event_id: str) -> Event:
-        user = rng.randint(1, self.config.users)
+    def _random_event(self, rng: random.Random, event_id: str) -> ingest_pb2.Event:
+        user_id = user_id_of(rng.randint(1, self.config.users))
+        namespace = self.config.namespace
         if rng.random() < LOGIN_EVENT_SHARE:
-            return Event(event_id, user, "login")
-        return Event(
-            event_id, user, "stat", STAT_CODES[rng.randrange(len(STAT_CODES))], float(rng.randint(0, 999)), 1.0
-        )
+            event = ingest_pb2.Event(
+                id=event_id, user_id=user_id, namespace=namespace, kind=ingest_pb2.EVENT_KIND_LOGIN
+            )
+        else:
+            event = ingest_pb2.Event(
+                id=event_id,
+                user_id=user_id,
+                namespace=namespace,
+                kind=ingest_pb2.EVENT_KIND_STAT,
+                stat_code=STAT_CODES[rng.randrange(len(STAT_CODES))],
+                latest_value=float(rng.randint(0, 999)),
+                inc=1.0,
+            )
+        event.timestamp.GetCurrentTime()
+        return event
 
     def _event_launcher(self, phase: PhasePlan, rng: random.Random) -> Callable[[int, float], Launch]:
         prefix = f"{self.config.run_id}-{phase.name}-"
 
         def launch(i: int, at: float) -> Launch:
             event = self._random_event(rng, f"{prefix}{i}")
-            return (event.label,), self.ops.event(at, event)
+            return (event_label(event),), self.ops.send_events(at, self._sender.prepare(i, [event]))
 
         return launch
 
@@ -284,53 +298,35 @@ class Worker:
 
         def launch(j: int, at: float) -> Launch:
             events = [self._random_event(rng, f"{prefix}{j}-{n}") for n in range(size)]
-            return tuple(event.label for event in events), self.ops.publish(at, f"{prefix}{j}", events)
+            call = self._sender.prepare(j, events, f"{prefix}{j}")
+            return tuple(event_label(event) for event in events), self.ops.send_events(at, call)
 
         return launch
+
+    @property
+    def _sender(self) -> EventSender:
+        assert self.ops.sender is not None
+        return self.ops.sender
 
     async def _drive(self, base: float, ramp: Ramp, launch: Callable[[int, float], Launch]) -> None:
         """Fire operations `index, index + count, …` of `ramp` at their due times, never waiting for
         earlier ones; when the in-flight cap is reached the operation is dropped and counted."""
-        loop = asyncio.get_running_loop()
-        i, n, behind = self.index, ramp.count, 0
-        while i < n and not self.stopping:
-            at = base + ramp.offset_of(i)
-            delay = at - time.perf_counter()
-            while delay > 0 and not self.stopping:
-                await asyncio.sleep(min(delay, _MAX_SLEEP_S))
-                delay = at - time.perf_counter()
-                behind = 0
-            if self.stopping:
-                break
-            behind += 1
-            if behind % _CATCH_UP_YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            labels, operation = launch(i, at)
-            if self.inflight >= self.cap:
-                operation.close()
-                for label in labels:
-                    self.recorder.record_dropped(label, at)
-            else:
-                self.inflight += 1
-                task = loop.create_task(operation)
-                self._tasks.add(task)
-                task.add_done_callback(self._finished)
-            i += self.count
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self.inflight -= 1
+        def start(i: int, at: float) -> Coroutine[Any, Any, None]:
+            return launch(i, at)[1]
+
+        def dropped(i: int, at: float) -> None:
+            labels, operation = launch(i, at)
+            operation.close()
+            for label in labels:
+                self.recorder.record_dropped(label, at)
+
+        due_times = ((base + ramp.offset_of(i), i) for i in range(self.index, ramp.count, self.count))
+        await self.schedule.drive(due_times, start, dropped)
 
     async def _drain(self) -> None:
         """Wait for in-flight operations: up to the request timeout, or a short grace when stopping."""
-        if not self._tasks:
-            return
-        limit = INTERRUPT_GRACE_S if self.stopping else self.config.timeout_s + 2.0
-        _, pending = await asyncio.wait(set(self._tasks), timeout=limit)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self.schedule.drain(INTERRUPT_GRACE_S if self.stopping else self.config.timeout_s + 2.0)
 
     async def _monitor(
         self,
@@ -355,7 +351,7 @@ class Worker:
         snapshot.update(
             {
                 "elapsed_s": round(time.perf_counter() - t0, 3),
-                "inflight": self.inflight,
+                "inflight": self.schedule.inflight,
                 "dropped": self.recorder.dropped,
                 "worker": self.index,
             }

@@ -1,5 +1,5 @@
 """The operations the generator sends (docs/loadtest.md#profiles): initialize, list challenges, set-active, claim
-(lookup then claim), and events over AGS OnMessage or Publish batches. Each one records its outcome
+(lookup then claim), and calls of events over AGS OnMessage or Publish batches (challengectl/eventload.py). Each one records its outcome
 through a `Recorder` with the endpoint label and failure class of docs/loadtest.md#measurement-model.
 
 Connections are long-lived: one keep-alive aiohttp pool and one gRPC channel per generator process.
@@ -11,18 +11,14 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 
 import aiohttp
 import grpc
 
+from challengectl.eventload import Call, EventSender
 from challengectl.loadtest.profiles import EXTRA_SUCCESS, user_id_of
-from service.proto.accelbyte.iam.account.v1 import account_pb2, account_pb2_grpc
-from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc
-from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+from service.proto.challengectl.v1 import ingest_pb2
 from service.transport.auth import mint_token
 
 _ERROR_CODE = re.compile(rb'"errorCode"\s*:\s*"([^"]{1,80})"')
@@ -30,6 +26,7 @@ _NEW_ASSIGNMENTS = re.compile(rb'"newAssignments"\s*:\s*(\d+)')
 _JSON_HEADERS = {"Content-Type": "application/json"}
 TIMEOUT = "timeout"
 CONNECT_ERROR = "connect_error"
+REJECTED = "grpc_REJECTED"
 
 
 class Recorder(Protocol):
@@ -37,22 +34,6 @@ class Recorder(Protocol):
     `done` the completion time (all `time.perf_counter()` seconds); `failure` is None on success."""
 
     def record(self, label: str, at: float, sent: float, done: float, failure: str | None) -> None: ...
-
-
-@dataclass(frozen=True)
-class Event:
-    """One generated event: `kind` is `login` or `stat`."""
-
-    event_id: str
-    user_number: int
-    kind: str
-    stat_code: str = ""
-    latest_value: float = 0.0
-    inc: float = 0.0
-
-    @property
-    def label(self) -> str:
-        return "event_login" if self.kind == "login" else "event_stat"
 
 
 def http_failure_class(status: int, body: bytes) -> str:
@@ -108,6 +89,7 @@ class Operations:
         token_ttl_s: int,
         namespace: str,
         grpc_token: str | None,
+        event_rpc: str,
         timeout_s: float,
         http_connections: int,
         recorder: Recorder,
@@ -118,13 +100,15 @@ class Operations:
         self._jwt_key = jwt_key
         self._token_ttl_s = token_ttl_s
         self._namespace = namespace
-        self._metadata = (("authorization", f"Bearer {grpc_token}"),) if grpc_token else None
+        self._metadata = (("authorization", f"Bearer {grpc_token}"),) if grpc_token else ()
+        self._event_rpc = event_rpc
         self._timeout_s = timeout_s
         self._http_connections = http_connections
         self._recorder = recorder
         self._headers: dict[int, dict[str, str]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._channel: grpc.aio.Channel | None = None
+        self.sender: EventSender | None = None
         self.claim_skipped = 0
 
     async def start(self, with_grpc: bool) -> None:
@@ -136,9 +120,9 @@ class Operations:
         )
         if with_grpc:
             self._channel = grpc.aio.insecure_channel(self._grpc_addr)
-            self._login = account_pb2_grpc.UserAuthenticationUserLoggedInServiceStub(self._channel).OnMessage
-            self._stat = statistic_pb2_grpc.StatisticStatItemUpdatedServiceStub(self._channel).OnMessage
-            self._publish = ingest_pb2_grpc.EventIngestStub(self._channel).Publish
+            self.sender = EventSender(
+                self._channel, self._event_rpc, deadline_s=self._timeout_s, metadata=self._metadata
+            )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -230,79 +214,17 @@ class Operations:
             return
         await self._http("claim", result[2], "POST", f"/v1/challenges/{target[0]}/goals/{target[1]}/claim", user_number)
 
-    async def event(self, at: float, event: Event) -> None:
-        """One AGS OnMessage call (`event_login` / `event_stat`)."""
-        label = event.label
-        timestamp = _rfc3339_now()
-        user_id = user_id_of(event.user_number)
-        sent = time.perf_counter()
-        try:
-            if event.kind == "login":
-                await self._login(
-                    account_pb2.UserLoggedIn(
-                        id=event.event_id, user_id=user_id, namespace=self._namespace, timestamp=timestamp
-                    ),
-                    timeout=self._timeout_s,
-                    metadata=self._metadata,
-                )
-            else:
-                payload = statistic_pb2.StatItem(
-                    stat_code=event.stat_code,
-                    user_id=user_id,
-                    namespace=self._namespace,
-                    latest_value=event.latest_value,
-                    inc=event.inc,
-                )
-                await self._stat(
-                    statistic_pb2.StatItemUpdated(
-                        id=event.event_id,
-                        user_id=user_id,
-                        namespace=self._namespace,
-                        timestamp=timestamp,
-                        payload=payload,
-                    ),
-                    timeout=self._timeout_s,
-                    metadata=self._metadata,
-                )
-        except grpc.aio.AioRpcError as error:
-            self._recorder.record(label, at, sent, time.perf_counter(), grpc_failure_class(error.code()))
-            return
-        self._recorder.record(label, at, sent, time.perf_counter(), None)
-
-    async def publish(self, at: float, batch_id: str, events: Sequence[Event]) -> None:
-        """One Publish call; each event of the batch is recorded under its own label with the batch's
-        latency, so counts stay in events and rates in events per second."""
-        kinds = {"login": ingest_pb2.EVENT_KIND_LOGIN, "stat": ingest_pb2.EVENT_KIND_STAT}
-        batch = ingest_pb2.EventBatch(
-            batch_id=batch_id,
-            events=[
-                ingest_pb2.Event(
-                    id=e.event_id,
-                    user_id=user_id_of(e.user_number),
-                    namespace=self._namespace,
-                    kind=kinds[e.kind],
-                    stat_code=e.stat_code,
-                    latest_value=e.latest_value,
-                    inc=e.inc,
-                )
-                for e in events
-            ],
-        )
-        sent = time.perf_counter()
-        failure: str | None = None
-        try:
-            result = await self._publish(batch, timeout=self._timeout_s, metadata=self._metadata)
-            rejected = {rejection.index for rejection in result.rejected}
-        except grpc.aio.AioRpcError as error:
-            failure, rejected = grpc_failure_class(error.code()), set()
-        done = time.perf_counter()
-        for index, event in enumerate(events):
-            self._recorder.record(event.label, at, sent, done, "grpc_REJECTED" if index in rejected else failure)
+    async def send_events(self, at: float, call: Call) -> None:
+        """One call of events (eventload); each event is recorded under its own label (`event_login` /
+        `event_stat`) with the call's latency, so counts stay in events and rates in events per second."""
+        assert self.sender is not None
+        outcome = await self.sender.send(call, at)
+        rejected = {rejection.index for rejection in outcome.rejections}
+        failure = None if outcome.failure is None else f"grpc_{outcome.failure}"
+        for index, event in enumerate(call.events):
+            label = event_label(event)
+            self._recorder.record(label, at, outcome.sent, outcome.done, REJECTED if index in rejected else failure)
 
 
-def grpc_failure_class(code: grpc.StatusCode) -> str:
-    return f"grpc_{code.name}"
-
-
-def _rfc3339_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def event_label(event: ingest_pb2.Event) -> str:
+    return "event_login" if event.kind == ingest_pb2.EVENT_KIND_LOGIN else "event_stat"
