@@ -6,8 +6,8 @@ temporary directory), initializes PLAYERS players through the API first (`challe
 prints how long it took and how many rows it wrote), then runs the profile's gameplay phase for MINUTES
 (`challengectl loadtest run --phase init=0s --duration ...`): 300 API requests/s of the profile's mix
 (70 % `GET /v1/challenges`, half of them `active_only`; 10 % returning initialize, 15 % set-active, 5 %
-claim) and 500 events/s, one AGS `OnMessage` call each. Judged against every seed target (the load test's
-default gates) and 0 failed.
+claim) and 500 events/s, one AGS `OnMessage` call each. Judged against every seed target of the endpoints
+the mix drives (the load test's default gates less new-player initialize) and 0 failed.
 
     python bench/all_active_gameplay.py [--players 10000] [--minutes 2] [--rate 300] [--event-rate 500]
 
@@ -17,6 +17,10 @@ Prints Markdown tables and the verdict.
 from __future__ import annotations
 
 import target_rows as rows
+
+# Every seed target of an endpoint the gameplay mix drives (its players are initialized, so no new-player
+# initialize), with "0 failed" in place of the seed's 99.95 % success.
+GAMEPLAY_TARGETS = tuple(t for t in rows.SEED_TARGETS if not t.startswith(("initialize_new:", "*:success")))
 
 
 def main() -> None:
@@ -34,7 +38,7 @@ def main() -> None:
         concurrency=args.concurrency,
         loadtest_args=("--users", str(args.players), "--phase", "init=0s", "--phase",
                        f"gameplay={args.minutes * 60:g}s@{args.rate:g}/{args.event_rate:g}", "--event-rpc", "ags"),
-        targets=(*rows.SEED_TARGETS, rows.NO_FAILURES),
+        targets=(*GAMEPLAY_TARGETS, rows.NO_FAILURES),
     )  # fmt: skip
 
 

@@ -7,7 +7,7 @@ CONCURRENCY calls in flight; prints how long it took and how many rows it wrote)
 initialize phase at RATE requests/s for SECONDS (`challengectl loadtest run --phase init=...`, no gameplay):
 every request is a returning player's initialize with 500 active goals.
 
-    python bench/all_active_initialize.py [--players 10000] [--rate 300] [--seconds 60] [--concurrency 16]
+    python bench/all_active_initialize.py [--players 10000] [--rate 300] [--seconds 60] [--concurrency 6]
 
 Prints Markdown tables and the verdict.
 """

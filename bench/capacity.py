@@ -80,7 +80,7 @@ def scale_row(scale: float, passed: bool, report: dict[str, Any]) -> tuple[str, 
         p95["claim"],
         p95["event"],
         f"{report['overall']['all']['success_pct']:.3f}",
-        rows.failures_line(report).split(", ", 1)[1],
+        rows.failure_classes(report),
     )
 
 

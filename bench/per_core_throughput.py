@@ -45,7 +45,7 @@ def main() -> None:
     stamp = rows.Stamp()
     results = []
     with rows.serve_profile("all-active-500") as service:
-        setup = service.initialize_players(args.players, 16)
+        setup = service.initialize_players(args.players, rows.SETUP_CONCURRENCY)
         player_api.PORT = service.http_port
         tokens = [mint_token(rows.SECRET.encode(), user_id_of(i), ttl_s=3600) for i in range(1, args.players + 1)]
         api, main_process = service.api_process(), psutil.Process(service.process.pid)
