@@ -47,8 +47,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from serve_process import start_serve  # noqa: E402
 
-from challengectl.loadtest.operations import Event, Operations  # noqa: E402
+from challengectl.loadtest.operations import Operations  # noqa: E402
 from challengectl.loadtest.profiles import user_id_of  # noqa: E402
+from service.proto.challengectl.v1 import ingest_pb2  # noqa: E402
 from service.runtime.embedded import EmbeddedPostgres  # noqa: E402
 
 SECRET = "fault-drill-" + "s" * 32
@@ -241,6 +242,7 @@ class Load:
                 token_ttl_s=3600,
                 namespace="accelbyte",
                 grpc_token=None,
+                event_rpc="ags",
                 timeout_s=10.0,
                 http_connections=self.http_connections,
                 recorder=self,
@@ -262,7 +264,7 @@ class Load:
 
     async def _event(self, n: int, index: int) -> None:
         self.sent[n] += 1
-        await self.ops[index % len(self.ops)].event(0.0, Event(str(uuid.uuid4()), n, "login"))
+        await _send_login(self.ops[index % len(self.ops)], n)
         failure = self._keep("event")
         if failure is None:
             self.acked[n] += 1
@@ -321,7 +323,7 @@ class Load:
             for round_number in range(rounds):
                 n = self.users[round_number % len(self.users)]
                 writer, reader = self.ops[round_number % 2], self.services[(round_number + 1) % 2]
-                await writer.event(0.0, Event(str(uuid.uuid4()), n, "login"))
+                await _send_login(writer, n)
                 self.sent[n] += 1
                 if self._last[2] is not None:
                     continue
@@ -338,6 +340,15 @@ class Load:
                 # Concurrent load adds acked logins too: progress may be higher, never lower.
                 if progress < expected:
                     self.ryw_violations += 1
+
+
+async def _send_login(ops: Operations, n: int) -> None:
+    """One AGS login OnMessage call for player `n`, with a fresh event id."""
+    assert ops.sender is not None
+    event = ingest_pb2.Event(
+        id=str(uuid.uuid4()), user_id=user_id_of(n), namespace="accelbyte", kind=ingest_pb2.EVENT_KIND_LOGIN
+    )
+    await ops.send_events(time.perf_counter(), ops.sender.prepare(0, [event]))
 
 
 # --- one row ------------------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ log = logging.getLogger("challengectl.serve")
 
 READINESS_POLL_S = 1.0
 SERVER_STOP_GRACE_S = 5
+# After the drain every call waiting for a commit has its answer; open calls left (idle streams) get this long.
+DRAINED_GRACE_S = 1.0
 # A worker's exit after its server stopped: closing its pools and the interpreter's own exit.
 WORKER_EXIT_GRACE_S = 5.0
 
@@ -263,16 +265,12 @@ class Service:
             log.info("shutting down")
             readiness.shutting_down = True
             await grpc_health.set_ready(False)
-            stopping = [grpc_server.stop(SERVER_STOP_GRACE_S)]
-            if workers is not None:
-                stopping.append(workers.stop(self.stop_signal, SERVER_STOP_GRACE_S + WORKER_EXIT_GRACE_S))
-            await asyncio.gather(*stopping)
+            self.unflushed = await _drain_and_stop(grpc_server, ingestor, workers, self.stop_signal, settings)
             for server in servers:
                 server.should_exit = True
             await asyncio.wait(tasks, timeout=SERVER_STOP_GRACE_S + 1)
             for watcher in watchers:
                 watcher.cancel()
-            self.unflushed = await ingestor.drain_and_stop(settings.shutdown_timeout_s)
 
     def _worker_spec(self, index: int, control_path: Path) -> WorkerSpec:
         return WorkerSpec(
@@ -329,6 +327,26 @@ class Service:
                 lines.append(f"  export REDIS_URL='{self.deps.redis_url}'")
             lines.append("  mint a player token: challengectl token mint --user <id>")
         print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def _drain_and_stop(
+    grpc_server: Any, ingestor: Ingestor, workers: WorkerPool | None, stop_signal: int, settings: Settings
+) -> int:
+    """docs/events.md#shutdown: the gRPC server stops taking calls while the buffer drains at once, so a call
+    waiting for its commit gets its answer from the drain (OK, or UNAVAILABLE at the deadline) instead of
+    being cancelled; then the calls still open (idle streams) get DRAINED_GRACE_S. HTTP workers finish
+    their requests meanwhile. Returns the entries left unflushed."""
+    draining = asyncio.create_task(ingestor.drain_and_stop(settings.shutdown_timeout_s), name="drain")
+    grpc_stopped = asyncio.create_task(grpc_server.stop(settings.shutdown_timeout_s + SERVER_STOP_GRACE_S))
+    workers_stopped = (
+        workers.stop(stop_signal, SERVER_STOP_GRACE_S + WORKER_EXIT_GRACE_S) if workers is not None else None
+    )
+    if workers_stopped is not None:
+        await workers_stopped
+    unflushed = await draining
+    await grpc_server.stop(DRAINED_GRACE_S)  # a smaller grace ends the first stop sooner
+    await grpc_stopped
+    return unflushed
 
 
 def _flusher_pool_config(settings: Settings) -> PoolConfig:
