@@ -1,12 +1,18 @@
 """The CPU floor of one AGS OnMessage call in grpc.aio, with no ingestion behind it.
 
-Starts a child process serving `StatisticStatItemUpdatedService/OnMessage` with a servicer that returns
-`Empty` at once (on uvloop, as `serve` runs), sends RATE calls/s for DURATION seconds from this process
-(open model, one event per call, as `bench/events.py` does), and prints the server process's CPU per call.
-Whatever `bench/events.py` measures for OnMessage above this figure is the service's own work
-(docs/events.md#onmessage-services); this figure is the part no change to the service's code can lower.
+Starts a child process serving `StatisticStatItemUpdatedService/OnMessage` (on uvloop, as `serve` runs),
+sends RATE calls/s for DURATION seconds from this process (open model, one event per call, as
+`bench/events.py` does), and prints the server process's CPU per call, for two servers:
 
-    python bench/grpc_floor.py [--rate 500] [--duration 20] [--port 21150]
+- `empty`: a bare grpc.aio server whose servicer returns `Empty` at once: the part no change to the
+  service's code can lower;
+- `transport`: the service's own gRPC server (`create_grpc_server`: interceptor, servicers, health,
+  reflection) with an ingestion core that accepts every event at once: the transport layer's share.
+
+Whatever `bench/events.py` measures for OnMessage above `transport` is ingestion itself
+(docs/events.md#onmessage-services).
+
+    python bench/grpc_floor.py [--rate 500] [--duration 20] [--port 21150] [--servers empty transport]
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +36,8 @@ from google.protobuf import empty_pb2  # noqa: E402
 
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc  # noqa: E402
 from service.runtime.event_loop import run  # noqa: E402
+from service.transport.grpc_api import create_grpc_server  # noqa: E402
+from service.usecases.events import IncomingEvent, SubmitResult  # noqa: E402
 
 
 class _Empty(statistic_pb2_grpc.StatisticStatItemUpdatedServiceServicer):
@@ -36,20 +45,31 @@ class _Empty(statistic_pb2_grpc.StatisticStatItemUpdatedServiceServicer):
         return empty_pb2.Empty()
 
 
-async def _serve(port: int) -> None:
-    server = grpc.aio.server()
-    statistic_pb2_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(_Empty(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+class _AcceptAll:
+    """An ingestion core that accepts every event without doing anything."""
+
+    async def submit(self, events: Sequence[IncomingEvent], origin: str, deadline: float | None = None) -> SubmitResult:
+        return SubmitResult(len(events), 0, 0, [], True)
+
+
+async def _serve(port: int, kind: str) -> None:
+    if kind == "empty":
+        server = grpc.aio.server()
+        statistic_pb2_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(_Empty(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    else:
+        server, _ = create_grpc_server("127.0.0.1", port, 4 << 20, 2048, ingestor=_AcceptAll())
     await server.start()
     await server.wait_for_termination()
 
 
-def _server_main(port: int) -> None:
-    run(_serve(port))
+def _server_main(port: int, kind: str) -> None:
+    run(_serve(port, kind))
 
 
 async def _drive(port: int, rate: float, duration_s: float, server: psutil.Process) -> tuple[int, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await asyncio.wait_for(channel.channel_ready(), 60)  # the child imports the service first
         stub = statistic_pb2_grpc.StatisticStatItemUpdatedServiceStub(channel)
         message = statistic_pb2.StatItemUpdated(
             id="e", user_id="u", namespace="ns", payload=statistic_pb2.StatItem(stat_code="s", latest_value=1, inc=1)
@@ -75,21 +95,21 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="calls per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
     parser.add_argument("--port", type=int, default=21150)
+    parser.add_argument("--servers", nargs="+", choices=("empty", "transport"), default=["empty", "transport"])
     args = parser.parse_args()
-    child = multiprocessing.get_context("spawn").Process(target=_server_main, args=(args.port,), daemon=True)
-    child.start()
-    time.sleep(1.5)
-    try:
-        ok, cpu_s = asyncio.run(_drive(args.port, args.rate, args.duration, psutil.Process(child.pid)))
-    finally:
-        child.terminate()
-        child.join(5)
-    print(
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: {args.rate:g} calls/s for {args.duration:g} s, "
-        f"{ok} OK; gRPC server CPU {cpu_s:.2f} s = {cpu_s / max(ok, 1) * 1e6:.0f} us per OnMessage call "
-        "(empty servicer)"
-    )
+    for kind in args.servers:
+        child = multiprocessing.get_context("spawn").Process(target=_server_main, args=(args.port, kind), daemon=True)
+        child.start()
+        try:
+            ok, cpu_s = asyncio.run(_drive(args.port, args.rate, args.duration, psutil.Process(child.pid)))
+        finally:
+            child.terminate()
+            child.join(5)
+        print(
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: {kind}: {args.rate:g} calls/s for "
+            f"{args.duration:g} s, {ok} OK; server CPU {cpu_s:.2f} s = {cpu_s / max(ok, 1) * 1e6:.0f} us per call"
+        )
 
 
 if __name__ == "__main__":

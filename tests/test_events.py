@@ -24,6 +24,7 @@ import pytest
 import redis.asyncio
 from prometheus_client import REGISTRY
 from psycopg.rows import dict_row
+from redis.crc import key_slot
 
 from service.config.settings import load_settings
 from service.domain.buffer import Entry, Partition, fnv1a_32, partition_of
@@ -31,7 +32,7 @@ from service.domain.catalog import Catalog, parse_catalog
 from service.domain.errors import DomainError
 from service.domain.rules import next_boundary, period_start
 from service.storage.cache import Cache, active_key, event_key, open_redis, token_key
-from service.storage.dedup import BEGIN_LUA
+from service.storage.dedup import BEGIN_LUA, Deduplicator
 from service.storage.migrations import apply_migrations
 from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store
@@ -1171,18 +1172,24 @@ async def test_after_a_flush_invalidation_and_done_markers_take_one_redis_round_
     user, event_id = new_user(), new_id()
     await seed(db, user, "kills-abs")
     await redis_client.set(token_key(redis_prefix, user), "old-token")
-    round_trips: list[int] = []
+    round_trips: list[int | str] = []
     execute = redis.asyncio.client.Pipeline.execute
+    immediate = redis.asyncio.client.Pipeline.immediate_execute_command
 
     async def counted(pipe: Any, *args: Any, **kwargs: Any) -> Any:
         round_trips.append(len(pipe.command_stack))
         return await execute(pipe, *args, **kwargs)
 
+    async def counted_immediate(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+        round_trips.append(str(args[0]))  # e.g. the SCRIPT EXISTS redis-py sends before a pipeline of Scripts
+        return await immediate(pipe, *args, **kwargs)
+
     async with ingest(flush_workers=1) as ingestor:
         monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counted)
+        monkeypatch.setattr(redis.asyncio.client.Pipeline, "immediate_execute_command", counted_immediate)
         await ingestor.submit([stat(user, "kills", 3, 3, event_id=event_id)], "publish")
         monkeypatch.undo()
-    # The marker lookup at acceptance, then one pipeline: the invalidation script and the done marker.
+    # The marker lookup at acceptance, then one pipeline: the invalidation script and the done markers.
     assert round_trips == [1, 2]
     assert await redis_client.get(token_key(redis_prefix, user)) not in (None, b"old-token")
     assert await marker(redis_client, redis_prefix, user, event_id) == b"d"
@@ -1201,7 +1208,7 @@ async def test_lookups_of_calls_arriving_while_one_is_in_flight_share_one_pipeli
 
     async def counted(pipe: Any, *args: Any, **kwargs: Any) -> Any:
         if pipe.command_stack and pipe.command_stack[0][0][1] == begin_sha:
-            lookups.append(len(pipe.command_stack))
+            lookups.append(pipe.command_stack[0][0][2])  # EVALSHA sha numkeys key... ttl
         return await execute(pipe, *args, **kwargs)
 
     async with ingest() as ingestor:
@@ -1219,6 +1226,37 @@ async def test_lookups_of_calls_arriving_while_one_is_in_flight_share_one_pipeli
     assert [result.accepted for result in results] == [1] * 20 and replay.duplicates == 1
     for user in users:
         assert (await row(db, user, "kills-abs") or {}).get("progress") == 5
+
+
+async def test_markers_survive_a_server_that_lost_its_scripts(
+    ingest: Any, db: Any, private_redis: PrivateRedis, catalog: Catalog, redis_prefix: str
+) -> None:
+    user, first, second = new_user(), new_id(), new_id()
+    await seed(db, user, "login-abs")
+    client = open_redis(private_redis.url, max_connections=8, timeout_ms=2000)
+    try:
+        async with ingest(cache_override=make_cache(client, redis_prefix, catalog)) as ingestor:
+            await ingestor.submit([login(user, first)], "publish")
+            await client.script_flush()  # a restarted server: every EVALSHA answers NOSCRIPT until loaded
+            await client.set(token_key(redis_prefix, user), "old-token")
+            result = await ingestor.submit([login(user, second)], "publish")
+            assert await client.get(token_key(redis_prefix, user)) not in (None, b"old-token")
+            replay = await ingestor.submit([login(user, first), login(user, second)], "publish")
+        assert (result.accepted, replay.duplicates) == (1, 2)
+        assert [await marker(client, redis_prefix, user, event_id) for event_id in (first, second)] == [b"d", b"d"]
+    finally:
+        await client.aclose()
+    assert (await row(db, user, "login-abs") or {}).get("progress") == 2
+
+
+def test_marker_scripts_take_a_whole_batch_or_on_a_cluster_one_hash_slot_per_call() -> None:
+    dedup = Deduplicator(None, "ch", 60, 86_400, 10, 1.0)
+    keys = [("alice", "1"), ("bob", "2"), ("alice", "3"), ("carol", "4")]
+    assert dedup._script_calls(keys) == [[0, 1, 2, 3]]
+    dedup._cluster = True
+    slots = {user: key_slot(event_key("ch", user, "x").encode()) for user in ("alice", "bob", "carol")}
+    assert len(set(slots.values())) == 3
+    assert dedup._script_calls(keys) == [[0, 2], [1], [3]]
 
 
 # --- E18: shutdown drain ------------------------------------------------------------------------------

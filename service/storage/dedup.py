@@ -1,7 +1,8 @@
 """Event de-duplication markers (docs/events.md#de-duplication): Redis scripts, with an in-process LRU during outages.
 
 A marker `<p>:{<user_id>}:evt:<id>` is `"p"` while its event is pending (accepted, not yet committed)
-and `"d"` once its effect is committed. Every operation is pipelined per call or per flush. When Redis
+and `"d"` once its effect is committed. Every operation is one script call per call or per flush over all
+its markers (per hash slot on a Redis Cluster, where a script's keys must share one slot). When Redis
 fails, the same semantics are kept in a bounded in-process LRU (de-duplication then covers only this
 process); Redis is tried again after `retry_interval_s`, and while LRU entries live both stores are
 consulted. No method raises because of Redis.
@@ -17,6 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import Counter
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from service.domain.buffer import EventKey
@@ -39,13 +42,20 @@ RESULT_NEW = "new"
 RESULT_DUPLICATE = "duplicate"
 RESULT_PENDING = "pending"
 
+# Each script handles many markers (KEYS) with one TTL (ARGV[1]): a batch costs one command, not one per id.
+# BEGIN returns per key the existing state, or "" after creating a pending marker.
 BEGIN_LUA = (
-    "local v = redis.call('GET', KEYS[1]); if v then return v end; "
-    "redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1]); return false"
+    "local states = {} for i, key in ipairs(KEYS) do local v = redis.call('GET', key) "
+    "if v then states[i] = v else redis.call('SET', key, 'p', 'PX', ARGV[1]) states[i] = '' end end "
+    "return states"
 )
-RENEW_LUA = "if redis.call('GET', KEYS[1]) == 'p' then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0"
+DONE_LUA = "for _, key in ipairs(KEYS) do redis.call('SET', key, 'd', 'PX', ARGV[1]) end return #KEYS"
+RENEW_LUA = (
+    "for _, key in ipairs(KEYS) do if redis.call('GET', key) == 'p' then redis.call('PEXPIRE', key, ARGV[1]) end "
+    "end return #KEYS"
+)
 
-_PIPELINE_CHUNK = 2000  # bounds one pipeline's buffers when renewing or marking many ids at once
+_PIPELINE_CHUNK = 2000  # keys per script call at most: bounds one call's time in Redis and its buffers
 
 
 class _RedisFailed(Exception):
@@ -128,8 +138,10 @@ class Deduplicator:
         # Lookups of calls that arrived while another lookup was in flight: they share the next pipeline.
         self._begin_queue: list[tuple[Sequence[EventKey], asyncio.Future[list[Any]]]] | None = None
         self._begin_sender: asyncio.Task[None] | None = None
+        self._cluster = isinstance(client, RedisCluster)
         if client is not None:
             self._begin_script = client.register_script(BEGIN_LUA)
+            self._done_script = client.register_script(DONE_LUA)
             self._renew_script = client.register_script(RENEW_LUA)
 
     @property
@@ -180,11 +192,10 @@ class Deduplicator:
         return states
 
     async def _begin_in_redis(self, keys: Sequence[EventKey]) -> list[str | None]:
-        replies = await self._coalesced_begin(keys)
-        return [reply.decode() if isinstance(reply, bytes) else reply or None for reply in replies]
+        return [reply.decode() or None for reply in await self._coalesced_begin(keys)]
 
     async def _coalesced_begin(self, keys: Sequence[EventKey]) -> list[Any]:
-        """The BEGIN_LUA replies for `keys`. With no lookup in flight they are sent at once; otherwise they
+        """The BEGIN_LUA state of each key. With no lookup in flight they are sent at once; otherwise they
         join the lookups of the other calls that arrive meanwhile, all sent in one pipeline as soon as the
         one in flight returns (one round trip for many concurrent OnMessage calls)."""
         if self._begin_queue is not None:
@@ -276,8 +287,8 @@ class Deduplicator:
 
     def done_follow_up(self, keys: Sequence[EventKey]) -> _DoneFollowUp | None:
         """`mark_done` as commands of another pipeline (the cache invalidations after a flush, one round trip);
-        None when it cannot ride along (Redis in back-off, too many keys): then call `mark_done`."""
-        if not keys or not self.redis_usable or len(keys) > _PIPELINE_CHUNK:
+        None when it cannot ride along (no keys, Redis in back-off): then call `mark_done`."""
+        if not keys or not self.redis_usable:
             return None
         return _DoneFollowUp(self, keys)
 
@@ -293,15 +304,11 @@ class Deduplicator:
             self.lru.put(key, DONE, self._done_ttl_s)
 
     def _queue_done(self, pipe: Any, keys: Sequence[EventKey]) -> None:
-        for key in keys:
-            pipe.set(self._redis_key(key), DONE, px=self._done_ttl_ms)
+        for call in self._script_calls(keys):
+            pipe.evalsha(self._done_script.sha, len(call), *(self._redis_key(keys[i]) for i in call), self._done_ttl_ms)
 
     async def _set_done_in_redis(self, keys: Sequence[EventKey]) -> None:
-        assert self._client is not None
-        for start in range(0, len(keys), _PIPELINE_CHUNK):
-            async with self._client.pipeline(transaction=False) as pipe:
-                self._queue_done(pipe, keys[start : start + _PIPELINE_CHUNK])
-                await pipe.execute()
+        await self._run_script(self._done_script, keys, self._done_ttl_ms)
 
     async def renew(self, keys: Sequence[EventKey]) -> None:
         """Step 5 of docs/events.md#de-duplication: keep the pending markers of events still buffered in this process alive."""
@@ -319,31 +326,52 @@ class Deduplicator:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    async def _run_script(self, script: Any, keys: Sequence[EventKey], ttl_ms: int) -> list[Any]:
-        """EVALSHA the script once per key, pipelined; scripts missing on the server (a restart) are
-        loaded and only the commands that did not run are sent again."""
-        assert self._client is not None
-        replies: list[Any] = []
-        for start in range(0, len(keys), _PIPELINE_CHUNK):
-            chunk = [self._redis_key(key) for key in keys[start : start + _PIPELINE_CHUNK]]
-            chunk_replies = await self._evalsha_each(script.sha, chunk, ttl_ms)
-            missing = [i for i, reply in enumerate(chunk_replies) if isinstance(reply, NoScriptError)]
-            if missing:
-                await self._client.script_load(script.script)
-                again = await self._evalsha_each(script.sha, [chunk[i] for i in missing], ttl_ms)
-                for i, reply in zip(missing, again, strict=True):
-                    chunk_replies[i] = reply
-            for reply in chunk_replies:
-                if isinstance(reply, BaseException):
-                    raise _RedisFailed(f"{type(reply).__name__}: {reply}")
-            replies.extend(chunk_replies)
-        return replies
+    def _script_calls(self, keys: Sequence[EventKey]) -> list[list[int]]:
+        """The positions of `keys` in script calls of at most _PIPELINE_CHUNK keys, in order: all in one call
+        on a standalone server; on a cluster one call per hash slot (a player's markers share its slot)."""
+        if self._cluster:
+            by_slot: dict[int, list[int]] = {}
+            for position, key in enumerate(keys):
+                by_slot.setdefault(key_slot(self._redis_key(key).encode()), []).append(position)
+            groups = list(by_slot.values())
+        else:
+            groups = [list(range(len(keys)))]
+        return [
+            group[start : start + _PIPELINE_CHUNK]
+            for group in groups
+            for start in range(0, len(group), _PIPELINE_CHUNK)
+        ]
 
-    async def _evalsha_each(self, sha: str, redis_keys: Sequence[str], ttl_ms: int) -> list[Any]:
+    async def _run_script(self, script: Any, keys: Sequence[EventKey], ttl_ms: int) -> list[Any]:
+        """Run the multi-key script over `keys`, one EVALSHA per script call, pipelined; returns the per-key
+        replies of a script that gives them, in the order of `keys`. Scripts missing on the server (a
+        restart) are loaded and only the calls that did not run are sent again."""
+        assert self._client is not None
+        positions = self._script_calls(keys)
+        calls = [[self._redis_key(keys[position]) for position in call] for call in positions]
+        replies = await self._evalsha_each(script.sha, calls, ttl_ms)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            await self._client.script_load(script.script)
+            again = await self._evalsha_each(script.sha, [calls[i] for i in missing], ttl_ms)
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise _RedisFailed(f"{type(reply).__name__}: {reply}")
+        if not all(isinstance(reply, list) for reply in replies):
+            return []
+        per_key: list[Any] = [None] * len(keys)
+        for call, call_replies in zip(positions, replies, strict=True):
+            for position, reply in zip(call, call_replies, strict=True):
+                per_key[position] = reply
+        return per_key
+
+    async def _evalsha_each(self, sha: str, calls: Sequence[list[str]], ttl_ms: int) -> list[Any]:
         assert self._client is not None
         async with self._client.pipeline(transaction=False) as pipe:
-            for redis_key in redis_keys:
-                pipe.evalsha(sha, 1, redis_key, ttl_ms)
+            for call in calls:
+                pipe.evalsha(sha, len(call), *call, ttl_ms)
             return await pipe.execute(raise_on_error=False)
 
     @staticmethod
@@ -378,6 +406,10 @@ class _DoneFollowUp:
         failure = next((reply for reply in replies if isinstance(reply, BaseException)), None)
         if failure is None:
             self._dedup._redis_answered()
+            return
+        if isinstance(failure, NoScriptError):
+            # The script is not on the server (a restart): the own path loads it.
+            await self._dedup.mark_done(self._keys)
             return
         self._dedup._redis_failed(failure, f"marking {len(self._keys)} event ids as done")
         self._dedup._done_in_lru(self._keys)
