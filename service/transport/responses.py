@@ -68,6 +68,8 @@ class ErrorBody(Struct, rename="camel"):
 
 
 class Requirement(Struct, rename="camel"):
+    """What completes a goal (from the catalog)."""
+
     stat_code: str
     operator: str
     target_value: int
@@ -75,19 +77,26 @@ class Requirement(Struct, rename="camel"):
 
 
 class Reward(Struct, rename="camel"):
+    """What claiming a completed goal grants (from the catalog)."""
+
     type: str
     reward_id: str
     quantity: int
 
 
-class Goal(Struct, rename="camel"):
-    """A goal in challenge listings: catalog fields merged with the user's row as viewed at request time."""
+class _CatalogGoal(Struct, rename="camel"):
+    """The catalog fields a listing goal and a selected goal begin with."""
 
     goal_id: str
     name: str
     description: str
     requirement: Requirement
     reward: Reward
+
+
+class Goal(_CatalogGoal):
+    """A goal in challenge listings: catalog fields merged with the user's row as viewed at request time."""
+
     prerequisites: list[str]
     locked: bool
     progress: int
@@ -144,14 +153,9 @@ class SetActiveResponse(Struct, rename="camel"):
     message: str
 
 
-class SelectedGoal(Struct, rename="camel"):
+class SelectedGoal(_CatalogGoal):
     """A goal in the batch/random select responses, with its view after the write."""
 
-    goal_id: str
-    name: str
-    description: str
-    requirement: Requirement
-    reward: Reward
     status: str
     progress: int
     target: int
@@ -169,6 +173,8 @@ class SelectResponse(Struct, rename="camel"):
 
 
 class ClaimResponse(Struct, rename="camel"):
+    """Response of a successful claim."""
+
     goal_id: str
     status: Literal["claimed"]
     reward: Reward
@@ -176,6 +182,8 @@ class ClaimResponse(Struct, rename="camel"):
 
 
 class RotationPeriod(Struct, rename="camel"):
+    """One period of a rotation schedule: `[startTime, endTime)`."""
+
     start_time: str
     end_time: str
     expires_in_seconds: int
@@ -220,16 +228,23 @@ def _reward(reward: catalog_model.Reward) -> Reward:
     return Reward(reward.type, reward.reward_id, reward.quantity)
 
 
+def _catalog_goal(goal: catalog_model.Goal) -> dict[str, Any]:
+    """The `_CatalogGoal` fields of a goal, as keyword arguments."""
+    return {
+        "goal_id": goal.goal_id,
+        "name": goal.name,
+        "description": goal.description,
+        "requirement": _requirement(goal.requirement),
+        "reward": _reward(goal.reward),
+    }
+
+
 def goal_body(state: GoalState, now: datetime) -> Goal:
     """The listing Goal of one goal state at `now`."""
     goal, row, goal_view = state.goal, state.row, state.view
     expires_at, expires_in = expiry_fields(goal, now)
     return Goal(
-        goal_id=goal.goal_id,
-        name=goal.name,
-        description=goal.description,
-        requirement=_requirement(goal.requirement),
-        reward=_reward(goal.reward),
+        **_catalog_goal(goal),
         prerequisites=list(goal.prerequisites),
         locked=state.locked,
         progress=goal_view.progress,
@@ -302,11 +317,7 @@ def selected_goal_body(state: GoalState, now: datetime) -> SelectedGoal:
     goal, row = state.goal, state.row
     expires_at, expires_in = expiry_fields(goal, now)
     return SelectedGoal(
-        goal_id=goal.goal_id,
-        name=goal.name,
-        description=goal.description,
-        requirement=_requirement(goal.requirement),
-        reward=_reward(goal.reward),
+        **_catalog_goal(goal),
         status=state.view.status,
         progress=state.view.progress,
         target=goal.requirement.target_value,
