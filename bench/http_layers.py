@@ -1,7 +1,13 @@
-"""CPU per request of the player API's ASGI stack alone (no sockets, no database), this checkout against
-another tree: the app `create_http_app` builds, called in-process with the ASGI messages uvicorn would
-pass, around a stand-in for the use cases that answers at once from the example catalog. What is left
-is what the transport costs per request: routing, authentication (a cached token), the error shape,
+"""CPU per request of the player API's transport alone (no sockets, no database), this checkout against
+another tree, in two ways:
+
+- ASGI: the app `create_http_app` builds, called in-process with the ASGI messages uvicorn would pass;
+- protocol + ASGI: the raw request fed to the service's HTTP protocol (`limited_protocol`, uvicorn's
+  httptools protocol) on a uvloop loop, with a transport that only collects the bytes written: what the
+  socket costs is left out, but parsing, the scope, the task, the deadlines and the response writing are in.
+
+Both around a stand-in for the use cases that answers at once from the example catalog. What is left is
+what the transport costs per request: parsing, routing, authentication (a cached token), the error shape,
 headers, metrics and the response writer.
 
 Each tree runs in its own interpreter (its `service/` first on sys.path); trees take turns, and each
@@ -30,11 +36,16 @@ MEASURE = r"""
 import asyncio, json, sys, time
 from datetime import UTC, datetime
 
+import uvloop
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
 from service.config.resources import example_catalog_path
 from service.domain.catalog import load_catalog
 from service.transport.auth import AuthConfig, Authenticator, mint_token
 from service.transport.health import Readiness
 from service.transport.http_api import create_http_app, player_routes
+from service.transport.http_protocol import HttpLimits, limited_protocol
 from service.usecases.players import ChallengeState, InitializeResult, ListResult
 
 SECRET = b"k" * 32
@@ -94,8 +105,57 @@ async def run(method, path, query, headers, count):
     return (time.process_time() - started) / count * 1e6
 
 
+class Transport:  # keeps nothing: the socket's cost is not measured
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def write(self, data):
+        pass
+
+    def writelines(self, data):
+        pass
+
+    def is_closing(self):
+        return False
+
+    def close(self):
+        pass
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+async def run_protocol(method, path, query, headers, count):
+    config = Config(app, lifespan="off", http=limited_protocol(HttpLimits()), ws="none", log_config=None,
+                    access_log=False, server_header=False, date_header=False)
+    config.load()
+    state = ServerState()
+    protocol = config.http_protocol_class(config=config, server_state=state, app_state={},
+                                          _loop=asyncio.get_running_loop())
+    protocol.connection_made(Transport())
+    target = path + ("?" + query.decode() if query else "")
+    raw = f"{method} {target} HTTP/1.1\r\n".encode() + b"".join(n + b": " + v + b"\r\n" for n, v in
+                                                               [(b"host", b"bench"), *headers]) + b"\r\n"
+
+    async def one():
+        protocol.data_received(raw)
+        while state.tasks:
+            await asyncio.sleep(0)
+
+    for _ in range(200):
+        await one()
+    started = time.process_time()
+    for _ in range(count):
+        await one()
+    return (time.process_time() - started) / count * 1e6
+
+
 count = int(sys.argv[1])
 results = {name: asyncio.run(run(*spec, count)) for name, spec in SCENARIOS.items()}
+results.update({"protocol: " + name: uvloop.run(run_protocol(*spec, count)) for name, spec in SCENARIOS.items()})
 print(json.dumps(results))
 """
 
@@ -130,8 +190,8 @@ def main() -> None:
     load_end = os.getloadavg()[0]
     print(
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load average "
-        f"{load_start:.1f} -> {load_end:.1f}; before = {trees['before']}, after = this checkout; in-process ASGI "
-        f"calls, {args.requests} per scenario, best of {args.rounds} rounds taken in turns; process CPU time"
+        f"{load_start:.1f} -> {load_end:.1f}; before = {trees['before']}, after = this checkout; in-process calls "
+        f"(ASGI, or `protocol:` raw bytes through the HTTP protocol on uvloop), {args.requests} per scenario, best of {args.rounds} rounds taken in turns; process CPU time"
     )
     print("| request | before: CPU us/req | after: CPU us/req | after/before |")
     print("|---|---|---|---|")

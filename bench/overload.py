@@ -12,12 +12,16 @@ request of the seed report's init wave, every request a new player:
    (by scheduled send time) with a failed request or a p95 above twice the baseline p95 (at least
    baseline + 20 ms), counted from the moment the load dropped.
 
-The open-loop client is a lean asyncio one (keep-alive connections, one request in flight on each, a
-new connection when none is idle); latency runs from each request's scheduled send time, so client
-lag counts against the service, not for it.
+Every tree gets the same offered load: the capacity measured on the first tree (or `--capacity`), so that
+a before/after compares the services at one rate and not two capacity readings of a noisy machine; with
+`--rounds N` the trees are measured in turns, N times each.
+
+The open-loop client is a lean asyncio one on uvloop, as the service (keep-alive connections, one request
+in flight on each, a new connection when none is idle); latency runs from each request's scheduled send
+time, so client lag counts against the service, not for it.
 
     python bench/overload.py [--before-tree DIR] [--factor 3] [--overload-s 10] [--port 20120]
-        [--service-env CHALLENGE_HTTP_MAX_INFLIGHT=32]
+        [--capacity REQ_PER_S] [--rounds 1] [--service-env CHALLENGE_HTTP_MAX_INFLIGHT=32]
 
 Uses DATABASE_URL / REDIS_URL when set (embedded servers otherwise). Prints a Markdown table.
 """
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import player_api
+import uvloop
 
 from bench.serve_process import api_cpu_s
 
@@ -179,12 +184,14 @@ def recovery_s(recovery: list[Outcome], baseline_p95: float) -> float:
     return (last_abnormal + 1) * WINDOW_S
 
 
-async def drive(port: int, args: argparse.Namespace, tag: str) -> dict[str, float]:
+async def drive(port: int, args: argparse.Namespace, tag: str, capacity: float | None) -> dict[str, float]:
+    """One tree's run; `capacity` None: measure it (closed loop) first."""
     client = Client(port)
     warm = NewPlayers(2000, f"{tag}-warm")
     await closed_loop(client, warm, args.concurrency, 2)
-    capacity_players = NewPlayers(int(4000 * args.capacity_s), f"{tag}-cap")
-    capacity = await closed_loop(client, capacity_players, args.concurrency, args.capacity_s)
+    if capacity is None:
+        capacity_players = NewPlayers(int(4000 * args.capacity_s), f"{tag}-cap")
+        capacity = await closed_loop(client, capacity_players, args.concurrency, args.capacity_s)
     low_rate, high_rate = capacity / 2, capacity * args.factor
     players = NewPlayers(int(low_rate * (args.baseline_s + args.recovery_s) + high_rate * args.overload_s) + 10, tag)
     baseline: list[Outcome] = []
@@ -218,14 +225,14 @@ async def drive(port: int, args: argparse.Namespace, tag: str) -> dict[str, floa
     }
 
 
-def measure_tree(tree: Path, args: argparse.Namespace, tag: str) -> dict[str, float]:
+def measure_tree(tree: Path, args: argparse.Namespace, tag: str, capacity: float | None) -> dict[str, float]:
     env = {
         "CHALLENGE_REDIS_KEY_PREFIX": f"bench-overload-{os.getpid()}-{tag}",
         **dict(setting.split("=", 1) for setting in args.service_env),
     }
     with player_api.service_of_tree(tree, env) as service:
         cpu_before = api_cpu_s(service)
-        result = asyncio.run(drive(player_api.PORT, args, tag))
+        result = uvloop.run(drive(player_api.PORT, args, tag, capacity))
         result["api_cpu_s"] = api_cpu_s(service) - cpu_before
         return result
 
@@ -239,6 +246,8 @@ def main() -> None:
     parser.add_argument("--baseline-s", type=float, default=5.0)
     parser.add_argument("--overload-s", type=float, default=10.0)
     parser.add_argument("--recovery-s", type=float, default=10.0)
+    parser.add_argument("--capacity", type=float, help="req/s to take as capacity instead of measuring it")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements of each tree, taken in turns")
     parser.add_argument("--port", type=int, default=None, help="player API port (default: a free one)")
     parser.add_argument(
         "--service-env", action="append", default=[], metavar="NAME=VALUE", help="extra service environment"
@@ -250,13 +259,24 @@ def main() -> None:
     if args.before_tree:
         trees = {f"before ({Path(args.before_tree).resolve()})": Path(args.before_tree).resolve(), **trees}
     load_start = os.getloadavg()[0]
-    results = {label: measure_tree(tree, args, f"t{index}") for index, (label, tree) in enumerate(trees.items())}
+    results: dict[str, dict[str, float]] = {}
+    capacity = args.capacity
+    for round_index in range(args.rounds):
+        for index, (label, tree) in enumerate(trees.items()):
+            result = measure_tree(tree, args, f"r{round_index}t{index}", capacity)
+            capacity = result["capacity"]
+            results[label if args.rounds == 1 else f"{label} #{round_index + 1}"] = result
     load_end = os.getloadavg()[0]
     print(
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load average "
-        f"{load_start:.1f} -> {load_end:.1f}; new-player POST /v1/challenges/initialize, 1 service process "
-        f"(default settings), client in one asyncio process on the same machine; capacity = closed loop with "
-        f"{args.concurrency} in flight; overload {args.factor:g}x capacity for {args.overload_s:g} s, "
+        f"{load_start:.1f} -> {load_end:.1f}; new-player POST /v1/challenges/initialize, serve with default "
+        f"settings (one API worker process), client in one uvloop process on the same machine; capacity = "
+        + (
+            f"{args.capacity:g} req/s (given)"
+            if args.capacity
+            else f"closed loop with {args.concurrency} in flight on the first tree"
+        )
+        + f"; overload {args.factor:g}x capacity for {args.overload_s:g} s, "
         f"baseline and recovery at 0.5x"
     )
     columns = [
