@@ -184,6 +184,25 @@ async def test_parser_errors_are_json_400(port: int, request_bytes: bytes) -> No
     assert answer.body["message"].startswith("malformed HTTP request")
 
 
+async def test_responses_keep_their_framing_through_the_protocol(port: int) -> None:
+    """The protocol writes the heads the app built itself: content-length, keep-alive and `Connection:
+    close`, HEAD without a body, as uvicorn frames them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        first = await _keep_alive_exchange(reader, writer, _get("/healthz", b"X-Request-Id: k-1"))
+        assert (first.status, first.body, first.headers["x-request-id"]) == (200, {"status": "healthy"}, "k-1")
+        assert "connection" not in first.headers and first.raw.lower().count(b"content-length") == 1
+        writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and head.count(b"content-length") == 1
+        assert b"content-length: 20\r\n" in head
+        last = await _keep_alive_exchange(reader, writer, _get("/healthz", b"Connection: close"))
+        assert last.status == 200 and last.headers["connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed by the server
+    finally:
+        writer.close()
+
+
 # --- deadlines ----------------------------------------------------------------------------------------
 
 
@@ -292,6 +311,68 @@ async def test_requests_over_max_inflight_are_503_at_once(catalog: Catalog) -> N
         assert [answer.status for answer in await asyncio.gather(*held)] == [200, 200]
         assert admission.inflight == 0
         assert (await _get_challenges(bound)).status == 200
+
+
+class CountingApp:
+    """The player app, counting the requests that reach it; it keeps the app's `early_answer`, which the
+    protocol asks first."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.early_answer, self.calls = app, app.early_answer, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls += 1
+        await self.app(scope, receive, send)
+
+
+async def _keep_alive_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> Answer:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    return Answer(head + await reader.readexactly(length), 0.0)
+
+
+async def test_refusals_come_from_the_protocol_without_running_the_app(catalog: Catalog) -> None:
+    """Issue 10 overload: a refused request is answered by the HTTP protocol as soon as its head is parsed,
+    without an ASGI task (the app never sees it), and its connection stays open for the next request."""
+    players = GatedPlayers(catalog)
+    admission = Admission(max_inflight=1, pool_waiting=lambda: 0, max_pool_waiting=100)
+    app = CountingApp(_app(players, catalog, admission))
+    before = _refused("overloaded")
+    async with limited_server(app) as bound:
+        players.gate.clear()
+        held = asyncio.create_task(_get_challenges(bound))
+        reader, writer = await asyncio.open_connection("127.0.0.1", bound)
+        try:
+            while admission.inflight < 1:
+                await asyncio.sleep(0.01)
+            request = _get(f"{BASE}/v1/challenges", f"Authorization: Bearer {TOKEN}".encode(), b"X-Request-Id: r-1")
+            shed = await _keep_alive_exchange(reader, writer, request)
+            assert _error(shed) == (503, "SERVICE_OVERLOADED")
+            assert shed.headers["retry-after"] == "1" and shed.headers["x-request-id"] == "r-1"
+            assert shed.headers["x-catalog-fingerprint"] == catalog.fingerprint
+            assert app.calls == 1 and _refused("overloaded") == before + 1
+            players.gate.set()
+            assert (await held).status == 200
+            assert admission.inflight == 0
+            assert (await _keep_alive_exchange(reader, writer, request)).status == 200  # same connection
+            assert app.calls == 2 and admission.inflight == 0
+            # A connection left idle after a refusal is closed after the idle timeout, as after any answer.
+            players.gate.clear()
+            held = asyncio.create_task(_get_challenges(bound))
+            while admission.inflight < 1:
+                await asyncio.sleep(0.01)
+            idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", bound)
+            assert (await _keep_alive_exchange(idle_reader, idle_writer, request)).status == 503
+            assert await asyncio.wait_for(idle_reader.read(), LIMITS.idle_timeout_s + 2) == b""
+            idle_writer.close()
+            players.gate.set()
+            assert (await held).status == 200
+        finally:
+            players.gate.set()  # a failed check must not leave the server waiting on the held request
+            writer.close()
 
 
 async def test_a_saturated_database_pool_sheds_instead_of_waiting(pg_url: str, catalog: Catalog) -> None:

@@ -116,6 +116,7 @@ def _uvicorn(app: Any, limits: HttpLimits | None = None) -> _Server:
         access_log=False,
         server_header=False,
         date_header=False,
+        proxy_headers=False,  # nothing reads the client address: no X-Forwarded-* layer per request
         http="httptools" if limits is None else limited_protocol(limits),
         ws="none",
         timeout_keep_alive=5 if limits is None else limits.idle_timeout_s,  # type: ignore[arg-type]

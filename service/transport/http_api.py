@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import msgspec
 from prometheus_client import Counter, Histogram
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
@@ -262,6 +263,17 @@ UNMATCHED_ROUTE = "unmatched"
 # (a getrandom call) per request.
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count()
+# Scope key of a request that `early_answer` admitted (and counted in progress).
+_ADMITTED = "challengectl.admitted"
+_OVERLOADED = HTTP_REFUSED.labels("overloaded")
+_JSON_CONTENT_TYPE = (b"content-type", JSON_TYPE.encode())
+_RETRY_AFTER = (b"retry-after", b"1")
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
 # The status recorded for a request whose client went away before its answer (nginx's convention).
 CLIENT_CLOSED_STATUS = 499
 # Anything else a client sends is labelled `other`, so garbage methods cannot grow the label set.
@@ -279,12 +291,16 @@ class PlayerApi:
       anything else as a bare 500 with the cause in the log; a client that went away is not an error;
     - counts and times the request by its route template (`unmatched` when no route matched); label
       children are cached, so that costs two dict lookups, an increment and an observation.
+
+    A request for a path without parameters (the listing, initialize, health) goes straight to its route,
+    found in a dict, when the method is one the route takes; everything else goes through the router.
     """
 
     def __init__(
         self, router: Router, catalog_fingerprint: str, admitted_prefix: str, admission: Admission | None
     ) -> None:
         self.router = router
+        self._static_routes = _static_routes(router)
         self.fingerprint = catalog_fingerprint.encode()
         self._admitted_prefix = admitted_prefix
         self._admission = admission
@@ -297,7 +313,18 @@ class PlayerApi:
             await self.router(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _incoming_request_id(scope) or f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+        admission = self._admission
+        if not scope.pop(_ADMITTED, False):  # else the protocol's call of `early_answer` admitted it
+            answer = self.early_answer(scope)
+            if answer is not None:
+                status, headers, body = answer
+                headers = [*headers, (b"content-length", b"%d" % len(body))]
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            if not scope.pop(_ADMITTED, False):
+                admission = None  # not a guarded route
+        request_id = _incoming_request_id(scope) or _new_request_id()
         scope["request_id"] = request_id
         scope["app"] = self  # makes the router raise its 404/405 instead of answering them in plain text
         extra = ((b"x-request-id", request_id.encode()), (b"x-catalog-fingerprint", self.fingerprint))
@@ -310,19 +337,14 @@ class PlayerApi:
                 message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
-        admission = self._admission
-        if admission is not None and scope["path"].startswith(self._admitted_prefix):
-            refusal = admission.refusal()
-            if refusal is not None:
-                HTTP_REFUSED.labels("overloaded").inc()
-                await error_response(refusal)(scope, receive, send_with_headers)
-                self._record(scope, status, time.perf_counter() - started)
-                return
-            admission.started()
-        else:
-            admission = None
         try:
-            await self.router(scope, receive, send_with_headers)
+            route = self._static_routes.get(scope["path"])
+            if route is not None and (route.methods is None or scope["method"] in route.methods):
+                # What the router would do for this route, without trying the routes before it.
+                scope.update(router=self.router, route=route, endpoint=route.endpoint, path_params={})
+                await route.app(scope, receive, send_with_headers)
+            else:
+                await self.router(scope, receive, send_with_headers)
         except ClientDisconnect:
             status = status or CLIENT_CLOSED_STATUS
         except Exception as exc:
@@ -334,6 +356,30 @@ class PlayerApi:
             if admission is not None:
                 admission.finished(elapsed)
             self._record(scope, status or 500, elapsed)
+
+    def early_answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """Admission control of a player request (docs/http-api.md#http-limits), asked by the HTTP protocol once
+        the head is parsed, before any ASGI task exists: the whole 503 when it is refused, else None. An
+        admitted request counts as in progress from here (a task waiting to run is load too)."""
+        admission = self._admission
+        if admission is None or not scope["path"].startswith(self._admitted_prefix):
+            return None
+        refusal = admission.refusal()
+        if refusal is None:
+            admission.started()
+            scope[_ADMITTED] = True
+            return None
+        _OVERLOADED.inc()
+        request_id = _incoming_request_id(scope) or _new_request_id()
+        body = msgspec.json.encode({"errorCode": refusal.error_code, "message": refusal.message})
+        headers = [
+            _JSON_CONTENT_TYPE,
+            _RETRY_AFTER,
+            (b"x-request-id", request_id.encode()),
+            (b"x-catalog-fingerprint", self.fingerprint),
+        ]
+        self._record(scope, 503, 0.0)
+        return 503, headers, body
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         route = scope.get("route")
@@ -357,6 +403,18 @@ class PlayerApi:
         if label is None:
             label = self._route_labels[path] = _CONVERTOR_SUFFIX.sub(r"{\1}", path)
         return label
+
+
+def _static_routes(router: Router) -> dict[str, Route]:
+    """Routes of a path without parameters, by path; only where no earlier route also matches that path, so
+    that the router would pick the same route."""
+    static: dict[str, Route] = {}
+    for index, route in enumerate(router.routes):
+        if not isinstance(route, Route) or "{" in route.path or route.path in static:
+            continue
+        if not any(isinstance(e, Route) and e.path_regex.match(route.path) for e in router.routes[:index]):
+            static[route.path] = route
+    return static
 
 
 def _error_for(scope: Scope, exc: Exception) -> Response:

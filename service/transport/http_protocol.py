@@ -5,19 +5,26 @@ cap on open connections (503), and every refusal the parser makes as `{"errorCod
 uvicorn's own protocol has none of these: it buffers a header of any size, waits forever for a head or
 body that never completes, keeps a connection that never sends a byte, and answers a malformed request
 in plain text. The limits act before the ASGI app runs, so a refused request costs no task.
+
+An app with an `early_answer(scope)` method (`PlayerApi`: admission control) is asked once a request's head
+is parsed; a response it returns is written at once, without an ASGI task, and the connection stays open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 import msgspec
 from prometheus_client import Counter
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
 
 HTTP_REFUSED = Counter(
     "challenge_http_refused_total",
@@ -38,6 +45,15 @@ class HttpLimits:
     max_connections: int = 1024
 
 
+Headers = Sequence[tuple[bytes, bytes]]
+
+
+class EarlyAnswer(Protocol):
+    """`(status, headers, body)` to send instead of running the app for a request, or None to run it."""
+
+    def __call__(self, scope: Any) -> tuple[int, Headers, bytes] | None: ...
+
+
 class _Refusal(Exception):
     """Raised inside a parser callback to stop the parser and answer with this error."""
 
@@ -46,10 +62,78 @@ class _Refusal(Exception):
         self.status, self.error_code, self.message, self.reason = status, error_code, message, reason
 
 
+# How often the deadlines of a server's connections are checked: a deadline acts at most this late.
+DEADLINE_TICK_S = 0.1
+
+
+class _Deadlines:
+    """One timer for all connections of a server: every `DEADLINE_TICK_S` it expires the connections whose
+    deadline has passed. A request moves its connection's deadline by storing a number, instead of
+    creating and cancelling a timer handle three or four times per request. Runs while connections exist."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        self._loop = loop
+        self._connections = connections
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self._timer is None:
+            self._timer = self._loop.call_later(DEADLINE_TICK_S, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        for protocol in tuple(self._connections):
+            if protocol.deadline_at <= now:
+                protocol.deadline_at = math.inf
+                protocol.expire()
+        if self._connections:
+            self.start()
+
+
+_DEADLINES: weakref.WeakKeyDictionary[ServerState, _Deadlines] = weakref.WeakKeyDictionary()
+
+
 def _headers_too_large(limits: HttpLimits) -> _Refusal:
     return _Refusal(
         431, "HEADERS_TOO_LARGE", f"request headers exceed {limits.max_header_bytes} bytes", "header_too_large"
     )
+
+
+class _TrustedHeadersCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, writing the head of a response whose headers the service built
+    (lower-case names, a `content-length`, no `connection` or `transfer-encoding`) without uvicorn's
+    regular-expression check of every header; any other response start, and every body, is uvicorn's."""
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != "http.response.start" or self.response_started or self.disconnected:
+            await super().send(message)
+            return
+        parts = [STATUS_LINE[message["status"]]]
+        length = None
+        for name, value in message.get("headers", ()):
+            if name == b"content-length":
+                length = int(value)
+                continue  # written last, once
+            if name in _HEADERS_FOR_UVICORN:
+                length = None
+                break
+            parts += (name, b": ", value, b"\r\n")
+        if length is None or self.flow.write_paused:
+            await super().send(message)
+            return
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self.expected_content_length, self.chunked_encoding = length, False
+        parts.append(b"content-length: %d\r\n" % length)
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.transport.write(b"".join(parts))
+
+
+# Response headers whose handling (keep-alive, chunking) is left to uvicorn.
+_HEADERS_FOR_UVICORN = frozenset((b"connection", b"transfer-encoding"))
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -61,13 +145,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, limits: HttpLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
-        self._deadline: asyncio.TimerHandle | None = None
+        # The connection's one deadline (loop time) and what happens when it passes, checked by `_Deadlines`.
+        self.deadline_at = math.inf
+        self.expire: Callable[[], None] = self._idle_expired
+        deadlines = _DEADLINES.get(self.server_state)
+        if deadlines is None:
+            deadlines = _DEADLINES[self.server_state] = _Deadlines(self.loop, self.connections)
+        self._deadlines = deadlines
         self._reading_head = True
         self._head_bytes = 0  # raw bytes received while reading a head: stops a huge header early
         self._url_bytes = 0
         self._header_bytes = 0
         self._header_count = 0
         self._refused = False
+        self._early_answer: EarlyAnswer | None = getattr(self.config.app, "early_answer", None)
 
     # --- connection ---
 
@@ -79,6 +170,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 retry_after=True,
             )
             return
+        self._deadlines.start()
         self._arm(self.limits.idle_timeout_s, self._idle_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -142,20 +234,52 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._disarm()
         self._reading_head = True
+        if self.cycle.response_complete:  # answered before its body ended (or from the protocol)
+            self._arm(self.limits.idle_timeout_s, self._idle_expired)
+        else:
+            self._disarm()
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the idle deadline in place of its keep-alive timer."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self.deadline_at == math.inf:  # else the body deadline of an unread body still runs
+            self._arm(self.limits.idle_timeout_s, self._idle_expired)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        answer = self._early_answer(cycle.scope) if self._early_answer is not None else None
+        if answer is None:
+            # The player port's app builds every response header itself (docs/http-api.md#general-rules).
+            cycle.__class__ = _TrustedHeadersCycle
+            super()._start_asgi_task(cycle, app)
+            return
+        # Answered here: no task and no app. The parser skips the rest of the body (the cycle is complete);
+        # the connection stays open for the next request, as after any response.
+        status, headers, body = answer
+        cycle.response_started = cycle.response_complete = True
+        head_only = cycle.scope["method"] == "HEAD"
+        self.transport.write(
+            _response_bytes(status, headers, b"" if head_only else body, len(body), not cycle.keep_alive)
+        )
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     # --- deadlines ---
 
-    def _arm(self, delay_s: float, callback: Any) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(delay_s, callback)
+    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self.deadline_at = self.loop.time() + delay_s
+        self.expire = callback
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self.deadline_at = math.inf
 
     def _idle_expired(self) -> None:
         HTTP_REFUSED.labels("idle_timeout").inc()
@@ -188,17 +312,26 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+_JSON_TYPE = (b"content-type", b"application/json; charset=utf-8")
+_RETRY_AFTER = (b"retry-after", b"1")
+
+
+def _response_bytes(status: int, headers: Headers, body: bytes, content_length: int, close: bool) -> bytes:
+    """A whole HTTP/1.1 response with trusted headers (no validation), in one piece for one write."""
+    parts = [STATUS_LINE[status]]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"content-length: %d\r\n" % content_length)
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)
+
+
 def _error_bytes(refusal: _Refusal, retry_after: bool) -> bytes:
     body = msgspec.json.encode({"errorCode": refusal.error_code, "message": refusal.message})
-    head = [
-        STATUS_LINE[refusal.status],
-        b"content-type: application/json; charset=utf-8\r\n",
-        b"content-length: %d\r\n" % len(body),
-        b"connection: close\r\n",
-    ]
-    if retry_after:
-        head.append(b"retry-after: 1\r\n")
-    return b"".join([*head, b"\r\n", body])
+    headers = (_JSON_TYPE, _RETRY_AFTER) if retry_after else (_JSON_TYPE,)
+    return _response_bytes(refusal.status, headers, body, len(body), close=True)
 
 
 def limited_protocol(limits: HttpLimits) -> Any:
