@@ -185,13 +185,14 @@ async def test_parser_errors_are_json_400(port: int, request_bytes: bytes) -> No
 
 
 async def test_responses_keep_their_framing_through_the_protocol(port: int) -> None:
-    """The protocol writes the heads the app built itself: content-length, keep-alive and `Connection:
-    close`, HEAD without a body, as uvicorn frames them."""
+    """The protocol writes the heads the app built itself: uvicorn's default headers, one content-length,
+    keep-alive and `Connection: close`, HEAD without a body, as uvicorn frames them."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         first = await _keep_alive_exchange(reader, writer, _get("/healthz", b"X-Request-Id: k-1"))
         assert (first.status, first.body, first.headers["x-request-id"]) == (200, {"status": "healthy"}, "k-1")
         assert "connection" not in first.headers and first.raw.lower().count(b"content-length") == 1
+        assert "date" in first.headers  # uvicorn's default headers (this test server keeps them on)
         writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and head.count(b"content-length") == 1

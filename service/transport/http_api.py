@@ -263,7 +263,7 @@ UNMATCHED_ROUTE = "unmatched"
 # (a getrandom call) per request.
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count()
-# Scope key of a request that `early_answer` admitted (and counted in progress).
+# Scope key of a request that `early_answer` admitted (and counted in progress): when, by `perf_counter`.
 _ADMITTED = "challengectl.admitted"
 _OVERLOADED = HTTP_REFUSED.labels("overloaded")
 _JSON_CONTENT_TYPE = (b"content-type", JSON_TYPE.encode())
@@ -312,9 +312,10 @@ class PlayerApi:
         if scope["type"] != "http":
             await self.router(scope, receive, send)
             return
-        started = time.perf_counter()
         admission = self._admission
-        if not scope.pop(_ADMITTED, False):  # else the protocol's call of `early_answer` admitted it
+        # Timed from admission when the protocol admitted it: the wait for this task to run counts too.
+        started = scope.pop(_ADMITTED, None)
+        if started is None:
             answer = self.early_answer(scope)
             if answer is not None:
                 status, headers, body = answer
@@ -322,8 +323,10 @@ class PlayerApi:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
-            if not scope.pop(_ADMITTED, False):
+            started = scope.pop(_ADMITTED, None)
+            if started is None:
                 admission = None  # not a guarded route
+                started = time.perf_counter()
         request_id = _incoming_request_id(scope) or _new_request_id()
         scope["request_id"] = request_id
         scope["app"] = self  # makes the router raise its 404/405 instead of answering them in plain text
@@ -360,14 +363,15 @@ class PlayerApi:
     def early_answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         """Admission control of a player request (docs/http-api.md#http-limits), asked by the HTTP protocol once
         the head is parsed, before any ASGI task exists: the whole 503 when it is refused, else None. An
-        admitted request counts as in progress from here (a task waiting to run is load too)."""
+        admitted request counts as in progress, and is timed, from here (a task waiting to run is load too,
+        and its wait is part of how long requests take for the latency rule)."""
         admission = self._admission
         if admission is None or not scope["path"].startswith(self._admitted_prefix):
             return None
         refusal = admission.refusal()
         if refusal is None:
             admission.started()
-            scope[_ADMITTED] = True
+            scope[_ADMITTED] = time.perf_counter()
             return None
         _OVERLOADED.inc()
         request_id = _incoming_request_id(scope) or _new_request_id()

@@ -111,7 +111,7 @@ class _TrustedHeadersCycle(RequestResponseCycle):
             return
         parts = [STATUS_LINE[message["status"]]]
         length = None
-        for name, value in message.get("headers", ()):
+        for name, value in (*self.default_headers, *message.get("headers", ())):
             if name == b"content-length":
                 length = int(value)
                 continue  # written last, once
