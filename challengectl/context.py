@@ -156,14 +156,15 @@ class CliContext:
 
         return asyncio.run(runner())
 
-    def require_user(self, **command_flags: Any) -> str:
+    def require_user(self, alternatives: str = "", **command_flags: Any) -> str:
         """The player to act as: `--user` / `CHALLENGE_USER`, else the subject of `--token` /
-        `CHALLENGE_TOKEN` (the token names its player), else CliError exit 2."""
+        `CHALLENGE_TOKEN` (the token names its player), else CliError exit 2 (naming the command's
+        other ways to name players, `alternatives`)."""
         settings = self.settings(**command_flags)
         user = settings.user or token_subject(settings.token)
         if not user:
             raise CliError(
-                "this command acts as a player and needs --user (or --token)",
+                f"this command acts as a player and needs --user (or --token{alternatives})",
                 "add --user <id> or set CHALLENGE_USER",
                 EXIT_USAGE,
             )

@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -27,7 +27,7 @@ import typer
 from rich.console import Group
 from rich.text import Text
 
-from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration, token_subject
+from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_AUTH, EXIT_FAILED, EXIT_USAGE, CliError
 from challengectl.eventload import RPC_AGS, RPC_PUBLISH, EventSender, OpenModel, Outcome, Tally, paced
 from challengectl.goal_snapshots import GoalKey, GoalSnapshot, fetch_goals, goal_changes
@@ -578,15 +578,7 @@ def _players(cli: CliContext, user: str | None, users_prefix: str | None, users:
         if users_prefix is None or users is None:
             raise CliError("--users-prefix and --users go together", "e.g. --users-prefix load- --users 50", EXIT_USAGE)
         return [f"{users_prefix}{n}" for n in range(1, users + 1)]  # the ids `users init --count N --prefix P` makes
-    settings = cli.settings(user=user)
-    player = settings.user or token_subject(settings.token)
-    if not player:
-        raise CliError(
-            "events send needs --user (or --token, or --users-prefix P --users N)",
-            "add --user <id> or set CHALLENGE_USER",
-            EXIT_USAGE,
-        )
-    return [player]
+    return [cli.require_user(alternatives=", or --users-prefix P --users N", user=user)]
 
 
 def send_events(
@@ -630,49 +622,60 @@ def send_events(
     cli.run(main)
 
 
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """The options `events send login` and `events send stat` share."""
+
+    user: str | None
+    users_prefix: str | None
+    users: int | None
+    count: int
+    event_id: str | None
+    event_rpc: str | None
+    batch: int | None
+    rate: float | None
+    wait: bool
+    wait_timeout: str
+    verbose: bool
+
+    @classmethod
+    def pick(cls, arguments: dict[str, Any]) -> SyntheticOptions:
+        """The shared options out of a command's arguments (its `locals()`)."""
+        return cls(**{option.name: arguments[option.name] for option in fields(cls)})
+
+
 def _send_synthetic(
     ctx: typer.Context,
     make: Callable[[str, str, int], ingest_pb2.Event],
-    *,
-    user: str | None,
-    users_prefix: str | None,
-    users: int | None,
-    count: int,
-    event_id: str | None,
-    event_rpc: str | None,
-    batch: int | None,
-    rate: float | None,
-    wait: bool,
-    wait_timeout: str,
-    verbose: bool,
+    options: SyntheticOptions,
     default_batch: int = 1,
 ) -> None:
     cli = get_cli(ctx)
-    players = _players(cli, user, users_prefix, users)
+    players = _players(cli, options.user, options.users_prefix, options.users)
     # Several events go in Publish batches of `default_batch` unless an RPC is named; one event takes the
     # reference AGS path.
-    batching = event_rpc is None and default_batch > 1 and len(players) * count > 1
-    rpc = RPC_PUBLISH if batching else _check_rpc(event_rpc or RPC_AGS)
-    batch = batch or (default_batch if rpc == RPC_PUBLISH else 1)
+    batching = options.event_rpc is None and default_batch > 1 and len(players) * options.count > 1
+    rpc = RPC_PUBLISH if batching else _check_rpc(options.event_rpc or RPC_AGS)
+    batch = options.batch or (default_batch if rpc == RPC_PUBLISH else 1)
     if rpc == RPC_AGS and batch != 1:
         raise CliError(
             "the AGS OnMessage services carry one event per call",
             "drop --batch, or use --event-rpc publish",
             EXIT_USAGE,
         )
-    if wait and len(players) > 1:
+    if options.wait and len(players) > 1:
         raise CliError("--wait follows one player", "use --user with --wait, or drop --wait", EXIT_USAGE)
-    wait_timeout_s = parse_duration(wait_timeout, "--wait-timeout")
-    events = synthetic_events(players, count, event_id, make)
+    wait_timeout_s = parse_duration(options.wait_timeout, "--wait-timeout")
+    events = synthetic_events(players, options.count, options.event_id, make)
     send_events(
         cli,
         events,
         rpc=rpc,
         batch=batch,
-        rate=_check_rate(rate),
-        wait_user=players[0] if wait else None,
+        rate=_check_rate(options.rate),
+        wait_user=players[0] if options.wait else None,
         wait_timeout_s=wait_timeout_s,
-        verbose=verbose,
+        verbose=options.verbose,
     )
 
 
@@ -704,21 +707,7 @@ def send_login(
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Send login events; a summary of accepted/duplicates/skipped/rejected and ack latency (--verbose: every call)."""
-    _send_synthetic(
-        ctx,
-        lambda player, eid, _: login_event(player, eid),
-        user=user,
-        users_prefix=users_prefix,
-        users=users,
-        count=count,
-        event_id=event_id,
-        event_rpc=event_rpc,
-        batch=batch,
-        rate=rate,
-        wait=wait,
-        wait_timeout=wait_timeout,
-        verbose=verbose,
-    )
+    _send_synthetic(ctx, lambda player, eid, _: login_event(player, eid), SyntheticOptions.pick(locals()))
 
 
 def send_stat(
@@ -743,26 +732,12 @@ def send_stat(
     verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> None:
     """Send stat events; a summary of accepted/duplicates/skipped/rejected and ack latency (--verbose: every call)."""
+    options = SyntheticOptions.pick(locals())
 
     def make(player: str, eid: str, nth: int) -> ingest_pb2.Event:
         return stat_event(player, eid, stat_code, value + nth * inc, inc)
 
-    _send_synthetic(
-        ctx,
-        make,
-        user=user,
-        users_prefix=users_prefix,
-        users=users,
-        count=count,
-        event_id=event_id,
-        event_rpc=event_rpc,
-        batch=batch,
-        rate=rate,
-        wait=wait,
-        wait_timeout=wait_timeout,
-        verbose=verbose,
-        default_batch=STAT_BATCH,
-    )
+    _send_synthetic(ctx, make, options, default_batch=STAT_BATCH)
 
 
 def send_file(

@@ -25,9 +25,8 @@ import psutil
 from hdrh.histogram import HdrHistogram
 
 from challengectl.eventload import RPC_PUBLISH, EventSender, OpenModel
-from challengectl.loadtest.operations import Operations, event_label
+from challengectl.loadtest.operations import GeneratorOptions, Operations, event_label
 from challengectl.loadtest.profiles import (
-    DEFAULT_USERS,
     GAMEPLAY_API_MIX,
     LOGIN_EVENT_SHARE,
     STAT_CODES,
@@ -47,24 +46,12 @@ START_MARGIN_S = 0.3
 Launch = tuple[tuple[str, ...], Coroutine[Any, Any, None]]  # (labels it would record, operation)
 
 
-@dataclass(frozen=True)
-class GeneratorConfig:
+@dataclass(frozen=True, kw_only=True)
+class GeneratorConfig(GeneratorOptions):
     """Everything a generator process needs (picklable for `--procs` > 1)."""
 
-    api_url: str
-    grpc_addr: str
     phases: tuple[PhasePlan, ...]
-    users: int = DEFAULT_USERS
-    auth: str = "jwt"
-    jwt_key: bytes | None = None
-    namespace: str = "accelbyte"
-    grpc_token: str | None = None
-    event_rpc: str = "ags"
-    event_batch: int = 50
-    max_inflight: int = 4000
-    seed: int = 7
     run_id: str = "run"
-    timeout_s: float = 30.0
     http_connections: int = 256
 
     @property
@@ -167,15 +154,8 @@ class Worker:
         self._goal_paths = all_goal_paths()
         token_ttl = int(config.total_duration_s + config.timeout_s) + 3600
         self.ops = Operations(
-            api_url=config.api_url,
-            grpc_addr=config.grpc_addr,
-            auth=config.auth,
-            jwt_key=config.jwt_key,
+            config,
             token_ttl_s=token_ttl,
-            namespace=config.namespace,
-            grpc_token=config.grpc_token,
-            event_rpc=config.event_rpc,
-            timeout_s=config.timeout_s,
             http_connections=max(8, config.http_connections // count),
             recorder=self.recorder,
         )

@@ -4,6 +4,7 @@ findings and recommendations, appendix. Rendered from the JSON report alone (no 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from challengectl.bottleneck import CPU_SATURATED_PCT, POOL_PRESSURE_PCT
@@ -424,6 +425,27 @@ class MarkdownReport:
         def util(peak: float | None, cap: float | None) -> str:
             return fmt_pct(100.0 * peak / cap, 1) if peak is not None and cap else DASH
 
+        def one_decimal(value: float | None) -> str:
+            return f"{value:.1f}" if value is not None else DASH
+
+        def percent(value: float | None) -> str:
+            return fmt_pct(value, 1)
+
+        def series(
+            label: str,
+            field: str,
+            text: Callable[[float | None], str],
+            avg_text: Callable[[float | None], str] | None = None,
+            capacity_key: str | None = None,
+            peak: float | None = None,
+        ) -> list[str]:
+            """A sampled series' row: peak (the highest sample unless given) and average, and with
+            `capacity_key` the capacity and the peak's share of it."""
+            peak = stat(field, "max") if peak is None else peak
+            cap = capacity.get(capacity_key) if capacity_key else None
+            limit = [fmt_int(cap), util(peak, cap)] if capacity_key else [DASH, DASH]
+            return [label, text(peak), (avg_text or text)(stat(field, "avg")), *limit]
+
         cores = findings_module.service_cores(self.report)
         pool_peak = stat("db_pool_peak_in_use", "max")
         if pool_peak is None:
@@ -444,67 +466,15 @@ class MarkdownReport:
                 DASH,
                 DASH,
             ],
-            [
-                "DB pool in use",
-                fmt_int(pool_peak),
-                f"{stat('db_pool_in_use', 'avg'):.1f}" if stat("db_pool_in_use", "avg") is not None else DASH,
-                fmt_int(capacity.get("db_pool_max")),
-                util(pool_peak, capacity.get("db_pool_max")),
-            ],
-            [
-                "DB pool waiting",
-                fmt_int(stat("db_pool_waiting", "max")),
-                f"{stat('db_pool_waiting', 'avg'):.1f}" if stat("db_pool_waiting", "avg") is not None else DASH,
-                DASH,
-                DASH,
-            ],
-            [
-                "PostgreSQL connections",
-                fmt_int(stat("pg_connections_total", "max")),
-                f"{stat('pg_connections_total', 'avg'):.1f}"
-                if stat("pg_connections_total", "avg") is not None
-                else DASH,
-                fmt_int(capacity.get("pg_max_connections")),
-                util(stat("pg_connections_total", "max"), capacity.get("pg_max_connections")),
-            ],
-            [
-                "PostgreSQL active sessions",
-                fmt_int(stat("pg_connections_active", "max")),
-                f"{stat('pg_connections_active', 'avg'):.1f}"
-                if stat("pg_connections_active", "avg") is not None
-                else DASH,
-                DASH,
-                DASH,
-            ],
-            [
-                "Redis hit ratio (server-wide)",
-                fmt_pct(stat("redis_hit_ratio_pct", "max"), 1),
-                fmt_pct(stat("redis_hit_ratio_pct", "avg"), 1),
-                DASH,
-                DASH,
-            ],
-            [
-                "Redis ops/s",
-                fmt_int(stat("redis_ops_per_s", "max")),
-                fmt_int(stat("redis_ops_per_s", "avg")),
-                DASH,
-                DASH,
-            ],
-            [
-                "Service cache hit ratio",
-                fmt_pct(stat("cache_hit_ratio_pct", "max"), 1),
-                fmt_pct(stat("cache_hit_ratio_pct", "avg"), 1),
-                DASH,
-                DASH,
-            ],
-            [
-                "Event buffer entries",
-                fmt_int(buffer_peak),
-                fmt_int(stat("buffer_entries", "avg")),
-                fmt_int(capacity.get("buffer_capacity")),
-                util(buffer_peak, capacity.get("buffer_capacity")),
-            ],
-            ["Flush p95", fmt_ms(stat("flush_ms_p95", "max")), fmt_ms(stat("flush_ms_p95", "avg")), DASH, DASH],
+            series("DB pool in use", "db_pool_in_use", fmt_int, one_decimal, "db_pool_max", pool_peak),
+            series("DB pool waiting", "db_pool_waiting", fmt_int, one_decimal),
+            series("PostgreSQL connections", "pg_connections_total", fmt_int, one_decimal, "pg_max_connections"),
+            series("PostgreSQL active sessions", "pg_connections_active", fmt_int, one_decimal),
+            series("Redis hit ratio (server-wide)", "redis_hit_ratio_pct", percent),
+            series("Redis ops/s", "redis_ops_per_s", fmt_int),
+            series("Service cache hit ratio", "cache_hit_ratio_pct", percent),
+            series("Event buffer entries", "buffer_entries", fmt_int, fmt_int, "buffer_capacity", buffer_peak),
+            series("Flush p95", "flush_ms_p95", fmt_ms),
             [
                 "Generator send lag",
                 f"p99 {fmt_ms(generator.get('lag_ms', {}).get('p99'))}, max "

@@ -11,13 +11,14 @@ import asyncio
 import json
 import re
 import time
-from typing import Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import aiohttp
 import grpc
 
-from challengectl.eventload import Call, EventSender
-from challengectl.loadtest.profiles import EXTRA_SUCCESS, user_id_of
+from challengectl.eventload import RPC_AGS, Call, EventSender
+from challengectl.loadtest.profiles import DEFAULT_USERS, EXTRA_SUCCESS, user_id_of
 from service.proto.challengectl.v1 import ingest_pb2
 from service.transport.auth import mint_token
 
@@ -27,6 +28,29 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 TIMEOUT = "timeout"
 CONNECT_ERROR = "connect_error"
 REJECTED = "grpc_REJECTED"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorOptions:
+    """What the load generator sends and where (docs/loadtest.md#loadtest-run options): shared by the
+    `loadtest run` request and the generator's configuration."""
+
+    api_url: str
+    grpc_addr: str
+    users: int = DEFAULT_USERS
+    auth: str = "jwt"
+    jwt_key: bytes | None = None
+    namespace: str = "accelbyte"
+    grpc_token: str | None = None
+    event_rpc: str = RPC_AGS
+    event_batch: int = 50
+    max_inflight: int = 4000
+    seed: int = 7
+    timeout_s: float = 30.0
+
+    def generator_options(self) -> dict[str, Any]:
+        """These options as keyword arguments, to build another kind of options from them."""
+        return {option.name: getattr(self, option.name) for option in fields(GeneratorOptions)}
 
 
 class Recorder(Protocol):
@@ -80,29 +104,12 @@ class Operations:
     token minted from the HS256 key (cached per user) or `X-Mock-User-Id` with auth `none`."""
 
     def __init__(
-        self,
-        *,
-        api_url: str,
-        grpc_addr: str,
-        auth: str,
-        jwt_key: bytes | None,
-        token_ttl_s: int,
-        namespace: str,
-        grpc_token: str | None,
-        event_rpc: str,
-        timeout_s: float,
-        http_connections: int,
-        recorder: Recorder,
+        self, options: GeneratorOptions, *, token_ttl_s: int, http_connections: int, recorder: Recorder
     ) -> None:
-        self._api_url = api_url.rstrip("/")
-        self._grpc_addr = grpc_addr
-        self._auth = auth
-        self._jwt_key = jwt_key
+        self._options = options
+        self._api_url = options.api_url.rstrip("/")
         self._token_ttl_s = token_ttl_s
-        self._namespace = namespace
-        self._metadata = (("authorization", f"Bearer {grpc_token}"),) if grpc_token else ()
-        self._event_rpc = event_rpc
-        self._timeout_s = timeout_s
+        self._metadata = (("authorization", f"Bearer {options.grpc_token}"),) if options.grpc_token else ()
         self._http_connections = http_connections
         self._recorder = recorder
         self._headers: dict[int, dict[str, str]] = {}
@@ -116,12 +123,15 @@ class Operations:
             limit=self._http_connections, keepalive_timeout=120, use_dns_cache=True, enable_cleanup_closed=True
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s), skip_auto_headers=("User-Agent",)
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._options.timeout_s),
+            skip_auto_headers=("User-Agent",),
         )
         if with_grpc:
-            self._channel = grpc.aio.insecure_channel(self._grpc_addr)
+            options = self._options
+            self._channel = grpc.aio.insecure_channel(options.grpc_addr)
             self.sender = EventSender(
-                self._channel, self._event_rpc, deadline_s=self._timeout_s, metadata=self._metadata
+                self._channel, options.event_rpc, deadline_s=options.timeout_s, metadata=self._metadata
             )
 
     async def close(self) -> None:
@@ -139,11 +149,12 @@ class Operations:
         headers = self._headers.get(user_number)
         if headers is None:
             user_id = user_id_of(user_number)
-            if self._auth == "none":
+            jwt_key = self._options.jwt_key
+            if self._options.auth == "none":
                 headers = {"X-Mock-User-Id": user_id}
             else:
-                assert self._jwt_key is not None
-                headers = {"Authorization": f"Bearer {mint_token(self._jwt_key, user_id, self._token_ttl_s)}"}
+                assert jwt_key is not None
+                headers = {"Authorization": f"Bearer {mint_token(jwt_key, user_id, self._token_ttl_s)}"}
             self._headers[user_number] = headers
         return headers
 

@@ -20,8 +20,9 @@ from typing import Any
 from challengectl.loadtest import findings
 from challengectl.loadtest.generator import GeneratorConfig, GeneratorFailed, run_generator
 from challengectl.loadtest.live import LiveProgress
+from challengectl.loadtest.operations import GeneratorOptions
 from challengectl.loadtest.preflight import run_preflight
-from challengectl.loadtest.profiles import DEFAULT_USERS, Profile, user_id_of
+from challengectl.loadtest.profiles import Profile, user_id_of
 from challengectl.loadtest.report import build_report
 from challengectl.loadtest.schedule import PhasePlan
 from challengectl.loadtest.servicemetrics import window_view
@@ -32,30 +33,18 @@ from service import __version__
 from service.transport.auth import mint_token
 
 
-@dataclass
-class RunRequest:
+@dataclass(frozen=True, kw_only=True)
+class RunRequest(GeneratorOptions):
     """Everything `loadtest run` decided from its options and settings."""
 
     profile: Profile
     plans: list[PhasePlan]
     thresholds: list[Threshold]
-    api_url: str
-    grpc_addr: str
     admin_url: str
     admin_token: str | None = None
-    grpc_token: str | None = None
     database_url: str | None = None
     redis_url: str | None = None
-    namespace: str = "accelbyte"
-    users: int = DEFAULT_USERS
-    auth: str = "jwt"
-    jwt_key: bytes | None = None
-    event_rpc: str = "ags"
-    event_batch: int = 50
-    max_inflight: int = 4000
     procs: int = 1
-    seed: int = 7
-    timeout_s: float = 30.0
     sample_interval_s: float = 1.0
     label: str = ""
     notes: str = ""
@@ -113,20 +102,9 @@ async def execute(request: RunRequest) -> dict[str, Any]:
         )
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     config = GeneratorConfig(
-        api_url=request.api_url,
-        grpc_addr=request.grpc_addr,
+        **{**request.generator_options(), "namespace": facts.setting("namespace", request.namespace)},
         phases=tuple(request.plans),
-        users=request.users,
-        auth=request.auth,
-        jwt_key=request.jwt_key,
-        namespace=facts.setting("namespace", request.namespace),
-        grpc_token=request.grpc_token,
-        event_rpc=request.event_rpc,
-        event_batch=request.event_batch,
-        max_inflight=request.max_inflight,
-        seed=request.seed,
         run_id=run_id,
-        timeout_s=request.timeout_s,
     )
     progress = LiveProgress(request.profile.name, request.plans, quiet=request.quiet)
     sampler = ResourceSampler(
