@@ -252,6 +252,11 @@ class Finding:
     advice: str
 
 
+def plan_info(rule: str, message: str, advice: str) -> Finding:
+    """An info finding about the whole plan (no node)."""
+    return Finding(rule=rule, severity="info", node=None, message=message, advice=advice)
+
+
 @dataclass(frozen=True)
 class PlanTotals:
     planning_ms: float | None
@@ -597,12 +602,10 @@ def _plan_not_meaningful(table: str, context: PlanContext) -> Finding | None:
         )
     else:
         return None
-    return Finding(
-        rule="plan_not_meaningful",
-        severity="info",
-        node=None,
-        message=f"statistics missing or table tiny: {reason}; the plan is not meaningful yet",
-        advice="run `challengectl db analyze`, and explain again once the table holds realistic data",
+    return plan_info(
+        "plan_not_meaningful",
+        f"statistics missing or table tiny: {reason}; the plan is not meaningful yet",
+        "run `challengectl db analyze`, and explain again once the table holds realistic data",
     )
 
 
@@ -778,12 +781,10 @@ def cold_cache_findings(totals: PlanTotals) -> list[Finding]:
     if read == 0 or read <= hit:
         return []
     return [
-        Finding(
-            rule="cold_cache",
-            severity="info",
-            node=None,
-            message=f"{read} of {read + hit} shared buffers were read rather than hit",
-            advice="a cold cache: rerun the command; if it stays cold, check that shared_buffers holds the working set",
+        plan_info(
+            "cold_cache",
+            f"{read} of {read + hit} shared buffers were read rather than hit",
+            "a cold cache: rerun the command; if it stays cold, check that shared_buffers holds the working set",
         )
     ]
 
@@ -793,13 +794,10 @@ def planning_time_findings(totals: PlanTotals) -> list[Finding]:
     if totals.planning_ms is None or totals.execution_ms is None or totals.planning_ms <= totals.execution_ms:
         return []
     return [
-        Finding(
-            rule="planning_over_execution",
-            severity="info",
-            node=None,
-            message=f"planning ({totals.planning_ms:.3f} ms) took longer than execution ({totals.execution_ms:.3f} ms)",
-            advice="the service prepares its statements, so it pays planning rarely; this is expected "
-            "for an ad-hoc run",
+        plan_info(
+            "planning_over_execution",
+            f"planning ({totals.planning_ms:.3f} ms) took longer than execution ({totals.execution_ms:.3f} ms)",
+            "the service prepares its statements, so it pays planning rarely; this is expected for an ad-hoc run",
         )
     ]
 
@@ -892,24 +890,11 @@ def split_conjuncts(expression: str) -> list[str]:
     """The top-level AND terms of an expression, each without its enclosing parentheses."""
     text = _strip_parens(expression.strip())
     terms: list[str] = []
-    depth = 0
-    quoted = False
     start = 0
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "'":
-            quoted = not quoted
-        elif not quoted and char == "(":
-            depth += 1
-        elif not quoted and char == ")":
-            depth -= 1
-        elif not quoted and depth == 0 and text[index : index + 5].upper() == " AND ":
+    for index, depth, quoted in _nesting(text):
+        if index >= start and not quoted and depth == 0 and text[index : index + 5].upper() == " AND ":
             terms.append(text[start:index])
             start = index + 5
-            index += 5
-            continue
-        index += 1
     terms.append(text[start:])
     return [_strip_parens(term.strip()) for term in terms if term.strip()]
 
@@ -922,18 +907,25 @@ def _strip_parens(text: str) -> str:
 
 
 def _closing_paren(text: str) -> int:
+    """The index of the parenthesis that closes the one `text` starts with, or -1."""
+    for index, depth, quoted in _nesting(text):
+        if not quoted and depth == 1 and text[index] == ")":
+            return index
+    return -1
+
+
+def _nesting(text: str) -> Iterator[tuple[int, int, bool]]:
+    """For each character: its index, the parenthesis depth before it, and whether it is inside quotes."""
     depth = 0
     quoted = False
     for index, char in enumerate(text):
+        yield index, depth, quoted
         if char == "'":
             quoted = not quoted
         elif not quoted and char == "(":
             depth += 1
         elif not quoted and char == ")":
             depth -= 1
-            if depth == 0:
-                return index
-    return -1
 
 
 def _unquote(identifier: str) -> str:
