@@ -29,6 +29,7 @@ from challengectl.cli_queries import fetch_all_async, fetch_one_async, fetch_val
 from challengectl.connections import service_database_url, service_redis_url
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
 from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex
+from challengectl.ratios import hit_ratio
 from service.config.resolution import resolve_catalog_path, validate_settings
 from service.config.settings import (
     Settings,
@@ -777,9 +778,9 @@ async def check_cache_ratio(diagnosis: Diagnosis) -> CheckResult:
             f"cache bypassed (Redis unhealthy); {hits} hits, {misses} misses",
             "check the redis row; the service reads from PostgreSQL meanwhile",
         )
-    if hits + misses == 0:
+    ratio = hit_ratio(hits, misses)
+    if ratio is None:
         return CheckResult("cache-ratio", PASS, "no traffic")
-    ratio = hits / (hits + misses)
     observed = f"{ratio:.1%} ({hits} hits, {misses} misses)"
     if ratio < CACHE_RATIO_WARN:
         return CheckResult(

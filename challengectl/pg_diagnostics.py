@@ -31,6 +31,7 @@ from challengectl.cli_queries import (
     fetch_values_async,
 )
 from challengectl.expected_indexes import EXPECTED_INDEXES, PROGRESS_TABLE, ExpectedIndex, IndexKey, is_covered_by
+from challengectl.ratios import hit_pct
 
 PROJECT_TABLES = (PROGRESS_TABLE, "reward_grants")
 
@@ -106,12 +107,6 @@ async def server_version_async(conn: psycopg.AsyncConnection[Any]) -> str:
     """The server's version string, e.g. `16.4 (Debian 16.4-1)`."""
     [version] = await fetch_values_async(conn, "cli_server_version")
     return str(version)
-
-
-def hit_pct(hit: int | None, read: int | None) -> float | None:
-    """`100 × hit / (hit + read)`, or None when nothing was read at all."""
-    total = (hit or 0) + (read or 0)
-    return round(100.0 * (hit or 0) / total, 2) if total else None
 
 
 # --- activity -------------------------------------------------------------------------------------

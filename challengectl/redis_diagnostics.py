@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as redis_asyncio
 
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
+from challengectl.ratios import hit_ratio
 from service.config.settings import mask_url_password
 from service.storage.cache import (
     REDIS_FAILURES,
@@ -68,7 +69,7 @@ def server_summary(info: dict[str, Any]) -> dict[str, Any]:
         "cluster_enabled": bool(info.get("cluster_enabled", 0)),
         "keyspace_hits": hits,
         "keyspace_misses": misses,
-        "hit_ratio": hits / (hits + misses) if hits + misses else None,
+        "hit_ratio": hit_ratio(hits, misses),
         "evicted_keys": info.get("evicted_keys", 0),
         "expired_keys": info.get("expired_keys", 0),
         "ops_per_sec": info.get("instantaneous_ops_per_sec", 0),

@@ -39,6 +39,7 @@ from challengectl.pg_diagnostics import (
     statement_stats_view,
     top_statements,
 )
+from challengectl.ratios import hit_pct
 
 APPLICATION_NAME = "challengectl-loadtest"
 # The table statistics a run compares before and after (`cli_table_stats`).
@@ -322,10 +323,7 @@ class ResourceSampler:
         self._previous[key + "_h"], self._previous[key + "_m"] = float(hits), float(misses)
         if previous_hits is None or previous_misses is None:
             return None
-        delta_hits, delta_misses = hits - previous_hits, misses - previous_misses
-        if delta_hits + delta_misses <= 0:
-            return None
-        return round(100.0 * delta_hits / (delta_hits + delta_misses), 2)
+        return hit_pct(hits - previous_hits, misses - previous_misses)
 
     async def _get_text(self, path: str) -> str | None:
         body = await self._get(path)

@@ -20,6 +20,7 @@ from challengectl.loadtest.servicemetrics import (
     quantile_bucket,
     scalar,
 )
+from challengectl.ratios import hit_pct
 from challengectl.top.sources import Reading
 
 GRPC_REQUESTS = "challenge_grpc_requests_total"
@@ -175,7 +176,7 @@ def cache(before: dict[str, Any] | None, after: dict[str, Any], window_s: float 
     view: dict[str, Any] = {
         "healthy": after.get("healthy"),
         "enabled": after.get("enabled"),
-        "hit_ratio_total_pct": round(100.0 * hits / (hits + misses), 1) if hits + misses else None,
+        "hit_ratio_total_pct": hit_pct(hits, misses, 1),
         "bypassed": after.get("bypassed"),
         "errors": after.get("errors"),
         "journal_pending": after.get("journal_pending"),
@@ -185,8 +186,7 @@ def cache(before: dict[str, Any] | None, after: dict[str, Any], window_s: float 
     if before is not None:
         delta_hits, delta_misses = hits - before.get("hits", 0), misses - before.get("misses", 0)
         view["ops_per_s"] = _rate(delta_hits + delta_misses, window_s)
-        if delta_hits + delta_misses > 0:
-            view["hit_ratio_pct"] = round(100.0 * delta_hits / (delta_hits + delta_misses), 1)
+        view["hit_ratio_pct"] = hit_pct(delta_hits, delta_misses, 1)
     return view
 
 
