@@ -116,6 +116,11 @@ class SkipCheck(Exception):
     """Raised inside a check that cannot run; the message says why (it becomes a `skip` row)."""
 
 
+def warn_if(condition: bool, check_id: str, observed: str, hint: str) -> CheckResult:
+    """WARN with `hint` when `condition` holds, else PASS; `observed` either way."""
+    return CheckResult(check_id, WARN, observed, hint) if condition else CheckResult(check_id, PASS, observed)
+
+
 class Unreachable(Exception):
     """A dependency that cannot be used; the message is a short reason without secrets. `unavailable`
     is False when it answered but refused (e.g. the admin token was rejected)."""
@@ -350,16 +355,13 @@ async def check_postgres(diagnosis: Diagnosis) -> CheckResult:
         await fetch_values_async(conn, "cli_ping")
         round_trips.append((time.perf_counter() - started) * 1000)
     best = min(round_trips)
-    observed = f"PostgreSQL {version.split()[0]}, round trip {best:.1f} ms"
-    if best >= POSTGRES_SLOW_MS:
-        return CheckResult(
-            "postgres",
-            WARN,
-            observed,
-            "every request pays this latency: check the network path to the database and its load "
-            "('challengectl db activity')",
-        )
-    return CheckResult("postgres", PASS, observed)
+    return warn_if(
+        best >= POSTGRES_SLOW_MS,
+        "postgres",
+        f"PostgreSQL {version.split()[0]}, round trip {best:.1f} ms",
+        "every request pays this latency: check the network path to the database and its load "
+        "('challengectl db activity')",
+    )
 
 
 async def check_migrations(diagnosis: Diagnosis) -> CheckResult:
@@ -781,16 +783,13 @@ async def check_cache_ratio(diagnosis: Diagnosis) -> CheckResult:
     ratio = hit_ratio(hits, misses)
     if ratio is None:
         return CheckResult("cache-ratio", PASS, "no traffic")
-    observed = f"{ratio:.1%} ({hits} hits, {misses} misses)"
-    if ratio < CACHE_RATIO_WARN:
-        return CheckResult(
-            "cache-ratio",
-            WARN,
-            observed,
-            "normal right after a start or a 'cache flush'; otherwise check evictions and cache_ttl_s "
-            "('challengectl cache stats')",
-        )
-    return CheckResult("cache-ratio", PASS, observed)
+    return warn_if(
+        ratio < CACHE_RATIO_WARN,
+        "cache-ratio",
+        f"{ratio:.1%} ({hits} hits, {misses} misses)",
+        "normal right after a start or a 'cache flush'; otherwise check evictions and cache_ttl_s "
+        "('challengectl cache stats')",
+    )
 
 
 async def check_buffer(diagnosis: Diagnosis) -> CheckResult:
