@@ -3,10 +3,10 @@ so that they follow the same rules as the service's: one statement per name, dec
 
 Callers run a statement by name with `fetch_all`/`fetch_one` (or their `_async` twins) and get typed
 records (`record`: a frozen dataclass whose fields are the statement's columns), or with `fetch_values`
-the one value of each row. Connections
-come from `challengectl.database`, which also maps an unreachable server to the CLI's error. The few
-statements built at run time (identifiers, EXPLAIN of a registry statement) are composed with
-`psycopg.sql` where they are used, each saying why; tests/test_cli_queries.py keeps SQL out of the rest.
+the one value of each row. Connections come from `challengectl.database`, which also maps an unreachable
+server to the CLI's error. The few statements built at run time (identifiers, EXPLAIN of a registry
+statement) are composed with `psycopg.sql` where they are used, each saying why, and run with
+`fetch_composed`; tests/test_cli_queries.py keeps SQL out of the rest of `challengectl/`.
 """
 
 from __future__ import annotations
