@@ -33,9 +33,9 @@ SECRET = "outage-secret-" + "x" * 24
 # A pool timeout far above the fail-fast answer, so that waiting it out cannot pass for failing fast.
 POOL_TIMEOUT_MS = 5000
 FAST_S = 1.0
-# docs/http-api.md#health-and-readiness promises recovery within 2 s of PostgreSQL's return; the
-# margin is for this shared 2-core machine.
-RECOVERY_LIMIT_S = 3.0
+# docs/http-api.md#health-and-readiness promises recovery within 2 s of PostgreSQL's return (measured
+# 0.1-0.4 s on the shared machine at load average 12-15).
+RECOVERY_LIMIT_S = 2.0
 
 
 @pytest.fixture
@@ -130,8 +130,8 @@ def test_postgres_down_fails_fast_names_the_reason_and_recovers(
         back_at = time.monotonic()
         _wait_for(lambda: http_get(serve.api("/readyz"))[0] == 200, timeout_s=RECOVERY_LIMIT_S)
         assert _request(serve, token, "GET", "/v1/challenges?active_only=true")[0] == 200
-        # Ingestion runs in its own process with its own probe: it may learn of the return a probe later
-        # than the API process that answers /readyz, so its recovery is polled against the same limit.
+        # Ingestion runs in its own process with its own probe (every 0.25 s), and its flush retries resume
+        # when that probe connects (service/storage/availability.py), so it is polled against the same limit.
         _wait_for(
             lambda: _publish_login(serve, user, str(uuid.uuid4()))[0] == grpc.StatusCode.OK,
             timeout_s=RECOVERY_LIMIT_S - (time.monotonic() - back_at),

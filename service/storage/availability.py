@@ -79,10 +79,15 @@ class Availability:
         )
 
     async def wait_until_up(self, timeout_s: float) -> None:
-        """Sleep up to `timeout_s`, returning early when a known outage ends (flush retries resume at once)."""
+        """Sleep up to `timeout_s`, returning early when a known outage ends or when the probe running now
+        (after a lost connection) finds the server answering: flush retries resume at once instead of
+        sleeping out a backoff grown during the outage."""
         try:
             async with asyncio.timeout(timeout_s):
-                if self.is_down:
+                probe = self._task
+                if probe is not None and not probe.done():
+                    await asyncio.wait([probe])  # ends when a connection succeeds; not cancelled by the timeout
+                elif self.is_down:
                     await self._up.wait()
                 else:
                     await asyncio.sleep(timeout_s)
