@@ -286,6 +286,12 @@ class _EmbeddedServer(_StartStop):
         """Ask the running server to stop and wait for it."""
         raise NotImplementedError
 
+    def _answering(self, url: str | None, problem: str) -> str:
+        """`url` once the server answers there; EmbeddedError "embedded <name> in <home> <problem>" otherwise."""
+        if not self._answers_within(url):
+            raise EmbeddedError(f"embedded {self.name} in {self.home} {problem}")
+        return url
+
     def _answers_within(self, url: str | None) -> TypeGuard[str]:
         return url is not None and _wait_until(lambda: self.answers(url), _START_TIMEOUT_S)
 
@@ -295,21 +301,16 @@ class _EmbeddedServer(_StartStop):
         self._prepare()
         running = self.server_process()
         if running is not None:
-            url = self.running_url()
-            if not self._answers_within(url):
-                raise EmbeddedError(
-                    f"embedded {self.name} in {self.home} is running (pid {running.pid}) "
-                    f"but does not accept connections; see {self.log_file}"
-                )
+            url = self._answering(
+                self.running_url(),
+                f"is running (pid {running.pid}) but does not accept connections; see {self.log_file}",
+            )
             self.url, self.reused = url, True
             logger.info("reusing embedded %s in %s (pid %d)", self.name, self.home, running.pid)
             return url
-        url = self._launch()
-        if not self._answers_within(url):
-            raise EmbeddedError(
-                f"embedded {self.name} in {self.home} did not come up; last lines of {self.log_file}:\n"
-                f"{_log_tail(self.log_file)}"
-            )
+        url = self._answering(
+            self._launch(), f"did not come up; last lines of {self.log_file}:\n{_log_tail(self.log_file)}"
+        )
         self.url, self.reused = url, False
         started = self.server_process()
         logger.info(
