@@ -703,10 +703,11 @@ SCENARIOS = {
 NOT_DONE: dict[str, str] = {}
 
 
-def print_table(rows: list[Row], args: argparse.Namespace, seconds: float) -> None:
+def print_table(rows: list[Row], args: argparse.Namespace, seconds: float, load_before: float) -> None:
     print(
-        f"# fault drill, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
-        f"{args.users} players, {args.http_rate:g} req/s + {args.event_rate:g} login events/s, {seconds:.0f} s"
+        f"# fault drill, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load average "
+        f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}, {args.users} players, {args.http_rate:g} req/s + "
+        f"{args.event_rate:g} login events/s, {seconds:.0f} s"
     )
     print()
     print(
@@ -731,7 +732,7 @@ async def main() -> None:
     parser.add_argument("--event-rate", type=float, default=100)
     parser.add_argument("--port-base", type=int, default=20300, help="the drill uses ports base..base+20")
     args = parser.parse_args()
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()[0]
     drill = Drill(args)
     service = await in_thread(drill.start)
     rows: list[Row] = []
@@ -741,7 +742,7 @@ async def main() -> None:
             rows.append(await SCENARIOS[name](drill, service))
     finally:
         drill.close([service])
-    print_table(rows, args, time.monotonic() - started)
+    print_table(rows, args, time.monotonic() - started, load_before)
 
 
 if __name__ == "__main__":
