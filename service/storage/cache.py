@@ -637,11 +637,11 @@ class Cache:
     def _invalidate_call(self, user_id: str, client: Any, only_existing: bool = False) -> Any:
         keys = [token_key(self._prefix, user_id), active_key(self._prefix, user_id)]
         args: list[str | int] = [new_token(), self._token_ttl_ms, "XX" if only_existing else ""]
-        if client is self._client:
-            return self._invalidate_script(keys=keys, args=args)  # loads the script if the server lacks it
-        # In a pipeline a Script object makes redis-py send SCRIPT EXISTS first, one more round trip per
-        # pipeline; the callers handle a NOSCRIPT reply instead.
-        return client.evalsha(self._invalidate_script.sha, len(keys), *keys, *args)
+        if client is not self._client and not isinstance(self._client, RedisCluster):
+            # In a standalone pipeline a Script object makes redis-py send SCRIPT EXISTS first, one more round
+            # trip per pipeline; the callers handle a NOSCRIPT reply instead.
+            return client.evalsha(self._invalidate_script.sha, len(keys), *keys, *args)
+        return self._invalidate_script(keys=keys, args=args, client=client)  # loads the script if missing
 
     async def invalidate(self, user_id: str) -> str | None:
         """Rotate the user's token and unlink the view (docs/cache.md#entries-and-tokens); returns the new token.
