@@ -5,7 +5,8 @@ The HTTP numbers of `bench/player_data_path.py` add the transport (auth, ASGI la
 the machine's load; this script isolates the data path that issue 10's per-request targets also pay, and it
 compares trees in the same run with the runs interleaved (this tree, baseline, this tree, baseline, ...), so
 background load hits both alike. CPU is the worker's `time.process_time()` (the client side of PostgreSQL and
-Redis included, their servers not); wall time is per call, sequential.
+Redis included, their servers not); `PG CPU` is the CPU of the worker's PostgreSQL backends (psutil on their
+pids, so it needs the server on this machine); wall time is per call, sequential.
 
     python bench/player_usecases.py [--profile seed-m3|all-active-500] [--players 300] [--calls 300]
         [--repeat 2] [--baseline-tree DIR]
@@ -26,6 +27,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("initialize_new", "initialize_returning", "challenges", "challenges_active", "set_active")
@@ -46,7 +48,8 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     if not Path(players_module.__file__).resolve().is_relative_to(Path(args.tree).resolve()):
         raise SystemExit(f"imported {players_module.__file__}, not the tree {args.tree}")
     catalog = get_profile(args.profile).catalog()
-    store = await Store.open(args.db, "service", PoolConfig(min_size=2, max_size=4))
+    # A fixed pool, so that the PostgreSQL backends whose CPU is measured stay the same processes.
+    store = await Store.open(args.db, "service", PoolConfig(min_size=2, max_size=2))
     redis = open_redis(os.environ["REDIS_URL"], 8, 2000)
     cache = Cache(redis, args.prefix, catalog.fingerprint, 300, 604800, 100000, 1000)
     rewards = RewardGranter(RewardConfig())
@@ -95,6 +98,8 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         for i in range(min(20, args.calls)):  # warm-up: prepared statements, scripts loaded
             await call(10_000 + i)
         walls = []
+        backends = await backend_processes(args.db)
+        db_started = backend_cpu(backends)
         cpu_started = time.process_time()
         for i in range(args.calls):
             started = time.perf_counter()
@@ -103,12 +108,30 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         cpu = time.process_time() - cpu_started
         results[scenario] = {
             "cpu_us": cpu / args.calls * 1e6,
+            "db_cpu_us": (backend_cpu(backends) - db_started) / args.calls * 1e6,
             "wall_p50_us": statistics.median(walls) * 1e6,
         }
     await rewards.close()
     await redis.aclose()
     await store.close()
     return results
+
+
+async def backend_processes(db: str) -> list[Any]:
+    """The PostgreSQL backends of the worker's pool: every other session on its own bench database."""
+    import psutil
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return [psutil.Process(pid) for (pid,) in await cursor.fetchall()]
+
+
+def backend_cpu(backends: list[Any]) -> float:
+    """User + system CPU seconds of the backends so far."""
+    return sum(sum(process.cpu_times()[:2]) for process in backends)
 
 
 def run_worker(tree: Path, args: argparse.Namespace, db: str, prefix: str) -> dict[str, dict[str, float]]:
@@ -171,17 +194,27 @@ def main() -> None:
     )
     print()
     compare = "baseline" in runs
-    print("| scenario | tree | CPU us/call | wall p50 us |" + (" CPU vs baseline |" if compare else ""))
-    print("|---|---|---|---|" + ("---|" if compare else ""))
+    print(
+        "| scenario | tree | CPU us/call | PG CPU us/call | wall p50 us |"
+        + (" CPU vs baseline | PG CPU vs baseline |" if compare else "")
+    )
+    print("|---|---|---|---|---|" + ("---|---|" if compare else ""))
     for scenario in args.scenarios:
         medians = {
-            label: {key: statistics.median(run[scenario][key] for run in results) for key in ("cpu_us", "wall_p50_us")}
+            label: {
+                key: statistics.median(run[scenario][key] for run in results)
+                for key in ("cpu_us", "db_cpu_us", "wall_p50_us")
+            }
             for label, results in runs.items()
         }
         for label, values in medians.items():
-            row = f"| {scenario} | {label} | {values['cpu_us']:.0f} | {values['wall_p50_us']:.0f} |"
+            row = (
+                f"| {scenario} | {label} | {values['cpu_us']:.0f} | {values['db_cpu_us']:.0f} |"
+                f" {values['wall_p50_us']:.0f} |"
+            )
             if compare:
                 row += f" {values['cpu_us'] / medians['baseline']['cpu_us']:.2f}x |"
+                row += f" {values['db_cpu_us'] / max(medians['baseline']['db_cpu_us'], 1e-9):.2f}x |"
             print(row)
 
 

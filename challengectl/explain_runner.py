@@ -44,6 +44,7 @@ from service.domain.buffer import SOURCE_LOGIN, Entry, stat_source
 from service.domain.catalog import Catalog, Goal
 from service.domain.routing import GoalRouting
 from service.domain.rules import expires_at_for, next_boundary, period_start
+from service.storage.default_sets import default_goal_set
 from service.storage.registry import NamedQuery, Registry
 from service.storage.store import describe_target
 
@@ -223,6 +224,9 @@ def derive_params(
         "quantity": first_goal.reward.quantity if first_goal is not None else 1,
     }
     values["boundaries"], values["next_boundaries"], values["reset_flags"] = _rotation_arrays(goal_ids, goals, now)
+    values["schedules"] = [_schedule(goals.get(goal_id)) for goal_id in goal_ids]
+    if catalog is not None:
+        values["default_set_id"] = default_goal_set(catalog.default_goals).set_id
     if statement.param_types.get("expires_at", "").endswith("[]"):
         values["expires_at"] = [_expires_at(goals.get(goal_id), now) for goal_id in goal_ids]
     else:
@@ -233,6 +237,10 @@ def derive_params(
     if "entry_user_ids" in statement.param_types:
         values.update(flush_params(sample, catalog, now))
     return {name: values[name] for name in statement.param_types if name in values}
+
+
+def _schedule(goal: Goal | None) -> str | None:
+    return goal.rotation.schedule if goal is not None and goal.rotation is not None else None
 
 
 def _expires_at(goal: Goal | None, now: datetime) -> datetime | None:

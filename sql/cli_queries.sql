@@ -16,10 +16,12 @@ SELECT goal_id, generation, challenge_id, idempotency_key, reward_type, reward_i
 -- kind: read
 -- params: after text, page int
 -- expect-index: idx_ugp_user_active
--- doc: One page of the users with an active row, after `after` (keyset pagination, `cache warm --all-active`).
-SELECT DISTINCT user_id
-  FROM user_goal_progress
- WHERE is_active AND user_id > %(after)s
+-- doc: One page of the users with an active row or an initialization record (whose default goals are implied,
+--      docs/data-model.md#implied-default-goals), after `after` (keyset pagination, `cache warm --all-active`).
+SELECT user_id
+  FROM (SELECT user_id FROM user_goal_progress WHERE is_active AND user_id > %(after)s
+        UNION
+        SELECT user_id FROM user_initializations WHERE user_id > %(after)s) AS users
  ORDER BY user_id
  LIMIT %(page)s;
 
@@ -42,8 +44,9 @@ LIMIT 20;
 -- name: cli_truncate_tables
 -- kind: write
 -- params:
--- doc: Empties the progress and grant tables; the schema and migrations stay (`loadtest run --reset`).
-TRUNCATE user_goal_progress, reward_grants;
+-- doc: Empties the progress, initialization and grant tables; the schema, migrations and default goal sets stay
+--      (`loadtest run --reset`).
+TRUNCATE user_goal_progress, user_initializations, reward_grants;
 
 
 -- name: cli_server_version
@@ -325,8 +328,9 @@ SELECT set_config('statement_timeout', %(statement_timeout)s, true) AS statement
 -- name: cli_progress_has_rows
 -- kind: read
 -- params:
--- doc: Whether user_goal_progress has any row (`explain`'s user sampling).
-SELECT EXISTS (SELECT 1 FROM user_goal_progress) AS has_rows;
+-- doc: Whether user_goal_progress has any row, or a player is initialized (its default goals implied,
+--      docs/data-model.md#implied-default-goals; `explain`'s user sampling).
+SELECT EXISTS (SELECT 1 FROM user_goal_progress) OR EXISTS (SELECT 1 FROM user_initializations) AS has_rows;
 
 
 -- name: cli_progress_reltuples
@@ -339,16 +343,20 @@ SELECT reltuples::float8 AS reltuples FROM pg_class WHERE oid = 'user_goal_progr
 -- name: cli_sample_user_ids
 -- kind: read
 -- params: percent float8, rows int
--- doc: The user ids of up to `rows` rows of user_goal_progress drawn from `percent` % of its pages
---      (TABLESAMPLE SYSTEM; `explain`'s user sampling).
-SELECT user_id FROM user_goal_progress TABLESAMPLE SYSTEM (%(percent)s) LIMIT %(rows)s;
+-- doc: The user ids of up to `rows` rows of user_goal_progress and of user_initializations drawn from `percent` % of
+--      their pages (TABLESAMPLE SYSTEM; `explain`'s user sampling).
+SELECT user_id
+  FROM (SELECT user_id FROM user_goal_progress TABLESAMPLE SYSTEM (%(percent)s)
+        UNION ALL
+        SELECT user_id FROM user_initializations TABLESAMPLE SYSTEM (%(percent)s)) AS sampled
+ LIMIT %(rows)s;
 
 
 -- name: cli_heaviest_user
 -- kind: read
 -- params: user_ids text[]
 -- doc: Of the users given, the one with the most rows (`explain --sample heavy`).
-SELECT user_id FROM user_goal_progress WHERE user_id = ANY (%(user_ids)s::text[])
+SELECT user_id FROM goal_progress WHERE user_id = ANY (%(user_ids)s::text[])
 GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1;
 
 
@@ -356,8 +364,8 @@ GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1;
 -- kind: read
 -- params: user_id text
 -- expect-index: user_goal_progress_pkey
--- doc: The rows of one user that `explain` derives parameters from, by goal_id.
-SELECT goal_id, challenge_id, namespace, progress, status, is_active FROM user_goal_progress
+-- doc: The rows of one user that `explain` derives parameters from, real or implied, by goal_id.
+SELECT goal_id, challenge_id, namespace, progress, status, is_active FROM goal_progress
 WHERE user_id = %(user_id)s::text ORDER BY goal_id;
 
 
@@ -371,4 +379,3 @@ SELECT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS relname
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
 WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]));
-

@@ -18,7 +18,7 @@
 -- doc: Active rows of one user, by goal_id (initialize, active_only listing, cache fill).
 SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
-  FROM user_goal_progress
+  FROM goal_progress
  WHERE user_id = %(user_id)s::text
    AND is_active
  ORDER BY goal_id;
@@ -30,7 +30,7 @@ SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at
 -- expect-index: user_goal_progress_pkey
 -- doc: Number of rows of one user, active or not (users show, loadtest preflight).
 SELECT count(*) AS goal_count
-  FROM user_goal_progress
+  FROM goal_progress
  WHERE user_id = %(user_id)s::text;
 
 
@@ -41,7 +41,7 @@ SELECT count(*) AS goal_count
 -- doc: All rows of one user, by goal_id (GET /v1/challenges without active_only).
 SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
-  FROM user_goal_progress
+  FROM goal_progress
  WHERE user_id = %(user_id)s::text
  ORDER BY goal_id;
 
@@ -53,7 +53,7 @@ SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at
 -- doc: Rows of one user in one challenge, by goal_id (single-challenge GET, batch and random select).
 SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
-  FROM user_goal_progress
+  FROM goal_progress
  WHERE user_id = %(user_id)s::text
    AND challenge_id = %(challenge_id)s::text
  ORDER BY goal_id;
@@ -66,7 +66,7 @@ SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at
 -- doc: Rows of one user for the listed goals, by goal_id (prerequisite lookups); callers skip it for an empty list.
 SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
-  FROM user_goal_progress
+  FROM goal_progress
  WHERE user_id = %(user_id)s::text
    AND goal_id = ANY (%(goal_ids)s::text[])
  ORDER BY goal_id;
@@ -79,73 +79,141 @@ SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at
 -- doc: Active rows of one user plus its rows of the listed prerequisite goals, each row once, by goal_id.
 SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
-  FROM user_goal_progress
+  FROM goal_progress
  WHERE user_id = %(user_id)s::text
    AND is_active
 UNION ALL
 -- The second branch takes only inactive rows, so no row comes twice and no de-duplication is needed.
 SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
-  FROM user_goal_progress
+  FROM goal_progress
  WHERE user_id = %(user_id)s::text
    AND goal_id = ANY (%(prereq_goal_ids)s::text[])
    AND NOT is_active
  ORDER BY goal_id;
 
 
--- name: insert_default_goals
+-- name: register_default_goal_set
 -- kind: write
--- params: user_id text, namespace text, goal_ids text[], challenge_ids text[], expires_at timestamptz[], now timestamptz
--- expect-index: user_goal_progress_pkey
--- doc: Inserts one active not_started row per listed goal that the user lacks, in ascending goal_id order;
---      existing rows are never touched; returns the goal_id of each inserted row.
-INSERT INTO user_goal_progress
-       (user_id, goal_id, challenge_id, namespace, progress, status, is_active,
-        assigned_at, expires_at, created_at, updated_at)
-SELECT %(user_id)s::text, d.goal_id, d.challenge_id, %(namespace)s::text, 0, 'not_started', true,
-       %(now)s::timestamptz, d.expires_at, %(now)s::timestamptz, %(now)s::timestamptz
-  FROM unnest(%(goal_ids)s::text[], %(challenge_ids)s::text[], %(expires_at)s::timestamptz[])
-       AS d (goal_id, challenge_id, expires_at)
- -- One insertion order for every caller, so concurrent first initializes cannot deadlock.
- ORDER BY d.goal_id
-    ON CONFLICT (user_id, goal_id) DO NOTHING
-RETURNING goal_id;
+-- params: default_set_id text, goal_ids text[], challenge_ids text[], schedules text[]
+-- expect-index: default_goal_sets_pkey
+-- doc: Records the members of one default goal set (docs/data-model.md#implied-default-goals) unless already recorded; run
+--      once per process before its first initialize.
+INSERT INTO default_goal_sets (set_id, goal_id, challenge_id, schedule)
+SELECT %(default_set_id)s::text, d.goal_id, d.challenge_id, d.schedule
+  FROM unnest(%(goal_ids)s::text[], %(challenge_ids)s::text[], %(schedules)s::text[]) AS d (goal_id, challenge_id, schedule)
+    ON CONFLICT (set_id, goal_id) DO NOTHING;
 
 
 -- name: initialize_view
 -- kind: write
--- params: user_id text, namespace text, goal_ids text[], challenge_ids text[], expires_at timestamptz[], now timestamptz, prereq_goal_ids text[]
--- expect-index: user_goal_progress_pkey
--- doc: Initialize in one round trip: inserts the listed default goals the user lacks (as insert_default_goals) and
---      returns, by goal_id, the inserted rows (inserted = true) and the rows the statement's snapshot holds that are
---      active, a listed prerequisite or a listed default (inserted = false). A row committed by a concurrent first
---      initialize after the snapshot is neither inserted nor returned: the caller checks that every listed goal came
---      back and otherwise reads active_view in a new statement.
-WITH inserted AS (
+-- params: user_id text, namespace text, default_set_id text, now timestamptz, prereq_goal_ids text[]
+-- expect-index: user_initializations_pkey
+-- doc: Initialize in one round trip (docs/rules.md#initialize): records the player's default set at now (one row, however
+--      many defaults) unless the same set is recorded; when another set was recorded, its implied rows become real rows
+--      first. Returns, by goal_id, the active and listed prerequisite rows of the snapshot plus the implied rows of the
+--      set in force, each flagged `inserted` (true: a default assigned by this call) and `recorded` (false: a concurrent
+--      first initialize committed after the snapshot; the caller then reads active_view in a new statement).
+WITH previous AS (
+    SELECT default_set_id, initialized_at FROM user_initializations WHERE user_id = %(user_id)s::text
+),
+kept AS (
+    -- A changed default set: the old set's implied rows stay as they were, as real rows (goal_id order).
     INSERT INTO user_goal_progress
-           (user_id, goal_id, challenge_id, namespace, progress, status, is_active,
-            assigned_at, expires_at, created_at, updated_at)
-    SELECT %(user_id)s::text, d.goal_id, d.challenge_id, %(namespace)s::text, 0, 'not_started', true,
-           %(now)s::timestamptz, d.expires_at, %(now)s::timestamptz, %(now)s::timestamptz
-      FROM unnest(%(goal_ids)s::text[], %(challenge_ids)s::text[], %(expires_at)s::timestamptz[])
-           AS d (goal_id, challenge_id, expires_at)
-     -- One insertion order for every caller, so concurrent first initializes cannot deadlock.
-     ORDER BY d.goal_id
+           (user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+            created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, value_event_at)
+    SELECT p.user_id, p.goal_id, p.challenge_id, p.namespace, p.progress, p.status, p.completed_at, p.claimed_at,
+           p.created_at, p.updated_at, p.is_active, p.assigned_at, p.expires_at, p.baseline_value, p.value_event_at
+      FROM implied_goal_progress AS p
+     WHERE p.user_id = %(user_id)s::text
+       AND EXISTS (SELECT 1 FROM previous WHERE previous.default_set_id <> %(default_set_id)s::text)
+     ORDER BY p.goal_id
         ON CONFLICT (user_id, goal_id) DO NOTHING
     RETURNING user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
               created_at, updated_at, is_active, assigned_at, expires_at, baseline_value
+),
+recorded AS (
+    INSERT INTO user_initializations AS i (user_id, namespace, default_set_id, initialized_at)
+    VALUES (%(user_id)s::text, %(namespace)s::text, %(default_set_id)s::text, %(now)s::timestamptz)
+        ON CONFLICT (user_id) DO UPDATE
+       SET namespace = excluded.namespace, default_set_id = excluded.default_set_id,
+           initialized_at = excluded.initialized_at
+     WHERE i.default_set_id <> excluded.default_set_id
+    RETURNING initialized_at
+),
+applied AS (
+    -- The instant the set in force applies from: assigned by this call, or unchanged from the snapshot.
+    SELECT initialized_at, true AS inserted FROM recorded
+    UNION ALL
+    SELECT initialized_at, false FROM previous WHERE default_set_id = %(default_set_id)s::text
+),
+view_rows AS (
+    SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+           created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, false AS inserted
+      FROM user_goal_progress
+     WHERE user_id = %(user_id)s::text
+       AND (is_active OR goal_id = ANY (%(prereq_goal_ids)s::text[]))
+    UNION ALL
+    SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+           created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, false
+      FROM kept
+    UNION ALL
+    -- The implied rows of the set in force, as implied_goal_progress computes them.
+    SELECT %(user_id)s::text, d.goal_id, d.challenge_id, %(namespace)s::text, 0, 'not_started', NULL, NULL,
+           a.initialized_at, a.initialized_at, true, a.initialized_at,
+           CASE d.schedule
+                WHEN 'daily'   THEN (date_trunc('day', a.initialized_at AT TIME ZONE 'UTC') + interval '1 day') AT TIME ZONE 'UTC'
+                WHEN 'weekly'  THEN (date_trunc('week', a.initialized_at AT TIME ZONE 'UTC') + interval '7 days') AT TIME ZONE 'UTC'
+                WHEN 'monthly' THEN (date_trunc('month', a.initialized_at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'
+           END,
+           NULL, a.inserted
+      FROM applied AS a
+      JOIN default_goal_sets AS d ON d.set_id = %(default_set_id)s::text
+     WHERE NOT EXISTS (SELECT 1 FROM user_goal_progress AS u
+                        WHERE u.user_id = %(user_id)s::text AND u.goal_id = d.goal_id)
+       AND NOT EXISTS (SELECT 1 FROM kept WHERE kept.goal_id = d.goal_id)
 )
-SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
-       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, true AS inserted
-  FROM inserted
-UNION ALL
--- The statement's snapshot does not see its own inserts, so no row comes twice.
-SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
-       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, false
-  FROM user_goal_progress
- WHERE user_id = %(user_id)s::text
-   AND (is_active OR goal_id = ANY (%(prereq_goal_ids)s::text[]) OR goal_id = ANY (%(goal_ids)s::text[]))
+SELECT view_rows.*, EXISTS (SELECT 1 FROM applied) AS recorded
+  FROM view_rows
  ORDER BY goal_id;
+
+
+-- name: materialize_implied_goals
+-- kind: write
+-- params: user_id text, goal_ids text[]
+-- expect-index: user_initializations_pkey
+-- doc: Turns the player's implied rows of the listed goals into real rows with the same values (docs/data-model.md#implied-default-goals),
+--      in goal_id order, before a write that updates them; invisible to readers; returns the goal_ids made real.
+INSERT INTO user_goal_progress
+       (user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, value_event_at)
+SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, value_event_at
+  FROM implied_goal_progress
+ WHERE user_id = %(user_id)s::text
+   AND goal_id = ANY (%(goal_ids)s::text[])
+ ORDER BY goal_id
+    ON CONFLICT (user_id, goal_id) DO NOTHING
+RETURNING goal_id;
+
+
+-- name: materialize_event_goals
+-- kind: write
+-- params: entry_user_ids text[], entry_sources text[], goal_ids text[], goal_sources text[]
+-- expect-index: user_initializations_pkey
+-- doc: Before a flush (docs/events.md#flush): turns the implied rows of the goals each entry's source feeds into real rows,
+--      as materialize_implied_goals does; arrays as in apply_event_updates; returns user_id and goal_id of each.
+INSERT INTO user_goal_progress
+       (user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, value_event_at)
+SELECT p.user_id, p.goal_id, p.challenge_id, p.namespace, p.progress, p.status, p.completed_at, p.claimed_at,
+       p.created_at, p.updated_at, p.is_active, p.assigned_at, p.expires_at, p.baseline_value, p.value_event_at
+  FROM unnest(%(entry_user_ids)s::text[], %(entry_sources)s::text[]) AS e (user_id, source)
+  JOIN unnest(%(goal_ids)s::text[], %(goal_sources)s::text[]) AS g (goal_id, source) ON g.source = e.source
+  JOIN implied_goal_progress AS p ON p.user_id = e.user_id AND p.goal_id = g.goal_id
+ ORDER BY p.user_id, p.goal_id
+    ON CONFLICT (user_id, goal_id) DO NOTHING
+RETURNING user_id, goal_id;
 
 
 -- name: set_goal_active
@@ -154,15 +222,19 @@ SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at
 -- expect-index: user_goal_progress_pkey
 -- doc: Upsert of one row (docs/rules.md#set-active); expires_at is N(t) for a rotating goal, NULL otherwise; returns the row.
 --      Activation sets expires_at, and assigned_at only when the row was inactive; deactivation flips is_active only;
---      updated_at of an existing row never changes.
+--      updated_at of an existing row never changes. An implied default row (docs/data-model.md#implied-default-goals)
+--      counts as the existing active row: the inserted row keeps its values.
 INSERT INTO user_goal_progress AS u
        (user_id, goal_id, challenge_id, namespace, progress, status, is_active,
         assigned_at, expires_at, created_at, updated_at)
-VALUES (%(user_id)s::text, %(goal_id)s::text, %(challenge_id)s::text, %(namespace)s::text, 0, 'not_started',
-        %(is_active)s::boolean,
-        CASE WHEN %(is_active)s::boolean THEN %(now)s::timestamptz END,
-        CASE WHEN %(is_active)s::boolean THEN %(expires_at)s::timestamptz END,
-        %(now)s::timestamptz, %(now)s::timestamptz)
+SELECT %(user_id)s::text, %(goal_id)s::text, COALESCE(i.challenge_id, %(challenge_id)s::text),
+       COALESCE(i.namespace, %(namespace)s::text), 0, 'not_started',
+       %(is_active)s::boolean,
+       CASE WHEN i.goal_id IS NOT NULL THEN i.assigned_at WHEN %(is_active)s::boolean THEN %(now)s::timestamptz END,
+       CASE WHEN %(is_active)s::boolean THEN %(expires_at)s::timestamptz ELSE i.expires_at END,
+       COALESCE(i.created_at, %(now)s::timestamptz), COALESCE(i.updated_at, %(now)s::timestamptz)
+  FROM (VALUES (1)) AS one (x)
+  LEFT JOIN implied_goal_progress AS i ON i.user_id = %(user_id)s::text AND i.goal_id = %(goal_id)s::text
     ON CONFLICT (user_id, goal_id) DO UPDATE
    SET is_active   = excluded.is_active,
        -- Only an inactive → active transition is a new assignment; re-activating keeps the original.
@@ -457,11 +529,23 @@ SELECT entry.entry_index::integer AS entry_index,
 -- kind: write
 -- params: namespace text, user_id text
 -- expect-index: user_goal_progress_pkey
--- doc: Deletes all progress rows of one user in the namespace (reward grants stay as the audit record); returns their goal_ids.
-DELETE FROM user_goal_progress
- WHERE user_id = %(user_id)s::text
-   AND namespace = %(namespace)s::text
-RETURNING goal_id;
+-- doc: Deletes all progress rows of one user in the namespace and its initialization record (reward grants stay as the
+--      audit record); returns the goal_ids of the rows, real or implied (docs/data-model.md#implied-default-goals).
+WITH implied AS (
+    SELECT goal_id FROM implied_goal_progress WHERE user_id = %(user_id)s::text AND namespace = %(namespace)s::text
+),
+forgotten AS (
+    DELETE FROM user_initializations WHERE user_id = %(user_id)s::text AND namespace = %(namespace)s::text
+),
+deleted AS (
+    DELETE FROM user_goal_progress
+     WHERE user_id = %(user_id)s::text
+       AND namespace = %(namespace)s::text
+    RETURNING goal_id
+)
+SELECT goal_id FROM deleted
+UNION ALL
+SELECT goal_id FROM implied;
 
 
 -- name: backdate_user_goals
@@ -469,9 +553,29 @@ RETURNING goal_id;
 -- params: user_id text, goal_ids text[], seconds bigint
 -- expect-index: user_goal_progress_pkey
 -- doc: Moves updated_at of the user's listed rows (all rows when goal_ids is NULL) back by seconds, to trigger a
---      rotation while debugging; returns goal_id and the new updated_at.
-UPDATE user_goal_progress
-   SET updated_at = updated_at - %(seconds)s::bigint * interval '1 second'
- WHERE user_id = %(user_id)s::text
-   AND (%(goal_ids)s::text[] IS NULL OR goal_id = ANY (%(goal_ids)s::text[]))
-RETURNING goal_id, updated_at;
+--      rotation while debugging; implied rows become real rows with the moved updated_at; returns goal_id and the
+--      new updated_at.
+WITH implied AS (
+    INSERT INTO user_goal_progress
+           (user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+            created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, value_event_at)
+    SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+           created_at, updated_at - %(seconds)s::bigint * interval '1 second', is_active, assigned_at, expires_at,
+           baseline_value, value_event_at
+      FROM implied_goal_progress
+     WHERE user_id = %(user_id)s::text
+       AND (%(goal_ids)s::text[] IS NULL OR goal_id = ANY (%(goal_ids)s::text[]))
+     ORDER BY goal_id
+        ON CONFLICT (user_id, goal_id) DO NOTHING
+    RETURNING goal_id, updated_at
+),
+moved AS (
+    UPDATE user_goal_progress
+       SET updated_at = updated_at - %(seconds)s::bigint * interval '1 second'
+     WHERE user_id = %(user_id)s::text
+       AND (%(goal_ids)s::text[] IS NULL OR goal_id = ANY (%(goal_ids)s::text[]))
+    RETURNING goal_id, updated_at
+)
+SELECT goal_id, updated_at FROM moved
+UNION ALL
+SELECT goal_id, updated_at FROM implied;

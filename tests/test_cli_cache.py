@@ -127,7 +127,7 @@ def active_goal_ids(pg_url: str, user: str) -> list[str]:
         return [
             row[0]
             for row in conn.execute(
-                "SELECT goal_id FROM user_goal_progress WHERE user_id = %s AND is_active ORDER BY goal_id", (user,)
+                "SELECT goal_id FROM goal_progress WHERE user_id = %s AND is_active ORDER BY goal_id", (user,)
             )
         ]
 
@@ -138,7 +138,13 @@ def test_warm_fills_the_views_the_service_then_serves_as_hits(
     complete, partial = new_player(serve, "warm"), new_player(serve, "warm-partial")
     before = active_listing(serve, complete)
     with psycopg.connect(pg_url) as conn:  # one default goal missing: no synced marker for this one
-        conn.execute("DELETE FROM user_goal_progress WHERE user_id = %s AND goal_id = 's1-regular'", (partial,))
+        # Its implied defaults (docs/data-model.md#implied-default-goals) but one become real rows, its record goes.
+        conn.execute(
+            "INSERT INTO user_goal_progress SELECT * FROM implied_goal_progress"
+            " WHERE user_id = %s AND goal_id <> 's1-regular'",
+            (partial,),
+        )
+        conn.execute("DELETE FROM user_initializations WHERE user_id = %s", (partial,))
     for user in (complete, partial):
         redis_client.unlink(active_key(redis_prefix, user), synced_key(redis_prefix, user, FINGERPRINT))
 

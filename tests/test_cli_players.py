@@ -110,7 +110,7 @@ def publish_login(serve: ServeProcess, user: str) -> None:
 
 def row_count(pg_url: str, user: str) -> int:
     with psycopg.connect(pg_url) as connection:
-        return connection.execute("SELECT count(*) FROM user_goal_progress WHERE user_id = %s", (user,)).fetchone()[0]
+        return connection.execute("SELECT count(*) FROM goal_progress WHERE user_id = %s", (user,)).fetchone()[0]
 
 
 def goals_of(challenge: dict[str, Any]) -> dict[str, dict[str, Any]]:

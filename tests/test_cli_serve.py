@@ -79,11 +79,17 @@ def test_db_migrate_applies_once_then_nothing(fresh_db, capsys) -> None:
         "0001_create_user_goal_progress",
         "0002_create_reward_grants",
         "0003_user_goal_progress_value_event_at",
+        "0004_implied_default_goals",
     ]
     code, out, _ = run_cli(["--database-url", fresh_db, "-o", "json", "db", "migrate", "--yes"], capsys)
     assert code == 0 and json.loads(out)["applied"] == []
     code, out, _ = run_cli(["--database-url", fresh_db, "-o", "json", "db", "migrate", "--status"], capsys)
-    assert json.loads(out) == {"applied": [1, 2, 3], "pending": [], "checksum_mismatches": [], "unknown_versions": []}
+    assert json.loads(out) == {
+        "applied": [1, 2, 3, 4],
+        "pending": [],
+        "checksum_mismatches": [],
+        "unknown_versions": [],
+    }
 
 
 def test_db_migrate_refuses_without_yes_off_a_tty(fresh_db, capsys) -> None:

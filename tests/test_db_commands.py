@@ -533,7 +533,7 @@ def test_queries_list_the_top_statements_labelled_with_registry_names(preloaded_
         for user in ("a", "b", "c"):
             conn.execute(statement, {"user_id": user})
 
-    report = run_json(capsys, url, "db", "queries", "--filter", "user_goal_progress", "--by", "calls")
+    report = run_json(capsys, url, "db", "queries", "--filter", "goal_progress", "--by", "calls")
     assert report["order_by"] == "calls" and report["columns"]["total"] == "total_exec_time"
     top = report["items"][0]
     assert top["query_name"] == "user_goal_count" and top["calls"] == 3
@@ -549,7 +549,7 @@ def test_queries_list_the_top_statements_labelled_with_registry_names(preloaded_
 
     reset = run_json(capsys, url, "db", "queries", "--reset", "--yes")
     assert reset == {"reset": True, "database": "postgres"}
-    after = run_json(capsys, url, "db", "queries", "--filter", "user_goal_progress")
+    after = run_json(capsys, url, "db", "queries", "--filter", "goal_progress")
     assert all(item["query_name"] != "user_goal_count" for item in after["items"])
 
 

@@ -114,8 +114,11 @@ class Env:
         self.catalog, self.store, self.cache, self.api = catalog, store, cache, api
 
     async def complete(self, user_id: str, goal_id: str) -> None:
-        """Mark a goal of `user_id` completed in PostgreSQL, as the event flusher would."""
+        """Mark a goal of `user_id` completed in PostgreSQL, as the event flusher would (making an implied row real first)."""
         async with self.store.connection() as conn:
+            await conn.execute(
+                load_registry().get("materialize_implied_goals").sql, {"user_id": user_id, "goal_ids": [goal_id]}
+            )
             await conn.execute(
                 "UPDATE user_goal_progress SET status = 'completed', progress = 1000, completed_at = %(t)s,"
                 " updated_at = %(t)s WHERE user_id = %(u)s AND goal_id = %(g)s",

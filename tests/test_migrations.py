@@ -55,6 +55,7 @@ def test_bundled_migrations_are_discovered_in_order_with_file_checksums() -> Non
         (1, "create_user_goal_progress"),
         (2, "create_reward_grants"),
         (3, "user_goal_progress_value_event_at"),
+        (4, "implied_default_goals"),
     ]
     for migration in migrations:
         assert migration.path.parent == migrations_dir()
@@ -92,16 +93,16 @@ def test_no_transaction_file_with_two_statements_is_refused_before_connecting(tm
 
 def test_fresh_database_gets_every_migration_recorded_with_its_checksum(fresh_db: str) -> None:
     assert schema_version(fresh_db) is None
-    assert [m.version for m in apply_migrations(fresh_db, dry_run=True)] == [1, 2, 3]
+    assert [m.version for m in apply_migrations(fresh_db, dry_run=True)] == [1, 2, 3, 4]
     assert _query(fresh_db, "SELECT to_regclass('schema_migrations') IS NULL") == [(True,)]
 
     applied = apply_migrations(fresh_db)
 
-    assert [m.version for m in applied] == [1, 2, 3]
+    assert [m.version for m in applied] == [1, 2, 3, 4]
     assert _recorded(fresh_db) == [(m.version, m.name, m.checksum) for m in discover_migrations()]
-    assert schema_version(fresh_db) == 3
+    assert schema_version(fresh_db) == 4
     status = migration_status(fresh_db)
-    assert status.applied == [1, 2, 3] and status.pending == [] and status.up_to_date
+    assert status.applied == [1, 2, 3, 4] and status.pending == [] and status.up_to_date
 
 
 def test_second_run_applies_nothing(fresh_db: str) -> None:
@@ -139,8 +140,8 @@ def test_two_instances_migrating_at_once_apply_each_file_once(fresh_db: str) -> 
     results = _apply_concurrently(fresh_db, None)
 
     applied_versions = sorted(m.version for result in results for m in result)
-    assert applied_versions == [1, 2, 3]
-    assert [version for version, _, _ in _recorded(fresh_db)] == [1, 2, 3]
+    assert applied_versions == [1, 2, 3, 4]
+    assert [version for version, _, _ in _recorded(fresh_db)] == [1, 2, 3, 4]
 
 
 def test_waiting_instance_does_not_deadlock_a_concurrent_index_build(fresh_db: str, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from datetime import timedelta
 import psycopg
 
 from service.storage.cache import open_redis, synced_key
+from service.storage.default_sets import default_goal_set
 from service.storage.store import PoolConfig, Store, open_pool
 from service.transport.timestamps import expiry_fields
 from tests.support.players import (
@@ -130,23 +131,30 @@ async def test_concurrent_first_calls(env: Env) -> None:
 
 
 async def test_rows_committed_after_the_statement_snapshot_are_read_again(env: Env) -> None:
-    """I7: another first initialize holds a default row while ours runs; once it commits, our statement skips
-    that row (ON CONFLICT) without seeing it (its snapshot is older), so the view is read in a new statement."""
+    """I7: another first initialize holds the player's initialization record while ours runs; once it commits, our
+    statement skips it (ON CONFLICT) without seeing it (its snapshot is older), so the view is read in a new statement."""
     user = new_user()
     first_default = DEFAULT_IDS[0]
+    players = env.players()
+    await players.initialize(new_user())  # records the default set, so the next call runs initialize_view alone
     async with env.store.connection() as other, other.transaction():
         await other.execute(
             "INSERT INTO user_goal_progress (user_id, goal_id, challenge_id, namespace, assigned_at)"
             " VALUES (%s, %s, %s, 'ns-other', %s)",
             (user, first_default, MAIN_CATALOG.goals_by_id[first_default].challenge_id, T0),
         )
-        task = asyncio.create_task(env.players().initialize(user))
+        await other.execute(
+            "INSERT INTO user_initializations (user_id, namespace, default_set_id, initialized_at)"
+            " VALUES (%s, 'ns-other', %s, %s)",
+            (user, default_goal_set(MAIN_CATALOG.default_goals).set_id, T0),
+        )
+        task = asyncio.create_task(players.initialize(user))
         async with env.store.connection() as probe:
-            for _ in range(500):  # until our statement waits on the row lock of the uncommitted insert
+            for _ in range(500):  # until our statement waits on the row lock of the uncommitted record
                 cursor = await probe.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                     " AND wait_event_type = 'Lock' AND query LIKE %s",
-                    ("%INSERT INTO user_goal_progress%",),
+                    ("%FROM user_initializations%",),
                 )
                 if (await cursor.fetchone())[0]:
                     break
@@ -155,7 +163,7 @@ async def test_rows_committed_after_the_statement_snapshot_are_read_again(env: E
                 raise AssertionError("initialize never waited on the concurrent insert")
     result = await task
     assert assigned_ids(result) == DEFAULT_IDS
-    assert result.new_assignments == len(DEFAULT_IDS) - 1
+    assert result.new_assignments == 0  # the concurrent first call assigned them
     assert {state.goal.goal_id: state.row.namespace for state in result.assigned}[first_default] == "ns-other"
     cached = await env.cache().read_active(user, include_synced=True)
     assert cached.synced and cached.entry is not None
@@ -383,3 +391,96 @@ async def test_database_unavailable_gives_503(env: Env, pg_url: str) -> None:
         assert error.message.startswith("Database error occurred (PostgreSQL: ")
     finally:
         await pool.close()
+
+
+# --- default goals implied by the catalog (docs/data-model.md#implied-default-goals) -------------------------
+
+
+async def _initializations(env: Env, user: str) -> int:
+    async with env.store.connection() as conn:
+        cursor = await conn.execute("SELECT count(*) FROM user_initializations WHERE user_id = %s", (user,))
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_new_player_costs_one_record_and_no_progress_row(env: Env) -> None:
+    """A first initialize writes one row whatever the number of defaults; the defaults read as inserted rows."""
+    challenges = [challenge_json("big", [goal_json(f"big-{n:03}", default=True) for n in range(60)])]
+    catalog = build_catalog(challenges)
+    user = new_user()
+    result = await env.players(catalog).initialize(user)
+    assert result.new_assignments == 60 and len(result.assigned) == 60
+    assert await env.rows(user, "user_goal_progress") == {}
+    assert await _initializations(env, user) == 1
+    rows = await env.rows(user)
+    assert len(rows) == 60
+    assert all(
+        (row.is_active, row.status, row.assigned_at, row.created_at) == (True, "not_started", T0, T0)
+        for row in rows.values()
+    )
+    again = await env.players(catalog).initialize(user)
+    assert again.new_assignments == 0 and [s.row for s in again.assigned] == [s.row for s in result.assigned]
+
+
+async def test_set_active_and_replace_select_make_implied_rows_real(env: Env) -> None:
+    """S2, B2 on implied rows: deactivating keeps assigned_at of the initialization; replacing deactivates them."""
+    user = new_user()
+    players = env.players(clock=Clock(T0 + timedelta(hours=2)))
+    await env.players().initialize(user)
+    result = await players.set_active(user, "c1", "c1-login", False)
+    assert (result.is_active, result.assigned_at) == (False, T0)
+    real = await env.rows(user, "user_goal_progress")
+    assert sorted(real) == ["c1-login"] and real["c1-login"].created_at == T0
+    selected = await players.batch_select(user, "c1", ["c1-plain"], replace_existing=True)
+    assert selected.replaced == ("c1-daily",) and selected.total_active == 1
+    daily = (await env.rows(user, "user_goal_progress"))["c1-daily"]
+    assert (daily.is_active, daily.assigned_at, daily.updated_at) == (False, T0, T0)
+    listing = await players.list_challenges(user, active_only=True)
+    assert [state.goal.goal_id for c in listing.challenges for state in c.goals] == ["c1-plain"]
+
+
+async def test_catch_up_of_a_stale_implied_row_writes_a_real_row(env: Env) -> None:
+    """T2 on an implied row: the next day's initialize catches the daily default up in PostgreSQL."""
+    user = new_user()
+    clock = Clock()
+    players = env.players(clock=clock)
+    await players.initialize(user)
+    later = clock.advance(days=1)
+    await env.cache().invalidate(user)
+    await players.initialize(user)
+    daily = (await env.rows(user, "user_goal_progress"))["c1-daily"]
+    assert (daily.updated_at, daily.expires_at, daily.assigned_at) == (later, NEXT_DAY + timedelta(days=1), T0)
+
+
+async def test_claiming_an_implied_goal_answers_as_for_the_inserted_row(env: Env) -> None:
+    """K5 on an implied row: not completed (status not_started); a rotated resetting one is GOAL_ROTATED."""
+    user = new_user()
+    clock = Clock()
+    players = env.players(clock=clock)
+    await players.initialize(user)
+    for goal_id in ("c1-login", "c1-daily"):
+        error = await api_error(players.claim(user, "c1", goal_id))
+        assert (error.error_code, error.message.endswith("status: not_started)")) == ("GOAL_NOT_COMPLETED", True)
+    clock.advance(days=1)
+    assert (await api_error(players.claim(user, "c1", "c1-daily"))).error_code == "GOAL_ROTATED"
+    assert await env.rows(user, "user_goal_progress") == {}
+
+
+async def test_a_removed_default_stays_for_the_player_and_a_new_one_is_assigned_now(env: Env) -> None:
+    """I8 with a removal: the old set's implied rows become real unchanged; the new default is assigned at now."""
+    user = new_user()
+    await env.players().initialize(user)
+    challenges = main_challenges()
+    challenges[0]["goals"][1]["defaultAssigned"] = False  # c1-daily leaves the defaults
+    challenges[2]["goals"].append(goal_json("c3-new", default=True))
+    catalog = build_catalog(challenges)
+    later = T0 + timedelta(hours=3)
+    result = await env.players(catalog, clock=Clock(later)).initialize(user)
+    assert result.new_assignments == 1
+    assert [s.goal.goal_id for s in result.assigned] == [*DEFAULT_IDS, "c3-new"]
+    real = await env.rows(user, "user_goal_progress")
+    assert sorted(real) == sorted(DEFAULT_IDS)
+    assert all((row.is_active, row.assigned_at) == (True, T0) for row in real.values())
+    assert (await env.rows(user))["c3-new"].assigned_at == later
+    assert await _initializations(env, user) == 1

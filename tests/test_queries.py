@@ -137,6 +137,7 @@ SAMPLE_OVERRIDES: dict[str, Any] = {
     "goal_sources": ["login"],
     "goal_progress_modes": ["absolute"],
     "entry_values": [None],
+    "schedules": ["daily"],
 }
 
 
@@ -154,105 +155,143 @@ def test_every_statement_executes_on_the_migrated_schema(
 # --- initialize -------------------------------------------------------------------------------------
 
 
-def test_insert_default_goals_inserts_missing_rows_in_goal_order_and_never_touches_existing(
-    run: Runner, conn: psycopg.Connection[Any], user: str
-) -> None:
-    first = run(
-        "insert_default_goals",
-        user_id=user,
-        namespace=NS,
-        goal_ids=["g2", "g1"],
-        challenge_ids=["c2", "c1"],
-        expires_at=[None, N],
-        now=T,
-    )
-    assert [r["goal_id"] for r in first] == ["g1", "g2"]
-    g1 = row(conn, user, "g1")
-    assert g1 is not None
-    assert (g1["challenge_id"], g1["namespace"], g1["progress"], g1["status"], g1["is_active"]) == (
-        "c1",
-        NS,
-        0,
-        "not_started",
-        True,
-    )
-    assert (g1["assigned_at"], g1["created_at"], g1["updated_at"], g1["expires_at"]) == (T, T, T, N)
-    assert row(conn, user, "g2")["expires_at"] is None
-
+def register_set(run: Runner, *members: tuple[str, str, str | None]) -> str:
+    """A new default goal set of (goal_id, challenge_id, schedule) members; returns its id."""
+    set_id = uuid.uuid4().hex
     run(
-        "set_goal_active",
-        user_id=user,
-        goal_id="g1",
-        challenge_id="c1",
-        namespace=NS,
-        is_active=False,
-        expires_at=None,
-        now=T,
+        "register_default_goal_set",
+        default_set_id=set_id,
+        goal_ids=[m[0] for m in members],
+        challenge_ids=[m[1] for m in members],
+        schedules=[m[2] for m in members],
     )
-    later = T + timedelta(hours=1)
-    second = run(
-        "insert_default_goals",
-        user_id=user,
-        namespace=NS,
-        goal_ids=["g1", "g2", "g3"],
-        challenge_ids=["c1", "c2", "c3"],
-        expires_at=[N, None, None],
-        now=later,
-    )
-    assert [r["goal_id"] for r in second] == ["g3"]
-    assert row(conn, user, "g1")["is_active"] is False
-    assert row(conn, user, "g3")["assigned_at"] == later
-    assert (
-        run(
-            "insert_default_goals",
-            user_id=user,
-            namespace=NS,
-            goal_ids=["g1", "g2", "g3"],
-            challenge_ids=["c1", "c2", "c3"],
-            expires_at=[N, None, None],
-            now=later,
-        )
-        == []
-    )
+    return set_id
 
 
-def test_initialize_view_inserts_missing_defaults_and_returns_them_with_the_view(
+def initialize(run: Runner, user: str, set_id: str, now: datetime) -> list[dict[str, Any]]:
+    return run("initialize_view", user_id=user, namespace=NS, default_set_id=set_id, now=now, prereq_goal_ids=["p1"])
+
+
+def real_goal_ids(conn: psycopg.Connection[Any], user: str) -> list[str]:
+    rows = conn.execute("SELECT goal_id FROM user_goal_progress WHERE user_id = %s ORDER BY goal_id", (user,))
+    return [r["goal_id"] for r in rows.fetchall()]
+
+
+def test_initialize_view_records_the_player_once_and_returns_the_implied_defaults_with_the_view(
     run: Runner, conn: psycopg.Connection[Any], user: str
 ) -> None:
-    params = {"user_id": user, "namespace": NS, "now": T, "prereq_goal_ids": ["p1"]}
+    set_id = register_set(run, ("g2", "c2", "daily"), ("g1", "c1", None))
     insert_row(conn, user, "g1", is_active=False)  # a deactivated default
     insert_row(conn, user, "p1", is_active=False)  # an inactive prerequisite
     insert_row(conn, user, "x1", is_active=False)  # neither: not returned
     insert_row(conn, user, "a1")  # active, not a default
-    first = run(
-        "initialize_view",
-        **params,
-        goal_ids=["g2", "g1"],
-        challenge_ids=["c2", "c1"],
-        expires_at=[N, None],
-    )
-    assert [(r["goal_id"], r["inserted"], r["is_active"]) for r in first] == [
-        ("a1", False, True),
-        ("g1", False, False),
-        ("g2", True, True),
-        ("p1", False, False),
+    first = initialize(run, user, set_id, T)
+    assert [(r["goal_id"], r["inserted"], r["is_active"], r["recorded"]) for r in first] == [
+        ("a1", False, True, True),
+        ("g2", True, True, True),
+        ("p1", False, False, True),
     ]
-    g2 = row(conn, user, "g2")
-    assert (g2["challenge_id"], g2["status"], g2["assigned_at"], g2["expires_at"], g2["updated_at"]) == (
-        "c2",
-        "not_started",
+    # One record, no progress row: g2 is implied, as the old insert would have written it.
+    assert real_goal_ids(conn, user) == ["a1", "g1", "p1", "x1"]
+    g2 = {k: v for k, v in first[1].items() if k not in ("inserted", "recorded")}
+    assert g2 == {
+        **as_read(row(conn, user, "a1")),
+        "goal_id": "g2",
+        "challenge_id": "c2",
+        "created_at": T,
+        "updated_at": T,
+        "assigned_at": T,
+        "expires_at": N,
+    }
+    assert run("goals_by_ids", user_id=user, goal_ids=["g2"]) == [g2]
+    again = initialize(run, user, set_id, T + timedelta(hours=1))
+    assert [(r["goal_id"], r["inserted"], r["assigned_at"]) for r in again] == [
+        ("a1", False, T),
+        ("g2", False, T),
+        ("p1", False, T),
+    ]
+
+
+def test_initialize_view_with_a_new_default_set_keeps_the_old_implied_rows_and_assigns_new_defaults_now(
+    run: Runner, conn: psycopg.Connection[Any], user: str
+) -> None:
+    old = register_set(run, ("g1", "c1", None), ("g2", "c1", "weekly"))
+    new = register_set(run, ("g1", "c1", None), ("g3", "c2", "monthly"))
+    initialize(run, user, old, T)
+    later = T + timedelta(days=3)
+    changed = initialize(run, user, new, later)
+    # g2 left the defaults and g1 stayed: both keep the row the first initialize implied; g3 is new, at `later`.
+    assert [(r["goal_id"], r["inserted"], r["assigned_at"], r["expires_at"]) for r in changed] == [
+        ("g1", False, T, None),
+        ("g2", False, T, datetime(2024, 1, 15, tzinfo=UTC)),
+        ("g3", True, later, datetime(2024, 2, 1, tzinfo=UTC)),
+    ]
+    assert real_goal_ids(conn, user) == ["g1", "g2"]
+    assert [r["goal_id"] for r in run("user_progress", user_id=user)] == ["g1", "g2", "g3"]
+    assert [(r["goal_id"], r["inserted"]) for r in initialize(run, user, new, later)] == [
+        ("g1", False),
+        ("g2", False),
+        ("g3", False),
+    ]
+
+
+def test_materializing_makes_implied_rows_real_with_the_same_values(
+    run: Runner, conn: psycopg.Connection[Any], user: str
+) -> None:
+    set_id = register_set(run, ("g1", "c1", "daily"), ("g2", "c1", None), ("g3", "c1", None))
+    initialize(run, user, set_id, T)
+    implied = run("user_progress", user_id=user)
+    assert run("materialize_implied_goals", user_id=user, goal_ids=["g2", "nope"]) == [{"goal_id": "g2"}]
+    assert run("materialize_implied_goals", user_id=user, goal_ids=["g2"]) == []
+    made = run(
+        "materialize_event_goals",
+        entry_user_ids=[user, f"{user}-none"],
+        entry_sources=[KILLS, KILLS],
+        goal_ids=["g1", "g3"],
+        goal_sources=[KILLS, "login"],
+    )
+    assert made == [{"user_id": user, "goal_id": "g1"}]
+    assert real_goal_ids(conn, user) == ["g1", "g2"]
+    assert run("user_progress", user_id=user) == implied
+
+
+def test_set_goal_active_on_an_implied_row_writes_it_as_the_existing_active_row(
+    run: Runner, conn: psycopg.Connection[Any], user: str
+) -> None:
+    set_id = register_set(run, ("g1", "c1", "daily"), ("g2", "c1", None))
+    initialize(run, user, set_id, T)
+    later = T + timedelta(hours=2)
+    off = set_active(run, user, "g1", False, None, later)
+    assert (off["is_active"], off["assigned_at"], off["expires_at"], off["created_at"], off["updated_at"]) == (
+        False,
         T,
         N,
         T,
+        T,
     )
-    assert row(conn, user, "g1")["is_active"] is False
-    again = run("initialize_view", **params, goal_ids=["g2", "g1"], challenge_ids=["c2", "c1"], expires_at=[N, None])
-    assert [(r["goal_id"], r["inserted"]) for r in again] == [
-        ("a1", False),
-        ("g1", False),
-        ("g2", False),
-        ("p1", False),
-    ]
+    on = set_active(run, user, "g2", True, None, later)
+    assert (on["is_active"], on["assigned_at"], on["created_at"]) == (True, T, T)
+    assert real_goal_ids(conn, user) == ["g1", "g2"]
+
+
+def test_read_delete_and_backdate_statements_see_implied_rows(
+    run: Runner, conn: psycopg.Connection[Any], user: str
+) -> None:
+    set_id = register_set(run, ("g1", "c1", None), ("g2", "c2", None))
+    insert_row(conn, user, "a1", challenge_id="c2")
+    initialize(run, user, set_id, T)
+    assert [r["goal_id"] for r in run("active_goals", user_id=user)] == ["a1", "g1", "g2"]
+    assert [r["goal_id"] for r in run("challenge_progress", user_id=user, challenge_id="c2")] == ["a1", "g2"]
+    assert [r["goal_id"] for r in run("active_view", user_id=user, prereq_goal_ids=[])] == ["a1", "g1", "g2"]
+    assert run("user_goal_count", user_id=user) == [{"goal_count": 3}]
+    moved = run("backdate_user_goals", user_id=user, goal_ids=["g2"], seconds=3600)
+    assert moved == [{"goal_id": "g2", "updated_at": T - timedelta(hours=1)}]
+    assert real_goal_ids(conn, user) == ["a1", "g2"]
+    assert sorted(r["goal_id"] for r in run("delete_user_data", namespace=NS, user_id=user)) == ["a1", "g1", "g2"]
+    assert run("user_goal_count", user_id=user) == [{"goal_count": 0}]
+    assert conn.execute("SELECT count(*) AS n FROM user_initializations WHERE user_id = %s", (user,)).fetchone() == {
+        "n": 0
+    }
 
 
 # --- set active, batch select, deactivate ------------------------------------------------------------

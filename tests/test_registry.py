@@ -24,7 +24,10 @@ DOCUMENTED_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "challenge_progress": ("read", ("user_id", "challenge_id")),
     "goals_by_ids": ("read", ("user_id", "goal_ids")),
     "active_view": ("read", ("user_id", "prereq_goal_ids")),
-    "insert_default_goals": ("write", ("user_id", "namespace", "goal_ids", "challenge_ids", "expires_at", "now")),
+    "register_default_goal_set": ("write", ("default_set_id", "goal_ids", "challenge_ids", "schedules")),
+    "initialize_view": ("write", ("user_id", "namespace", "default_set_id", "now", "prereq_goal_ids")),
+    "materialize_implied_goals": ("write", ("user_id", "goal_ids")),
+    "materialize_event_goals": ("write", ("entry_user_ids", "entry_sources", "goal_ids", "goal_sources")),
     "set_goal_active": ("write", ("user_id", "goal_id", "challenge_id", "namespace", "is_active", "expires_at", "now")),
     "batch_set_goal_active": ("write", ("user_id", "namespace", "goal_ids", "challenge_ids", "expires_at", "now")),
     "deactivate_challenge_goals": ("write", ("user_id", "challenge_id", "keep_goal_ids")),
@@ -80,6 +83,10 @@ ARRAY_PARAMS = {
     "boundaries",
     "next_boundaries",
     "reset_flags",
+    "schedules",
+    "entry_user_ids",
+    "entry_sources",
+    "goal_sources",
 }
 
 VALID_ENTRY = """\
@@ -111,8 +118,7 @@ def test_bundled_file_has_every_required_name_with_the_spec_kind_and_params() ->
     for query in registry:
         for param in query.params:
             is_array = param.name in ARRAY_PARAMS or (
-                query.name
-                in ("apply_event_updates", "insert_default_goals", "initialize_view", "batch_set_goal_active")
+                query.name in ("apply_event_updates", "batch_set_goal_active")
                 and param.name not in ("now", "user_id", "namespace")
             )
             assert param.type.endswith("[]") == is_array, (query.name, param)
@@ -125,6 +131,9 @@ def test_bundled_file_takes_time_only_from_the_now_parameter() -> None:
         if query.kind == "write" and query.name not in (
             "deactivate_challenge_goals",
             "delete_user_data",
+            "register_default_goal_set",
+            "materialize_implied_goals",
+            "materialize_event_goals",
             "backdate_user_goals",
             "insert_reward_grant",
         ):
@@ -132,7 +141,13 @@ def test_bundled_file_takes_time_only_from_the_now_parameter() -> None:
 
 
 def test_bundled_expect_index_names_are_spec_indexes() -> None:
-    known = {"user_goal_progress_pkey", "idx_ugp_user_active", "reward_grants_pkey"}
+    known = {
+        "user_goal_progress_pkey",
+        "idx_ugp_user_active",
+        "reward_grants_pkey",
+        "user_initializations_pkey",
+        "default_goal_sets_pkey",
+    }
     registry = load_registry()
     assert registry.get("active_goals").expect_index == "idx_ugp_user_active"
     for query in registry:

@@ -296,7 +296,7 @@ def _reset(cli: Any, settings: Any, yes: bool, dry_run: bool) -> None:
 
     prefix = settings.redis_key_prefix
     redis_url = _redis_url(settings)
-    action = "truncate user_goal_progress and reward_grants" + (
+    action = "truncate user_goal_progress, user_initializations and reward_grants" + (
         f" and remove every '{prefix}:*' Redis key (token keys are rotated)" if redis_url else ""
     )
     if not confirm(action, yes, dry_run):

@@ -1,5 +1,5 @@
-"""`loadtest run --reset`: a cold start for the next run (docs/loadtest.md#loadtest-run). Truncates `user_goal_progress`
-and `reward_grants`, unlinks every `<prefix>:*` key and rotates every `<prefix>:{user}:tok` key instead
+"""`loadtest run --reset`: a cold start for the next run (docs/loadtest.md#loadtest-run). Truncates `user_goal_progress`,
+`user_initializations` and `reward_grants`, unlinks every `<prefix>:*` key and rotates every `<prefix>:{user}:tok` key instead
 of deleting it (docs/cache.md#degradation-and-recovery: a deleted token would let a concurrent stale fill pass validation)."""
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ OUTCOME_DEFERRED = "deferred"
 _NOTABLE_FLUSH_ENTRIES = 1000
 _NOTABLE_FLUSH_MS = 1000.0
 _DURATION_WINDOW = 2048
+# The parameters of `materialize_event_goals`, a subset of those of `apply_event_updates`.
+_MATERIALIZE_KEYS = ("entry_user_ids", "entry_sources", "goal_ids", "goal_sources")
 
 
 class FlushListener(Protocol):
@@ -260,8 +262,10 @@ class Flusher:
         started = time.perf_counter()
         try:
             # One statement in an autocommit session is one transaction: BEGIN/COMMIT would only add
-            # two round trips to the hot path.
+            # two round trips to the hot path. The implied default rows the entries feed become real first, in a
+            # statement of its own: that changes nothing a reader sees (docs/data-model.md#implied-default-goals).
             async with self._store.connection() as conn:
+                await self._queries.rows(conn, "materialize_event_goals", {k: params[k] for k in _MATERIALIZE_KEYS})
                 outcomes = await self._queries.rows(conn, "apply_event_updates", params)
         except asyncio.CancelledError:
             self._merge_back(group, snapshots)

@@ -25,6 +25,7 @@ import psycopg
 from prometheus_client import Counter
 from psycopg.rows import args_row
 
+from service.domain import errors
 from service.domain.catalog import Catalog, Challenge, Goal, Reward
 from service.domain.errors import (
     AlreadyClaimed,
@@ -33,8 +34,6 @@ from service.domain.errors import (
     InternalFailure,
     InvalidRequest,
     NotFound,
-    Unavailable,
-    UpstreamFailed,
 )
 from service.domain.rules import (
     NO_ROW_VIEW,
@@ -59,6 +58,7 @@ from service.domain.rules import (
     view,
 )
 from service.storage.cache import Cache, CacheRead
+from service.storage.default_sets import default_goal_set
 from service.storage.store import Queries, Store, StoreUnavailable
 from service.usecases.rewards import RewardGrant, RewardGranter, RewardGrantFailed
 
@@ -154,19 +154,19 @@ Work = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 _ROW = args_row(ProgressRow)
 
 
-def _initialize_row(cursor: Any) -> Callable[[Sequence[Any]], tuple[ProgressRow, bool]]:
-    """Rows of `initialize_view`: the 14 columns, then whether this statement inserted the row."""
+def _initialize_row(cursor: Any) -> Callable[[Sequence[Any]], tuple[ProgressRow, bool, bool]]:
+    """Rows of `initialize_view`: the 14 columns, whether this call assigned the row, whether the set is recorded."""
 
-    def make(values: Sequence[Any]) -> tuple[ProgressRow, bool]:
-        return ProgressRow(*values[:14]), values[14]
+    def make(values: Sequence[Any]) -> tuple[ProgressRow, bool, bool]:
+        return ProgressRow(*values[:14]), values[14], values[15]
 
     return make
 
 
-def _unavailable(error: StoreUnavailable | None = None) -> Unavailable:
+def _unavailable(error: StoreUnavailable | None = None) -> errors.Unavailable:
     """For an unreachable PostgreSQL the message names it and the reason (never host or credentials)."""
     message = f"{DB_ERROR_MESSAGE} (PostgreSQL: {error.reason})" if error is not None else DB_ERROR_MESSAGE
-    return Unavailable("DEPENDENCY_UNAVAILABLE", message)
+    return errors.Unavailable("DEPENDENCY_UNAVAILABLE", message)
 
 
 def _internal_error() -> InternalFailure:
@@ -262,13 +262,10 @@ class Players:
             and not goal.prerequisites
             and goal.requirement.progress_mode == PROGRESS_MODE_ABSOLUTE
         )
-        self._default_goal_params = {
-            "goal_ids": [goal.goal_id for goal in catalog.default_goals],
-            "challenge_ids": [goal.challenge_id for goal in catalog.default_goals],
-        }
-        self._default_schedules = [
-            goal.rotation.schedule if goal.rotation is not None else None for goal in catalog.default_goals
-        ]
+        # The default goal set (docs/data-model.md#implied-default-goals), recorded once per process before the first
+        # initialize: the initialize statement then records one row per player, however many defaults there are.
+        self._default_set = default_goal_set(catalog.default_goals)
+        self._default_set_recorded = not catalog.default_goals
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -368,33 +365,32 @@ class Players:
         params = {
             "user_id": user_id,
             "namespace": self._namespace,
-            **self._default_goal_params,
-            "expires_at": self._default_expiries(now),
+            "default_set_id": self._default_set.set_id,
             "now": now,
             "prereq_goal_ids": self._prerequisite_ids,
         }
 
-        async def assign(conn: psycopg.AsyncConnection[Any]) -> list[tuple[ProgressRow, bool]]:
+        async def assign(conn: psycopg.AsyncConnection[Any]) -> list[tuple[ProgressRow, bool, bool]]:
+            if not self._default_set_recorded:
+                await self._queries.rows(conn, "register_default_goal_set", self._default_set.params())
+                self._default_set_recorded = True
             return await self._queries.rows(conn, "initialize_view", params, _initialize_row)
 
         fetched = await self._db(user_id, "assigning the default goals", assign)
-        inserted = sum(1 for _, was_inserted in fetched if was_inserted)
-        returned = [row for row, _ in fetched]
-        returned_ids = {row.goal_id for row in returned}
-        if all(goal_id in returned_ids for goal_id in self._default_goal_params["goal_ids"]):
-            rows, pre = split_active_view(returned, self._catalog.goals_by_id)
+        inserted = sum(1 for _, was_inserted, _ in fetched if was_inserted)
+        recorded = bool(fetched) and fetched[0][2]
+        if recorded or not self._catalog.default_goals:
+            rows, pre = split_active_view([row for row, _, _ in fetched], self._catalog.goals_by_id)
         else:
             # A concurrent first initialize committed rows after the statement's snapshot: read them in a new one.
             rows, pre = await self._db(
                 user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
             )
-        await self._cache_record_initialize(user_id, read, rows, pre, inserted > 0)
+        try:  # the cache never fails a request
+            await self._cache.record_initialize(user_id, read, rows, pre, inserted > 0)
+        except Exception:
+            log.exception("recording the initialize in the cache failed for user %r", user_id)
         return inserted, rows, pre
-
-    def _default_expiries(self, now: datetime) -> list[datetime | None]:
-        """`expires_at_for` of every default goal at `now`, computed once per rotation schedule."""
-        boundaries = {schedule: next_boundary(schedule, now) for schedule in set(self._default_schedules) if schedule}
-        return [boundaries[schedule] if schedule else None for schedule in self._default_schedules]
 
     async def _catch_up(
         self,
@@ -412,6 +408,7 @@ class Players:
             return rows, pre
         try:
             async with self._store.connection() as conn:
+                await self._materialize(conn, user_id, plan.goal_ids)
                 changed = await self._queries.rows(conn, "rotation_catch_up", _catch_up_params(plan, user_id), _ROW)
         except (StoreUnavailable, psycopg.Error) as error:
             log.warning(
@@ -524,11 +521,13 @@ class Players:
             "now": now,
         }
         # Prerequisites of the selected goals that `challenge_progress` does not return.
-        own_ids = {goal.goal_id for goal in challenge.goals}
-        external_ids = sorted({p for goal in goals for p in goal.prerequisites} - own_ids)
+        challenge_goal_ids = [goal.goal_id for goal in challenge.goals]
+        external_ids = sorted({p for goal in goals for p in goal.prerequisites} - set(challenge_goal_ids))
 
         async def write(conn: psycopg.AsyncConnection[Any]) -> tuple[list[str], dict[str, ProgressRow]]:
             async with conn.transaction():
+                # Replacing deactivates the challenge's other goals, so all of its implied rows become real.
+                await self._materialize(conn, user_id, challenge_goal_ids if replace_existing else goal_ids)
                 deactivated: list[str] = []
                 if replace_existing:
                     deactivated = [
@@ -597,7 +596,7 @@ class Players:
             async with conn.transaction():
                 row = await self._queries.one(
                     conn, "progress_for_update", {"user_id": user_id, "goal_id": goal_id}, _ROW
-                )
+                ) or await self._implied_row(conn, user_id, goal_id)
                 await self._check_claimable(conn, user_id, challenge_id, goal, row, now)
                 return await self._grant_and_mark(conn, user_id, goal, now, deadline)
 
@@ -682,7 +681,7 @@ class Players:
                 grant.idempotency_key,
                 failure.reason,
             )
-            raise UpstreamFailed("REWARD_GRANT_FAILED", failure.api_message()) from None
+            raise errors.UpstreamFailed("REWARD_GRANT_FAILED", failure.api_message()) from None
         await self._queries.rows(
             conn,
             "insert_reward_grant",
@@ -827,6 +826,16 @@ class Players:
             rows += await self._queries.rows(conn, "goals_by_ids", {"user_id": user_id, "goal_ids": external}, _ROW)
         return {row.goal_id: row for row in rows}
 
+    async def _materialize(self, conn: psycopg.AsyncConnection[Any], user_id: str, goal_ids: Sequence[str]) -> None:
+        """Before a write to these goals' rows: their implied default rows become real rows with the same values
+        (docs/data-model.md#implied-default-goals). Invisible to readers, so it needs no transaction with the write."""
+        await self._queries.rows(conn, "materialize_implied_goals", {"user_id": user_id, "goal_ids": list(goal_ids)})
+
+    async def _implied_row(self, conn: psycopg.AsyncConnection[Any], user_id: str, goal_id: str) -> ProgressRow | None:
+        """The goal's row as readers see it when it has no real row: an implied default row, or None. A claim checks it
+        as it would the real row (never claimable: not completed, or rotated)."""
+        return await self._queries.one(conn, "goals_by_ids", {"user_id": user_id, "goal_ids": [goal_id]}, _ROW)
+
     async def _db(self, user_id: str, action: str, work: Work[T]) -> T:
         """Run `work` on a pooled connection. A deadlock or serialization failure is retried once;
         an unreachable, timed-out or persistently conflicting database becomes 503."""
@@ -892,16 +901,3 @@ class Players:
         except Exception:
             log.exception("cache invalidation failed for user %r", user_id)
             return None
-
-    async def _cache_record_initialize(
-        self,
-        user_id: str,
-        read: CacheRead,
-        rows: Sequence[ProgressRow],
-        pre: Sequence[ProgressRow],
-        inserted: bool,
-    ) -> None:
-        try:
-            await self._cache.record_initialize(user_id, read, rows, pre, inserted)
-        except Exception:
-            log.exception("recording the initialize in the cache failed for user %r", user_id)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis_asyncio
 from prometheus_client import REGISTRY
+from psycopg import sql
 from psycopg.rows import class_row, dict_row
 
 from service.domain.catalog import Catalog, parse_catalog
@@ -260,17 +261,21 @@ class Env:
             await cursor.execute(
                 "SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at,"
                 " claimed_at, created_at, updated_at, is_active, assigned_at, expires_at, baseline_value"
-                " FROM user_goal_progress WHERE user_id = %s AND goal_id = %s",
+                " FROM goal_progress WHERE user_id = %s AND goal_id = %s",
                 (user_id, goal_id),
             )
             return await cursor.fetchone()
 
-    async def rows(self, user_id: str) -> dict[str, ProgressRow]:
+    async def rows(self, user_id: str, relation: str = "goal_progress") -> dict[str, ProgressRow]:
+        """The user's rows as readers see them (real and implied, docs/data-model.md#implied-default-goals), or with
+        `relation="user_goal_progress"` only the real ones."""
         async with self.store.connection() as conn, conn.cursor(row_factory=class_row(ProgressRow)) as cursor:
             await cursor.execute(
-                "SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at,"
-                " claimed_at, created_at, updated_at, is_active, assigned_at, expires_at, baseline_value"
-                " FROM user_goal_progress WHERE user_id = %s",
+                sql.SQL(
+                    "SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at,"
+                    " claimed_at, created_at, updated_at, is_active, assigned_at, expires_at, baseline_value"
+                    " FROM {} WHERE user_id = %s"
+                ).format(sql.Identifier(relation)),
                 (user_id,),
             )
             return {row.goal_id: row for row in await cursor.fetchall()}
