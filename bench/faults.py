@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from serve_process import start_serve  # noqa: E402
 
-from challengectl.loadtest.operations import Operations  # noqa: E402
+from challengectl.loadtest.operations import GeneratorOptions, Operations  # noqa: E402
 from challengectl.loadtest.profiles import user_id_of  # noqa: E402
 from service.proto.challengectl.v1 import ingest_pb2  # noqa: E402
 from service.runtime.embedded import EmbeddedPostgres  # noqa: E402
@@ -235,15 +235,14 @@ class Load:
     async def open(self) -> None:
         self.ops = [
             Operations(
-                api_url=service.api_url,
-                grpc_addr=f"127.0.0.1:{service.grpc_port}",
-                auth="jwt",
-                jwt_key=SECRET.encode(),
+                GeneratorOptions(
+                    api_url=service.api_url,
+                    grpc_addr=f"127.0.0.1:{service.grpc_port}",
+                    jwt_key=SECRET.encode(),
+                    event_rpc="ags",
+                    timeout_s=10.0,
+                ),
                 token_ttl_s=3600,
-                namespace="accelbyte",
-                grpc_token=None,
-                event_rpc="ags",
-                timeout_s=10.0,
                 http_connections=self.http_connections,
                 recorder=self,
             )
