@@ -1420,3 +1420,14 @@ async def test_buffer_oldest_entry_age_and_peak_follow_the_buffer(ingest: Any, d
         await eventually(lambda: _flushed(ingestor))
         ingestor.reset_peaks()
         assert ingestor.buffer_stats()["peak_entries"] == 0
+
+
+async def test_an_error_reply_to_marking_ids_done_falls_back_to_the_lru_instead_of_raising(
+    redis_client: Any, redis_prefix: str
+) -> None:
+    # A done TTL of 0 makes every SET ... PX in the script fail on the server: an error reply inside the
+    # pipeline (as a cluster node going away gives), not a connection error.
+    dedup = Deduplicator(redis_client, redis_prefix, 60, 0, 10, 1.0)
+    key = (new_user(), new_id())
+    await dedup.mark_done([key])  # raised the error reply before the fix, out of the flusher's settle task
+    assert not dedup.redis_usable  # in the outage back-off: the LRU de-duplicates until Redis is retried

@@ -279,7 +279,7 @@ class Deduplicator:
         if self.redis_usable:
             try:
                 await self._set_done_in_redis(keys)
-            except REDIS_FAILURES as exc:
+            except _FALLBACK_FAILURES as exc:
                 self._redis_failed(exc, f"marking {len(keys)} event ids as done")
             else:
                 return
