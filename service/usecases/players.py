@@ -25,7 +25,6 @@ import psycopg
 from prometheus_client import Counter
 from psycopg.rows import args_row
 
-from service.domain import errors
 from service.domain.catalog import Catalog, Challenge, Goal, Reward
 from service.domain.errors import (
     AlreadyClaimed,
@@ -34,6 +33,8 @@ from service.domain.errors import (
     InternalFailure,
     InvalidRequest,
     NotFound,
+    Unavailable,
+    UpstreamFailed,
 )
 from service.domain.rules import (
     NO_ROW_VIEW,
@@ -163,10 +164,10 @@ def _initialize_row(cursor: Any) -> Callable[[Sequence[Any]], tuple[ProgressRow,
     return make
 
 
-def _unavailable(error: StoreUnavailable | None = None) -> errors.Unavailable:
+def _unavailable(error: StoreUnavailable | None = None) -> Unavailable:
     """For an unreachable PostgreSQL the message names it and the reason (never host or credentials)."""
     message = f"{DB_ERROR_MESSAGE} (PostgreSQL: {error.reason})" if error is not None else DB_ERROR_MESSAGE
-    return errors.Unavailable("DEPENDENCY_UNAVAILABLE", message)
+    return Unavailable("DEPENDENCY_UNAVAILABLE", message)
 
 
 def _internal_error() -> InternalFailure:
@@ -681,7 +682,7 @@ class Players:
                 grant.idempotency_key,
                 failure.reason,
             )
-            raise errors.UpstreamFailed("REWARD_GRANT_FAILED", failure.api_message()) from None
+            raise UpstreamFailed("REWARD_GRANT_FAILED", failure.api_message()) from None
         await self._queries.rows(
             conn,
             "insert_reward_grant",
