@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,6 +36,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+CLUSTER_BUS_OFFSET = 10000  # redis-server < 7 has no `cluster-port`: a node's bus listens on port + 10000
+
+
+def free_cluster_ports(count: int, low: int = 11000, high: int = 19000) -> tuple[int, ...]:
+    """`count` loopback ports in [low, high) that are free, each with its cluster bus port (+10000) free too:
+    random picks below the ephemeral range, each verified by binding both ports."""
+    rng = random.Random()
+    picked: list[int] = []
+    for _ in range(200 * count):
+        port = rng.randrange(low, high)
+        if port not in picked and _bindable(port) and _bindable(port + CLUSTER_BUS_OFFSET):
+            picked.append(port)
+            if len(picked) == count:
+                return tuple(picked)
+    raise RuntimeError(f"no {count} free port pairs in {low}-{high}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class PrivateRedis:
@@ -133,7 +160,7 @@ class PrivatePostgres:
 
 
 class PrivateRedisCluster:
-    """A Redis Cluster of three redis-server primaries (no replicas) on fixed loopback ports, the slots
+    """A Redis Cluster of redis-server primaries (no replicas) on the given loopback ports, the slots
     split evenly; `stop_node`/`start_node` restart one node on the same port and cluster config."""
 
     def __init__(self, data_dir: Path, ports: tuple[int, ...]) -> None:

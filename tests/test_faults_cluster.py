@@ -1,8 +1,8 @@
 """Redis Cluster (issue 11; docs/cache.md#redis-cluster): `redis_mode=auto` finds a cluster, and the cache and
 event de-duplication work through a real 3-node cluster, across its nodes and over a node restart.
 
-The cluster is the test's own (ports 21300-21302, cluster bus 31300-31302); skipped without a
-redis-server binary.
+The cluster is the test's own (three free ports picked at start, each with its cluster bus port + 10000 free);
+skipped without a redis-server binary.
 """
 
 from __future__ import annotations
@@ -24,19 +24,18 @@ from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.storage.cache import Cache, active_key, connect_redis, is_cluster
 from service.storage.dedup import DONE, Deduplicator
 from service.transport.auth import mint_token
-from tests.servers import PrivateRedisCluster, free_port
+from tests.servers import PrivateRedisCluster, free_cluster_ports, free_port
 from tests.support.cli import isolate_cli, run_cli
 from tests.support.serve import ServeProcess, http_get, player_call, service_env
 
 pytestmark = pytest.mark.integration
 
-PORTS = (21300, 21301, 21302)
 SECRET = "cluster-secret-" + "x" * 24
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedisCluster]:
-    server = PrivateRedisCluster(tmp_path_factory.mktemp("cluster"), PORTS)
+    server = PrivateRedisCluster(tmp_path_factory.mktemp("cluster"), free_cluster_ports(3))
     try:
         server.start()
         yield server
@@ -142,7 +141,9 @@ def test_serve_on_a_cluster_caches_and_deduplicates_through_it(cluster: PrivateR
         assert (first.accepted, again.duplicates) == (1, 1)
         assert _metric(serve, "challenge_dedup_total", backend="redis", result="duplicate") >= 1
         assert _metric(serve, "challenge_dedup_total", backend="lru", result="duplicate") == 0
-        stored = redis.RedisCluster(host="127.0.0.1", port=PORTS[0]).get(f"{prefix}:{{{users[0]}}}:evt:{event_id}")
+        stored = redis.RedisCluster(host="127.0.0.1", port=cluster.ports[0]).get(
+            f"{prefix}:{{{users[0]}}}:evt:{event_id}"
+        )
         assert stored == DONE.encode()
 
 
