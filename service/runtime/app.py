@@ -29,6 +29,7 @@ from service.config.settings import Settings, is_loopback
 from service.domain.catalog import Catalog
 from service.runtime import event_loop
 from service.runtime.embedded import connection_help
+from service.runtime.exit_watchdog import ExitWatchdog
 from service.runtime.gc_policy import freeze_startup_objects
 from service.runtime.startup import (
     Dependencies,
@@ -65,6 +66,8 @@ SERVER_STOP_GRACE_S = 5
 DRAINED_GRACE_S = 1.0
 # A worker's exit after its server stopped: closing its pools and the interpreter's own exit.
 WORKER_EXIT_GRACE_S = 5.0
+# After the drain: the workers' exit, the servers' grace and the pools' close; past it the exit watchdog ends the process.
+AFTER_DRAIN_LIMIT_S = SERVER_STOP_GRACE_S + WORKER_EXIT_GRACE_S + 5
 
 
 def bind_socket(host: str, port: int, what: str, reuse_port: bool = False, listen: bool = True) -> socket.socket:
@@ -161,6 +164,7 @@ class Service:
     runtime_dir: Path | None = None  # with workers: their metrics files and control sockets
     workers: WorkerPool | None = None
     stop_signal: int = signal.SIGTERM  # forwarded to the workers on shutdown
+    exit_watchdog: ExitWatchdog = field(default_factory=ExitWatchdog)
 
     def describe_config(self) -> dict[str, Any]:
         """The `/admin/config` body (docs/http-api.md#admin-and-metrics)."""
@@ -266,7 +270,9 @@ class Service:
             log.info("shutting down")
             readiness.shutting_down = True
             await grpc_health.set_ready(False)
-            self.unflushed = await _drain_and_stop(grpc_server, ingestor, workers, self.stop_signal, settings)
+            self.unflushed = await _drain_and_stop(
+                grpc_server, ingestor, workers, self.stop_signal, settings, self.exit_watchdog
+            )
             for server in servers:
                 server.should_exit = True
             await asyncio.wait(tasks, timeout=SERVER_STOP_GRACE_S + 1)
@@ -331,13 +337,22 @@ class Service:
 
 
 async def _drain_and_stop(
-    grpc_server: Any, ingestor: Ingestor, workers: WorkerPool | None, stop_signal: int, settings: Settings
+    grpc_server: Any,
+    ingestor: Ingestor,
+    workers: WorkerPool | None,
+    stop_signal: int,
+    settings: Settings,
+    exit_watchdog: ExitWatchdog,
 ) -> int:
     """docs/events.md#shutdown: the gRPC server stops taking calls while the buffer drains at once, so a call
     waiting for its commit gets its answer from the drain (OK, or UNAVAILABLE at the deadline) instead of
     being cancelled; then the calls still open (idle streams) get DRAINED_GRACE_S. HTTP workers finish
-    their requests meanwhile. Returns the entries left unflushed."""
+    their requests meanwhile. The rest of the shutdown has AFTER_DRAIN_LIMIT_S from the drain's end.
+    Returns the entries left unflushed."""
     draining = asyncio.create_task(ingestor.drain_and_stop(settings.shutdown_timeout_s), name="drain")
+    draining.add_done_callback(
+        lambda _: exit_watchdog.arm(AFTER_DRAIN_LIMIT_S, "stopping the servers and closing the pools after the drain")
+    )
     grpc_stopped = asyncio.create_task(grpc_server.stop(settings.shutdown_timeout_s + SERVER_STOP_GRACE_S))
     workers_stopped = (
         workers.stop(stop_signal, SERVER_STOP_GRACE_S + WORKER_EXIT_GRACE_S) if workers is not None else None
@@ -562,7 +577,10 @@ def serve(settings: Settings) -> int:
         with contextlib.ExitStack() as run:
             runtime_dir = run.enter_context(runtime_directory()) if settings.workers >= 1 else None
             service = Service(settings, catalog, deps, auth_config, runtime_dir=runtime_dir)
-            exit_code = event_loop.run(_serve_until_signalled(service))
+            try:
+                exit_code = event_loop.run(_serve_until_signalled(service))
+            finally:
+                service.exit_watchdog.disarm()
     finally:
         deps.stop()
     log.info("stopped")

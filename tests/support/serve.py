@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.config.resources import example_catalog_path
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
+from service.runtime.app import AFTER_DRAIN_LIMIT_S
 from tests.servers import free_port
 from tests.support.scratch import scratch_dir
 
@@ -100,7 +101,9 @@ class ServeProcess:
         started = time.monotonic()
         self.process.send_signal(signum)
         try:
-            _, stderr = self.process.communicate(timeout=SHUTDOWN_LIMIT_S + 5)
+            # Longer than the service's exit watchdog (AFTER_DRAIN_LIMIT_S), so that a stuck shutdown ends
+            # with its thread stacks in `stderr` rather than in this timeout.
+            _, stderr = self.process.communicate(timeout=AFTER_DRAIN_LIMIT_S + 10)
         finally:
             self.kill()
         return self.process.returncode, time.monotonic() - started, stderr
