@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from challengectl.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from service.config.resolution import wants_embedded_postgres, wants_embedded_redis
@@ -108,3 +109,14 @@ def require_service_redis_url(settings: Settings) -> str:
         "set --redis-url or REDIS_URL, or start 'challengectl serve'",
         EXIT_UNAVAILABLE,
     )
+
+
+async def connect_service_redis(url: str, mode: str, timeout_s: float, max_connections: int = 2) -> Any:
+    """A client of `url` from the service's own factory (`service.storage.cache.connect_redis`): a Redis Cluster
+    client when `mode` (the `redis_mode` setting) says or finds one (docs/cache.md#redis-cluster)."""
+    from service.storage.cache import connect_redis, is_cluster
+
+    timeout_ms = int(timeout_s * 1000)
+    if mode == "auto":  # asked here: a server that does not answer is the command's error, not a startup warning
+        mode = "cluster" if await is_cluster(url, timeout_ms) else "standalone"
+    return await connect_redis(url, max_connections, timeout_ms, mode)

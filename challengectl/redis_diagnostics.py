@@ -91,6 +91,21 @@ async def read_server_summary(client: redis_asyncio.Redis) -> dict[str, Any]:
     return server_summary(await client.info())
 
 
+STATS_SUMMED = ("keyspace_hits", "keyspace_misses", "total_commands_processed")
+
+
+async def stats_of_every_primary(client: Any) -> dict[str, int]:
+    """The `INFO stats` counters of `STATS_SUMMED`, summed over every primary of a Redis Cluster (one server's
+    otherwise)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        replies = list((await client.info("stats", target_nodes=RedisCluster.PRIMARIES)).values())
+    else:
+        replies = [await client.info("stats")]
+    return {name: sum(int(reply.get(name, 0)) for reply in replies) for name in STATS_SUMMED}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Key names
 

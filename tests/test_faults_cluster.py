@@ -20,8 +20,9 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.cluster import RedisCluster
 
+from challengectl.loadtest.reset import clear_cache
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
-from service.storage.cache import Cache, active_key, connect_redis, is_cluster
+from service.storage.cache import Cache, active_key, connect_redis, is_cluster, token_key
 from service.storage.dedup import DONE, Deduplicator
 from service.transport.auth import mint_token
 from tests.servers import PrivateRedisCluster, free_cluster_ports, free_port
@@ -152,15 +153,7 @@ def test_cache_commands_see_every_node(
 ) -> None:
     prefix = f"k{uuid.uuid4().hex[:8]}"
     users = _users_on_every_node(cluster, prefix, 6)
-
-    async def fill() -> None:
-        client = await connect_redis(cluster.url, 4, 1000, "cluster")
-        cache = _cache(client, prefix)
-        for user in users:
-            await cache.fill_active(user, await cache.read_active(user, True), [], [])
-        await client.aclose()
-
-    asyncio.run(fill())
+    asyncio.run(_fill_views(cluster, prefix, users))
     isolate_cli(monkeypatch, tmp_path, REDIS_URL=cluster.url, CHALLENGE_REDIS_KEY_PREFIX=prefix)
     code, out, err = run_cli(["cache", "stats", "-o", "json"], capsys)
     assert code == 0, err
@@ -172,6 +165,41 @@ def test_cache_commands_see_every_node(
     assert code == 0, err
     code, out, err = run_cli(["cache", "stats", "-o", "json"], capsys)
     assert _kinds(out) == {"tok": len(users)}  # tokens rotated, views unlinked
+
+
+def test_users_delete_and_loadtest_reset_reach_every_node(
+    cluster: PrivateRedisCluster,
+    fresh_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    prefix = f"u{uuid.uuid4().hex[:8]}"
+    users = _users_on_every_node(cluster, prefix, 6)
+    asyncio.run(_fill_views(cluster, prefix, users))
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+    tokens = {user: client.get(token_key(prefix, user)) for user in users}
+    isolate_cli(monkeypatch, tmp_path, DATABASE_URL=fresh_db, REDIS_URL=cluster.url, CHALLENGE_REDIS_KEY_PREFIX=prefix)
+    assert run_cli(["db", "migrate", "--yes"], capsys)[0] == 0
+    for user in users[:3]:
+        code, out, err = run_cli(["users", "delete", user, "--yes", "-o", "json"], capsys)
+        assert code == 0, err
+        assert json.loads(out)["cache_invalidated"] is True
+        assert client.get(token_key(prefix, user)) not in (None, tokens[user])
+        assert client.exists(active_key(prefix, user)) == 0
+
+    cleared = asyncio.run(clear_cache(cluster.url, "auto", prefix))
+    assert (cleared.keys_removed, cleared.tokens_rotated) == (len(users) - 3, len(users))
+    assert all(client.get(token_key(prefix, user)) != tokens[user] for user in users)
+    assert not any(client.exists(active_key(prefix, user)) for user in users)
+
+
+async def _fill_views(cluster: PrivateRedisCluster, prefix: str, users: list[str]) -> None:
+    client = await connect_redis(cluster.url, 4, 1000, "cluster")
+    cache = _cache(client, prefix)
+    for user in users:
+        await cache.fill_active(user, await cache.read_active(user, True), [], [])
+    await client.aclose()
 
 
 def _kinds(stats_json: str) -> dict[str, int]:

@@ -25,7 +25,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from challengectl.connections import database_target, require_service_redis_url
+from challengectl.connections import connect_service_redis, database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration
 from challengectl.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from challengectl.humanize import human_bytes
@@ -91,11 +91,8 @@ async def service_fingerprint(clients: Clients) -> str | None:
 
 
 async def _redis_client(cli: CliContext, url: str, max_connections: int = 4) -> Any:
-    """The service's own client factory (a Redis Cluster client when `redis_mode` says or finds one,
-    docs/cache.md#redis-cluster), with the CLI's (longer) request timeout."""
-    from service.storage.cache import connect_redis
-
-    return await connect_redis(url, max_connections, int(cli.timeout_s * 1000), cli.settings().redis_mode)
+    """The service's own client factory (`connect_service_redis`) with the CLI's (longer) request timeout."""
+    return await connect_service_redis(url, cli.settings().redis_mode, cli.timeout_s, max_connections)
 
 
 def _cache_for(settings: Settings, client: Any, fingerprint: str) -> Cache:

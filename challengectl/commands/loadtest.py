@@ -207,6 +207,7 @@ def run(
         grpc_token=settings.grpc_token,
         database_url=_database_url(settings),
         redis_url=_redis_url(settings),
+        redis_mode=settings.redis_mode,
         namespace=settings.namespace,
         users=users,
         auth=auth,
@@ -312,7 +313,7 @@ def _reset(cli: Any, settings: Any, yes: bool, dry_run: bool) -> None:
             ) from None
     if redis_url:
         try:
-            cleared = asyncio.run(clear_cache(redis_url, prefix))
+            cleared = asyncio.run(clear_cache(redis_url, settings.redis_mode, prefix))
         except Exception as error:  # redis-py raises many types for an unreachable server
             raise CliError(
                 f"cannot clear the cache: {str(error).strip().splitlines()[0] or type(error).__name__}",

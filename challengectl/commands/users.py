@@ -22,7 +22,7 @@ import typer
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from challengectl.connections import database_target, require_service_redis_url
+from challengectl.connections import connect_service_redis, database_target, require_service_redis_url
 from challengectl.context import CliContext, command_group, examples, get_cli, parse_duration, register_group
 from challengectl.errors import (
     EXIT_AUTH,
@@ -316,12 +316,13 @@ def redis_url_of(settings: Settings) -> str | None:
     return None if settings.cache_disabled() else require_service_redis_url(settings)
 
 
-def with_redis(url: str, timeout_s: float, action: Callable[[Redis], Awaitable[T]]) -> T:
-    """Run `action(client)` on a short-lived client of `url`; Redis failures are CliErrors exit 5."""
-    from service.storage.cache import REDIS_FAILURES, open_redis
+def with_redis(cli: CliContext, url: str, action: Callable[[Redis], Awaitable[T]]) -> T:
+    """Run `action(client)` on a short-lived client of `url` (a cluster client on a Redis Cluster, as the
+    service connects); Redis failures are CliErrors exit 5."""
+    from service.storage.cache import REDIS_FAILURES
 
     async def runner() -> T:
-        client = open_redis(url, max_connections=2, timeout_ms=int(timeout_s * 1000))
+        client = await connect_service_redis(url, cli.settings().redis_mode, cli.timeout_s)
         try:
             return await action(client)
         except REDIS_FAILURES as exc:
@@ -358,7 +359,7 @@ def invalidate_player(cli: CliContext, settings: Settings, url: str, user: str, 
         return await cache.delete_synced(user) if delete_synced else 0
 
     try:
-        return with_redis(url, cli.timeout_s, invalidate)
+        return with_redis(cli, url, invalidate)
     except (CacheUnavailableError, CliError) as exc:
         raise CliError(
             f"the database change for user {user!r} is committed, but its cache was not invalidated "
@@ -486,7 +487,7 @@ def cache_state(
         return values, await client.pttl(keys[0]), await client.pttl(keys[1])
 
     try:
-        (token_raw, entry_raw, synced_raw), token_ttl, entry_ttl = with_redis(url, cli.timeout_s, read)
+        (token_raw, entry_raw, synced_raw), token_ttl, entry_ttl = with_redis(cli, url, read)
     except CliError as exc:
         cli.output.warn(exc.message)
         return {"enabled": True, "reachable": False, "error": exc.message}
@@ -596,7 +597,7 @@ def delete_user(
     # Reached before anything changes: a Redis that cannot be invalidated must not leave the rows
     # deleted while the service still serves them from its cache.
     markers = (
-        with_redis(url, cli.timeout_s, lambda client: count_synced_markers(client, settings.redis_key_prefix, user))
+        with_redis(cli, url, lambda client: count_synced_markers(client, settings.redis_key_prefix, user))
         if url is not None
         else 0
     )
@@ -668,7 +669,7 @@ def backdate_user(
         target = f"rows for goal(s) {', '.join(goal_ids)}" if goal_ids else "progress rows"
         raise CliError(f"user {user!r} has no {target}", HINT_INIT, EXIT_NOT_FOUND)
     if url is not None:
-        with_redis(url, cli.timeout_s, lambda client: client.ping())
+        with_redis(cli, url, lambda client: client.ping())
     confirm(f"move updated_at of {len(matched)} row(s) of user {user!r} back by {by} and invalidate its cache", yes)
     with player_database(settings) as connection:
         changed = run_named(

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as redis_asyncio
-
 from challengectl import database
 from challengectl.cli_queries import execute
+from challengectl.connections import connect_service_redis
 from service.storage.cache import escape_glob, new_token
 
 SCAN_COUNT = 1000
+CLEAR_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,10 @@ def truncate_tables(database_url: str) -> None:
         execute(conn, "cli_truncate_tables")
 
 
-async def clear_cache(redis_url: str, prefix: str) -> ResetResult:
-    """SCAN `<prefix>:*`; UNLINK every key except the token keys, which get a fresh value."""
-    client = redis_asyncio.from_url(redis_url)
+async def clear_cache(redis_url: str, redis_mode: str, prefix: str) -> ResetResult:
+    """SCAN `<prefix>:*` (every primary of a Redis Cluster); UNLINK every key except the token keys, which get a
+    fresh value."""
+    client = await connect_service_redis(redis_url, redis_mode, CLEAR_TIMEOUT_S)
     removed = rotated = 0
     token_suffix = b":tok"
     try:

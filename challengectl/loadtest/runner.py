@@ -44,6 +44,7 @@ class RunRequest(GeneratorOptions):
     admin_token: str | None = None
     database_url: str | None = None
     redis_url: str | None = None
+    redis_mode: str = "auto"
     procs: int = 1
     sample_interval_s: float = 1.0
     label: str = ""
@@ -114,6 +115,7 @@ async def execute(request: RunRequest) -> dict[str, Any]:
         request.redis_url,
         request.sample_interval_s,
         progress.take_sample,
+        redis_mode=request.redis_mode,
     )
     await sampler.open()
     stop_sampling = asyncio.Event()

@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import psutil
 import psycopg
-import redis.asyncio as redis_asyncio
 
 from challengectl import database
 from challengectl.cli_queries import fetch_all_async
+from challengectl.connections import connect_service_redis
 from challengectl.loadtest.servicemetrics import (
     FLUSH_DURATION,
     Samples,
@@ -40,8 +40,11 @@ from challengectl.pg_diagnostics import (
     top_statements,
 )
 from challengectl.ratios import hit_pct
+from challengectl.redis_diagnostics import stats_of_every_primary
+from service.storage.cache import RedisClient, ping
 
 APPLICATION_NAME = "challengectl-loadtest"
+REDIS_TIMEOUT_S = 2
 # The table statistics a run compares before and after (`cli_table_stats`).
 _TABLE_STAT_FIELDS = {
     "seq_scan": "seq_scan",
@@ -70,6 +73,7 @@ class ResourceSampler:
         redis_url: str | None,
         interval_s: float,
         generator_stats: Callable[[], dict[str, Any]] = dict,
+        redis_mode: str = "auto",
     ) -> None:
         self.admin_url = admin_url.rstrip("/")
         self.interval_s = interval_s
@@ -82,10 +86,11 @@ class ResourceSampler:
         self._headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self._database_url = database_url
         self._redis_url = redis_url if redis_url and redis_url.strip().lower() != "disabled" else None
+        self._redis_mode = redis_mode
         self._generator_stats = generator_stats
         self._session: aiohttp.ClientSession | None = None
         self._pg: psycopg.AsyncConnection[Any] | None = None
-        self._redis: redis_asyncio.Redis | None = None
+        self._redis: RedisClient | None = None
         self._started = 0.0
         self.started_unix: float | None = None
         self._previous: dict[str, float] = {}
@@ -106,8 +111,8 @@ class ResourceSampler:
             self.notes.append("PostgreSQL statistics omitted: no database URL (set DATABASE_URL or --database-url)")
         if self._redis_url:
             try:
-                self._redis = redis_asyncio.from_url(self._redis_url, socket_timeout=2)
-                await self._redis.ping()
+                self._redis = await connect_service_redis(self._redis_url, self._redis_mode, REDIS_TIMEOUT_S)
+                await ping(self._redis)
             except Exception as error:  # redis raises many unrelated types on a bad URL or refused connection
                 self._redis = None
                 self.notes.append(f"Redis statistics omitted: {_first_line(error)}")
@@ -285,7 +290,7 @@ class ResourceSampler:
     async def _redis_stats(self, now: float) -> dict[str, Any]:
         assert self._redis is not None
         try:
-            stats = await self._redis.info("stats")
+            stats = await stats_of_every_primary(self._redis)
         except Exception as error:  # a Redis outage mid-run is recorded, not fatal
             return {"redis_error": _first_line(error)}
         return {
