@@ -32,6 +32,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.domain.rules import PROGRESS_ROW_COLUMNS, ProgressRow
+from service.storage.redis_pipe import Arg, PipelinedRedis
 
 CACHE_REQUESTS = Counter(
     "challenge_cache_requests_total",
@@ -82,15 +83,30 @@ RedisClient = redis_asyncio.Redis | RedisCluster
 
 
 class CountingConnectionPool(BlockingConnectionPool):
-    """A blocking pool that also counts the connections it has created (for `/admin/pool`)."""
+    """A blocking pool that counts the connections it has created and lent (for `/admin/pool`), through its
+    public `make_connection`, `get_connection` and `release`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connections_created = 0
+        self._lent: set[int] = set()
+
+    @property
+    def connections_in_use(self) -> int:
+        return len(self._lent)
 
     def make_connection(self) -> Any:
         self.connections_created += 1
         return super().make_connection()
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = await super().get_connection(*args, **kwargs)
+        self._lent.add(id(connection))
+        return connection
+
+    async def release(self, connection: Any) -> None:
+        self._lent.discard(id(connection))
+        await super().release(connection)
 
 
 def open_redis(url: str, max_connections: int, timeout_ms: int) -> redis_asyncio.Redis:
@@ -450,6 +466,9 @@ class Cache:
         self._read_counters = {key: CACHE_REQUESTS.labels(*key) for key in self._reads}
         self._invalidations = {INVALIDATION_OK: 0, INVALIDATION_FAILED: 0, INVALIDATION_REPLAYED: 0}
         self._redis_errors = 0
+        # A standalone server's per-request commands (read, fill, initialize, invalidate) go over one pipelined
+        # connection; pipelines, SCAN and a cluster stay with redis-py.
+        self._pipe = PipelinedRedis.of_client(client) if client is not None else None
         if client is not None:
             self._fill_script = client.register_script(_FILL_LUA)
             self._invalidate_script = client.register_script(_INVALIDATE_LUA)
@@ -536,7 +555,7 @@ class Cache:
         if include_synced:
             keys.append(synced_key(self._prefix, user_id, self._fingerprint))
         try:
-            values = await self._client.mget(keys)
+            values = await (self._pipe.execute("MGET", *keys) if self._pipe else self._client.mget(keys))
         except REDIS_FAILURES as exc:
             self._mark_unhealthy(exc, f"reading the cached view of user {user_id!r}")
             for kind in kinds:
@@ -571,9 +590,10 @@ class Cache:
         entry_token = seen or new_token()
         entry = encode_entry(entry_token, self._fingerprint, rows, pre)
         try:
-            stored = await self._fill_script(
-                keys=[token_key(self._prefix, user_id), active_key(self._prefix, user_id)],
-                args=[seen or "", entry_token, entry, self._entry_ttl_ms, self._token_ttl_ms],
+            stored = await self._run_script(
+                self._fill_script,
+                [token_key(self._prefix, user_id), active_key(self._prefix, user_id)],
+                [seen or "", entry_token, entry, self._entry_ttl_ms, self._token_ttl_ms],
             )
         except REDIS_FAILURES as exc:
             self._mark_unhealthy(exc, f"filling the cached view of user {user_id!r}")
@@ -606,13 +626,14 @@ class Cache:
         entry_token = new_token() if inserted or not seen else seen
         entry = encode_entry(entry_token, self._fingerprint, rows, pre) if fill else b""
         try:
-            stored = await self._initialized_script(
-                keys=[
+            stored = await self._run_script(
+                self._initialized_script,
+                [
                     token_key(self._prefix, user_id),
                     active_key(self._prefix, user_id),
                     synced_key(self._prefix, user_id, self._fingerprint),
                 ],
-                args=[
+                [
                     seen,
                     entry_token,
                     entry,
@@ -631,6 +652,12 @@ class Cache:
         if inserted:
             self._count_invalidations(INVALIDATION_OK)
         return bool(stored)
+
+    async def _run_script(self, script: Any, keys: list[str], args: list[Arg]) -> Any:
+        """A registered script on the pipelined connection when there is one, else through redis-py."""
+        if self._pipe is not None:
+            return await self._pipe.script(script.sha, script.script, keys, args)
+        return await script(keys=keys, args=args)
 
     # -- invalidation ---------------------------------------------------------------------------------
 
@@ -657,9 +684,10 @@ class Cache:
             return None
         token = new_token()
         try:
-            await self._invalidate_script(
-                keys=[token_key(self._prefix, user_id), active_key(self._prefix, user_id)],
-                args=[token, self._token_ttl_ms, ""],
+            await self._run_script(
+                self._invalidate_script,
+                [token_key(self._prefix, user_id), active_key(self._prefix, user_id)],
+                [token, self._token_ttl_ms, ""],
             )
         except REDIS_FAILURES as exc:
             self._mark_unhealthy(exc, f"invalidating the cached view of user {user_id!r}")
@@ -763,7 +791,9 @@ class Cache:
             self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop(), name="redis-cache-probe")
 
     async def stop(self) -> None:
-        """Stop the background probe."""
+        """Stop the background probe and close the pipelined connection."""
+        if self._pipe is not None:
+            self._pipe.close()
         task, self._probe_task = self._probe_task, None
         if task is not None:
             task.cancel()
@@ -864,9 +894,9 @@ class Cache:
     def redis_pool_stats(self) -> dict[str, Any]:
         """The `redis` part of `GET /admin/pool` (docs/http-api.md#admin-and-metrics); zeros for a disabled cache.
 
-        `errors` counts Redis operations of this cache that failed; `created` counts connections the
-        pool opened (a pool not made by `open_redis`, and a cluster client, summed over its nodes,
-        report the connections they hold now).
+        `errors` counts Redis operations of this cache that failed; `created` counts connections opened, the
+        pipelined connection of a standalone server's per-request commands included (a pool not made by
+        `open_redis` reports only that one; a cluster client, summed over its nodes, the connections it holds).
         """
         if self._client is None:
             return {"max_connections": 0, "in_use": 0, "idle": 0, "created": 0, "errors": 0, "healthy": False}
@@ -877,10 +907,17 @@ class Cache:
             limit, in_use, created = sum(node.max_connections for node in nodes), held - idle, held
         else:
             pool = self._client.connection_pool
-            in_use = len(getattr(pool, "_in_use_connections", ()))
-            idle = len(getattr(pool, "_available_connections", ()))
-            limit = getattr(pool, "max_connections", 0)
-            created = getattr(pool, "connections_created", in_use + idle)
+            limit = pool.max_connections
+            if isinstance(pool, CountingConnectionPool):
+                created, in_use = pool.connections_created, pool.connections_in_use
+            else:
+                created = in_use = 0
+            idle = created - in_use
+        if self._pipe is not None:  # the pipelined connection counts as one more, busy while a reply is due
+            created += self._pipe.connections_made
+            busy = self._pipe.pending > 0
+            in_use += busy
+            idle += self._pipe.connected and not busy
         return {
             "max_connections": limit,
             "in_use": in_use,
