@@ -112,6 +112,7 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             "wall_p50_us": statistics.median(walls) * 1e6,
         }
     await rewards.close()
+    await cache.stop()
     await redis.aclose()
     await store.close()
     return results

@@ -278,7 +278,9 @@ async def run_warm(
         try:
             store = Store(await open_pool(database_url, "cli", PoolConfig(min_size=1, max_size=concurrency)))
             resources.push_async_callback(store.close)
-            warmer = Warmer(_cache_for(settings, client, catalog.fingerprint), store, Queries(load_registry()), catalog)
+            cache = _cache_for(settings, client, catalog.fingerprint)
+            resources.push_async_callback(cache.stop)  # closes its pipelined connection
+            warmer = Warmer(cache, store, Queries(load_registry()), catalog)
             started = time.perf_counter()
             await _warm_all(
                 cli.output,

@@ -354,9 +354,12 @@ def invalidate_player(cli: CliContext, settings: Settings, url: str, user: str, 
             journal_max=1,
             probe_interval_ms=settings.redis_probe_interval_ms,
         )
-        if await cache.invalidate(user) is None:
-            raise CacheUnavailableError(f"could not rotate the cache token of user {user!r}")
-        return await cache.delete_synced(user) if delete_synced else 0
+        try:
+            if await cache.invalidate(user) is None:
+                raise CacheUnavailableError(f"could not rotate the cache token of user {user!r}")
+            return await cache.delete_synced(user) if delete_synced else 0
+        finally:
+            await cache.stop()  # closes its pipelined connection
 
     try:
         return with_redis(cli, url, invalidate)
