@@ -27,8 +27,8 @@ from service.domain.catalog import load_catalog
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
 from service.storage.cache import synced_key, token_key
 from tests.servers import free_port
-from tests.support.cli import isolate_cli
-from tests.support.serve import REPO_ROOT, ServeProcess, base_env, service_env
+from tests.support.cli import isolate_cli, run_cli
+from tests.support.serve import REPO_ROOT, ServeProcess, base_env, metric_total, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +136,33 @@ def test_users_init_count_reports_new_then_returning(run) -> None:
     assert (second.json["new_users"], second.json["returning_users"]) == (0, 20)
     assert {item["new_assignments"] for item in second.json["items"]} == {0}
     assert {item["total_active"] for item in second.json["items"]} == {len(DEFAULT_GOALS)}
+
+
+def test_users_init_retries_players_the_service_sheds(
+    pg_url: str, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A serve admitting one player request at a time refuses most of 8 concurrent initializes with 503
+    SERVICE_OVERLOADED; `users init` waits them out. With no wait allowed, the first refusal stops the run."""
+    from challengectl.commands import users
+
+    with ServeProcess(service_env(pg_url, redis_url, redis_prefix, SECRET, CHALLENGE_HTTP_MAX_INFLIGHT="1")) as serve:
+
+        def init(prefix: str) -> tuple[int, str, str]:
+            flags = ["--count", "12", "--prefix", prefix, "--concurrency", "8", "-o", "json"]
+            return run_cli([*service_flags(serve), "users", "init", *flags], capsys)
+
+        code, out, err = init(new_user("shed") + "-")
+        assert code == 0, err
+        report = json.loads(out)
+        assert (report["total"], report["new_users"], report["failed_users"]) == (12, 12, 0)
+        refused = metric_total(serve, "challenge_http_refused_total", reason="overloaded")
+        assert refused > 0
+
+        monkeypatch.setattr(users, "OVERLOAD_WAIT_TOTAL_S", 0.0)
+        code, out, err = init(new_user("shed") + "-")
+        assert code == 5, err
+        assert "SERVICE_OVERLOADED" in err
+        assert metric_total(serve, "challenge_http_refused_total", reason="overloaded") > refused
 
 
 def test_users_init_arguments_file_and_alias_as_table_and_csv(run, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,6 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.cluster import RedisCluster
 
 from challengectl.loadtest.reset import clear_cache
@@ -27,7 +25,7 @@ from service.storage.dedup import DONE, Deduplicator
 from service.transport.auth import mint_token
 from tests.servers import PrivateRedisCluster, free_cluster_ports, free_port
 from tests.support.cli import isolate_cli, run_cli
-from tests.support.serve import ServeProcess, http_get, player_call, service_env
+from tests.support.serve import ServeProcess, http_get, metric_total, player_call, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -140,8 +138,8 @@ def test_serve_on_a_cluster_caches_and_deduplicates_through_it(cluster: PrivateR
         event_id = str(uuid.uuid4())
         first, again = (_publish_login(serve, users[0], event_id) for _ in range(2))
         assert (first.accepted, again.duplicates) == (1, 1)
-        assert _metric(serve, "challenge_dedup_total", backend="redis", result="duplicate") >= 1
-        assert _metric(serve, "challenge_dedup_total", backend="lru", result="duplicate") == 0
+        assert metric_total(serve, "challenge_dedup_total", backend="redis", result="duplicate") >= 1
+        assert metric_total(serve, "challenge_dedup_total", backend="lru", result="duplicate") == 0
         stored = redis.RedisCluster(host="127.0.0.1", port=cluster.ports[0]).get(
             f"{prefix}:{{{users[0]}}}:evt:{event_id}"
         )
@@ -211,17 +209,6 @@ def _publish_login(serve: ServeProcess, user: str, event_id: str) -> ingest_pb2.
     with grpc.insecure_channel(f"127.0.0.1:{serve.grpc_port}") as channel:
         stub = ingest_pb2_grpc.EventIngestStub(channel)
         return stub.Publish(ingest_pb2.EventBatch(batch_id="b", events=[event]), timeout=10)
-
-
-def _metric(serve: ServeProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(serve.admin("/metrics"), timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 async def _until_async(predicate, timeout_s: float) -> None:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import psycopg
     from redis.asyncio import Redis
 
-    from challengectl.client import Clients
+    from challengectl.client import ApiResponse, Clients
     from service.storage.registry import Registry
 
 T = TypeVar("T")
@@ -52,6 +52,10 @@ CONNECT_TIMEOUT_S = 5
 DEFAULT_PREFIX = "user-"
 BULK_PLAYERS = 100  # an init of at least this many players analyzes the tables afterwards
 HINT_INIT = "create the player with 'challengectl users init <user>'"
+# `users init` under admission control: waits between retries of one player after 503 SERVICE_OVERLOADED.
+OVERLOAD_FIRST_WAIT_S = 0.5
+OVERLOAD_MAX_WAIT_S = 5.0
+OVERLOAD_WAIT_TOTAL_S = 30.0
 
 INIT_EXAMPLES = examples(
     "challengectl users init alice bob",
@@ -205,9 +209,9 @@ async def initialize_all(
 
 
 async def initialize_one(clients: Clients, player: str) -> dict[str, Any]:
-    """One `POST /v1/challenges/initialize` as `player`."""
+    """One `POST /v1/challenges/initialize` as `player`, retried while the service sheds load."""
     try:
-        response = await clients.api.send("POST", "/v1/challenges/initialize", user=player)
+        response = await send_through_overload(clients, "POST", "/v1/challenges/initialize", player)
     except CliError as error:
         if error.exit_code in (EXIT_UNAVAILABLE, EXIT_AUTH):
             raise
@@ -229,6 +233,39 @@ async def initialize_one(clients: Clients, player: str) -> dict[str, Any]:
         "duration_ms": round(response.duration_ms, 2),
         "error": None,
     }
+
+
+async def send_through_overload(clients: Clients, method: str, path: str, player: str) -> ApiResponse:
+    """`clients.api.send`, repeated after a 503 `SERVICE_OVERLOADED` (admission control, docs/http-api.md#http-limits):
+    each wait is at least the reply's `Retry-After` and grows by doubling backoff, until the waits would pass
+    `OVERLOAD_WAIT_TOTAL_S`; then (or on any other 503) the 503 is raised as without retries (exit 5)."""
+    from challengectl.errors import error_from_http
+    from service.domain.backoff import doubling_backoff
+
+    waited_s, failures = 0.0, 0
+    while True:
+        response = await clients.api.send(method, path, user=player, accept=(503,))
+        if response.status != 503:
+            return response
+        failures += 1
+        delay_s = max(
+            retry_after_s(response.headers), doubling_backoff(OVERLOAD_FIRST_WAIT_S, OVERLOAD_MAX_WAIT_S, failures)
+        )
+        body = response.body
+        overloaded = isinstance(body, dict) and body.get("errorCode") == "SERVICE_OVERLOADED"
+        if not overloaded or waited_s + delay_s > OVERLOAD_WAIT_TOTAL_S:
+            raise error_from_http(response.status, body, method, clients.api.url(path))
+        await asyncio.sleep(delay_s)
+        waited_s += delay_s
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float:
+    """The `Retry-After` header in seconds (at most `OVERLOAD_MAX_WAIT_S`); 0 when absent or not a number."""
+    value = next((value for name, value in headers.items() if name.lower() == "retry-after"), "")
+    try:
+        return min(max(float(value), 0.0), OVERLOAD_MAX_WAIT_S)
+    except ValueError:
+        return 0.0
 
 
 def init_report(results: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.config.resources import example_catalog_path
 from service.proto.challengectl.v1 import ingest_pb2, ingest_pb2_grpc
@@ -185,3 +186,15 @@ def publish_logins(serve: ServeProcess, user: str, count: int) -> ingest_pb2.Pub
 
 def welcome_progress(goals: list[dict]) -> int:
     return next(goal["progress"] for goal in goals if goal["goalId"] == "s1-welcome")
+
+
+def metric_total(serve: ServeProcess, name: str, **labels: str) -> float:
+    """The sum of the samples `name` on the service's admin `/metrics` whose labels include `labels`."""
+    with urllib.request.urlopen(serve.admin("/metrics"), timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
