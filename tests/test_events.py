@@ -392,29 +392,29 @@ def test_validation_rejects_each_invalid_event_with_its_reason() -> None:
 
     good = stat("u1", "kills", 1, 1)
     cases = {
-        "user_id is required": replace(good, user_id=""),
-        "user_id is invalid (at most 100 characters, no control characters, '{' or '}')": replace(good, user_id="a{b"),
-        "kind is required": replace(good, kind=""),
-        "payload is required for a stat event": replace(good, has_payload=False),
-        "stat_code is required for a stat event": replace(good, stat_code=""),
-        "id is longer than 200 characters": replace(good, id="x" * 201),
-        "latest_value must be a finite number": replace(good, latest_value=float("nan")),
-        "inc must be a finite number": replace(good, inc=float("-inf")),
-        "latest_value is outside the int32 range after truncation": replace(good, latest_value=2_147_483_648.0),
-        "inc is outside the int32 range after truncation": replace(good, inc=-2_147_483_649.5),
+        "user_id is required": good._replace(user_id=""),
+        "user_id is invalid (at most 100 characters, no control characters, '{' or '}')": good._replace(user_id="a{b"),
+        "kind is required": good._replace(kind=""),
+        "payload is required for a stat event": good._replace(has_payload=False),
+        "stat_code is required for a stat event": good._replace(stat_code=""),
+        "id is longer than 200 characters": good._replace(id="x" * 201),
+        "latest_value must be a finite number": good._replace(latest_value=float("nan")),
+        "inc must be a finite number": good._replace(inc=float("-inf")),
+        "latest_value is outside the int32 range after truncation": good._replace(latest_value=2_147_483_648.0),
+        "inc is outside the int32 range after truncation": good._replace(inc=-2_147_483_649.5),
     }
     for reason, event in cases.items():
         assert validate_event(event) == reason
     for valid in (
         good,
-        replace(good, user_id="u" * 100),
-        replace(good, id="x" * 200),
-        replace(good, latest_value=2_147_483_647.9, inc=-2_147_483_648.9),
-        replace(login("u1"), inc=float("nan")),
+        good._replace(user_id="u" * 100),
+        good._replace(id="x" * 200),
+        good._replace(latest_value=2_147_483_647.9, inc=-2_147_483_648.9),
+        login("u1")._replace(inc=float("nan")),
     ):
         assert validate_event(valid) is None
-    assert validate_event(replace(good, user_id="u" * 101)) is not None
-    assert validate_event(replace(good, user_id="a\x07b")) is not None
+    assert validate_event(good._replace(user_id="u" * 101)) is not None
+    assert validate_event(good._replace(user_id="a\x07b")) is not None
 
 
 # --- E1–E8: the effect of events on rows ---------------------------------------------------------------

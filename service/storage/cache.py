@@ -368,6 +368,25 @@ redis.call('UNLINK', KEYS[2])
 return 1
 """
 
+# The same for several users in one call (a standalone server: a cluster's keys of one call must share a slot).
+# KEYS: tok and active of each user in turn. ARGV: token TTL ms, "XX" or "", then one fresh token per user.
+_INVALIDATE_MANY_LUA = """
+local views = {}
+for i = 1, #KEYS / 2 do
+  if ARGV[2] == 'XX' then
+    redis.call('SET', KEYS[2 * i - 1], ARGV[i + 2], 'PX', ARGV[1], 'XX')
+  else
+    redis.call('SET', KEYS[2 * i - 1], ARGV[i + 2], 'PX', ARGV[1])
+  end
+  views[i] = KEYS[2 * i]
+end
+redis.call('UNLINK', unpack(views))
+return #views
+"""
+
+# Users per call of _INVALIDATE_MANY_LUA at most: bounds one call's time in Redis and Lua's unpack().
+_INVALIDATE_MANY_CHUNK = 500
+
 
 # KEYS: tok, active, synced. ARGV: seen token ("" = none was seen), token of the entry, entry ("" = no fill),
 # entry TTL ms, token TTL ms, synced TTL s, "1" when initialize inserted rows (rotate the token even when no
@@ -472,6 +491,7 @@ class Cache:
         if client is not None:
             self._fill_script = client.register_script(_FILL_LUA)
             self._invalidate_script = client.register_script(_INVALIDATE_LUA)
+            self._invalidate_many_script = client.register_script(_INVALIDATE_MANY_LUA)
             self._initialized_script = client.register_script(_INITIALIZED_LUA)
         REDIS_UP.set(1 if self._healthy else 0)
 
@@ -661,14 +681,28 @@ class Cache:
 
     # -- invalidation ---------------------------------------------------------------------------------
 
-    def _invalidate_call(self, user_id: str, client: Any, only_existing: bool = False) -> Any:
-        keys = [token_key(self._prefix, user_id), active_key(self._prefix, user_id)]
-        args: list[str | int] = [new_token(), self._token_ttl_ms, "XX" if only_existing else ""]
-        if client is not self._client and not isinstance(self._client, RedisCluster):
+    def _invalidation_calls(self, users: Sequence[str]) -> list[Sequence[str]]:
+        """The users of each invalidation script call: up to _INVALIDATE_MANY_CHUNK per call on a standalone
+        server, one per call on a cluster (a script's keys must share a hash slot)."""
+        if isinstance(self._client, RedisCluster):
+            return [[user_id] for user_id in users]
+        return [users[start : start + _INVALIDATE_MANY_CHUNK] for start in range(0, len(users), _INVALIDATE_MANY_CHUNK)]
+
+    def _invalidate_call(self, users: Sequence[str], client: Any, only_existing: bool = False) -> Any:
+        flag = "XX" if only_existing else ""
+        if isinstance(self._client, RedisCluster):
+            (user_id,) = users
+            keys = [token_key(self._prefix, user_id), active_key(self._prefix, user_id)]
+            return self._invalidate_script(keys=keys, args=[new_token(), self._token_ttl_ms, flag], client=client)
+        keys = [
+            key for user_id in users for key in (token_key(self._prefix, user_id), active_key(self._prefix, user_id))
+        ]
+        args: list[str | int] = [self._token_ttl_ms, flag, *(new_token() for _ in users)]
+        if client is not self._client:
             # In a standalone pipeline a Script object makes redis-py send SCRIPT EXISTS first, one more round
             # trip per pipeline; the callers handle a NOSCRIPT reply instead.
-            return client.evalsha(self._invalidate_script.sha, len(keys), *keys, *args)
-        return self._invalidate_script(keys=keys, args=args, client=client)  # loads the script if missing
+            return client.evalsha(self._invalidate_many_script.sha, len(keys), *keys, *args)
+        return self._invalidate_many_script(keys=keys, args=args, client=client)  # loads the script if missing
 
     async def invalidate(self, user_id: str) -> str | None:
         """Rotate the user's token and unlink the view (docs/cache.md#entries-and-tokens); returns the new token.
@@ -698,7 +732,8 @@ class Cache:
         return token
 
     async def invalidate_many(self, user_ids: Iterable[str], follow_up: PipelineFollowUp | None = None) -> None:
-        """Invalidate several users: one script call per user, pipelined across users (docs/events.md#cache-invalidation-after-commit),
+        """Invalidate several users in one pipeline: one script call for up to 500 users on a standalone server, one
+        per user on a cluster (docs/events.md#cache-invalidation-after-commit),
         with `follow_up`'s commands at the end of the same pipeline.
 
         Never raises; undelivered invalidations go into the journal.
@@ -733,27 +768,29 @@ class Cache:
     async def _pipelined_invalidations(
         self, users: Sequence[str], only_existing: bool = False, follow_up: PipelineFollowUp | None = None
     ) -> tuple[list[str], list[Any]]:
-        """Run the invalidation script for each user in one pipeline, then `follow_up`'s commands; returns
-        the users it failed for and the follow-up's replies.
+        """Run the invalidation script for the users in one pipeline (several users per call on a standalone
+        server, one per call on a cluster), then `follow_up`'s commands; returns the users it failed for and
+        the follow-up's replies.
 
         Raises on a connection-level failure (nothing can be assumed delivered).
         """
         assert self._client is not None
+        calls = self._invalidation_calls(users)
         async with self._client.pipeline(transaction=False) as pipe:
-            for user_id in users:
-                await self._invalidate_call(user_id, pipe, only_existing)
+            for call in calls:
+                await self._invalidate_call(call, pipe, only_existing)
             if follow_up is not None:
                 follow_up.queue(pipe)
             results = await pipe.execute(raise_on_error=False)
         failed: list[str] = []
-        for user_id, result in zip(users, results, strict=False):
+        for call, result in zip(calls, results, strict=False):
             if isinstance(result, NoScriptError):
                 # A pipeline routed to a node that lacks the script: one direct call loads it.
-                await self._invalidate_call(user_id, self._client, only_existing)
+                await self._invalidate_call(call, self._client, only_existing)
             elif isinstance(result, BaseException):
-                self._mark_unhealthy(result, f"invalidating the cached view of user {user_id!r}")
-                failed.append(user_id)
-        return failed, results[len(users) :]
+                self._mark_unhealthy(result, f"invalidating the cached views of {len(call)} users")
+                failed.extend(call)
+        return failed, results[len(calls) :]
 
     # -- synced markers ------------------------------------------------------------------------------
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Sequence
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from service.telemetry.metrics import LATENCY_BUCKETS
@@ -56,3 +59,18 @@ FLUSH_FAILURES_TOTAL = Counter(
     "challenge_flush_failures_total",
     "Flushes rolled back by a database error",
 )
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """`histogram.observe(amount)` for every amount, with one update of the sum and of each bucket hit: in
+    multiprocess mode (`serve`) every update is a write to a memory-mapped file, about 2 us each."""
+    if not amounts:
+        return
+    bounds = histogram._upper_bounds
+    hits: dict[int, int] = {}
+    for amount in amounts:
+        index = bisect_left(bounds, amount)  # the first bound >= amount, as observe() picks it
+        hits[index] = hits.get(index, 0) + 1
+    histogram._sum.inc(sum(amounts))
+    for index, count in hits.items():
+        histogram._buckets[index].inc(count)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.config.settings import Settings
 from service.domain.buffer import (
@@ -50,6 +50,7 @@ from service.telemetry.event_metrics import (
     BUFFER_CAPACITY,
     EVENT_AGE_SECONDS,
     EVENTS_TOTAL,
+    observe_many,
 )
 from service.usecases.flusher import FlushCadence, Flusher
 
@@ -99,9 +100,9 @@ REASON_STAT_CODE_REQUIRED = "stat_code is required for a stat event"
 REASON_ID_TOO_LONG = f"id is longer than {MAX_EVENT_ID_LENGTH} characters"
 
 
-@dataclass(frozen=True, slots=True)
-class IncomingEvent:
-    """One event as the gRPC layer decoded it (AGS OnMessage or Publish)."""
+class IncomingEvent(NamedTuple):
+    """One event as the gRPC layer decoded it (AGS OnMessage or Publish). A named tuple: built once per
+    event, it costs a fraction of a frozen dataclass (`bench/README.md`, event CPU)."""
 
     id: str  # "" = no de-duplication
     user_id: str
@@ -514,6 +515,7 @@ class Ingestor:
         owners = self._owners
         touched: dict[int, Entry] = {}
         grown: set[int] = set()
+        ages: list[float] = []
         for _, user_id, source, value, inc, event_id, timestamp in new:
             index = partition_of(user_id, count)
             entries = self._partitions[index].entries
@@ -531,8 +533,9 @@ class Ingestor:
                 entry.event_keys.append(key)
                 owners[key] = entry
             if timestamp is not None:
-                EVENT_AGE_SECONDS.observe(max(0.0, wall_now - timestamp))
+                ages.append(max(0.0, wall_now - timestamp))
             touched[id(entry)] = entry
+        observe_many(EVENT_AGE_SECONDS, ages)
         if grown:
             batch_max = self._config.flush_batch_max
             if any(len(self._partitions[index]) >= batch_max for index in grown):

@@ -261,12 +261,18 @@ class Flusher:
         params = self._routing.statement_params(snapshot, now)
         started = time.perf_counter()
         try:
-            # One statement in an autocommit session is one transaction: BEGIN/COMMIT would only add
-            # two round trips to the hot path. The implied default rows the entries feed become real first, in a
-            # statement of its own: that changes nothing a reader sees (docs/data-model.md#implied-default-goals).
+            # Two statements in one round trip and one transaction: the implied default rows the entries feed
+            # become real first (that changes nothing a reader sees, docs/data-model.md#implied-default-goals),
+            # then `apply_event_updates` sees them, being a statement of its own. Sent in pipeline mode: one
+            # Sync ends both, so they commit together, and a failure of either rolls both back.
             async with self._store.connection() as conn:
-                await self._queries.rows(conn, "materialize_event_goals", {k: params[k] for k in _MATERIALIZE_KEYS})
-                outcomes = await self._queries.rows(conn, "apply_event_updates", params)
+                outcomes = await self._queries.pipelined(
+                    conn,
+                    [
+                        ("materialize_event_goals", {k: params[k] for k in _MATERIALIZE_KEYS}),
+                        ("apply_event_updates", params),
+                    ],
+                )
         except asyncio.CancelledError:
             self._merge_back(group, snapshots)
             raise
