@@ -7,12 +7,16 @@ sends RATE calls/s for DURATION seconds from this process (open model, one event
 - `empty`: a bare grpc.aio server whose servicer returns `Empty` at once: the part no change to the
   service's code can lower;
 - `transport`: the service's own gRPC server (`create_grpc_server`: interceptor, servicers, health,
-  reflection) with an ingestion core that accepts every event at once: the transport layer's share.
+  reflection) with an ingestion core that accepts every event at once: the transport layer's share;
+- alternatives to grpc.aio's per-call cost, each returning `Empty` at once: `generic` (grpc.aio with a
+  generic handler on raw bytes: no protobuf decode or encode by gRPC), `asyncio` (grpc.aio on the
+  standard asyncio loop instead of uvloop), `sync` (the synchronous grpc server with a thread pool of 8).
 
 Whatever `bench/events.py` measures for OnMessage above `transport` is ingestion itself
 (docs/events.md#onmessage-services).
 
-    python bench/grpc_floor.py [--rate 500] [--duration 20] [--port 21150] [--servers empty transport]
+    python bench/grpc_floor.py [--rate 500] [--duration 20] [--port 21150]
+                               [--servers empty transport generic asyncio sync]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,10 +57,32 @@ class _AcceptAll:
         return SubmitResult(len(events), 0, 0, [], True)
 
 
+_EMPTY_BYTES = empty_pb2.Empty().SerializeToString()
+
+
+async def _raw_on_message(request: bytes, context: object) -> bytes:
+    return _EMPTY_BYTES
+
+
+def _sync_on_message(request: statistic_pb2.StatItemUpdated, context: object) -> empty_pb2.Empty:
+    return empty_pb2.Empty()
+
+
+def _generic_handler(behaviour: object) -> grpc.GenericRpcHandler:
+    """OnMessage of the stat service with gRPC's (de)serialization left out: the handler sees raw bytes."""
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+    service = statistic_pb2.DESCRIPTOR.services_by_name["StatisticStatItemUpdatedService"].full_name
+    return grpc.method_handlers_generic_handler(service, {"OnMessage": handler})
+
+
 async def _serve(port: int, kind: str) -> None:
-    if kind == "empty":
+    if kind in ("empty", "asyncio"):
         server = grpc.aio.server()
         statistic_pb2_grpc.add_StatisticStatItemUpdatedServiceServicer_to_server(_Empty(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    elif kind == "generic":
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((_generic_handler(_raw_on_message),))
         server.add_insecure_port(f"127.0.0.1:{port}")
     else:
         server, _ = create_grpc_server("127.0.0.1", port, 4 << 20, 2048, ingestor=_AcceptAll())
@@ -63,8 +90,27 @@ async def _serve(port: int, kind: str) -> None:
     await server.wait_for_termination()
 
 
+def _serve_sync(port: int) -> None:
+    server = grpc.server(ThreadPoolExecutor(max_workers=8))
+    handler = grpc.unary_unary_rpc_method_handler(
+        _sync_on_message,
+        request_deserializer=statistic_pb2.StatItemUpdated.FromString,
+        response_serializer=empty_pb2.Empty.SerializeToString,
+    )
+    service = statistic_pb2.DESCRIPTOR.services_by_name["StatisticStatItemUpdatedService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"OnMessage": handler}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
 def _server_main(port: int, kind: str) -> None:
-    run(_serve(port, kind))
+    if kind == "sync":
+        _serve_sync(port)
+    elif kind == "asyncio":
+        asyncio.run(_serve(port, kind))
+    else:
+        run(_serve(port, kind))
 
 
 async def _drive(port: int, rate: float, duration_s: float, server: psutil.Process) -> tuple[int, float]:
@@ -95,7 +141,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="calls per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
     parser.add_argument("--port", type=int, default=21150)
-    parser.add_argument("--servers", nargs="+", choices=("empty", "transport"), default=["empty", "transport"])
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=("empty", "transport", "generic", "asyncio", "sync"),
+        default=["empty", "transport", "generic", "asyncio", "sync"],
+    )
     args = parser.parse_args()
     for kind in args.servers:
         child = multiprocessing.get_context("spawn").Process(target=_server_main, args=(args.port, kind), daemon=True)

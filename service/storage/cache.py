@@ -697,7 +697,8 @@ class Cache:
         keys = [
             key for user_id in users for key in (token_key(self._prefix, user_id), active_key(self._prefix, user_id))
         ]
-        args: list[str | int] = [self._token_ttl_ms, flag, *(new_token() for _ in users)]
+        tokens = secrets.token_hex(16 * len(users))  # one fresh 128-bit token per user, as new_token() makes
+        args: list[str | int] = [self._token_ttl_ms, flag, *(tokens[32 * i : 32 * i + 32] for i in range(len(users)))]
         if client is not self._client:
             # In a standalone pipeline a Script object makes redis-py send SCRIPT EXISTS first, one more round
             # trip per pipeline; the callers handle a NOSCRIPT reply instead.
