@@ -216,6 +216,7 @@ def derive_params(
         "granted_at": now,
         "is_active": True,
         "prereq_goal_ids": list(catalog.prerequisite_ids) if catalog is not None else [],
+        "every_row": False,
         "seconds": BACKDATE_SECONDS,
         "mode": defaults.reward_mode,
         "attempts": 1,

@@ -19,6 +19,7 @@ import redis.asyncio as redis_asyncio
 from challengectl.errors import EXIT_UNAVAILABLE, CliError
 from challengectl.ratios import hit_ratio
 from service.config.settings import mask_url_password
+from service.domain.rules import Initialization
 from service.storage.cache import (
     REDIS_FAILURES,
     active_key,
@@ -353,7 +354,15 @@ def describe_entry(raw: bytes | None, token: str | None, fingerprint: str | None
         "bytes": len(raw),
         "rows": _rows(entry.rows),
         "pre": _rows(entry.pre),
+        "implied": _initialization(entry.init),
     }
+
+
+def _initialization(init: Initialization | None) -> dict[str, Any] | None:
+    """What implies the entry's default rows (docs/cache.md#entries-and-tokens), or None."""
+    if init is None:
+        return None
+    return {"initialized_at": init.initialized_at, "namespace": init.namespace, "hidden": list(init.hidden)}
 
 
 def _rows(rows: Iterable[Any]) -> list[dict[str, Any]]:

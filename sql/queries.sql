@@ -93,6 +93,32 @@ SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at
  ORDER BY goal_id;
 
 
+-- name: player_rows
+-- kind: read
+-- params: user_id text, prereq_goal_ids text[], every_row boolean
+-- expect-index: user_initializations_pkey
+-- doc: The player's initialization (default set and instant, NULL when not initialized) and real rows, without the
+--      implied ones, which the service builds from the catalog (docs/data-model.md#implied-default-goals): every row
+--      with every_row, otherwise the active rows, the rows of the listed prerequisite goals and the set's other
+--      (inactive) rows. `in_view`: the row is active or a listed prerequisite. At least one row, by goal_id.
+SELECT i.default_set_id, i.initialized_at, i.namespace AS initialized_namespace, r.in_view,
+       r.user_id, r.goal_id, r.challenge_id, r.namespace, r.progress, r.status, r.completed_at, r.claimed_at,
+       r.created_at, r.updated_at, r.is_active, r.assigned_at, r.expires_at, r.baseline_value
+  FROM (SELECT 1) AS one
+  LEFT JOIN user_initializations AS i ON i.user_id = %(user_id)s::text
+  LEFT JOIN LATERAL (
+       SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, u.progress, u.status, u.completed_at, u.claimed_at,
+              u.created_at, u.updated_at, u.is_active, u.assigned_at, u.expires_at, u.baseline_value,
+              (u.is_active OR u.goal_id = ANY (%(prereq_goal_ids)s::text[])) AS in_view
+         FROM user_goal_progress AS u
+        WHERE u.user_id = %(user_id)s::text
+          AND (%(every_row)s::boolean OR u.is_active OR u.goal_id = ANY (%(prereq_goal_ids)s::text[])
+               OR EXISTS (SELECT 1 FROM default_goal_sets AS d
+                           WHERE d.set_id = i.default_set_id AND d.goal_id = u.goal_id))
+  ) AS r ON true
+ ORDER BY r.goal_id;
+
+
 -- name: register_default_goal_set
 -- kind: write
 -- params: default_set_id text, goal_ids text[], challenge_ids text[], schedules text[]
@@ -111,11 +137,12 @@ SELECT %(default_set_id)s::text, d.goal_id, d.challenge_id, d.schedule
 -- expect-index: user_initializations_pkey
 -- doc: Initialize in one round trip (docs/rules.md#initialize): records the player's default set at now (one row, however
 --      many defaults) unless the same set is recorded; when another set was recorded, its implied rows become real rows
---      first. Returns, by goal_id, the active and listed prerequisite rows of the snapshot plus the implied rows of the
---      set in force, each flagged `inserted` (true: a default assigned by this call) and `recorded` (false: a concurrent
---      first initialize committed after the snapshot; the caller then reads active_view in a new statement).
+--      first. Returns the instant and namespace the set in force applies from (`initialized_at` NULL: a concurrent
+--      first initialize committed after the snapshot, the caller then reads player_rows in a new statement),
+--      `inserted` (true: this call recorded the set) and the real rows as player_rows returns them (the implied rows of the set
+--      in force are the service's to build), by goal_id; at least one row.
 WITH previous AS (
-    SELECT default_set_id, initialized_at FROM user_initializations WHERE user_id = %(user_id)s::text
+    SELECT default_set_id, initialized_at, namespace FROM user_initializations WHERE user_id = %(user_id)s::text
 ),
 kept AS (
     -- A changed default set: the old set's implied rows stay as they were, as real rows (goal_id order).
@@ -139,43 +166,35 @@ recorded AS (
        SET namespace = excluded.namespace, default_set_id = excluded.default_set_id,
            initialized_at = excluded.initialized_at
      WHERE i.default_set_id <> excluded.default_set_id
-    RETURNING initialized_at
+    RETURNING initialized_at, namespace
 ),
 applied AS (
     -- The instant the set in force applies from: assigned by this call, or unchanged from the snapshot.
-    SELECT initialized_at, true AS inserted FROM recorded
+    SELECT initialized_at, namespace, true AS inserted FROM recorded
     UNION ALL
-    SELECT initialized_at, false FROM previous WHERE default_set_id = %(default_set_id)s::text
+    SELECT initialized_at, namespace, false FROM previous WHERE default_set_id = %(default_set_id)s::text
 ),
-view_rows AS (
-    SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
-           created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, false AS inserted
-      FROM user_goal_progress
-     WHERE user_id = %(user_id)s::text
-       AND (is_active OR goal_id = ANY (%(prereq_goal_ids)s::text[]))
+real_rows AS (
+    SELECT u.user_id, u.goal_id, u.challenge_id, u.namespace, u.progress, u.status, u.completed_at, u.claimed_at,
+           u.created_at, u.updated_at, u.is_active, u.assigned_at, u.expires_at, u.baseline_value,
+           (u.is_active OR u.goal_id = ANY (%(prereq_goal_ids)s::text[])) AS in_view
+      FROM user_goal_progress AS u
+     WHERE u.user_id = %(user_id)s::text
+       AND (u.is_active OR u.goal_id = ANY (%(prereq_goal_ids)s::text[])
+            OR EXISTS (SELECT 1 FROM default_goal_sets AS d
+                        WHERE d.set_id = %(default_set_id)s::text AND d.goal_id = u.goal_id))
     UNION ALL
     SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
-           created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, false
+           created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, true
       FROM kept
-    UNION ALL
-    -- The implied rows of the set in force, as implied_goal_progress computes them.
-    SELECT %(user_id)s::text, d.goal_id, d.challenge_id, %(namespace)s::text, 0, 'not_started', NULL, NULL,
-           a.initialized_at, a.initialized_at, true, a.initialized_at,
-           CASE d.schedule
-                WHEN 'daily'   THEN (date_trunc('day', a.initialized_at AT TIME ZONE 'UTC') + interval '1 day') AT TIME ZONE 'UTC'
-                WHEN 'weekly'  THEN (date_trunc('week', a.initialized_at AT TIME ZONE 'UTC') + interval '7 days') AT TIME ZONE 'UTC'
-                WHEN 'monthly' THEN (date_trunc('month', a.initialized_at AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC'
-           END,
-           NULL, a.inserted
-      FROM applied AS a
-      JOIN default_goal_sets AS d ON d.set_id = %(default_set_id)s::text
-     WHERE NOT EXISTS (SELECT 1 FROM user_goal_progress AS u
-                        WHERE u.user_id = %(user_id)s::text AND u.goal_id = d.goal_id)
-       AND NOT EXISTS (SELECT 1 FROM kept WHERE kept.goal_id = d.goal_id)
 )
-SELECT view_rows.*, EXISTS (SELECT 1 FROM applied) AS recorded
-  FROM view_rows
- ORDER BY goal_id;
+SELECT a.initialized_at, a.namespace AS initialized_namespace, a.inserted, r.in_view,
+       r.user_id, r.goal_id, r.challenge_id, r.namespace, r.progress, r.status, r.completed_at, r.claimed_at,
+       r.created_at, r.updated_at, r.is_active, r.assigned_at, r.expires_at, r.baseline_value
+  FROM (SELECT 1) AS one
+  LEFT JOIN applied AS a ON true
+  LEFT JOIN real_rows AS r ON true
+ ORDER BY r.goal_id;
 
 
 -- name: materialize_implied_goals

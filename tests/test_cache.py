@@ -20,7 +20,7 @@ import redis
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
-from service.domain.rules import PROGRESS_ROW_COLUMNS, ProgressRow
+from service.domain.rules import PROGRESS_ROW_COLUMNS, Initialization, ProgressRow, implied_row
 from service.storage.cache import (
     Cache,
     active_key,
@@ -34,6 +34,7 @@ from service.storage.cache import (
     token_key,
 )
 from tests.servers import PrivateRedis
+from tests.support.players import MAIN_CATALOG
 
 FP = "fp-one"
 CACHE_TTL_S = 300
@@ -121,7 +122,8 @@ def test_codec_round_trip_keeps_rows_none_timestamps_and_microseconds() -> None:
     entry = decode_entry(raw)
 
     assert b" " not in raw  # compact
-    assert set(document) == {"v", "tok", "fp", "rows", "pre"} and document["v"] == 1
+    assert set(document) == {"v", "tok", "fp", "rows", "pre", "init"} and document["v"] == 2
+    assert document["init"] is None
     assert list(document["rows"][0]) == list(PROGRESS_ROW_COLUMNS)
     assert document["rows"][0]["created_at"] == "2025-03-04T05:06:07.890123Z"
     assert document["rows"][1]["completed_at"] == "2025-03-04T05:06:07.000000Z"
@@ -139,13 +141,33 @@ def test_codec_round_trip_keeps_rows_none_timestamps_and_microseconds() -> None:
         b"",
         b"not json",
         b"[]",
-        b'{"v":1}',
-        b'{"v":2,"tok":"t","fp":"f","rows":[],"pre":[]}',
-        b'{"v":1,"tok":"t","fp":"f","rows":[{"goal_id":"g"}],"pre":[]}',
+        b'{"v":2}',
+        b'{"v":1,"tok":"t","fp":"f","rows":[],"pre":[]}',
+        b'{"v":3,"tok":"t","fp":"f","rows":[],"pre":[],"init":null}',
+        b'{"v":2,"tok":"t","fp":"f","rows":[{"goal_id":"g"}],"pre":[]}',
+        b'{"v":2,"tok":"t","fp":"f","rows":[],"pre":[],"init":{"namespace":"n"}}',
     ],
 )
-def test_decode_entry_rejects_what_is_not_a_version_1_entry(raw: bytes) -> None:
+def test_decode_entry_rejects_what_is_not_a_version_2_entry(raw: bytes) -> None:
     assert decode_entry(raw) is None
+
+
+def test_codec_keeps_the_initialization_and_builds_the_implied_rows() -> None:
+    """A v2 entry holds real rows and the initialization; the implied rows are the defaults missing from it."""
+    init = Initialization(T0, "ns", ("c1-login",))
+    real = make_row("u1", "c2-a")
+    entry = decode_entry(encode_entry("tok-1", FP, [real], [], init))
+    assert entry is not None and entry.init == init and entry.rows == [real]
+    assert entry.active_rows("u1", MAIN_CATALOG.default_goals) == [
+        real,
+        implied_row("u1", MAIN_CATALOG.goals_by_id["c1-daily"], init),
+    ]
+    built = entry.active_rows("u1", MAIN_CATALOG.default_goals)[1]
+    assert (built.namespace, built.assigned_at, built.is_active, built.status) == ("ns", T0, True, "not_started")
+    assert built.expires_at == datetime(T0.year, T0.month, T0.day, tzinfo=UTC) + timedelta(days=1)
+    no_init = decode_entry(encode_entry("tok-1", FP, [real], []))
+    assert no_init is not None and no_init.init is None
+    assert no_init.active_rows("u1", MAIN_CATALOG.default_goals) == [real]
 
 
 def test_scan_pattern_escapes_glob_characters_of_user_and_prefix() -> None:

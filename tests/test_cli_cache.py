@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 from challengectl.cli import main
 from service.config.resources import example_catalog_path
@@ -122,14 +123,11 @@ def prefix_keys(client: redis.Redis, prefix: str) -> dict[bytes, bytes | None]:
     return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
 
 
-def active_goal_ids(pg_url: str, user: str) -> list[str]:
+def active_goal_ids(pg_url: str, user: str, relation: str = "goal_progress") -> list[str]:
+    """The player's active goals, real or implied (`relation="user_goal_progress"`: real ones only)."""
+    query = sql.SQL("SELECT goal_id FROM {} WHERE user_id = %s AND is_active ORDER BY goal_id")
     with psycopg.connect(pg_url) as conn:
-        return [
-            row[0]
-            for row in conn.execute(
-                "SELECT goal_id FROM goal_progress WHERE user_id = %s AND is_active ORDER BY goal_id", (user,)
-            )
-        ]
+        return [row[0] for row in conn.execute(query.format(sql.Identifier(relation)), (user,))]
 
 
 def test_warm_fills_the_views_the_service_then_serves_as_hits(
@@ -295,5 +293,8 @@ def test_keys_counts_by_kind_and_decodes_one_user(
     assert code == 0, err
     entry = state["entry"]
     assert entry["valid"] and entry["token_matches"] and entry["fingerprint_matches"]
-    assert [row["goal_id"] for row in entry["rows"]] == active_goal_ids(pg_url, user)
+    # The entry holds the real rows; the untouched defaults are implied by the initialization it records.
+    assert [row["goal_id"] for row in entry["rows"]] == active_goal_ids(pg_url, user, "user_goal_progress")
+    assert entry["implied"] is not None and entry["implied"]["hidden"] == []
+    assert active_goal_ids(pg_url, user) != active_goal_ids(pg_url, user, "user_goal_progress")
     assert state["synced"] == [{"fingerprint": FINGERPRINT, "current": True}]

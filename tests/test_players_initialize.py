@@ -164,10 +164,15 @@ async def test_rows_committed_after_the_statement_snapshot_are_read_again(env: E
     result = await task
     assert assigned_ids(result) == DEFAULT_IDS
     assert result.new_assignments == 0  # the concurrent first call assigned them
-    assert {state.goal.goal_id: state.row.namespace for state in result.assigned}[first_default] == "ns-other"
+    assert {state.goal.goal_id: state.row.namespace for state in result.assigned if state.row}[
+        first_default
+    ] == "ns-other"
     cached = await env.cache().read_active(user, include_synced=True)
     assert cached.synced and cached.entry is not None
-    assert sorted(row.goal_id for row in cached.entry.rows) == sorted(DEFAULT_IDS)
+    assert [row.goal_id for row in cached.entry.rows] == [first_default]
+    assert cached.entry.init is not None and cached.entry.init.namespace == "ns-other"
+    implied = cached.entry.active_rows(user, MAIN_CATALOG.default_goals)
+    assert sorted(row.goal_id for row in implied) == sorted(DEFAULT_IDS)
 
 
 async def test_config_sync_assigns_defaults_added_later(env: Env) -> None:

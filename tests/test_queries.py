@@ -177,39 +177,71 @@ def real_goal_ids(conn: psycopg.Connection[Any], user: str) -> list[str]:
     return [r["goal_id"] for r in rows.fetchall()]
 
 
-def test_initialize_view_records_the_player_once_and_returns_the_implied_defaults_with_the_view(
+def test_initialize_view_records_the_player_once_and_returns_its_real_rows_and_initialization(
     run: Runner, conn: psycopg.Connection[Any], user: str
 ) -> None:
     set_id = register_set(run, ("g2", "c2", "daily"), ("g1", "c1", None))
-    insert_row(conn, user, "g1", is_active=False)  # a deactivated default
+    insert_row(conn, user, "g1", is_active=False)  # a deactivated default: out of view, returned so it is not implied
     insert_row(conn, user, "p1", is_active=False)  # an inactive prerequisite
     insert_row(conn, user, "x1", is_active=False)  # neither: not returned
     insert_row(conn, user, "a1")  # active, not a default
     first = initialize(run, user, set_id, T)
-    assert [(r["goal_id"], r["inserted"], r["is_active"], r["recorded"]) for r in first] == [
-        ("a1", False, True, True),
-        ("g2", True, True, True),
-        ("p1", False, False, True),
+    assert [(r["goal_id"], r["in_view"], r["is_active"]) for r in first] == [
+        ("a1", True, True),
+        ("g1", False, False),
+        ("p1", True, False),
     ]
+    assert {(r["initialized_at"], r["initialized_namespace"], r["inserted"]) for r in first} == {(T, NS, True)}
     # One record, no progress row: g2 is implied, as the old insert would have written it.
     assert real_goal_ids(conn, user) == ["a1", "g1", "p1", "x1"]
-    g2 = {k: v for k, v in first[1].items() if k not in ("inserted", "recorded")}
-    assert g2 == {
-        **as_read(row(conn, user, "a1")),
-        "goal_id": "g2",
-        "challenge_id": "c2",
-        "created_at": T,
-        "updated_at": T,
-        "assigned_at": T,
-        "expires_at": N,
-    }
-    assert run("goals_by_ids", user_id=user, goal_ids=["g2"]) == [g2]
-    again = initialize(run, user, set_id, T + timedelta(hours=1))
-    assert [(r["goal_id"], r["inserted"], r["assigned_at"]) for r in again] == [
-        ("a1", False, T),
-        ("g2", False, T),
-        ("p1", False, T),
+    assert run("goals_by_ids", user_id=user, goal_ids=["g2"]) == [
+        {
+            **as_read(row(conn, user, "a1")),
+            "goal_id": "g2",
+            "challenge_id": "c2",
+            "created_at": T,
+            "updated_at": T,
+            "assigned_at": T,
+            "expires_at": N,
+        }
     ]
+    again = initialize(run, user, set_id, T + timedelta(hours=1))
+    assert [r["goal_id"] for r in again] == ["a1", "g1", "p1"]
+    assert {(r["initialized_at"], r["inserted"]) for r in again} == {(T, False)}
+
+
+def test_initialize_view_returns_one_row_without_real_rows(run: Runner, user: str) -> None:
+    set_id = register_set(run, ("g1", "c1", None))
+    first = initialize(run, user, set_id, T)
+    assert [(r["initialized_at"], r["inserted"], r["in_view"], r["goal_id"]) for r in first] == [(T, True, None, None)]
+
+
+def test_player_rows_returns_the_initialization_and_the_real_rows_only(
+    run: Runner, conn: psycopg.Connection[Any], user: str
+) -> None:
+    def player_rows(every_row: bool) -> list[dict[str, Any]]:
+        return run("player_rows", user_id=user, prereq_goal_ids=["p1"], every_row=every_row)
+
+    set_id = register_set(run, ("g1", "c1", None), ("g2", "c1", None))
+    assert [(r["default_set_id"], r["initialized_at"], r["goal_id"]) for r in player_rows(False)] == [
+        (None, None, None)
+    ]
+    insert_row(conn, user, "g1", is_active=False)
+    insert_row(conn, user, "p1", is_active=False)
+    insert_row(conn, user, "x1", is_active=False)
+    insert_row(conn, user, "a1")
+    initialize(run, user, set_id, T)
+    view = player_rows(False)
+    assert [(r["goal_id"], r["in_view"]) for r in view] == [("a1", True), ("g1", False), ("p1", True)]
+    assert {(r["default_set_id"], r["initialized_at"], r["initialized_namespace"]) for r in view} == {(set_id, T, NS)}
+    assert view[0] == {
+        "default_set_id": set_id,
+        "initialized_at": T,
+        "initialized_namespace": NS,
+        "in_view": True,
+        **as_read(row(conn, user, "a1")),
+    }
+    assert [r["goal_id"] for r in player_rows(True)] == ["a1", "g1", "p1", "x1"]
 
 
 def test_initialize_view_with_a_new_default_set_keeps_the_old_implied_rows_and_assigns_new_defaults_now(
@@ -221,18 +253,20 @@ def test_initialize_view_with_a_new_default_set_keeps_the_old_implied_rows_and_a
     later = T + timedelta(days=3)
     changed = initialize(run, user, new, later)
     # g2 left the defaults and g1 stayed: both keep the row the first initialize implied; g3 is new, at `later`.
-    assert [(r["goal_id"], r["inserted"], r["assigned_at"], r["expires_at"]) for r in changed] == [
-        ("g1", False, T, None),
-        ("g2", False, T, datetime(2024, 1, 15, tzinfo=UTC)),
-        ("g3", True, later, datetime(2024, 2, 1, tzinfo=UTC)),
+    assert [(r["goal_id"], r["in_view"], r["assigned_at"], r["expires_at"]) for r in changed] == [
+        ("g1", True, T, None),
+        ("g2", True, T, datetime(2024, 1, 15, tzinfo=UTC)),
     ]
+    assert {(r["initialized_at"], r["inserted"]) for r in changed} == {(later, True)}
     assert real_goal_ids(conn, user) == ["g1", "g2"]
-    assert [r["goal_id"] for r in run("user_progress", user_id=user)] == ["g1", "g2", "g3"]
-    assert [(r["goal_id"], r["inserted"]) for r in initialize(run, user, new, later)] == [
-        ("g1", False),
-        ("g2", False),
-        ("g3", False),
+    assert [(r["goal_id"], r["assigned_at"]) for r in run("user_progress", user_id=user)] == [
+        ("g1", T),
+        ("g2", T),
+        ("g3", later),
     ]
+    again = initialize(run, user, new, later)
+    assert [r["goal_id"] for r in again] == ["g1", "g2"]
+    assert {(r["initialized_at"], r["inserted"]) for r in again} == {(later, False)}
 
 
 def test_materializing_makes_implied_rows_real_with_the_same_values(

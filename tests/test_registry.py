@@ -24,6 +24,7 @@ DOCUMENTED_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "challenge_progress": ("read", ("user_id", "challenge_id")),
     "goals_by_ids": ("read", ("user_id", "goal_ids")),
     "active_view": ("read", ("user_id", "prereq_goal_ids")),
+    "player_rows": ("read", ("user_id", "prereq_goal_ids", "every_row")),
     "register_default_goal_set": ("write", ("default_set_id", "goal_ids", "challenge_ids", "schedules")),
     "initialize_view": ("write", ("user_id", "namespace", "default_set_id", "now", "prereq_goal_ids")),
     "materialize_implied_goals": ("write", ("user_id", "goal_ids")),

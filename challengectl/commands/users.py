@@ -551,11 +551,12 @@ def cache_state(
         "synced_key": keys[2],
     }
     if entry is not None:
+        entry_rows = entry.active_rows(user, catalog.default_goals)
         state.update(
             token_match=token is not None and entry.token == token,
             fingerprint_match=entry.fingerprint == catalog.fingerprint,
-            entry_rows=len(entry.rows),
-            matches_database=sorted(entry.rows, key=lambda row: row.goal_id) == active_rows,
+            entry_rows=len(entry_rows),
+            matches_database=sorted(entry_rows, key=lambda row: row.goal_id) == active_rows,
         )
         state["entry_valid"] = bool(state["token_match"] and state["fingerprint_match"])
     return state

@@ -81,6 +81,41 @@ class GoalView:
 
 NO_ROW_VIEW = GoalView(progress=0, status=STATUS_NOT_STARTED, completed_at=None, claimed_at=None)
 _RESET_VIEW = NO_ROW_VIEW
+# The view of an implied default row (docs/data-model.md#implied-default-goals): the same values as NO_ROW_VIEW (any
+# rotation resets to them too), a distinct object so that readers know the goal is active without a real row.
+IMPLIED_VIEW = GoalView(progress=0, status=STATUS_NOT_STARTED, completed_at=None, claimed_at=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Initialization:
+    """A player's `user_initializations` row, read with the catalog's own default set (docs/data-model.md#implied-default-goals):
+    every default goal without a real row is implied, active and not started since `initialized_at`. `hidden`: the
+    default goals whose real row a read left out (inactive, not a needed prerequisite), so not implied either."""
+
+    initialized_at: datetime
+    namespace: str
+    hidden: tuple[str, ...] = ()
+
+
+def implied_row(user_id: str, goal: Goal, initialization: Initialization) -> ProgressRow:
+    """The row `implied_goal_progress` shows for a default goal without a real row (sql/migrations/0004_*)."""
+    at = initialization.initialized_at
+    return ProgressRow(
+        user_id,
+        goal.goal_id,
+        goal.challenge_id,
+        initialization.namespace,
+        0,
+        STATUS_NOT_STARTED,
+        None,
+        None,
+        at,
+        at,
+        True,
+        at,
+        expires_at_for(goal, at),
+        None,
+    )
 
 
 # --- time and rotation periods (docs/rules.md#rotation-periods) -------------------------------------------------------

@@ -31,7 +31,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from service.domain.rules import PROGRESS_ROW_COLUMNS, ProgressRow
+from service.domain.catalog import Goal
+from service.domain.rules import PROGRESS_ROW_COLUMNS, Initialization, ProgressRow, implied_row
 from service.storage.redis_pipe import Arg, PipelinedRedis
 
 CACHE_REQUESTS = Counter(
@@ -62,7 +63,7 @@ INVALIDATION_OK = "ok"
 INVALIDATION_FAILED = "failed"
 INVALIDATION_REPLAYED = "replayed"
 
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2
 _TOKEN_TTL_MARGIN_S = 60  # the token outlives the entry it validates (docs/cache.md#keys)
 _SCAN_COUNT = 1000
 _REPLAY_BATCH = 500
@@ -233,13 +234,25 @@ def key_name_pattern(prefix: str) -> re.Pattern[bytes]:
 
 
 class ActiveEntry(msgspec.Struct, frozen=True, rename={"version": "v", "token": "tok", "fingerprint": "fp"}):
-    """A decoded active view: the user's active rows and the rows of their prerequisites."""
+    """A decoded active view: the user's active rows and the rows of their prerequisites, real ones only when `init`
+    is set (the implied default rows are the catalog's default goals missing from them, docs/data-model.md#implied-default-goals)."""
 
     version: int
     token: str
     fingerprint: str
     rows: list[ProgressRow]
     pre: list[ProgressRow]
+    init: Initialization | None = None
+
+    def active_rows(self, user_id: str, default_goals: Sequence[Goal]) -> list[ProgressRow]:
+        """The active rows, the implied ones of `default_goals` (the catalog's) built as the `goal_progress` view shows them."""
+        if self.init is None:
+            return list(self.rows)
+        real = {row.goal_id for row in self.rows}
+        real.update(row.goal_id for row in self.pre)
+        real.update(self.init.hidden)
+        implied = [implied_row(user_id, goal, self.init) for goal in default_goals if goal.goal_id not in real]
+        return [*self.rows, *implied]
 
 
 class _RowJson(msgspec.Struct):
@@ -267,6 +280,7 @@ class _EntryJson(msgspec.Struct):
     fp: str
     rows: list[_RowJson]
     pre: list[_RowJson]
+    init: Initialization | None
 
 
 if tuple(_RowJson.__struct_fields__) != PROGRESS_ROW_COLUMNS:
@@ -314,8 +328,14 @@ def _row_json(row: ProgressRow, stamp: _Timestamps) -> _RowJson:
     )
 
 
-def encode_entry(token: str, fingerprint: str, rows: Iterable[ProgressRow], pre: Iterable[ProgressRow]) -> bytes:
-    """Compact JSON `{"v":1,"tok","fp","rows","pre"}` of an active view (docs/cache.md#entries-and-tokens)."""
+def encode_entry(
+    token: str,
+    fingerprint: str,
+    rows: Iterable[ProgressRow],
+    pre: Iterable[ProgressRow],
+    init: Initialization | None = None,
+) -> bytes:
+    """Compact JSON `{"v":2,"tok","fp","rows","pre","init"}` of an active view (docs/cache.md#entries-and-tokens)."""
     stamp = _Timestamps()
     return _entry_encoder.encode(
         _EntryJson(
@@ -324,12 +344,13 @@ def encode_entry(token: str, fingerprint: str, rows: Iterable[ProgressRow], pre:
             fingerprint,
             [_row_json(r, stamp) for r in rows],
             [_row_json(r, stamp) for r in pre],
+            init,
         )
     )
 
 
 def decode_entry(raw: bytes | str) -> ActiveEntry | None:
-    """The entry in `raw`, or None when it does not parse, has the wrong shape or `v` is not 1."""
+    """The entry in `raw`, or None when it does not parse, has the wrong shape or `v` is not 2."""
     try:
         entry = _entry_decoder.decode(raw)
     except msgspec.DecodeError:
@@ -597,6 +618,7 @@ class Cache:
         read: CacheRead,
         rows: Sequence[ProgressRow],
         pre: Sequence[ProgressRow],
+        init: Initialization | None = None,
     ) -> bool:
         """Store the view read from PostgreSQL after `read`, unless a write happened in between (docs/cache.md#entries-and-tokens).
 
@@ -608,7 +630,7 @@ class Cache:
             return False  # the read predates the last journal replay (docs/cache.md#degradation-and-recovery rule 6)
         seen = read.token
         entry_token = seen or new_token()
-        entry = encode_entry(entry_token, self._fingerprint, rows, pre)
+        entry = encode_entry(entry_token, self._fingerprint, rows, pre, init)
         try:
             stored = await self._run_script(
                 self._fill_script,
@@ -627,6 +649,7 @@ class Cache:
         rows: Sequence[ProgressRow],
         pre: Sequence[ProgressRow],
         inserted: bool,
+        init: Initialization | None = None,
     ) -> bool:
         """Initialize's slow path after its statement, in one script call: the conditional fill of the view it
         read (as `fill_active` after `read`), the invalidation when it `inserted` rows (a fresh token, also for
@@ -644,7 +667,7 @@ class Cache:
         fill = not read.bypassed and self._usable() and read.replay_generation == self._replay_generation
         seen = "" if read.bypassed else (read.token or "")
         entry_token = new_token() if inserted or not seen else seen
-        entry = encode_entry(entry_token, self._fingerprint, rows, pre) if fill else b""
+        entry = encode_entry(entry_token, self._fingerprint, rows, pre, init) if fill else b""
         try:
             stored = await self._run_script(
                 self._initialized_script,

@@ -28,6 +28,7 @@ REQUIRED_QUERIES: tuple[str, ...] = (
     "challenge_progress",
     "goals_by_ids",
     "active_view",
+    "player_rows",
     "register_default_goal_set",
     "initialize_view",
     "materialize_implied_goals",

@@ -17,7 +17,7 @@ import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
 from service.domain import catalog as catalog_model
-from service.domain.rules import NO_ROW_VIEW
+from service.domain.rules import IMPLIED_VIEW, NO_ROW_VIEW
 from service.transport.timestamps import expiry_fields, format_timestamp
 from service.usecases.players import (
     ChallengeState,
@@ -239,9 +239,14 @@ def _catalog_goal(goal: catalog_model.Goal) -> dict[str, Any]:
     }
 
 
+def _is_active(state: GoalState) -> bool:
+    """A real active row, or an implied default row (always active)."""
+    return state.row.is_active if state.row is not None else state.view is IMPLIED_VIEW
+
+
 def goal_body(state: GoalState, now: datetime) -> Goal:
     """The listing Goal of one goal state at `now`."""
-    goal, row, goal_view = state.goal, state.row, state.view
+    goal, goal_view = state.goal, state.view
     expires_at, expires_in = expiry_fields(goal, now)
     return Goal(
         **_catalog_goal(goal),
@@ -251,7 +256,7 @@ def goal_body(state: GoalState, now: datetime) -> Goal:
         status=goal_view.status,
         completed_at=format_timestamp(goal_view.completed_at),
         claimed_at=format_timestamp(goal_view.claimed_at),
-        is_active=row is not None and row.is_active,
+        is_active=_is_active(state),
         expires_at=expires_at,
         expires_in_seconds=expires_in,
     )
@@ -271,16 +276,21 @@ def challenge_list_body(result: ListResult) -> ChallengeList:
     return ChallengeList([challenge_body(state, result.now) for state in result.challenges])
 
 
-def assigned_goal_body(state: GoalState, now: datetime) -> AssignedGoal:
+def assigned_goal_body(state: GoalState, now: datetime, implied_at: datetime | None = None) -> AssignedGoal:
+    """`implied_at`: when the player's implied default rows were assigned."""
     goal, row = state.goal, state.row
     expires_at, expires_in = expiry_fields(goal, now)
+    if row is not None:
+        assigned_at = row.assigned_at
+    else:
+        assigned_at = implied_at if state.view is IMPLIED_VIEW else None
     return AssignedGoal(
         challenge_id=goal.challenge_id,
         goal_id=goal.goal_id,
         name=goal.name,
         description=goal.description,
-        is_active=row is not None and row.is_active,
-        assigned_at=format_timestamp(row.assigned_at if row is not None else None),
+        is_active=_is_active(state),
+        assigned_at=format_timestamp(assigned_at),
         expires_at=expires_at,
         expires_in_seconds=expires_in,
         progress=state.view.progress,
@@ -293,7 +303,7 @@ def assigned_goal_body(state: GoalState, now: datetime) -> AssignedGoal:
 
 def initialize_body(result: InitializeResult) -> InitializeResponse:
     return InitializeResponse(
-        [assigned_goal_body(state, result.now) for state in result.assigned],
+        [assigned_goal_body(state, result.now, result.implied_at) for state in result.assigned],
         result.new_assignments,
         len(result.assigned),
     )
@@ -395,6 +405,9 @@ class _GoalPieces:
         "assigned_head",
         "assigned_tail",
         "assigned_target",
+        "implied",
+        "implied_assigned_head",
+        "implied_assigned_tail",
         "listing_head",
         "selected_head",
         "selected_target",
@@ -423,6 +436,7 @@ class _GoalPieces:
         )
         # Without a row the listing object is static up to `expiresAt` (by `locked`: False, True).
         self.unassigned = tuple(self.listing_head + locked + _UNASSIGNED_VIEW for locked in (_FALSE, _TRUE))
+        self.implied = tuple(self.listing_head + locked + _IMPLIED_VIEW for locked in (_FALSE, _TRUE))
         self.assigned_head = b"".join(
             (
                 b'{"challengeId":',
@@ -438,6 +452,9 @@ class _GoalPieces:
         )
         self.assigned_target = b',"target":' + fragments["target"] + b',"status":'
         self.assigned_tail = b',"requirement":' + requirement + b',"reward":' + reward + b"}"
+        # An implied row's assigned object: static but for `assignedAt` and the expiry, which follows it.
+        self.implied_assigned_head = self.assigned_head + b'true,"assignedAt":'
+        self.implied_assigned_tail = b',"progress":0' + self.assigned_target + b'"not_started"' + self.assigned_tail
         self.selected_head = b"".join(
             (
                 b'{"goalId":',
@@ -458,6 +475,7 @@ class _GoalPieces:
 
 _NO_EXPIRY = b'"","expiresInSeconds":0'
 _UNASSIGNED_VIEW = b',"progress":0,"status":"not_started","completedAt":"","claimedAt":"","isActive":false,"expiresAt":'
+_IMPLIED_VIEW = b',"progress":0,"status":"not_started","completedAt":"","claimedAt":"","isActive":true,"expiresAt":'
 # Bound of the memo of rendered row views; past it the memo starts over.
 _VIEW_MEMO_MAX = 65_536
 
@@ -482,6 +500,23 @@ class _Expiry:
                 expires_at.encode(),
                 expires_in,
             )
+        return encoded
+
+
+class _ImpliedMiddle(dict[str | None, bytes]):
+    """The dynamic middle of an implied row's assigned object (`assignedAt` .. `expiresInSeconds`), by rotation
+    schedule: every implied row of a player has the same assignment instant."""
+
+    def __init__(self, assigned_at: bytes, expiry: _Expiry) -> None:
+        super().__init__()
+        self._prefix = assigned_at + b',"expiresAt":'
+        self._expiry = expiry
+
+    def __call__(self, goal: catalog_model.Goal) -> bytes:
+        schedule = goal.rotation.schedule if goal.rotation is not None else None
+        encoded = self.get(schedule)
+        if encoded is None:
+            encoded = self[schedule] = self._prefix + self._expiry(goal)
         return encoded
 
 
@@ -521,6 +556,8 @@ class ResponseWriter:
         pieces = self._goals[goal.goal_id]
         if row is None and view is NO_ROW_VIEW:
             return pieces.unassigned[state.locked] + expiry(goal) + b"}"
+        if row is None and view is IMPLIED_VIEW:
+            return pieces.implied[state.locked] + expiry(goal) + b"}"
         is_active = row is not None and row.is_active
         key = (state.locked, view.progress, view.status, view.completed_at, view.claimed_at, is_active)
         middle = self._views.get(key)
@@ -561,9 +598,11 @@ class ResponseWriter:
         expiry = _Expiry(result.now)
         return b'{"challenges":[' + b",".join([self._challenge(state, expiry) for state in result.challenges]) + b"]}"
 
-    def _assigned_goal(self, state: GoalState, expiry: _Expiry, instants: _Instants) -> bytes:
+    def _assigned_goal(self, state: GoalState, expiry: _Expiry, instants: _Instants, implied: _ImpliedMiddle) -> bytes:
         goal, row = state.goal, state.row
         pieces = self._goals[goal.goal_id]
+        if row is None and state.view is IMPLIED_VIEW:
+            return pieces.implied_assigned_head + implied(goal) + pieces.implied_assigned_tail
         return b"".join(
             (
                 pieces.assigned_head,
@@ -583,7 +622,8 @@ class ResponseWriter:
         """`POST /v1/challenges/initialize`."""
         expiry = _Expiry(result.now)
         instants = _Instants()
-        assigned = b",".join([self._assigned_goal(state, expiry, instants) for state in result.assigned])
+        implied = _ImpliedMiddle(instants[result.implied_at], expiry)
+        assigned = b",".join([self._assigned_goal(state, expiry, instants, implied) for state in result.assigned])
         return b'{"assignedGoals":[%s],"newAssignments":%d,"totalActive":%d}' % (
             assigned,
             result.new_assignments,

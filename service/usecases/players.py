@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from prometheus_client import Counter
-from psycopg.rows import args_row
+from psycopg.rows import args_row, tuple_row
 
 from service.domain.catalog import Catalog, Challenge, Goal, Reward
 from service.domain.errors import (
@@ -37,6 +37,7 @@ from service.domain.errors import (
     UpstreamFailed,
 )
 from service.domain.rules import (
+    IMPLIED_VIEW,
     NO_ROW_VIEW,
     PROGRESS_MODE_ABSOLUTE,
     STATUS_CLAIMED,
@@ -44,11 +45,13 @@ from service.domain.rules import (
     STATUS_NOT_STARTED,
     CatchUpPlan,
     GoalView,
+    Initialization,
     ProgressRow,
     catch_up_targets,
     claim_guard_rotated,
     expires_at_for,
     expires_in_seconds,
+    implied_row,
     is_locked,
     next_boundary,
     period_after,
@@ -67,7 +70,8 @@ from service.usecases.rewards import RewardGrant, RewardGranter, RewardGrantFail
 # Not frozen (like ProgressRow): a 500-goal listing builds 500 of them per request. Never mutated.
 @dataclass(slots=True)
 class GoalState:
-    """One goal as a read shows it at `now`: its row (None without one), the view and `locked`."""
+    """One goal as a read shows it at `now`: its row (None without one), the view and `locked`. An implied default
+    row (docs/data-model.md#implied-default-goals) has no row and IMPLIED_VIEW: active, not started."""
 
     goal: Goal
     row: ProgressRow | None
@@ -89,9 +93,10 @@ class ListResult:
 
 @dataclass(frozen=True, slots=True)
 class InitializeResult:
-    assigned: tuple[GoalState, ...]  # active rows of catalog goals, catalog order
+    assigned: tuple[GoalState, ...]  # active rows of catalog goals, real or implied, catalog order
     new_assignments: int
     now: datetime
+    implied_at: datetime | None = None  # when the implied rows were assigned (the player's initialization)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +160,11 @@ Work = Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]
 _ROW = args_row(ProgressRow)
 
 
-def _initialize_row(cursor: Any) -> Callable[[Sequence[Any]], tuple[ProgressRow, bool, bool]]:
-    """Rows of `initialize_view`: the 14 columns, whether this call assigned the row, whether the set is recorded."""
-
-    def make(values: Sequence[Any]) -> tuple[ProgressRow, bool, bool]:
-        return ProgressRow(*values[:14]), values[14], values[15]
-
-    return make
+# A player's view: active rows, the inactive rows of prerequisites, and the initialization that implies the untouched
+# default rows (None: every row is in the lists).
+View = tuple[list[ProgressRow], list[ProgressRow], Initialization | None]
+# `player_rows` and `initialize_view` return three columns of the initialization, `in_view`, then the 14 row columns.
+_IN_VIEW = 3
 
 
 def _unavailable(error: StoreUnavailable | None = None) -> Unavailable:
@@ -267,6 +270,20 @@ class Players:
         # initialize: the initialize statement then records one row per player, however many defaults there are.
         self._default_set = default_goal_set(catalog.default_goals)
         self._default_set_recorded = not catalog.default_goals
+        # Implied default rows are built here, not read (docs/data-model.md#implied-default-goals). Their state is the
+        # same for every player but for `locked`; a player without real rows has every prerequisite implied, so locked.
+        self._default_ids = tuple(goal.goal_id for goal in catalog.default_goals)
+        self._default_id_set = frozenset(self._default_ids)
+        self._implied_states = {
+            goal.goal_id: GoalState(goal, None, IMPLIED_VIEW, False)
+            for goal in catalog.default_goals
+            if not goal.prerequisites
+        }
+        self._untouched_states = tuple(
+            GoalState(goal, None, IMPLIED_VIEW, bool(goal.prerequisites)) for goal in catalog.default_goals
+        )
+        self._rotating_defaults = tuple(goal for goal in catalog.default_goals if goal.rotation is not None)
+        self._default_schedules = frozenset(goal.rotation.schedule for goal in catalog.default_goals if goal.rotation)
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -275,22 +292,18 @@ class Players:
         `active_only` the goals with an active row (challenges left empty are omitted)."""
         now = self._clock()
         if active_only:
-            rows, pre = await self._active_view(user_id)
-            states = self._active_states(rows, pre, now)
+            states = self._active_states(*await self._active_view(user_id), now)
             challenges = tuple(
                 ChallengeState(challenge, states[challenge.challenge_id])
                 for challenge in self._catalog.challenges
                 if states[challenge.challenge_id]
             )
             return ListResult(challenges, now)
-
-        async def read_all(conn: psycopg.AsyncConnection[Any]) -> list[ProgressRow]:
-            return await self._queries.rows(conn, "user_progress", {"user_id": user_id}, _ROW)
-
-        user_rows = await self._db(user_id, "listing challenges", read_all)
-        rows_by_id = {row.goal_id: row for row in user_rows}
+        rows_by_id, initialized = await self._db(
+            user_id, "listing challenges", lambda conn: self._read_all(conn, user_id)
+        )
         challenges = tuple(
-            ChallengeState(challenge, self._all_states(challenge, rows_by_id, now))
+            ChallengeState(challenge, self._all_states(challenge, rows_by_id, now, initialized))
             for challenge in self._catalog.challenges
         )
         return ListResult(challenges, now)
@@ -301,14 +314,13 @@ class Players:
         challenge = self._challenge(challenge_id)
         now = self._clock()
         if active_only:
-            rows, pre = await self._active_view(user_id)
-            return ChallengeState(challenge, self._active_states(rows, pre, now)[challenge_id])
+            return ChallengeState(challenge, self._active_states(*await self._active_view(user_id), now)[challenge_id])
         rows_by_id = await self._db(
             user_id,
             f"reading challenge {challenge_id!r}",
             lambda conn: self._read_challenge_rows(conn, user_id, challenge),
         )
-        return ChallengeState(challenge, self._all_states(challenge, rows_by_id, now))
+        return ChallengeState(challenge, self._all_states(challenge, rows_by_id, now, False))
 
     def rotation_status(self, challenge_id: str) -> RotationStatus:
         """`GET /v1/challenges/{challenge_id}/rotation` (docs/http-api.md#endpoints): the periods of the challenge's
@@ -338,29 +350,27 @@ class Players:
         read = await self._cache_read(user_id, include_synced=True)
         entry = read.entry
         inserted = 0
-        # An empty view while default goals exist is not trusted: the slow path repairs missing rows.
-        trusted_view = entry is not None and (bool(entry.rows) or not self._catalog.default_goals)
+        # An empty view of an uninitialized player while default goals exist is not trusted: the slow path repairs it.
+        trusted_view = entry is not None and (
+            bool(entry.rows) or entry.init is not None or not self._catalog.default_goals
+        )
         if read.synced and entry is not None and trusted_view:
             INITIALIZE_TOTAL.labels("fast").inc()
-            rows, pre = list(entry.rows), list(entry.pre)
+            rows, pre, init = list(entry.rows), list(entry.pre), entry.init
         elif read.synced and entry is None:
             INITIALIZE_TOTAL.labels("fast").inc()
-            rows, pre = await self._db(
+            rows, pre, init = await self._db(
                 user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
             )
-            await self._cache_fill(user_id, read, rows, pre)
+            await self._cache_fill(user_id, read, (rows, pre, init))
         else:
             INITIALIZE_TOTAL.labels("slow").inc()
-            inserted, rows, pre = await self._initialize_slow(user_id, read, now)
-        rows, pre = await self._catch_up(user_id, rows, pre, now)
-        return InitializeResult(self._assigned_states(rows, pre, now), inserted, now)
+            inserted, (rows, pre, init) = await self._initialize_slow(user_id, read, now)
+        rows = await self._catch_up(user_id, rows, pre, init, now)
+        states = self._active_in_catalog_order(rows, pre, init, now)
+        return InitializeResult(tuple(states), inserted, now, init.initialized_at if init is not None else None)
 
-    async def _initialize_slow(
-        self,
-        user_id: str,
-        read: CacheRead,
-        now: datetime,
-    ) -> tuple[int, list[ProgressRow], list[ProgressRow]]:
+    async def _initialize_slow(self, user_id: str, read: CacheRead, now: datetime) -> tuple[int, View]:
         """One `initialize_view` statement (insert the missing defaults, return the view), then one cache call
         that fills, invalidates when rows were inserted and sets the synced marker."""
         params = {
@@ -371,42 +381,47 @@ class Players:
             "prereq_goal_ids": self._prerequisite_ids,
         }
 
-        async def assign(conn: psycopg.AsyncConnection[Any]) -> list[tuple[ProgressRow, bool, bool]]:
+        async def assign(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
             if not self._default_set_recorded:
                 await self._queries.rows(conn, "register_default_goal_set", self._default_set.params())
                 self._default_set_recorded = True
-            return await self._queries.rows(conn, "initialize_view", params, _initialize_row)
+            return await self._queries.rows(conn, "initialize_view", params, tuple_row)
 
         fetched = await self._db(user_id, "assigning the default goals", assign)
-        inserted = sum(1 for _, was_inserted, _ in fetched if was_inserted)
-        recorded = bool(fetched) and fetched[0][2]
-        if recorded or not self._catalog.default_goals:
-            rows, pre = split_active_view([row for row, _, _ in fetched], self._catalog.goals_by_id)
+        initialized_at, namespace, recorded_now = fetched[0][:_IN_VIEW]
+        inserted = 0
+        if initialized_at is not None:
+            view = self._view_of(fetched, initialized_at, namespace)
+            if recorded_now:
+                inserted = len(self._implied_ids(*view))
         else:
-            # A concurrent first initialize committed rows after the statement's snapshot: read them in a new one.
-            rows, pre = await self._db(
+            # A concurrent first initialize committed after the statement's snapshot: read its rows in a new one.
+            view = await self._db(
                 user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
             )
         try:  # the cache never fails a request
-            await self._cache.record_initialize(user_id, read, rows, pre, inserted > 0)
+            await self._cache.record_initialize(user_id, read, view[0], view[1], inserted > 0, view[2])
         except Exception:
             log.exception("recording the initialize in the cache failed for user %r", user_id)
-        return inserted, rows, pre
+        return inserted, view
 
     async def _catch_up(
         self,
         user_id: str,
         rows: list[ProgressRow],
         pre: list[ProgressRow],
+        init: Initialization | None,
         now: datetime,
-    ) -> tuple[list[ProgressRow], list[ProgressRow]]:
-        """Bring stale active, not claimed rows into the current period (docs/rules.md#initialize step 3).
+    ) -> list[ProgressRow]:
+        """Bring stale active, not claimed rows into the current period (docs/rules.md#initialize step 3), implied
+        rows of an earlier period included (they become real rows); returns the active rows, those among them.
 
         Errors are logged and the view is used instead: the next write catches the rows up.
         """
+        rows = rows + self._stale_implied_rows(user_id, rows, pre, init, now)
         plan = catch_up_targets(self._catalog.goals_by_id, rows, now)
         if plan.is_empty:
-            return rows, pre
+            return rows
         try:
             async with self._store.connection() as conn:
                 await self._materialize(conn, user_id, plan.goal_ids)
@@ -418,12 +433,33 @@ class Players:
                 ", ".join(plan.goal_ids),
                 error,
             )
-            return rows, pre
+            return rows
         if not changed:
-            return rows, pre
+            return rows
         await self._cache_invalidate(user_id)
         changed_by_id = {row.goal_id: row for row in changed}
-        return [changed_by_id.get(row.goal_id, row) for row in rows], pre
+        return [changed_by_id.get(row.goal_id, row) for row in rows]
+
+    def _stale_implied_rows(
+        self,
+        user_id: str,
+        rows: Sequence[ProgressRow],
+        pre: Sequence[ProgressRow],
+        init: Initialization | None,
+        now: datetime,
+    ) -> list[ProgressRow]:
+        """The implied rows of rotating default goals assigned in an earlier period, as rows (the catch-up's)."""
+        if init is None or not self._rotating_defaults:
+            return []
+        stale = {schedule for schedule in self._default_schedules if init.initialized_at < period_start(schedule, now)}
+        if not stale:
+            return []
+        implied = set(self._implied_ids(rows, pre, init))
+        return [
+            implied_row(user_id, goal, init)
+            for goal in self._rotating_defaults
+            if goal.goal_id in implied and goal.rotation is not None and goal.rotation.schedule in stale
+        ]
 
     # -- set active (docs/rules.md#set-active) --------------------------------------------------------------------
 
@@ -734,19 +770,33 @@ class Players:
             return GoalState(goal, row, row, False)
         return GoalState(goal, row, view(goal, row, now), is_locked(goal, rows_by_id, self._catalog.goals_by_id, now))
 
+    def _implied_state(self, goal: Goal, rows_by_id: Mapping[str, ProgressRow], now: datetime) -> GoalState:
+        shared = self._implied_states.get(goal.goal_id)
+        if shared is not None:
+            return shared
+        return GoalState(goal, None, IMPLIED_VIEW, is_locked(goal, rows_by_id, self._catalog.goals_by_id, now))
+
     def _all_states(
         self,
         challenge: Challenge,
         rows_by_id: Mapping[str, ProgressRow],
         now: datetime,
+        initialized: bool,
     ) -> tuple[GoalState, ...]:
+        """Every goal of the challenge; `initialized`: `rows_by_id` holds every real row of a player whose default goals
+        without one are implied."""
         unassigned = self._unassigned_states
-        return tuple(
-            unassigned[goal.goal_id]
-            if goal.goal_id not in rows_by_id and goal.goal_id in unassigned
-            else self._state(goal, rows_by_id, now)
-            for goal in challenge.goals
-        )
+        defaults = self._default_id_set if initialized else frozenset()
+        states = []
+        for goal in challenge.goals:
+            goal_id = goal.goal_id
+            if goal_id in rows_by_id:
+                states.append(self._state(goal, rows_by_id, now))
+            elif goal_id in defaults:
+                states.append(self._implied_state(goal, rows_by_id, now))
+            else:
+                states.append(unassigned.get(goal_id) or self._state(goal, rows_by_id, now))
+        return tuple(states)
 
     @staticmethod
     def _view_rows(rows: Sequence[ProgressRow], pre: Sequence[ProgressRow]) -> dict[str, ProgressRow]:
@@ -754,63 +804,124 @@ class Players:
         rows_by_id.update((row.goal_id, row) for row in rows)
         return rows_by_id
 
+    def _implied_ids(
+        self,
+        rows: Sequence[ProgressRow],
+        pre: Sequence[ProgressRow],
+        init: Initialization | None,
+    ) -> Sequence[str]:
+        """The default goals of a view that are implied (no real row), in catalog order."""
+        if init is None:
+            return ()
+        if not rows and not pre and not init.hidden:
+            return self._default_ids
+        real = {row.goal_id for row in rows}
+        real.update(row.goal_id for row in pre)
+        real.update(init.hidden)
+        return [goal_id for goal_id in self._default_ids if goal_id not in real]
+
     def _active_states(
         self,
         rows: Sequence[ProgressRow],
         pre: Sequence[ProgressRow],
+        init: Initialization | None,
         now: datetime,
     ) -> dict[str, tuple[GoalState, ...]]:
-        """Per challenge id, in catalog order: the goals with an active row."""
-        rows_by_id = self._view_rows(rows, pre)
+        """Per challenge id, in catalog order: the goals with an active row, real or implied."""
         by_challenge: dict[str, list[GoalState]] = {
             challenge.challenge_id: [] for challenge in self._catalog.challenges
         }
-        for state in self._active_in_catalog_order(rows_by_id, now):
+        for state in self._active_in_catalog_order(rows, pre, init, now):
             by_challenge[state.goal.challenge_id].append(state)
         return {challenge_id: tuple(states) for challenge_id, states in by_challenge.items()}
 
-    def _active_in_catalog_order(self, rows_by_id: Mapping[str, ProgressRow], now: datetime) -> list[GoalState]:
-        """The states of the catalog goals with an active row, in catalog order; walks the player's rows
-        rather than the catalog (a few active rows against hundreds of goals)."""
-        order, goals_by_id = self._catalog_order, self._catalog.goals_by_id
-        active = sorted(
-            (row.goal_id for row in rows_by_id.values() if row.is_active and row.goal_id in order),
-            key=order.__getitem__,
-        )
-        return [self._state(goals_by_id[goal_id], rows_by_id, now) for goal_id in active]
-
-    def _assigned_states(
+    def _active_in_catalog_order(
         self,
         rows: Sequence[ProgressRow],
         pre: Sequence[ProgressRow],
+        init: Initialization | None,
         now: datetime,
-    ) -> tuple[GoalState, ...]:
-        return tuple(self._active_in_catalog_order(self._view_rows(rows, pre), now))
+    ) -> Sequence[GoalState]:
+        """The states of the catalog goals with an active row, real or implied, in catalog order; walks the player's
+        rows rather than the catalog (a few active rows against hundreds of goals)."""
+        implied = self._implied_ids(rows, pre, init)
+        if not rows and not pre and implied is self._default_ids:
+            return self._untouched_states
+        rows_by_id = self._view_rows(rows, pre)
+        order, goals_by_id = self._catalog_order, self._catalog.goals_by_id
+        active = [row.goal_id for row in rows_by_id.values() if row.is_active and row.goal_id in order]
+        active.extend(implied)
+        active.sort(key=order.__getitem__)
+        return [
+            self._state(goals_by_id[goal_id], rows_by_id, now)
+            if goal_id in rows_by_id
+            else self._implied_state(goals_by_id[goal_id], rows_by_id, now)
+            for goal_id in active
+        ]
 
     # -- PostgreSQL reads --------------------------------------------------------------------------
 
-    async def _active_view(self, user_id: str) -> tuple[list[ProgressRow], list[ProgressRow]]:
+    async def _active_view(self, user_id: str) -> View:
         """The user's active rows and the rows of their prerequisites: the cache when it holds a valid
-        entry, otherwise one `active_view` statement followed by a conditional fill (docs/cache.md#entries-and-tokens)."""
+        entry, otherwise one `player_rows` statement followed by a conditional fill (docs/cache.md#entries-and-tokens)."""
         read = await self._cache_read(user_id, include_synced=False)
         if read.entry is not None:
-            return list(read.entry.rows), list(read.entry.pre)
-        rows, pre = await self._db(
-            user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
-        )
-        await self._cache_fill(user_id, read, rows, pre)
-        return rows, pre
+            return list(read.entry.rows), list(read.entry.pre), read.entry.init
+        view = await self._db(user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id))
+        await self._cache_fill(user_id, read, view)
+        return view
 
-    async def _read_active_view(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        user_id: str,
-    ) -> tuple[list[ProgressRow], list[ProgressRow]]:
-        """`active_view`, split into the active rows and the prerequisite rows an active goal needs."""
+    def _player_rows(self, conn: psycopg.AsyncConnection[Any], user_id: str, every_row: bool) -> Awaitable[list[Any]]:
+        params = {"user_id": user_id, "prereq_goal_ids": self._prerequisite_ids, "every_row": every_row}
+        return self._queries.rows(conn, "player_rows", params, tuple_row)
+
+    def _recorded_elsewhere(self, default_set_id: str | None) -> bool:
+        """The player was initialized with another default set (the catalog changed since): its implied rows are
+        that set's, which only the `goal_progress` view knows (until the next initialize makes them real)."""
+        return default_set_id is not None and default_set_id != self._default_set.set_id
+
+    async def _read_active_view(self, conn: psycopg.AsyncConnection[Any], user_id: str) -> View:
+        """`player_rows` (the view through `active_view` for a player of another default set)."""
+        fetched = await self._player_rows(conn, user_id, False)
+        default_set_id, initialized_at, namespace = fetched[0][:_IN_VIEW]
+        if not self._recorded_elsewhere(default_set_id):
+            return self._view_of(fetched, initialized_at, namespace)
         fetched = await self._queries.rows(
             conn, "active_view", {"user_id": user_id, "prereq_goal_ids": self._prerequisite_ids}, _ROW
         )
-        return split_active_view(fetched, self._catalog.goals_by_id)
+        rows, pre = split_active_view(fetched, self._catalog.goals_by_id)
+        return rows, pre, None
+
+    def _view_of(self, fetched: Sequence[Sequence[Any]], initialized_at: datetime | None, namespace: str) -> View:
+        """The view in rows of `player_rows` or `initialize_view`: the active rows, the other rows in view (prerequisites),
+        and the initialization with the default goals whose rows are out of view."""
+        rows: list[ProgressRow] = []
+        pre: list[ProgressRow] = []
+        hidden: list[str] = []
+        for values in fetched:
+            goal_id = values[_IN_VIEW + 2]
+            if goal_id is None:
+                continue
+            if not values[_IN_VIEW]:
+                if goal_id in self._default_id_set:
+                    hidden.append(goal_id)
+                continue
+            row = ProgressRow(*values[_IN_VIEW + 1 :])
+            (rows if row.is_active else pre).append(row)
+        init = Initialization(initialized_at, namespace, tuple(hidden)) if initialized_at is not None else None
+        return rows, pre, init
+
+    async def _read_all(self, conn: psycopg.AsyncConnection[Any], user_id: str) -> tuple[dict[str, ProgressRow], bool]:
+        """Every real row of the player by goal_id, and whether its untouched default goals are implied (`player_rows`;
+        `user_progress`, which holds the implied rows too, for a player of another default set)."""
+        fetched = await self._player_rows(conn, user_id, True)
+        default_set_id = fetched[0][0]
+        if self._recorded_elsewhere(default_set_id):
+            rows = await self._queries.rows(conn, "user_progress", {"user_id": user_id}, _ROW)
+            return {row.goal_id: row for row in rows}, False
+        first = _IN_VIEW + 1
+        rows_by_id = {values[first + 1]: ProgressRow(*values[first:]) for values in fetched if values[first + 1]}
+        return rows_by_id, default_set_id is not None
 
     async def _read_challenge_rows(
         self,
@@ -883,16 +994,10 @@ class Players:
             log.exception("cache read failed for user %r; reading PostgreSQL", user_id)
             return CacheRead(user_id, None, None, False, True, -1)
 
-    async def _cache_fill(
-        self,
-        user_id: str,
-        read: CacheRead,
-        rows: Sequence[ProgressRow],
-        pre: Sequence[ProgressRow],
-    ) -> None:
+    async def _cache_fill(self, user_id: str, read: CacheRead, view: View) -> None:
         """Conditional fill after `read` (docs/cache.md#entries-and-tokens)."""
         try:
-            await self._cache.fill_active(user_id, read, rows, pre)
+            await self._cache.fill_active(user_id, read, *view)
         except Exception:
             log.exception("cache fill failed for user %r", user_id)
 
