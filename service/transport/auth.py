@@ -26,6 +26,7 @@ from prometheus_client import Counter
 from service.config.settings import Settings, SettingsError
 from service.domain.user_ids import is_valid_user_id
 from service.transport.errors import ApiError
+from service.transport.hs256 import FastHs256
 
 JWKS_FETCHES = Counter(
     "challenge_jwks_fetches_total",
@@ -257,6 +258,16 @@ class Authenticator:
         self._verified: dict[str, tuple[str, float]] = {}
         self._jwks = _JwksState()
         self._session: aiohttp.ClientSession | None = None
+        # Plain HS256 tokens skip PyJWT when no issuer or audience is to be checked (its judgement otherwise).
+        self._fast_hs256 = (
+            FastHs256(config.hs256_key, is_valid_user_id)
+            if config.mode == "jwt"
+            and config.hs256_key
+            and "HS256" in config.algorithms
+            and config.issuer is None
+            and config.audience is None
+            else None
+        )
         self._decoder = jwt.PyJWT(
             options={
                 "require": ["exp"],
@@ -313,6 +324,10 @@ class Authenticator:
         return user_id
 
     async def _verify(self, token: str) -> str:
+        accepted = self._fast_hs256.accept(token) if self._fast_hs256 is not None else None
+        if accepted is not None:
+            self._remember(token, *accepted)
+            return accepted[0]
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
