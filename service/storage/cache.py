@@ -17,6 +17,7 @@ import logging
 import re
 import secrets
 import time
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.domain.catalog import Goal
-from service.domain.rules import PROGRESS_ROW_COLUMNS, Initialization, ProgressRow, implied_row
+from service.domain.rules import Initialization, ProgressRow, implied_row
 from service.storage.redis_pipe import Arg, PipelinedRedis
 
 CACHE_REQUESTS = Counter(
@@ -255,36 +256,25 @@ class ActiveEntry(msgspec.Struct, frozen=True, rename={"version": "v", "token": 
         return [*self.rows, *implied]
 
 
-class _RowJson(msgspec.Struct):
-    """The wire shape of one row: the 14 columns, timestamps already formatted (docs/cache.md#entries-and-tokens)."""
+def _wire_type(hint: Any) -> Any:
+    """A column's type in an entry: a timestamp is a formatted string (or null), anything else as it is."""
+    return str | None if datetime in (typing.get_args(hint) or (hint,)) else hint
 
-    user_id: str
-    goal_id: str
-    challenge_id: str
-    namespace: str
-    progress: int
-    status: str
-    completed_at: str | None
-    claimed_at: str | None
-    created_at: str | None
-    updated_at: str | None
-    is_active: bool
-    assigned_at: str | None
-    expires_at: str | None
-    baseline_value: int | None
+
+# The wire shape of one row (docs/cache.md#entries-and-tokens): ProgressRow's columns in order, timestamps formatted.
+_RowJson = msgspec.defstruct(
+    "_RowJson", [(name, _wire_type(hint)) for name, hint in typing.get_type_hints(ProgressRow).items()]
+)
 
 
 class _EntryJson(msgspec.Struct):
     v: int
     tok: str
     fp: str
-    rows: list[_RowJson]
-    pre: list[_RowJson]
+    rows: list[msgspec.Struct]
+    pre: list[msgspec.Struct]
     init: Initialization | None
 
-
-if tuple(_RowJson.__struct_fields__) != PROGRESS_ROW_COLUMNS:
-    raise RuntimeError("the cache row shape no longer matches service.domain.rules.ProgressRow's columns")
 
 _ZERO = timedelta(0)
 _entry_encoder = msgspec.json.Encoder()
@@ -309,7 +299,7 @@ class _Timestamps(dict[datetime | None, str | None]):
         return formatted
 
 
-def _row_json(row: ProgressRow, stamp: _Timestamps) -> _RowJson:
+def _row_json(row: ProgressRow, stamp: _Timestamps) -> msgspec.Struct:
     return _RowJson(
         row.user_id,
         row.goal_id,
