@@ -13,7 +13,7 @@ With `--baseline-tree DIR` (a tree holding an older `service/` and `sql/`, e.g. 
 too, in the same run, on its own database and Redis prefix, and the table gains the ratios.
 
     python bench/player_data_path.py [--profile seed-m3|all-active-500] [--players 2000] [--rate 200]
-        [--duration 15] [--scenarios initialize_new,initialize_returning,challenges,challenges_active]
+        [--duration 15] [--scenarios initialize_new,initialize_returning,challenges,challenges_active[,healthz]]
         [--baseline-tree DIR] [--port-base 20000]
 
 Needs DATABASE_URL (a server where it may create databases) and REDIS_URL. Prints a Markdown table.
@@ -51,6 +51,7 @@ from service.transport.auth import mint_token
 
 SECRET = "bench-secret-" + "x" * 32
 SCENARIOS = ("initialize_new", "initialize_returning", "challenges", "challenges_active")
+OPTIONAL_SCENARIOS = ("healthz",)
 API = "/challenge/v1/challenges"
 
 
@@ -118,6 +119,8 @@ def start_service(target: Target, catalog: Path, ports: tuple[int, int, int], da
 
 
 def request_of(scenario: str) -> tuple[str, str]:
+    if scenario == "healthz":  # the transport's floor: no authentication, no I/O
+        return "GET", "/healthz"
     if scenario.startswith("initialize"):
         return "POST", f"{API}/initialize"
     if scenario == "challenges_active":
@@ -305,9 +308,9 @@ def main() -> None:
     parser.add_argument("--py-spy", type=Path, help="directory for a py-spy profile of each scenario")
     parser.add_argument("--port-base", type=int, default=20000, help="HTTP port; gRPC and admin take the next two")
     args = parser.parse_args()
-    unknown = set(args.scenarios) - set(SCENARIOS)
+    unknown = set(args.scenarios) - {*SCENARIOS, *OPTIONAL_SCENARIOS}
     if unknown:
-        parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+        parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join((*SCENARIOS, *OPTIONAL_SCENARIOS))}")
     args.measured_players = min(args.measured_players, args.players)
     admin_url = os.environ.get("DATABASE_URL")
     if not admin_url or not os.environ.get("REDIS_URL"):

@@ -204,6 +204,61 @@ async def test_responses_keep_their_framing_through_the_protocol(port: int) -> N
         writer.close()
 
 
+class _RecordingTransport:
+    """A transport that records each write call (a `writelines` is one call, as uvloop makes it one send)."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        if data:  # an empty write sends nothing (uvloop returns at once)
+            self.calls.append(bytes(data))
+
+    def writelines(self, parts: Any) -> None:
+        self.calls.append(b"".join(parts))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_a_response_head_and_body_leave_in_one_write(players: GatedPlayers, catalog: Catalog) -> None:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    config = Config(_app(players, catalog), http=limited_protocol(LIMITS), ws="none", lifespan="off", log_config=None)
+    config.load()
+    protocol = config.http_protocol_class(  # type: ignore[call-arg]
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = _RecordingTransport()
+    protocol.connection_made(transport)
+    for request in (_get("/healthz"), _get(f"{BASE}/v1/challenges", f"Authorization: Bearer {TOKEN}".encode())):
+        transport.calls.clear()
+        protocol.data_received(request)
+        for _ in range(50):
+            if transport.calls:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # nothing more follows
+        assert len(transport.calls) == 1
+        head, _, body = transport.calls[0].partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body and f"content-length: {len(body)}".encode() in head
+        json.loads(body)
+    protocol.connection_lost(None)
+
+
 # --- deadlines ----------------------------------------------------------------------------------------
 
 

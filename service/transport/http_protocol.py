@@ -103,9 +103,27 @@ def _headers_too_large(limits: HttpLimits) -> _Refusal:
 class _TrustedHeadersCycle(RequestResponseCycle):
     """uvicorn's request-response cycle, writing the head of a response whose headers the service built
     (lower-case names, a `content-length`, no `connection` or `transfer-encoding`) without uvicorn's
-    regular-expression check of every header; any other response start, and every body, is uvicorn's."""
+    regular-expression check of every header, and together with the first body message: uvloop sends
+    each `write` at once, so head and body written apart cost two send calls (and two segments) per
+    response. Any other response start, and the rest of the body, is uvicorn's."""
+
+    _head: bytes | None = None  # the head not written yet (the class is swapped onto uvicorn's cycles)
 
     async def send(self, message: Any) -> None:
+        head = self._head
+        if head is not None and message["type"] == "http.response.body":
+            self._head = None
+            body = message.get("body", b"")
+            if self.disconnected:
+                pass
+            elif self.scope["method"] == "HEAD" or len(body) > self.expected_content_length:
+                self.transport.write(head)  # the body (and its errors) as uvicorn handles them
+            else:
+                self.transport.writelines((head, body))  # one send call
+                self.expected_content_length -= len(body)
+                message = {**message, "body": b""}
+            await super().send(message)
+            return
         if message["type"] != "http.response.start" or self.response_started or self.disconnected:
             await super().send(message)
             return
@@ -129,7 +147,7 @@ class _TrustedHeadersCycle(RequestResponseCycle):
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
-        self.transport.write(b"".join(parts))
+        self._head = b"".join(parts)
 
 
 # Response headers whose handling (keep-alive, chunking) is left to uvicorn.
