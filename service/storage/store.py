@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from prometheus_client import Histogram
 from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -316,6 +317,12 @@ QUERY_SECONDS = Histogram(
 )
 
 
+def _has_rows(cursor: psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the last statement returned a result set (a SELECT or `RETURNING`, even with no rows)."""
+    result = cursor.pgresult
+    return result is not None and result.status == pq.ExecStatus.TUPLES_OK
+
+
 class Queries:
     """Runs the statements of the named-query registry by name, binding parameters only (docs/data-model.md#named-queries),
     and records each statement's duration under its name."""
@@ -336,7 +343,8 @@ class Queries:
         started = time.perf_counter()
         async with conn.cursor(row_factory=row_factory) as cursor:
             await cursor.execute(self._statement(name), params)
-            result = await cursor.fetchall() if cursor.description is not None else []
+            # The result's status rather than `description`, which builds a Column object per column on every call.
+            result = await cursor.fetchall() if _has_rows(cursor) else []
         self._timers[name].observe(time.perf_counter() - started)
         return result
 

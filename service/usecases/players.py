@@ -144,6 +144,7 @@ class RotationStatus:
 CLAIM_RESULT_OK = "ok"
 
 INITIALIZE_TOTAL = Counter("challenge_initialize_total", "Initialize calls by path", ["path"])
+_INITIALIZED_FAST, _INITIALIZED_SLOW = INITIALIZE_TOTAL.labels("fast"), INITIALIZE_TOTAL.labels("slow")
 CLAIMS_TOTAL = Counter("challenge_claims_total", "Claims by result (errorCode or ok)", ["result"])
 
 DB_ERROR_MESSAGE = "Database error occurred"
@@ -355,16 +356,16 @@ class Players:
             bool(entry.rows) or entry.init is not None or not self._catalog.default_goals
         )
         if read.synced and entry is not None and trusted_view:
-            INITIALIZE_TOTAL.labels("fast").inc()
+            _INITIALIZED_FAST.inc()
             rows, pre, init = list(entry.rows), list(entry.pre), entry.init
         elif read.synced and entry is None:
-            INITIALIZE_TOTAL.labels("fast").inc()
+            _INITIALIZED_FAST.inc()
             rows, pre, init = await self._db(
                 user_id, "reading the active view", lambda conn: self._read_active_view(conn, user_id)
             )
             await self._cache_fill(user_id, read, (rows, pre, init))
         else:
-            INITIALIZE_TOTAL.labels("slow").inc()
+            _INITIALIZED_SLOW.inc()
             inserted, (rows, pre, init) = await self._initialize_slow(user_id, read, now)
         rows = await self._catch_up(user_id, rows, pre, init, now)
         states = self._active_in_catalog_order(rows, pre, init, now)
