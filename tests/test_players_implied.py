@@ -54,7 +54,13 @@ CATALOG = build_catalog(
         ),
     ]
 )
-WRITER = ResponseWriter(CATALOG)
+WRITERS = {CATALOG.fingerprint: ResponseWriter(CATALOG)}
+
+
+def writer(catalog: Catalog) -> ResponseWriter:
+    if catalog.fingerprint not in WRITERS:
+        WRITERS[catalog.fingerprint] = ResponseWriter(catalog)
+    return WRITERS[catalog.fingerprint]
 
 
 async def real_rows(env: Env, user: str) -> dict[str, ProgressRow]:
@@ -68,36 +74,38 @@ def state_from_view(catalog: Catalog, goal_id: str, rows: dict[str, ProgressRow]
     return GoalState(goal, row, view(goal, row, now) if row is not None else NO_ROW_VIEW, locked)
 
 
-def listing_from_view(rows: dict[str, ProgressRow], now: datetime, active_only: bool) -> bytes:
+def listing_from_view(catalog: Catalog, rows: dict[str, ProgressRow], now: datetime, active_only: bool) -> bytes:
     challenges = []
-    for challenge in CATALOG.challenges:
+    for challenge in catalog.challenges:
         goal_ids = [goal.goal_id for goal in challenge.goals]
         if active_only:
             goal_ids = [goal_id for goal_id in goal_ids if goal_id in rows and rows[goal_id].is_active]
             if not goal_ids:
                 continue
-        states = tuple(state_from_view(CATALOG, goal_id, rows, now) for goal_id in goal_ids)
+        states = tuple(state_from_view(catalog, goal_id, rows, now) for goal_id in goal_ids)
         challenges.append(challenge_body(ChallengeState(challenge, states), now))
     return msgspec.json.encode(ChallengeList(challenges))
 
 
-async def assert_renders_as_the_view(env: Env, players: Players, user: str, new_assignments: int = 0) -> None:
+async def assert_renders_as_the_view(
+    env: Env, players: Players, user: str, new_assignments: int = 0, catalog: Catalog = CATALOG
+) -> None:
     """Initialize and both listings against the bodies built from the view's rows, each through both renderers."""
     result = await players.initialize(user)
     assert result.new_assignments == new_assignments
     rows = await env.rows(user)  # the goal_progress view: real and implied rows
-    active = [goal.goal_id for goal in CATALOG.goals if goal.goal_id in rows and rows[goal.goal_id].is_active]
+    active = [goal.goal_id for goal in catalog.goals if goal.goal_id in rows and rows[goal.goal_id].is_active]
     expected = msgspec.json.encode(
         InitializeResponse(
-            [assigned_goal_body(state_from_view(CATALOG, goal_id, rows, result.now), result.now) for goal_id in active],
+            [assigned_goal_body(state_from_view(catalog, goal_id, rows, result.now), result.now) for goal_id in active],
             new_assignments,
             len(active),
         )
     )
-    assert WRITER.initialize(result) == expected
+    assert writer(catalog).initialize(result) == expected
     for active_only in (False, True):
         listing = await players.list_challenges(user, active_only)
-        assert WRITER.challenge_list(listing) == listing_from_view(rows, listing.now, active_only)
+        assert writer(catalog).challenge_list(listing) == listing_from_view(catalog, rows, listing.now, active_only)
 
 
 async def test_implied_goals_render_as_the_view_through_real_rows_replacing_them(env: Env) -> None:
@@ -143,3 +151,27 @@ async def test_implied_goals_render_as_the_view_through_real_rows_replacing_them
     await assert_renders_as_the_view(env, uncached, user)
     daily = (await real_rows(env, user))["d-daily"]
     assert daily.expires_at == datetime(clock.now.year, clock.now.month, clock.now.day, tzinfo=UTC) + timedelta(days=1)
+
+
+PLAIN_DEFAULTS = build_catalog(
+    [
+        challenge_json("p1", [goal_json(f"p1-{n}", target=n, default=True) for n in range(1, 4)]),
+        challenge_json("p2", [goal_json("p2-weekly", default=True, rotation=("weekly", True, False))]),
+        challenge_json("p3", [goal_json("p3-daily", rotation=("daily", True, False)), goal_json("p3-x")]),
+    ]
+)
+
+
+async def test_untouched_players_share_bodies_that_follow_the_clock(env: Env) -> None:
+    """Players without real rows get shared bodies (rendered once per expiry): still what their view renders."""
+    clock = Clock(T0)
+    players = env.players(PLAIN_DEFAULTS, clock=clock)
+    first, second = new_user("untouched"), new_user("untouched")
+    for user in (first, second):
+        await assert_renders_as_the_view(env, players, user, 4, PLAIN_DEFAULTS)
+    clock.advance(seconds=90)
+    for user in (first, second):
+        await assert_renders_as_the_view(env, players, user, 0, PLAIN_DEFAULTS)
+    clock.advance(days=3)  # a new day: the weekly implied row is not stale yet (T0 is a Wednesday)
+    await assert_renders_as_the_view(env, players, first, 0, PLAIN_DEFAULTS)
+    assert not await real_rows(env, first)

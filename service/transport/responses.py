@@ -520,6 +520,30 @@ class _ImpliedMiddle(dict[str | None, bytes]):
         return encoded
 
 
+class _UntouchedAssigned:
+    """The `assignedGoals` items of a player whose default goals are all implied: the static bytes between the
+    implied middles, joined once, so that a response is one join (per schedule run)."""
+
+    def __init__(self, pieces: dict[str, _GoalPieces], defaults: tuple[catalog_model.Goal, ...]) -> None:
+        self._goals = defaults
+        heads = [pieces[goal.goal_id].implied_assigned_head for goal in defaults]
+        tails = [pieces[goal.goal_id].implied_assigned_tail for goal in defaults]
+        # chunks[i] precedes the middle of goal i; the last chunk follows the last middle.
+        self._chunks = [b"", *(tail + b"," for tail in tails[:-1])]
+        self._chunks = [chunk + head for chunk, head in zip(self._chunks, heads, strict=False)] + tails[-1:]
+        self._one_schedule = len({goal.rotation.schedule if goal.rotation else None for goal in defaults}) <= 1
+
+    def __call__(self, middle: _ImpliedMiddle) -> bytes:
+        if not self._goals:
+            return b""
+        if self._one_schedule:
+            return middle(self._goals[0]).join(self._chunks)
+        parts = [self._chunks[0]]
+        for goal, chunk in zip(self._goals, self._chunks[1:], strict=True):
+            parts += (middle(goal), chunk)
+        return b"".join(parts)
+
+
 class ResponseWriter:
     """Renders use-case results to the exact bytes of `msgspec.json.encode(<*_body>(result))`,
     from byte pieces built once from the catalog (docs/http-api.md#general-rules: per request only row data is serialised)."""
@@ -541,6 +565,13 @@ class ResponseWriter:
             for challenge_id, fragments in catalog.challenge_fragments.items()
         }
         self._statuses: dict[str, bytes] = {}
+        # One goal of each rotation schedule of a challenge: an untouched challenge's body depends only on their expiry.
+        self._schedule_goals = {
+            challenge.challenge_id: tuple({g.rotation.schedule: g for g in challenge.goals if g.rotation}.values())
+            for challenge in catalog.challenges
+        }
+        self._untouched_bodies: dict[tuple[str, int], tuple[tuple[bytes, ...], bytes]] = {}
+        self._untouched_assigned = _UntouchedAssigned(self._goals, catalog.default_goals)
         # The dynamic middle of a listing goal (locked .. isActive) by its values: rows of one catalog repeat
         # few distinct combinations (most are not started at 0), so rendering one is mostly a lookup.
         self._views: dict[tuple[Any, ...], bytes] = {}
@@ -581,6 +612,18 @@ class ResponseWriter:
         return pieces.listing_head + middle + expiry(goal) + b"}"
 
     def _challenge(self, state: ChallengeState, expiry: _Expiry) -> bytes:
+        if state.untouched:  # the same for every untouched player: rendered once per expiry
+            challenge_id = state.challenge.challenge_id
+            # Full listing (every goal) or active listing (the default goals): the same goals when as many.
+            key = (challenge_id, len(state.goals))
+            signature = tuple(expiry(goal) for goal in self._schedule_goals[challenge_id])
+            rendered = self._untouched_bodies.get(key)
+            if rendered is None or rendered[0] != signature:
+                rendered = self._untouched_bodies[key] = (signature, self._challenge_body(state, expiry))
+            return rendered[1]
+        return self._challenge_body(state, expiry)
+
+    def _challenge_body(self, state: ChallengeState, expiry: _Expiry) -> bytes:
         return b"".join(
             (
                 self._challenge_heads[state.challenge.challenge_id],
@@ -623,7 +666,10 @@ class ResponseWriter:
         expiry = _Expiry(result.now)
         instants = _Instants()
         implied = _ImpliedMiddle(instants[result.implied_at], expiry)
-        assigned = b",".join([self._assigned_goal(state, expiry, instants, implied) for state in result.assigned])
+        if result.untouched:
+            assigned = self._untouched_assigned(implied)
+        else:
+            assigned = b",".join([self._assigned_goal(state, expiry, instants, implied) for state in result.assigned])
         return b'{"assignedGoals":[%s],"newAssignments":%d,"totalActive":%d}' % (
             assigned,
             result.new_assignments,

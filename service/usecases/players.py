@@ -83,6 +83,8 @@ class GoalState:
 class ChallengeState:
     challenge: Challenge
     goals: tuple[GoalState, ...]
+    # The goals of a player without real rows, shared by every such player: the same body at the same expiry.
+    untouched: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class InitializeResult:
     new_assignments: int
     now: datetime
     implied_at: datetime | None = None  # when the implied rows were assigned (the player's initialization)
+    untouched: bool = False  # `assigned` is every default goal, implied, in catalog order (no real row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +288,19 @@ class Players:
         )
         self._rotating_defaults = tuple(goal for goal in catalog.default_goals if goal.rotation is not None)
         self._default_schedules = frozenset(goal.rotation.schedule for goal in catalog.default_goals if goal.rotation)
+        # An initialized player without real rows reads the same as every other at one instant: its listings are these.
+        self._untouched_listing = {
+            challenge.challenge_id: ChallengeState(challenge, self._all_states(challenge, {}, utc_now(), True), True)
+            for challenge in catalog.challenges
+        }
+        self._untouched_active = {
+            challenge.challenge_id: ChallengeState(
+                challenge,
+                tuple(state for state in self._untouched_states if state.goal.challenge_id == challenge.challenge_id),
+                True,
+            )
+            for challenge in catalog.challenges
+        }
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -293,16 +309,13 @@ class Players:
         `active_only` the goals with an active row (challenges left empty are omitted)."""
         now = self._clock()
         if active_only:
-            states = self._active_states(*await self._active_view(user_id), now)
-            challenges = tuple(
-                ChallengeState(challenge, states[challenge.challenge_id])
-                for challenge in self._catalog.challenges
-                if states[challenge.challenge_id]
-            )
-            return ListResult(challenges, now)
+            active = self._active_challenges(*await self._active_view(user_id), now)
+            return ListResult(tuple(state for state in active.values() if state.goals), now)
         rows_by_id, initialized = await self._db(
             user_id, "listing challenges", lambda conn: self._read_all(conn, user_id)
         )
+        if initialized and not rows_by_id:
+            return ListResult(tuple(self._untouched_listing.values()), now)
         challenges = tuple(
             ChallengeState(challenge, self._all_states(challenge, rows_by_id, now, initialized))
             for challenge in self._catalog.challenges
@@ -315,7 +328,7 @@ class Players:
         challenge = self._challenge(challenge_id)
         now = self._clock()
         if active_only:
-            return ChallengeState(challenge, self._active_states(*await self._active_view(user_id), now)[challenge_id])
+            return self._active_challenges(*await self._active_view(user_id), now)[challenge_id]
         rows_by_id = await self._db(
             user_id,
             f"reading challenge {challenge_id!r}",
@@ -369,7 +382,8 @@ class Players:
             inserted, (rows, pre, init) = await self._initialize_slow(user_id, read, now)
         rows = await self._catch_up(user_id, rows, pre, init, now)
         states = self._active_in_catalog_order(rows, pre, init, now)
-        return InitializeResult(tuple(states), inserted, now, init.initialized_at if init is not None else None)
+        implied_at = init.initialized_at if init is not None else None
+        return InitializeResult(tuple(states), inserted, now, implied_at, states is self._untouched_states)
 
     async def _initialize_slow(self, user_id: str, read: CacheRead, now: datetime) -> tuple[int, View]:
         """One `initialize_view` statement (insert the missing defaults, return the view), then one cache call
@@ -821,20 +835,27 @@ class Players:
         real.update(init.hidden)
         return [goal_id for goal_id in self._default_ids if goal_id not in real]
 
-    def _active_states(
+    def _active_challenges(
         self,
         rows: Sequence[ProgressRow],
         pre: Sequence[ProgressRow],
         init: Initialization | None,
         now: datetime,
-    ) -> dict[str, tuple[GoalState, ...]]:
-        """Per challenge id, in catalog order: the goals with an active row, real or implied."""
+    ) -> dict[str, ChallengeState]:
+        """Per challenge id, in catalog order: the challenge with its goals with an active row, real or implied."""
+        states = self._active_in_catalog_order(rows, pre, init, now)
+        if states is self._untouched_states:
+            return self._untouched_active
         by_challenge: dict[str, list[GoalState]] = {
             challenge.challenge_id: [] for challenge in self._catalog.challenges
         }
-        for state in self._active_in_catalog_order(rows, pre, init, now):
+        for state in states:
             by_challenge[state.goal.challenge_id].append(state)
-        return {challenge_id: tuple(states) for challenge_id, states in by_challenge.items()}
+        challenges = self._catalog.challenges_by_id
+        return {
+            challenge_id: ChallengeState(challenges[challenge_id], tuple(goals))
+            for challenge_id, goals in by_challenge.items()
+        }
 
     def _active_in_catalog_order(
         self,
