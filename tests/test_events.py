@@ -34,6 +34,7 @@ from service.domain.rules import next_boundary, period_start
 from service.storage.cache import Cache, active_key, event_key, open_redis, token_key
 from service.storage.dedup import BEGIN_LUA, Deduplicator
 from service.storage.migrations import apply_migrations
+from service.storage.redis_pipe import PipelinedRedis
 from service.storage.registry import load_registry
 from service.storage.store import PoolConfig, Queries, Store
 from service.transport.grpc_api import grpc_status
@@ -1184,13 +1185,21 @@ async def test_after_a_flush_invalidation_and_done_markers_take_one_redis_round_
         round_trips.append(str(args[0]))  # e.g. the SCRIPT EXISTS redis-py sends before a pipeline of Scripts
         return await immediate(pipe, *args, **kwargs)
 
+    pipe_execute = PipelinedRedis.execute
+
+    async def counted_on_pipe(pipe: PipelinedRedis, *args: Any) -> Any:
+        round_trips.append(f"pipe {args[0]}")
+        return await pipe_execute(pipe, *args)
+
     async with ingest(flush_workers=1) as ingestor:
         monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counted)
         monkeypatch.setattr(redis.asyncio.client.Pipeline, "immediate_execute_command", counted_immediate)
+        monkeypatch.setattr(PipelinedRedis, "execute", counted_on_pipe)
         await ingestor.submit([stat(user, "kills", 3, 3, event_id=event_id)], "publish")
         monkeypatch.undo()
-    # The marker lookup at acceptance, then one pipeline: the invalidation script and the done markers.
-    assert round_trips == [1, 2]
+    # The marker lookup at acceptance (over the cache's pipelined connection), then one pipeline: the
+    # invalidation script and the done markers.
+    assert round_trips == ["pipe EVALSHA", 2]
     assert await redis_client.get(token_key(redis_prefix, user)) not in (None, b"old-token")
     assert await marker(redis_client, redis_prefix, user, event_id) == b"d"
 
@@ -1204,15 +1213,15 @@ async def test_lookups_of_calls_arriving_while_one_is_in_flight_share_one_pipeli
     ids = [new_id() for _ in users]
     begin_sha = hashlib.sha1(BEGIN_LUA.encode()).hexdigest()
     lookups: list[int] = []
-    execute = redis.asyncio.client.Pipeline.execute
+    execute = PipelinedRedis.execute
 
-    async def counted(pipe: Any, *args: Any, **kwargs: Any) -> Any:
-        if pipe.command_stack and pipe.command_stack[0][0][1] == begin_sha:
-            lookups.append(pipe.command_stack[0][0][2])  # EVALSHA sha numkeys key... ttl
-        return await execute(pipe, *args, **kwargs)
+    async def counted(pipe: PipelinedRedis, *args: Any) -> Any:
+        if args[:2] == ("EVALSHA", begin_sha):
+            lookups.append(args[2])  # EVALSHA sha numkeys key... ttl
+        return await execute(pipe, *args)
 
     async with ingest() as ingestor:
-        monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counted)
+        monkeypatch.setattr(PipelinedRedis, "execute", counted)
         results = await asyncio.gather(
             *(
                 ingestor.submit([stat(user, "kills", 5, 5, event_id)], "ags_stat")
@@ -1221,7 +1230,7 @@ async def test_lookups_of_calls_arriving_while_one_is_in_flight_share_one_pipeli
         )
         replay = await ingestor.submit([stat(users[0], "kills", 5, 5, ids[0])], "ags_stat")
         monkeypatch.undo()
-    # The first call's lookup goes alone; the 19 that arrived meanwhile share the next pipeline.
+    # The first call's lookup goes alone; the 19 that arrived meanwhile share the next script call.
     assert lookups[:2] == [1, 19]
     assert [result.accepted for result in results] == [1] * 20 and replay.duplicates == 1
     for user in users:

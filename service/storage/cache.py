@@ -518,6 +518,12 @@ class Cache:
         return self._client
 
     @property
+    def pipe(self) -> PipelinedRedis | None:
+        """The pipelined connection (None on a cluster or with the cache disabled); de-duplication's per-call
+        lookups share it. `stop` closes it."""
+        return self._pipe
+
+    @property
     def healthy(self) -> bool:
         return self._healthy
 

@@ -236,6 +236,7 @@ class Ingestor:
             config.dedup_ttl_s,
             config.dedup_lru_size,
             config.redis_probe_interval_ms / 1000,
+            pipe=cache.pipe,
         )
         capacity = config.partition_capacity
         self._partitions = [Partition(index, capacity) for index in range(config.flush_workers)]
