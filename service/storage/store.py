@@ -364,7 +364,7 @@ class Queries:
                 for cursor, (name, params) in zip(cursors, statements, strict=True):
                     await cursor.execute(self._statement(name), params)
             last = cursors[-1]
-            result = await last.fetchall() if last.description is not None else []
+            result = await last.fetchall() if _has_rows(last) else []
         finally:
             for cursor in cursors:
                 await cursor.close()
