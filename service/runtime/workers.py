@@ -159,6 +159,7 @@ def worker_entry(serve_worker: ServeWorker, spec: WorkerSpec, state: SharedState
     the main process) or until the main process is gone. `report` gets ("ready",) or ("failed", message,
     exit_code, hint) once."""
     os.setpgrp()  # Ctrl-C on a terminal signals the process group; the main process forwards it once
+    metrics.in_worker()
     configure_logging(spec.settings.log_level, spec.settings.resolved_log_format())
     try:
         event_loop.run(_run_worker(serve_worker, spec, state, report))

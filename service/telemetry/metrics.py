@@ -36,6 +36,23 @@ _EARLIEST_OF = {"process_start_time_seconds"}
 _MAIN_PROCESS_ONLY = {"process_max_fds"}
 
 
+_pid = os.getpid()
+
+
+def _process_id() -> int:
+    """`os.getpid()` without a system call: prometheus_client asks for it on every update of every metric in
+    multiprocess mode (a changed pid means a fork, which resets the values); kept right across a fork."""
+    return _pid
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def enable_multiprocess(directory: Path) -> None:
     """Switch this process's metrics to multiprocess mode, writing to `directory` (which must exist and
     be empty), and export the directory to the worker processes started afterwards.
@@ -45,14 +62,22 @@ def enable_multiprocess(directory: Path) -> None:
     runs workers. So the value class is replaced here, and every metric (and labelled child) created so
     far re-creates its values; they are all zero since nothing is counted before serving starts. This
     relies on prometheus_client internals (`_metric_init`, `_metrics`); tests/test_workers.py checks
-    that the main process's metrics reach `/metrics`. Spawned workers inherit the environment variable
-    and import prometheus_client in multiprocess mode directly.
+    that the main process's metrics reach `/metrics`. Spawned workers inherit the environment variable,
+    import prometheus_client in multiprocess mode directly and call this too (`in_worker`), for `_process_id`.
     """
     os.environ[MULTIPROC_DIR_ENV] = str(directory)
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue(_process_id)
     for collector in list(REGISTRY._collector_to_names):
         if isinstance(collector, MetricWrapperBase):
             _recreate_values(collector)
+
+
+def in_worker() -> None:
+    """In a spawned worker of a multiprocess run (the environment variable set): `enable_multiprocess` again,
+    so that its metrics take the process id without a system call per update."""
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    if directory:
+        enable_multiprocess(Path(directory))
 
 
 def _recreate_values(metric: MetricWrapperBase) -> None:
