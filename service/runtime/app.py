@@ -200,7 +200,9 @@ class Service:
         redis, cache = await _open_cache(self.deps.redis_url, settings, catalog, resources)
         queries = Queries(load_registry())
         try:
-            flusher_pool = await open_pool(self.deps.database_url, "flusher", _flusher_pool_config(settings))
+            # One connection per flush partition: each partition flushes sequentially (docs/events.md#buffer-and-merge).
+            flusher_config = _pool_config(settings, 1, settings.flush_workers)
+            flusher_pool = await open_pool(self.deps.database_url, "flusher", flusher_config)
         except StoreUnavailable as exc:
             raise StartupError(str(exc), 5, "check DATABASE_URL") from None
         flusher_store = Store(flusher_pool, store.availability)
@@ -232,12 +234,7 @@ class Service:
             )
             resources.callback(port_guard.close)
             workers = WorkerPool(
-                settings.workers,
-                self.runtime_dir,
-                self._worker_spec,
-                lambda: ingestor.flusher_failing_since,
-                run_http_worker,
-                settings.worker_crash_window_s,
+                settings, self.runtime_dir, self._worker_spec, run_http_worker, lambda: ingestor.flusher_failing_since
             )
             self.workers = workers
         admin_socket = bind_socket(settings.admin_host, settings.admin_port, "admin API")
@@ -365,22 +362,11 @@ async def _drain_and_stop(
     return unflushed
 
 
-def _flusher_pool_config(settings: Settings) -> PoolConfig:
-    """One connection per flush partition: each partition flushes sequentially (docs/events.md#buffer-and-merge)."""
+def _pool_config(settings: Settings, min_size: int, max_size: int) -> PoolConfig:
+    """A pool of `min_size`..`max_size` connections with the settings' timeouts and lifetimes."""
     return PoolConfig(
-        min_size=1,
-        max_size=settings.flush_workers,
-        timeout_ms=settings.db_pool_timeout_ms,
-        statement_timeout_ms=settings.db_statement_timeout_ms,
-        max_lifetime_s=settings.db_conn_max_lifetime_s,
-        max_idle_s=settings.db_conn_max_idle_s,
-    )
-
-
-def _pool_config(settings: Settings) -> PoolConfig:
-    return PoolConfig(
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
+        min_size=min_size,
+        max_size=max_size,
         timeout_ms=settings.db_pool_timeout_ms,
         statement_timeout_ms=settings.db_statement_timeout_ms,
         max_lifetime_s=settings.db_conn_max_lifetime_s,
@@ -391,7 +377,9 @@ def _pool_config(settings: Settings) -> PoolConfig:
 async def _open_store(database_url: str, settings: Settings, resources: contextlib.AsyncExitStack) -> Store:
     """The service pool of this process (`db_pool_max` is per process)."""
     try:
-        pool = await open_pool(database_url, "service", _pool_config(settings))
+        pool = await open_pool(
+            database_url, "service", _pool_config(settings, settings.db_pool_min, settings.db_pool_max)
+        )
     except StoreUnavailable as exc:
         raise StartupError(str(exc), 5, "check DATABASE_URL") from None
     store = Store(pool)

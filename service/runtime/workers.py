@@ -210,18 +210,19 @@ class WorkerPool:
 
     def __init__(
         self,
-        count: int,
+        settings: Settings,
         runtime_dir: Path,
         make_spec: Callable[[int, Path], WorkerSpec],
-        flusher_failing_since: Callable[[], float | None],
         serve_worker: ServeWorker,
-        crash_window_s: float,
+        flusher_failing_since: Callable[[], float | None],
     ) -> None:
-        self.count = count
-        self._serve_worker = serve_worker
-        self._crash_window_s = crash_window_s
+        """`settings.workers` processes, each running `serve_worker(make_spec(index, control path), ...)`; one dying
+        within `settings.worker_crash_window_s` of its start stops the service."""
+        self.count = settings.workers
+        self._crash_window_s = settings.worker_crash_window_s
         self.runtime_dir = runtime_dir
         self._make_spec = make_spec
+        self._serve_worker = serve_worker
         self._flusher_failing_since = flusher_failing_since
         self._context = multiprocessing.get_context("spawn")
         self.state = SharedState(self._context)

@@ -8,18 +8,7 @@ import re
 import msgspec
 from starlette.responses import Response
 
-from service.domain.errors import (
-    AlreadyClaimed,
-    Conflict,
-    DomainError,
-    Exhausted,
-    GoalNotActive,
-    InternalFailure,
-    InvalidRequest,
-    NotFound,
-    Unavailable,
-    UpstreamFailed,
-)
+from service.domain import errors as domain
 from service.transport.timestamps import format_timestamp
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -51,31 +40,31 @@ def error_response(error: ApiError) -> Response:
     return json_response({"errorCode": error.error_code, "message": shorten(error.message)}, error.status, headers)
 
 
-HTTP_STATUS: dict[type[DomainError], int] = {
-    InvalidRequest: 400,
-    NotFound: 404,
-    Conflict: 409,
-    Exhausted: 429,
-    InternalFailure: 500,
-    UpstreamFailed: 502,
-    Unavailable: 503,
+HTTP_STATUS: dict[type[domain.DomainError], int] = {
+    domain.InvalidRequest: 400,
+    domain.NotFound: 404,
+    domain.Conflict: 409,
+    domain.Exhausted: 429,
+    domain.InternalFailure: 500,
+    domain.UpstreamFailed: 502,
+    domain.Unavailable: 503,
 }
 
 
-def http_error(error: DomainError) -> ApiError:
+def http_error(error: domain.DomainError) -> ApiError:
     """The HTTP form of a use case's failure: the status of its kind, its errorCode and its message."""
     status = next((HTTP_STATUS[kind] for kind in type(error).__mro__ if kind in HTTP_STATUS), 500)
     return ApiError(status, error.error_code, _http_message(error))
 
 
-def _http_message(error: DomainError) -> str:
+def _http_message(error: domain.DomainError) -> str:
     """The message as docs/http-api.md#endpoints words it; two messages name HTTP things (a route, a JSON timestamp)."""
-    if isinstance(error, GoalNotActive):
+    if isinstance(error, domain.GoalNotActive):
         return (
             f"Goal must be active to claim reward. Activate it first via PUT "
             f"/v1/challenges/{error.challenge_id}/goals/{error.goal_id}/active (goal_id: {error.goal_id})"
         )
-    if isinstance(error, AlreadyClaimed):
+    if isinstance(error, domain.AlreadyClaimed):
         return (
             f"Reward has already been claimed (goal_id: {error.goal_id}, "
             f"claimed_at: {format_timestamp(error.claimed_at)})"
