@@ -26,11 +26,12 @@ from challengectl.context import (
     config_file_warning,
     parse_duration,
     secret_flag_warnings,
+    setting_option,
     timeout_setting,
 )
 from challengectl.errors import EXIT_CODES_TABLE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from challengectl.output import FORMATS, resolve_format, to_json
-from service.config.settings import MASK
+from service.config.settings import MASK, SPECS_BY_NAME
 
 
 @dataclass(frozen=True)
@@ -142,28 +143,16 @@ _pending_warnings: list[str] = []
 @app.callback()
 def root(
     ctx: typer.Context,
-    api_url: str | None = typer.Option(
-        None,
-        "--api-url",
-        help="player REST API base URL, e.g. http://127.0.0.1:8000/challenge [env: CHALLENGE_API_URL]",
+    api_url: str | None = setting_option(
+        "api_url", help_text="player REST API base URL, e.g. http://127.0.0.1:8000/challenge"
     ),
-    grpc_addr: str | None = typer.Option(
-        None, "--grpc-addr", help="gRPC ingest address host:port [env: CHALLENGE_GRPC_ADDR]"
-    ),
-    admin_url: str | None = typer.Option(None, "--admin-url", help="admin API URL [env: CHALLENGE_ADMIN_URL]"),
-    database_url: str | None = typer.Option(
-        None, "--database-url", help="PostgreSQL URL; unset: the embedded one [env: DATABASE_URL]"
-    ),
-    redis_url: str | None = typer.Option(
-        None, "--redis-url", help="Redis URL, or 'disabled'; unset: the embedded one [env: REDIS_URL]"
-    ),
-    data_dir: str | None = typer.Option(
-        None, "--data-dir", help="embedded servers and JWT secret [env: CHALLENGE_DATA_DIR]"
-    ),
-    token: str | None = typer.Option(
-        None, "--token", help="player JWT (prefer the env var: flags show in ps) [env: CHALLENGE_TOKEN]"
-    ),
-    user: str | None = typer.Option(None, "--user", help="player id for player commands [env: CHALLENGE_USER]"),
+    grpc_addr: str | None = setting_option("grpc_addr", help_text="gRPC ingest address host:port"),
+    admin_url: str | None = setting_option("admin_url", help_text="admin API URL"),
+    database_url: str | None = setting_option("database_url", help_text="PostgreSQL URL; unset: the embedded one"),
+    redis_url: str | None = setting_option("redis_url", help_text="Redis URL, or 'disabled'; unset: the embedded one"),
+    data_dir: str | None = setting_option("data_dir", help_text="embedded servers and JWT secret"),
+    token: str | None = setting_option("token", help_text="player JWT (prefer the env var: flags show in ps)"),
+    user: str | None = setting_option("user", help_text="player id for player commands"),
     output: str | None = typer.Option(
         None,
         "-o",
@@ -184,14 +173,10 @@ def root(
     timeout: str | None = typer.Option(
         None, "--timeout", help="request timeout <n>[ms|s|m|h|d], default 10s [env: CHALLENGE_TIMEOUT_S]"
     ),
-    config_file: str | None = typer.Option(
-        None,
-        "--config-file",
-        help="TOML config file, default $XDG_CONFIG_HOME/challengectl/config.toml [env: CHALLENGE_CONFIG_FILE]",
+    config_file: str | None = setting_option(
+        "config_file", help_text="TOML config file, default $XDG_CONFIG_HOME/challengectl/config.toml"
     ),
-    profile: str | None = typer.Option(
-        None, "--profile", help="config file profile [profiles.NAME] [env: CHALLENGE_PROFILE]"
-    ),
+    profile: str | None = setting_option("profile", help_text="config file profile [profiles.NAME]"),
 ) -> None:
     """Run, drive and diagnose the challenge service."""
     global _invocation
@@ -200,21 +185,8 @@ def root(
         raise CliError(f"invalid --timeout '{timeout}': must be above zero", "e.g. --timeout 10s", EXIT_USAGE)
     if output is not None:
         output = resolve_format(output, stdout_is_tty=False)
-    flags = {
-        "api_url": api_url,
-        "grpc_addr": grpc_addr,
-        "admin_url": admin_url,
-        "database_url": database_url,
-        "redis_url": redis_url,
-        "data_dir": data_dir,
-        "token": token,
-        "user": user,
-        "output": output,
-        "debug": debug,
-        "config_file": config_file,
-        "profile": profile,
-        "timeout_s": timeout_setting(timeout_s) if timeout_s is not None else None,
-    }
+    flags = {name: value for name, value in ctx.params.items() if name in SPECS_BY_NAME}
+    flags.update(output=output, timeout_s=timeout_setting(timeout_s) if timeout_s is not None else None)
     flags = {name: value for name, value in flags.items() if value is not None}
     env_debug = os.environ.get("CHALLENGE_DEBUG", "").strip().lower() in ("1", "true", "yes")
     ctx.obj = _invocation = CliContext(

@@ -6,7 +6,7 @@ commands share: `parse_duration` for `<n>[ms|s|m|h|d]` options and `command_grou
         cli = ctx.obj                                  # CliContext
         user = cli.require_user()                      # --user / CHALLENGE_USER, else exit 2
         payload = cli.run(lambda c: c.api.get("/v1/challenges", user=user))
-        cli.output.emit_api(payload, rows=payload["data"], columns=["challengeId", "name"])
+        cli.output.emit(payload, rows=payload["data"], columns=["challengeId", "name"])
 """
 
 from __future__ import annotations
@@ -59,6 +59,17 @@ def examples(*commands: str) -> str:
     """A command's help epilog: `commands` under "Examples:", one per line, exactly as typed. The
     leading `\\b` stops click from re-wrapping the paragraph, so every example stays copy-pasteable."""
     return "\b\nExamples:\n" + "".join(f"  {command}\n" for command in commands)
+
+
+def setting_option(name: str, flag: str | None = None, help_text: str = "", **options: Any) -> Any:
+    """A typer option that overrides the setting `name` for one invocation (None: not given): `flag` (default
+    `--<name with dashes>`), its help `help_text`, the setting's choices and its environment variable."""
+    from service.config.settings import SPECS_BY_NAME
+
+    spec = SPECS_BY_NAME[name]
+    parts = [help_text, "|".join(spec.choices), f"[env: {spec.env_names[0]}]"]
+    flag = flag or "--" + name.replace("_", "-")
+    return typer.Option(None, flag, help=" ".join(part for part in parts if part), show_default=False, **options)
 
 
 def command_group(help_text: str, **kwargs: Any) -> typer.Typer:

@@ -6,7 +6,7 @@ Typical use inside a command (`out = ctx.obj.output`):
 
     out.emit_list(rows, ["user_id", Column("total_active", "ACTIVE", justify="right")])
     out.emit_object({"service_version": "1.0", "schema_version": 2})
-    out.emit_api(payload, rows=payload["data"], columns=[...])   # API payload printed unchanged in JSON
+    out.emit(payload, rows=payload["data"], columns=[...])       # API payload printed unchanged in JSON
     out.warn("config file is readable by others")               # `Warning: ...` on stderr
     if out.streams_ndjson: out.ndjson({"ts": ..., "changes": [...]})
     if confirm("flush 12 keys", yes, dry_run): ...
@@ -82,26 +82,12 @@ def make_console(stream: TextIO, color: bool, is_tty: bool) -> Console:
     environ = {k: v for k, v in os.environ.items() if k not in _COLOR_ENV}
     # Off a terminal (a pipe, a file) rich would wrap tables at 80 columns; keep rows on one line.
     width = None if is_tty or environ.get("COLUMNS") else PIPED_WIDTH
+    colour: dict[str, Any] = {"force_terminal": is_tty, "no_color": True, "color_system": None}
     if color:
         # TERM=dumb makes rich drop colour even when forced; name a colour system explicitly then.
         dumb = environ.get("TERM", "") in ("dumb", "unknown")
-        return Console(
-            file=stream,
-            force_terminal=True,
-            color_system="standard" if dumb else "auto",
-            highlight=False,
-            _environ=environ,
-            width=width,
-        )
-    return Console(
-        file=stream,
-        force_terminal=is_tty,
-        no_color=True,
-        color_system=None,
-        highlight=False,
-        _environ=environ,
-        width=width,
-    )
+        colour = {"force_terminal": True, "color_system": "standard" if dumb else "auto"}
+    return Console(file=stream, highlight=False, _environ=environ, width=width, **colour)
 
 
 @dataclass(frozen=True)
@@ -222,7 +208,8 @@ class Output:
         table: Callable[[], RenderableType] | None = None,
         text: Callable[[], str] | None = None,
     ) -> None:
-        """Print `data` in the resolved format.
+        """Print `data` in the resolved format (a payload straight from the service API is passed unchanged: its
+        JSON/YAML stays camelCase; `rows`, e.g. the payload's list, make it CSV-able and are the default table).
 
         - json/yaml: `data` exactly as given (wrap CLI lists with `listing()` or use `emit_list`).
         - csv: `rows` with `columns`; without `rows` the output is not list-shaped → usage error (exit 2).
@@ -271,19 +258,6 @@ class Output:
     ) -> None:
         """A CLI-built object (snake_case keys): JSON/YAML as is, a key/value table, no CSV."""
         self.emit(obj, title=title, table=table, text=text)
-
-    def emit_api(
-        self,
-        payload: Any,
-        *,
-        rows: Sequence[Mapping[str, Any]] | None = None,
-        columns: Sequence[Column | str] | None = None,
-        title: str | None = None,
-        table: Callable[[], RenderableType] | None = None,
-    ) -> None:
-        """A payload straight from the service API: JSON/YAML unchanged (camelCase); `rows` (e.g. the
-        payload's list) make it CSV-able and are the default table."""
-        self.emit(payload, rows=rows, columns=columns, title=title, table=table)
 
     def write(self, text: str) -> None:
         """One block of text on stdout, newline-terminated, flushed."""

@@ -280,15 +280,6 @@ def statement_columns(view_columns: Collection[str]) -> StatementColumns:
 
 
 @dataclass(frozen=True)
-class StatementStatsView:
-    """Where the extension lives and the column set of its view."""
-
-    schema: str
-    version: str
-    columns: StatementColumns
-
-
-@dataclass(frozen=True)
 class StatementStats:
     """One pg_stat_statements entry of the current database; times in milliseconds; `share_pct` of the
     database's total execution time; `query_name` is the registry name the text matches, if any."""
@@ -369,6 +360,13 @@ class ExtensionVersion:
     version: str
 
 
+@dataclass(frozen=True)
+class StatementStatsView(ExtensionVersion):
+    """The pg_stat_statements extension (where it lives, its version) and the column set of its view."""
+
+    columns: StatementColumns
+
+
 def statement_stats_view(conn: psycopg.Connection) -> StatementStatsView:
     """The installed pg_stat_statements; `StatementStatsUnavailable` when it is not created here."""
     extension = fetch_one(conn, "cli_statement_stats_extension", ExtensionVersion)
@@ -376,11 +374,7 @@ def statement_stats_view(conn: psycopg.Connection) -> StatementStatsView:
         database = conn.info.dbname
         raise StatementStatsUnavailable(f"the pg_stat_statements extension is not created in database {database}")
     columns = fetch_values(conn, "cli_statement_stats_columns", {"schema": extension.schema})
-    return StatementStatsView(
-        schema=extension.schema,
-        version=extension.version,
-        columns=statement_columns(columns),
-    )
+    return StatementStatsView(extension.schema, extension.version, statement_columns(columns))
 
 
 def top_statements(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from challengectl.expected_indexes import EXPECTED_INDEXES, ExpectedIndex, IndexKey, is_covered_by
@@ -59,17 +59,8 @@ class IndexInfo:
 
     @property
     def key(self) -> IndexKey:
-        """The parts the docs/data-model.md#indexes duplicate rule compares."""
-        return IndexKey(
-            columns=self.columns,
-            opclasses=self.opclasses,
-            collations=self.collations,
-            unique=self.unique,
-            access_method=self.access_method,
-            predicate=self.predicate,
-            expressions=self.expressions,
-            include_columns=self.include_columns,
-        )
+        """The parts the docs/data-model.md#indexes duplicate rule compares (this index's fields of those names)."""
+        return IndexKey(**{part.name: getattr(self, part.name) for part in fields(IndexKey)})
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def list_challenges(
     user = cli.require_user()
     payload = cli.run(lambda clients: clients.api.get("/v1/challenges", user=user, params={"active_only": active_only}))
     rows = [challenge_summary(challenge) for challenge in payload.get("challenges", [])]
-    cli.output.emit_api(payload, rows=rows, columns=CHALLENGE_COLUMNS)
+    cli.output.emit(payload, rows=rows, columns=CHALLENGE_COLUMNS)
 
 
 @app.command("get", epilog=GET_EXAMPLES)
@@ -90,7 +90,7 @@ def get_challenge(
         lambda clients: clients.api.get(challenge_path(challenge_id), user=user, params={"active_only": active_only})
     )
     rows = [goal_summary(goal) for goal in payload.get("goals", [])]
-    cli.output.emit_api(
+    cli.output.emit(
         payload, rows=rows, columns=GOAL_COLUMNS, title=f"{payload.get('challengeId')}: {payload.get('name')}"
     )
 
@@ -105,7 +105,7 @@ def rotation_status(
     user = cli.require_user()
     payload = cli.run(lambda clients: clients.api.get(f"{challenge_path(challenge_id)}/rotation", user=user))
     out = cli.output
-    out.emit_api(payload, table=lambda: out.key_value_table(rotation_fields(payload)))
+    out.emit(payload, table=lambda: out.key_value_table(rotation_fields(payload)))
 
 
 def rotation_fields(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def _set_active(ctx: typer.Context, challenge_id: str, goal_id: str, active: boo
     payload = cli.run(
         lambda clients: clients.api.put(goal_path(challenge_id, goal_id, "active"), {"is_active": active}, user=user)
     )
-    cli.output.emit_api(payload)
+    cli.output.emit(payload)
 
 
 @app.command("activate", epilog=ACTIVATE_EXAMPLES)
@@ -166,7 +166,7 @@ def emit_selection(out: Output, payload: Mapping[str, Any]) -> None:
             Text(f"active goals in {payload.get('challengeId')}: {payload.get('totalActiveGoals')}"),
         )
 
-    out.emit_api(payload, rows=rows, columns=SELECTED_COLUMNS, table=table)
+    out.emit(payload, rows=rows, columns=SELECTED_COLUMNS, table=table)
 
 
 @app.command("claim", epilog=CLAIM_EXAMPLES)
@@ -175,7 +175,7 @@ def claim(ctx: typer.Context, challenge_id: str = CHALLENGE_ARG, goal_id: str = 
     cli = get_cli(ctx)
     user = cli.require_user()
     payload = cli.run(lambda clients: clients.api.post(goal_path(challenge_id, goal_id, "claim"), user=user))
-    cli.output.emit_api(payload)
+    cli.output.emit(payload)
 
 
 def register(root: typer.Typer) -> None:

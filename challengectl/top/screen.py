@@ -99,84 +99,69 @@ def routes_panel(view: dict[str, Any], state: ScreenState) -> Panel:
 
 def events_panel(view: dict[str, Any]) -> Panel:
     events = view["events"]
-    return _figures(
-        "Events (gRPC)",
-        events,
-        [
-            ("events/s", _num(events.get("events_per_s"))),
-            ("accepted/s", _num(events.get("accepted_per_s"))),
-            ("duplicates/s", _num(events.get("duplicates_per_s"))),
-            ("refused/s", _num(events.get("refused_per_s"))),
-            ("calls/s", _num(events.get("grpc_calls_per_s"))),
-            ("ack p50/p95 ms", _slash(events, "ack_p50_ms", "ack_p95_ms", digits=2)),
-        ],
-    )
+    rows = [
+        ("events/s", _num(events.get("events_per_s"))),
+        ("accepted/s", _num(events.get("accepted_per_s"))),
+        ("duplicates/s", _num(events.get("duplicates_per_s"))),
+        ("refused/s", _num(events.get("refused_per_s"))),
+        ("calls/s", _num(events.get("grpc_calls_per_s"))),
+        ("ack p50/p95 ms", _slash(events, "ack_p50_ms", "ack_p95_ms", digits=2)),
+    ]
+    return _figures("Events (gRPC)", events, rows)
 
 
 def buffer_panel(view: dict[str, Any]) -> Panel:
     buffer = view["buffer"]
     deferred = f"{_num(buffer.get('deferred_per_s'))} (total {_num(buffer.get('deferred_total'))})"
-    return _figures(
-        "Buffer and flushes",
-        buffer,
-        [
-            ("entries", _slash(buffer, "entries", "capacity")),
-            ("peak entries", _num(buffer.get("peak_entries"))),
-            ("oldest entry", human_ms(buffer.get("oldest_entry_age_ms"))),
-            ("flushes/s", _num(buffer.get("flushes_per_s"))),
-            ("flush p50/p95 ms", _slash(buffer, "flush_ms_p50", "flush_ms_p95", digits=2)),
-            ("deferred rows/s", deferred),
-        ],
-    )
+    rows = [
+        ("entries", _slash(buffer, "entries", "capacity")),
+        ("peak entries", _num(buffer.get("peak_entries"))),
+        ("oldest entry", human_ms(buffer.get("oldest_entry_age_ms"))),
+        ("flushes/s", _num(buffer.get("flushes_per_s"))),
+        ("flush p50/p95 ms", _slash(buffer, "flush_ms_p50", "flush_ms_p95", digits=2)),
+        ("deferred rows/s", deferred),
+    ]
+    return _figures("Buffer and flushes", buffer, rows)
 
 
 def pool_panel(view: dict[str, Any]) -> Panel:
     pool = view["pool"]
-    return _figures(
-        "DB pool",
-        pool,
-        [
-            ("in use/size/max", _slash(pool, "in_use", "size", "max")),
-            ("waiting", _num(pool.get("waiting"))),
-            ("peak in use", _num(pool.get("peak_in_use"))),
-            ("acquire wait p95", human_ms(pool.get("acquire_wait_ms_p95"))),
-            ("acquire timeouts", _num(pool.get("acquire_timeouts"))),
-            ("server / max_connections", _slash(pool, "server_sessions", "max_connections")),
-        ],
-    )
+    rows = [
+        ("in use/size/max", _slash(pool, "in_use", "size", "max")),
+        ("waiting", _num(pool.get("waiting"))),
+        ("peak in use", _num(pool.get("peak_in_use"))),
+        ("acquire wait p95", human_ms(pool.get("acquire_wait_ms_p95"))),
+        ("acquire timeouts", _num(pool.get("acquire_timeouts"))),
+        ("server / max_connections", _slash(pool, "server_sessions", "max_connections")),
+    ]
+    return _figures("DB pool", pool, rows)
 
 
 def cache_panel(view: dict[str, Any]) -> Panel:
     cache = view["cache"]
-    return _figures(
-        "Cache",
-        cache,
-        [
-            ("lookups/s", _num(cache.get("ops_per_s"))),
-            ("hit ratio (window)", f"{_num(cache.get('hit_ratio_pct'))} %"),
-            ("hit ratio (since start)", f"{_num(cache.get('hit_ratio_total_pct'))} %"),
-            ("bypassed", _num(cache.get("bypassed"))),
-            ("errors", _num(cache.get("errors"))),
-            ("journal pending", _num(cache.get("journal_pending"))),
-        ],
-    )
+    rows = [
+        ("lookups/s", _num(cache.get("ops_per_s"))),
+        ("hit ratio (window)", f"{_num(cache.get('hit_ratio_pct'))} %"),
+        ("hit ratio (since start)", f"{_num(cache.get('hit_ratio_total_pct'))} %"),
+        ("bypassed", _num(cache.get("bypassed"))),
+        ("errors", _num(cache.get("errors"))),
+        ("journal pending", _num(cache.get("journal_pending"))),
+    ]
+    return _figures("Cache", cache, rows)
 
 
 def redis_panel(view: dict[str, Any]) -> Panel:
     redis = view["redis"]
     maxmemory = redis.get("maxmemory_bytes")
-    return _figures(
-        "Redis",
-        redis,
-        [
-            ("memory", human_bytes(redis.get("used_memory_bytes"))),
-            ("maxmemory", human_bytes(maxmemory) if maxmemory else "unlimited"),
-            ("ops/s", _num(redis.get("ops_per_sec"))),
-            ("clients", _num(redis.get("connected_clients"))),
-            ("keyspace hit ratio", f"{_num(redis.get('hit_ratio_pct'))} %"),
-            ("evicted keys", _num(redis.get("evicted_keys"))),
-        ],
-    )
+    rows = [
+        ("memory", human_bytes(redis.get("used_memory_bytes"))),
+        ("maxmemory", human_bytes(maxmemory) if maxmemory else "unlimited"),
+        ("ops/s", _num(redis.get("ops_per_sec"))),
+        ("clients", _num(redis.get("connected_clients"))),
+        ("keyspace hit ratio", f"{_num(redis.get('hit_ratio_pct'))} %"),
+        ("evicted keys", _num(redis.get("evicted_keys"))),
+    ]
+    return _figures("Redis", redis, rows)
 
 
 def sessions_panel(view: dict[str, Any]) -> Panel:
