@@ -1440,3 +1440,16 @@ async def test_an_error_reply_to_marking_ids_done_falls_back_to_the_lru_instead_
     key = (new_user(), new_id())
     await dedup.mark_done([key])  # raised the error reply before the fix, out of the flusher's settle task
     assert not dedup.redis_usable  # in the outage back-off: the LRU de-duplicates until Redis is retried
+
+
+async def test_an_idle_flusher_sleeps_until_admission_then_flushes_at_a_tick(ingest: Any, db: Any) -> None:
+    user = new_user()
+    await seed(db, user, "kills-abs")
+    async with ingest() as ingestor:
+        await asyncio.sleep(FAST_FLUSH_MS * 3 / 1000)
+        assert ingestor._flusher._idle  # nothing buffered, nothing in flight: no ticks
+        result = await asyncio.wait_for(ingestor.submit([stat(user, "kills", 4, 4, new_id())], "publish"), 5)
+        assert result.accepted == 1 and result.committed
+        assert (await row(db, user, "kills-abs") or {}).get("progress") == 4
+        await asyncio.sleep(FAST_FLUSH_MS * 3 / 1000)
+        assert ingestor._flusher._idle

@@ -538,6 +538,7 @@ class Ingestor:
             touched[id(entry)] = entry
         observe_many(EVENT_AGE_SECONDS, ages)
         if grown:
+            self._flusher.entries_added()
             batch_max = self._config.flush_batch_max
             if any(len(self._partitions[index]) >= batch_max for index in grown):
                 self._flusher.wake()

@@ -1,7 +1,8 @@
 """The flusher (docs/events.md#flush, docs/events.md#flush-failure-and-retry, docs/events.md#cache-invalidation-after-commit): one loop that commits every partition's buffer in batches.
 
 At each tick of `interval_s` every non-empty partition is due; a partition holding `batch_max` entries is
-due at once. Due partitions whose snapshots add up to at most `combine_max` entries are flushed together
+due at once. While the buffer is empty and no flush runs, the loop sleeps until admission adds entries
+(`entries_added`), then ticks on the same grid. Due partitions whose snapshots add up to at most `combine_max` entries are flushed together
 by one statement, so that at moderate rates a tick costs one statement and one Redis round trip instead
 of one per partition (docs/events.md#flush); larger ones flush alone, in parallel. A partition is in at
 most one flush at a time, which keeps each user's events in order.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -171,6 +173,7 @@ class Flusher:
         self._draining = False
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
+        self._idle = False  # waiting for admission: nothing buffered, nothing in flight
 
     @property
     def failing_since(self) -> float | None:
@@ -181,6 +184,11 @@ class Flusher:
     def wake(self) -> None:
         """A partition reached `batch_max` entries: flush it without waiting for the tick."""
         self._wake.set()
+
+    def entries_added(self) -> None:
+        """Admission buffered entries: end an idle wait (they are still flushed at the next tick)."""
+        if self._idle:
+            self._wake.set()
 
     def drain(self) -> None:
         """Flush back to back until every partition is empty, then return from `run`."""
@@ -205,6 +213,18 @@ class Flusher:
                         state.due = state.busy or bool(state.partition.entries)
                 self._start_due()
                 self._wake.clear()
+                if (
+                    not self._draining
+                    and not self._running
+                    and not any(state.partition.entries for state in self.states)
+                ):
+                    # Nothing to flush: no ticks until admission adds entries (an idle process would wake
+                    # 1/interval times a second); the ticks then resume on their grid.
+                    await self._wait_while_idle()
+                    now = time.monotonic()
+                    if now >= next_tick:
+                        next_tick += (math.floor((now - next_tick) / interval_s) + 1) * interval_s
+                    continue
                 try:
                     async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
                         await self._wake.wait()
@@ -214,6 +234,13 @@ class Flusher:
             for task in self._running:
                 task.cancel()
             await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _wait_while_idle(self) -> None:
+        self._idle = True
+        try:
+            await self._wake.wait()
+        finally:
+            self._idle = False
 
     def _start_due(self) -> None:
         batch_max = self._cadence.batch_max
