@@ -6,7 +6,7 @@ a temporary table, then one `UPDATE ... FROM` joining it (docs/events.md#flush).
 one database in one run. The variants, each a complete flush (entries in, outcomes out, committed):
 
 - `unnest registry`: the service's own statement, run like the flusher runs it (`service.storage.store.Queries`,
-  one statement on an autocommit connection);
+  one statement on an autocommit connection, its arrays sent as literals as the flusher sends them);
 - `copy, temp table per flush`: BEGIN; CREATE TEMP TABLE ... ON COMMIT DROP; COPY the entries; the
   registry's statement with its `entry` source reading the temp table instead of the arrays; COMMIT;
 - `copy, session temp table`: the same with the temp table created once per connection
@@ -56,6 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from service.runtime.embedded import EmbeddedServers
+from service.storage.arrays import with_array_literals
 from service.storage.migrations import apply_migrations
 from service.storage.registry import load_registry
 from service.storage.store import Queries
@@ -172,7 +173,7 @@ Flush = Callable[[psycopg.AsyncConnection, Entries, datetime], Awaitable[list[di
 
 def unnest_registry(queries: Queries) -> Flush:
     async def flush(conn: psycopg.AsyncConnection, entries: Entries, now: datetime) -> list[dict[str, Any]]:
-        return await queries.rows(conn, "apply_event_updates", registry_params(entries, now))
+        return await queries.rows(conn, "apply_event_updates", with_array_literals(registry_params(entries, now)))
 
     return flush
 
