@@ -417,7 +417,8 @@ class _GoalPieces:
     def __init__(self, fragments: dict[str, bytes]) -> None:
         goal_id, name, description = fragments["goalId"], fragments["name"], fragments["description"]
         requirement, reward = fragments["requirement"], fragments["reward"]
-        self.listing_head = b"".join(
+        # The catalog fields a listing goal and a selected goal begin with (`_CatalogGoal`).
+        catalog_head = b"".join(
             (
                 b'{"goalId":',
                 goal_id,
@@ -429,11 +430,9 @@ class _GoalPieces:
                 requirement,
                 b',"reward":',
                 reward,
-                b',"prerequisites":',
-                fragments["prerequisites"],
-                b',"locked":',
             )
         )
+        self.listing_head = catalog_head + b',"prerequisites":' + fragments["prerequisites"] + b',"locked":'
         # Without a row the listing object is static up to `expiresAt` (by `locked`: False, True).
         self.unassigned = tuple(self.listing_head + locked + _UNASSIGNED_VIEW for locked in (_FALSE, _TRUE))
         self.implied = tuple(self.listing_head + locked + _IMPLIED_VIEW for locked in (_FALSE, _TRUE))
@@ -455,21 +454,7 @@ class _GoalPieces:
         # An implied row's assigned object: static but for `assignedAt` and the expiry, which follows it.
         self.implied_assigned_head = self.assigned_head + b'true,"assignedAt":'
         self.implied_assigned_tail = b',"progress":0' + self.assigned_target + b'"not_started"' + self.assigned_tail
-        self.selected_head = b"".join(
-            (
-                b'{"goalId":',
-                goal_id,
-                b',"name":',
-                name,
-                b',"description":',
-                description,
-                b',"requirement":',
-                requirement,
-                b',"reward":',
-                reward,
-                b',"status":',
-            )
-        )
+        self.selected_head = catalog_head + b',"status":'
         self.selected_target = b',"target":' + fragments["target"] + b',"isActive":'
 
 
