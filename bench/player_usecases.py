@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("initialize_new", "initialize_returning", "challenges", "challenges_active", "set_active")
+SCENARIOS = ("initialize_new", "initialize_returning", "challenges", "challenges_active", "set_active", "claim")
 
 
 async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -65,6 +65,11 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     freeze_startup_objects()
     toggled = next(goal for goal in catalog.goals if not goal.default_assigned) if args.profile == "seed-m3" else None
     toggled = toggled or catalog.goals[-1]
+    claimers = []
+    if "claim" in args.scenarios:
+        claimers = await completed_players(
+            players, store, f"{args.prefix}-c", toggled, args.calls + min(20, args.calls)
+        )
 
     def cycle(i: int) -> str:
         return returning[i % len(returning)]
@@ -85,12 +90,17 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         result = await players.set_active(cycle(i), toggled.challenge_id, toggled.goal_id, i % 2 == 0)
         return writer.set_active(result)
 
+    async def claim(i: int) -> bytes:  # each claimer once: the warm-up's after the measured ones
+        claimer = claimers[i if i < 10_000 else args.calls + i - 10_000]
+        return writer.claim(await players.claim(claimer, toggled.challenge_id, toggled.goal_id))
+
     calls = {
         "initialize_new": initialize_new,
         "initialize_returning": initialize_returning,
         "challenges": challenges,
         "challenges_active": challenges_active,
         "set_active": set_active,
+        "claim": claim,
     }
     results: dict[str, dict[str, float]] = {}
     for scenario in args.scenarios:
@@ -116,6 +126,19 @@ async def worker(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     await redis.aclose()
     await store.close()
     return results
+
+
+async def completed_players(players: Any, store: Any, prefix: str, goal: Any, count: int) -> list[str]:
+    """`count` new players whose `goal` is active and completed (claimable), for the claim scenario."""
+    users = [f"{prefix}{i:05d}" for i in range(count)]
+    for user in users:
+        await players.set_active(user, goal.challenge_id, goal.goal_id, True)
+    async with store.connection() as conn:
+        await conn.execute(
+            "UPDATE user_goal_progress SET status = 'completed', completed_at = now() WHERE user_id = ANY(%s)",
+            [users],
+        )
+    return users
 
 
 async def backend_processes(db: str) -> list[Any]:
