@@ -16,9 +16,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 import redis
@@ -37,6 +39,21 @@ from service.runtime.embedded import (
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_ended(pids: list[int], timeout_s: float = 10) -> None:
+    """Until none of `pids` is a live process (gone or a zombie)."""
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"processes {pids} still running {timeout_s} s after SIGKILL"
+        time.sleep(0.02)
 
 
 def _processes_of(directory: Path) -> list[tuple[int, str]]:
@@ -199,6 +216,8 @@ def test_servers_come_back_after_their_holder_and_servers_were_killed(data_dir: 
     finally:
         holder.kill()
         holder.wait()
+    # SIGKILL is not instant under load: a postmaster still exiting would be found running and not answering.
+    _wait_ended([postmaster_pid, redis_pid])
     assert (data_dir / "pg" / "postmaster.pid").exists()  # left behind by the crash
 
     with EmbeddedServers(data_dir) as servers:
