@@ -16,6 +16,16 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a loopback socket can bind `port` now (nothing listens on it)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import psycopg.sql
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.serve_process import start_serve
+from bench.serve_process import port_is_free, start_serve
 from challengectl.loadtest.profiles import get_profile, user_id_of, write_catalog
 from challengectl.loadtest.thresholds import default_thresholds, evaluate, parse_threshold
 from service.runtime.embedded import discover
@@ -80,18 +79,9 @@ class Stamp:
 def free_ports(count: int = 3, span: tuple[int, int] = PORT_RANGE) -> tuple[int, ...]:
     """The first `count` consecutive ports of `span` that nothing listens on (two row scripts can run at once)."""
     for first in range(span[0], span[1] - count + 2):
-        if all(_port_is_free(port) for port in range(first, first + count)):
+        if all(port_is_free(port) for port in range(first, first + count)):
             return tuple(range(first, first + count))
     raise SystemExit(f"no {count} free consecutive ports in {span[0]}-{span[1]}")
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

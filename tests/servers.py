@@ -17,6 +17,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from bench.serve_process import port_is_free
+
 
 def redis_server_executable() -> str:
     try:
@@ -48,20 +50,11 @@ def free_cluster_ports(count: int, low: int = 11000, high: int = 19000) -> tuple
     picked: list[int] = []
     for _ in range(200 * count):
         port = rng.randrange(low, high)
-        if port not in picked and _bindable(port) and _bindable(port + CLUSTER_BUS_OFFSET):
+        if port not in picked and port_is_free(port) and port_is_free(port + CLUSTER_BUS_OFFSET):
             picked.append(port)
             if len(picked) == count:
                 return tuple(picked)
     raise RuntimeError(f"no {count} free port pairs in {low}-{high}")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 class PrivateRedis:
