@@ -96,6 +96,13 @@ class Initialization:
     namespace: str
     hidden: tuple[str, ...] = ()
 
+    def real_goal_ids(self, rows: Iterable[ProgressRow], pre: Iterable[ProgressRow]) -> set[str]:
+        """The goals of a view that have a real row (its active rows, its prerequisite rows, `hidden`): none is implied."""
+        real = {row.goal_id for row in rows}
+        real.update(row.goal_id for row in pre)
+        real.update(self.hidden)
+        return real
+
 
 def implied_row(user_id: str, goal: Goal, initialization: Initialization) -> ProgressRow:
     """The row `implied_goal_progress` shows for a default goal without a real row (sql/migrations/0004_*)."""

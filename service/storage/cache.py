@@ -249,9 +249,7 @@ class ActiveEntry(msgspec.Struct, frozen=True, rename={"version": "v", "token": 
         """The active rows, the implied ones of `default_goals` (the catalog's) built as the `goal_progress` view shows them."""
         if self.init is None:
             return list(self.rows)
-        real = {row.goal_id for row in self.rows}
-        real.update(row.goal_id for row in self.pre)
-        real.update(self.init.hidden)
+        real = self.init.real_goal_ids(self.rows, self.pre)
         implied = [implied_row(user_id, goal, self.init) for goal in default_goals if goal.goal_id not in real]
         return [*self.rows, *implied]
 

@@ -830,9 +830,7 @@ class Players:
             return ()
         if not rows and not pre and not init.hidden:
             return self._default_ids
-        real = {row.goal_id for row in rows}
-        real.update(row.goal_id for row in pre)
-        real.update(init.hidden)
+        real = init.real_goal_ids(rows, pre)
         return [goal_id for goal_id in self._default_ids if goal_id not in real]
 
     def _active_challenges(
