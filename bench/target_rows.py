@@ -40,7 +40,8 @@ SECRET = "bench-secret-" + "x" * 32
 # Initialize calls in flight while setting players up: below the 8 in progress from which the service sheds
 # on latency (service/transport/admission.py), so a slow machine slows the setup down instead of failing it.
 SETUP_CONCURRENCY = 6
-PORT_RANGE = (21600, 21699)  # this work's ports on the shared machine (bench/README.md)
+# This work's ports on the shared machine (bench/README.md); BENCH_PORT_RANGE=FIRST-LAST picks others.
+PORT_RANGE = tuple(map(int, os.environ.get("BENCH_PORT_RANGE", "21600-21699").split("-", 1)))
 
 # The seed report's targets (the load test's default gates) and issue 10's rows, as `loadtest` threshold
 # expressions ("0 failed" is 100 % success).
