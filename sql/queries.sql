@@ -216,25 +216,6 @@ SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at
 RETURNING goal_id;
 
 
--- name: materialize_event_goals
--- kind: write
--- params: entry_user_ids text[], entry_sources text[], goal_ids text[], goal_sources text[]
--- expect-index: user_initializations_pkey
--- doc: Before a flush (docs/events.md#flush): turns the implied rows of the goals each entry's source feeds into real rows,
---      as materialize_implied_goals does; arrays as in apply_event_updates; returns user_id and goal_id of each.
-INSERT INTO user_goal_progress
-       (user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
-        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, value_event_at)
-SELECT p.user_id, p.goal_id, p.challenge_id, p.namespace, p.progress, p.status, p.completed_at, p.claimed_at,
-       p.created_at, p.updated_at, p.is_active, p.assigned_at, p.expires_at, p.baseline_value, p.value_event_at
-  FROM unnest(%(entry_user_ids)s::text[], %(entry_sources)s::text[]) AS e (user_id, source)
-  JOIN unnest(%(goal_ids)s::text[], %(goal_sources)s::text[]) AS g (goal_id, source) ON g.source = e.source
-  JOIN implied_goal_progress AS p ON p.user_id = e.user_id AND p.goal_id = g.goal_id
- ORDER BY p.user_id, p.goal_id
-    ON CONFLICT (user_id, goal_id) DO NOTHING
-RETURNING user_id, goal_id;
-
-
 -- name: set_goal_active
 -- kind: write
 -- params: user_id text, goal_id text, challenge_id text, namespace text, is_active boolean, expires_at timestamptz, now timestamptz
@@ -411,8 +392,10 @@ RETURNING claimed_at;
 -- kind: write
 -- params: entry_user_ids text[], entry_sources text[], entry_values bigint[], entry_incs bigint[], entry_event_ats timestamptz[], goal_ids text[], goal_sources text[], goal_progress_modes text[], goal_targets bigint[], goal_boundaries timestamptz[], goal_next_boundaries timestamptz[], goal_reset_flags boolean[], goal_reselect_flags boolean[], now timestamptz
 -- expect-index: user_goal_progress_pkey
--- doc: The flush (docs/events.md#flush): applies every buffered entry to the existing rows of the goals its source feeds, in one
---      UPDATE, skipping rows locked by others. Entries: parallel arrays, one element per (user, source), unique;
+-- doc: The flush (docs/events.md#flush): applies every buffered entry to the rows of the goals its source feeds, in one
+--      statement: an UPDATE of the existing rows, skipping rows locked by others, and an INSERT of the implied default
+--      rows (docs/data-model.md#implied-default-goals) with the entry already applied. An implied row another
+--      transaction inserted meanwhile fails the statement with unique_violation (retry it: the row is real then). Entries: parallel arrays, one element per (user, source), unique;
 --      entry_values is NULL for a login entry; entry_event_ats is the event time of a stat entry's value (NULL when
 --      unknown, and for logins): a value older than the row's value_event_at is late and keeps the stored value. Goals: parallel arrays, one element per goal_id, unique; boundaries and
 --      next_boundaries (B, N) are NULL for a goal that does not rotate; progress_modes are 'absolute' or 'relative'.
@@ -443,7 +426,7 @@ routed AS (
       JOIN goal ON goal.source = entry.source
 ),
 candidate AS (
-    -- Per entry, the rows it would touch as of the statement snapshot, without locking.
+    -- Per entry, the existing rows it would touch as of the statement snapshot, without locking.
     SELECT routed.entry_index, count(*) AS row_count
       FROM routed
       JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
@@ -453,10 +436,21 @@ locked AS (
     -- The candidate rows this flush could lock. A row held by another transaction (a claim waiting on
     -- its reward call) is skipped rather than waited for; locked rows come back in their latest version.
     SELECT routed.*, u.progress, u.status, u.completed_at, u.claimed_at, u.updated_at, u.is_active,
-           u.expires_at, u.baseline_value, u.value_event_at
+           u.expires_at, u.baseline_value, u.value_event_at, false AS implied,
+           NULL::text AS challenge_id, NULL::text AS namespace, NULL::timestamptz AS created_at,
+           NULL::timestamptz AS assigned_at
       FROM routed
       JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
        FOR UPDATE OF u SKIP LOCKED
+),
+implied AS (
+    -- The implied default rows the entries feed, with the values they read as; inserted below with the entry
+    -- applied (one heap tuple per row instead of an insert and an update of it).
+    SELECT routed.*, p.progress, p.status, p.completed_at, p.claimed_at, p.updated_at, p.is_active,
+           p.expires_at, p.baseline_value, p.value_event_at, true AS implied,
+           p.challenge_id::text, p.namespace::text, p.created_at, p.assigned_at
+      FROM routed
+      JOIN implied_goal_progress AS p ON p.user_id = routed.user_id AND p.goal_id = routed.goal_id
 ),
 deferred AS (
     -- An entry with any candidate row left unlocked is deferred as a whole, so it applies exactly once.
@@ -468,7 +462,7 @@ deferred AS (
 ),
 new_row AS (
     -- The per-row rule of docs/events.md#flush, in 64-bit arithmetic; only eligible rows of entries not deferred.
-    SELECT l.user_id, l.goal_id, l.entry_index,
+    SELECT l.user_id, l.goal_id, l.entry_index, l.implied, l.challenge_id, l.namespace, l.created_at, l.assigned_at,
            LEAST(GREATEST(val.v, 0), 2147483647)::integer AS progress,
            CASE WHEN l.progress_mode = 'relative'
                 THEN LEAST(GREATEST(base.baseline, -2147483648), 2147483647)::integer
@@ -484,7 +478,7 @@ new_row AS (
            CASE WHEN l.boundary IS NOT NULL AND (rot.stale OR l.expires_at IS NULL) THEN l.next_boundary
                 ELSE l.expires_at END AS expires_at,
            GREATEST(l.value_event_at, l.event_at) AS value_event_at
-      FROM locked AS l
+      FROM (SELECT * FROM locked UNION ALL SELECT * FROM implied) AS l
      CROSS JOIN LATERAL (
            -- stale: a rotating goal whose row was last written before the current period began.
            SELECT l.boundary IS NOT NULL AND l.updated_at < l.boundary AS stale) AS period
@@ -513,7 +507,7 @@ new_row AS (
        AND (l.status <> 'claimed' OR rot.reopen)
        AND NOT EXISTS (SELECT 1 FROM deferred WHERE deferred.entry_index = l.entry_index)
 ),
-applied AS (
+updated AS (
     UPDATE user_goal_progress AS u
        SET progress       = new_row.progress,
            baseline_value = new_row.baseline_value,
@@ -524,9 +518,29 @@ applied AS (
            value_event_at = new_row.value_event_at,
            updated_at     = %(now)s::timestamptz
       FROM new_row
-     WHERE u.user_id = new_row.user_id
+     WHERE NOT new_row.implied
+       AND u.user_id = new_row.user_id
        AND u.goal_id = new_row.goal_id
  RETURNING new_row.entry_index, u.goal_id
+),
+inserted AS (
+    -- No ON CONFLICT: a row inserted by another transaction since the snapshot fails the whole statement.
+    INSERT INTO user_goal_progress
+           (user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+            created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, value_event_at)
+    SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
+           created_at, %(now)s::timestamptz, true, assigned_at, expires_at, baseline_value, value_event_at
+      FROM new_row
+     WHERE new_row.implied
+     ORDER BY user_id, goal_id
+ RETURNING user_id, goal_id
+),
+applied AS (
+    SELECT entry_index, goal_id FROM updated
+     UNION ALL
+    SELECT new_row.entry_index, inserted.goal_id
+      FROM inserted
+      JOIN new_row ON new_row.implied AND new_row.user_id = inserted.user_id AND new_row.goal_id = inserted.goal_id
 )
 SELECT entry.entry_index::integer AS entry_index,
        entry.user_id,

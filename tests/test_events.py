@@ -1060,6 +1060,49 @@ async def test_e15_a_locked_row_defers_its_entry_without_blocking_other_users(
     assert await marker(redis_client, redis_prefix, claimer, event_id) == b"d"
 
 
+async def test_a_flush_racing_another_writers_insert_of_an_implied_row_applies_at_the_next_tick(
+    ingest: Any, db: Any, migrated: str
+) -> None:
+    user, set_id = new_user("implied"), uuid.uuid4().hex
+    await db.execute(
+        "INSERT INTO default_goal_sets (set_id, goal_id, challenge_id) VALUES (%s, 'kills-abs', 'c1'), (%s, 'kills-rel', 'c1')",
+        (set_id, set_id),
+    )
+    await db.execute(
+        "INSERT INTO user_initializations (user_id, namespace, default_set_id, initialized_at) VALUES (%s, %s, %s, %s)",
+        (user, NS, set_id, datetime.now(UTC) - timedelta(minutes=1)),
+    )
+    writer = await psycopg.AsyncConnection.connect(migrated, autocommit=True)
+    try:
+        async with ingest() as ingestor:
+            # Another writer (a set-active) makes kills-rel real and has not committed when the flush inserts it.
+            await writer.execute("BEGIN")
+            await writer.execute(
+                "INSERT INTO user_goal_progress SELECT * FROM implied_goal_progress "
+                "WHERE user_id = %s AND goal_id = 'kills-rel'",
+                (user,),
+            )
+            held = asyncio.create_task(ingestor.submit([stat(user, "kills", 20, 2)], "publish"))
+
+            async def flush_waits_on_the_writer() -> bool:
+                cursor = await db.execute(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database() AND query LIKE %s",
+                    ("WITH entry AS%",),  # the flush statement (pg_stat_activity keeps its first 1 kB)
+                )
+                return bool((await cursor.fetchone())["n"])
+
+            await eventually(flush_waits_on_the_writer)
+            await writer.execute("COMMIT")
+            assert (await asyncio.wait_for(held, timeout=5)).accepted == 1
+            assert ingestor.buffer_stats()["flush_failures_total"] == 0
+    finally:
+        await writer.close()
+    rows = await rows_of(db, user)
+    assert rows["kills-abs"]["progress"] == 20
+    assert (rows["kills-rel"]["progress"], rows["kills-rel"]["baseline_value"]) == (20, 18)  # applied once
+
+
 # --- E16: bursts and ordering -------------------------------------------------------------------------
 
 

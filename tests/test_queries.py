@@ -277,15 +277,7 @@ def test_materializing_makes_implied_rows_real_with_the_same_values(
     implied = run("user_progress", user_id=user)
     assert run("materialize_implied_goals", user_id=user, goal_ids=["g2", "nope"]) == [{"goal_id": "g2"}]
     assert run("materialize_implied_goals", user_id=user, goal_ids=["g2"]) == []
-    made = run(
-        "materialize_event_goals",
-        entry_user_ids=[user, f"{user}-none"],
-        entry_sources=[KILLS, KILLS],
-        goal_ids=["g1", "g3"],
-        goal_sources=[KILLS, "login"],
-    )
-    assert made == [{"user_id": user, "goal_id": "g1"}]
-    assert real_goal_ids(conn, user) == ["g1", "g2"]
+    assert real_goal_ids(conn, user) == ["g2"]
     assert run("user_progress", user_id=user) == implied
 
 
@@ -1009,3 +1001,67 @@ def test_flush_defers_a_whole_entry_with_a_locked_row_and_applies_the_others(
     later = T + timedelta(seconds=1)
     assert flush(run, [(user, "login", None, 1)], goals, later)[0]["outcome"] == "applied"
     assert [row(conn, user, g)["progress"] for g in ("g1", "g2")] == [2, 2]
+
+
+def test_flush_inserts_implied_rows_with_the_entry_applied_as_it_updates_real_rows_of_the_same_values(
+    run: Runner, conn: psycopg.Connection[Any], user: str
+) -> None:
+    members = (("g1", "c1", "daily"), ("g2", "c1", None), ("g3", "c2", None), ("g4", "c2", None))
+    set_id = register_set(run, *members)
+    real = f"{user}-real"
+    for user_id in (user, real):
+        initialize(run, user_id, set_id, YESTERDAY)
+    # `real` holds real rows with the values `user`'s implied rows read as.
+    run("materialize_implied_goals", user_id=real, goal_ids=["g1", "g2", "g3", "g4"])
+    goals = [
+        Goal("g1", KILLS, rotating=True, reset=True),
+        Goal("g2", KILLS, mode="relative", target=5),
+        Goal("g3", "login", target=1),
+        Goal("g9", KILLS),  # fed, but in no default set: no row
+    ]
+    entries = [
+        (u, source, value, inc, T) for u in (user, real) for source, value, inc in ((KILLS, 7, 7), ("login", None, 1))
+    ]
+    result = flush(run, entries, goals, T + timedelta(hours=1))
+    assert [(r["user_id"], r["outcome"], r["goal_ids"]) for r in result] == [
+        (user, "applied", ["g1", "g2"]),
+        (user, "applied", ["g3"]),
+        (real, "applied", ["g1", "g2"]),
+        (real, "applied", ["g3"]),
+    ]
+    assert real_goal_ids(conn, user) == ["g1", "g2", "g3"]  # g4, not fed, stays implied
+    for goal_id in ("g1", "g2", "g3"):
+        inserted, updated = row(conn, user, goal_id), row(conn, real, goal_id)
+        assert inserted is not None and updated is not None
+        assert {**inserted, "user_id": real} == updated, goal_id
+    assert (row(conn, user, "g3") or {})["status"] == "completed"
+
+
+def test_flush_fails_whole_when_another_writer_inserts_an_implied_row_first_and_applies_on_retry(
+    registry: Registry, run: Runner, conn: psycopg.Connection[Any], db_url: str, user: str
+) -> None:
+    set_id = register_set(run, ("g1", "c1", None), ("g2", "c1", None))
+    initialize(run, user, set_id, YESTERDAY)
+    goals = [Goal("g1", KILLS), Goal("g2", KILLS)]
+    failures: list[BaseException] = []
+
+    def flush_in_its_own_session() -> None:
+        with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as session:
+            try:
+                flush(Runner(registry, session), [(user, KILLS, 3, 3)], goals)
+            except psycopg.errors.UniqueViolation as exc:
+                failures.append(exc)
+
+    with psycopg.connect(db_url, row_factory=dict_row) as writer:  # a set-active making g2 real, not committed yet
+        Runner(registry, writer)("materialize_implied_goals", user_id=user, goal_ids=["g2"])
+        thread = threading.Thread(target=flush_in_its_own_session)
+        thread.start()
+        wait_until_a_session_waits_on_a_lock(conn, user)
+        writer.commit()
+        thread.join(timeout=10)
+    assert len(failures) == 1
+    assert real_goal_ids(conn, user) == ["g2"]  # nothing of the flush was written: g1 still implied
+    assert (row(conn, user, "g2") or {})["progress"] == 0
+    result = flush(run, [(user, KILLS, 3, 3)], goals)
+    assert [(r["outcome"], r["goal_ids"]) for r in result] == [("applied", ["g1", "g2"])]
+    assert [(row(conn, user, g) or {})["progress"] for g in ("g1", "g2")] == [3, 3]

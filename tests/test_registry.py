@@ -28,7 +28,6 @@ DOCUMENTED_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "register_default_goal_set": ("write", ("default_set_id", "goal_ids", "challenge_ids", "schedules")),
     "initialize_view": ("write", ("user_id", "namespace", "default_set_id", "now", "prereq_goal_ids")),
     "materialize_implied_goals": ("write", ("user_id", "goal_ids")),
-    "materialize_event_goals": ("write", ("entry_user_ids", "entry_sources", "goal_ids", "goal_sources")),
     "set_goal_active": ("write", ("user_id", "goal_id", "challenge_id", "namespace", "is_active", "expires_at", "now")),
     "batch_set_goal_active": ("write", ("user_id", "namespace", "goal_ids", "challenge_ids", "expires_at", "now")),
     "deactivate_challenge_goals": ("write", ("user_id", "challenge_id", "keep_goal_ids")),
@@ -134,7 +133,6 @@ def test_bundled_file_takes_time_only_from_the_now_parameter() -> None:
             "delete_user_data",
             "register_default_goal_set",
             "materialize_implied_goals",
-            "materialize_event_goals",
             "backdate_user_goals",
             "insert_reward_grant",
         ):

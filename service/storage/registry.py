@@ -32,7 +32,6 @@ REQUIRED_QUERIES: tuple[str, ...] = (
     "register_default_goal_set",
     "initialize_view",
     "materialize_implied_goals",
-    "materialize_event_goals",
     "set_goal_active",
     "batch_set_goal_active",
     "deactivate_challenge_goals",

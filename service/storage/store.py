@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -346,29 +346,6 @@ class Queries:
             # The result's status rather than `description`, which builds a Column object per column on every call.
             result = await cursor.fetchall() if _has_rows(cursor) else []
         self._timers[name].observe(time.perf_counter() - started)
-        return result
-
-    async def pipelined(
-        self,
-        conn: psycopg.AsyncConnection,
-        statements: Sequence[tuple[str, Mapping[str, Any]]],
-        row_factory: Any = dict_row,
-    ) -> list[Any]:
-        """Run the named statements in pipeline mode, in one round trip and (in an autocommit session) one
-        implicit transaction; returns the rows of the last one. Their durations are recorded as one, under
-        the last statement's name."""
-        started = time.perf_counter()
-        cursors = [conn.cursor(row_factory=row_factory) for _ in statements]
-        try:
-            async with conn.pipeline():
-                for cursor, (name, params) in zip(cursors, statements, strict=True):
-                    await cursor.execute(self._statement(name), params)
-            last = cursors[-1]
-            result = await last.fetchall() if _has_rows(last) else []
-        finally:
-            for cursor in cursors:
-                await cursor.close()
-        self._timers[statements[-1][0]].observe(time.perf_counter() - started)
         return result
 
     async def one(

@@ -12,7 +12,8 @@ the snapshot's sources at one instant T, and runs `apply_event_updates` once: on
 transaction, that skips rows locked by other transactions. Then, in one Redis round trip, the cache of
 every user with an applied row is invalidated and the event ids of applied and row-less entries are
 marked done (the listener), and their waiters are released. Deferred entries, and the whole snapshot on
-a database error, are merged back into the buffer; failures are retried with exponential backoff.
+a database error or when another writer inserted one of its implied rows first, are merged back into the
+buffer; failures are retried with exponential backoff, a race at the next tick.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+import psycopg
 from psycopg.rows import tuple_row
 
 from service.domain.backoff import doubling_backoff
@@ -55,8 +57,6 @@ OUTCOME_DEFERRED = "deferred"
 _NOTABLE_FLUSH_ENTRIES = 1000
 _NOTABLE_FLUSH_MS = 1000.0
 _DURATION_WINDOW = 2048
-# The parameters of `materialize_event_goals`, a subset of those of `apply_event_updates`.
-_MATERIALIZE_KEYS = ("entry_user_ids", "entry_sources", "goal_ids", "goal_sources")
 
 
 class FlushListener(Protocol):
@@ -297,26 +297,23 @@ class Flusher:
         for state in group:
             self._listener.entries_taken(state.partition)
         now = self._clock()
-        # Array literals: built once, shared by both statements, far cheaper than psycopg dumping lists.
+        # Array literals: far cheaper than psycopg dumping lists.
         params = with_array_literals(self._routing.statement_params(snapshot, now))
         started = time.perf_counter()
         try:
-            # Two statements in one round trip and one transaction: the implied default rows the entries feed
-            # become real first (that changes nothing a reader sees, docs/data-model.md#implied-default-goals),
-            # then `apply_event_updates` sees them, being a statement of its own. Sent in pipeline mode: one
-            # Sync ends both, so they commit together, and a failure of either rolls both back.
+            # One statement, so one transaction: it updates the entries' real rows and inserts their implied
+            # default rows with the entries applied (docs/data-model.md#implied-default-goals).
             async with self._store.connection() as conn:
-                outcomes = await self._queries.pipelined(
-                    conn,
-                    [
-                        ("materialize_event_goals", {k: params[k] for k in _MATERIALIZE_KEYS}),
-                        ("apply_event_updates", params),
-                    ],
-                    tuple_row,
-                )
+                outcomes = await self._queries.rows(conn, "apply_event_updates", params, tuple_row)
         except asyncio.CancelledError:
             self._merge_back(group, snapshots)
             raise
+        except psycopg.errors.UniqueViolation:
+            # Another writer made one of the implied rows real after the statement's snapshot; nothing was
+            # written. The next tick's statement sees that row as real (docs/events.md#flush).
+            self._merge_back(group, snapshots)
+            self._flush_raced(group, len(snapshot))
+            return True
         except Exception as exc:  # noqa: BLE001 - whatever failed, keeping the snapshot loses nothing (docs/events.md#flush-failure-and-retry)
             self._merge_back(group, snapshots)
             self._flush_failed(group, len(snapshot), exc)
@@ -359,6 +356,14 @@ class Flusher:
         for state, entries in zip(group, returning, strict=True):
             if entries:
                 self._listener.entries_returned(state.partition.merge_back(entries))
+
+    def _flush_raced(self, group: Sequence[PartitionFlushState], entries: int) -> None:
+        log.info(
+            "flush of partition %s raced another writer's insert of an implied row; %d entries flush again",
+            _indexes(group),
+            entries,
+            extra={"partition": _indexes(group), "entries": entries},
+        )
 
     def _flush_failed(self, group: Sequence[PartitionFlushState], entries: int, exc: Exception) -> None:
         self.totals.failures += 1
