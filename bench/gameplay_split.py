@@ -160,6 +160,7 @@ class Sampler:
             "rows_updated": float(table[1]),
             "hot_updates": float(table[2]),
             "flushes": float(buffer["flushes_total"]),
+            "flush_failures": float(buffer["flush_failures_total"]),
             "flush_rows": float(buffer["rows_updated_total"]),
             "flush_ms_p50": float(buffer["flush_ms_p50"]),
             "flush_ms_p95": float(buffer["flush_ms_p95"]),
@@ -210,6 +211,7 @@ def one_run(tree: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[s
     results = rows.target_results(report, (*GAMEPLAY_TARGETS, rows.NO_FAILURES))
     return {
         "tree": str(tree),
+        "env": " ".join(f"{k}={v}" for k, v in env.items()),
         "header": header,
         "setup": setup.line(),
         "report": report,
@@ -259,7 +261,8 @@ def print_run(run: dict[str, Any]) -> None:
                 ("checkpoints", f"{pg['checkpoints']:.0f}", "-"),
                 ("buffers written: checkpoint / bgwriter / backend",
                  f"{pg['buffers_checkpoint']:.0f} / {pg['buffers_clean']:.0f} / {pg['buffers_backend']:.0f}", "-"),
-                ("flushes", f"{pg['flushes']:.0f}", f"{per_s['flushes']:.1f}"),
+                ("flushes / failed flushes", f"{pg['flushes']:.0f} / {pg['flush_failures']:.0f}",
+                 f"{per_s['flushes']:.1f} / {per_s['flush_failures']:.1f}"),
                 ("rows written by flushes", f"{pg['flush_rows']:.0f}", f"{per_s['flush_rows']:.0f}"),
                 ("flush ms p50 / p95 (last 2048)", f"{pg['flush_ms_p50']:.0f} / {pg['flush_ms_p95']:.0f}", "-"),
             ),
@@ -274,15 +277,28 @@ def summary(runs: list[dict[str, Any]]) -> str:
         return "-" if value is None else f"{value:.0f}"
 
     return rows.table(
-        ("run", "tree", "% ok", "challenges p95 ms", "event p95 ms", "flush rows/s", "WAL MB/s", "cores"),
+        (
+            "run",
+            "tree",
+            "env",
+            "% ok",
+            "challenges p95 ms",
+            "event p95 ms",
+            "flush rows/s",
+            "failed flushes",
+            "WAL MB/s",
+            "cores",
+        ),
         (
             (
                 index + 1,
                 Path(run["tree"]).name,
+                run["env"] or "-",
                 f"{run['report']['overall']['all']['success_pct']:.1f}",
                 p95(run["report"], "challenges"),
                 p95(run["report"], "event"),
                 f"{run['pg']['flush_rows'] / run['window_s']:.0f}",
+                f"{run['pg']['flush_failures']:.0f}",
                 f"{run['pg']['wal_bytes'] / run['window_s'] / 1e6:.2f}",
                 f"{sum(run['split'].values()) / run['window_s']:.2f}",
             )

@@ -1160,6 +1160,39 @@ def test_due_partitions_are_grouped_into_flushes_of_at_most_combine_max_entries(
     assert indexes(group_due(states, batch_max=100, combine_max=500)) == [[0, 1, 2, 3, 4]]
 
 
+def test_a_snapshot_takes_the_oldest_entries_while_their_rows_fit_the_budget_and_at_least_one() -> None:
+    partition = Partition(0, capacity=100)
+    for n, source in enumerate(("a", "b", "a", "b", "a")):
+        partition.entries[(f"u{n}", source)] = Entry(f"u{n}", source, 0.0)
+    rows = {"a": 3, "b": 4}.__getitem__
+
+    def weight(entry: Entry) -> int:
+        return rows(entry.source)
+
+    assert [e.user_id for e in partition.take_snapshot(10, weight, 2)] == ["u0"]  # 3 rows > 2: still one
+    assert [e.user_id for e in partition.take_snapshot(10, weight, 8)] == ["u1", "u2"]  # 4 + 3; + 4 > 8
+    assert [e.user_id for e in partition.take_snapshot(1, weight, 100)] == ["u3"]  # the entry limit holds too
+    assert [e.user_id for e in partition.take_snapshot(10)] == ["u4"]
+
+
+async def test_a_flush_takes_entries_while_the_rows_their_sources_feed_fit_flush_rows_max(ingest: Any, db: Any) -> None:
+    users = [new_user("rows") for _ in range(3)]
+    for user in users:
+        await seed(db, user, "kills-abs")
+        await seed(db, user, "kills-rel")
+    # A kills entry feeds 2 goals: 3 entries are 6 rows, 2 statements of at most 4 rows.
+    async with ingest(flush_workers=1, flush_rows_max=4, start=False) as ingestor:
+        call = asyncio.create_task(ingestor.submit([stat(user, "kills", 7, 7) for user in users], "publish"))
+        await eventually(waiting_calls(ingestor, 1))
+        await ingestor.start()
+        assert (await call).accepted == 3
+        stats = ingestor.buffer_stats()
+    assert (stats["flushes_total"], stats["rows_updated_total"]) == (2, 6)
+    assert stats["partitions"][0]["last_flush_entries"] == 1
+    for user in users:
+        assert [(await row(db, user, g) or {}).get("progress") for g in ("kills-abs", "kills-rel")] == [7, 7]
+
+
 def users_of_every_partition(partitions: int) -> list[str]:
     """One new user per partition."""
     found: dict[int, str] = {}

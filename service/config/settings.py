@@ -147,6 +147,7 @@ SPECS: tuple[SettingSpec, ...] = (
     _i("flush_workers", 4, minimum=None, doc="1-32 partitions"),
     _i("flush_batch_max", 5000),
     _n("flush_combine_max", 500),
+    _i("flush_rows_max", 20000),
     _i("buffer_max_entries", 20000),
     _n("buffer_full_wait_ms", 200),
     _i("ingest_max_batch", 1000),
@@ -246,6 +247,7 @@ class Settings:
     flush_workers: int
     flush_batch_max: int
     flush_combine_max: int
+    flush_rows_max: int
     buffer_max_entries: int
     buffer_full_wait_ms: int
     ingest_max_batch: int

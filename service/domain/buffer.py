@@ -12,7 +12,7 @@ interleave.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from itertools import islice
 
@@ -149,8 +149,17 @@ class Partition:
             return entry.first_accepted
         return None
 
-    def take_snapshot(self, limit: int) -> list[Entry]:
-        """Remove and return up to `limit` entries, oldest first."""
+    def take_snapshot(self, limit: int, weight: Callable[[Entry], int] | None = None, budget: int = 0) -> list[Entry]:
+        """Remove and return up to `limit` entries, oldest first; with `weight`, only as many as fit in
+        `budget` (at least one)."""
+        if weight is not None:
+            total, count = 0, 0
+            for entry in islice(self.entries.values(), limit):
+                total += weight(entry)
+                if total > budget and count:
+                    break
+                count += 1
+            limit = count
         if len(self.entries) <= limit:
             snapshot = list(self.entries.values())
             self.entries = {}

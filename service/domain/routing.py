@@ -54,6 +54,10 @@ class GoalRouting:
         """Whether any goal is fed by `source`."""
         return source in self._by_source
 
+    def rows_fed(self, entry: Entry) -> int:
+        """How many goal rows a flush of `entry` may write: the goals its source feeds."""
+        return len(self._by_source.get(entry.source, ()))
+
     def statement_params(self, entries: Sequence[Entry], now: datetime) -> dict[str, Any]:
         """The parameters of `apply_event_updates` for a snapshot at instant `now` (docs/events.md#flush steps 2–3)."""
         boundaries: dict[str, tuple[datetime, datetime]] = {}

@@ -139,6 +139,7 @@ class IngestConfig:
     flush_workers: int = 4
     flush_batch_max: int = 5_000
     flush_combine_max: int = 500
+    flush_rows_max: int = 20_000
     buffer_max_entries: int = 20_000
     buffer_full_wait_ms: int = 200
     ingest_max_batch: int = 1_000
@@ -246,7 +247,9 @@ class Ingestor:
             store,
             queries,
             self,
-            FlushCadence(config.flush_interval_ms / 1000, config.flush_batch_max, config.flush_combine_max),
+            FlushCadence(
+                config.flush_interval_ms / 1000, config.flush_batch_max, config.flush_combine_max, config.flush_rows_max
+            ),
             clock,
         )
         # The entry that currently holds each pending event id of this process (buffered or in flight).

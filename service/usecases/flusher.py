@@ -7,7 +7,8 @@ by one statement, so that at moderate rates a tick costs one statement and one R
 of one per partition (docs/events.md#flush); larger ones flush alone, in parallel. A partition is in at
 most one flush at a time, which keeps each user's events in order.
 
-Each flush takes a snapshot of up to `batch_max` entries per partition, builds the goal definitions of
+Each flush takes a snapshot of up to `batch_max` entries per partition, as many as write at most `rows_max`
+goal rows in all (an entry may write a row per goal its source feeds), builds the goal definitions of
 the snapshot's sources at one instant T, and runs `apply_event_updates` once: one statement, so one
 transaction, that skips rows locked by other transactions. Then, in one Redis round trip, the cache of
 every user with an applied row is invalidated and the event ids of applied and row-less entries are
@@ -131,6 +132,7 @@ class FlushCadence:
     interval_s: float
     batch_max: int
     combine_max: int  # due partitions are flushed together while their entries add up to at most this
+    rows_max: int  # goal rows one statement may write (each partition of a flush gives at least one entry)
 
 
 def group_due(due: Sequence[PartitionFlushState], batch_max: int, combine_max: int) -> list[list[PartitionFlushState]]:
@@ -289,8 +291,12 @@ class Flusher:
     async def flush_once(self, group: Sequence[PartitionFlushState]) -> bool:
         """One statement for up to `batch_max` entries of each partition of the group; False when the
         database failed (the snapshots are merged back)."""
-        batch_max = self._cadence.batch_max
-        snapshots = [state.partition.take_snapshot(batch_max) for state in group]
+        batch_max, rows_left = self._cadence.batch_max, self._cadence.rows_max
+        snapshots = []
+        for state in group:
+            part = state.partition.take_snapshot(batch_max, self._routing.rows_fed, rows_left)
+            rows_left = max(1, rows_left - sum(map(self._routing.rows_fed, part)))
+            snapshots.append(part)
         snapshot = [entry for part in snapshots for entry in part]
         if not snapshot:
             return True
