@@ -213,7 +213,6 @@ def derive_params(
         "challenge_ids": [row.challenge_id for row in active],
         "keep_goal_ids": goal_ids[:1],
         "now": now,
-        "granted_at": now,
         "is_active": True,
         "prereq_goal_ids": list(catalog.prerequisite_ids) if catalog is not None else [],
         "every_row": False,
@@ -488,7 +487,7 @@ class ExplainSession:
         return sampled
 
     def next_claim_generation(self, query: NamedQuery, params: Mapping[str, Any]) -> int:
-        """The generation `insert_reward_grant` would record, from the registry's own statement."""
+        """The generation `record_claim` would record, from the registry's own statement."""
         with self._guarded("reading the next claim generation"), self.transaction() as conn:
             [(generation,)] = conn.execute(query.sql, {name: params[name] for name in query.param_names}).fetchall()
             return int(generation)

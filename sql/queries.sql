@@ -359,33 +359,33 @@ SELECT COALESCE(max(generation), 0) + 1 AS generation
    AND goal_id = %(goal_id)s::text;
 
 
--- name: insert_reward_grant
+-- name: record_claim
 -- kind: write
--- params: namespace text, user_id text, goal_id text, generation integer, challenge_id text, idempotency_key text, reward_type text, reward_id text, quantity integer, mode text, attempts integer, granted_at timestamptz
--- expect-index: reward_grants_pkey
--- doc: Records one granted reward (the audit trail and the source of claim generations); granted_at is the claim's now.
-INSERT INTO reward_grants
-       (namespace, user_id, goal_id, generation, challenge_id, idempotency_key,
-        reward_type, reward_id, quantity, mode, attempts, granted_at)
-VALUES (%(namespace)s::text, %(user_id)s::text, %(goal_id)s::text, %(generation)s::integer,
-        %(challenge_id)s::text, %(idempotency_key)s::text, %(reward_type)s::text, %(reward_id)s::text,
-        %(quantity)s::integer, %(mode)s::text, %(attempts)s::integer, %(granted_at)s::timestamptz);
-
-
--- name: mark_claimed
--- kind: write
--- params: user_id text, goal_id text, now timestamptz
+-- params: user_id text, goal_id text, now timestamptz, namespace text, generation integer, challenge_id text, idempotency_key text, reward_type text, reward_id text, quantity integer, mode text, attempts integer
 -- expect-index: user_goal_progress_pkey
--- doc: Marks a completed, unclaimed row claimed at now; returns claimed_at, or no row when the guard fails.
-UPDATE user_goal_progress
-   SET status     = 'claimed',
-       claimed_at = %(now)s::timestamptz,
-       updated_at = %(now)s::timestamptz
- WHERE user_id = %(user_id)s::text
-   AND goal_id = %(goal_id)s::text
-   AND status = 'completed'
-   AND claimed_at IS NULL
-RETURNING claimed_at;
+-- doc: Marks a completed, unclaimed row claimed at now and records its granted reward (the audit trail and the source of
+--      claim generations; granted_at is now) for that row only, in one statement; returns claimed_at, or no row and no
+--      grant when the guard fails.
+WITH marked AS (
+    UPDATE user_goal_progress
+       SET status     = 'claimed',
+           claimed_at = %(now)s::timestamptz,
+           updated_at = %(now)s::timestamptz
+     WHERE user_id = %(user_id)s::text
+       AND goal_id = %(goal_id)s::text
+       AND status = 'completed'
+       AND claimed_at IS NULL
+    RETURNING claimed_at
+), granted AS (
+    INSERT INTO reward_grants
+           (namespace, user_id, goal_id, generation, challenge_id, idempotency_key,
+            reward_type, reward_id, quantity, mode, attempts, granted_at)
+    SELECT %(namespace)s::text, %(user_id)s::text, %(goal_id)s::text, %(generation)s::integer,
+           %(challenge_id)s::text, %(idempotency_key)s::text, %(reward_type)s::text, %(reward_id)s::text,
+           %(quantity)s::integer, %(mode)s::text, %(attempts)s::integer, marked.claimed_at
+      FROM marked
+)
+SELECT claimed_at FROM marked;
 
 
 -- name: apply_event_updates

@@ -437,7 +437,7 @@ def test_derived_parameters_of_the_other_queries() -> None:
     assert view == {"user_id": "u3", "prereq_goal_ids": list(catalog.prerequisite_ids)}
     deactivate = derive_params(_statement("deactivate_challenge_goals"), user, catalog, DEFAULTS, NOW)
     assert deactivate == {"user_id": "u3", "challenge_id": "daily-grind", "keep_goal_ids": ["daily-login"]}
-    grant = derive_params(_statement("insert_reward_grant"), user, catalog, DEFAULTS, NOW, generation=3)
+    grant = derive_params(_statement("record_claim"), user, catalog, DEFAULTS, NOW, generation=3)
     assert grant["idempotency_key"] == "accelbyte:u3:daily-login:3" and grant["mode"] == "log"
     reward = catalog.goals_by_id["daily-login"].reward
     assert (grant["reward_type"], grant["reward_id"], grant["quantity"]) == (

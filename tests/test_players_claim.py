@@ -147,6 +147,48 @@ async def test_concurrent_claims_succeed_exactly_once(env: Env) -> None:
     assert len(await env.grants(user)) == 1
 
 
+async def test_a_grant_committed_during_the_lock_wait_counts_for_the_generation(env: Env) -> None:
+    """docs/rules.md#claim: the generation is read after the row lock, by its own statement, so a grant committed
+    while the claim waited for the lock is seen and the claim records the next generation (a generation read
+    with the locking SELECT's earlier snapshot would repeat 1 and fail on the primary key)."""
+    user = new_user()
+    await env.seed(user, "c3-a", **completed())
+    players = env.players()
+    async with env.store.connection() as holder:
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'c3-a' FOR UPDATE", (user,)
+            )
+            await holder.execute(
+                "INSERT INTO reward_grants (namespace, user_id, goal_id, generation, challenge_id, idempotency_key,"
+                " reward_type, reward_id, quantity, mode, attempts, granted_at)"
+                " VALUES (%s, %s, 'c3-a', 1, 'c3', %s, 'ITEM', 'item-c3-a', 2, 'log', 1, %s)",
+                (NAMESPACE, user, f"{NAMESPACE}:{user}:c3-a:1", T0),
+            )
+            claim = asyncio.create_task(players.claim(user, "c3", "c3-a"))
+            await wait_until_blocked_by(env, holder.info.backend_pid)
+        result = await claim
+    assert result.claimed_at == T0
+    assert [(g["generation"], g["idempotency_key"]) for g in await env.grants(user)] == [
+        (1, f"{NAMESPACE}:{user}:c3-a:1"),
+        (2, f"{NAMESPACE}:{user}:c3-a:2"),
+    ]
+
+
+async def wait_until_blocked_by(env: Env, holder_pid: int) -> None:
+    """Wait until another session waits for a lock that the session `holder_pid` holds."""
+    for _ in range(200):
+        async with env.store.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (holder_pid,)
+            )
+            (waiting,) = await cursor.fetchone() or (0,)
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the claim never waited for the row lock")
+
+
 # --- every error and the check order -----------------------------------------------------------------
 
 

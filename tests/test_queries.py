@@ -537,25 +537,26 @@ def wait_until_a_session_waits_on_a_lock(conn: psycopg.Connection[Any], user: st
 # --- claim -----------------------------------------------------------------------------------------------
 
 
-def grant(run: Runner, user: str, generation: int) -> None:
-    run(
-        "insert_reward_grant",
-        namespace=NS,
+def claim(run: Runner, user: str, generation: int, now: datetime = T, goal_id: str = "g1") -> list[dict[str, Any]]:
+    """`record_claim` of one goal with a log-mode grant of `generation`."""
+    return run(
+        "record_claim",
         user_id=user,
-        goal_id="g1",
+        goal_id=goal_id,
+        now=now,
+        namespace=NS,
         generation=generation,
         challenge_id="c1",
-        idempotency_key=f"{NS}:{user}:g1:{generation}",
+        idempotency_key=f"{NS}:{user}:{goal_id}:{generation}",
         reward_type="ITEM",
         reward_id="sword",
         quantity=1,
         mode="log",
         attempts=1,
-        granted_at=T,
     )
 
 
-def test_claim_statements_generation_grant_and_guarded_mark(
+def test_claim_statements_lock_generation_and_guarded_claim_with_its_grant(
     run: Runner, conn: psycopg.Connection[Any], db_url: str, user: str
 ) -> None:
     insert_row(conn, user, "g1", status="completed", progress=10, completed_at=YESTERDAY)
@@ -564,14 +565,15 @@ def test_claim_statements_generation_grant_and_guarded_mark(
     def generation() -> int:
         return run("next_claim_generation", namespace=NS, user_id=user, goal_id="g1")[0]["generation"]
 
-    assert generation() == 1
-    grant(run, user, 1)
-    assert generation() == 2
-    grant(run, user, 2)
-    assert generation() == 3
-    stored = conn.execute("SELECT * FROM reward_grants WHERE user_id = %s AND generation = 2", (user,)).fetchone()
-    assert (stored["idempotency_key"], stored["granted_at"], stored["mode"]) == (f"{NS}:{user}:g1:2", T, "log")
+    def grants() -> list[tuple[str, int, str, datetime, str]]:
+        found = conn.execute(
+            "SELECT goal_id, generation, idempotency_key, granted_at, mode FROM reward_grants"
+            " WHERE user_id = %s ORDER BY goal_id, generation",
+            (user,),
+        ).fetchall()
+        return [tuple(r.values()) for r in found]
 
+    assert generation() == 1
     with conn.transaction():
         (locked,) = run("progress_for_update", user_id=user, goal_id="g1")
         assert locked == as_read(row(conn, user, "g1"))
@@ -579,12 +581,27 @@ def test_claim_statements_generation_grant_and_guarded_mark(
             other.execute(
                 "SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'g1' FOR UPDATE NOWAIT", (user,)
             )
-        assert run("mark_claimed", user_id=user, goal_id="g1", now=T) == [{"claimed_at": T}]
+        assert claim(run, user, 1) == [{"claimed_at": T}]
     g1 = row(conn, user, "g1")
     assert (g1["status"], g1["claimed_at"], g1["updated_at"], g1["completed_at"]) == ("claimed", T, T, YESTERDAY)
-    assert run("mark_claimed", user_id=user, goal_id="g1", now=T + timedelta(seconds=1)) == []
-    assert run("mark_claimed", user_id=user, goal_id="g2", now=T) == []
+    assert grants() == [("g1", 1, f"{NS}:{user}:g1:1", T, "log")]
+    assert generation() == 2
+
+    # The guard fails (already claimed, or not completed): no row changes and no grant is recorded.
+    assert claim(run, user, 2, T + timedelta(seconds=1)) == []
+    assert claim(run, user, 1, goal_id="g2") == []
     assert row(conn, user, "g2")["status"] == "in_progress"
+    assert grants() == [("g1", 1, f"{NS}:{user}:g1:1", T, "log")]
+
+    # Completed again (a reselection cycle): the next claim records the next generation.
+    conn.execute(
+        "UPDATE user_goal_progress SET status = 'completed', claimed_at = NULL WHERE user_id = %s AND goal_id = 'g1'",
+        (user,),
+    )
+    later = T + timedelta(days=1)
+    assert claim(run, user, generation(), later) == [{"claimed_at": later}]
+    assert grants()[-1] == ("g1", 2, f"{NS}:{user}:g1:2", later, "log")
+    assert generation() == 3
 
 
 # --- reads, delete, backdate ------------------------------------------------------------------------------
@@ -614,10 +631,10 @@ def test_read_statements_select_the_right_rows(run: Runner, conn: psycopg.Connec
 def test_delete_user_data_removes_only_that_users_rows_and_keeps_grants(
     run: Runner, conn: psycopg.Connection[Any], user: str
 ) -> None:
-    insert_row(conn, user, "g1")
+    insert_row(conn, user, "g1", status="completed", completed_at=T)
     insert_row(conn, user, "g2")
     insert_row(conn, f"{user}-other", "g1")
-    grant(run, user, 1)
+    assert claim(run, user, 1) == [{"claimed_at": T}]
     assert sorted(r["goal_id"] for r in run("delete_user_data", namespace=NS, user_id=user)) == ["g1", "g2"]
     assert run("user_goal_count", user_id=user) == [{"goal_count": 0}]
     assert row(conn, f"{user}-other", "g1") is not None

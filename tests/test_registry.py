@@ -34,12 +34,13 @@ DOCUMENTED_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "rotation_catch_up": ("write", ("user_id", "goal_ids", "boundaries", "next_boundaries", "reset_flags", "now")),
     "progress_for_update": ("lock", ("user_id", "goal_id")),
     "next_claim_generation": ("read", ("namespace", "user_id", "goal_id")),
-    "insert_reward_grant": (
+    "record_claim": (
         "write",
         (
-            "namespace",
             "user_id",
             "goal_id",
+            "now",
+            "namespace",
             "generation",
             "challenge_id",
             "idempotency_key",
@@ -48,10 +49,8 @@ DOCUMENTED_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
             "quantity",
             "mode",
             "attempts",
-            "granted_at",
         ),
     ),
-    "mark_claimed": ("write", ("user_id", "goal_id", "now")),
     "apply_event_updates": (
         "write",
         (
@@ -134,7 +133,6 @@ def test_bundled_file_takes_time_only_from_the_now_parameter() -> None:
             "register_default_goal_set",
             "materialize_implied_goals",
             "backdate_user_goals",
-            "insert_reward_grant",
         ):
             assert "now" in query.param_names, query.name
 

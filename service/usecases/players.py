@@ -644,13 +644,23 @@ class Players:
         # The grant's deadline is on the granter's clock (monotonic); the timeout bounds everything else.
         deadline = time.monotonic() + self._claim_timeout_s
 
+        # BEGIN, the row lock and the next generation in one round trip. The generation stays a statement of its
+        # own after the lock: folded into the locking SELECT it would read a snapshot taken before the lock wait
+        # and could miss a grant committed meanwhile (a repeated generation).
+        first_statements = (
+            ("progress_for_update", {"user_id": user_id, "goal_id": goal_id}, _ROW),
+            (
+                "next_claim_generation",
+                {"namespace": self._namespace, "user_id": user_id, "goal_id": goal_id},
+                tuple_row,
+            ),
+        )
+
         async def claim_in_transaction(conn: psycopg.AsyncConnection[Any]) -> datetime:
-            async with conn.transaction():
-                row = await self._queries.one(
-                    conn, "progress_for_update", {"user_id": user_id, "goal_id": goal_id}, _ROW
-                ) or await self._implied_row(conn, user_id, goal_id)
+            async with self._queries.transaction(conn, first_statements) as (locked, generations):
+                row = locked[0] if locked else await self._implied_row(conn, user_id, goal_id)
                 await self._check_claimable(conn, user_id, challenge_id, goal, row, now)
-                return await self._grant_and_mark(conn, user_id, goal, now, deadline)
+                return await self._grant_and_mark(conn, user_id, goal, int(generations[0][0]), now, deadline)
 
         try:
             async with asyncio.timeout(self._claim_timeout_s):
@@ -703,16 +713,11 @@ class Players:
         conn: psycopg.AsyncConnection[Any],
         user_id: str,
         goal: Goal,
+        generation: int,
         now: datetime,
         deadline: float,
     ) -> datetime:
-        """Check 10 and the final writes: generation → grant → record → mark claimed."""
-        generation_row = await self._queries.one(
-            conn,
-            "next_claim_generation",
-            {"namespace": self._namespace, "user_id": user_id, "goal_id": goal.goal_id},
-        )
-        generation = int(generation_row["generation"]) if generation_row else 1
+        """Check 10 and the final write: grant → mark claimed and record the grant (one statement)."""
         grant = RewardGrant(
             namespace=self._namespace,
             user_id=user_id,
@@ -734,13 +739,14 @@ class Players:
                 failure.reason,
             )
             raise UpstreamFailed("REWARD_GRANT_FAILED", failure.api_message()) from None
-        await self._queries.rows(
+        marked = await self._queries.one(
             conn,
-            "insert_reward_grant",
+            "record_claim",
             {
-                "namespace": self._namespace,
                 "user_id": user_id,
                 "goal_id": goal.goal_id,
+                "now": now,
+                "namespace": self._namespace,
                 "generation": generation,
                 "challenge_id": goal.challenge_id,
                 "idempotency_key": grant.idempotency_key,
@@ -749,15 +755,11 @@ class Players:
                 "quantity": goal.reward.quantity,
                 "mode": self._reward_mode,
                 "attempts": attempts,
-                "granted_at": now,
             },
         )
-        marked = await self._queries.one(
-            conn, "mark_claimed", {"user_id": user_id, "goal_id": goal.goal_id, "now": now}
-        )
         if marked is None:
-            # Impossible under the row lock (status was checked as completed): roll the grant record back.
-            log.error("mark_claimed changed no row for user %r, goal %r under the row lock", user_id, goal.goal_id)
+            # Impossible under the row lock (status was checked as completed); no grant was recorded either.
+            log.error("record_claim changed no row for user %r, goal %r under the row lock", user_id, goal.goal_id)
             raise _internal_error()
         claimed_at: datetime = marked["claimed_at"]
         return claimed_at
