@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,8 +15,17 @@ from psycopg import pq
 from psycopg.rows import dict_row, tuple_row
 
 from service.storage.migrations import apply_migrations, discover_migrations
-from service.storage.registry import load_registry
-from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, describe_target, open_pool
+from service.storage.registry import NamedQuery, load_registry
+from service.storage.store import (
+    PoolConfig,
+    Queries,
+    Store,
+    StoreUnavailable,
+    describe_target,
+    open_pool,
+    warm_connection,
+)
+from service.usecases.players import PLAYER_STATEMENTS
 
 SMALL = PoolConfig(min_size=1, max_size=3, timeout_ms=2000, statement_timeout_ms=1234, open_timeout_s=5)
 
@@ -232,3 +243,48 @@ async def test_queries_transaction_begins_with_its_first_statements_and_ends_as_
         assert conn.info.transaction_status == pq.TransactionStatus.IDLE
         cursor = await conn.execute("SELECT key FROM probe ORDER BY key")
         assert await cursor.fetchall() == [("a",)]
+
+
+async def test_every_player_statement_plans_on_a_new_connection_and_nothing_is_written(fresh_db: str) -> None:
+    apply_migrations(fresh_db)
+    registry = load_registry()
+    async with await psycopg.AsyncConnection.connect(fresh_db, autocommit=True) as conn:
+        planned = await warm_connection(conn, [registry.get(name) for name in PLAYER_STATEMENTS])
+        # None skipped: the sample parameters fit every statement's declared types.
+        assert planned == len(PLAYER_STATEMENTS)
+        counts = await conn.execute(
+            "SELECT (SELECT count(*) FROM user_initializations), (SELECT count(*) FROM default_goal_sets),"
+            " (SELECT count(*) FROM user_goal_progress), (SELECT count(*) FROM reward_grants)"
+        )
+        assert await counts.fetchone() == (0, 0, 0, 0)
+
+
+async def test_the_pool_warms_each_new_connection_and_a_failing_statement_only_logs(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = NamedQuery("broken", "read", (), "SELECT * FROM no_such_table", None, "")
+    config = dataclasses.replace(SMALL, warm_statements=(broken,))
+    with caplog.at_level(logging.WARNING, logger="service.storage.store"):
+        pool = await open_pool(pg_url, "service", config)
+        try:
+            async with pool.connection() as conn:  # the connection is still handed out
+                assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+        finally:
+            await pool.close()
+    assert any("planning broken on a new connection failed" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_connection_a_request_waits_for_is_handed_out_without_warming(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = NamedQuery("broken", "read", (), "SELECT * FROM no_such_table", None, "")
+    config = dataclasses.replace(SMALL, min_size=1, max_size=2, warm_statements=(broken,))
+    with caplog.at_level(logging.WARNING, logger="service.storage.store"):
+        pool = await open_pool(pg_url, "service", config)  # its first connection: warmed, nobody waits
+        try:
+            async with pool.connection(), pool.connection() as second:  # the second grows the pool for a waiter
+                assert await (await second.execute("SELECT 1")).fetchone() == (1,)
+        finally:
+            await pool.close()
+    warmed = [record for record in caplog.records if "planning broken" in record.getMessage()]
+    assert len(warmed) == 1

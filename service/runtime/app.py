@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -44,7 +45,7 @@ from service.runtime.workers import SharedState, WorkerFailure, WorkerPool, Work
 from service.storage.cache import Cache, connect_redis
 from service.storage.cache import ping as ping_redis
 from service.storage.migrations import discover_migrations
-from service.storage.registry import RegistryError, load_registry
+from service.storage.registry import Registry, RegistryError, load_registry
 from service.storage.store import PoolConfig, Queries, Store, StoreUnavailable, open_pool
 from service.telemetry.metrics import BUILD_INFO, multiprocess_registry
 from service.transport.admin import combine_cache_stats, combine_pool_stats, create_admin_app, process_stats
@@ -55,7 +56,7 @@ from service.transport.health import Readiness
 from service.transport.http_api import create_http_app, player_routes
 from service.transport.http_protocol import HttpLimits, limited_protocol
 from service.usecases.events import IngestConfig, Ingestor
-from service.usecases.players import Players
+from service.usecases.players import PLAYER_STATEMENTS, Players
 from service.usecases.rewards import RewardConfig, RewardGranter
 
 log = logging.getLogger("challengectl.serve")
@@ -196,9 +197,12 @@ class Service:
     async def _serve(self, stop: asyncio.Event, resources: contextlib.AsyncExitStack) -> None:
         settings, catalog = self.settings, self.catalog
         self.schema_version = max((m.version for m in discover_migrations()), default=0)
-        store = await _open_store(self.deps.database_url, settings, resources)
-        redis, cache = await _open_cache(self.deps.redis_url, settings, catalog, resources)
         queries = Queries(load_registry())
+        serves_players = self.runtime_dir is None  # else the HTTP workers serve the player API
+        store = await _open_store(
+            self.deps.database_url, settings, resources, queries.registry if serves_players else None
+        )
+        redis, cache = await _open_cache(self.deps.redis_url, settings, catalog, resources)
         try:
             # One connection per flush partition: each partition flushes sequentially (docs/events.md#buffer-and-merge).
             flusher_config = _pool_config(settings, 1, settings.flush_workers)
@@ -374,12 +378,16 @@ def _pool_config(settings: Settings, min_size: int, max_size: int) -> PoolConfig
     )
 
 
-async def _open_store(database_url: str, settings: Settings, resources: contextlib.AsyncExitStack) -> Store:
-    """The service pool of this process (`db_pool_max` is per process)."""
+async def _open_store(
+    database_url: str, settings: Settings, resources: contextlib.AsyncExitStack, registry: Registry | None = None
+) -> Store:
+    """The service pool of this process (`db_pool_max` is per process). With the `registry` (the process serves
+    the player API), every new connection plans the player statements before its first request."""
+    config = _pool_config(settings, settings.db_pool_min, settings.db_pool_max)
+    if registry is not None:
+        config = dataclasses.replace(config, warm_statements=tuple(registry.get(name) for name in PLAYER_STATEMENTS))
     try:
-        pool = await open_pool(
-            database_url, "service", _pool_config(settings, settings.db_pool_min, settings.db_pool_max)
-        )
+        pool = await open_pool(database_url, "service", config)
     except StoreUnavailable as exc:
         raise StartupError(str(exc), 5, "check DATABASE_URL") from None
     store = Store(pool)
@@ -461,7 +469,7 @@ async def run_http_worker(spec: WorkerSpec, state: SharedState, stop: asyncio.Ev
         raise StartupError(f"named-query registry: {exc}", 2) from None
     schema_version = max((m.version for m in discover_migrations()), default=0)
     async with contextlib.AsyncExitStack() as resources:
-        store = await _open_store(spec.database_url, settings, resources)
+        store = await _open_store(spec.database_url, settings, resources, queries.registry)
         redis, cache = await _open_cache(spec.redis_url, settings, catalog, resources)
         routes = await _player_routes(settings, catalog, store, cache, queries, spec.auth_config, resources)
         readiness = _readiness(

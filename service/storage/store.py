@@ -10,11 +10,13 @@ to send `BEGIN` with its first statements.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -26,11 +28,13 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from service.storage.availability import Availability
-from service.storage.registry import Registry
+from service.storage.registry import NamedQuery, Registry
 from service.telemetry.metrics import LATENCY_BUCKETS
 from service.telemetry.pool_stats import PoolUsage
 
 POOL_ROLES = ("service", "flusher", "cli")
+
+log = logging.getLogger(__name__)
 
 
 class StoreUnavailable(Exception):
@@ -61,6 +65,8 @@ class PoolConfig:
     # attempt; afterwards it regrows on demand, at once, instead of at the next pause of a long backoff.
     reconnect_timeout_s: float = 2.0
     autocommit: bool = True
+    # Statements planned once on every new connection before the pool hands it out (see `warm_connection`).
+    warm_statements: tuple[NamedQuery, ...] = ()
 
 
 def describe_target(conninfo: str) -> str:
@@ -139,9 +145,17 @@ async def open_pool(conninfo: str, role: str, config: PoolConfig) -> AsyncConnec
     if "connect_timeout" not in conninfo_to_dict(conninfo):
         # libpq rounds values below 2 s up to 2 s; an unanswered SYN must not outlive the open timeout.
         connect_kwargs["connect_timeout"] = max(2, round(config.open_timeout_s))
+    statements = config.warm_statements
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        # A connection a request is already waiting for goes to it at once: warming would only delay that request.
+        if not pool.get_stats().get("requests_waiting", 0):
+            await warm_connection(conn, statements)
+
     pool = AsyncConnectionPool(
         conninfo,
         kwargs=connect_kwargs,
+        configure=configure if statements else None,
         min_size=config.min_size,
         max_size=config.max_size,
         timeout=config.timeout_ms / 1000,
@@ -161,6 +175,40 @@ async def open_pool(conninfo: str, role: str, config: PoolConfig) -> AsyncConnec
         await pool.close()
         raise StoreUnavailable(target, short_reason(error, conninfo)) from None
     return pool
+
+
+# A value of each declared parameter type, for planning a statement without running it.
+_SAMPLE_VALUES: dict[str, Any] = {
+    "text": "",
+    "bigint": 0,
+    "integer": 0,
+    "boolean": False,
+    "timestamptz": datetime(2000, 1, 1, tzinfo=UTC),
+}
+
+
+def _sample_params(statement: NamedQuery) -> dict[str, Any]:
+    """A parameter of the declared type for each placeholder (an array type gets an empty list)."""
+    return {param.name: [] if param.type.endswith("[]") else _SAMPLE_VALUES[param.type] for param in statement.params}
+
+
+async def warm_connection(conn: psycopg.AsyncConnection[Any], statements: Sequence[NamedQuery]) -> int:
+    """Plan each statement once (`EXPLAIN`: nothing runs, nothing is written); returns how many were planned.
+
+    A new backend loads the catalog entries of every table, index and view a statement touches the first
+    time it plans it: several ms for the player statements, paid by the first requests on that connection
+    when the pool grows under a burst (bench/README.md, "The new-player wave"). Done here, in the pool's
+    `configure` step (skipped while requests wait for a connection), the cost falls before the connection
+    serves anyone. A statement that fails to plan is skipped: warming never fails a connection.
+    """
+    planned = 0
+    for statement in statements:
+        try:
+            await conn.execute(f"EXPLAIN {statement.sql}", _sample_params(statement))
+            planned += 1
+        except psycopg.Error as error:
+            log.warning("planning %s on a new connection failed: %s", statement.name, short_reason(error))
+    return planned
 
 
 async def _probe_connection_failure(conninfo: str, connect_kwargs: dict[str, Any]) -> str:

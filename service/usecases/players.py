@@ -151,6 +151,27 @@ _INITIALIZED_FAST, _INITIALIZED_SLOW = INITIALIZE_TOTAL.labels("fast"), INITIALI
 CLAIMS_TOTAL = Counter("challenge_claims_total", "Claims by result (errorCode or ok)", ["result"])
 
 DB_ERROR_MESSAGE = "Database error occurred"
+
+# The named statements the player operations run: a new connection of the player API's pool plans them once
+# before it serves a request (service/storage/store.py `warm_connection`).
+PLAYER_STATEMENTS = (
+    "initialize_view",
+    "register_default_goal_set",
+    "player_rows",
+    "active_view",
+    "rotation_catch_up",
+    "materialize_implied_goals",
+    "user_progress",
+    "challenge_progress",
+    "goals_by_ids",
+    "set_goal_active",
+    "batch_set_goal_active",
+    "deactivate_challenge_goals",
+    "progress_for_update",
+    "next_claim_generation",
+    "insert_reward_grant",
+    "mark_claimed",
+)
 # SQLSTATEs retried once before a 503 (docs/rules.md#batch-select): deadlock detected, serialization failure.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 _RETRY_PAUSE_S = (0.02, 0.08)
