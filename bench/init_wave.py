@@ -4,7 +4,8 @@ service trees in turns: where in the wave the slow requests and the 503s fall.
 Each run is a fresh `serve` (as `seed_loadtest.py` starts it) and `loadtest run --profile seed-m3` with the init
 phase and a short gameplay phase; the runs alternate between this checkout and `--before-tree`, so background load
 hits both alike. Per run: `initialize_new` of the init phase (p50/p95/p99, 503s), the same for its first two
-seconds (the pool grows from `db_pool_min` there) and for the rest, and the service's DB pool peak.
+seconds (the pool grows from `db_pool_min` there) and for the rest, the service's DB pool peak, and the load
+generator's send lag (above ~10 ms the generator itself was short of CPU: latencies then include its lag).
 
     python bench/init_wave.py --before-tree DIR [--rounds 3] [--init 20s] [--duration 10s] [--ports 21600-21699]
         [--env NAME=VALUE ...] [--before-env NAME=VALUE ...]
@@ -48,6 +49,7 @@ def wave_figures(report: dict[str, Any], start_s: int = START_S) -> dict[str, An
         "p95_rest": max((value for value in p95s[start_s:] if value is not None), default=None),
         "pool_peak": summary["db_pool_peak_in_use"]["max"],
         "pool_waiting": summary["db_pool_waiting"]["max"],
+        "send_lag_p99": report["generator"]["lag_ms"]["p99"],
     }
 
 
@@ -92,6 +94,7 @@ def main() -> None:
                 f"503s first {START_S} s",
                 "worst 1-s p95 first / rest",
                 "pool peak / waiting",
+                "generator send lag p99",
             ),
             (
                 (
@@ -105,6 +108,7 @@ def main() -> None:
                     run["refused_start"],
                     f"{rows.ms(run['p95_start'])} / {rows.ms(run['p95_rest'])}",
                     f"{run['pool_peak']:.0f} / {run['pool_waiting']:.0f}",
+                    rows.ms(run["send_lag_p99"]),
                 )
                 for name, number, load, run in results
             ),

@@ -274,7 +274,7 @@ async def test_the_pool_warms_each_new_connection_and_a_failing_statement_only_l
     assert any("planning broken on a new connection failed" in record.getMessage() for record in caplog.records)
 
 
-async def test_a_connection_a_request_waits_for_is_handed_out_without_warming(
+async def test_a_connection_beyond_min_size_opened_for_a_waiting_request_is_not_warmed(
     pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     broken = NamedQuery("broken", "read", (), "SELECT * FROM no_such_table", None, "")

@@ -65,7 +65,7 @@ class PoolConfig:
     # attempt; afterwards it regrows on demand, at once, instead of at the next pause of a long backoff.
     reconnect_timeout_s: float = 2.0
     autocommit: bool = True
-    # Statements planned once on every new connection before the pool hands it out (see `warm_connection`).
+    # Statements planned once on each of the min_size connections before the pool hands it out (`warm_connection`).
     warm_statements: tuple[NamedQuery, ...] = ()
 
 
@@ -148,8 +148,10 @@ async def open_pool(conninfo: str, role: str, config: PoolConfig) -> AsyncConnec
     statements = config.warm_statements
 
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
-        # A connection a request is already waiting for goes to it at once: warming would only delay that request.
-        if not pool.get_stats().get("requests_waiting", 0):
+        # Only the min_size connections: one beyond them is opened for a burst (the requests it was opened for
+        # want it now, and its 12 ms of planning would add to the burst's database load).
+        stats = pool.get_stats()
+        if stats.get("pool_size", 0) <= config.min_size and not stats.get("requests_waiting", 0):
             await warm_connection(conn, statements)
 
     pool = AsyncConnectionPool(
@@ -198,8 +200,8 @@ async def warm_connection(conn: psycopg.AsyncConnection[Any], statements: Sequen
     A new backend loads the catalog entries of every table, index and view a statement touches the first
     time it plans it: several ms for the player statements, paid by the first requests on that connection
     when the pool grows under a burst (bench/README.md, "The new-player wave"). Done here, in the pool's
-    `configure` step (skipped while requests wait for a connection), the cost falls before the connection
-    serves anyone. A statement that fails to plan is skipped: warming never fails a connection.
+    `configure` step (for the pool's `min_size` connections, while no request waits), the cost falls before
+    the connection serves anyone. A statement that fails to plan is skipped: warming never fails a connection.
     """
     planned = 0
     for statement in statements:
