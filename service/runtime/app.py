@@ -382,7 +382,7 @@ async def _open_store(
     database_url: str, settings: Settings, resources: contextlib.AsyncExitStack, registry: Registry | None = None
 ) -> Store:
     """The service pool of this process (`db_pool_max` is per process). With the `registry` (the process serves
-    the player API), every new connection plans the player statements before its first request."""
+    the player API), its `db_pool_min` connections plan the player statements before their first request."""
     config = _pool_config(settings, settings.db_pool_min, settings.db_pool_max)
     if registry is not None:
         config = dataclasses.replace(config, warm_statements=tuple(registry.get(name) for name in PLAYER_STATEMENTS))
