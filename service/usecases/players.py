@@ -169,8 +169,7 @@ PLAYER_STATEMENTS = (
     "deactivate_challenge_goals",
     "progress_for_update",
     "next_claim_generation",
-    "insert_reward_grant",
-    "mark_claimed",
+    "record_claim",
 )
 # SQLSTATEs retried once before a 503 (docs/rules.md#batch-select): deadlock detected, serialization failure.
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
