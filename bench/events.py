@@ -519,7 +519,13 @@ def main() -> None:
         default=str(REPO_ROOT),
         help="source tree whose service/ and sql/ are started (default: this checkout), for before/after runs",
     )
+    parser.add_argument(
+        "--port-base", type=int, help="the service's HTTP port; gRPC and admin take the next two (default: free ones)"
+    )
     args = parser.parse_args()
+    if args.port_base is not None:
+        global PORT, GRPC_PORT, ADMIN_PORT
+        PORT, GRPC_PORT, ADMIN_PORT = args.port_base, args.port_base + 1, args.port_base + 2
     base = Path(tempfile.mkdtemp(prefix="challengectl-bench-events-"))
     data_dir = base / "data"
     service = start_service(data_dir, base / "serve.log", args.ack_mode, args.workers, Path(args.service_tree))

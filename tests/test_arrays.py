@@ -52,3 +52,18 @@ def test_values_without_a_literal_are_refused() -> None:
 def test_only_lists_are_replaced() -> None:
     now = datetime.now(UTC)
     assert with_array_literals({"ids": ["a", "b"], "now": now, "n": 3}) == {"ids": '{"a","b"}', "now": now, "n": 3}
+
+
+def test_arrays_of_one_element_type(conn: psycopg.Connection) -> None:
+    """Arrays of only strings, integers or timestamps (what a flush sends) take the joined paths."""
+    plain = ["user-1", "stat:matches_played", "", "NULL", "ünï"]
+    assert array_literal(plain) == '{"user-1","stat:matches_played","","NULL","ünï"}'
+    assert read_back(conn, array_literal(plain), "text[]") == plain
+    escaped = ['a"b', "c\\d", "e"]
+    assert read_back(conn, array_literal(escaped), "text[]") == escaped
+    assert read_back(conn, array_literal([3, -2, 0]), "bigint[]") == [3, -2, 0]
+    assert read_back(conn, array_literal(iter([None, 7])), "bigint[]") == [None, 7]
+    moments = [datetime(2026, 12, 6, 3, 0, tzinfo=UTC), datetime.fromtimestamp(1_796_516_119.25, UTC)]
+    assert read_back(conn, array_literal(moments), "timestamptz[]") == moments
+    with pytest.raises(TypeError):
+        array_literal([datetime(2026, 1, 1), None])

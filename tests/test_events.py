@@ -1272,21 +1272,26 @@ async def test_after_a_flush_invalidation_and_done_markers_take_one_redis_round_
         round_trips.append(str(args[0]))  # e.g. the SCRIPT EXISTS redis-py sends before a pipeline of Scripts
         return await immediate(pipe, *args, **kwargs)
 
-    pipe_execute = PipelinedRedis.execute
+    pipe_execute, pipe_execute_many = PipelinedRedis.execute, PipelinedRedis.execute_many
 
     async def counted_on_pipe(pipe: PipelinedRedis, *args: Any) -> Any:
         round_trips.append(f"pipe {args[0]}")
         return await pipe_execute(pipe, *args)
 
+    async def counted_many_on_pipe(pipe: PipelinedRedis, commands: Any) -> Any:
+        round_trips.append(f"pipe {' + '.join(str(command[0]) for command in commands)}")
+        return await pipe_execute_many(pipe, commands)
+
     async with ingest(flush_workers=1) as ingestor:
         monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counted)
         monkeypatch.setattr(redis.asyncio.client.Pipeline, "immediate_execute_command", counted_immediate)
         monkeypatch.setattr(PipelinedRedis, "execute", counted_on_pipe)
+        monkeypatch.setattr(PipelinedRedis, "execute_many", counted_many_on_pipe)
         await ingestor.submit([stat(user, "kills", 3, 3, event_id=event_id)], "publish")
         monkeypatch.undo()
-    # The marker lookup at acceptance (over the cache's pipelined connection), then one pipeline: the
-    # invalidation script and the done markers.
-    assert round_trips == ["pipe EVALSHA", 2]
+    # Over the cache's pipelined connection: the marker lookup at acceptance, then one write after the flush
+    # with the invalidation script and the done markers (no redis-py pipeline).
+    assert round_trips == ["pipe EVALSHA", "pipe EVALSHA + EVALSHA"]
     assert await redis_client.get(token_key(redis_prefix, user)) not in (None, b"old-token")
     assert await marker(redis_client, redis_prefix, user, event_id) == b"d"
 

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.storage.cache import open_redis
-from service.storage.redis_pipe import PipelinedRedis
+from service.storage.redis_pipe import CommandBatch, PipelinedRedis
 from tests.servers import PrivateRedis
 
 
@@ -151,6 +151,32 @@ async def test_a_stopped_server_fails_commands_until_it_is_back(
     private_redis.start()
 
     assert await private_pipe.execute("GET", "k") == b"v"
+
+
+async def test_a_batch_gets_its_replies_in_order_with_error_replies_in_place(pipe: PipelinedRedis) -> None:
+    key = prefix()
+    await pipe.execute("SET", key, "text", "EX", 60)
+    batch = CommandBatch()
+    batch.evalsha("0" * 40, 1, key)  # unknown script: NOSCRIPT
+    batch.commands += [("INCR", key), ("GET", key), ("EXISTS", key, f"{key}:absent")]
+
+    replies = await pipe.execute_many(batch.commands)
+
+    assert batch.commands[0] == ("EVALSHA", "0" * 40, 1, key)
+    assert isinstance(replies[0], NoScriptError)
+    assert isinstance(replies[1], ResponseError) and not isinstance(replies[1], NoScriptError)
+    assert replies[2:] == [b"text", 1]
+    assert await pipe.execute("GET", key) == b"text"  # the connection stays in step
+
+
+async def test_a_batch_on_a_stopped_server_raises(private_redis: PrivateRedis, private_pipe: PipelinedRedis) -> None:
+    await private_pipe.execute("SET", "k", "v")
+    private_redis.stop()
+    with pytest.raises(RedisConnectionError):
+        await private_pipe.execute_many([("GET", "k"), ("GET", "k")])
+    private_redis.start()
+
+    assert await private_pipe.execute_many([("GET", "k"), ("EXISTS", "k")]) == [b"v", 1]
 
 
 def test_clients_it_cannot_follow_get_no_pipe(redis_url: str) -> None:

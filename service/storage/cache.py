@@ -34,7 +34,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.domain.catalog import Goal
 from service.domain.rules import Initialization, ProgressRow, implied_row
-from service.storage.redis_pipe import Arg, PipelinedRedis
+from service.storage.redis_pipe import Arg, CommandBatch, PipelinedRedis
 
 CACHE_REQUESTS = Counter(
     "challenge_cache_requests_total",
@@ -794,12 +794,21 @@ class Cache:
         """
         assert self._client is not None
         calls = self._invalidation_calls(users)
-        async with self._client.pipeline(transaction=False) as pipe:
+        if self._pipe is not None:
+            # The pipelined connection: no redis-py pipeline (its Python packing of every key and token).
+            batch = CommandBatch()
             for call in calls:
-                await self._invalidate_call(call, pipe, only_existing)
+                self._invalidate_call(call, batch, only_existing)
             if follow_up is not None:
-                follow_up.queue(pipe)
-            results = await pipe.execute(raise_on_error=False)
+                follow_up.queue(batch)
+            results = await self._pipe.execute_many(batch.commands)
+        else:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    await self._invalidate_call(call, pipe, only_existing)
+                if follow_up is not None:
+                    follow_up.queue(pipe)
+                results = await pipe.execute(raise_on_error=False)
         failed: list[str] = []
         for call, result in zip(calls, results, strict=False):
             if isinstance(result, NoScriptError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -27,13 +28,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Arg = str | bytes | int
 
 
-def _command(args: tuple[Arg, ...]) -> bytes:
-    """A RESP array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        value = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
-    return b"".join(parts)
+def _packed(command: tuple[Arg, ...]) -> bytes:
+    """The RESP array of a command, packed in C by hiredis (a 100-key EVALSHA: a quarter of a Python loop's CPU)."""
+    return hiredis.pack_command(command)  # type: ignore[arg-type]  # the stub types a command as a 1-tuple
 
 
 def _reply_error(error: hiredis.ReplyError) -> ResponseError:
@@ -82,10 +79,22 @@ class _Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting.append((future, time.monotonic() + self._timeout_s))
-        self._transport.write(_command(args))
+        self._transport.write(_packed(args))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout_s, self._check_deadline)
         return future
+
+    def send_many(self, commands: Sequence[tuple[Arg, ...]]) -> list[asyncio.Future[Any]]:
+        """`send` for several commands in one transport write."""
+        assert self._transport is not None
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        deadline = time.monotonic() + self._timeout_s
+        self._waiting.extend((future, deadline) for future in futures)
+        self._transport.write(b"".join(map(_packed, commands)))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout_s, self._check_deadline)
+        return futures
 
     def _check_deadline(self) -> None:
         """One timer per busy stretch rather than one per command: the oldest waiting command is the first."""
@@ -112,6 +121,18 @@ class _Protocol(asyncio.Protocol):
 
     def close(self) -> None:
         self._fail(RedisConnectionError("the connection was closed"))
+
+
+class CommandBatch:
+    """Commands queued as on a redis-py pipeline (`evalsha`), then sent together by `PipelinedRedis.execute_many`."""
+
+    __slots__ = ("commands",)
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Arg, ...]] = []
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Arg) -> None:
+        self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))
 
 
 class PipelinedRedis:
@@ -172,6 +193,21 @@ class PipelinedRedis:
         if protocol is None or protocol.lost:
             protocol = await self._connect()
         return await protocol.send(args)
+
+    async def execute_many(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
+        """Send the commands in one write and return their replies in order, an error reply as its
+        `ResponseError` (as a redis-py pipeline with `raise_on_error=False`); a connection failure raises."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connect()
+        replies = await asyncio.gather(*protocol.send_many(commands), return_exceptions=True)
+        failure = next(
+            (reply for reply in replies if isinstance(reply, BaseException) and not isinstance(reply, ResponseError)),
+            None,
+        )
+        if failure is not None:
+            raise failure
+        return replies
 
     async def script(self, sha: str, source: str, keys: list[str], args: list[Arg]) -> Any:
         """EVALSHA, or EVAL (which loads the script) when the server does not know it yet."""
