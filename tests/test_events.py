@@ -1272,11 +1272,7 @@ async def test_after_a_flush_invalidation_and_done_markers_take_one_redis_round_
         round_trips.append(str(args[0]))  # e.g. the SCRIPT EXISTS redis-py sends before a pipeline of Scripts
         return await immediate(pipe, *args, **kwargs)
 
-    pipe_execute, pipe_execute_many = PipelinedRedis.execute, PipelinedRedis.execute_many
-
-    async def counted_on_pipe(pipe: PipelinedRedis, *args: Any) -> Any:
-        round_trips.append(f"pipe {args[0]}")
-        return await pipe_execute(pipe, *args)
+    pipe_execute_many = PipelinedRedis.execute_many
 
     async def counted_many_on_pipe(pipe: PipelinedRedis, commands: Any) -> Any:
         round_trips.append(f"pipe {' + '.join(str(command[0]) for command in commands)}")
@@ -1285,7 +1281,6 @@ async def test_after_a_flush_invalidation_and_done_markers_take_one_redis_round_
     async with ingest(flush_workers=1) as ingestor:
         monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", counted)
         monkeypatch.setattr(redis.asyncio.client.Pipeline, "immediate_execute_command", counted_immediate)
-        monkeypatch.setattr(PipelinedRedis, "execute", counted_on_pipe)
         monkeypatch.setattr(PipelinedRedis, "execute_many", counted_many_on_pipe)
         await ingestor.submit([stat(user, "kills", 3, 3, event_id=event_id)], "publish")
         monkeypatch.undo()
@@ -1305,15 +1300,14 @@ async def test_lookups_of_calls_arriving_while_one_is_in_flight_share_one_pipeli
     ids = [new_id() for _ in users]
     begin_sha = hashlib.sha1(BEGIN_LUA.encode()).hexdigest()
     lookups: list[int] = []
-    execute = PipelinedRedis.execute
+    execute_many = PipelinedRedis.execute_many
 
-    async def counted(pipe: PipelinedRedis, *args: Any) -> Any:
-        if args[:2] == ("EVALSHA", begin_sha):
-            lookups.append(args[2])  # EVALSHA sha numkeys key... ttl
-        return await execute(pipe, *args)
+    async def counted(pipe: PipelinedRedis, commands: Any) -> Any:
+        lookups.extend(command[2] for command in commands if command[:2] == ("EVALSHA", begin_sha))  # numkeys
+        return await execute_many(pipe, commands)
 
     async with ingest() as ingestor:
-        monkeypatch.setattr(PipelinedRedis, "execute", counted)
+        monkeypatch.setattr(PipelinedRedis, "execute_many", counted)
         results = await asyncio.gather(
             *(
                 ingestor.submit([stat(user, "kills", 5, 5, event_id)], "ags_stat")

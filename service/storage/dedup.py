@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import Counter
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from service.domain.buffer import EventKey
 from service.storage.cache import REDIS_FAILURES, RedisClient, event_key
@@ -382,19 +382,12 @@ class Deduplicator:
         """One EVALSHA per call, pipelined; an error reply comes back as that call's reply (a connection
         failure raises)."""
         if self._pipe is not None:
-            return list(await asyncio.gather(*(self._evalsha_on_pipe(sha, call, ttl_ms) for call in calls)))
+            return await self._pipe.execute_many([("EVALSHA", sha, len(call), *call, ttl_ms) for call in calls])
         assert self._client is not None
         async with self._client.pipeline(transaction=False) as pipe:
             for call in calls:
                 pipe.evalsha(sha, len(call), *call, ttl_ms)
             return await pipe.execute(raise_on_error=False)
-
-    async def _evalsha_on_pipe(self, sha: str, keys: list[str], ttl_ms: int) -> Any:
-        assert self._pipe is not None
-        try:
-            return await self._pipe.execute("EVALSHA", sha, len(keys), *keys, ttl_ms)
-        except ResponseError as error:  # NOSCRIPT or another error reply, as a pipeline reports it
-            return error
 
     @staticmethod
     def _count(backend: str, states: Sequence[str | None]) -> None:
