@@ -75,17 +75,10 @@ class _Protocol(asyncio.Protocol):
         return len(self._waiting)
 
     def send(self, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
-        assert self._transport is not None
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._waiting.append((future, time.monotonic() + self._timeout_s))
-        self._transport.write(_packed(args))
-        if self._watchdog is None:
-            self._watchdog = loop.call_later(self._timeout_s, self._check_deadline)
-        return future
+        return self.send_many((args,))[0]
 
     def send_many(self, commands: Sequence[tuple[Arg, ...]]) -> list[asyncio.Future[Any]]:
-        """`send` for several commands in one transport write."""
+        """Write the commands in one transport write; one future per command, resolved by its reply."""
         assert self._transport is not None
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
