@@ -203,6 +203,10 @@ def test_exit_5_admin_timeout() -> None:
     assert failure.value.exit_code == 5 and "did not answer" in failure.value.message
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_exit_130_on_sigint() -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -224,6 +228,9 @@ def test_exit_130_on_sigint() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As from a terminal: a background job of a non-interactive shell inherits SIGINT ignored, and Python
+            # then keeps it ignored (the CLI rightly respects that).
+            preexec_fn=_default_sigint,
         )
         connection, _ = silent.accept()  # the command is now waiting for the admin API
         process.send_signal(signal.SIGINT)
