@@ -18,18 +18,17 @@ DIR`). Needs DATABASE_URL (a server where it may create databases) and REDIS_URL
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+import tree_runs
+
 SCENARIOS = ("initialize_new", "initialize_returning", "challenges", "challenges_active", "set_active", "claim")
 
 
@@ -158,17 +157,6 @@ def backend_cpu(backends: list[Any]) -> float:
     return sum(sum(process.cpu_times()[:2]) for process in backends)
 
 
-def run_worker(tree: Path, args: argparse.Namespace, db: str, prefix: str) -> dict[str, dict[str, float]]:
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO_ROOT}"}
-    command = [sys.executable, __file__, "--worker", "--db", db, "--prefix", prefix, "--tree", str(tree)]
-    command += ["--profile", args.profile, "--players", str(args.players), "--calls", str(args.calls)]
-    command += ["--scenarios", ",".join(args.scenarios)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        raise SystemExit(f"worker for {tree} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(completed.stdout)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="seed-m3", choices=("seed-m3", "all-active-500"))
@@ -176,40 +164,21 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="measured calls per scenario and run")
     parser.add_argument("--repeat", type=int, default=2, help="runs per tree, interleaved")
     parser.add_argument("--scenarios", type=lambda s: s.split(","), default=list(SCENARIOS))
-    parser.add_argument("--baseline-tree", type=Path)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--db", help=argparse.SUPPRESS)
-    parser.add_argument("--prefix", help=argparse.SUPPRESS)
-    parser.add_argument("--tree", help=argparse.SUPPRESS)
+    tree_runs.add_tree_options(parser)
     args = parser.parse_args()
-    if args.worker:
-        from service.runtime.event_loop import run
-
-        print(json.dumps(run(worker(args))))
+    if tree_runs.ran_as_worker(args, worker):
         return
-    admin_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not admin_url or not redis_url:
-        parser.error("set DATABASE_URL and REDIS_URL")
-    sys.path.insert(0, str(REPO_ROOT))
-    from player_data_path import create_database, drop_database, remove_keys
-
-    from service.storage.migrations import apply_migrations
-
-    trees = {"this tree": REPO_ROOT}
-    if args.baseline_tree:
-        trees["baseline"] = args.baseline_tree.resolve()
+    admin_url = tree_runs.admin_database_url(parser)
+    trees = tree_runs.trees(args)
+    options = ["--profile", args.profile, "--players", str(args.players), "--calls", str(args.calls)]
+    options += ["--scenarios", ",".join(args.scenarios)]
     stamp = os.getpid()
     runs: dict[str, list[dict[str, dict[str, float]]]] = {label: [] for label in trees}
     for repetition in range(args.repeat):
         for index, (label, tree) in enumerate(trees.items()):
-            name = f"bench_usecases_{stamp}_{repetition}_{index}"
-            db = create_database(admin_url, name)
-            try:
-                apply_migrations(db)
-                runs[label].append(run_worker(tree, args, db, f"buc{stamp}r{repetition}t{index}"))
-            finally:
-                drop_database(admin_url, name)
-                remove_keys(f"buc{stamp}r{repetition}t{index}")
+            name, prefix = f"bench_usecases_{stamp}_{repetition}_{index}", f"buc{stamp}r{repetition}t{index}"
+            with tree_runs.fresh_database(admin_url, name, prefix) as db:
+                runs[label].append(tree_runs.run_worker(__file__, tree, db, prefix, options))
             print(f"run {repetition + 1}/{args.repeat} of {label} done", file=sys.stderr)
     print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), load average "

@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+import tree_runs
+
 STAT_CODES = ("matches_played", "enemies_defeated", "objectives_captured", "matches_won", "headshots")
 NAMESPACE = "bench"
 
@@ -120,18 +119,6 @@ async def worker(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def run_worker(tree: Path, args: argparse.Namespace, batch: int, db: str, prefix: str) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO_ROOT}"}
-    command = [sys.executable, __file__, "--worker", "--db", db, "--prefix", prefix, "--tree", str(tree)]
-    command += ["--batch", str(batch), "--call-rate", str(args.call_rate), "--seconds", str(args.seconds)]
-    command += ["--users", str(args.users), "--seed", str(args.seed)]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        raise SystemExit(f"worker for {tree} failed:\n{completed.stderr[-3000:]}")
-    result: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 100, 500], help="events per call")
@@ -140,29 +127,13 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=500, help="players initialized before the load")
     parser.add_argument("--repeat", type=int, default=2, help="runs per tree and batch size, interleaved")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--baseline-tree", type=Path)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--db", help=argparse.SUPPRESS)
-    parser.add_argument("--prefix", help=argparse.SUPPRESS)
-    parser.add_argument("--tree", help=argparse.SUPPRESS)
+    tree_runs.add_tree_options(parser)
     args = parser.parse_args()
-    if args.worker:
-        from service.runtime.event_loop import run
-
-        print(json.dumps(run(worker(args))))
+    if tree_runs.ran_as_worker(args, worker):
         return
-    admin_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not admin_url or not redis_url:
-        parser.error("set DATABASE_URL and REDIS_URL")
-    sys.path.insert(0, str(REPO_ROOT))
-    from player_data_path import create_database, drop_database, remove_keys
-
-    from service.storage.migrations import apply_migrations
-
-    trees = {"this tree": REPO_ROOT}
-    if args.baseline_tree:
-        trees["baseline"] = args.baseline_tree.resolve()
+    admin_url = tree_runs.admin_database_url(parser)
+    trees = tree_runs.trees(args)
     stamp = os.getpid()
     runs: dict[tuple[str, int], list[dict[str, float]]] = {(label, b): [] for label in trees for b in args.batches}
     loads = []
@@ -173,14 +144,11 @@ def main() -> None:
                     f"bench_publish_{stamp}_{repetition}_{batch}_{index}",
                     f"bpf{stamp}r{repetition}b{batch}t{index}",
                 )
-                db = create_database(admin_url, name)
-                try:
-                    apply_migrations(db)
+                options = ["--batch", str(batch), "--call-rate", str(args.call_rate), "--seconds", str(args.seconds)]
+                options += ["--users", str(args.users), "--seed", str(args.seed)]
+                with tree_runs.fresh_database(admin_url, name, prefix) as db:
                     loads.append(os.getloadavg()[0])
-                    runs[(label, batch)].append(run_worker(tree, args, batch, db, prefix))
-                finally:
-                    drop_database(admin_url, name)
-                    remove_keys(prefix)
+                    runs[(label, batch)].append(tree_runs.run_worker(__file__, tree, db, prefix, options))
                 print(f"run {repetition + 1}/{args.repeat}, batch {batch}, {label} done", file=sys.stderr)
     print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), load average "
