@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +179,11 @@ def main() -> None:
                 runs[label].append(tree_runs.run_worker(__file__, tree, db, prefix, options))
             print(f"run {repetition + 1}/{args.repeat} of {label} done", file=sys.stderr)
     print(
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), load average "
-        f"{os.getloadavg()[0]:.1f}; profile {args.profile}, {args.players} returning players, {args.calls} calls per "
-        f"scenario and run, {args.repeat} interleaved runs per tree (median of the runs shown)"
+        tree_runs.heading(
+            f"{os.getloadavg()[0]:.1f}",
+            f"profile {args.profile}, {args.players} returning players, {args.calls} calls per scenario and run, "
+            f"{args.repeat} interleaved runs per tree (median of the runs shown)",
+        )
     )
     print()
     compare = "baseline" in runs

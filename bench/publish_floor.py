@@ -22,13 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import random
 import statistics
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import tree_runs
@@ -151,9 +149,11 @@ def main() -> None:
                     runs[(label, batch)].append(tree_runs.run_worker(__file__, tree, db, prefix, options))
                 print(f"run {repetition + 1}/{args.repeat}, batch {batch}, {label} done", file=sys.stderr)
     print(
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), load average "
-        f"{min(loads):.1f}-{max(loads):.1f}; {args.call_rate:g} calls/s for {args.seconds:g} s per run, {args.users} "
-        f"players, commit acks, {args.repeat} interleaved runs per tree and batch size (median shown)"
+        tree_runs.heading(
+            f"{min(loads):.1f}-{max(loads):.1f}",
+            f"{args.call_rate:g} calls/s for {args.seconds:g} s per run, {args.users} players, commit acks, "
+            f"{args.repeat} interleaved runs per tree and batch size (median shown)",
+        )
     )
     print()
     compare = "baseline" in trees

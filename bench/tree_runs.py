@@ -7,10 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,8 @@ def run_worker(script: str, tree: Path, db: str, prefix: str, options: list[str]
     if completed.returncode != 0:
         raise SystemExit(f"worker for {tree} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def heading(load: str, what: str) -> str:
+    """The first line of a result: date (UTC), CPUs, `load` (the load average), then `what` was run."""
+    return f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs ({platform.machine()}), load average {load}; {what}"
