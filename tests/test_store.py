@@ -7,18 +7,14 @@ import dataclasses
 import logging
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import pq
-from psycopg.rows import dict_row, tuple_row
 
 from service.storage.migrations import apply_migrations, discover_migrations
 from service.storage.registry import NamedQuery, load_registry
 from service.storage.store import (
     PoolConfig,
-    Queries,
     Store,
     StoreUnavailable,
     describe_target,
@@ -191,58 +187,6 @@ async def test_ping_after_close_is_store_unavailable(pg_url: str) -> None:
 def test_describe_target_reads_urls_and_keyword_strings() -> None:
     assert describe_target("postgresql://u:pw@db.internal:6543/game") == "db.internal:6543/game"
     assert describe_target("host=10.0.0.5 port=5433 dbname=game user=u password=pw") == "10.0.0.5:5433/game"
-
-
-PROBE_QUERIES = """
--- name: take
--- kind: write
--- params: key text
--- doc: Records one key.
-INSERT INTO probe (key) VALUES (%(key)s::text) RETURNING key;
-
--- name: take_other
--- kind: write
--- params: other text
--- doc: Records another key.
-INSERT INTO probe (key) VALUES (%(other)s::text) RETURNING key;
-
--- name: keys
--- kind: read
--- params: key text
--- doc: How many times the key is recorded.
-SELECT count(*) AS n FROM probe WHERE key = %(key)s::text;
-"""
-
-
-async def test_queries_transaction_begins_with_its_first_statements_and_ends_as_the_block_does(
-    store: Store, tmp_path: Path
-) -> None:
-    """`Queries.transaction`: BEGIN and the statements in one message, each statement seeing the ones before;
-    committed when the block ends; rolled back when the block, a statement or the parameters fail."""
-    (tmp_path / "probe.sql").write_text(PROBE_QUERIES)
-    queries = Queries(load_registry(tmp_path / "probe.sql", required=()))
-    async with store.connection() as conn:
-        await conn.execute("CREATE TEMP TABLE probe (key text CHECK (key <> 'bad'))")
-        first = (("take", {"key": "a"}, tuple_row), ("keys", {"key": "a"}, dict_row))
-        async with queries.transaction(conn, first) as (taken, counted):
-            assert (taken, counted) == ([("a",)], [{"n": 1}])
-            assert conn.info.transaction_status == pq.TransactionStatus.INTRANS
-        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
-
-        with pytest.raises(RuntimeError):
-            async with queries.transaction(conn, (("take", {"key": "b"}, tuple_row),)):
-                raise RuntimeError("the block fails")
-        with pytest.raises(psycopg.errors.CheckViolation):
-            async with queries.transaction(
-                conn, (("take", {"key": "c"}, tuple_row), ("take_other", {"other": "bad"}, tuple_row))
-            ):
-                pass
-        with pytest.raises(ValueError, match="'key' of 'keys' differs"):
-            async with queries.transaction(conn, (("take", {"key": "d"}, tuple_row), ("keys", {"key": "e"}, dict_row))):
-                pass
-        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
-        cursor = await conn.execute("SELECT key FROM probe ORDER BY key")
-        assert await cursor.fetchall() == [("a",)]
 
 
 async def test_every_player_statement_plans_on_a_new_connection_and_nothing_is_written(fresh_db: str) -> None:

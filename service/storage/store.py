@@ -3,8 +3,7 @@
 Every pooled session runs with `TimeZone=UTC` and the configured `statement_timeout`, passed as libpq
 startup options so that no extra round trip is spent on session setup (docs/data-model.md#time, docs/configuration.md#service-settings). By default
 the pool's connections are in autocommit mode: a single-statement read or write is one round trip
-(no BEGIN/COMMIT), and multi-statement work opens an explicit `conn.transaction()`, or `Queries.transaction`
-to send `BEGIN` with its first statements.
+(no BEGIN/COMMIT), and multi-statement work opens an explicit `conn.transaction()`.
 """
 
 from __future__ import annotations
@@ -382,7 +381,6 @@ class Queries:
         self.registry = registry
         self._sql = {query.name: query.sql for query in registry}
         self._timers = {name: QUERY_SECONDS.labels(name) for name in self._sql}
-        self._messages: dict[tuple[str, ...], str] = {}
 
     async def rows(
         self,
@@ -399,51 +397,6 @@ class Queries:
             result = await cursor.fetchall() if _has_rows(cursor) else []
         self._timers[name].observe(time.perf_counter() - started)
         return result
-
-    @asynccontextmanager
-    async def transaction(
-        self,
-        conn: psycopg.AsyncConnection,
-        statements: Sequence[tuple[str, Mapping[str, Any], Any]],
-    ) -> AsyncIterator[list[list[Any]]]:
-        """A transaction on an autocommit connection whose `BEGIN` travels with its first statements: one
-        simple-query message `BEGIN; <first>; <second>; …` (parameters bound client-side by psycopg), so one
-        round trip instead of one per statement plus one for `BEGIN`. Each statement still runs after the
-        previous one finished and takes its own snapshot (READ COMMITTED), e.g. a read after a row lock sees
-        what the lock waited for. Yields the rows of each statement (`(name, params, row_factory)`; the same
-        parameter name must have the same value in all of them); commits when the block ends, rolls back
-        when it raises. Their durations are recorded as one, under the first statement's name."""
-        try:
-            yield await self._begin_with(conn, statements)
-        except BaseException:
-            # A broken connection has no transaction left to roll back (the pool discards it).
-            if conn.pgconn.status == pq.ConnStatus.OK and conn.info.transaction_status != pq.TransactionStatus.IDLE:
-                await conn.rollback()
-            raise
-        await conn.commit()
-
-    async def _begin_with(
-        self, conn: psycopg.AsyncConnection, statements: Sequence[tuple[str, Mapping[str, Any], Any]]
-    ) -> list[list[Any]]:
-        started = time.perf_counter()
-        bound: dict[str, Any] = {}
-        for name, params, _ in statements:
-            for key, value in params.items():
-                if bound.setdefault(key, value) != value:
-                    raise ValueError(f"parameter {key!r} of {name!r} differs from an earlier statement's")
-        names = tuple(name for name, _, _ in statements)
-        message = self._messages.get(names)
-        if message is None:
-            message = self._messages[names] = "BEGIN;\n" + ";\n".join(self._statement(name) for name in names)
-        results: list[list[Any]] = []
-        async with psycopg.AsyncClientCursor(conn) as cursor:
-            await cursor.execute(message, bound)
-            for _, _, row_factory in statements:
-                cursor.nextset()  # the first result is BEGIN's
-                cursor.row_factory = row_factory
-                results.append(await cursor.fetchall() if _has_rows(cursor) else [])
-        self._timers[names[0]].observe(time.perf_counter() - started)
-        return results
 
     async def one(
         self, conn: psycopg.AsyncConnection, name: str, params: Mapping[str, Any], row_factory: Any = dict_row

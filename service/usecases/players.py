@@ -664,23 +664,13 @@ class Players:
         # The grant's deadline is on the granter's clock (monotonic); the timeout bounds everything else.
         deadline = time.monotonic() + self._claim_timeout_s
 
-        # BEGIN, the row lock and the next generation in one round trip. The generation stays a statement of its
-        # own after the lock: folded into the locking SELECT it would read a snapshot taken before the lock wait
-        # and could miss a grant committed meanwhile (a repeated generation).
-        first_statements = (
-            ("progress_for_update", {"user_id": user_id, "goal_id": goal_id}, _ROW),
-            (
-                "next_claim_generation",
-                {"namespace": self._namespace, "user_id": user_id, "goal_id": goal_id},
-                tuple_row,
-            ),
-        )
-
         async def claim_in_transaction(conn: psycopg.AsyncConnection[Any]) -> datetime:
-            async with self._queries.transaction(conn, first_statements) as (locked, generations):
-                row = locked[0] if locked else await self._implied_row(conn, user_id, goal_id)
+            async with conn.transaction():
+                row = await self._queries.one(
+                    conn, "progress_for_update", {"user_id": user_id, "goal_id": goal_id}, _ROW
+                ) or await self._implied_row(conn, user_id, goal_id)
                 await self._check_claimable(conn, user_id, challenge_id, goal, row, now)
-                return await self._grant_and_mark(conn, user_id, goal, int(generations[0][0]), now, deadline)
+                return await self._grant_and_mark(conn, user_id, goal, now, deadline)
 
         try:
             async with asyncio.timeout(self._claim_timeout_s):
@@ -733,11 +723,18 @@ class Players:
         conn: psycopg.AsyncConnection[Any],
         user_id: str,
         goal: Goal,
-        generation: int,
         now: datetime,
         deadline: float,
     ) -> datetime:
-        """Check 10 and the final write: grant → mark claimed and record the grant (one statement)."""
+        """Check 10 and the final writes: generation → grant → mark claimed and record the grant (one statement).
+        The generation is a statement of its own after the row lock: read with the locking SELECT's snapshot it
+        could miss a grant committed while the claim waited for the lock (a repeated generation)."""
+        generation_row = await self._queries.one(
+            conn,
+            "next_claim_generation",
+            {"namespace": self._namespace, "user_id": user_id, "goal_id": goal.goal_id},
+        )
+        generation = int(generation_row["generation"]) if generation_row else 1
         grant = RewardGrant(
             namespace=self._namespace,
             user_id=user_id,
