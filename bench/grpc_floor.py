@@ -42,7 +42,7 @@ from google.protobuf import empty_pb2  # noqa: E402
 from service.proto.accelbyte.social.statistic.v1 import statistic_pb2, statistic_pb2_grpc  # noqa: E402
 from service.runtime.event_loop import run  # noqa: E402
 from service.transport.grpc_api import create_grpc_server  # noqa: E402
-from service.usecases.events import IncomingEvent, SubmitResult  # noqa: E402
+from service.usecases.events import EventFields, SubmitResult  # noqa: E402
 
 
 class _Empty(statistic_pb2_grpc.StatisticStatItemUpdatedServiceServicer):
@@ -53,7 +53,7 @@ class _Empty(statistic_pb2_grpc.StatisticStatItemUpdatedServiceServicer):
 class _AcceptAll:
     """An ingestion core that accepts every event without doing anything."""
 
-    async def submit(self, events: Sequence[IncomingEvent], origin: str, deadline: float | None = None) -> SubmitResult:
+    async def submit(self, events: Sequence[EventFields], origin: str, deadline: float | None = None) -> SubmitResult:
         return SubmitResult(len(events), 0, 0, [], True)
 
 

@@ -24,7 +24,7 @@ from challengectl.eventload import (
 )
 from service.domain.errors import Exhausted, Unavailable
 from service.proto.challengectl.v1 import ingest_pb2
-from service.usecases.events import IncomingEvent, SubmitResult
+from service.usecases.events import EventFields, IncomingEvent, SubmitResult
 from tests.support.grpc_server import serving
 
 Respond = Callable[[Sequence[IncomingEvent]], Awaitable[SubmitResult]]
@@ -41,7 +41,8 @@ class Core:
     respond: Respond = accept
     seen: Counter[str] = field(default_factory=Counter)
 
-    async def submit(self, events: Sequence[IncomingEvent], origin: str, deadline: float | None = None) -> SubmitResult:
+    async def submit(self, fields: Sequence[EventFields], origin: str, deadline: float | None = None) -> SubmitResult:
+        events = [IncomingEvent(*event) for event in fields]  # Publish hands plain tuples: named here
         self.seen.update(event.id for event in events)
         return await self.respond(events)
 

@@ -27,9 +27,10 @@ from psycopg.rows import dict_row
 from redis.crc import key_slot
 
 from service.config.settings import load_settings
-from service.domain.buffer import Entry, Partition, fnv1a_32, partition_of
+from service.domain.buffer import Entry, Partition, fnv1a_32, partition_of, stat_source
 from service.domain.catalog import Catalog, parse_catalog
 from service.domain.errors import DomainError, Unavailable
+from service.domain.routing import GoalRouting
 from service.domain.rules import next_boundary, period_start
 from service.storage.cache import Cache, active_key, event_key, open_redis, token_key
 from service.storage.dedup import BEGIN_LUA, Deduplicator
@@ -332,6 +333,12 @@ def test_fnv1a_32_matches_the_reference_values_and_picks_the_partition() -> None
     assert partition_of("foobar", 4) == 0xBF9CF968 % 4
 
 
+def test_routing_names_the_source_of_each_routed_stat_code(catalog: Catalog) -> None:
+    routing = GoalRouting(catalog)
+    # The login goals (one labelled "kills", one "logins") feed the login source, not a stat code.
+    assert routing.routed_stat_sources() == {"kills": stat_source("kills"), "wins": stat_source("wins")}
+
+
 def test_merge_back_keeps_the_newer_value_adds_increments_and_puts_old_entries_first() -> None:
     partition = Partition(0, capacity=10)
     older = Entry("u1", "stat:kills", first_accepted=1.0)
@@ -406,6 +413,7 @@ def test_validation_rejects_each_invalid_event_with_its_reason() -> None:
     }
     for reason, event in cases.items():
         assert validate_event(event) == reason
+        assert validate_event(tuple(event)) == reason  # Publish's plain field tuples
     for valid in (
         good,
         good._replace(user_id="u" * 100),

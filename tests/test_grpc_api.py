@@ -36,7 +36,7 @@ from service.transport.grpc_api import (
     LOGIN_SERVICE_NAME,
     STAT_SERVICE_NAME,
 )
-from service.usecases.events import IncomingEvent, SubmitResult
+from service.usecases.events import EventFields, IncomingEvent, SubmitResult
 from tests.support.grpc_server import INGEST_UNARY_METHODS, serving
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,8 +62,9 @@ class ScriptedIngestor:
     running: int = 0
     max_running: int = 0
 
-    async def submit(self, events: Sequence[IncomingEvent], origin: str, deadline: float | None = None) -> SubmitResult:
-        self.calls.append((list(events), origin, deadline))
+    async def submit(self, fields: Sequence[EventFields], origin: str, deadline: float | None = None) -> SubmitResult:
+        events = [IncomingEvent(*event) for event in fields]  # Publish hands plain tuples: named here
+        self.calls.append((events, origin, deadline))
         self.running += 1
         self.max_running = max(self.max_running, self.running)
         try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from service.domain.buffer import SOURCE_LOGIN, Entry, stat_source
+from service.domain.buffer import SOURCE_LOGIN, STAT_SOURCE_PREFIX, Entry, stat_source
 from service.domain.catalog import Catalog
 from service.domain.rules import next_boundary, period_start
 
@@ -53,6 +53,14 @@ class GoalRouting:
     def routes(self, source: str) -> bool:
         """Whether any goal is fed by `source`."""
         return source in self._by_source
+
+    def routed_stat_sources(self) -> dict[str, str]:
+        """The source of every stat code that feeds a goal, by stat code (one lookup routes a stat event)."""
+        return {
+            source.removeprefix(STAT_SOURCE_PREFIX): source
+            for source in self._by_source
+            if source.startswith(STAT_SOURCE_PREFIX)
+        }
 
     def rows_fed(self, entry: Entry) -> int:
         """How many goal rows a flush of `entry` may write: the goals its source feeds."""

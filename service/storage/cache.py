@@ -207,7 +207,12 @@ def synced_key(prefix: str, user_id: str, fingerprint: str) -> str:
 
 def event_key(prefix: str, user_id: str, event_id: str) -> str:
     """`<p>:{<user>}:evt:<event_id>`: the de-duplication marker of one event (docs/events.md#de-duplication)."""
-    return f"{prefix}:{{{user_id}}}:evt:{event_id}"
+    return event_keys(prefix, ((user_id, event_id),))[0]
+
+
+def event_keys(prefix: str, keys: Iterable[tuple[str, str]]) -> list[str]:
+    """The `event_key` of each (user, event id), in one comprehension (a flush and a batch have hundreds)."""
+    return [f"{prefix}:{{{user_id}}}:evt:{event_id}" for user_id, event_id in keys]
 
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")

@@ -23,7 +23,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 from service.domain.buffer import EventKey
-from service.storage.cache import REDIS_FAILURES, RedisClient, event_key
+from service.storage.cache import REDIS_FAILURES, RedisClient, event_key, event_keys
 from service.storage.redis_pipe import PipelinedRedis
 
 log = logging.getLogger(__name__)
@@ -315,8 +315,8 @@ class Deduplicator:
             self.lru.put(key, DONE, self._done_ttl_s)
 
     def _queue_done(self, pipe: Any, keys: Sequence[EventKey]) -> None:
-        for call in self._script_calls(keys):
-            pipe.evalsha(self._done_script.sha, len(call), *(self._redis_key(keys[i]) for i in call), self._done_ttl_ms)
+        for call in self._script_keys(keys)[1]:
+            pipe.evalsha(self._done_script.sha, len(call), *call, self._done_ttl_ms)
 
     async def _set_done_in_redis(self, keys: Sequence[EventKey]) -> None:
         await self._run_script(self._done_script, keys, self._done_ttl_ms)
@@ -353,13 +353,20 @@ class Deduplicator:
             for start in range(0, len(group), _PIPELINE_CHUNK)
         ]
 
+    def _script_keys(self, keys: Sequence[EventKey]) -> tuple[list[list[int]], list[list[str]]]:
+        """`_script_calls(keys)`, and the Redis keys of each call."""
+        positions = self._script_calls(keys)
+        redis_keys = event_keys(self._prefix, keys)
+        if not self._cluster:
+            return positions, [redis_keys[call[0] : call[-1] + 1] for call in positions]
+        return positions, [[redis_keys[position] for position in call] for call in positions]
+
     async def _run_script(self, script: Any, keys: Sequence[EventKey], ttl_ms: int) -> list[Any]:
         """Run the multi-key script over `keys`, one EVALSHA per script call, pipelined; returns the per-key
         replies of a script that gives them, in the order of `keys`. Scripts missing on the server (a
         restart) are loaded and only the calls that did not run are sent again."""
         assert self._client is not None
-        positions = self._script_calls(keys)
-        calls = [[self._redis_key(keys[position]) for position in call] for call in positions]
+        positions, calls = self._script_keys(keys)
         replies = await self._evalsha_each(script.sha, calls, ttl_ms)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
@@ -372,6 +379,8 @@ class Deduplicator:
                 raise _RedisFailed(f"{type(reply).__name__}: {reply}")
         if not all(isinstance(reply, list) for reply in replies):
             return []
+        if not self._cluster:  # the calls hold the keys in order
+            return [reply for call_replies in replies for reply in call_replies]
         per_key: list[Any] = [None] * len(keys)
         for call, call_replies in zip(positions, replies, strict=True):
             for position, reply in zip(call, call_replies, strict=True):
