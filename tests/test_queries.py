@@ -1054,6 +1054,22 @@ def test_flush_inserts_implied_rows_with_the_entry_applied_as_it_updates_real_ro
     assert (row(conn, user, "g3") or {})["status"] == "completed"
 
 
+def test_flush_of_an_entry_with_real_and_implied_rows_defers_both_while_a_real_one_is_locked_then_writes_both(
+    run: Runner, conn: psycopg.Connection[Any], db_url: str, user: str
+) -> None:
+    set_id = register_set(run, ("g1", "c1", None), ("g2", "c1", None))
+    initialize(run, user, set_id, YESTERDAY)
+    run("materialize_implied_goals", user_id=user, goal_ids=["g1"])
+    goals = [Goal("g1", KILLS), Goal("g2", KILLS)]
+    with psycopg.connect(db_url) as claim:
+        claim.execute("SELECT 1 FROM user_goal_progress WHERE user_id = %s AND goal_id = 'g1' FOR UPDATE", (user,))
+        assert [r["outcome"] for r in flush(run, [(user, KILLS, 3, 3)], goals)] == ["deferred"]
+        assert real_goal_ids(conn, user) == ["g1"]  # g2 not inserted either
+    result = flush(run, [(user, KILLS, 3, 3)], goals)
+    assert [(r["outcome"], r["goal_ids"]) for r in result] == [("applied", ["g1", "g2"])]
+    assert [(row(conn, user, g) or {})["progress"] for g in ("g1", "g2")] == [3, 3]
+
+
 def test_flush_fails_whole_when_another_writer_inserts_an_implied_row_first_and_applies_on_retry(
     registry: Registry, run: Runner, conn: psycopg.Connection[Any], db_url: str, user: str
 ) -> None:
