@@ -17,7 +17,7 @@ import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
 from service.domain import catalog as catalog_model
-from service.domain.rules import IMPLIED_VIEW, NO_ROW_VIEW
+from service.domain.rules import IMPLIED_VIEW, NO_ROW_VIEW, GoalView, ProgressRow
 from service.transport.timestamps import expiry_fields, format_timestamp
 from service.usecases.players import (
     ChallengeState,
@@ -557,8 +557,9 @@ class ResponseWriter:
         }
         self._untouched_bodies: dict[tuple[str, int], tuple[tuple[bytes, ...], bytes]] = {}
         self._untouched_assigned = _UntouchedAssigned(self._goals, catalog.default_goals)
-        # The dynamic middle of a listing goal (locked .. isActive) by its values: rows of one catalog repeat
-        # few distinct combinations (most are not started at 0), so rendering one is mostly a lookup.
+        # The dynamic middle of a listing goal (locked .. isActive) of a row without timestamps, by its values:
+        # such rows of one catalog repeat few distinct combinations (most are not started at 0), so rendering
+        # one is mostly a lookup.
         self._views: dict[tuple[Any, ...], bytes] = {}
 
     def _status(self, status: str) -> bytes:
@@ -575,26 +576,33 @@ class ResponseWriter:
         if row is None and view is IMPLIED_VIEW:
             return pieces.implied[state.locked] + expiry(goal) + b"}"
         is_active = row is not None and row.is_active
-        key = (state.locked, view.progress, view.status, view.completed_at, view.claimed_at, is_active)
+        if view.completed_at is not None or view.claimed_at is not None:
+            # A timestamp makes the combination all but unique: memoizing it would only hold memory.
+            return pieces.listing_head + self._view(state.locked, view, is_active) + expiry(goal) + b"}"
+        key = (state.locked, view.progress, view.status, is_active)
         middle = self._views.get(key)
         if middle is None:
             if len(self._views) >= _VIEW_MEMO_MAX:
                 self._views.clear()
-            middle = self._views[key] = b"".join(
-                (
-                    _TRUE if state.locked else _FALSE,
-                    b',"progress":%d,"status":' % view.progress,
-                    self._status(view.status),
-                    b',"completedAt":',
-                    _timestamp(view.completed_at),
-                    b',"claimedAt":',
-                    _timestamp(view.claimed_at),
-                    b',"isActive":',
-                    _TRUE if is_active else _FALSE,
-                    b',"expiresAt":',
-                )
-            )
+            middle = self._views[key] = self._view(state.locked, view, is_active)
         return pieces.listing_head + middle + expiry(goal) + b"}"
+
+    def _view(self, locked: bool, view: GoalView | ProgressRow, is_active: bool) -> bytes:
+        """The dynamic middle of a listing goal, from `locked` to the `expiresAt` key."""
+        return b"".join(
+            (
+                _TRUE if locked else _FALSE,
+                b',"progress":%d,"status":' % view.progress,
+                self._status(view.status),
+                b',"completedAt":',
+                _timestamp(view.completed_at),
+                b',"claimedAt":',
+                _timestamp(view.claimed_at),
+                b',"isActive":',
+                _TRUE if is_active else _FALSE,
+                b',"expiresAt":',
+            )
+        )
 
     def _challenge(self, state: ChallengeState, expiry: _Expiry) -> bytes:
         if state.untouched:  # the same for every untouched player: rendered once per expiry
