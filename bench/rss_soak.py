@@ -4,12 +4,16 @@
 Starts a default `challengectl serve` on the seed-m3 catalog (embedded PostgreSQL/Redis in a temporary
 directory), runs `challengectl loadtest run --profile seed-m3 --scale 1.0` (the profile's init phase, then
 MINUTES of gameplay) and samples the RSS of the serve process and every descendant (psutil) every INTERVAL
-seconds. Prints, per process, RSS at the start, at the end and at most, and the least-squares slope over the
-last 5 minutes, with the verdict: <= 200 MB, and flat (the fitted growth over those 5 minutes within 2 MB or
-2 % of the final RSS). The service's own processes (Python) are judged; embedded servers, when they are
-children, are listed for information.
+seconds. Prints, per process, RSS at the start, at the end and at most, and over the last 5 minutes the
+least-squares slope of every sample and of the floor (each minute's lowest sample), with the verdict:
+<= 200 MB at most, and flat (the floor's fitted growth over those 5 minutes within 2 MB or 2 % of the final
+RSS). The floor is judged because the ingestion process's RSS rises and falls by 10-30 MB within seconds
+with its gRPC calls in flight (about 14 KB each; hundreds during an event-ack backlog): the line through
+every sample then follows where those bursts fall, while a leak lifts the floor. The service's own
+processes (Python) are judged; embedded servers, when they are children, are listed for information.
 
     python bench/rss_soak.py [--minutes 10] [--init 60s] [--scale 1.0] [--interval 5]
+        [--service-env NAME=VALUE ...]
 
 Prints a Markdown table.
 """
@@ -59,9 +63,13 @@ def main() -> None:
     parser.add_argument("--init", default="60s", help="length of the initialize phase before it")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between RSS samples")
+    parser.add_argument(
+        "--service-env", action="append", default=[], metavar="NAME=VALUE", help="extra service environment"
+    )
     args = parser.parse_args()
     stamp = rows.Stamp()
-    with rows.serve_profile("seed-m3") as service:
+    service_env = dict(setting.split("=", 1) for setting in args.service_env)
+    with rows.serve_profile("seed-m3", env=service_env) as service:
         stop = threading.Event()
         series: dict = {}
         sampler = threading.Thread(target=lambda: series.update(sample(service, args.interval, stop)))
@@ -92,6 +100,7 @@ def main() -> None:
                 f"{trend.end_mb:.1f}",
                 f"{trend.max_mb:.1f}",
                 f"{trend.slope_mb_per_min:+.2f} ({trend.growth_mb:+.1f} MB over {trend.window_s / 60:.1f} min)",
+                f"{trend.floor_slope_mb_per_min:+.2f} ({trend.floor_growth_mb:+.1f} MB)",
                 verdict,
             )
         )
@@ -99,19 +108,30 @@ def main() -> None:
         stamp.header(
             f"seed-m3 scale {args.scale:g}, init {args.init} + gameplay {args.minutes:g} min, default serve; "
             f"RSS every {args.interval:g} s"
+            + (f"; service environment {' '.join(args.service_env)}" if args.service_env else "")
         )
     )
     print(f"load test: verdict {report['verdict']}; {rows.failures_line(report)}")
     print()
     print(
         rows.table(
-            ("process", "pid", "start MB", "end MB", "max MB", "slope MB/min, last 5 min", "verdict"), table_rows
+            (
+                "process",
+                "pid",
+                "start MB",
+                "end MB",
+                "max MB",
+                "slope MB/min, last 5 min",
+                "floor slope MB/min",
+                "verdict",
+            ),
+            table_rows,
         )
     )
     print()
     met = bool(verdicts) and all(verdicts)
     print(
-        f"Row verdict: {'MET' if met else 'NOT MET'} (<= {LIMIT_MB:.0f} MB per service process, flat over the last 5 min)"
+        f"Row verdict: {'MET' if met else 'NOT MET'} (<= {LIMIT_MB:.0f} MB per service process, its floor flat over the last 5 min)"
     )
 
 

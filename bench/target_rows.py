@@ -303,43 +303,75 @@ def capacity_search(
     return results, capacity
 
 
+FLOOR_BUCKET_S = 60.0
+
+
 @dataclass(frozen=True)
 class RssTrend:
-    """RSS of one process over a run: first/last/max sample and the least-squares slope over the final window."""
+    """RSS of one process over a run: first/last/max sample, and over the final window the least-squares
+    slope of every sample and of the floor (each minute's lowest sample).
+
+    The floor is what the process keeps; the peaks above it are its working set of the moment, e.g. the
+    ingestion process's calls in flight, which come and go with the event-ack backlog (bench/README.md
+    "Memory"). A leak raises the floor; a burst of work only raises samples for a while."""
 
     start_mb: float
     end_mb: float
     max_mb: float
     slope_mb_per_min: float
+    floor_slope_mb_per_min: float
     window_s: float
 
     @property
     def growth_mb(self) -> float:
-        """What the fitted line grows over the window."""
+        """What the line fitted to every sample grows over the window."""
         return self.slope_mb_per_min * self.window_s / 60
 
+    @property
+    def floor_growth_mb(self) -> float:
+        """What the line fitted to the floor grows over the window."""
+        return self.floor_slope_mb_per_min * self.window_s / 60
+
     def flat(self, tolerance_mb: float = 2.0, tolerance_fraction: float = 0.02) -> bool:
-        """Flat: over the window the fitted growth stays within max(2 MB, 2 % of the final RSS)."""
-        return self.growth_mb <= max(tolerance_mb, tolerance_fraction * self.end_mb)
+        """Flat: over the window the floor's fitted growth stays within max(2 MB, 2 % of the final RSS)."""
+        return self.floor_growth_mb <= max(tolerance_mb, tolerance_fraction * self.end_mb)
+
+
+def _slope_per_s(points: Sequence[tuple[float, float]]) -> float:
+    mean_t = sum(t for t, _ in points) / len(points)
+    mean_mb = sum(mb for _, mb in points) / len(points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (mb - mean_mb) for t, mb in points) / spread if spread else 0.0
+
+
+def _floor(window: Sequence[tuple[float, float]], bucket_s: float) -> list[tuple[float, float]]:
+    """The lowest sample of each `bucket_s` stretch of the window, counted back from its last sample (a
+    shorter stretch left at the window's start joins the oldest one)."""
+    last_t = window[-1][0]
+    buckets = max(1, int((last_t - window[0][0]) // bucket_s))
+    lowest: dict[int, tuple[float, float]] = {}
+    for t, mb in window:
+        bucket = min(int((last_t - t) // bucket_s), buckets - 1)
+        if bucket not in lowest or mb < lowest[bucket][1]:
+            lowest[bucket] = (t, mb)
+    return sorted(lowest.values())
 
 
 def rss_trend(samples: Sequence[tuple[float, float]], window_s: float) -> RssTrend:
-    """`samples` are (seconds, MB) in time order; the slope is fitted on those within `window_s` of the last."""
+    """`samples` are (seconds, MB) in time order; the slopes are fitted on those within `window_s` of the last."""
     if len(samples) < 2:
         raise ValueError("need at least two RSS samples")
     last_t = samples[-1][0]
     window = [(t, mb) for t, mb in samples if t >= last_t - window_s]
     if len(window) < 2:
         window = list(samples[-2:])
-    mean_t = sum(t for t, _ in window) / len(window)
-    mean_mb = sum(mb for _, mb in window) / len(window)
-    spread = sum((t - mean_t) ** 2 for t, _ in window)
-    slope_per_s = sum((t - mean_t) * (mb - mean_mb) for t, mb in window) / spread if spread else 0.0
+    floor = _floor(window, FLOOR_BUCKET_S)
     return RssTrend(
         start_mb=samples[0][1],
         end_mb=samples[-1][1],
         max_mb=max(mb for _, mb in samples),
-        slope_mb_per_min=slope_per_s * 60,
+        slope_mb_per_min=_slope_per_s(window) * 60,
+        floor_slope_mb_per_min=_slope_per_s(floor if len(floor) >= 2 else window) * 60,
         window_s=window[-1][0] - window[0][0],
     )
 

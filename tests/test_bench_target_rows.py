@@ -69,6 +69,23 @@ def test_rss_growth_within_two_percent_of_a_large_process_is_flat() -> None:
     assert rss_trend(samples, window_s=300).flat()
 
 
+def test_rss_peaks_above_a_flat_floor_are_flat() -> None:
+    # A 130 MB floor with bursts of +30 MB for 20 s late in the window (calls in flight, then answered).
+    samples = [(t, 160.0 if t % 120 >= 100 and t >= 400 else 130.0) for t in range(0, 601, 5)]
+    trend = rss_trend(samples, window_s=300)
+    assert trend.growth_mb > 6.0  # the line through every sample climbs with the late bursts
+    assert trend.floor_slope_mb_per_min == pytest.approx(0.0)
+    assert trend.flat()
+
+
+def test_rss_floor_rising_under_peaks_is_not_flat() -> None:
+    # The floor rises 1 MB/min; every minute has a short burst of +20 MB on top of it.
+    samples = [(t, 100.0 + t / 60 + (20.0 if t % 60 < 10 else 0.0)) for t in range(0, 601, 5)]
+    trend = rss_trend(samples, window_s=300)
+    assert trend.floor_slope_mb_per_min == pytest.approx(1.0, abs=0.05)
+    assert not trend.flat()
+
+
 def test_rss_needs_two_samples() -> None:
     with pytest.raises(ValueError):
         rss_trend([(0.0, 1.0)], window_s=300)
