@@ -425,8 +425,15 @@ routed AS (
       FROM entry
       JOIN goal ON goal.source = entry.source
 ),
+candidate AS (
+    -- Per entry, the existing rows it would touch as of the statement snapshot, without locking.
+    SELECT routed.entry_index, count(*) AS row_count
+      FROM routed
+      JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
+     GROUP BY routed.entry_index
+),
 locked AS (
-    -- The existing rows this flush could lock. A row held by another transaction (a claim waiting on
+    -- The candidate rows this flush could lock. A row held by another transaction (a claim waiting on
     -- its reward call) is skipped rather than waited for; locked rows come back in their latest version.
     SELECT routed.*, u.progress, u.status, u.completed_at, u.claimed_at, u.updated_at, u.is_active,
            u.expires_at, u.baseline_value, u.value_event_at, false AS implied,
@@ -436,30 +443,22 @@ locked AS (
       JOIN user_goal_progress AS u ON u.user_id = routed.user_id AND u.goal_id = routed.goal_id
        FOR UPDATE OF u SKIP LOCKED
 ),
-unlocked AS (
-    -- The pairs without a locked row: after a player's first flush of a source, none of its entry's.
-    SELECT routed.*
-      FROM routed
-     WHERE NOT EXISTS (SELECT 1 FROM locked WHERE locked.entry_index = routed.entry_index
-                                              AND locked.goal_id = routed.goal_id)
-),
 implied AS (
     -- The implied default rows the entries feed, with the values they read as; inserted below with the entry
     -- applied (one heap tuple per row instead of an insert and an update of it).
-    SELECT unlocked.*, p.progress, p.status, p.completed_at, p.claimed_at, p.updated_at, p.is_active,
+    SELECT routed.*, p.progress, p.status, p.completed_at, p.claimed_at, p.updated_at, p.is_active,
            p.expires_at, p.baseline_value, p.value_event_at, true AS implied,
            p.challenge_id::text, p.namespace::text, p.created_at, p.assigned_at
-      FROM unlocked
-      JOIN implied_goal_progress AS p ON p.user_id = unlocked.user_id AND p.goal_id = unlocked.goal_id
+      FROM routed
+      JOIN implied_goal_progress AS p ON p.user_id = routed.user_id AND p.goal_id = routed.goal_id
 ),
 deferred AS (
-    -- An entry with an existing row left unlocked (held by another transaction, or deleted since the statement
-    -- snapshot) is deferred as a whole, so it applies exactly once. Implied pairs have no row in the snapshot.
-    SELECT DISTINCT unlocked.entry_index
-      FROM unlocked
-      JOIN user_goal_progress AS u ON u.user_id = unlocked.user_id AND u.goal_id = unlocked.goal_id
-     WHERE NOT EXISTS (SELECT 1 FROM implied WHERE implied.entry_index = unlocked.entry_index
-                                               AND implied.goal_id = unlocked.goal_id)
+    -- An entry with any candidate row left unlocked is deferred as a whole, so it applies exactly once.
+    SELECT candidate.entry_index
+      FROM candidate
+      LEFT JOIN (SELECT entry_index, count(*) AS row_count FROM locked GROUP BY entry_index) AS got
+             ON got.entry_index = candidate.entry_index
+     WHERE COALESCE(got.row_count, 0) < candidate.row_count
 ),
 new_row AS (
     -- The per-row rule of docs/events.md#flush, in 64-bit arithmetic; only eligible rows of entries not deferred.
