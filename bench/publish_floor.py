@@ -10,7 +10,10 @@ more event. The gRPC server's own per-call cost (`bench/grpc_floor.py`) and an i
 top in `bench/events.py`.
 
     python bench/publish_floor.py [--batches 1 100 500] [--call-rate 5] [--seconds 10] [--users 500]
-        [--repeat 2] [--baseline-tree DIR]
+        [--repeat 2] [--baseline-tree DIR] [--where]
+
+`--where`: also the CPU per event of the main steps (`WHERE`: each inclusive of what it calls; `cpu_where.py`),
+measured in the same runs, which the wrapping slows by ~1 us per wrapped call.
 
 `--baseline-tree DIR`: a tree with an older `service/` and `sql/` (`git archive <commit> service sql | tar -x -C
 DIR`), run interleaved with this one. Needs DATABASE_URL (a server where it may create databases) and
@@ -30,6 +33,23 @@ import uuid
 from pathlib import Path
 
 import tree_runs
+from cpu_where import CpuWhere
+
+# The steps of a call and of its flush whose CPU `--where` reports (those a tree lacks are left out).
+WHERE = [
+    "service.transport.grpc_api:published_events",
+    "service.usecases.events:Ingestor.submit",
+    "service.usecases.events:Ingestor._plan",
+    "service.usecases.events:Ingestor._admit",
+    "service.storage.dedup:Deduplicator.begin",
+    "service.usecases.events:Ingestor._buffer",
+    "service.usecases.flusher:Flusher.flush_once",
+    "service.domain.routing:GoalRouting.statement_params",
+    "service.usecases.flusher:with_array_literals",
+    "service.storage.store:Queries.rows",
+    "service.usecases.events:Ingestor.entries_committed",
+    "service.storage.cache:Cache.invalidate_many",
+]
 
 STAT_CODES = ("matches_played", "enemies_defeated", "objectives_captured", "matches_won", "headshots")
 NAMESPACE = "bench"
@@ -75,6 +95,7 @@ async def worker(args: argparse.Namespace) -> dict[str, float]:
 
     if not Path(events_module.__file__).resolve().is_relative_to(Path(args.tree).resolve()):
         raise SystemExit(f"imported {events_module.__file__}, not the tree {args.tree}")
+    where = CpuWhere(WHERE) if args.where else None
     catalog = load_catalog(example_catalog_path())
     store = await Store.open(args.db, "service", PoolConfig(min_size=2, max_size=4))
     redis = open_redis(os.environ["REDIS_URL"], 16, 2000)
@@ -95,12 +116,16 @@ async def worker(args: argparse.Namespace) -> dict[str, float]:
     freeze_startup_objects()
     interval_s = 1 / args.call_rate
     running = []
+    if where is not None:
+        where.on = True
     cpu_started, started = time.process_time(), time.perf_counter()
     for index, raw in enumerate(calls[warm_up:]):  # open model: one call every interval, whatever the acks
         running.append(asyncio.ensure_future(servicer.publish(ingest_pb2.EventBatch.FromString(raw), None)))
         await asyncio.sleep(max(0.0, started + (index + 1) * interval_s - time.perf_counter()))
     results = await asyncio.gather(*running)
     cpu_s = time.process_time() - cpu_started
+    if where is not None:
+        where.on = False
     accepted = sum(result.accepted for result in results)
     flushes = ingestor.buffer_stats()["flushes_total"]
     await ingestor.drain_and_stop(10)
@@ -114,6 +139,9 @@ async def worker(args: argparse.Namespace) -> dict[str, float]:
         "flushes": flushes,
         "cpu_ms_per_call": cpu_s / len(results) * 1e3,
         "cpu_us_per_event": cpu_s / (len(results) * args.batch) * 1e6,
+    } | {
+        f"where {name}": seconds / (len(results) * args.batch) * 1e6
+        for name, seconds in (where.totals.items() if where is not None else ())
     }
 
 
@@ -125,6 +153,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=500, help="players initialized before the load")
     parser.add_argument("--repeat", type=int, default=2, help="runs per tree and batch size, interleaved")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--where", action="store_true", help="also the CPU per event of the main steps")
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     tree_runs.add_tree_options(parser)
     args = parser.parse_args()
@@ -143,7 +172,7 @@ def main() -> None:
                     f"bpf{stamp}r{repetition}b{batch}t{index}",
                 )
                 options = ["--batch", str(batch), "--call-rate", str(args.call_rate), "--seconds", str(args.seconds)]
-                options += ["--users", str(args.users), "--seed", str(args.seed)]
+                options += ["--users", str(args.users), "--seed", str(args.seed)] + (["--where"] if args.where else [])
                 with tree_runs.fresh_database(admin_url, name, prefix) as db:
                     loads.append(os.getloadavg()[0])
                     runs[(label, batch)].append(tree_runs.run_worker(__file__, tree, db, prefix, options))
@@ -163,7 +192,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|" + ("---|" if compare else ""))
     medians: dict[tuple[str, int], dict[str, float]] = {
-        key: {field: statistics.median(run[field] for run in results) for field in results[0]}
+        key: {field: statistics.median(run.get(field, 0.0) for run in results) for field in results[0]}
         for key, results in runs.items()
     }
     for batch in args.batches:
@@ -184,6 +213,25 @@ def main() -> None:
             slope = (high["cpu_ms_per_call"] - low["cpu_ms_per_call"]) * 1e3 / (sizes[-1] - sizes[0])
             fixed = low["cpu_ms_per_call"] - slope * sizes[0] / 1e3
             print(f"- {label}: fixed {fixed:.2f} ms per call and its flush, {slope:.1f} us per further event")
+    if args.where:
+        print()
+        print("\n".join(where_table(medians, list(trees), args.batches)))
+
+
+def where_table(medians: dict[tuple[str, int], dict[str, float]], trees: list[str], sizes: list[int]) -> list[str]:
+    """The `--where` table: CPU us per event of each step (inclusive) for every batch size and tree."""
+    columns = [(label, size) for size in sizes for label in trees]
+    lines = [
+        "| step (inclusive), CPU us per event | "
+        + " | ".join(f"{label}, {size} per call" for label, size in columns)
+        + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for name in WHERE:
+        step = name.partition(":")[2]
+        values = [medians[column].get(f"where {step}") for column in columns]
+        lines.append(f"| `{step}` | " + " | ".join("-" if v is None else f"{v:.2f}" for v in values) + " |")
+    return lines
 
 
 if __name__ == "__main__":
