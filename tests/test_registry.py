@@ -189,6 +189,12 @@ SELECT 1
     assert [q.name for q in registry] == ["two_params"]
 
 
+def test_numbered_form_has_postgresql_placeholders_in_order_of_first_use() -> None:
+    params = (QueryParam("b", "bigint"), QueryParam("a", "text"))
+    query = NamedQuery("q", "read", params, "SELECT %(a)s, %(b)s::bigint, %(a)s LIKE 'x%%'", None, "")
+    assert query.numbered() == ("SELECT $1, $2::bigint, $1 LIKE 'x%'", ("a", "b"))
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -93,6 +93,21 @@ class NamedQuery:
     def param_names(self) -> tuple[str, ...]:
         return tuple(param.name for param in self.params)
 
+    def numbered(self) -> tuple[str, tuple[str, ...]]:
+        """The statement with PostgreSQL's own placeholders: `$n` for every use of the n-th name in order of first
+        use (returned with it) and `%` for `%%`, as psycopg's `%(name)s` form means it."""
+        order: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            literal, name, _, _ = match.groups()
+            if literal:
+                return "%"
+            if name not in order:
+                order.append(name)
+            return f"${order.index(name) + 1}"
+
+        return _PERCENT.sub(placeholder, self.sql), tuple(order)
+
 
 class Registry:
     """The loaded queries by name, in file order."""

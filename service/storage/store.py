@@ -373,6 +373,12 @@ def _has_rows(cursor: psycopg.AsyncCursor[Any]) -> bool:
     return result is not None and result.status == pq.ExecStatus.TUPLES_OK
 
 
+# psycopg parses a statement's `%(name)s` placeholders on every execute and caches the result only for texts of at
+# most this many bytes; a longer statement (the flush's, ~8.7 kB: ~100 us of CPU per execute, `bench/README.md`) is
+# converted once to `$n` placeholders and run on a raw cursor, which sends it as it is.
+PSYCOPG_QUERY_CACHE_MAX = 4096
+
+
 class Queries:
     """Runs the statements of the named-query registry by name, binding parameters only (docs/data-model.md#named-queries),
     and records each statement's duration under its name."""
@@ -380,6 +386,9 @@ class Queries:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._sql = {query.name: query.sql for query in registry}
+        self._numbered = {
+            query.name: query.numbered() for query in registry if len(query.sql) > PSYCOPG_QUERY_CACHE_MAX
+        }
         self._timers = {name: QUERY_SECONDS.labels(name) for name in self._sql}
 
     async def rows(
@@ -391,8 +400,17 @@ class Queries:
     ) -> list[Any]:
         """All rows of the named statement (dicts by default; pass `class_row(T)` for typed rows)."""
         started = time.perf_counter()
-        async with conn.cursor(row_factory=row_factory) as cursor:
-            await cursor.execute(self._statement(name), params)
+        numbered = self._numbered.get(name)
+        cursor = (
+            conn.cursor(row_factory=row_factory)
+            if numbered is None
+            else psycopg.AsyncRawCursor(conn, row_factory=row_factory)
+        )
+        async with cursor:
+            if numbered is None:
+                await cursor.execute(self._statement(name), params)
+            else:
+                await cursor.execute(numbered[0], [params[param] for param in numbered[1]])
             # The result's status rather than `description`, which builds a Column object per column on every call.
             result = await cursor.fetchall() if _has_rows(cursor) else []
         self._timers[name].observe(time.perf_counter() - started)
