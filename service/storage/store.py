@@ -374,7 +374,7 @@ def _has_rows(cursor: psycopg.AsyncCursor[Any]) -> bool:
 
 
 # psycopg parses a statement's `%(name)s` placeholders on every execute and caches the result only for texts of at
-# most this many bytes; a longer statement (the flush's, ~8.7 kB: ~100 us of CPU per execute, `bench/README.md`) is
+# most this many bytes; a longer statement (the flush's, ~9 kB: ~50-110 us of CPU per execute, `bench/README.md`) is
 # converted once to `$n` placeholders and run on a raw cursor, which sends it as it is.
 PSYCOPG_QUERY_CACHE_MAX = 4096
 
