@@ -32,6 +32,7 @@ from service.runtime import event_loop
 from service.runtime.embedded import connection_help
 from service.runtime.exit_watchdog import ExitWatchdog
 from service.runtime.gc_policy import freeze_startup_objects
+from service.runtime.malloc_policy import limit_malloc_arenas
 from service.runtime.startup import (
     Dependencies,
     StartupError,
@@ -555,6 +556,7 @@ async def _serve_until_signalled(service: Service) -> int:
 def serve(settings: Settings) -> int:
     """Run the service in the foreground until SIGINT/SIGTERM; returns the process exit code."""
     validate_settings(settings)
+    limit_malloc_arenas()
     catalog = load_service_catalog(settings)
     deps = start_dependencies(settings)
     try:
