@@ -50,16 +50,6 @@ INSERT INTO user_initializations (user_id, namespace, default_set_id, initialize
 SELECT 'user-' || lpad(n::text, 6, '0'), %(namespace)s, %(set_id)s, %(at)s
   FROM generate_series(1, %(players)s) AS n
 """
-# The `real` players' rows made real as a flush would (progress 0, as initialized).
-MATERIALIZE_SQL = """
-INSERT INTO user_goal_progress
-       (user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
-        created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, value_event_at)
-SELECT user_id, goal_id, challenge_id, namespace, progress, status, completed_at, claimed_at,
-       created_at, updated_at, is_active, assigned_at, expires_at, baseline_value, value_event_at
-  FROM implied_goal_progress
- WHERE user_id <= %(last)s
-"""
 
 
 @dataclass
@@ -78,7 +68,11 @@ def seed(database_url: str, players: int) -> float:
     """Record the default set and 2 x `players` players; make the first `players` players' rows real."""
     catalog = get_profile("all-active-500").catalog()
     default_set = default_goal_set(catalog.default_goals)
-    statement = load_registry().get("register_default_goal_set").sql
+    registry = load_registry()
+    statement = registry.get("register_default_goal_set").sql
+    # The `real` players' rows made real with the service's own statement (progress 0, as initialized).
+    materialize = registry.get("materialize_implied_goals").sql
+    goal_ids = [goal.goal_id for goal in catalog.default_goals]
     started = time.perf_counter()
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(statement, default_set.params())
@@ -86,7 +80,10 @@ def seed(database_url: str, players: int) -> float:
         conn.execute(
             INITIALIZE_SQL, {"namespace": NAMESPACE, "set_id": default_set.set_id, "at": at, "players": 2 * players}
         )
-        conn.execute(MATERIALIZE_SQL, {"last": user_id_of(players)})
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                materialize, [{"user_id": user_id_of(n), "goal_ids": goal_ids} for n in range(1, players + 1)]
+            )
         conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - started
 
